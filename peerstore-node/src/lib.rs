@@ -1,0 +1,2 @@
+//! The PeerStore node daemon: Chord over libp2p, the block store, replication and repair.
+//! Placeholder: built under the peerstore-node issue.
