@@ -1,2 +1,34 @@
-//! The PeerStore client: encrypted backup, getfile/restore, sync watcher.
-//! Placeholder: built under the client issue.
+//! The PeerStore client: end-to-end encrypted backup into a PeerStore ring, restore (whole tree
+//! or one file), listing, removal, space accounting, and a folder sync watcher.
+//!
+//! Modules:
+//! - [`store`]: the [`store::BlockStoreApi`] seam; [`store::RingStore`] over the node protocol
+//!   (retries, fail-over), [`store::MemStore`] for tests.
+//! - [`model`]: manifest, snapshot and root-pointer types; path checks.
+//! - [`repo`]: the user's root, snapshot chain and manifests in the ring (reads verify, writes
+//!   put the root last).
+//! - [`backup`]: tree walk, content-defined chunking, encryption, bounded parallel upload.
+//! - [`restore`]: restoring below a destination without ever writing outside it.
+//! - [`sync`]: the watcher (debounce, durable state, retry with backoff).
+//! - [`cache`]: the local cache of block keys known stored.
+//! - [`config`]: key file, passphrase, directories, node discovery.
+//! - [`cli`]: the command line.
+//!
+//! docs/CLIENT.md describes formats and behaviour.
+
+pub mod backup;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod store;
+pub mod sync;
+
+pub use error::{ClientError, Result};
+
+#[cfg(test)]
+mod tests;

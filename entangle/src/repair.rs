@@ -1,0 +1,349 @@
+//! Repair to a fixed point through codewords and reverse references.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{gather, restore_inputs, rs_encode};
+use crate::key::{Anchors, BlockKey, CodewordId};
+use crate::record::CodewordRecord;
+use crate::source::SymbolSource;
+use crate::Error;
+
+/// The codeword records known to a repairer, with the two lookups repair needs: which
+/// codeword a parity belongs to, and which codewords point at a block (reverse references).
+#[derive(Debug, Clone, Default)]
+pub struct RecordIndex {
+    records: BTreeMap<CodewordId, CodewordRecord>,
+    parity_of: BTreeMap<BlockKey, (CodewordId, usize)>,
+    referrers: BTreeMap<BlockKey, BTreeSet<CodewordId>>,
+}
+
+impl RecordIndex {
+    /// An empty index.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a (validated) record. Re-inserting the same record is a no-op; a different record
+    /// under an existing id, or a parity key already owned by another codeword, is an error.
+    pub fn insert(&mut self, record: CodewordRecord) -> Result<(), Error> {
+        record.validate()?;
+        if let Some(old) = self.records.get(&record.id) {
+            if *old == record {
+                return Ok(());
+            }
+            return Err(Error::InvalidRecord {
+                id: record.id,
+                reason: "a different record with this id exists".into(),
+            });
+        }
+        for (j, k) in record.parity_keys.iter().enumerate() {
+            if let Some((other, _)) = self.parity_of.get(k) {
+                return Err(Error::InvalidRecord {
+                    id: record.id,
+                    reason: format!("parity {j} is already a parity of {other}"),
+                });
+            }
+        }
+        for (j, k) in record.parity_keys.iter().enumerate() {
+            self.parity_of.insert(*k, (record.id, j));
+        }
+        for k in &record.pointers {
+            self.referrers.entry(*k).or_default().insert(record.id);
+        }
+        self.records.insert(record.id, record);
+        Ok(())
+    }
+
+    /// The record of `id`.
+    #[must_use]
+    pub fn get(&self, id: &CodewordId) -> Option<&CodewordRecord> {
+        self.records.get(id)
+    }
+
+    /// The codeword and index of the parity stored under `key`.
+    #[must_use]
+    pub fn locate(&self, key: &BlockKey) -> Option<(CodewordId, usize)> {
+        self.parity_of.get(key).copied()
+    }
+
+    /// The codewords that use `key` as a pointer.
+    pub fn referrers(&self, key: &BlockKey) -> impl Iterator<Item = &CodewordId> {
+        self.referrers.get(key).into_iter().flatten()
+    }
+
+    /// Every codeword in which `key` is a symbol: its own (if it is a parity) and its referrers.
+    #[must_use]
+    pub fn codewords_of(&self, key: &BlockKey) -> Vec<CodewordId> {
+        let mut out: Vec<CodewordId> = self.locate(key).map(|(c, _)| c).into_iter().collect();
+        out.extend(self.referrers(key).copied());
+        out
+    }
+
+    /// Number of records.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the index is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// All records, by id.
+    pub fn records(&self) -> impl Iterator<Item = &CodewordRecord> {
+        self.records.values()
+    }
+
+    /// Re-forms the stored bytes of the parity `key` from its payload using its own record,
+    /// and verifies them against `key`.
+    #[must_use]
+    pub fn reform(&self, key: &BlockKey, payload: &[u8]) -> Option<Vec<u8>> {
+        let (cid, j) = self.locate(key)?;
+        let rec = self.records.get(&cid)?;
+        rec.reform_parity(j, payload)
+    }
+}
+
+/// The part a rebuilt block plays in the codeword that rebuilt it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Parity `j` of the codeword (re-encoded).
+    Parity(usize),
+    /// Pointer `i` of the codeword (input symbol `s + i`).
+    Pointer(usize),
+}
+
+/// One block rebuilt by repair, verified against its recorded key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuiltBlock {
+    /// Its key.
+    pub key: BlockKey,
+    /// Its exact stored bytes (they hash to `key`).
+    pub bytes: Vec<u8>,
+    /// The codeword whose decoding rebuilt it.
+    pub via: CodewordId,
+    /// Its role in that codeword.
+    pub role: Role,
+}
+
+/// What a repair run did.
+#[derive(Debug, Clone, Default)]
+pub struct RepairReport {
+    /// Rebuilt blocks, in the order they were rebuilt.
+    pub rebuilt: Vec<RebuiltBlock>,
+    /// Codewords decoded to rebuild them.
+    pub codewords_decoded: usize,
+    /// Blocks read from the source (anchors and blocks rebuilt in this run are free).
+    pub blocks_read: usize,
+    /// Blocks whose payload was recovered but that could not be re-formed and verified (their
+    /// own record is unknown, or the bytes did not match the key). They are not returned.
+    pub unverified: Vec<BlockKey>,
+    /// Codewords still missing symbols at the fixed point and undecodable.
+    pub undecodable: Vec<CodewordId>,
+    /// Blocks the source returned that failed verification (treated as missing).
+    pub corrupt: Vec<BlockKey>,
+}
+
+impl RepairReport {
+    /// Blocks read per rebuilt block (0 when nothing was rebuilt).
+    #[must_use]
+    pub fn reads_per_rebuilt_block(&self) -> f64 {
+        if self.rebuilt.is_empty() {
+            0.0
+        } else {
+            self.blocks_read as f64 / self.rebuilt.len() as f64
+        }
+    }
+}
+
+/// Repairs every codeword of `index` to a fixed point: any codeword with at least `s + t`
+/// known symbols is decoded, its missing parities re-encoded and its missing pointers rebuilt
+/// as input symbols `s + i`; every rebuilt block is re-formed with its own record and verified
+/// against its key; codewords that share a rebuilt block are revisited, until nothing changes.
+///
+/// `source` is read only; the caller stores the rebuilt blocks of the report.
+pub fn repair<S: SymbolSource + ?Sized>(index: &RecordIndex, source: &S) -> RepairReport {
+    let all: Vec<CodewordId> = index.records.keys().copied().collect();
+    run(index, source, all)
+}
+
+/// Like [`repair`], but starts from the codewords in which the `lost` blocks are symbols (their
+/// own codewords and their referrers) instead of visiting every codeword; the fixed point is
+/// the same for the blocks reachable from there.
+pub fn repair_lost<S: SymbolSource + ?Sized>(
+    index: &RecordIndex,
+    source: &S,
+    lost: impl IntoIterator<Item = BlockKey>,
+) -> RepairReport {
+    let mut start = BTreeSet::new();
+    for k in lost {
+        start.extend(index.codewords_of(&k));
+    }
+    run(index, source, start.into_iter().collect())
+}
+
+/// What repair knows about block availability.
+struct Availability<'a, S: ?Sized> {
+    source: &'a S,
+    /// Memoized `source.contains`, turned to `false` when a block fails verification.
+    present: BTreeMap<BlockKey, bool>,
+    /// Blocks rebuilt in this run, verified.
+    rebuilt: BTreeMap<BlockKey, Vec<u8>>,
+    anchors: BTreeMap<(u32, usize), Anchors>,
+}
+
+impl<S: SymbolSource + ?Sized> Availability<'_, S> {
+    fn anchors(&mut self, rec: &CodewordRecord) -> Anchors {
+        let (b, t) = (rec.params.block_size, rec.params.t());
+        self.anchors
+            .entry((b, t))
+            .or_insert_with(|| Anchors::new(b, t))
+            .clone()
+    }
+
+    fn known(&mut self, anchors: &Anchors, key: &BlockKey) -> bool {
+        anchors.contains(key)
+            || self.rebuilt.contains_key(key)
+            || *self
+                .present
+                .entry(*key)
+                .or_insert_with(|| self.source.contains(key))
+    }
+
+    /// Indexes of the missing pointers and parities of `rec`.
+    fn missing(&mut self, rec: &CodewordRecord) -> (Vec<usize>, Vec<usize>) {
+        let anchors = self.anchors(rec);
+        let ptrs = (0..rec.params.t())
+            .filter(|&i| !self.known(&anchors, &rec.pointers[i]))
+            .collect();
+        let pars = (0..rec.params.p())
+            .filter(|&j| !self.known(&anchors, &rec.parity_keys[j]))
+            .collect();
+        (ptrs, pars)
+    }
+}
+
+/// The worklist is a max-heap on the number of missing symbols (re-checked when popped), so
+/// each decode rebuilds as many blocks as possible: fewer reads per rebuilt block.
+fn run<S: SymbolSource + ?Sized>(
+    index: &RecordIndex,
+    source: &S,
+    start: Vec<CodewordId>,
+) -> RepairReport {
+    let mut report = RepairReport::default();
+    let mut av = Availability {
+        source,
+        present: BTreeMap::new(),
+        rebuilt: BTreeMap::new(),
+        anchors: BTreeMap::new(),
+    };
+    let mut heap: BinaryHeap<(usize, Reverse<CodewordId>)> = start
+        .into_iter()
+        .map(|c| (usize::MAX, Reverse(c)))
+        .collect();
+    let mut stuck: BTreeSet<CodewordId> = BTreeSet::new();
+    let mut corrupt: BTreeSet<BlockKey> = BTreeSet::new();
+    let mut unverified: BTreeSet<BlockKey> = BTreeSet::new();
+
+    while let Some((prio, Reverse(cid))) = heap.pop() {
+        let Some(rec) = index.get(&cid) else { continue };
+        let params = rec.params;
+        let (missing_ptrs, missing_par) = av.missing(rec);
+        let missing = missing_ptrs.len() + missing_par.len();
+        if missing == 0 {
+            stuck.remove(&cid);
+            continue;
+        }
+        if !params.decodable(params.t() + params.p() - missing) {
+            stuck.insert(cid);
+            continue;
+        }
+        if missing < prio {
+            // Stale priority: queue it again with the true count.
+            heap.push((missing, Reverse(cid)));
+            continue;
+        }
+        let anchors = av.anchors(rec);
+        let mut reads = 0usize;
+        let g = gather(rec, &anchors, |k| {
+            if let Some(b) = av.rebuilt.get(k) {
+                return Some(b.clone());
+            }
+            if av.present.get(k) == Some(&false) {
+                return None;
+            }
+            reads += 1;
+            av.source.get(k)
+        });
+        report.blocks_read += reads;
+        if !g.rejected.is_empty() {
+            for k in &g.rejected {
+                av.present.insert(*k, false);
+                corrupt.insert(*k);
+            }
+            // Availability changed: look at this codeword again with the new knowledge.
+            heap.push((usize::MAX, Reverse(cid)));
+            continue;
+        }
+        let Ok(inputs) = restore_inputs(rec, &g) else {
+            stuck.insert(cid);
+            continue;
+        };
+        stuck.remove(&cid);
+        report.codewords_decoded += 1;
+        let mut new_blocks: Vec<(BlockKey, Vec<u8>, Role)> = Vec::new();
+        for &i in &missing_ptrs {
+            let key = rec.pointers[i];
+            match index.reform(&key, &inputs[params.s() + i]) {
+                Some(bytes) => new_blocks.push((key, bytes, Role::Pointer(i))),
+                None => {
+                    unverified.insert(key);
+                }
+            }
+        }
+        if !missing_par.is_empty() {
+            let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+            match rs_encode(&params, &refs) {
+                Ok(parities) => {
+                    for &j in &missing_par {
+                        let key = rec.parity_keys[j];
+                        match rec.reform_parity(j, &parities[j]) {
+                            Some(bytes) => new_blocks.push((key, bytes, Role::Parity(j))),
+                            None => {
+                                unverified.insert(key);
+                            }
+                        }
+                    }
+                }
+                Err(_) => {
+                    unverified.extend(missing_par.iter().map(|&j| rec.parity_keys[j]));
+                }
+            }
+        }
+        for (key, bytes, role) in new_blocks {
+            for c in index.codewords_of(&key) {
+                if c != cid {
+                    heap.push((usize::MAX, Reverse(c)));
+                }
+            }
+            unverified.remove(&key);
+            av.rebuilt.insert(key, bytes.clone());
+            report.rebuilt.push(RebuiltBlock {
+                key,
+                bytes,
+                via: cid,
+                role,
+            });
+        }
+    }
+    report.undecodable = stuck.into_iter().collect();
+    report.unverified = unverified.into_iter().collect();
+    report.corrupt = corrupt.into_iter().collect();
+    report
+}

@@ -1,0 +1,778 @@
+//! The command line: argument definitions (clap derive) and one function per command.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use crypto::{Identity, KdfParams};
+use serde::Serialize;
+
+use crate::backup::{backup, previous_manifest, BackupOptions};
+use crate::cache::KnownBlocks;
+use crate::config::{self, Dirs};
+use crate::error::{ClientError, Result};
+use crate::model::{parse_backup_path, EntryKind, Manifest};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::restore::{restore_entry, restore_tree};
+use crate::store::{status_of, RingStore};
+use crate::sync::{self as watcher, SyncOptions};
+
+/// PeerStore client: end-to-end encrypted backup into a PeerStore ring.
+#[derive(Parser, Debug)]
+#[command(name = "peerstore-client", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Directory of the key file (default: the platform's config dir for peerstore-client).
+    #[arg(long, global = true, env = "PEERSTORE_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Directory of caches and sync state (default: the platform's data dir).
+    #[arg(long, global = true, env = "PEERSTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node to talk to: a full multiaddr ending in /p2p/<peer id>.
+    #[arg(long, global = true, env = "PEERSTORE_PEER")]
+    pub peer: Option<String>,
+    /// Data directory of the local node whose address file to read (when --peer is absent).
+    #[arg(long, global = true)]
+    pub node_data_dir: Option<PathBuf>,
+    /// Machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Timeout of one request to the node, in seconds.
+    #[arg(long, global = true, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new key (identity) in the config directory.
+    Init,
+    /// Export or import the key file.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Back up a directory as a new snapshot.
+    Backup {
+        dir: PathBuf,
+        /// Block uploads in flight.
+        #[arg(long, default_value_t = 24)]
+        concurrency: usize,
+        /// Read every file even if size and mtime match the previous snapshot.
+        #[arg(long)]
+        reread: bool,
+    },
+    /// Restore one file (or directory) of a snapshot to <dest>.
+    Getfile {
+        /// Path inside the backup, e.g. docs/report.pdf.
+        path: String,
+        dest: PathBuf,
+        /// Snapshot number or id prefix (default: latest).
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// Restore a whole snapshot below <dest>.
+    Restore {
+        dest: PathBuf,
+        /// Snapshot number or id prefix (default: latest).
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// List the entries of a snapshot (below [path]).
+    Ls {
+        path: Option<String>,
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// List snapshots, newest first.
+    Snapshots,
+    /// Remove paths from the backup (recorded as a new snapshot; older snapshots keep them).
+    Rm {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Space used: logical bytes, stored bytes, overhead, and per node.
+    Du,
+    /// Watch a directory and push every change into the ring (runs until stopped).
+    Sync {
+        dir: PathBuf,
+        /// Quiet period after the last change before syncing, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        debounce_ms: u64,
+    },
+    /// Show the node the client talks to and the ring around it.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Copy the (passphrase-sealed) key file to <file>.
+    Export { file: PathBuf },
+    /// Install a key file exported elsewhere (checks the passphrase opens it).
+    Import {
+        file: PathBuf,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs one command. Errors print as one line from main.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global.clone();
+    let dirs = Dirs::resolve(g.config_dir.clone(), g.data_dir.clone())?;
+    match cli.command {
+        Command::Init => cmd_init(&g, &dirs),
+        Command::Key { action } => cmd_key(&g, &dirs, action),
+        Command::Status => cmd_status(&g).await,
+        cmd => {
+            let identity = load_identity(&dirs)?;
+            let ctx = Ctx::connect(&g, &dirs, identity).await?;
+            match cmd {
+                Command::Backup {
+                    dir,
+                    concurrency,
+                    reread,
+                } => cmd_backup(&ctx, &dir, concurrency, reread).await,
+                Command::Getfile {
+                    path,
+                    dest,
+                    snapshot,
+                } => cmd_getfile(&ctx, &path, &dest, snapshot.as_deref()).await,
+                Command::Restore { dest, snapshot } => {
+                    cmd_restore(&ctx, &dest, snapshot.as_deref()).await
+                }
+                Command::Ls { path, snapshot } => {
+                    cmd_ls(&ctx, path.as_deref(), snapshot.as_deref()).await
+                }
+                Command::Snapshots => cmd_snapshots(&ctx).await,
+                Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
+                Command::Du => cmd_du(&ctx).await,
+                Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
+                Command::Init | Command::Key { .. } | Command::Status => Ok(()),
+            }
+        }
+    }
+}
+
+fn load_identity(dirs: &Dirs) -> Result<Identity> {
+    let path = dirs.identity_path();
+    if !path.exists() {
+        return Err(ClientError::Config(format!(
+            "no key at {}: run `peerstore-client init` (or `key import <file>`) first",
+            path.display()
+        )));
+    }
+    let pass = config::passphrase("Passphrase: ", false)?;
+    config::open_key_file(&path, &pass)
+}
+
+/// A connected, unlocked client.
+struct Ctx {
+    g: Global,
+    dirs: Dirs,
+    ring: Arc<RingStore>,
+    repo: Repo,
+}
+
+impl Ctx {
+    async fn connect(g: &Global, dirs: &Dirs, identity: Identity) -> Result<Ctx> {
+        let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
+        let ring = Arc::new(RingStore::connect(node, Duration::from_secs(g.timeout_secs)).await?);
+        let repo = Repo::new(ring.clone(), Arc::new(identity));
+        Ok(Ctx {
+            g: g.clone(),
+            dirs: dirs.clone(),
+            ring,
+            repo,
+        })
+    }
+
+    fn known(&self) -> Result<Arc<KnownBlocks>> {
+        let p = self.dirs.user_data(&self.repo.user()).join("known-blocks");
+        Ok(Arc::new(KnownBlocks::open(&p)?))
+    }
+
+    fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        if self.g.json {
+            println!(
+                "{}",
+                serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            );
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
+fn cmd_init(g: &Global, dirs: &Dirs) -> Result<()> {
+    let path = dirs.identity_path();
+    if path.exists() {
+        return Err(ClientError::Refused(format!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
+    let pass = config::passphrase("New passphrase: ", true)?;
+    let id = config::init_identity(dirs, &pass, &KdfParams::default())?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({"user": id.user_id().to_hex(), "key_file": path})
+        );
+    } else {
+        println!(
+            "created key for user {} at {}\nkeep a copy elsewhere: peerstore-client key export <file>",
+            id.user_id(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_key(_g: &Global, dirs: &Dirs, action: KeyAction) -> Result<()> {
+    match action {
+        KeyAction::Export { file } => {
+            let path = dirs.identity_path();
+            let pass = config::passphrase("Passphrase: ", false)?;
+            config::open_key_file(&path, &pass)?;
+            let bytes = std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?;
+            config::write_private(&file, &bytes, false)?;
+            println!("exported key to {}", file.display());
+        }
+        KeyAction::Import { file, force } => {
+            let pass = config::passphrase("Passphrase of the key file: ", false)?;
+            let id = config::open_key_file(&file, &pass)?;
+            let bytes = std::fs::read(&file).map_err(|e| ClientError::io(&file, e))?;
+            config::write_private(&dirs.identity_path(), &bytes, force)?;
+            println!(
+                "imported key of user {} into {}",
+                id.user_id(),
+                dirs.identity_path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// "YYYY-MM-DD HH:MM:SS" UTC from nanoseconds since the epoch.
+#[must_use]
+pub fn format_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+async fn cmd_backup(ctx: &Ctx, dir: &Path, concurrency: usize, reread: bool) -> Result<()> {
+    let known = ctx.known()?;
+    let prev = previous_manifest(&ctx.repo, dir, 20).await?;
+    let opts = BackupOptions {
+        concurrency,
+        reread_all: reread,
+        ..BackupOptions::default()
+    };
+    let progress = Arc::new(Progress::new("backup", !ctx.g.json));
+    let r = backup(&ctx.repo, known, dir, prev.as_ref(), &opts, &progress).await;
+    progress.finish();
+    let (s, _, _) = r?;
+    ctx.print(&s, || {
+        format!(
+            "snapshot {} ({}): {} files, {} dirs, {} symlinks, {}; read {} files ({}), {} unchanged; uploaded {} of {} chunks ({}), {} deduplicated, {} metadata blocks; {:.1} s",
+            s.snapshot.unwrap_or(0),
+            s.snapshot_id.clone().unwrap_or_default(),
+            s.files,
+            s.dirs,
+            s.symlinks,
+            human(s.bytes),
+            s.files_read,
+            human(s.bytes_read),
+            s.files_unchanged,
+            s.chunks_uploaded,
+            s.chunks,
+            human(s.bytes_uploaded),
+            s.chunks_deduplicated,
+            s.metadata_blocks,
+            s.seconds
+        )
+    });
+    if !s.skipped.is_empty() {
+        for p in &s.skipped {
+            eprintln!("warning: not saved: {p}");
+        }
+        return Err(ClientError::Refused(format!(
+            "{} path(s) were not saved (see warnings above); run backup again",
+            s.skipped.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn cmd_restore(ctx: &Ctx, dest: &Path, snapshot: Option<&str>) -> Result<()> {
+    let snap = ctx.repo.select(snapshot).await?;
+    let m = ctx.repo.load_manifest(&snap).await?;
+    let progress = Arc::new(Progress::new("restore", !ctx.g.json));
+    let r = restore_tree(&ctx.repo, &m, dest, &progress).await;
+    progress.finish();
+    let s = r?;
+    ctx.print(&s, || {
+        format!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1} s",
+            snap.snapshot.number,
+            dest.display(),
+            s.files,
+            s.dirs,
+            s.symlinks,
+            human(s.bytes),
+            s.seconds
+        )
+    });
+    Ok(())
+}
+
+async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, snapshot: Option<&str>) -> Result<()> {
+    let comps = parse_backup_path(path)?;
+    if comps.is_empty() {
+        return Err(ClientError::Config(
+            "give a path inside the backup (use restore for everything)".into(),
+        ));
+    }
+    let snap = ctx.repo.select(snapshot).await?;
+    let m = ctx.repo.load_manifest(&snap).await?;
+    let entry = m
+        .find(&comps)
+        .ok_or_else(|| ClientError::NotInSnapshot(path.to_string()))?;
+    let target = match std::fs::symlink_metadata(dest) {
+        Ok(md) if md.is_dir() && !matches!(entry.kind, EntryKind::Dir) => {
+            dest.join(&comps[comps.len() - 1])
+        }
+        _ => dest.to_path_buf(),
+    };
+    let progress = Arc::new(Progress::new("getfile", !ctx.g.json));
+    let r = restore_entry(&ctx.repo, &m, entry, &target, &progress).await;
+    progress.finish();
+    let s = r?;
+    ctx.print(&s, || {
+        format!(
+            "restored {} to {} ({})",
+            path,
+            target.display(),
+            human(s.bytes)
+        )
+    });
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct LsEntry {
+    path: String,
+    kind: &'static str,
+    mode: String,
+    size: u64,
+    mtime: String,
+    target: Option<String>,
+}
+
+async fn cmd_ls(ctx: &Ctx, path: Option<&str>, snapshot: Option<&str>) -> Result<()> {
+    let prefix = parse_backup_path(path.unwrap_or(""))?;
+    let snap = ctx.repo.select(snapshot).await?;
+    let m = ctx.repo.load_manifest(&snap).await?;
+    if !prefix.is_empty() && m.find(&prefix).is_none() {
+        return Err(ClientError::NotInSnapshot(path.unwrap_or("").to_string()));
+    }
+    let list: Vec<LsEntry> = m
+        .entries
+        .iter()
+        .filter(|e| e.is_under(&prefix))
+        .map(|e| LsEntry {
+            path: e.display_path(),
+            kind: match e.kind {
+                EntryKind::Dir => "dir",
+                EntryKind::File { .. } => "file",
+                EntryKind::Symlink { .. } => "symlink",
+            },
+            mode: format!("{:04o}", e.mode),
+            size: e.size(),
+            mtime: format_time(e.mtime_ns),
+            target: match &e.kind {
+                EntryKind::Symlink { target } => Some(target.clone()),
+                _ => None,
+            },
+        })
+        .collect();
+    if ctx.g.json {
+        ctx.print(&list, String::new);
+    } else {
+        for e in &list {
+            let k = &e.kind[..1];
+            match &e.target {
+                Some(t) => println!("{k} {} {:>12} {} {} -> {t}", e.mode, e.size, e.mtime, e.path),
+                None => println!("{k} {} {:>12} {} {}", e.mode, e.size, e.mtime, e.path),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct SnapshotLine {
+    number: u64,
+    id: String,
+    time: String,
+    origin: String,
+    source: String,
+    files: u64,
+    dirs: u64,
+    bytes: u64,
+}
+
+async fn cmd_snapshots(ctx: &Ctx) -> Result<()> {
+    let all = ctx.repo.snapshots().await?;
+    let lines: Vec<SnapshotLine> = all
+        .iter()
+        .map(|s| SnapshotLine {
+            number: s.snapshot.number,
+            id: s.short_id(),
+            time: format_time(s.snapshot.time_ns),
+            origin: s.snapshot.origin.clone(),
+            source: s.snapshot.source.clone(),
+            files: s.snapshot.totals.files,
+            dirs: s.snapshot.totals.dirs,
+            bytes: s.snapshot.totals.bytes,
+        })
+        .collect();
+    if ctx.g.json {
+        ctx.print(&lines, String::new);
+    } else {
+        if lines.is_empty() {
+            println!("no snapshots yet");
+        }
+        for l in &lines {
+            println!(
+                "{:>5} {} {} {:<6} {:>7} files {:>10}  {}",
+                l.number,
+                l.id,
+                l.time,
+                l.origin,
+                l.files,
+                human(l.bytes),
+                l.source
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn cmd_rm(ctx: &Ctx, paths: &[String]) -> Result<()> {
+    let snap = ctx.repo.select(None).await?;
+    let m = ctx.repo.load_manifest(&snap).await?;
+    let mut entries = m.entries.clone();
+    for p in paths {
+        let comps = parse_backup_path(p)?;
+        if comps.is_empty() {
+            return Err(ClientError::Config("refusing to remove everything".into()));
+        }
+        let before = entries.len();
+        entries.retain(|e| !e.is_under(&comps));
+        if entries.len() == before {
+            return Err(ClientError::NotInSnapshot(p.clone()));
+        }
+    }
+    let removed = m.entries.len() - entries.len();
+    let (s, _) = ctx
+        .repo
+        .publish(&Manifest::new(entries), &snap.snapshot.source, "rm")
+        .await?;
+    ctx.print(
+        &serde_json::json!({"snapshot": s.snapshot.number, "id": s.short_id(), "removed": removed}),
+        || {
+            format!(
+                "snapshot {} ({}): removed {removed} entries",
+                s.snapshot.number,
+                s.short_id()
+            )
+        },
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct NodeUsage {
+    node: String,
+    bytes_used: u64,
+    capacity: u64,
+    keys_owned: u64,
+    keys_replica: u64,
+    reachable: bool,
+}
+
+#[derive(Serialize)]
+struct DuReport {
+    snapshots: usize,
+    logical_bytes: u64,
+    logical_bytes_all_snapshots: u64,
+    unique_blocks: u64,
+    unique_bytes: u64,
+    replication: u32,
+    stored_bytes: u64,
+    overhead: f64,
+    nodes: Vec<NodeUsage>,
+}
+
+async fn cmd_du(ctx: &Ctx) -> Result<()> {
+    let all = ctx.repo.snapshots().await?;
+    let mut blocks: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+    let mut logical_all = 0;
+    let mut logical = 0;
+    for (i, s) in all.iter().enumerate() {
+        let m = ctx.repo.load_manifest(s).await?;
+        let t = m.totals();
+        if i == 0 {
+            logical = t.bytes;
+        }
+        logical_all += t.bytes;
+        for e in &m.entries {
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                for c in chunks {
+                    blocks.insert(c.key, u64::from(c.len) + crypto::CHUNK_OVERHEAD as u64);
+                }
+            }
+        }
+        let mut left = s.snapshot.manifest_len;
+        for k in &s.snapshot.manifest_blocks {
+            let n = left.min(peerstore_node::proto::MAX_BLOCK_SIZE as u64);
+            blocks.insert(*k, n);
+            left -= n;
+        }
+        blocks.insert(s.key, 256);
+    }
+    let unique_bytes: u64 = blocks.values().sum();
+    let status = ctx.ring.status().await?;
+    let replication = status.replication;
+    let stored = unique_bytes * u64::from(replication);
+    let mut nodes = vec![NodeUsage {
+        node: status.addr.to_string(),
+        bytes_used: status.bytes_used,
+        capacity: status.capacity,
+        keys_owned: status.keys_owned,
+        keys_replica: status.keys_replica,
+        reachable: true,
+    }];
+    for m in &status.successors {
+        if nodes.iter().any(|n| n.node == m.addr.to_string()) {
+            continue;
+        }
+        let n = match status_of(&m.addr, Duration::from_secs(5)).await {
+            Ok(s) => NodeUsage {
+                node: m.addr.to_string(),
+                bytes_used: s.bytes_used,
+                capacity: s.capacity,
+                keys_owned: s.keys_owned,
+                keys_replica: s.keys_replica,
+                reachable: true,
+            },
+            Err(_) => NodeUsage {
+                node: m.addr.to_string(),
+                bytes_used: 0,
+                capacity: 0,
+                keys_owned: 0,
+                keys_replica: 0,
+                reachable: false,
+            },
+        };
+        nodes.push(n);
+    }
+    let report = DuReport {
+        snapshots: all.len(),
+        logical_bytes: logical,
+        logical_bytes_all_snapshots: logical_all,
+        unique_blocks: blocks.len() as u64,
+        unique_bytes,
+        replication,
+        stored_bytes: stored,
+        overhead: if logical > 0 {
+            stored as f64 / logical as f64
+        } else {
+            0.0
+        },
+        nodes,
+    };
+    ctx.print(&report, || {
+        let mut out = format!(
+            "latest snapshot: {} logical ({} over {} snapshots)\nunique blocks: {} ({} encrypted)\nstored with r={}: {} (overhead x{:.2} of the latest snapshot)\nper node (this node and its successors):",
+            human(report.logical_bytes),
+            human(report.logical_bytes_all_snapshots),
+            report.snapshots,
+            report.unique_blocks,
+            human(report.unique_bytes),
+            report.replication,
+            human(report.stored_bytes),
+            report.overhead
+        );
+        for n in &report.nodes {
+            if n.reachable {
+                out.push_str(&format!(
+                    "\n  {}  used {} of {} ({} owned + {} replica keys)",
+                    n.node,
+                    human(n.bytes_used),
+                    human(n.capacity),
+                    n.keys_owned,
+                    n.keys_replica
+                ));
+            } else {
+                out.push_str(&format!("\n  {}  unreachable", n.node));
+            }
+        }
+        out
+    });
+    Ok(())
+}
+
+async fn cmd_status(g: &Global) -> Result<()> {
+    let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
+    let s = status_of(&node, Duration::from_secs(g.timeout_secs)).await?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "node": s.addr.to_string(), "member": s.member, "replication": s.replication,
+                "successors": s.successors.iter().map(|m| m.addr.to_string()).collect::<Vec<_>>(),
+                "bytes_used": s.bytes_used, "capacity": s.capacity,
+            })
+        );
+    } else {
+        println!(
+            "node {}\nmember: {}, replication: {}, used {} of {}\nsuccessors:",
+            s.addr,
+            s.member,
+            s.replication,
+            human(s.bytes_used),
+            human(s.capacity)
+        );
+        for m in &s.successors {
+            println!("  {}", m.addr);
+        }
+    }
+    Ok(())
+}
+
+async fn cmd_sync(ctx: &Ctx, dir: &Path, debounce_ms: u64) -> Result<()> {
+    let known = ctx.known()?;
+    let source = crate::backup::absolute(dir)?;
+    let state_file = watcher::state_path(&ctx.dirs.user_data(&ctx.repo.user()), &source);
+    let opts = SyncOptions {
+        debounce: Duration::from_millis(debounce_ms),
+        ..SyncOptions::default()
+    };
+    let json = ctx.g.json;
+    eprintln!("watching {} (Ctrl-C to stop)", source.display());
+    watcher::run(
+        &ctx.repo,
+        known,
+        &source,
+        &state_file,
+        &opts,
+        shutdown_signal(),
+        |s| {
+            if json {
+                println!("{}", serde_json::to_string(s).unwrap_or_default());
+            } else {
+                println!(
+                    "snapshot {}: {} files, {}; uploaded {} chunks ({})",
+                    s.snapshot.unwrap_or(0),
+                    s.files,
+                    human(s.bytes),
+                    s.chunks_uploaded,
+                    human(s.bytes_uploaded)
+                );
+            }
+        },
+    )
+    .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formatting() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(951_782_400_000_000_000), "2000-02-29 00:00:00");
+        assert_eq!(format_time(1_700_000_000_123_000_000), "2023-11-14 22:13:20");
+        assert_eq!(format_time(-1_000_000_000), "1969-12-31 23:59:59");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(5), "5 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn cli_parses() {
+        let c = Cli::try_parse_from(["peerstore-client", "--json", "backup", "/tmp", "--peer", "x"])
+            .unwrap();
+        assert!(c.global.json);
+        assert_eq!(c.global.peer.as_deref(), Some("x"));
+        assert!(matches!(c.command, Command::Backup { .. }));
+        assert!(Cli::try_parse_from(["peerstore-client", "rm"]).is_err());
+    }
+}

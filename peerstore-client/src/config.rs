@@ -1,0 +1,221 @@
+//! Where the client keeps its things, how it gets the passphrase, and how it finds its node.
+
+use std::fs::{self, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use crypto::{Identity, KdfParams, KeyError};
+use peerstore_node::proto::{parse_node_addr, NodeAddr};
+use rand::rngs::OsRng;
+
+use crate::error::{ClientError, Result};
+
+/// Environment variable holding the passphrase (for scripts and tests).
+pub const PASSPHRASE_ENV: &str = "PEERSTORE_PASSPHRASE";
+/// File name of the sealed identity in the config directory.
+pub const IDENTITY_FILE: &str = "identity.key";
+
+/// The directories a command uses.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    pub config: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Dirs {
+    /// The platform's directories for the client unless overridden.
+    pub fn resolve(config: Option<PathBuf>, data: Option<PathBuf>) -> Result<Dirs> {
+        let pd = directories::ProjectDirs::from("org", "peerstore", "peerstore-client");
+        let config = match (config, &pd) {
+            (Some(c), _) => c,
+            (None, Some(pd)) => pd.config_dir().to_path_buf(),
+            (None, None) => {
+                return Err(ClientError::Config(
+                    "no home directory; pass --config-dir".into(),
+                ))
+            }
+        };
+        let data = match (data, &pd) {
+            (Some(d), _) => d,
+            (None, Some(pd)) => pd.data_dir().to_path_buf(),
+            (None, None) => {
+                return Err(ClientError::Config(
+                    "no home directory; pass --data-dir".into(),
+                ))
+            }
+        };
+        Ok(Dirs { config, data })
+    }
+
+    #[must_use]
+    pub fn identity_path(&self) -> PathBuf {
+        self.config.join(IDENTITY_FILE)
+    }
+
+    /// The per-user part of the data directory.
+    #[must_use]
+    pub fn user_data(&self, user: &crypto::UserId) -> PathBuf {
+        self.data.join("users").join(&user.to_hex()[..16])
+    }
+}
+
+/// The passphrase: `$PEERSTORE_PASSPHRASE`, else a prompt when stdin is a terminal.
+pub fn passphrase(prompt: &str, confirm: bool) -> Result<Vec<u8>> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(p.into_bytes());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(ClientError::Config(format!(
+            "no passphrase: set {PASSPHRASE_ENV} or run in a terminal"
+        )));
+    }
+    let p = rpassword::prompt_password(prompt)
+        .map_err(|e| ClientError::Config(format!("cannot read the passphrase: {e}")))?;
+    if confirm {
+        let again = rpassword::prompt_password("Repeat passphrase: ")
+            .map_err(|e| ClientError::Config(format!("cannot read the passphrase: {e}")))?;
+        if again != p {
+            return Err(ClientError::Config("passphrases differ".into()));
+        }
+    }
+    if p.is_empty() {
+        return Err(ClientError::Config("empty passphrase".into()));
+    }
+    Ok(p.into_bytes())
+}
+
+fn key_error(path: &Path, e: KeyError) -> ClientError {
+    match e {
+        KeyError::WrongPassphrase => ClientError::WrongPassphrase(path.to_path_buf()),
+        other => ClientError::KeyFile {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Opens a key file with a passphrase.
+pub fn open_key_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
+    let bytes = fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ClientError::Config(format!(
+                "no key at {}: run `peerstore-client init` (or `key import <file>`) first",
+                path.display()
+            ))
+        } else {
+            ClientError::io(path, e)
+        }
+    })?;
+    Identity::open(&bytes, passphrase).map_err(|e| key_error(path, e))
+}
+
+/// Writes `bytes` to a new file (mode 0600), refusing to replace an existing one unless
+/// `overwrite`; temp file, fsync, rename.
+pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    if !overwrite && fs::symlink_metadata(path).is_ok() {
+        return Err(ClientError::Refused(format!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("key")
+    ));
+    let _ = fs::remove_file(&tmp);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| ClientError::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| ClientError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| ClientError::io(&tmp, e))?;
+    }
+    if !overwrite && fs::symlink_metadata(path).is_ok() {
+        let _ = fs::remove_file(&tmp);
+        return Err(ClientError::Refused(format!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
+    fs::rename(&tmp, path).map_err(|e| ClientError::io(path, e))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates a new identity sealed under `passphrase` at the config directory's key path.
+pub fn init_identity(dirs: &Dirs, passphrase: &[u8], kdf: &KdfParams) -> Result<Identity> {
+    let path = dirs.identity_path();
+    if fs::symlink_metadata(&path).is_ok() {
+        return Err(ClientError::Refused(format!(
+            "{} already exists; refusing to overwrite it (use another --config-dir)",
+            path.display()
+        )));
+    }
+    let id = Identity::generate(&mut OsRng);
+    let bytes = id
+        .seal(passphrase, kdf, &mut OsRng)
+        .map_err(|e| key_error(&path, e))?;
+    write_private(&path, &bytes, false)?;
+    Ok(id)
+}
+
+/// Where the node is: `--peer`, else the address file in `--node-data-dir` (or the default
+/// node data directory).
+pub fn node_address(peer: Option<&str>, node_data_dir: Option<&Path>) -> Result<NodeAddr> {
+    if let Some(p) = peer {
+        return parse_node_addr(p).map_err(|e| ClientError::Config(format!("--peer: {e}")));
+    }
+    let dir = node_data_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(peerstore_node::config::default_data_dir);
+    peerstore_node::identity::read_address_file(&dir).map_err(|_| {
+        ClientError::Config(format!(
+            "no node reachable: no address file in {}; start one with peerstore-node or pass --peer",
+            dir.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            config: dir.path().join("cfg"),
+            data: dir.path().join("data"),
+        };
+        let kdf = KdfParams::insecure_for_tests();
+        let id = init_identity(&dirs, b"pw", &kdf).unwrap();
+        assert!(init_identity(&dirs, b"pw", &kdf).is_err(), "overwrote");
+        let back = open_key_file(&dirs.identity_path(), b"pw").unwrap();
+        assert_eq!(back.user_id(), id.user_id());
+        let err = open_key_file(&dirs.identity_path(), b"nope").unwrap_err();
+        assert!(matches!(err, ClientError::WrongPassphrase(_)), "{err}");
+        assert!(err.to_string().contains("wrong passphrase"));
+        let mode = fs::metadata(dirs.identity_path()).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn node_address_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = node_address(None, Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("no node reachable"), "{err}");
+        assert!(node_address(Some("/ip4/127.0.0.1/tcp/1"), None).is_err());
+    }
+}

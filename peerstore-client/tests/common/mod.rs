@@ -1,0 +1,221 @@
+//! Helpers of the end-to-end tests: run the real `peerstore-client` binary against real
+//! `peerstore-node` processes (peerstore_node::testing), generate trees, compare trees.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+use rand::{RngCore, SeedableRng};
+
+pub const PASS: &str = "correct horse battery staple";
+
+pub const CHUNK_MIN: usize = 256 * 1024;
+pub const CHUNK_AVG: usize = 1024 * 1024;
+pub const CHUNK_MAX: usize = 3 * 1024 * 1024;
+
+/// One user's client: its own config and data directories.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub peer: String,
+    pub pass: String,
+}
+
+impl Client {
+    pub fn new(root: &Path, name: &str, peer: &str) -> Client {
+        Client {
+            config: root.join(format!("{name}-config")),
+            data: root.join(format!("{name}-data")),
+            peer: peer.to_string(),
+            pass: PASS.to_string(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peerstore-client"));
+        c.arg("--config-dir")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--peer")
+            .arg(&self.peer)
+            .args(args)
+            .env("PEERSTORE_PASSPHRASE", &self.pass)
+            .env_remove("PEERSTORE_PEER")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a command and returns its output (whatever the exit status).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("spawn peerstore-client")
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "peerstore-client {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Runs a `--json` command that must succeed and parses its (last) stdout line.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        let line = out.lines().last().unwrap_or_default();
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+pub fn set_mtime(p: &Path, secs: u64) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// The tree of acceptance test 1, with `marker` inside the text files.
+pub fn make_tree(root: &Path, marker: &str, big: usize) {
+    fs::create_dir_all(root.join("nested/deeper/deepest")).unwrap();
+    fs::create_dir_all(root.join("empty dir/empty child")).unwrap();
+    fs::create_dir_all(root.join("ünïcødé dïr")).unwrap();
+    fs::write(root.join("zero bytes"), b"").unwrap();
+    fs::write(root.join("one byte"), b"x").unwrap();
+    let sizes = [
+        CHUNK_MIN - 1,
+        CHUNK_MIN,
+        CHUNK_MIN + 1,
+        CHUNK_AVG - 1,
+        CHUNK_AVG + 1,
+        CHUNK_MAX - 1,
+        CHUNK_MAX,
+        CHUNK_MAX + 1,
+    ];
+    for (i, n) in sizes.iter().enumerate() {
+        fs::write(
+            root.join(format!("nested/size-{n}.bin")),
+            random_bytes(100 + i as u64, *n),
+        )
+        .unwrap();
+    }
+    fs::write(root.join("nested/deeper/big.bin"), random_bytes(7, big)).unwrap();
+    for (i, name) in ["notes.txt", "ünïcødé dïr/fïlé wïth späces.txt", "nested/deeper/deepest/readme.md"]
+        .iter()
+        .enumerate()
+    {
+        fs::write(
+            root.join(name),
+            format!("line one\n{marker} number {i}\nthe end\n").repeat(3),
+        )
+        .unwrap();
+    }
+    fs::set_permissions(root.join("notes.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("nested/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("nested/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    set_mtime(&root.join("one byte"), 1_234_567_890);
+    std::os::unix::fs::symlink("nested/run.sh", root.join("link to run")).unwrap();
+    fs::set_permissions(root.join("empty dir"), fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let p = e.path();
+        out.push(p.strip_prefix(root).unwrap().to_string_lossy().to_string());
+        if e.file_type().unwrap().is_dir() {
+            walk(root, &p, out);
+        }
+    }
+}
+
+/// Asserts two trees are identical: names, kinds, content, mode, mtime, symlink targets.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    walk(a, a, &mut ea);
+    walk(b, b, &mut eb);
+    assert_eq!(ea, eb, "different entries");
+    for rel in &ea {
+        let (pa, pb) = (a.join(rel), b.join(rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&pa).unwrap(),
+            fs::symlink_metadata(&pb).unwrap(),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "kind of {rel}");
+        if ma.file_type().is_symlink() {
+            assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap(), "{rel}");
+            continue;
+        }
+        assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {rel}");
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "mtime of {rel}"
+        );
+        if ma.is_file() {
+            assert_eq!(ma.len(), mb.len(), "size of {rel}");
+            assert!(fs::read(&pa).unwrap() == fs::read(&pb).unwrap(), "content of {rel}");
+        }
+    }
+}
+
+/// Every regular file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> (usize, Vec<PathBuf>) {
+    let mut scanned = 0;
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                if let Ok(bytes) = fs::read(&p) {
+                    scanned += 1;
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        hits.push(p);
+                    }
+                }
+            }
+        }
+    }
+    (scanned, hits)
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The node logs of a cluster, for failure messages.
+pub fn node_logs(cluster: &peerstore_node::testing::Cluster) -> String {
+    let mut s = String::new();
+    for n in &cluster.nodes {
+        let log = fs::read_to_string(n.data_dir.join("node.log")).unwrap_or_default();
+        let tail: Vec<_> = log.lines().rev().take(30).collect();
+        s.push_str(&format!("--- {} ---\n", n.data_dir.display()));
+        for l in tail.into_iter().rev() {
+            s.push_str(l);
+            s.push('\n');
+        }
+    }
+    s
+}

@@ -1,0 +1,188 @@
+//! Node configuration: a serde struct read from `--config <toml>`, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to run. Every field has a default; a TOML file may set any of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where blocks, metadata, the node identity and the address file live.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on. Default: TCP on 127.0.0.1 with an ephemeral port.
+    pub listen: Vec<Multiaddr>,
+    /// A member of the ring to join through (a full multiaddr ending in /p2p/<peer id>).
+    /// None starts a new ring.
+    pub initial_peer: Option<String>,
+    /// Bytes of block data this node may hold.
+    pub capacity: u64,
+    /// Replication factor r: a block lives on its owner and the next r-1 successors.
+    pub replication: usize,
+    /// Successor-list length of the Chord core (at least `replication`).
+    pub successors: usize,
+    /// How often Chord stabilizes, in milliseconds.
+    pub stabilize_ms: u64,
+    /// How often the node runs anti-entropy against its neighbours, in milliseconds.
+    pub maintenance_ms: u64,
+    /// Timeout of one request to another node, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: default_data_dir(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+            initial_peer: None,
+            capacity: 10 << 30,
+            replication: 3,
+            successors: 8,
+            stabilize_ms: 1000,
+            maintenance_ms: 5000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The platform's data directory for the node (e.g. ~/.local/share/peerstore-node).
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("org", "peerstore", "peerstore-node")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("peerstore-node-data"))
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; unknown keys are errors so typos do not silently fall back to defaults.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.replication == 0 {
+            return bad("replication must be at least 1".into());
+        }
+        if self.successors < self.replication {
+            return bad(format!(
+                "successors ({}) must be at least replication ({})",
+                self.successors, self.replication
+            ));
+        }
+        if self.listen.is_empty() {
+            return bad("at least one --listen address is needed".into());
+        }
+        if self.stabilize_ms == 0 || self.maintenance_ms == 0 || self.request_timeout_ms == 0 {
+            return bad("intervals and timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn stabilize_interval(&self) -> Duration {
+        Duration::from_millis(self.stabilize_ms)
+    }
+
+    pub fn maintenance_interval(&self) -> Duration {
+        Duration::from_millis(self.maintenance_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The Chord core's configuration derived from this one.
+    pub fn chord_config(&self) -> chord::Config {
+        let stabilize = self.stabilize_interval();
+        chord::Config {
+            successors: self.successors,
+            predecessors: self.successors,
+            replication: self.replication,
+            stabilize_interval: stabilize,
+            fix_fingers_interval: stabilize / 4,
+            rpc_timeout: (stabilize * 2).max(Duration::from_millis(500)),
+            rpc_retries: 1,
+            lookup_timeout: self.request_timeout(),
+            lookup_max_hops: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Parses a byte size with an optional K/M/G/T suffix (powers of 1024), e.g. "512M", "10G".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let suffix = t[i..].trim().to_ascii_uppercase();
+            let mult = match suffix.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("'{s}': unknown size suffix (use K, M, G or T)")),
+            };
+            (&t[..i], mult)
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 1048576, 512M, 10G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("3M").unwrap(), 3 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_toml_round_trips() {
+        let c = NodeConfig::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.capacity, c.capacity);
+        assert!(toml::from_str::<NodeConfig>("capacity_typo = 3").is_err());
+        let bad = NodeConfig {
+            successors: 1,
+            ..NodeConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,544 @@
+//! The driver: the one task that owns the libp2p swarm, the clock and the Chord state machine.
+//!
+//! Everything else talks to it through a [`Handle`] (bounded command channel, `oneshot` replies),
+//! the pattern of rust-libp2p's file-sharing example. After every input (a swarm event, a command,
+//! a timer) the driver drains the Chord core's actions: messages to send, lookups that finished,
+//! range changes. Inbound data requests are handed to the [`Service`](crate::service::Service) in
+//! their own tasks, whose answers come back as [`Command::Respond`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity::Keypair, noise, tcp, tls, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::proto::{
+    chord_codec, data_codec, ring_id, ChordAck, ChordCodec, ChordEnvelope, DataCodec, NodeAddr,
+    Request, Response, CHORD_PROTOCOL, DATA_PROTOCOL,
+};
+
+/// The network behaviour of a node: Chord maintenance, the data protocol, and identify.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub chord: request_response::Behaviour<ChordCodec>,
+    pub data: request_response::Behaviour<DataCodec>,
+    pub identify: identify::Behaviour,
+}
+
+/// Builds a swarm with TCP (TLS 1.3 or Noise, negotiated; yamux) and QUIC, and the node's
+/// behaviour. `serve` says whether this endpoint answers data requests (nodes do, clients do not).
+pub fn build_swarm(
+    keypair: Keypair,
+    request_timeout: Duration,
+    serve: bool,
+) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+    let support = if serve {
+        ProtocolSupport::Full
+    } else {
+        ProtocolSupport::Outbound
+    };
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            (tls::Config::new, noise::Config::new),
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            chord: request_response::Behaviour::with_codec(
+                chord_codec(),
+                [(CHORD_PROTOCOL, support.clone())],
+                request_response::Config::default()
+                    .with_request_timeout(request_timeout)
+                    .with_max_concurrent_streams(256),
+            ),
+            data: request_response::Behaviour::with_codec(
+                data_codec(),
+                [(DATA_PROTOCOL, support)],
+                request_response::Config::default()
+                    .with_request_timeout(request_timeout)
+                    .with_max_concurrent_streams(256),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/peerstore/id/1".into(),
+                key.public(),
+            )),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+/// An error of one outbound request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("request to {peer} failed: {reason}")]
+    Failed { peer: PeerId, reason: String },
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+/// What the driver knows of the ring right now (for status and for the maintenance workers).
+#[derive(Clone, Debug)]
+pub struct RingView {
+    pub me: chord::Peer<NodeAddr>,
+    pub member: bool,
+    pub predecessor: Option<chord::Peer<NodeAddr>>,
+    pub predecessors: Vec<chord::Peer<NodeAddr>>,
+    pub successors: Vec<chord::Peer<NodeAddr>>,
+    pub fingers: Vec<chord::Peer<NodeAddr>>,
+    pub ranges: chord::Ranges,
+}
+
+/// Commands to the driver.
+pub enum Command {
+    Lookup {
+        key: chord::Id,
+        reply: oneshot::Sender<Result<chord::LookupResult<NodeAddr>, String>>,
+    },
+    Request {
+        to: NodeAddr,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
+    View {
+        reply: oneshot::Sender<RingView>,
+    },
+    /// Start the graceful leave of the Chord core; the reply fires when the core says Left
+    /// (or after a bound).
+    Leave {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap, cloneable handle to the driver.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    pub local: NodeAddr,
+    /// Bumped every time the Chord core reports a change of our key ranges.
+    pub ranges_changed: watch::Receiver<u64>,
+}
+
+impl Handle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn lookup(&self, key: chord::Id) -> Result<chord::LookupResult<NodeAddr>, String> {
+        self.call(|reply| Command::Lookup { key, reply })
+            .await
+            .unwrap_or_else(|| Err("the node is shutting down".into()))
+    }
+
+    pub async fn request(&self, to: NodeAddr, request: Request) -> Result<Response, RequestError> {
+        self.call(|reply| Command::Request { to, request, reply })
+            .await
+            .unwrap_or(Err(RequestError::Shutdown))
+    }
+
+    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
+        let _ = self.tx.send(Command::Respond { channel, response }).await;
+    }
+
+    pub async fn view(&self) -> Option<RingView> {
+        self.call(|reply| Command::View { reply }).await
+    }
+
+    pub async fn leave(&self) {
+        let _ = self.call(|reply| Command::Leave { reply }).await;
+    }
+}
+
+/// An inbound data request for the service.
+pub struct Inbound {
+    pub peer: PeerId,
+    pub request: Request,
+    pub channel: ResponseChannel<Response>,
+}
+
+/// The event loop. Create it with [`Driver::start`], then `run` it in its own task.
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    node: chord::Node<NodeAddr>,
+    epoch: Instant,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    ranges_tx: watch::Sender<u64>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    pending_chord: HashMap<OutboundRequestId, (NodeAddr, chord::Message<NodeAddr>)>,
+    pending_lookups: HashMap<
+        chord::LookupId,
+        Vec<oneshot::Sender<Result<chord::LookupResult<NodeAddr>, String>>>,
+    >,
+    leave_waiters: Vec<oneshot::Sender<()>>,
+    left: bool,
+}
+
+/// How the node enters the ring.
+pub enum Start {
+    Create,
+    Join(NodeAddr),
+}
+
+impl Driver {
+    /// Listens on `listen`, waits for the listen addresses, and sets up the Chord core.
+    /// Returns the driver, a handle, and the receiver of inbound data requests.
+    pub async fn start(
+        mut swarm: Swarm<Behaviour>,
+        listen: &[Multiaddr],
+        chord_config: chord::Config,
+    ) -> anyhow::Result<(Driver, Handle, mpsc::Receiver<Inbound>)> {
+        for addr in listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        }
+        let addr = wait_for_listen_addr(&mut swarm).await?;
+        let peer = *swarm.local_peer_id();
+        let local = NodeAddr { peer, addr };
+        let me = chord::Peer {
+            id: ring_id(&peer),
+            addr: local.clone(),
+        };
+        let node = chord::Node::new(chord_config, me);
+        let (cmd_tx, commands) = mpsc::channel(1024);
+        let (inbound, inbound_rx) = mpsc::channel(1024);
+        let (ranges_tx, ranges_changed) = watch::channel(0);
+        let driver = Driver {
+            swarm,
+            node,
+            epoch: Instant::now(),
+            commands,
+            inbound,
+            ranges_tx,
+            pending_requests: HashMap::new(),
+            pending_chord: HashMap::new(),
+            pending_lookups: HashMap::new(),
+            leave_waiters: Vec::new(),
+            left: false,
+        };
+        let handle = Handle {
+            tx: cmd_tx,
+            local,
+            ranges_changed,
+        };
+        Ok((driver, handle, inbound_rx))
+    }
+
+    fn now(&self) -> chord::Time {
+        chord::Time(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    fn deadline(&self, t: chord::Time) -> Instant {
+        self.epoch + Duration::from_millis(t.0)
+    }
+
+    /// Runs until every command sender is gone or the graceful leave finished.
+    pub async fn run(mut self, start: Start) {
+        let now = self.now();
+        match start {
+            Start::Create => self.node.create(now),
+            Start::Join(via) => {
+                self.swarm.add_peer_address(via.peer, via.addr.clone());
+                self.node.join(now, via)
+            }
+        }
+        self.drain();
+        loop {
+            let timer = self.node.poll_timeout().map(|t| self.deadline(t));
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = sleep_until(timer) => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                }
+            }
+            self.drain();
+            if self.left && self.pending_requests.is_empty() {
+                break;
+            }
+        }
+        for w in self.leave_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Lookup { key, reply } => {
+                if !self.node.is_member() {
+                    let _ = reply.send(Err("this node has not joined a ring yet".into()));
+                    return;
+                }
+                let now = self.now();
+                let id = self.node.start_lookup(now, key);
+                self.pending_lookups.entry(id).or_default().push(reply);
+            }
+            Command::Request { to, request, reply } => {
+                let id = self.swarm.behaviour_mut().data.send_request_with_addresses(
+                    &to.peer,
+                    request,
+                    vec![to.addr.clone()],
+                );
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .data
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("response dropped: the requester went away");
+                }
+            }
+            Command::View { reply } => {
+                let _ = reply.send(self.view());
+            }
+            Command::Leave { reply } => {
+                if self.left || !self.node.is_member() {
+                    self.left = true;
+                    let _ = reply.send(());
+                } else {
+                    self.leave_waiters.push(reply);
+                    let now = self.now();
+                    self.node.leave(now);
+                }
+            }
+        }
+    }
+
+    fn view(&self) -> RingView {
+        let mut fingers: Vec<chord::Peer<NodeAddr>> =
+            self.node.fingers().into_iter().flatten().collect();
+        fingers.sort();
+        fingers.dedup();
+        RingView {
+            me: self.node.me().clone(),
+            member: self.node.is_member(),
+            predecessor: self.node.predecessor().cloned(),
+            predecessors: self.node.predecessors().to_vec(),
+            successors: self.node.successors().to_vec(),
+            fingers,
+            ranges: self.node.ranges(self.node.config().successors),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Chord(ev)) => self.on_chord_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Data(ev)) => self.on_data_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!(%error, "incoming connection failed")
+            }
+            _ => {}
+        }
+    }
+
+    fn on_chord_event(&mut self, ev: request_response::Event<ChordEnvelope, ChordAck>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message: Message::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .chord
+                    .send_response(channel, ChordAck);
+                if request.from.peer != peer {
+                    warn!(%peer, claimed = %request.from.peer, "chord message with a forged sender, dropped");
+                    return;
+                }
+                let now = self.now();
+                self.node.handle_message(now, request.from, request.msg);
+            }
+            Event::Message {
+                message: Message::Response { request_id, .. },
+                ..
+            } => {
+                self.pending_chord.remove(&request_id);
+            }
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((to, msg)) = self.pending_chord.remove(&request_id) {
+                    debug!(peer = %to.peer, %error, "chord message not delivered");
+                    let now = self.now();
+                    self.node.handle_send_failure(now, to, &msg);
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                warn!(%peer, %error, "bad inbound chord message rejected");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_data_event(&mut self, ev: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message: Message::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                let inbound = Inbound {
+                    peer,
+                    request,
+                    channel,
+                };
+                match self.inbound.try_send(inbound) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(inbound)) => {
+                        let _ = self.swarm.behaviour_mut().data.send_response(
+                            inbound.channel,
+                            Response::error(
+                                crate::proto::ErrorCode::Unavailable,
+                                "node busy: too many requests in flight, retry shortly",
+                            ),
+                        );
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            Event::Message {
+                message: Message::Response {
+                    request_id,
+                    response,
+                },
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Failed {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                warn!(%peer, %error, "bad inbound data request rejected");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                chord::Action::Send { to, msg } => {
+                    let envelope = ChordEnvelope {
+                        from: self.node.me().addr.clone(),
+                        msg: msg.clone(),
+                    };
+                    let id = self.swarm.behaviour_mut().chord.send_request_with_addresses(
+                        &to.peer,
+                        envelope,
+                        vec![to.addr.clone()],
+                    );
+                    self.pending_chord.insert(id, (to, msg));
+                }
+                chord::Action::Event(ev) => self.on_core_event(ev),
+            }
+        }
+    }
+
+    fn on_core_event(&mut self, ev: chord::Event<NodeAddr>) {
+        match ev {
+            chord::Event::Joined => info!(id = %self.node.me().id, "joined the ring"),
+            chord::Event::JoinFailed { reason } => {
+                warn!(%reason, "join failed; retrying");
+            }
+            chord::Event::LookupDone { lookup, result, .. } => {
+                if let Some(waiters) = self.pending_lookups.remove(&lookup) {
+                    let result = result.map_err(|e| format!("lookup failed: {e:?}"));
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            }
+            chord::Event::PeerFailed { peer } => {
+                info!(peer = %peer.addr, "peer declared dead")
+            }
+            chord::Event::RangesChanged { ranges } => {
+                debug!(?ranges, "key ranges changed");
+                self.ranges_tx.send_modify(|n| *n += 1);
+            }
+            chord::Event::Left => {
+                info!("left the ring");
+                self.left = true;
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => futures::future::pending().await,
+    }
+}
+
+async fn wait_for_listen_addr(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<Multiaddr> {
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    let mut found: Vec<Multiaddr> = Vec::new();
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => {
+                if let SwarmEvent::NewListenAddr { address, .. } = ev {
+                    found.push(address);
+                    // Give the other listeners a moment to report too, then choose.
+                    break;
+                }
+            }
+            _ = &mut deadline => anyhow::bail!("no listen address came up within 10 s"),
+        }
+    }
+    Ok(choose_advertised(found))
+}
+
+/// Prefers a TCP address (the transport every peer has) over QUIC.
+fn choose_advertised(mut found: Vec<Multiaddr>) -> Multiaddr {
+    found.sort_by_key(|a| {
+        !a.iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+    });
+    found.remove(0)
+}

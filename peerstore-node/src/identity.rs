@@ -1,0 +1,101 @@
+//! The node's libp2p identity, kept in its data directory so its PeerId (and so its ring id)
+//! survives restarts, and the address file that tells local clients and scripts where it listens.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use libp2p::identity::Keypair;
+
+use crate::proto::NodeAddr;
+
+/// File name of the identity key inside the data directory.
+pub const IDENTITY_FILE: &str = "identity.key";
+/// File name of the address file inside the data directory.
+pub const ADDRESS_FILE: &str = "node.addr";
+
+/// Loads the node's keypair, creating (and durably saving) a new Ed25519 one on first start.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
+    let path = data_dir.join(IDENTITY_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+            format!(
+                "{} is not a valid node identity; restore it from a backup or move it away to start as a new node",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let bytes = kp
+                .to_protobuf_encoding()
+                .context("cannot encode the new node identity")?;
+            write_durable(&path, &bytes, true)?;
+            Ok(kp)
+        }
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
+/// Writes the address file (full multiaddr with /p2p/<peer id>, one line).
+pub fn write_address_file(data_dir: &Path, addr: &NodeAddr) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(ADDRESS_FILE);
+    write_durable(&path, format!("{addr}\n").as_bytes(), false)?;
+    Ok(path)
+}
+
+/// Reads a node's address file.
+pub fn read_address_file(data_dir: &Path) -> anyhow::Result<NodeAddr> {
+    let path = data_dir.join(ADDRESS_FILE);
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no node address file at {}; is a node running with that --data-dir? (or pass --peer <multiaddr>)",
+            path.display()
+        )
+    })?;
+    crate::proto::parse_node_addr(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// temp file -> fsync -> rename -> fsync directory.
+pub fn write_durable(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_survives_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path()).unwrap();
+        let b = load_or_create(dir.path()).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        fs::write(dir.path().join(IDENTITY_FILE), b"garbage").unwrap();
+        let err = load_or_create(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a valid node identity"), "{err}");
+    }
+}

@@ -1,0 +1,226 @@
+//! `peerstore-node`: runs a PeerStore node, or asks one for its status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+use peerstore_node::config::{parse_size, NodeConfig};
+use peerstore_node::proto::{Request, Response};
+
+#[derive(Parser)]
+#[command(name = "peerstore-node", version, about = "A PeerStore node: a member of a Chord ring that stores encrypted blocks")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Join the ring this peer is in (full multiaddr ending in /p2p/<peer id>). Without it the
+    /// node starts a new ring. `-initial-peer` works too.
+    #[arg(long, value_name = "MULTIADDR")]
+    initial_peer: Option<String>,
+    /// Address to listen on (repeatable). Default /ip4/127.0.0.1/tcp/0.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Data directory (default: the platform's data directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Bytes of block data this node may hold, e.g. 512M or 10G.
+    #[arg(long, value_parser = parse_size)]
+    capacity: Option<u64>,
+    /// Replication factor r.
+    #[arg(long)]
+    replication: Option<usize>,
+    /// Successor-list length (default 8, at least r).
+    #[arg(long)]
+    successors: Option<usize>,
+    /// Chord stabilization period in milliseconds.
+    #[arg(long)]
+    stabilize_ms: Option<u64>,
+    /// Anti-entropy period in milliseconds.
+    #[arg(long)]
+    maintenance_ms: Option<u64>,
+    /// A TOML configuration file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show the ring as a node sees it and what it stores.
+    Status {
+        /// The node to ask (full multiaddr). Default: the address file in --data-dir.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Data directory of a local node whose address file to read.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Accepts the Go-style single-dash `-initial-peer` (and `-initial-peer=...`) people type.
+fn normalize_args() -> Vec<String> {
+    std::env::args()
+        .map(|a| {
+            if a == "-initial-peer" || a.starts_with("-initial-peer=") {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse_from(normalize_args());
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Some(Cmd::Status {
+                peer,
+                data_dir,
+                json,
+            }) => status(peer, data_dir, json).await,
+            None => run(cli.run).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let mut c = match &a.config {
+        Some(p) => NodeConfig::from_file(p)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = a.initial_peer {
+        c.initial_peer = Some(v);
+    }
+    if !a.listen.is_empty() {
+        c.listen = a.listen;
+    }
+    if let Some(v) = a.data_dir {
+        c.data_dir = v;
+    }
+    if let Some(v) = a.capacity {
+        c.capacity = v;
+    }
+    if let Some(v) = a.replication {
+        c.replication = v;
+        c.successors = c.successors.max(v);
+    }
+    if let Some(v) = a.successors {
+        c.successors = v;
+    }
+    if let Some(v) = a.stabilize_ms {
+        c.stabilize_ms = v;
+    }
+    if let Some(v) = a.maintenance_ms {
+        c.maintenance_ms = v;
+    }
+    peerstore_node::run(c, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn status(peer: Option<String>, data_dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let node = match peer {
+        Some(p) => peerstore_node::proto::parse_node_addr(&p).map_err(anyhow::Error::msg)?,
+        None => peerstore_node::identity::read_address_file(
+            &data_dir.unwrap_or_else(peerstore_node::config::default_data_dir),
+        )?,
+    };
+    let client = peerstore_node::rpc::RpcClient::start(node, Duration::from_secs(10))?;
+    let s = match client.call(Request::Status).await? {
+        Response::Status(s) => s,
+        other => anyhow::bail!("{}", peerstore_node::rpc::describe(&other)),
+    };
+    if json {
+        let member = |m: &peerstore_node::proto::MemberInfo| {
+            serde_json::json!({ "id": m.id.to_hex(), "addr": m.addr.to_string() })
+        };
+        let v = serde_json::json!({
+            "id": s.id.to_hex(),
+            "addr": s.addr.to_string(),
+            "member": s.member,
+            "predecessor": s.predecessor.as_ref().map(member),
+            "successors": s.successors.iter().map(member).collect::<Vec<_>>(),
+            "fingers": s.fingers.iter().map(member).collect::<Vec<_>>(),
+            "distinct_fingers": s.distinct_fingers,
+            "replication": s.replication,
+            "owned_range": [s.owned_range.0.to_hex(), s.owned_range.1.to_hex()],
+            "keys_owned": s.keys_owned,
+            "keys_replica": s.keys_replica,
+            "bytes_used": s.bytes_used,
+            "capacity": s.capacity,
+            "records": s.records,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("node        {}", s.addr);
+    println!("id          {}", s.id.to_hex());
+    println!("member      {}", s.member);
+    match &s.predecessor {
+        Some(p) => println!("predecessor {} {}", p.id, p.addr.peer),
+        None => println!("predecessor (none)"),
+    }
+    println!("successors  {}", s.successors.len());
+    for (i, m) in s.successors.iter().enumerate() {
+        println!("  [{i}] {} {}", m.id, m.addr.peer);
+    }
+    println!("fingers     {} distinct", s.distinct_fingers);
+    println!(
+        "keys        {} owned, {} as replica (r = {})",
+        s.keys_owned, s.keys_replica, s.replication
+    );
+    println!("storage     {} of {} bytes used", s.bytes_used, s.capacity);
+    Ok(())
+}

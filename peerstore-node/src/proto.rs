@@ -1,0 +1,409 @@
+//! The wire protocol that nodes and clients speak: message types, size bounds and the framed
+//! postcard codec used by libp2p request-response.
+//!
+//! Two request-response protocols run over one connection per peer:
+//! - `/peerstore/chord/1`: the Chord maintenance messages of the pure core, sent one-way (each is a
+//!   request answered with an empty [`ChordAck`]); the core matches its own request ids and runs
+//!   its own timeouts.
+//! - `/peerstore/data/1`: blocks, lookups, status and anti-entropy ([`Request`] / [`Response`]).
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes of postcard. A frame
+//! longer than the protocol's bound is refused before it is read, and a frame that does not decode
+//! is an error value: the stream is dropped, the node logs it and keeps serving.
+//! docs/PROTOCOL.md documents every message.
+
+use std::io;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub use crate::store::BlockKey;
+
+/// Protocol name of the Chord maintenance protocol.
+pub const CHORD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/chord/1");
+/// Protocol name of the data protocol (blocks, lookups, status, anti-entropy).
+pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/data/1");
+
+/// Largest block the ring stores. Blocks are content addressed: key = BLAKE3(bytes).
+pub const MAX_BLOCK_SIZE: usize = 4 << 20;
+/// Bound on one Chord message (successor lists of a few hundred entries fit easily).
+pub const MAX_CHORD_FRAME: usize = 256 << 10;
+/// Bound on one data-protocol frame: a block plus generous room for the envelope.
+pub const MAX_DATA_FRAME: usize = MAX_BLOCK_SIZE + (64 << 10);
+/// Most keys returned by one [`Request::ListRange`] page.
+pub const MAX_LIST_PAGE: u32 = 4096;
+/// Most buckets in one [`Request::RangeDigest`].
+pub const MAX_DIGEST_BUCKETS: u16 = 1024;
+/// Largest mutable (signed) record, e.g. a user's root.
+pub const MAX_RECORD_SIZE: usize = 128 << 10;
+
+/// How the daemon names a ring member: its libp2p identity and one address to dial it on.
+/// The member's ring id is SHA-256 of the PeerId bytes (see [`ring_id`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub peer: PeerId,
+    pub addr: Multiaddr,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/p2p/{}", self.addr, self.peer)
+    }
+}
+
+/// A ring member's id: SHA-256 of its PeerId bytes.
+pub fn ring_id(peer: &PeerId) -> chord::Id {
+    chord::Id::hash(&peer.to_bytes())
+}
+
+/// Converts a block key into the ring position it is stored at (the same 32 bytes).
+pub fn key_id(key: &BlockKey) -> chord::Id {
+    chord::Id::from_bytes(key.0)
+}
+
+/// The Chord message as carried on the wire.
+pub type ChordMessage = chord::Message<NodeAddr>;
+
+/// A Chord message with the sender's dialable address. The receiver checks that `from.peer` is
+/// the authenticated PeerId of the connection (Noise/TLS prove it), so nobody can speak for
+/// another node; the address part is what the sender claims to listen on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChordEnvelope {
+    pub from: NodeAddr,
+    pub msg: ChordMessage,
+}
+
+/// The empty answer to a one-way Chord message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChordAck;
+
+/// A ring member as reported to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Ring id (hex).
+    pub id: chord::Id,
+    pub addr: NodeAddr,
+}
+
+/// Requests of the data protocol. The first group is client facing: any node accepts them and
+/// routes them through the ring. The second group is node to node and acts on local state only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Store a block in the ring (routed). Answered with [`Response::Stored`] once a majority of
+    /// the key's replica set holds it durably.
+    Put { key: BlockKey, data: Vec<u8> },
+    /// Read a block from the ring (routed). [`Response::Block`] or [`Response::NotFound`].
+    Get { key: BlockKey },
+    /// Who owns `key`, and its replica set ([`Response::Owner`]).
+    Lookup { key: BlockKey },
+    /// This node's view of the ring and its storage ([`Response::Status`]).
+    Status,
+    /// Store a signed mutable record (e.g. a user's root) in the ring (routed by `key`).
+    PutRecord { key: BlockKey, record: Vec<u8> },
+    /// Read a mutable record from the ring (routed by `key`).
+    GetRecord { key: BlockKey },
+
+    /// Store a block on this node only (durable before the answer). Sent by the node that
+    /// coordinates a put to every member of the replica set, and by anti-entropy and hand-off.
+    StoreLocal { key: BlockKey, data: Vec<u8> },
+    /// Read a block from this node only.
+    FetchLocal { key: BlockKey },
+    /// Per-bucket digests of the keys this node holds in the ring interval (from, to], split into
+    /// `buckets` equal sub-intervals ([`Response::Digests`]).
+    RangeDigest {
+        from: chord::Id,
+        to: chord::Id,
+        buckets: u16,
+    },
+    /// Keys this node holds in (from, to], in ring order starting after `after`, at most `limit`.
+    ListRange {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+        limit: u32,
+    },
+    /// Store a mutable record on this node only (the node checks it may replace what it has).
+    StoreRecordLocal { key: BlockKey, record: Vec<u8> },
+    /// Read a mutable record from this node only.
+    FetchRecordLocal { key: BlockKey },
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Put { .. } => "put",
+            Request::Get { .. } => "get",
+            Request::Lookup { .. } => "lookup",
+            Request::Status => "status",
+            Request::PutRecord { .. } => "put-record",
+            Request::GetRecord { .. } => "get-record",
+            Request::StoreLocal { .. } => "store-local",
+            Request::FetchLocal { .. } => "fetch-local",
+            Request::RangeDigest { .. } => "range-digest",
+            Request::ListRange { .. } => "list-range",
+            Request::StoreRecordLocal { .. } => "store-record-local",
+            Request::FetchRecordLocal { .. } => "fetch-record-local",
+        }
+    }
+}
+
+/// Why a request failed, as a machine-readable code; the message says what to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The node (or a majority of the replica set) has no room for the block.
+    Full,
+    /// The request is malformed (bad key, oversized, out of bounds).
+    BadRequest,
+    /// The ring could not be reached well enough to complete the request; retry later.
+    Unavailable,
+    /// A record update was refused (bad signature, sequence number not growing).
+    Rejected,
+    /// The node is not (yet) a ring member.
+    NotMember,
+    /// Anything else, with details in the message.
+    Internal,
+}
+
+/// A node's view of the ring and of its storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub id: chord::Id,
+    pub addr: NodeAddr,
+    pub member: bool,
+    pub predecessor: Option<MemberInfo>,
+    pub successors: Vec<MemberInfo>,
+    /// Distinct finger targets (how many different nodes the finger table points at).
+    pub distinct_fingers: u32,
+    pub fingers: Vec<MemberInfo>,
+    pub replication: u32,
+    /// Owned key range (pred, self].
+    pub owned_range: (chord::Id, chord::Id),
+    pub keys_owned: u64,
+    pub keys_replica: u64,
+    pub bytes_used: u64,
+    pub capacity: u64,
+    pub records: u64,
+}
+
+/// Responses of the data protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The block is durable on `replicas` members of its replica set.
+    Stored { replicas: u32 },
+    Block { data: Vec<u8> },
+    NotFound,
+    Owner {
+        owner: MemberInfo,
+        replicas: Vec<MemberInfo>,
+        hops: u32,
+    },
+    Status(Box<StatusReport>),
+    /// (count, digest) per bucket.
+    Digests { buckets: Vec<(u64, [u8; 32])> },
+    Keys { keys: Vec<BlockKey>, more: bool },
+    Record { record: Vec<u8> },
+    /// Generic success for requests with nothing to return.
+    Ok,
+    Error { code: ErrorCode, message: String },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A length-prefixed postcard codec with a bound on each direction's frame size.
+pub struct FramedCodec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> FramedCodec<Req, Resp> {
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        FramedCodec {
+            max_request,
+            max_response,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Clone for FramedCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        FramedCodec::new(self.max_request, self.max_response)
+    }
+}
+
+/// The codec of the Chord protocol.
+pub type ChordCodec = FramedCodec<ChordEnvelope, ChordAck>;
+/// The codec of the data protocol.
+pub type DataCodec = FramedCodec<Request, Response>;
+
+pub fn chord_codec() -> ChordCodec {
+    FramedCodec::new(MAX_CHORD_FRAME, 1024)
+}
+
+pub fn data_codec() -> DataCodec {
+    FramedCodec::new(MAX_DATA_FRAME, MAX_DATA_FRAME)
+}
+
+/// Encodes one value as a frame body, refusing values over `max` bytes.
+pub fn encode_frame<T: Serialize>(value: &T, max: usize) -> io::Result<Vec<u8>> {
+    let bytes = postcard::to_stdvec(value)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")))?;
+    if bytes.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {} bytes exceeds the bound of {max}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Decodes one frame body; trailing bytes are an error so a frame means exactly one message.
+pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    let (value, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} trailing bytes after the message", rest.len()),
+        ));
+    }
+    Ok(value)
+}
+
+async fn read_frame<T, R>(io: &mut R, max: usize) -> io::Result<T>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin + Send,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the bound of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    decode_frame(&buf)
+}
+
+async fn write_frame<T, W>(io: &mut W, value: &T, max: usize) -> io::Result<()>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin + Send,
+{
+    let bytes = encode_frame(value, max)?;
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.flush().await?;
+    io.close().await
+}
+
+#[async_trait]
+impl<Req, Resp> libp2p::request_response::Codec for FramedCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_response).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req, self.max_request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res, self.max_response).await
+    }
+}
+
+/// Parses a multiaddr that ends in `/p2p/<peer id>` into a [`NodeAddr`].
+pub fn parse_node_addr(s: &str) -> Result<NodeAddr, String> {
+    let mut addr: Multiaddr = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("'{s}' is not a multiaddr: {e}"))?;
+    match addr.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok(NodeAddr { peer, addr }),
+        _ => Err(format!(
+            "'{s}' has no /p2p/<peer id> at the end; use the full address a node prints or writes to its address file"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_reject_garbage() {
+        let req = Request::Get {
+            key: BlockKey([7; 32]),
+        };
+        let bytes = encode_frame(&req, MAX_DATA_FRAME).unwrap();
+        let back: Request = decode_frame(&bytes).unwrap();
+        assert_eq!(back, req);
+        // Truncated, trailing garbage, and random bytes are errors, not panics.
+        assert!(decode_frame::<Request>(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_frame::<Request>(&longer).is_err());
+        assert!(decode_frame::<Request>(&[0xff; 40]).is_err());
+        // Oversized values are refused on encode.
+        let big = Request::Put {
+            key: BlockKey([0; 32]),
+            data: vec![0; 100],
+        };
+        assert!(encode_frame(&big, 50).is_err());
+    }
+
+    #[test]
+    fn node_addr_parses_full_multiaddr_only() {
+        let peer = PeerId::random();
+        let a = parse_node_addr(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")).unwrap();
+        assert_eq!(a.peer, peer);
+        assert_eq!(a.addr.to_string(), "/ip4/127.0.0.1/tcp/4001");
+        assert!(parse_node_addr("/ip4/127.0.0.1/tcp/4001").is_err());
+        assert!(parse_node_addr("not an address").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Test harness (for this crate's and the client's integration tests): real `peerstore-node`
+//! processes on 127.0.0.1 with ephemeral ports, each with its own temporary data directory.
+//! Every process is killed and every directory removed on drop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::identity::{read_address_file, ADDRESS_FILE};
+use crate::proto::{BlockKey, NodeAddr, Request, Response, StatusReport};
+use crate::rpc::RpcClient;
+
+pub const STABILIZE_MS: u64 = 200;
+pub const MAINTENANCE_MS: u64 = 1000;
+
+pub struct NodeProc {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub addr: NodeAddr,
+    pub client: RpcClient,
+    pub extra: Vec<String>,
+}
+
+impl NodeProc {
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM: graceful leave. Waits for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < within {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            return false;
+        }
+        true
+    }
+
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub async fn call(&self, req: Request) -> Response {
+        match self.client.call(req).await {
+            Ok(r) => r,
+            Err(e) => Response::error(crate::proto::ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+
+    pub async fn status(&self) -> Option<StatusReport> {
+        match self.call(Request::Status).await {
+            Response::Status(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub extra: Vec<String>,
+    next: usize,
+}
+
+/// The `peerstore-node` binary: `$PEERSTORE_NODE_BIN`, or the one built beside the running test
+/// executable (target/<profile>/peerstore-node). Tests of other crates need it built first
+/// (`cargo test --workspace` does; `cargo build -p peerstore-node` otherwise).
+pub fn node_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PEERSTORE_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/peerstore-node
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("peerstore-node{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --release -p peerstore-node) or set PEERSTORE_NODE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+impl Cluster {
+    pub fn new(extra: &[&str]) -> Cluster {
+        Cluster {
+            root: tempfile::tempdir().expect("tempdir"),
+            nodes: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            next: 0,
+        }
+    }
+
+    /// Starts `n` nodes one after another, each joining through the first.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(extra);
+        for _ in 0..n {
+            c.add_node(&[]).await;
+        }
+        c
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &NodeProc> {
+        self.nodes.iter().filter(|n| n.alive())
+    }
+
+    /// Starts one more node joining through the first live node (or a new ring if none).
+    pub async fn add_node(&mut self, more: &[&str]) -> usize {
+        let dir = self.root.path().join(format!("node{}", self.next));
+        self.next += 1;
+        let via = self.live().next().map(|n| n.addr.to_string());
+        let mut extra = self.extra.clone();
+        extra.extend(more.iter().map(|s| s.to_string()));
+        let node = spawn_node(&dir, via.as_deref(), &extra).await;
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Restarts a stopped node on its data directory.
+    pub async fn restart(&mut self, i: usize) {
+        let via = self
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(j, n)| *j != i && n.alive())
+            .map(|(_, n)| n.addr.to_string());
+        let dir = self.nodes[i].data_dir.clone();
+        let extra = self.nodes[i].extra.clone();
+        self.nodes[i] = spawn_node(&dir, via.as_deref(), &extra).await;
+    }
+
+    /// Waits until the live nodes form the ideal ring: sorted by id, every node's predecessor is
+    /// the previous one and its successor list is the next ones, in order.
+    pub async fn wait_ideal(&self, within: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < within {
+            match self.check_ideal().await {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("ring not ideal after {within:?}: {last}"))
+    }
+
+    pub async fn check_ideal(&self) -> Result<(), String> {
+        let mut statuses = Vec::new();
+        for n in self.live() {
+            let s = n
+                .status()
+                .await
+                .ok_or_else(|| format!("no status from {}", n.addr))?;
+            statuses.push(s);
+        }
+        statuses.sort_by_key(|s| s.id);
+        let n = statuses.len();
+        for (i, s) in statuses.iter().enumerate() {
+            if !s.member {
+                return Err(format!("{} not a member", s.id));
+            }
+            let pred = &statuses[(i + n - 1) % n];
+            if n > 1 && s.predecessor.as_ref().map(|p| p.id) != Some(pred.id) {
+                return Err(format!("{}: predecessor {:?}, want {}", s.id, s.predecessor.as_ref().map(|p| p.id), pred.id));
+            }
+            let want: Vec<_> = (1..n).map(|k| statuses[(i + k) % n].id).collect();
+            let have: Vec<_> = s.successors.iter().map(|m| m.id).collect();
+            let k = have.len().min(want.len());
+            if k == 0 && n > 1 || have[..k] != want[..k] {
+                return Err(format!("{}: successors {:?}, want {:?}", s.id, have, want));
+            }
+        }
+        Ok(())
+    }
+
+    /// For every key held anywhere: on which live nodes it is.
+    pub async fn holders(&self) -> BTreeMap<BlockKey, Vec<usize>> {
+        let mut out: BTreeMap<BlockKey, Vec<usize>> = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.alive() {
+                continue;
+            }
+            for k in list_all(n).await {
+                out.entry(k).or_default().push(i);
+            }
+        }
+        out
+    }
+}
+
+pub async fn list_all(n: &NodeProc) -> Vec<BlockKey> {
+    let mut keys = Vec::new();
+    let mut after = None;
+    loop {
+        match n
+            .call(Request::ListRange {
+                from: chord::Id::ZERO,
+                to: chord::Id::ZERO,
+                after,
+                limit: 4096,
+            })
+            .await
+        {
+            Response::Keys { keys: page, more } => {
+                after = page.last().copied();
+                keys.extend(page);
+                if !more || after.is_none() {
+                    return keys;
+                }
+            }
+            other => panic!("list failed on {}: {other:?}", n.addr),
+        }
+    }
+}
+
+pub async fn spawn_node(dir: &Path, via: Option<&str>, extra: &[String]) -> NodeProc {
+    std::fs::create_dir_all(dir).unwrap();
+    let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
+    let mut cmd = Command::new(node_bin());
+    cmd.arg("--listen")
+        .arg("/ip4/127.0.0.1/tcp/0")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--stabilize-ms")
+        .arg(STABILIZE_MS.to_string())
+        .arg("--maintenance-ms")
+        .arg(MAINTENANCE_MS.to_string())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("node.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .env("RUST_LOG", std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()));
+    if let Some(v) = via {
+        cmd.arg("--initial-peer").arg(v);
+    }
+    let child = cmd.spawn().expect("spawn peerstore-node");
+    let start = Instant::now();
+    let addr = loop {
+        if let Ok(a) = read_address_file(dir) {
+            break a;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node in {} did not write its address file; log:\n{}",
+            dir.display(),
+            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let client = RpcClient::start(addr.clone(), Duration::from_secs(10)).expect("rpc client");
+    NodeProc {
+        child: Some(child),
+        data_dir: dir.to_path_buf(),
+        addr,
+        client,
+        extra: extra.to_vec(),
+    }
+}
+
+/// Deterministic pseudo-random block content.
+pub fn block(i: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut h = blake3::Hasher::new();
+    h.update(&i.to_le_bytes());
+    let mut reader = h.finalize_xof();
+    out.resize(len, 0);
+    reader.fill(&mut out);
+    out
+}
+
+pub async fn wait_until<F, Fut>(within: Duration, mut f: F) -> Result<Duration, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < within {
+        match f().await {
+            Ok(()) => return Ok(start.elapsed()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("not reached within {within:?}: {last}"))
+}

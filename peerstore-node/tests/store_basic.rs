@@ -1,0 +1,375 @@
+//! Block store: round trips, idempotence, capacity, concurrency, mutable records.
+
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use peerstore_node::store::{
+    BlockKey, BlockStore, PutOutcome, RecordTable, RecordUpdate, Role, StoreConfig, StoreError,
+};
+
+fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
+    // Cheap deterministic filler: a BLAKE3 XOF stream of the seed.
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    (BlockKey::of(&out), out)
+}
+
+fn open(dir: &Path, capacity: u64) -> BlockStore {
+    BlockStore::open(StoreConfig::new(dir, capacity))
+        .expect("open store")
+        .0
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            n += count_files(&p);
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn put_get_has_delete_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 10 << 20);
+    let (k, b) = block(1, 4096);
+    assert!(!s.has(&k).expect("has"));
+    assert_eq!(s.get(&k).expect("get"), None);
+    assert_eq!(s.put(k, &b, Role::Owner).expect("put"), PutOutcome::Stored);
+    assert!(s.has(&k).expect("has"));
+    assert_eq!(s.get(&k).expect("get"), Some(b.clone()));
+    let meta = s.meta(&k).expect("meta").expect("present");
+    assert_eq!((meta.size, meta.role), (4096, Role::Owner));
+    assert_eq!(s.used_bytes(), 4096);
+    assert_eq!(s.block_count(), 1);
+    // on disk in a fan-out directory named by the first byte
+    let path = s.block_path(&k);
+    assert_eq!(fs::read(&path).expect("file"), b);
+    let hexk = k.to_hex();
+    assert!(path.ends_with(format!("blocks/{}/{}", &hexk[..2], hexk)));
+
+    // the empty block is a block too
+    let (ek, eb) = block(0, 0);
+    assert_eq!(
+        s.put(ek, &eb, Role::Replica).expect("put"),
+        PutOutcome::Stored
+    );
+    assert_eq!(s.get(&ek).expect("get"), Some(Vec::new()));
+
+    assert!(s.delete(&k).expect("delete"));
+    assert!(!s.delete(&k).expect("delete again"));
+    assert!(!s.has(&k).expect("has"));
+    assert_eq!(s.get(&k).expect("get"), None);
+    assert!(!path.exists());
+    assert_eq!(s.used_bytes(), 0);
+    assert_eq!(s.block_count(), 1);
+    assert_eq!(s.index_len().expect("len"), 1);
+}
+
+#[test]
+fn put_with_wrong_key_is_rejected_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 1 << 20);
+    let (k, _) = block(1, 100);
+    let (_, other) = block(2, 100);
+    match s.put(k, &other, Role::Owner) {
+        Err(StoreError::HashMismatch { expected, actual }) => {
+            assert_eq!(expected, k);
+            assert_eq!(actual, BlockKey::of(&other));
+        }
+        r => panic!("expected HashMismatch, got {r:?}"),
+    }
+    assert!(!s.has(&k).expect("has"));
+    assert_eq!(s.used_bytes(), 0);
+    assert_eq!(count_files(&dir.path().join("blocks")), 0);
+    assert_eq!(count_files(s.temp_dir()), 0);
+}
+
+#[test]
+fn put_is_idempotent_and_keeps_role() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 1 << 20);
+    let (k, b) = block(3, 1000);
+    assert_eq!(
+        s.put(k, &b, Role::Replica).expect("put"),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        s.put(k, &b, Role::Owner).expect("put"),
+        PutOutcome::AlreadyPresent
+    );
+    assert_eq!(s.used_bytes(), 1000);
+    assert_eq!(s.block_count(), 1);
+    assert_eq!(
+        s.meta(&k).expect("meta").map(|m| m.role),
+        Some(Role::Replica)
+    );
+
+    // role updates
+    assert!(s.set_role(&k, Role::Owner).expect("set role"));
+    let rc = s.role_counts();
+    assert_eq!((rc.owner_blocks, rc.owner_bytes), (1, 1000));
+    assert_eq!((rc.replica_blocks, rc.replica_bytes), (0, 0));
+    assert!(!s.set_role(&block(4, 10).0, Role::Owner).expect("set role"));
+
+    // a put of a block whose file vanished rewrites it
+    fs::remove_file(s.block_path(&k)).expect("rm");
+    assert_eq!(
+        s.put(k, &b, Role::Owner).expect("put"),
+        PutOutcome::Rewritten
+    );
+    assert_eq!(s.get(&k).expect("get"), Some(b));
+    assert_eq!(s.used_bytes(), 1000);
+    assert_eq!(s.block_count(), 1);
+}
+
+#[test]
+fn capacity_is_enforced_and_a_full_put_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = 10 * 1000;
+    let s = open(dir.path(), cap);
+    for i in 0..10 {
+        let (k, b) = block(100 + i, 1000);
+        s.put(k, &b, Role::Owner).expect("fits");
+    }
+    assert_eq!(s.used_bytes(), cap);
+    assert_eq!(s.free_bytes(), 0);
+    let (k, b) = block(999, 1000);
+    let err = s.put(k, &b, Role::Owner).expect_err("must be full");
+    match &err {
+        StoreError::Full {
+            needed,
+            free,
+            capacity,
+        } => assert_eq!((*needed, *free, *capacity), (1000, 0, cap)),
+        e => panic!("expected Full, got {e:?}"),
+    }
+    assert!(err.to_string().starts_with("node full: "), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    assert_eq!(s.used_bytes(), cap);
+    assert!(!s.has(&k).expect("has"));
+    assert!(!s.block_path(&k).exists());
+    assert_eq!(count_files(s.temp_dir()), 0);
+    assert_eq!(count_files(&dir.path().join("blocks")), 10);
+    // re-putting a held block still succeeds when full (idempotent, no new space)
+    let (k0, b0) = block(100, 1000);
+    assert_eq!(
+        s.put(k0, &b0, Role::Owner).expect("idempotent"),
+        PutOutcome::AlreadyPresent
+    );
+    // the empty block fits even when full
+    let (ek, eb) = block(0, 0);
+    s.put(ek, &eb, Role::Owner).expect("empty block fits");
+    // deleting frees space
+    assert!(s.delete(&k0).expect("delete"));
+    s.put(k, &b, Role::Owner).expect("fits after delete");
+    assert_eq!(s.used_bytes(), cap);
+}
+
+#[test]
+fn concurrent_puts_never_exceed_capacity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 8 * 1024;
+    let cap = 20 * size as u64 + 100; // room for 20 of the 8 * 8 blocks offered
+    let s = Arc::new(open(dir.path(), cap));
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut stored = 0u64;
+                let mut full = 0u64;
+                for i in 0..8 {
+                    // threads 0 and 7 offer the same blocks: idempotent puts race too
+                    let (k, b) = block((t % 7) * 100 + i, size);
+                    match s.put(k, &b, Role::Owner) {
+                        Ok(PutOutcome::Stored) => stored += 1,
+                        Ok(_) => {}
+                        Err(StoreError::Full { .. }) => full += 1,
+                        Err(e) => panic!("put: {e}"),
+                    }
+                    assert!(s.used_bytes() <= cap);
+                }
+                (stored, full)
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    let mut full = 0;
+    for h in handles {
+        let (a, b) = h.join().expect("thread");
+        stored += a;
+        full += b;
+    }
+    assert_eq!(stored, 20, "exactly the blocks that fit are stored");
+    assert!(full >= 56 - 20 - 8, "full={full}");
+    assert_eq!(s.used_bytes(), 20 * size as u64);
+    assert_eq!(s.block_count(), 20);
+    assert_eq!(s.index_len().expect("len"), 20);
+    assert_eq!(count_files(&dir.path().join("blocks")), 20);
+    assert_eq!(count_files(s.temp_dir()), 0);
+    assert_eq!(s.stats().reserved_bytes, 0);
+}
+
+#[test]
+fn store_is_exclusive_across_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _s = open(dir.path(), 1000);
+    match BlockStore::open(StoreConfig::new(dir.path(), 1000)) {
+        Err(e @ StoreError::Locked { .. }) => assert!(e.to_string().contains("already open")),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("second open must fail"),
+    }
+}
+
+#[test]
+fn mutable_record_compare_and_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 1000);
+    let t = RecordTable::MUTABLE;
+    let user = [7u8; 32];
+    // version-ordered records: first byte is the version
+    let newer = |cur: Option<&[u8]>, new: &[u8]| match cur {
+        None => true,
+        Some(c) => new.first() > c.first(),
+    };
+    assert_eq!(s.record_get(t, &user).expect("get"), None);
+    assert_eq!(
+        s.record_update(t, &user, &[1, 0xaa], newer).expect("cas"),
+        RecordUpdate::Stored
+    );
+    assert_eq!(
+        s.record_update(t, &user, &[3, 0xcc], newer).expect("cas"),
+        RecordUpdate::Stored
+    );
+    assert_eq!(
+        s.record_update(t, &user, &[2, 0xbb], newer).expect("cas"),
+        RecordUpdate::Rejected {
+            current: Some(vec![3, 0xcc])
+        }
+    );
+    assert_eq!(s.record_get(t, &user).expect("get"), Some(vec![3, 0xcc]));
+    // tables are separate namespaces, created on first write
+    let other = RecordTable::new("daemon_test");
+    assert_eq!(s.record_get(other, &user).expect("get"), None);
+    assert_eq!(s.record_list(other, None, 10).expect("list"), vec![]);
+    s.record_put(other, &user, b"x").expect("put");
+    s.record_put(other, &[1u8; 32], b"y").expect("put");
+    assert_eq!(
+        s.record_list(other, None, 10).expect("list"),
+        vec![([1u8; 32], b"y".to_vec()), (user, b"x".to_vec())]
+    );
+    assert_eq!(
+        s.record_list(other, Some(&[1u8; 32]), 10).expect("list"),
+        vec![(user, b"x".to_vec())]
+    );
+    assert!(s.record_delete(other, &user).expect("del"));
+    assert!(!s.record_delete(other, &user).expect("del"));
+    assert_eq!(s.record_get(t, &user).expect("get"), Some(vec![3, 0xcc]));
+
+    // concurrent CAS increments: none lost
+    let s = Arc::new(s);
+    let ctr = [9u8; 32];
+    s.record_put(t, &ctr, &0u32.to_le_bytes()).expect("put");
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    loop {
+                        let cur = s.record_get(t, &ctr).expect("get").expect("set");
+                        let v = u32::from_le_bytes(cur[..4].try_into().expect("4 bytes"));
+                        let next = (v + 1).to_le_bytes();
+                        let r = s
+                            .record_update(t, &ctr, &next, |c, _| c == Some(&cur[..]))
+                            .expect("cas");
+                        if r == RecordUpdate::Stored {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().expect("thread");
+    }
+    assert_eq!(
+        s.record_get(t, &ctr).expect("get"),
+        Some(100u32.to_le_bytes().to_vec())
+    );
+    drop(s);
+    // records survive a restart
+    let s = open(dir.path(), 1000);
+    assert_eq!(s.record_get(t, &user).expect("get"), Some(vec![3, 0xcc]));
+}
+
+#[test]
+fn racing_puts_deletes_gets_keep_accounting_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks: Vec<_> = (0..12).map(|i| block(500 + i, 1000 + i as usize)).collect();
+    let cap = 8 * 1011;
+    let s = Arc::new(open(dir.path(), cap));
+    let blocks = Arc::new(blocks);
+    let hs: Vec<_> = (0..6u64)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            let blocks = Arc::clone(&blocks);
+            std::thread::spawn(move || {
+                // a fixed per-thread walk over the same few keys
+                let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                for _ in 0..60 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let (k, b) = &blocks[(x % 12) as usize];
+                    match (x >> 8) % 3 {
+                        0 => match s.put(*k, b, Role::Replica) {
+                            Ok(_) | Err(StoreError::Full { .. }) => {}
+                            Err(e) => panic!("put: {e}"),
+                        },
+                        1 => {
+                            s.delete(k).expect("delete");
+                        }
+                        _ => {
+                            if let Some(got) = s.get(k).expect("get never fails here") {
+                                assert_eq!(&got, b);
+                            }
+                        }
+                    }
+                    assert!(s.used_bytes() <= cap);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().expect("thread");
+    }
+    // the counters, the index and the files agree
+    let listed = s
+        .list_range_meta(&BlockKey::ZERO, &BlockKey::ZERO, None)
+        .expect("list")
+        .entries;
+    let indexed_bytes: u64 = listed.iter().map(|(_, m)| m.size).sum();
+    assert_eq!(s.used_bytes(), indexed_bytes);
+    assert_eq!(s.block_count(), listed.len() as u64);
+    assert_eq!(count_files(&dir.path().join("blocks")), listed.len());
+    assert_eq!(count_files(s.temp_dir()), 0);
+    assert_eq!(s.stats().reserved_bytes, 0);
+    for (k, b) in blocks.iter() {
+        let held = listed.iter().any(|(l, _)| l == k);
+        assert_eq!(s.block_path(k).exists(), held);
+        assert_eq!(s.get(k).expect("get").as_ref(), held.then_some(b));
+    }
+}
