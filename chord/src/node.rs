@@ -14,6 +14,10 @@ use std::fmt::Debug;
 
 /// Number of routing candidates a node returns in a `FindSuccessor` answer.
 pub const CLOSER_CANDIDATES: usize = 8;
+/// Most queries one lookup keeps out at once: a hop unanswered after a quarter of the rpc
+/// timeout gets a parallel query to the next candidate, so a dead hop costs a fraction of the
+/// timeout instead of all of it.
+pub const ALPHA: usize = 3;
 /// Upper bound on any list accepted from the network.
 const MAX_LIST: usize = 1024;
 
@@ -157,7 +161,8 @@ enum Purpose<A> {
     /// [Rectify] liveness check of the current predecessor.
     RectifyPing { pred: Peer<A> },
     /// [Lookup] one hop.
-    Hop { lookup: u64 },
+    /// `persistent`: retried like maintenance requests (a second ask of an owner candidate).
+    Hop { lookup: u64, persistent: bool },
     /// [Leave] splice message.
     Leave,
 }
@@ -216,7 +221,14 @@ struct Lookup<A> {
     hops: u32,
     queue: VecDeque<Cand<A>>,
     tried: BTreeSet<A>,
-    inflight: Option<(u64, Cand<A>)>,
+    /// Nodes that answered.
+    answered: BTreeSet<A>,
+    /// Owner candidates asked a second time because a later node named them as its
+    /// predecessor while their first answer was missing (lost or slow, not necessarily dead).
+    requeried: BTreeSet<A>,
+    /// Queries awaiting an answer: (request, candidate, sent at). More than one only after a
+    /// query stayed unanswered for a quarter of the rpc timeout (see `ALPHA`).
+    inflight: Vec<(u64, Cand<A>, Time)>,
 }
 
 /// What a node answered (or what we know locally), as used by the lookup logic.
@@ -252,6 +264,8 @@ pub struct Node<A: Clone + Ord + Debug> {
     /// Predecessor list, counter-clockwise; `preds[0]` is the predecessor.
     preds: Vec<Peer<A>>,
     fingers: Vec<Option<Peer<A>>>,
+    /// The distinct finger entries, highest finger first (what routing iterates).
+    finger_set: Vec<Peer<A>>,
     next_finger: usize,
     maintenance: bool,
     next_stabilize: Time,
@@ -262,6 +276,7 @@ pub struct Node<A: Clone + Ord + Debug> {
     deadlines: BTreeSet<(Time, u64)>,
     lookups: BTreeMap<u64, Lookup<A>>,
     lookup_deadlines: BTreeSet<(Time, u64)>,
+    lookup_soft: BTreeSet<(Time, u64)>,
     next_req: u64,
     next_lookup: u64,
     actions: VecDeque<Action<A>>,
@@ -298,6 +313,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             succs: Vec::new(),
             preds: Vec::new(),
             fingers: vec![None; 256],
+            finger_set: Vec::new(),
             next_finger: 0,
             maintenance: true,
             next_stabilize: Time(0),
@@ -308,6 +324,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             deadlines: BTreeSet::new(),
             lookups: BTreeMap::new(),
             lookup_deadlines: BTreeSet::new(),
+            lookup_soft: BTreeSet::new(),
             next_req: 1,
             next_lookup: 1,
             actions: VecDeque::new(),
@@ -470,10 +487,30 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
             self.lookup_deadlines.remove(&(t, lid));
             if let Some(lk) = self.lookups.remove(&lid) {
-                if let Some((req, _)) = &lk.inflight {
+                for (req, _, _) in &lk.inflight {
                     self.cancel_request(*req);
                 }
                 self.finish_lookup(lk, Step::Fail(LookupError::Timeout));
+            }
+        }
+        // Slow hops: query the next candidate in parallel.
+        while let Some(&(t, lid)) = self.lookup_soft.iter().next() {
+            if t > now {
+                break;
+            }
+            self.lookup_soft.remove(&(t, lid));
+            if let Some(lk) = self.lookups.remove(&lid) {
+                let soft = self.hop_soft_timeout();
+                let newest = lk.inflight.iter().map(|x| x.2).max();
+                let slow = newest.map(|s| s.add(soft) <= now).unwrap_or(false);
+                // Settling for a fallback owner is never done speculatively: wait for the
+                // candidate still asked (it may be the true owner) to answer or time out.
+                let settling = matches!(lk.queue.front(), Some(Cand::Accept { .. }));
+                if slow && !settling && lk.inflight.len() < ALPHA {
+                    self.drive(lid, lk, None);
+                } else {
+                    self.lookups.insert(lid, lk);
+                }
             }
         }
         // Forget old death verdicts.
@@ -551,6 +588,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
         if let Some(&(d, _)) = self.lookup_deadlines.iter().next() {
             consider(d);
         }
+        if let Some(&(d, _)) = self.lookup_soft.iter().next() {
+            consider(d);
+        }
         if self.status == Status::Member && self.maintenance {
             consider(self.next_stabilize);
             consider(self.next_fix);
@@ -591,6 +631,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.preds = self.sanitize_preds(predecessors);
         self.fingers = fingers;
         self.fingers.resize(256, None);
+        self.refresh_finger_set();
         self.schedule_maintenance(now);
         self.event(Event::Joined);
         self.check_ranges();
@@ -654,6 +695,20 @@ impl<A: Clone + Ord + Debug> Node<A> {
             fingers,
             outstanding_requests: self.outstanding.len(),
             lookups_in_progress: self.lookups.len(),
+        }
+    }
+
+    fn refresh_finger_set(&mut self) {
+        self.finger_set.clear();
+        for p in self.fingers.iter().rev().flatten() {
+            if self
+                .finger_set
+                .last()
+                .map(|l| l.addr != p.addr)
+                .unwrap_or(true)
+            {
+                self.finger_set.push(p.clone());
+            }
         }
     }
 
@@ -750,7 +805,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
     ) -> u64 {
         let req = self.next_req;
         self.next_req += 1;
-        let retry = !matches!(purpose, Purpose::Hop { .. });
+        let retry = match &purpose {
+            Purpose::Hop { persistent, .. } => *persistent,
+            _ => true,
+        };
         self.send_request_with(req, to, make(req), purpose, retry);
         req
     }
@@ -826,13 +884,17 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     self.rectify(n, np);
                 }
             }
-            Purpose::Hop { lookup } => {
+            Purpose::Hop { lookup, .. } => {
                 if declared {
                     self.declare_dead(&o.to, None);
                 }
                 if let Some(mut lk) = self.lookups.remove(&lookup) {
-                    lk.inflight = None;
-                    self.drive(lookup, lk, None);
+                    lk.inflight.retain(|x| x.0 != req);
+                    if lk.inflight.is_empty() {
+                        self.drive(lookup, lk, None);
+                    } else {
+                        self.lookups.insert(lookup, lk);
+                    }
                 }
             }
             Purpose::Leave => self.leave_ack(),
@@ -844,6 +906,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
     fn dead_memory(&self) -> std::time::Duration {
         let detect = self.config.rpc_timeout * (self.config.rpc_retries + 1);
         (self.config.stabilize_interval * 5).max(detect * 3)
+    }
+
+    fn hop_soft_timeout(&self) -> std::time::Duration {
+        (self.config.rpc_timeout / 4).max(std::time::Duration::from_millis(1))
     }
 
     fn is_dead(&self, a: &A) -> bool {
@@ -875,6 +941,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 *f = None;
             }
         }
+        self.refresh_finger_set();
         self.notifiers.retain(|_, (p, _)| p.addr != *addr);
         let newly = !self.dead.contains_key(addr);
         let until = self.now.add(self.dead_memory());
@@ -954,12 +1021,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
     fn closer(&self, key: Id, limit: usize) -> Vec<Peer<A>> {
         let me = self.me.id;
         let mut c: Vec<&Peer<A>> = Vec::with_capacity(24);
-        let mut last: Option<&A> = None;
-        for p in self.fingers.iter().rev().flatten() {
-            if last == Some(&p.addr) {
-                continue;
-            }
-            last = Some(&p.addr);
+        for p in &self.finger_set {
             if p.id.in_open(me, key) && !self.is_dead(&p.addr) {
                 c.push(p);
             }
@@ -971,9 +1033,13 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
         let mut keyed: Vec<([u64; 4], &Peer<A>)> =
             c.into_iter().map(|p| (key.dist_key(p.id), p)).collect();
-        keyed.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        keyed.sort_unstable_by_key(|x| x.0);
         keyed.dedup_by(|a, b| a.1.addr == b.1.addr);
-        keyed.into_iter().take(limit).map(|(_, p)| p.clone()).collect()
+        keyed
+            .into_iter()
+            .take(limit)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     fn info(&self, req: u64, key: Option<Id>) -> Message<A> {
@@ -1079,7 +1145,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 }
             }
             (
-                Purpose::Hop { lookup },
+                Purpose::Hop { lookup, .. },
                 Message::Info {
                     member,
                     id,
@@ -1097,9 +1163,17 @@ impl<A: Clone + Ord + Debug> Node<A> {
                         successors: successors.into_iter().take(MAX_LIST).collect(),
                         closer: closer.into_iter().take(MAX_LIST).collect(),
                     };
-                    let cand = lk.inflight.take().map(|(_, c)| c);
-                    lk.hops += 1;
-                    self.drive(lookup, lk, cand.map(|c| (c, view)));
+                    let pos = lk.inflight.iter().position(|x| x.0 == req);
+                    match pos {
+                        Some(i) => {
+                            let (_, cand, _) = lk.inflight.remove(i);
+                            lk.hops += 1;
+                            self.drive(lookup, lk, Some((cand, view)));
+                        }
+                        None => {
+                            self.lookups.insert(lookup, lk);
+                        }
+                    }
                 }
             }
             (Purpose::Leave, Message::Ack { .. }) => self.leave_ack(),
@@ -1318,19 +1392,17 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
         }
         c.extend(self.preds.iter());
-        let mut last: Option<&A> = None;
-        for p in self.fingers.iter().flatten() {
-            if last != Some(&p.addr) {
-                c.push(p);
-            }
-            last = Some(&p.addr);
-        }
+        c.extend(self.finger_set.iter());
         c.retain(|p| p.id.in_open(asker, me) && !self.is_dead(&p.addr));
         let mut keyed: Vec<([u64; 4], &Peer<A>)> =
             c.into_iter().map(|p| (p.id.dist_key(asker), p)).collect();
-        keyed.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        keyed.sort_unstable_by_key(|x| x.0);
         keyed.dedup_by(|a, b| a.1.addr == b.1.addr);
-        keyed.into_iter().take(limit).map(|(_, p)| p.clone()).collect()
+        keyed
+            .into_iter()
+            .take(limit)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     fn adopt_pred(&mut self, n: Peer<A>, npreds: Vec<Peer<A>>) {
@@ -1382,6 +1454,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 *f = None;
             }
         }
+        self.refresh_finger_set();
     }
 
     fn leave_ack(&mut self) {
@@ -1397,7 +1470,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         for lid in lids {
             if let Some(lk) = self.lookups.remove(&lid) {
                 self.lookup_deadlines.remove(&(lk.deadline, lid));
-                if let Some((req, _)) = &lk.inflight {
+                for (req, _, _) in &lk.inflight {
                     self.cancel_request(*req);
                 }
                 self.finish_lookup(lk, Step::Fail(LookupError::NotMember));
@@ -1408,6 +1481,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         for f in self.fingers.iter_mut() {
             *f = None;
         }
+        self.finger_set.clear();
         self.event(Event::Left);
     }
 
@@ -1416,6 +1490,11 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// [Fingers] Refresh the next finger (round robin). Fingers whose target lies within the
     /// successor list are filled locally; at most one lookup is started per tick.
     fn fix_next_finger(&mut self) {
+        self.fix_next_finger_inner();
+        self.refresh_finger_set();
+    }
+
+    fn fix_next_finger_inner(&mut self) {
         if self.alone() {
             return;
         }
@@ -1471,7 +1550,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
             hops: 0,
             queue: start.into_iter().collect(),
             tried: BTreeSet::new(),
-            inflight: None,
+            answered: BTreeSet::new(),
+            requeried: BTreeSet::new(),
+            inflight: Vec::new(),
         };
         self.lookup_deadlines.insert((deadline, lid));
         self.drive(lid, lk, None);
@@ -1479,6 +1560,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// Processes an answer (if any) and sends the next query, or finishes the lookup.
     fn drive(&mut self, lid: u64, mut lk: Lookup<A>, mut answer: Option<(Cand<A>, InfoView<A>)>) {
+        if answer.is_some() {
+            // We move on from this answer; parallel queries still out are abandoned.
+            for (req, _, _) in std::mem::take(&mut lk.inflight) {
+                self.cancel_request(req);
+            }
+        }
         loop {
             if let Some((cand, view)) = answer.take() {
                 match self.process_answer(&mut lk, cand, view) {
@@ -1496,6 +1583,11 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 return;
             }
             let Some(cand) = lk.queue.pop_front() else {
+                if !lk.inflight.is_empty() {
+                    // Nothing more to try in parallel; wait for the queries still out.
+                    self.lookups.insert(lid, lk);
+                    return;
+                }
                 self.lookup_deadlines.remove(&(lk.deadline, lid));
                 self.finish_lookup(lk, Step::Fail(LookupError::NoRoute));
                 return;
@@ -1528,12 +1620,20 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 continue;
             }
             let key = lk.key;
+            // A second ask of an owner candidate is retried like a maintenance request and
+            // never settled speculatively: returning a wrong owner is worse than a slow lookup.
+            let persistent = lk.requeried.contains(&addr);
             let req = self.send_request(
                 addr,
                 |req| Message::FindSuccessor { req, key },
-                Purpose::Hop { lookup: lid },
+                Purpose::Hop {
+                    lookup: lid,
+                    persistent,
+                },
             );
-            lk.inflight = Some((req, cand));
+            lk.inflight.push((req, cand, self.now));
+            let soft = self.now.add(self.hop_soft_timeout());
+            self.lookup_soft.insert((soft, lid));
             self.lookups.insert(lid, lk);
             return;
         }
@@ -1541,12 +1641,13 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// [Lookup] The iterative routing rule. `cand` answered with `view`.
     fn process_answer(&mut self, lk: &mut Lookup<A>, cand: Cand<A>, view: InfoView<A>) -> Step<A> {
+        let addr = cand.addr().clone();
+        lk.answered.insert(addr.clone());
         if !view.member {
             // Joining, leaving-done or confused nodes are skipped like dead ones.
             return Step::Continue;
         }
         let key = lk.key;
-        let addr = cand.addr().clone();
         let peer = Peer::new(view.id, addr.clone());
         let claims = if view.successors.is_empty() {
             true
@@ -1562,11 +1663,20 @@ impl<A: Clone + Ord + Debug> Node<A> {
             // a better owner candidate (e.g. a node that just joined); try it, falling back to
             // this answer.
             if let Some(p) = &view.pred {
-                if !claims
-                    && p.id.in_open(anchor, view.id)
-                    && key.in_half_open(anchor, p.id)
-                    && !lk.tried.contains(&p.addr)
+                let better =
+                    !claims && p.id.in_open(anchor, view.id) && key.in_half_open(anchor, p.id);
+                // A better candidate we asked but never heard from is asked once more before
+                // we settle for this one: its answer may have been lost or slow, and settling
+                // would return a wrong owner.
+                if better
+                    && lk.tried.contains(&p.addr)
+                    && !lk.answered.contains(&p.addr)
+                    && !lk.requeried.contains(&p.addr)
                 {
+                    lk.tried.remove(&p.addr);
+                    lk.requeried.insert(p.addr.clone());
+                }
+                if better && !lk.tried.contains(&p.addr) {
                     lk.queue.push_front(Cand::Accept {
                         owner: peer,
                         successors: view.successors,
@@ -1699,6 +1809,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                         self.fingers[j] = Some(owner.clone());
                         j += 1;
                     }
+                    self.refresh_finger_set();
                     if self.next_finger == (i + 1) % 256 && j > i + 1 {
                         self.next_finger = j % 256;
                     }

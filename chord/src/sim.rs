@@ -473,6 +473,19 @@ impl Sim {
         done
     }
 
+    /// Makes a random live member leave gracefully, if the crash rule allows its departure.
+    /// Returns the node.
+    pub fn leave_random(&mut self) -> Option<u32> {
+        let mut cands = self.live_members();
+        for i in (1..cands.len()).rev() {
+            let j = self.rng.gen_range(0..=i);
+            cands.swap(i, j);
+        }
+        let a = cands.into_iter().find(|&a| self.can_crash(a))?;
+        self.leave(a);
+        Some(a)
+    }
+
     /// Issues a user lookup of `key` from a random live member after `delay_ms`.
     pub fn schedule_lookup(&mut self, key: Id, delay_ms: u64) {
         self.push(self.now.0 + delay_ms, Ev::Lookup { key, attempt: 0 });
@@ -617,7 +630,11 @@ impl Sim {
         let Some(Reverse(entry)) = self.queue.pop() else {
             return false;
         };
-        let Some(ev) = self.slab.get_mut(entry.slot as usize).and_then(Option::take) else {
+        let Some(ev) = self
+            .slab
+            .get_mut(entry.slot as usize)
+            .and_then(Option::take)
+        else {
             return true;
         };
         self.free.push(entry.slot);
@@ -671,7 +688,17 @@ impl Sim {
                 }
             }
             Ev::Lookup { key, attempt } => {
-                if let Some(a) = self.random_member() {
+                // Originate at a member that is not on its way out.
+                let mut origin = None;
+                for _ in 0..8 {
+                    if let Some(a) = self.random_member() {
+                        if self.nodes[a as usize].node.status() == crate::node::Status::Member {
+                            origin = Some(a);
+                            break;
+                        }
+                    }
+                }
+                if let Some(a) = origin {
                     let lid = self.nodes[a as usize].node.start_lookup(now, key);
                     self.nodes[a as usize]
                         .lookup_attempt
@@ -751,9 +778,10 @@ impl Sim {
         let end = self.now.add(limit);
         loop {
             let pending = self
-                .queue
+                .slab
                 .iter()
-                .any(|Reverse(e)| matches!(e.ev, Ev::Lookup { .. }))
+                .flatten()
+                .any(|e| matches!(e, Ev::Lookup { .. }))
                 || self
                     .nodes
                     .iter()

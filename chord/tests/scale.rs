@@ -107,8 +107,14 @@ fn mass_crash_1000_no_wrong_owner() {
 /// Ideal again once churn stops.
 #[test]
 fn churn_500() {
-    for (i, rate) in [0.5, 1.0, 2.0].into_iter().enumerate() {
+    // (joins and departures per stabilization period, share of departures that are graceful
+    // leaves instead of crashes)
+    for (i, (rate, leave_share)) in [(0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.5)]
+        .into_iter()
+        .enumerate()
+    {
         let mut o = opts(500, 16, 60 + i as u64);
+        o.leave_share = leave_share;
         o.direct_build = true;
         o.lookups = 3000;
         o.churn_rate = rate;
@@ -118,10 +124,11 @@ fn churn_500() {
         let m = scenarios::churn(&o);
         let pct = 100.0 * m.lookups_failed as f64 / m.lookups.max(1) as f64;
         println!(
-            "churn N=500 r=16 seed {}: {rate} joins + {rate} crashes per period for 60 periods ({} joined, {} crashed): {} lookups, {} failed first ({pct:.2}%), {} failed after retry, {} owners differing from the instantaneous truth, mean hops {:.2}; Ideal after: {:?}; {} ms wall",
+            "churn N=500 r=16 seed {}: {rate} joins + {rate} departures per period ({leave_share} of them graceful leaves) for 60 periods ({} joined, {} crashed, {} left): {} lookups, {} failed first ({pct:.2}%), {} failed after retry, {} owners differing from the instantaneous truth, mean hops {:.2}; Ideal after: {:?}; {} ms wall",
             o.sim.seed,
             m.joined,
             m.crashed,
+            m.left,
             m.lookups,
             m.lookups_failed,
             m.lookups_failed_after_retry,
@@ -165,4 +172,21 @@ fn vnodes_load() {
     assert_eq!(m.wrong_owners, 0);
     assert_eq!(m.ideal_at_end, Some(true));
     assert_eq!(m.invariant_violations, 0);
+}
+
+/// A partition shorter than failure detection heals: the ring is Ideal again afterwards and no
+/// invariant is violated at any check.
+#[test]
+fn short_partition_heals() {
+    let mut o = opts(64, 8, 8);
+    o.direct_build = true;
+    o.partition_ms = 1500;
+    o.sim.check_every = 1;
+    let m = scenarios::partition(&o);
+    println!(
+        "partition N=64 r=8 seed 8: halves cut off for 1.5 s, Ideal again after {:?} rounds, {} checks, {} violations",
+        m.rounds_to_ideal, m.invariant_checks, m.invariant_violations
+    );
+    assert_eq!(m.ideal_at_end, Some(true));
+    assert_eq!(m.invariant_violations, 0, "{:?}", m.first_violation);
 }

@@ -225,8 +225,9 @@ fn lookup_reroutes_around_dead_hop() {
     let lid = n.start_lookup(Time(0), key);
     let s = sends(&drain(&mut n));
     assert_eq!(s[0].0, 1000, "best candidate first");
-    // No answer from 1000: after rpc_timeout the lookup moves on to 900.
+    // No answer from 1000 within a quarter of rpc_timeout: the lookup also asks 900.
     let t = n.poll_timeout().unwrap();
+    assert_eq!(t, Time(500));
     n.handle_timeout(t);
     let s = sends(&drain(&mut n));
     let (to, m) = s[0].clone();
@@ -287,10 +288,12 @@ fn lookup_skips_dead_owner_and_prefers_closer_joiner() {
     );
     let (to, _) = sends(&drain(&mut n)).remove(0);
     assert_eq!(to, 1600);
-    let t = n.poll_timeout().unwrap();
-    n.handle_timeout(t); // 1600 dead
+    // 1600 is silent for a quarter of rpc_timeout: 1700 is asked in parallel.
+    let t = Time(501);
+    n.handle_timeout(t);
     let (to, m) = sends(&drain(&mut n)).remove(0);
     assert_eq!(to, 1700);
+    assert_eq!(n.snapshot().outstanding_requests, 2, "1600 still awaited");
     // 1700 reports a predecessor 1550 between 900 and the key's owner: try it first.
     n.handle_message(
         Time(t.0 + 1),

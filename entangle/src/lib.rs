@@ -52,8 +52,10 @@
 //! # Modules
 //! - [`block`]: the stored parity format, strictly bounds-checked (bytes come from the network).
 //! - [`codec`]: [`encode`], [`decode`], [`encode_document`], [`decode_document`].
-//! - [`mod@repair`]: [`RecordIndex`] (records and reverse references) and [`repair()`] to a
-//!   fixed point over any [`SymbolSource`].
+//! - [`mod@repair`]: [`RecordIndex`] (records and reverse references), [`repair()`] to a
+//!   fixed point over any [`SymbolSource`], and the single step [`rebuild_codeword`] with
+//!   [`fetch_order`] for a caller (the node) that fetches asynchronously and drives the
+//!   fixed point itself.
 //! - [`select`]: [`PointerSelector`], RECAST's mixed uniform + tail-window choice.
 //! - [`sim`]: the durability simulator behind the `entangle-sim` binary.
 
@@ -76,6 +78,9 @@ pub use error::Error;
 pub use key::{Anchors, BlockKey, CodewordId};
 pub use params::Params;
 pub use record::CodewordRecord;
-pub use repair::{repair, repair_lost, RebuiltBlock, RecordIndex, RepairReport, Role};
+pub use repair::{
+    fetch_order, rebuild_codeword, repair, repair_lost, CodewordRepair, RebuiltBlock, RecordIndex,
+    RepairReport, Role,
+};
 pub use select::{PointerChoice, PointerSelector};
 pub use source::SymbolSource;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{gather, restore_inputs, rs_encode};
+use crate::codec::{gather, restore_inputs, rs_encode, Gathered};
 use crate::key::{Anchors, BlockKey, CodewordId};
 use crate::record::CodewordRecord;
 use crate::source::SymbolSource;
@@ -56,6 +56,24 @@ impl RecordIndex {
         }
         self.records.insert(record.id, record);
         Ok(())
+    }
+
+    /// Removes a codeword's record (for example when its document is deleted) with its
+    /// parity and reverse-reference entries; returns it.
+    pub fn remove(&mut self, id: &CodewordId) -> Option<CodewordRecord> {
+        let record = self.records.remove(id)?;
+        for k in &record.parity_keys {
+            self.parity_of.remove(k);
+        }
+        for k in &record.pointers {
+            if let Some(set) = self.referrers.get_mut(k) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.referrers.remove(k);
+                }
+            }
+        }
+        Some(record)
     }
 
     /// The record of `id`.
@@ -160,6 +178,135 @@ impl RepairReport {
             self.blocks_read as f64 / self.rebuilt.len() as f64
         }
     }
+}
+
+/// The blocks one codeword decode produced.
+struct Rebuilt {
+    blocks: Vec<(BlockKey, Vec<u8>, Role)>,
+    unverified: Vec<BlockKey>,
+}
+
+/// Decodes `rec` from gathered symbols and rebuilds the listed missing pointers and parities,
+/// each re-formed with its own record and verified against its key.
+fn rebuild_from(
+    index: &RecordIndex,
+    rec: &CodewordRecord,
+    g: &Gathered,
+    missing_ptrs: &[usize],
+    missing_par: &[usize],
+) -> Result<Rebuilt, Error> {
+    let params = rec.params;
+    let inputs = restore_inputs(rec, g)?;
+    let mut out = Rebuilt {
+        blocks: Vec::new(),
+        unverified: Vec::new(),
+    };
+    for &i in missing_ptrs {
+        let key = rec.pointers[i];
+        match index.reform(&key, &inputs[params.s() + i]) {
+            Some(bytes) => out.blocks.push((key, bytes, Role::Pointer(i))),
+            None => out.unverified.push(key),
+        }
+    }
+    if !missing_par.is_empty() {
+        let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        let parities = rs_encode(&params, &refs)?;
+        for &j in missing_par {
+            let key = rec.parity_keys[j];
+            match rec.reform_parity(j, &parities[j]) {
+                Some(bytes) => out.blocks.push((key, bytes, Role::Parity(j))),
+                None => out.unverified.push(key),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The outcome of [`rebuild_codeword`].
+#[derive(Debug, Clone, Default)]
+pub struct CodewordRepair {
+    /// Rebuilt blocks, verified against their keys.
+    pub rebuilt: Vec<RebuiltBlock>,
+    /// Missing pointers whose payload was recovered but that could not be re-formed and
+    /// verified (their own record is not in the index).
+    pub unverified: Vec<BlockKey>,
+    /// Blocks read from the source.
+    pub blocks_read: usize,
+    /// Blocks the source returned that failed verification (treated as missing).
+    pub corrupt: Vec<BlockKey>,
+}
+
+/// Repairs one codeword: every symbol (pointer or parity) that `source` does not have is
+/// rebuilt from the ones it has, if at least `s + t` verify. This is one step of [`repair`],
+/// for a caller that drives the fixed point itself (for example with asynchronous fetches:
+/// fetch the keys of [`fetch_order`] into a map, call this, store the blocks, then revisit
+/// [`RecordIndex::codewords_of`] each rebuilt key).
+pub fn rebuild_codeword<S: SymbolSource + ?Sized>(
+    index: &RecordIndex,
+    record: &CodewordRecord,
+    source: &S,
+) -> Result<CodewordRepair, Error> {
+    record.validate()?;
+    let params = record.params;
+    let anchors = Anchors::new(params.block_size, params.t());
+    let mut report = CodewordRepair::default();
+    let mut fetched: BTreeMap<BlockKey, Option<Vec<u8>>> = BTreeMap::new();
+    let g = gather(record, &anchors, |k| {
+        let v = source.get(k);
+        report.blocks_read += usize::from(v.is_some());
+        fetched.insert(*k, v.clone());
+        v
+    });
+    report.corrupt = g.rejected.clone();
+    let absent = |k: &BlockKey| -> bool {
+        if anchors.contains(k) {
+            return false;
+        }
+        if g.rejected.contains(k) {
+            return true;
+        }
+        match fetched.get(k) {
+            Some(v) => v.is_none(),
+            None => !source.contains(k),
+        }
+    };
+    let missing_ptrs: Vec<usize> = (0..params.t())
+        .filter(|&i| absent(&record.pointers[i]))
+        .collect();
+    let missing_par: Vec<usize> = (0..params.p())
+        .filter(|&j| absent(&record.parity_keys[j]))
+        .collect();
+    if missing_ptrs.is_empty() && missing_par.is_empty() {
+        return Ok(report);
+    }
+    let out = rebuild_from(index, record, &g, &missing_ptrs, &missing_par)?;
+    report.unverified = out.unverified;
+    report.rebuilt = out
+        .blocks
+        .into_iter()
+        .map(|(key, bytes, role)| RebuiltBlock {
+            key,
+            bytes,
+            via: record.id,
+            role,
+        })
+        .collect();
+    Ok(report)
+}
+
+/// The keys a reader of `record` fetches, in the order decoding prefers them: pointers (input
+/// symbols make decoding cheaper), then parities; anchors are left out (never stored). Any
+/// `s + t - (number of anchors)` of them that verify are enough.
+#[must_use]
+pub fn fetch_order(record: &CodewordRecord) -> Vec<BlockKey> {
+    let anchors = Anchors::new(record.params.block_size, record.params.t());
+    record
+        .pointers
+        .iter()
+        .filter(|k| !anchors.contains(k))
+        .chain(&record.parity_keys)
+        .copied()
+        .collect()
 }
 
 /// Repairs every codeword of `index` to a fixed point: any codeword with at least `s + t`
@@ -291,41 +438,14 @@ fn run<S: SymbolSource + ?Sized>(
             heap.push((usize::MAX, Reverse(cid)));
             continue;
         }
-        let Ok(inputs) = restore_inputs(rec, &g) else {
+        let Ok(out) = rebuild_from(index, rec, &g, &missing_ptrs, &missing_par) else {
             stuck.insert(cid);
             continue;
         };
         stuck.remove(&cid);
         report.codewords_decoded += 1;
-        let mut new_blocks: Vec<(BlockKey, Vec<u8>, Role)> = Vec::new();
-        for &i in &missing_ptrs {
-            let key = rec.pointers[i];
-            match index.reform(&key, &inputs[params.s() + i]) {
-                Some(bytes) => new_blocks.push((key, bytes, Role::Pointer(i))),
-                None => {
-                    unverified.insert(key);
-                }
-            }
-        }
-        if !missing_par.is_empty() {
-            let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-            match rs_encode(&params, &refs) {
-                Ok(parities) => {
-                    for &j in &missing_par {
-                        let key = rec.parity_keys[j];
-                        match rec.reform_parity(j, &parities[j]) {
-                            Some(bytes) => new_blocks.push((key, bytes, Role::Parity(j))),
-                            None => {
-                                unverified.insert(key);
-                            }
-                        }
-                    }
-                }
-                Err(_) => {
-                    unverified.extend(missing_par.iter().map(|&j| rec.parity_keys[j]));
-                }
-            }
-        }
+        unverified.extend(out.unverified);
+        let new_blocks = out.blocks;
         for (key, bytes, role) in new_blocks {
             for c in index.codewords_of(&key) {
                 if c != cid {

@@ -200,3 +200,55 @@ fn pointer_without_its_record_is_not_returned() {
     assert_eq!(report.rebuilt[0].bytes, archive.blocks()[&x]);
     assert_eq!(report.reads_per_rebuilt_block(), report.blocks_read as f64);
 }
+
+/// One-codeword repair (for a caller driving the fixed point itself), fetch order, and
+/// removing records from the index.
+#[test]
+fn single_codeword_rebuild_and_index_removal() {
+    let params = Params::new(2, 6, 4, 64);
+    let archive = filled_archive(params, 30, 4);
+    let rec = archive.index().records().nth(10).unwrap().clone();
+    let order = entangle::fetch_order(&rec);
+    assert_eq!(order.len(), 6 + 4);
+    assert_eq!(&order[..6], &rec.pointers[..]);
+    assert_eq!(&order[6..], &rec.parity_keys[..]);
+
+    // Lose e symbols: one pointer and e - 1 parities; fetch only what fetch_order lists.
+    let mut src: BTreeMap<BlockKey, Vec<u8>> = order
+        .iter()
+        .map(|k| (*k, archive.blocks()[k].clone()))
+        .collect();
+    let lost = [rec.pointers[2], rec.parity_keys[0]];
+    for k in &lost {
+        src.remove(k);
+    }
+    let out = entangle::rebuild_codeword(archive.index(), &rec, &src).unwrap();
+    assert_eq!(out.rebuilt.len(), 2);
+    assert!(out.unverified.is_empty() && out.corrupt.is_empty());
+    assert_eq!(out.blocks_read, params.needed());
+    for rb in &out.rebuilt {
+        assert!(lost.contains(&rb.key));
+        assert_eq!(rb.bytes, archive.blocks()[&rb.key]);
+    }
+    // Beyond e: an explicit error.
+    for k in rec.parity_keys.iter().skip(1).take(2) {
+        src.remove(k);
+    }
+    assert!(matches!(
+        entangle::rebuild_codeword(archive.index(), &rec, &src),
+        Err(Error::Undecodable { .. })
+    ));
+
+    let mut index = archive.index().clone();
+    let n = index.len();
+    let removed = index.remove(&rec.id).unwrap();
+    assert_eq!(removed, rec);
+    assert_eq!(index.len(), n - 1);
+    assert!(index.locate(&rec.parity_keys[0]).is_none());
+    for k in &rec.pointers {
+        assert!(index.referrers(k).all(|c| *c != rec.id));
+    }
+    assert!(index.remove(&rec.id).is_none());
+    index.insert(rec.clone()).unwrap();
+    assert_eq!(index.len(), n);
+}

@@ -49,7 +49,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
         "backup 1 took {backup_s:.2} s ({:.0} MiB/s)",
         b1["bytes"].as_u64().unwrap() as f64 / 1048576.0 / backup_s
     );
-    assert_eq!(b1["files"], 16);
+    assert_eq!(b1["files"], 15);
     assert_eq!(b1["symlinks"], 1);
     assert_eq!(b1["skipped"].as_array().unwrap().len(), 0);
     let first_chunks = b1["chunks_uploaded"].as_u64().unwrap();

@@ -14,6 +14,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Addresses to listen on. Default: TCP on 127.0.0.1 with an ephemeral port.
     pub listen: Vec<Multiaddr>,
+    /// The address other nodes should dial (e.g. a public address behind port forwarding).
+    /// Default: the first routable TCP address the node listens on.
+    pub announce: Option<Multiaddr>,
     /// A member of the ring to join through (a full multiaddr ending in /p2p/<peer id>).
     /// None starts a new ring.
     pub initial_peer: Option<String>,
@@ -36,6 +39,7 @@ impl Default for NodeConfig {
         NodeConfig {
             data_dir: default_data_dir(),
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+            announce: None,
             initial_peer: None,
             capacity: 10 << 30,
             replication: 3,

@@ -96,11 +96,14 @@ pub struct RingView {
     pub ranges: chord::Ranges,
 }
 
+/// Where the answer to a lookup goes.
+pub type LookupReply = oneshot::Sender<Result<chord::LookupResult<NodeAddr>, String>>;
+
 /// Commands to the driver.
 pub enum Command {
     Lookup {
         key: chord::Id,
-        reply: oneshot::Sender<Result<chord::LookupResult<NodeAddr>, String>>,
+        reply: LookupReply,
     },
     Request {
         to: NodeAddr,
@@ -179,10 +182,7 @@ pub struct Driver {
     ranges_tx: watch::Sender<u64>,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
     pending_chord: HashMap<OutboundRequestId, (NodeAddr, chord::Message<NodeAddr>)>,
-    pending_lookups: HashMap<
-        chord::LookupId,
-        Vec<oneshot::Sender<Result<chord::LookupResult<NodeAddr>, String>>>,
-    >,
+    pending_lookups: HashMap<chord::LookupId, Vec<LookupReply>>,
     leave_waiters: Vec<oneshot::Sender<()>>,
     left: bool,
 }
@@ -199,6 +199,7 @@ impl Driver {
     pub async fn start(
         mut swarm: Swarm<Behaviour>,
         listen: &[Multiaddr],
+        announce: Option<Multiaddr>,
         chord_config: chord::Config,
     ) -> anyhow::Result<(Driver, Handle, mpsc::Receiver<Inbound>)> {
         for addr in listen {
@@ -206,7 +207,8 @@ impl Driver {
                 .listen_on(addr.clone())
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         }
-        let addr = wait_for_listen_addr(&mut swarm).await?;
+        let heard = wait_for_listen_addr(&mut swarm).await?;
+        let addr = announce.unwrap_or(heard);
         let peer = *swarm.local_peer_id();
         let local = NodeAddr { peer, addr };
         let me = chord::Peer {
@@ -271,8 +273,17 @@ impl Driver {
                 }
             }
             self.drain();
-            if self.left && self.pending_requests.is_empty() {
+            if self.left {
                 break;
+            }
+        }
+        // Let the last messages (the leave notices) reach their peers before the swarm goes.
+        let flush = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(flush);
+        while !self.pending_chord.is_empty() {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = &mut flush => break,
             }
         }
         for w in self.leave_waiters.drain(..) {
@@ -360,9 +371,10 @@ impl Driver {
         match ev {
             Event::Message {
                 peer,
-                message: Message::Request {
-                    request, channel, ..
-                },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => {
                 let _ = self
@@ -372,6 +384,10 @@ impl Driver {
                     .send_response(channel, ChordAck);
                 if request.from.peer != peer {
                     warn!(%peer, claimed = %request.from.peer, "chord message with a forged sender, dropped");
+                    return;
+                }
+                if !peers_are_genuine(&request.msg) {
+                    warn!(%peer, kind = request.msg.kind(), "chord message naming a peer whose id is not the hash of its PeerId, dropped");
                     return;
                 }
                 let now = self.now();
@@ -404,9 +420,10 @@ impl Driver {
         match ev {
             Event::Message {
                 peer,
-                message: Message::Request {
-                    request, channel, ..
-                },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => {
                 let inbound = Inbound {
@@ -429,10 +446,11 @@ impl Driver {
                 }
             }
             Event::Message {
-                message: Message::Response {
-                    request_id,
-                    response,
-                },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             } => {
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
@@ -467,11 +485,11 @@ impl Driver {
                         from: self.node.me().addr.clone(),
                         msg: msg.clone(),
                     };
-                    let id = self.swarm.behaviour_mut().chord.send_request_with_addresses(
-                        &to.peer,
-                        envelope,
-                        vec![to.addr.clone()],
-                    );
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .chord
+                        .send_request_with_addresses(&to.peer, envelope, vec![to.addr.clone()]);
                     self.pending_chord.insert(id, (to, msg));
                 }
                 chord::Action::Event(ev) => self.on_core_event(ev),
@@ -508,6 +526,34 @@ impl Driver {
     }
 }
 
+/// Every ring member named in a message must have the ring id its PeerId implies, so nobody can
+/// place a node (or itself) at a chosen position of the ring.
+fn peers_are_genuine(msg: &chord::Message<NodeAddr>) -> bool {
+    use chord::Message as M;
+    let ok = |p: &chord::Peer<NodeAddr>| p.id == ring_id(&p.addr.peer);
+    let all = |v: &[chord::Peer<NodeAddr>]| v.iter().all(ok);
+    match msg {
+        M::Notify { node, preds, .. } => ok(node) && all(preds),
+        M::Leave {
+            node,
+            preds,
+            successors,
+            ..
+        } => ok(node) && all(preds) && all(successors),
+        M::Info {
+            pred,
+            successors,
+            closer,
+            ..
+        } => pred.as_ref().is_none_or(ok) && all(successors) && all(closer),
+        M::FindSuccessor { .. }
+        | M::GetState { .. }
+        | M::Ping { .. }
+        | M::Ack { .. }
+        | M::Pong { .. } => true,
+    }
+}
+
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -519,26 +565,62 @@ async fn wait_for_listen_addr(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<Mu
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     let mut found: Vec<Multiaddr> = Vec::new();
+    // After the first address, give the other interfaces a moment to report theirs.
+    let settle = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(settle);
     loop {
         tokio::select! {
             ev = swarm.select_next_some() => {
                 if let SwarmEvent::NewListenAddr { address, .. } = ev {
+                    if found.is_empty() {
+                        settle.as_mut().reset(Instant::now() + Duration::from_millis(100));
+                    }
                     found.push(address);
-                    // Give the other listeners a moment to report too, then choose.
-                    break;
                 }
             }
+            _ = &mut settle => break,
             _ = &mut deadline => anyhow::bail!("no listen address came up within 10 s"),
         }
     }
     Ok(choose_advertised(found))
 }
 
-/// Prefers a TCP address (the transport every peer has) over QUIC.
-fn choose_advertised(mut found: Vec<Multiaddr>) -> Multiaddr {
+/// The address other nodes will dial: TCP over QUIC (every peer has TCP), and a routable
+/// address over loopback when the node listens on several interfaces.
+pub fn choose_advertised(mut found: Vec<Multiaddr>) -> Multiaddr {
+    use libp2p::multiaddr::Protocol;
     found.sort_by_key(|a| {
-        !a.iter()
-            .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        let tcp = a.iter().any(|p| matches!(p, Protocol::Tcp(_)));
+        let loopback = a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        });
+        (!tcp, loopback)
     });
     found.remove(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address_prefers_routable_tcp() {
+        let a: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/udp/5/quic-v1",
+            "/ip4/127.0.0.1/tcp/5",
+            "/ip4/10.1.2.3/udp/5/quic-v1",
+            "/ip4/10.1.2.3/tcp/5",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(choose_advertised(a).to_string(), "/ip4/10.1.2.3/tcp/5");
+        let only_loop = vec!["/ip4/127.0.0.1/tcp/9".parse().unwrap()];
+        assert_eq!(
+            choose_advertised(only_loop).to_string(),
+            "/ip4/127.0.0.1/tcp/9"
+        );
+    }
 }

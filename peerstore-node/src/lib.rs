@@ -43,9 +43,8 @@ use crate::store::{BlockStore, StoreConfig};
 /// lets its neighbours splice the ring, and returns.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!("cannot create data directory {}", config.data_dir.display())
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let keypair = identity::load_or_create(&config.data_dir)?;
     let peer = keypair.public().to_peer_id();
     info!(%peer, id = %proto::ring_id(&peer), "node identity");
@@ -53,21 +52,29 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     // Re-check everything held against its hash before serving or joining.
     let store_dir = config.data_dir.join("store");
     let capacity = config.capacity;
-    let (store, opened) =
-        tokio::task::spawn_blocking(move || BlockStore::open(StoreConfig::new(store_dir, capacity)))
-            .await
-            .context("store open task failed")??;
+    let (store, opened) = tokio::task::spawn_blocking(move || {
+        BlockStore::open(StoreConfig::new(store_dir, capacity))
+    })
+    .await
+    .context("store open task failed")??;
     info!(?opened, "block store verified");
     let store = Arc::new(store);
 
     let start = match &config.initial_peer {
-        Some(s) => Start::Join(proto::parse_node_addr(s).map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?),
+        Some(s) => Start::Join(
+            proto::parse_node_addr(s).map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?,
+        ),
         None => Start::Create,
     };
     let swarm = build_swarm(keypair, config.request_timeout(), true)
         .map_err(|e| anyhow::anyhow!("cannot set up networking: {e}"))?;
-    let (driver, handle, inbound) =
-        Driver::start(swarm, &config.listen, config.chord_config()).await?;
+    let (driver, handle, inbound) = Driver::start(
+        swarm,
+        &config.listen,
+        config.announce.clone(),
+        config.chord_config(),
+    )
+    .await?;
     let addr_file = identity::write_address_file(&config.data_dir, &handle.local)?;
     info!(addr = %handle.local, file = %addr_file.display(), "listening");
     println!("peerstore-node listening on {}", handle.local);

@@ -10,7 +10,11 @@ use peerstore_node::config::{parse_size, NodeConfig};
 use peerstore_node::proto::{Request, Response};
 
 #[derive(Parser)]
-#[command(name = "peerstore-node", version, about = "A PeerStore node: a member of a Chord ring that stores encrypted blocks")]
+#[command(
+    name = "peerstore-node",
+    version,
+    about = "A PeerStore node: a member of a Chord ring that stores encrypted blocks"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +32,9 @@ struct RunArgs {
     /// Address to listen on (repeatable). Default /ip4/127.0.0.1/tcp/0.
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// The address other nodes should dial, if not the one it listens on (e.g. behind NAT).
+    #[arg(long, value_name = "MULTIADDR")]
+    announce: Option<Multiaddr>,
     /// Data directory (default: the platform's data directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -126,6 +133,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if !a.listen.is_empty() {
         c.listen = a.listen;
     }
+    if let Some(v) = a.announce {
+        c.announce = Some(v);
+    }
     if let Some(v) = a.data_dir {
         c.data_dir = v;
     }
@@ -183,9 +193,7 @@ async fn status(peer: Option<String>, data_dir: Option<PathBuf>, json: bool) -> 
         other => anyhow::bail!("{}", peerstore_node::rpc::describe(&other)),
     };
     if json {
-        let member = |m: &peerstore_node::proto::MemberInfo| {
-            serde_json::json!({ "id": m.id.to_hex(), "addr": m.addr.to_string() })
-        };
+        let member = |m: &peerstore_node::proto::MemberInfo| serde_json::json!({ "id": m.id.to_hex(), "addr": m.addr.to_string() });
         let v = serde_json::json!({
             "id": s.id.to_hex(),
             "addr": s.addr.to_string(),

@@ -10,12 +10,16 @@
 //!   pushes the range to its new r-1 successors;
 //! - a node joined: as the new owner it pulls its range from its successors, who held it;
 //! - a block was lost or quarantined on one node: the owner's digest differs, it is re-sent.
-//!   A node then drops keys outside the range it replicates, once their replica set has them.
+//!
+//! A separate, slower loop drops keys outside the range a node replicates: only keys that were
+//! outside it at two consecutive clean-ups (so a ring still settling does not cause churn), and
+//! only once every member of the key's current replica set confirms it holds the key.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::proto::{key_id, BlockKey, NodeAddr, Request, Response, MAX_LIST_PAGE};
@@ -26,6 +30,8 @@ use crate::store::Role;
 const BUCKETS: u16 = 64;
 /// Most foreign keys handed off and dropped per round (each costs a lookup).
 const CLEANUP_BATCH: usize = 512;
+/// Blocks moved at once by one sync.
+const PARALLEL: usize = 16;
 
 /// What one round did, for logs and tests.
 #[derive(Debug, Default, Clone, Copy)]
@@ -36,46 +42,84 @@ pub struct RoundReport {
     pub errors: u64,
 }
 
-/// Runs maintenance rounds forever: every `period`, and shortly after a range change.
+/// Runs maintenance forever: replication rounds every `period` and soon after a range change,
+/// and clean-up rounds every `period` in their own task so they never delay re-replication.
 pub async fn run(service: Arc<Service>, period: Duration) {
+    let cleaner = tokio::spawn(cleanup_loop(service.clone(), period));
     let mut changes = service.handle.ranges_changed.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             r = changes.changed() => {
-                if r.is_err() { return; }
+                if r.is_err() { break; }
                 // Let the ring settle a little before moving data.
                 tokio::time::sleep(period / 4).await;
             }
         }
         let report = round(&service).await;
-        if report.pushed + report.pulled + report.dropped > 0 || report.errors > 0 {
-            info!(
-                pushed = report.pushed,
-                pulled = report.pulled,
-                dropped = report.dropped,
-                errors = report.errors,
-                "maintenance round"
-            );
-        }
+        log_round("replication", &report);
+    }
+    cleaner.abort();
+}
+
+fn log_round(what: &str, report: &RoundReport) {
+    if report.pushed + report.pulled + report.dropped > 0 || report.errors > 0 {
+        info!(
+            pushed = report.pushed,
+            pulled = report.pulled,
+            dropped = report.dropped,
+            errors = report.errors,
+            "{what} round"
+        );
     }
 }
 
-/// One maintenance round.
+async fn cleanup_loop(service: Arc<Service>, period: Duration) {
+    let mut candidates = BTreeSet::new();
+    loop {
+        tokio::time::sleep(period).await;
+        let mut report = RoundReport::default();
+        let Some(view) = service.handle.view().await else {
+            return;
+        };
+        if view.member && view.predecessor.is_some() {
+            candidates = cleanup(&service, view.ranges.replicated, &candidates, &mut report).await;
+        }
+        log_round("clean-up", &report);
+    }
+}
+
+/// One replication round: the owned range against each of the next r-1 successors, all at once.
 pub async fn round(service: &Service) -> RoundReport {
-    let mut report = RoundReport::default();
     let Some(view) = service.handle.view().await else {
-        return report;
+        return RoundReport::default();
     };
     if !view.member || view.predecessor.is_none() {
-        return report;
+        return RoundReport::default();
     }
     let (from, to) = view.ranges.owned;
-    for succ in distinct_successors(&view.successors, &view.me.addr, service.replication - 1) {
-        sync_range(service, &succ, from, to, true, &mut report).await;
+    let succs = distinct_successors(&view.successors, &view.me.addr, service.replication - 1);
+    let reports = futures::future::join_all(succs.iter().map(|succ| async move {
+        let mut report = RoundReport::default();
+        sync_range(service, succ, from, to, true, &mut report).await;
+        sync_records(service, succ, from, to, &mut report).await;
+        report
+    }))
+    .await;
+    reports
+        .into_iter()
+        .fold(RoundReport::default(), |a, b| a.merge(b))
+}
+
+impl RoundReport {
+    fn merge(self, o: RoundReport) -> RoundReport {
+        RoundReport {
+            pushed: self.pushed + o.pushed,
+            pulled: self.pulled + o.pulled,
+            dropped: self.dropped + o.dropped,
+            errors: self.errors + o.errors,
+        }
     }
-    cleanup(service, view.ranges.replicated, &mut report).await;
-    report
 }
 
 /// Before a graceful leave: make sure every key this node holds is on the successors that will
@@ -89,6 +133,7 @@ pub async fn hand_off(service: &Service) -> RoundReport {
     for succ in distinct_successors(&view.successors, &view.me.addr, service.replication) {
         // The whole ring minus nothing: every key we hold.
         sync_range(service, &succ, me, me, false, &mut report).await;
+        sync_records(service, &succ, me, me, &mut report).await;
     }
     report
 }
@@ -166,52 +211,75 @@ async fn sync_range(
             report.errors += 1;
             continue;
         };
-        for key in mine.difference(&theirs) {
-            let Ok(Ok(Some(data))) = ({
-                let store = service.store.clone();
-                let key = *key;
-                tokio::task::spawn_blocking(move || store.get(&key)).await
-            }) else {
-                continue;
-            };
-            match service
-                .call(peer, Request::StoreLocal { key: *key, data })
-                .await
-            {
-                Response::Ok => report.pushed += 1,
-                other => {
-                    debug!(%key, peer = %peer.peer, ?other, "push failed");
-                    report.errors += 1;
-                }
+        let to_push: Vec<BlockKey> = mine.difference(&theirs).copied().collect();
+        let pushed = futures::stream::iter(to_push)
+            .map(|key| async move { push_block(service, peer, key).await })
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<bool>>()
+            .await;
+        for ok in pushed {
+            if ok {
+                report.pushed += 1;
+            } else {
+                report.errors += 1;
             }
         }
         if pull {
-            for key in theirs.difference(&mine) {
-                match service.call(peer, Request::FetchLocal { key: *key }).await {
-                    Response::Block { data } if BlockKey::of(&data) == *key => {
-                        let store = service.store.clone();
-                        let key = *key;
-                        match tokio::task::spawn_blocking(move || {
-                            store.put(key, &data, Role::Owner)
-                        })
-                        .await
-                        {
-                            Ok(Ok(_)) => report.pulled += 1,
-                            Ok(Err(e)) => {
-                                warn!(%key, error = %e, "cannot store pulled block");
-                                report.errors += 1;
-                            }
-                            Err(_) => report.errors += 1,
-                        }
-                    }
-                    _ => report.errors += 1,
+            let to_pull: Vec<BlockKey> = theirs.difference(&mine).copied().collect();
+            let pulled = futures::stream::iter(to_pull)
+                .map(|key| async move { pull_block(service, peer, key).await })
+                .buffer_unordered(PARALLEL)
+                .collect::<Vec<bool>>()
+                .await;
+            for ok in pulled {
+                if ok {
+                    report.pulled += 1;
+                } else {
+                    report.errors += 1;
                 }
             }
         }
     }
 }
 
-async fn list_local(service: &Service, from: chord::Id, to: chord::Id) -> Option<BTreeSet<BlockKey>> {
+/// Sends one local block to `peer`. False if it could not be read or stored there.
+async fn push_block(service: &Service, peer: &NodeAddr, key: BlockKey) -> bool {
+    let store = service.store.clone();
+    let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || store.get(&key)).await else {
+        return false;
+    };
+    match service.call(peer, Request::StoreLocal { key, data }).await {
+        Response::Ok => true,
+        other => {
+            debug!(%key, peer = %peer.peer, ?other, "push failed");
+            false
+        }
+    }
+}
+
+/// Fetches one block from `peer` and stores it locally, after checking its hash.
+async fn pull_block(service: &Service, peer: &NodeAddr, key: BlockKey) -> bool {
+    match service.call(peer, Request::FetchLocal { key }).await {
+        Response::Block { data } if BlockKey::of(&data) == key => {
+            let store = service.store.clone();
+            match tokio::task::spawn_blocking(move || store.put(key, &data, Role::Owner)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => {
+                    warn!(%key, error = %e, "cannot store pulled block");
+                    false
+                }
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+async fn list_local(
+    service: &Service,
+    from: chord::Id,
+    to: chord::Id,
+) -> Option<BTreeSet<BlockKey>> {
     let store = service.store.clone();
     tokio::task::spawn_blocking(move || {
         store
@@ -223,7 +291,6 @@ async fn list_local(service: &Service, from: chord::Id, to: chord::Id) -> Option
     .ok()
     .flatten()
 }
-
 async fn list_remote(
     service: &Service,
     peer: &NodeAddr,
@@ -257,60 +324,158 @@ async fn list_remote(
     }
 }
 
-/// Drops keys outside the range this node replicates, after making sure their replica set has
-/// them. A key is dropped only when every member of its current replica set acknowledged it.
-async fn cleanup(service: &Service, replicated: (chord::Id, chord::Id), report: &mut RoundReport) {
+/// Brings the signed records (users' roots) in (from, to] to the newest version on both sides.
+/// Each side accepts a record only if it is validly signed and newer than what it has, so
+/// pushing both ways converges on the newest.
+async fn sync_records(
+    service: &Service,
+    peer: &NodeAddr,
+    from: chord::Id,
+    to: chord::Id,
+    report: &mut RoundReport,
+) {
+    let store = service.store.clone();
+    let local = match tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = crate::service::list_record_digests(&store, from, to, after)?;
+            after = page.last().map(|(k, _)| *k);
+            all.extend(page);
+            if !more {
+                return Ok::<_, crate::store::StoreError>(all);
+            }
+        }
+    })
+    .await
+    {
+        Ok(Ok(v)) => v.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        _ => {
+            report.errors += 1;
+            return;
+        }
+    };
+    let mut remote = std::collections::BTreeMap::new();
+    let mut after = None;
+    loop {
+        match service
+            .call(peer, Request::ListRecords { from, to, after })
+            .await
+        {
+            Response::RecordDigests { records, more } => {
+                after = records.last().map(|(k, _)| *k);
+                remote.extend(records);
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+            _ => {
+                report.errors += 1;
+                return;
+            }
+        }
+    }
+    let keys: BTreeSet<BlockKey> = local.keys().chain(remote.keys()).copied().collect();
+    for key in keys {
+        if local.get(&key) == remote.get(&key) {
+            continue;
+        }
+        if local.contains_key(&key) {
+            if let Response::Record { record } = service
+                .call(&service.handle.local, Request::FetchRecordLocal { key })
+                .await
+            {
+                if let Response::Ok = service
+                    .call(peer, Request::StoreRecordLocal { key, record })
+                    .await
+                {
+                    report.pushed += 1;
+                }
+            }
+        }
+        if remote.contains_key(&key) {
+            if let Response::Record { record } =
+                service.call(peer, Request::FetchRecordLocal { key }).await
+            {
+                if let Response::Ok = service
+                    .call(
+                        &service.handle.local,
+                        Request::StoreRecordLocal { key, record },
+                    )
+                    .await
+                {
+                    report.pulled += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Drops keys outside the range this node replicates. A key is a candidate when it lies outside
+/// (from, to]; it is dropped only if it was a candidate at the previous clean-up as well, the
+/// lookup of its replica set does not include this node, and every member of that set holds
+/// it (checked with `HasLocal`; a member that lacks it is sent the block first). Returns this
+/// round's candidates.
+async fn cleanup(
+    service: &Service,
+    replicated: (chord::Id, chord::Id),
+    previous: &BTreeSet<BlockKey>,
+    report: &mut RoundReport,
+) -> BTreeSet<BlockKey> {
     let (from, to) = replicated;
     if from == to {
-        return; // we replicate the whole ring (a ring of at most r nodes)
+        return BTreeSet::new(); // we replicate the whole ring (a ring of at most r nodes)
     }
     // Keys outside (from, to] are those in (to, from].
     let store = service.store.clone();
-    let foreign = match tokio::task::spawn_blocking(move || {
+    let foreign: BTreeSet<BlockKey> = match tokio::task::spawn_blocking(move || {
         store.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(CLEANUP_BATCH))
     })
     .await
     {
-        Ok(Ok(page)) => page.keys,
-        _ => return,
+        Ok(Ok(page)) => page.keys.into_iter().collect(),
+        _ => return BTreeSet::new(),
     };
-    for key in foreign {
-        let Ok(res) = service.handle.lookup(key_id(&key)).await else {
-            report.errors += 1;
-            continue;
+    let ripe: Vec<BlockKey> = foreign.intersection(previous).copied().collect();
+    let dropped = futures::stream::iter(ripe)
+        .map(|key| async move { hand_over_and_drop(service, key).await })
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<Option<bool>>>()
+        .await;
+    for d in dropped {
+        match d {
+            Some(true) => report.dropped += 1,
+            Some(false) => {}
+            None => report.errors += 1,
+        }
+    }
+    foreign
+}
+
+/// Some(true) if the key was dropped, Some(false) if it is kept (we are in its replica set after
+/// all), None on errors (kept, retried next time).
+async fn hand_over_and_drop(service: &Service, key: BlockKey) -> Option<bool> {
+    let res = service.handle.lookup(key_id(&key)).await.ok()?;
+    let set = service.replica_set_of(&res);
+    if set.contains(&service.handle.local) {
+        return Some(false);
+    }
+    for member in &set {
+        let has = match service
+            .call(member, Request::HasLocal { keys: vec![key] })
+            .await
+        {
+            Response::Has { present } => present.first().copied().unwrap_or(false),
+            _ => return None,
         };
-        let set = service.replica_set_of(&res);
-        if set.contains(&service.handle.local) {
-            continue; // our view of the ranges is behind; keep it
+        if !has && !push_block(service, member, key).await {
+            return None;
         }
-        let data = {
-            let store = service.store.clone();
-            match tokio::task::spawn_blocking(move || store.get(&key)).await {
-                Ok(Ok(Some(d))) => d,
-                _ => continue,
-            }
-        };
-        let mut all = true;
-        for to in &set {
-            match service
-                .call(
-                    to,
-                    Request::StoreLocal {
-                        key,
-                        data: data.clone(),
-                    },
-                )
-                .await
-            {
-                Response::Ok => {}
-                _ => all = false,
-            }
-        }
-        if all {
-            let store = service.store.clone();
-            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || store.delete(&key)).await {
-                report.dropped += 1;
-            }
-        }
+    }
+    let store = service.store.clone();
+    match tokio::task::spawn_blocking(move || store.delete(&key)).await {
+        Ok(Ok(true)) => Some(true),
+        Ok(Ok(false)) => Some(false),
+        _ => None,
     }
 }

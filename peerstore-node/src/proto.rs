@@ -129,6 +129,16 @@ pub enum Request {
     StoreRecordLocal { key: BlockKey, record: Vec<u8> },
     /// Read a mutable record from this node only.
     FetchRecordLocal { key: BlockKey },
+    /// Which of `keys` this node holds ([`Response::Has`], same order). At most
+    /// [`MAX_LIST_PAGE`] keys.
+    HasLocal { keys: Vec<BlockKey> },
+    /// The mutable records this node holds in (from, to]: key and BLAKE3 of the record bytes
+    /// ([`Response::RecordDigests`]), at most [`MAX_LIST_PAGE`] starting after `after`.
+    ListRecords {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+    },
 }
 
 impl Request {
@@ -147,6 +157,8 @@ impl Request {
             Request::ListRange { .. } => "list-range",
             Request::StoreRecordLocal { .. } => "store-record-local",
             Request::FetchRecordLocal { .. } => "fetch-record-local",
+            Request::ListRecords { .. } => "list-records",
+            Request::HasLocal { .. } => "has-local",
         }
     }
 }
@@ -193,8 +205,12 @@ pub struct StatusReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The block is durable on `replicas` members of its replica set.
-    Stored { replicas: u32 },
-    Block { data: Vec<u8> },
+    Stored {
+        replicas: u32,
+    },
+    Block {
+        data: Vec<u8>,
+    },
     NotFound,
     Owner {
         owner: MemberInfo,
@@ -203,12 +219,29 @@ pub enum Response {
     },
     Status(Box<StatusReport>),
     /// (count, digest) per bucket.
-    Digests { buckets: Vec<(u64, [u8; 32])> },
-    Keys { keys: Vec<BlockKey>, more: bool },
-    Record { record: Vec<u8> },
+    Digests {
+        buckets: Vec<(u64, [u8; 32])>,
+    },
+    Keys {
+        keys: Vec<BlockKey>,
+        more: bool,
+    },
+    Record {
+        record: Vec<u8>,
+    },
+    Has {
+        present: Vec<bool>,
+    },
+    RecordDigests {
+        records: Vec<(BlockKey, [u8; 32])>,
+        more: bool,
+    },
     /// Generic success for requests with nothing to return.
     Ok,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Response {
@@ -263,7 +296,10 @@ pub fn encode_frame<T: Serialize>(value: &T, max: usize) -> io::Result<Vec<u8>> 
     if bytes.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("message of {} bytes exceeds the bound of {max}", bytes.len()),
+            format!(
+                "message of {} bytes exceeds the bound of {max}",
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes)

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::identity::Keypair;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{build_swarm, BehaviourEvent};

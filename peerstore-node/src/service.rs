@@ -19,6 +19,8 @@ pub const ROOTS: RecordTable = RecordTable::MUTABLE;
 
 /// Most data requests served at once; beyond that the driver answers "busy".
 const MAX_CONCURRENT: usize = 512;
+/// Attempts of a lookup before a routed request fails.
+const LOOKUP_TRIES: usize = 4;
 
 pub struct Service {
     pub handle: Handle,
@@ -126,6 +128,31 @@ impl Service {
                 .await
             }
             Request::StoreRecordLocal { key, record } => self.store_record_local(key, record).await,
+            Request::HasLocal { keys } => {
+                if keys.len() > MAX_LIST_PAGE as usize {
+                    return Response::error(
+                        ErrorCode::BadRequest,
+                        format!("at most {MAX_LIST_PAGE} keys per request"),
+                    );
+                }
+                let store = self.store.clone();
+                blocking(move || {
+                    let present = keys
+                        .iter()
+                        .map(|k| store.has(k))
+                        .collect::<Result<Vec<bool>, StoreError>>()?;
+                    Ok(Response::Has { present })
+                })
+                .await
+            }
+            Request::ListRecords { from, to, after } => {
+                let store = self.store.clone();
+                blocking(move || {
+                    let (records, more) = list_record_digests(&store, from, to, after)?;
+                    Ok(Response::RecordDigests { records, more })
+                })
+                .await
+            }
             Request::FetchRecordLocal { key } => {
                 let store = self.store.clone();
                 blocking(move || {
@@ -153,17 +180,26 @@ impl Service {
         set
     }
 
+    /// The replica set of `key`. A lookup that fails while the ring is repairing itself (a hop
+    /// died a moment ago) is retried a few times before the request fails.
     async fn replica_set(&self, key: &BlockKey) -> Result<Vec<NodeAddr>, Response> {
-        self.handle
-            .lookup(key_id(key))
-            .await
-            .map(|res| self.replica_set_of(&res))
-            .map_err(|e| {
-                Response::error(
-                    ErrorCode::Unavailable,
-                    format!("cannot route to the owner of {key}: {e}"),
-                )
-            })
+        let mut delay = std::time::Duration::from_millis(100);
+        let mut last = String::new();
+        for _ in 0..LOOKUP_TRIES {
+            match self.handle.lookup(key_id(key)).await {
+                Ok(res) => return Ok(self.replica_set_of(&res)),
+                Err(e) => {
+                    debug!(%key, error = %e, "lookup failed, retrying");
+                    last = e;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(Response::error(
+            ErrorCode::Unavailable,
+            format!("cannot route to the owner of {key}: {last}; the ring may be repairing itself, retry shortly"),
+        ))
     }
 
     /// Sends `request` to `to`, or serves it locally when `to` is this node.
@@ -377,15 +413,16 @@ impl Service {
         let store = self.store.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let mut refusal = None;
-            let r = store.record_update(ROOTS, &key.0, &record, |current, new| {
-                match check_record(&key, new, current) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        refusal = Some(e);
-                        false
+            let r =
+                store.record_update(ROOTS, &key.0, &record, |current, new| {
+                    match check_record(&key, new, current) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            refusal = Some(e);
+                            false
+                        }
                     }
-                }
-            });
+                });
             (r, refusal)
         })
         .await;
@@ -409,7 +446,9 @@ impl Service {
             let stats = store.stats();
             // Owned = keys in (pred, self]; everything else held is held as a replica.
             let owned = if view_has_pred(from, to) {
-                store.range_digest(&BlockKey(from.0), &BlockKey(to.0))?.count
+                store
+                    .range_digest(&BlockKey(from.0), &BlockKey(to.0))?
+                    .count
             } else {
                 stats.roles.blocks()
             };
@@ -441,6 +480,38 @@ fn member(p: &chord::Peer<NodeAddr>) -> MemberInfo {
     MemberInfo {
         id: p.id,
         addr: p.addr.clone(),
+    }
+}
+
+/// A record's key and the BLAKE3 of its bytes.
+pub type RecordDigest = (BlockKey, [u8; 32]);
+
+/// Keys and digests of the records held in (from, to], one page.
+pub fn list_record_digests(
+    store: &BlockStore,
+    from: chord::Id,
+    to: chord::Id,
+    after: Option<BlockKey>,
+) -> Result<(Vec<RecordDigest>, bool), StoreError> {
+    // Records are few (one per user); the table is scanned in key order and filtered by range.
+    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
+    let mut out = Vec::new();
+    let mut cursor = after.map(|k| k.0);
+    loop {
+        let page = store.record_list(ROOTS, cursor.as_ref(), 1024)?;
+        let Some(last) = page.last().map(|(k, _)| *k) else {
+            return Ok((out, false));
+        };
+        for (k, v) in page {
+            let key = BlockKey(k);
+            if crate::store::in_interval(&a, &b, &key) {
+                out.push((key, *blake3::hash(&v).as_bytes()));
+                if out.len() >= MAX_LIST_PAGE as usize {
+                    return Ok((out, true));
+                }
+            }
+        }
+        cursor = Some(last);
     }
 }
 
@@ -490,7 +561,8 @@ fn check_record(key: &BlockKey, record: &[u8], current: Option<&[u8]>) -> Result
     }
     let current = match current {
         Some(bytes) => Some(
-            crypto::RootRecord::decode(bytes).map_err(|e| format!("stored record unreadable: {e}"))?,
+            crypto::RootRecord::decode(bytes)
+                .map_err(|e| format!("stored record unreadable: {e}"))?,
         ),
         None => None,
     };

@@ -185,7 +185,12 @@ impl Cluster {
             }
             let pred = &statuses[(i + n - 1) % n];
             if n > 1 && s.predecessor.as_ref().map(|p| p.id) != Some(pred.id) {
-                return Err(format!("{}: predecessor {:?}, want {}", s.id, s.predecessor.as_ref().map(|p| p.id), pred.id));
+                return Err(format!(
+                    "{}: predecessor {:?}, want {}",
+                    s.id,
+                    s.predecessor.as_ref().map(|p| p.id),
+                    pred.id
+                ));
             }
             let want: Vec<_> = (1..n).map(|k| statuses[(i + k) % n].id).collect();
             let have: Vec<_> = s.successors.iter().map(|m| m.id).collect();
@@ -257,7 +262,10 @@ pub async fn spawn_node(dir: &Path, via: Option<&str>, extra: &[String]) -> Node
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null()),
         )
-        .env("RUST_LOG", std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()));
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+        );
     if let Some(v) = via {
         cmd.arg("--initial-peer").arg(v);
     }

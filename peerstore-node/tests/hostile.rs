@@ -5,12 +5,12 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use peerstore_node::testing::*;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, StreamProtocol};
 use peerstore_node::proto::{BlockKey, Request, Response, CHORD_PROTOCOL, DATA_PROTOCOL};
+use peerstore_node::testing::*;
 
 /// Writes exactly the bytes it is given (no framing) and reads whatever comes back.
 #[derive(Clone, Default)]
@@ -22,19 +22,37 @@ impl request_response::Codec for RawCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> io::Result<Vec<u8>> {
         Err(io::Error::other("raw peer serves nothing"))
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         let mut buf = Vec::new();
         io.take(1 << 20).read_to_end(&mut buf).await?;
         Ok(buf)
     }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&req).await?;
         io.close().await
     }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T, _: Vec<u8>) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()> {
         Ok(())
     }
 }
@@ -48,27 +66,44 @@ fn frame(body: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_messages_are_rejected() {
     let cluster = Cluster::start(3, &["--replication", "3"]).await;
-    cluster.wait_ideal(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+    cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     for i in 0..20u64 {
         let data = block(9_000_000 + i, 1000);
         let key = BlockKey::of(&data);
-        assert!(matches!(cluster.nodes[0].call(Request::Put { key, data }).await, Response::Stored { .. }));
+        assert!(matches!(
+            cluster.nodes[0].call(Request::Put { key, data }).await,
+            Response::Stored { .. }
+        ));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = cluster.holders().await;
     let target = &cluster.nodes[1];
 
     // A valid Put encoded, to truncate and corrupt.
-    let good = postcard::to_stdvec(&Request::Put { key: BlockKey([1; 32]), data: vec![7; 5000] }).unwrap();
+    let good = postcard::to_stdvec(&Request::Put {
+        key: BlockKey([1; 32]),
+        data: vec![7; 5000],
+    })
+    .unwrap();
     let mut flipped = good.clone();
     flipped[0] = 0xee; // unknown enum variant
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("random bytes", frame(&[0xff; 64])),
         ("unknown variant", frame(&flipped)),
-        ("truncated body", { let f = frame(&good); f[..f.len() / 2].to_vec() }),
+        ("truncated body", {
+            let f = frame(&good);
+            f[..f.len() / 2].to_vec()
+        }),
         ("truncated length", vec![0, 0]),
         ("oversized length", (u32::MAX).to_be_bytes().to_vec()),
-        ("trailing garbage", { let mut b = good.clone(); b.extend_from_slice(&[1, 2, 3]); frame(&b) }),
+        ("trailing garbage", {
+            let mut b = good.clone();
+            b.extend_from_slice(&[1, 2, 3]);
+            frame(&b)
+        }),
         ("put with wrong key", frame(&good)),
         ("empty", vec![]),
     ];
@@ -76,7 +111,11 @@ async fn hostile_messages_are_rejected() {
     for protocol in [DATA_PROTOCOL, CHORD_PROTOCOL] {
         let mut swarm = raw_swarm(protocol.clone());
         for (name, bytes) in &cases {
-            swarm.behaviour_mut().send_request_with_addresses(&target.addr.peer, bytes.clone(), vec![target.addr.addr.clone()]);
+            swarm.behaviour_mut().send_request_with_addresses(
+                &target.addr.peer,
+                bytes.clone(),
+                vec![target.addr.addr.clone()],
+            );
             let outcome = wait_outcome(&mut swarm).await;
             answers.push((format!("{protocol} {name}"), outcome));
         }
@@ -85,28 +124,48 @@ async fn hostile_messages_are_rejected() {
         println!("{name}: {outcome}");
     }
     // The one well-formed request must get a proper error answer, not be stored.
-    let wrong_key = answers.iter().find(|(n, _)| n == "/peerstore/data/1 put with wrong key").unwrap();
-    assert!(wrong_key.1.starts_with("answered"), "well-formed put with a wrong key got no answer: {}", wrong_key.1);
+    let wrong_key = answers
+        .iter()
+        .find(|(n, _)| n == "/peerstore/data/1 put with wrong key")
+        .unwrap();
+    assert!(
+        wrong_key.1.starts_with("answered"),
+        "well-formed put with a wrong key got no answer: {}",
+        wrong_key.1
+    );
     for (name, outcome) in &answers {
         if name != "/peerstore/data/1 put with wrong key" {
             // Malformed input gets no decoded answer: the node drops the stream.
-            assert!(!outcome.starts_with("answered: "), "{name} was answered as if valid: {outcome}");
+            assert!(
+                !outcome.starts_with("answered: "),
+                "{name} was answered as if valid: {outcome}"
+            );
         }
     }
 
     // The node keeps serving, and nothing stored changed.
-    assert!(target.status().await.is_some(), "node stopped answering after hostile input");
+    assert!(
+        target.status().await.is_some(),
+        "node stopped answering after hostile input"
+    );
     let after = cluster.holders().await;
     assert_eq!(before, after, "stored blocks changed after hostile input");
     let data = block(9_100_000, 100);
     let key = BlockKey::of(&data);
-    assert!(matches!(target.call(Request::Put { key, data }).await, Response::Stored { .. }));
+    assert!(matches!(
+        target.call(Request::Put { key, data }).await,
+        Response::Stored { .. }
+    ));
 }
 
 fn raw_swarm(protocol: StreamProtocol) -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .expect("tcp transport")
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(

@@ -373,3 +373,33 @@ fn racing_puts_deletes_gets_keep_accounting_exact() {
         assert_eq!(s.get(k).expect("get").as_ref(), held.then_some(b));
     }
 }
+
+#[test]
+fn put_many_reports_each_block_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 10 * 1000);
+    let mut batch: Vec<(BlockKey, Vec<u8>)> = (0..12).map(|i| block(700 + i, 1000)).collect();
+    s.put(batch[0].0, &batch[0].1, Role::Owner).expect("put");
+    batch[1].1[0] ^= 1; // no longer matches its key
+    let r = s.put_many(&batch, Role::Replica);
+    assert_eq!(r.len(), 12);
+    assert!(matches!(r[0], Ok(PutOutcome::AlreadyPresent)));
+    assert!(matches!(r[1], Err(StoreError::HashMismatch { .. })));
+    let stored = r
+        .iter()
+        .filter(|x| matches!(x, Ok(PutOutcome::Stored)))
+        .count();
+    let full = r
+        .iter()
+        .filter(|x| matches!(x, Err(StoreError::Full { .. })))
+        .count();
+    assert_eq!((stored, full), (9, 1), "capacity holds 10 blocks");
+    assert_eq!(s.used_bytes(), 10 * 1000);
+    for ((k, b), res) in batch.iter().zip(&r).skip(2) {
+        assert_eq!(s.has(k).expect("has"), res.is_ok());
+        if res.is_ok() {
+            assert_eq!(s.get(k).expect("get").as_ref(), Some(b));
+        }
+    }
+    assert!(s.put_many::<Vec<u8>>(&[], Role::Owner).is_empty());
+}

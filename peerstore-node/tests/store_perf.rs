@@ -67,6 +67,11 @@ fn put_and_get_throughput_256k_blocks() {
     let commits8 = s.stats().index_commits - c0;
     assert!(commits8 <= 256);
     let p32 = put_all(&s, &blocks(256, 3), 32);
+    let batch = blocks(64, 4);
+    let t0 = Instant::now();
+    let results = s.put_many(&batch, Role::Replica);
+    let pm = mib_per_s(batch.len() * BLOCK, t0.elapsed().as_secs_f64());
+    assert!(results.iter().all(|r| matches!(r, Ok(PutOutcome::Stored))));
     let g1 = get_all(&s, &many, 1);
     let g2 = get_all(&s, &many, 2);
     let t0 = Instant::now();
@@ -75,12 +80,12 @@ fn put_and_get_throughput_256k_blocks() {
         BlockStore::open(StoreConfig::new(dir.path(), 1 << 30)).expect("reopen")
     };
     let reopen = mib_per_s(report.bytes as usize, t0.elapsed().as_secs_f64());
-    assert_eq!(report.blocks, 32 + 256 + 256);
-    assert_eq!(report.verified, 32 + 256 + 256);
-    assert_eq!(s.used_bytes(), (32 + 256 + 256) * BLOCK as u64);
+    assert_eq!(report.blocks, 32 + 256 + 256 + 64);
+    assert_eq!(report.verified, 32 + 256 + 256 + 64);
+    assert_eq!(s.used_bytes(), (32 + 256 + 256 + 64) * BLOCK as u64);
     println!(
         "store 256 KiB blocks, MiB/s: put 1 thread {p1:.0}, put 8 threads {p8:.0}, \
-         put 32 threads {p32:.0}, get 1 thread {g1:.0}, get 2 threads {g2:.0}, \
+         put 32 threads {p32:.0}, put_many (1 caller, 64 blocks) {pm:.0}, get 1 thread {g1:.0}, get 2 threads {g2:.0}, \
          reopen+verify {reopen:.0}; 256 puts from 8 threads took {commits8} index commits"
     );
 }

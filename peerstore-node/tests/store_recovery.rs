@@ -105,7 +105,17 @@ fn corrupt_block_is_never_served_and_is_quarantined() {
     flip_byte(&s.block_path(&k), 0);
     assert!(s.get(&k).is_err());
     assert_eq!(quarantined(&s).len(), 3);
-    assert_eq!(s.purge_quarantine().expect("purge"), 3);
+    // re-sending a block repairs a silently damaged copy
+    assert_eq!(s.put(k, &b, Role::Owner).expect("put"), PutOutcome::Stored);
+    flip_byte(&s.block_path(&k), 4999);
+    assert_eq!(
+        s.put(k, &b, Role::Owner).expect("put"),
+        PutOutcome::Rewritten
+    );
+    assert_eq!(fs::read(s.block_path(&k)).expect("file"), b);
+    assert_eq!((s.used_bytes(), s.block_count()), (5000, 1));
+    assert_eq!(quarantined(&s).len(), 4);
+    assert_eq!(s.purge_quarantine().expect("purge"), 4);
     assert!(quarantined(&s).is_empty());
 }
 

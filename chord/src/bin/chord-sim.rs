@@ -19,7 +19,7 @@ mod anyhow_free {
     about = "Deterministic Chord simulator (prints one JSON object)"
 )]
 struct Cli {
-    /// concurrent-join | lookups | mass-crash | churn | vnodes-load | random-small
+    /// concurrent-join | lookups | mass-crash | churn | vnodes-load | random-small | partition
     #[arg(long)]
     scenario: String,
     /// Number of nodes (physical nodes for vnodes-load; max N for random-small).
@@ -52,6 +52,12 @@ struct Cli {
     /// Length of the churn phase in stabilization periods.
     #[arg(long, default_value_t = 60)]
     churn_periods: u64,
+    /// Share of churn departures that are graceful leaves (the rest crash).
+    #[arg(long, default_value_t = 0.0)]
+    leave_share: f64,
+    /// Partition length in ms (partition).
+    #[arg(long, default_value_t = 3000)]
+    partition_ms: u64,
     /// Runs (random-small).
     #[arg(long, default_value_t = 1000)]
     runs: u64,
@@ -135,6 +141,8 @@ fn run(cli: Cli) -> Result<String> {
         churn_periods: cli.churn_periods,
         runs: cli.runs,
         direct_build: cli.direct_build,
+        leave_share: cli.leave_share,
+        partition_ms: cli.partition_ms,
         ..Opts::default()
     };
     let start = Instant::now();
@@ -145,6 +153,7 @@ fn run(cli: Cli) -> Result<String> {
         "churn" => scenarios::churn(&opts),
         "vnodes-load" => scenarios::vnodes_load(&opts),
         "random-small" => scenarios::random_small(&opts),
+        "partition" => scenarios::partition(&opts),
         other => return Err(format!("unknown scenario {other}")),
     };
     m.wall_ms = Some(start.elapsed().as_millis() as u64);

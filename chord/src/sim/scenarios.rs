@@ -59,6 +59,8 @@ pub struct Metrics {
     pub crashed: u64,
     /// Nodes that joined (Joined events).
     pub joined: u64,
+    /// Nodes that left gracefully (Left events).
+    pub left: u64,
     /// Keys per physical node: p99 / mean.
     pub load_p99_over_mean: Option<f64>,
     /// Keys per physical node: max / mean.
@@ -90,6 +92,10 @@ pub struct Opts {
     pub churn_rate: f64,
     /// Length of the churn phase in stabilization periods.
     pub churn_periods: u64,
+    /// Share of churn departures that are graceful leaves instead of crashes.
+    pub leave_share: f64,
+    /// Length of the partition (partition scenario), ms.
+    pub partition_ms: u64,
     /// Runs (random-small).
     pub runs: u64,
     /// Upper bound on virtual time spent waiting for Ideal.
@@ -112,6 +118,8 @@ impl Default for Opts {
             runs: 100,
             ideal_limit: Duration::from_secs(3600),
             direct_build: false,
+            leave_share: 0.0,
+            partition_ms: 3000,
         }
     }
 }
@@ -132,6 +140,7 @@ fn fill_common(m: &mut Metrics, sim: &Sim, o: &Opts) {
     m.first_violation = sim.stats.first_violation.clone();
     m.crashed = sim.stats.crashed;
     m.joined = sim.stats.joined;
+    m.left = sim.stats.left;
     m.messages = sim.stats.messages;
     m.events = sim.stats.events;
     m.virtual_ms = sim.now().0;
@@ -342,7 +351,12 @@ pub fn churn(o: &Opts) -> Metrics {
                 sim.schedule_join(a, 0);
                 next_join += exp_gap(sim.rng(), mean_gap);
             } else {
-                sim.crash_random(1);
+                let leave = o.leave_share > 0.0 && sim.rng().gen::<f64>() < o.leave_share;
+                if leave {
+                    sim.leave_random();
+                } else {
+                    sim.crash_random(1);
+                }
                 next_crash += exp_gap(sim.rng(), mean_gap);
             }
         }
@@ -354,6 +368,33 @@ pub fn churn(o: &Opts) -> Metrics {
     m.ideal_at_end = Some(t.is_some());
     sim.check_now();
     lookup_stats(&mut m, &sim);
+    fill_common(&mut m, &sim, o);
+    m
+}
+
+/// `partition`: build, settle, split the ring into two halves (by address parity) for
+/// `partition_ms`, heal, and wait for Ideal. A partition shorter than failure detection
+/// (rpc_timeout x (retries + 1)) heals without a trace; a longer one makes each side drop the
+/// other, and Chord (like Zave's protocol) has no way to merge two rings afterwards, which the
+/// invariant checker reports as AtMostOneRing.
+pub fn partition(o: &Opts) -> Metrics {
+    let mut m = Metrics {
+        scenario: "partition".into(),
+        nodes: o.nodes,
+        vnodes: 1,
+        ..Metrics::default()
+    };
+    let mut sim = settled_ring(o, random_ids(o, o.nodes), &mut m);
+    for a in 0..sim.nodes().len() as u32 {
+        sim.set_group(a, a % 2);
+    }
+    sim.run_for(Duration::from_millis(o.partition_ms));
+    sim.heal();
+    let t0 = sim.now().0;
+    let t = sim.run_until_ideal(Duration::from_millis(100), o.ideal_limit);
+    m.ideal_at_end = Some(t.is_some());
+    m.rounds_to_ideal = t.map(|t| rounds(o, t.0 - t0));
+    sim.check_now();
     fill_common(&mut m, &sim, o);
     m
 }

@@ -91,10 +91,10 @@ impl StoreConfig {
 pub enum PutOutcome {
     /// The block was new and is now durably stored.
     Stored,
-    /// The block was already held; nothing changed (its role is kept).
+    /// The block was already held, byte for byte; nothing changed (its role is kept).
     AlreadyPresent,
-    /// The index listed the block but its file was missing or damaged; it was rewritten from
-    /// the offered bytes.
+    /// The index listed the block but its file was missing or damaged; the damaged file went
+    /// to quarantine and the block was rewritten from the offered bytes (with the new role).
     Rewritten,
 }
 
@@ -516,14 +516,14 @@ impl BlockStore {
         let path = self.layout.block_path(&key);
         let mut outcome = PutOutcome::Stored;
         if let Some(meta) = self.inner.index.get(&key)? {
-            match fs::metadata(&path) {
-                Ok(m) if m.is_file() && m.len() == meta.size => {
-                    return Ok(PutOutcome::AlreadyPresent)
+            // Compare with what is on disk (cheap next to the fsyncs a write costs), so that
+            // re-sending a block also repairs a silently damaged copy.
+            match files::read_file(&path)? {
+                Some(existing) if existing == bytes => return Ok(PutOutcome::AlreadyPresent),
+                Some(_) => {
+                    self.quarantine_locked(&key, meta, "differs from the offered bytes")?;
                 }
-                Ok(_) => {
-                    self.quarantine_locked(&key, meta, "wrong size")?;
-                }
-                Err(_) => match self.drop_missing_locked(&key, meta) {
+                None => match self.drop_missing_locked(&key, meta) {
                     StoreError::Missing { .. } => {}
                     other => return Err(other),
                 },
@@ -550,6 +550,46 @@ impl BlockStore {
         res?;
         st.roles.add(meta);
         Ok(outcome)
+    }
+
+    /// Stores many blocks, up to 8 at a time so their fsyncs overlap and their index entries
+    /// share commits (a single caller's sequential puts are bounded by fsync latency). Results
+    /// are in input order, each as [`BlockStore::put`] would return it.
+    pub fn put_many<B: AsRef<[u8]> + Sync>(
+        &self,
+        blocks: &[(BlockKey, B)],
+        role: Role,
+    ) -> Vec<Result<PutOutcome>> {
+        const WORKERS: usize = 8;
+        if blocks.len() <= 1 {
+            return blocks
+                .iter()
+                .map(|(k, b)| self.put(*k, b.as_ref(), role))
+                .collect();
+        }
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<PutOutcome>>>> =
+            blocks.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..WORKERS.min(blocks.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((k, b)) = blocks.get(i) else {
+                        break;
+                    };
+                    let r = self.put(*k, b.as_ref(), role);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(|| Err(StoreError::Db("put_many worker stopped early".into())))
+            })
+            .collect()
     }
 
     /// Writes the block file and its index entry durably. The directory fsync that makes the

@@ -1,0 +1,179 @@
+//! Node benchmark (`make bench-node`): a local 5-node ring with r = 3 on 127.0.0.1.
+//! Put and get throughput for 256 KiB blocks with 16 in flight, lookup latency p50/p99, RSS per
+//! node idle and under load, printed beside the loopback TCP throughput of one stream measured
+//! by iperf3 in the same run (scripts/bench-node.sh installs it).
+//!
+//! `cargo run --release -p peerstore-node --example bench-node -- [--blocks N] [--iperf MiB/s]`
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use peerstore_node::proto::{BlockKey, Request, Response};
+use peerstore_node::testing::{block, Cluster};
+
+const BLOCK: usize = 256 << 10;
+const IN_FLIGHT: usize = 16;
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn pids(c: &Cluster) -> Vec<u32> {
+    c.nodes
+        .iter()
+        .filter_map(|n| n.child.as_ref().map(|c| c.id()))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let blocks: usize = arg("--blocks").and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let iperf: Option<f64> = arg("--iperf").and_then(|v| v.parse().ok());
+
+    let cluster = Cluster::start(5, &["--replication", "3"]).await;
+    cluster
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .expect("ring did not form");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = pids(&cluster).into_iter().map(rss_mib).collect();
+
+    let data: Vec<Vec<u8>> = (0..blocks).map(|i| block(i as u64, BLOCK)).collect();
+    let keys: Vec<BlockKey> = data.iter().map(|d| BlockKey::of(d)).collect();
+    let total_mib = (blocks * BLOCK) as f64 / (1 << 20) as f64;
+    let node = &cluster.nodes[0];
+
+    // Sample the peak RSS of every node while loading.
+    let pid_list = pids(&cluster);
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(vec![0f64; pid_list.len()]));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                for (i, p) in pid_list.iter().enumerate() {
+                    let v = rss_mib(*p);
+                    if let Ok(mut pk) = peak.lock() {
+                        pk[i] = pk[i].max(v);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let t = Instant::now();
+    let failures = stream::iter(data.iter().zip(&keys))
+        .map(|(d, k)| async move {
+            node.call(Request::Put {
+                key: *k,
+                data: d.clone(),
+            })
+            .await
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter(|r| std::future::ready(!matches!(r, Response::Stored { .. })))
+        .count()
+        .await;
+    let put_s = t.elapsed().as_secs_f64();
+    assert_eq!(failures, 0, "{failures} puts failed");
+
+    let t = Instant::now();
+    let bad = stream::iter(keys.iter().zip(&data))
+        .map(|(k, d)| async move {
+            match node.call(Request::Get { key: *k }).await {
+                Response::Block { data } => data == *d,
+                _ => false,
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter(|ok| std::future::ready(!ok))
+        .count()
+        .await;
+    let get_s = t.elapsed().as_secs_f64();
+    assert_eq!(bad, 0, "{bad} gets failed");
+    sampler.abort();
+    let loaded: Vec<f64> = peak.lock().map(|p| p.clone()).unwrap_or_default();
+
+    let mut lat = Vec::new();
+    for i in 0..2000u64 {
+        let key = BlockKey::of(&i.to_le_bytes());
+        let t = Instant::now();
+        let r = node.call(Request::Lookup { key }).await;
+        lat.push(t.elapsed());
+        assert!(matches!(r, Response::Owner { .. }), "lookup failed: {r:?}");
+    }
+    lat.sort();
+
+    let put_mibs = total_mib / put_s;
+    let get_mibs = total_mib / get_s;
+    println!("## peerstore-node benchmark: 5 local nodes, r = 3, {blocks} blocks of 256 KiB, {IN_FLIGHT} in flight");
+    println!();
+    println!("| what | figure |");
+    println!("|---|---|");
+    println!("| put throughput (r = 3, majority ack) | {put_mibs:.0} MiB/s |");
+    println!("| get throughput | {get_mibs:.0} MiB/s |");
+    println!(
+        "| lookup latency p50 / p99 (2,000 lookups) | {:.0} / {:.0} us |",
+        percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        percentile(&lat, 0.99).as_secs_f64() * 1e6
+    );
+    println!(
+        "| RSS per node, idle | {} MiB |",
+        idle.iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| RSS per node, peak under load | {} MiB |",
+        loaded
+            .iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(tcp) = iperf {
+        println!("| loopback TCP, one stream (iperf3, same run) | {tcp:.0} MiB/s |");
+        println!(
+            "| get / loopback (target >= 0.15) | {:.3} |",
+            get_mibs / tcp
+        );
+        println!(
+            "| put / loopback (target >= 0.05) | {:.3} |",
+            put_mibs / tcp
+        );
+    } else {
+        println!(
+            "| loopback TCP | not measured (pass --iperf MiB/s; scripts/bench-node.sh does) |"
+        );
+    }
+    let max_idle = idle.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "| idle RSS target (< 30 MiB) | {} (max {max_idle:.1} MiB) |",
+        if max_idle < 30.0 { "met" } else { "missed" }
+    );
+}
