@@ -2,15 +2,16 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle soak clean
+.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak clean
 
 all: build
 
 build:
 	$(CARGO) build --release --workspace
 
-## The whole test suite (release build: the simulations are sized for it).
+## The whole test suite (release build: the simulations and real-process tests are sized for it).
 test:
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
 
 ## Formatting and clippy, warnings are errors.
@@ -21,14 +22,24 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Chord scale table (N = 64 .. 4096); writes docs/BENCH-CHORD.md.
+## Builds, starts a 3-node local ring, backs up an example folder, restores it, shows the diff.
+demo:
+	bash scripts/demo.sh
+
+## Benchmarks (not tests): each prints its table.
+bench: bench-chord bench-node bench-entangle bench-client
+
 bench-chord:
 	bash scripts/bench-chord.sh
+
+bench-node:
+	bash scripts/bench-node.sh
 
 bench-entangle:
 	bash scripts/bench-entangle.sh
 
-bench: bench-chord bench-entangle
+bench-client:
+	bash scripts/bench-client.sh
 
 clean:
 	$(CARGO) clean

@@ -62,10 +62,21 @@
 //! (a candidate successor is adopted only after it answers); rectify instead of notify +
 //! check_predecessor; fingers refreshed round robin; iterative lookups from the originator
 //! that route around dead hops and verify the owner; graceful leave by splicing; a
-//! predecessor list for replica ranges. Deviation from the paper, kept within its invariants:
-//! besides succ0's predecessor, succ0 also names other nodes it knows between the asker and
-//! itself (recent notifiers), and the nearest one that answers is adopted; this sorts out many
-//! simultaneous joins faster.
+//! predecessor list for replica ranges. Failure detection (timeouts, one retry) is inside the
+//! core, driven by `now`.
+//!
+//! Additions to the paper's protocol, all within its invariants (the simulator checks them
+//! after every step in 10,000 random runs):
+//! - stabilize: besides succ0's predecessor, succ0 names other nodes it knows between the
+//!   asker and itself (recent notifiers); the nearest that answers is adopted. While the
+//!   successor or predecessor list is changing, the next round comes after 1/8 period.
+//! - finger 0 is checked by a real lookup of `me + 1` started at a far finger, which finds
+//!   nodes that stabilize alone would reach slowly (interleaved chains after mass joins);
+//!   a closer successor found this way is again adopted only after it answers.
+//! - lookups: a hop silent for a quarter of `rpc_timeout` gets a parallel query to the next
+//!   candidate (at most [`node::ALPHA`] at once); an owner candidate that a later node names as
+//!   its predecessor but never answered us is asked again (with retry) before the lookup
+//!   settles, so a lost or slow answer does not produce a wrong owner.
 //!
 //! Protocol messages are documented in [`message`]; the simulator in [`sim`]; the invariants it
 //! checks in [`sim::invariants`].

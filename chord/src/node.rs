@@ -2,8 +2,9 @@
 //!
 //! Sans-I/O: the driver feeds inputs (`handle_message`, `handle_timeout`, ...) with the current
 //! virtual time and drains outputs with [`Node::poll_action`]; [`Node::poll_timeout`] says when
-//! to call [`Node::handle_timeout`] next. Rules of CHORD.md are cited in comments as
-//! `[Join]`, `[Stabilize]`, `[Rectify]`, `[Fingers]`, `[Lookup]`, `[Leave]`.
+//! to call [`Node::handle_timeout`] next. The rules of CHORD.md are cited by name: (Join),
+//! (Stabilize), (Rectify), (Fingers), (Lookup), (Leave) in docs, `[Stabilize]` etc. in code
+//! comments.
 
 use crate::config::Config;
 use crate::id::Id;
@@ -147,23 +148,23 @@ pub struct Snapshot<A> {
 
 #[derive(Clone, Debug)]
 enum Purpose<A> {
-    /// [Stabilize] GetState to succ0.
+    /// (Stabilize) GetState to succ0.
     StabGet { succ: Peer<A> },
-    /// [Stabilize] GetState to succ0.pred before adopting it; `base` is the list to use if it
+    /// (Stabilize) GetState to succ0.pred before adopting it; `base` is the list to use if it
     /// turns out dead.
     StabVerify {
         cand: Peer<A>,
         rest: Vec<Peer<A>>,
         base: Vec<Peer<A>>,
     },
-    /// [Stabilize] the final notify.
+    /// (Stabilize) the final notify.
     Notify,
-    /// [Rectify] liveness check of the current predecessor.
+    /// (Rectify) liveness check of the current predecessor.
     RectifyPing { pred: Peer<A> },
-    /// [Lookup] one hop.
+    /// (Lookup) one hop.
     /// `persistent`: retried like maintenance requests (a second ask of an owner candidate).
     Hop { lookup: u64, persistent: bool },
-    /// [Leave] splice message.
+    /// (Leave) splice message.
     Leave,
 }
 
@@ -354,7 +355,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.check_ranges();
     }
 
-    /// [Join] Joins the ring through any member at `bootstrap`: looks up the owner o of our own
+    /// (Join) Joins the ring through any member at `bootstrap`: looks up the owner o of our own
     /// id, which answers (so it is alive), and takes `[o] ++ o.successors` as successor list.
     /// Ends with `Joined` or `JoinFailed`.
     pub fn join(&mut self, now: Time, bootstrap: A) {
@@ -376,7 +377,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.begin_lookup(LookupKind::Join, key, vec![Cand::Route(bootstrap)]);
     }
 
-    /// [Leave] Leaves gracefully: tells predecessor and successor so they splice themselves
+    /// (Leave) Leaves gracefully: tells predecessor and successor so they splice themselves
     /// together, then emits `Left`. The driver should then hand its keys to the successor.
     pub fn leave(&mut self, now: Time) {
         self.now = now;
@@ -553,7 +554,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.check_ranges();
     }
 
-    /// [Lookup] Starts an iterative lookup of the owner of `key`; the answer comes as
+    /// (Lookup) Starts an iterative lookup of the owner of `key`; the answer comes as
     /// `Event::LookupDone`.
     pub fn start_lookup(&mut self, now: Time, key: Id) -> LookupId {
         self.now = now;
@@ -1017,7 +1018,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     /// Up to `limit` known nodes in `(me, key)`, closest to `key` first: closest_preceding_node
-    /// over fingers AND successors [Fingers].
+    /// over fingers AND successors (Fingers).
     fn closer(&self, key: Id, limit: usize) -> Vec<Peer<A>> {
         let me = self.me.id;
         let mut c: Vec<&Peer<A>> = Vec::with_capacity(24);
@@ -1195,7 +1196,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     // ------------------------------------------------------------------ stabilize / rectify
 
-    /// [Stabilize] Drop dead succ0 (done when its request fails), else ask succ0 for its
+    /// (Stabilize) Drop dead succ0 (done when its request fails), else ask succ0 for its
     /// predecessor and list.
     fn start_stabilize(&mut self) {
         if self.stabilizing || self.status != Status::Member {
@@ -1268,7 +1269,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.verify_next(cands, base);
     }
 
-    /// [Stabilize] Verify the first remaining candidate, or settle for `base`.
+    /// (Stabilize) Verify the first remaining candidate, or settle for `base`.
     fn verify_next(&mut self, mut cands: Vec<Peer<A>>, base: Vec<Peer<A>>) {
         cands.retain(|p| !self.is_dead(&p.addr));
         if cands.is_empty() {
@@ -1311,7 +1312,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    /// [Stabilize] last step: notify succ0. Ends the stabilize round.
+    /// (Stabilize) last step: notify succ0. Ends the stabilize round.
     fn notify_successor(&mut self) {
         self.stabilizing = false;
         if let Some(s) = self.succs.first().cloned() {
@@ -1325,7 +1326,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    /// [Rectify] On a notify from n: adopt n if n ∈ (pred, self) or there is no predecessor;
+    /// (Rectify) On a notify from n: adopt n if n ∈ (pred, self) or there is no predecessor;
     /// if n is not closer, check that the current predecessor lives and adopt n if it does not.
     fn rectify(&mut self, n: Peer<A>, npreds: Vec<Peer<A>>) {
         let me = self.me.id;
@@ -1416,7 +1417,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     // ------------------------------------------------------------------ leave
 
-    /// [Leave] A neighbour leaves: splice it out using the lists it sent.
+    /// (Leave) A neighbour leaves: splice it out using the lists it sent.
     fn on_leave(&mut self, l: Peer<A>, lpreds: Vec<Peer<A>>, lsuccs: Vec<Peer<A>>) {
         if let Some(i) = self.succs.iter().position(|p| p.addr == l.addr) {
             let rest: Vec<Peer<A>> = self.succs[i + 1..].to_vec();
@@ -1487,7 +1488,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     // ------------------------------------------------------------------ fingers
 
-    /// [Fingers] Refresh the next finger (round robin). Fingers whose target lies within the
+    /// (Fingers) Refresh the next finger (round robin). Fingers whose target lies within the
     /// successor list are filled locally; at most one lookup is started per tick.
     fn fix_next_finger(&mut self) {
         self.fix_next_finger_inner();
@@ -1639,7 +1640,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    /// [Lookup] The iterative routing rule. `cand` answered with `view`.
+    /// (Lookup) The iterative routing rule. `cand` answered with `view`.
     fn process_answer(&mut self, lk: &mut Lookup<A>, cand: Cand<A>, view: InfoView<A>) -> Step<A> {
         let addr = cand.addr().clone();
         lk.answered.insert(addr.clone());
@@ -1837,7 +1838,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    /// [Join] The owner of our id answered: it is alive, so adopt it and its list.
+    /// (Join) The owner of our id answered: it is alive, so adopt it and its list.
     fn complete_join(&mut self, owner: Peer<A>, successors: Vec<Peer<A>>, pred: Option<Peer<A>>) {
         if self.status != Status::Joining {
             return;

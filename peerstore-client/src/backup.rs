@@ -264,7 +264,10 @@ struct Scanner {
 
 /// The outcome of reading one file.
 enum FileRead {
-    Done { size: u64, chunks: Vec<ChunkRef> },
+    Done {
+        size: u64,
+        chunks: Vec<ChunkRef>,
+    },
     /// The file changed while it was read.
     Changed,
     /// It disappeared (or turned into something else) before it could be read.
@@ -323,7 +326,9 @@ impl Scanner {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
-                self.summary.skipped.push(format!("{}: {e}", path.display()));
+                self.summary
+                    .skipped
+                    .push(format!("{}: {e}", path.display()));
                 return Ok(());
             }
         };
@@ -341,15 +346,16 @@ impl Scanner {
             let target = match fs::read_link(path) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.summary.skipped.push(format!("{}: {e}", path.display()));
+                    self.summary
+                        .skipped
+                        .push(format!("{}: {e}", path.display()));
                     return Ok(());
                 }
             };
             let Some(target) = target.to_str() else {
-                self.summary.skipped.push(format!(
-                    "{}: symlink target is not UTF-8",
-                    path.display()
-                ));
+                self.summary
+                    .skipped
+                    .push(format!("{}: symlink target is not UTF-8", path.display()));
                 return Ok(());
             };
             self.entries.push(Entry {
@@ -406,10 +412,9 @@ impl Scanner {
             }
         }
         warn!(path = %path.display(), "file kept changing while it was read; not saved");
-        self.summary.skipped.push(format!(
-            "{}: changed during backup",
-            path.display()
-        ));
+        self.summary
+            .skipped
+            .push(format!("{}: changed during backup", path.display()));
         if let Some(p) = self.prev.get(rel) {
             self.entries.push(p.clone());
         }
@@ -423,7 +428,9 @@ impl Scanner {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead::Gone),
             Err(e) => {
-                self.summary.skipped.push(format!("{}: {e}", path.display()));
+                self.summary
+                    .skipped
+                    .push(format!("{}: {e}", path.display()));
                 return Ok(FileRead::Gone);
             }
         };
@@ -466,7 +473,9 @@ impl Scanner {
         self.summary.bytes_read += size;
         let after = fs::symlink_metadata(path);
         match after {
-            Ok(a) if same_version(before, &a) && a.len() == size => Ok(FileRead::Done { size, chunks }),
+            Ok(a) if same_version(before, &a) && a.len() == size => {
+                Ok(FileRead::Done { size, chunks })
+            }
             Ok(_) => Ok(FileRead::Changed),
             Err(_) => Ok(FileRead::Gone),
         }

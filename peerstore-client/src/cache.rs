@@ -105,15 +105,9 @@ impl KnownBlocks {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key);
         if fresh {
-            if let Some(f) = self
-                .file
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-            {
-                f.write_all(&key).map_err(|e| {
-                    ClientError::io(self.path.clone().unwrap_or_default(), e)
-                })?;
+            if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                f.write_all(&key)
+                    .map_err(|e| ClientError::io(self.path.clone().unwrap_or_default(), e))?;
             }
         }
         Ok(())

@@ -446,7 +446,10 @@ async fn cmd_ls(ctx: &Ctx, path: Option<&str>, snapshot: Option<&str>) -> Result
         for e in &list {
             let k = &e.kind[..1];
             match &e.target {
-                Some(t) => println!("{k} {} {:>12} {} {} -> {t}", e.mode, e.size, e.mtime, e.path),
+                Some(t) => println!(
+                    "{k} {} {:>12} {} {} -> {t}",
+                    e.mode, e.size, e.mtime, e.path
+                ),
                 None => println!("{k} {} {:>12} {} {}", e.mode, e.size, e.mtime, e.path),
             }
         }
@@ -755,7 +758,10 @@ mod tests {
     fn time_formatting() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(951_782_400_000_000_000), "2000-02-29 00:00:00");
-        assert_eq!(format_time(1_700_000_000_123_000_000), "2023-11-14 22:13:20");
+        assert_eq!(
+            format_time(1_700_000_000_123_000_000),
+            "2023-11-14 22:13:20"
+        );
         assert_eq!(format_time(-1_000_000_000), "1969-12-31 23:59:59");
     }
 
@@ -768,8 +774,15 @@ mod tests {
 
     #[test]
     fn cli_parses() {
-        let c = Cli::try_parse_from(["peerstore-client", "--json", "backup", "/tmp", "--peer", "x"])
-            .unwrap();
+        let c = Cli::try_parse_from([
+            "peerstore-client",
+            "--json",
+            "backup",
+            "/tmp",
+            "--peer",
+            "x",
+        ])
+        .unwrap();
         assert!(c.global.json);
         assert_eq!(c.global.peer.as_deref(), Some("x"));
         assert!(matches!(c.command, Command::Backup { .. }));

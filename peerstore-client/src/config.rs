@@ -214,7 +214,9 @@ mod tests {
     #[test]
     fn node_address_sources() {
         let dir = tempfile::tempdir().unwrap();
-        let err = node_address(None, Some(dir.path())).unwrap_err().to_string();
+        let err = node_address(None, Some(dir.path()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no node reachable"), "{err}");
         assert!(node_address(Some("/ip4/127.0.0.1/tcp/1"), None).is_err());
     }

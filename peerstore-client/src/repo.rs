@@ -103,7 +103,10 @@ impl Repo {
                 delay *= 2;
             }
         }
-        Err(ClientError::Missing(format!("{what} block {}", hex::encode(key))))
+        Err(ClientError::Missing(format!(
+            "{what} block {}",
+            hex::encode(key)
+        )))
     }
 
     /// Reads and verifies the root: its signature, its owner and its payload.
@@ -261,7 +264,8 @@ impl Repo {
         };
         let ptr_bytes = postcard::to_allocvec(&ptr)
             .map_err(|e| ClientError::Corrupt(format!("cannot encode root: {e}")))?;
-        let payload = crypto::seal_root_payload(&self.keys, &self.user, seq, &ptr_bytes, &mut OsRng);
+        let payload =
+            crypto::seal_root_payload(&self.keys, &self.user, seq, &ptr_bytes, &mut OsRng);
         let rec = RootRecord::sign(&self.identity, seq, payload)
             .map_err(|e| ClientError::Corrupt(format!("cannot sign root: {e}")))?;
         let bytes = rec

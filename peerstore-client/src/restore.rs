@@ -299,7 +299,8 @@ async fn write_file(
         .buffered(CHUNKS_IN_FLIGHT);
         while let Some(plain) = stream.next().await {
             let plain = plain?;
-            f.write_all(&plain).map_err(|err| ClientError::io(&tmp, err))?;
+            f.write_all(&plain)
+                .map_err(|err| ClientError::io(&tmp, err))?;
             written += plain.len() as u64;
             progress.add_bytes(plain.len() as u64);
         }

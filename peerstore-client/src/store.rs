@@ -17,7 +17,9 @@ use tracing::{debug, warn};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// No node answered (after retries and fail-over).
-    #[error("no node reachable at {addr}; start one with peerstore-node or pass --peer ({reason})")]
+    #[error(
+        "no node reachable at {addr}; start one with peerstore-node or pass --peer ({reason})"
+    )]
     Unreachable { addr: String, reason: String },
     /// The ring has no room.
     #[error("node full: {0}")]
@@ -195,7 +197,8 @@ impl RingStore {
             addr: node.to_string(),
             reason,
         };
-        let client = RpcClient::start(node.clone(), timeout).map_err(|e| unreachable(e.to_string()))?;
+        let client =
+            RpcClient::start(node.clone(), timeout).map_err(|e| unreachable(e.to_string()))?;
         let status = match client.call(Request::Status).await {
             Ok(Response::Status(s)) => *s,
             Ok(other) => return Err(unreachable(format!("unexpected answer {other:?}"))),
@@ -324,7 +327,9 @@ impl BlockStoreApi for RingStore {
     async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
         match self.call(Request::Put { key, data }).await? {
             Response::Stored { .. } | Response::Ok => Ok(()),
-            other => Err(StoreError::Other(format!("unexpected answer to put: {other:?}"))),
+            other => Err(StoreError::Other(format!(
+                "unexpected answer to put: {other:?}"
+            ))),
         }
     }
 
@@ -337,7 +342,9 @@ impl BlockStoreApi for RingStore {
                 Ok(Some(data))
             }
             Response::NotFound => Ok(None),
-            other => Err(StoreError::Other(format!("unexpected answer to get: {other:?}"))),
+            other => Err(StoreError::Other(format!(
+                "unexpected answer to get: {other:?}"
+            ))),
         }
     }
 

@@ -347,8 +347,14 @@ mod tests {
         assert!(!relevant(&EventKind::Access(AccessKind::Open(
             notify::event::AccessMode::Read
         ))));
-        assert!(!relevant(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
-        assert!(relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(relevant(&EventKind::Remove(notify::event::RemoveKind::File)));
+        assert!(!relevant(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(relevant(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(relevant(&EventKind::Remove(
+            notify::event::RemoveKind::File
+        )));
     }
 }

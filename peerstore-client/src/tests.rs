@@ -20,7 +20,10 @@ use crate::sync::{sync_once, SyncOptions, SyncState};
 
 fn repo_with(store: &MemStore, seed: u64) -> Repo {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    Repo::new(Arc::new(store.clone()), Arc::new(Identity::generate(&mut rng)))
+    Repo::new(
+        Arc::new(store.clone()),
+        Arc::new(Identity::generate(&mut rng)),
+    )
 }
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -51,7 +54,11 @@ fn make_tree(root: &Path) {
         5 << 20,
     ];
     for (i, n) in sizes.iter().enumerate() {
-        fs::write(root.join(format!("a/b/size {n}")), random_bytes(i as u64, *n)).unwrap();
+        fs::write(
+            root.join(format!("a/b/size {n}")),
+            random_bytes(i as u64, *n),
+        )
+        .unwrap();
     }
     fs::write(root.join("ünï cødé/file with spaces.txt"), b"hello unicode").unwrap();
     fs::write(root.join("a/b/c/exec.sh"), b"#!/bin/sh\necho hi\n").unwrap();
@@ -191,7 +198,11 @@ async fn second_backup_sends_only_changes_and_no_plaintext_leaks() {
         big[at..at + marker.len()].copy_from_slice(marker);
     }
     fs::write(src.join("big"), &big).unwrap();
-    fs::write(src.join("note.txt"), [&marker[..], b" in a small file"].concat()).unwrap();
+    fs::write(
+        src.join("note.txt"),
+        [&marker[..], b" in a small file"].concat(),
+    )
+    .unwrap();
     let store = MemStore::new();
     let repo = repo_with(&store, 2);
     let known = Arc::new(KnownBlocks::in_memory());
@@ -395,4 +406,61 @@ async fn sync_once_publishes_changes_and_survives_an_outage() {
         .unwrap();
     let names: Vec<_> = m.entries.iter().map(Entry::display_path).collect();
     assert_eq!(names, ["a2", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_during_backup_is_never_recorded_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let va = vec![b'a'; 3 << 20];
+    let vb = vec![b'b'; 5 << 20];
+    let path = src.join("busy");
+    fs::write(&path, &va).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path, va, vb) = (stop.clone(), path.clone(), va.clone(), vb.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(&path, if i % 2 == 0 { &vb } else { &va }).unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let store = MemStore::new();
+    let repo = repo_with(&store, 7);
+    let known = Arc::new(KnownBlocks::in_memory());
+    let opts = BackupOptions {
+        change_retries: 2,
+        ..BackupOptions::default()
+    };
+    let mut outcomes = (0, 0);
+    for _ in 0..5 {
+        let (s, m, _) = backup(&repo, known.clone(), &src, None, &opts, &hidden())
+            .await
+            .unwrap();
+        match m.find(&["busy".to_string()]) {
+            Some(e) => {
+                let out = tmp.path().join("out");
+                restore_entry(&repo, &m, e, &out, &hidden()).await.unwrap();
+                let got = fs::read(&out).unwrap();
+                assert!(
+                    got.is_empty() || got == va || got == vb,
+                    "torn file recorded ({} bytes)",
+                    got.len()
+                );
+                outcomes.0 += 1;
+            }
+            None => {
+                assert_eq!(s.skipped.len(), 1, "{s:?}");
+                assert!(s.skipped[0].contains("changed during backup"));
+                outcomes.1 += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    println!("recorded {} times, skipped {} times; {writes} rewrites", outcomes.0, outcomes.1);
 }

@@ -38,7 +38,11 @@ async fn backup_restore_dedup_privacy_and_keys() {
     alice.ok(&["init"]);
     let again = alice.run(&["init"]);
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
 
     // --- test 1: backup and restore, byte-identical with metadata.
     let t = Instant::now();
@@ -64,22 +68,43 @@ async fn backup_restore_dedup_privacy_and_keys() {
     // getfile restores one file (into a directory, or as a named file).
     let gdir = tmp.path().join("getfile");
     fs::create_dir_all(&gdir).unwrap();
-    alice.ok(&["getfile", "ünïcødé dïr/fïlé wïth späces.txt", gdir.to_str().unwrap()]);
+    alice.ok(&[
+        "getfile",
+        "ünïcødé dïr/fïlé wïth späces.txt",
+        gdir.to_str().unwrap(),
+    ]);
     assert_eq!(
         fs::read(gdir.join("fïlé wïth späces.txt")).unwrap(),
         fs::read(src.join("ünïcødé dïr/fïlé wïth späces.txt")).unwrap()
     );
-    alice.ok(&["getfile", "nested/size-3145728.bin", gdir.join("x.bin").to_str().unwrap()]);
-    assert!(fs::read(gdir.join("x.bin")).unwrap() == fs::read(src.join("nested/size-3145728.bin")).unwrap());
+    alice.ok(&[
+        "getfile",
+        "nested/size-3145728.bin",
+        gdir.join("x.bin").to_str().unwrap(),
+    ]);
+    assert!(
+        fs::read(gdir.join("x.bin")).unwrap()
+            == fs::read(src.join("nested/size-3145728.bin")).unwrap()
+    );
     let missing = alice.run(&["getfile", "no/such/file", gdir.to_str().unwrap()]);
     assert!(!missing.status.success());
 
     // ls / snapshots.
     let ls = alice.json(&["ls", "nested/deeper"]);
-    let paths: Vec<_> = ls.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    let paths: Vec<_> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         paths,
-        ["nested/deeper", "nested/deeper/big.bin", "nested/deeper/deepest", "nested/deeper/deepest/readme.md"]
+        [
+            "nested/deeper",
+            "nested/deeper/big.bin",
+            "nested/deeper/deepest",
+            "nested/deeper/deepest/readme.md"
+        ]
     );
 
     // --- test 3: the marker is on no node's disk.
@@ -87,7 +112,10 @@ async fn backup_restore_dedup_privacy_and_keys() {
         let (scanned, hits) = files_containing(&n.data_dir, MARKER.as_bytes());
         assert!(hits.is_empty(), "plaintext found on a node: {hits:?}");
         assert!(scanned > 0);
-        println!("{}: {scanned} files scanned, marker absent", n.data_dir.display());
+        println!(
+            "{}: {scanned} files scanned, marker absent",
+            n.data_dir.display()
+        );
     }
 
     // --- test 2: one byte in the middle of the 64 MiB file: at most 2 new chunks.
@@ -99,7 +127,10 @@ async fn backup_restore_dedup_privacy_and_keys() {
     println!("backup 2: {b2}");
     assert_eq!(b2["files_read"], 1, "{b2}");
     let up = b2["chunks_uploaded"].as_u64().unwrap();
-    assert!((1..=2).contains(&up), "uploaded {up} chunks after a one-byte edit");
+    assert!(
+        (1..=2).contains(&up),
+        "uploaded {up} chunks after a one-byte edit"
+    );
     assert!(b2["bytes_uploaded"].as_u64().unwrap() <= 2 * (CHUNK_MAX as u64 + 41));
     let snaps = alice.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), 2);
@@ -120,10 +151,16 @@ async fn backup_restore_dedup_privacy_and_keys() {
     let out = bob.run(&["restore", tmp.path().join("bob-restore").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no backup yet"), "{}", stderr(&out));
-    let alice_id =
-        Identity::open(&fs::read(alice.config.join("identity.key")).unwrap(), PASS.as_bytes()).unwrap();
-    let bob_id =
-        Identity::open(&fs::read(bob.config.join("identity.key")).unwrap(), PASS.as_bytes()).unwrap();
+    let alice_id = Identity::open(
+        &fs::read(alice.config.join("identity.key")).unwrap(),
+        PASS.as_bytes(),
+    )
+    .unwrap();
+    let bob_id = Identity::open(
+        &fs::read(bob.config.join("identity.key")).unwrap(),
+        PASS.as_bytes(),
+    )
+    .unwrap();
     let root_key = BlockKey(crypto::root_key(&alice_id.user_id()));
     let node = &cluster.nodes[2];
     let current = match node.call(Request::GetRecord { key: root_key }).await {
@@ -141,10 +178,19 @@ async fn backup_restore_dedup_privacy_and_keys() {
     let stale = RootRecord::sign(&alice_id, 1, current.payload.clone()).unwrap();
     for (what, rec) in [("bob's record", bobs), ("forged", forged), ("stale", stale)] {
         let resp = node
-            .call(Request::PutRecord { key: root_key, record: rec.encode().unwrap() })
+            .call(Request::PutRecord {
+                key: root_key,
+                record: rec.encode().unwrap(),
+            })
             .await;
         assert!(
-            matches!(resp, Response::Error { code: ErrorCode::Rejected, .. }),
+            matches!(
+                resp,
+                Response::Error {
+                    code: ErrorCode::Rejected,
+                    ..
+                }
+            ),
             "{what}: {resp:?}"
         );
     }
@@ -182,20 +228,50 @@ async fn backup_restore_dedup_privacy_and_keys() {
     let unique = du["unique_bytes"].as_u64().unwrap();
     assert!(unique > BIG as u64, "{du}");
     assert_eq!(du["stored_bytes"].as_u64().unwrap(), unique * 3);
-    let used: u64 = du["nodes"].as_array().unwrap().iter().map(|n| n["bytes_used"].as_u64().unwrap()).sum();
+    let used: u64 = du["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["bytes_used"].as_u64().unwrap())
+        .sum();
     assert!(used >= unique, "{du}");
 
     // --- test 8 (end to end): a hostile manifest published with Alice's own key.
-    let ring = RingStore::connect(cluster.nodes[0].addr.clone(), Duration::from_secs(30)).await.unwrap();
+    let ring = RingStore::connect(cluster.nodes[0].addr.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
     let repo = Repo::new(Arc::new(ring), Arc::new(alice_id));
     let outside = tmp.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
     let hostile = Manifest {
         version: 1,
         entries: vec![
-            Entry { path: vec!["..".into(), "outside".into(), "pwned".into()], kind: EntryKind::File { size: 0, chunks: vec![] }, mode: 0o644, mtime_ns: 0 },
-            Entry { path: vec!["esc".into()], kind: EntryKind::Symlink { target: outside.to_string_lossy().into() }, mode: 0o777, mtime_ns: 0 },
-            Entry { path: vec!["esc".into(), "pwned2".into()], kind: EntryKind::File { size: 0, chunks: vec![] }, mode: 0o644, mtime_ns: 0 },
+            Entry {
+                path: vec!["..".into(), "outside".into(), "pwned".into()],
+                kind: EntryKind::File {
+                    size: 0,
+                    chunks: vec![],
+                },
+                mode: 0o644,
+                mtime_ns: 0,
+            },
+            Entry {
+                path: vec!["esc".into()],
+                kind: EntryKind::Symlink {
+                    target: outside.to_string_lossy().into(),
+                },
+                mode: 0o777,
+                mtime_ns: 0,
+            },
+            Entry {
+                path: vec!["esc".into(), "pwned2".into()],
+                kind: EntryKind::File {
+                    size: 0,
+                    chunks: vec![],
+                },
+                mode: 0o644,
+                mtime_ns: 0,
+            },
         ],
     };
     repo.publish(&hostile, "/hostile", "backup").await.unwrap();

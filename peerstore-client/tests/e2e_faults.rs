@@ -24,7 +24,11 @@ async fn node_killed_mid_backup_then_two_dead() {
     fs::create_dir_all(src.join("d")).unwrap();
     for i in 0..48u64 {
         let len = 1_000_000 + (i as usize * 37_123) % 1_500_000;
-        fs::write(src.join(format!("d/f{i:02}.bin")), random_bytes(1000 + i, len)).unwrap();
+        fs::write(
+            src.join(format!("d/f{i:02}.bin")),
+            random_bytes(1000 + i, len),
+        )
+        .unwrap();
     }
     fs::write(src.join("big.bin"), random_bytes(5, 40 << 20)).unwrap();
     let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
@@ -53,19 +57,33 @@ async fn node_killed_mid_backup_then_two_dead() {
     while !ok && attempts < 4 {
         // A clean failure: one error line; the rerun sends only what is missing.
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(err.trim().starts_with("error:") || err.contains("error:"), "{err}");
+        assert!(
+            err.trim().starts_with("error:") || err.contains("error:"),
+            "{err}"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let again = alice.run(&["--json", "backup", src.to_str().unwrap()]);
         attempts += 1;
-        println!("rerun {attempts}: {} {}", again.status, String::from_utf8_lossy(&again.stdout).trim());
+        println!(
+            "rerun {attempts}: {} {}",
+            again.status,
+            String::from_utf8_lossy(&again.stdout).trim()
+        );
         ok = again.status.success();
     }
-    assert!(ok, "backup did not complete after {attempts} attempts\n{}", node_logs(&cluster));
+    assert!(
+        ok,
+        "backup did not complete after {attempts} attempts\n{}",
+        node_logs(&cluster)
+    );
 
     let dest = tmp.path().join("restored");
     let t = Instant::now();
     alice.ok(&["restore", dest.to_str().unwrap()]);
-    println!("restore with one node dead: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "restore with one node dead: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_same_tree(&src, &dest);
 
     // A second node dies: every block still has a replica.
@@ -81,6 +99,9 @@ async fn node_killed_mid_backup_then_two_dead() {
         stderr(&out),
         node_logs(&cluster)
     );
-    println!("restore with two nodes dead: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "restore with two nodes dead: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_same_tree(&src, &dest2);
 }

@@ -28,7 +28,13 @@ struct Watcher {
 impl Watcher {
     fn start(c: &Client, dir: &std::path::Path) -> Watcher {
         let mut child = c
-            .command(&["--json", "sync", dir.to_str().unwrap(), "--debounce-ms", "200"])
+            .command(&[
+                "--json",
+                "sync",
+                dir.to_str().unwrap(),
+                "--debounce-ms",
+                "200",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -54,14 +60,20 @@ impl Watcher {
 
     fn stop(mut self) {
         let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 assert!(st.success(), "watcher exited with {st}");
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "watcher did not stop on SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "watcher did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -91,8 +103,11 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
     fs::write(dir.join("b.txt"), b"bravo").unwrap();
     let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
     alice.ok(&["init"]);
-    let id = Identity::open(&fs::read(alice.config.join("identity.key")).unwrap(), PASS.as_bytes())
-        .unwrap();
+    let id = Identity::open(
+        &fs::read(alice.config.join("identity.key")).unwrap(),
+        PASS.as_bytes(),
+    )
+    .unwrap();
     let ring = RingStore::connect(cluster.nodes[1].addr.clone(), Duration::from_secs(20))
         .await
         .unwrap();
@@ -117,7 +132,10 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
                 }
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "file never reached the ring");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "file never reached the ring"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = t.elapsed();
@@ -140,7 +158,11 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
 
     // Stop the watcher; changes made while it is down are picked up on restart.
     w.stop();
-    fs::write(dir.join("while down.txt"), b"written while the watcher was stopped").unwrap();
+    fs::write(
+        dir.join("while down.txt"),
+        b"written while the watcher was stopped",
+    )
+    .unwrap();
     fs::write(dir.join("c.txt"), b"charlie, changed while down").unwrap();
     fs::create_dir_all(dir.join("sub/dir")).unwrap();
     let w = Watcher::start(&alice, &dir);
@@ -148,13 +170,19 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
     println!("after restart: {s}");
     assert_eq!(s["files_unchanged"], 1, "{s}"); // only "new file.bin" was not re-read
     let (_, m) = latest(&repo).await.unwrap();
-    assert_eq!(names(&m), ["c.txt", "new file.bin", "sub", "sub/dir", "while down.txt"]);
+    assert_eq!(
+        names(&m),
+        ["c.txt", "new file.bin", "sub", "sub/dir", "while down.txt"]
+    );
     let e = m.find(&["c.txt".to_string()]).unwrap();
     assert!(matches!(e.kind, EntryKind::File { size: 27, .. }));
     w.stop();
     let dest = tmp.path().join("final");
     alice.ok(&["restore", dest.to_str().unwrap()]);
-    assert_eq!(fs::read(dest.join("c.txt")).unwrap(), b"charlie, changed while down");
+    assert_eq!(
+        fs::read(dest.join("c.txt")).unwrap(),
+        b"charlie, changed while down"
+    );
     assert_eq!(
         fs::read(dest.join("while down.txt")).unwrap(),
         b"written while the watcher was stopped"

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub maintenance_ms: u64,
     /// Timeout of one request to another node, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Entangled storage (module `entangled`): `entanglement = { type = "step", s = 4, t = 8,
+    /// p = 12, block_size = 262144 }`; the same on every node of a ring.
+    pub entanglement: crate::entangled::EntanglementConfig,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +50,7 @@ impl Default for NodeConfig {
             stabilize_ms: 1000,
             maintenance_ms: 5000,
             request_timeout_ms: 10_000,
+            entanglement: crate::entangled::EntanglementConfig::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ impl NodeConfig {
         if self.stabilize_ms == 0 || self.maintenance_ms == 0 || self.request_timeout_ms == 0 {
             return bad("intervals and timeouts must be positive".into());
         }
+        self.entanglement.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod entangled;
 pub mod identity;
 pub mod maintenance;
 pub mod proto;
@@ -59,6 +60,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     .context("store open task failed")??;
     info!(?opened, "block store verified");
     let store = Arc::new(store);
+    // Single copies of scrubbed parities (entangled storage), outside the replicated store.
+    let single_dir = config.data_dir.join("single");
+    let (single, _) = tokio::task::spawn_blocking(move || {
+        BlockStore::open(StoreConfig::new(single_dir, capacity))
+    })
+    .await
+    .context("single-copy store open task failed")??;
+    let entangled = Arc::new(entangled::Entangled::new(
+        config.entanglement.clone(),
+        config.replication,
+        Arc::new(single),
+    ));
 
     let start = match &config.initial_peer {
         Some(s) => Start::Join(
@@ -83,10 +96,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         handle: handle.clone(),
         store,
         replication: config.replication,
+        entangled,
     });
     let mut driver_task = tokio::spawn(driver.run(start));
     let serve_task = tokio::spawn(service.clone().serve(inbound));
     let maint_task = tokio::spawn(maintenance::run(
+        service.clone(),
+        config.maintenance_interval(),
+    ));
+    let ent_task = tokio::spawn(entangled::run(
         service.clone(),
         config.maintenance_interval(),
     ));
@@ -95,6 +113,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         _ = shutdown => {
             info!("shutting down: handing keys off and leaving the ring");
             maint_task.abort();
+            ent_task.abort();
             let report = tokio::time::timeout(Duration::from_secs(60), maintenance::hand_off(&service)).await;
             match report {
                 Ok(r) => info!(pushed = r.pushed, errors = r.errors, "hand-off done"),

@@ -53,6 +53,24 @@ struct RunArgs {
     /// Anti-entropy period in milliseconds.
     #[arg(long)]
     maintenance_ms: Option<u64>,
+    /// Entangled storage: "step" (RECAST step-archive) or "none" (plain replication).
+    #[arg(long, value_name = "TYPE")]
+    entanglement: Option<String>,
+    /// Entanglement: source blocks per codeword.
+    #[arg(long)]
+    entangle_s: Option<u16>,
+    /// Entanglement: pointers per codeword.
+    #[arg(long)]
+    entangle_t: Option<u16>,
+    /// Entanglement: parities per codeword.
+    #[arg(long)]
+    entangle_p: Option<u16>,
+    /// Entanglement: the ring's block size B, e.g. 256K.
+    #[arg(long, value_parser = parse_size)]
+    block_size: Option<u64>,
+    /// Entanglement: repair worker period in milliseconds.
+    #[arg(long)]
+    repair_ms: Option<u64>,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -154,6 +172,29 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.maintenance_ms {
         c.maintenance_ms = v;
+    }
+    if let Some(v) = a.entanglement {
+        c.entanglement.kind = match v.as_str() {
+            "step" => peerstore_node::entangled::EntanglementType::Step,
+            "none" => peerstore_node::entangled::EntanglementType::None,
+            other => anyhow::bail!("--entanglement {other}: use step or none"),
+        };
+    }
+    if let Some(v) = a.entangle_s {
+        c.entanglement.s = v;
+    }
+    if let Some(v) = a.entangle_t {
+        c.entanglement.t = v;
+    }
+    if let Some(v) = a.entangle_p {
+        c.entanglement.p = v;
+    }
+    if let Some(v) = a.block_size {
+        c.entanglement.block_size =
+            u32::try_from(v).map_err(|_| anyhow::anyhow!("--block-size {v} is too large"))?;
+    }
+    if let Some(v) = a.repair_ms {
+        c.entanglement.repair_ms = v;
     }
     peerstore_node::run(c, shutdown_signal()).await
 }

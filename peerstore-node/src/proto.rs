@@ -139,6 +139,35 @@ pub enum Request {
         to: chord::Id,
         after: Option<BlockKey>,
     },
+
+    // --- entangled storage (module `entangled`, docs/ENTANGLEMENT-RING.md) ---
+    /// Store a document (routed; this node encodes). With entanglement "step" the document is
+    /// entangled and stored as parities; with "none" it is one plain block. Answered with
+    /// [`Response::DocumentStored`]; at most [`MAX_BLOCK_SIZE`] bytes.
+    PutDocument { data: Vec<u8> },
+    /// Read a document by the key `PutDocument` returned ([`Response::Block`]).
+    GetDocument { key: BlockKey },
+    /// Rebuild lost blocks from the entanglement: all of the ring (empty `keys`, rounds until a
+    /// fixed point) or the given keys ([`Response::Repaired`]).
+    Repair { keys: Vec<BlockKey> },
+    /// Check the ring's codewords in key order after `after`, at most `limit` per page; with
+    /// `fix` repair the damaged ones ([`Response::AuditPage`]).
+    Audit {
+        after: Option<BlockKey>,
+        limit: u32,
+        fix: bool,
+    },
+    /// Replica management over the whole ring ([`Response::Scrubbed`]); `once == false` also
+    /// sets the scrub daemon on every node (`interval_ms == 0` stops it).
+    Scrub {
+        mode: crate::entangled::ScrubMode,
+        once: bool,
+        interval_ms: u64,
+    },
+    /// Storage figures of the ring for du ([`Response::EntangleStats`]).
+    EntangleStats,
+    /// Node-to-node requests of the entangled layer.
+    Entangle(crate::entangled::EntRequest),
 }
 
 impl Request {
@@ -159,6 +188,13 @@ impl Request {
             Request::FetchRecordLocal { .. } => "fetch-record-local",
             Request::ListRecords { .. } => "list-records",
             Request::HasLocal { .. } => "has-local",
+            Request::PutDocument { .. } => "put-document",
+            Request::GetDocument { .. } => "get-document",
+            Request::Repair { .. } => "repair",
+            Request::Audit { .. } => "audit",
+            Request::Scrub { .. } => "scrub",
+            Request::EntangleStats => "entangle-stats",
+            Request::Entangle(_) => "entangle",
         }
     }
 }
@@ -238,6 +274,15 @@ pub enum Response {
     },
     /// Generic success for requests with nothing to return.
     Ok,
+    /// A document is stored; `key` reads it back with [`Request::GetDocument`].
+    DocumentStored {
+        key: BlockKey,
+    },
+    Repaired(crate::entangled::RepairSummary),
+    AuditPage(crate::entangled::AuditPage),
+    Scrubbed(crate::entangled::ScrubReport),
+    EntangleStats(Box<crate::entangled::EntangleStats>),
+    Entangle(crate::entangled::EntResponse),
     Error {
         code: ErrorCode,
         message: String,

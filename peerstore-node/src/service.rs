@@ -26,6 +26,8 @@ pub struct Service {
     pub handle: Handle,
     pub store: Arc<BlockStore>,
     pub replication: usize,
+    /// The entangled storage layer (PutDocument, repair, scrub).
+    pub entangled: Arc<crate::entangled::Entangled>,
 }
 
 impl Service {
@@ -153,6 +155,13 @@ impl Service {
                 })
                 .await
             }
+            r @ (Request::PutDocument { .. }
+            | Request::GetDocument { .. }
+            | Request::Repair { .. }
+            | Request::Audit { .. }
+            | Request::Scrub { .. }
+            | Request::EntangleStats
+            | Request::Entangle(_)) => crate::entangled::handle(self, r).await,
             Request::FetchRecordLocal { key } => {
                 let store = self.store.clone();
                 blocking(move || {
@@ -472,6 +481,7 @@ impl Service {
             handle: self.handle.clone(),
             store: self.store.clone(),
             replication: self.replication,
+            entangled: self.entangled.clone(),
         })
     }
 }

@@ -116,9 +116,13 @@ pub fn make_tree(root: &Path, marker: &str, big: usize) {
         .unwrap();
     }
     fs::write(root.join("nested/deeper/big.bin"), random_bytes(7, big)).unwrap();
-    for (i, name) in ["notes.txt", "ünïcødé dïr/fïlé wïth späces.txt", "nested/deeper/deepest/readme.md"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "notes.txt",
+        "ünïcødé dïr/fïlé wïth späces.txt",
+        "nested/deeper/deepest/readme.md",
+    ]
+    .iter()
+    .enumerate()
     {
         fs::write(
             root.join(name),
@@ -128,7 +132,11 @@ pub fn make_tree(root: &Path, marker: &str, big: usize) {
     }
     fs::set_permissions(root.join("notes.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(root.join("nested/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
-    fs::set_permissions(root.join("nested/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        root.join("nested/run.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     set_mtime(&root.join("one byte"), 1_234_567_890);
     std::os::unix::fs::symlink("nested/run.sh", root.join("link to run")).unwrap();
     fs::set_permissions(root.join("empty dir"), fs::Permissions::from_mode(0o750)).unwrap();
@@ -160,7 +168,11 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         );
         assert_eq!(ma.file_type(), mb.file_type(), "kind of {rel}");
         if ma.file_type().is_symlink() {
-            assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap(), "{rel}");
+            assert_eq!(
+                fs::read_link(&pa).unwrap(),
+                fs::read_link(&pb).unwrap(),
+                "{rel}"
+            );
             continue;
         }
         assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {rel}");
@@ -171,7 +183,10 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         );
         if ma.is_file() {
             assert_eq!(ma.len(), mb.len(), "size of {rel}");
-            assert!(fs::read(&pa).unwrap() == fs::read(&pb).unwrap(), "content of {rel}");
+            assert!(
+                fs::read(&pa).unwrap() == fs::read(&pb).unwrap(),
+                "content of {rel}"
+            );
         }
     }
 }

@@ -1,0 +1,194 @@
+//! What the entangled layer stores in the ring besides parities: codeword-record blocks,
+//! document-record blocks (both ordinary content-addressed blocks, replicated by the node's
+//! anti-entropy) and reverse-reference entries (a mutable, union-merged set per parity, kept in
+//! the store's `REVERSE_REFS` table at a ring position derived from the parity's key).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::BlockKey;
+
+/// Opens a codeword-record block.
+pub const RECORD_MAGIC: &[u8; 5] = b"ENTR\x01";
+/// Opens a document-record block.
+pub const DOCUMENT_MAGIC: &[u8; 5] = b"ENTD\x01";
+/// Domain of reverse-reference positions.
+const REFS_DOMAIN: &[u8] = b"peerstore/entangled/refs/v1";
+/// Most referrers kept per entry (bounds what a peer can make us store).
+pub const MAX_REFERRERS: usize = 4096;
+
+/// Node key to codec key.
+#[must_use]
+pub fn ek(k: &BlockKey) -> entangle::BlockKey {
+    entangle::BlockKey(k.0)
+}
+
+/// Codec key to node key.
+#[must_use]
+pub fn nk(k: &entangle::BlockKey) -> BlockKey {
+    BlockKey(k.0)
+}
+
+/// The stored bytes of a codeword-record block.
+#[must_use]
+pub fn encode_record(r: &entangle::CodewordRecord) -> Vec<u8> {
+    let mut out = RECORD_MAGIC.to_vec();
+    // A record is plain data: serialising it cannot fail.
+    out.extend(postcard::to_stdvec(r).unwrap_or_default());
+    out
+}
+
+/// Parses (and validates) a codeword-record block. `None` if it is not one.
+#[must_use]
+pub fn decode_record(bytes: &[u8]) -> Option<entangle::CodewordRecord> {
+    let body = bytes.strip_prefix(RECORD_MAGIC.as_slice())?;
+    let r: entangle::CodewordRecord = postcard::from_bytes(body).ok()?;
+    r.validate().ok()?;
+    Some(r)
+}
+
+/// A document: the ordered codeword-record blocks that carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocRecord {
+    /// Code parameters the document was written with.
+    pub params: entangle::Params,
+    /// Document length in bytes.
+    pub len: u64,
+    /// BLAKE3 of the document bytes.
+    pub content_hash: [u8; 32],
+    /// Keys of its codeword-record blocks, in order.
+    pub codewords: Vec<BlockKey>,
+}
+
+impl DocRecord {
+    /// The stored bytes of the document-record block.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = DOCUMENT_MAGIC.to_vec();
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Parses a document-record block; `None` if it is not one.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<DocRecord> {
+        let body = bytes.strip_prefix(DOCUMENT_MAGIC.as_slice())?;
+        let d: DocRecord = postcard::from_bytes(body).ok()?;
+        d.params.validate().ok()?;
+        if d.codewords.is_empty() {
+            return None;
+        }
+        Some(d)
+    }
+}
+
+/// The ring position of the reverse-reference entry of `block`: not `block` itself, so the
+/// entry does not live (and die) on the same nodes as the block it describes.
+#[must_use]
+pub fn refs_position(block: &BlockKey) -> BlockKey {
+    let mut h = blake3::Hasher::new();
+    h.update(REFS_DOMAIN);
+    h.update(&block.0);
+    BlockKey(*h.finalize().as_bytes())
+}
+
+/// What the ring knows about one stored parity: its own codeword (to re-form it when it is
+/// rebuilt), when it was written (for window scrub) and the codewords that point at it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefsEntry {
+    /// The parity's key.
+    pub block: BlockKey,
+    /// Key of the codeword-record block of its own codeword.
+    pub own: Option<BlockKey>,
+    /// Milliseconds since the Unix epoch when its codeword was written (minimum over merges).
+    pub created_ms: Option<u64>,
+    /// Keys of the codeword-record blocks of the codewords that use it as a pointer.
+    pub referrers: BTreeSet<BlockKey>,
+}
+
+impl RefsEntry {
+    /// Union merge; returns whether `self` changed.
+    pub fn merge(&mut self, o: &RefsEntry) -> bool {
+        let before = self.clone();
+        if self.own.is_none() {
+            self.own = o.own;
+        }
+        self.created_ms = match (self.created_ms, o.created_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for r in &o.referrers {
+            if self.referrers.len() >= MAX_REFERRERS {
+                break;
+            }
+            self.referrers.insert(*r);
+        }
+        *self != before
+    }
+
+    /// Serialized form.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Parses a stored entry.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<RefsEntry> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_merge_is_a_union() {
+        let k = BlockKey([1; 32]);
+        let mut a = RefsEntry {
+            block: k,
+            own: None,
+            created_ms: Some(5),
+            referrers: [BlockKey([2; 32])].into_iter().collect(),
+        };
+        let b = RefsEntry {
+            block: k,
+            own: Some(BlockKey([3; 32])),
+            created_ms: Some(3),
+            referrers: [BlockKey([4; 32])].into_iter().collect(),
+        };
+        assert!(a.merge(&b));
+        assert_eq!(a.own, Some(BlockKey([3; 32])));
+        assert_eq!(a.created_ms, Some(3));
+        assert_eq!(a.referrers.len(), 2);
+        assert!(!a.merge(&b));
+        assert_eq!(RefsEntry::decode(&a.encode()), Some(a));
+        assert_ne!(refs_position(&k), k);
+    }
+
+    #[test]
+    fn record_blocks_round_trip_and_reject_garbage() {
+        let params = entangle::Params::new(1, 1, 2, 16);
+        let (rec, _) = entangle::encode(
+            params,
+            entangle::CodewordId([9; 32]),
+            b"hello",
+            &[(entangle::BlockKey::anchor(16, 0), &[][..])],
+        )
+        .unwrap();
+        let bytes = encode_record(&rec);
+        assert_eq!(decode_record(&bytes), Some(rec.clone()));
+        assert!(decode_record(&bytes[1..]).is_none());
+        assert!(decode_record(b"ENTR\x01garbage").is_none());
+        let d = DocRecord {
+            params,
+            len: 5,
+            content_hash: [0; 32],
+            codewords: vec![BlockKey::of(&bytes)],
+        };
+        assert_eq!(DocRecord::decode(&d.encode()), Some(d));
+        assert!(DocRecord::decode(b"ENTDx").is_none());
+    }
+}

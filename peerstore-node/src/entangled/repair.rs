@@ -1,0 +1,452 @@
+//! The repair worker and audit.
+//!
+//! Every node checks the codeword records it owns (records are ordinary replicated blocks, so
+//! each has exactly one owner): for each, which pointers and parities no node holds. A
+//! codeword with at least `s + t` symbols left is decoded and its missing symbols rebuilt
+//! (parities re-encoded; pointers rebuilt as input symbol `s + i` and re-formed with their own
+//! record, found through the reverse reference), verified against their keys and stored at
+//! their replica sets. A block lost together with more than `e` symbols of its own codeword is
+//! thus rebuilt by the owners of the codewords that point at it. [`repair_ring`] runs rounds
+//! on every node until one rebuilds nothing (the fixed point).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tracing::{debug, warn};
+
+use super::format::{decode_record, ek, nk};
+use super::{
+    call, lock, locate, members, read, refs, write, AuditPage, CodewordAudit, EntRequest,
+    EntResponse, RepairSummary,
+};
+use crate::proto::{BlockKey, Response};
+use crate::service::Service;
+use crate::store::in_interval;
+
+/// Most passes of a ring-wide repair.
+const MAX_PASSES: u32 = 10;
+
+/// A codeword record with the key of its block.
+pub type Rec = (BlockKey, Arc<entangle::CodewordRecord>);
+
+/// The codeword records held in the replicated store in (a, b] (`a == b`: everything),
+/// classified through the cache (parities are skipped by size, other small blocks are read
+/// once).
+pub async fn records_in(svc: &Service, a: BlockKey, b: BlockKey) -> Vec<Rec> {
+    let ent = &svc.entangled;
+    let Some(parity_size) = ent.parity_size() else {
+        return Vec::new();
+    };
+    let store = svc.store.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut cursor = a;
+        loop {
+            let page = store.list_range_meta(&cursor, &b, Some(4096))?;
+            out.extend(page.entries);
+            match page.next {
+                Some(n) => cursor = n,
+                None => return Ok::<_, crate::store::StoreError>(out),
+            }
+        }
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut unknown = Vec::new();
+    {
+        let cache = lock(&ent.records);
+        for (k, m) in entries {
+            if m.size == parity_size || m.size > (1 << 20) {
+                continue;
+            }
+            if let Some(r) = cache.0.get(&k) {
+                out.push((k, r.clone()));
+            } else if !cache.1.contains(&k) {
+                unknown.push(k);
+            }
+        }
+    }
+    for k in unknown {
+        let store = svc.store.clone();
+        let bytes = tokio::task::spawn_blocking(move || store.get(&k))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let Some(bytes) = bytes else { continue };
+        let mut cache = lock(&ent.records);
+        match decode_record(&bytes) {
+            Some(r) => {
+                let r = Arc::new(r);
+                cache.0.insert(k, r.clone());
+                out.push((k, r));
+            }
+            None => {
+                cache.1.insert(k);
+            }
+        }
+    }
+    out.sort_by_key(|(k, _)| *k);
+    out
+}
+
+/// The records this node owns.
+pub async fn owned_records(svc: &Service) -> Vec<Rec> {
+    let Some(view) = svc.handle.view().await else {
+        return Vec::new();
+    };
+    if !view.member {
+        return Vec::new();
+    }
+    let (from, to) = view.ranges.owned;
+    records_in(svc, BlockKey(from.0), BlockKey(to.0)).await
+}
+
+/// A codeword record from the ring (the cache first).
+pub async fn fetch_record(svc: &Service, key: BlockKey) -> Option<Arc<entangle::CodewordRecord>> {
+    if let Some(r) = lock(&svc.entangled.records).0.get(&key) {
+        return Some(r.clone());
+    }
+    let bytes = read::get_block(svc, key).await?;
+    let r = Arc::new(decode_record(&bytes)?);
+    lock(&svc.entangled.records).0.insert(key, r.clone());
+    Some(r)
+}
+
+/// Checks one codeword and, with `fix`, rebuilds what it can. Returns its audit entry (None
+/// when nothing is missing) and the number of blocks rebuilt.
+async fn check_codeword(
+    svc: &Service,
+    (rk, rec): &Rec,
+    fix: bool,
+    summary: &mut RepairSummary,
+) -> Option<CodewordAudit> {
+    summary.checked += 1;
+    let keys: Vec<BlockKey> = entangle::fetch_order(rec).iter().map(nk).collect();
+    let present = match read::has_ring(svc, &keys).await {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(error = %e, "availability check failed");
+            summary.errors += 1;
+            return None;
+        }
+    };
+    let missing: Vec<BlockKey> = keys
+        .iter()
+        .filter(|k| !present.contains(k))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    summary.damaged += 1;
+    let p = rec.params;
+    let known = p.t() + p.p() - missing.len();
+    let mut audit = CodewordAudit {
+        record: *rk,
+        codeword: rec.id.0,
+        missing: missing.clone(),
+        decodable: p.decodable(known),
+        rebuilt: 0,
+    };
+    if !audit.decodable {
+        summary.undecodable += 1;
+        return Some(audit);
+    }
+    if !fix {
+        return Some(audit);
+    }
+    // Fetch every symbol still held.
+    let fetched = futures::stream::iter(present.iter().copied())
+        .map(|k| async move { (k, read::fetch_ring(svc, k).await) })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let source: std::collections::BTreeMap<entangle::BlockKey, Vec<u8>> = fetched
+        .into_iter()
+        .filter_map(|(k, b)| b.map(|b| (ek(&k), b)))
+        .collect();
+    // The index needs this record and the own records of the missing pointers.
+    let mut index = entangle::RecordIndex::new();
+    if let Err(e) = index.insert((**rec).clone()) {
+        warn!(error = %e, "bad codeword record");
+        summary.errors += 1;
+        return Some(audit);
+    }
+    let missing_set: BTreeSet<BlockKey> = missing.iter().copied().collect();
+    for ptr in rec.pointers.iter().map(nk) {
+        if !missing_set.contains(&ptr) {
+            continue;
+        }
+        let Some(entry) = refs::fetch_ring(svc, &ptr).await else {
+            continue;
+        };
+        let Some(own) = entry.own else { continue };
+        if let Some(r) = fetch_record(svc, own).await {
+            let _ = index.insert((*r).clone());
+        }
+    }
+    let r = (**rec).clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        entangle::rebuild_codeword(&index, &r, &source)
+    })
+    .await;
+    let report = match outcome {
+        Ok(Ok(rep)) => rep,
+        Ok(Err(e)) => {
+            debug!(codeword = %rec.id, error = %e, "codeword not rebuilt");
+            summary.undecodable += 1;
+            return Some(audit);
+        }
+        Err(_) => {
+            summary.errors += 1;
+            return Some(audit);
+        }
+    };
+    summary.errors += report.unverified.len() as u64;
+    for b in report.rebuilt {
+        match write::put_block(svc, nk(&b.key), b.bytes).await {
+            Ok(()) => {
+                summary.rebuilt += 1;
+                audit.rebuilt += 1;
+            }
+            Err(e) => {
+                debug!(key = %b.key, error = %e, "cannot store a rebuilt block");
+                summary.errors += 1;
+            }
+        }
+    }
+    Some(audit)
+}
+
+/// Checks (and with `fix` repairs) the given codewords.
+pub async fn check_records(
+    svc: &Service,
+    recs: &[Rec],
+    fix: bool,
+) -> (RepairSummary, Vec<CodewordAudit>) {
+    let results = futures::stream::iter(recs.iter())
+        .map(|r| async move {
+            let mut s = RepairSummary::default();
+            let a = check_codeword(svc, r, fix, &mut s).await;
+            (s, a)
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await;
+    let mut summary = RepairSummary::default();
+    let mut audits = Vec::new();
+    for (s, a) in results {
+        summary.add(&s);
+        audits.extend(a);
+    }
+    audits.sort_by_key(|a| a.record);
+    (summary, audits)
+}
+
+/// One repair round over the records this node owns.
+pub async fn repair_local(svc: &Service) -> RepairSummary {
+    let recs = owned_records(svc).await;
+    let (mut s, _) = check_records(svc, &recs, true).await;
+    s.passes = 1;
+    s
+}
+
+/// `Repair { keys }`: with no keys, rounds on every node until one rebuilds nothing; with
+/// keys, the codewords of each key (its own and those pointing at it, through its reverse
+/// reference) are repaired until the keys are back or nothing more can be done.
+pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
+    let mut total = RepairSummary::default();
+    if svc.entangled.params().is_none() {
+        return total;
+    }
+    if keys.is_empty() {
+        for pass in 1..=MAX_PASSES {
+            let nodes = members(svc).await;
+            let results = futures::future::join_all(
+                nodes
+                    .iter()
+                    .map(|(_, a)| call(svc, a, EntRequest::RepairLocal)),
+            )
+            .await;
+            let mut round = RepairSummary::default();
+            for r in results {
+                match r {
+                    Ok(EntResponse::Repaired(s)) => round.add(&s),
+                    _ => round.errors += 1,
+                }
+            }
+            total.passes = pass;
+            total.checked += round.checked;
+            total.damaged += round.damaged;
+            total.rebuilt += round.rebuilt;
+            total.errors += round.errors;
+            total.undecodable = round.undecodable;
+            if round.rebuilt == 0 {
+                break;
+            }
+        }
+        return total;
+    }
+    let mut wanted: BTreeSet<BlockKey> = keys.into_iter().collect();
+    for pass in 1..=MAX_PASSES {
+        total.passes = pass;
+        let present = read::has_ring(svc, &wanted.iter().copied().collect::<Vec<_>>())
+            .await
+            .unwrap_or_default();
+        wanted.retain(|k| !present.contains(k));
+        if wanted.is_empty() {
+            break;
+        }
+        let mut rks = BTreeSet::new();
+        for k in &wanted {
+            if let Some(e) = refs::fetch_ring(svc, k).await {
+                rks.extend(e.own);
+                rks.extend(e.referrers);
+            }
+        }
+        let mut recs = Vec::new();
+        for rk in rks {
+            if let Some(r) = fetch_record(svc, rk).await {
+                recs.push((rk, r));
+            }
+        }
+        let (s, _) = check_records(svc, &recs, true).await;
+        total.add(&s);
+        if s.rebuilt == 0 {
+            break;
+        }
+    }
+    let present = read::has_ring(svc, &wanted.iter().copied().collect::<Vec<_>>())
+        .await
+        .unwrap_or_default();
+    total.still_missing = wanted.into_iter().filter(|k| !present.contains(k)).collect();
+    total
+}
+
+/// The key right after `k` (wrapping).
+fn next_key(k: &BlockKey) -> BlockKey {
+    let mut out = k.0;
+    for b in out.iter_mut().rev() {
+        let (v, carry) = b.overflowing_add(1);
+        *b = v;
+        if !carry {
+            break;
+        }
+    }
+    BlockKey(out)
+}
+
+/// `AuditLocal`: the records this node owns in (after, end], where end is this node's id, or
+/// the top of the key space for the node whose range wraps; at most `limit` of them.
+pub async fn audit_local(
+    svc: &Service,
+    after: BlockKey,
+    limit: u32,
+    fix: bool,
+) -> Result<AuditPage, Response> {
+    let Some(view) = svc.handle.view().await else {
+        return Ok(AuditPage::default());
+    };
+    let me = BlockKey(view.me.id.0);
+    let end = if after < me { me } else { BlockKey::MAX };
+    let (from, to) = view.ranges.owned;
+    let (of, ot) = (BlockKey(from.0), BlockKey(to.0));
+    let mut recs: Vec<Rec> = records_in(svc, after, end)
+        .await
+        .into_iter()
+        .filter(|(k, _)| of == ot || in_interval(&of, &ot, k))
+        .filter(|(k, _)| *k > after)
+        .collect();
+    let limit = limit.clamp(1, 4096) as usize;
+    let next = if recs.len() > limit {
+        recs.truncate(limit);
+        recs.last().map(|(k, _)| *k)
+    } else if end == BlockKey::MAX {
+        None
+    } else {
+        Some(end)
+    };
+    let (s, damaged) = check_records(svc, &recs, fix).await;
+    Ok(AuditPage {
+        checked: s.checked,
+        damaged,
+        next,
+    })
+}
+
+/// `Audit { after, limit, fix }`: the ring's codeword records in key order after `after`, at
+/// most `limit` checked per page, asking each owner in turn.
+pub async fn audit_ring(
+    svc: &Service,
+    after: Option<BlockKey>,
+    limit: u32,
+    fix: bool,
+) -> Result<AuditPage, String> {
+    let limit = u64::from(limit.clamp(1, 4096));
+    let mut page = AuditPage::default();
+    if svc.entangled.params().is_none() {
+        return Ok(page);
+    }
+    let mut cursor = after.unwrap_or(BlockKey::ZERO);
+    loop {
+        if cursor == BlockKey::MAX {
+            page.next = None;
+            return Ok(page);
+        }
+        let set = locate(svc, &next_key(&cursor)).await?;
+        let owner = set.first().ok_or("empty replica set")?;
+        let remaining = (limit - page.checked).max(1) as u32;
+        let part = match call(
+            svc,
+            owner,
+            EntRequest::AuditLocal {
+                after: cursor,
+                limit: remaining,
+                fix,
+            },
+        )
+        .await?
+        {
+            EntResponse::Audit(p) => p,
+            other => return Err(format!("unexpected answer {other:?}")),
+        };
+        page.checked += part.checked;
+        page.damaged.extend(part.damaged);
+        match part.next {
+            None => {
+                page.next = None;
+                return Ok(page);
+            }
+            Some(n) if n <= cursor => {
+                return Err("audit made no progress; the ring may be changing, retry".into());
+            }
+            Some(n) => {
+                cursor = n;
+                if page.checked >= limit {
+                    page.next = Some(n);
+                    return Ok(page);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_key_carries() {
+        assert_eq!(next_key(&BlockKey::ZERO).0[31], 1);
+        let mut k = [0u8; 32];
+        k[31] = 0xff;
+        let n = next_key(&BlockKey(k));
+        assert_eq!((n.0[30], n.0[31]), (1, 0));
+        assert_eq!(next_key(&BlockKey::MAX), BlockKey::ZERO);
+    }
+}

@@ -1,0 +1,420 @@
+//! Replica management ("scrub") and the storage figures for du.
+//!
+//! The owner of a parity decides: by reference count (the parity's reverse-reference entry
+//! names at least `threshold` referrers) or by window (it is not among the `w` most recently
+//! written parities of the ring). A chosen parity is first stored durably as the single copy in
+//! the owner's single-copy store (which the replication anti-entropy does not see), then its
+//! replicated copies are deleted from disk: the owner's own, and each other member's after that
+//! member has checked that the owner really holds the single copy. A parity is never deleted
+//! before its single copy is durable, so a scrub never makes a document unreadable.
+
+use futures::StreamExt;
+use tracing::debug;
+
+use super::format::ek;
+use super::{
+    blocking, call, locate, lock, members, refs, repair, EntRequest, EntResponse, EntangleStats,
+    ScrubMode, ScrubReport,
+};
+use crate::proto::{BlockKey, ErrorCode, NodeAddr, Response};
+use crate::service::Service;
+use crate::store::{in_interval, Role};
+
+/// `Scrub { mode, once, interval_ms }`: runs a scrub over the whole ring now (two passes: the
+/// second removes copies that anti-entropy re-sent during the first); with `once == false` it
+/// also sets the scrub daemon on every node (every `interval_ms`; `interval_ms == 0` stops the
+/// daemon and scrubs nothing).
+pub async fn scrub_request(svc: &Service, mode: ScrubMode, once: bool, interval_ms: u64) -> Response {
+    if svc.entangled.params().is_none() {
+        return Response::Scrubbed(ScrubReport::default());
+    }
+    let nodes = members(svc).await;
+    if !once {
+        let policy = (interval_ms > 0).then_some((mode, interval_ms));
+        for (_, a) in &nodes {
+            if let Err(e) = call(svc, a, EntRequest::SetScrubDaemon { policy }).await {
+                return Response::error(ErrorCode::Unavailable, e);
+            }
+        }
+        if policy.is_none() {
+            return Response::Scrubbed(ScrubReport::default());
+        }
+    }
+    let cutoff = match mode {
+        ScrubMode::Window { blocks } => match window_cutoff(svc, blocks).await {
+            Ok(c) => c,
+            Err(e) => return Response::error(ErrorCode::Unavailable, e),
+        },
+        ScrubMode::Pointers { .. } => None,
+    };
+    let mut total = ScrubReport::default();
+    for pass in 0..2 {
+        let results = futures::future::join_all(nodes.iter().map(|(_, a)| {
+            call(
+                svc,
+                a,
+                EntRequest::ScrubLocal {
+                    mode,
+                    cutoff_ms: cutoff,
+                },
+            )
+        }))
+        .await;
+        let mut round = ScrubReport::default();
+        for r in results {
+            match r {
+                Ok(EntResponse::Scrubbed(s)) => round.add(&s),
+                _ => round.errors += 1,
+            }
+        }
+        if pass == 0 {
+            total = round;
+        } else {
+            total.replicas_removed += round.replicas_removed;
+            total.bytes_freed += round.bytes_freed;
+            total.scrubbed += round.scrubbed;
+            total.errors = round.errors;
+            total.single = round.single;
+        }
+    }
+    Response::Scrubbed(total)
+}
+
+/// The window mode's age limit: parities written before the `w`-th newest one of the ring
+/// leave the window. `Ok(None)` if the ring holds at most `w` parities (nothing to scrub).
+pub async fn window_cutoff(svc: &Service, w: u64) -> Result<Option<u64>, String> {
+    if w == 0 {
+        return Ok(Some(u64::MAX));
+    }
+    let nodes = members(svc).await;
+    let results = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|(_, a)| call(svc, a, EntRequest::NewestCreated { count: w })),
+    )
+    .await;
+    let mut times = Vec::new();
+    for r in results {
+        match r? {
+            EntResponse::Created { times: t } => times.extend(t),
+            other => return Err(format!("unexpected answer {other:?}")),
+        }
+    }
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    let w = usize::try_from(w).unwrap_or(usize::MAX);
+    Ok(times.get(w - 1).copied().filter(|_| times.len() > w))
+}
+
+/// Scrubs the parities this node owns (see the module docs).
+pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_ms: Option<u64>) -> ScrubReport {
+    let mut report = ScrubReport {
+        nodes: 1,
+        ..ScrubReport::default()
+    };
+    let ent = &svc.entangled;
+    let (Some(params), Some(parity_size)) = (ent.params(), ent.parity_size()) else {
+        return report;
+    };
+    let Some(view) = svc.handle.view().await else {
+        return report;
+    };
+    if !view.member {
+        return report;
+    }
+    let (from, to) = view.ranges.owned;
+    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
+    let (main, single) = (svc.store.clone(), ent.single.clone());
+    let listed = blocking(move || {
+        let mut parities = Vec::new();
+        let mut cursor = a;
+        loop {
+            let page = main.list_range_meta(&cursor, &b, Some(4096))?;
+            parities.extend(
+                page.entries
+                    .into_iter()
+                    .filter(|(_, m)| m.size == parity_size)
+                    .map(|(k, _)| k),
+            );
+            match page.next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        let singles = single.list_range(&BlockKey::ZERO, &BlockKey::ZERO, None)?.keys;
+        Ok((parities, singles))
+    })
+    .await;
+    let Ok((parities, singles)) = listed else {
+        report.errors += 1;
+        return report;
+    };
+    let owned = |k: &BlockKey| a == b || in_interval(&a, &b, k);
+    let singles: Vec<BlockKey> = singles.into_iter().filter(|k| owned(k)).collect();
+    report.single = singles.len() as u64;
+    // Copies of already scrubbed parities that anti-entropy put back: drop them again.
+    let again = futures::stream::iter(singles.iter().copied())
+        .map(|k| async move { drop_everywhere(svc, k).await })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    for r in again {
+        match r {
+            Ok((n, bytes)) => {
+                report.replicas_removed += n;
+                report.bytes_freed += bytes;
+            }
+            Err(_) => report.errors += 1,
+        }
+    }
+    let single_set: std::collections::BTreeSet<BlockKey> = singles.into_iter().collect();
+    let candidates: Vec<BlockKey> = parities
+        .into_iter()
+        .filter(|k| !single_set.contains(k))
+        .collect();
+    report.examined = candidates.len() as u64;
+    let outcomes = futures::stream::iter(candidates)
+        .map(|k| async move {
+            let Some(entry) = refs::fetch_ring(svc, &k).await else {
+                return Ok(None); // unknown: keep its replicas
+            };
+            let eligible = match mode {
+                ScrubMode::Pointers { threshold } => entry.referrers.len() as u64 >= u64::from(threshold),
+                ScrubMode::Window { .. } => match (cutoff_ms, entry.created_ms) {
+                    (Some(c), Some(t)) => t < c,
+                    _ => false,
+                },
+            };
+            if !eligible || entry.own.is_none() {
+                return Ok(None);
+            }
+            scrub_one(svc, &params, k).await.map(Some)
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<Result<Option<(u64, u64)>, String>>>()
+        .await;
+    for o in outcomes {
+        match o {
+            Ok(Some((n, bytes))) => {
+                report.scrubbed += 1;
+                report.single += 1;
+                report.replicas_removed += n;
+                report.bytes_freed += bytes;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(error = %e, "scrub of a parity failed");
+                report.errors += 1;
+            }
+        }
+    }
+    report
+}
+
+/// Moves one owned parity to the single-copy store and deletes its replicated copies.
+/// Returns (copies deleted, bytes freed).
+async fn scrub_one(svc: &Service, params: &entangle::Params, key: BlockKey) -> Result<(u64, u64), String> {
+    let (main, single) = (svc.store.clone(), svc.entangled.single.clone());
+    let p = *params;
+    blocking(move || {
+        let Some(bytes) = main.get(&key)? else {
+            return Err(crate::store::StoreError::InvalidArgument("gone".into()));
+        };
+        if entangle::codec::pointer_payload(&p, &ek(&key), &bytes).is_err() {
+            return Err(crate::store::StoreError::InvalidArgument(
+                "not a parity of this ring".into(),
+            ));
+        }
+        single.put(key, &bytes, Role::Owner)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("{e:?}"))?;
+    drop_everywhere(svc, key).await
+}
+
+/// Deletes the replicated copies of a parity whose single copy this node holds: its own, then
+/// every other member's of the replica set.
+async fn drop_everywhere(svc: &Service, key: BlockKey) -> Result<(u64, u64), String> {
+    let main = svc.store.clone();
+    let (mut n, mut bytes) = blocking(move || {
+        let size = main.meta(&key)?.map_or(0, |m| m.size);
+        Ok(if main.delete(&key)? { (1u64, size) } else { (0, 0) })
+    })
+    .await
+    .map_err(|e| format!("{e:?}"))?;
+    let me = svc.handle.local.clone();
+    let set = locate(svc, &key).await?;
+    for m in set.iter().filter(|m| **m != me) {
+        match call(
+            svc,
+            m,
+            EntRequest::DropReplica {
+                key,
+                holder: me.clone(),
+            },
+        )
+        .await
+        {
+            Ok(EntResponse::Stats(s)) => {
+                n += s.parity_copies_replicated;
+                bytes += s.parity_bytes;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((n, bytes))
+}
+
+/// `DropReplica`: deletes the replicated copy of `key` here once `holder` (another node)
+/// confirms it holds the block. Answers with the copies and bytes deleted.
+pub async fn drop_replica(
+    svc: &Service,
+    key: BlockKey,
+    holder: NodeAddr,
+) -> Result<EntangleStats, Response> {
+    if holder == svc.handle.local {
+        return Err(Response::error(
+            ErrorCode::BadRequest,
+            "the holder of the single copy cannot be this node",
+        ));
+    }
+    let confirmed = matches!(
+        call(svc, &holder, EntRequest::HasSymbols { keys: vec![key] }).await,
+        Ok(EntResponse::Has { present }) if present == vec![true]
+    );
+    if !confirmed {
+        return Err(Response::error(
+            ErrorCode::Rejected,
+            "the claimed holder does not hold the block; replica kept",
+        ));
+    }
+    let main = svc.store.clone();
+    let (n, bytes) = blocking(move || {
+        let size = main.meta(&key)?.map_or(0, |m| m.size);
+        Ok(if main.delete(&key)? { (1u64, size) } else { (0, 0) })
+    })
+    .await?;
+    Ok(EntangleStats {
+        parity_copies_replicated: n,
+        parity_bytes: bytes,
+        ..EntangleStats::default()
+    })
+}
+
+/// Single copies this node holds for keys outside the range it replicates (ownership moved
+/// after a join) go to the key's current owner.
+pub async fn hand_off_singles(svc: &Service) {
+    let Some(view) = svc.handle.view().await else {
+        return;
+    };
+    if !view.member || view.predecessor.is_none() {
+        return;
+    }
+    let (from, to) = view.ranges.replicated;
+    if from == to {
+        return;
+    }
+    let single = svc.entangled.single.clone();
+    let Ok(Ok(page)) = tokio::task::spawn_blocking(move || {
+        single.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(256))
+    })
+    .await
+    else {
+        return;
+    };
+    for key in page.keys {
+        let Ok(set) = locate(svc, &key).await else {
+            continue;
+        };
+        let Some(owner) = set.first() else { continue };
+        if *owner == svc.handle.local || set.contains(&svc.handle.local) {
+            continue;
+        }
+        let single = svc.entangled.single.clone();
+        let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || single.get(&key)).await else {
+            continue;
+        };
+        if let Ok(EntResponse::Ok) = call(svc, owner, EntRequest::StoreSingle { key, data }).await {
+            let single = svc.entangled.single.clone();
+            let _ = tokio::task::spawn_blocking(move || single.delete(&key)).await;
+        }
+    }
+}
+
+/// This node's figures for du.
+pub async fn local_stats(svc: &Service) -> Result<EntangleStats, Response> {
+    let ent = &svc.entangled;
+    let parity_size = ent.parity_size().unwrap_or(u64::MAX);
+    let (main, single) = (svc.store.clone(), ent.single.clone());
+    let mut s = blocking(move || {
+        let mut s = EntangleStats {
+            nodes: 1,
+            ..EntangleStats::default()
+        };
+        let mut cursor = BlockKey::ZERO;
+        loop {
+            let page = main.list_range_meta(&cursor, &BlockKey::ZERO, Some(4096))?;
+            for (_, m) in &page.entries {
+                if m.size == parity_size {
+                    s.parity_copies_replicated += 1;
+                    s.parity_bytes += m.size;
+                } else {
+                    s.other_bytes += m.size;
+                }
+            }
+            match page.next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        let st = single.stats();
+        s.parity_copies_single = st.roles.blocks();
+        s.parity_bytes += st.roles.bytes();
+        let mut after: Option<[u8; 32]> = None;
+        loop {
+            let page = main.record_list(refs::TABLE, after.as_ref(), 4096)?;
+            let Some(last) = page.last().map(|(k, _)| *k) else {
+                break;
+            };
+            s.refs_entries += page.len() as u64;
+            after = Some(last);
+        }
+        Ok(s)
+    })
+    .await?;
+    for (_, r) in repair::owned_records(svc).await {
+        s.codewords += 1;
+        s.logical_bytes += r.len;
+    }
+    let _ = lock(&ent.records);
+    Ok(s)
+}
+
+/// `EntangleStats`: the figures of every node, summed.
+pub async fn ring_stats(svc: &Service) -> Result<EntangleStats, String> {
+    let ent = &svc.entangled;
+    let mut total = EntangleStats {
+        kind: match ent.params() {
+            Some(_) => "step".into(),
+            None => "none".into(),
+        },
+        params: ent.params(),
+        replication: ent.replication as u32,
+        ..EntangleStats::default()
+    };
+    let nodes = members(svc).await;
+    let results = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|(_, a)| call(svc, a, EntRequest::LocalStats)),
+    )
+    .await;
+    for r in results {
+        match r? {
+            EntResponse::Stats(s) => total.add(&s),
+            other => return Err(format!("unexpected answer {other:?}")),
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,241 @@
+//! The encoder role: `PutDocument` on the node that accepted the client's write, and the
+//! background prefetch of a uniform sample of the ring's parities for pointers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::debug;
+
+use super::format::{ek, encode_record, nk, DocRecord, RefsEntry};
+use super::{call, locate, lock, now_ms, read, refs, EntRequest, EntResponse, Held};
+use crate::proto::{BlockKey, ErrorCode, Request, Response, MAX_BLOCK_SIZE};
+use crate::service::Service;
+
+/// Stores one block in the ring (routed to its replica set, majority acknowledged).
+pub async fn put_block(svc: &Service, key: BlockKey, data: Vec<u8>) -> Result<(), String> {
+    match svc.handle_request(Request::Put { key, data }).await {
+        Response::Stored { .. } | Response::Ok => Ok(()),
+        Response::Error { message, .. } => Err(message),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Chooses the `t` pointers of the next codeword: RECAST's mixed policy over a local view of
+/// the archive, oldest first: the uniform sample of the ring (pool), then this node's tail,
+/// then the parities of the document's earlier codewords. Half the pointers come from the
+/// recent part (tail and earlier codewords), the rest uniformly from everything; anchors fill
+/// in while fewer than `t` parities are known.
+fn choose(
+    params: &entangle::Params,
+    pool: &[Held],
+    tail: &[Held],
+    done: &[entangle::Encoded],
+    rng: &mut ChaCha8Rng,
+) -> Vec<entangle::StoredBlock> {
+    let mut seen = BTreeSet::new();
+    let mut archive: Vec<(entangle::BlockKey, &[u8])> = Vec::new();
+    for (k, b) in pool {
+        if seen.insert(*k) {
+            archive.push((ek(k), b.as_slice()));
+        }
+    }
+    let old = archive.len();
+    for (k, b) in tail {
+        if seen.insert(*k) {
+            archive.push((ek(k), b.as_slice()));
+        }
+    }
+    for (_, blocks) in done {
+        for (k, b) in blocks {
+            if seen.insert(nk(k)) {
+                archive.push((*k, b.as_slice()));
+            }
+        }
+    }
+    let recent = (archive.len() - old) as u64;
+    let selector = entangle::PointerSelector {
+        t: params.t(),
+        tail: params.t() / 2,
+        window: recent,
+    };
+    selector
+        .select(archive.len() as u64, rng)
+        .into_iter()
+        .map(|c| match c {
+            entangle::PointerChoice::Block(i) => {
+                let (k, b) = archive[i as usize];
+                (k, b.to_vec())
+            }
+            entangle::PointerChoice::Anchor(i) => {
+                (entangle::BlockKey::anchor(params.block_size, i), Vec::new())
+            }
+        })
+        .collect()
+}
+
+/// `PutDocument`: with type "none" a plain replicated block (key = BLAKE3(data)); with "step"
+/// the document is entangled and stored as parities; the answer's key names its document
+/// record, written last.
+pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
+    let ent = &svc.entangled;
+    if data.len() > MAX_BLOCK_SIZE {
+        return Response::error(
+            ErrorCode::BadRequest,
+            format!("document of {} bytes exceeds {MAX_BLOCK_SIZE}", data.len()),
+        );
+    }
+    let Some(params) = ent.params() else {
+        let key = BlockKey::of(&data);
+        return match svc.handle_request(Request::Put { key, data }).await {
+            Response::Stored { .. } => Response::DocumentStored { key },
+            other => other,
+        };
+    };
+    let (pool, tail, seed, doc_id) = {
+        let mut st = lock(&ent.encoder);
+        let seed: u64 = st.rng.gen();
+        let doc_id: [u8; 32] = st.rng.gen();
+        (
+            st.pool.clone(),
+            st.tail.iter().cloned().collect::<Vec<_>>(),
+            seed,
+            doc_id,
+        )
+    };
+    let content_hash = *blake3::hash(&data).as_bytes();
+    let len = data.len() as u64;
+    let encoded = match tokio::task::spawn_blocking(move || {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        entangle::encode_document(params, &doc_id, &data, |_, done| {
+            Ok(choose(&params, &pool, &tail, done, &mut rng))
+        })
+    })
+    .await
+    {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return Response::error(ErrorCode::Internal, format!("encode: {e}")),
+        Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+    };
+    // 1. Parities.
+    let parities: Vec<(BlockKey, Vec<u8>)> = encoded
+        .iter()
+        .flat_map(|(_, blocks)| blocks.iter().map(|(k, b)| (nk(k), b.clone())))
+        .collect();
+    let stored = futures::stream::iter(parities.clone())
+        .map(|(k, b)| put_block(svc, k, b))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
+        return Response::error(ErrorCode::Unavailable, format!("storing a parity: {e}"));
+    }
+    // 2. Codeword records.
+    let anchors = entangle::Anchors::new(params.block_size, params.t());
+    let mut record_keys = Vec::with_capacity(encoded.len());
+    let mut entries: BTreeMap<BlockKey, RefsEntry> = BTreeMap::new();
+    let created = now_ms();
+    for (rec, _) in &encoded {
+        let bytes = encode_record(rec);
+        let rk = BlockKey::of(&bytes);
+        if let Err(e) = put_block(svc, rk, bytes).await {
+            return Response::error(ErrorCode::Unavailable, format!("storing a record: {e}"));
+        }
+        record_keys.push(rk);
+        for k in &rec.parity_keys {
+            let e = entries.entry(nk(k)).or_insert_with(|| RefsEntry {
+                block: nk(k),
+                ..RefsEntry::default()
+            });
+            e.own = Some(rk);
+            e.created_ms = Some(created);
+        }
+        for k in rec.pointers.iter().filter(|k| !anchors.contains(k)) {
+            entries
+                .entry(nk(k))
+                .or_insert_with(|| RefsEntry {
+                    block: nk(k),
+                    ..RefsEntry::default()
+                })
+                .referrers
+                .insert(rk);
+        }
+    }
+    // 3. Reverse references.
+    if let Err(e) = refs::store_ring(svc, entries.into_values().collect()).await {
+        return Response::error(ErrorCode::Unavailable, e);
+    }
+    // 4. The document record, last.
+    let doc = DocRecord {
+        params,
+        len,
+        content_hash,
+        codewords: record_keys,
+    };
+    let bytes = doc.encode();
+    let key = BlockKey::of(&bytes);
+    if let Err(e) = put_block(svc, key, bytes).await {
+        return Response::error(
+            ErrorCode::Unavailable,
+            format!("storing the document record: {e}"),
+        );
+    }
+    {
+        let mut st = lock(&ent.encoder);
+        for (k, b) in parities {
+            st.tail.push_back((k, Arc::new(b)));
+        }
+        while st.tail.len() > ent.config.tail_window {
+            st.tail.pop_front();
+        }
+    }
+    Response::DocumentStored { key }
+}
+
+/// Keeps the pointer pool filled with a uniform sample of the ring's parities: asks the owner
+/// of a random ring position for random parity keys it knows, fetches and verifies them.
+pub async fn prefetch_loop(svc: Arc<Service>) {
+    let Some(params) = svc.entangled.params() else {
+        return;
+    };
+    let target = (4 * params.t()).max(16);
+    loop {
+        let len = lock(&svc.entangled.encoder).pool.len();
+        let wait = if len < target { 1 } else { 10 };
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        if svc.handle.view().await.is_none() {
+            return;
+        }
+        let pos = BlockKey(rand::thread_rng().gen());
+        let Ok(set) = locate(&svc, &pos).await else {
+            continue;
+        };
+        let Some(owner) = set.first() else { continue };
+        let keys = match call(&svc, owner, EntRequest::SampleParities { count: 8 }).await {
+            Ok(EntResponse::Keys { keys }) => keys,
+            _ => continue,
+        };
+        for k in keys {
+            if lock(&svc.entangled.encoder).pool.iter().any(|(p, _)| *p == k) {
+                continue;
+            }
+            let Some(bytes) = read::fetch_ring(&svc, k).await else {
+                continue;
+            };
+            if entangle::codec::pointer_payload(&params, &ek(&k), &bytes).is_err() {
+                debug!(%k, "sampled block is not a parity of this ring");
+                continue;
+            }
+            let mut st = lock(&svc.entangled.encoder);
+            if st.pool.len() < target {
+                st.pool.push((k, Arc::new(bytes)));
+            } else {
+                let i = st.rng.gen_range(0..st.pool.len());
+                st.pool[i] = (k, Arc::new(bytes));
+            }
+        }
+    }
+}
