@@ -609,7 +609,12 @@ impl Sim {
                     Ok(r) => (Ok(r.owner.addr), r.hops),
                     Err(e) => (Err(e), 0),
                 };
-                let failed = res.is_err();
+                // A lookup that names an owner other than the true one failed as much as one
+                // that timed out: both are retried, and both count as failures.
+                let failed = match &res {
+                    Ok(owner) => Some(owner.clone()) != truth,
+                    Err(_) => true,
+                };
                 self.outcomes.push(LookupOutcome {
                     key,
                     attempt,
@@ -619,7 +624,10 @@ impl Sim {
                     latency_ms: self.now.0.saturating_sub(started.0),
                 });
                 if failed && self.retry_lookups && attempt == 0 {
-                    self.push(self.now.0 + 1, Ev::Lookup { key, attempt: 1 });
+                    // The caller retries after half a stabilization period, as the daemon's
+                    // backoff does: an immediate retry would meet the same ring.
+                    let backoff = self.cfg.node.stabilize_interval.as_millis() as u64 / 2;
+                    self.push(self.now.0 + backoff.max(1), Ev::Lookup { key, attempt: 1 });
                 }
             }
         }

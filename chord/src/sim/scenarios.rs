@@ -152,12 +152,17 @@ fn lookup_stats(m: &mut Metrics, sim: &Sim) {
     let mut hops: Vec<u32> = Vec::new();
     let mut lat = 0u64;
     for o in &sim.outcomes {
+        // Failed = no answer, or an answer naming another owner than the true one.
+        let failed = match o.result {
+            Ok(owner) => Some(owner) != o.truth,
+            Err(_) => true,
+        };
         if o.attempt == 0 {
             m.lookups += 1;
-            if o.result.is_err() {
+            if failed {
                 m.lookups_failed += 1;
             }
-        } else if o.result.is_err() {
+        } else if failed {
             m.lookups_failed_after_retry += 1;
         }
         if let Ok(owner) = o.result {
