@@ -612,7 +612,7 @@ impl Sim {
                 // A lookup that names an owner other than the true one failed as much as one
                 // that timed out: both are retried, and both count as failures.
                 let failed = match &res {
-                    Ok(owner) => Some(owner.clone()) != truth,
+                    Ok(owner) => Some(*owner) != truth,
                     Err(_) => true,
                 };
                 self.outcomes.push(LookupOutcome {

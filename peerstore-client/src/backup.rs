@@ -53,7 +53,7 @@ pub struct BackupOptions {
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
-            concurrency: 24,
+            concurrency: 32,
             change_retries: 3,
             origin: "backup".into(),
             publish_unchanged: true,

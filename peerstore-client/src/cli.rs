@@ -66,7 +66,7 @@ pub enum Command {
     Backup {
         dir: PathBuf,
         /// Block uploads in flight.
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = 32)]
         concurrency: usize,
         /// Read every file even if size and mtime match the previous snapshot.
         #[arg(long)]
@@ -555,6 +555,9 @@ struct DuReport {
     logical_bytes: u64,
     logical_bytes_all_snapshots: u64,
     unique_blocks: u64,
+    /// Plaintext bytes of the unique chunks.
+    unique_plain_bytes: u64,
+    /// Encrypted bytes of the unique blocks (chunks, manifests, snapshot objects).
     unique_bytes: u64,
     replication: u32,
     stored_bytes: u64,
@@ -565,6 +568,7 @@ struct DuReport {
 async fn cmd_du(ctx: &Ctx) -> Result<()> {
     let all = ctx.repo.snapshots().await?;
     let mut blocks: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+    let mut plain: BTreeMap<[u8; 32], u64> = BTreeMap::new();
     let mut logical_all = 0;
     let mut logical = 0;
     for (i, s) in all.iter().enumerate() {
@@ -578,6 +582,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             if let EntryKind::File { chunks, .. } = &e.kind {
                 for c in chunks {
                     blocks.insert(c.key, u64::from(c.len) + crypto::CHUNK_OVERHEAD as u64);
+                    plain.insert(c.key, u64::from(c.len));
                 }
             }
         }
@@ -590,6 +595,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         blocks.insert(s.key, 256);
     }
     let unique_bytes: u64 = blocks.values().sum();
+    let unique_plain: u64 = plain.values().sum();
     let status = ctx.ring.status().await?;
     let replication = status.replication;
     let stored = unique_bytes * u64::from(replication);
@@ -630,11 +636,12 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         logical_bytes: logical,
         logical_bytes_all_snapshots: logical_all,
         unique_blocks: blocks.len() as u64,
+        unique_plain_bytes: unique_plain,
         unique_bytes,
         replication,
         stored_bytes: stored,
-        overhead: if logical > 0 {
-            stored as f64 / logical as f64
+        overhead: if unique_plain > 0 {
+            stored as f64 / unique_plain as f64
         } else {
             0.0
         },
@@ -642,10 +649,11 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
     };
     ctx.print(&report, || {
         let mut out = format!(
-            "latest snapshot: {} logical ({} over {} snapshots)\nunique blocks: {} ({} encrypted)\nstored with r={}: {} (overhead x{:.2} of the latest snapshot)\nper node (this node and its successors):",
+            "latest snapshot: {} logical ({} over {} snapshots)\nunique data: {} in {} blocks ({} encrypted, with metadata)\nstored with r={}: {} (overhead x{:.2} of the unique data)\nper node (this node and its successors):",
             human(report.logical_bytes),
             human(report.logical_bytes_all_snapshots),
             report.snapshots,
+            human(report.unique_plain_bytes),
             report.unique_blocks,
             human(report.unique_bytes),
             report.replication,

@@ -29,8 +29,10 @@ use crate::model::{check_components, Entry, EntryKind, Manifest, UnsafePath};
 use crate::progress::Progress;
 use crate::repo::Repo;
 
-/// Files restored at once.
-pub const FILES_IN_FLIGHT: usize = 6;
+/// Large files (more than one chunk) restored at once.
+pub const FILES_IN_FLIGHT: usize = 4;
+/// Small files (at most one chunk) restored at once.
+pub const SMALL_FILES_IN_FLIGHT: usize = 32;
 /// Chunks fetched at once per file.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -129,29 +131,31 @@ pub async fn restore_tree(
             summary.dirs += 1;
         }
     }
-    // 2. Files, several at a time.
-    let files: Vec<&Entry> = m
+    // 2. Files, several at a time: many small ones, a few large ones (bounded memory).
+    let (small, large): (Vec<&Entry>, Vec<&Entry>) = m
         .entries
         .iter()
         .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-        .collect();
-    let results: Vec<(u64, u64)> = futures::stream::iter(files.into_iter().map(|e| {
-        let progress = progress.clone();
-        async move {
-            let (parent, name) = e.path.split_at(e.path.len() - 1);
-            let dir = ensure_dir(dest, parent)?;
-            let r = write_file(repo, e, &dir, &name[0], &progress).await?;
-            progress.file_done();
-            Ok::<_, ClientError>(r)
+        .partition(|e| matches!(&e.kind, EntryKind::File { chunks, .. } if chunks.len() <= 1));
+    for (files, parallel) in [(small, SMALL_FILES_IN_FLIGHT), (large, FILES_IN_FLIGHT)] {
+        let results: Vec<(u64, u64)> = futures::stream::iter(files.into_iter().map(|e| {
+            let progress = progress.clone();
+            async move {
+                let (parent, name) = e.path.split_at(e.path.len() - 1);
+                let dir = ensure_dir(dest, parent)?;
+                let r = write_file(repo, e, &dir, &name[0], &progress).await?;
+                progress.file_done();
+                Ok::<_, ClientError>(r)
+            }
+        }))
+        .buffer_unordered(parallel)
+        .try_collect()
+        .await?;
+        for (bytes, chunks) in results {
+            summary.files += 1;
+            summary.bytes += bytes;
+            summary.chunks_fetched += chunks;
         }
-    }))
-    .buffer_unordered(FILES_IN_FLIGHT)
-    .try_collect()
-    .await?;
-    for (bytes, chunks) in results {
-        summary.files += 1;
-        summary.bytes += bytes;
-        summary.chunks_fetched += chunks;
     }
     // 3. Symlinks, last.
     for e in &m.entries {
@@ -250,7 +254,8 @@ pub async fn restore_entry(
     }
 }
 
-/// Writes a file entry as `dir/name` via a temp file and a rename. Returns (bytes, chunks).
+/// Writes a file entry as `dir/name` via a temp file, fsync and a rename. Returns (bytes,
+/// chunks).
 async fn write_file(
     repo: &Repo,
     e: &Entry,
@@ -314,8 +319,16 @@ async fn write_file(
             .map_err(|err| ClientError::io(&tmp, err))?;
         f.set_modified(mtime_of(e.mtime_ns))
             .map_err(|err| ClientError::io(&tmp, err))?;
-        f.sync_all().map_err(|err| ClientError::io(&tmp, err))?;
-        fs::rename(&tmp, &final_path).map_err(|err| ClientError::io(&final_path, err))?;
+        // fsync and rename on the blocking pool: many files' fsyncs then overlap (the file
+        // system commits them together) without stalling the async workers.
+        let (tmp2, final2) = (tmp.clone(), final_path.clone());
+        tokio::task::spawn_blocking(move || {
+            f.sync_all().map_err(|err| ClientError::io(&tmp2, err))?;
+            drop(f);
+            fs::rename(&tmp2, &final2).map_err(|err| ClientError::io(&final2, err))
+        })
+        .await
+        .map_err(|err| ClientError::Refused(format!("write task failed: {err}")))??;
         Ok((written, chunks.len() as u64))
     }
     .await;

@@ -74,6 +74,8 @@ struct MemInner {
     records: BTreeMap<BlockKey, Vec<u8>>,
     puts: u64,
     fail_puts: bool,
+    /// Puts that may still succeed before every put fails (None: no limit).
+    fail_after: Option<u64>,
 }
 
 impl MemStore {
@@ -108,6 +110,11 @@ impl MemStore {
         self.lock().fail_puts = fail;
     }
 
+    /// Lets `n` more puts succeed, then fails every put (simulates an outage mid-backup).
+    pub fn fail_after(&self, n: Option<u64>) {
+        self.lock().fail_after = n;
+    }
+
     /// Every block's bytes (for leak checks in tests).
     #[must_use]
     pub fn all_blocks(&self) -> Vec<Vec<u8>> {
@@ -124,8 +131,11 @@ impl MemStore {
 impl BlockStoreApi for MemStore {
     async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
         let mut g = self.lock();
-        if g.fail_puts {
+        if g.fail_puts || g.fail_after == Some(0) {
             return Err(StoreError::Unavailable("simulated outage".into()));
+        }
+        if let Some(n) = g.fail_after.as_mut() {
+            *n -= 1;
         }
         if BlockKey::of(&data) != key {
             return Err(StoreError::Other("key is not the hash of the data".into()));

@@ -462,5 +462,60 @@ async fn a_file_rewritten_during_backup_is_never_recorded_torn() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.join().unwrap();
-    println!("recorded {} times, skipped {} times; {writes} rewrites", outcomes.0, outcomes.1);
+    println!(
+        "recorded {} times, skipped {} times; {writes} rewrites",
+        outcomes.0, outcomes.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_backup_keeps_the_old_root_and_the_rerun_sends_only_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        fs::write(src.join(format!("f{i}")), random_bytes(50 + i, 100_000)).unwrap();
+    }
+    let store = MemStore::new();
+    let repo = repo_with(&store, 8);
+    let cache_path = tmp.path().join("known");
+    let opts = BackupOptions {
+        concurrency: 1,
+        ..BackupOptions::default()
+    };
+    // A first snapshot of part of the tree.
+    let known = Arc::new(KnownBlocks::open(&cache_path).unwrap());
+    fs::create_dir_all(tmp.path().join("small")).unwrap();
+    fs::write(tmp.path().join("small/x"), b"x").unwrap();
+    backup(
+        &repo,
+        known,
+        &tmp.path().join("small"),
+        None,
+        &opts,
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    let root_before = repo.read_root().await.unwrap().unwrap();
+    // The ring goes away after 5 more puts: the backup fails and the root is untouched.
+    store.fail_after(Some(5));
+    let known = Arc::new(KnownBlocks::open(&cache_path).unwrap());
+    let err = backup(&repo, known, &src, None, &opts, &hidden())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(repo.read_root().await.unwrap().unwrap(), root_before);
+    // The rerun (a new process: the cache is reloaded from disk) sends only the 7 missing.
+    store.fail_after(None);
+    let known = Arc::new(KnownBlocks::open(&cache_path).unwrap());
+    let (s, m, _) = backup(&repo, known, &src, None, &opts, &hidden())
+        .await
+        .unwrap();
+    assert_eq!((s.chunks, s.chunks_uploaded), (12, 7), "{s:?}");
+    let dest = tmp.path().join("dest");
+    restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
+    for i in 0..12u64 {
+        assert!(fs::read(dest.join(format!("f{i}"))).unwrap() == random_bytes(50 + i, 100_000));
+    }
 }

@@ -227,6 +227,12 @@ async fn backup_restore_dedup_privacy_and_keys() {
     assert_eq!(du["replication"], 3);
     let unique = du["unique_bytes"].as_u64().unwrap();
     assert!(unique > BIG as u64, "{du}");
+    assert!(
+        du["unique_plain_bytes"].as_u64().unwrap() > BIG as u64,
+        "{du}"
+    );
+    let overhead = du["overhead"].as_f64().unwrap();
+    assert!((3.0..3.1).contains(&overhead), "{du}");
     assert_eq!(du["stored_bytes"].as_u64().unwrap(), unique * 3);
     let used: u64 = du["nodes"]
         .as_array()
@@ -282,4 +288,65 @@ async fn backup_restore_dedup_privacy_and_keys() {
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     assert!(!tmp.path().join("pwned").exists());
     println!("total {:?}", t0.elapsed());
+}
+
+/// Errors without a ring: one clear line, non-zero exit.
+#[test]
+fn clear_errors_without_a_node_or_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1.
+    let peer = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGa7FfuxaNcZYLJvgCssq2svDU1KfydP5ZQ5zGM13vAiG";
+    let c = Client::new(tmp.path(), "solo", peer);
+    c.ok(&["init"]);
+    let out = c.run(&["ls"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: no node reachable at"), "{err}");
+    assert!(
+        err.contains("start one with peerstore-node or pass --peer"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // No address file and no --peer.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_peerstore-client"));
+    cmd.args([
+        "--config-dir",
+        c.config.to_str().unwrap(),
+        "--data-dir",
+        c.data.to_str().unwrap(),
+    ])
+    .args([
+        "--node-data-dir",
+        tmp.path().join("no-node").to_str().unwrap(),
+        "ls",
+    ])
+    .env("PEERSTORE_PASSPHRASE", PASS)
+    .env_remove("PEERSTORE_PEER");
+    let out2 = cmd.output().unwrap();
+    assert!(!out2.status.success());
+    assert!(
+        stderr(&out2).starts_with("error: no node reachable"),
+        "{}",
+        stderr(&out2)
+    );
+    // No passphrase and no terminal.
+    let out = c
+        .command(&["ls"])
+        .env_remove("PEERSTORE_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with("error: no passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    // No key yet.
+    let other = Client::new(tmp.path(), "nokey", peer);
+    let out = other.run(&["ls"]);
+    assert!(
+        stderr(&out).contains("run `peerstore-client init`"),
+        "{}",
+        stderr(&out)
+    );
 }

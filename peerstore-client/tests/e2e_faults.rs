@@ -1,6 +1,7 @@
 //! Acceptance test 6: kill -9 a node in the middle of a backup (5-node ring, r = 3); the backup
-//! completes (or fails cleanly and a rerun completes) and restores byte-identical; after a second
-//! node dies the restore still works.
+//! completes (or fails cleanly and a rerun completes) and restores byte-identical; then the node
+//! the client is connected to dies during a second backup (fail-over), and with two of five nodes
+//! dead the restore still works.
 
 mod common;
 
@@ -86,13 +87,43 @@ async fn node_killed_mid_backup_then_two_dead() {
     );
     assert_same_tree(&src, &dest);
 
-    // A second node dies: every block still has a replica.
-    cluster.nodes[4].kill9();
+    // Phase 2: the node the client talks to dies during a backup. The client fails over to a
+    // successor it learned at connect (or fails cleanly, and a rerun through another node
+    // completes). That makes two dead nodes out of five.
+    fs::write(src.join("second.bin"), random_bytes(6, 40 << 20)).unwrap();
+    let child = alice
+        .command(&["--json", "backup", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.nodes[0].kill9();
+    let out = child.wait_with_output().unwrap();
+    println!(
+        "backup while its node died: {} {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let mut via1 = alice.clone();
+    via1.peer = cluster.nodes[1].addr.to_string();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains("error:"), "{err}");
+        let again = via1.run(&["--json", "backup", src.to_str().unwrap()]);
+        assert!(
+            again.status.success(),
+            "rerun failed: {}\n{}",
+            stderr(&again),
+            node_logs(&cluster)
+        );
+    }
     let settle = cluster.wait_ideal(Duration::from_secs(60)).await;
     println!("ring of 3 after the second kill: {settle:?}");
     let dest2 = tmp.path().join("restored-2");
     let t = Instant::now();
-    let out = alice.run(&["restore", dest2.to_str().unwrap()]);
+    let out = via1.run(&["restore", dest2.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "restore after two deaths failed: {}\n{}",

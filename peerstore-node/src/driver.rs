@@ -185,6 +185,8 @@ pub struct Driver {
     pending_lookups: HashMap<chord::LookupId, Vec<LookupReply>>,
     leave_waiters: Vec<oneshot::Sender<()>>,
     left: bool,
+    /// Replication factor, for answering lookups from local state.
+    replication: usize,
 }
 
 /// How the node enters the ring.
@@ -215,6 +217,7 @@ impl Driver {
             id: ring_id(&peer),
             addr: local.clone(),
         };
+        let replication = chord_config.replication;
         let node = chord::Node::new(chord_config, me);
         let (cmd_tx, commands) = mpsc::channel(1024);
         let (inbound, inbound_rx) = mpsc::channel(1024);
@@ -231,6 +234,7 @@ impl Driver {
             pending_lookups: HashMap::new(),
             leave_waiters: Vec::new(),
             left: false,
+            replication,
         };
         let handle = Handle {
             tx: cmd_tx,
@@ -296,6 +300,10 @@ impl Driver {
             Command::Lookup { key, reply } => {
                 if !self.node.is_member() {
                     let _ = reply.send(Err("this node has not joined a ring yet".into()));
+                    return;
+                }
+                if let Some(res) = resolve_locally(&self.node, key, self.replication) {
+                    let _ = reply.send(Ok(res));
                     return;
                 }
                 let now = self.now();
@@ -526,6 +534,60 @@ impl Driver {
     }
 }
 
+/// Answers a lookup from this node's own Chord state when the key falls in the part of the ring
+/// it knows: its own range (pred, self] or within its successor list, with r-1 further members
+/// known after the owner. The core maintains that state with liveness checks (stabilize); reads
+/// verify hashes and fall back to other replicas, and anti-entropy corrects a placement made
+/// on a view a moment out of date. Everything else goes through a real Chord lookup.
+fn resolve_locally(
+    node: &chord::Node<NodeAddr>,
+    key: chord::Id,
+    replication: usize,
+) -> Option<chord::LookupResult<NodeAddr>> {
+    let me = node.me();
+    let succs = node.successors();
+    let pred = node.predecessor()?;
+    if succs.is_empty() {
+        return None;
+    }
+    // A list shorter than its configured length holds every other member of the ring.
+    let whole_ring = succs.len() < node.config().successors;
+    // The ring in clockwise order starting at us.
+    let mut ring: Vec<&chord::Peer<NodeAddr>> = Vec::with_capacity(succs.len() + 1);
+    ring.push(me);
+    ring.extend(succs.iter().filter(|p| p.id != me.id));
+    let owner_at = if key.in_half_open(pred.id, me.id) {
+        0
+    } else {
+        let mut prev = me.id;
+        let mut found = None;
+        for (i, p) in ring.iter().enumerate().skip(1) {
+            if key.in_half_open(prev, p.id) {
+                found = Some(i);
+                break;
+            }
+            prev = p.id;
+        }
+        found?
+    };
+    let mut successors = Vec::with_capacity(replication);
+    for k in 1..ring.len() {
+        let i = owner_at + k;
+        if i >= ring.len() && !whole_ring {
+            break;
+        }
+        successors.push(ring[i % ring.len()].clone());
+    }
+    if successors.len() + 1 < replication.min(ring.len()) {
+        return None;
+    }
+    Some(chord::LookupResult {
+        owner: ring[owner_at].clone(),
+        successors,
+        hops: 0,
+    })
+}
+
 /// Every ring member named in a message must have the ring id its PeerId implies, so nobody can
 /// place a node (or itself) at a chosen position of the ring.
 fn peers_are_genuine(msg: &chord::Message<NodeAddr>) -> bool {
@@ -622,5 +684,76 @@ mod tests {
             choose_advertised(only_loop).to_string(),
             "/ip4/127.0.0.1/tcp/9"
         );
+    }
+
+    fn ring_of(n: usize) -> Vec<chord::Peer<NodeAddr>> {
+        let mut v: Vec<chord::Peer<NodeAddr>> = (0..n)
+            .map(|i| {
+                let peer = PeerId::random();
+                chord::Peer {
+                    id: ring_id(&peer),
+                    addr: NodeAddr {
+                        peer,
+                        addr: format!("/ip4/127.0.0.1/tcp/{}", 1000 + i).parse().unwrap(),
+                    },
+                }
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The true owner and replica set on a sorted ring.
+    fn truth(ring: &[chord::Peer<NodeAddr>], key: chord::Id, r: usize) -> Vec<NodeAddr> {
+        let i = ring.iter().position(|p| p.id >= key).unwrap_or(0);
+        (0..r.min(ring.len()))
+            .map(|k| ring[(i + k) % ring.len()].addr.clone())
+            .collect()
+    }
+
+    fn node_at(ring: &[chord::Peer<NodeAddr>], i: usize, list: usize) -> chord::Node<NodeAddr> {
+        let n = ring.len();
+        let config = chord::Config {
+            successors: list,
+            predecessors: list,
+            replication: 3,
+            ..chord::Config::default()
+        };
+        let mut node = chord::Node::new(config, ring[i].clone());
+        let succs = (1..n.min(list + 1))
+            .map(|k| ring[(i + k) % n].clone())
+            .collect();
+        let preds = (1..n.min(list + 1))
+            .map(|k| ring[(i + n - k) % n].clone())
+            .collect();
+        node.install_member_state(chord::Time(0), succs, preds, vec![None; 256]);
+        node
+    }
+
+    #[test]
+    fn local_resolution_matches_the_ring_or_declines() {
+        for (n, list) in [(5, 8), (4, 8), (20, 8), (3, 3)] {
+            let ring = ring_of(n);
+            let mut local = 0;
+            for i in 0..n {
+                let node = node_at(&ring, i, list);
+                for k in 0..200u64 {
+                    let key = chord::Id::hash(&k.to_le_bytes());
+                    if let Some(res) = resolve_locally(&node, key, 3) {
+                        local += 1;
+                        let mut got = vec![res.owner.addr.clone()];
+                        got.extend(res.successors.iter().take(2).map(|p| p.addr.clone()));
+                        assert_eq!(got, truth(&ring, key, 3), "n={n} list={list} node {i}");
+                    } else {
+                        // Only keys beyond what the node knows go to a real lookup.
+                        assert!(
+                            n > list,
+                            "n={n}: every key of a small ring is known locally"
+                        );
+                    }
+                }
+            }
+            assert!(local > 0);
+        }
     }
 }

@@ -119,6 +119,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
                 Ok(r) => info!(pushed = r.pushed, errors = r.errors, "hand-off done"),
                 Err(_) => warn!("hand-off did not finish within 60 s"),
             }
+            // Entangled storage: single copies and reverse references.
+            match tokio::time::timeout(Duration::from_secs(60), entangled::scrub::hand_off(&service)).await {
+                Ok((singles, refs)) => info!(singles, refs, "entangled hand-off done"),
+                Err(_) => warn!("entangled hand-off did not finish within 60 s"),
+            }
             if tokio::time::timeout(Duration::from_secs(10), handle.leave()).await.is_err() {
                 warn!("leave did not complete within 10 s");
             }

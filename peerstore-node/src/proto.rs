@@ -94,7 +94,11 @@ pub struct MemberInfo {
 pub enum Request {
     /// Store a block in the ring (routed). Answered with [`Response::Stored`] once a majority of
     /// the key's replica set holds it durably.
-    Put { key: BlockKey, data: Vec<u8> },
+    Put {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Read a block from the ring (routed). [`Response::Block`] or [`Response::NotFound`].
     Get { key: BlockKey },
     /// Who owns `key`, and its replica set ([`Response::Owner`]).
@@ -102,13 +106,21 @@ pub enum Request {
     /// This node's view of the ring and its storage ([`Response::Status`]).
     Status,
     /// Store a signed mutable record (e.g. a user's root) in the ring (routed by `key`).
-    PutRecord { key: BlockKey, record: Vec<u8> },
+    PutRecord {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
     /// Read a mutable record from the ring (routed by `key`).
     GetRecord { key: BlockKey },
 
     /// Store a block on this node only (durable before the answer). Sent by the node that
     /// coordinates a put to every member of the replica set, and by anti-entropy and hand-off.
-    StoreLocal { key: BlockKey, data: Vec<u8> },
+    StoreLocal {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Read a block from this node only.
     FetchLocal { key: BlockKey },
     /// Per-bucket digests of the keys this node holds in the ring interval (from, to], split into
@@ -126,7 +138,11 @@ pub enum Request {
         limit: u32,
     },
     /// Store a mutable record on this node only (the node checks it may replace what it has).
-    StoreRecordLocal { key: BlockKey, record: Vec<u8> },
+    StoreRecordLocal {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
     /// Read a mutable record from this node only.
     FetchRecordLocal { key: BlockKey },
     /// Which of `keys` this node holds ([`Response::Has`], same order). At most
@@ -144,7 +160,10 @@ pub enum Request {
     /// Store a document (routed; this node encodes). With entanglement "step" the document is
     /// entangled and stored as parities; with "none" it is one plain block. Answered with
     /// [`Response::DocumentStored`]; at most [`MAX_BLOCK_SIZE`] bytes.
-    PutDocument { data: Vec<u8> },
+    PutDocument {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Read a document by the key `PutDocument` returned ([`Response::Block`]).
     GetDocument { key: BlockKey },
     /// Rebuild lost blocks from the entanglement: all of the ring (empty `keys`, rounds until a
@@ -245,6 +264,7 @@ pub enum Response {
         replicas: u32,
     },
     Block {
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     NotFound,
@@ -263,6 +283,7 @@ pub enum Response {
         more: bool,
     },
     Record {
+        #[serde(with = "serde_bytes")]
         record: Vec<u8>,
     },
     Has {

@@ -95,16 +95,29 @@ pub fn refs_position(block: &BlockKey) -> BlockKey {
 
 /// What the ring knows about one stored parity: its own codeword (to re-form it when it is
 /// rebuilt), when it was written (for window scrub) and the codewords that point at it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefsEntry {
     /// The parity's key.
     pub block: BlockKey,
     /// Key of the codeword-record block of its own codeword.
     pub own: Option<BlockKey>,
-    /// Milliseconds since the Unix epoch when its codeword was written (minimum over merges).
-    pub created_ms: Option<u64>,
+    /// When it was written, in microseconds since the Unix epoch, plus its position among the
+    /// parities of its write, so the parities of one write are ordered too (minimum over
+    /// merges).
+    pub created_us: Option<u64>,
     /// Keys of the codeword-record blocks of the codewords that use it as a pointer.
     pub referrers: BTreeSet<BlockKey>,
+}
+
+impl Default for RefsEntry {
+    fn default() -> Self {
+        RefsEntry {
+            block: BlockKey::ZERO,
+            own: None,
+            created_us: None,
+            referrers: BTreeSet::new(),
+        }
+    }
 }
 
 impl RefsEntry {
@@ -114,7 +127,7 @@ impl RefsEntry {
         if self.own.is_none() {
             self.own = o.own;
         }
-        self.created_ms = match (self.created_ms, o.created_ms) {
+        self.created_us = match (self.created_us, o.created_us) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -150,18 +163,18 @@ mod tests {
         let mut a = RefsEntry {
             block: k,
             own: None,
-            created_ms: Some(5),
+            created_us: Some(5),
             referrers: [BlockKey([2; 32])].into_iter().collect(),
         };
         let b = RefsEntry {
             block: k,
             own: Some(BlockKey([3; 32])),
-            created_ms: Some(3),
+            created_us: Some(3),
             referrers: [BlockKey([4; 32])].into_iter().collect(),
         };
         assert!(a.merge(&b));
         assert_eq!(a.own, Some(BlockKey([3; 32])));
-        assert_eq!(a.created_ms, Some(3));
+        assert_eq!(a.created_us, Some(3));
         assert_eq!(a.referrers.len(), 2);
         assert!(!a.merge(&b));
         assert_eq!(RefsEntry::decode(&a.encode()), Some(a));

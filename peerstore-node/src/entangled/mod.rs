@@ -295,17 +295,15 @@ pub enum EntRequest {
         limit: u32,
         fix: bool,
     },
-    /// Scrub the parities this node owns; `cutoff_ms` is the window mode's age limit.
+    /// Scrub the parities this node owns; `cutoff_us` is the window mode's age limit.
     ScrubLocal {
         mode: ScrubMode,
-        cutoff_ms: Option<u64>,
+        cutoff_us: Option<u64>,
     },
     /// Creation times of the newest `count` parities whose entries this node owns.
     NewestCreated { count: u64 },
     /// Set (or with `None` clear) the scrub daemon on this node.
-    SetScrubDaemon {
-        policy: Option<(ScrubMode, u64)>,
-    },
+    SetScrubDaemon { policy: Option<(ScrubMode, u64)> },
     /// This node's figures for du.
     LocalStats,
 }
@@ -313,16 +311,29 @@ pub enum EntRequest {
 /// Answers to [`EntRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntResponse {
-    Block { data: Vec<u8> },
+    Block {
+        data: Vec<u8>,
+    },
     NotFound,
-    Has { present: Vec<bool> },
-    Refs { entries: Vec<Option<RefsEntry>> },
-    RefDigests { entries: Vec<(BlockKey, [u8; 32])>, more: bool },
-    Keys { keys: Vec<BlockKey> },
+    Has {
+        present: Vec<bool>,
+    },
+    Refs {
+        entries: Vec<Option<RefsEntry>>,
+    },
+    RefDigests {
+        entries: Vec<(BlockKey, [u8; 32])>,
+        more: bool,
+    },
+    Keys {
+        keys: Vec<BlockKey>,
+    },
     Repaired(RepairSummary),
     Audit(AuditPage),
     Scrubbed(ScrubReport),
-    Created { times: Vec<u64> },
+    Created {
+        times: Vec<u64>,
+    },
     Stats(EntangleStats),
     Ok,
 }
@@ -340,6 +351,13 @@ pub struct EncoderState {
     pub rng: ChaCha8Rng,
 }
 
+/// Codeword records found in the replicated store, by block key, and small blocks known not
+/// to be records.
+pub type RecordCache = (
+    BTreeMap<BlockKey, Arc<entangle::CodewordRecord>>,
+    BTreeSet<BlockKey>,
+);
+
 /// The entangled layer of one node.
 pub struct Entangled {
     pub config: EntanglementConfig,
@@ -349,7 +367,7 @@ pub struct Entangled {
     pub encoder: Mutex<EncoderState>,
     /// Codeword records found in the replicated store, by block key (a cache: records are
     /// immutable), and small blocks known not to be records.
-    pub records: Mutex<(BTreeMap<BlockKey, Arc<entangle::CodewordRecord>>, BTreeSet<BlockKey>)>,
+    pub records: Mutex<RecordCache>,
     pub scrub_daemon: Mutex<Option<(ScrubMode, u64)>>,
 }
 
@@ -390,16 +408,16 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Answers the entangled layer's requests (client-facing and [`Request::Entangle`]).
 pub async fn handle(svc: &Service, request: Request) -> Response {
-    let ent = &svc.entangled;
     match request {
         Request::PutDocument { data } => write::put_document(svc, data).await,
         Request::GetDocument { key } => read::get_document(svc, key).await,
         Request::Repair { keys } => Response::Repaired(repair::repair_ring(svc, keys).await),
-        Request::Audit { after, limit, fix } => match repair::audit_ring(svc, after, limit, fix).await
-        {
-            Ok(p) => Response::AuditPage(p),
-            Err(e) => Response::error(ErrorCode::Unavailable, e),
-        },
+        Request::Audit { after, limit, fix } => {
+            match repair::audit_ring(svc, after, limit, fix).await {
+                Ok(p) => Response::AuditPage(p),
+                Err(e) => Response::error(ErrorCode::Unavailable, e),
+            }
+        }
         Request::Scrub {
             mode,
             once,
@@ -415,7 +433,6 @@ pub async fn handle(svc: &Service, request: Request) -> Response {
         },
         other => {
             debug!(kind = other.kind(), "not an entangled request");
-            let _ = ent;
             Response::error(ErrorCode::BadRequest, "not an entangled request")
         }
     }
@@ -465,15 +482,20 @@ async fn local(svc: &Service, r: EntRequest) -> Result<EntResponse, Response> {
         }
         EntRequest::StoreSingle { key, data } => {
             let single = ent.single.clone();
-            blocking(move || single.put(key, &data, crate::store::Role::Owner).map(|_| ())).await?;
+            blocking(move || {
+                single
+                    .put(key, &data, crate::store::Role::Owner)
+                    .map(|_| ())
+            })
+            .await?;
             EntResponse::Ok
         }
         EntRequest::RepairLocal => EntResponse::Repaired(repair::repair_local(svc).await),
         EntRequest::AuditLocal { after, limit, fix } => {
             EntResponse::Audit(repair::audit_local(svc, after, limit, fix).await?)
         }
-        EntRequest::ScrubLocal { mode, cutoff_ms } => {
-            EntResponse::Scrubbed(scrub::scrub_local(svc, mode, cutoff_ms).await)
+        EntRequest::ScrubLocal { mode, cutoff_us } => {
+            EntResponse::Scrubbed(scrub::scrub_local(svc, mode, cutoff_us).await)
         }
         EntRequest::NewestCreated { count } => EntResponse::Created {
             times: refs::newest_created(svc, count).await?,
@@ -530,8 +552,6 @@ pub async fn members(svc: &Service) -> Vec<(chord::Id, NodeAddr)> {
     let Some(view) = svc.handle.view().await else {
         return Vec::new();
     };
-    let mut known: BTreeMap<chord::Id, NodeAddr> = BTreeMap::new();
-    known.insert(view.me.id, view.me.addr.clone());
     let mut todo: Vec<(chord::Id, NodeAddr)> = view
         .successors
         .iter()
@@ -541,12 +561,11 @@ pub async fn members(svc: &Service) -> Vec<(chord::Id, NodeAddr)> {
         .collect();
     let mut asked: BTreeSet<chord::Id> = BTreeSet::new();
     asked.insert(view.me.id);
-    let mut alive: BTreeMap<chord::Id, NodeAddr> = known.clone();
+    let mut alive: BTreeMap<chord::Id, NodeAddr> = BTreeMap::new();
+    alive.insert(view.me.id, view.me.addr.clone());
     while !todo.is_empty() {
-        let batch: Vec<(chord::Id, NodeAddr)> = todo
-            .drain(..)
-            .filter(|(id, _)| asked.insert(*id))
-            .collect();
+        let batch: Vec<(chord::Id, NodeAddr)> =
+            todo.drain(..).filter(|(id, _)| asked.insert(*id)).collect();
         let answers = futures::future::join_all(batch.iter().map(|(_, a)| async move {
             tokio::time::timeout(Duration::from_secs(3), svc.call(a, Request::Status)).await
         }))
@@ -561,17 +580,16 @@ pub async fn members(svc: &Service) -> Vec<(chord::Id, NodeAddr)> {
                 }
             }
         }
-        let _ = &mut known;
     }
     alive.into_iter().collect()
 }
 
-/// Milliseconds since the Unix epoch.
+/// Microseconds since the Unix epoch.
 #[must_use]
-pub fn now_ms() -> u64 {
+pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
@@ -582,17 +600,25 @@ pub async fn run(svc: Arc<Service>, period: Duration) {
     if svc.entangled.params().is_none() {
         return;
     }
-    let prefetch = tokio::spawn(write::prefetch_loop(svc.clone()));
+    let _prefetch = AbortOnDrop(tokio::spawn(write::prefetch_loop(svc.clone())));
     let repair_every = Duration::from_millis(svc.entangled.config.repair_ms);
     let mut last_repair = tokio::time::Instant::now();
     let mut last_scrub = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(period).await;
+        if svc.handle.view().await.is_none() {
+            return;
+        }
         let r = refs::anti_entropy(&svc).await;
         if r.0 + r.1 > 0 {
             debug!(pushed = r.0, pulled = r.1, "reverse-reference anti-entropy");
         }
         scrub::hand_off_singles(&svc).await;
+        let singles = scrub::owned_singles(&svc).await;
+        let (n, _) = scrub::redrop_singles(&svc, &singles).await;
+        if n > 0 {
+            debug!(n, "replicated copies of single-copy parities dropped again");
+        }
         if last_repair.elapsed() >= repair_every {
             last_repair = tokio::time::Instant::now();
             let s = repair::repair_local(&svc).await;
@@ -617,8 +643,75 @@ pub async fn run(svc: Arc<Service>, period: Duration) {
             }
         }
     }
-    #[allow(unreachable_code)]
-    {
-        prefetch.abort();
+}
+
+/// Aborts a task when dropped (the prefetcher dies with the worker).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+
+    #[test]
+    fn config_parses_and_validates() {
+        let c: NodeConfig = toml::from_str(
+            "replication = 3\nentanglement = { type = \"step\", s = 2, t = 10, p = 6 }",
+        )
+        .unwrap();
+        assert_eq!(
+            c.entanglement.params(),
+            Some(entangle::Params::new(2, 10, 6, 256 * 1024))
+        );
+        c.validate().unwrap();
+        let d = NodeConfig::default();
+        assert_eq!(
+            d.entanglement.params(),
+            Some(entangle::Params::new(4, 8, 12, 256 * 1024))
+        );
+        d.validate().unwrap();
+        let none: NodeConfig = toml::from_str("entanglement = { type = \"none\" }").unwrap();
+        assert_eq!(none.entanglement.params(), None);
+        none.validate().unwrap();
+        let bad: NodeConfig =
+            toml::from_str("entanglement = { type = \"step\", s = 6, p = 4 }").unwrap();
+        assert!(bad.validate().is_err());
+        let huge: NodeConfig = toml::from_str("entanglement = { block_size = 8388608 }").unwrap();
+        assert!(
+            huge.validate().is_err(),
+            "a parity must fit one protocol block"
+        );
+        assert!(toml::from_str::<NodeConfig>("entanglement = { type = \"rs\" }").is_err());
+        assert!(toml::from_str::<NodeConfig>("entanglement = { q = 1 }").is_err());
+    }
+
+    #[test]
+    fn requests_round_trip_on_the_wire() {
+        let reqs = vec![
+            Request::PutDocument { data: vec![1, 2] },
+            Request::Scrub {
+                mode: ScrubMode::Window { blocks: 5 },
+                once: false,
+                interval_ms: 10,
+            },
+            Request::Entangle(EntRequest::DropReplica {
+                key: BlockKey([3; 32]),
+                holder: NodeAddr {
+                    peer: libp2p::PeerId::random(),
+                    addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+                },
+            }),
+        ];
+        for r in reqs {
+            let bytes = crate::proto::encode_frame(&r, crate::proto::MAX_DATA_FRAME).unwrap();
+            let back: Request = crate::proto::decode_frame(&bytes).unwrap();
+            assert_eq!(back, r);
+        }
     }
 }

@@ -159,7 +159,7 @@ pub async fn newest_created(svc: &Service, count: u64) -> Result<Vec<u64>, Respo
         .filter(|(pos, _)| from == to || in_interval(&BlockKey(from.0), &BlockKey(to.0), pos))
         .filter_map(|(_, v)| RefsEntry::decode(v))
         .filter(|e| e.own.is_some())
-        .filter_map(|e| e.created_ms)
+        .filter_map(|e| e.created_us)
         .collect();
     times.sort_unstable_by(|a, b| b.cmp(a));
     times.truncate(usize::try_from(count).unwrap_or(usize::MAX));
@@ -347,4 +347,15 @@ async fn list_all(
             return Ok((out, ()));
         }
     }
+}
+
+/// Every entry held here.
+pub async fn all_entries(svc: &Service) -> Vec<RefsEntry> {
+    let store = svc.store.clone();
+    blocking(move || all_local(&store))
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, v)| RefsEntry::decode(v))
+        .collect()
 }

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::format::{decode_record, ek, nk};
 use super::{
-    call, lock, locate, members, read, refs, write, AuditPage, CodewordAudit, EntRequest,
+    call, locate, lock, members, read, refs, write, AuditPage, CodewordAudit, EntRequest,
     EntResponse, RepairSummary,
 };
 use crate::proto::{BlockKey, Response};
@@ -191,10 +191,8 @@ async fn check_codeword(
         }
     }
     let r = (**rec).clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        entangle::rebuild_codeword(&index, &r, &source)
-    })
-    .await;
+    let outcome =
+        tokio::task::spawn_blocking(move || entangle::rebuild_codeword(&index, &r, &source)).await;
     let report = match outcome {
         Ok(Ok(rep)) => rep,
         Ok(Err(e)) => {
@@ -229,10 +227,10 @@ pub async fn check_records(
     recs: &[Rec],
     fix: bool,
 ) -> (RepairSummary, Vec<CodewordAudit>) {
-    let results = futures::stream::iter(recs.iter())
-        .map(|r| async move {
+    let results = futures::stream::iter(0..recs.len())
+        .map(|i| async move {
             let mut s = RepairSummary::default();
-            let a = check_codeword(svc, r, fix, &mut s).await;
+            let a = check_codeword(svc, &recs[i], fix, &mut s).await;
             (s, a)
         })
         .buffer_unordered(4)
@@ -324,7 +322,10 @@ pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
     let present = read::has_ring(svc, &wanted.iter().copied().collect::<Vec<_>>())
         .await
         .unwrap_or_default();
-    total.still_missing = wanted.into_iter().filter(|k| !present.contains(k)).collect();
+    total.still_missing = wanted
+        .into_iter()
+        .filter(|k| !present.contains(k))
+        .collect();
     total
 }
 

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::format::ek;
 use super::{
-    blocking, call, locate, lock, members, refs, repair, EntRequest, EntResponse, EntangleStats,
+    blocking, call, locate, members, refs, repair, EntRequest, EntResponse, EntangleStats,
     ScrubMode, ScrubReport,
 };
 use crate::proto::{BlockKey, ErrorCode, NodeAddr, Response};
@@ -24,7 +24,12 @@ use crate::store::{in_interval, Role};
 /// second removes copies that anti-entropy re-sent during the first); with `once == false` it
 /// also sets the scrub daemon on every node (every `interval_ms`; `interval_ms == 0` stops the
 /// daemon and scrubs nothing).
-pub async fn scrub_request(svc: &Service, mode: ScrubMode, once: bool, interval_ms: u64) -> Response {
+pub async fn scrub_request(
+    svc: &Service,
+    mode: ScrubMode,
+    once: bool,
+    interval_ms: u64,
+) -> Response {
     if svc.entangled.params().is_none() {
         return Response::Scrubbed(ScrubReport::default());
     }
@@ -55,7 +60,7 @@ pub async fn scrub_request(svc: &Service, mode: ScrubMode, once: bool, interval_
                 a,
                 EntRequest::ScrubLocal {
                     mode,
-                    cutoff_ms: cutoff,
+                    cutoff_us: cutoff,
                 },
             )
         }))
@@ -106,7 +111,7 @@ pub async fn window_cutoff(svc: &Service, w: u64) -> Result<Option<u64>, String>
 }
 
 /// Scrubs the parities this node owns (see the module docs).
-pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_ms: Option<u64>) -> ScrubReport {
+pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>) -> ScrubReport {
     let mut report = ScrubReport {
         nodes: 1,
         ..ScrubReport::default()
@@ -140,7 +145,9 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_ms: Option<u64>)
                 None => break,
             }
         }
-        let singles = single.list_range(&BlockKey::ZERO, &BlockKey::ZERO, None)?.keys;
+        let singles = single
+            .list_range(&BlockKey::ZERO, &BlockKey::ZERO, None)?
+            .keys;
         Ok((parities, singles))
     })
     .await;
@@ -151,21 +158,10 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_ms: Option<u64>)
     let owned = |k: &BlockKey| a == b || in_interval(&a, &b, k);
     let singles: Vec<BlockKey> = singles.into_iter().filter(|k| owned(k)).collect();
     report.single = singles.len() as u64;
-    // Copies of already scrubbed parities that anti-entropy put back: drop them again.
-    let again = futures::stream::iter(singles.iter().copied())
-        .map(|k| async move { drop_everywhere(svc, k).await })
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
-    for r in again {
-        match r {
-            Ok((n, bytes)) => {
-                report.replicas_removed += n;
-                report.bytes_freed += bytes;
-            }
-            Err(_) => report.errors += 1,
-        }
-    }
+    // Copies of already scrubbed parities that anti-entropy or clean-up put back: drop them.
+    let (n, bytes) = redrop_singles(svc, &singles).await;
+    report.replicas_removed += n;
+    report.bytes_freed += bytes;
     let single_set: std::collections::BTreeSet<BlockKey> = singles.into_iter().collect();
     let candidates: Vec<BlockKey> = parities
         .into_iter()
@@ -178,8 +174,10 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_ms: Option<u64>)
                 return Ok(None); // unknown: keep its replicas
             };
             let eligible = match mode {
-                ScrubMode::Pointers { threshold } => entry.referrers.len() as u64 >= u64::from(threshold),
-                ScrubMode::Window { .. } => match (cutoff_ms, entry.created_ms) {
+                ScrubMode::Pointers { threshold } => {
+                    entry.referrers.len() as u64 >= u64::from(threshold)
+                }
+                ScrubMode::Window { .. } => match (cutoff_us, entry.created_us) {
                     (Some(c), Some(t)) => t < c,
                     _ => false,
                 },
@@ -210,9 +208,104 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_ms: Option<u64>)
     report
 }
 
+/// For single copies this node holds and owns: deletes replicated copies that came back (the
+/// replication anti-entropy, or the clean-up of a node that held a stale copy, re-sends them)
+/// here and on the next r-1 successors (the rest of the replica set of an owned key).
+/// Returns (copies deleted, bytes freed).
+pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
+    let Some(view) = svc.handle.view().await else {
+        return (0, 0);
+    };
+    let main = svc.store.clone();
+    let keys = singles.to_vec();
+    let (mut n, mut bytes) = blocking(move || {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for k in &keys {
+            if let Some(m) = main.meta(k)? {
+                if main.delete(k)? {
+                    n += 1;
+                    bytes += m.size;
+                }
+            }
+        }
+        Ok((n, bytes))
+    })
+    .await
+    .unwrap_or((0, 0));
+    let me = svc.handle.local.clone();
+    let mut succs: Vec<NodeAddr> = Vec::new();
+    for s in &view.successors {
+        if succs.len() + 1 >= svc.replication {
+            break;
+        }
+        if s.addr != me && !succs.contains(&s.addr) {
+            succs.push(s.addr.clone());
+        }
+    }
+    for succ in &succs {
+        for chunk in singles.chunks(crate::proto::MAX_LIST_PAGE as usize) {
+            let present = match call(
+                svc,
+                succ,
+                EntRequest::HasSymbols {
+                    keys: chunk.to_vec(),
+                },
+            )
+            .await
+            {
+                Ok(EntResponse::Has { present }) => present,
+                _ => continue,
+            };
+            let back: Vec<BlockKey> = chunk
+                .iter()
+                .zip(present)
+                .filter(|(_, p)| *p)
+                .map(|(k, _)| *k)
+                .collect();
+            let dropped = futures::stream::iter(back)
+                .map(|key| {
+                    let holder = me.clone();
+                    async move { call(svc, succ, EntRequest::DropReplica { key, holder }).await }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await;
+            for d in dropped {
+                if let Ok(EntResponse::Stats(s)) = d {
+                    n += s.parity_copies_replicated;
+                    bytes += s.parity_bytes;
+                }
+            }
+        }
+    }
+    (n, bytes)
+}
+
+/// The single copies this node holds in the range it owns.
+pub async fn owned_singles(svc: &Service) -> Vec<BlockKey> {
+    let Some(view) = svc.handle.view().await else {
+        return Vec::new();
+    };
+    let (from, to) = view.ranges.owned;
+    let single = svc.entangled.single.clone();
+    tokio::task::spawn_blocking(move || {
+        single
+            .list_range(&BlockKey(from.0), &BlockKey(to.0), None)
+            .map(|p| p.keys)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default()
+}
+
 /// Moves one owned parity to the single-copy store and deletes its replicated copies.
 /// Returns (copies deleted, bytes freed).
-async fn scrub_one(svc: &Service, params: &entangle::Params, key: BlockKey) -> Result<(u64, u64), String> {
+async fn scrub_one(
+    svc: &Service,
+    params: &entangle::Params,
+    key: BlockKey,
+) -> Result<(u64, u64), String> {
     let (main, single) = (svc.store.clone(), svc.entangled.single.clone());
     let p = *params;
     blocking(move || {
@@ -238,7 +331,11 @@ async fn drop_everywhere(svc: &Service, key: BlockKey) -> Result<(u64, u64), Str
     let main = svc.store.clone();
     let (mut n, mut bytes) = blocking(move || {
         let size = main.meta(&key)?.map_or(0, |m| m.size);
-        Ok(if main.delete(&key)? { (1u64, size) } else { (0, 0) })
+        Ok(if main.delete(&key)? {
+            (1u64, size)
+        } else {
+            (0, 0)
+        })
     })
     .await
     .map_err(|e| format!("{e:?}"))?;
@@ -266,8 +363,8 @@ async fn drop_everywhere(svc: &Service, key: BlockKey) -> Result<(u64, u64), Str
     Ok((n, bytes))
 }
 
-/// `DropReplica`: deletes the replicated copy of `key` here once `holder` (another node)
-/// confirms it holds the block. Answers with the copies and bytes deleted.
+/// `DropReplica`: deletes the replicated copy of `key` here once `holder` (another node, the
+/// key's owner) confirms it holds the block. Answers with the copies and bytes deleted.
 pub async fn drop_replica(
     svc: &Service,
     key: BlockKey,
@@ -277,6 +374,16 @@ pub async fn drop_replica(
         return Err(Response::error(
             ErrorCode::BadRequest,
             "the holder of the single copy cannot be this node",
+        ));
+    }
+    // Only the key's owner keeps the single copy: nobody else may have replicas dropped.
+    let owner = locate(svc, &key)
+        .await
+        .map_err(|e| Response::error(ErrorCode::Unavailable, e))?;
+    if owner.first() != Some(&holder) {
+        return Err(Response::error(
+            ErrorCode::Rejected,
+            "the claimed holder is not the owner of the key; replica kept",
         ));
     }
     let confirmed = matches!(
@@ -292,7 +399,11 @@ pub async fn drop_replica(
     let main = svc.store.clone();
     let (n, bytes) = blocking(move || {
         let size = main.meta(&key)?.map_or(0, |m| m.size);
-        Ok(if main.delete(&key)? { (1u64, size) } else { (0, 0) })
+        Ok(if main.delete(&key)? {
+            (1u64, size)
+        } else {
+            (0, 0)
+        })
     })
     .await?;
     Ok(EntangleStats {
@@ -387,7 +498,6 @@ pub async fn local_stats(svc: &Service) -> Result<EntangleStats, Response> {
         s.codewords += 1;
         s.logical_bytes += r.len;
     }
-    let _ = lock(&ent.records);
     Ok(s)
 }
 
@@ -417,4 +527,64 @@ pub async fn ring_stats(svc: &Service) -> Result<EntangleStats, String> {
         }
     }
     Ok(total)
+}
+
+/// Before a graceful leave: every single copy goes to the first successor (the new owner of
+/// this node's range) and every reverse-reference entry to the next r successors. Returns
+/// (single copies handed off, entries sent).
+pub async fn hand_off(svc: &Service) -> (u64, u64) {
+    let Some(view) = svc.handle.view().await else {
+        return (0, 0);
+    };
+    let mut succs: Vec<NodeAddr> = Vec::new();
+    for s in &view.successors {
+        if succs.len() >= svc.replication {
+            break;
+        }
+        if s.addr != view.me.addr && !succs.contains(&s.addr) {
+            succs.push(s.addr.clone());
+        }
+    }
+    let Some(first) = succs.first().cloned() else {
+        return (0, 0);
+    };
+    let single = svc.entangled.single.clone();
+    let keys = tokio::task::spawn_blocking(move || {
+        single
+            .list_range(&BlockKey::ZERO, &BlockKey::ZERO, None)
+            .map(|p| p.keys)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default();
+    let mut singles = 0;
+    for key in keys {
+        let single = svc.entangled.single.clone();
+        let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || single.get(&key)).await else {
+            continue;
+        };
+        if let Ok(EntResponse::Ok) = call(svc, &first, EntRequest::StoreSingle { key, data }).await
+        {
+            singles += 1;
+        }
+    }
+    let mut sent = 0;
+    let entries = refs::all_entries(svc).await;
+    for chunk in entries.chunks(1024) {
+        for s in &succs {
+            if let Ok(EntResponse::Ok) = call(
+                svc,
+                s,
+                EntRequest::StoreRefs {
+                    entries: chunk.to_vec(),
+                },
+            )
+            .await
+            {
+                sent += chunk.len() as u64;
+            }
+        }
+    }
+    (singles, sent)
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::format::{ek, encode_record, nk, DocRecord, RefsEntry};
-use super::{call, locate, lock, now_ms, read, refs, EntRequest, EntResponse, Held};
+use super::{call, locate, lock, now_us, read, refs, EntRequest, EntResponse, Held};
 use crate::proto::{BlockKey, ErrorCode, Request, Response, MAX_BLOCK_SIZE};
 use crate::service::Service;
 
@@ -137,7 +137,8 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
     let anchors = entangle::Anchors::new(params.block_size, params.t());
     let mut record_keys = Vec::with_capacity(encoded.len());
     let mut entries: BTreeMap<BlockKey, RefsEntry> = BTreeMap::new();
-    let created = now_ms();
+    let created = now_us();
+    let mut position = 0u64;
     for (rec, _) in &encoded {
         let bytes = encode_record(rec);
         let rk = BlockKey::of(&bytes);
@@ -151,7 +152,8 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
                 ..RefsEntry::default()
             });
             e.own = Some(rk);
-            e.created_ms = Some(created);
+            e.created_us = Some(created + position);
+            position += 1;
         }
         for k in rec.pointers.iter().filter(|k| !anchors.contains(k)) {
             entries
@@ -219,21 +221,35 @@ pub async fn prefetch_loop(svc: Arc<Service>) {
             _ => continue,
         };
         for k in keys {
-            if lock(&svc.entangled.encoder).pool.iter().any(|(p, _)| *p == k) {
+            if lock(&svc.entangled.encoder)
+                .pool
+                .iter()
+                .any(|(p, _)| *p == k)
+            {
                 continue;
             }
             let Some(bytes) = read::fetch_ring(&svc, k).await else {
                 continue;
             };
             if entangle::codec::pointer_payload(&params, &ek(&k), &bytes).is_err() {
-                debug!(%k, "sampled block is not a parity of this ring");
+                match entangle::ParityBlock::decode(&bytes) {
+                    Ok(b) if b.header.params != params => warn!(
+                        %k,
+                        theirs = ?b.header.params,
+                        ours = ?params,
+                        "a ring member stores parities with other entanglement parameters: \
+                         every node of a ring must use the same [entanglement] settings"
+                    ),
+                    _ => debug!(%k, "sampled block is not a parity of this ring"),
+                }
                 continue;
             }
             let mut st = lock(&svc.entangled.encoder);
             if st.pool.len() < target {
                 st.pool.push((k, Arc::new(bytes)));
             } else {
-                let i = st.rng.gen_range(0..st.pool.len());
+                let n = st.pool.len();
+                let i = st.rng.gen_range(0..n);
                 st.pool[i] = (k, Arc::new(bytes));
             }
         }

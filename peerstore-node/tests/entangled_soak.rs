@@ -1,0 +1,281 @@
+//! The "16 nodes, 256 MiB, kill 4, repair" at full size, with B = 256 KiB and the
+//! default code (4, 8, 12). Heavy (about 2.3 GiB written before scrub), so it runs only when
+//! `PEERSTORE_SOAK_MIB` is set, e.g.
+//! `PEERSTORE_SOAK_MIB=256 cargo test --release -p peerstore-node --test entangled_soak -- --nocapture`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use peerstore_node::entangled::format::{decode_record, DocRecord};
+use peerstore_node::entangled::{ScrubMode, ScrubReport};
+use peerstore_node::proto::{BlockKey, Request, Response};
+use peerstore_node::rpc::RpcClient;
+use peerstore_node::testing::*;
+
+const DOC: usize = 4 << 20;
+
+async fn call(c: &RpcClient, r: Request) -> Response {
+    match c.call(r).await {
+        Ok(r) => r,
+        Err(e) => panic!("rpc: {e}"),
+    }
+}
+
+fn walk(root: &Path) -> Vec<BlockKey> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            if let Ok(k) = BlockKey::from_hex(&f.file_name().to_string_lossy()) {
+                out.push(k);
+            }
+        }
+    }
+    out
+}
+
+fn on_disk(c: &Cluster) -> BTreeMap<BlockKey, usize> {
+    let mut out = BTreeMap::new();
+    for n in c.live() {
+        for sub in ["store", "single"] {
+            for k in walk(&n.data_dir.join(sub).join("blocks")) {
+                *out.entry(k).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+fn mib_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+/// `k` nodes to kill at once: no three of them ring neighbours (records and reverse
+/// references live on r = 3 consecutive nodes), and together owning the share of the key space
+/// closest to `k / n`, a typical rather than a lucky or an unlucky draw (a 12-node ring's arcs
+/// are uneven: three nodes can own almost half of it). Returns the indexes and their share.
+async fn pick_victims(c: &Cluster, k: usize) -> (Vec<usize>, f64) {
+    let mut order: Vec<(chord::Id, usize)> = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        order.push((n.status().await.expect("status").id, i));
+    }
+    order.sort();
+    let n = order.len();
+    // Arc owned by sorted node j: (id[j-1], id[j]], from the top 64 bits.
+    let arcs: Vec<f64> = (0..n)
+        .map(|j| {
+            let a = order[(j + n - 1) % n].0.high_u64();
+            let b = order[j].0.high_u64();
+            b.wrapping_sub(a) as f64 / 2f64.powi(64)
+        })
+        .collect();
+    let target = k as f64 / n as f64;
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    let mut pick = vec![0usize; k];
+    fn rec(
+        start: usize,
+        depth: usize,
+        n: usize,
+        pick: &mut Vec<usize>,
+        f: &mut dyn FnMut(&[usize]),
+    ) {
+        if depth == pick.len() {
+            f(pick);
+            return;
+        }
+        for j in start..n {
+            pick[depth] = j;
+            rec(j + 1, depth + 1, n, pick, f);
+        }
+    }
+    rec(0, 0, n, &mut pick, &mut |p: &[usize]| {
+        let triple = (0..n).any(|j| (0..3).all(|d| p.contains(&((j + d) % n))));
+        if triple {
+            return;
+        }
+        let share: f64 = p.iter().map(|&j| arcs[j]).sum();
+        if best
+            .as_ref()
+            .is_none_or(|(s, _)| (share - target).abs() < (s - target).abs())
+        {
+            best = Some((share, p.to_vec()));
+        }
+    });
+    let (share, p) = best.expect("a victim set");
+    (p.into_iter().map(|j| order[j].1).collect(), share)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_16_nodes_kill_4_repair() {
+    let Some(mib) = std::env::var("PEERSTORE_SOAK_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        println!("PEERSTORE_SOAK_MIB not set: soak skipped");
+        return;
+    };
+    let seed: u64 = std::env::var("PEERSTORE_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    println!("soak: {mib} MiB, 16 nodes, kill 4, seed {seed}");
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        conf.path(),
+        "request_timeout_ms = 120000\n[entanglement]\ntype = \"step\"\ns = 4\nt = 8\np = 12\nblock_size = 262144\nrepair_ms = 3600000\n",
+    )
+    .unwrap();
+    let conf_path = conf.path().to_string_lossy().into_owned();
+    let mut c = Cluster::start(16, &["--replication", "3", "--config", &conf_path]).await;
+    c.wait_ideal(Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let clients: Vec<RpcClient> = c
+        .nodes
+        .iter()
+        .map(|n| RpcClient::start(n.addr.clone(), Duration::from_secs(1800)).unwrap())
+        .collect();
+
+    // Write: 4 MiB documents through 4 entry nodes at once.
+    let n_docs = (mib << 20) / DOC;
+    let start = Instant::now();
+    let mut docs: Vec<(BlockKey, u64)> = Vec::new();
+    for batch in (0..n_docs as u64).collect::<Vec<_>>().chunks(4) {
+        let puts = batch.iter().map(|&i| {
+            let cl = &clients[i as usize % 4];
+            async move {
+                let data = block(seed * 1_000_000 + i, DOC);
+                match call(cl, Request::PutDocument { data }).await {
+                    Response::DocumentStored { key } => (key, i),
+                    other => panic!("put {i}: {other:?}"),
+                }
+            }
+        });
+        docs.extend(futures::future::join_all(puts).await);
+    }
+    let t_put = start.elapsed();
+    println!(
+        "put {n_docs} documents ({mib} MiB) in {t_put:?}: {:.1} MiB/s",
+        mib_s(n_docs * DOC, t_put)
+    );
+    let mut parities = BTreeSet::new();
+    for (k, _) in &docs {
+        let d = match call(&clients[5], Request::Get { key: *k }).await {
+            Response::Block { data } => DocRecord::decode(&data).expect("document record"),
+            other => panic!("{other:?}"),
+        };
+        for rk in d.codewords {
+            let r = match call(&clients[5], Request::Get { key: rk }).await {
+                Response::Block { data } => decode_record(&data).expect("record"),
+                other => panic!("{other:?}"),
+            };
+            parities.extend(r.parity_keys.iter().map(|k| BlockKey(k.0)));
+        }
+    }
+    wait_until(Duration::from_secs(300), || async {
+        let d = on_disk(&c);
+        let short = parities
+            .iter()
+            .filter(|k| d.get(*k).copied().unwrap_or(0) != 3)
+            .count();
+        if short == 0 {
+            Ok(())
+        } else {
+            Err(format!("{short} parities not at 3 copies"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let du = |s: &Response| {
+        match s {
+        Response::EntangleStats(s) => format!(
+            "{} codewords, {} MiB of documents, {} MiB of parities ({} replicated + {} single copies): overhead {:.2}x",
+            s.codewords,
+            s.logical_bytes >> 20,
+            s.parity_bytes >> 20,
+            s.parity_copies_replicated,
+            s.parity_copies_single,
+            s.overhead()
+        ),
+        other => panic!("{other:?}"),
+    }
+    };
+    println!(
+        "du before scrub: {}",
+        du(&call(&clients[0], Request::EntangleStats).await)
+    );
+    let start = Instant::now();
+    let r: ScrubReport = match call(
+        &clients[0],
+        Request::Scrub {
+            mode: ScrubMode::Window { blocks: 0 },
+            once: true,
+            interval_ms: 0,
+        },
+    )
+    .await
+    {
+        Response::Scrubbed(r) => r,
+        other => panic!("{other:?}"),
+    };
+    println!("scrub --window 0 in {:?}: {r:?}", start.elapsed());
+    println!(
+        "du after scrub: {}",
+        du(&call(&clients[0], Request::EntangleStats).await)
+    );
+    let t = wait_until(Duration::from_secs(60), || async {
+        let d = on_disk(&c);
+        let n = parities.iter().filter(|k| d.get(*k) != Some(&1)).count();
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} parities not at one copy on disk"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("every parity at one copy on disk {t:?} after the scrub answered");
+
+    let (victims, share) = pick_victims(&c, 4).await;
+    println!("victims own {:.1}% of the key space", 100.0 * share);
+    for &v in &victims {
+        c.nodes[v].kill9();
+    }
+    c.wait_ideal(Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = on_disk(&c);
+    let lost = parities.iter().filter(|k| !d.contains_key(k)).count();
+    println!(
+        "killed nodes {victims:?}: {lost} of {} parities lost ({:.1}%)",
+        parities.len(),
+        100.0 * lost as f64 / parities.len() as f64
+    );
+    tokio::time::sleep(Duration::from_millis(5 * MAINTENANCE_MS)).await;
+    let live: Vec<usize> = (0..16).filter(|i| c.nodes[*i].alive()).collect();
+    let via = &clients[live[0]];
+    let start = Instant::now();
+    let s = match call(via, Request::Repair { keys: vec![] }).await {
+        Response::Repaired(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let t_rep = start.elapsed();
+    println!("repair in {t_rep:?}: {s:?}");
+    let d = on_disk(&c);
+    let still = parities.iter().filter(|k| !d.contains_key(k)).count();
+    assert_eq!(still, 0, "{still} parities not rebuilt");
+    let start = Instant::now();
+    let reader = &clients[live[1]];
+    for (k, i) in &docs {
+        let want = block(seed * 1_000_000 + i, DOC);
+        match call(reader, Request::GetDocument { key: *k }).await {
+            Response::Block { data } => assert!(data == want, "document {i} differs"),
+            other => panic!("document {i}: {other:?}"),
+        }
+    }
+    let t_get = start.elapsed();
+    println!(
+        "every parity back; all {n_docs} documents byte-identical, read in {t_get:?}: {:.1} MiB/s",
+        mib_s(n_docs * DOC, t_get)
+    );
+}
