@@ -299,12 +299,17 @@ impl Service {
     }
 
     async fn get(&self, key: BlockKey) -> Response {
+        // A block is content addressed and verified on read: if this node holds a copy, it is
+        // the right bytes whoever owns the key, and no hop is needed.
+        if let Response::Block { data } = self.fetch_local(key).await {
+            return Response::Block { data };
+        }
         let set = match self.replica_set(&key).await {
             Ok(s) => s,
             Err(r) => return r,
         };
         let mut last = Response::NotFound;
-        for to in &set {
+        for to in set.iter().filter(|a| **a != self.handle.local) {
             match self.call(to, Request::FetchLocal { key }).await {
                 Response::Block { data } if BlockKey::of(&data) == key => {
                     return Response::Block { data }

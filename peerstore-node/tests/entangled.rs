@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use peerstore_node::entangled::format::{decode_record, DocRecord};
-use peerstore_node::entangled::{EntangleStats, RepairSummary, ScrubMode, ScrubReport};
+use peerstore_node::entangled::{EntangleStats, ScrubMode, ScrubReport};
 use peerstore_node::proto::{BlockKey, Request, Response};
 use peerstore_node::testing::*;
 
@@ -182,17 +182,20 @@ async fn read_all_everywhere(c: &Cluster, docs: &[(BlockKey, Vec<u8>)]) {
 async fn wait_replicated(c: &Cluster, keys: &BTreeSet<BlockKey>, r: usize, exact: bool) {
     wait_until(Duration::from_secs(30), || async {
         let h = c.holders().await;
-        let off = keys
+        let under = keys
             .iter()
-            .filter(|k| {
-                let n = h.get(k).map_or(0, Vec::len);
-                n < r || (exact && n > r)
-            })
+            .filter(|k| h.get(k).map_or(0, Vec::len) < r)
             .count();
-        if off == 0 {
+        let over = keys
+            .iter()
+            .filter(|k| exact && h.get(k).map_or(0, Vec::len) > r)
+            .count();
+        if under + over == 0 {
             Ok(())
         } else {
-            Err(format!("{off} parities not at {r} replicas"))
+            Err(format!(
+                "{under} parities under and {over} over {r} replicas"
+            ))
         }
     })
     .await
@@ -429,13 +432,14 @@ async fn scrubbed_ring_survives_kills_after_repair() {
     // Targeted repair of a few keys brings exactly those back (through their own codeword or
     // the codewords that point at them).
     let few: Vec<BlockKey> = lost.iter().take(5).copied().collect();
-    match via.call(Request::Repair { keys: few.clone() }).await {
+    let targeted = match via.call(Request::Repair { keys: few.clone() }).await {
         Response::Repaired(s) => {
             println!("repair of {} keys: {s:?}", few.len());
             assert!(s.still_missing.is_empty(), "{s:?}");
+            s.rebuilt
         }
         other => panic!("repair: {other:?}"),
-    }
+    };
     let disk = files_on_disk(&c);
     assert!(few.iter().all(|k| disk.contains_key(k)));
     // The whole ring to a fixed point.
@@ -452,7 +456,9 @@ async fn scrubbed_ring_survives_kills_after_repair() {
         "{} parities not rebuilt: {summary:?}",
         still.len()
     );
-    assert!(summary.rebuilt + few.len() as u64 >= lost.len() as u64);
+    // Every lost parity was rebuilt by one of the two repairs (some more than once: by their
+    // own codeword and by one pointing at them, in the same pass).
+    assert!(summary.rebuilt + targeted >= lost.len() as u64);
     read_all_everywhere(&c, &docs).await;
     println!("every parity back and every document byte-identical after repair");
 }
@@ -474,10 +480,12 @@ async fn scrub_modes_remove_replica_files() {
     for (k, _) in &docs {
         parities.extend(parity_keys(&c.nodes[0], *k).await);
     }
-    wait_replicated(&c, &parities, 3, true).await;
+    // At least r copies each (a node that briefly held a copy while the ring settled may
+    // still hold a stale extra one; the clean-up drops it).
+    wait_replicated(&c, &parities, 3, false).await;
     let before = stats(&c.nodes[0]).await;
     show("before scrub", &before);
-    assert_eq!(before.parity_copies_replicated, 3 * parities.len() as u64);
+    assert!(before.parity_copies_replicated >= 3 * parities.len() as u64);
 
     let copies = |c: &Cluster| -> BTreeMap<BlockKey, usize> {
         let disk = files_on_disk(c);
@@ -486,38 +494,84 @@ async fn scrub_modes_remove_replica_files() {
             .map(|k| (*k, disk.get(k).map_or(0, Vec::len)))
             .collect()
     };
-    // By reference count: parities pointed at at least once keep one copy.
+    // By reference count: parities pointed at at least once keep one copy. Stale copies
+    // re-sent by the clean-up of a node outside a replica set are dropped again by the
+    // owner's worker within a few maintenance periods.
     let r = scrub(&c.nodes[2], ScrubMode::Pointers { threshold: 1 }).await;
     println!("scrub --pointers 1: {r:?}");
     assert!(r.scrubbed > 0);
-    let after_ptr = copies(&c);
-    let single = after_ptr.values().filter(|&&n| n == 1).count();
-    assert!(
-        after_ptr.values().all(|&n| n == 1 || n == 3),
-        "{after_ptr:?}"
-    );
-    assert_eq!(
-        single as u64, r.scrubbed,
-        "files on disk disagree with the report"
-    );
+    let t = wait_until(Duration::from_secs(15), || async {
+        let m = copies(&c);
+        let single = m.values().filter(|&&n| n == 1).count() as u64;
+        let bad = m.values().filter(|&&n| n == 0 || n == 2).count();
+        if single == r.scrubbed && bad == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{single} parities at one copy (scrubbed {}), {bad} at 0 or 2",
+                r.scrubbed
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("files on disk match the report {t:?} after the scrub answered");
     read_all_everywhere(&c, &docs).await;
     let mid = stats(&c.nodes[0]).await;
     show("after --pointers 1", &mid);
-    assert_eq!(mid.parity_copies_single, single as u64);
+    assert_eq!(mid.parity_copies_single, r.scrubbed);
 
     // By window: all but the 60 newest parities keep one copy.
     let w = 60;
     let r = scrub(&c.nodes[4], ScrubMode::Window { blocks: w }).await;
     println!("scrub --window {w}: {r:?}");
-    let after_win = copies(&c);
-    let replicated = after_win.values().filter(|&&n| n > 1).count();
-    assert!(
-        replicated as u64 <= w,
-        "{replicated} parities still replicated"
-    );
-    assert!(after_win.values().all(|&n| n >= 1));
+    wait_until(Duration::from_secs(15), || async {
+        let m = copies(&c);
+        let replicated = m.values().filter(|&&n| n > 1).count() as u64;
+        let gone = m.values().filter(|&&n| n == 0).count();
+        if replicated <= w && gone == 0 {
+            Ok(())
+        } else {
+            Err(format!("{replicated} parities replicated, {gone} gone"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     read_all_everywhere(&c, &docs).await;
     show(&format!("after --window {w}"), &stats(&c.nodes[0]).await);
+
+    // A stale copy on a node outside the replica set (as a ring that is still settling leaves
+    // behind; rings of few nodes never clean those up) must go too.
+    let stale_key = *parities.iter().next().unwrap();
+    let hex = stale_key.to_hex();
+    let stale_bytes = c
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            ["store", "single"]
+                .map(|s| n.data_dir.join(s).join("blocks").join(&hex[..2]).join(&hex))
+        })
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("the parity's file");
+    let set: Vec<String> = match c.nodes[0].call(Request::Lookup { key: stale_key }).await {
+        Response::Owner { replicas, .. } => replicas.iter().map(|m| m.addr.to_string()).collect(),
+        other => panic!("{other:?}"),
+    };
+    let outsider = c
+        .nodes
+        .iter()
+        .find(|n| !set.contains(&n.addr.to_string()))
+        .expect("a node outside the replica set");
+    match outsider
+        .call(Request::StoreLocal {
+            key: stale_key,
+            data: stale_bytes,
+        })
+        .await
+    {
+        Response::Ok => {}
+        other => panic!("{other:?}"),
+    }
 
     // And the daemon: window 0 every second; replicas go without another request.
     match c.nodes[0]
@@ -572,5 +626,80 @@ async fn scrub_modes_remove_replica_files() {
     }
     assert_eq!(checked, after.codewords);
     println!("audit checked {checked} codewords: none damaged");
-    let _ = RepairSummary::default();
+}
+
+/// With `type = "none"` a document is one plain replicated block (key = BLAKE3(data)), and the
+/// entangled requests have nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_ring_stores_documents_as_blocks() {
+    let _g = SERIAL.lock().await;
+    let c = Cluster::start(3, &["--replication", "3", "--entanglement", "none"]).await;
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data = block(123, 10_000);
+    let key = put_doc(&c.nodes[0], &data).await;
+    assert_eq!(key, BlockKey::of(&data));
+    for n in &c.nodes {
+        assert_eq!(get_doc(n, key).await.unwrap(), data);
+    }
+    let s = stats(&c.nodes[1]).await;
+    assert_eq!((s.kind.as_str(), s.params, s.codewords), ("none", None, 0));
+    let r = scrub(&c.nodes[2], ScrubMode::Pointers { threshold: 0 }).await;
+    assert_eq!(r.scrubbed, 0);
+    assert_eq!(get_doc(&c.nodes[2], key).await.unwrap(), data);
+    match c.nodes[0].call(Request::Repair { keys: vec![] }).await {
+        Response::Repaired(s) => assert_eq!(s.rebuilt, 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A graceful leave hands the single copies and the reverse references on: after two nodes
+/// of a fully scrubbed ring leave, every parity is still on disk and every document reads,
+/// without a repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_leave_keeps_single_copies() {
+    let _g = SERIAL.lock().await;
+    let mut c = Cluster::start(6, ARGS).await;
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut docs = Vec::new();
+    for d in documents(12, 300_000) {
+        docs.push((put_doc(&c.nodes[0], &d).await, d));
+    }
+    let mut parities = BTreeSet::new();
+    for (k, _) in &docs {
+        parities.extend(parity_keys(&c.nodes[0], *k).await);
+    }
+    wait_replicated(&c, &parities, 3, true).await;
+    scrub(&c.nodes[0], ScrubMode::Window { blocks: 0 }).await;
+    for _ in 0..2 {
+        // The leaver (the live node holding most single copies, node 0 aside) holds single
+        // copies that exist nowhere else.
+        let (held, leaver) = (1..c.nodes.len())
+            .filter(|&i| c.nodes[i].alive())
+            .map(|i| {
+                let dir = c.nodes[i].data_dir.join("single").join("blocks");
+                (walk(&dir).len(), i)
+            })
+            .max()
+            .unwrap();
+        assert!(held > 0, "node {leaver} holds no single copy");
+        assert!(
+            c.nodes[leaver].terminate(Duration::from_secs(60)),
+            "graceful leave did not exit"
+        );
+        c.wait_ideal(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let disk = files_on_disk(&c);
+    let gone = parities.iter().filter(|k| !disk.contains_key(k)).count();
+    assert_eq!(gone, 0, "{gone} single copies lost by graceful leaves");
+    read_all_everywhere(&c, &docs).await;
+    println!(
+        "2 of 6 nodes left gracefully: all {} parities kept, every document readable",
+        parities.len()
+    );
 }

@@ -285,6 +285,8 @@ pub enum EntRequest {
     SampleParities { count: u32 },
     /// Drop the replicated copy of `key` (scrub); refused unless `holder` holds the single copy.
     DropReplica { key: BlockKey, holder: NodeAddr },
+    /// Which of `keys` this node holds as single (scrubbed) copies ([`EntResponse::Has`]).
+    HasSingle { keys: Vec<BlockKey> },
     /// Keep the single copy of a scrubbed parity (hand-off when ownership moves).
     StoreSingle { key: BlockKey, data: Vec<u8> },
     /// Run one repair round over the codeword records this node owns.
@@ -458,6 +460,19 @@ async fn local(svc: &Service, r: EntRequest) -> Result<EntResponse, Response> {
             .await?;
             EntResponse::Has { present }
         }
+        EntRequest::HasSingle { keys } => {
+            if keys.len() > crate::proto::MAX_LIST_PAGE as usize {
+                return Err(Response::error(ErrorCode::BadRequest, "too many keys"));
+            }
+            let single = ent.single.clone();
+            let present = blocking(move || {
+                keys.iter()
+                    .map(|k| single.has(k))
+                    .collect::<Result<Vec<bool>, crate::store::StoreError>>()
+            })
+            .await?;
+            EntResponse::Has { present }
+        }
         EntRequest::StoreRefs { entries } => {
             refs::merge_local(svc, entries).await?;
             EntResponse::Ok
@@ -614,6 +629,7 @@ pub async fn run(svc: Arc<Service>, period: Duration) {
             debug!(pushed = r.0, pulled = r.1, "reverse-reference anti-entropy");
         }
         scrub::hand_off_singles(&svc).await;
+        scrub::drop_stale(&svc).await;
         let singles = scrub::owned_singles(&svc).await;
         let (n, _) = scrub::redrop_singles(&svc, &singles).await;
         if n > 0 {

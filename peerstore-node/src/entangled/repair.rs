@@ -26,6 +26,8 @@ use crate::store::in_interval;
 
 /// Most passes of a ring-wide repair.
 const MAX_PASSES: u32 = 10;
+/// Most codewords a targeted repair works on.
+const MAX_TARGETED: usize = 1024;
 
 /// A codeword record with the key of its block.
 pub type Rec = (BlockKey, Arc<entangle::CodewordRecord>);
@@ -256,7 +258,8 @@ pub async fn repair_local(svc: &Service) -> RepairSummary {
 
 /// `Repair { keys }`: with no keys, rounds on every node until one rebuilds nothing; with
 /// keys, the codewords of each key (its own and those pointing at it, through its reverse
-/// reference) are repaired until the keys are back or nothing more can be done.
+/// reference) are repaired, widening to the codewords of the symbols that keep them
+/// undecodable, until the keys are back or nothing more can be done.
 pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
     let mut total = RepairSummary::default();
     if svc.entangled.params().is_none() {
@@ -291,6 +294,12 @@ pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
         return total;
     }
     let mut wanted: BTreeSet<BlockKey> = keys.into_iter().collect();
+    // The codewords to work on: those of the wanted keys (own and referrers), widened each
+    // pass by the codewords of the symbols that keep a codeword undecodable, so that a key
+    // reachable only through a chain of codewords comes back too.
+    let mut frontier: BTreeSet<BlockKey> = BTreeSet::new();
+    let mut expand: BTreeSet<BlockKey> = wanted.clone();
+    let mut expanded: BTreeSet<BlockKey> = BTreeSet::new();
     for pass in 1..=MAX_PASSES {
         total.passes = pass;
         let present = read::has_ring(svc, &wanted.iter().copied().collect::<Vec<_>>())
@@ -300,22 +309,32 @@ pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
         if wanted.is_empty() {
             break;
         }
-        let mut rks = BTreeSet::new();
-        for k in &wanted {
-            if let Some(e) = refs::fetch_ring(svc, k).await {
-                rks.extend(e.own);
-                rks.extend(e.referrers);
+        let before = frontier.len();
+        for k in std::mem::take(&mut expand) {
+            if !expanded.insert(k) || frontier.len() >= MAX_TARGETED {
+                continue;
+            }
+            if let Some(e) = refs::fetch_ring(svc, &k).await {
+                frontier.extend(e.own);
+                frontier.extend(e.referrers);
             }
         }
         let mut recs = Vec::new();
-        for rk in rks {
-            if let Some(r) = fetch_record(svc, rk).await {
-                recs.push((rk, r));
+        for rk in &frontier {
+            if let Some(r) = fetch_record(svc, *rk).await {
+                recs.push((*rk, r));
             }
         }
-        let (s, _) = check_records(svc, &recs, true).await;
-        total.add(&s);
-        if s.rebuilt == 0 {
+        let (s, audits) = check_records(svc, &recs, true).await;
+        total.checked += s.checked;
+        total.damaged += s.damaged;
+        total.rebuilt += s.rebuilt;
+        total.errors += s.errors;
+        total.undecodable = s.undecodable;
+        for a in audits.iter().filter(|a| !a.decodable) {
+            expand.extend(a.missing.iter().copied());
+        }
+        if s.rebuilt == 0 && frontier.len() == before && expand.is_subset(&expanded) {
             break;
         }
     }

@@ -158,7 +158,9 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>)
     let owned = |k: &BlockKey| a == b || in_interval(&a, &b, k);
     let singles: Vec<BlockKey> = singles.into_iter().filter(|k| owned(k)).collect();
     report.single = singles.len() as u64;
-    // Copies of already scrubbed parities that anti-entropy or clean-up put back: drop them.
+    // Copies of already scrubbed parities that anti-entropy or clean-up put back, or that a
+    // node outside the replica set still holds: drop them.
+    report.replicas_removed += drop_stale(svc).await;
     let (n, bytes) = redrop_singles(svc, &singles).await;
     report.replicas_removed += n;
     report.bytes_freed += bytes;
@@ -279,6 +281,66 @@ pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
         }
     }
     (n, bytes)
+}
+
+/// Replicated copies of scrubbed parities on a node outside their replica set (a copy it
+/// received while the ring settled, which the clean-up keeps in rings of few nodes): deleted
+/// once the owner confirms it holds the single copy. Returns the copies deleted.
+pub async fn drop_stale(svc: &Service) -> u64 {
+    let Some(parity_size) = svc.entangled.parity_size() else {
+        return 0;
+    };
+    let Some(view) = svc.handle.view().await else {
+        return 0;
+    };
+    let r = svc.replication;
+    let mut preds: Vec<chord::Id> = Vec::new();
+    for p in &view.predecessors {
+        if p.id != view.me.id && !preds.contains(&p.id) {
+            preds.push(p.id);
+        }
+    }
+    if r == 0 || preds.len() < r {
+        return 0; // at most r nodes: every node is in every replica set
+    }
+    // This node is in the replica sets of (preds[r-1], me]; everything else it holds is stale.
+    let (me, lo) = (BlockKey(view.me.id.0), BlockKey(preds[r - 1].0));
+    let main = svc.store.clone();
+    let Ok(stale) = blocking(move || {
+        Ok(main
+            .list_range_meta(&me, &lo, None)?
+            .entries
+            .into_iter()
+            .filter(|(_, m)| m.size == parity_size)
+            .map(|(k, _)| k)
+            .take(256)
+            .collect::<Vec<_>>())
+    })
+    .await
+    else {
+        return 0;
+    };
+    let mut dropped = 0;
+    for key in stale {
+        let Ok(set) = locate(svc, &key).await else {
+            continue;
+        };
+        let Some(owner) = set.first() else { continue };
+        if set.contains(&svc.handle.local) {
+            continue;
+        }
+        if let Ok(EntResponse::Has { present }) =
+            call(svc, owner, EntRequest::HasSingle { keys: vec![key] }).await
+        {
+            if present == vec![true] {
+                let main = svc.store.clone();
+                if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || main.delete(&key)).await {
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    dropped
 }
 
 /// The single copies this node holds in the range it owns.
