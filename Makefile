@@ -43,3 +43,7 @@ bench-client:
 
 clean:
 	$(CARGO) clean
+
+## Long runs, not part of `make test`: 16 nodes, 256 MiB entangled, kill 4, repair.
+soak:
+	PEERSTORE_SOAK_MIB=256 $(CARGO) test --release -p peerstore-node --features soak --test entangled_soak -- --nocapture

@@ -187,6 +187,9 @@ pub struct Driver {
     left: bool,
     /// Replication factor, for answering lookups from local state.
     replication: usize,
+    /// The member we join through, and when to try again after a failed join.
+    join_via: Option<NodeAddr>,
+    rejoin_at: Option<Instant>,
 }
 
 /// How the node enters the ring.
@@ -235,6 +238,8 @@ impl Driver {
             leave_waiters: Vec::new(),
             left: false,
             replication,
+            join_via: None,
+            rejoin_at: None,
         };
         let handle = Handle {
             tx: cmd_tx,
@@ -259,11 +264,13 @@ impl Driver {
             Start::Create => self.node.create(now),
             Start::Join(via) => {
                 self.swarm.add_peer_address(via.peer, via.addr.clone());
+                self.join_via = Some(via.clone());
                 self.node.join(now, via)
             }
         }
         self.drain();
         loop {
+            let rejoin = self.rejoin_at;
             let timer = self.node.poll_timeout().map(|t| self.deadline(t));
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -274,6 +281,14 @@ impl Driver {
                 _ = sleep_until(timer) => {
                     let now = self.now();
                     self.node.handle_timeout(now);
+                }
+                _ = sleep_until(rejoin) => {
+                    self.rejoin_at = None;
+                    if let (false, Some(via)) = (self.node.is_member(), self.join_via.clone()) {
+                        info!(via = %via, "retrying the join");
+                        let now = self.now();
+                        self.node.join(now, via);
+                    }
                 }
             }
             self.drain();
@@ -509,7 +524,10 @@ impl Driver {
         match ev {
             chord::Event::Joined => info!(id = %self.node.me().id, "joined the ring"),
             chord::Event::JoinFailed { reason } => {
-                warn!(%reason, "join failed; retrying");
+                // The ring may still hold a stale entry for us (a restart right after a crash)
+                // or the bootstrap may be busy: try again shortly, until we are in.
+                warn!(%reason, "join failed; retrying in 1 s");
+                self.rejoin_at = Some(Instant::now() + Duration::from_secs(1));
             }
             chord::Event::LookupDone { lookup, result, .. } => {
                 if let Some(waiters) = self.pending_lookups.remove(&lookup) {

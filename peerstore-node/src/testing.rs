@@ -109,7 +109,15 @@ pub fn node_bin() -> PathBuf {
 impl Cluster {
     pub fn new(extra: &[&str]) -> Cluster {
         Cluster {
-            root: tempfile::tempdir().expect("tempdir"),
+            root: {
+                let mut dir = tempfile::tempdir().expect("tempdir");
+                // For debugging a failed run: keep the node logs and data.
+                if std::env::var_os("PEERSTORE_KEEP_TEST_DIRS").is_some() {
+                    dir.disable_cleanup(true);
+                    eprintln!("keeping {}", dir.path().display());
+                }
+                dir
+            },
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             next: 0,
@@ -151,7 +159,10 @@ impl Cluster {
             .map(|(_, n)| n.addr.to_string());
         let dir = self.nodes[i].data_dir.clone();
         let extra = self.nodes[i].extra.clone();
-        self.nodes[i] = spawn_node(&dir, via.as_deref(), &extra).await;
+        // Same port as before, as a restarted daemon with a configured address would have: the
+        // ring knows the node by PeerId and address.
+        let listen = self.nodes[i].addr.addr.to_string();
+        self.nodes[i] = spawn_node_on(&dir, &listen, via.as_deref(), &extra).await;
     }
 
     /// Waits until the live nodes form the ideal ring: sorted by id, every node's predecessor is
@@ -244,11 +255,21 @@ pub async fn list_all(n: &NodeProc) -> Vec<BlockKey> {
 }
 
 pub async fn spawn_node(dir: &Path, via: Option<&str>, extra: &[String]) -> NodeProc {
+    spawn_node_on(dir, "/ip4/127.0.0.1/tcp/0", via, extra).await
+}
+
+/// Starts a node listening on `listen`.
+pub async fn spawn_node_on(
+    dir: &Path,
+    listen: &str,
+    via: Option<&str>,
+    extra: &[String],
+) -> NodeProc {
     std::fs::create_dir_all(dir).unwrap();
     let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
     let mut cmd = Command::new(node_bin());
     cmd.arg("--listen")
-        .arg("/ip4/127.0.0.1/tcp/0")
+        .arg(listen)
         .arg("--data-dir")
         .arg(dir)
         .arg("--stabilize-ms")
@@ -259,7 +280,10 @@ pub async fn spawn_node(dir: &Path, via: Option<&str>, extra: &[String]) -> Node
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(
-            std::fs::File::create(dir.join("node.log"))
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("node.log"))
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null()),
         )
