@@ -214,6 +214,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until each of `keys` is held by at least `r` live nodes.
+    pub async fn wait_replicated(
+        &self,
+        keys: &[BlockKey],
+        r: usize,
+        within: Duration,
+    ) -> Result<Duration, String> {
+        wait_until(within, || async {
+            let h = self.holders().await;
+            let short = keys
+                .iter()
+                .filter(|k| h.get(k).map_or(0, |v| v.len()) < r)
+                .count();
+            if short == 0 {
+                Ok(())
+            } else {
+                Err(format!("{short} blocks under {r} live replicas"))
+            }
+        })
+        .await
+    }
+
     /// For every key held anywhere: on which live nodes it is.
     pub async fn holders(&self) -> BTreeMap<BlockKey, Vec<usize>> {
         let mut out: BTreeMap<BlockKey, Vec<usize>> = BTreeMap::new();
@@ -344,4 +366,59 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(format!("not reached within {within:?}: {last}"))
+}
+
+/// `k` nodes to kill at once: no three of them ring neighbours (records and reverse
+/// references live on r = 3 consecutive nodes), and together owning the share of the key space
+/// closest to `k / n`, a typical rather than a lucky or an unlucky draw (a 12-node ring's arcs
+/// are uneven: three nodes can own almost half of it). Returns the indexes and their share.
+pub async fn pick_victims(c: &Cluster, k: usize) -> (Vec<usize>, f64) {
+    let mut order: Vec<(chord::Id, usize)> = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        order.push((n.status().await.expect("status").id, i));
+    }
+    order.sort();
+    let n = order.len();
+    // Arc owned by sorted node j: (id[j-1], id[j]], from the top 64 bits.
+    let arcs: Vec<f64> = (0..n)
+        .map(|j| {
+            let a = order[(j + n - 1) % n].0.high_u64();
+            let b = order[j].0.high_u64();
+            b.wrapping_sub(a) as f64 / 2f64.powi(64)
+        })
+        .collect();
+    let target = k as f64 / n as f64;
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    let mut pick = vec![0usize; k];
+    fn rec(
+        start: usize,
+        depth: usize,
+        n: usize,
+        pick: &mut Vec<usize>,
+        f: &mut dyn FnMut(&[usize]),
+    ) {
+        if depth == pick.len() {
+            f(pick);
+            return;
+        }
+        for j in start..n {
+            pick[depth] = j;
+            rec(j + 1, depth + 1, n, pick, f);
+        }
+    }
+    rec(0, 0, n, &mut pick, &mut |p: &[usize]| {
+        let triple = (0..n).any(|j| (0..3).all(|d| p.contains(&((j + d) % n))));
+        if triple {
+            return;
+        }
+        let share: f64 = p.iter().map(|&j| arcs[j]).sum();
+        if best
+            .as_ref()
+            .is_none_or(|(s, _)| (share - target).abs() < (s - target).abs())
+        {
+            best = Some((share, p.to_vec()));
+        }
+    });
+    let (share, p) = best.expect("a victim set: fewer nodes than victims?");
+    (p.into_iter().map(|j| order[j].1).collect(), share)
 }

@@ -51,61 +51,6 @@ fn mib_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
-/// `k` nodes to kill at once: no three of them ring neighbours (records and reverse
-/// references live on r = 3 consecutive nodes), and together owning the share of the key space
-/// closest to `k / n`, a typical rather than a lucky or an unlucky draw (a 12-node ring's arcs
-/// are uneven: three nodes can own almost half of it). Returns the indexes and their share.
-async fn pick_victims(c: &Cluster, k: usize) -> (Vec<usize>, f64) {
-    let mut order: Vec<(chord::Id, usize)> = Vec::new();
-    for (i, n) in c.nodes.iter().enumerate() {
-        order.push((n.status().await.expect("status").id, i));
-    }
-    order.sort();
-    let n = order.len();
-    // Arc owned by sorted node j: (id[j-1], id[j]], from the top 64 bits.
-    let arcs: Vec<f64> = (0..n)
-        .map(|j| {
-            let a = order[(j + n - 1) % n].0.high_u64();
-            let b = order[j].0.high_u64();
-            b.wrapping_sub(a) as f64 / 2f64.powi(64)
-        })
-        .collect();
-    let target = k as f64 / n as f64;
-    let mut best: Option<(f64, Vec<usize>)> = None;
-    let mut pick = vec![0usize; k];
-    fn rec(
-        start: usize,
-        depth: usize,
-        n: usize,
-        pick: &mut Vec<usize>,
-        f: &mut dyn FnMut(&[usize]),
-    ) {
-        if depth == pick.len() {
-            f(pick);
-            return;
-        }
-        for j in start..n {
-            pick[depth] = j;
-            rec(j + 1, depth + 1, n, pick, f);
-        }
-    }
-    rec(0, 0, n, &mut pick, &mut |p: &[usize]| {
-        let triple = (0..n).any(|j| (0..3).all(|d| p.contains(&((j + d) % n))));
-        if triple {
-            return;
-        }
-        let share: f64 = p.iter().map(|&j| arcs[j]).sum();
-        if best
-            .as_ref()
-            .is_none_or(|(s, _)| (share - target).abs() < (s - target).abs())
-        {
-            best = Some((share, p.to_vec()));
-        }
-    });
-    let (share, p) = best.expect("a victim set");
-    (p.into_iter().map(|j| order[j].1).collect(), share)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_16_nodes_kill_4_repair() {
     let mib = std::env::var("PEERSTORE_SOAK_MIB")

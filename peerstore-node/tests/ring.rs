@@ -89,19 +89,10 @@ async fn ring_lifecycle() {
     println!("read all 1000 blocks back through each of 4 other nodes");
 
     // Every block reaches r replicas.
-    let full = wait_until(Duration::from_secs(20), || async {
-        let h = cluster.holders().await;
-        let short = keys
-            .keys()
-            .filter(|k| h.get(k).map_or(0, |v| v.len()) < r)
-            .count();
-        if short == 0 {
-            Ok(())
-        } else {
-            Err(format!("{short} blocks under {r} replicas"))
-        }
-    })
-    .await;
+    let key_list: Vec<BlockKey> = keys.keys().copied().collect();
+    let full = cluster
+        .wait_replicated(&key_list, r, Duration::from_secs(20))
+        .await;
     full.unwrap_or_else(|e| panic!("{e}"));
 
     // 3. kill -9 two nodes: every block readable; back to r replicas within two periods.
@@ -129,20 +120,10 @@ async fn ring_lifecycle() {
         .unwrap_or_else(|e| panic!("{e}"));
     let noticed_at = killed_at.elapsed();
     let bound = Duration::from_millis(2 * MAINTENANCE_MS + 500);
-    let t = wait_until(bound, || async {
-        let h = cluster.holders().await;
-        let short = keys
-            .keys()
-            .filter(|k| h.get(k).map_or(0, |v| v.len()) < r)
-            .count();
-        if short == 0 {
-            Ok(())
-        } else {
-            Err(format!("{short} blocks under {r} live replicas"))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("replication not restored within two maintenance periods: {e}"));
+    let t = cluster
+        .wait_replicated(&key_list, r, bound)
+        .await
+        .unwrap_or_else(|e| panic!("replication not restored within two maintenance periods: {e}"));
     let _ = detected;
     println!(
         "crash noticed (ring Ideal again) {noticed_at:?} after kill; every block back to r = {r} live replicas {t:?} later (maintenance period {MAINTENANCE_MS} ms)"
@@ -208,20 +189,10 @@ async fn ring_lifecycle() {
     let h = cluster.holders().await;
     let lost = keys.keys().filter(|k| !h.contains_key(k)).count();
     assert_eq!(lost, 0, "graceful leave lost blocks");
-    wait_until(Duration::from_secs(30), || async {
-        let h = cluster.holders().await;
-        let short = keys
-            .keys()
-            .filter(|k| h.get(k).map_or(0, |v| v.len()) < r)
-            .count();
-        if short == 0 {
-            Ok(())
-        } else {
-            Err(format!("{short} blocks under {r} replicas after leave"))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    cluster
+        .wait_replicated(&key_list, r, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let via = cluster.live().next().unwrap();
     for (k, d) in &keys {
         assert!(
@@ -247,20 +218,11 @@ async fn restart_and_corruption() {
         let data = block(1_000_000 + i, 2048);
         keys.push((put(&cluster.nodes[0], data.clone()).await, data));
     }
-    wait_until(Duration::from_secs(20), || async {
-        let h = cluster.holders().await;
-        let short = keys
-            .iter()
-            .filter(|(k, _)| h.get(k).map_or(0, |v| v.len()) < 3)
-            .count();
-        if short == 0 {
-            Ok(())
-        } else {
-            Err(format!("{short} under-replicated"))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let key_list: Vec<BlockKey> = keys.iter().map(|(k, _)| *k).collect();
+    cluster
+        .wait_replicated(&key_list, 3, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // Restart node 2 on its data directory.
     let before = cluster.nodes[2].addr.peer;
