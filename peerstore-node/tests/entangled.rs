@@ -180,7 +180,7 @@ async fn read_all_everywhere(c: &Cluster, docs: &[(BlockKey, Vec<u8>)]) {
 /// (exactly `r` with `exact`, once the ring's clean-up has dropped copies held by nodes that
 /// are no longer in a key's replica set).
 async fn wait_replicated(c: &Cluster, keys: &BTreeSet<BlockKey>, r: usize, exact: bool) {
-    wait_until(Duration::from_secs(30), || async {
+    wait_until(Duration::from_secs(60), || async {
         let h = c.holders().await;
         let under = keys
             .iter()
