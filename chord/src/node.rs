@@ -970,47 +970,39 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// stops where the entries wrap around to us; truncates to r.
     fn sanitize_succs(&self, list: impl IntoIterator<Item = Peer<A>>) -> Vec<Peer<A>> {
         let me = self.me.id;
-        let mut out: Vec<Peer<A>> = Vec::new();
-        let mut last = Id::ZERO;
-        for p in list.into_iter().take(MAX_LIST) {
-            if p.id == me || p.addr == self.me.addr {
-                break;
-            }
-            if self.is_dead(&p.addr) {
-                continue;
-            }
-            let d = me.distance_to(p.id);
-            if d <= last {
-                continue;
-            }
-            last = d;
-            out.push(p);
-            if out.len() >= self.config.successors {
-                break;
-            }
-        }
-        out
+        self.sanitize_list(list, self.config.successors, |p| me.distance_to(p))
     }
 
     /// The same for predecessor lists (counter-clockwise).
     fn sanitize_preds(&self, list: impl IntoIterator<Item = Peer<A>>) -> Vec<Peer<A>> {
         let me = self.me.id;
+        self.sanitize_list(list, self.config.predecessors, |p| p.distance_to(me))
+    }
+
+    /// Keeps entries whose `distance` from us strictly grows, skipping dead peers, stopping at
+    /// ourselves or after `max` entries.
+    fn sanitize_list(
+        &self,
+        list: impl IntoIterator<Item = Peer<A>>,
+        max: usize,
+        distance: impl Fn(Id) -> Id,
+    ) -> Vec<Peer<A>> {
         let mut out: Vec<Peer<A>> = Vec::new();
         let mut last = Id::ZERO;
         for p in list.into_iter().take(MAX_LIST) {
-            if p.id == me || p.addr == self.me.addr {
+            if p.id == self.me.id || p.addr == self.me.addr {
                 break;
             }
             if self.is_dead(&p.addr) {
                 continue;
             }
-            let d = p.id.distance_to(me);
+            let d = distance(p.id);
             if d <= last {
                 continue;
             }
             last = d;
             out.push(p);
-            if out.len() >= self.config.predecessors {
+            if out.len() >= max {
                 break;
             }
         }

@@ -283,8 +283,11 @@ pub(crate) fn gather(
     g
 }
 
-/// Restores all `s + t` input symbols of a codeword from gathered symbols.
-pub(crate) fn restore_inputs(record: &CodewordRecord, g: &Gathered) -> Result<Vec<Vec<u8>>, Error> {
+/// The original input symbols that were gathered (`None` where missing) and the missing ones
+/// restored by Reed-Solomon. An explicit [`Error::Undecodable`] with fewer than `s + t` symbols.
+type Restored<'g> = (Vec<Option<&'g [u8]>>, BTreeMap<usize, Vec<u8>>);
+
+fn restore_gathered<'g>(record: &CodewordRecord, g: &'g Gathered) -> Result<Restored<'g>, Error> {
     let params = &record.params;
     let b = params.block();
     if g.have < params.needed() {
@@ -294,17 +297,19 @@ pub(crate) fn restore_inputs(record: &CodewordRecord, g: &Gathered) -> Result<Ve
             need: params.needed(),
         });
     }
-    let originals: Vec<Option<&[u8]>> = g
-        .originals
-        .iter()
-        .map(|o| o.as_ref().map(|s| s.payload(b)))
-        .collect();
-    let recovery: Vec<Option<&[u8]>> = g
-        .recovery
-        .iter()
-        .map(|o| o.as_ref().map(|s| s.payload(b)))
-        .collect();
-    let mut restored = rs_restore(params, &originals, &recovery)?;
+    let payloads = |v: &'g [Option<Symbol>]| -> Vec<Option<&'g [u8]>> {
+        v.iter().map(|o| o.as_ref().map(|s| s.payload(b))).collect()
+    };
+    let originals = payloads(&g.originals);
+    let recovery = payloads(&g.recovery);
+    let restored = rs_restore(params, &originals, &recovery)?;
+    Ok((originals, restored))
+}
+
+/// Restores all `s + t` input symbols of a codeword from gathered symbols.
+pub(crate) fn restore_inputs(record: &CodewordRecord, g: &Gathered) -> Result<Vec<Vec<u8>>, Error> {
+    let params = &record.params;
+    let (originals, mut restored) = restore_gathered(record, g)?;
     let mut out = Vec::with_capacity(params.needed());
     for (i, o) in originals.iter().enumerate() {
         match (o, restored.remove(&i)) {
@@ -339,24 +344,7 @@ pub fn decode<S: SymbolSource + ?Sized>(
 pub(crate) fn decode_gathered(record: &CodewordRecord, g: &Gathered) -> Result<Vec<u8>, Error> {
     let params = &record.params;
     let b = params.block();
-    if g.have < params.needed() {
-        return Err(Error::Undecodable {
-            id: record.id,
-            have: g.have,
-            need: params.needed(),
-        });
-    }
-    let originals: Vec<Option<&[u8]>> = g
-        .originals
-        .iter()
-        .map(|o| o.as_ref().map(|s| s.payload(b)))
-        .collect();
-    let recovery: Vec<Option<&[u8]>> = g
-        .recovery
-        .iter()
-        .map(|o| o.as_ref().map(|s| s.payload(b)))
-        .collect();
-    let restored = rs_restore(params, &originals, &recovery)?;
+    let (_, restored) = restore_gathered(record, g)?;
     // len <= s * B was checked by validate(), so this fits in usize on any target that could
     // hold the blocks.
     let len = usize::try_from(record.len)

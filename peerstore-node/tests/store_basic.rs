@@ -9,13 +9,8 @@ use peerstore_node::store::{
 };
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
-    // Cheap deterministic filler: a BLAKE3 XOF stream of the seed.
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    (BlockKey::of(&out), out)
+    let data = peerstore_node::testing::block(seed, len);
+    (BlockKey::of(&data), data)
 }
 
 fn open(dir: &Path, capacity: u64) -> BlockStore {

@@ -6,12 +6,8 @@ use std::path::Path;
 use peerstore_node::store::{BlockKey, BlockStore, PutOutcome, Role, StoreConfig, StoreError};
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    (BlockKey::of(&out), out)
+    let data = peerstore_node::testing::block(seed, len);
+    (BlockKey::of(&data), data)
 }
 
 fn open_with(
