@@ -2,8 +2,22 @@
 # Client benchmark: backup and restore throughput (MiB/s, files/s) and peak client RSS of
 # peerstore-client against a local 4-node ring (r = 3), for dataset A (1,000 small files, ~32 MiB)
 # and B (8 x 32 MiB), next to restic backing up / restoring the same data to a local repository.
-# Prints a markdown table. Usage: scripts/bench-client.sh [WORK_DIR]
+# Prints a markdown table.
+#
+# With --entangled it runs the same datasets against two 4-node rings (r = 3), one after the
+# other: entanglement off (`--entanglement none`: plain replicated blocks) and on
+# (`--entanglement step`, (s,t,p) = (4,8,12), B = 256 KiB), and adds a table of backup and
+# restore MiB/s with entanglement on vs off and their ratio, plus du's overhead of each ring.
+# (The restic table then describes the ring with entanglement off.)
+#
+# Usage: scripts/bench-client.sh [--entangled] [WORK_DIR]
 set -euo pipefail
+
+ENTANGLED=0
+if [ "${1:-}" = "--entangled" ]; then
+    ENTANGLED=1
+    shift
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,18 +36,24 @@ fi
 WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")}"
 mkdir -p "$WORK"
 PIDS=()
-cleanup() {
+stop_nodes() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+cleanup() {
+    stop_nodes
     if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 
+# start_node DIR [INITIAL_PEER] [NODE ARGS...]: prints the node's address.
 start_node() {
-    local dir="$WORK/node$1"
+    local dir="$1" via="${2:-}"
+    shift 2 || shift $#
     mkdir -p "$dir"
-    local args=(--listen /ip4/127.0.0.1/tcp/0 --data-dir "$dir" --replication 3)
-    if [ -n "${2:-}" ]; then args+=(--initial-peer "$2"); fi
+    local args=(--listen /ip4/127.0.0.1/tcp/0 --data-dir "$dir" --replication 3 "$@")
+    if [ -n "$via" ]; then args+=(--initial-peer "$via"); fi
     "$NODE" "${args[@]}" >/dev/null 2>"$dir/node.log" &
     PIDS+=("$!")
     for _ in $(seq 1 200); do
@@ -42,6 +62,17 @@ start_node() {
     done
     cat "$dir/node.log" >&2
     return 1
+}
+
+# start_ring NAME [NODE ARGS...]: a 4-node ring under $WORK/NAME; prints the first address.
+start_ring() {
+    local name="$1"
+    shift
+    local a0
+    a0="$(start_node "$WORK/$name/node0" "" "$@")"
+    for i in 1 2 3; do start_node "$WORK/$name/node$i" "$a0" "$@" >/dev/null; done
+    sleep 3
+    echo "$a0"
 }
 
 # measure CMD...: runs CMD, prints "<seconds> <peak RSS KiB>".
@@ -60,15 +91,8 @@ print("%.3f %d" % (dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
 echo "generating datasets in $WORK/data" >&2
 python3 scripts/gen-dataset.py "$WORK/data" >&2
 
-echo "starting a 4-node ring (r = 3)" >&2
-A0="$(start_node 0)"
-for i in 1 2 3; do start_node "$i" "$A0" >/dev/null; done
-sleep 3
-
 export PEERSTORE_PASSPHRASE="bench passphrase"
 export RESTIC_PASSWORD="bench passphrase"
-C=("$CLIENT" --config-dir "$WORK/client-config" --data-dir "$WORK/client-data" --peer "$A0")
-"${C[@]}" init >/dev/null
 HAVE_RESTIC=0
 if command -v restic >/dev/null 2>&1; then
     restic init --repo "$WORK/restic-repo" -q >/dev/null
@@ -76,23 +100,55 @@ if command -v restic >/dev/null 2>&1; then
 fi
 
 RESULTS="$WORK/results.txt"
+ENT_RESULTS="$WORK/results-entangled.txt"
 : >"$RESULTS"
-for ds in A B; do
-    dir="$WORK/data/$ds"
-    mib=$(du -sb "$dir" | awk '{print $1 / 1048576}')
-    files=$(find "$dir" -type f | wc -l)
-    # peerstore: a fresh backup (new data) and a restore into an empty directory.
-    read -r pb_s pb_rss < <(measure "${C[@]}" backup "$dir")
-    read -r pr_s pr_rss < <(measure "${C[@]}" restore "$WORK/restore-ps-$ds")
-    diff -r "$dir" "$WORK/restore-ps-$ds" >/dev/null || { echo "peerstore restore of $ds differs" >&2; exit 1; }
-    # restore restores the latest snapshot (this dataset).
-    rb_s=nan rb_rss=0 rr_s=nan rr_rss=0
-    if [ "$HAVE_RESTIC" = 1 ]; then
-        read -r rb_s rb_rss < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
-        read -r rr_s rr_rss < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds")
-    fi
-    echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss" >>"$RESULTS"
-done
+: >"$ENT_RESULTS"
+
+# bench_ring NAME WITH_RESTIC [NODE ARGS...]: a fresh ring and client; backup and restore of A
+# and B. Appends "NAME ds mib files backup_s restore_s overhead" to $ENT_RESULTS and, with
+# WITH_RESTIC=1, the peerstore-vs-restic row to $RESULTS.
+bench_ring() {
+    local name="$1" with_restic="$2"
+    shift 2
+    echo "starting a 4-node ring '$name' (r = 3${*:+, $*})" >&2
+    local a0
+    a0="$(start_ring "$name" "$@")"
+    local C=("$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" --peer "$a0")
+    "${C[@]}" init >/dev/null
+    for ds in A B; do
+        local dir="$WORK/data/$ds" out="$WORK/$name/restore-$ds"
+        local mib files
+        mib=$(du -sb "$dir" | awk '{print $1 / 1048576}')
+        files=$(find "$dir" -type f | wc -l)
+        # peerstore: a fresh backup (new data) and a restore into an empty directory.
+        read -r pb_s pb_rss < <(measure "${C[@]}" backup "$dir")
+        read -r pr_s pr_rss < <(measure "${C[@]}" restore "$out")
+        diff -r "$dir" "$out" >/dev/null || { echo "peerstore restore of $ds ($name) differs" >&2; exit 1; }
+        local overhead
+        overhead=$("${C[@]}" --json du | python3 -c '
+import json, sys
+e = json.loads(sys.stdin.read().splitlines()[-1]).get("entanglement") or {}
+print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
+        echo "$name $ds $mib $files $pb_s $pr_s $overhead" >>"$ENT_RESULTS"
+        if [ "$with_restic" = 1 ]; then
+            # restore restores the latest snapshot (this dataset).
+            rb_s=nan rb_rss=0 rr_s=nan rr_rss=0
+            if [ "$HAVE_RESTIC" = 1 ]; then
+                read -r rb_s rb_rss < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
+                read -r rr_s rr_rss < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds")
+            fi
+            echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss" >>"$RESULTS"
+        fi
+    done
+    stop_nodes
+}
+
+if [ "$ENTANGLED" = 1 ]; then
+    bench_ring off 1 --entanglement none
+    bench_ring on 0 --entanglement step --entangle-s 4 --entangle-t 8 --entangle-p 12 --block-size 256K
+else
+    bench_ring ring 1
+fi
 
 python3 - "$RESULTS" <<'PY'
 import math, sys
@@ -109,3 +165,31 @@ for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr in rows:
               f"| {r_mibs:.1f} | {files / rs if rs == rs else float('nan'):.0f} | {int(rrss) / 1024:.0f} | {ratio:.2f} |")
 PY
 echo "(peerstore: 4 local nodes, r = 3, every block stored 3 times over libp2p; restic: one local repository, no replication; same machine, warm page cache)"
+
+if [ "$ENTANGLED" = 1 ]; then
+    echo
+    python3 - "$ENT_RESULTS" <<'PY'
+import sys
+rows = {}
+for l in open(sys.argv[1]):
+    if l.strip():
+        name, ds, mib, files, b, r, o = l.split()
+        rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o)
+print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off |")
+print("|---|---|---|---|---|")
+for ds in ("A", "B"):
+    off, on = rows.get(("off", ds)), rows.get(("on", ds))
+    if not off or not on:
+        continue
+    mib, files = off[0], off[1]
+    for op, i in (("backup", 2), ("restore", 3)):
+        a, b = mib / off[i], mib / on[i]
+        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+for ds in ("A", "B"):
+    on = rows.get(("on", ds))
+    if on:
+        print(f"\ndu after {ds} on the entangled ring: parity bytes / document bytes = x{on[4]} (p/s x r = 9 before scrub)", end="")
+print()
+PY
+    echo "(two 4-node rings, r = 3, run one after the other on the same machine; on: (s,t,p) = (4,8,12), B = 256 KiB, no scrub)"
+fi

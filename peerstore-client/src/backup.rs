@@ -1,26 +1,30 @@
 //! Backup: walk a directory tree (sorted, deterministic), split each file into content-defined
-//! chunks, encrypt them, upload the ones the ring does not have yet with many puts in flight,
-//! then publish the manifest, the snapshot object and (last) the signed root.
+//! chunks, encrypt them one by one, pack the new ones into pack files of up to 4 MiB, upload the
+//! packs with many in flight, then publish the manifest, the snapshot object and (last) the
+//! signed root.
 //!
-//! Reading, chunking and encryption run on one blocking thread that streams sealed chunks
-//! through a small bounded channel to the uploader, which keeps at most `concurrency` puts in
-//! flight: memory stays bounded whatever the file sizes.
+//! Reading, chunking, encryption and packing run on one blocking thread that streams full packs
+//! through a small bounded channel to the uploader, which keeps at most `concurrency` packs in
+//! flight: memory stays bounded whatever the file sizes. A pack's key is what the ring returns
+//! for it (on an entangled ring it is not a hash of the bytes), so the scanner refers to the
+//! packs of this run by their sequence number and the chunk references are completed once every
+//! pack is stored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crypto::UserKeys;
-use peerstore_node::proto::{BlockKey, MAX_BLOCK_SIZE};
+use crypto::{ChunkId, UserKeys};
+use peerstore_node::proto::MAX_BLOCK_SIZE;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::cache::KnownBlocks;
+use crate::cache::{ChunkLoc, KnownBlocks};
 use crate::error::{ClientError, Result};
 use crate::model::{ChunkRef, Entry, EntryKind, Manifest};
 use crate::progress::Progress;
@@ -32,13 +36,22 @@ pub const CHUNK_MIN: u32 = 256 * 1024;
 pub const CHUNK_AVG: u32 = 1024 * 1024;
 /// Content-defined chunking: largest chunk. Sealed, it stays below the ring's block limit.
 pub const CHUNK_MAX: u32 = 3 * 1024 * 1024;
+/// A pack is stored when the next sealed chunk would make it larger than this (one ring
+/// document, at most one protocol block).
+pub const PACK_TARGET: usize = MAX_BLOCK_SIZE;
+/// Most packs in flight whatever `concurrency` says: 8 x 4 MiB messages keep the libp2p stack
+/// busy (docs/ARCHITECTURE.md: large messages, several in flight), and each in-flight pack
+/// costs about three copies (ours, the retry copy, the frame being sent).
+pub const MAX_PACKS_IN_FLIGHT: usize = 8;
+/// Full packs waiting between the scanner and the uploader.
+const PACK_QUEUE: usize = 2;
 
-const _: () = assert!(CHUNK_MAX as usize + crypto::CHUNK_OVERHEAD <= MAX_BLOCK_SIZE);
+const _: () = assert!(CHUNK_MAX as usize + crypto::CHUNK_OVERHEAD <= PACK_TARGET);
 
 /// Knobs of one backup run.
 #[derive(Clone, Debug)]
 pub struct BackupOptions {
-    /// Block puts in flight at once.
+    /// Pack uploads in flight at once (each up to 4 MiB), at most [`MAX_PACKS_IN_FLIGHT`].
     pub concurrency: usize,
     /// How often a file that changed while it was read is read again before giving up on it.
     pub change_retries: u32,
@@ -80,11 +93,13 @@ pub struct BackupSummary {
     pub bytes_read: u64,
     /// Data chunks of the files read.
     pub chunks: u64,
-    /// Data chunks sent to the ring.
+    /// New data chunks sent to the ring (inside packs).
     pub chunks_uploaded: u64,
-    /// Ciphertext bytes of the data chunks sent.
+    /// Sealed bytes of the new data chunks sent.
     pub bytes_uploaded: u64,
-    /// Data chunks not sent because the ring already has them.
+    /// Pack files stored.
+    pub packs_uploaded: u64,
+    /// Data chunks not sent because the ring already has them (or this run packed them).
     pub chunks_deduplicated: u64,
     /// Manifest and snapshot blocks written.
     pub metadata_blocks: u64,
@@ -94,15 +109,33 @@ pub struct BackupSummary {
     pub seconds: f64,
 }
 
-/// A sealed chunk on its way to the ring.
-struct Upload {
-    key: BlockKey,
+/// A full pack on its way to the ring.
+struct PackJob {
+    /// Sequence number of the pack in this run.
+    seq: u32,
     data: Vec<u8>,
+    /// The chunks inside: id, offset, sealed length.
+    chunks: Vec<(ChunkId, u32, u32)>,
+}
+
+/// A pack the ring acknowledged: its sequence number, the key it returned, its chunks.
+struct StoredPack {
+    seq: u32,
+    key: [u8; 32],
+    chunks: Vec<(ChunkId, u32, u32)>,
+}
+
+/// A chunk reference whose pack is one of this run's, known only once the pack is stored.
+struct Fixup {
+    entry: usize,
+    chunk: usize,
+    seq: u32,
 }
 
 /// What the scanning thread produced.
 struct Scan {
     entries: Vec<Entry>,
+    fixups: Vec<Fixup>,
     summary: BackupSummary,
 }
 
@@ -138,7 +171,7 @@ pub async fn backup(
     if let Some(p) = prev {
         for e in &p.entries {
             if let EntryKind::File { chunks, .. } = &e.kind {
-                known.extend_volatile(chunks.iter().map(|c| c.key));
+                known.extend_volatile(chunks.iter().map(|c| (c.id, ChunkLoc::of(c))));
                 if !opts.reread_all {
                     prev_files.insert(e.path.clone(), e.clone());
                 }
@@ -146,7 +179,7 @@ pub async fn backup(
         }
     }
 
-    let (tx, mut rx) = mpsc::channel::<Upload>(4);
+    let (tx, mut rx) = mpsc::channel::<PackJob>(PACK_QUEUE);
     let scan_known = known.clone();
     let keys = repo.keys_arc();
     let scan_source = source.clone();
@@ -158,29 +191,35 @@ pub async fn backup(
             known: scan_known,
             tx,
             prev: prev_files,
-            sent: HashSet::new(),
+            packed: HashMap::new(),
+            pack: Vec::new(),
+            pack_chunks: Vec::new(),
+            next_seq: 0,
             retries,
             entries: Vec::new(),
+            fixups: Vec::new(),
             summary: BackupSummary::default(),
             progress: scan_progress,
         };
         s.walk(&scan_source, &mut Vec::new())?;
+        // The scan is over: the last, partial pack goes up now (a sync round ends here too).
+        s.flush_pack()?;
         Ok::<Scan, ClientError>(Scan {
             entries: s.entries,
+            fixups: s.fixups,
             summary: s.summary,
         })
     });
 
-    // Upload loop: at most `concurrency` puts in flight.
-    let concurrency = opts.concurrency.max(1);
-    let mut inflight: JoinSet<Result<[u8; 32]>> = JoinSet::new();
+    // Upload loop: at most `concurrency` packs in flight.
+    let concurrency = opts.concurrency.clamp(1, MAX_PACKS_IN_FLIGHT);
+    let mut inflight: JoinSet<Result<StoredPack>> = JoinSet::new();
     let mut upload_err: Option<ClientError> = None;
-    let mut uploaded = 0u64;
-    let mut uploaded_bytes = 0u64;
-    while let Some(up) = rx.recv().await {
+    let mut pack_keys: BTreeMap<u32, [u8; 32]> = BTreeMap::new();
+    while let Some(job) = rx.recv().await {
         while inflight.len() >= concurrency {
             if let Some(r) = inflight.join_next().await {
-                if let Err(e) = finish_put(r, &known) {
+                if let Err(e) = finish_pack(r, &known, &mut pack_keys) {
                     upload_err = Some(e);
                     break;
                 }
@@ -189,17 +228,19 @@ pub async fn backup(
         if upload_err.is_some() {
             break;
         }
-        uploaded += 1;
-        uploaded_bytes += up.data.len() as u64;
         let store = repo.store.clone();
         inflight.spawn(async move {
-            store.put(up.key, up.data).await?;
-            Ok(up.key.0)
+            let key = store.put_document(job.data).await?;
+            Ok(StoredPack {
+                seq: job.seq,
+                key: key.0,
+                chunks: job.chunks,
+            })
         });
     }
     drop(rx); // stops the scanner if we bailed out early
     while let Some(r) = inflight.join_next().await {
-        if let Err(e) = finish_put(r, &known) {
+        if let Err(e) = finish_pack(r, &known, &mut pack_keys) {
             upload_err.get_or_insert(e);
         }
     }
@@ -210,11 +251,25 @@ pub async fn backup(
         return Err(e);
     }
     let Scan {
-        entries,
+        mut entries,
+        fixups,
         mut summary,
     } = scan??;
-    summary.chunks_uploaded = uploaded;
-    summary.bytes_uploaded = uploaded_bytes;
+    summary.packs_uploaded = pack_keys.len() as u64;
+    for f in fixups {
+        let key = pack_keys.get(&f.seq).copied().ok_or_else(|| {
+            ClientError::Refused(format!("pack {} of this backup was not stored", f.seq))
+        })?;
+        if let Some(Entry {
+            kind: EntryKind::File { chunks, .. },
+            ..
+        }) = entries.get_mut(f.entry)
+        {
+            if let Some(c) = chunks.get_mut(f.chunk) {
+                c.pack = key;
+            }
+        }
+    }
 
     let manifest = Manifest::new(entries);
     let totals = manifest.totals();
@@ -238,12 +293,31 @@ pub async fn backup(
     Ok((summary, manifest, snap))
 }
 
-fn finish_put(
-    r: std::result::Result<Result<[u8; 32]>, tokio::task::JoinError>,
+/// Records a stored pack: its key, and its chunks in the known-chunks cache (only now that the
+/// ring acknowledged it, so an interrupted run re-sends what did not make it).
+fn finish_pack(
+    r: std::result::Result<Result<StoredPack>, tokio::task::JoinError>,
     known: &KnownBlocks,
+    pack_keys: &mut BTreeMap<u32, [u8; 32]>,
 ) -> Result<()> {
     match r {
-        Ok(Ok(key)) => known.insert(key),
+        Ok(Ok(StoredPack { seq, key, chunks })) => {
+            pack_keys.insert(seq, key);
+            let locs: Vec<(ChunkId, ChunkLoc)> = chunks
+                .into_iter()
+                .map(|(id, offset, sealed_len)| {
+                    (
+                        id,
+                        ChunkLoc {
+                            pack: key,
+                            offset,
+                            sealed_len,
+                        },
+                    )
+                })
+                .collect();
+            known.insert_many(&locs)
+        }
         Ok(Err(e)) => Err(e),
         Err(e) => Err(ClientError::Refused(format!("upload task failed: {e}"))),
     }
@@ -252,12 +326,18 @@ fn finish_put(
 struct Scanner {
     keys: Arc<UserKeys>,
     known: Arc<KnownBlocks>,
-    tx: mpsc::Sender<Upload>,
+    tx: mpsc::Sender<PackJob>,
     prev: BTreeMap<Vec<String>, Entry>,
-    /// Keys sent during this run (so equal chunks go up once).
-    sent: HashSet<[u8; 32]>,
+    /// Chunks packed during this run: pack sequence number, offset, sealed length (so equal
+    /// chunks go up once).
+    packed: HashMap<ChunkId, (u32, u32, u32)>,
+    /// The pack being filled, and its chunks.
+    pack: Vec<u8>,
+    pack_chunks: Vec<(ChunkId, u32, u32)>,
+    next_seq: u32,
     retries: u32,
     entries: Vec<Entry>,
+    fixups: Vec<Fixup>,
     summary: BackupSummary,
     progress: Arc<Progress>,
 }
@@ -267,6 +347,8 @@ enum FileRead {
     Done {
         size: u64,
         chunks: Vec<ChunkRef>,
+        /// (chunk index, pack sequence number) of the chunks in this run's packs.
+        pending: Vec<(usize, u32)>,
     },
     /// The file changed while it was read.
     Changed,
@@ -389,7 +471,18 @@ impl Scanner {
         let mut md = md;
         for attempt in 0..=self.retries {
             match self.read_file(path, &md)? {
-                FileRead::Done { size, chunks } => {
+                FileRead::Done {
+                    size,
+                    chunks,
+                    pending,
+                } => {
+                    let entry = self.entries.len();
+                    self.fixups
+                        .extend(pending.into_iter().map(|(chunk, seq)| Fixup {
+                            entry,
+                            chunk,
+                            seq,
+                        }));
                     self.entries.push(Entry {
                         path: rel.to_vec(),
                         kind: EntryKind::File { size, chunks },
@@ -440,6 +533,7 @@ impl Scanner {
         }
         let reader = std::io::BufReader::with_capacity(1 << 20, f);
         let mut chunks = Vec::new();
+        let mut pending = Vec::new();
         let mut size = 0u64;
         let cdc = fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
         for chunk in cdc {
@@ -454,31 +548,89 @@ impl Scanner {
             };
             size += chunk.data.len() as u64;
             self.progress.add_bytes(chunk.data.len() as u64);
-            let (id, sealed) = crypto::seal_chunk(&self.keys, &chunk.data);
-            let key = BlockKey::of(&sealed);
-            chunks.push(ChunkRef {
-                id,
-                key: key.0,
-                len: chunk.data.len() as u32,
-            });
+            let len = chunk.data.len() as u32;
             self.summary.chunks += 1;
-            if self.known.contains(&key.0) || !self.sent.insert(key.0) {
+            let id = crypto::chunk_id(&self.keys, &chunk.data);
+            if let Some(loc) = self.known.get(&id) {
                 self.summary.chunks_deduplicated += 1;
+                chunks.push(ChunkRef {
+                    id,
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    sealed_len: loc.sealed_len,
+                    len,
+                });
                 continue;
             }
-            if self.tx.blocking_send(Upload { key, data: sealed }).is_err() {
-                return Err(ClientError::Refused("backup aborted".into()));
-            }
+            let (seq, offset, sealed_len) = match self.packed.get(&id) {
+                Some(&at) => {
+                    self.summary.chunks_deduplicated += 1;
+                    at
+                }
+                None => {
+                    let (id2, sealed) = crypto::seal_chunk(&self.keys, &chunk.data);
+                    debug_assert_eq!(id, id2);
+                    let at = self.add_to_pack(id, &sealed)?;
+                    self.packed.insert(id, at);
+                    at
+                }
+            };
+            pending.push((chunks.len(), seq));
+            chunks.push(ChunkRef {
+                id,
+                pack: [0; 32],
+                offset,
+                sealed_len,
+                len,
+            });
         }
         self.summary.bytes_read += size;
         let after = fs::symlink_metadata(path);
         match after {
-            Ok(a) if same_version(before, &a) && a.len() == size => {
-                Ok(FileRead::Done { size, chunks })
-            }
+            Ok(a) if same_version(before, &a) && a.len() == size => Ok(FileRead::Done {
+                size,
+                chunks,
+                pending,
+            }),
             Ok(_) => Ok(FileRead::Changed),
             Err(_) => Ok(FileRead::Gone),
         }
+    }
+
+    /// Appends a sealed chunk to the pack being filled (storing that pack first if the chunk
+    /// would make it larger than [`PACK_TARGET`]). Returns (pack sequence number, offset,
+    /// sealed length).
+    fn add_to_pack(&mut self, id: ChunkId, sealed: &[u8]) -> Result<(u32, u32, u32)> {
+        if !self.pack.is_empty() && self.pack.len() + sealed.len() > PACK_TARGET {
+            self.flush_pack()?;
+        }
+        let offset = self.pack.len() as u32;
+        let sealed_len = sealed.len() as u32;
+        if self.pack.is_empty() {
+            self.pack.reserve_exact(PACK_TARGET);
+        }
+        self.pack.extend_from_slice(sealed);
+        self.pack_chunks.push((id, offset, sealed_len));
+        self.summary.chunks_uploaded += 1;
+        self.summary.bytes_uploaded += u64::from(sealed_len);
+        Ok((self.next_seq, offset, sealed_len))
+    }
+
+    /// Sends the pack being filled to the uploader (nothing if it is empty).
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let job = PackJob {
+            seq: self.next_seq,
+            data: std::mem::take(&mut self.pack),
+            chunks: std::mem::take(&mut self.pack_chunks),
+        };
+        self.next_seq += 1;
+        if self.tx.blocking_send(job).is_err() {
+            return Err(ClientError::Refused("backup aborted".into()));
+        }
+        Ok(())
     }
 }
 

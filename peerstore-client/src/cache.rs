@@ -1,18 +1,74 @@
-//! The local cache of block keys known to be stored in the ring, so a rerun (or the next backup)
-//! does not send them again. An append-only file of 32-byte keys in the client's data directory;
-//! a torn last record (crash mid-append) is ignored on load.
+//! The local cache of chunks known to be stored in the ring, so a rerun (or the next backup)
+//! does not send them again: chunk id -> where it lives (pack key, offset, sealed length).
+//!
+//! An append-only file of fixed-size records in the client's data directory, after an 8-byte
+//! header naming the format. A torn last record (crash mid-append) is dropped on load; a file of
+//! another format (the one-key-per-record cache of format 1) is started afresh, which only
+//! costs re-sending (the ring deduplicates nothing, but nothing is lost). A chunk enters the
+//! cache only once the ring acknowledged its pack.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::{ClientError, Result};
+use crypto::ChunkId;
 
-/// Block keys known stored.
+use crate::error::{ClientError, Result};
+use crate::model::ChunkRef;
+
+/// First bytes of a cache file of this format.
+const MAGIC: &[u8; 8] = b"PSKC\x00\x00\x00\x02";
+/// Bytes per record: chunk id, pack key, offset, sealed length (little endian).
+pub const RECORD_LEN: usize = 32 + 32 + 4 + 4;
+
+/// Where a stored chunk lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    /// Key of the pack (what the ring returned for it).
+    pub pack: [u8; 32],
+    pub offset: u32,
+    pub sealed_len: u32,
+}
+
+impl ChunkLoc {
+    /// The location a manifest's chunk reference names.
+    #[must_use]
+    pub fn of(c: &ChunkRef) -> ChunkLoc {
+        ChunkLoc {
+            pack: c.pack,
+            offset: c.offset,
+            sealed_len: c.sealed_len,
+        }
+    }
+}
+
+fn encode(id: &ChunkId, loc: &ChunkLoc, out: &mut Vec<u8>) {
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(&loc.pack);
+    out.extend_from_slice(&loc.offset.to_le_bytes());
+    out.extend_from_slice(&loc.sealed_len.to_le_bytes());
+}
+
+fn decode(rec: &[u8]) -> Option<(ChunkId, ChunkLoc)> {
+    let id: [u8; 32] = rec.get(..32)?.try_into().ok()?;
+    let pack: [u8; 32] = rec.get(32..64)?.try_into().ok()?;
+    let offset = u32::from_le_bytes(rec.get(64..68)?.try_into().ok()?);
+    let sealed_len = u32::from_le_bytes(rec.get(68..72)?.try_into().ok()?);
+    Some((
+        ChunkId(id),
+        ChunkLoc {
+            pack,
+            offset,
+            sealed_len,
+        },
+    ))
+}
+
+/// Chunks known stored.
 pub struct KnownBlocks {
-    set: Mutex<HashSet<[u8; 32]>>,
+    map: Mutex<HashMap<ChunkId, ChunkLoc>>,
     file: Mutex<Option<File>>,
     path: Option<PathBuf>,
 }
@@ -22,7 +78,7 @@ impl KnownBlocks {
     #[must_use]
     pub fn in_memory() -> KnownBlocks {
         KnownBlocks {
-            set: Mutex::new(HashSet::new()),
+            map: Mutex::new(HashMap::new()),
             file: Mutex::new(None),
             path: None,
         }
@@ -33,55 +89,69 @@ impl KnownBlocks {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
         }
-        let mut set = HashSet::new();
+        let io = |e| ClientError::io(path, e);
+        let mut map = HashMap::new();
+        let mut bytes = Vec::new();
         match File::open(path) {
             Ok(mut f) => {
-                let mut bytes = Vec::new();
-                f.read_to_end(&mut bytes)
-                    .map_err(|e| ClientError::io(path, e))?;
-                for rec in bytes.chunks_exact(32) {
-                    let mut k = [0u8; 32];
-                    k.copy_from_slice(rec);
-                    set.insert(k);
-                }
-                if bytes.len() % 32 != 0 {
-                    // Drop the torn tail so later appends stay aligned.
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| ClientError::io(path, e))?;
-                    f.set_len((bytes.len() - bytes.len() % 32) as u64)
-                        .map_err(|e| ClientError::io(path, e))?;
-                }
+                f.read_to_end(&mut bytes).map_err(io)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ClientError::io(path, e)),
+            Err(e) => return Err(io(e)),
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| ClientError::io(path, e))?;
+        let good_len = if bytes.starts_with(MAGIC) {
+            let body = &bytes[MAGIC.len()..];
+            for rec in body.chunks_exact(RECORD_LEN) {
+                if let Some((id, loc)) = decode(rec) {
+                    map.insert(id, loc);
+                }
+            }
+            MAGIC.len() + body.len() - body.len() % RECORD_LEN
+        } else {
+            0
+        };
+        if good_len != bytes.len() || bytes.is_empty() {
+            // Drop a torn tail (so later appends stay aligned), or start a file of another
+            // format (or a new one) afresh with the header.
+            let mut f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io)?;
+            f.set_len(good_len as u64).map_err(io)?;
+            if good_len == 0 {
+                f.write_all(MAGIC).map_err(io)?;
+            }
+        }
+        let file = OpenOptions::new().append(true).open(path).map_err(io)?;
         Ok(KnownBlocks {
-            set: Mutex::new(set),
+            map: Mutex::new(map),
             file: Mutex::new(Some(file)),
             path: Some(path.to_path_buf()),
         })
     }
 
-    /// Whether `key` is known stored.
-    #[must_use]
-    pub fn contains(&self, key: &[u8; 32]) -> bool {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(key)
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, ChunkLoc>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number of keys known.
+    /// Where chunk `id` is stored, if known.
+    #[must_use]
+    pub fn get(&self, id: &ChunkId) -> Option<ChunkLoc> {
+        self.map().get(id).copied()
+    }
+
+    /// Whether chunk `id` is known stored.
+    #[must_use]
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.map().contains_key(id)
+    }
+
+    /// Number of chunks known.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.map().len()
     }
 
     #[must_use]
@@ -89,28 +159,40 @@ impl KnownBlocks {
         self.len() == 0
     }
 
-    /// Adds keys known from elsewhere (e.g. the previous snapshot) without persisting them.
-    pub fn extend_volatile(&self, keys: impl IntoIterator<Item = [u8; 32]>) {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(keys);
+    /// Adds chunks known from elsewhere (e.g. the previous snapshot) without persisting them.
+    pub fn extend_volatile(&self, chunks: impl IntoIterator<Item = (ChunkId, ChunkLoc)>) {
+        let mut m = self.map();
+        for (id, loc) in chunks {
+            m.entry(id).or_insert(loc);
+        }
     }
 
-    /// Records that `key` is now stored (persisted when the cache has a file).
-    pub fn insert(&self, key: [u8; 32]) -> Result<()> {
-        let fresh = self
-            .set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
-        if fresh {
-            if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                f.write_all(&key)
-                    .map_err(|e| ClientError::io(self.path.clone().unwrap_or_default(), e))?;
+    /// Records that the chunks are now stored (persisted, in one append, when the cache has a
+    /// file). A chunk already known keeps its first location.
+    pub fn insert_many(&self, chunks: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+        let mut out = Vec::with_capacity(chunks.len() * RECORD_LEN);
+        {
+            let mut m = self.map();
+            for (id, loc) in chunks {
+                if let std::collections::hash_map::Entry::Vacant(v) = m.entry(*id) {
+                    v.insert(*loc);
+                    encode(id, loc, &mut out);
+                }
             }
         }
+        if out.is_empty() {
+            return Ok(());
+        }
+        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f.write_all(&out)
+                .map_err(|e| ClientError::io(self.path.clone().unwrap_or_default(), e))?;
+        }
         Ok(())
+    }
+
+    /// Records that one chunk is now stored.
+    pub fn insert(&self, id: ChunkId, loc: ChunkLoc) -> Result<()> {
+        self.insert_many(&[(id, loc)])
     }
 }
 
@@ -118,30 +200,63 @@ impl KnownBlocks {
 mod tests {
     use super::*;
 
+    fn loc(n: u8) -> ChunkLoc {
+        ChunkLoc {
+            pack: [n; 32],
+            offset: u32::from(n) * 1000,
+            sealed_len: 41 + u32::from(n),
+        }
+    }
+
     #[test]
     fn persists_and_survives_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/known");
         {
             let c = KnownBlocks::open(&path).unwrap();
-            c.insert([1; 32]).unwrap();
-            c.insert([2; 32]).unwrap();
-            c.insert([1; 32]).unwrap();
-            c.extend_volatile([[9; 32]]);
-            assert!(c.contains(&[9; 32]));
+            c.insert(ChunkId([1; 32]), loc(1)).unwrap();
+            c.insert_many(&[(ChunkId([2; 32]), loc(2)), (ChunkId([1; 32]), loc(7))])
+                .unwrap();
+            c.extend_volatile([(ChunkId([9; 32]), loc(9))]);
+            assert!(c.contains(&ChunkId([9; 32])));
+            assert_eq!(c.get(&ChunkId([1; 32])), Some(loc(1)));
         }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            (MAGIC.len() + 2 * RECORD_LEN) as u64
+        );
         // A crash mid-append leaves a partial record.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[3; 10]).unwrap();
         drop(f);
         let c = KnownBlocks::open(&path).unwrap();
         assert_eq!(c.len(), 2);
-        assert!(c.contains(&[1; 32]) && c.contains(&[2; 32]) && !c.contains(&[9; 32]));
-        c.insert([4; 32]).unwrap();
+        assert_eq!(c.get(&ChunkId([1; 32])), Some(loc(1)));
+        assert_eq!(c.get(&ChunkId([2; 32])), Some(loc(2)));
+        assert!(!c.contains(&ChunkId([9; 32])));
+        c.insert(ChunkId([4; 32]), loc(4)).unwrap();
         drop(c);
         let c = KnownBlocks::open(&path).unwrap();
         assert_eq!(c.len(), 3);
-        assert!(c.contains(&[4; 32]));
+        assert_eq!(c.get(&ChunkId([4; 32])), Some(loc(4)));
+    }
+
+    #[test]
+    fn a_cache_of_the_old_format_is_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known");
+        // Format 1: bare 32-byte keys.
+        std::fs::write(&path, [7u8; 96]).unwrap();
+        let c = KnownBlocks::open(&path).unwrap();
+        assert!(c.is_empty());
+        c.insert(ChunkId([5; 32]), loc(5)).unwrap();
+        drop(c);
+        let c = KnownBlocks::open(&path).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get(&ChunkId([5; 32])), Some(loc(5)));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            (MAGIC.len() + RECORD_LEN) as u64
+        );
     }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use crypto::{Identity, KdfParams};
+use peerstore_node::entangled::ScrubMode;
 use serde::Serialize;
 
+use crate::admin::{self, EntanglementDu, ScrubSchedule};
 use crate::backup::{backup, previous_manifest, BackupOptions};
 use crate::cache::KnownBlocks;
 use crate::config::{self, Dirs};
@@ -112,6 +114,66 @@ pub enum Command {
     },
     /// Show the node the client talks to and the ring around it.
     Status,
+    // --- entangled ring administration (admin.rs; no key needed) ---
+    /// Rebuild lost blocks from the entanglement: the whole ring to a fixed point (no ids), or
+    /// the given blocks. Exit status 1 if anything stays undecodable or missing.
+    Repair {
+        /// Block ids (64 hex digits).
+        blocks: Vec<String>,
+    },
+    /// Check every codeword of the ring and list the damaged ones. Exit status 1 if damage
+    /// remains after the run.
+    Audit {
+        /// Repair damaged codewords as they are found (then check again).
+        #[arg(long)]
+        fix: bool,
+        /// Codewords checked per request.
+        #[arg(long, default_value_t = crate::admin::AUDIT_PAGE, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        page: u32,
+    },
+    /// Replica management: bring well-entangled parities down to one copy, once or as a daemon.
+    Scrub(ScrubArgs),
+}
+
+/// `scrub (--pointers N | --window W) [--interval SECS | --stop]`.
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("policy").required(true).multiple(true).args(["pointers", "window", "stop"])))]
+pub struct ScrubArgs {
+    /// Scrub parities pointed at by at least N codewords.
+    #[arg(long, value_name = "N", conflicts_with = "window")]
+    pub pointers: Option<u32>,
+    /// Scrub parities that are not among the W most recently written (0: all of them).
+    #[arg(long, value_name = "W")]
+    pub window: Option<u64>,
+    /// Also keep scrubbing on every node every SECS seconds (until --stop or a node restart).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "stop")]
+    pub interval: Option<u64>,
+    /// Stop the scrub daemon on every node (scrubs nothing).
+    #[arg(long)]
+    pub stop: bool,
+}
+
+impl ScrubArgs {
+    /// The mode and schedule of the request.
+    pub fn request(&self) -> Result<(ScrubMode, ScrubSchedule)> {
+        let sched = match (self.stop, self.interval) {
+            (true, _) => ScrubSchedule::Stop,
+            (false, Some(s)) => ScrubSchedule::Every(Duration::from_secs(s)),
+            (false, None) => ScrubSchedule::Once,
+        };
+        let mode = match (self.pointers, self.window) {
+            (Some(threshold), None) => ScrubMode::Pointers { threshold },
+            (None, Some(blocks)) => ScrubMode::Window { blocks },
+            // --stop alone: the node ignores the mode.
+            (None, None) if self.stop => ScrubMode::Window { blocks: 0 },
+            _ => {
+                return Err(ClientError::Config(
+                    "scrub: give exactly one of --pointers N or --window W".into(),
+                ))
+            }
+        };
+        Ok((mode, sched))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +197,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Init => cmd_init(&g, &dirs),
         Command::Key { action } => cmd_key(&g, &dirs, action),
         Command::Status => cmd_status(&g).await,
+        Command::Repair { blocks } => {
+            admin::cmd_repair(admin_node(&g)?, admin_timeout(&g), g.json, &blocks).await
+        }
+        Command::Audit { fix, page } => {
+            admin::cmd_audit(admin_node(&g)?, admin_timeout(&g), g.json, fix, page).await
+        }
+        Command::Scrub(a) => {
+            let (mode, sched) = a.request()?;
+            admin::cmd_scrub(admin_node(&g)?, admin_timeout(&g), g.json, mode, sched).await
+        }
         cmd => {
             let identity = load_identity(&dirs)?;
             let ctx = Ctx::connect(&g, &dirs, identity).await?;
@@ -159,10 +231,23 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
                 Command::Du => cmd_du(&ctx).await,
                 Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
-                Command::Init | Command::Key { .. } | Command::Status => Ok(()),
+                Command::Init
+                | Command::Key { .. }
+                | Command::Status
+                | Command::Repair { .. }
+                | Command::Audit { .. }
+                | Command::Scrub(_) => Ok(()),
             }
         }
     }
+}
+
+fn admin_node(g: &Global) -> Result<peerstore_node::proto::NodeAddr> {
+    config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())
+}
+
+fn admin_timeout(g: &Global) -> Duration {
+    Duration::from_secs(g.timeout_secs)
 }
 
 fn load_identity(dirs: &Dirs) -> Result<Identity> {
@@ -265,7 +350,7 @@ fn cmd_key(_g: &Global, dirs: &Dirs, action: KeyAction) -> Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -563,6 +648,8 @@ struct DuReport {
     stored_bytes: u64,
     overhead: f64,
     nodes: Vec<NodeUsage>,
+    /// The ring's entanglement figures (`None` if the node could not give them).
+    entanglement: Option<EntanglementDu>,
 }
 
 async fn cmd_du(ctx: &Ctx) -> Result<()> {
@@ -581,8 +668,8 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         for e in &m.entries {
             if let EntryKind::File { chunks, .. } = &e.kind {
                 for c in chunks {
-                    blocks.insert(c.key, u64::from(c.len) + crypto::CHUNK_OVERHEAD as u64);
-                    plain.insert(c.key, u64::from(c.len));
+                    blocks.insert(c.id.0, u64::from(c.sealed_len));
+                    plain.insert(c.id.0, u64::from(c.len));
                 }
             }
         }
@@ -646,6 +733,13 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             0.0
         },
         nodes,
+        entanglement: match admin::entangle_stats(ctx.ring.as_ref()).await {
+            Ok(st) => Some(EntanglementDu::from_stats(&st)),
+            Err(e) => {
+                eprintln!("warning: no entanglement figures from the ring: {e}");
+                None
+            }
+        },
     };
     ctx.print(&report, || {
         let mut out = format!(
@@ -673,6 +767,10 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             } else {
                 out.push_str(&format!("\n  {}  unreachable", n.node));
             }
+        }
+        if let Some(e) = &report.entanglement {
+            out.push('\n');
+            out.push_str(&e.text());
         }
         out
     });
@@ -795,5 +893,53 @@ mod tests {
         assert_eq!(c.global.peer.as_deref(), Some("x"));
         assert!(matches!(c.command, Command::Backup { .. }));
         assert!(Cli::try_parse_from(["peerstore-client", "rm"]).is_err());
+    }
+
+    fn scrub_of(args: &[&str]) -> std::result::Result<(ScrubMode, ScrubSchedule), String> {
+        let mut v = vec!["peerstore-client", "scrub"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v)
+            .map_err(|e| e.kind().to_string())?
+            .command
+        {
+            Command::Scrub(a) => a.request().map_err(|e| e.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_commands_parse() {
+        let once = scrub_of(&["--window", "0"]).unwrap();
+        assert_eq!(once, (ScrubMode::Window { blocks: 0 }, ScrubSchedule::Once));
+        let daemon = scrub_of(&["--pointers", "2", "--interval", "30"]).unwrap();
+        assert_eq!(
+            daemon,
+            (
+                ScrubMode::Pointers { threshold: 2 },
+                ScrubSchedule::Every(Duration::from_secs(30))
+            )
+        );
+        assert_eq!(scrub_of(&["--stop"]).unwrap().1, ScrubSchedule::Stop);
+        assert_eq!(
+            scrub_of(&["--window", "5", "--stop"]).unwrap().1,
+            ScrubSchedule::Stop
+        );
+        // A mode is required, only one, and --interval 0 or with --stop is refused.
+        assert!(scrub_of(&[]).is_err());
+        assert!(scrub_of(&["--interval", "5"]).is_err());
+        assert!(scrub_of(&["--window", "1", "--pointers", "1"]).is_err());
+        assert!(scrub_of(&["--window", "1", "--interval", "0"]).is_err());
+        assert!(scrub_of(&["--window", "1", "--interval", "3", "--stop"]).is_err());
+        let c = Cli::try_parse_from(["peerstore-client", "repair", "ab", "cd"]).unwrap();
+        assert!(matches!(c.command, Command::Repair { ref blocks } if blocks.len() == 2));
+        let c = Cli::try_parse_from(["peerstore-client", "audit", "--fix"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Audit {
+                fix: true,
+                page: crate::admin::AUDIT_PAGE
+            }
+        ));
+        assert!(Cli::try_parse_from(["peerstore-client", "audit", "--page", "0"]).is_err());
     }
 }

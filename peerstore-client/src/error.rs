@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::model::UnsafePath;
+use crate::model::{ManifestError, UnsafePath};
 use crate::store::StoreError;
 
 /// Everything that can go wrong in a client command.
@@ -24,6 +24,8 @@ pub enum ClientError {
     },
     #[error("backup data is damaged or not readable with this key: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    OtherVersion(String),
     #[error("missing from the ring: {0}")]
     Missing(String),
     #[error("no backup yet for this key (run `peerstore-client backup <dir>` first)")]
@@ -51,6 +53,15 @@ impl ClientError {
         match self {
             ClientError::Store(e) => e.is_transient(),
             _ => false,
+        }
+    }
+}
+
+impl From<ManifestError> for ClientError {
+    fn from(e: ManifestError) -> ClientError {
+        match e {
+            ManifestError::OtherVersion(_) => ClientError::OtherVersion(e.to_string()),
+            ManifestError::Malformed(m) => ClientError::Corrupt(format!("manifest: {m}")),
         }
     }
 }

@@ -7,21 +7,25 @@
 //! - [`model`]: manifest, snapshot and root-pointer types; path checks.
 //! - [`repo`]: the user's root, snapshot chain and manifests in the ring (reads verify, writes
 //!   put the root last).
-//! - [`backup`]: tree walk, content-defined chunking, encryption, bounded parallel upload.
+//! - [`backup`]: tree walk, content-defined chunking, encryption, pack files, bounded parallel
+//!   upload.
+//! - [`pack`]: reading pack files during a restore (a bounded cache of packs).
 //! - [`restore`]: restoring below a destination without ever writing outside it.
 //! - [`sync`]: the watcher (debounce, durable state, retry with backoff).
-//! - [`cache`]: the local cache of block keys known stored.
+//! - [`cache`]: the local cache of chunks known stored (chunk id -> pack, offset, length).
 //! - [`config`]: key file, passphrase, directories, node discovery.
 //! - [`cli`]: the command line.
 //!
 //! docs/CLIENT.md describes formats and behaviour.
 
+pub mod admin;
 pub mod backup;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod pack;
 pub mod progress;
 pub mod repo;
 pub mod restore;

@@ -6,18 +6,39 @@ use serde::{Deserialize, Serialize};
 
 use crypto::ChunkId;
 
-/// Manifest format version (inside the sealed bytes).
-pub const MANIFEST_VERSION: u8 = 1;
+/// Manifest format version (inside the sealed bytes; the first byte of the postcard encoding).
+/// Version 1 stored one chunk per block; version 2 stores chunks in pack files.
+pub const MANIFEST_VERSION: u8 = 2;
 
-/// One chunk of a file.
+/// One chunk of a file: a slice of a pack file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
     /// Keyed MAC of the plaintext (also the AEAD's associated data).
     pub id: ChunkId,
-    /// Ring key of the encrypted chunk: BLAKE3 of the ciphertext.
-    pub key: [u8; 32],
+    /// Ring key to read the pack with (`GetDocument`): what the ring returned for the pack.
+    pub pack: [u8; 32],
+    /// Where the sealed chunk starts in the pack.
+    pub offset: u32,
+    /// Length of the sealed chunk (plaintext + `crypto::CHUNK_OVERHEAD`).
+    pub sealed_len: u32,
     /// Plaintext length.
     pub len: u32,
+}
+
+impl ChunkRef {
+    /// The byte range of the sealed chunk inside a pack of `pack_len` bytes, if the reference
+    /// is consistent (lengths agree, range inside the pack).
+    #[must_use]
+    pub fn range_in(&self, pack_len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(self.offset).ok()?;
+        let sealed = usize::try_from(self.sealed_len).ok()?;
+        let plain = usize::try_from(self.len).ok()?;
+        if plain.checked_add(crypto::CHUNK_OVERHEAD)? != sealed {
+            return None;
+        }
+        let end = start.checked_add(sealed)?;
+        (end <= pack_len).then_some(start..end)
+    }
 }
 
 /// What an entry is.
@@ -79,6 +100,17 @@ impl Manifest {
         }
     }
 
+    /// Decodes a manifest's plaintext, refusing other format versions with a clear error.
+    pub fn decode(plain: &[u8]) -> Result<Manifest, ManifestError> {
+        match plain.first() {
+            None => Err(ManifestError::Malformed("empty".into())),
+            Some(&v) if v != MANIFEST_VERSION => Err(ManifestError::OtherVersion(v)),
+            Some(_) => {
+                postcard::from_bytes(plain).map_err(|e| ManifestError::Malformed(e.to_string()))
+            }
+        }
+    }
+
     /// Finds the entry at `path`.
     #[must_use]
     pub fn find(&self, path: &[String]) -> Option<&Entry> {
@@ -106,6 +138,17 @@ impl Manifest {
     }
 }
 
+/// Why a manifest's plaintext is not readable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "manifest format {0} was made by another version of peerstore-client (this one reads format {MANIFEST_VERSION})"
+    )]
+    OtherVersion(u8),
+    #[error("manifest: {0}")]
+    Malformed(String),
+}
+
 /// Entry counts and logical bytes of a tree.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
@@ -115,7 +158,7 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-/// A snapshot object: stored sealed (context [`snapshot_context`]) as one block.
+/// A snapshot object: stored sealed (context [`snapshot_context`]) as one document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Snapshot number: the root sequence number that published it.
@@ -124,14 +167,14 @@ pub struct Snapshot {
     pub nonce: [u8; 16],
     /// Creation time, nanoseconds since the Unix epoch.
     pub time_ns: i64,
-    /// Block key of the previous snapshot object.
+    /// Document key of the previous snapshot object.
     pub parent: Option<[u8; 32]>,
     /// The directory that was backed up (as given, absolute).
     pub source: String,
     /// What made it: "backup", "sync", "rm".
     pub origin: String,
     pub totals: Totals,
-    /// Keys of the blocks that hold the sealed manifest, in order.
+    /// Document keys of the pieces (at most 4 MiB each) of the sealed manifest, in order.
     pub manifest_blocks: Vec<[u8; 32]>,
     /// Total length of the sealed manifest.
     pub manifest_len: u64,
@@ -140,7 +183,7 @@ pub struct Snapshot {
 /// The plaintext of the root record's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootPointer {
-    /// Block key of the latest snapshot object.
+    /// Document key of the latest snapshot object.
     pub latest: [u8; 32],
     pub number: u64,
 }
@@ -266,6 +309,61 @@ mod tests {
         assert!(m.find(&p(&["a", "x"])).is_some());
         assert!(m.find(&p(&["c"])).is_none());
         let bytes = postcard::to_allocvec(&m).unwrap();
-        assert_eq!(postcard::from_bytes::<Manifest>(&bytes).unwrap(), m);
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn other_manifest_versions_are_a_clear_error() {
+        let m = Manifest::new(vec![Entry {
+            path: p(&["f"]),
+            kind: EntryKind::File {
+                size: 3,
+                chunks: vec![ChunkRef {
+                    id: ChunkId([1; 32]),
+                    pack: [2; 32],
+                    offset: 7,
+                    sealed_len: 44,
+                    len: 3,
+                }],
+            },
+            mode: 0o644,
+            mtime_ns: 0,
+        }]);
+        let mut bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(bytes[0], MANIFEST_VERSION);
+        for v in [0u8, 1, 3, 255] {
+            bytes[0] = v;
+            let err = Manifest::decode(&bytes).unwrap_err();
+            assert_eq!(err, ManifestError::OtherVersion(v));
+            assert!(err
+                .to_string()
+                .contains("another version of peerstore-client"));
+        }
+        assert!(matches!(
+            Manifest::decode(&[]),
+            Err(ManifestError::Malformed(_))
+        ));
+        assert!(matches!(
+            Manifest::decode(&[MANIFEST_VERSION, 0xff, 0xff]),
+            Err(ManifestError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn chunk_ranges_are_checked() {
+        let c = |offset, sealed_len, len| ChunkRef {
+            id: ChunkId([0; 32]),
+            pack: [0; 32],
+            offset,
+            sealed_len,
+            len,
+        };
+        let o = crypto::CHUNK_OVERHEAD as u32;
+        assert_eq!(c(10, 5 + o, 5).range_in(100), Some(10..(15 + o as usize)));
+        assert_eq!(c(0, o, 0).range_in(o as usize), Some(0..o as usize));
+        assert_eq!(c(60, 5 + o, 5).range_in(100), None); // past the end
+        assert_eq!(c(10, 6 + o, 5).range_in(100), None); // lengths disagree
+        assert_eq!(c(u32::MAX, u32::MAX, u32::MAX - o).range_in(4 << 20), None);
+        assert_eq!(c(0, 3, 0).range_in(100), None); // shorter than the overhead
     }
 }

@@ -1,6 +1,6 @@
 //! A user's backup repository in the ring: the signed root, the chain of snapshot objects and
-//! their manifests. Reads verify everything (block hashes, AEAD tags, signatures); writes put the
-//! manifest and snapshot blocks first and the root last.
+//! their manifests. Reads verify everything (document checks in the store, AEAD tags,
+//! signatures); writes store the manifest and snapshot documents first and the root last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,17 +85,12 @@ impl Repo {
         BlockKey(crypto::root_key(&self.user))
     }
 
-    /// Reads a block that must exist, retrying "not found" a few times.
+    /// Reads a document that must exist, retrying "not found" a few times. The store verifies
+    /// it (its hash, or its document record); the caller opens it (AEAD).
     pub async fn get_required(&self, key: [u8; 32], what: &str) -> Result<Vec<u8>> {
         let mut delay = Duration::from_millis(200);
         for attempt in 0..=NOT_FOUND_RETRIES {
-            if let Some(data) = self.store.get(BlockKey(key)).await? {
-                if BlockKey::of(&data).0 != key {
-                    return Err(ClientError::Corrupt(format!(
-                        "{what} block {} does not match its hash",
-                        hex::encode(key)
-                    )));
-                }
+            if let Some(data) = self.store.get_document(BlockKey(key)).await? {
                 return Ok(data);
             }
             if attempt < NOT_FOUND_RETRIES {
@@ -205,9 +200,7 @@ impl Repo {
         let plain =
             crypto::open_manifest(&self.keys, &manifest_context(&s.snapshot.nonce), &sealed)
                 .map_err(|e| ClientError::Corrupt(format!("manifest: {e}")))?;
-        let m: Manifest = postcard::from_bytes(&plain)
-            .map_err(|e| ClientError::Corrupt(format!("manifest: {e}")))?;
-        Ok(m)
+        Ok(Manifest::decode(&plain)?)
     }
 
     /// Stores a manifest and a snapshot object, then points the root at it. Returns the new
@@ -230,15 +223,12 @@ impl Repo {
         let sealed =
             crypto::seal_manifest(&self.keys, &manifest_context(&nonce), &plain, &mut OsRng);
         drop(plain);
+        let puts = sealed
+            .chunks(MAX_BLOCK_SIZE)
+            .map(|piece| self.store.put_document(piece.to_vec()));
         let mut blocks = Vec::new();
-        let mut puts = Vec::new();
-        for piece in sealed.chunks(MAX_BLOCK_SIZE) {
-            let key = BlockKey::of(piece);
-            blocks.push(key.0);
-            puts.push(self.store.put(key, piece.to_vec()));
-        }
         for r in futures::future::join_all(puts).await {
-            r?;
+            blocks.push(r?.0);
         }
         let snapshot = Snapshot {
             number: seq,
@@ -254,8 +244,7 @@ impl Repo {
         let plain = postcard::to_allocvec(&snapshot)
             .map_err(|e| ClientError::Corrupt(format!("cannot encode snapshot: {e}")))?;
         let sealed_snap = crypto::seal_manifest(&self.keys, snapshot_context(), &plain, &mut OsRng);
-        let snap_key = BlockKey::of(&sealed_snap);
-        self.store.put(snap_key, sealed_snap).await?;
+        let snap_key = self.store.put_document(sealed_snap).await?;
         let meta_blocks = snapshot.manifest_blocks.len() as u64 + 1;
 
         let ptr = RootPointer {

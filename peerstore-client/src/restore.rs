@@ -9,8 +9,11 @@
 //!   ever written through a link;
 //! - symlinks are created last, after every file and directory;
 //! - files are written to a fresh temp file (`create_new`, so it cannot be a pre-planted link) in
-//!   their directory, every chunk verified (block hash and AEAD tag against the chunk id),
-//!   fsynced, and renamed into place: a name never shows half a file.
+//!   their directory, every chunk verified (its slice of the pack, the AEAD tag against the
+//!   chunk id, its length), fsynced, and renamed into place: a name never shows half a file.
+//!
+//! Chunks are read through a [`PackCache`]: each pack is fetched once while it is in use, with
+//! bounded memory (see `pack`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +29,7 @@ use serde::Serialize;
 
 use crate::error::{ClientError, Result};
 use crate::model::{check_components, Entry, EntryKind, Manifest, UnsafePath};
+use crate::pack::PackCache;
 use crate::progress::Progress;
 use crate::repo::Repo;
 
@@ -44,6 +48,8 @@ pub struct RestoreSummary {
     pub symlinks: u64,
     pub bytes: u64,
     pub chunks_fetched: u64,
+    /// Pack files read from the ring.
+    pub packs_fetched: u64,
     pub seconds: f64,
 }
 
@@ -124,6 +130,7 @@ pub async fn restore_tree(
     check_manifest(m)?;
     fs::create_dir_all(dest).map_err(|e| ClientError::io(dest, e))?;
     let mut summary = RestoreSummary::default();
+    let cache = PackCache::with_defaults(repo);
     // 1. Directories.
     for e in &m.entries {
         if matches!(e.kind, EntryKind::Dir) {
@@ -138,12 +145,13 @@ pub async fn restore_tree(
         .filter(|e| matches!(e.kind, EntryKind::File { .. }))
         .partition(|e| matches!(&e.kind, EntryKind::File { chunks, .. } if chunks.len() <= 1));
     for (files, parallel) in [(small, SMALL_FILES_IN_FLIGHT), (large, FILES_IN_FLIGHT)] {
+        let cache = &cache;
         let results: Vec<(u64, u64)> = futures::stream::iter(files.into_iter().map(|e| {
             let progress = progress.clone();
             async move {
                 let (parent, name) = e.path.split_at(e.path.len() - 1);
                 let dir = ensure_dir(dest, parent)?;
-                let r = write_file(repo, e, &dir, &name[0], &progress).await?;
+                let r = write_file(cache, e, &dir, &name[0], &progress).await?;
                 progress.file_done();
                 Ok::<_, ClientError>(r)
             }
@@ -173,6 +181,7 @@ pub async fn restore_tree(
             set_dir_meta(&p, e)?;
         }
     }
+    summary.packs_fetched = cache.fetched();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -219,11 +228,13 @@ pub async fn restore_entry(
         .to_string();
     match &entry.kind {
         EntryKind::File { .. } => {
-            let (bytes, chunks) = write_file(repo, entry, parent, &name, progress).await?;
+            let cache = PackCache::with_defaults(repo);
+            let (bytes, chunks) = write_file(&cache, entry, parent, &name, progress).await?;
             Ok(RestoreSummary {
                 files: 1,
                 bytes,
                 chunks_fetched: chunks,
+                packs_fetched: cache.fetched(),
                 ..RestoreSummary::default()
             })
         }
@@ -254,10 +265,32 @@ pub async fn restore_entry(
     }
 }
 
+/// Checks a file entry's chunk list before anything is fetched: lengths consistent, every
+/// chunk inside the largest possible pack, and the chunks adding up to the size.
+fn check_chunks(e: &Entry, size: u64, chunks: &[crate::model::ChunkRef]) -> Result<()> {
+    let mut total = 0u64;
+    for c in chunks {
+        if c.range_in(peerstore_node::proto::MAX_BLOCK_SIZE).is_none() {
+            return Err(ClientError::Corrupt(format!(
+                "{}: a chunk reference lies outside any pack",
+                e.display_path()
+            )));
+        }
+        total += u64::from(c.len);
+    }
+    if total != size {
+        return Err(ClientError::Corrupt(format!(
+            "{}: chunks add up to {total} bytes, manifest says {size}",
+            e.display_path()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes a file entry as `dir/name` via a temp file, fsync and a rename. Returns (bytes,
 /// chunks).
 async fn write_file(
-    repo: &Repo,
+    cache: &PackCache,
     e: &Entry,
     dir: &Path,
     name: &str,
@@ -269,6 +302,7 @@ async fn write_file(
             e.display_path()
         )));
     };
+    check_chunks(e, *size, chunks)?;
     let final_path = dir.join(name);
     if let Ok(md) = fs::symlink_metadata(&final_path) {
         if md.is_dir() {
@@ -286,21 +320,18 @@ async fn write_file(
         .create_new(true)
         .open(&tmp)
         .map_err(|err| ClientError::io(&tmp, err))?;
+    // Removes the temp file unless it was renamed into place, also when this future is
+    // dropped halfway (another file's failure ends the whole restore).
+    let mut guard = TempFile(Some(tmp.clone()));
     let result = async {
         let mut written = 0u64;
-        let mut stream = futures::stream::iter(chunks.iter().map(|c| async move {
-            let sealed = repo.get_required(c.key, "chunk").await?;
-            let plain = crypto::open_chunk(repo.keys(), &c.id, &sealed).map_err(|err| {
-                ClientError::Corrupt(format!("chunk of {}: {err}", e.display_path()))
-            })?;
-            if plain.len() != c.len as usize {
-                return Err(ClientError::Corrupt(format!(
-                    "chunk of {} has the wrong length",
-                    e.display_path()
-                )));
-            }
-            Ok::<_, ClientError>(plain)
-        }))
+        let path = e.display_path();
+        let path = &path;
+        let mut stream = futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| async move { cache.open_chunk(c, path).await }),
+        )
         .buffered(CHUNKS_IN_FLIGHT);
         while let Some(plain) = stream.next().await {
             let plain = plain?;
@@ -332,8 +363,19 @@ async fn write_file(
         Ok((written, chunks.len() as u64))
     }
     .await;
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if result.is_ok() {
+        guard.0 = None;
     }
     result
+}
+
+/// A temp file that is removed when dropped while still set.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
 }

@@ -1,8 +1,15 @@
-//! The block store as the client sees it: content-addressed blocks plus signed mutable records.
+//! The block store as the client sees it: documents (every object the client stores: packs,
+//! manifest blocks, snapshot objects), content-addressed blocks, and signed mutable records.
 //!
 //! [`BlockStoreApi`] is the small seam between the client logic and the network. [`RingStore`]
 //! speaks the node's data protocol over [`RpcClient`] (with retries, backoff and fail-over to
 //! other ring members); [`MemStore`] keeps everything in memory for unit tests.
+//!
+//! A document's key is whatever the ring returns for it: on a plain ring (`entanglement =
+//! none`) BLAKE3 of the bytes, on an entangled ring the key of the document record, which is not
+//! a hash of the data. Then integrity rests on the node's document check (length and content
+//! hash in the record) and on the AEAD tag and chunk-id MAC that every reader of the bytes
+//! verifies (chunks, manifests and snapshot objects are all sealed).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -56,6 +63,12 @@ pub trait BlockStoreApi: Send + Sync {
     async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError>;
     /// Reads a block; `None` if no replica has it. The returned bytes hash to `key`.
     async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores a document (at most `MAX_BLOCK_SIZE` bytes; entangled when the ring is
+    /// configured so) and returns the key that reads it back.
+    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError>;
+    /// Reads a document by the key [`BlockStoreApi::put_document`] returned; `None` if the ring
+    /// does not have it.
+    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError>;
     /// Stores a signed mutable record.
     async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError>;
     /// Reads the newest mutable record under `key`.
@@ -73,7 +86,11 @@ struct MemInner {
     blocks: BTreeMap<BlockKey, Vec<u8>>,
     records: BTreeMap<BlockKey, Vec<u8>>,
     puts: u64,
+    /// Keys of stored documents, in put order.
+    documents: Vec<BlockKey>,
     fail_puts: bool,
+    /// Documents get keys that are not the hash of their bytes (like an entangled ring).
+    opaque_keys: bool,
     /// Puts that may still succeed before every put fails (None: no limit).
     fail_after: Option<u64>,
 }
@@ -88,7 +105,7 @@ impl MemStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number of successful block puts so far.
+    /// Number of successful block and document puts so far.
     #[must_use]
     pub fn puts(&self) -> u64 {
         self.lock().puts
@@ -125,27 +142,76 @@ impl MemStore {
     pub fn tamper(&self, key: BlockKey, data: Vec<u8>) {
         self.lock().blocks.insert(key, data);
     }
-}
 
-#[async_trait]
-impl BlockStoreApi for MemStore {
-    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
-        let mut g = self.lock();
+    /// Forgets a block or document (to test a loss).
+    pub fn remove(&self, key: BlockKey) -> bool {
+        self.lock().blocks.remove(&key).is_some()
+    }
+
+    /// Keys of the documents stored so far, in put order.
+    #[must_use]
+    pub fn documents(&self) -> Vec<BlockKey> {
+        self.lock().documents.clone()
+    }
+
+    /// Makes document keys opaque (not the hash of the bytes), as an entangled ring does.
+    pub fn set_opaque_keys(&self, opaque: bool) {
+        self.lock().opaque_keys = opaque;
+    }
+
+    /// Counts one put, or fails it when an outage is simulated.
+    fn count_put(g: &mut MemInner) -> Result<(), StoreError> {
         if g.fail_puts || g.fail_after == Some(0) {
             return Err(StoreError::Unavailable("simulated outage".into()));
         }
         if let Some(n) = g.fail_after.as_mut() {
             *n -= 1;
         }
+        g.puts += 1;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockStoreApi for MemStore {
+    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
         if BlockKey::of(&data) != key {
             return Err(StoreError::Other("key is not the hash of the data".into()));
         }
-        g.puts += 1;
+        let mut g = self.lock();
+        MemStore::count_put(&mut g)?;
         g.blocks.insert(key, data);
         Ok(())
     }
 
     async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().blocks.get(&key).cloned())
+    }
+
+    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
+        if data.len() > peerstore_node::proto::MAX_BLOCK_SIZE {
+            return Err(StoreError::Other(format!(
+                "document of {} bytes is too large",
+                data.len()
+            )));
+        }
+        let mut g = self.lock();
+        MemStore::count_put(&mut g)?;
+        let key = if g.opaque_keys {
+            // Like a document record's key: depends on the data, but is not its hash.
+            let mut h = blake3::Hasher::new();
+            h.update(b"memstore document record");
+            h.update(&data);
+            BlockKey(*h.finalize().as_bytes())
+        } else {
+            BlockKey::of(&data)
+        };
+        g.blocks.insert(key, data);
+        g.documents.push(key);
+        Ok(key)
+    }
+
+    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().blocks.get(&key).cloned())
     }
 
@@ -208,7 +274,7 @@ impl RingStore {
             reason,
         };
         let client =
-            RpcClient::start(node.clone(), timeout).map_err(|e| unreachable(e.to_string()))?;
+            RpcClient::routed(node.clone(), timeout).map_err(|e| unreachable(e.to_string()))?;
         let status = match client.call(Request::Status).await {
             Ok(Response::Status(s)) => *s,
             Ok(other) => return Err(unreachable(format!("unexpected answer {other:?}"))),
@@ -262,7 +328,7 @@ impl RingStore {
         }
         g.current = (g.current + 1) % g.addrs.len();
         let next = g.addrs[g.current].clone();
-        match RpcClient::start(next.clone(), self.timeout) {
+        match RpcClient::routed(next.clone(), self.timeout) {
             Ok(c) => {
                 warn!(node = %next, "failing over to another ring member");
                 g.client = c;
@@ -356,6 +422,33 @@ impl BlockStoreApi for RingStore {
                 "unexpected answer to get: {other:?}"
             ))),
         }
+    }
+
+    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
+        match self.call(Request::PutDocument { data }).await? {
+            Response::DocumentStored { key } => Ok(key),
+            other => Err(StoreError::Other(format!(
+                "unexpected answer to put-document: {other:?}"
+            ))),
+        }
+    }
+
+    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let data = match self.call(Request::GetDocument { key }).await? {
+            Response::Block { data } => data,
+            Response::NotFound => return Ok(None),
+            other => {
+                return Err(StoreError::Other(format!(
+                    "unexpected answer to get-document: {other:?}"
+                )))
+            }
+        };
+        // On a plain ring the bytes hash to the key (the node verifies that on every read). On
+        // an entangled ring the key names a document record, not a hash of the data, and the
+        // node checked the decoded bytes against the record's length and content hash. A key
+        // alone does not say which, so a mismatch is not an error here: the AEAD tag and
+        // chunk-id MAC that every reader verifies before using a byte decide.
+        Ok(Some(data))
     }
 
     async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {

@@ -122,8 +122,12 @@ impl SyncState {
     /// next scan re-derives everything).
     pub fn load(path: &Path) -> Result<Option<SyncState>> {
         match fs::read(path) {
-            Ok(bytes) => match postcard::from_bytes(&bytes) {
-                Ok(s) => Ok(Some(s)),
+            Ok(bytes) => match postcard::from_bytes::<SyncState>(&bytes) {
+                Ok(s) if s.manifest.version == crate::model::MANIFEST_VERSION => Ok(Some(s)),
+                Ok(_) => {
+                    warn!(path = %path.display(), "sync state of another version; rescanning");
+                    Ok(None)
+                }
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "sync state unreadable; rescanning");
                     Ok(None)

@@ -11,11 +11,11 @@ use rand::{RngCore, SeedableRng};
 
 use crate::backup::{backup, mtime_ns, BackupOptions, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 use crate::cache::KnownBlocks;
-use crate::model::{Entry, EntryKind, Manifest};
+use crate::model::{ChunkRef, Entry, EntryKind, Manifest, MANIFEST_VERSION};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::restore::{check_manifest, restore_entry, restore_tree};
-use crate::store::MemStore;
+use crate::store::{BlockStoreApi, MemStore};
 use crate::sync::{sync_once, SyncOptions, SyncState};
 
 fn repo_with(store: &MemStore, seed: u64) -> Repo {
@@ -275,9 +275,10 @@ async fn another_user_cannot_read() {
     let EntryKind::File { chunks, .. } = &m.entries[0].kind else {
         panic!("not a file")
     };
-    let key = peerstore_node::proto::BlockKey(chunks[0].key);
-    let mut data = store.all_blocks()[0].clone();
-    data[5] ^= 1;
+    let key = peerstore_node::proto::BlockKey(chunks[0].pack);
+    let mut data = store.get_document(key).await.unwrap().unwrap();
+    let at = chunks[0].offset as usize + 30;
+    data[at] ^= 1;
     store.tamper(key, data);
     let dest = tmp.path().join("dest");
     assert!(restore_tree(&alice, &m, &dest, &hidden()).await.is_err());
@@ -331,7 +332,7 @@ async fn hostile_manifests_cannot_write_outside_dest() {
     ];
     for entries in hostile {
         let m = Manifest {
-            version: 1,
+            version: MANIFEST_VERSION,
             entries: entries.clone(),
         };
         assert!(check_manifest(&m).is_err(), "{entries:?} accepted");
@@ -468,14 +469,20 @@ async fn a_file_rewritten_during_backup_is_never_recorded_torn() {
     );
 }
 
+/// Writes `n` files of `size` random bytes (one chunk each when below CHUNK_MIN).
+fn make_files(dir: &Path, n: u64, size: usize, seed: u64) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        fs::write(dir.join(format!("f{i:04}")), random_bytes(seed + i, size)).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_backup_keeps_the_old_root_and_the_rerun_sends_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    for i in 0..12u64 {
-        fs::write(src.join(format!("f{i}")), random_bytes(50 + i, 100_000)).unwrap();
-    }
+    // 100 single-chunk files of 200,000 bytes: 20 sealed chunks fill a 4 MiB pack, so 5 packs.
+    make_files(&src, 100, 200_000, 50);
     let store = MemStore::new();
     let repo = repo_with(&store, 8);
     let cache_path = tmp.path().join("known");
@@ -483,7 +490,7 @@ async fn interrupted_backup_keeps_the_old_root_and_the_rerun_sends_only_the_rest
         concurrency: 1,
         ..BackupOptions::default()
     };
-    // A first snapshot of part of the tree.
+    // A first snapshot of another tree.
     let known = Arc::new(KnownBlocks::open(&cache_path).unwrap());
     fs::create_dir_all(tmp.path().join("small")).unwrap();
     fs::write(tmp.path().join("small/x"), b"x").unwrap();
@@ -498,24 +505,434 @@ async fn interrupted_backup_keeps_the_old_root_and_the_rerun_sends_only_the_rest
     .await
     .unwrap();
     let root_before = repo.read_root().await.unwrap().unwrap();
-    // The ring goes away after 5 more puts: the backup fails and the root is untouched.
-    store.fail_after(Some(5));
+    // The ring goes away after 2 more puts (2 packs): the backup fails, the root is untouched.
+    store.fail_after(Some(2));
     let known = Arc::new(KnownBlocks::open(&cache_path).unwrap());
     let err = backup(&repo, known, &src, None, &opts, &hidden())
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert_eq!(repo.read_root().await.unwrap().unwrap(), root_before);
-    // The rerun (a new process: the cache is reloaded from disk) sends only the 7 missing.
+    // The rerun (a new process: the cache is reloaded from disk) sends only the 60 chunks of
+    // the 3 packs that did not make it.
     store.fail_after(None);
     let known = Arc::new(KnownBlocks::open(&cache_path).unwrap());
+    assert_eq!(known.len(), 1 + 40);
     let (s, m, _) = backup(&repo, known, &src, None, &opts, &hidden())
         .await
         .unwrap();
-    assert_eq!((s.chunks, s.chunks_uploaded), (12, 7), "{s:?}");
+    assert_eq!(
+        (
+            s.chunks,
+            s.chunks_uploaded,
+            s.chunks_deduplicated,
+            s.packs_uploaded
+        ),
+        (100, 60, 40, 3),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.bytes_uploaded,
+        60 * (200_000 + crypto::CHUNK_OVERHEAD as u64)
+    );
     let dest = tmp.path().join("dest");
     restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
-    for i in 0..12u64 {
-        assert!(fs::read(dest.join(format!("f{i}"))).unwrap() == random_bytes(50 + i, 100_000));
+    assert_same_tree(&src, &dest);
+}
+
+/// Sizes 1..=64 KiB, deterministic.
+fn small_sizes(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| 1 + (rng.next_u32() as usize % (64 * 1024)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_go_up_in_a_handful_of_packs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let sizes = small_sizes(1000, 77);
+    for (i, n) in sizes.iter().enumerate() {
+        let dir = src.join(format!("d{}", i % 7)).join(format!("e{}", i % 3));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}")), random_bytes(1000 + i as u64, *n)).unwrap();
     }
+    let store = MemStore::new();
+    let repo = repo_with(&store, 11);
+    let known = Arc::new(KnownBlocks::in_memory());
+    let opts = BackupOptions::default();
+    let (s, m, _) = backup(&repo, known.clone(), &src, None, &opts, &hidden())
+        .await
+        .unwrap();
+    let sealed: u64 = sizes
+        .iter()
+        .map(|n| (n + crypto::CHUNK_OVERHEAD) as u64)
+        .sum();
+    let pack = crate::backup::PACK_TARGET as u64;
+    // Full packs are filled to within one chunk (< 64 KiB + 41) of the target.
+    let most = sealed.div_ceil(pack - 64 * 1024 - 41);
+    println!(
+        "{} files, {sealed} sealed bytes in {} packs",
+        s.files, s.packs_uploaded
+    );
+    assert_eq!((s.files, s.chunks, s.chunks_uploaded), (1000, 1000, 1000));
+    assert_eq!(s.bytes_uploaded, sealed);
+    assert!(
+        (sealed.div_ceil(pack)..=most).contains(&s.packs_uploaded),
+        "{} packs",
+        s.packs_uploaded
+    );
+    // Every put is a pack or metadata; no pack is larger than the target.
+    assert_eq!(store.puts(), s.packs_uploaded + s.metadata_blocks);
+    let mut pack_keys = std::collections::BTreeSet::new();
+    for e in &m.entries {
+        if let EntryKind::File { chunks, .. } = &e.kind {
+            pack_keys.extend(chunks.iter().map(|c| c.pack));
+        }
+    }
+    assert_eq!(pack_keys.len() as u64, s.packs_uploaded);
+    for k in &pack_keys {
+        let p = store
+            .get_document(peerstore_node::proto::BlockKey(*k))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(p.len() <= crate::backup::PACK_TARGET);
+    }
+    // Restore: byte-identical, and every pack fetched exactly once.
+    let dest = tmp.path().join("dest");
+    let r = restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
+    assert_same_tree(&src, &dest);
+    assert_eq!((r.files, r.chunks_fetched), (1000, 1000));
+    assert_eq!(r.packs_fetched, s.packs_uploaded);
+    // A second backup sends nothing: not with the previous tree, not re-reading every file,
+    // and not with an empty cache seeded only from the previous snapshot's manifest.
+    let puts = store.puts();
+    let (s2, _, _) = backup(&repo, known.clone(), &src, Some(&m), &opts, &hidden())
+        .await
+        .unwrap();
+    assert_eq!(
+        (s2.files_read, s2.chunks_uploaded, s2.packs_uploaded),
+        (0, 0, 0)
+    );
+    let reread = BackupOptions {
+        reread_all: true,
+        ..BackupOptions::default()
+    };
+    let fresh = Arc::new(KnownBlocks::in_memory());
+    let (s3, m3, _) = backup(&repo, fresh, &src, Some(&m), &reread, &hidden())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            s3.files_read,
+            s3.chunks_deduplicated,
+            s3.chunks_uploaded,
+            s3.packs_uploaded
+        ),
+        (1000, 1000, 0, 0),
+        "{s3:?}"
+    );
+    assert_eq!(m3.entries, m.entries);
+    // Only the two snapshots' metadata went up.
+    assert_eq!(store.puts(), puts + s2.metadata_blocks + s3.metadata_blocks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_chunks_are_packed_once_per_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = random_bytes(5, 100_000);
+    for name in ["a", "b", "c"] {
+        fs::write(src.join(name), &data).unwrap();
+    }
+    fs::write(src.join("d"), random_bytes(6, 1000)).unwrap();
+    let store = MemStore::new();
+    let repo = repo_with(&store, 12);
+    let known = Arc::new(KnownBlocks::in_memory());
+    let (s, m, _) = backup(
+        &repo,
+        known,
+        &src,
+        None,
+        &BackupOptions::default(),
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            s.chunks,
+            s.chunks_uploaded,
+            s.chunks_deduplicated,
+            s.packs_uploaded
+        ),
+        (4, 2, 2, 1),
+        "{s:?}"
+    );
+    let refs: Vec<&ChunkRef> = m
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { chunks, .. } => chunks.first(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refs[0], refs[1]);
+    assert_eq!(refs[0], refs[2]);
+    assert_eq!(refs[0].pack, refs[3].pack);
+    assert_ne!(refs[0].offset, refs[3].offset);
+    let dest = tmp.path().join("dest");
+    restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
+    assert_same_tree(&src, &dest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_keys_that_are_not_hashes_work_end_to_end() {
+    // Like an entangled ring: the key a document put returns is not BLAKE3 of the bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let store = MemStore::new();
+    store.set_opaque_keys(true);
+    let repo = repo_with(&store, 13);
+    let known = Arc::new(KnownBlocks::in_memory());
+    let (s, m, snap) = backup(
+        &repo,
+        known.clone(),
+        &src,
+        None,
+        &BackupOptions::default(),
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    let snap = snap.unwrap();
+    for k in store.documents() {
+        let data = store.get_document(k).await.unwrap().unwrap();
+        assert_ne!(peerstore_node::proto::BlockKey::of(&data), k);
+    }
+    assert_eq!(
+        store.documents().len() as u64,
+        s.packs_uploaded + s.metadata_blocks
+    );
+    assert_eq!(repo.latest().await.unwrap().unwrap().key, snap.key);
+    assert_eq!(repo.load_manifest(&snap).await.unwrap(), m);
+    let dest = tmp.path().join("dest");
+    restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
+    assert_same_tree(&src, &dest);
+    let (s2, _, _) = backup(
+        &repo,
+        known,
+        &src,
+        Some(&m),
+        &BackupOptions::default(),
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s2.packs_uploaded, 0);
+}
+
+/// Names below `dir` that look like restore temp files.
+fn temp_files(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.contains(".peerstore-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pack_fails_the_restore_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Two packs: "f0000".."f0019" in the first, "f0020".. in the second.
+    make_files(&src, 25, 200_000, 300);
+    let store = MemStore::new();
+    let repo = repo_with(&store, 14);
+    let (s, m, _) = backup(
+        &repo,
+        Arc::new(KnownBlocks::in_memory()),
+        &src,
+        None,
+        &BackupOptions::default(),
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.packs_uploaded, 2);
+    let victim = m.find(&["f0022".to_string()]).unwrap();
+    let EntryKind::File { chunks, .. } = &victim.kind else {
+        panic!("not a file")
+    };
+    assert!(store.remove(peerstore_node::proto::BlockKey(chunks[0].pack)));
+    // getfile of one file of the lost pack.
+    let out = tmp.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let err = restore_entry(&repo, &m, victim, &out.join("f0022"), &hidden())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, crate::ClientError::Missing(_)), "{msg}");
+    assert!(msg.contains("f0022") && msg.contains("pack"), "{msg}");
+    assert_eq!(
+        fs::read_dir(&out).unwrap().count(),
+        0,
+        "something was written"
+    );
+    // The whole tree: fails, and no file of the lost pack is there, whole or half.
+    let dest = tmp.path().join("dest");
+    let err = restore_tree(&repo, &m, &dest, &hidden()).await.unwrap_err();
+    assert!(err.to_string().contains("missing from the ring"), "{err}");
+    for i in 20..25 {
+        assert!(!dest.join(format!("f{i:04}")).exists(), "f{i:04} written");
+    }
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
+    // Files that were restored are whole.
+    for (p, _) in walk(&dest) {
+        assert!(fs::read(dest.join(&p)).unwrap() == fs::read(src.join(&p)).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_chunk_references_are_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_files(&src, 3, 5000, 400);
+    let store = MemStore::new();
+    let repo = repo_with(&store, 15);
+    let (_, m, _) = backup(
+        &repo,
+        Arc::new(KnownBlocks::in_memory()),
+        &src,
+        None,
+        &BackupOptions::default(),
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    let EntryKind::File { chunks, size } = &m.entries[1].kind else {
+        panic!("not a file")
+    };
+    let good = chunks[0].clone();
+    let o = crypto::CHUNK_OVERHEAD as u32;
+    let variants: Vec<(&str, ChunkRef)> = vec![
+        (
+            "offset past the pack",
+            ChunkRef {
+                offset: 4 << 20,
+                ..good.clone()
+            },
+        ),
+        (
+            "offset at u32::MAX",
+            ChunkRef {
+                offset: u32::MAX,
+                ..good.clone()
+            },
+        ),
+        (
+            "length past the pack",
+            ChunkRef {
+                sealed_len: 4 << 20,
+                len: (4 << 20) - o,
+                ..good.clone()
+            },
+        ),
+        (
+            "huge length",
+            ChunkRef {
+                sealed_len: u32::MAX,
+                len: u32::MAX - o,
+                ..good.clone()
+            },
+        ),
+        (
+            "lengths disagree",
+            ChunkRef {
+                sealed_len: good.sealed_len + 1,
+                ..good.clone()
+            },
+        ),
+        (
+            "shifted slice",
+            ChunkRef {
+                offset: good.offset + 1,
+                ..good.clone()
+            },
+        ),
+        (
+            "another chunk's slice",
+            ChunkRef {
+                offset: 0,
+                ..good.clone()
+            },
+        ),
+        (
+            "no such pack",
+            ChunkRef {
+                pack: [9; 32],
+                ..good.clone()
+            },
+        ),
+    ];
+    for (what, c) in variants {
+        let e = Entry {
+            path: vec!["victim".into()],
+            kind: EntryKind::File {
+                size: u64::from(c.len),
+                chunks: vec![c],
+            },
+            mode: 0o644,
+            mtime_ns: 0,
+        };
+        let hostile = Manifest::new(vec![e]);
+        let dest = tmp.path().join(format!("dest-{}", what.replace(' ', "-")));
+        let r = restore_tree(&repo, &hostile, &dest, &hidden()).await;
+        assert!(r.is_err(), "{what}: restored");
+        assert!(!dest.join("victim").exists(), "{what}: written");
+        assert!(temp_files(&dest).is_empty(), "{what}: temp file left");
+    }
+    // The genuine reference still restores (the checks above did not reject good data), and
+    // a size that disagrees with the chunks is refused.
+    let ok = Manifest::new(vec![m.entries[1].clone()]);
+    restore_tree(&repo, &ok, &tmp.path().join("good"), &hidden())
+        .await
+        .unwrap();
+    let wrong_size = Manifest::new(vec![Entry {
+        kind: EntryKind::File {
+            size: size + 1,
+            chunks: chunks.clone(),
+        },
+        ..m.entries[1].clone()
+    }]);
+    assert!(
+        restore_tree(&repo, &wrong_size, &tmp.path().join("ws"), &hidden())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_of_another_version_is_a_clear_error() {
+    let store = MemStore::new();
+    let repo = repo_with(&store, 16);
+    let old = Manifest {
+        version: 1,
+        entries: vec![entry(&["x"], EntryKind::Dir)],
+    };
+    let (snap, _) = repo.publish(&old, "/old", "backup").await.unwrap();
+    let err = repo.load_manifest(&snap).await.unwrap_err();
+    assert!(
+        matches!(err, crate::ClientError::OtherVersion(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("made by another version of peerstore-client"),
+        "{err}"
+    );
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use crypto::{Identity, RootRecord};
-use peerstore_client::model::{Entry, EntryKind, Manifest};
+use peerstore_client::model::{Entry, EntryKind, Manifest, MANIFEST_VERSION};
 use peerstore_client::repo::Repo;
 use peerstore_client::store::RingStore;
 use peerstore_node::proto::{BlockKey, ErrorCode, Request, Response};
@@ -250,7 +250,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
     let outside = tmp.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
     let hostile = Manifest {
-        version: 1,
+        version: MANIFEST_VERSION,
         entries: vec![
             Entry {
                 path: vec!["..".into(), "outside".into(), "pwned".into()],
@@ -349,4 +349,70 @@ fn clear_errors_without_a_node_or_passphrase() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Issue 5: on a ring with `entanglement = step` the client's packs, manifest and snapshot go
+/// in as entangled documents (their keys are document records, not hashes of the data), and
+/// backup, ls, getfile and restore work the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_on_an_entangled_ring() {
+    let cluster = Cluster::start(
+        4,
+        &[
+            "--replication",
+            "3",
+            "--entanglement",
+            "step",
+            "--entangle-s",
+            "4",
+            "--entangle-t",
+            "8",
+            "--entangle-p",
+            "12",
+            "--repair-ms",
+            "600000",
+        ],
+    )
+    .await;
+    cluster
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..40u64 {
+        let n = 1 + (i as usize * 1637) % (64 << 10);
+        fs::write(src.join(format!("sub/small-{i}")), random_bytes(900 + i, n)).unwrap();
+    }
+    fs::write(src.join("large.bin"), random_bytes(999, 5 << 20)).unwrap();
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[1].addr.to_string());
+    alice.ok(&["init"]);
+    let b = alice.json(&["backup", src.to_str().unwrap()]);
+    println!("entangled backup: {b}");
+    assert_eq!(b["files"], 41, "{b}");
+    assert!(b["packs_uploaded"].as_u64().unwrap() >= 2, "{b}");
+    let dest = tmp.path().join("restored");
+    alice.ok(&["restore", dest.to_str().unwrap()]);
+    assert_same_tree(&src, &dest);
+    let one = tmp.path().join("one");
+    alice.ok(&["getfile", "sub/small-7", one.to_str().unwrap()]);
+    assert!(fs::read(&one).unwrap() == fs::read(src.join("sub/small-7")).unwrap());
+
+    // The objects really are entangled documents: the snapshot's key names a document
+    // record, and the store checked the bytes against it.
+    let id = Identity::open(
+        &fs::read(alice.config.join("identity.key")).unwrap(),
+        PASS.as_bytes(),
+    )
+    .unwrap();
+    let ring = RingStore::connect(cluster.nodes[2].addr.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let repo = Repo::new(Arc::new(ring), Arc::new(id));
+    let snap = repo.latest().await.unwrap().unwrap();
+    let bytes = repo.get_required(snap.key, "snapshot").await.unwrap();
+    assert_ne!(BlockKey::of(&bytes).0, snap.key);
+    let m = repo.load_manifest(&snap).await.unwrap();
+    assert_eq!(m.totals().files, 41);
 }

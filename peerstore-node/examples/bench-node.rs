@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use peerstore_node::proto::{BlockKey, Request, Response};
+use peerstore_node::rpc::RpcClient;
 use peerstore_node::testing::{block, Cluster};
 
 const BLOCK: usize = 256 << 10;
@@ -25,6 +26,28 @@ fn rss_mib(pid: u32) -> f64 {
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of every node and of this process (the client side).
+fn cpu_now(pids: &[u32]) -> (f64, f64) {
+    (
+        pids.iter().map(|p| cpu_secs(*p)).sum(),
+        cpu_secs(std::process::id()),
+    )
 }
 
 fn pids(c: &Cluster) -> Vec<u32> {
@@ -53,8 +76,18 @@ async fn main() {
     };
     let blocks: usize = arg("--blocks").and_then(|v| v.parse().ok()).unwrap_or(1024);
     let iperf: Option<f64> = arg("--iperf").and_then(|v| v.parse().ok());
+    // For profiling: repeat the get phase (the figure is the mean) and pick the clients.
+    let get_rounds: usize = arg("--get-rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let only: Option<String> = arg("--only");
 
-    let cluster = Cluster::start(5, &["--replication", "3"]).await;
+    // Extra node flags for experiments, e.g. PEERSTORE_BENCH_NODE_ARGS="--maintenance-ms 60000".
+    let extra_env = std::env::var("PEERSTORE_BENCH_NODE_ARGS").unwrap_or_default();
+    let mut extra: Vec<&str> = vec!["--replication", "3"];
+    extra.extend(extra_env.split_whitespace());
+    let cluster = Cluster::start(5, &extra).await;
     cluster
         .wait_ideal(Duration::from_secs(60))
         .await
@@ -62,8 +95,6 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle: Vec<f64> = pids(&cluster).into_iter().map(rss_mib).collect();
 
-    let data: Vec<Vec<u8>> = (0..blocks).map(|i| block(i as u64, BLOCK)).collect();
-    let keys: Vec<BlockKey> = data.iter().map(|d| BlockKey::of(d)).collect();
     let total_mib = (blocks * BLOCK) as f64 / (1 << 20) as f64;
     let node = &cluster.nodes[0];
 
@@ -85,36 +116,61 @@ async fn main() {
         })
     };
 
-    let t = Instant::now();
-    let failures = stream::iter(data.iter().zip(&keys))
-        .map(|(d, k)| async move {
-            node.call(Request::Put {
-                key: *k,
-                data: d.clone(),
+    let all_pids = pids(&cluster);
+    let direct = node.client.clone();
+    let routed = RpcClient::routed(node.addr.clone(), Duration::from_secs(30)).expect("client");
+    routed.refresh().await;
+    let mut runs = Vec::new();
+    for (name, client, offset) in [
+        ("via one node", &direct, 0u64),
+        ("routed", &routed, 1u64 << 32),
+    ] {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        // Fresh blocks for each client so the second run stores as much as the first.
+        let data: Vec<Vec<u8>> = (0..blocks)
+            .map(|i| block(offset + i as u64, BLOCK))
+            .collect();
+        let keys: Vec<BlockKey> = data.iter().map(|d| BlockKey::of(d)).collect();
+        let cpu0 = cpu_now(&all_pids);
+        let t = Instant::now();
+        let failures = stream::iter(data.iter().zip(&keys))
+            .map(|(d, k)| async move {
+                client
+                    .call(Request::Put {
+                        key: *k,
+                        data: d.clone(),
+                    })
+                    .await
             })
-            .await
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .filter(|r| std::future::ready(!matches!(r, Response::Stored { .. })))
-        .count()
-        .await;
-    let put_s = t.elapsed().as_secs_f64();
-    assert_eq!(failures, 0, "{failures} puts failed");
+            .buffer_unordered(IN_FLIGHT)
+            .filter(|r| std::future::ready(!matches!(r, Ok(Response::Stored { .. }))))
+            .count()
+            .await;
+        let put_s = t.elapsed().as_secs_f64();
+        let cpu1 = cpu_now(&all_pids);
+        assert_eq!(failures, 0, "{failures} puts failed ({name})");
 
-    let t = Instant::now();
-    let bad = stream::iter(keys.iter().zip(&data))
-        .map(|(k, d)| async move {
-            match node.call(Request::Get { key: *k }).await {
-                Response::Block { data } => data == *d,
-                _ => false,
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .filter(|ok| std::future::ready(!ok))
-        .count()
-        .await;
-    let get_s = t.elapsed().as_secs_f64();
-    assert_eq!(bad, 0, "{bad} gets failed");
+        let t = Instant::now();
+        let bad = stream::iter((0..get_rounds).flat_map(|_| keys.iter().zip(&data)))
+            .map(|(k, d)| async move {
+                match client.call(Request::Get { key: *k }).await {
+                    Ok(Response::Block { data }) => data == *d,
+                    _ => false,
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter(|ok| std::future::ready(!ok))
+            .count()
+            .await;
+        let get_s = t.elapsed().as_secs_f64() / get_rounds as f64;
+        let end = cpu_now(&all_pids);
+        let per_round = |a: f64, b: f64| a + (b - a) / get_rounds as f64;
+        let cpu2 = (per_round(cpu1.0, end.0), per_round(cpu1.1, end.1));
+        assert_eq!(bad, 0, "{bad} gets failed ({name})");
+        runs.push((name, put_s, get_s, cpu0, cpu1, cpu2));
+    }
     sampler.abort();
     let loaded: Vec<f64> = peak.lock().map(|p| p.clone()).unwrap_or_default();
 
@@ -128,14 +184,27 @@ async fn main() {
     }
     lat.sort();
 
-    let put_mibs = total_mib / put_s;
-    let get_mibs = total_mib / get_s;
     println!("## peerstore-node benchmark: 5 local nodes, r = 3, {blocks} blocks of 256 KiB, {IN_FLIGHT} in flight");
     println!();
     println!("| what | figure |");
     println!("|---|---|");
-    println!("| put throughput (r = 3, majority ack) | {put_mibs:.0} MiB/s |");
-    println!("| get throughput | {get_mibs:.0} MiB/s |");
+    let mut best = (0f64, 0f64);
+    for (name, put_s, get_s, cpu0, cpu1, cpu2) in &runs {
+        let (put_mibs, get_mibs) = (total_mib / put_s, total_mib / get_s);
+        best = (best.0.max(put_mibs), best.1.max(get_mibs));
+        println!("| put throughput {name} (r = 3, majority ack) | {put_mibs:.0} MiB/s |");
+        println!("| get throughput {name} | {get_mibs:.0} MiB/s |");
+        for (what, a, b, secs) in [("put", cpu0, cpu1, put_s), ("get", cpu1, cpu2, get_s)] {
+            println!(
+                "| CPU during {what} {name}: nodes / client | {:.2} / {:.2} cores ({:.1} / {:.1} ms per MiB) |",
+                (b.0 - a.0) / secs,
+                (b.1 - a.1) / secs,
+                (b.0 - a.0) * 1e3 / total_mib,
+                (b.1 - a.1) * 1e3 / total_mib,
+            );
+        }
+    }
+    let (put_mibs, get_mibs) = best;
     println!(
         "| lookup latency p50 / p99 (2,000 lookups) | {:.0} / {:.0} us |",
         percentile(&lat, 0.5).as_secs_f64() * 1e6,

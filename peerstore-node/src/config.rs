@@ -93,6 +93,9 @@ impl NodeConfig {
             return bad("intervals and timeouts must be positive".into());
         }
         self.entanglement.validate().map_err(ConfigError::Invalid)?;
+        self.entanglement
+            .validate_metadata(self.replication)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! their own tasks, whose answers come back as [`Command::Respond`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -187,15 +188,46 @@ pub struct Driver {
     left: bool,
     /// Replication factor, for answering lookups from local state.
     replication: usize,
-    /// The member we join through, and when to try again after a failed join.
-    join_via: Option<NodeAddr>,
+    /// Members to join through, tried in turn after failed joins; when to try the next one.
+    join_via: Vec<NodeAddr>,
+    join_tries: usize,
     rejoin_at: Option<Instant>,
+    /// Whether to start a new ring once every candidate failed (no `--initial-peer`).
+    create_if_alone: bool,
+    /// Where the members this node knows are kept for its next start, and what was last written.
+    peers_file: Option<PathBuf>,
+    peers_written: Vec<NodeAddr>,
+    peers_at: Instant,
 }
 
 /// How the node enters the ring.
 pub enum Start {
+    /// A new ring of one.
     Create,
-    Join(NodeAddr),
+    /// Join through the first of `via` that answers (each failed join moves on to the next,
+    /// round after round). With `create_if_alone`, a new ring is started once every candidate
+    /// has failed once: a node that was in a ring rejoins it if any member is up.
+    Join {
+        via: Vec<NodeAddr>,
+        create_if_alone: bool,
+    },
+}
+
+/// File in the data directory with the members this node knew, one multiaddr per line.
+pub const PEERS_FILE: &str = "peers";
+
+/// How often the members this node knows are written down (when they changed).
+const PEERS_EVERY: Duration = Duration::from_secs(10);
+
+/// The members listed in a data directory's peers file (none if it is missing or unreadable).
+pub fn read_peers_file(data_dir: &std::path::Path) -> Vec<NodeAddr> {
+    std::fs::read_to_string(data_dir.join(PEERS_FILE))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| crate::proto::parse_node_addr(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Driver {
@@ -206,6 +238,7 @@ impl Driver {
         listen: &[Multiaddr],
         announce: Option<Multiaddr>,
         chord_config: chord::Config,
+        peers_file: Option<PathBuf>,
     ) -> anyhow::Result<(Driver, Handle, mpsc::Receiver<Inbound>)> {
         for addr in listen {
             swarm
@@ -238,8 +271,13 @@ impl Driver {
             leave_waiters: Vec::new(),
             left: false,
             replication,
-            join_via: None,
+            join_via: Vec::new(),
+            join_tries: 0,
             rejoin_at: None,
+            create_if_alone: false,
+            peers_file,
+            peers_written: Vec::new(),
+            peers_at: Instant::now(),
         };
         let handle = Handle {
             tx: cmd_tx,
@@ -262,10 +300,25 @@ impl Driver {
         let now = self.now();
         match start {
             Start::Create => self.node.create(now),
-            Start::Join(via) => {
-                self.swarm.add_peer_address(via.peer, via.addr.clone());
-                self.join_via = Some(via.clone());
-                self.node.join(now, via)
+            Start::Join {
+                mut via,
+                create_if_alone,
+            } => {
+                let me = self.node.me().addr.peer;
+                let mut seen = std::collections::HashSet::new();
+                via.retain(|a| a.peer != me && seen.insert(a.peer));
+                for a in &via {
+                    self.swarm.add_peer_address(a.peer, a.addr.clone());
+                }
+                self.create_if_alone = create_if_alone;
+                self.join_via = via;
+                match self.join_via.first().cloned() {
+                    Some(first) => {
+                        info!(via = %first, candidates = self.join_via.len(), "joining");
+                        self.node.join(now, first)
+                    }
+                    None => self.node.create(now),
+                }
             }
         }
         self.drain();
@@ -284,14 +337,11 @@ impl Driver {
                 }
                 _ = sleep_until(rejoin) => {
                     self.rejoin_at = None;
-                    if let (false, Some(via)) = (self.node.is_member(), self.join_via.clone()) {
-                        info!(via = %via, "retrying the join");
-                        let now = self.now();
-                        self.node.join(now, via);
-                    }
+                    self.retry_join();
                 }
             }
             self.drain();
+            self.save_peers();
             if self.left {
                 break;
             }
@@ -358,6 +408,63 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// After a failed join: the next candidate, or a new ring once all failed and that is
+    /// allowed.
+    fn retry_join(&mut self) {
+        if self.node.is_member() || self.join_via.is_empty() {
+            return;
+        }
+        self.join_tries += 1;
+        let now = self.now();
+        if self.create_if_alone && self.join_tries >= self.join_via.len() {
+            warn!(
+                tried = self.join_via.len(),
+                "no member of the ring this node was in answered; starting a new ring"
+            );
+            self.join_via.clear();
+            self.node.create(now);
+            return;
+        }
+        let via = self.join_via[self.join_tries % self.join_via.len()].clone();
+        info!(via = %via, "retrying the join");
+        self.node.join(now, via);
+    }
+
+    /// Writes the members this node knows to the peers file when they changed (at most every
+    /// few seconds), so a restart can rejoin through any of them.
+    fn save_peers(&mut self) {
+        let Some(path) = self.peers_file.clone() else {
+            return;
+        };
+        let due = self.peers_written.is_empty() || self.peers_at.elapsed() >= PEERS_EVERY;
+        if !self.node.is_member() || !due {
+            return;
+        }
+        self.peers_at = Instant::now();
+        let me = self.node.me().addr.peer;
+        let mut known: Vec<NodeAddr> = self
+            .node
+            .successors()
+            .iter()
+            .chain(self.node.predecessors())
+            .chain(self.node.fingers().iter().flatten())
+            .map(|p| p.addr.clone())
+            .filter(|a| a.peer != me)
+            .collect();
+        known.sort();
+        known.dedup();
+        if known.is_empty() || known == self.peers_written {
+            return;
+        }
+        self.peers_written = known.clone();
+        let text: String = known.iter().map(|a| format!("{a}\n")).collect();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::identity::write_durable(&path, text.as_bytes(), false) {
+                warn!(error = %e, file = %path.display(), "cannot write the peers file");
+            }
+        });
     }
 
     fn view(&self) -> RingView {

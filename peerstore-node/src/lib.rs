@@ -73,10 +73,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         Arc::new(single),
     ));
 
+    // A node joins through --initial-peer, then through the members it knew when it last ran
+    // (so a restart still finds the ring when the initial peer is gone). Without
+    // --initial-peer, a node that was in a ring rejoins it if any member answers, and starts a
+    // new ring otherwise.
+    let known = driver::read_peers_file(&config.data_dir);
     let start = match &config.initial_peer {
-        Some(s) => Start::Join(
-            proto::parse_node_addr(s).map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?,
-        ),
+        Some(s) => {
+            let first =
+                proto::parse_node_addr(s).map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?;
+            Start::Join {
+                via: std::iter::once(first).chain(known).collect(),
+                create_if_alone: false,
+            }
+        }
+        None if !known.is_empty() => Start::Join {
+            via: known,
+            create_if_alone: true,
+        },
         None => Start::Create,
     };
     let swarm = build_swarm(keypair, config.request_timeout(), true)
@@ -86,6 +100,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         &config.listen,
         config.announce.clone(),
         config.chord_config(),
+        Some(config.data_dir.join(driver::PEERS_FILE)),
     )
     .await?;
     let addr_file = identity::write_address_file(&config.data_dir, &handle.local)?;

@@ -15,7 +15,7 @@ use peerstore_node::proto::{Request, Response};
     version,
     about = "A PeerStore node: a member of a Chord ring that stores encrypted blocks"
 )]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -71,6 +71,10 @@ struct RunArgs {
     /// Entanglement: repair worker period in milliseconds.
     #[arg(long)]
     repair_ms: Option<u64>,
+    /// Entanglement: nodes that hold each codeword record, document record and reverse
+    /// reference (m >= replication; default 10).
+    #[arg(long)]
+    metadata_replication: Option<usize>,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -195,6 +199,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.repair_ms {
         c.entanglement.repair_ms = v;
+    }
+    if let Some(v) = a.metadata_replication {
+        c.entanglement.metadata_replication = v;
     }
     peerstore_node::run(c, shutdown_signal()).await
 }

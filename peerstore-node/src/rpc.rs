@@ -1,18 +1,26 @@
 //! A data-protocol client: a small libp2p endpoint that sends [`Request`]s to one node and waits
 //! for the [`Response`]s, many in flight at once. Used by `peerstore-node status`, by
 //! peerstore-client and by the tests. It is not a ring member and answers no requests.
+//!
+//! With [`RpcClient::routed`] the endpoint also learns the ring's members from its node's status
+//! and sends block puts and gets straight to a member of the key's replica set, which saves the
+//! entry node a relay of every block (one transfer instead of two for most gets). Routing is
+//! only a shortcut: a member that is not the right one routes the request itself, and a member
+//! that does not answer is forgotten and the request goes through the entry node.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 use crate::driver::{build_swarm, BehaviourEvent};
-use crate::proto::{ErrorCode, NodeAddr, Request, Response};
+use crate::proto::{key_id, BlockKey, ErrorCode, NodeAddr, Request, Response};
 
 /// Why a call did not produce an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,11 +33,43 @@ pub enum RpcError {
 
 type Reply = oneshot::Sender<Result<Response, RpcError>>;
 
+/// How long a learned member map is used before it is refreshed from the node's status.
+const MEMBERS_TTL: Duration = Duration::from_secs(10);
+
 /// A handle to the client endpoint. Cheap to clone; dropping every clone stops the endpoint.
 #[derive(Clone)]
 pub struct RpcClient {
-    tx: mpsc::Sender<(Request, Reply)>,
+    tx: mpsc::Sender<(NodeAddr, Request, Reply)>,
     pub node: NodeAddr,
+    /// Present when requests are routed to replica-set members directly.
+    routes: Option<Arc<Mutex<Routes>>>,
+}
+
+/// The ring members this client knows, by ring id.
+#[derive(Default)]
+struct Routes {
+    members: BTreeMap<chord::Id, NodeAddr>,
+    replication: usize,
+    refreshed: Option<Instant>,
+    refreshing: bool,
+}
+
+impl Routes {
+    /// Up to `replication` known members at and after `key`'s position: the replica set as far
+    /// as this client knows the ring.
+    fn replica_set(&self, key: &BlockKey) -> Vec<NodeAddr> {
+        let id = key_id(key);
+        self.members
+            .range(id..)
+            .chain(self.members.range(..id))
+            .take(self.replication.max(1))
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+}
+
+fn lock_routes(m: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RpcClient {
@@ -42,27 +82,141 @@ impl RpcClient {
             }
         })?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(event_loop(swarm, node.clone(), rx));
-        Ok(RpcClient { tx, node })
+        tokio::spawn(event_loop(swarm, rx));
+        Ok(RpcClient {
+            tx,
+            node,
+            routes: None,
+        })
     }
 
-    /// Sends one request and waits for its answer.
+    /// Like [`RpcClient::start`], but block and document puts and gets go straight to a member
+    /// of the key's replica set (learned from the node's status, refreshed every few seconds).
+    pub fn routed(node: NodeAddr, timeout: Duration) -> Result<RpcClient, RpcError> {
+        let mut c = RpcClient::start(node, timeout)?;
+        c.routes = Some(Arc::new(Mutex::new(Routes::default())));
+        Ok(c)
+    }
+
+    /// Sends one request and waits for its answer. On a routed client a `Put` goes to the
+    /// key's owner and a `Get` to one of its replicas (spread by key); a member that does not
+    /// answer is forgotten and the next one of the set is tried, then the entry node.
     pub async fn call(&self, request: Request) -> Result<Response, RpcError> {
+        let route = self.route(&request);
+        if route.is_empty() {
+            return self.call_to(&self.node.clone(), request).await;
+        }
+        let mut last = None;
+        for target in &route {
+            match self.call_to(target, request.clone()).await {
+                Ok(r) if routed_answer_is_final(&r) => return Ok(r),
+                Ok(r) => {
+                    debug!(to = %target, answer = %describe(&r), "routed request failed");
+                    last = Some(Ok(r));
+                }
+                Err(e) => {
+                    debug!(to = %target, error = %e, "member unreachable");
+                    last = Some(Err(e));
+                }
+            }
+            self.forget(target);
+        }
+        if route.contains(&self.node) {
+            return last.unwrap_or(Err(RpcError::Closed));
+        }
+        self.call_to(&self.node.clone(), request).await
+    }
+
+    /// Sends one request to `to` (any ring member) and waits for its answer.
+    pub async fn call_to(&self, to: &NodeAddr, request: Request) -> Result<Response, RpcError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((request, tx))
+            .send((to.clone(), request, tx))
             .await
             .map_err(|_| RpcError::Closed)?;
         rx.await.map_err(|_| RpcError::Closed)?
     }
+
+    /// The members to try for `request`, in order (none if it is not routable or nothing is
+    /// known yet; the caller then asks the entry node, and also after a route that left it out).
+    fn route(&self, request: &Request) -> Vec<NodeAddr> {
+        let Some(routes) = self.routes.as_ref() else {
+            return Vec::new();
+        };
+        let hashed;
+        let (key, spread) = match request {
+            Request::Put { key, .. } => (key, false),
+            Request::Get { key } | Request::GetDocument { key } => (key, true),
+            // On a ring without entanglement a document is the block BLAKE3(data), stored by
+            // the owner of that key; on an entangled ring any node may encode it, and the
+            // owner of the hash spreads the encoders evenly.
+            Request::PutDocument { data } => {
+                hashed = BlockKey::of(data);
+                (&hashed, false)
+            }
+            _ => return Vec::new(),
+        };
+        let mut set = {
+            let mut r = lock_routes(routes);
+            let stale = r.refreshed.is_none_or(|t| t.elapsed() > MEMBERS_TTL);
+            if stale && !r.refreshing {
+                r.refreshing = true;
+                let this = self.clone();
+                tokio::spawn(async move { this.refresh().await });
+            }
+            r.replica_set(key)
+        };
+        if spread && !set.is_empty() {
+            // Gets start at a replica chosen by the key, so readers share the load.
+            let i = (key.0[31] as usize) % set.len();
+            set.rotate_left(i);
+        }
+        set
+    }
+
+    /// Relearns the members from the entry node's status (itself, predecessor, successors and
+    /// fingers). Routed calls do this by themselves every few seconds; call it to start with a
+    /// full map.
+    pub async fn refresh(&self) {
+        let Some(routes) = &self.routes else { return };
+        let status = self.call_to(&self.node.clone(), Request::Status).await;
+        let mut r = lock_routes(routes);
+        r.refreshing = false;
+        r.refreshed = Some(Instant::now());
+        if let Ok(Response::Status(s)) = status {
+            r.members.clear();
+            r.replication = s.replication as usize;
+            r.members.insert(s.id, s.addr.clone());
+            for m in s.predecessor.iter().chain(&s.successors).chain(&s.fingers) {
+                r.members.insert(m.id, m.addr.clone());
+            }
+        }
+    }
+
+    /// Drops a member that failed a request; the next refresh may bring it back.
+    fn forget(&self, who: &NodeAddr) {
+        if let Some(routes) = &self.routes {
+            lock_routes(routes).members.retain(|_, a| a != who);
+        }
+    }
+}
+
+/// Whether a routed member's answer stands (anything but "could not do it right now").
+fn routed_answer_is_final(r: &Response) -> bool {
+    !matches!(
+        r,
+        Response::Error {
+            code: ErrorCode::Unavailable | ErrorCode::Internal,
+            ..
+        }
+    )
 }
 
 async fn event_loop(
     mut swarm: libp2p::Swarm<crate::driver::Behaviour>,
-    node: NodeAddr,
-    mut rx: mpsc::Receiver<(Request, Reply)>,
+    mut rx: mpsc::Receiver<(NodeAddr, Request, Reply)>,
 ) {
-    let mut pending: HashMap<OutboundRequestId, Reply> = HashMap::new();
+    let mut pending: HashMap<OutboundRequestId, (NodeAddr, Reply)> = HashMap::new();
     let mut closed = false;
     loop {
         if closed && pending.is_empty() {
@@ -70,13 +224,13 @@ async fn event_loop(
         }
         tokio::select! {
             cmd = rx.recv(), if !closed => match cmd {
-                Some((request, reply)) => {
+                Some((to, request, reply)) => {
                     let id = swarm.behaviour_mut().data.send_request_with_addresses(
-                        &node.peer,
+                        &to.peer,
                         request,
-                        vec![node.addr.clone()],
+                        vec![to.addr.clone()],
                     );
-                    pending.insert(id, reply);
+                    pending.insert(id, (to, reply));
                 }
                 None => closed = true,
             },
@@ -87,14 +241,14 @@ async fn event_loop(
                             message: request_response::Message::Response { request_id, response },
                             ..
                         } => {
-                            if let Some(r) = pending.remove(&request_id) {
+                            if let Some((_, r)) = pending.remove(&request_id) {
                                 let _ = r.send(Ok(response));
                             }
                         }
                         request_response::Event::OutboundFailure { request_id, error, .. } => {
-                            if let Some(r) = pending.remove(&request_id) {
+                            if let Some((to, r)) = pending.remove(&request_id) {
                                 let _ = r.send(Err(RpcError::Unreachable {
-                                    addr: node.to_string(),
+                                    addr: to.to_string(),
                                     reason: error.to_string(),
                                 }));
                             }

@@ -237,26 +237,26 @@ impl Service {
             Err(r) => return r,
         };
         let need = set.len() / 2 + 1;
-        let data = Arc::new(data);
         let (tx, mut rx) = mpsc::channel(set.len());
+        // Every replica gets its own copy of the bytes but the last, which takes the original.
+        let mut data = Some(data);
         for (i, to) in set.iter().enumerate() {
+            let bytes = if i + 1 == set.len() {
+                data.take().unwrap_or_default()
+            } else {
+                data.clone().unwrap_or_default()
+            };
             let tx = tx.clone();
             let to = to.clone();
-            let data = data.clone();
             let this = self.clone_for_task();
             tokio::spawn(async move {
                 let role = if i == 0 { Role::Owner } else { Role::Replica };
                 let r = if to == this.handle.local {
-                    this.store_local(key, data.to_vec(), role).await
+                    // Verified above: the store need not hash it again.
+                    this.store_verified(key, bytes, role).await
                 } else {
-                    this.call(
-                        &to,
-                        Request::StoreLocal {
-                            key,
-                            data: data.to_vec(),
-                        },
-                    )
-                    .await
+                    this.call(&to, Request::StoreLocal { key, data: bytes })
+                        .await
                 };
                 let _ = tx.send(r).await;
             });
@@ -327,6 +327,12 @@ impl Service {
     async fn store_local(&self, key: BlockKey, data: Vec<u8>, role: Role) -> Response {
         let store = self.store.clone();
         blocking(move || store.put(key, &data, role).map(|_| Response::Ok)).await
+    }
+
+    /// Stores a block whose hash the caller has just checked.
+    async fn store_verified(&self, key: BlockKey, data: Vec<u8>, role: Role) -> Response {
+        let store = self.store.clone();
+        blocking(move || store.put_verified(key, &data, role).map(|_| Response::Ok)).await
     }
 
     async fn fetch_local(&self, key: BlockKey) -> Response {

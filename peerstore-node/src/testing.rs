@@ -422,3 +422,125 @@ pub async fn pick_victims(c: &Cluster, k: usize) -> (Vec<usize>, f64) {
     let (share, p) = best.expect("a victim set: fewer nodes than victims?");
     (p.into_iter().map(|j| order[j].1).collect(), share)
 }
+
+/// The live nodes in ring order: (ring id, index in `c.nodes`), sorted by id.
+pub async fn ring_order(c: &Cluster) -> Vec<(chord::Id, usize)> {
+    let mut order: Vec<(chord::Id, usize)> = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if n.alive() {
+            order.push((n.status().await.expect("status").id, i));
+        }
+    }
+    order.sort();
+    order
+}
+
+/// The share of the key space the nodes at `picks` (positions in `order`) own.
+pub fn arc_share(order: &[(chord::Id, usize)], picks: &[usize]) -> f64 {
+    let n = order.len();
+    picks
+        .iter()
+        .map(|&j| {
+            let a = order[(j + n - 1) % n].0.high_u64();
+            let b = order[j].0.high_u64();
+            b.wrapping_sub(a) as f64 / 2f64.powi(64)
+        })
+        .sum()
+}
+
+/// The seed of a randomized test: `$PEERSTORE_TEST_SEED` if set (to replay a run), else
+/// fresh. Printed, so a failing run can be replayed.
+pub fn test_seed(what: &str) -> u64 {
+    let seed = std::env::var("PEERSTORE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{what}: seed {seed} (replay with PEERSTORE_TEST_SEED={seed})");
+    seed
+}
+
+/// `k` live nodes to kill at once, drawn at random from `rng`: with `neighbours`, `k`
+/// consecutive ring members (by id) from a random start, else any `k`. Draws that own more
+/// than `max_share` of the key space are redrawn (they would test the code's limit rather
+/// than what the test is about). Returns the indexes in `c.nodes` and their share.
+pub async fn random_victims(
+    c: &Cluster,
+    k: usize,
+    neighbours: bool,
+    max_share: f64,
+    rng: &mut impl rand::Rng,
+) -> (Vec<usize>, f64) {
+    let order = ring_order(c).await;
+    let n = order.len();
+    assert!(k < n, "{k} victims of {n} live nodes");
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    for _ in 0..1000 {
+        let picks: Vec<usize> = if neighbours {
+            let start = rng.gen_range(0..n);
+            (0..k).map(|d| (start + d) % n).collect()
+        } else {
+            rand::seq::index::sample(rng, n, k).into_vec()
+        };
+        let share = arc_share(&order, &picks);
+        if best.as_ref().is_none_or(|(s, _)| share < *s) {
+            best = Some((share, picks.clone()));
+        }
+        if share <= max_share {
+            best = Some((share, picks));
+            break;
+        }
+    }
+    let (share, picks) = best.expect("at least one draw");
+    (picks.into_iter().map(|j| order[j].1).collect(), share)
+}
+
+/// How many live nodes hold each of `keys` in their entangled record table (codeword and
+/// document records).
+pub async fn record_holders(c: &Cluster, keys: &[BlockKey]) -> BTreeMap<BlockKey, usize> {
+    use crate::entangled::{EntRequest, EntResponse};
+    let mut out: BTreeMap<BlockKey, usize> = keys.iter().map(|k| (*k, 0)).collect();
+    for n in c.live() {
+        for chunk in keys.chunks(256) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let got = match n
+                    .call(Request::Entangle(EntRequest::FetchRecords {
+                        keys: rest.to_vec(),
+                    }))
+                    .await
+                {
+                    Response::Entangle(EntResponse::Records { records }) => records,
+                    other => panic!("fetch records from {}: {other:?}", n.addr),
+                };
+                assert!(!got.is_empty(), "empty records answer");
+                for (k, v) in rest.iter().zip(&got) {
+                    if v.as_ref().is_some_and(|v| BlockKey::of(v) == *k) {
+                        *out.entry(*k).or_default() += 1;
+                    }
+                }
+                rest = &rest[got.len().min(rest.len())..];
+            }
+        }
+    }
+    out
+}
+
+/// A codeword or document record from the first live node that holds it (verified).
+pub async fn fetch_record(c: &Cluster, key: BlockKey) -> Option<Vec<u8>> {
+    use crate::entangled::{EntRequest, EntResponse};
+    for n in c.live() {
+        if let Response::Entangle(EntResponse::Records { records }) = n
+            .call(Request::Entangle(EntRequest::FetchRecords {
+                keys: vec![key],
+            }))
+            .await
+        {
+            if let Some(Some(v)) = records.into_iter().next() {
+                if BlockKey::of(&v) == key {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,7 +1,8 @@
-//! What the entangled layer stores in the ring besides parities: codeword-record blocks,
-//! document-record blocks (both ordinary content-addressed blocks, replicated by the node's
-//! anti-entropy) and reverse-reference entries (a mutable, union-merged set per parity, kept in
-//! the store's `REVERSE_REFS` table at a ring position derived from the parity's key).
+//! What the entangled layer stores in the ring besides parities: codeword records and
+//! document records (immutable, content-addressed, kept in a record table on the m nodes of
+//! their metadata set: `super::meta`) and reverse-reference entries (a mutable, union-merged
+//! set per parity, kept in the store's `REVERSE_REFS` table at a ring position derived from the
+//! parity's key, on the m nodes of that position's metadata set).
 
 use std::collections::BTreeSet;
 

@@ -5,9 +5,11 @@
 //! in-memory tail of recent parities, half from a uniform sample of the ring's parities that a
 //! background task keeps prefetched), encodes with the `entangle` crate and stores only the `p`
 //! self-describing parities, as ordinary content-addressed blocks. Codeword records and the
-//! document record are content-addressed blocks too (so the existing anti-entropy replicates
-//! them); reverse references are union-merged entries in the store's `REVERSE_REFS` table at
-//! `refs_position(parity)`, with their own anti-entropy ([`refs`]).
+//! document record are content-addressed and immutable, kept in the store's record table
+//! ([`meta::TABLE`]); reverse references are union-merged entries in the store's
+//! `REVERSE_REFS` table at `refs_position(parity)`. Both live on `m` nodes (the
+//! `metadata_replication`, larger than the data's r: see [`meta`]), with their own
+//! anti-entropy ([`meta`], [`refs`]).
 //!
 //! - [`read`]: [`Request::GetDocument`], fetching symbols in parallel, first `s + t` that verify.
 //! - [`repair`]: the repair worker, [`Request::Repair`] and [`Request::Audit`].
@@ -17,6 +19,7 @@
 //! replication anti-entropy does not see, so it does not put the removed replicas back.
 
 pub mod format;
+pub mod meta;
 pub mod read;
 pub mod refs;
 pub mod repair;
@@ -66,6 +69,11 @@ pub struct EntanglementConfig {
     pub tail_window: usize,
     /// How often the repair worker checks the codewords this node owns, in milliseconds.
     pub repair_ms: u64,
+    /// m: codeword records, document records and reverse references live on the owner of
+    /// their ring position and its next m - 1 successors (every node in a ring of at most m),
+    /// so that losing nodes loses metadata far less often than data
+    /// (docs/ENTANGLEMENT-RING.md, "Metadata replication"). At least `replication`.
+    pub metadata_replication: usize,
 }
 
 impl Default for EntanglementConfig {
@@ -80,6 +88,7 @@ impl Default for EntanglementConfig {
             block_size: 256 * 1024,
             tail_window: 100,
             repair_ms: 60_000,
+            metadata_replication: 10,
         }
     }
 }
@@ -113,6 +122,18 @@ impl EntanglementConfig {
             if self.repair_ms == 0 {
                 return Err("entanglement: repair_ms must be positive".into());
             }
+        }
+        Ok(())
+    }
+
+    /// Checks `metadata_replication` against the ring's replication factor r: metadata must
+    /// be at least as replicated as the data it describes.
+    pub fn validate_metadata(&self, replication: usize) -> Result<(), String> {
+        if self.params().is_some() && self.metadata_replication < replication.max(1) {
+            return Err(format!(
+                "entanglement: metadata_replication ({}) must be at least replication ({})",
+                self.metadata_replication, replication
+            ));
         }
         Ok(())
     }
@@ -308,6 +329,18 @@ pub enum EntRequest {
     SetScrubDaemon { policy: Option<(ScrubMode, u64)> },
     /// This node's figures for du.
     LocalStats,
+    // Appended (postcard numbers variants in order): the metadata record table.
+    /// Keep these codeword / document records (each keyed by its BLAKE3; anything that is not
+    /// a record is refused).
+    StoreRecords { records: Vec<Vec<u8>> },
+    /// The records at `keys` held here ([`EntResponse::Records`]).
+    FetchRecords { keys: Vec<BlockKey> },
+    /// Keys of the records held here in (from, to], after `after` ([`EntResponse::RecordKeys`]).
+    ListRecords {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+    },
 }
 
 /// Answers to [`EntRequest`].
@@ -338,6 +371,16 @@ pub enum EntResponse {
     },
     Stats(EntangleStats),
     Ok,
+    // Appended (postcard numbers variants in order).
+    /// Records in the order asked for (`None`: not held); shorter than the request when the
+    /// answer reached its size bound (ask again for the rest).
+    Records {
+        records: Vec<Option<Vec<u8>>>,
+    },
+    RecordKeys {
+        keys: Vec<BlockKey>,
+        more: bool,
+    },
 }
 
 pub use format::{DocRecord, RefsEntry};
@@ -353,8 +396,8 @@ pub struct EncoderState {
     pub rng: ChaCha8Rng,
 }
 
-/// Codeword records found in the replicated store, by block key, and small blocks known not
-/// to be records.
+/// Codeword records found in the record table, by key, and keys known not to be codeword
+/// records (document records).
 pub type RecordCache = (
     BTreeMap<BlockKey, Arc<entangle::CodewordRecord>>,
     BTreeSet<BlockKey>,
@@ -367,8 +410,8 @@ pub struct Entangled {
     /// Single copies of scrubbed parities.
     pub single: Arc<BlockStore>,
     pub encoder: Mutex<EncoderState>,
-    /// Codeword records found in the replicated store, by block key (a cache: records are
-    /// immutable), and small blocks known not to be records.
+    /// Codeword records found in the record table, by key (a cache: records are immutable),
+    /// and keys known to be document records.
     pub records: Mutex<RecordCache>,
     pub scrub_daemon: Mutex<Option<(ScrubMode, u64)>>,
 }
@@ -393,6 +436,15 @@ impl Entangled {
     #[must_use]
     pub fn params(&self) -> Option<entangle::Params> {
         self.config.params()
+    }
+
+    /// m, the number of nodes that hold each piece of metadata.
+    #[must_use]
+    pub fn metadata_replication(&self) -> usize {
+        self.config
+            .metadata_replication
+            .max(self.replication)
+            .max(1)
     }
 
     /// Size of a stored parity of this ring.
@@ -473,6 +525,9 @@ async fn local(svc: &Service, r: EntRequest) -> Result<EntResponse, Response> {
             .await?;
             EntResponse::Has { present }
         }
+        r @ (EntRequest::StoreRecords { .. }
+        | EntRequest::FetchRecords { .. }
+        | EntRequest::ListRecords { .. }) => meta::serve(svc, r).await?,
         EntRequest::StoreRefs { entries } => {
             refs::merge_local(svc, entries).await?;
             EntResponse::Ok
@@ -608,7 +663,7 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// The background work of the entangled layer: reverse-reference anti-entropy and the
+/// The background work of the entangled layer: record and reverse-reference anti-entropy and the
 /// single-copy hand-off every `period`, the pointer-pool prefetch, the repair worker every
 /// `repair_ms`, and the scrub daemon when one is set.
 pub async fn run(svc: Arc<Service>, period: Duration) {
@@ -623,6 +678,10 @@ pub async fn run(svc: Arc<Service>, period: Duration) {
         tokio::time::sleep(period).await;
         if svc.handle.view().await.is_none() {
             return;
+        }
+        let r = meta::anti_entropy(&svc).await;
+        if r.0 + r.1 > 0 {
+            debug!(pushed = r.0, pulled = r.1, "record anti-entropy");
         }
         let r = refs::anti_entropy(&svc).await;
         if r.0 + r.1 > 0 {
@@ -703,6 +762,21 @@ mod tests {
             huge.validate().is_err(),
             "a parity must fit one protocol block"
         );
+        assert_eq!(d.entanglement.metadata_replication, 10);
+        let m: NodeConfig =
+            toml::from_str("replication = 3\n[entanglement]\nmetadata_replication = 5").unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.entanglement.metadata_replication, 5);
+        let low: NodeConfig = toml::from_str(
+            "replication = 4\nsuccessors = 8\n[entanglement]\nmetadata_replication = 3",
+        )
+        .unwrap();
+        assert!(low.validate().is_err(), "m must be at least r");
+        let plain: NodeConfig = toml::from_str(
+            "replication = 4\nsuccessors = 8\n[entanglement]\ntype = \"none\"\nmetadata_replication = 3",
+        )
+        .unwrap();
+        plain.validate().unwrap();
         assert!(toml::from_str::<NodeConfig>("entanglement = { type = \"rs\" }").is_err());
         assert!(toml::from_str::<NodeConfig>("entanglement = { q = 1 }").is_err());
     }
@@ -723,7 +797,23 @@ mod tests {
                     addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
                 },
             }),
+            Request::Entangle(EntRequest::StoreRecords {
+                records: vec![vec![1, 2, 3]],
+            }),
+            Request::Entangle(EntRequest::ListRecords {
+                from: chord::Id([1; 32]),
+                to: chord::Id([2; 32]),
+                after: Some(BlockKey([4; 32])),
+            }),
         ];
+        let answer = Response::Entangle(EntResponse::Records {
+            records: vec![None, Some(vec![5; 10])],
+        });
+        let bytes = crate::proto::encode_frame(&answer, crate::proto::MAX_DATA_FRAME).unwrap();
+        assert_eq!(
+            crate::proto::decode_frame::<Response>(&bytes).unwrap(),
+            answer
+        );
         for r in reqs {
             let bytes = crate::proto::encode_frame(&r, crate::proto::MAX_DATA_FRAME).unwrap();
             let back: Request = crate::proto::decode_frame(&bytes).unwrap();

@@ -8,7 +8,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
 use super::format::{decode_record, ek, nk, DocRecord};
-use super::{call, locate, EntRequest, EntResponse};
+use super::{call, locate, meta, EntRequest, EntResponse};
 use crate::proto::{BlockKey, ErrorCode, NodeAddr, Request, Response};
 use crate::service::Service;
 
@@ -91,10 +91,20 @@ pub async fn get_block(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
     }
 }
 
-/// `GetDocument`: a plain block is returned as is; a document record is decoded.
+/// `GetDocument`: a document record (from its metadata holders) is decoded; a plain block is
+/// returned as is.
 pub async fn get_document(svc: &Service, key: BlockKey) -> Response {
-    let Some(bytes) = get_block(svc, key).await else {
-        return Response::NotFound;
+    let record = if svc.entangled.params().is_some() {
+        meta::fetch_ring(svc, key).await
+    } else {
+        None
+    };
+    let bytes = match record {
+        Some(b) => b,
+        None => match get_block(svc, key).await {
+            Some(b) => b,
+            None => return Response::NotFound,
+        },
     };
     let Some(doc) = DocRecord::decode(&bytes) else {
         return Response::Block { data: bytes };
@@ -128,7 +138,7 @@ pub async fn decode_codeword(
     record_key: BlockKey,
     params: &entangle::Params,
 ) -> Result<Vec<u8>, String> {
-    let rec_bytes = get_block(svc, record_key)
+    let rec_bytes = meta::fetch_ring(svc, record_key)
         .await
         .ok_or_else(|| format!("codeword record {record_key} is unavailable"))?;
     let rec = decode_record(&rec_bytes)

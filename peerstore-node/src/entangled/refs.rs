@@ -1,16 +1,16 @@
-//! Reverse references: one union-merged [`RefsEntry`] per parity, stored (with replication r)
-//! at [`refs_position`] of the parity in the store's `REVERSE_REFS` table, and their
-//! anti-entropy (the owner of a range compares it with its r-1 successors, entry digests per
-//! position, and merges both ways).
+//! Reverse references: one union-merged [`RefsEntry`] per parity, stored on the `m` nodes of
+//! the metadata set of [`refs_position`] of the parity ([`super::meta`]) in the store's
+//! `REVERSE_REFS` table, and their anti-entropy (the owner of a range compares it with its
+//! m-1 successors, entry digests per position, and merges both ways).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::StreamExt;
 use rand::seq::SliceRandom;
 use tracing::debug;
 
 use super::format::{refs_position, RefsEntry};
-use super::{blocking, call, locate, EntRequest, EntResponse};
+use super::meta::{locate_meta, meta_successors, push_ring, table_range};
+use super::{blocking, call, EntRequest, EntResponse};
 use crate::proto::{BlockKey, NodeAddr, Response, MAX_LIST_PAGE};
 use crate::service::Service;
 use crate::store::{in_interval, BlockStore, RecordTable, RecordUpdate, StoreError};
@@ -107,25 +107,21 @@ pub async fn list_local(
 ) -> Result<(Vec<(BlockKey, [u8; 32])>, bool), Response> {
     let store = svc.store.clone();
     blocking(move || {
-        let (a, b) = (BlockKey(from.0), BlockKey(to.0));
-        let mut out = Vec::new();
-        let mut cursor = after.map(|k| k.0);
-        loop {
-            let page = store.record_list(TABLE, cursor.as_ref(), 1024)?;
-            let Some(last) = page.last().map(|(k, _)| *k) else {
-                return Ok((out, false));
-            };
-            for (k, v) in page {
-                let key = BlockKey(k);
-                if from == to || in_interval(&a, &b, &key) {
-                    out.push((key, *blake3::hash(&v).as_bytes()));
-                    if out.len() >= MAX_LIST_PAGE as usize {
-                        return Ok((out, true));
-                    }
-                }
-            }
-            cursor = Some(last);
-        }
+        let (entries, more) = table_range(
+            &store,
+            TABLE,
+            BlockKey(from.0),
+            BlockKey(to.0),
+            after,
+            MAX_LIST_PAGE as usize,
+        )?;
+        Ok((
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, *blake3::hash(&v).as_bytes()))
+                .collect(),
+            more,
+        ))
     })
     .await
 }
@@ -166,54 +162,44 @@ pub async fn newest_created(svc: &Service, count: u64) -> Result<Vec<u64>, Respo
     Ok(times)
 }
 
-/// Stores entries in the ring: each at the replica set of its position. Succeeds when every
-/// entry reached at least one member (anti-entropy spreads it to the rest).
+/// Stores entries in the ring: each at the metadata set of its position. Succeeds when every
+/// entry reached a majority of its set (anti-entropy spreads it to the rest).
 pub async fn store_ring(svc: &Service, entries: Vec<RefsEntry>) -> Result<(), String> {
-    let located = futures::stream::iter(entries)
-        .map(|e| async move {
-            let set = locate(svc, &refs_position(&e.block)).await;
-            (e, set)
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    let mut by_node: BTreeMap<NodeAddr, Vec<RefsEntry>> = BTreeMap::new();
-    for (e, set) in located {
-        for m in set? {
-            by_node.entry(m).or_default().push(e.clone());
-        }
-    }
-    let results = futures::stream::iter(by_node)
-        .map(|(node, entries)| async move {
-            let mut ok = true;
-            for chunk in entries.chunks(1024) {
-                let r = call(
-                    svc,
-                    &node,
-                    EntRequest::StoreRefs {
-                        entries: chunk.to_vec(),
-                    },
-                )
-                .await;
-                ok &= matches!(r, Ok(EntResponse::Ok));
-            }
-            (node, ok)
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let failed = results.iter().filter(|(_, ok)| !ok).count();
-    if failed > 0 && failed == results.len() {
-        return Err("no member stored the reverse references".into());
-    }
-    Ok(())
+    let items = entries
+        .into_iter()
+        .map(|e| (refs_position(&e.block), e))
+        .collect();
+    push_ring(
+        svc,
+        items,
+        |e| 80 + 32 * e.referrers.len(),
+        |entries| EntRequest::StoreRefs { entries },
+    )
+    .await
 }
 
-/// The entry of `block` from the ring: the merge of what its replica set holds.
+/// The entry of `block` from the ring: the merge of what the first r holders of its metadata
+/// set (the position's replica set) hold, or, if none of them has it, of what the others hold.
+/// Anti-entropy keeps the holders' versions equal, so r answers are enough.
 pub async fn fetch_ring(svc: &Service, block: &BlockKey) -> Option<RefsEntry> {
     let pos = refs_position(block);
-    let set = locate(svc, &pos).await.ok()?;
-    let answers = futures::future::join_all(set.iter().map(|m| {
+    let first = super::locate(svc, &pos).await.unwrap_or_default();
+    if let Some(e) = fetch_from(svc, block, &first).await {
+        return Some(e);
+    }
+    let rest: Vec<NodeAddr> = locate_meta(svc, &pos)
+        .await
+        .ok()?
+        .into_iter()
+        .filter(|a| !first.contains(a))
+        .collect();
+    fetch_from(svc, block, &rest).await
+}
+
+/// The merge of the entries of `block` that `nodes` hold.
+async fn fetch_from(svc: &Service, block: &BlockKey, nodes: &[NodeAddr]) -> Option<RefsEntry> {
+    let pos = refs_position(block);
+    let answers = futures::future::join_all(nodes.iter().map(|m| {
         call(
             svc,
             m,
@@ -242,8 +228,33 @@ pub async fn fetch_ring(svc: &Service, block: &BlockKey) -> Option<RefsEntry> {
     out
 }
 
-/// One anti-entropy round over the owned range with each of the next r-1 successors.
-/// Returns (entries pushed, entries pulled).
+/// Positions at which some peer's digest differs from this node's, and for each the peers
+/// whose (present) entry differs: the ones to fetch from and merge.
+#[must_use]
+pub fn plan_digests(
+    mine: &Digests,
+    theirs: &[Option<Digests>],
+) -> BTreeMap<BlockKey, BTreeSet<usize>> {
+    let mut out: BTreeMap<BlockKey, BTreeSet<usize>> = BTreeMap::new();
+    for (i, t) in theirs.iter().enumerate() {
+        let Some(t) = t else { continue };
+        for (k, d) in t {
+            if mine.get(k) != Some(d) {
+                out.entry(*k).or_default().insert(i);
+            }
+        }
+        for k in mine.keys() {
+            if !t.contains_key(k) {
+                out.entry(*k).or_default();
+            }
+        }
+    }
+    out
+}
+
+/// One anti-entropy round over the owned range with the next m-1 successors: every differing
+/// entry is fetched from the peers that hold another version, merged here, and the merge is
+/// sent to every peer whose version differs from it. Returns (entries pushed, entries pulled).
 pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
     let Some(view) = svc.handle.view().await else {
         return (0, 0);
@@ -252,75 +263,93 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
         return (0, 0);
     }
     let (from, to) = view.ranges.owned;
-    let mut succs: Vec<NodeAddr> = Vec::new();
-    for s in &view.successors {
-        if succs.len() + 1 >= svc.replication {
-            break;
-        }
-        if s.addr != view.me.addr && !succs.contains(&s.addr) {
-            succs.push(s.addr.clone());
-        }
-    }
+    let peers = meta_successors(svc).await;
     let Ok((mine, _)) = list_all(svc, None, from, to).await else {
         return (0, 0);
     };
+    let theirs: Vec<Option<Digests>> =
+        futures::future::join_all(peers.iter().map(|p| list_all(svc, Some(p), from, to)))
+            .await
+            .into_iter()
+            .map(|r| r.ok().map(|(d, _)| d))
+            .collect();
+    let plan = plan_digests(&mine, &theirs);
     let mut pushed = 0;
     let mut pulled = 0;
-    for peer in succs {
-        let Ok((theirs, _)) = list_all(svc, Some(&peer), from, to).await else {
-            continue;
-        };
-        let differ: BTreeSet<BlockKey> = mine
+    let positions: Vec<BlockKey> = plan.keys().copied().collect();
+    for chunk in positions.chunks(512) {
+        let local = get_local(svc, chunk.to_vec()).await.unwrap_or_default();
+        let mut merged: BTreeMap<BlockKey, RefsEntry> = chunk
             .iter()
-            .filter(|(k, d)| theirs.get(k) != Some(d))
-            .map(|(k, _)| *k)
-            .chain(
-                theirs
-                    .iter()
-                    .filter(|(k, d)| mine.get(k) != Some(d))
-                    .map(|(k, _)| *k),
-            )
+            .zip(local)
+            .filter_map(|(p, e)| e.map(|e| (*p, e)))
             .collect();
-        for chunk in differ.into_iter().collect::<Vec<_>>().chunks(512) {
-            let positions = chunk.to_vec();
-            let local = get_local(svc, positions.clone()).await.unwrap_or_default();
-            let remote = match call(
+        // Pull: the versions of the peers that differ.
+        let mut ask: BTreeMap<usize, Vec<BlockKey>> = BTreeMap::new();
+        for p in chunk {
+            for i in &plan[p] {
+                ask.entry(*i).or_default().push(*p);
+            }
+        }
+        for (i, positions) in ask {
+            let Ok(EntResponse::Refs { entries }) = call(
                 svc,
-                &peer,
+                &peers[i],
                 EntRequest::FetchRefs {
                     positions: positions.clone(),
                 },
             )
             .await
-            {
-                Ok(EntResponse::Refs { entries }) => entries,
-                _ => continue,
+            else {
+                continue;
             };
-            let mut merged = Vec::new();
-            for (l, r) in local.into_iter().zip(remote) {
-                let (m, from_remote) = match (l, r) {
-                    (Some(mut l), Some(r)) => {
-                        let changed = l.merge(&r);
-                        (l, changed)
-                    }
-                    (Some(l), None) => (l, false),
-                    (None, Some(r)) => (r, true),
-                    (None, None) => continue,
+            for (p, e) in positions.iter().zip(entries) {
+                let Some(e) = e.filter(|e| refs_position(&e.block) == *p) else {
+                    continue;
                 };
-                pulled += u64::from(from_remote);
-                merged.push(m);
+                match merged.get_mut(p) {
+                    Some(m) => {
+                        if m.merge(&e) {
+                            pulled += 1;
+                        }
+                    }
+                    None => {
+                        merged.insert(*p, e);
+                        pulled += 1;
+                    }
+                }
             }
-            pushed += merged.len() as u64;
-            if merge_local(svc, merged.clone()).await.is_err() {
-                debug!("cannot merge reverse references locally");
+        }
+        if merge_local(svc, merged.values().cloned().collect())
+            .await
+            .is_err()
+        {
+            debug!("cannot merge reverse references locally");
+        }
+        // Push: the merge to every peer whose version differs from it.
+        for (i, t) in theirs.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let send: Vec<RefsEntry> = merged
+                .iter()
+                .filter(|(p, e)| t.get(p) != Some(blake3::hash(&e.encode()).as_bytes()))
+                .map(|(_, e)| e.clone())
+                .collect();
+            if send.is_empty() {
+                continue;
             }
-            let _ = call(svc, &peer, EntRequest::StoreRefs { entries: merged }).await;
+            let n = send.len() as u64;
+            if let Ok(EntResponse::Ok) =
+                call(svc, &peers[i], EntRequest::StoreRefs { entries: send }).await
+            {
+                pushed += n;
+            }
         }
     }
     (pushed, pulled)
 }
 
-type Digests = BTreeMap<BlockKey, [u8; 32]>;
+/// Entry digests by position.
+pub type Digests = BTreeMap<BlockKey, [u8; 32]>;
 
 /// All (position, digest) in (from, to] on `peer` (or here when `None`).
 async fn list_all(
@@ -358,4 +387,85 @@ pub async fn all_entries(svc: &Service) -> Vec<RefsEntry> {
         .iter()
         .filter_map(|(_, v)| RefsEntry::decode(v))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(b: u8, referrers: &[u8]) -> RefsEntry {
+        RefsEntry {
+            block: BlockKey([b; 32]),
+            own: Some(BlockKey([b ^ 0x80; 32])),
+            created_us: Some(u64::from(b)),
+            referrers: referrers.iter().map(|r| BlockKey([*r; 32])).collect(),
+        }
+    }
+
+    fn digests(entries: &[RefsEntry]) -> Digests {
+        entries
+            .iter()
+            .map(|e| {
+                (
+                    refs_position(&e.block),
+                    *blake3::hash(&e.encode()).as_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    /// Simulated holders: the owner (0) plans with the digests of its m - 1 peers, fetches the
+    /// differing versions, merges, and sends the merge to every peer that differs.
+    #[test]
+    fn an_entry_missing_from_m_minus_1_holders_comes_back_merged() {
+        let m = 10;
+        let mut holders: Vec<BTreeMap<BlockKey, RefsEntry>> = vec![BTreeMap::new(); m];
+        // Entry 1 survives only on the last holder; entry 2 has two versions on two peers
+        // (different referrers), none on the owner; entry 3 only on the owner.
+        for (h, e) in [
+            (9, entry(1, &[5])),
+            (3, entry(2, &[6])),
+            (7, entry(2, &[7])),
+        ] {
+            holders[h].insert(refs_position(&e.block), e);
+        }
+        let e3 = entry(3, &[]);
+        holders[0].insert(refs_position(&e3.block), e3);
+        let d =
+            |h: &BTreeMap<BlockKey, RefsEntry>| digests(&h.values().cloned().collect::<Vec<_>>());
+        let mine = d(&holders[0]);
+        let theirs: Vec<Option<Digests>> = (1..m).map(|i| Some(d(&holders[i]))).collect();
+        let plan = plan_digests(&mine, &theirs);
+        assert_eq!(plan.len(), 3);
+        let mut merged = holders[0].clone();
+        for (pos, peers) in &plan {
+            for i in peers {
+                let e = holders[i + 1][pos].clone();
+                merged
+                    .entry(*pos)
+                    .and_modify(|m| {
+                        m.merge(&e);
+                    })
+                    .or_insert(e);
+            }
+        }
+        for h in &mut holders {
+            for (p, e) in &merged {
+                h.entry(*p)
+                    .and_modify(|x| {
+                        x.merge(e);
+                    })
+                    .or_insert_with(|| e.clone());
+            }
+        }
+        let want = d(&holders[0]);
+        assert_eq!(want.len(), 3);
+        for h in &holders {
+            assert_eq!(d(h), want);
+        }
+        let two = &holders[5][&refs_position(&BlockKey([2; 32]))];
+        assert_eq!(two.referrers.len(), 2, "both versions merged");
+        let next: Vec<Option<Digests>> = (1..m).map(|i| Some(d(&holders[i]))).collect();
+        assert!(plan_digests(&want, &next).is_empty(), "converged");
+    }
 }

@@ -1,7 +1,7 @@
 //! The repair worker and audit.
 //!
-//! Every node checks the codeword records it owns (records are ordinary replicated blocks, so
-//! each has exactly one owner): for each, which pointers and parities no node holds. A
+//! Every node checks the codeword records it owns (each record's key has exactly one owner,
+//! the first of its m metadata holders): for each, which pointers and parities no node holds. A
 //! codeword with at least `s + t` symbols left is decoded and its missing symbols rebuilt
 //! (parities re-encoded; pointers rebuilt as input symbol `s + i` and re-formed with their own
 //! record, found through the reverse reference), verified against their keys and stored at
@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::format::{decode_record, ek, nk};
 use super::{
-    call, locate, lock, members, read, refs, write, AuditPage, CodewordAudit, EntRequest,
+    call, locate, lock, members, meta, read, refs, write, AuditPage, CodewordAudit, EntRequest,
     EntResponse, RepairSummary,
 };
 use crate::proto::{BlockKey, Response};
@@ -32,55 +32,31 @@ const MAX_TARGETED: usize = 1024;
 /// A codeword record with the key of its block.
 pub type Rec = (BlockKey, Arc<entangle::CodewordRecord>);
 
-/// The codeword records held in the replicated store in (a, b] (`a == b`: everything),
-/// classified through the cache (parities are skipped by size, other small blocks are read
-/// once).
+/// The codeword records held in the record table in (a, b] (`a == b`: everything), in key
+/// order, decoded once (a cache: records are immutable).
 pub async fn records_in(svc: &Service, a: BlockKey, b: BlockKey) -> Vec<Rec> {
     let ent = &svc.entangled;
-    let Some(parity_size) = ent.parity_size() else {
+    if ent.params().is_none() {
         return Vec::new();
-    };
+    }
     let store = svc.store.clone();
     let entries = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let mut cursor = a;
-        loop {
-            let page = store.list_range_meta(&cursor, &b, Some(4096))?;
-            out.extend(page.entries);
-            match page.next {
-                Some(n) => cursor = n,
-                None => return Ok::<_, crate::store::StoreError>(out),
-            }
-        }
+        meta::table_range(&store, meta::TABLE, a, b, None, usize::MAX).map(|(v, _)| v)
     })
     .await
     .ok()
     .and_then(Result::ok)
     .unwrap_or_default();
     let mut out = Vec::new();
-    let mut unknown = Vec::new();
-    {
-        let cache = lock(&ent.records);
-        for (k, m) in entries {
-            if m.size == parity_size || m.size > (1 << 20) {
-                continue;
-            }
-            if let Some(r) = cache.0.get(&k) {
-                out.push((k, r.clone()));
-            } else if !cache.1.contains(&k) {
-                unknown.push(k);
-            }
+    let mut cache = lock(&ent.records);
+    for (k, bytes) in entries {
+        if let Some(r) = cache.0.get(&k) {
+            out.push((k, r.clone()));
+            continue;
         }
-    }
-    for k in unknown {
-        let store = svc.store.clone();
-        let bytes = tokio::task::spawn_blocking(move || store.get(&k))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        let Some(bytes) = bytes else { continue };
-        let mut cache = lock(&ent.records);
+        if cache.1.contains(&k) || BlockKey::of(&bytes) != k {
+            continue;
+        }
         match decode_record(&bytes) {
             Some(r) => {
                 let r = Arc::new(r);
@@ -92,7 +68,6 @@ pub async fn records_in(svc: &Service, a: BlockKey, b: BlockKey) -> Vec<Rec> {
             }
         }
     }
-    out.sort_by_key(|(k, _)| *k);
     out
 }
 
@@ -113,7 +88,7 @@ pub async fn fetch_record(svc: &Service, key: BlockKey) -> Option<Arc<entangle::
     if let Some(r) = lock(&svc.entangled.records).0.get(&key) {
         return Some(r.clone());
     }
-    let bytes = read::get_block(svc, key).await?;
+    let bytes = meta::fetch_ring(svc, key).await?;
     let r = Arc::new(decode_record(&bytes)?);
     lock(&svc.entangled.records).0.insert(key, r.clone());
     Some(r)

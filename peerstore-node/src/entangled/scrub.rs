@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::format::ek;
 use super::{
-    blocking, call, locate, members, refs, repair, EntRequest, EntResponse, EntangleStats,
+    blocking, call, locate, members, meta, refs, repair, EntRequest, EntResponse, EntangleStats,
     ScrubMode, ScrubReport,
 };
 use crate::proto::{BlockKey, ErrorCode, NodeAddr, Response};
@@ -541,6 +541,8 @@ pub async fn local_stats(svc: &Service) -> Result<EntangleStats, Response> {
                 None => break,
             }
         }
+        // Codeword and document records: every copy, like the other blocks.
+        s.other_bytes += meta::local_figures(&main)?.1;
         let st = single.stats();
         s.parity_copies_single = st.roles.blocks();
         s.parity_bytes += st.roles.bytes();
@@ -592,21 +594,12 @@ pub async fn ring_stats(svc: &Service) -> Result<EntangleStats, String> {
 }
 
 /// Before a graceful leave: every single copy goes to the first successor (the new owner of
-/// this node's range) and every reverse-reference entry to the next r successors. Returns
-/// (single copies handed off, entries sent).
+/// this node's range), and every record and reverse-reference entry to the next m successors
+/// (the nodes that join the metadata sets this node leaves). Returns (single copies handed
+/// off, records and entries sent).
 pub async fn hand_off(svc: &Service) -> (u64, u64) {
-    let Some(view) = svc.handle.view().await else {
-        return (0, 0);
-    };
-    let mut succs: Vec<NodeAddr> = Vec::new();
-    for s in &view.successors {
-        if succs.len() >= svc.replication {
-            break;
-        }
-        if s.addr != view.me.addr && !succs.contains(&s.addr) {
-            succs.push(s.addr.clone());
-        }
-    }
+    // The next m successors: the m-th joins the metadata set of this node's own range.
+    let succs = meta::successors(svc, svc.entangled.metadata_replication()).await;
     let Some(first) = succs.first().cloned() else {
         return (0, 0);
     };
@@ -631,22 +624,54 @@ pub async fn hand_off(svc: &Service) -> (u64, u64) {
             singles += 1;
         }
     }
-    let mut sent = 0;
+    let records = meta::all_local(svc).await;
     let entries = refs::all_entries(svc).await;
-    for chunk in entries.chunks(1024) {
-        for s in &succs {
-            if let Ok(EntResponse::Ok) = call(
-                svc,
-                s,
-                EntRequest::StoreRefs {
-                    entries: chunk.to_vec(),
-                },
-            )
-            .await
-            {
-                sent += chunk.len() as u64;
+    let sent = futures::future::join_all(succs.iter().map(|s| {
+        let (records, entries) = (&records, &entries);
+        async move {
+            let mut sent = 0u64;
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut bytes = 0;
+            for r in records {
+                bytes += r.len();
+                batch.push(r.clone());
+                if bytes >= 1 << 20 || batch.len() >= 1024 {
+                    let n = batch.len() as u64;
+                    let records = std::mem::take(&mut batch);
+                    if let Ok(EntResponse::Ok) =
+                        call(svc, s, EntRequest::StoreRecords { records }).await
+                    {
+                        sent += n;
+                    }
+                    bytes = 0;
+                }
             }
+            if !batch.is_empty() {
+                let n = batch.len() as u64;
+                if let Ok(EntResponse::Ok) =
+                    call(svc, s, EntRequest::StoreRecords { records: batch }).await
+                {
+                    sent += n;
+                }
+            }
+            for chunk in entries.chunks(1024) {
+                if let Ok(EntResponse::Ok) = call(
+                    svc,
+                    s,
+                    EntRequest::StoreRefs {
+                        entries: chunk.to_vec(),
+                    },
+                )
+                .await
+                {
+                    sent += chunk.len() as u64;
+                }
+            }
+            sent
         }
-    }
+    }))
+    .await
+    .into_iter()
+    .sum();
     (singles, sent)
 }

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use tracing::{debug, warn};
 
 use super::format::{ek, encode_record, nk, DocRecord, RefsEntry};
-use super::{call, locate, lock, now_us, read, refs, EntRequest, EntResponse, Held};
+use super::{call, locate, lock, meta, now_us, read, refs, EntRequest, EntResponse, Held};
 use crate::proto::{BlockKey, ErrorCode, Request, Response, MAX_BLOCK_SIZE};
 use crate::service::Service;
 
@@ -133,18 +133,17 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
     if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
         return Response::error(ErrorCode::Unavailable, format!("storing a parity: {e}"));
     }
-    // 2. Codeword records.
+    // 2. Codeword records, on their m metadata holders.
     let anchors = entangle::Anchors::new(params.block_size, params.t());
     let mut record_keys = Vec::with_capacity(encoded.len());
+    let mut records = Vec::with_capacity(encoded.len());
     let mut entries: BTreeMap<BlockKey, RefsEntry> = BTreeMap::new();
     let created = now_us();
     let mut position = 0u64;
     for (rec, _) in &encoded {
         let bytes = encode_record(rec);
         let rk = BlockKey::of(&bytes);
-        if let Err(e) = put_block(svc, rk, bytes).await {
-            return Response::error(ErrorCode::Unavailable, format!("storing a record: {e}"));
-        }
+        records.push(bytes);
         record_keys.push(rk);
         for k in &rec.parity_keys {
             let e = entries.entry(nk(k)).or_insert_with(|| RefsEntry {
@@ -166,6 +165,12 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
                 .insert(rk);
         }
     }
+    if let Err(e) = meta::store_ring(svc, records).await {
+        return Response::error(
+            ErrorCode::Unavailable,
+            format!("storing codeword records: {e}"),
+        );
+    }
     // 3. Reverse references.
     if let Err(e) = refs::store_ring(svc, entries.into_values().collect()).await {
         return Response::error(ErrorCode::Unavailable, e);
@@ -179,7 +184,7 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
     };
     let bytes = doc.encode();
     let key = BlockKey::of(&bytes);
-    if let Err(e) = put_block(svc, key, bytes).await {
+    if let Err(e) = meta::store_ring(svc, vec![bytes]).await {
         return Response::error(
             ErrorCode::Unavailable,
             format!("storing the document record: {e}"),

@@ -511,6 +511,14 @@ impl BlockStore {
                 actual,
             });
         }
+        self.put_verified(key, bytes, role)
+    }
+
+    /// [`BlockStore::put`] for bytes the caller has just checked against `key` (the node's put
+    /// path hashes a block once on arrival, not again before storing it). Storing bytes that do
+    /// not hash to `key` this way is a bug of the caller: every read would find them corrupt.
+    pub fn put_verified(&self, key: BlockKey, bytes: &[u8], role: Role) -> Result<PutOutcome> {
+        debug_assert_eq!(BlockKey::of(bytes), key);
         let size = bytes.len() as u64;
         let _guard = self.lock_key(key);
         let path = self.layout.block_path(&key);

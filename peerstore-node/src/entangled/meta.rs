@@ -1,0 +1,774 @@
+//! Metadata placement: codeword records, document records and reverse-reference entries live
+//! on `m` nodes (`entanglement.metadata_replication`), the owner of their ring position and its
+//! next `m - 1` distinct successors, so that they survive what the data survives (r neighbours
+//! dying at once no longer takes the metadata of an arc with them).
+//!
+//! Records (codeword and document records) are immutable and content-addressed (key =
+//! BLAKE3(bytes)); they are kept in the store's record table [`TABLE`], not as blocks, and
+//! every copy read from another node is verified against its key before use. Their
+//! anti-entropy ([`anti_entropy`]) is run by the owner of a range with its `m - 1` successors:
+//! it lists the keys each of them holds in its range, pulls what it lacks from whoever has it
+//! and pushes to each what that one lacks, in one round.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::debug;
+
+use super::format::{decode_record, DocRecord};
+use super::{blocking, call, EntRequest, EntResponse};
+use crate::proto::{key_id, ring_id, BlockKey, ErrorCode, NodeAddr, Response, MAX_BLOCK_SIZE};
+use crate::service::Service;
+use crate::store::{in_interval, BlockStore, RecordTable, StoreError};
+
+/// The table of codeword and document records (key = BLAKE3 of the value).
+pub const TABLE: RecordTable = RecordTable::CODEWORDS;
+/// Bytes of records per `StoreRecords` request and per `Records` answer.
+const BATCH_BYTES: usize = 1 << 20;
+/// Keys per `FetchRecords` request.
+const FETCH_KEYS: usize = 256;
+
+/// The metadata set of a looked-up position: the owner and the next distinct successors, at
+/// most `m` nodes (fewer only when the ring, or the list given, is smaller).
+#[must_use]
+pub fn meta_set_of<'a>(
+    owner: &NodeAddr,
+    successors: impl IntoIterator<Item = &'a NodeAddr>,
+    m: usize,
+) -> Vec<NodeAddr> {
+    let mut set = vec![owner.clone()];
+    for s in successors {
+        if set.len() >= m {
+            break;
+        }
+        if !set.contains(s) {
+            set.push(s.clone());
+        }
+    }
+    set
+}
+
+/// A Chord lookup, retried while the ring repairs itself.
+async fn lookup(svc: &Service, id: chord::Id) -> Result<chord::LookupResult<NodeAddr>, String> {
+    let mut last = String::new();
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..4 {
+        match svc.handle.lookup(id).await {
+            Ok(res) => return Ok(res),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    Err(format!("cannot route to {id:?}: {last}"))
+}
+
+/// Extends a run of consecutive ring members to `m` nodes with the successors of its last one
+/// (a successor list, or a lookup answered from a short local view, can be shorter than
+/// `m - 1`). Stops early when no new node turns up: the ring has fewer than `m` members.
+async fn extend(svc: &Service, set: &mut Vec<NodeAddr>, m: usize) {
+    for _ in 0..m {
+        if set.len() >= m {
+            return;
+        }
+        let Some(last) = set.last().cloned() else {
+            return;
+        };
+        let Ok(res) = svc.handle.lookup(ring_id(&last.peer)).await else {
+            return;
+        };
+        let before = set.len();
+        let more = meta_set_of(
+            &res.owner.addr,
+            res.successors.iter().map(|p| &p.addr),
+            usize::MAX,
+        );
+        for a in more {
+            if set.len() >= m {
+                break;
+            }
+            if !set.contains(&a) {
+                set.push(a);
+            }
+        }
+        if set.len() == before {
+            return;
+        }
+    }
+}
+
+/// The `m` holders of the metadata at ring position `key`.
+pub async fn locate_meta(svc: &Service, key: &BlockKey) -> Result<Vec<NodeAddr>, String> {
+    let m = svc.entangled.metadata_replication();
+    let res = lookup(svc, key_id(key)).await?;
+    let mut set = meta_set_of(&res.owner.addr, res.successors.iter().map(|p| &p.addr), m);
+    extend(svc, &mut set, m).await;
+    Ok(set)
+}
+
+/// This node's next `m - 1` distinct successors: the other holders of the metadata it owns.
+pub async fn meta_successors(svc: &Service) -> Vec<NodeAddr> {
+    successors(svc, svc.entangled.metadata_replication() - 1).await
+}
+
+/// This node's next `n` distinct successors (fewer in a ring of at most `n` nodes).
+pub async fn successors(svc: &Service, n: usize) -> Vec<NodeAddr> {
+    let Some(view) = svc.handle.view().await else {
+        return Vec::new();
+    };
+    let mut set = meta_set_of(
+        &view.me.addr,
+        view.successors.iter().map(|p| &p.addr),
+        n + 1,
+    );
+    extend(svc, &mut set, n + 1).await;
+    set.retain(|a| *a != view.me.addr);
+    set
+}
+
+/// The key of a record if `bytes` is one (a codeword or a document record within the size
+/// bound); `None` for anything else, which no node keeps in the record table.
+#[must_use]
+pub fn record_key(bytes: &[u8]) -> Option<BlockKey> {
+    if bytes.len() > MAX_BLOCK_SIZE {
+        return None;
+    }
+    if decode_record(bytes).is_none() && DocRecord::decode(bytes).is_none() {
+        return None;
+    }
+    Some(BlockKey::of(bytes))
+}
+
+/// Entries of a record table, and whether more follow.
+pub type TablePage = (Vec<(BlockKey, Vec<u8>)>, bool);
+
+/// Entries of `table` with keys in (from, to] (everything when `from == to`), in key order,
+/// after `after`, at most `limit`. Returns them and whether the limit cut the list short.
+pub fn table_range(
+    store: &BlockStore,
+    table: RecordTable,
+    from: BlockKey,
+    to: BlockKey,
+    after: Option<BlockKey>,
+    limit: usize,
+) -> Result<TablePage, StoreError> {
+    let plain = from < to;
+    let mut out = Vec::new();
+    // Keys in (from, to] when from < to; [0, to] and (from, MAX] otherwise.
+    let mut cursor = match after {
+        Some(a) if plain && a < from => Some(from.0),
+        Some(a) => Some(a.0),
+        None if plain => Some(from.0),
+        None => None,
+    };
+    'pages: loop {
+        let page = store.record_list(table, cursor.as_ref(), 1024)?;
+        let Some(last) = page.last().map(|(k, _)| *k) else {
+            return Ok((out, false));
+        };
+        for (k, v) in page {
+            let key = BlockKey(k);
+            if in_interval(&from, &to, &key) {
+                out.push((key, v));
+                if out.len() >= limit {
+                    return Ok((out, true));
+                }
+            } else if plain {
+                return Ok((out, false)); // past `to`
+            } else {
+                cursor = Some(from.0); // in the gap (to, from]: jump over it
+                continue 'pages;
+            }
+        }
+        cursor = Some(last);
+    }
+}
+
+/// Stores valid records here; returns how many were new. Anything that is not a record is
+/// refused (an error), so a peer cannot fill the table with other data.
+pub fn put_local(store: &BlockStore, records: &[Vec<u8>]) -> Result<u64, StoreError> {
+    let mut new = 0;
+    for bytes in records {
+        let key = record_key(bytes).ok_or_else(|| {
+            StoreError::InvalidArgument("not a codeword or document record".into())
+        })?;
+        if store.record_get(TABLE, &key.0)?.is_none() {
+            store.record_put(TABLE, &key.0, bytes)?;
+            new += 1;
+        }
+    }
+    Ok(new)
+}
+
+/// A record held here, verified against its key.
+pub fn get_local(store: &BlockStore, key: &BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(store
+        .record_get(TABLE, &key.0)?
+        .filter(|v| BlockKey::of(v) == *key))
+}
+
+/// `FetchRecords`: the records at `keys` held here, in order; the answer stops early (is
+/// shorter than `keys`) when it reaches [`BATCH_BYTES`].
+pub fn fetch_local(
+    store: &BlockStore,
+    keys: &[BlockKey],
+) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    let mut bytes = 0;
+    for k in keys {
+        let v = get_local(store, k)?;
+        bytes += v.as_ref().map_or(0, Vec::len);
+        out.push(v);
+        if bytes >= BATCH_BYTES {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of the records held here in (from, to], after `after`, one page.
+pub fn list_local(
+    store: &BlockStore,
+    from: chord::Id,
+    to: chord::Id,
+    after: Option<BlockKey>,
+) -> Result<(Vec<BlockKey>, bool), StoreError> {
+    let (entries, more) = table_range(
+        store,
+        TABLE,
+        BlockKey(from.0),
+        BlockKey(to.0),
+        after,
+        crate::proto::MAX_LIST_PAGE as usize,
+    )?;
+    Ok((entries.into_iter().map(|(k, _)| k).collect(), more))
+}
+
+/// Answers the record requests of [`EntRequest`].
+pub async fn serve(svc: &Service, r: EntRequest) -> Result<EntResponse, Response> {
+    let store = svc.store.clone();
+    Ok(match r {
+        EntRequest::StoreRecords { records } => {
+            if records.len() > crate::proto::MAX_LIST_PAGE as usize {
+                return Err(Response::error(ErrorCode::BadRequest, "too many records"));
+            }
+            blocking(move || put_local(&store, &records)).await?;
+            EntResponse::Ok
+        }
+        EntRequest::FetchRecords { keys } => {
+            if keys.len() > crate::proto::MAX_LIST_PAGE as usize {
+                return Err(Response::error(ErrorCode::BadRequest, "too many keys"));
+            }
+            EntResponse::Records {
+                records: blocking(move || fetch_local(&store, &keys)).await?,
+            }
+        }
+        EntRequest::ListRecords { from, to, after } => {
+            let (keys, more) = blocking(move || list_local(&store, from, to, after)).await?;
+            EntResponse::RecordKeys { keys, more }
+        }
+        other => {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("not a record request: {other:?}"),
+            ))
+        }
+    })
+}
+
+/// Items for the ring, grouped by holder: each item goes to every member of its set.
+/// Returns the groups and, per item, the size of its set.
+async fn group_by_holder<T: Clone>(
+    svc: &Service,
+    items: Vec<(BlockKey, T)>,
+) -> Result<(BTreeMap<NodeAddr, Vec<(usize, T)>>, Vec<usize>), String> {
+    let located = futures::stream::iter(items.into_iter().enumerate())
+        .map(|(i, (pos, item))| async move { (i, item, locate_meta(svc, &pos).await) })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let mut sizes = vec![0; located.len()];
+    let mut by_node: BTreeMap<NodeAddr, Vec<(usize, T)>> = BTreeMap::new();
+    for (i, item, set) in located {
+        let set = set?;
+        sizes[i] = set.len();
+        for m in set {
+            by_node.entry(m).or_default().push((i, item.clone()));
+        }
+    }
+    Ok((by_node, sizes))
+}
+
+/// Sends items to their metadata sets (`request` makes one request of a batch) and checks
+/// that each reached a majority of its set (anti-entropy brings it to the rest).
+pub async fn push_ring<T, F>(
+    svc: &Service,
+    items: Vec<(BlockKey, T)>,
+    batch: fn(&T) -> usize,
+    request: F,
+) -> Result<(), String>
+where
+    T: Clone + Send + Sync,
+    F: Fn(Vec<T>) -> EntRequest + Sync,
+{
+    if items.is_empty() {
+        return Ok(());
+    }
+    let (by_node, sizes) = group_by_holder(svc, items).await?;
+    let request = &request;
+    let acks = futures::stream::iter(by_node)
+        .map(|(node, items)| async move {
+            let mut acked = Vec::new();
+            let mut chunk: Vec<(usize, T)> = Vec::new();
+            let mut bytes = 0;
+            let send = |chunk: Vec<(usize, T)>| {
+                let node = node.clone();
+                async move {
+                    let ids: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
+                    let req = request(chunk.into_iter().map(|(_, t)| t).collect());
+                    match call(svc, &node, req).await {
+                        Ok(EntResponse::Ok) => ids,
+                        Ok(other) => {
+                            debug!(?other, "metadata store answered oddly");
+                            Vec::new()
+                        }
+                        Err(e) => {
+                            debug!(error = %e, peer = %node.peer, "metadata store failed");
+                            Vec::new()
+                        }
+                    }
+                }
+            };
+            for it in items {
+                bytes += batch(&it.1);
+                chunk.push(it);
+                if bytes >= BATCH_BYTES || chunk.len() >= 1024 {
+                    acked.extend(send(std::mem::take(&mut chunk)).await);
+                    bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
+                acked.extend(send(chunk).await);
+            }
+            acked
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mut count = vec![0usize; sizes.len()];
+    for i in acks.into_iter().flatten() {
+        count[i] += 1;
+    }
+    let short = count
+        .iter()
+        .zip(&sizes)
+        .filter(|(c, s)| **c < **s / 2 + 1)
+        .count();
+    if short > 0 {
+        return Err(format!(
+            "{short} metadata items reached fewer than a majority of their {} holders",
+            svc.entangled.metadata_replication()
+        ));
+    }
+    Ok(())
+}
+
+/// Stores records at their metadata sets (each on a majority of its `m` holders at least).
+pub async fn store_ring(svc: &Service, records: Vec<Vec<u8>>) -> Result<(), String> {
+    let items = records.into_iter().map(|r| (BlockKey::of(&r), r)).collect();
+    push_ring(svc, items, Vec::len, |records| EntRequest::StoreRecords {
+        records,
+    })
+    .await
+}
+
+/// A record from the ring: this node's table, then the first r holders of its set at once
+/// (the key's replica set: one lookup, as for a block), then the other holders at once; the
+/// first copy that hashes to the key wins.
+pub async fn fetch_ring(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
+    let store = svc.store.clone();
+    if let Ok(Ok(Some(v))) = tokio::task::spawn_blocking(move || get_local(&store, &key)).await {
+        return Some(v);
+    }
+    let me = svc.handle.local.clone();
+    let first: Vec<NodeAddr> = super::locate(svc, &key)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| *a != me)
+        .collect();
+    if let Some(v) = fetch_from_any(svc, key, &first).await {
+        return Some(v);
+    }
+    let rest: Vec<NodeAddr> = locate_meta(svc, &key)
+        .await
+        .ok()?
+        .into_iter()
+        .filter(|a| *a != me && !first.contains(a))
+        .collect();
+    fetch_from_any(svc, key, &rest).await
+}
+
+/// The first verified copy of a record any of `nodes` holds (all asked at once).
+async fn fetch_from_any(svc: &Service, key: BlockKey, nodes: &[NodeAddr]) -> Option<Vec<u8>> {
+    let mut asks: futures::stream::FuturesUnordered<_> = nodes
+        .iter()
+        .map(|m| call(svc, m, EntRequest::FetchRecords { keys: vec![key] }))
+        .collect();
+    while let Some(r) = asks.next().await {
+        if let Ok(EntResponse::Records { records }) = r {
+            if let Some(Some(v)) = records.into_iter().next() {
+                if BlockKey::of(&v) == key {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// What one anti-entropy round of an owner does, from the keys it and each of its peers
+/// hold: `pull` names, for each key it lacks, a peer to fetch it from; `push[i]` the keys
+/// peer `i` lacks (among those the owner holds or pulls).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SetPlan {
+    pub pull: BTreeMap<BlockKey, usize>,
+    pub push: Vec<Vec<BlockKey>>,
+}
+
+/// Plans a round of record anti-entropy (see [`SetPlan`]).
+#[must_use]
+pub fn plan_sets(mine: &BTreeSet<BlockKey>, theirs: &[Option<BTreeSet<BlockKey>>]) -> SetPlan {
+    let mut pull = BTreeMap::new();
+    for (i, t) in theirs.iter().enumerate() {
+        for k in t.iter().flatten() {
+            if !mine.contains(k) {
+                pull.entry(*k).or_insert(i);
+            }
+        }
+    }
+    let push = theirs
+        .iter()
+        .map(|t| match t {
+            // A peer that did not answer gets nothing this round.
+            None => Vec::new(),
+            Some(t) => mine
+                .iter()
+                .chain(pull.keys())
+                .filter(|k| !t.contains(k))
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        })
+        .collect();
+    SetPlan { pull, push }
+}
+
+/// All record keys in (from, to] on `peer` (here when `None`).
+async fn keys_in(
+    svc: &Service,
+    peer: Option<&NodeAddr>,
+    from: chord::Id,
+    to: chord::Id,
+) -> Result<BTreeSet<BlockKey>, String> {
+    let mut out = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let (keys, more) = match peer {
+            None => {
+                let store = svc.store.clone();
+                blocking(move || list_local(&store, from, to, after))
+                    .await
+                    .map_err(|e| format!("{e:?}"))?
+            }
+            Some(p) => match call(svc, p, EntRequest::ListRecords { from, to, after }).await? {
+                EntResponse::RecordKeys { keys, more } => (keys, more),
+                other => return Err(format!("unexpected {other:?}")),
+            },
+        };
+        after = keys.last().copied();
+        out.extend(keys);
+        if !more || after.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Fetches records from `peer`, verified; returns those that are records with the right key.
+async fn fetch_from(svc: &Service, peer: &NodeAddr, keys: &[BlockKey]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let ask = &rest[..rest.len().min(FETCH_KEYS)];
+        let got = match call(svc, peer, EntRequest::FetchRecords { keys: ask.to_vec() }).await {
+            Ok(EntResponse::Records { records }) => records,
+            _ => return out,
+        };
+        if got.is_empty() {
+            return out;
+        }
+        for (k, v) in ask.iter().zip(got.iter()) {
+            if let Some(v) = v {
+                if record_key(v) == Some(*k) {
+                    out.push(v.clone());
+                }
+            }
+        }
+        rest = &rest[got.len().min(ask.len())..];
+    }
+    out
+}
+
+/// One record anti-entropy round over the range this node owns with its `m - 1` successors.
+/// Returns (records pushed, records pulled).
+pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
+    let Some(view) = svc.handle.view().await else {
+        return (0, 0);
+    };
+    if !view.member || view.predecessor.is_none() {
+        return (0, 0);
+    }
+    let (from, to) = view.ranges.owned;
+    let peers = meta_successors(svc).await;
+    let Ok(mine) = keys_in(svc, None, from, to).await else {
+        return (0, 0);
+    };
+    let theirs: Vec<Option<BTreeSet<BlockKey>>> =
+        futures::future::join_all(peers.iter().map(|p| keys_in(svc, Some(p), from, to)))
+            .await
+            .into_iter()
+            .map(Result::ok)
+            .collect();
+    let plan = plan_sets(&mine, &theirs);
+    // Pull what this node lacks.
+    let mut by_peer: BTreeMap<usize, Vec<BlockKey>> = BTreeMap::new();
+    for (k, i) in &plan.pull {
+        by_peer.entry(*i).or_default().push(*k);
+    }
+    let mut pulled = 0;
+    for (i, keys) in by_peer {
+        let got = fetch_from(svc, &peers[i], &keys).await;
+        let store = svc.store.clone();
+        match blocking(move || put_local(&store, &got)).await {
+            Ok(n) => pulled += n,
+            Err(e) => debug!(?e, "cannot keep pulled records"),
+        }
+    }
+    // Push what each peer lacks.
+    let pushed = futures::future::join_all(plan.push.iter().enumerate().map(|(i, keys)| {
+        let peer = &peers[i];
+        async move {
+            let mut sent = 0u64;
+            for chunk in keys.chunks(FETCH_KEYS) {
+                let store = svc.store.clone();
+                let ks = chunk.to_vec();
+                let Ok(records) = blocking(move || {
+                    Ok(ks
+                        .iter()
+                        .map(|k| get_local(&store, k))
+                        .collect::<Result<Vec<_>, _>>()?
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<Vec<u8>>>())
+                })
+                .await
+                else {
+                    continue;
+                };
+                let n = records.len() as u64;
+                if n == 0 {
+                    continue;
+                }
+                if let Ok(EntResponse::Ok) =
+                    call(svc, peer, EntRequest::StoreRecords { records }).await
+                {
+                    sent += n;
+                }
+            }
+            sent
+        }
+    }))
+    .await
+    .into_iter()
+    .sum();
+    (pushed, pulled)
+}
+
+/// Every record held here (for the hand-off of a graceful leave).
+pub async fn all_local(svc: &Service) -> Vec<Vec<u8>> {
+    let store = svc.store.clone();
+    blocking(move || {
+        table_range(
+            &store,
+            TABLE,
+            BlockKey::ZERO,
+            BlockKey::ZERO,
+            None,
+            usize::MAX,
+        )
+    })
+    .await
+    .map(|(v, _)| v.into_iter().map(|(_, b)| b).collect())
+    .unwrap_or_default()
+}
+
+/// Bytes and count of the records held here (all copies: for du's `other_bytes`).
+pub fn local_figures(store: &BlockStore) -> Result<(u64, u64), StoreError> {
+    let mut after: Option<[u8; 32]> = None;
+    let (mut n, mut bytes) = (0, 0);
+    loop {
+        let page = store.record_list(TABLE, after.as_ref(), 4096)?;
+        let Some(last) = page.last().map(|(k, _)| *k) else {
+            return Ok((n, bytes));
+        };
+        n += page.len() as u64;
+        bytes += page.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        after = Some(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn addr(i: u8) -> NodeAddr {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([i; 32]).unwrap();
+        NodeAddr {
+            peer: key.public().to_peer_id(),
+            addr: format!("/ip4/127.0.0.1/tcp/{}", 1000 + u16::from(i))
+                .parse()
+                .unwrap(),
+        }
+    }
+
+    fn record(i: u8) -> Vec<u8> {
+        let params = entangle::Params::new(1, 1, 2, 16);
+        let data = [i; 7];
+        let (rec, _) = entangle::encode(
+            params,
+            entangle::CodewordId([i; 32]),
+            &data,
+            &[(entangle::BlockKey::anchor(16, 0), &[][..])],
+        )
+        .unwrap();
+        super::super::format::encode_record(&rec)
+    }
+
+    #[test]
+    fn meta_set_takes_m_distinct_nodes_or_the_whole_ring() {
+        let nodes: Vec<NodeAddr> = (0..12).map(addr).collect();
+        let set = meta_set_of(&nodes[0], &nodes[1..], 10);
+        assert_eq!(set, nodes[..10].to_vec());
+        // A ring of 4: the successor list wraps (and repeats); every node holds everything.
+        let wrap: Vec<NodeAddr> = [1, 2, 3, 0, 1, 2].iter().map(|&i| addr(i)).collect();
+        let set = meta_set_of(&addr(0), &wrap, 10);
+        assert_eq!(set, (0..4).map(addr).collect::<Vec<_>>());
+    }
+
+    /// Applies record anti-entropy plans between simulated holders until nothing changes,
+    /// the owner (holder 0) planning with each round's listings, as the daemon does.
+    fn rounds(holders: &mut [BTreeSet<BlockKey>], down: &BTreeSet<usize>) -> usize {
+        for round in 1..=4 {
+            let mine = holders[0].clone();
+            let theirs: Vec<Option<BTreeSet<BlockKey>>> = (1..holders.len())
+                .map(|i| (!down.contains(&i)).then(|| holders[i].clone()))
+                .collect();
+            let plan = plan_sets(&mine, &theirs);
+            if plan.pull.is_empty() && plan.push.iter().all(Vec::is_empty) {
+                return round - 1;
+            }
+            for (k, from) in &plan.pull {
+                assert!(holders[from + 1].contains(k), "pull from a holder");
+                holders[0].insert(*k);
+            }
+            for (i, keys) in plan.push.iter().enumerate() {
+                assert!(!down.contains(&(i + 1)) || keys.is_empty());
+                holders[i + 1].extend(keys.iter().copied());
+            }
+        }
+        99
+    }
+
+    #[test]
+    fn a_record_missing_from_m_minus_1_holders_comes_back_in_one_round() {
+        let m = 10;
+        let keys: Vec<BlockKey> = (0..5).map(|i| BlockKey::of(&record(i))).collect();
+        // Each record survives on exactly one holder (a different one each, the owner
+        // included), the other m - 1 lost it.
+        let mut holders: Vec<BTreeSet<BlockKey>> = vec![BTreeSet::new(); m];
+        for (i, k) in keys.iter().enumerate() {
+            holders[(i * 3) % m].insert(*k);
+        }
+        let n = rounds(&mut holders, &BTreeSet::new());
+        assert_eq!(n, 1, "one round brings every record to every holder");
+        for h in &holders {
+            assert_eq!(h.len(), keys.len());
+        }
+        // With a holder down, the others still converge; it is caught up once it answers.
+        let mut holders: Vec<BTreeSet<BlockKey>> = vec![BTreeSet::new(); m];
+        holders[m - 1].insert(keys[0]);
+        let down: BTreeSet<usize> = [4].into_iter().collect();
+        rounds(&mut holders, &down);
+        for (i, h) in holders.iter().enumerate() {
+            assert_eq!(h.contains(&keys[0]), i != 4, "holder {i}");
+        }
+        assert_eq!(rounds(&mut holders, &BTreeSet::new()), 1);
+        assert!(holders.iter().all(|h| h.contains(&keys[0])));
+    }
+
+    #[test]
+    fn record_table_keeps_only_verified_records_and_lists_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = BlockStore::open(StoreConfig::new(dir.path(), 1 << 20)).unwrap();
+        let recs: Vec<Vec<u8>> = (0..40).map(record).collect();
+        assert_eq!(put_local(&store, &recs).unwrap(), 40);
+        assert_eq!(put_local(&store, &recs[..3]).unwrap(), 0, "idempotent");
+        assert!(put_local(&store, &[b"not a record".to_vec()]).is_err());
+        let mut keys: Vec<BlockKey> = recs.iter().map(|r| BlockKey::of(r)).collect();
+        keys.sort();
+        for r in &recs {
+            assert_eq!(
+                get_local(&store, &BlockKey::of(r)).unwrap().as_ref(),
+                Some(r)
+            );
+        }
+        assert_eq!(get_local(&store, &BlockKey([7; 32])).unwrap(), None);
+        // A value that does not hash to its key (a corrupt table) is never served.
+        store.record_put(TABLE, &keys[0].0, &recs[0][1..]).unwrap();
+        assert_eq!(get_local(&store, &keys[0]).unwrap(), None);
+        store
+            .record_put(TABLE, &keys[0].0, &recs_for(&recs, keys[0]))
+            .unwrap();
+        // Ranges: plain, wrapping, whole ring, with a cursor and a page limit.
+        let all = |from: BlockKey, to: BlockKey| -> Vec<BlockKey> {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, more) = table_range(&store, TABLE, from, to, after, 7).unwrap();
+                after = page.last().map(|(k, _)| *k);
+                out.extend(page.into_iter().map(|(k, _)| k));
+                if !more || after.is_none() {
+                    return out;
+                }
+            }
+        };
+        let (a, b) = (keys[10], keys[25]);
+        assert_eq!(all(a, b), keys[11..=25].to_vec());
+        let mut wrapped = keys[..=10].to_vec();
+        wrapped.extend_from_slice(&keys[26..]);
+        assert_eq!(all(b, a), wrapped);
+        assert_eq!(all(a, a), keys);
+        let (listed, more) = list_local(&store, chord::Id(a.0), chord::Id(b.0), None).unwrap();
+        assert_eq!((listed, more), (keys[11..=25].to_vec(), false));
+        let fetched = fetch_local(&store, &[keys[3], BlockKey([1; 32])]).unwrap();
+        assert!(fetched[0].is_some() && fetched[1].is_none());
+        assert_eq!(local_figures(&store).unwrap().0, 40);
+    }
+
+    fn recs_for(recs: &[Vec<u8>], k: BlockKey) -> Vec<u8> {
+        recs.iter().find(|r| BlockKey::of(r) == k).unwrap().clone()
+    }
+}

@@ -1,0 +1,102 @@
+//! Restarts when the initial peer is gone: a node keeps the members it knew in its data
+//! directory (`peers`) and rejoins through them; a node started without `--initial-peer` that
+//! was in a ring rejoins that ring instead of starting a second one. Real processes, 127.0.0.1.
+
+use std::time::Duration;
+
+use peerstore_node::driver::{read_peers_file, PEERS_FILE};
+use peerstore_node::testing::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_rejoins_through_known_members() {
+    let mut cluster = Cluster::start(3, &["--replication", "3"]).await;
+    cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Every node writes down the others once it is a member of the full ring.
+    wait_until(Duration::from_secs(30), || {
+        let c = &cluster;
+        async move {
+            for n in &c.nodes {
+                let known = read_peers_file(&n.data_dir);
+                if known.len() < 2 {
+                    return Err(format!(
+                        "{} lists {} peers in {}",
+                        n.addr,
+                        known.len(),
+                        n.data_dir.join(PEERS_FILE).display()
+                    ));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The initial peer (node 0) dies for good, and node 1 crashes and restarts with its
+    // original flags: `--initial-peer` names the dead node 0.
+    let initial = cluster.nodes[0].addr.to_string();
+    cluster.nodes[0].kill9();
+    cluster.nodes[1].kill9();
+    let (dir, listen, extra) = {
+        let n = &cluster.nodes[1];
+        (n.data_dir.clone(), n.addr.addr.to_string(), n.extra.clone())
+    };
+    cluster.nodes[1] = spawn_node_on(&dir, &listen, Some(&initial), &extra).await;
+    let t = cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("node 1 did not rejoin without its initial peer: {e}"));
+    println!("node 1 rejoined through a known member {t:?} after its restart");
+
+    // Node 0 comes back the way it was first started, without `--initial-peer`: it rejoins
+    // the ring of nodes 1 and 2 rather than starting a ring of its own.
+    let (dir, listen, extra) = {
+        let n = &cluster.nodes[0];
+        (n.data_dir.clone(), n.addr.addr.to_string(), n.extra.clone())
+    };
+    cluster.nodes[0] = spawn_node_on(&dir, &listen, None, &extra).await;
+    let t = cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("node 0 did not rejoin the ring it was in: {e}"));
+    println!("node 0 rejoined the ring it was in {t:?} after its restart");
+}
+
+/// A node without `--initial-peer` whose known members are all gone starts a new ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_alone_starts_a_new_ring() {
+    let mut cluster = Cluster::start(2, &["--replication", "2"]).await;
+    cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(Duration::from_secs(30), || {
+        let c = &cluster;
+        async move {
+            if read_peers_file(&c.nodes[0].data_dir).is_empty() {
+                Err("node 0 has not written its peers yet".to_string())
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    cluster.nodes[0].kill9();
+    cluster.nodes[1].kill9();
+    let (dir, listen, extra) = {
+        let n = &cluster.nodes[0];
+        (n.data_dir.clone(), n.addr.addr.to_string(), n.extra.clone())
+    };
+    cluster.nodes[0] = spawn_node_on(&dir, &listen, None, &extra).await;
+    let t = cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("node 0 did not start a ring of its own: {e}"));
+    println!("node 0 alone started a new ring {t:?} after its restart");
+    let s = cluster.nodes[0].status().await.expect("status");
+    assert!(s.member, "node 0 is not a member");
+}
