@@ -44,6 +44,9 @@ bench-client:
 clean:
 	$(CARGO) clean
 
-## Long runs, not part of `make test`: 16 nodes, 256 MiB entangled, kill 4, repair.
+## Long runs, not part of `make test`: 16 nodes, 256 MiB entangled, kill 4, repair; once through
+## the node's protocol, once through peerstore-client (backup, scrub, kill, repair, audit, restore).
 soak:
+	$(CARGO) build --release -p peerstore-node --bin peerstore-node
 	PEERSTORE_SOAK_MIB=256 $(CARGO) test --release -p peerstore-node --features soak --test entangled_soak -- --nocapture
+	PEERSTORE_ENT_MIB=256 $(CARGO) test --release -p peerstore-client --test e2e_entangled -- --nocapture entangled_backup

@@ -35,11 +35,17 @@ fi
 
 WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")}"
 mkdir -p "$WORK"
-PIDS=()
+# Node pids go to files: start_node runs in a $(...) subshell, so a shell array would not see them.
 stop_nodes() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
+    local f p
+    for f in "$WORK"/*/node*/node.pid; do
+        [ -f "$f" ] || continue
+        p="$(cat "$f")"
+        kill "$p" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+        rm -f "$f"
+    done
 }
 cleanup() {
     stop_nodes
@@ -55,7 +61,7 @@ start_node() {
     local args=(--listen /ip4/127.0.0.1/tcp/0 --data-dir "$dir" --replication 3 "$@")
     if [ -n "$via" ]; then args+=(--initial-peer "$via"); fi
     "$NODE" "${args[@]}" >/dev/null 2>"$dir/node.log" &
-    PIDS+=("$!")
+    echo "$!" >"$dir/node.pid"
     for _ in $(seq 1 200); do
         if [ -s "$dir/node.addr" ]; then head -n1 "$dir/node.addr"; return 0; fi
         sleep 0.05

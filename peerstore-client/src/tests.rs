@@ -737,6 +737,21 @@ async fn document_keys_that_are_not_hashes_work_end_to_end() {
 }
 
 /// Names below `dir` that look like restore temp files.
+/// A backup of `src` with default options and an empty in-memory dedup cache.
+async fn backup_fresh(repo: &Repo, src: &Path) -> (crate::backup::BackupSummary, Manifest) {
+    let (s, m, _) = backup(
+        repo,
+        Arc::new(KnownBlocks::in_memory()),
+        src,
+        None,
+        &BackupOptions::default(),
+        &hidden(),
+    )
+    .await
+    .unwrap();
+    (s, m)
+}
+
 fn temp_files(dir: &Path) -> Vec<String> {
     walk(dir)
         .into_iter()
@@ -753,16 +768,7 @@ async fn a_missing_pack_fails_the_restore_naming_the_file() {
     make_files(&src, 25, 200_000, 300);
     let store = MemStore::new();
     let repo = repo_with(&store, 14);
-    let (s, m, _) = backup(
-        &repo,
-        Arc::new(KnownBlocks::in_memory()),
-        &src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (s, m) = backup_fresh(&repo, &src).await;
     assert_eq!(s.packs_uploaded, 2);
     let victim = m.find(&["f0022".to_string()]).unwrap();
     let EntryKind::File { chunks, .. } = &victim.kind else {
@@ -804,16 +810,7 @@ async fn hostile_chunk_references_are_errors_not_panics() {
     make_files(&src, 3, 5000, 400);
     let store = MemStore::new();
     let repo = repo_with(&store, 15);
-    let (_, m, _) = backup(
-        &repo,
-        Arc::new(KnownBlocks::in_memory()),
-        &src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (_, m) = backup_fresh(&repo, &src).await;
     let EntryKind::File { chunks, size } = &m.entries[1].kind else {
         panic!("not a file")
     };

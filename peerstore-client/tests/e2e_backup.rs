@@ -14,7 +14,7 @@ use peerstore_client::model::{Entry, EntryKind, Manifest, MANIFEST_VERSION};
 use peerstore_client::repo::Repo;
 use peerstore_client::store::RingStore;
 use peerstore_node::proto::{BlockKey, ErrorCode, Request, Response};
-use peerstore_node::testing::Cluster;
+use peerstore_node::testing::{Cluster, STEP_RING_ARGS};
 
 const MARKER: &str = "PLAINTEXT-MARKER-d41c9e77-never-on-a-node";
 const BIG: usize = 64 << 20;
@@ -356,24 +356,7 @@ fn clear_errors_without_a_node_or_passphrase() {
 /// backup, ls, getfile and restore work the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_restore_on_an_entangled_ring() {
-    let cluster = Cluster::start(
-        4,
-        &[
-            "--replication",
-            "3",
-            "--entanglement",
-            "step",
-            "--entangle-s",
-            "4",
-            "--entangle-t",
-            "8",
-            "--entangle-p",
-            "12",
-            "--repair-ms",
-            "600000",
-        ],
-    )
-    .await;
+    let cluster = Cluster::start(4, STEP_RING_ARGS).await;
     cluster
         .wait_ideal(Duration::from_secs(60))
         .await

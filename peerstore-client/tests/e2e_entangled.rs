@@ -35,28 +35,32 @@ const R: u64 = 3;
 fn ring_args(root: &Path, bs: &str) -> Vec<String> {
     let conf = root.join("ring.toml");
     std::fs::write(&conf, "request_timeout_ms = 120000\n").unwrap();
-    [
-        "--config",
-        conf.to_str().unwrap(),
-        "--replication",
-        "3",
-        "--entanglement",
-        "step",
-        "--entangle-s",
-        "4",
-        "--entangle-t",
-        "8",
-        "--entangle-p",
-        "12",
-        "--block-size",
-        bs,
-        // The background repair worker stays out of the way: the client's `repair` does it.
-        "--repair-ms",
-        "600000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    // STEP_RING_ARGS keeps the background repair worker out of the way: the client's
+    // `repair` does it.
+    ["--config", conf.to_str().unwrap(), "--block-size", bs]
+        .iter()
+        .chain(peerstore_node::testing::STEP_RING_ARGS)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Waits until exactly `parities` parity files are on disk, each as one single copy and no
+/// replicated copy (what a full scrub leaves).
+async fn wait_single_copies(cluster: &Cluster, psize: u64, parities: u64) {
+    wait_until(Duration::from_secs(60), || async {
+        let d = parity_files(cluster, psize);
+        let bad = d.values().filter(|&&(r, s)| (r, s) != (0, 1)).count();
+        if bad == 0 && d.len() as u64 == parities {
+            Ok(())
+        } else {
+            Err(format!(
+                "{bad} of {} parities not at one single copy on disk",
+                d.len()
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Parity files on the disks of the live nodes (a parity is recognised by its size):
@@ -314,20 +318,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
     assert!(u(&sc, "replicas_removed") >= cw * P * (R - 1), "{sc}");
     let e1 = wait_copies(&alice, |_| (0, cw * P)).await;
     let o_after = check_overhead(&e1, (P / S) as f64, 1.5);
-    wait_until(Duration::from_secs(60), || async {
-        let d = parity_files(&cluster, psize);
-        let bad = d.values().filter(|&&(r, s)| (r, s) != (0, 1)).count();
-        if bad == 0 && d.len() as u64 == cw * P {
-            Ok(())
-        } else {
-            Err(format!(
-                "{bad} of {} parities not at one single copy on disk",
-                d.len()
-            ))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_single_copies(&cluster, psize, cw * P).await;
     let parities: BTreeSet<BlockKey> = parity_files(&cluster, psize).into_keys().collect();
     println!(
         "du after scrub: overhead x{o_after:.2} (p/s = {}); scrub freed {} bytes ({} replica files); every parity has exactly one file on disk",
@@ -421,24 +412,6 @@ fn documents(n: u64, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn put_doc(n: &peerstore_node::testing::NodeProc, data: &[u8]) -> BlockKey {
-    for _ in 0..4 {
-        match n
-            .call(Request::PutDocument {
-                data: data.to_vec(),
-            })
-            .await
-        {
-            Response::DocumentStored { key } => return key,
-            other => {
-                eprintln!("put-document retry after {other:?}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    panic!("put-document via {} failed", n.addr);
-}
-
 fn stdout_json(out: &std::process::Output) -> Value {
     let s = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(s.lines().last().unwrap_or_default())
@@ -460,7 +433,7 @@ async fn admin_commands_on_documents_put_directly() {
     let docs = documents(24, 7_000);
     let mut keys = Vec::new();
     for (i, d) in docs.iter().enumerate() {
-        keys.push(put_doc(&cluster.nodes[i % 3], d).await);
+        keys.push(peerstore_node::testing::put_document(&cluster.nodes[i % 3], d).await);
     }
     // Codewords: ceil(len / (s B)), at least one (an empty document has one).
     let cw: u64 = docs
@@ -534,20 +507,7 @@ async fn admin_commands_on_documents_put_directly() {
     assert!(stop.contains("daemon stopped"), "{stop}");
     let e = wait_copies(&admin, |_| (0, cw * P)).await;
     check_overhead(&e, (P / S) as f64, 3.0);
-    wait_until(Duration::from_secs(60), || async {
-        let d = parity_files(&cluster, psize);
-        let bad = d.values().filter(|&&(r, s)| (r, s) != (0, 1)).count();
-        if bad == 0 && d.len() as u64 == cw * P {
-            Ok(())
-        } else {
-            Err(format!(
-                "{bad} of {} parities not at one single copy",
-                d.len()
-            ))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_single_copies(&cluster, psize, cw * P).await;
     let parities: BTreeSet<BlockKey> = parity_files(&cluster, psize).into_keys().collect();
 
     // Kill two nodes (not neighbours: metadata must survive this smaller test).

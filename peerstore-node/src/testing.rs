@@ -544,3 +544,39 @@ pub async fn fetch_record(c: &Cluster, key: BlockKey) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// Node flags of an entangled ring with the default code, (s, t, p) = (4, 8, 12), r = 3 and
+/// the background repair worker out of the way (tests run repair themselves).
+pub const STEP_RING_ARGS: &[&str] = &[
+    "--replication",
+    "3",
+    "--entanglement",
+    "step",
+    "--entangle-s",
+    "4",
+    "--entangle-t",
+    "8",
+    "--entangle-p",
+    "12",
+    "--repair-ms",
+    "600000",
+];
+
+/// Stores a document through `n` (a few tries while the ring settles) and returns its key.
+pub async fn put_document(n: &NodeProc, data: &[u8]) -> BlockKey {
+    for _ in 0..4 {
+        match n
+            .call(Request::PutDocument {
+                data: data.to_vec(),
+            })
+            .await
+        {
+            Response::DocumentStored { key } => return key,
+            other => {
+                eprintln!("put-document retry after {other:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    panic!("put-document via {} failed", n.addr);
+}

@@ -17,39 +17,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// B = 4 KiB, (s, t, p) = (4, 8, 12): a codeword carries 16 KiB.
 const B: usize = 4096;
 const S: usize = 4;
-const ARGS: &[&str] = &[
-    "--replication",
-    "3",
-    "--entanglement",
-    "step",
-    "--entangle-s",
-    "4",
-    "--entangle-t",
-    "8",
-    "--entangle-p",
-    "12",
-    "--block-size",
-    "4K",
-    "--repair-ms",
-    "600000",
-];
-
-async fn put_doc(n: &NodeProc, data: &[u8]) -> BlockKey {
-    for _ in 0..4 {
-        match n
-            .call(Request::PutDocument {
-                data: data.to_vec(),
-            })
-            .await
-        {
-            Response::DocumentStored { key } => return key,
-            other => {
-                eprintln!("put-document retry after {other:?}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    panic!("put-document via {} failed", n.addr);
+/// [`STEP_RING_ARGS`] with B = 4 KiB.
+fn ring_args() -> Vec<&'static str> {
+    let mut a = STEP_RING_ARGS.to_vec();
+    a.extend(["--block-size", "4K"]);
+    a
 }
 
 async fn get_doc(n: &NodeProc, key: BlockKey) -> Result<Vec<u8>, String> {
@@ -244,7 +216,7 @@ async fn wait_replicated(c: &Cluster, keys: &BTreeSet<BlockKey>, r: usize, exact
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn documents_are_stored_as_parities() {
     let _g = SERIAL.lock().await;
-    let c = Cluster::start(6, ARGS).await;
+    let c = Cluster::start(6, &ring_args()).await;
     c.wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -253,7 +225,7 @@ async fn documents_are_stored_as_parities() {
     let mut bytes = 0;
     for d in documents(24, 7_000) {
         bytes += d.len();
-        docs.push((put_doc(&c.nodes[0], &d).await, d));
+        docs.push((put_document(&c.nodes[0], &d).await, d));
     }
     println!(
         "put {} documents ({bytes} bytes) through one node in {:?}",
@@ -341,7 +313,7 @@ async fn scrubbed_ring_survives_kills_after_repair() {
     let conf = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(conf.path(), "request_timeout_ms = 60000\n").unwrap();
     let conf_path = conf.path().to_string_lossy().into_owned();
-    let mut args = ARGS.to_vec();
+    let mut args = ring_args();
     args.extend(["--config", conf_path.as_str()]);
     let mut c = Cluster::start(12, &args).await;
     c.wait_ideal(Duration::from_secs(60))
@@ -349,7 +321,7 @@ async fn scrubbed_ring_survives_kills_after_repair() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut docs = Vec::new();
     for d in documents(32, 50_000) {
-        docs.push((put_doc(&c.nodes[0], &d).await, d));
+        docs.push((put_document(&c.nodes[0], &d).await, d));
     }
     let mut parities = BTreeSet::new();
     let mut records = Vec::new();
@@ -529,13 +501,13 @@ async fn kill_and_repair(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_modes_remove_replica_files() {
     let _g = SERIAL.lock().await;
-    let c = Cluster::start(6, ARGS).await;
+    let c = Cluster::start(6, &ring_args()).await;
     c.wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut docs = Vec::new();
     for d in documents(24, 90_000) {
-        docs.push((put_doc(&c.nodes[1], &d).await, d));
+        docs.push((put_document(&c.nodes[1], &d).await, d));
     }
     let mut parities = BTreeSet::new();
     for (k, _) in &docs {
@@ -699,7 +671,7 @@ async fn plain_ring_stores_documents_as_blocks() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let data = block(123, 10_000);
-    let key = put_doc(&c.nodes[0], &data).await;
+    let key = put_document(&c.nodes[0], &data).await;
     assert_eq!(key, BlockKey::of(&data));
     for n in &c.nodes {
         assert_eq!(get_doc(n, key).await.unwrap(), data);
@@ -721,13 +693,13 @@ async fn plain_ring_stores_documents_as_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_leave_keeps_single_copies() {
     let _g = SERIAL.lock().await;
-    let mut c = Cluster::start(6, ARGS).await;
+    let mut c = Cluster::start(6, &ring_args()).await;
     c.wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut docs = Vec::new();
     for d in documents(12, 300_000) {
-        docs.push((put_doc(&c.nodes[0], &d).await, d));
+        docs.push((put_document(&c.nodes[0], &d).await, d));
     }
     let mut parities = BTreeSet::new();
     for (k, _) in &docs {

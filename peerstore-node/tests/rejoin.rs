@@ -7,6 +7,26 @@ use std::time::Duration;
 use peerstore_node::driver::{read_peers_file, PEERS_FILE};
 use peerstore_node::testing::*;
 
+/// Waits until every node's peers file lists at least `min` other members.
+async fn wait_peers_written(cluster: &Cluster, min: usize) {
+    wait_until(Duration::from_secs(30), || async move {
+        for n in &cluster.nodes {
+            let known = read_peers_file(&n.data_dir);
+            if known.len() < min {
+                return Err(format!(
+                    "{} lists {} peers in {}",
+                    n.addr,
+                    known.len(),
+                    n.data_dir.join(PEERS_FILE).display()
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_rejoins_through_known_members() {
     let mut cluster = Cluster::start(3, &["--replication", "3"]).await;
@@ -15,25 +35,7 @@ async fn restart_rejoins_through_known_members() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // Every node writes down the others once it is a member of the full ring.
-    wait_until(Duration::from_secs(30), || {
-        let c = &cluster;
-        async move {
-            for n in &c.nodes {
-                let known = read_peers_file(&n.data_dir);
-                if known.len() < 2 {
-                    return Err(format!(
-                        "{} lists {} peers in {}",
-                        n.addr,
-                        known.len(),
-                        n.data_dir.join(PEERS_FILE).display()
-                    ));
-                }
-            }
-            Ok(())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_peers_written(&cluster, 2).await;
 
     // The initial peer (node 0) dies for good, and node 1 crashes and restarts with its
     // original flags: `--initial-peer` names the dead node 0.
@@ -73,18 +75,7 @@ async fn restart_alone_starts_a_new_ring() {
         .wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    wait_until(Duration::from_secs(30), || {
-        let c = &cluster;
-        async move {
-            if read_peers_file(&c.nodes[0].data_dir).is_empty() {
-                Err("node 0 has not written its peers yet".to_string())
-            } else {
-                Ok(())
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_peers_written(&cluster, 1).await;
     cluster.nodes[0].kill9();
     cluster.nodes[1].kill9();
     let (dir, listen, extra) = {
