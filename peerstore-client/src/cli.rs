@@ -742,17 +742,29 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         },
     };
     ctx.print(&report, || {
+        let entangled = report
+            .entanglement
+            .as_ref()
+            .is_some_and(|e| e.kind == "step");
+        // On an entangled ring the data is stored as parities (figures below), not as r copies.
+        let stored = if entangled {
+            "stored: as entangled parities, see the entanglement figures below".to_string()
+        } else {
+            format!(
+                "stored with r={}: {} (overhead x{:.2} of the unique data)",
+                report.replication,
+                human(report.stored_bytes),
+                report.overhead
+            )
+        };
         let mut out = format!(
-            "latest snapshot: {} logical ({} over {} snapshots)\nunique data: {} in {} blocks ({} encrypted, with metadata)\nstored with r={}: {} (overhead x{:.2} of the unique data)\nper node (this node and its successors):",
+            "latest snapshot: {} logical ({} over {} snapshots)\nunique data: {} in {} blocks ({} encrypted, with metadata)\n{stored}\nper node (this node and its successors):",
             human(report.logical_bytes),
             human(report.logical_bytes_all_snapshots),
             report.snapshots,
             human(report.unique_plain_bytes),
             report.unique_blocks,
             human(report.unique_bytes),
-            report.replication,
-            human(report.stored_bytes),
-            report.overhead
         );
         for n in &report.nodes {
             if n.reachable {

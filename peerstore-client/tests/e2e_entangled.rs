@@ -353,8 +353,28 @@ async fn entangled_backup_scrub_kill_repair_restore() {
 
     // --- repair to the fixed point, then a clean audit.
     let t = Instant::now();
-    let rep = alice.json(&["repair"]);
+    let out = alice.run(&["--json", "repair"]);
     let t_repair = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        // Say what is left before failing: the damaged codewords (how many symbols each lost,
+        // against e = p - s) and whether another repair run gets further.
+        println!("repair in {t_repair:?} left damage: {stdout}");
+        let aud = alice.run(&["--json", "audit"]);
+        println!("audit: {}", String::from_utf8_lossy(&aud.stdout));
+        let again = alice.run(&["--json", "repair"]);
+        println!(
+            "second repair ({}): {}",
+            again.status,
+            String::from_utf8_lossy(&again.stdout)
+        );
+        panic!(
+            "repair failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rep: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("repair printed no JSON ({e}): {stdout}"));
     println!("repair in {t_repair:?}: {rep}");
     assert_eq!(u(&rep, "undecodable"), 0, "{rep}");
     assert!(u(&rep, "rebuilt") >= lost.len() as u64, "{rep}");
