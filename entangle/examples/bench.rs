@@ -167,6 +167,9 @@ fn main() {
     println!("| (s,t,p) | B | encode | decode, all symbols | decode, e pointers lost |");
     println!("|---|---|---|---|---|");
     for params in [
+        // The ring's default first.
+        Params::new(4, 8, 12, 256 * 1024),
+        Params::new(4, 8, 12, 1024 * 1024),
         Params::new(2, 10, 6, 256 * 1024),
         Params::new(2, 10, 6, 1024 * 1024),
         Params::new(1, 10, 3, 256 * 1024),
@@ -180,7 +183,11 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     let docs = if quick { 300 } else { 2000 };
-    for params in [Params::new(2, 10, 6, 4096), Params::new(1, 10, 3, 4096)] {
+    for params in [
+        Params::new(4, 8, 12, 4096),
+        Params::new(2, 10, 6, 4096),
+        Params::new(1, 10, 3, 4096),
+    ] {
         for loss in [0, 10, 30] {
             bench_repair(params, docs, loss);
         }
