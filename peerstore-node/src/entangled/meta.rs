@@ -521,16 +521,19 @@ async fn fetch_from(svc: &Service, peer: &NodeAddr, keys: &[BlockKey]) -> Vec<Ve
     out
 }
 
+/// The key range this node owns, once it is a member with a predecessor (before that, an
+/// anti-entropy round has no range to compare).
+pub async fn settled_owned_range(svc: &Service) -> Option<(chord::Id, chord::Id)> {
+    let view = svc.handle.view().await?;
+    (view.member && view.predecessor.is_some()).then_some(view.ranges.owned)
+}
+
 /// One record anti-entropy round over the range this node owns with its `m - 1` successors.
 /// Returns (records pushed, records pulled).
 pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
-    let Some(view) = svc.handle.view().await else {
+    let Some((from, to)) = settled_owned_range(svc).await else {
         return (0, 0);
     };
-    if !view.member || view.predecessor.is_none() {
-        return (0, 0);
-    }
-    let (from, to) = view.ranges.owned;
     let peers = meta_successors(svc).await;
     let Ok(mine) = keys_in(svc, None, from, to).await else {
         return (0, 0);

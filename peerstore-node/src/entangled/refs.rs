@@ -256,13 +256,9 @@ pub fn plan_digests(
 /// entry is fetched from the peers that hold another version, merged here, and the merge is
 /// sent to every peer whose version differs from it. Returns (entries pushed, entries pulled).
 pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
-    let Some(view) = svc.handle.view().await else {
+    let Some((from, to)) = super::meta::settled_owned_range(svc).await else {
         return (0, 0);
     };
-    if !view.member || view.predecessor.is_none() {
-        return (0, 0);
-    }
-    let (from, to) = view.ranges.owned;
     let peers = meta_successors(svc).await;
     let Ok((mine, _)) = list_all(svc, None, from, to).await else {
         return (0, 0);
