@@ -134,16 +134,9 @@ async fn backup_restore_round_trip_with_metadata() {
     let store = MemStore::new();
     let repo = repo_with(&store, 1);
     let known = Arc::new(KnownBlocks::in_memory());
-    let (s, m, snap) = backup(
-        &repo,
-        known.clone(),
-        &src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (s, m, snap) = backup_default(&repo, known.clone(), &src, None)
+        .await
+        .unwrap();
     assert!(snap.is_some());
     assert_eq!(s.files, 9);
     assert_eq!(s.symlinks, 2);
@@ -250,16 +243,7 @@ async fn another_user_cannot_read() {
     let alice = repo_with(&store, 3);
     let bob = repo_with(&store, 4);
     let known = Arc::new(KnownBlocks::in_memory());
-    let (_, _, snap) = backup(
-        &alice,
-        known,
-        &src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (_, _, snap) = backup_default(&alice, known, &src, None).await.unwrap();
     let snap = snap.unwrap();
     assert!(matches!(
         bob.latest().await,
@@ -652,16 +636,7 @@ async fn equal_chunks_are_packed_once_per_run() {
     let store = MemStore::new();
     let repo = repo_with(&store, 12);
     let known = Arc::new(KnownBlocks::in_memory());
-    let (s, m, _) = backup(
-        &repo,
-        known,
-        &src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (s, m, _) = backup_default(&repo, known, &src, None).await.unwrap();
     assert_eq!(
         (
             s.chunks,
@@ -699,16 +674,9 @@ async fn document_keys_that_are_not_hashes_work_end_to_end() {
     store.set_opaque_keys(true);
     let repo = repo_with(&store, 13);
     let known = Arc::new(KnownBlocks::in_memory());
-    let (s, m, snap) = backup(
-        &repo,
-        known.clone(),
-        &src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (s, m, snap) = backup_default(&repo, known.clone(), &src, None)
+        .await
+        .unwrap();
     let snap = snap.unwrap();
     for k in store.documents() {
         let data = store.get_document(k).await.unwrap().unwrap();
@@ -723,32 +691,30 @@ async fn document_keys_that_are_not_hashes_work_end_to_end() {
     let dest = tmp.path().join("dest");
     restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
     assert_same_tree(&src, &dest);
-    let (s2, _, _) = backup(
-        &repo,
-        known,
-        &src,
-        Some(&m),
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (s2, _, _) = backup_default(&repo, known, &src, Some(&m)).await.unwrap();
     assert_eq!(s2.packs_uploaded, 0);
 }
 
 /// Names below `dir` that look like restore temp files.
+/// A backup with default options and a hidden progress bar.
+async fn backup_default(
+    repo: &Repo,
+    known: Arc<KnownBlocks>,
+    src: &Path,
+    prev: Option<&Manifest>,
+) -> crate::error::Result<(
+    crate::backup::BackupSummary,
+    Manifest,
+    Option<crate::repo::SnapshotRef>,
+)> {
+    backup(repo, known, src, prev, &BackupOptions::default(), &hidden()).await
+}
+
 /// A backup of `src` with default options and an empty in-memory dedup cache.
 async fn backup_fresh(repo: &Repo, src: &Path) -> (crate::backup::BackupSummary, Manifest) {
-    let (s, m, _) = backup(
-        repo,
-        Arc::new(KnownBlocks::in_memory()),
-        src,
-        None,
-        &BackupOptions::default(),
-        &hidden(),
-    )
-    .await
-    .unwrap();
+    let (s, m, _) = backup_default(repo, Arc::new(KnownBlocks::in_memory()), src, None)
+        .await
+        .unwrap();
     (s, m)
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::testing::{block, pick_victims, wait_until, Cluster, MAINTENANCE_MS};
+use peerstore_node::testing::{pick_victims, wait_until, Cluster, MAINTENANCE_MS};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
@@ -422,14 +422,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
 /// Documents of assorted sizes (B = 4 KiB, so a codeword carries 16 KiB).
 fn documents(n: u64, seed: u64) -> Vec<Vec<u8>> {
     let sizes = [0usize, 1, 100, 16_384, 16_385, 49_145, 40_000, 9_999];
-    (0..n)
-        .map(|i| {
-            block(
-                seed + i,
-                sizes[i as usize % sizes.len()] + (i as usize / 8) * 517,
-            )
-        })
-        .collect()
+    peerstore_node::testing::documents(n, seed, &sizes)
 }
 
 fn stdout_json(out: &std::process::Output) -> Value {

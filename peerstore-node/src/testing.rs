@@ -149,7 +149,7 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
-    /// Restarts a stopped node on its data directory.
+    /// Restarts a stopped node on its data directory, joining through a live node.
     pub async fn restart(&mut self, i: usize) {
         let via = self
             .nodes
@@ -157,12 +157,18 @@ impl Cluster {
             .enumerate()
             .find(|(j, n)| *j != i && n.alive())
             .map(|(_, n)| n.addr.to_string());
+        self.restart_via(i, via.as_deref()).await;
+    }
+
+    /// Restarts a stopped node on its data directory with `--initial-peer via` (none: without
+    /// the flag), whether or not `via` is alive.
+    pub async fn restart_via(&mut self, i: usize, via: Option<&str>) {
         let dir = self.nodes[i].data_dir.clone();
         let extra = self.nodes[i].extra.clone();
         // Same port as before, as a restarted daemon with a configured address would have: the
         // ring knows the node by PeerId and address.
         let listen = self.nodes[i].addr.addr.to_string();
-        self.nodes[i] = spawn_node_on(&dir, &listen, via.as_deref(), &extra).await;
+        self.nodes[i] = spawn_node_on(&dir, &listen, via, &extra).await;
     }
 
     /// Waits until the live nodes form the ideal ring: sorted by id, every node's predecessor is
@@ -579,4 +585,17 @@ pub async fn put_document(n: &NodeProc, data: &[u8]) -> BlockKey {
         }
     }
     panic!("put-document via {} failed", n.addr);
+}
+
+/// `n` test documents from `seed`, cycling through `sizes` and growing by 517 bytes every
+/// `sizes.len()` documents, so sizes fall around codeword boundaries.
+pub fn documents(n: u64, seed: u64, sizes: &[usize]) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            block(
+                seed + i,
+                sizes[i as usize % sizes.len()] + (i as usize / sizes.len()) * 517,
+            )
+        })
+        .collect()
 }

@@ -43,14 +43,7 @@ fn documents(n: u64, seed: u64) -> Vec<Vec<u8>> {
         40_000,
         9_999,
     ];
-    (0..n)
-        .map(|i| {
-            block(
-                seed + i,
-                sizes[i as usize % sizes.len()] + (i as usize / 8) * 517,
-            )
-        })
-        .collect()
+    peerstore_node::testing::documents(n, seed, &sizes)
 }
 
 /// The keys of a document's records (document record first) and its parity keys.

@@ -42,11 +42,7 @@ async fn restart_rejoins_through_known_members() {
     let initial = cluster.nodes[0].addr.to_string();
     cluster.nodes[0].kill9();
     cluster.nodes[1].kill9();
-    let (dir, listen, extra) = {
-        let n = &cluster.nodes[1];
-        (n.data_dir.clone(), n.addr.addr.to_string(), n.extra.clone())
-    };
-    cluster.nodes[1] = spawn_node_on(&dir, &listen, Some(&initial), &extra).await;
+    cluster.restart_via(1, Some(&initial)).await;
     let t = cluster
         .wait_ideal(Duration::from_secs(30))
         .await
@@ -55,11 +51,7 @@ async fn restart_rejoins_through_known_members() {
 
     // Node 0 comes back the way it was first started, without `--initial-peer`: it rejoins
     // the ring of nodes 1 and 2 rather than starting a ring of its own.
-    let (dir, listen, extra) = {
-        let n = &cluster.nodes[0];
-        (n.data_dir.clone(), n.addr.addr.to_string(), n.extra.clone())
-    };
-    cluster.nodes[0] = spawn_node_on(&dir, &listen, None, &extra).await;
+    cluster.restart_via(0, None).await;
     let t = cluster
         .wait_ideal(Duration::from_secs(30))
         .await
@@ -78,11 +70,7 @@ async fn restart_alone_starts_a_new_ring() {
     wait_peers_written(&cluster, 1).await;
     cluster.nodes[0].kill9();
     cluster.nodes[1].kill9();
-    let (dir, listen, extra) = {
-        let n = &cluster.nodes[0];
-        (n.data_dir.clone(), n.addr.addr.to_string(), n.extra.clone())
-    };
-    cluster.nodes[0] = spawn_node_on(&dir, &listen, None, &extra).await;
+    cluster.restart_via(0, None).await;
     let t = cluster
         .wait_ideal(Duration::from_secs(30))
         .await
