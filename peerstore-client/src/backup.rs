@@ -10,7 +10,7 @@
 //! packs of this run by their sequence number and the chunk references are completed once every
 //! pack is stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -192,6 +192,7 @@ pub async fn backup(
             tx,
             prev: prev_files,
             packed: HashMap::new(),
+            sealed_for_file: HashSet::new(),
             pack: Vec::new(),
             pack_chunks: Vec::new(),
             next_seq: 0,
@@ -331,6 +332,9 @@ struct Scanner {
     /// Chunks packed during this run: pack sequence number, offset, sealed length (so equal
     /// chunks go up once).
     packed: HashMap<ChunkId, (u32, u32, u32)>,
+    /// Chunks sealed while reading the current file: a re-read (the file changed during the
+    /// read) finds them packed but must not count them as deduplicated.
+    sealed_for_file: HashSet<ChunkId>,
     /// The pack being filled, and its chunks.
     pack: Vec<u8>,
     pack_chunks: Vec<(ChunkId, u32, u32)>,
@@ -354,6 +358,25 @@ enum FileRead {
     Changed,
     /// It disappeared (or turned into something else) before it could be read.
     Gone,
+}
+
+/// How far apart two writes can be and still get the same timestamp: file systems stamp
+/// mtime and ctime from a coarse clock (one tick is 4 ms at HZ = 250, 10 ms at HZ = 100).
+const TIMESTAMP_GRAIN_NS: i64 = 20_000_000;
+
+/// Whether the file was modified (or its inode changed) within a timestamp grain of the read
+/// from `started` to `finished`: then equal metadata before and after the read does not prove
+/// that nothing was written in between (a rewrite in the same clock tick keeps size, mtime and
+/// ctime), so the read is treated as changed and retried. A timestamp far in the future (clock
+/// skew, unpacked archives) is not racy.
+fn racy(md: &Metadata, started: i64, finished: i64) -> bool {
+    let ctime_ns = md
+        .ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.ctime_nsec());
+    let window =
+        started.saturating_sub(TIMESTAMP_GRAIN_NS)..=finished.saturating_add(TIMESTAMP_GRAIN_NS);
+    window.contains(&mtime_ns(md)) || window.contains(&ctime_ns)
 }
 
 fn same_version(a: &Metadata, b: &Metadata) -> bool {
@@ -469,6 +492,7 @@ impl Scanner {
             }
         }
         let mut md = md;
+        self.sealed_for_file.clear();
         for attempt in 0..=self.retries {
             match self.read_file(path, &md)? {
                 FileRead::Done {
@@ -517,6 +541,7 @@ impl Scanner {
     /// Reads one file chunk by chunk, sending new sealed chunks to the uploader. Checks before
     /// and after that the file did not change underneath.
     fn read_file(&mut self, path: &Path, before: &Metadata) -> Result<FileRead> {
+        let started = crate::repo::now_ns();
         let f = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead::Gone),
@@ -535,6 +560,8 @@ impl Scanner {
         let mut chunks = Vec::new();
         let mut pending = Vec::new();
         let mut size = 0u64;
+        // Counted into the summary only if this read is the one recorded.
+        let (mut n_chunks, mut n_dedup) = (0u64, 0u64);
         let cdc = fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
         for chunk in cdc {
             let chunk = match chunk {
@@ -549,10 +576,11 @@ impl Scanner {
             size += chunk.data.len() as u64;
             self.progress.add_bytes(chunk.data.len() as u64);
             let len = chunk.data.len() as u32;
-            self.summary.chunks += 1;
+            n_chunks += 1;
             let id = crypto::chunk_id(&self.keys, &chunk.data);
+            let ours = self.sealed_for_file.contains(&id);
             if let Some(loc) = self.known.get(&id) {
-                self.summary.chunks_deduplicated += 1;
+                n_dedup += u64::from(!ours);
                 chunks.push(ChunkRef {
                     id,
                     pack: loc.pack,
@@ -564,7 +592,7 @@ impl Scanner {
             }
             let (seq, offset, sealed_len) = match self.packed.get(&id) {
                 Some(&at) => {
-                    self.summary.chunks_deduplicated += 1;
+                    n_dedup += u64::from(!ours);
                     at
                 }
                 None => {
@@ -572,6 +600,7 @@ impl Scanner {
                     debug_assert_eq!(id, id2);
                     let at = self.add_to_pack(id, &sealed)?;
                     self.packed.insert(id, at);
+                    self.sealed_for_file.insert(id);
                     at
                 }
             };
@@ -584,14 +613,20 @@ impl Scanner {
                 len,
             });
         }
-        self.summary.bytes_read += size;
         let after = fs::symlink_metadata(path);
+        let finished = crate::repo::now_ns();
         match after {
-            Ok(a) if same_version(before, &a) && a.len() == size => Ok(FileRead::Done {
-                size,
-                chunks,
-                pending,
-            }),
+            Ok(a) if racy(&a, started, finished) => Ok(FileRead::Changed),
+            Ok(a) if same_version(before, &a) && a.len() == size => {
+                self.summary.bytes_read += size;
+                self.summary.chunks += n_chunks;
+                self.summary.chunks_deduplicated += n_dedup;
+                Ok(FileRead::Done {
+                    size,
+                    chunks,
+                    pending,
+                })
+            }
             Ok(_) => Ok(FileRead::Changed),
             Err(_) => Ok(FileRead::Gone),
         }
