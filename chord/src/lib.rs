@@ -81,6 +81,7 @@
 //! Protocol messages are documented in [`message`]; the simulator in [`sim`]; the invariants it
 //! checks in [`sim::invariants`].
 
+pub mod balance;
 pub mod config;
 pub mod id;
 pub mod message;

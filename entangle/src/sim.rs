@@ -52,6 +52,15 @@ pub struct SimConfig {
     pub replication: usize,
     /// Pointer selection policy.
     pub selector: PointerSelector,
+    /// Ring ids each joining node draws before keeping the one that splits the largest share
+    /// of an arc (1: a random id, as plain Chord; more evens out the arcs, as the node's
+    /// `--id-choices` does).
+    #[serde(default = "one")]
+    pub id_choices: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl SimConfig {
@@ -73,6 +82,9 @@ impl SimConfig {
         let bad = |m: &str| Err(Error::InvalidParams(m.into()));
         if self.nodes == 0 {
             return bad("at least one node");
+        }
+        if self.id_choices == 0 {
+            return bad("id_choices must be at least 1");
         }
         if self.replication == 0 || self.replication > self.nodes {
             return bad("replication must be in 1..=nodes");
@@ -127,10 +139,18 @@ struct Ring {
 }
 
 impl Ring {
-    fn random(n: usize, rng: &mut ChaCha8Rng) -> Ring {
-        let mut ids: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
-        ids.sort_unstable();
-        ids.dedup();
+    /// `n` nodes joining one after another, each keeping the best of `choices` random ids
+    /// (see [`best_id`]).
+    fn joined(n: usize, choices: usize, rng: &mut ChaCha8Rng) -> Ring {
+        let mut ids: Vec<u64> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let candidates: Vec<u64> = (0..choices.max(1)).map(|_| rng.gen()).collect();
+            let id = best_id(&ids, &candidates);
+            let at = ids.partition_point(|&x| x < id);
+            if ids.get(at) != Some(&id) {
+                ids.insert(at, id);
+            }
+        }
         Ring { ids }
     }
 
@@ -140,6 +160,38 @@ impl Ring {
         let first = self.ids.partition_point(|&id| id < key) % n;
         (0..r.min(n)).map(move |i| (first + i) % n)
     }
+}
+
+/// Of `candidates`, the ring id a joining node keeps, as `chord::balance::best_of` picks it (on
+/// 64-bit ids): the first candidate whose score `min(x - pred, succ - x)` is at least 3/4 of the
+/// best candidate's, so it lands in the middle quarter of a largest arc. With one candidate,
+/// that candidate.
+#[must_use]
+pub fn best_id(ids: &[u64], candidates: &[u64]) -> u64 {
+    let score = |x: u64| -> u64 {
+        if ids.is_empty() {
+            return u64::MAX;
+        }
+        let at = ids.partition_point(|&m| m < x);
+        if ids.get(at) == Some(&x) {
+            return 0;
+        }
+        let pred = if at == 0 {
+            ids[ids.len() - 1]
+        } else {
+            ids[at - 1]
+        };
+        let succ = ids.get(at).copied().unwrap_or(ids[0]);
+        x.wrapping_sub(pred).min(succ.wrapping_sub(x))
+    };
+    let scores: Vec<u64> = candidates.iter().map(|&c| score(c)).collect();
+    let best = scores.iter().copied().max().unwrap_or(0);
+    let bar = best - best / 4;
+    candidates
+        .iter()
+        .zip(&scores)
+        .find(|(_, &s)| s >= bar)
+        .map_or(0, |(&c, _)| c)
 }
 
 /// Runs every (seed, kill fraction) of `config` for both schemes.
@@ -305,7 +357,7 @@ fn kill_set(nodes: usize, fraction: f64, seed: u64) -> (Vec<bool>, f64) {
 fn run_seed(config: &SimConfig, seed: u64) -> Result<Vec<SimResult>, Error> {
     let params = config.params();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ring = Ring::random(config.nodes, &mut rng);
+    let ring = Ring::joined(config.nodes, config.id_choices, &mut rng);
     let nodes = ring.ids.len();
     let archive = build_archive(config, &mut rng);
     let docs = archive.pointers.len();

@@ -29,6 +29,7 @@ fn tenfold(s: u16, t: u16, p: u16) {
         p,
         replication: 1,
         selector: PointerSelector::mixed(usize::from(t)),
+        id_choices: 1,
     };
     println!("seeds {:?}", config.seeds);
     let results = run(&config).unwrap();
@@ -63,6 +64,7 @@ fn simulation_replays_and_serializes() {
         p: 3,
         replication: 1,
         selector: PointerSelector::mixed(10),
+        id_choices: 1,
     };
     let a = run(&config).unwrap();
     let b = run(&config).unwrap();

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::testing::{pick_victims, wait_until, Cluster, MAINTENANCE_MS};
+use peerstore_node::testing::{
+    arc_share, pick_victims, ring_order, wait_until, Cluster, MAINTENANCE_MS,
+};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
@@ -329,7 +331,17 @@ async fn entangled_backup_scrub_kill_repair_restore() {
 
     // --- kill -9 four nodes chosen at random from the seed, all at once.
     let victims = random_victims(seed, cluster.nodes.len(), 4);
-    println!("killing nodes {victims:?} (seed {seed})");
+    let order = ring_order(&cluster).await;
+    let picks: Vec<usize> = (0..order.len())
+        .filter(|&j| victims.contains(&order[j].1))
+        .collect();
+    let arcs: Vec<String> = (0..order.len())
+        .map(|j| format!("{:.3}", arc_share(&order, &[j])))
+        .collect();
+    println!(
+        "killing nodes {victims:?} (seed {seed}): {:.1}% of the key space; arcs {arcs:?}",
+        100.0 * arc_share(&order, &picks)
+    );
     for &v in &victims {
         cluster.nodes[v].kill9();
     }

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub maintenance_ms: u64,
     /// Timeout of one request to another node, in milliseconds.
     pub request_timeout_ms: u64,
+    /// On first start with an initial peer: key pairs drawn to pick the ring id that best
+    /// evens out the arcs of the ring being joined (1: a random id, as plain Chord).
+    pub id_choices: usize,
     /// Entangled storage (module `entangled`): `entanglement = { type = "step", s = 4, t = 8,
     /// p = 12, block_size = 262144 }`; the same on every node of a ring.
     pub entanglement: crate::entangled::EntanglementConfig,
@@ -50,6 +53,7 @@ impl Default for NodeConfig {
             stabilize_ms: 1000,
             maintenance_ms: 5000,
             request_timeout_ms: 10_000,
+            id_choices: 1024,
             entanglement: crate::entangled::EntanglementConfig::default(),
         }
     }
@@ -88,6 +92,12 @@ impl NodeConfig {
         }
         if self.listen.is_empty() {
             return bad("at least one --listen address is needed".into());
+        }
+        if self.id_choices == 0 || self.id_choices > 1 << 20 {
+            return bad(format!(
+                "id_choices ({}) must be between 1 and 1048576",
+                self.id_choices
+            ));
         }
         if self.stabilize_ms == 0 || self.maintenance_ms == 0 || self.request_timeout_ms == 0 {
             return bad("intervals and timeouts must be positive".into());

@@ -26,15 +26,50 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let kp = Keypair::generate_ed25519();
-            let bytes = kp
-                .to_protobuf_encoding()
-                .context("cannot encode the new node identity")?;
-            write_durable(&path, &bytes, true)?;
-            Ok(kp)
+            save_new(&path, Keypair::generate_ed25519())
         }
         Err(e) => bail!("cannot read {}: {e}", path.display()),
     }
+}
+
+/// Whether the data directory already holds a node identity.
+pub fn exists(data_dir: &Path) -> bool {
+    data_dir.join(IDENTITY_FILE).exists()
+}
+
+/// Creates the identity of a node about to join a ring whose members it knows by ring id:
+/// draws `choices` Ed25519 key pairs and keeps the one whose ring id (SHA-256 of the PeerId)
+/// splits the largest arc among `members` most evenly ([`chord::balance::best_of`]), so the
+/// ring's arcs, and so its nodes' shares of the keys, stay even. Fails if an identity exists.
+pub fn create_balanced(
+    data_dir: &Path,
+    members: &[chord::Id],
+    choices: usize,
+) -> anyhow::Result<Keypair> {
+    let path = data_dir.join(IDENTITY_FILE);
+    if path.exists() {
+        bail!("{} already exists", path.display());
+    }
+    let n = if members.is_empty() {
+        1
+    } else {
+        choices.max(1)
+    };
+    let mut pairs: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+    let ids: Vec<chord::Id> = pairs
+        .iter()
+        .map(|k| crate::proto::ring_id(&k.public().to_peer_id()))
+        .collect();
+    let best = chord::balance::best_of(members, &ids).unwrap_or(0);
+    save_new(&path, pairs.swap_remove(best))
+}
+
+fn save_new(path: &Path, kp: Keypair) -> anyhow::Result<Keypair> {
+    let bytes = kp
+        .to_protobuf_encoding()
+        .context("cannot encode the new node identity")?;
+    write_durable(path, &bytes, true)?;
+    Ok(kp)
 }
 
 /// Writes the address file (full multiaddr with /p2p/<peer id>, one line).

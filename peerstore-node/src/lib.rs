@@ -46,7 +46,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let keypair = identity::load_or_create(&config.data_dir)?;
+    let keypair = match &config.initial_peer {
+        Some(peer) if !identity::exists(&config.data_dir) && config.id_choices > 1 => {
+            let members = ring_members(peer, config.request_timeout()).await;
+            identity::create_balanced(&config.data_dir, &members, config.id_choices)?
+        }
+        _ => identity::load_or_create(&config.data_dir)?,
+    };
     let peer = keypair.public().to_peer_id();
     info!(%peer, id = %proto::ring_id(&peer), "node identity");
 
@@ -151,3 +157,63 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let _ = std::fs::remove_file(config.data_dir.join(identity::ADDRESS_FILE));
     Ok(())
 }
+
+/// The ring ids a node joining through `peer` can find before it has an identity: the
+/// peer's status (itself, predecessor, successors, fingers), then the statuses of the members
+/// that names, and so on, asking at most [`MAX_STATUS_ASKS`] nodes (8 at a time, 2 s each):
+/// every member of a ring of a few dozen nodes, the neighbourhood of the entry node in a larger
+/// one. Empty, with a warning, if the peer does not answer: the node then takes a random id.
+async fn ring_members(peer: &str, timeout: Duration) -> Vec<chord::Id> {
+    let timeout = timeout.min(Duration::from_secs(2));
+    let client = proto::parse_node_addr(peer)
+        .ok()
+        .and_then(|a| Some((rpc::RpcClient::start(a.clone(), timeout).ok()?, a)));
+    let Some((client, first)) = client else {
+        warn!(%peer, "cannot reach the initial peer before joining; taking a random ring id");
+        return Vec::new();
+    };
+    let mut known: std::collections::BTreeMap<chord::Id, proto::NodeAddr> = Default::default();
+    let mut asked = std::collections::BTreeSet::new();
+    let mut frontier = vec![first];
+    while !frontier.is_empty() && asked.len() < MAX_STATUS_ASKS {
+        let take = frontier.len().min(8).min(MAX_STATUS_ASKS - asked.len());
+        let batch: Vec<proto::NodeAddr> = frontier.drain(..take).collect();
+        asked.extend(batch.iter().map(|a| a.peer));
+        let answers = futures::future::join_all(
+            batch
+                .iter()
+                .map(|a| client.call_to(a, proto::Request::Status)),
+        )
+        .await;
+        for answer in answers {
+            let Ok(proto::Response::Status(s)) = answer else {
+                continue;
+            };
+            let seen = std::iter::once(proto::MemberInfo {
+                id: s.id,
+                addr: s.addr.clone(),
+            })
+            .chain(s.predecessor.clone())
+            .chain(s.successors.clone())
+            .chain(s.fingers.clone());
+            for m in seen {
+                if known.insert(m.id, m.addr.clone()).is_none() && !asked.contains(&m.addr.peer) {
+                    frontier.push(m.addr);
+                }
+            }
+        }
+    }
+    if known.is_empty() {
+        warn!(%peer, "the initial peer did not answer a status request; taking a random ring id");
+    } else {
+        info!(
+            members = known.len(),
+            asked = asked.len(),
+            "choosing a ring id that evens out the arcs"
+        );
+    }
+    known.into_keys().collect()
+}
+
+/// Most nodes a joining node asks for their status while choosing its ring id.
+const MAX_STATUS_ASKS: usize = 32;

@@ -75,6 +75,10 @@ struct RunArgs {
     /// reference (m >= replication; default 10).
     #[arg(long)]
     metadata_replication: Option<usize>,
+    /// First start only: key pairs to draw, keeping the one whose ring id best evens out the
+    /// arcs of the ring being joined (default 1024; 1 = a random id).
+    #[arg(long)]
+    id_choices: Option<usize>,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -202,6 +206,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.metadata_replication {
         c.entanglement.metadata_replication = v;
+    }
+    if let Some(v) = a.id_choices {
+        c.id_choices = v;
     }
     peerstore_node::run(c, shutdown_signal()).await
 }

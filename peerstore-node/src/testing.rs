@@ -146,7 +146,42 @@ impl Cluster {
         extra.extend(more.iter().map(|s| s.to_string()));
         let node = spawn_node(&dir, via.as_deref(), &extra).await;
         self.nodes.push(node);
-        self.nodes.len() - 1
+        let i = self.nodes.len() - 1;
+        if via.is_some() {
+            self.wait_joined(i).await;
+        }
+        i
+    }
+
+    /// Waits (up to 15 s) until node `i` is a member that another live node names as its
+    /// predecessor or successor, as an operator starting nodes one after another would: the
+    /// next node to join then sees it when it picks its ring id.
+    pub async fn wait_joined(&self, i: usize) {
+        let res = wait_until(Duration::from_secs(15), || async {
+            let Some(me) = self.nodes[i].status().await.filter(|s| s.member) else {
+                return Err("not a member yet".to_string());
+            };
+            for (j, n) in self.nodes.iter().enumerate() {
+                if j == i || !n.alive() {
+                    continue;
+                }
+                if let Some(s) = n.status().await {
+                    let named = s
+                        .predecessor
+                        .iter()
+                        .chain(&s.successors)
+                        .any(|m| m.id == me.id);
+                    if named {
+                        return Ok(());
+                    }
+                }
+            }
+            Err("no neighbour names it yet".to_string())
+        })
+        .await;
+        if let Err(e) = res {
+            eprintln!("node {i} not yet in the ring: {e}");
+        }
     }
 
     /// Restarts a stopped node on its data directory, joining through a live node.

@@ -377,3 +377,47 @@ async fn capacity_is_enforced() {
         );
     }
 }
+
+/// Nodes joining one after another pick ring ids that split the largest arc (`--id-choices`,
+/// default 1,024 key pairs drawn on first start): eight nodes own arcs within 2x of the mean,
+/// where random ids typically give the largest arc 2-3x the mean. A restarted node keeps its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joining_nodes_even_out_the_arcs() {
+    let _g = SERIAL.lock().await;
+    let n = 8;
+    let mut cluster = Cluster::new(&[]);
+    for i in 0..n {
+        cluster.add_node(&[]).await;
+        cluster
+            .wait_ideal(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("after node {i}: {e}"));
+    }
+    let order = ring_order(&cluster).await;
+    assert_eq!(order.len(), n);
+    let arcs: Vec<f64> = (0..n).map(|j| arc_share(&order, &[j])).collect();
+    println!(
+        "arcs of {n} balanced nodes (mean {:.4}): {:?}",
+        1.0 / n as f64,
+        arcs.iter().map(|a| format!("{a:.4}")).collect::<Vec<_>>()
+    );
+    let max = arcs.iter().copied().fold(0.0, f64::max);
+    let min = arcs.iter().copied().fold(1.0, f64::min);
+    // Each node splits the largest arc it sees 3:5 or better, so no arc exceeds twice the mean
+    // (random ids: the largest is ~2.7x the mean on average) and none falls below a quarter.
+    assert!(max <= 2.0 / n as f64, "largest arc {max:.4}");
+    assert!(min >= 0.25 / n as f64, "smallest arc {min:.4}");
+
+    // A restart keeps the id (the identity file is reused, nothing is drawn again).
+    let before = cluster.nodes[3].status().await.expect("status").id;
+    assert!(
+        cluster.nodes[3].terminate(Duration::from_secs(20)),
+        "graceful leave"
+    );
+    cluster.restart(3).await;
+    cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("after the restart: {e}"));
+    assert_eq!(cluster.nodes[3].status().await.expect("status").id, before);
+}

@@ -44,6 +44,10 @@ struct Args {
     /// Tail window size, in blocks.
     #[arg(long, default_value_t = 1000)]
     window: u64,
+    /// Ring ids each joining node draws, keeping the one that splits the largest arc best
+    /// (1: random ids; the node's `--id-choices`).
+    #[arg(long, default_value_t = 1)]
+    id_choices: usize,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -76,6 +80,7 @@ fn run_cli(args: Args) -> Result<()> {
         p: args.p,
         replication: args.replication,
         selector,
+        id_choices: args.id_choices,
     };
     let results = run(&config).context("invalid simulation setup")?;
     if args.json {
