@@ -366,6 +366,9 @@ impl RingStore {
                         reason: match e {
                             RpcError::Unreachable { reason, .. } => reason,
                             RpcError::Closed => "connection closed".into(),
+                            RpcError::Timeout { after, .. } => {
+                                format!("no answer within {after:?}")
+                            }
                         },
                     };
                     self.fail_over(idx);

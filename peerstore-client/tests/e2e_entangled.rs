@@ -32,14 +32,12 @@ const S: u64 = 4;
 const P: u64 = 12;
 const R: u64 = 3;
 
-/// Node options of an entangled ring with block size `bs` and a config file for what has no
-/// flag: a request timeout long enough for a ring-wide repair or scrub inside one request.
-fn ring_args(root: &Path, bs: &str) -> Vec<String> {
-    let conf = root.join("ring.toml");
-    std::fs::write(&conf, "request_timeout_ms = 120000\n").unwrap();
+/// Node options of an entangled ring with block size `bs` (default request timeout: a
+/// ring-wide repair or scrub inside one request is allowed to run long by itself).
+fn ring_args(bs: &str) -> Vec<String> {
     // STEP_RING_ARGS keeps the background repair worker out of the way: the client's
     // `repair` does it.
-    ["--config", conf.to_str().unwrap(), "--block-size", bs]
+    ["--block-size", bs]
         .iter()
         .chain(peerstore_node::testing::STEP_RING_ARGS)
         .map(|s| s.to_string())
@@ -233,7 +231,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
         });
     println!("seed {seed} (replay: PEERSTORE_ENT_SEED={seed}), {mib} MiB, 16 nodes, (4,8,12), B = 256 KiB, r = 3");
     let tmp = tempfile::tempdir().unwrap();
-    let args = ring_args(tmp.path(), "256K");
+    let args = ring_args("256K");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cluster = Cluster::start(16, &args).await;
     cluster
@@ -448,7 +446,7 @@ async fn admin_commands_on_documents_put_directly() {
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let args = ring_args(tmp.path(), "4K");
+    let args = ring_args("4K");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cluster = Cluster::start(6, &args).await;
     cluster

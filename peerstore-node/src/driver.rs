@@ -33,6 +33,16 @@ pub struct Behaviour {
 
 /// Builds a swarm with TCP (TLS 1.3 or Noise, negotiated; yamux) and QUIC, and the node's
 /// behaviour. `serve` says whether this endpoint answers data requests (nodes do, clients do not).
+/// How long a node serves one inbound data request, and waits for the answer to a
+/// long-running one (ring-wide repair, audit and scrub, and their per-node parts), before
+/// giving up. Ordinary node-to-node requests are bounded by `request_timeout_ms` in
+/// [`Handle::request`].
+pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Builds the libp2p swarm. The data protocol allows [`LONG_REQUEST_TIMEOUT`] per stream, so a
+/// repair or scrub that runs for minutes still gets its answer back; each outbound request is
+/// bounded by its sender instead ([`Handle::request`], `RpcClient::call_to`), by
+/// `request_timeout` unless it is long-running. The Chord protocol uses `request_timeout`.
 pub fn build_swarm(
     keypair: Keypair,
     request_timeout: Duration,
@@ -63,7 +73,7 @@ pub fn build_swarm(
                 data_codec(),
                 [(DATA_PROTOCOL, support)],
                 request_response::Config::default()
-                    .with_request_timeout(request_timeout)
+                    .with_request_timeout(request_timeout.max(LONG_REQUEST_TIMEOUT))
                     .with_max_concurrent_streams(256),
             ),
             identify: identify::Behaviour::new(identify::Config::new(
@@ -94,6 +104,8 @@ pub struct RingView {
     pub predecessors: Vec<chord::Peer<NodeAddr>>,
     pub successors: Vec<chord::Peer<NodeAddr>>,
     pub fingers: Vec<chord::Peer<NodeAddr>>,
+    /// Owned range and the range this node replicates for r = `replication` (clean-up drops
+    /// block copies outside it, single copies outside it go to their owner).
     pub ranges: chord::Ranges,
 }
 
@@ -130,6 +142,9 @@ pub enum Command {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     pub local: NodeAddr,
+    /// Bound on one request to another node (`request_timeout_ms`); long-running ring-wide
+    /// operations get [`LONG_REQUEST_TIMEOUT`].
+    pub request_timeout: Duration,
     /// Bumped every time the Chord core reports a change of our key ranges.
     pub ranges_changed: watch::Receiver<u64>,
 }
@@ -147,10 +162,23 @@ impl Handle {
             .unwrap_or_else(|| Err("the node is shutting down".into()))
     }
 
+    /// Sends one request to another node and waits for its answer, at most
+    /// `request_timeout` (or [`LONG_REQUEST_TIMEOUT`] for [`Request::is_long_running`]).
     pub async fn request(&self, to: NodeAddr, request: Request) -> Result<Response, RequestError> {
-        self.call(|reply| Command::Request { to, request, reply })
-            .await
-            .unwrap_or(Err(RequestError::Shutdown))
+        let limit = if request.is_long_running() {
+            LONG_REQUEST_TIMEOUT
+        } else {
+            self.request_timeout
+        };
+        let peer = to.peer;
+        let call = self.call(|reply| Command::Request { to, request, reply });
+        match tokio::time::timeout(limit, call).await {
+            Ok(answer) => answer.unwrap_or(Err(RequestError::Shutdown)),
+            Err(_) => Err(RequestError::Failed {
+                peer,
+                reason: format!("no answer within {limit:?}"),
+            }),
+        }
     }
 
     pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
@@ -254,6 +282,7 @@ impl Driver {
             addr: local.clone(),
         };
         let replication = chord_config.replication;
+        let request_timeout = chord_config.lookup_timeout;
         let node = chord::Node::new(chord_config, me);
         let (cmd_tx, commands) = mpsc::channel(1024);
         let (inbound, inbound_rx) = mpsc::channel(1024);
@@ -282,6 +311,7 @@ impl Driver {
         let handle = Handle {
             tx: cmd_tx,
             local,
+            request_timeout,
             ranges_changed,
         };
         Ok((driver, handle, inbound_rx))
@@ -479,7 +509,7 @@ impl Driver {
             predecessors: self.node.predecessors().to_vec(),
             successors: self.node.successors().to_vec(),
             fingers,
-            ranges: self.node.ranges(self.node.config().successors),
+            ranges: self.node.ranges(self.node.config().replication),
         }
     }
 

@@ -190,6 +190,19 @@ pub enum Request {
 }
 
 impl Request {
+    /// Ring-wide operations that may run for minutes inside one request: repair, audit and
+    /// scrub, and the per-node parts the entry node asks of every member.
+    pub fn is_long_running(&self) -> bool {
+        use crate::entangled::EntRequest as E;
+        matches!(
+            self,
+            Request::Repair { .. }
+                | Request::Audit { .. }
+                | Request::Scrub { .. }
+                | Request::Entangle(E::RepairLocal | E::AuditLocal { .. } | E::ScrubLocal { .. })
+        )
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ use libp2p::swarm::SwarmEvent;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::driver::{build_swarm, BehaviourEvent};
+use crate::driver::{build_swarm, BehaviourEvent, LONG_REQUEST_TIMEOUT};
 use crate::proto::{key_id, BlockKey, ErrorCode, NodeAddr, Request, Response};
 
 /// Why a call did not produce an answer.
@@ -29,6 +29,8 @@ pub enum RpcError {
     Unreachable { addr: String, reason: String },
     #[error("the connection to the node was closed")]
     Closed,
+    #[error("node {addr} did not answer within {after:?}; it may be overloaded or gone")]
+    Timeout { addr: String, after: Duration },
 }
 
 type Reply = oneshot::Sender<Result<Response, RpcError>>;
@@ -41,6 +43,8 @@ const MEMBERS_TTL: Duration = Duration::from_secs(10);
 pub struct RpcClient {
     tx: mpsc::Sender<(NodeAddr, Request, Reply)>,
     pub node: NodeAddr,
+    /// Bound on one request ([`LONG_REQUEST_TIMEOUT`] at least for long-running ones).
+    timeout: Duration,
     /// Present when requests are routed to replica-set members directly.
     routes: Option<Arc<Mutex<Routes>>>,
 }
@@ -86,6 +90,7 @@ impl RpcClient {
         Ok(RpcClient {
             tx,
             node,
+            timeout,
             routes: None,
         })
     }
@@ -128,13 +133,26 @@ impl RpcClient {
     }
 
     /// Sends one request to `to` (any ring member) and waits for its answer.
+    /// Waits at most the client's timeout, or [`LONG_REQUEST_TIMEOUT`] (if longer) for a
+    /// ring-wide repair, audit or scrub ([`Request::is_long_running`]).
     pub async fn call_to(&self, to: &NodeAddr, request: Request) -> Result<Response, RpcError> {
+        let limit = if request.is_long_running() {
+            self.timeout.max(LONG_REQUEST_TIMEOUT)
+        } else {
+            self.timeout
+        };
         let (tx, rx) = oneshot::channel();
         self.tx
             .send((to.clone(), request, tx))
             .await
             .map_err(|_| RpcError::Closed)?;
-        rx.await.map_err(|_| RpcError::Closed)?
+        match tokio::time::timeout(limit, rx).await {
+            Ok(answer) => answer.map_err(|_| RpcError::Closed)?,
+            Err(_) => Err(RpcError::Timeout {
+                addr: to.to_string(),
+                after: limit,
+            }),
+        }
     }
 
     /// The members to try for `request`, in order (none if it is not routable or nothing is

@@ -67,7 +67,7 @@ async fn soak_16_nodes_kill_4_repair() {
     let conf = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         conf.path(),
-        "request_timeout_ms = 120000\n[entanglement]\ntype = \"step\"\ns = 4\nt = 8\np = 12\nblock_size = 262144\nrepair_ms = 3600000\n",
+        "[entanglement]\ntype = \"step\"\ns = 4\nt = 8\np = 12\nblock_size = 262144\nrepair_ms = 3600000\n",
     )
     .unwrap();
     let conf_path = conf.path().to_string_lossy().into_owned();
