@@ -69,21 +69,16 @@ fn parity_files(c: &Cluster, parity_size: u64) -> BTreeMap<BlockKey, (u64, u64)>
     let mut out: BTreeMap<BlockKey, (u64, u64)> = BTreeMap::new();
     for n in c.live() {
         for (sub, single) in [("store", false), ("single", true)] {
-            let root = n.data_dir.join(sub).join("blocks");
-            for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-                    let Ok(k) = BlockKey::from_hex(&f.file_name().to_string_lossy()) else {
-                        continue;
-                    };
-                    if f.metadata().map(|m| m.len()).ok() != Some(parity_size) {
-                        continue;
-                    }
-                    let e = out.entry(k).or_default();
-                    if single {
-                        e.1 += 1;
-                    } else {
-                        e.0 += 1;
-                    }
+            let records = peerstore_node::store::records_on_disk(&n.data_dir.join(sub));
+            for r in records.into_iter().flatten() {
+                if r.len != parity_size {
+                    continue;
+                }
+                let e = out.entry(r.key).or_default();
+                if single {
+                    e.1 += 1;
+                } else {
+                    e.0 += 1;
                 }
             }
         }

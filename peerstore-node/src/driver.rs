@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity::Keypair, noise, tcp, tls, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, identity::Keypair, noise, tcp, tls, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -58,7 +58,7 @@ pub fn build_swarm(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             (tls::Config::new, noise::Config::new),
-            yamux::Config::default,
+            crate::mux::Yamux::default,
         )?
         .with_quic()
         .with_behaviour(|key| Behaviour {

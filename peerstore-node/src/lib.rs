@@ -21,6 +21,7 @@ pub mod driver;
 pub mod entangled;
 pub mod identity;
 pub mod maintenance;
+pub mod mux;
 pub mod proto;
 pub mod rpc;
 pub mod service;

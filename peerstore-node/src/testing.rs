@@ -381,6 +381,50 @@ pub async fn spawn_node_on(
     }
 }
 
+/// The block records actually on disk under a store's root (`<data-dir>/store`,
+/// `<data-dir>/single`), read from its segment files, with their payloads: what a node holds
+/// on disk, not what its index says. Empty if there is no such store. Read-only, so it works
+/// on a running node.
+pub fn records_in(store_root: &Path) -> Vec<(BlockKey, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let Ok(records) = crate::store::records_on_disk(store_root) else {
+        return Vec::new();
+    };
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let f = std::fs::File::open(&r.path).ok()?;
+            let mut buf = vec![0u8; usize::try_from(r.len).ok()?];
+            f.read_exact_at(&mut buf, r.offset).ok()?;
+            Some((r.key, buf))
+        })
+        .collect()
+}
+
+/// Overwrites a few bytes of the payload of `key`'s record under a store's root, as silent
+/// disk corruption would. Returns false if no record of `key` is on disk.
+pub fn corrupt_on_disk(store_root: &Path, key: &BlockKey) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(records) = crate::store::records_on_disk(store_root) else {
+        return false;
+    };
+    let Some(r) = records.into_iter().find(|r| r.key == *key && r.len > 0) else {
+        return false;
+    };
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&r.path)
+    else {
+        return false;
+    };
+    let at = r.offset + r.len / 2;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).is_ok()
+        && f.write_all_at(&[b[0] ^ 0x5a], at).is_ok()
+        && f.sync_data().is_ok()
+}
+
 /// Deterministic pseudo-random block content.
 pub fn block(i: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);

@@ -2,7 +2,6 @@
 //! processes with a small block size. Tests in this file run one at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use peerstore_node::entangled::format::{decode_record, DocRecord};
@@ -93,27 +92,8 @@ fn files_on_disk(c: &Cluster) -> BTreeMap<BlockKey, Vec<(usize, bool)>> {
             continue;
         }
         for (sub, single) in [("store", false), ("single", true)] {
-            let root = n.data_dir.join(sub).join("blocks");
-            for (key, _) in walk(&root) {
+            for (key, _) in records_in(&n.data_dir.join(sub)) {
                 out.entry(key).or_default().push((i, single));
-            }
-        }
-    }
-    out
-}
-
-fn walk(root: &Path) -> Vec<(BlockKey, std::path::PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(dirs) = std::fs::read_dir(root) else {
-        return out;
-    };
-    for d in dirs.flatten() {
-        let Ok(files) = std::fs::read_dir(d.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            if let Ok(k) = BlockKey::from_hex(&f.file_name().to_string_lossy()) {
-                out.push((k, f.path()));
             }
         }
     }
@@ -274,20 +254,19 @@ async fn documents_are_stored_as_parities() {
     let mut files = 0;
     let mut parity_files = 0;
     for n in &c.nodes {
-        for (_, path) in walk(&n.data_dir.join("store").join("blocks")) {
-            let bytes = std::fs::read(&path).unwrap();
+        for (key, bytes) in records_in(&n.data_dir.join("store")) {
             files += 1;
             assert!(
                 !sources.contains(&bytes),
-                "{} holds a source block",
-                path.display()
+                "{} holds a source block ({key})",
+                n.data_dir.display()
             );
             if let Ok(p) = entangle::ParityBlock::decode(&bytes) {
                 parity_files += 1;
                 assert!(
                     !sources.contains(&p.payload),
-                    "{} is a parity whose payload is a source block",
-                    path.display()
+                    "{} holds a parity whose payload is a source block ({key})",
+                    n.data_dir.display()
                 );
             }
         }
@@ -575,16 +554,13 @@ async fn scrub_modes_remove_replica_files() {
     // A stale copy on a node outside the replica set (as a ring that is still settling leaves
     // behind; rings of few nodes never clean those up) must go too.
     let stale_key = *parities.iter().next().unwrap();
-    let hex = stale_key.to_hex();
     let stale_bytes = c
         .nodes
         .iter()
-        .flat_map(|n| {
-            ["store", "single"]
-                .map(|s| n.data_dir.join(s).join("blocks").join(&hex[..2]).join(&hex))
-        })
-        .find_map(|p| std::fs::read(p).ok())
-        .expect("the parity's file");
+        .flat_map(|n| ["store", "single"].map(|s| records_in(&n.data_dir.join(s))))
+        .flatten()
+        .find_map(|(k, bytes)| (k == stale_key).then_some(bytes))
+        .expect("the parity's record on disk");
     let set: Vec<String> = match c.nodes[0].call(Request::Lookup { key: stale_key }).await {
         Response::Owner { replicas, .. } => replicas.iter().map(|m| m.addr.to_string()).collect(),
         other => panic!("{other:?}"),
@@ -712,8 +688,8 @@ async fn graceful_leave_keeps_single_copies() {
         let (held, leaver) = (1..c.nodes.len())
             .filter(|&i| c.nodes[i].alive())
             .map(|i| {
-                let dir = c.nodes[i].data_dir.join("single").join("blocks");
-                (walk(&dir).len(), i)
+                let dir = c.nodes[i].data_dir.join("single");
+                (records_in(&dir).len(), i)
             })
             .max()
             .unwrap();

@@ -5,7 +5,6 @@
 #![cfg(feature = "soak")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use peerstore_node::entangled::format::{decode_record, DocRecord};
@@ -25,23 +24,15 @@ async fn call(c: &RpcClient, r: Request) -> Response {
     }
 }
 
-fn walk(root: &Path) -> Vec<BlockKey> {
-    let mut out = Vec::new();
-    for d in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-            if let Ok(k) = BlockKey::from_hex(&f.file_name().to_string_lossy()) {
-                out.push(k);
-            }
-        }
-    }
-    out
-}
-
 fn on_disk(c: &Cluster) -> BTreeMap<BlockKey, usize> {
     let mut out = BTreeMap::new();
     for n in c.live() {
         for sub in ["store", "single"] {
-            for k in walk(&n.data_dir.join(sub).join("blocks")) {
+            for r in peerstore_node::store::records_on_disk(&n.data_dir.join(sub))
+                .into_iter()
+                .flatten()
+            {
+                let k = r.key;
                 *out.entry(k).or_default() += 1;
             }
         }

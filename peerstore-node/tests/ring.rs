@@ -252,10 +252,10 @@ async fn restart_and_corruption() {
 
     // Corrupt one block file on node 2.
     let victim = held_after[0];
-    let path = find_block_file(&cluster.nodes[2].data_dir, &victim).expect("block file on disk");
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[0] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    assert!(
+        corrupt_on_disk(&cluster.nodes[2].data_dir.join("store"), &victim),
+        "no record of the victim on node 2's disk"
+    );
     match cluster.nodes[2]
         .call(Request::FetchLocal { key: victim })
         .await
@@ -286,28 +286,6 @@ async fn restart_and_corruption() {
     .await
     .unwrap_or_else(|e| panic!("corrupt block not repaired: {e}"));
     println!("corrupt block detected, quarantined and repaired in {t:?}");
-}
-
-fn find_block_file(dir: &std::path::Path, key: &BlockKey) -> Option<std::path::PathBuf> {
-    let hex = key.to_hex();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if !p.ends_with("quarantine") {
-                    stack.push(p);
-                }
-            } else if p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&hex))
-            {
-                return Some(p);
-            }
-        }
-    }
-    None
 }
 
 /// Acceptance 8: a node at capacity refuses a put with a clear error; the others keep working.

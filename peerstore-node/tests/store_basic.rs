@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 use peerstore_node::store::{
-    BlockKey, BlockStore, PutOutcome, RecordTable, RecordUpdate, Role, StoreConfig, StoreError,
+    records_on_disk, BlockKey, BlockStore, PutOutcome, RecordTable, RecordUpdate, Role,
+    StoreConfig, StoreError,
 };
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
@@ -19,17 +20,25 @@ fn open(dir: &Path, capacity: u64) -> BlockStore {
         .0
 }
 
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    for e in fs::read_dir(dir).expect("read dir") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            n += count_files(&p);
-        } else {
-            n += 1;
-        }
-    }
-    n
+/// The keys of the records actually on disk (read from the segment files, not the index).
+fn on_disk(dir: &Path) -> Vec<BlockKey> {
+    records_on_disk(dir)
+        .expect("scan segments")
+        .into_iter()
+        .map(|r| r.key)
+        .collect()
+}
+
+/// The block's payload as the segment file holds it.
+fn payload_on_disk(s: &BlockStore, k: &BlockKey) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let r = s.block_location(k).expect("location").expect("held");
+    let mut buf = vec![0u8; r.len as usize];
+    fs::File::open(&r.path)
+        .expect("segment")
+        .read_exact_at(&mut buf, r.offset)
+        .expect("read");
+    buf
 }
 
 #[test]
@@ -46,11 +55,11 @@ fn put_get_has_delete_round_trip() {
     assert_eq!((meta.size, meta.role), (4096, Role::Owner));
     assert_eq!(s.used_bytes(), 4096);
     assert_eq!(s.block_count(), 1);
-    // on disk in a fan-out directory named by the first byte
-    let path = s.block_path(&k);
-    assert_eq!(fs::read(&path).expect("file"), b);
-    let hexk = k.to_hex();
-    assert!(path.ends_with(format!("blocks/{}/{}", &hexk[..2], hexk)));
+    // on disk in a segment file, as a record that names its key
+    assert_eq!(payload_on_disk(&s, &k), b);
+    let loc = s.block_location(&k).expect("location").expect("held");
+    assert!(loc.path.starts_with(s.segment_dir()), "{:?}", loc.path);
+    assert_eq!(on_disk(dir.path()), vec![k]);
 
     // the empty block is a block too
     let (ek, eb) = block(0, 0);
@@ -64,7 +73,9 @@ fn put_get_has_delete_round_trip() {
     assert!(!s.delete(&k).expect("delete again"));
     assert!(!s.has(&k).expect("has"));
     assert_eq!(s.get(&k).expect("get"), None);
-    assert!(!path.exists());
+    // the bytes left the disk, not only the index
+    assert_eq!(on_disk(dir.path()), vec![ek]);
+    assert_eq!(s.block_location(&k).expect("location"), None);
     assert_eq!(s.used_bytes(), 0);
     assert_eq!(s.block_count(), 1);
     assert_eq!(s.index_len().expect("len"), 1);
@@ -85,8 +96,8 @@ fn put_with_wrong_key_is_rejected_and_writes_nothing() {
     }
     assert!(!s.has(&k).expect("has"));
     assert_eq!(s.used_bytes(), 0);
-    assert_eq!(count_files(&dir.path().join("blocks")), 0);
-    assert_eq!(count_files(s.temp_dir()), 0);
+    assert!(on_disk(dir.path()).is_empty());
+    assert_eq!(s.segment_count(), 0);
 }
 
 #[test]
@@ -116,8 +127,14 @@ fn put_is_idempotent_and_keeps_role() {
     assert_eq!((rc.replica_blocks, rc.replica_bytes), (0, 0));
     assert!(!s.set_role(&block(4, 10).0, Role::Owner).expect("set role"));
 
-    // a put of a block whose file vanished rewrites it
-    fs::remove_file(s.block_path(&k)).expect("rm");
+    // a put of a block whose record vanished (segment cut short) rewrites it
+    let loc = s.block_location(&k).expect("location").expect("held");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&loc.path)
+        .expect("segment")
+        .set_len(loc.offset)
+        .expect("truncate");
     assert_eq!(
         s.put(k, &b, Role::Owner).expect("put"),
         PutOutcome::Rewritten
@@ -152,9 +169,8 @@ fn capacity_is_enforced_and_a_full_put_leaves_nothing() {
     assert!(!err.to_string().contains('\n'));
     assert_eq!(s.used_bytes(), cap);
     assert!(!s.has(&k).expect("has"));
-    assert!(!s.block_path(&k).exists());
-    assert_eq!(count_files(s.temp_dir()), 0);
-    assert_eq!(count_files(&dir.path().join("blocks")), 10);
+    assert!(!on_disk(dir.path()).contains(&k));
+    assert_eq!(on_disk(dir.path()).len(), 10);
     // re-putting a held block still succeeds when full (idempotent, no new space)
     let (k0, b0) = block(100, 1000);
     assert_eq!(
@@ -212,8 +228,7 @@ fn concurrent_puts_never_exceed_capacity() {
     assert_eq!(s.used_bytes(), 20 * size as u64);
     assert_eq!(s.block_count(), 20);
     assert_eq!(s.index_len().expect("len"), 20);
-    assert_eq!(count_files(&dir.path().join("blocks")), 20);
-    assert_eq!(count_files(s.temp_dir()), 0);
+    assert_eq!(on_disk(dir.path()).len(), 20);
     assert_eq!(s.stats().reserved_bytes, 0);
 }
 
@@ -359,12 +374,12 @@ fn racing_puts_deletes_gets_keep_accounting_exact() {
     let indexed_bytes: u64 = listed.iter().map(|(_, m)| m.size).sum();
     assert_eq!(s.used_bytes(), indexed_bytes);
     assert_eq!(s.block_count(), listed.len() as u64);
-    assert_eq!(count_files(&dir.path().join("blocks")), listed.len());
-    assert_eq!(count_files(s.temp_dir()), 0);
+    let disk = on_disk(dir.path());
+    assert_eq!(disk.len(), listed.len());
     assert_eq!(s.stats().reserved_bytes, 0);
     for (k, b) in blocks.iter() {
         let held = listed.iter().any(|(l, _)| l == k);
-        assert_eq!(s.block_path(k).exists(), held);
+        assert_eq!(disk.contains(k), held);
         assert_eq!(s.get(k).expect("get").as_ref(), held.then_some(b));
     }
 }

@@ -1,29 +1,65 @@
-//! Block store: corruption on disk, quarantine, and reconciliation on restart.
+//! Block store: corruption on disk, quarantine, reconciliation on restart, a lost index, and
+//! the migration of a format-1 store (one file per block).
 
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use peerstore_node::store::{BlockKey, BlockStore, PutOutcome, Role, StoreConfig, StoreError};
+use peerstore_node::store::{
+    record_header, records_on_disk, BlockKey, BlockStore, OpenReport, PutOutcome, Role,
+    StoreConfig, StoreError, RECORD_ALIGN, RECORD_HEADER_LEN,
+};
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
     let data = peerstore_node::testing::block(seed, len);
     (BlockKey::of(&data), data)
 }
 
-fn open_with(
-    dir: &Path,
-    capacity: u64,
-    verify: bool,
-) -> (BlockStore, peerstore_node::store::OpenReport) {
+fn open_with(dir: &Path, capacity: u64, verify: bool) -> (BlockStore, OpenReport) {
     let mut c = StoreConfig::new(dir, capacity);
     c.verify_on_open = verify;
     BlockStore::open(c).expect("open store")
 }
 
-fn flip_byte(path: &Path, at: usize) {
-    let mut b = fs::read(path).expect("read block file");
-    b[at] ^= 0x01;
-    fs::write(path, b).expect("write block file");
+/// Where `key`'s payload is on disk: (segment file, payload offset, length).
+fn location(s: &BlockStore, key: &BlockKey) -> (std::path::PathBuf, u64, u64) {
+    let r = s.block_location(key).expect("location").expect("held");
+    (r.path, r.offset, r.len)
+}
+
+/// Flips one bit of byte `at` of the payload (negative: of the header, from its end).
+fn flip_at(path: &Path, offset: u64) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open segment");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read");
+    b[0] ^= 0x01;
+    f.write_all_at(&b, offset).expect("write");
+}
+
+fn flip(s: &BlockStore, key: &BlockKey, at: u64) {
+    let (path, off, _) = location(s, key);
+    flip_at(&path, off + at);
+}
+
+/// Zeroes a record, header and payload: what a punched hole reads as.
+fn wipe(s: &BlockStore, key: &BlockKey) {
+    let (path, off, len) = location(s, key);
+    let f = OpenOptions::new().write(true).open(&path).expect("open");
+    let zeros = vec![0u8; (len + RECORD_HEADER_LEN) as usize];
+    f.write_all_at(&zeros, off - RECORD_HEADER_LEN)
+        .expect("zero");
+}
+
+fn on_disk(dir: &Path) -> Vec<BlockKey> {
+    records_on_disk(dir)
+        .expect("scan")
+        .into_iter()
+        .map(|r| r.key)
+        .collect()
 }
 
 fn whole(s: &BlockStore) -> Vec<BlockKey> {
@@ -51,8 +87,7 @@ fn corrupt_block_is_never_served_and_is_quarantined() {
     for (k, b) in [(k, &b), (k2, &b2), (k3, &b3)] {
         s.put(k, b, Role::Owner).expect("put");
     }
-    let path = s.block_path(&k);
-    flip_byte(&path, 1234);
+    flip(&s, &k, 1234);
 
     let err = s.get(&k).expect_err("corrupt block must not be served");
     assert_eq!(err.needs_repair(), Some(k));
@@ -74,7 +109,8 @@ fn corrupt_block_is_never_served_and_is_quarantined() {
         err.to_string().contains("repair it from a replica"),
         "{err}"
     );
-    assert!(!path.exists());
+    // gone from the index and from the disk
+    assert!(!on_disk(dir.path()).contains(&k));
     assert!(!s.has(&k).expect("has"));
     assert_eq!(s.get(&k).expect("get"), None, "now simply not held");
     assert!(!whole(&s).contains(&k));
@@ -83,32 +119,38 @@ fn corrupt_block_is_never_served_and_is_quarantined() {
     assert_eq!(s.stats().quarantined_since_open, 1);
     assert_eq!(quarantined(&s), vec![k.to_hex()]);
 
-    // truncation is corruption too; a vanished file is reported as missing
-    fs::write(s.block_path(&k2), &b2[..100]).expect("truncate");
+    // a damaged header alone does not matter (the payload is what is verified) ...
+    let (p2, off2, _) = location(&s, &k2);
+    flip_at(&p2, off2 - 30);
+    assert_eq!(s.get(&k2).expect("get"), Some(b2.clone()));
+    // ... header and payload both damaged is corruption; a wiped record is missing
+    flip(&s, &k2, 0);
     assert!(matches!(s.get(&k2), Err(StoreError::Corrupt { key, .. }) if key == k2));
-    fs::remove_file(s.block_path(&k3)).expect("rm");
+    wipe(&s, &k3);
     let err = s.get(&k3).expect_err("missing");
     assert!(matches!(err, StoreError::Missing { key } if key == k3));
     assert_eq!(err.needs_repair(), Some(k3));
     assert_eq!(s.block_count(), 0);
     assert_eq!(s.used_bytes(), 0);
     assert_eq!(s.index_len().expect("len"), 0);
+    assert!(on_disk(dir.path()).is_empty());
 
     // repair: the block can be stored again, and a second corruption of the same key gets its
     // own quarantine name
     assert_eq!(s.put(k, &b, Role::Owner).expect("put"), PutOutcome::Stored);
     assert_eq!(s.get(&k).expect("get"), Some(b.clone()));
-    flip_byte(&s.block_path(&k), 0);
+    flip(&s, &k, 0);
     assert!(s.get(&k).is_err());
     assert_eq!(quarantined(&s).len(), 3);
     // re-sending a block repairs a silently damaged copy
     assert_eq!(s.put(k, &b, Role::Owner).expect("put"), PutOutcome::Stored);
-    flip_byte(&s.block_path(&k), 4999);
+    flip(&s, &k, 4999);
     assert_eq!(
         s.put(k, &b, Role::Owner).expect("put"),
         PutOutcome::Rewritten
     );
-    assert_eq!(fs::read(s.block_path(&k)).expect("file"), b);
+    assert_eq!(s.get(&k).expect("get"), Some(b.clone()));
+    assert_eq!(on_disk(dir.path()), vec![k], "one record, the good one");
     assert_eq!((s.used_bytes(), s.block_count()), (5000, 1));
     assert_eq!(quarantined(&s).len(), 4);
     assert_eq!(s.purge_quarantine().expect("purge"), 4);
@@ -123,8 +165,8 @@ fn verify_all_finds_silent_corruption() {
     for (k, b) in &blocks {
         s.put(*k, b, Role::Replica).expect("put");
     }
-    flip_byte(&s.block_path(&blocks[7].0), 10);
-    fs::remove_file(s.block_path(&blocks[9].0)).expect("rm");
+    flip(&s, &blocks[7].0, 10);
+    wipe(&s, &blocks[9].0);
     let r = s.verify_all().expect("verify");
     assert_eq!(r.checked, 40);
     assert_eq!(r.bytes_checked, 38 * 3000);
@@ -136,6 +178,21 @@ fn verify_all_finds_silent_corruption() {
         (again.checked, again.corrupt.len(), again.missing.len()),
         (38, 0, 0)
     );
+}
+
+/// Appends a record by hand at the next aligned offset of the segment file, as a put that
+/// crashed after its write (and sync) but before its index commit would leave it.
+fn append_raw(path: &Path, key: &BlockKey, payload: &[u8], claimed_len: u32) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let end = f.metadata().expect("stat").len().div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
+    f.write_all_at(&record_header(key, claimed_len), end)
+        .expect("header");
+    f.write_all_at(payload, end + RECORD_HEADER_LEN)
+        .expect("payload");
 }
 
 #[test]
@@ -159,59 +216,35 @@ fn restart_keeps_blocks_and_reconciles_damage() {
         }
         assert!(s.set_role(&blocks[1].0, Role::Owner).expect("role"));
         assert!(s.delete(&blocks[2].0).expect("delete"));
-        let b2 = s.block_path(&blocks[2].0);
         // damage while the node is down
+        flip(&s, &corrupt_k, 5);
+        wipe(&s, &missing_k);
+        let (seg, _, _) = location(&s, &blocks[0].0);
         drop(s);
-        flip_byte(
-            &dir.path()
-                .join(format!("blocks/{}/{}", &corrupt_k.to_hex()[..2], corrupt_k)),
-            5,
-        );
-        fs::remove_file(dir.path().join(format!(
-            "blocks/{}/{}",
-            &missing_k.to_hex()[..2],
-            missing_k
-        )))
-        .expect("rm");
-        fs::write(
-            dir.path().join("tmp").join(format!("{}.tmp", blocks[5].0)),
-            b"half a blo",
-        )
-        .expect("temp");
-        // a crash between rename and index commit leaves a valid file the index lacks
-        fs::write(
-            dir.path()
-                .join(format!("blocks/{}/{}", &orphan_k.to_hex()[..2], orphan_k)),
-            &orphan_b,
-        )
-        .expect("orphan");
+        // a crash between the segment sync and the index commit leaves a valid record the
+        // index lacks; a torn one (its payload damaged) and a record cut short are garbage
+        append_raw(&seg, &orphan_k, &orphan_b, orphan_b.len() as u32);
         bad_orphan_b[0] ^= 0xff;
-        fs::write(
-            dir.path().join(format!(
-                "blocks/{}/{}",
-                &bad_orphan_k.to_hex()[..2],
-                bad_orphan_k
-            )),
-            &bad_orphan_b,
-        )
-        .expect("bad orphan");
-        fs::write(dir.path().join("blocks/00/not-a-block"), b"?").expect("stray");
-        assert!(!b2.exists());
+        append_raw(&seg, &bad_orphan_k, &bad_orphan_b, 888);
+        append_raw(&seg, &blocks[5].0, b"half a blo", 2005);
+        fs::write(dir.path().join("segments/notes.txt"), b"?").expect("stray");
+        let disk = on_disk(dir.path());
+        assert!(disk.contains(&orphan_k) && disk.contains(&bad_orphan_k));
+        assert!(
+            !disk.contains(&blocks[2].0),
+            "a delete punches its record out"
+        );
     }
     let (s, report) = open_with(dir.path(), 1 << 20, true);
-    let mut corrupt = report.corrupt.clone();
-    corrupt.sort();
-    let mut want_corrupt = vec![corrupt_k, bad_orphan_k];
-    want_corrupt.sort();
-    assert_eq!(corrupt, want_corrupt);
+    assert_eq!(report.corrupt, vec![corrupt_k]);
     assert_eq!(report.missing, vec![missing_k]);
-    assert_eq!(report.temp_files_removed, 1);
     assert_eq!(report.orphans_indexed, 1);
+    assert_eq!(report.garbage_records_removed, 1, "the torn record");
     assert_eq!(report.strays_quarantined, 1);
     assert_eq!(report.blocks, 30 - 3 + 1);
     assert_eq!(
-        report.verified, 29,
-        "28 good blocks and the corrupt one were hashed"
+        report.verified, 30,
+        "27 good blocks, the orphan, and the corrupt and missing ones were checked"
     );
     let lost: u64 = [2usize, 3, 4]
         .iter()
@@ -220,7 +253,6 @@ fn restart_keeps_blocks_and_reconciles_damage() {
     assert_eq!(report.bytes, total - lost + 777);
     assert!(!report.over_capacity);
     assert_eq!(s.used_bytes(), report.bytes);
-    assert_eq!(fs::read_dir(s.temp_dir()).expect("tmp").count(), 0);
 
     for (i, (k, b)) in blocks.iter().enumerate() {
         if [2, 3, 4].contains(&i) {
@@ -241,12 +273,16 @@ fn restart_keeps_blocks_and_reconciles_damage() {
     let listed = whole(&s);
     assert_eq!(listed.len(), 28);
     assert!(!listed.contains(&corrupt_k) && !listed.contains(&missing_k));
+    // what is on disk is exactly what is held: garbage and damaged records are gone
+    let mut disk = on_disk(dir.path());
+    disk.sort();
+    assert_eq!(disk, listed);
     // roles survived: blocks 0,3,6,..,27 were owners, plus block 1; 3 was lost
     let rc = s.role_counts();
     assert_eq!(rc.owner_blocks, 10 + 1 - 1);
     assert_eq!(rc.replica_blocks, 28 - 10);
     let q = quarantined(&s);
-    assert!(q.contains(&corrupt_k.to_hex()) && q.contains(&bad_orphan_k.to_hex()));
+    assert!(q.contains(&corrupt_k.to_hex()));
     assert!(q.iter().any(|n| n.starts_with("stray-")));
 
     // a clean restart finds nothing to fix
@@ -255,13 +291,13 @@ fn restart_keeps_blocks_and_reconciles_damage() {
     assert_eq!(report.blocks, 28);
     assert!(report.corrupt.is_empty() && report.missing.is_empty());
     assert_eq!(
-        report.orphans_indexed + report.temp_files_removed + report.strays_quarantined,
+        report.orphans_indexed + report.garbage_records_removed + report.strays_quarantined,
         0
     );
 }
 
 #[test]
-fn open_without_verify_checks_sizes_then_verify_all_finds_the_rest() {
+fn open_without_verify_checks_bounds_then_verify_all_finds_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocks: Vec<_> = (0..10).map(|i| block(i, 1000)).collect();
     {
@@ -269,12 +305,19 @@ fn open_without_verify_checks_sizes_then_verify_all_finds_the_rest() {
         for (k, b) in &blocks {
             s.put(*k, b, Role::Owner).expect("put");
         }
-        flip_byte(&s.block_path(&blocks[0].0), 0); // same size: needs hashing to see
-        fs::write(s.block_path(&blocks[1].0), b"short").expect("truncate");
+        flip(&s, &blocks[0].0, 0); // needs hashing to see
+                                   // the segment cut short inside the last record
+        let (seg, off, _) = location(&s, &blocks[9].0);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open")
+            .set_len(off + 10)
+            .expect("truncate");
     }
     let (s, report) = open_with(dir.path(), 5000, false);
     assert_eq!(report.verified, 0);
-    assert_eq!(report.corrupt, vec![blocks[1].0]);
+    assert_eq!(report.missing, vec![blocks[9].0]);
     assert_eq!(report.blocks, 9);
     assert!(
         report.over_capacity,
@@ -288,4 +331,144 @@ fn open_without_verify_checks_sizes_then_verify_all_finds_the_rest() {
     let v = s.verify_all().expect("verify");
     assert_eq!(v.corrupt, vec![blocks[0].0]);
     assert_eq!(s.block_count(), 8);
+}
+
+#[test]
+fn a_lost_index_is_rebuilt_from_the_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks: Vec<_> = (0..50).map(|i| block(200 + i, 3000 + i as usize)).collect();
+    {
+        let (s, _) = open_with(dir.path(), 1 << 24, true);
+        for (k, b) in &blocks {
+            s.put(*k, b, Role::Owner).expect("put");
+        }
+        s.delete(&blocks[0].0).expect("delete");
+    }
+    fs::remove_file(dir.path().join("index.redb")).expect("rm index");
+    let (s, report) = open_with(dir.path(), 1 << 24, true);
+    assert_eq!(report.orphans_indexed, 49);
+    assert_eq!(report.blocks, 49);
+    for (k, b) in &blocks[1..] {
+        assert_eq!(s.get(k).expect("get").as_ref(), Some(b));
+        // the role is not in the record: anti-entropy sets it again
+        assert_eq!(
+            s.meta(k).expect("meta").map(|m| m.role),
+            Some(Role::Replica)
+        );
+    }
+    assert_eq!(s.get(&blocks[0].0).expect("get"), None);
+}
+
+#[test]
+fn segments_roll_over_and_empty_ones_are_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = StoreConfig::new(dir.path(), 1 << 24);
+    c.segment_bytes = 64 << 10;
+    let (s, _) = BlockStore::open(c.clone()).expect("open");
+    let blocks: Vec<_> = (0..40).map(|i| block(300 + i, 10_000)).collect();
+    for (k, b) in &blocks {
+        s.put(*k, b, Role::Owner).expect("put");
+    }
+    // 10,000-byte records take 12 KiB: 5 fit in 64 KiB, so 8 segments
+    assert_eq!(s.segment_count(), 8);
+    let disk_before = s.disk_bytes();
+    assert!(disk_before >= 40 * 10_000, "{disk_before}");
+    // emptying the first three segments removes their files; the punched space is free
+    for (k, _) in &blocks[..15] {
+        assert!(s.delete(k).expect("delete"));
+    }
+    assert_eq!(s.segment_count(), 5);
+    assert!(
+        s.disk_bytes() <= disk_before - 15 * 10_000,
+        "{}",
+        s.disk_bytes()
+    );
+    // deleting one record of a segment frees its space at once (a hole), the file stays
+    let before = s.disk_bytes();
+    assert!(s.delete(&blocks[20].0).expect("delete"));
+    assert_eq!(s.segment_count(), 5);
+    assert!(
+        s.disk_bytes() <= before - 10_000,
+        "{} vs {before}",
+        s.disk_bytes()
+    );
+    drop(s);
+    let (s, report) = BlockStore::open(c).expect("reopen");
+    assert_eq!(report.blocks, 24);
+    assert_eq!(report.garbage_records_removed, 0);
+    for (i, (k, b)) in blocks.iter().enumerate() {
+        let held = i >= 15 && i != 20;
+        assert_eq!(
+            s.get(k).expect("get").as_ref(),
+            held.then_some(b),
+            "block {i}"
+        );
+    }
+}
+
+#[test]
+fn a_format_1_store_is_migrated_into_segments() {
+    use redb::{Database, TableDefinition};
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    const OLD: TableDefinition<&[u8; 32], (u64, u8)> = TableDefinition::new("blocks");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks: Vec<_> = (0..20).map(|i| block(400 + i, 1000 + i as usize)).collect();
+    // A store as format 1 wrote it: an index of (size, role) and one file per block.
+    {
+        let db = Database::create(dir.path().join("index.redb")).expect("db");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut m = tx.open_table(META).expect("meta");
+            m.insert("format", [1u8].as_slice()).expect("format");
+            let mut t = tx.open_table(OLD).expect("blocks");
+            for (i, (k, b)) in blocks.iter().enumerate() {
+                if i == 19 {
+                    continue; // a file the index lost
+                }
+                t.insert(&k.0, (b.len() as u64, u8::from(i % 2 == 1)))
+                    .expect("insert");
+            }
+            let (gone, _) = block(999, 10);
+            t.insert(&gone.0, (10, 0)).expect("insert"); // indexed, no file
+        }
+        tx.commit().expect("commit");
+        for (i, (k, b)) in blocks.iter().enumerate() {
+            let hex = k.to_hex();
+            let d = dir.path().join("blocks").join(&hex[..2]);
+            fs::create_dir_all(&d).expect("mkdir");
+            let mut bytes = b.clone();
+            if i == 7 {
+                bytes[3] ^= 1; // rotted on disk
+            }
+            fs::write(d.join(&hex), bytes).expect("write");
+        }
+        fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
+    }
+    let (s, report) = open_with(dir.path(), 1 << 20, true);
+    assert_eq!(report.migrated, 19);
+    assert_eq!(report.corrupt, vec![blocks[7].0]);
+    assert_eq!(report.missing, vec![block(999, 10).0]);
+    assert_eq!(report.blocks, 19);
+    assert!(!dir.path().join("blocks").exists() && !dir.path().join("tmp").exists());
+    for (i, (k, b)) in blocks.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(s.get(k).expect("get"), None);
+            continue;
+        }
+        assert_eq!(s.get(k).expect("get").as_ref(), Some(b), "block {i}");
+        let role = if i % 2 == 1 && i != 19 {
+            Role::Replica
+        } else {
+            Role::Owner
+        };
+        let want = if i == 19 { Role::Replica } else { role };
+        assert_eq!(
+            s.meta(k).expect("meta").map(|m| m.role),
+            Some(want),
+            "block {i}"
+        );
+    }
+    drop(s);
+    let (_s, report) = open_with(dir.path(), 1 << 20, true);
+    assert_eq!((report.blocks, report.migrated), (19, 0));
 }

@@ -1,12 +1,11 @@
-//! The on-disk layout of block files and durable file operations.
+//! The on-disk layout and durable file operations.
 //!
 //! ```text
-//! <root>/index.redb            metadata (redb)
-//! <root>/blocks/ab/abcdef...   one file per block, named by its full hex key, fanned out by
-//!                              the first byte so no directory grows huge
-//! <root>/tmp/                  temp files of puts in progress (same filesystem, so rename is
-//!                              atomic); anything here at open is a leftover of a crash
-//! <root>/quarantine/           files that failed verification, kept for inspection
+//! <root>/index.redb            metadata (redb): key -> size, role, segment and offset
+//! <root>/segments/0000002a.seg block records, appended (see the segments module)
+//! <root>/quarantine/           copies of blocks that failed verification, for inspection
+//! <root>/blocks/, <root>/tmp/  format 1 (one file per block); migrated into segments and
+//!                              removed when such a store is opened
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -19,18 +18,20 @@ use super::key::BlockKey;
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
     pub(crate) root: PathBuf,
-    pub(crate) blocks: PathBuf,
-    pub(crate) tmp: PathBuf,
+    pub(crate) segments: PathBuf,
     pub(crate) quarantine: PathBuf,
+    pub(crate) legacy_blocks: PathBuf,
+    pub(crate) legacy_tmp: PathBuf,
 }
 
 impl Layout {
     pub(crate) fn new(root: &Path) -> Layout {
         Layout {
             root: root.to_path_buf(),
-            blocks: root.join("blocks"),
-            tmp: root.join("tmp"),
+            segments: root.join("segments"),
             quarantine: root.join("quarantine"),
+            legacy_blocks: root.join("blocks"),
+            legacy_tmp: root.join("tmp"),
         }
     }
 
@@ -38,37 +39,26 @@ impl Layout {
         self.root.join("index.redb")
     }
 
-    pub(crate) fn fanout_dir(&self, key: &BlockKey) -> PathBuf {
-        self.blocks.join(hex::encode([key.0[0]]))
+    /// Where format 1 kept the file of `key`.
+    pub(crate) fn legacy_block_path(&self, key: &BlockKey) -> PathBuf {
+        self.legacy_blocks
+            .join(hex::encode([key.0[0]]))
+            .join(key.to_hex())
     }
 
-    pub(crate) fn block_path(&self, key: &BlockKey) -> PathBuf {
-        self.fanout_dir(key).join(key.to_hex())
-    }
-
-    pub(crate) fn temp_path(&self, key: &BlockKey) -> PathBuf {
-        self.tmp.join(format!("{}.tmp", key.to_hex()))
-    }
-
-    /// Creates the directory tree (all 256 fan-out directories up front, so a put never has to
-    /// create and sync a directory) and makes it durable.
+    /// Creates the directory tree and makes it durable.
     pub(crate) fn create(&self) -> Result<()> {
-        for d in [&self.root, &self.blocks, &self.tmp, &self.quarantine] {
-            fs::create_dir_all(d).map_err(StoreError::io("create directory", d))?;
-        }
         let mut created = false;
-        for b in 0..=255u8 {
-            let d = self.blocks.join(hex::encode([b]));
-            match fs::create_dir(&d) {
-                Ok(()) => created = true,
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(StoreError::io("create directory", d)(e)),
+        for d in [&self.root, &self.segments, &self.quarantine] {
+            if !d.is_dir() {
+                fs::create_dir_all(d).map_err(StoreError::io("create directory", d))?;
+                created = true;
             }
         }
         if created {
-            fsync_dir(&self.blocks)?;
+            fsync_dir(&self.root)?;
         }
-        fsync_dir(&self.root)
+        Ok(())
     }
 
     /// A free name in quarantine starting with `base`.
@@ -90,40 +80,19 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(StoreError::io("fsync directory", dir))
 }
 
-/// Writes `bytes` to a temp file, makes its contents durable and renames it to `dest`. The
-/// caller must still fsync `dest`'s directory to make the new name durable. On error the temp
-/// file is removed and `dest` is untouched or complete.
-pub(crate) fn write_file_and_rename(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .map_err(StoreError::io("create", tmp))?;
-        f.write_all(bytes).map_err(StoreError::io("write", tmp))?;
-        // fdatasync covers the contents and the size, which is all a new file needs.
-        f.sync_data().map_err(StoreError::io("fsync", tmp))?;
-        drop(f);
-        fs::rename(tmp, dest).map_err(StoreError::io("rename into place", dest))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    res
-}
-
-/// Removes a file and makes the removal durable. Returns whether it existed.
-pub(crate) fn remove_durable(path: &Path) -> Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(StoreError::io("remove", path)(e)),
-    }
+/// Writes `bytes` to a new file at `path` and makes it and its name durable.
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(StoreError::io("create", path))?;
+    f.write_all(bytes).map_err(StoreError::io("write", path))?;
+    f.sync_data().map_err(StoreError::io("fsync", path))?;
     if let Some(dir) = path.parent() {
         fsync_dir(dir)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Moves a file into quarantine durably.

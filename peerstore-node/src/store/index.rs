@@ -3,25 +3,35 @@
 //! Every acknowledged change is committed with `Durability::Immediate`. Concurrent writers do
 //! not each pay for a commit: the first one to arrive becomes the leader and commits everything
 //! queued so far in one transaction, while the others wait for that commit (leader/follower
-//! group commit). Nobody returns before the transaction holding its change is durable.
+//! group commit). Before committing, the leader makes the segment records of the batch durable
+//! (one `fdatasync` per written segment), so an index entry never points at bytes a crash could
+//! lose. Nobody returns before the transaction holding its change is durable.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::error::{db, Result, StoreError};
 use super::key::BlockKey;
+use super::segments::{Loc, Segments};
 
-/// key -> (size in bytes, role code).
-pub(crate) const BLOCKS: TableDefinition<&[u8; 32], (u64, u8)> = TableDefinition::new("blocks");
+/// key -> (size in bytes, role code, segment id, record offset).
+pub(crate) const BLOCKS: TableDefinition<&[u8; 32], (u64, u8, u32, u64)> =
+    TableDefinition::new("block_records");
+/// Format 1: key -> (size in bytes, role code), payload in `blocks/ab/<key>` (read only to
+/// migrate).
+pub(crate) const LEGACY_BLOCKS: TableDefinition<&[u8; 32], (u64, u8)> =
+    TableDefinition::new("blocks");
 /// Store-wide settings such as the format version.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// On-disk format version of the index; bump when a table changes shape.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
+/// The version that kept one file per block.
+pub(crate) const LEGACY_FORMAT: u8 = 1;
 
 /// Why the node holds a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -59,11 +69,7 @@ pub struct BlockMeta {
 }
 
 impl BlockMeta {
-    pub(crate) fn encode(self) -> (u64, u8) {
-        (self.size, self.role.code())
-    }
-
-    pub(crate) fn decode(v: (u64, u8)) -> Result<BlockMeta> {
+    pub(crate) fn decode_legacy(v: (u64, u8)) -> Result<BlockMeta> {
         Ok(BlockMeta {
             size: v.0,
             role: Role::from_code(v.1)?,
@@ -71,10 +77,41 @@ impl BlockMeta {
     }
 }
 
+/// An index entry: what is held and where its record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) meta: BlockMeta,
+    pub(crate) loc: Loc,
+}
+
+impl Entry {
+    pub(crate) fn encode(self) -> (u64, u8, u32, u64) {
+        (
+            self.meta.size,
+            self.meta.role.code(),
+            self.loc.segment,
+            self.loc.offset,
+        )
+    }
+
+    pub(crate) fn decode(v: (u64, u8, u32, u64)) -> Result<Entry> {
+        Ok(Entry {
+            meta: BlockMeta {
+                size: v.0,
+                role: Role::from_code(v.1)?,
+            },
+            loc: Loc {
+                segment: v.2,
+                offset: v.3,
+            },
+        })
+    }
+}
+
 /// One change to the block table.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum IndexOp {
-    Insert(BlockKey, BlockMeta),
+    Insert(BlockKey, Entry),
     Remove(BlockKey),
 }
 
@@ -97,6 +134,7 @@ pub(crate) struct Ticket(u64);
 /// The redb database plus the group-commit queue for the block table.
 pub(crate) struct Index {
     pub(crate) db: Database,
+    segments: Arc<Segments>,
     /// Durable commits of the block table so far.
     pub(crate) commits: AtomicU64,
     queue: Mutex<Queue>,
@@ -110,8 +148,11 @@ fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl Index {
-    pub(crate) fn new(db: Database) -> Result<Index> {
+    /// Opens the tables. Returns the index and whether it is in the one-file-per-block format
+    /// ([`LEGACY_FORMAT`]), whose blocks the caller must migrate.
+    pub(crate) fn new(db: Database, segments: Arc<Segments>) -> Result<(Index, bool)> {
         let tx = db.begin_write().map_err(db_err)?;
+        let mut legacy = false;
         {
             let mut meta = tx.open_table(META).map_err(db_err)?;
             let stored = meta
@@ -124,6 +165,7 @@ impl Index {
                         .map_err(db_err)?;
                 }
                 Some([v]) if *v == FORMAT_VERSION => {}
+                Some([v]) if *v == LEGACY_FORMAT => legacy = true,
                 Some(other) => {
                     return Err(StoreError::BadIndex(format!(
                         "format version {other:?}, this build reads {FORMAT_VERSION}"
@@ -133,36 +175,42 @@ impl Index {
             tx.open_table(BLOCKS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(Index {
-            db,
-            commits: AtomicU64::new(0),
-            queue: Mutex::new(Queue::default()),
-            done: Condvar::new(),
-        })
+        Ok((
+            Index {
+                db,
+                segments,
+                commits: AtomicU64::new(0),
+                queue: Mutex::new(Queue::default()),
+                done: Condvar::new(),
+            },
+            legacy,
+        ))
     }
 
-    pub(crate) fn get(&self, key: &BlockKey) -> Result<Option<BlockMeta>> {
+    pub(crate) fn get(&self, key: &BlockKey) -> Result<Option<Entry>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(BLOCKS).map_err(db_err)?;
         match t.get(&key.0).map_err(db_err)? {
-            Some(v) => Ok(Some(BlockMeta::decode(v.value())?)),
+            Some(v) => Ok(Some(Entry::decode(v.value())?)),
             None => Ok(None),
         }
     }
 
-    /// Applies `ops` in one durable transaction, without queueing (used while opening).
+    /// Applies `ops` in one durable transaction after syncing the segments, without queueing
+    /// (used while opening).
     pub(crate) fn apply(&self, ops: &[IndexOp]) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
+        self.segments.sync_dirty()?;
         let mut tx = self.db.begin_write().map_err(db_err)?;
         tx.set_durability(Durability::Immediate);
         {
             let mut t = tx.open_table(BLOCKS).map_err(db_err)?;
             for op in ops {
                 match op {
-                    IndexOp::Insert(k, m) => {
-                        t.insert(&k.0, m.encode()).map_err(db_err)?;
+                    IndexOp::Insert(k, e) => {
+                        t.insert(&k.0, e.encode()).map_err(db_err)?;
                     }
                     IndexOp::Remove(k) => {
                         t.remove(&k.0).map_err(db_err)?;
@@ -173,6 +221,45 @@ impl Index {
         tx.commit().map_err(db_err)?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Format 1 -> 2 in one durable transaction: `ops` go into the block table, the legacy
+    /// table is dropped and the format version set.
+    pub(crate) fn finish_migration(&self, ops: &[IndexOp]) -> Result<()> {
+        self.segments.sync_dirty()?;
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut t = tx.open_table(BLOCKS).map_err(db_err)?;
+            for op in ops {
+                if let IndexOp::Insert(k, e) = op {
+                    t.insert(&k.0, e.encode()).map_err(db_err)?;
+                }
+            }
+        }
+        tx.delete_table(LEGACY_BLOCKS).map_err(db_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            meta.insert("format", [FORMAT_VERSION].as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// The entries of the legacy (format 1) table.
+    pub(crate) fn legacy_entries(&self) -> Result<Vec<(BlockKey, BlockMeta)>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = match tx.open_table(LEGACY_BLOCKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((BlockKey(*k.value()), BlockMeta::decode_legacy(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Queues `op` and returns once a durable commit contains it.

@@ -1,16 +1,22 @@
-//! The node's durable storage: content-addressed block files plus a transactional metadata
-//! index (redb).
+//! The node's durable storage: content-addressed blocks appended to segment files, plus a
+//! transactional metadata index (redb).
 //!
-//! * A block's key is the BLAKE3 hash of its bytes ([`BlockKey`]). A put is acknowledged only
-//!   once the block is durable: temp file, fsync, rename into `blocks/ab/abcd...`, fsync of the
-//!   directory, then a durable index commit (concurrent puts share one commit).
-//! * Every read re-hashes the bytes. A corrupt or vanished block is never served: its file goes
-//!   to `quarantine/`, it leaves the index, and the read fails with an error whose
-//!   [`StoreError::needs_repair`] names the key to re-fetch from a replica.
+//! * A block's key is the BLAKE3 hash of its bytes ([`BlockKey`]). A put appends a
+//!   self-describing record to the current segment, makes it durable (`fdatasync`), then
+//!   commits its index entry durably; only then is it acknowledged. Concurrent puts share the
+//!   `fdatasync` and the commit (group commit). A record without a committed index entry is
+//!   invisible, so a put never shows a half-written block.
+//! * Every read re-hashes the bytes. A corrupt or vanished block is never served: a copy of
+//!   its bytes goes to `quarantine/`, it leaves the index and the disk, and the read fails with
+//!   an error whose [`StoreError::needs_repair`] names the key to re-fetch from a replica.
+//! * Deleting a block punches a hole over its record: its bytes leave the disk at once. A
+//!   segment with no records left is removed.
 //! * Capacity is enforced under a lock before any byte is written, so concurrent puts never
 //!   oversubscribe it and a put that does not fit leaves nothing behind.
-//! * Opening reconciles the files with the index (temp leftovers, orphan files, missing files)
-//!   and, by default, re-hashes every block before the store is used.
+//! * Opening reconciles the segments with the index (entries whose record is gone are
+//!   dropped; records the index lost are verified and indexed again; garbage is punched away),
+//!   migrates a format-1 store (one file per block) and, by default, re-hashes every block
+//!   before the store is used.
 //! * Keys live on the 2^256 ring: [`BlockStore::list_range`] lists the half-open ring interval
 //!   `(a, b]` from the index, and [`BlockStore::range_digest`] / [`BlockStore::bucket_digests`]
 //!   give cheap, order-independent summaries for anti-entropy.
@@ -39,13 +45,14 @@ mod index;
 mod key;
 mod records;
 mod ring;
+mod segments;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use redb::{Database, DatabaseError, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
@@ -56,11 +63,16 @@ pub use index::{BlockMeta, Role};
 pub use key::{BlockKey, ParseKeyError};
 pub use records::{RecordTable, RecordUpdate};
 pub use ring::in_interval;
+pub use segments::{
+    record_header, records_on_disk, DiskRecord, ALIGN as RECORD_ALIGN,
+    HEADER_LEN as RECORD_HEADER_LEN,
+};
 
 use error::db;
 use files::Layout;
-use index::{Index, IndexOp, BLOCKS};
+use index::{Entry, Index, IndexOp, BLOCKS};
 use ring::{distance, Split};
+use segments::{extent, scan_file, Loc, Segments};
 
 /// How to open a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,8 +82,11 @@ pub struct StoreConfig {
     /// Most bytes of block payload the node will hold.
     pub capacity: u64,
     /// Re-hash every held block while opening (default true). When false, opening only checks
-    /// that files exist with the indexed size; call [`BlockStore::verify_all`] before serving.
+    /// that every record lies within its segment; call [`BlockStore::verify_all`] before
+    /// serving.
     pub verify_on_open: bool,
+    /// A segment file stops taking new records once it is this large (default 128 MiB).
+    pub segment_bytes: u64,
 }
 
 impl StoreConfig {
@@ -82,6 +97,7 @@ impl StoreConfig {
             root: root.into(),
             capacity,
             verify_on_open: true,
+            segment_bytes: segments::SEGMENT_TARGET,
         }
     }
 }
@@ -93,7 +109,7 @@ pub enum PutOutcome {
     Stored,
     /// The block was already held, byte for byte; nothing changed (its role is kept).
     AlreadyPresent,
-    /// The index listed the block but its file was missing or damaged; the damaged file went
+    /// The index listed the block but its record was missing or damaged; the damaged bytes went
     /// to quarantine and the block was rewritten from the offered bytes (with the new role).
     Rewritten,
 }
@@ -107,17 +123,20 @@ pub struct OpenReport {
     pub bytes: u64,
     /// Blocks whose hash was checked (0 unless `verify_on_open`).
     pub verified: u64,
-    /// Blocks found corrupt, moved to quarantine and dropped.
+    /// Blocks found corrupt, copied to quarantine and dropped.
     pub corrupt: Vec<BlockKey>,
-    /// Index entries dropped because their file was gone.
+    /// Index entries dropped because their record was gone.
     pub missing: Vec<BlockKey>,
-    /// Valid block files that the index did not list (a crash between rename and index commit)
-    /// and that are now indexed, with role [`Role::Replica`].
+    /// Valid records that the index did not list (a crash between the segment sync and the
+    /// index commit, or a lost index) and that are now indexed, with role [`Role::Replica`].
     pub orphans_indexed: u64,
-    /// Leftover temp files removed.
-    pub temp_files_removed: u64,
-    /// Unrecognised files under `blocks/` moved to quarantine.
+    /// Unlisted records and bytes that were not valid blocks (an interrupted put or delete),
+    /// punched out of their segments.
+    pub garbage_records_removed: u64,
+    /// Unrecognised files in `segments/` moved to quarantine.
     pub strays_quarantined: u64,
+    /// Blocks moved from a format-1 store (one file per block) into segments.
+    pub migrated: u64,
     /// Held bytes exceed the configured capacity (capacity was lowered): puts fail until
     /// blocks are deleted.
     pub over_capacity: bool,
@@ -130,9 +149,9 @@ pub struct VerifyReport {
     pub checked: u64,
     /// Bytes hashed.
     pub bytes_checked: u64,
-    /// Blocks found corrupt, moved to quarantine and dropped (repair these).
+    /// Blocks found corrupt, copied to quarantine and dropped (repair these).
     pub corrupt: Vec<BlockKey>,
-    /// Blocks whose file was gone, dropped (repair these).
+    /// Blocks whose record was gone, dropped (repair these).
     pub missing: Vec<BlockKey>,
 }
 
@@ -281,6 +300,7 @@ struct State {
 pub struct BlockStore {
     layout: Layout,
     capacity: u64,
+    segments: Arc<Segments>,
     inner: Inner,
     state: Mutex<State>,
     key_free: Condvar,
@@ -313,13 +333,14 @@ enum Checked {
 }
 
 impl BlockStore {
-    /// Opens (creating if needed) the store at `config.root`, reconciles files with the index
-    /// and, with `verify_on_open`, re-hashes every block. Fails with [`StoreError::Locked`] if
-    /// another process has it open.
+    /// Opens (creating if needed) the store at `config.root`, reconciles the segments with the
+    /// index and, with `verify_on_open`, re-hashes every block. Fails with
+    /// [`StoreError::Locked`] if another process has it open.
     pub fn open(config: StoreConfig) -> Result<(BlockStore, OpenReport)> {
         let layout = Layout::new(&config.root);
         layout.create()?;
         let index_path = layout.index_path();
+        // The database lock comes first: nothing below may touch a store another process uses.
         let db = match Database::create(&index_path) {
             Ok(d) => d,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
@@ -327,16 +348,25 @@ impl BlockStore {
             }
             Err(e) => return Err(db(e)),
         };
+        let (segments, strays) = Segments::open(&layout.segments, config.segment_bytes.max(1))?;
+        let segments = Arc::new(segments);
+        let (index, legacy) = Index::new(db, segments.clone())?;
         let store = BlockStore {
             layout,
             capacity: config.capacity,
-            inner: Inner {
-                index: Index::new(db)?,
-            },
+            segments,
+            inner: Inner { index },
             state: Mutex::new(State::default()),
             key_free: Condvar::new(),
         };
-        let mut report = store.reconcile()?;
+        let mut report = OpenReport::default();
+        for path in strays {
+            store.stray(&path, &mut report)?;
+        }
+        if legacy {
+            store.migrate(&mut report)?;
+        }
+        store.reconcile(&mut report)?;
         if config.verify_on_open {
             let v = store.verify_all()?;
             report.verified = v.checked;
@@ -355,130 +385,215 @@ impl BlockStore {
             corrupt = report.corrupt.len(),
             missing = report.missing.len(),
             orphans = report.orphans_indexed,
-            temp_removed = report.temp_files_removed,
+            garbage = report.garbage_records_removed,
+            migrated = report.migrated,
             "block store opened"
         );
         Ok((store, report))
     }
 
-    /// Cheap reconciliation of the directory tree with the index; fills the accounting.
-    fn reconcile(&self) -> Result<OpenReport> {
-        let mut report = OpenReport::default();
-        let l = &self.layout;
-
-        // 1. Leftover temp files of puts that never finished.
-        for entry in fs::read_dir(&l.tmp).map_err(StoreError::io("list", &l.tmp))? {
-            let entry = entry.map_err(StoreError::io("list", &l.tmp))?;
-            let p = entry.path();
-            let r = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            r.map_err(StoreError::io("remove temp file", &p))?;
-            report.temp_files_removed += 1;
-        }
-        if report.temp_files_removed > 0 {
-            files::fsync_dir(&l.tmp)?;
-        }
-
-        // 2. What block files exist.
-        let mut on_disk = std::collections::BTreeMap::<BlockKey, u64>::new();
-        for entry in fs::read_dir(&l.blocks).map_err(StoreError::io("list", &l.blocks))? {
-            let entry = entry.map_err(StoreError::io("list", &l.blocks))?;
-            let dir = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let prefix = match hex::decode(&name) {
-                Ok(v) if v.len() == 1 && name == hex::encode(&v) && dir.is_dir() => v[0],
-                _ => {
-                    self.stray(&dir, &name, &mut report)?;
-                    continue;
-                }
-            };
-            for f in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
-                let f = f.map_err(StoreError::io("list", &dir))?;
-                let path = f.path();
-                let fname = f.file_name().to_string_lossy().into_owned();
-                let key = match BlockKey::from_hex(&fname) {
-                    Ok(k) if k.0[0] == prefix && k.to_hex() == fname && path.is_file() => k,
-                    _ => {
-                        self.stray(&path, &fname, &mut report)?;
-                        continue;
-                    }
-                };
-                let len = f.metadata().map_err(StoreError::io("stat", &path))?.len();
-                on_disk.insert(key, len);
-            }
-        }
-
-        // 3. Index entries against files.
-        let indexed = self.all_entries()?;
+    /// Reconciles the segments with the index and fills the accounting: entries whose record
+    /// lies outside its segment are dropped; between the indexed records, valid records the
+    /// index does not list are indexed again and everything else is punched away; segments
+    /// left with no records are removed.
+    fn reconcile(&self, report: &mut OpenReport) -> Result<()> {
+        let segs = &self.segments;
+        let lens: BTreeMap<u32, u64> = segs
+            .ids()
+            .into_iter()
+            .map(|id| segs.len(id).map(|l| (id, l)))
+            .collect::<Result<_>>()?;
         let mut ops = Vec::new();
         let mut roles = RoleCounts::default();
-        for (k, m) in indexed {
-            match on_disk.remove(&k) {
-                None => {
-                    warn!(key = %k.short(), "indexed block file missing; dropping it");
-                    report.missing.push(k);
-                    ops.push(IndexOp::Remove(k));
-                }
-                Some(len) if len != m.size => {
-                    let to = self.layout.quarantine_path(&k.to_hex());
-                    files::move_durable(&self.layout.block_path(&k), &to)?;
-                    warn!(key = %k.short(), len, expected = m.size, "block file has the wrong size; quarantined");
-                    report.corrupt.push(k);
-                    ops.push(IndexOp::Remove(k));
-                }
-                Some(_) => roles.add(m),
+        let mut held: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut keys = BTreeSet::new();
+        for (k, e) in self.all_entries()? {
+            let inside = lens
+                .get(&e.loc.segment)
+                .is_some_and(|len| e.loc.payload() + e.meta.size <= *len);
+            if inside {
+                roles.add(e.meta);
+                segs.add_live(e.loc.segment);
+                held.entry(e.loc.segment)
+                    .or_default()
+                    .push((e.loc.offset, extent(e.meta.size)));
+                keys.insert(k);
+            } else {
+                warn!(key = %k.short(), segment = e.loc.segment, "indexed block record is gone; dropping it");
+                report.missing.push(k);
+                ops.push(IndexOp::Remove(k));
             }
         }
-
-        // 4. Files the index does not know: a crash between rename and index commit.
-        for (k, len) in on_disk {
-            let path = self.layout.block_path(&k);
-            let bytes = files::read_file(&path)?.unwrap_or_default();
-            if bytes.len() as u64 == len && BlockKey::of(&bytes) == k {
-                let m = BlockMeta {
-                    size: len,
-                    role: Role::Replica,
-                };
-                ops.push(IndexOp::Insert(k, m));
-                roles.add(m);
-                report.orphans_indexed += 1;
-            } else {
-                let to = self.layout.quarantine_path(&k.to_hex());
-                files::move_durable(&path, &to)?;
-                warn!(key = %k.short(), "unindexed block file is corrupt; quarantined");
-                report.corrupt.push(k);
+        for (&id, &len) in &lens {
+            let mut extents = held.remove(&id).unwrap_or_default();
+            extents.sort_unstable();
+            let mut gaps = Vec::new();
+            let mut at = 0;
+            for (off, ext) in extents {
+                if off > at {
+                    gaps.push((at, off));
+                }
+                at = at.max(off + ext);
+            }
+            if at < len {
+                gaps.push((at, len));
+            }
+            for (a, b) in gaps {
+                self.sweep_gap(id, a, b, &mut keys, &mut ops, &mut roles, report)?;
             }
         }
         self.inner.index.apply(&ops)?;
+        for id in segs.ids() {
+            segs.unlink_if_unused(id)?;
+        }
         let mut st = self.state();
         st.roles = roles;
         st.quarantined = report.corrupt.len() as u64;
-        Ok(report)
+        Ok(())
     }
 
-    fn stray(&self, path: &Path, name: &str, report: &mut OpenReport) -> Result<()> {
-        if name.ends_with(".tmp") && path.is_file() {
-            files::remove_durable(path)?;
-            report.temp_files_removed += 1;
-        } else {
-            let to = self.layout.quarantine_path(&format!("stray-{name}"));
-            files::move_durable(path, &to)?;
-            warn!(
-                ?path,
-                "unrecognised file in the block directory; quarantined"
-            );
-            report.strays_quarantined += 1;
+    /// Indexes the valid records in `[a, b)` of segment `id` that the index lost and punches
+    /// out everything else there.
+    #[allow(clippy::too_many_arguments)]
+    fn sweep_gap(
+        &self,
+        id: u32,
+        a: u64,
+        b: u64,
+        keys: &mut BTreeSet<BlockKey>,
+        ops: &mut Vec<IndexOp>,
+        roles: &mut RoleCounts,
+        report: &mut OpenReport,
+    ) -> Result<()> {
+        let segs = &self.segments;
+        let Some(file) = segs.file(id) else {
+            return Ok(());
+        };
+        let found = scan_file(&file, a, b).map_err(StoreError::io("scan", segs.path(id)))?;
+        let mut cursor = a;
+        for (at, key, len) in found {
+            let loc = Loc {
+                segment: id,
+                offset: at.offset,
+            };
+            if loc.offset > cursor {
+                segs.punch(id, cursor, loc.offset - cursor)?;
+            }
+            cursor = loc.offset + extent(len);
+            let valid = !keys.contains(&key)
+                && segs
+                    .read(loc, len)?
+                    .is_some_and(|bytes| BlockKey::of(&bytes) == key);
+            if valid {
+                let meta = BlockMeta {
+                    size: len,
+                    role: Role::Replica,
+                };
+                ops.push(IndexOp::Insert(key, Entry { meta, loc }));
+                roles.add(meta);
+                segs.add_live(id);
+                keys.insert(key);
+                report.orphans_indexed += 1;
+            } else {
+                segs.punch(id, loc.offset, extent(len))?;
+                report.garbage_records_removed += 1;
+            }
+        }
+        if cursor < b {
+            segs.punch(id, cursor, b - cursor)?;
         }
         Ok(())
     }
 
-    fn all_entries(&self) -> Result<Vec<(BlockKey, BlockMeta)>> {
+    /// Moves the blocks of a format-1 store (one file per block under `blocks/`) into
+    /// segments: every file whose bytes hash to its name is appended (keeping its indexed
+    /// role), then one transaction indexes them all, drops the old table and sets the new
+    /// format; only then are the old files removed. A crash before that commit leaves the old
+    /// store as it was (opening migrates again; the first attempt's records are swept).
+    fn migrate(&self, report: &mut OpenReport) -> Result<()> {
+        let l = &self.layout;
+        let legacy: BTreeMap<BlockKey, BlockMeta> =
+            self.inner.index.legacy_entries()?.into_iter().collect();
+        let mut ops = Vec::new();
+        let mut seen = BTreeSet::new();
+        if l.legacy_blocks.is_dir() {
+            for dir in
+                fs::read_dir(&l.legacy_blocks).map_err(StoreError::io("list", &l.legacy_blocks))?
+            {
+                let dir = dir
+                    .map_err(StoreError::io("list", &l.legacy_blocks))?
+                    .path();
+                if !dir.is_dir() {
+                    continue;
+                }
+                for f in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
+                    let path = f.map_err(StoreError::io("list", &dir))?.path();
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let Ok(key) = BlockKey::from_hex(name) else {
+                        continue;
+                    };
+                    if key.to_hex() != name || path != l.legacy_block_path(&key) {
+                        continue;
+                    }
+                    let bytes = files::read_file(&path)?.unwrap_or_default();
+                    if BlockKey::of(&bytes) != key {
+                        warn!(key = %key.short(), "format-1 block file is corrupt; quarantined");
+                        files::move_durable(&path, &l.quarantine_path(&key.to_hex()))?;
+                        report.corrupt.push(key);
+                        seen.insert(key);
+                        continue;
+                    }
+                    let role = legacy.get(&key).map_or(Role::Replica, |m| m.role);
+                    let loc = self.segments.append(&key, &bytes)?;
+                    let meta = BlockMeta {
+                        size: bytes.len() as u64,
+                        role,
+                    };
+                    ops.push(IndexOp::Insert(key, Entry { meta, loc }));
+                    seen.insert(key);
+                    report.migrated += 1;
+                }
+            }
+        }
+        report
+            .missing
+            .extend(legacy.keys().filter(|k| !seen.contains(k)).copied());
+        self.inner.index.finish_migration(&ops)?;
+        for d in [&l.legacy_blocks, &l.legacy_tmp] {
+            match fs::remove_dir_all(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove format-1 directory", d)(e)),
+            }
+        }
+        files::fsync_dir(&l.root)?;
+        info!(
+            blocks = report.migrated,
+            "moved a format-1 store (one file per block) into segments"
+        );
+        Ok(())
+    }
+
+    /// Moves an unrecognised file out of `segments/` into quarantine.
+    fn stray(&self, path: &Path, report: &mut OpenReport) -> Result<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let to = self.layout.quarantine_path(&format!("stray-{name}"));
+        files::move_durable(path, &to)?;
+        warn!(
+            ?path,
+            "unrecognised file in the segment directory; quarantined"
+        );
+        report.strays_quarantined += 1;
+        Ok(())
+    }
+
+    fn all_entries(&self) -> Result<Vec<(BlockKey, Entry)>> {
         let mut out = Vec::new();
-        self.scan(&BlockKey::ZERO, &BlockKey::ZERO, |k, m| {
-            out.push((k, m));
+        self.scan_entries(&BlockKey::ZERO, &BlockKey::ZERO, |k, e| {
+            out.push((k, e));
             true
         })?;
         Ok(out)
@@ -519,19 +634,24 @@ impl BlockStore {
     /// not hash to `key` this way is a bug of the caller: every read would find them corrupt.
     pub fn put_verified(&self, key: BlockKey, bytes: &[u8], role: Role) -> Result<PutOutcome> {
         debug_assert_eq!(BlockKey::of(bytes), key);
+        if bytes.len() > u32::MAX as usize {
+            return Err(StoreError::InvalidArgument(format!(
+                "block of {} bytes is over the 4 GiB a record holds",
+                bytes.len()
+            )));
+        }
         let size = bytes.len() as u64;
         let _guard = self.lock_key(key);
-        let path = self.layout.block_path(&key);
         let mut outcome = PutOutcome::Stored;
-        if let Some(meta) = self.inner.index.get(&key)? {
-            // Compare with what is on disk (cheap next to the fsyncs a write costs), so that
+        if let Some(e) = self.inner.index.get(&key)? {
+            // Compare with what is on disk (cheap next to the sync a write costs), so that
             // re-sending a block also repairs a silently damaged copy.
-            match files::read_file(&path)? {
+            match self.segments.read(e.loc, e.meta.size)? {
                 Some(existing) if existing == bytes => return Ok(PutOutcome::AlreadyPresent),
-                Some(_) => {
-                    self.quarantine_locked(&key, meta, "differs from the offered bytes")?;
+                Some(existing) => {
+                    self.quarantine_locked(&key, e, &existing, "differs from the offered bytes")?;
                 }
-                None => match self.drop_missing_locked(&key, meta) {
+                None => match self.drop_missing_locked(&key, e) {
                     StoreError::Missing { .. } => {}
                     other => return Err(other),
                 },
@@ -552,7 +672,7 @@ impl BlockStore {
             st.reserved += size;
         }
         let meta = BlockMeta { size, role };
-        let res = self.write_and_index(&key, &path, bytes, meta);
+        let res = self.write_and_index(&key, bytes, meta);
         let mut st = self.state();
         st.reserved -= size;
         res?;
@@ -560,9 +680,9 @@ impl BlockStore {
         Ok(outcome)
     }
 
-    /// Stores many blocks, up to 8 at a time so their fsyncs overlap and their index entries
-    /// share commits (a single caller's sequential puts are bounded by fsync latency). Results
-    /// are in input order, each as [`BlockStore::put`] would return it.
+    /// Stores many blocks, up to 8 at a time so that they share syncs and index commits (a
+    /// single caller's sequential puts are bounded by sync latency). Results are in input
+    /// order, each as [`BlockStore::put`] would return it.
     pub fn put_many<B: AsRef<[u8]> + Sync>(
         &self,
         blocks: &[(BlockKey, B)],
@@ -600,31 +720,19 @@ impl BlockStore {
             .collect()
     }
 
-    /// Writes the block file and its index entry durably. The directory fsync that makes the
-    /// rename durable overlaps with the group commit of the index entry: both finish before
-    /// this returns, and a crash in between is repaired by opening (an entry without a file is
-    /// dropped, a file without an entry is verified and indexed).
-    fn write_and_index(
-        &self,
-        key: &BlockKey,
-        path: &Path,
-        bytes: &[u8],
-        meta: BlockMeta,
-    ) -> Result<()> {
-        files::write_file_and_rename(&self.layout.temp_path(key), path, bytes)?;
-        let ticket = self.inner.index.enqueue(IndexOp::Insert(*key, meta));
-        let dir_synced = files::fsync_dir(&self.layout.fanout_dir(key));
-        let indexed = self.inner.index.wait(ticket);
-        match (dir_synced, indexed) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), Ok(())) => {
-                // Undo so that nothing half-durable stays listed.
-                let _ = self.inner.index.submit(IndexOp::Remove(*key));
-                let _ = files::remove_durable(path);
-                Err(e)
-            }
-            (_, Err(e)) => {
-                let _ = files::remove_durable(path);
+    /// Appends the block's record and commits its index entry; the commit's leader syncs the
+    /// segment first, so both are durable when this returns. On error the record is punched
+    /// out again and nothing is indexed.
+    fn write_and_index(&self, key: &BlockKey, bytes: &[u8], meta: BlockMeta) -> Result<()> {
+        let loc = self.segments.append(key, bytes)?;
+        match self
+            .inner
+            .index
+            .submit(IndexOp::Insert(*key, Entry { meta, loc }))
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.segments.release(loc, meta.size);
                 Err(e)
             }
         }
@@ -632,13 +740,13 @@ impl BlockStore {
 
     /// The block's bytes, verified against the key; `Ok(None)` if the block is not held.
     /// A block that fails verification is quarantined, dropped and reported as
-    /// [`StoreError::Corrupt`]; one whose file vanished as [`StoreError::Missing`].
+    /// [`StoreError::Corrupt`]; one whose record vanished as [`StoreError::Missing`].
     pub fn get(&self, key: &BlockKey) -> Result<Option<Vec<u8>>> {
-        let Some(meta) = self.inner.index.get(key)? else {
+        let Some(e) = self.inner.index.get(key)? else {
             return Ok(None);
         };
-        if let Some(bytes) = files::read_file(&self.layout.block_path(key))? {
-            if bytes.len() as u64 == meta.size && BlockKey::of(&bytes) == *key {
+        if let Some(bytes) = self.segments.read(e.loc, e.meta.size)? {
+            if BlockKey::of(&bytes) == *key {
                 return Ok(Some(bytes));
             }
         }
@@ -653,21 +761,25 @@ impl BlockStore {
 
     /// With the key's guard held: verify the block; quarantine or drop it if bad.
     fn check_locked(&self, key: &BlockKey) -> Result<Checked> {
-        let Some(meta) = self.inner.index.get(key)? else {
+        let Some(e) = self.inner.index.get(key)? else {
             return Ok(Checked::Gone);
         };
-        match files::read_file(&self.layout.block_path(key))? {
-            None => Err(self.drop_missing_locked(key, meta)),
-            Some(b) if b.len() as u64 == meta.size && BlockKey::of(&b) == *key => {
-                Ok(Checked::Good(b))
-            }
+        match self.segments.read(e.loc, e.meta.size)? {
+            None => Err(self.drop_missing_locked(key, e)),
+            Some(b) if BlockKey::of(&b) == *key => Ok(Checked::Good(b)),
             Some(b) => {
-                let detail = if b.len() as u64 != meta.size {
-                    format!("{} bytes on disk, {} indexed", b.len(), meta.size)
+                // A record whose header and payload read as zeros was punched out by a delete
+                // that a crash interrupted before its index commit: gone, not damaged.
+                let header_gone = self.segments.read_header(e.loc)?.is_none();
+                if header_gone && b.iter().all(|x| *x == 0) {
+                    return Err(self.drop_missing_locked(key, e));
+                }
+                let detail = if header_gone {
+                    "record header and contents are damaged".to_string()
                 } else {
                     "contents do not hash to the key".to_string()
                 };
-                let to = self.quarantine_locked(key, meta, &detail)?;
+                let to = self.quarantine_locked(key, e, &b, &detail)?;
                 Err(StoreError::Corrupt {
                     key: *key,
                     detail,
@@ -677,67 +789,98 @@ impl BlockStore {
         }
     }
 
-    /// Moves the key's file to quarantine and drops it from the index and the accounting.
-    fn quarantine_locked(&self, key: &BlockKey, meta: BlockMeta, why: &str) -> Result<PathBuf> {
+    /// Copies the bad bytes to quarantine, then drops the block from the index, the disk and
+    /// the accounting.
+    fn quarantine_locked(
+        &self,
+        key: &BlockKey,
+        e: Entry,
+        bad: &[u8],
+        why: &str,
+    ) -> Result<PathBuf> {
         let to = self.layout.quarantine_path(&key.to_hex());
-        files::move_durable(&self.layout.block_path(key), &to)?;
+        files::write_durable(&to, bad)?;
         self.inner.index.submit(IndexOp::Remove(*key))?;
+        self.segments.release(e.loc, e.meta.size)?;
         let mut st = self.state();
-        st.roles.remove(meta);
+        st.roles.remove(e.meta);
         st.quarantined += 1;
         drop(st);
         warn!(key = %key.short(), why, "corrupt block quarantined; needs repair");
         Ok(to)
     }
 
-    /// Drops an index entry whose file is gone. Returns the error to report: `Missing` once
+    /// Drops an index entry whose record is gone. Returns the error to report: `Missing` once
     /// dropped, or what prevented dropping it.
-    fn drop_missing_locked(&self, key: &BlockKey, meta: BlockMeta) -> StoreError {
-        if let Err(e) = self.inner.index.submit(IndexOp::Remove(*key)) {
-            return e;
+    fn drop_missing_locked(&self, key: &BlockKey, e: Entry) -> StoreError {
+        if let Err(err) = self.inner.index.submit(IndexOp::Remove(*key)) {
+            return err;
         }
-        self.state().roles.remove(meta);
-        warn!(key = %key.short(), "block file vanished; index entry dropped; needs repair");
+        if let Err(err) = self.segments.release(e.loc, e.meta.size) {
+            return err;
+        }
+        self.state().roles.remove(e.meta);
+        warn!(key = %key.short(), "block record vanished; index entry dropped; needs repair");
         StoreError::Missing { key: *key }
     }
 
-    /// Whether the block is held (per the index; reads verify the file).
+    /// Whether the block is held (per the index; reads verify the bytes).
     pub fn has(&self, key: &BlockKey) -> Result<bool> {
         Ok(self.inner.index.get(key)?.is_some())
     }
 
     /// The index entry of a held block.
     pub fn meta(&self, key: &BlockKey) -> Result<Option<BlockMeta>> {
-        self.inner.index.get(key)
+        Ok(self.inner.index.get(key)?.map(|e| e.meta))
     }
 
-    /// Deletes a block (durably). Returns whether it was held.
+    /// Where a held block's payload lies on disk, for tools and tests that inspect or damage
+    /// it.
+    pub fn block_location(&self, key: &BlockKey) -> Result<Option<DiskRecord>> {
+        Ok(self.inner.index.get(key)?.map(|e| DiskRecord {
+            key: *key,
+            path: self.segments.path(e.loc.segment),
+            offset: e.loc.payload(),
+            len: e.meta.size,
+        }))
+    }
+
+    /// Deletes a block durably, its bytes first (a hole is punched over its record). Returns
+    /// whether it was held.
     pub fn delete(&self, key: &BlockKey) -> Result<bool> {
         let _guard = self.lock_key(*key);
-        let Some(meta) = self.inner.index.get(key)? else {
+        let Some(e) = self.inner.index.get(key)? else {
             return Ok(false);
         };
-        // File first: a crash in between leaves an index entry without a file, which opening
-        // drops, rather than a file that opening would resurrect.
-        files::remove_durable(&self.layout.block_path(key))?;
+        // Bytes first: a crash in between leaves an index entry over a hole, which reads as
+        // gone, rather than a record that opening would index again.
+        self.segments
+            .punch(e.loc.segment, e.loc.offset, extent(e.meta.size))?;
         self.inner.index.submit(IndexOp::Remove(*key))?;
-        self.state().roles.remove(meta);
+        self.segments.forget(e.loc)?;
+        self.state().roles.remove(e.meta);
         Ok(true)
     }
 
     /// Changes why the block is held. Returns false if it is not held.
     pub fn set_role(&self, key: &BlockKey, role: Role) -> Result<bool> {
         let _guard = self.lock_key(*key);
-        let Some(meta) = self.inner.index.get(key)? else {
+        let Some(e) = self.inner.index.get(key)? else {
             return Ok(false);
         };
-        if meta.role == role {
+        if e.meta.role == role {
             return Ok(true);
         }
-        let new = BlockMeta { role, ..meta };
-        self.inner.index.submit(IndexOp::Insert(*key, new))?;
+        let new = BlockMeta { role, ..e.meta };
+        self.inner.index.submit(IndexOp::Insert(
+            *key,
+            Entry {
+                meta: new,
+                loc: e.loc,
+            },
+        ))?;
         let mut st = self.state();
-        st.roles.remove(meta);
+        st.roles.remove(e.meta);
         st.roles.add(new);
         Ok(true)
     }
@@ -802,6 +945,16 @@ impl BlockStore {
         b: &BlockKey,
         mut f: impl FnMut(BlockKey, BlockMeta) -> bool,
     ) -> Result<()> {
+        self.scan_entries(a, b, |k, e| f(k, e.meta))
+    }
+
+    /// [`BlockStore::scan`] with the records' locations.
+    fn scan_entries(
+        &self,
+        a: &BlockKey,
+        b: &BlockKey,
+        mut f: impl FnMut(BlockKey, Entry) -> bool,
+    ) -> Result<()> {
         let tx = self.inner.index.db.begin_read().map_err(db)?;
         let t = tx.open_table(BLOCKS).map_err(db)?;
         let ranges: Vec<KeyBounds<'_>> = if a < b {
@@ -816,7 +969,7 @@ impl BlockStore {
             for item in t.range::<&[u8; 32]>(r).map_err(db)? {
                 let (k, v) = item.map_err(db)?;
                 let key = BlockKey(*k.value());
-                if !f(key, BlockMeta::decode(v.value())?) {
+                if !f(key, Entry::decode(v.value())?) {
                     return Ok(());
                 }
             }
@@ -994,10 +1147,16 @@ impl BlockStore {
         &self.layout.root
     }
 
-    /// Where the block file of `key` lives (whether or not it is held).
+    /// Number of segment files.
     #[must_use]
-    pub fn block_path(&self, key: &BlockKey) -> PathBuf {
-        self.layout.block_path(key)
+    pub fn segment_count(&self) -> usize {
+        self.segments.count()
+    }
+
+    /// Bytes the segment files take on disk (allocated space: punched holes do not count).
+    #[must_use]
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.disk_bytes()
     }
 
     /// The quarantine directory.
@@ -1006,10 +1165,10 @@ impl BlockStore {
         &self.layout.quarantine
     }
 
-    /// The directory of in-progress temp files.
+    /// The directory of the segment files.
     #[must_use]
-    pub fn temp_dir(&self) -> &Path {
-        &self.layout.tmp
+    pub fn segment_dir(&self) -> &Path {
+        &self.layout.segments
     }
 }
 
