@@ -8,7 +8,7 @@ if ! command -v iperf3 >/dev/null; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iperf3 >/dev/null
 fi
-cargo build --release -p peerstore-node --bin peerstore-node --example bench-node
+cargo build --release -p peerstore-node --bin peerstore-node --example bench-node --example libp2p-baseline
 port=$((20000 + RANDOM % 20000))
 iperf3 -s -1 -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
 srv=$!
@@ -16,5 +16,9 @@ trap 'kill $srv 2>/dev/null || true' EXIT
 sleep 0.5
 tcp=$(iperf3 -c 127.0.0.1 -p "$port" -t 3 -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576)')
 echo "loopback TCP (iperf3, one stream): ${tcp} MiB/s" >&2
-exe=$(ls -t target/release/examples/bench-node 2>/dev/null | head -1)
-"$exe" --iperf "$tcp" "$@"
+# The transport floor: the node's libp2p stack between two endpoints, no node logic.
+floor=$(target/release/examples/libp2p-baseline --mib 512)
+fget=$(echo "$floor" | python3 -c 'import json,sys; print(json.load(sys.stdin)["get_mib_s"])')
+fput=$(echo "$floor" | python3 -c 'import json,sys; print(json.load(sys.stdin)["put_mib_s"])')
+echo "libp2p request-response floor: responses ${fget} MiB/s, requests ${fput} MiB/s" >&2
+target/release/examples/bench-node --iperf "$tcp" --floor-get "$fget" --floor-put "$fput" "$@"

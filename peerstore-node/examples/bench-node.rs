@@ -76,6 +76,9 @@ async fn main() {
     };
     let blocks: usize = arg("--blocks").and_then(|v| v.parse().ok()).unwrap_or(1024);
     let iperf: Option<f64> = arg("--iperf").and_then(|v| v.parse().ok());
+    // The transport floor measured in the same run (examples/libp2p-baseline.rs).
+    let floor_get: Option<f64> = arg("--floor-get").and_then(|v| v.parse().ok());
+    let floor_put: Option<f64> = arg("--floor-put").and_then(|v| v.parse().ok());
     // For profiling: repeat the get phase (the figure is the mean) and pick the clients.
     let get_rounds: usize = arg("--get-rounds")
         .and_then(|v| v.parse().ok())
@@ -239,6 +242,26 @@ async fn main() {
         println!(
             "| loopback TCP | not measured (pass --iperf MiB/s; scripts/bench-node.sh does) |"
         );
+    }
+    if let (Some(fg), Some(fp)) = (floor_get, floor_put) {
+        println!(
+            "| libp2p request-response alone, 2 endpoints, 256 KiB, 16 in flight: responses / requests (same run) | {fg:.0} / {fp:.0} MiB/s |"
+        );
+        println!(
+            "| get / that floor (one transfer per get) | {:.2} |",
+            get_mibs / fg
+        );
+        println!(
+            "| put x 3 / that floor (three transfers per put, r = 3) | {:.2} |",
+            3.0 * put_mibs / fp
+        );
+        if let Some(tcp) = iperf {
+            println!(
+                "| the floor / loopback: responses / requests | {:.3} / {:.3} |",
+                fg / tcp,
+                fp / tcp
+            );
+        }
     }
     let max_idle = idle.iter().cloned().fold(0.0, f64::max);
     println!(
