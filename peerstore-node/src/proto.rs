@@ -2,10 +2,10 @@
 //! postcard codec used by libp2p request-response.
 //!
 //! Two request-response protocols run over one connection per peer:
-//! - `/peerstore/chord/1`: the Chord maintenance messages of the pure core, sent one-way (each is a
+//! - `/peerstore/chord/2`: the Chord maintenance messages of the pure core, sent one-way (each is a
 //!   request answered with an empty [`ChordAck`]); the core matches its own request ids and runs
 //!   its own timeouts.
-//! - `/peerstore/data/1`: blocks, lookups, status and anti-entropy ([`Request`] / [`Response`]).
+//! - `/peerstore/data/2`: blocks, lookups, status and anti-entropy ([`Request`] / [`Response`]).
 //!
 //! Every frame is a 4-byte big-endian length followed by that many bytes of postcard. A frame
 //! longer than the protocol's bound is refused before it is read, and a frame that does not decode
@@ -23,9 +23,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub use crate::store::BlockKey;
 
 /// Protocol name of the Chord maintenance protocol.
-pub const CHORD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/chord/1");
+pub const CHORD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/chord/2");
 /// Protocol name of the data protocol (blocks, lookups, status, anti-entropy).
-pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/data/1");
+pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/data/2");
 
 /// Largest block the ring stores. Blocks are content addressed: key = BLAKE3(bytes).
 pub const MAX_BLOCK_SIZE: usize = 4 << 20;
@@ -368,62 +368,192 @@ pub fn data_codec() -> DataCodec {
     FramedCodec::new(MAX_DATA_FRAME, MAX_DATA_FRAME)
 }
 
-/// Encodes one value as a frame body, refusing values over `max` bytes.
-pub fn encode_frame<T: Serialize>(value: &T, max: usize) -> io::Result<Vec<u8>> {
-    let bytes = postcard::to_stdvec(value)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")))?;
-    if bytes.len() > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "message of {} bytes exceeds the bound of {max}",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(bytes)
+/// Messages whose bulk payload (a block, a document) travels after the postcard body of the
+/// frame instead of inside it, so the codec copies it neither into an encode buffer nor out of
+/// a decode buffer: the sender writes it from the message's own `Vec`, the receiver reads it
+/// straight into the `Vec` the message keeps.
+pub trait Bulk {
+    /// Moves the bulk payload out of the message (leaving an empty one), if it has one.
+    fn take_bulk(&mut self) -> Option<Vec<u8>>;
+    /// Puts a received bulk payload back. False if the message has no (empty) slot for it.
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool;
 }
 
-/// Decodes one frame body; trailing bytes are an error so a frame means exactly one message.
-pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode: {e}")))?;
+fn put_into(slot: &mut Vec<u8>, bulk: Vec<u8>) -> bool {
+    if !slot.is_empty() {
+        return false;
+    }
+    *slot = bulk;
+    true
+}
+
+impl Bulk for Request {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Request::Put { data, .. }
+            | Request::StoreLocal { data, .. }
+            | Request::PutDocument { data } => Some(std::mem::take(data)),
+            _ => None,
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            Request::Put { data, .. }
+            | Request::StoreLocal { data, .. }
+            | Request::PutDocument { data } => put_into(data, bulk),
+            _ => false,
+        }
+    }
+}
+
+impl Bulk for Response {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Response::Block { data } => Some(std::mem::take(data)),
+            _ => None,
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            Response::Block { data } => put_into(data, bulk),
+            _ => false,
+        }
+    }
+}
+
+impl Bulk for ChordEnvelope {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    fn put_bulk(&mut self, _: Vec<u8>) -> bool {
+        false
+    }
+}
+
+impl Bulk for ChordAck {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    fn put_bulk(&mut self, _: Vec<u8>) -> bool {
+        false
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Splits a message into the head of its frame body (the postcard length `u32` BE and the
+/// postcard bytes of the message without its bulk payload) and the bulk payload, refusing
+/// bodies over `max` bytes. Frame on the wire: `u32` BE body length, then the body.
+fn encode_parts<T: Serialize + Bulk>(mut value: T, max: usize) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let bulk = value.take_bulk().unwrap_or_default();
+    let body = postcard::to_stdvec(&value).map_err(|e| invalid(format!("encode: {e}")))?;
+    let total = 4 + body.len() + bulk.len();
+    if total > max {
+        return Err(invalid(format!(
+            "message of {total} bytes exceeds the bound of {max}"
+        )));
+    }
+    let mut head = Vec::with_capacity(4 + body.len());
+    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    head.extend_from_slice(&body);
+    Ok((head, bulk))
+}
+
+/// Encodes one value as a frame body (everything after the frame's length prefix), refusing
+/// bodies over `max` bytes.
+pub fn encode_frame<T: Serialize + Bulk + Clone>(value: &T, max: usize) -> io::Result<Vec<u8>> {
+    let (mut head, bulk) = encode_parts(value.clone(), max)?;
+    head.extend_from_slice(&bulk);
+    Ok(head)
+}
+
+/// The postcard part of a frame body and where the bulk payload starts.
+fn split_body(bytes: &[u8]) -> io::Result<(&[u8], &[u8])> {
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Err(invalid("frame body shorter than its 4-byte head".into()));
+    };
+    let n = u32::from_be_bytes(*len) as usize;
+    if n > rest.len() {
+        return Err(invalid(format!(
+            "message body of {n} bytes in a frame of {}",
+            bytes.len()
+        )));
+    }
+    Ok(rest.split_at(n))
+}
+
+fn decode_message<T: DeserializeOwned + Bulk>(body: &[u8], bulk: Vec<u8>) -> io::Result<T> {
+    let (mut value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| invalid(format!("decode: {e}")))?;
     if !rest.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} trailing bytes after the message", rest.len()),
+        return Err(invalid(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    if !bulk.is_empty() && !value.put_bulk(bulk) {
+        return Err(invalid(
+            "bulk bytes after a message that carries none".into(),
         ));
     }
     Ok(value)
 }
 
+/// Decodes one frame body; a body means exactly one message (no trailing bytes, no bulk bytes
+/// for a message without a payload).
+pub fn decode_frame<T: DeserializeOwned + Bulk>(bytes: &[u8]) -> io::Result<T> {
+    let (body, bulk) = split_body(bytes)?;
+    decode_message(body, bulk.to_vec())
+}
+
 async fn read_frame<T, R>(io: &mut R, max: usize) -> io::Result<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Bulk,
     R: AsyncRead + Unpin + Send,
 {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the bound of {max}"),
-        ));
+    let total = u32::from_be_bytes(len) as usize;
+    if total > max {
+        return Err(invalid(format!(
+            "frame of {total} bytes exceeds the bound of {max}"
+        )));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    decode_frame(&buf)
+    if total < 4 {
+        return Err(invalid(format!("frame of {total} bytes has no body head")));
+    }
+    io.read_exact(&mut len).await?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > total - 4 {
+        return Err(invalid(format!(
+            "message body of {n} bytes in a frame of {total}"
+        )));
+    }
+    let mut body = vec![0u8; n];
+    io.read_exact(&mut body).await?;
+    let mut bulk = vec![0u8; total - 4 - n];
+    io.read_exact(&mut bulk).await?;
+    decode_message(&body, bulk)
 }
 
-async fn write_frame<T, W>(io: &mut W, value: &T, max: usize) -> io::Result<()>
+async fn write_frame<T, W>(io: &mut W, value: T, max: usize) -> io::Result<()>
 where
-    T: Serialize,
+    T: Serialize + Bulk,
     W: AsyncWrite + Unpin + Send,
 {
-    let bytes = encode_frame(value, max)?;
-    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    io.write_all(&bytes).await?;
+    let (head, bulk) = encode_parts(value, max)?;
+    let total = (head.len() + bulk.len()) as u32;
+    let mut first = Vec::with_capacity(4 + head.len());
+    first.extend_from_slice(&total.to_be_bytes());
+    first.extend_from_slice(&head);
+    io.write_all(&first).await?;
+    if !bulk.is_empty() {
+        io.write_all(&bulk).await?;
+    }
     io.flush().await?;
     io.close().await
 }
@@ -431,8 +561,8 @@ where
 #[async_trait]
 impl<Req, Resp> libp2p::request_response::Codec for FramedCodec<Req, Resp>
 where
-    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
-    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Req: Serialize + DeserializeOwned + Bulk + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Bulk + Send + Sync + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Req;
@@ -456,7 +586,7 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req, self.max_request).await
+        write_frame(io, req, self.max_request).await
     }
 
     async fn write_response<T>(
@@ -468,7 +598,7 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res, self.max_response).await
+        write_frame(io, res, self.max_response).await
     }
 }
 
@@ -510,6 +640,31 @@ mod tests {
             data: vec![0; 100],
         };
         assert!(encode_frame(&big, 50).is_err());
+        // A block travels after the body, and comes back in its place.
+        let put = Request::Put {
+            key: BlockKey([3; 32]),
+            data: (0..=255u8).cycle().take(5000).collect(),
+        };
+        let bytes = encode_frame(&put, MAX_DATA_FRAME).unwrap();
+        assert!(bytes.ends_with(&(0..=255u8).cycle().take(5000).collect::<Vec<u8>>()));
+        assert_eq!(decode_frame::<Request>(&bytes).unwrap(), put);
+        let block = Response::Block { data: vec![9; 300] };
+        let bytes = encode_frame(&block, MAX_DATA_FRAME).unwrap();
+        assert_eq!(decode_frame::<Response>(&bytes).unwrap(), block);
+        // Bulk bytes after a message without a payload, or a body that claims more than the
+        // frame holds, are errors.
+        let mut get = encode_frame(&req, MAX_DATA_FRAME).unwrap();
+        get.extend_from_slice(&[1, 2, 3]);
+        assert!(decode_frame::<Request>(&get).is_err());
+        let mut lying = encode_frame(&req, MAX_DATA_FRAME).unwrap();
+        lying[..4].copy_from_slice(&10_000u32.to_be_bytes());
+        assert!(decode_frame::<Request>(&lying).is_err());
+        // A payload in the body and another one after it: refused, not merged.
+        let body = postcard::to_stdvec(&put).unwrap();
+        let mut both = (body.len() as u32).to_be_bytes().to_vec();
+        both.extend_from_slice(&body);
+        both.extend_from_slice(&[1; 10]);
+        assert!(decode_frame::<Request>(&both).is_err());
     }
 
     #[test]

@@ -57,9 +57,12 @@ impl request_response::Codec for RawCodec {
     }
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut v = (body.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(body);
+/// A data-protocol frame around postcard bytes `msg`: the frame length, the body's postcard
+/// length, the bytes (no bulk payload after them).
+fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut v = ((msg.len() + 4) as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
     v
 }
 
@@ -104,6 +107,18 @@ async fn hostile_messages_are_rejected() {
             b.extend_from_slice(&[1, 2, 3]);
             frame(&b)
         }),
+        ("body longer than its frame", {
+            let mut f = frame(&good);
+            f[4..8].copy_from_slice(&(good.len() as u32 + 1).to_be_bytes());
+            f
+        }),
+        ("payload twice (in the body and after it)", {
+            let mut f = frame(&good);
+            f.extend_from_slice(&[5; 100]);
+            let total = (f.len() - 4) as u32;
+            f[..4].copy_from_slice(&total.to_be_bytes());
+            f
+        }),
         ("put with wrong key", frame(&good)),
         ("empty", vec![]),
     ];
@@ -126,7 +141,7 @@ async fn hostile_messages_are_rejected() {
     // The one well-formed request must get a proper error answer, not be stored.
     let wrong_key = answers
         .iter()
-        .find(|(n, _)| n == "/peerstore/data/1 put with wrong key")
+        .find(|(n, _)| n == "/peerstore/data/2 put with wrong key")
         .unwrap();
     assert!(
         wrong_key.1.starts_with("answered"),
@@ -134,7 +149,7 @@ async fn hostile_messages_are_rejected() {
         wrong_key.1
     );
     for (name, outcome) in &answers {
-        if name != "/peerstore/data/1 put with wrong key" {
+        if name != "/peerstore/data/2 put with wrong key" {
             // Malformed input gets no decoded answer: the node drops the stream.
             assert!(
                 !outcome.starts_with("answered: "),
