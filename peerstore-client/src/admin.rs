@@ -2,7 +2,7 @@
 //! client"): `repair`, `audit`, `scrub`, and the entanglement figures of `du`.
 //!
 //! These commands need no key: they only ask a node to coordinate work over the whole ring
-//! (`Request::Repair`, `Audit`, `Scrub`, `EntangleStats`). Each command is a function over the
+//! (`AdminRequest::Repair`, `Audit`, `Scrub`, `EntangleStats`). Each command is a function over the
 //! small [`AdminApi`] seam (so its paging and exit rules are unit tested without a network),
 //! returning a serialisable outcome with a one-line text form and, where the command must exit
 //! with status 1, a [`failure`](RepairOutcome::failure) line.
@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use peerstore_node::entangled::{
+use peerstore_proto::{AdminRequest, AdminResponse, BlockKey};
+use peerstore_proto::{
     AuditPage, CodewordAudit, EntangleStats, RepairSummary, ScrubMode, ScrubReport,
 };
-use peerstore_node::proto::{BlockKey, Request, Response};
 use serde::Serialize;
 
 use crate::cli::human;
@@ -33,25 +33,22 @@ const MAX_AUDIT_PAGES: u64 = 1 << 24;
 /// What the admin commands need from the ring: one request, one answer.
 #[async_trait]
 pub trait AdminApi: Send + Sync {
-    async fn call(&self, req: Request) -> Result<Response, StoreError>;
+    async fn call(&self, req: AdminRequest) -> Result<AdminResponse, StoreError>;
 }
 
 #[async_trait]
 impl AdminApi for RingStore {
-    async fn call(&self, req: Request) -> Result<Response, StoreError> {
-        RingStore::call(self, req).await
+    async fn call(&self, req: AdminRequest) -> Result<AdminResponse, StoreError> {
+        RingStore::admin(self, req).await
     }
 }
 
 /// Connects to `node` with a timeout of at least [`ADMIN_MIN_TIMEOUT`].
-pub async fn connect(
-    node: peerstore_node::proto::NodeAddr,
-    timeout: Duration,
-) -> Result<RingStore> {
+pub async fn connect(node: peerstore_proto::NodeAddr, timeout: Duration) -> Result<RingStore> {
     Ok(RingStore::connect(node, timeout.max(ADMIN_MIN_TIMEOUT)).await?)
 }
 
-fn unexpected(what: &str, resp: &Response) -> ClientError {
+fn unexpected(what: &str, resp: &AdminResponse) -> ClientError {
     let mut s = format!("{resp:?}");
     s.truncate(200);
     ClientError::Store(StoreError::Other(format!(
@@ -174,12 +171,16 @@ impl RepairOutcome {
     }
 }
 
-/// `Request::Repair { keys }`: the whole ring to the fixed point (no keys) or those blocks.
+/// `AdminRequest::Repair { keys }`: the whole ring to the fixed point (no keys) or those blocks.
 pub async fn repair(api: &dyn AdminApi, keys: Vec<BlockKey>) -> Result<RepairOutcome> {
     let start = Instant::now();
-    let resp = api.call(Request::Repair { keys: keys.clone() }).await?;
+    let resp = api
+        .call(AdminRequest::Repair { keys: keys.clone() })
+        .await?;
     match resp {
-        Response::Repaired(s) => Ok(RepairOutcome::new(&keys, &s, start.elapsed().as_secs_f64())),
+        AdminResponse::Repaired(s) => {
+            Ok(RepairOutcome::new(&keys, &s, start.elapsed().as_secs_f64()))
+        }
         other => Err(unexpected("repair", &other)),
     }
 }
@@ -298,7 +299,7 @@ impl AuditOutcome {
     }
 }
 
-/// Pages through `Request::Audit` from the start of the ring to its end; `on_page` sees the
+/// Pages through `AdminRequest::Audit` from the start of the ring to its end; `on_page` sees the
 /// running count of checked codewords after each page.
 async fn audit_pass(
     api: &dyn AdminApi,
@@ -311,8 +312,8 @@ async fn audit_pass(
     let (mut pages, mut checked) = (0u64, 0u64);
     let mut damaged = Vec::new();
     loop {
-        let page: AuditPage = match api.call(Request::Audit { after, limit, fix }).await? {
-            Response::AuditPage(p) => p,
+        let page: AuditPage = match api.call(AdminRequest::Audit { after, limit, fix }).await? {
+            AdminResponse::AuditPage(p) => p,
             other => return Err(unexpected("audit", &other)),
         };
         pages += 1;
@@ -469,7 +470,7 @@ impl ScrubOutcome {
     }
 }
 
-/// `Request::Scrub`.
+/// `AdminRequest::Scrub`.
 pub async fn scrub(
     api: &dyn AdminApi,
     mode: ScrubMode,
@@ -478,14 +479,14 @@ pub async fn scrub(
     let start = Instant::now();
     let (once, interval_ms) = sched.wire();
     match api
-        .call(Request::Scrub {
+        .call(AdminRequest::Scrub {
             mode,
             once,
             interval_ms,
         })
         .await?
     {
-        Response::Scrubbed(r) => Ok(ScrubOutcome::new(
+        AdminResponse::Scrubbed(r) => Ok(ScrubOutcome::new(
             mode,
             sched,
             &r,
@@ -600,10 +601,10 @@ impl EntanglementDu {
     }
 }
 
-/// `Request::EntangleStats`.
+/// `AdminRequest::EntangleStats`.
 pub async fn entangle_stats(api: &dyn AdminApi) -> Result<EntangleStats> {
-    match api.call(Request::EntangleStats).await? {
-        Response::EntangleStats(s) => Ok(*s),
+    match api.call(AdminRequest::EntangleStats).await? {
+        AdminResponse::EntangleStats(s) => Ok(*s),
         other => Err(unexpected("entangle-stats", &other)),
     }
 }
@@ -631,7 +632,7 @@ fn fail_if(line: Option<String>) -> Result<()> {
 
 /// `peerstore-client repair [block-id ...]`.
 pub async fn cmd_repair(
-    node: peerstore_node::proto::NodeAddr,
+    node: peerstore_proto::NodeAddr,
     timeout: Duration,
     json: bool,
     ids: &[String],
@@ -648,7 +649,7 @@ pub async fn cmd_repair(
 
 /// `peerstore-client audit [--fix]`.
 pub async fn cmd_audit(
-    node: peerstore_node::proto::NodeAddr,
+    node: peerstore_proto::NodeAddr,
     timeout: Duration,
     json: bool,
     fix: bool,
@@ -673,7 +674,7 @@ pub async fn cmd_audit(
 
 /// `peerstore-client scrub (--pointers N | --window W) [--interval SECS | --stop]`.
 pub async fn cmd_scrub(
-    node: peerstore_node::proto::NodeAddr,
+    node: peerstore_proto::NodeAddr,
     timeout: Duration,
     json: bool,
     mode: ScrubMode,
@@ -697,25 +698,25 @@ mod tests {
 
     /// Answers requests from a script, and records them.
     struct Scripted {
-        answers: Mutex<VecDeque<Response>>,
-        seen: Mutex<Vec<Request>>,
+        answers: Mutex<VecDeque<AdminResponse>>,
+        seen: Mutex<Vec<AdminRequest>>,
     }
 
     impl Scripted {
-        fn new(answers: Vec<Response>) -> Scripted {
+        fn new(answers: Vec<AdminResponse>) -> Scripted {
             Scripted {
                 answers: Mutex::new(answers.into()),
                 seen: Mutex::new(Vec::new()),
             }
         }
-        fn seen(&self) -> Vec<Request> {
+        fn seen(&self) -> Vec<AdminRequest> {
             self.seen.lock().unwrap().clone()
         }
     }
 
     #[async_trait]
     impl AdminApi for Scripted {
-        async fn call(&self, req: Request) -> Result<Response, StoreError> {
+        async fn call(&self, req: AdminRequest) -> Result<AdminResponse, StoreError> {
             self.seen.lock().unwrap().push(req);
             self.answers
                 .lock()
@@ -739,8 +740,8 @@ mod tests {
         }
     }
 
-    fn page(checked: u64, damaged: Vec<CodewordAudit>, next: Option<u8>) -> Response {
-        Response::AuditPage(AuditPage {
+    fn page(checked: u64, damaged: Vec<CodewordAudit>, next: Option<u8>) -> AdminResponse {
+        AdminResponse::AuditPage(AuditPage {
             checked,
             damaged,
             next: next.map(k),
@@ -768,17 +769,17 @@ mod tests {
         assert_eq!(
             reqs,
             vec![
-                Request::Audit {
+                AdminRequest::Audit {
                     after: None,
                     limit: 10,
                     fix: false
                 },
-                Request::Audit {
+                AdminRequest::Audit {
                     after: Some(k(5)),
                     limit: 10,
                     fix: false
                 },
-                Request::Audit {
+                AdminRequest::Audit {
                     after: Some(k(9)),
                     limit: 10,
                     fix: false
@@ -806,8 +807,8 @@ mod tests {
         assert_eq!((out.damaged, out.rebuilt, out.remaining), (1, 2, 0));
         assert_eq!(out.failure(), None);
         let reqs = api.seen();
-        assert!(matches!(reqs[0], Request::Audit { fix: true, .. }));
-        assert!(matches!(reqs[1], Request::Audit { fix: false, .. }));
+        assert!(matches!(reqs[0], AdminRequest::Audit { fix: true, .. }));
+        assert!(matches!(reqs[1], AdminRequest::Audit { fix: false, .. }));
         // Could not fix: the second pass still sees it, exit status 1.
         let api = Scripted::new(vec![
             page(4, vec![damaged(1, false, 0)], None),
@@ -827,7 +828,7 @@ mod tests {
         let api = Scripted::new(vec![page(1, vec![], Some(9)), page(1, vec![], Some(3))]);
         let e = audit(&api, false, 10, &mut |_| {}).await.unwrap_err();
         assert!(e.to_string().contains("no progress"), "{e}");
-        let api = Scripted::new(vec![Response::NotFound]);
+        let api = Scripted::new(vec![AdminResponse::Scrubbed(ScrubReport::default())]);
         let e = audit(&api, false, 10, &mut |_| {}).await.unwrap_err();
         assert!(e.to_string().contains("unexpected answer to audit"), "{e}");
     }
@@ -843,9 +844,9 @@ mod tests {
             still_missing: vec![],
             errors: 0,
         };
-        let api = Scripted::new(vec![Response::Repaired(ok.clone())]);
+        let api = Scripted::new(vec![AdminResponse::Repaired(ok.clone())]);
         let out = repair(&api, vec![]).await.unwrap();
-        assert_eq!(api.seen(), vec![Request::Repair { keys: vec![] }]);
+        assert_eq!(api.seen(), vec![AdminRequest::Repair { keys: vec![] }]);
         assert_eq!((out.passes, out.rebuilt), (3, 51));
         assert_eq!(out.failure(), None);
         assert!(out.text().contains("whole ring"), "{}", out.text());
@@ -856,11 +857,11 @@ mod tests {
             still_missing: vec![k(7)],
             ..ok
         };
-        let api = Scripted::new(vec![Response::Repaired(bad)]);
+        let api = Scripted::new(vec![AdminResponse::Repaired(bad)]);
         let out = repair(&api, vec![k(7), k(8)]).await.unwrap();
         assert_eq!(
             api.seen(),
-            vec![Request::Repair {
+            vec![AdminRequest::Repair {
                 keys: vec![k(7), k(8)]
             }]
         );
@@ -899,14 +900,14 @@ mod tests {
             single: 10,
             errors: 0,
         };
-        let api = Scripted::new(vec![Response::Scrubbed(rep.clone())]);
+        let api = Scripted::new(vec![AdminResponse::Scrubbed(rep.clone())]);
         let mode = ScrubMode::Window { blocks: 0 };
         let out = scrub(&api, mode, ScrubSchedule::Every(Duration::from_secs(5)))
             .await
             .unwrap();
         assert_eq!(
             api.seen(),
-            vec![Request::Scrub {
+            vec![AdminRequest::Scrub {
                 mode,
                 once: false,
                 interval_ms: 5000
@@ -916,7 +917,10 @@ mod tests {
         assert_eq!(out.mode, "window 0");
         assert!(out.text().contains("67.5 MiB freed"), "{}", out.text());
         assert_eq!(out.failure(), None);
-        let api = Scripted::new(vec![Response::Scrubbed(ScrubReport { errors: 3, ..rep })]);
+        let api = Scripted::new(vec![AdminResponse::Scrubbed(ScrubReport {
+            errors: 3,
+            ..rep
+        })]);
         let out = scrub(
             &api,
             ScrubMode::Pointers { threshold: 2 },
@@ -930,9 +934,8 @@ mod tests {
 
     #[test]
     fn du_figures_and_recast_expectations() {
-        let params = peerstore_node::entangled::EntanglementConfig::default()
-            .params()
-            .unwrap();
+        // The node's default code.
+        let params = entangle::Params::new(4, 8, 12, 256 * 1024);
         let (s, p) = (u64::from(params.s), u64::from(params.p));
         let parity = 732 + u64::from(params.block_size);
         let codewords = 10;

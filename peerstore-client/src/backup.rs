@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crypto::{ChunkId, UserKeys};
-use peerstore_node::proto::MAX_BLOCK_SIZE;
+use peerstore_proto::MAX_BLOCK_SIZE;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

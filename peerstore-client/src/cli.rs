@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use crypto::{Identity, KdfParams};
-use peerstore_node::entangled::ScrubMode;
+use peerstore_proto::ScrubMode;
 use serde::Serialize;
 
 use crate::admin::{self, EntanglementDu, ScrubSchedule};
@@ -242,7 +242,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn admin_node(g: &Global) -> Result<peerstore_node::proto::NodeAddr> {
+fn admin_node(g: &Global) -> Result<peerstore_proto::NodeAddr> {
     config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())
 }
 
@@ -675,7 +675,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         }
         let mut left = s.snapshot.manifest_len;
         for k in &s.snapshot.manifest_blocks {
-            let n = left.min(peerstore_node::proto::MAX_BLOCK_SIZE as u64);
+            let n = left.min(peerstore_proto::MAX_BLOCK_SIZE as u64);
             blocks.insert(*k, n);
             left -= n;
         }

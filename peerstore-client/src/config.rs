@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use crypto::{Identity, KdfParams, KeyError};
-use peerstore_node::proto::{parse_node_addr, NodeAddr};
+use peerstore_proto::{parse_node_addr, NodeAddr};
 use rand::rngs::OsRng;
 
 use crate::error::{ClientError, Result};
@@ -178,8 +178,8 @@ pub fn node_address(peer: Option<&str>, node_data_dir: Option<&Path>) -> Result<
     }
     let dir = node_data_dir
         .map(Path::to_path_buf)
-        .unwrap_or_else(peerstore_node::config::default_data_dir);
-    peerstore_node::identity::read_address_file(&dir).map_err(|_| {
+        .unwrap_or_else(peerstore_proto::local::default_node_data_dir);
+    peerstore_proto::local::read_address_file(&dir).map_err(|_| {
         ClientError::Config(format!(
             "no node reachable: no address file in {}; start one with peerstore-node or pass --peer",
             dir.display()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crypto::{Identity, RootRecord, UserId, UserKeys};
-use peerstore_node::proto::{BlockKey, MAX_BLOCK_SIZE};
+use peerstore_proto::{BlockKey, MAX_BLOCK_SIZE};
 use rand::rngs::OsRng;
 use rand::RngCore;
 

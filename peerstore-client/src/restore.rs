@@ -270,7 +270,7 @@ pub async fn restore_entry(
 fn check_chunks(e: &Entry, size: u64, chunks: &[crate::model::ChunkRef]) -> Result<()> {
     let mut total = 0u64;
     for c in chunks {
-        if c.range_in(peerstore_node::proto::MAX_BLOCK_SIZE).is_none() {
+        if c.range_in(peerstore_proto::MAX_BLOCK_SIZE).is_none() {
             return Err(ClientError::Corrupt(format!(
                 "{}: a chunk reference lies outside any pack",
                 e.display_path()

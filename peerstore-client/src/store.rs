@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use peerstore_node::proto::{BlockKey, ErrorCode, NodeAddr, Request, Response, StatusReport};
-use peerstore_node::rpc::{RpcClient, RpcError};
+use peerstore_proto::{
+    AdminRequest, AdminResponse, BlockKey, ClientRequest as Request, ClientResponse as Response,
+    ErrorCode, ErrorResponse, NodeAddr, RpcClient, RpcError, StatusReport,
+};
 use tracing::{debug, warn};
 
 /// Why a store operation failed.
@@ -189,7 +191,7 @@ impl BlockStoreApi for MemStore {
     }
 
     async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
-        if data.len() > peerstore_node::proto::MAX_BLOCK_SIZE {
+        if data.len() > peerstore_proto::MAX_BLOCK_SIZE {
             return Err(StoreError::Other(format!(
                 "document of {} bytes is too large",
                 data.len()
@@ -337,8 +339,34 @@ impl RingStore {
         }
     }
 
-    /// Sends one request, retrying transient failures with backoff.
+    /// Sends one client request, retrying transient failures with backoff.
     pub async fn call(&self, req: Request) -> Result<Response, StoreError> {
+        let kind = req.kind();
+        self.with_retry(kind, |client| {
+            let req = req.clone();
+            async move { client.call(req).await }
+        })
+        .await
+    }
+
+    /// Sends one admin request to the entry node, retrying transient failures with backoff.
+    pub async fn admin(&self, req: AdminRequest) -> Result<AdminResponse, StoreError> {
+        let kind = req.kind();
+        self.with_retry(kind, |client| {
+            let req = req.clone();
+            async move { client.admin(req).await }
+        })
+        .await
+    }
+
+    /// Runs `send` on the current node's client until it gets an answer that is not a
+    /// transient error, failing over to other nodes when one is unreachable.
+    async fn with_retry<T, F, Fut>(&self, kind: &str, send: F) -> Result<T, StoreError>
+    where
+        T: ErrorResponse,
+        F: Fn(RpcClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError>>,
+    {
         let mut backoff = self.policy.initial_backoff;
         let mut last = StoreError::Unavailable("no attempt made".into());
         for attempt in 0..self.policy.attempts.max(1) {
@@ -347,20 +375,27 @@ impl RingStore {
                 backoff = (backoff * 2).min(self.policy.max_backoff);
             }
             let (client, idx) = self.client();
-            match client.call(req.clone()).await {
-                Ok(Response::Error { code, message }) => match code {
-                    ErrorCode::Unavailable | ErrorCode::NotMember | ErrorCode::Internal => {
-                        debug!(kind = req.kind(), %message, attempt, "transient error; retrying");
-                        last = StoreError::Unavailable(message);
+            let addr = client.node.to_string();
+            match send(client).await {
+                Ok(resp) => match resp.as_error() {
+                    None => return Ok(resp),
+                    Some((code, message)) => {
+                        let message = message.to_string();
+                        match code {
+                            ErrorCode::Unavailable | ErrorCode::NotMember | ErrorCode::Internal => {
+                                debug!(kind, %message, attempt, "transient error; retrying");
+                                last = StoreError::Unavailable(message);
+                            }
+                            ErrorCode::Full => return Err(StoreError::Full(message)),
+                            ErrorCode::Rejected => return Err(StoreError::Rejected(message)),
+                            ErrorCode::BadRequest | ErrorCode::Forbidden => {
+                                return Err(StoreError::Other(message))
+                            }
+                        }
                     }
-                    ErrorCode::Full => return Err(StoreError::Full(message)),
-                    ErrorCode::Rejected => return Err(StoreError::Rejected(message)),
-                    ErrorCode::BadRequest => return Err(StoreError::Other(message)),
                 },
-                Ok(resp) => return Ok(resp),
                 Err(e) => {
-                    let addr = client.node.to_string();
-                    debug!(kind = req.kind(), error = %e, attempt, "node unreachable");
+                    debug!(kind, error = %e, attempt, "node unreachable");
                     last = StoreError::Unreachable {
                         addr,
                         reason: match e {
@@ -405,7 +440,7 @@ pub async fn status_of(node: &NodeAddr, timeout: Duration) -> Result<StatusRepor
 impl BlockStoreApi for RingStore {
     async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
         match self.call(Request::Put { key, data }).await? {
-            Response::Stored { .. } | Response::Ok => Ok(()),
+            Response::Stored { .. } => Ok(()),
             other => Err(StoreError::Other(format!(
                 "unexpected answer to put: {other:?}"
             ))),
@@ -456,7 +491,7 @@ impl BlockStoreApi for RingStore {
 
     async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {
         match self.call(Request::PutRecord { key, record }).await? {
-            Response::Stored { .. } | Response::Ok => Ok(()),
+            Response::Stored { .. } => Ok(()),
             other => Err(StoreError::Other(format!(
                 "unexpected answer to put-record: {other:?}"
             ))),

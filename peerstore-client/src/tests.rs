@@ -259,7 +259,7 @@ async fn another_user_cannot_read() {
     let EntryKind::File { chunks, .. } = &m.entries[0].kind else {
         panic!("not a file")
     };
-    let key = peerstore_node::proto::BlockKey(chunks[0].pack);
+    let key = peerstore_proto::BlockKey(chunks[0].pack);
     let mut data = store.get_document(key).await.unwrap().unwrap();
     let at = chunks[0].offset as usize + 30;
     data[at] ^= 1;
@@ -578,7 +578,7 @@ async fn many_small_files_go_up_in_a_handful_of_packs() {
     assert_eq!(pack_keys.len() as u64, s.packs_uploaded);
     for k in &pack_keys {
         let p = store
-            .get_document(peerstore_node::proto::BlockKey(*k))
+            .get_document(peerstore_proto::BlockKey(*k))
             .await
             .unwrap()
             .unwrap();
@@ -680,7 +680,7 @@ async fn document_keys_that_are_not_hashes_work_end_to_end() {
     let snap = snap.unwrap();
     for k in store.documents() {
         let data = store.get_document(k).await.unwrap().unwrap();
-        assert_ne!(peerstore_node::proto::BlockKey::of(&data), k);
+        assert_ne!(peerstore_proto::BlockKey::of(&data), k);
     }
     assert_eq!(
         store.documents().len() as u64,
@@ -740,7 +740,7 @@ async fn a_missing_pack_fails_the_restore_naming_the_file() {
     let EntryKind::File { chunks, .. } = &victim.kind else {
         panic!("not a file")
     };
-    assert!(store.remove(peerstore_node::proto::BlockKey(chunks[0].pack)));
+    assert!(store.remove(peerstore_proto::BlockKey(chunks[0].pack)));
     // getfile of one file of the lost pack.
     let out = tmp.path().join("out");
     fs::create_dir_all(&out).unwrap();

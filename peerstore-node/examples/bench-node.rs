@@ -8,9 +8,8 @@
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::rpc::RpcClient;
-use peerstore_node::testing::{block, Cluster};
+use peerstore_proto::{BlockKey, ClientRequest, ClientResponse, RpcClient};
+use peerstore_testkit::{block, Cluster};
 
 const BLOCK: usize = 256 << 10;
 const IN_FLIGHT: usize = 16;
@@ -141,14 +140,14 @@ async fn main() {
         let failures = stream::iter(data.iter().zip(&keys))
             .map(|(d, k)| async move {
                 client
-                    .call(Request::Put {
+                    .call(ClientRequest::Put {
                         key: *k,
                         data: d.clone(),
                     })
                     .await
             })
             .buffer_unordered(IN_FLIGHT)
-            .filter(|r| std::future::ready(!matches!(r, Ok(Response::Stored { .. }))))
+            .filter(|r| std::future::ready(!matches!(r, Ok(ClientResponse::Stored { .. }))))
             .count()
             .await;
         let put_s = t.elapsed().as_secs_f64();
@@ -158,8 +157,8 @@ async fn main() {
         let t = Instant::now();
         let bad = stream::iter((0..get_rounds).flat_map(|_| keys.iter().zip(&data)))
             .map(|(k, d)| async move {
-                match client.call(Request::Get { key: *k }).await {
-                    Ok(Response::Block { data }) => data == *d,
+                match client.call(ClientRequest::Get { key: *k }).await {
+                    Ok(ClientResponse::Block { data }) => data == *d,
                     _ => false,
                 }
             })
@@ -181,9 +180,12 @@ async fn main() {
     for i in 0..2000u64 {
         let key = BlockKey::of(&i.to_le_bytes());
         let t = Instant::now();
-        let r = node.call(Request::Lookup { key }).await;
+        let r = node.call(ClientRequest::Lookup { key }).await;
         lat.push(t.elapsed());
-        assert!(matches!(r, Response::Owner { .. }), "lookup failed: {r:?}");
+        assert!(
+            matches!(r, ClientResponse::Owner { .. }),
+            "lookup failed: {r:?}"
+        );
     }
     lat.sort();
 

@@ -1,5 +1,5 @@
 //! The floor under the node benchmark: the node's own libp2p stack (TCP, Noise/TLS, yamux,
-//! request-response with the data codec) moving 256 KiB blocks between two swarms on 127.0.0.1
+//! request-response with the member codec) moving 256 KiB blocks between two swarms on 127.0.0.1
 //! with 16 in flight and no node logic at all (no store, no routing). `bench-node` prints it
 //! beside the node's figures, so that what the node adds on top of the transport is visible.
 //!
@@ -13,8 +13,8 @@ use futures::StreamExt;
 use libp2p::request_response::{Event, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identity::Keypair, Multiaddr};
-use peerstore_node::driver::{build_swarm, BehaviourEvent};
-use peerstore_node::proto::{BlockKey, Request, Response};
+use peerstore_proto::net::{build_swarm, BehaviourEvent};
+use peerstore_proto::{BlockKey, Incoming, MemberRequest, MemberResponse};
 
 const BLOCK: usize = 256 << 10;
 const IN_FLIGHT: usize = 16;
@@ -52,7 +52,7 @@ async fn serve(addr_tx: std::sync::mpsc::Sender<(Multiaddr, libp2p::PeerId)>) {
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
         .expect("listen");
-    let block = peerstore_node::testing::block(1, BLOCK);
+    let block = peerstore_testkit::block(1, BLOCK);
     let mut sent = false;
     loop {
         match swarm.select_next_some().await {
@@ -60,7 +60,7 @@ async fn serve(addr_tx: std::sync::mpsc::Sender<(Multiaddr, libp2p::PeerId)>) {
                 sent = true;
                 let _ = addr_tx.send((address, peer));
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Data(Event::Message {
+            SwarmEvent::Behaviour(BehaviourEvent::Member(Event::Message {
                 message:
                     Message::Request {
                         request, channel, ..
@@ -68,12 +68,12 @@ async fn serve(addr_tx: std::sync::mpsc::Sender<(Multiaddr, libp2p::PeerId)>) {
                 ..
             })) => {
                 let resp = match request {
-                    Request::FetchLocal { .. } => Response::Block {
+                    Incoming::Message(MemberRequest::FetchLocal { .. }) => MemberResponse::Block {
                         data: block.clone(),
                     },
-                    _ => Response::Ok,
+                    _ => MemberResponse::Ok,
                 };
-                let _ = swarm.behaviour_mut().data.send_response(channel, resp);
+                let _ = swarm.behaviour_mut().member.send_response(channel, resp);
             }
             _ => {}
         }
@@ -85,7 +85,7 @@ async fn client(addr: Multiaddr, peer: libp2p::PeerId, blocks: usize) -> (f64, f
         build_swarm(Keypair::generate_ed25519(), Duration::from_secs(30), false).expect("swarm");
     swarm.dial(addr.clone()).expect("dial");
     swarm.add_peer_address(peer, addr);
-    let block = peerstore_node::testing::block(2, BLOCK);
+    let block = peerstore_testkit::block(2, BLOCK);
     let key = BlockKey::of(&block);
     let mut results = Vec::new();
     for put in [false, true] {
@@ -94,17 +94,21 @@ async fn client(addr: Multiaddr, peer: libp2p::PeerId, blocks: usize) -> (f64, f
         while done < blocks {
             while issued < blocks && issued - done < IN_FLIGHT {
                 let req = if put {
-                    Request::StoreLocal {
+                    MemberRequest::StoreLocal {
                         key,
                         data: block.clone(),
                     }
                 } else {
-                    Request::FetchLocal { key }
+                    MemberRequest::FetchLocal { key }
                 };
-                swarm.behaviour_mut().data.send_request(&peer, req);
+                swarm
+                    .behaviour_mut()
+                    .member
+                    .send_request(&peer, Incoming::Message(req));
                 issued += 1;
             }
-            if let SwarmEvent::Behaviour(BehaviourEvent::Data(ev)) = swarm.select_next_some().await
+            if let SwarmEvent::Behaviour(BehaviourEvent::Member(ev)) =
+                swarm.select_next_some().await
             {
                 match ev {
                     Event::Message {
@@ -112,7 +116,7 @@ async fn client(addr: Multiaddr, peer: libp2p::PeerId, blocks: usize) -> (f64, f
                         ..
                     } => {
                         done += 1;
-                        if let Response::Block { data } = response {
+                        if let MemberResponse::Block { data } = response {
                             bytes += data.len();
                         } else {
                             bytes += BLOCK;

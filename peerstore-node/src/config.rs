@@ -61,9 +61,7 @@ impl Default for NodeConfig {
 
 /// The platform's data directory for the node (e.g. ~/.local/share/peerstore-node).
 pub fn default_data_dir() -> PathBuf {
-    directories::ProjectDirs::from("org", "peerstore", "peerstore-node")
-        .map(|d| d.data_dir().to_path_buf())
-        .unwrap_or_else(|| PathBuf::from("peerstore-node-data"))
+    peerstore_proto::local::default_node_data_dir()
 }
 
 impl NodeConfig {

@@ -3,88 +3,29 @@
 //! Everything else talks to it through a [`Handle`] (bounded command channel, `oneshot` replies),
 //! the pattern of rust-libp2p's file-sharing example. After every input (a swarm event, a command,
 //! a timer) the driver drains the Chord core's actions: messages to send, lookups that finished,
-//! range changes. Inbound data requests are handed to the [`Service`](crate::service::Service) in
-//! their own tasks, whose answers come back as [`Command::Respond`].
+//! range changes. Inbound client, member and admin requests are handed to the
+//! [`Service`](crate::service::Service), which answers each in its own task; the answers come
+//! back as [`Command::Respond`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity::Keypair, noise, tcp, tls, Multiaddr, PeerId, Swarm};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::proto::{
-    chord_codec, data_codec, ring_id, ChordAck, ChordCodec, ChordEnvelope, DataCodec, NodeAddr,
-    Request, Response, CHORD_PROTOCOL, DATA_PROTOCOL,
+use peerstore_proto::net::{Behaviour, BehaviourEvent};
+use peerstore_proto::{
+    ring_id, AdminRequest, AdminResponse, ChordAck, ChordEnvelope, ClientRequest, ClientResponse,
+    ErrorCode, Incoming, MemberRequest, MemberResponse, NodeAddr,
 };
 
-/// The network behaviour of a node: Chord maintenance, the data protocol, and identify.
-#[derive(NetworkBehaviour)]
-pub struct Behaviour {
-    pub chord: request_response::Behaviour<ChordCodec>,
-    pub data: request_response::Behaviour<DataCodec>,
-    pub identify: identify::Behaviour,
-}
-
-/// Builds a swarm with TCP (TLS 1.3 or Noise, negotiated; yamux) and QUIC, and the node's
-/// behaviour. `serve` says whether this endpoint answers data requests (nodes do, clients do not).
-/// How long a node serves one inbound data request, and waits for the answer to a
-/// long-running one (ring-wide repair, audit and scrub, and their per-node parts), before
-/// giving up. Ordinary node-to-node requests are bounded by `request_timeout_ms` in
-/// [`Handle::request`].
-pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Builds the libp2p swarm. The data protocol allows [`LONG_REQUEST_TIMEOUT`] per stream, so a
-/// repair or scrub that runs for minutes still gets its answer back; each outbound request is
-/// bounded by its sender instead ([`Handle::request`], `RpcClient::call_to`), by
-/// `request_timeout` unless it is long-running. The Chord protocol uses `request_timeout`.
-pub fn build_swarm(
-    keypair: Keypair,
-    request_timeout: Duration,
-    serve: bool,
-) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
-    let support = if serve {
-        ProtocolSupport::Full
-    } else {
-        ProtocolSupport::Outbound
-    };
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            (tls::Config::new, noise::Config::new),
-            crate::mux::Yamux::default,
-        )?
-        .with_quic()
-        .with_behaviour(|key| Behaviour {
-            chord: request_response::Behaviour::with_codec(
-                chord_codec(),
-                [(CHORD_PROTOCOL, support.clone())],
-                request_response::Config::default()
-                    .with_request_timeout(request_timeout)
-                    .with_max_concurrent_streams(256),
-            ),
-            data: request_response::Behaviour::with_codec(
-                data_codec(),
-                [(DATA_PROTOCOL, support)],
-                request_response::Config::default()
-                    .with_request_timeout(request_timeout.max(LONG_REQUEST_TIMEOUT))
-                    .with_max_concurrent_streams(256),
-            ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/peerstore/id/1".into(),
-                key.public(),
-            )),
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
-    Ok(swarm)
-}
+pub use peerstore_proto::net::{build_swarm, LONG_REQUEST_TIMEOUT};
 
 /// An error of one outbound request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,13 +61,10 @@ pub enum Command {
     },
     Request {
         to: NodeAddr,
-        request: Request,
-        reply: oneshot::Sender<Result<Response, RequestError>>,
+        request: MemberRequest,
+        reply: oneshot::Sender<Result<MemberResponse, RequestError>>,
     },
-    Respond {
-        channel: ResponseChannel<Response>,
-        response: Response,
-    },
+    Respond(Reply),
     View {
         reply: oneshot::Sender<RingView>,
     },
@@ -136,6 +74,9 @@ pub enum Command {
         reply: oneshot::Sender<()>,
     },
 }
+
+/// The answer when the service's queue is full.
+const BUSY: &str = "node busy: too many requests in flight, retry shortly";
 
 /// A cheap, cloneable handle to the driver.
 #[derive(Clone)]
@@ -162,9 +103,14 @@ impl Handle {
             .unwrap_or_else(|| Err("the node is shutting down".into()))
     }
 
-    /// Sends one request to another node and waits for its answer, at most
-    /// `request_timeout` (or [`LONG_REQUEST_TIMEOUT`] for [`Request::is_long_running`]).
-    pub async fn request(&self, to: NodeAddr, request: Request) -> Result<Response, RequestError> {
+    /// Sends one member request to another node and waits for its answer, at most
+    /// `request_timeout` (or [`LONG_REQUEST_TIMEOUT`] for
+    /// [`MemberRequest::is_long_running`]).
+    pub async fn request(
+        &self,
+        to: NodeAddr,
+        request: MemberRequest,
+    ) -> Result<MemberResponse, RequestError> {
         let limit = if request.is_long_running() {
             LONG_REQUEST_TIMEOUT
         } else {
@@ -181,8 +127,8 @@ impl Handle {
         }
     }
 
-    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
-        let _ = self.tx.send(Command::Respond { channel, response }).await;
+    pub async fn respond(&self, reply: Reply) {
+        let _ = self.tx.send(Command::Respond(reply)).await;
     }
 
     pub async fn view(&self) -> Option<RingView> {
@@ -194,11 +140,31 @@ impl Handle {
     }
 }
 
-/// An inbound data request for the service.
-pub struct Inbound {
-    pub peer: PeerId,
-    pub request: Request,
-    pub channel: ResponseChannel<Response>,
+/// An inbound request for the service, by protocol. A request that came on the wrong protocol
+/// arrives as [`Incoming::Misrouted`] and is refused.
+pub enum Inbound {
+    Client {
+        peer: PeerId,
+        request: Incoming<ClientRequest>,
+        channel: ResponseChannel<ClientResponse>,
+    },
+    Member {
+        peer: PeerId,
+        request: Incoming<MemberRequest>,
+        channel: ResponseChannel<MemberResponse>,
+    },
+    Admin {
+        peer: PeerId,
+        request: Incoming<AdminRequest>,
+        channel: ResponseChannel<AdminResponse>,
+    },
+}
+
+/// An answer to an inbound request, on the channel of its protocol.
+pub enum Reply {
+    Client(ResponseChannel<ClientResponse>, ClientResponse),
+    Member(ResponseChannel<MemberResponse>, MemberResponse),
+    Admin(ResponseChannel<AdminResponse>, AdminResponse),
 }
 
 /// The event loop. Create it with [`Driver::start`], then `run` it in its own task.
@@ -209,7 +175,8 @@ pub struct Driver {
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<Inbound>,
     ranges_tx: watch::Sender<u64>,
-    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    pending_requests:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<MemberResponse, RequestError>>>,
     pending_chord: HashMap<OutboundRequestId, (NodeAddr, chord::Message<NodeAddr>)>,
     pending_lookups: HashMap<chord::LookupId, Vec<LookupReply>>,
     leave_waiters: Vec<oneshot::Sender<()>>,
@@ -252,7 +219,7 @@ pub fn read_peers_file(data_dir: &std::path::Path) -> Vec<NodeAddr> {
     std::fs::read_to_string(data_dir.join(PEERS_FILE))
         .map(|t| {
             t.lines()
-                .filter_map(|l| crate::proto::parse_node_addr(l).ok())
+                .filter_map(|l| peerstore_proto::parse_node_addr(l).ok())
                 .collect()
         })
         .unwrap_or_default()
@@ -406,21 +373,25 @@ impl Driver {
                 self.pending_lookups.entry(id).or_default().push(reply);
             }
             Command::Request { to, request, reply } => {
-                let id = self.swarm.behaviour_mut().data.send_request_with_addresses(
-                    &to.peer,
-                    request,
-                    vec![to.addr.clone()],
-                );
-                self.pending_requests.insert(id, reply);
-            }
-            Command::Respond { channel, response } => {
-                if self
+                let id = self
                     .swarm
                     .behaviour_mut()
-                    .data
-                    .send_response(channel, response)
-                    .is_err()
-                {
+                    .member
+                    .send_request_with_addresses(
+                        &to.peer,
+                        Incoming::Message(request),
+                        vec![to.addr.clone()],
+                    );
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond(reply) => {
+                let b = self.swarm.behaviour_mut();
+                let sent = match reply {
+                    Reply::Client(c, r) => b.client.send_response(c, r).is_ok(),
+                    Reply::Member(c, r) => b.member.send_response(c, r).is_ok(),
+                    Reply::Admin(c, r) => b.admin.send_response(c, r).is_ok(),
+                };
+                if !sent {
                     debug!("response dropped: the requester went away");
                 }
             }
@@ -516,7 +487,21 @@ impl Driver {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Chord(ev)) => self.on_chord_event(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Data(ev)) => self.on_data_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Client(ev)) => {
+                self.on_inbound(ev, |peer, request, channel| Inbound::Client {
+                    peer,
+                    request,
+                    channel,
+                })
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Admin(ev)) => {
+                self.on_inbound(ev, |peer, request, channel| Inbound::Admin {
+                    peer,
+                    request,
+                    channel,
+                })
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Member(ev)) => self.on_member_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -526,7 +511,7 @@ impl Driver {
         }
     }
 
-    fn on_chord_event(&mut self, ev: request_response::Event<ChordEnvelope, ChordAck>) {
+    fn on_chord_event(&mut self, ev: request_response::Event<Incoming<ChordEnvelope>, ChordAck>) {
         use request_response::{Event, Message};
         match ev {
             Event::Message {
@@ -542,6 +527,10 @@ impl Driver {
                     .behaviour_mut()
                     .chord
                     .send_response(channel, ChordAck);
+                let Incoming::Message(request) = request else {
+                    warn!(%peer, "a message of another protocol on the chord protocol, dropped");
+                    return;
+                };
                 if request.from.peer != peer {
                     warn!(%peer, claimed = %request.from.peer, "chord message with a forged sender, dropped");
                     return;
@@ -575,7 +564,12 @@ impl Driver {
         }
     }
 
-    fn on_data_event(&mut self, ev: request_response::Event<Request, Response>) {
+    /// Hands an inbound request to the service, or answers "busy" when its queue is full.
+    fn on_inbound<Req, Resp>(
+        &mut self,
+        ev: request_response::Event<Incoming<Req>, Resp>,
+        wrap: impl FnOnce(PeerId, Incoming<Req>, ResponseChannel<Resp>) -> Inbound,
+    ) {
         use request_response::{Event, Message};
         match ev {
             Event::Message {
@@ -586,25 +580,43 @@ impl Driver {
                     },
                 ..
             } => {
-                let inbound = Inbound {
-                    peer,
-                    request,
-                    channel,
-                };
-                match self.inbound.try_send(inbound) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(inbound)) => {
-                        let _ = self.swarm.behaviour_mut().data.send_response(
-                            inbound.channel,
-                            Response::error(
-                                crate::proto::ErrorCode::Unavailable,
-                                "node busy: too many requests in flight, retry shortly",
-                            ),
-                        );
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if let Err(mpsc::error::TrySendError::Full(refused)) =
+                    self.inbound.try_send(wrap(peer, request, channel))
+                {
+                    self.answer_busy(refused);
                 }
             }
+            Event::InboundFailure { peer, error, .. } => {
+                warn!(%peer, %error, "bad inbound request rejected");
+            }
+            _ => {}
+        }
+    }
+
+    fn answer_busy(&mut self, refused: Inbound) {
+        let b = self.swarm.behaviour_mut();
+        let _ = match refused {
+            Inbound::Client { channel, .. } => b
+                .client
+                .send_response(channel, ClientResponse::error(ErrorCode::Unavailable, BUSY))
+                .is_ok(),
+            Inbound::Member { channel, .. } => b
+                .member
+                .send_response(channel, MemberResponse::error(ErrorCode::Unavailable, BUSY))
+                .is_ok(),
+            Inbound::Admin { channel, .. } => b
+                .admin
+                .send_response(channel, AdminResponse::error(ErrorCode::Unavailable, BUSY))
+                .is_ok(),
+        };
+    }
+
+    fn on_member_event(
+        &mut self,
+        ev: request_response::Event<Incoming<MemberRequest>, MemberResponse>,
+    ) {
+        use request_response::{Event, Message};
+        match ev {
             Event::Message {
                 message:
                     Message::Response {
@@ -630,10 +642,11 @@ impl Driver {
                     }));
                 }
             }
-            Event::InboundFailure { peer, error, .. } => {
-                warn!(%peer, %error, "bad inbound data request rejected");
-            }
-            Event::ResponseSent { .. } => {}
+            ev => self.on_inbound(ev, |peer, request, channel| Inbound::Member {
+                peer,
+                request,
+                channel,
+            }),
         }
     }
 
@@ -649,7 +662,11 @@ impl Driver {
                         .swarm
                         .behaviour_mut()
                         .chord
-                        .send_request_with_addresses(&to.peer, envelope, vec![to.addr.clone()]);
+                        .send_request_with_addresses(
+                            &to.peer,
+                            Incoming::Message(envelope),
+                            vec![to.addr.clone()],
+                        );
                     self.pending_chord.insert(id, (to, msg));
                 }
                 chord::Action::Event(ev) => self.on_core_event(ev),

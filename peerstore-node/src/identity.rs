@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use libp2p::identity::Keypair;
 
-use crate::proto::NodeAddr;
+use peerstore_proto::NodeAddr;
 
 /// File name of the identity key inside the data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
 /// File name of the address file inside the data directory.
-pub const ADDRESS_FILE: &str = "node.addr";
+pub use peerstore_proto::local::ADDRESS_FILE;
 
 /// Loads the node's keypair, creating (and durably saving) a new Ed25519 one on first start.
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
@@ -58,7 +58,7 @@ pub fn create_balanced(
     let mut pairs: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
     let ids: Vec<chord::Id> = pairs
         .iter()
-        .map(|k| crate::proto::ring_id(&k.public().to_peer_id()))
+        .map(|k| peerstore_proto::ring_id(&k.public().to_peer_id()))
         .collect();
     let best = chord::balance::best_of(members, &ids).unwrap_or(0);
     save_new(&path, pairs.swap_remove(best))
@@ -81,14 +81,7 @@ pub fn write_address_file(data_dir: &Path, addr: &NodeAddr) -> anyhow::Result<Pa
 
 /// Reads a node's address file.
 pub fn read_address_file(data_dir: &Path) -> anyhow::Result<NodeAddr> {
-    let path = data_dir.join(ADDRESS_FILE);
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no node address file at {}; is a node running with that --data-dir? (or pass --peer <multiaddr>)",
-            path.display()
-        )
-    })?;
-    crate::proto::parse_node_addr(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    peerstore_proto::local::read_address_file(data_dir).map_err(anyhow::Error::msg)
 }
 
 /// temp file -> fsync -> rename -> fsync directory.

@@ -2,12 +2,16 @@
 //! blocks for the keys it owns, replicates them to its successors, and moves them when the ring
 //! changes.
 //!
-//! - [`proto`]: the wire protocol (shared with the client).
+//! The wire protocols live in the `peerstore-proto` crate, below this one and the client. The
+//! node's modules, from the bottom up (each uses only those above it):
+//! - [`config`], [`identity`]: settings and the node's key pair.
+//! - [`store`]: the durable block store and its record tables.
 //! - [`driver`]: the one task that owns the swarm, the clock and the pure Chord core.
-//! - [`service`]: answers data requests, routing client requests through the ring.
-//! - [`maintenance`]: anti-entropy, clean-up and hand-off.
-//! - [`store`]: the durable block store and metadata.
-//! - [`rpc`]: a client endpoint for the data protocol.
+//! - [`ring`]: locate a key's holders, call members, wait for quorums; typed errors.
+//! - [`replication`]: blocks and signed records on replica sets (quorum put, verified get).
+//! - [`maintenance`]: anti-entropy, clean-up and hand-off of replicated blocks and records.
+//! - [`entangled`]: entangled storage (RECAST): documents, parities, metadata, repair, scrub.
+//! - [`service`]: answers the client, member and admin protocols by dispatching to the above.
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
@@ -21,13 +25,10 @@ pub mod driver;
 pub mod entangled;
 pub mod identity;
 pub mod maintenance;
-pub mod mux;
-pub mod proto;
-pub mod rpc;
+pub mod replication;
+pub mod ring;
 pub mod service;
 pub mod store;
-#[doc(hidden)]
-pub mod testing;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,8 +37,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::{info, warn};
 
+use peerstore_proto::{ClientRequest, ClientResponse, NodeAddr};
+
 use crate::config::NodeConfig;
 use crate::driver::{build_swarm, Driver, Start};
+use crate::replication::Replication;
+use crate::ring::Ring;
 use crate::service::Service;
 use crate::store::{BlockStore, StoreConfig};
 
@@ -55,7 +60,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         _ => identity::load_or_create(&config.data_dir)?,
     };
     let peer = keypair.public().to_peer_id();
-    info!(%peer, id = %proto::ring_id(&peer), "node identity");
+    info!(%peer, id = %peerstore_proto::ring_id(&peer), "node identity");
 
     // Re-check everything held against its hash before serving or joining.
     let store_dir = config.data_dir.join("store");
@@ -74,11 +79,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     })
     .await
     .context("single-copy store open task failed")??;
-    let entangled = Arc::new(entangled::Entangled::new(
-        config.entanglement.clone(),
-        config.replication,
-        Arc::new(single),
-    ));
 
     // A node joins through --initial-peer, then through the members it knew when it last ran
     // (so a restart still finds the ring when the initial peer is gone). Without
@@ -87,8 +87,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let known = driver::read_peers_file(&config.data_dir);
     let start = match &config.initial_peer {
         Some(s) => {
-            let first =
-                proto::parse_node_addr(s).map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?;
+            let first = peerstore_proto::parse_node_addr(s)
+                .map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?;
             Start::Join {
                 via: std::iter::once(first).chain(known).collect(),
                 create_if_alone: false,
@@ -114,20 +114,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     info!(addr = %handle.local, file = %addr_file.display(), "listening");
     println!("peerstore-node listening on {}", handle.local);
 
-    let service = Arc::new(Service {
-        handle: handle.clone(),
+    let ring = Arc::new(Ring::new(handle.clone(), config.replication));
+    let blocks = Arc::new(Replication {
+        ring: ring.clone(),
         store,
-        replication: config.replication,
-        entangled,
     });
+    let entangled = Arc::new(entangled::Entangled::new(
+        config.entanglement.clone(),
+        blocks.clone(),
+        Arc::new(single),
+    ));
+    let service = Arc::new(Service {
+        ring: ring.clone(),
+        replication: blocks.clone(),
+        entangled: entangled.clone(),
+    });
+    let local: Arc<dyn ring::LocalMember> = service.clone();
+    ring.set_local(Arc::downgrade(&local));
     let mut driver_task = tokio::spawn(driver.run(start));
     let serve_task = tokio::spawn(service.clone().serve(inbound));
     let maint_task = tokio::spawn(maintenance::run(
-        service.clone(),
+        blocks.clone(),
         config.maintenance_interval(),
     ));
     let ent_task = tokio::spawn(entangled::run(
-        service.clone(),
+        entangled.clone(),
         config.maintenance_interval(),
     ));
 
@@ -136,13 +147,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             info!("shutting down: handing keys off and leaving the ring");
             maint_task.abort();
             ent_task.abort();
-            let report = tokio::time::timeout(Duration::from_secs(60), maintenance::hand_off(&service)).await;
+            let report = tokio::time::timeout(Duration::from_secs(60), maintenance::hand_off(&blocks)).await;
             match report {
                 Ok(r) => info!(pushed = r.pushed, errors = r.errors, "hand-off done"),
                 Err(_) => warn!("hand-off did not finish within 60 s"),
             }
             // Entangled storage: single copies and reverse references.
-            match tokio::time::timeout(Duration::from_secs(60), entangled::scrub::hand_off(&service)).await {
+            match tokio::time::timeout(Duration::from_secs(60), entangled::scrub::hand_off(&entangled)).await {
                 Ok((singles, refs)) => info!(singles, refs, "entangled hand-off done"),
                 Err(_) => warn!("entangled hand-off did not finish within 60 s"),
             }
@@ -166,31 +177,34 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
 /// one. Empty, with a warning, if the peer does not answer: the node then takes a random id.
 async fn ring_members(peer: &str, timeout: Duration) -> Vec<chord::Id> {
     let timeout = timeout.min(Duration::from_secs(2));
-    let client = proto::parse_node_addr(peer)
-        .ok()
-        .and_then(|a| Some((rpc::RpcClient::start(a.clone(), timeout).ok()?, a)));
+    let client = peerstore_proto::parse_node_addr(peer).ok().and_then(|a| {
+        Some((
+            peerstore_proto::RpcClient::start(a.clone(), timeout).ok()?,
+            a,
+        ))
+    });
     let Some((client, first)) = client else {
         warn!(%peer, "cannot reach the initial peer before joining; taking a random ring id");
         return Vec::new();
     };
-    let mut known: std::collections::BTreeMap<chord::Id, proto::NodeAddr> = Default::default();
+    let mut known: std::collections::BTreeMap<chord::Id, NodeAddr> = Default::default();
     let mut asked = std::collections::BTreeSet::new();
     let mut frontier = vec![first];
     while !frontier.is_empty() && asked.len() < MAX_STATUS_ASKS {
         let take = frontier.len().min(8).min(MAX_STATUS_ASKS - asked.len());
-        let batch: Vec<proto::NodeAddr> = frontier.drain(..take).collect();
+        let batch: Vec<NodeAddr> = frontier.drain(..take).collect();
         asked.extend(batch.iter().map(|a| a.peer));
         let answers = futures::future::join_all(
             batch
                 .iter()
-                .map(|a| client.call_to(a, proto::Request::Status)),
+                .map(|a| client.call_to(a, ClientRequest::Status)),
         )
         .await;
         for answer in answers {
-            let Ok(proto::Response::Status(s)) = answer else {
+            let Ok(ClientResponse::Status(s)) = answer else {
                 continue;
             };
-            let seen = std::iter::once(proto::MemberInfo {
+            let seen = std::iter::once(peerstore_proto::MemberInfo {
                 id: s.id,
                 addr: s.addr.clone(),
             })

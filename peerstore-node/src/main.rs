@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use peerstore_node::config::{parse_size, NodeConfig};
-use peerstore_node::proto::{Request, Response};
+use peerstore_proto::{ClientRequest, ClientResponse};
 
 #[derive(Parser)]
 #[command(
@@ -237,18 +237,18 @@ async fn shutdown_signal() {
 
 async fn status(peer: Option<String>, data_dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let node = match peer {
-        Some(p) => peerstore_node::proto::parse_node_addr(&p).map_err(anyhow::Error::msg)?,
+        Some(p) => peerstore_proto::parse_node_addr(&p).map_err(anyhow::Error::msg)?,
         None => peerstore_node::identity::read_address_file(
             &data_dir.unwrap_or_else(peerstore_node::config::default_data_dir),
         )?,
     };
-    let client = peerstore_node::rpc::RpcClient::start(node, Duration::from_secs(10))?;
-    let s = match client.call(Request::Status).await? {
-        Response::Status(s) => s,
-        other => anyhow::bail!("{}", peerstore_node::rpc::describe(&other)),
+    let client = peerstore_proto::RpcClient::start(node, Duration::from_secs(10))?;
+    let s = match client.call(ClientRequest::Status).await? {
+        ClientResponse::Status(s) => s,
+        other => anyhow::bail!("{}", peerstore_proto::rpc::describe(&other)),
     };
     if json {
-        let member = |m: &peerstore_node::proto::MemberInfo| serde_json::json!({ "id": m.id.to_hex(), "addr": m.addr.to_string() });
+        let member = |m: &peerstore_proto::MemberInfo| serde_json::json!({ "id": m.id.to_hex(), "addr": m.addr.to_string() });
         let v = serde_json::json!({
             "id": s.id.to_hex(),
             "addr": s.addr.to_string(),

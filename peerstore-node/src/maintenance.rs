@@ -22,8 +22,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
-use crate::proto::{key_id, BlockKey, NodeAddr, Request, Response, MAX_LIST_PAGE};
-use crate::service::Service;
+use peerstore_proto::{BlockKey, MemberRequest, MemberResponse, NodeAddr, MAX_LIST_PAGE};
+
+use crate::replication::Replication;
 use crate::store::Role;
 
 /// Digest buckets per range comparison.
@@ -44,9 +45,9 @@ pub struct RoundReport {
 
 /// Runs maintenance forever: replication rounds every `period` and soon after a range change,
 /// and clean-up rounds every `period` in their own task so they never delay re-replication.
-pub async fn run(service: Arc<Service>, period: Duration) {
+pub async fn run(service: Arc<Replication>, period: Duration) {
     let cleaner = tokio::spawn(cleanup_loop(service.clone(), period));
-    let mut changes = service.handle.ranges_changed.clone();
+    let mut changes = service.ring.handle.ranges_changed.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
@@ -74,12 +75,12 @@ fn log_round(what: &str, report: &RoundReport) {
     }
 }
 
-async fn cleanup_loop(service: Arc<Service>, period: Duration) {
+async fn cleanup_loop(service: Arc<Replication>, period: Duration) {
     let mut candidates = BTreeSet::new();
     loop {
         tokio::time::sleep(period).await;
         let mut report = RoundReport::default();
-        let Some(view) = service.handle.view().await else {
+        let Some(view) = service.ring.view().await else {
             return;
         };
         if view.member && view.predecessor.is_some() {
@@ -90,15 +91,19 @@ async fn cleanup_loop(service: Arc<Service>, period: Duration) {
 }
 
 /// One replication round: the owned range against each of the next r-1 successors, all at once.
-pub async fn round(service: &Service) -> RoundReport {
-    let Some(view) = service.handle.view().await else {
+pub async fn round(service: &Replication) -> RoundReport {
+    let Some(view) = service.ring.view().await else {
         return RoundReport::default();
     };
     if !view.member || view.predecessor.is_none() {
         return RoundReport::default();
     }
     let (from, to) = view.ranges.owned;
-    let succs = distinct_successors(&view.successors, &view.me.addr, service.replication - 1);
+    let succs = distinct_successors(
+        &view.successors,
+        &view.me.addr,
+        service.ring.replication - 1,
+    );
     let reports = futures::future::join_all(succs.iter().map(|succ| async move {
         let mut report = RoundReport::default();
         sync_range(service, succ, from, to, true, &mut report).await;
@@ -124,13 +129,13 @@ impl RoundReport {
 
 /// Before a graceful leave: make sure every key this node holds is on the successors that will
 /// replace it in the replica sets (the next r successors cover every set this node is part of).
-pub async fn hand_off(service: &Service) -> RoundReport {
+pub async fn hand_off(service: &Replication) -> RoundReport {
     let mut report = RoundReport::default();
-    let Some(view) = service.handle.view().await else {
+    let Some(view) = service.ring.view().await else {
         return report;
     };
     let me = view.me.id;
-    for succ in distinct_successors(&view.successors, &view.me.addr, service.replication) {
+    for succ in distinct_successors(&view.successors, &view.me.addr, service.ring.replication) {
         // The whole ring minus nothing: every key we hold.
         sync_range(service, &succ, me, me, false, &mut report).await;
         sync_records(service, &succ, me, me, &mut report).await;
@@ -154,7 +159,7 @@ fn distinct_successors(succs: &[chord::Peer<NodeAddr>], me: &NodeAddr, n: usize)
 /// Brings `peer` and this node to the same set of keys in (from, to]. `pull` also fetches keys
 /// the peer has and we lack.
 async fn sync_range(
-    service: &Service,
+    service: &Replication,
     peer: &NodeAddr,
     from: chord::Id,
     to: chord::Id,
@@ -162,9 +167,10 @@ async fn sync_range(
     report: &mut RoundReport,
 ) {
     let remote = match service
+        .ring
         .call(
             peer,
-            Request::RangeDigest {
+            MemberRequest::RangeDigest {
                 from,
                 to,
                 buckets: BUCKETS,
@@ -172,7 +178,7 @@ async fn sync_range(
         )
         .await
     {
-        Response::Digests { buckets } => buckets,
+        Ok(MemberResponse::Digests { buckets }) => buckets,
         other => {
             debug!(peer = %peer.peer, ?other, "range digest failed");
             report.errors += 1;
@@ -243,13 +249,17 @@ async fn sync_range(
 }
 
 /// Sends one local block to `peer`. False if it could not be read or stored there.
-async fn push_block(service: &Service, peer: &NodeAddr, key: BlockKey) -> bool {
+async fn push_block(service: &Replication, peer: &NodeAddr, key: BlockKey) -> bool {
     let store = service.store.clone();
     let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || store.get(&key)).await else {
         return false;
     };
-    match service.call(peer, Request::StoreLocal { key, data }).await {
-        Response::Ok => true,
+    match service
+        .ring
+        .call(peer, MemberRequest::StoreLocal { key, data })
+        .await
+    {
+        Ok(MemberResponse::Ok) => true,
         other => {
             debug!(%key, peer = %peer.peer, ?other, "push failed");
             false
@@ -258,9 +268,13 @@ async fn push_block(service: &Service, peer: &NodeAddr, key: BlockKey) -> bool {
 }
 
 /// Fetches one block from `peer` and stores it locally, after checking its hash.
-async fn pull_block(service: &Service, peer: &NodeAddr, key: BlockKey) -> bool {
-    match service.call(peer, Request::FetchLocal { key }).await {
-        Response::Block { data } if BlockKey::of(&data) == key => {
+async fn pull_block(service: &Replication, peer: &NodeAddr, key: BlockKey) -> bool {
+    match service
+        .ring
+        .call(peer, MemberRequest::FetchLocal { key })
+        .await
+    {
+        Ok(MemberResponse::Block { data }) if BlockKey::of(&data) == key => {
             let store = service.store.clone();
             match tokio::task::spawn_blocking(move || store.put(key, &data, Role::Owner)).await {
                 Ok(Ok(_)) => true,
@@ -276,7 +290,7 @@ async fn pull_block(service: &Service, peer: &NodeAddr, key: BlockKey) -> bool {
 }
 
 async fn list_local(
-    service: &Service,
+    service: &Replication,
     from: chord::Id,
     to: chord::Id,
 ) -> Option<BTreeSet<BlockKey>> {
@@ -292,7 +306,7 @@ async fn list_local(
     .flatten()
 }
 async fn list_remote(
-    service: &Service,
+    service: &Replication,
     peer: &NodeAddr,
     from: chord::Id,
     to: chord::Id,
@@ -301,9 +315,10 @@ async fn list_remote(
     let mut after = None;
     loop {
         match service
+            .ring
             .call(
                 peer,
-                Request::ListRange {
+                MemberRequest::ListRange {
                     from,
                     to,
                     after,
@@ -312,7 +327,7 @@ async fn list_remote(
             )
             .await
         {
-            Response::Keys { keys, more } => {
+            Ok(MemberResponse::Keys { keys, more }) => {
                 after = keys.last().copied();
                 out.extend(keys);
                 if !more || after.is_none() {
@@ -328,7 +343,7 @@ async fn list_remote(
 /// Each side accepts a record only if it is validly signed and newer than what it has, so
 /// pushing both ways converges on the newest.
 async fn sync_records(
-    service: &Service,
+    service: &Replication,
     peer: &NodeAddr,
     from: chord::Id,
     to: chord::Id,
@@ -339,7 +354,7 @@ async fn sync_records(
         let mut all = Vec::new();
         let mut after = None;
         loop {
-            let (page, more) = crate::service::list_record_digests(&store, from, to, after)?;
+            let (page, more) = crate::replication::list_record_digests(&store, from, to, after)?;
             after = page.last().map(|(k, _)| *k);
             all.extend(page);
             if !more {
@@ -359,10 +374,11 @@ async fn sync_records(
     let mut after = None;
     loop {
         match service
-            .call(peer, Request::ListRecords { from, to, after })
+            .ring
+            .call(peer, MemberRequest::ListRecords { from, to, after })
             .await
         {
-            Response::RecordDigests { records, more } => {
+            Ok(MemberResponse::RecordDigests { records, more }) => {
                 after = records.last().map(|(k, _)| *k);
                 remote.extend(records);
                 if !more || after.is_none() {
@@ -381,12 +397,10 @@ async fn sync_records(
             continue;
         }
         if local.contains_key(&key) {
-            if let Response::Record { record } = service
-                .call(&service.handle.local, Request::FetchRecordLocal { key })
-                .await
-            {
-                if let Response::Ok = service
-                    .call(peer, Request::StoreRecordLocal { key, record })
+            if let Ok(Some(record)) = service.fetch_record_local(key).await {
+                if let Ok(MemberResponse::Ok) = service
+                    .ring
+                    .call(peer, MemberRequest::StoreRecordLocal { key, record })
                     .await
                 {
                     report.pushed += 1;
@@ -394,16 +408,12 @@ async fn sync_records(
             }
         }
         if remote.contains_key(&key) {
-            if let Response::Record { record } =
-                service.call(peer, Request::FetchRecordLocal { key }).await
+            if let Ok(MemberResponse::Record { record }) = service
+                .ring
+                .call(peer, MemberRequest::FetchRecordLocal { key })
+                .await
             {
-                if let Response::Ok = service
-                    .call(
-                        &service.handle.local,
-                        Request::StoreRecordLocal { key, record },
-                    )
-                    .await
-                {
+                if service.store_record_local(key, record).await.is_ok() {
                     report.pulled += 1;
                 }
             }
@@ -417,7 +427,7 @@ async fn sync_records(
 /// it (checked with `HasLocal`; a member that lacks it is sent the block first). Returns this
 /// round's candidates.
 async fn cleanup(
-    service: &Service,
+    service: &Replication,
     replicated: (chord::Id, chord::Id),
     previous: &BTreeSet<BlockKey>,
     report: &mut RoundReport,
@@ -454,18 +464,18 @@ async fn cleanup(
 
 /// Some(true) if the key was dropped, Some(false) if it is kept (we are in its replica set after
 /// all), None on errors (kept, retried next time).
-async fn hand_over_and_drop(service: &Service, key: BlockKey) -> Option<bool> {
-    let res = service.handle.lookup(key_id(&key)).await.ok()?;
-    let set = service.replica_set_of(&res);
-    if set.contains(&service.handle.local) {
+async fn hand_over_and_drop(service: &Replication, key: BlockKey) -> Option<bool> {
+    let set = service.ring.replica_set(&key).await.ok()?;
+    if set.contains(service.ring.me()) {
         return Some(false);
     }
     for member in &set {
         let has = match service
-            .call(member, Request::HasLocal { keys: vec![key] })
+            .ring
+            .call(member, MemberRequest::HasLocal { keys: vec![key] })
             .await
         {
-            Response::Has { present } => present.first().copied().unwrap_or(false),
+            Ok(MemberResponse::Has { present }) => present.first().copied().unwrap_or(false),
             _ => return None,
         };
         if !has && !push_block(service, member, key).await {

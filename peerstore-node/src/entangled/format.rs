@@ -4,11 +4,9 @@
 //! set per parity, kept in the store's `REVERSE_REFS` table at a ring position derived from the
 //! parity's key, on the m nodes of that position's metadata set).
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
-use crate::proto::BlockKey;
+use peerstore_proto::BlockKey;
 
 /// Opens a codeword-record block.
 pub const RECORD_MAGIC: &[u8; 5] = b"ENTR\x01";
@@ -16,8 +14,6 @@ pub const RECORD_MAGIC: &[u8; 5] = b"ENTR\x01";
 pub const DOCUMENT_MAGIC: &[u8; 5] = b"ENTD\x01";
 /// Domain of reverse-reference positions.
 const REFS_DOMAIN: &[u8] = b"peerstore/entangled/refs/v1";
-/// Most referrers kept per entry (bounds what a peer can make us store).
-pub const MAX_REFERRERS: usize = 4096;
 
 /// Node key to codec key.
 #[must_use]
@@ -77,7 +73,15 @@ impl DocRecord {
         let body = bytes.strip_prefix(DOCUMENT_MAGIC.as_slice())?;
         let d: DocRecord = postcard::from_bytes(body).ok()?;
         d.params.validate().ok()?;
-        if d.codewords.is_empty() {
+        // A document is at most one block of the protocol and fills its codewords: a record that
+        // claims more (a crafted one) is not a document record.
+        let capacity = (d.codewords.len() as u64)
+            .saturating_mul(d.params.s() as u64)
+            .saturating_mul(d.params.block() as u64);
+        if d.codewords.is_empty()
+            || d.len > peerstore_proto::MAX_BLOCK_SIZE as u64
+            || d.len > capacity
+        {
             return None;
         }
         Some(d)
@@ -94,65 +98,7 @@ pub fn refs_position(block: &BlockKey) -> BlockKey {
     BlockKey(*h.finalize().as_bytes())
 }
 
-/// What the ring knows about one stored parity: its own codeword (to re-form it when it is
-/// rebuilt), when it was written (for window scrub) and the codewords that point at it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefsEntry {
-    /// The parity's key.
-    pub block: BlockKey,
-    /// Key of the codeword-record block of its own codeword.
-    pub own: Option<BlockKey>,
-    /// When it was written, in microseconds since the Unix epoch, plus its position among the
-    /// parities of its write, so the parities of one write are ordered too (minimum over
-    /// merges).
-    pub created_us: Option<u64>,
-    /// Keys of the codeword-record blocks of the codewords that use it as a pointer.
-    pub referrers: BTreeSet<BlockKey>,
-}
-
-impl Default for RefsEntry {
-    fn default() -> Self {
-        RefsEntry {
-            block: BlockKey::ZERO,
-            own: None,
-            created_us: None,
-            referrers: BTreeSet::new(),
-        }
-    }
-}
-
-impl RefsEntry {
-    /// Union merge; returns whether `self` changed.
-    pub fn merge(&mut self, o: &RefsEntry) -> bool {
-        let before = self.clone();
-        if self.own.is_none() {
-            self.own = o.own;
-        }
-        self.created_us = match (self.created_us, o.created_us) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        for r in &o.referrers {
-            if self.referrers.len() >= MAX_REFERRERS {
-                break;
-            }
-            self.referrers.insert(*r);
-        }
-        *self != before
-    }
-
-    /// Serialized form.
-    #[must_use]
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
-    }
-
-    /// Parses a stored entry.
-    #[must_use]
-    pub fn decode(bytes: &[u8]) -> Option<RefsEntry> {
-        postcard::from_bytes(bytes).ok()
-    }
-}
+pub use peerstore_proto::{RefsEntry, MAX_REFERRERS};
 
 #[cfg(test)]
 mod tests {

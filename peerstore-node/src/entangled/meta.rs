@@ -11,16 +11,16 @@
 //! and pushes to each what that one lacks, in one round.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use futures::StreamExt;
 use tracing::debug;
 
 use super::format::{decode_record, DocRecord};
-use super::{blocking, call, EntRequest, EntResponse};
-use crate::proto::{key_id, ring_id, BlockKey, ErrorCode, NodeAddr, Response, MAX_BLOCK_SIZE};
-use crate::service::Service;
+use super::Entangled;
+use super::{EntRequest, EntResponse};
+use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, StoreError};
+use peerstore_proto::{BlockKey, ErrorCode, NodeAddr, MAX_BLOCK_SIZE};
 
 /// The table of codeword and document records (key = BLAKE3 of the value).
 pub const TABLE: RecordTable = RecordTable::CODEWORDS;
@@ -29,102 +29,14 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Keys per `FetchRecords` request.
 const FETCH_KEYS: usize = 256;
 
-/// The metadata set of a looked-up position: the owner and the next distinct successors, at
-/// most `m` nodes (fewer only when the ring, or the list given, is smaller).
-#[must_use]
-pub fn meta_set_of<'a>(
-    owner: &NodeAddr,
-    successors: impl IntoIterator<Item = &'a NodeAddr>,
-    m: usize,
-) -> Vec<NodeAddr> {
-    let mut set = vec![owner.clone()];
-    for s in successors {
-        if set.len() >= m {
-            break;
-        }
-        if !set.contains(s) {
-            set.push(s.clone());
-        }
-    }
-    set
-}
-
-/// A Chord lookup, retried while the ring repairs itself.
-async fn lookup(svc: &Service, id: chord::Id) -> Result<chord::LookupResult<NodeAddr>, String> {
-    let mut last = String::new();
-    let mut delay = Duration::from_millis(100);
-    for _ in 0..4 {
-        match svc.handle.lookup(id).await {
-            Ok(res) => return Ok(res),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
-    }
-    Err(format!("cannot route to {id:?}: {last}"))
-}
-
-/// Extends a run of consecutive ring members to `m` nodes with the successors of its last one
-/// (a successor list, or a lookup answered from a short local view, can be shorter than
-/// `m - 1`). Stops early when no new node turns up: the ring has fewer than `m` members.
-async fn extend(svc: &Service, set: &mut Vec<NodeAddr>, m: usize) {
-    for _ in 0..m {
-        if set.len() >= m {
-            return;
-        }
-        let Some(last) = set.last().cloned() else {
-            return;
-        };
-        let Ok(res) = svc.handle.lookup(ring_id(&last.peer)).await else {
-            return;
-        };
-        let before = set.len();
-        let more = meta_set_of(
-            &res.owner.addr,
-            res.successors.iter().map(|p| &p.addr),
-            usize::MAX,
-        );
-        for a in more {
-            if set.len() >= m {
-                break;
-            }
-            if !set.contains(&a) {
-                set.push(a);
-            }
-        }
-        if set.len() == before {
-            return;
-        }
-    }
-}
-
 /// The `m` holders of the metadata at ring position `key`.
-pub async fn locate_meta(svc: &Service, key: &BlockKey) -> Result<Vec<NodeAddr>, String> {
-    let m = svc.entangled.metadata_replication();
-    let res = lookup(svc, key_id(key)).await?;
-    let mut set = meta_set_of(&res.owner.addr, res.successors.iter().map(|p| &p.addr), m);
-    extend(svc, &mut set, m).await;
-    Ok(set)
+pub async fn locate_meta(ent: &Entangled, key: &BlockKey) -> Result<Vec<NodeAddr>, String> {
+    Ok(ent.ring.locate(key, ent.metadata_replication()).await?)
 }
 
 /// This node's next `m - 1` distinct successors: the other holders of the metadata it owns.
-pub async fn meta_successors(svc: &Service) -> Vec<NodeAddr> {
-    successors(svc, svc.entangled.metadata_replication() - 1).await
-}
-
-/// This node's next `n` distinct successors (fewer in a ring of at most `n` nodes).
-pub async fn successors(svc: &Service, n: usize) -> Vec<NodeAddr> {
-    let Some(view) = svc.handle.view().await else {
-        return Vec::new();
-    };
-    let mut set = meta_set_of(
-        &view.me.addr,
-        view.successors.iter().map(|p| &p.addr),
-        n + 1,
-    );
-    extend(svc, &mut set, n + 1).await;
-    set.retain(|a| *a != view.me.addr);
-    set
+pub async fn meta_successors(ent: &Entangled) -> Vec<NodeAddr> {
+    ent.ring.successors(ent.metadata_replication() - 1).await
 }
 
 /// The key of a record if `bytes` is one (a codeword or a document record within the size
@@ -240,25 +152,25 @@ pub fn list_local(
         BlockKey(from.0),
         BlockKey(to.0),
         after,
-        crate::proto::MAX_LIST_PAGE as usize,
+        peerstore_proto::MAX_LIST_PAGE as usize,
     )?;
     Ok((entries.into_iter().map(|(k, _)| k).collect(), more))
 }
 
 /// Answers the record requests of [`EntRequest`].
-pub async fn serve(svc: &Service, r: EntRequest) -> Result<EntResponse, Response> {
-    let store = svc.store.clone();
+pub async fn serve(ent: &Entangled, r: EntRequest) -> Result<EntResponse, RingError> {
+    let store = ent.store.clone();
     Ok(match r {
         EntRequest::StoreRecords { records } => {
-            if records.len() > crate::proto::MAX_LIST_PAGE as usize {
-                return Err(Response::error(ErrorCode::BadRequest, "too many records"));
+            if records.len() > peerstore_proto::MAX_LIST_PAGE as usize {
+                return Err(RingError::new(ErrorCode::BadRequest, "too many records"));
             }
             blocking(move || put_local(&store, &records)).await?;
             EntResponse::Ok
         }
         EntRequest::FetchRecords { keys } => {
-            if keys.len() > crate::proto::MAX_LIST_PAGE as usize {
-                return Err(Response::error(ErrorCode::BadRequest, "too many keys"));
+            if keys.len() > peerstore_proto::MAX_LIST_PAGE as usize {
+                return Err(RingError::new(ErrorCode::BadRequest, "too many keys"));
             }
             EntResponse::Records {
                 records: blocking(move || fetch_local(&store, &keys)).await?,
@@ -269,7 +181,7 @@ pub async fn serve(svc: &Service, r: EntRequest) -> Result<EntResponse, Response
             EntResponse::RecordKeys { keys, more }
         }
         other => {
-            return Err(Response::error(
+            return Err(RingError::new(
                 ErrorCode::BadRequest,
                 format!("not a record request: {other:?}"),
             ))
@@ -280,11 +192,11 @@ pub async fn serve(svc: &Service, r: EntRequest) -> Result<EntResponse, Response
 /// Items for the ring, grouped by holder: each item goes to every member of its set.
 /// Returns the groups and, per item, the size of its set.
 async fn group_by_holder<T: Clone>(
-    svc: &Service,
+    ent: &Entangled,
     items: Vec<(BlockKey, T)>,
 ) -> Result<(BTreeMap<NodeAddr, Vec<(usize, T)>>, Vec<usize>), String> {
     let located = futures::stream::iter(items.into_iter().enumerate())
-        .map(|(i, (pos, item))| async move { (i, item, locate_meta(svc, &pos).await) })
+        .map(|(i, (pos, item))| async move { (i, item, locate_meta(ent, &pos).await) })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
@@ -303,7 +215,7 @@ async fn group_by_holder<T: Clone>(
 /// Sends items to their metadata sets (`request` makes one request of a batch) and checks
 /// that each reached a majority of its set (anti-entropy brings it to the rest).
 pub async fn push_ring<T, F>(
-    svc: &Service,
+    ent: &Entangled,
     items: Vec<(BlockKey, T)>,
     batch: fn(&T) -> usize,
     request: F,
@@ -315,7 +227,7 @@ where
     if items.is_empty() {
         return Ok(());
     }
-    let (by_node, sizes) = group_by_holder(svc, items).await?;
+    let (by_node, sizes) = group_by_holder(ent, items).await?;
     let request = &request;
     let acks = futures::stream::iter(by_node)
         .map(|(node, items)| async move {
@@ -327,7 +239,7 @@ where
                 async move {
                     let ids: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
                     let req = request(chunk.into_iter().map(|(_, t)| t).collect());
-                    match call(svc, &node, req).await {
+                    match ent.ring.call_ent(&node, req).await {
                         Ok(EntResponse::Ok) => ids,
                         Ok(other) => {
                             debug!(?other, "metadata store answered oddly");
@@ -368,16 +280,16 @@ where
     if short > 0 {
         return Err(format!(
             "{short} metadata items reached fewer than a majority of their {} holders",
-            svc.entangled.metadata_replication()
+            ent.metadata_replication()
         ));
     }
     Ok(())
 }
 
 /// Stores records at their metadata sets (each on a majority of its `m` holders at least).
-pub async fn store_ring(svc: &Service, records: Vec<Vec<u8>>) -> Result<(), String> {
+pub async fn store_ring(ent: &Entangled, records: Vec<Vec<u8>>) -> Result<(), String> {
     let items = records.into_iter().map(|r| (BlockKey::of(&r), r)).collect();
-    push_ring(svc, items, Vec::len, |records| EntRequest::StoreRecords {
+    push_ring(ent, items, Vec::len, |records| EntRequest::StoreRecords {
         records,
     })
     .await
@@ -386,35 +298,40 @@ pub async fn store_ring(svc: &Service, records: Vec<Vec<u8>>) -> Result<(), Stri
 /// A record from the ring: this node's table, then the first r holders of its set at once
 /// (the key's replica set: one lookup, as for a block), then the other holders at once; the
 /// first copy that hashes to the key wins.
-pub async fn fetch_ring(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
-    let store = svc.store.clone();
+pub async fn fetch_ring(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
+    let store = ent.store.clone();
     if let Ok(Ok(Some(v))) = tokio::task::spawn_blocking(move || get_local(&store, &key)).await {
         return Some(v);
     }
-    let me = svc.handle.local.clone();
-    let first: Vec<NodeAddr> = super::locate(svc, &key)
+    let me = ent.ring.handle.local.clone();
+    let first: Vec<NodeAddr> = ent
+        .ring
+        .replica_set(&key)
         .await
         .unwrap_or_default()
         .into_iter()
         .filter(|a| *a != me)
         .collect();
-    if let Some(v) = fetch_from_any(svc, key, &first).await {
+    if let Some(v) = fetch_from_any(ent, key, &first).await {
         return Some(v);
     }
-    let rest: Vec<NodeAddr> = locate_meta(svc, &key)
+    let rest: Vec<NodeAddr> = locate_meta(ent, &key)
         .await
         .ok()?
         .into_iter()
         .filter(|a| *a != me && !first.contains(a))
         .collect();
-    fetch_from_any(svc, key, &rest).await
+    fetch_from_any(ent, key, &rest).await
 }
 
 /// The first verified copy of a record any of `nodes` holds (all asked at once).
-async fn fetch_from_any(svc: &Service, key: BlockKey, nodes: &[NodeAddr]) -> Option<Vec<u8>> {
+async fn fetch_from_any(ent: &Entangled, key: BlockKey, nodes: &[NodeAddr]) -> Option<Vec<u8>> {
     let mut asks: futures::stream::FuturesUnordered<_> = nodes
         .iter()
-        .map(|m| call(svc, m, EntRequest::FetchRecords { keys: vec![key] }))
+        .map(|m| {
+            ent.ring
+                .call_ent(m, EntRequest::FetchRecords { keys: vec![key] })
+        })
         .collect();
     while let Some(r) = asks.next().await {
         if let Ok(EntResponse::Records { records }) = r {
@@ -468,7 +385,7 @@ pub fn plan_sets(mine: &BTreeSet<BlockKey>, theirs: &[Option<BTreeSet<BlockKey>>
 
 /// All record keys in (from, to] on `peer` (here when `None`).
 async fn keys_in(
-    svc: &Service,
+    ent: &Entangled,
     peer: Option<&NodeAddr>,
     from: chord::Id,
     to: chord::Id,
@@ -478,12 +395,16 @@ async fn keys_in(
     loop {
         let (keys, more) = match peer {
             None => {
-                let store = svc.store.clone();
+                let store = ent.store.clone();
                 blocking(move || list_local(&store, from, to, after))
                     .await
                     .map_err(|e| format!("{e:?}"))?
             }
-            Some(p) => match call(svc, p, EntRequest::ListRecords { from, to, after }).await? {
+            Some(p) => match ent
+                .ring
+                .call_ent(p, EntRequest::ListRecords { from, to, after })
+                .await?
+            {
                 EntResponse::RecordKeys { keys, more } => (keys, more),
                 other => return Err(format!("unexpected {other:?}")),
             },
@@ -497,12 +418,16 @@ async fn keys_in(
 }
 
 /// Fetches records from `peer`, verified; returns those that are records with the right key.
-async fn fetch_from(svc: &Service, peer: &NodeAddr, keys: &[BlockKey]) -> Vec<Vec<u8>> {
+async fn fetch_from(ent: &Entangled, peer: &NodeAddr, keys: &[BlockKey]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut rest = keys;
     while !rest.is_empty() {
         let ask = &rest[..rest.len().min(FETCH_KEYS)];
-        let got = match call(svc, peer, EntRequest::FetchRecords { keys: ask.to_vec() }).await {
+        let got = match ent
+            .ring
+            .call_ent(peer, EntRequest::FetchRecords { keys: ask.to_vec() })
+            .await
+        {
             Ok(EntResponse::Records { records }) => records,
             _ => return out,
         };
@@ -521,25 +446,18 @@ async fn fetch_from(svc: &Service, peer: &NodeAddr, keys: &[BlockKey]) -> Vec<Ve
     out
 }
 
-/// The key range this node owns, once it is a member with a predecessor (before that, an
-/// anti-entropy round has no range to compare).
-pub async fn settled_owned_range(svc: &Service) -> Option<(chord::Id, chord::Id)> {
-    let view = svc.handle.view().await?;
-    (view.member && view.predecessor.is_some()).then_some(view.ranges.owned)
-}
-
 /// One record anti-entropy round over the range this node owns with its `m - 1` successors.
 /// Returns (records pushed, records pulled).
-pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
-    let Some((from, to)) = settled_owned_range(svc).await else {
+pub async fn anti_entropy(ent: &Entangled) -> (u64, u64) {
+    let Some((from, to)) = ent.ring.settled_owned_range().await else {
         return (0, 0);
     };
-    let peers = meta_successors(svc).await;
-    let Ok(mine) = keys_in(svc, None, from, to).await else {
+    let peers = meta_successors(ent).await;
+    let Ok(mine) = keys_in(ent, None, from, to).await else {
         return (0, 0);
     };
     let theirs: Vec<Option<BTreeSet<BlockKey>>> =
-        futures::future::join_all(peers.iter().map(|p| keys_in(svc, Some(p), from, to)))
+        futures::future::join_all(peers.iter().map(|p| keys_in(ent, Some(p), from, to)))
             .await
             .into_iter()
             .map(Result::ok)
@@ -552,8 +470,8 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
     }
     let mut pulled = 0;
     for (i, keys) in by_peer {
-        let got = fetch_from(svc, &peers[i], &keys).await;
-        let store = svc.store.clone();
+        let got = fetch_from(ent, &peers[i], &keys).await;
+        let store = ent.store.clone();
         match blocking(move || put_local(&store, &got)).await {
             Ok(n) => pulled += n,
             Err(e) => debug!(?e, "cannot keep pulled records"),
@@ -565,7 +483,7 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
         async move {
             let mut sent = 0u64;
             for chunk in keys.chunks(FETCH_KEYS) {
-                let store = svc.store.clone();
+                let store = ent.store.clone();
                 let ks = chunk.to_vec();
                 let Ok(records) = blocking(move || {
                     Ok(ks
@@ -584,8 +502,10 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
                 if n == 0 {
                     continue;
                 }
-                if let Ok(EntResponse::Ok) =
-                    call(svc, peer, EntRequest::StoreRecords { records }).await
+                if let Ok(EntResponse::Ok) = ent
+                    .ring
+                    .call_ent(peer, EntRequest::StoreRecords { records })
+                    .await
                 {
                     sent += n;
                 }
@@ -600,8 +520,8 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
 }
 
 /// Every record held here (for the hand-off of a graceful leave).
-pub async fn all_local(svc: &Service) -> Vec<Vec<u8>> {
-    let store = svc.store.clone();
+pub async fn all_local(ent: &Entangled) -> Vec<Vec<u8>> {
+    let store = ent.store.clone();
     blocking(move || {
         table_range(
             &store,
@@ -637,16 +557,6 @@ mod tests {
     use super::*;
     use crate::store::StoreConfig;
 
-    fn addr(i: u8) -> NodeAddr {
-        let key = libp2p::identity::Keypair::ed25519_from_bytes([i; 32]).unwrap();
-        NodeAddr {
-            peer: key.public().to_peer_id(),
-            addr: format!("/ip4/127.0.0.1/tcp/{}", 1000 + u16::from(i))
-                .parse()
-                .unwrap(),
-        }
-    }
-
     fn record(i: u8) -> Vec<u8> {
         let params = entangle::Params::new(1, 1, 2, 16);
         let data = [i; 7];
@@ -658,17 +568,6 @@ mod tests {
         )
         .unwrap();
         super::super::format::encode_record(&rec)
-    }
-
-    #[test]
-    fn meta_set_takes_m_distinct_nodes_or_the_whole_ring() {
-        let nodes: Vec<NodeAddr> = (0..12).map(addr).collect();
-        let set = meta_set_of(&nodes[0], &nodes[1..], 10);
-        assert_eq!(set, nodes[..10].to_vec());
-        // A ring of 4: the successor list wraps (and repeats); every node holds everything.
-        let wrap: Vec<NodeAddr> = [1, 2, 3, 0, 1, 2].iter().map(|&i| addr(i)).collect();
-        let set = meta_set_of(&addr(0), &wrap, 10);
-        assert_eq!(set, (0..4).map(addr).collect::<Vec<_>>());
     }
 
     /// Applies record anti-entropy plans between simulated holders until nothing changes,

@@ -10,13 +10,14 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
 use super::format::{decode_record, ek, nk, DocRecord};
-use super::{call, locate, meta, EntRequest, EntResponse};
-use crate::proto::{BlockKey, ErrorCode, NodeAddr, Request, Response};
-use crate::service::Service;
+use super::Entangled;
+use super::{meta, EntRequest, EntResponse};
+use crate::ring::RingError;
+use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
 
 /// A block held here, in the replicated store or as a single copy (verified by the store).
-pub async fn fetch_local(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
-    let (main, single) = (svc.store.clone(), svc.entangled.single.clone());
+pub async fn fetch_local(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
+    let (main, single) = (ent.store.clone(), ent.single.clone());
     tokio::task::spawn_blocking(move || {
         if let Ok(Some(b)) = main.get(&key) {
             return Some(b);
@@ -32,9 +33,9 @@ pub async fn fetch_local(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
 /// one, then the owner, which keeps the single copy of a scrubbed parity, then the others),
 /// the next one asked as well when a member fails or has not answered within [`HEDGE`]; the
 /// first answer that hashes to the key wins.
-pub async fn fetch_ring(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
-    let set = locate(svc, &key).await.ok()?;
-    fetch_from(svc, key, &set).await
+pub async fn fetch_ring(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
+    let set = ent.ring.replica_set(&key).await.ok()?;
+    fetch_from(ent, key, &set).await
 }
 
 /// How long a symbol request may go unanswered before the next holder (or, for a codeword,
@@ -44,12 +45,13 @@ pub async fn fetch_ring(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
 pub const HEDGE: Duration = Duration::from_millis(300);
 
 /// As [`fetch_ring`], from the given nodes (in this order, after this node if it is one).
-pub async fn fetch_from(svc: &Service, key: BlockKey, nodes: &[NodeAddr]) -> Option<Vec<u8>> {
-    let local = &svc.handle.local;
+pub async fn fetch_from(ent: &Entangled, key: BlockKey, nodes: &[NodeAddr]) -> Option<Vec<u8>> {
+    let local = &ent.ring.handle.local;
     let mut order: Vec<NodeAddr> = nodes.iter().filter(|m| *m == local).cloned().collect();
     order.extend(nodes.iter().filter(|m| *m != local).cloned());
     let mut next = order.into_iter();
-    let ask = |m: NodeAddr| async move { call(svc, &m, EntRequest::FetchSymbol { key }).await };
+    let ask =
+        |m: NodeAddr| async move { ent.ring.call_ent(&m, EntRequest::FetchSymbol { key }).await };
     let mut asks = FuturesUnordered::new();
     asks.push(ask(next.next()?));
     loop {
@@ -77,9 +79,9 @@ pub async fn fetch_from(svc: &Service, key: BlockKey, nodes: &[NodeAddr]) -> Opt
 }
 
 /// Which of `keys` some member of their replica set holds (in either store).
-pub async fn has_ring(svc: &Service, keys: &[BlockKey]) -> Result<BTreeSet<BlockKey>, String> {
+pub async fn has_ring(ent: &Entangled, keys: &[BlockKey]) -> Result<BTreeSet<BlockKey>, String> {
     let located = futures::stream::iter(keys.iter().copied())
-        .map(|k| async move { (k, locate(svc, &k).await) })
+        .map(|k| async move { (k, ent.ring.replica_set(&k).await) })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
@@ -91,7 +93,10 @@ pub async fn has_ring(svc: &Service, keys: &[BlockKey]) -> Result<BTreeSet<Block
     }
     let answers = futures::stream::iter(by_node)
         .map(|(node, keys)| async move {
-            let r = call(svc, &node, EntRequest::HasSymbols { keys: keys.clone() }).await;
+            let r = ent
+                .ring
+                .call_ent(&node, EntRequest::HasSymbols { keys: keys.clone() })
+                .await;
             (keys, r)
         })
         .buffer_unordered(16)
@@ -111,50 +116,55 @@ pub async fn has_ring(svc: &Service, keys: &[BlockKey]) -> Result<BTreeSet<Block
 }
 
 /// A replicated block (records, documents) through the ring's ordinary read path.
-pub async fn get_block(svc: &Service, key: BlockKey) -> Option<Vec<u8>> {
-    match svc.handle_request(Request::Get { key }).await {
-        Response::Block { data } if BlockKey::of(&data) == key => Some(data),
-        _ => fetch_ring(svc, key).await,
+pub async fn get_block(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
+    match ent.blocks.get_block(key).await {
+        Ok(Some(data)) => Some(data),
+        _ => fetch_ring(ent, key).await,
     }
 }
 
 /// `GetDocument`: a document record (from its metadata holders) is decoded; a plain block is
 /// returned as is.
-pub async fn get_document(svc: &Service, key: BlockKey) -> Response {
-    let record = if svc.entangled.params().is_some() {
-        meta::fetch_ring(svc, key).await
+pub async fn get_document(ent: &Entangled, key: BlockKey) -> Result<Option<Vec<u8>>, RingError> {
+    let record = if ent.params().is_some() {
+        meta::fetch_ring(ent, key).await
     } else {
         None
     };
     let bytes = match record {
         Some(b) => b,
-        None => match get_block(svc, key).await {
+        None => match get_block(ent, key).await {
             Some(b) => b,
-            None => return Response::NotFound,
+            None => return Ok(None),
         },
     };
     let Some(doc) = DocRecord::decode(&bytes) else {
-        return Response::Block { data: bytes };
+        return Ok(Some(bytes));
     };
     let parts = futures::stream::iter(doc.codewords.iter().copied())
-        .map(|rk| async move { decode_codeword(svc, rk, &doc.params).await })
+        .map(|rk| async move { decode_codeword(ent, rk, &doc.params).await })
         .buffered(4)
         .collect::<Vec<_>>()
         .await;
-    let mut out = Vec::with_capacity(usize::try_from(doc.len).unwrap_or(0));
+    // `DocRecord::decode` bounds `len` by the document bound; allocate no more than that.
+    let mut out = Vec::with_capacity(
+        usize::try_from(doc.len)
+            .unwrap_or(0)
+            .min(peerstore_proto::MAX_BLOCK_SIZE),
+    );
     for p in parts {
         match p {
             Ok(bytes) => out.extend_from_slice(&bytes),
-            Err(e) => return Response::error(ErrorCode::Unavailable, e),
+            Err(e) => return Err(RingError::unavailable(e)),
         }
     }
     if out.len() as u64 != doc.len || *blake3::hash(&out).as_bytes() != doc.content_hash {
-        return Response::error(
+        return Err(RingError::new(
             ErrorCode::Internal,
             format!("document {key}: decoded bytes do not match the document record"),
-        );
+        ));
     }
-    Response::Block { data: out }
+    Ok(Some(out))
 }
 
 /// Decodes one codeword: its record, then `s + t` of its pointers and parities (pointers
@@ -164,11 +174,11 @@ pub async fn get_document(svc: &Service, key: BlockKey) -> Response {
 /// are in, and again with each later one should a symbol fail the codec's checks. Reading `s + t`
 /// symbols instead of all `t + p` from every replica moves ~1/5 of the bytes at r = 3.
 pub async fn decode_codeword(
-    svc: &Service,
+    ent: &Entangled,
     record_key: BlockKey,
     params: &entangle::Params,
 ) -> Result<Vec<u8>, String> {
-    let rec_bytes = meta::fetch_ring(svc, record_key)
+    let rec_bytes = meta::fetch_ring(ent, record_key)
         .await
         .ok_or_else(|| format!("codeword record {record_key} is unavailable"))?;
     let rec = decode_record(&rec_bytes)
@@ -182,7 +192,7 @@ pub async fn decode_codeword(
     let anchors = rec.params.t() - rec.pointers.iter().filter(|k| keys.contains(k)).count();
     let need = rec.params.needed().saturating_sub(anchors);
     let mut todo = keys.iter().map(nk);
-    let fetch = |k: BlockKey| async move { (k, fetch_ring(svc, k).await) };
+    let fetch = |k: BlockKey| async move { (k, fetch_ring(ent, k).await) };
     let mut fetches: FuturesUnordered<_> = todo.by_ref().take(need).map(fetch).collect();
     let mut have: BTreeMap<entangle::BlockKey, Vec<u8>> = BTreeMap::new();
     let mut last_err = format!("codeword {}: fewer than s + t symbols available", rec.id);

@@ -10,10 +10,11 @@ use tracing::debug;
 
 use super::format::{refs_position, RefsEntry};
 use super::meta::{locate_meta, meta_successors, push_ring, table_range};
-use super::{blocking, call, EntRequest, EntResponse};
-use crate::proto::{BlockKey, NodeAddr, Response, MAX_LIST_PAGE};
-use crate::service::Service;
+use super::Entangled;
+use super::{EntRequest, EntResponse};
+use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, RecordUpdate, StoreError};
+use peerstore_proto::{BlockKey, NodeAddr, MAX_LIST_PAGE};
 
 /// The table of reverse-reference entries, keyed by position.
 pub const TABLE: RecordTable = RecordTable::REVERSE_REFS;
@@ -46,14 +47,14 @@ fn merge_one(store: &BlockStore, e: &RefsEntry) -> Result<(), StoreError> {
 }
 
 /// Merges entries into this node's table.
-pub async fn merge_local(svc: &Service, entries: Vec<RefsEntry>) -> Result<(), Response> {
+pub async fn merge_local(ent: &Entangled, entries: Vec<RefsEntry>) -> Result<(), RingError> {
     if entries.len() > MAX_LIST_PAGE as usize {
-        return Err(Response::error(
-            crate::proto::ErrorCode::BadRequest,
+        return Err(RingError::new(
+            peerstore_proto::ErrorCode::BadRequest,
             "too many entries",
         ));
     }
-    let store = svc.store.clone();
+    let store = ent.store.clone();
     blocking(move || {
         for e in &entries {
             merge_one(&store, e)?;
@@ -65,10 +66,10 @@ pub async fn merge_local(svc: &Service, entries: Vec<RefsEntry>) -> Result<(), R
 
 /// The entries at `positions` held here.
 pub async fn get_local(
-    svc: &Service,
+    ent: &Entangled,
     positions: Vec<BlockKey>,
-) -> Result<Vec<Option<RefsEntry>>, Response> {
-    let store = svc.store.clone();
+) -> Result<Vec<Option<RefsEntry>>, RingError> {
+    let store = ent.store.clone();
     blocking(move || {
         positions
             .iter()
@@ -100,12 +101,12 @@ fn all_local(store: &BlockStore) -> Result<Vec<(BlockKey, Vec<u8>)>, StoreError>
 
 /// Positions and digests of entries in (from, to], at most a page, after `after`.
 pub async fn list_local(
-    svc: &Service,
+    ent: &Entangled,
     from: chord::Id,
     to: chord::Id,
     after: Option<BlockKey>,
-) -> Result<(Vec<(BlockKey, [u8; 32])>, bool), Response> {
-    let store = svc.store.clone();
+) -> Result<(Vec<(BlockKey, [u8; 32])>, bool), RingError> {
+    let store = ent.store.clone();
     blocking(move || {
         let (entries, more) = table_range(
             &store,
@@ -128,8 +129,8 @@ pub async fn list_local(
 
 /// Up to `count` random parity keys from this node's entries (those that name their own
 /// codeword, so they are real parities).
-pub async fn sample_local(svc: &Service, count: usize) -> Result<Vec<BlockKey>, Response> {
-    let store = svc.store.clone();
+pub async fn sample_local(ent: &Entangled, count: usize) -> Result<Vec<BlockKey>, RingError> {
+    let store = ent.store.clone();
     let all = blocking(move || all_local(&store)).await?;
     let mut keys: Vec<BlockKey> = all
         .iter()
@@ -143,12 +144,12 @@ pub async fn sample_local(svc: &Service, count: usize) -> Result<Vec<BlockKey>, 
 }
 
 /// Creation times of the newest `count` parities whose entries lie in this node's owned range.
-pub async fn newest_created(svc: &Service, count: u64) -> Result<Vec<u64>, Response> {
-    let Some(view) = svc.handle.view().await else {
+pub async fn newest_created(ent: &Entangled, count: u64) -> Result<Vec<u64>, RingError> {
+    let Some(view) = ent.ring.handle.view().await else {
         return Ok(Vec::new());
     };
     let (from, to) = view.ranges.owned;
-    let store = svc.store.clone();
+    let store = ent.store.clone();
     let all = blocking(move || all_local(&store)).await?;
     let mut times: Vec<u64> = all
         .iter()
@@ -164,13 +165,13 @@ pub async fn newest_created(svc: &Service, count: u64) -> Result<Vec<u64>, Respo
 
 /// Stores entries in the ring: each at the metadata set of its position. Succeeds when every
 /// entry reached a majority of its set (anti-entropy spreads it to the rest).
-pub async fn store_ring(svc: &Service, entries: Vec<RefsEntry>) -> Result<(), String> {
+pub async fn store_ring(ent: &Entangled, entries: Vec<RefsEntry>) -> Result<(), String> {
     let items = entries
         .into_iter()
         .map(|e| (refs_position(&e.block), e))
         .collect();
     push_ring(
-        svc,
+        ent,
         items,
         |e| 80 + 32 * e.referrers.len(),
         |entries| EntRequest::StoreRefs { entries },
@@ -181,27 +182,26 @@ pub async fn store_ring(svc: &Service, entries: Vec<RefsEntry>) -> Result<(), St
 /// The entry of `block` from the ring: the merge of what the first r holders of its metadata
 /// set (the position's replica set) hold, or, if none of them has it, of what the others hold.
 /// Anti-entropy keeps the holders' versions equal, so r answers are enough.
-pub async fn fetch_ring(svc: &Service, block: &BlockKey) -> Option<RefsEntry> {
+pub async fn fetch_ring(ent: &Entangled, block: &BlockKey) -> Option<RefsEntry> {
     let pos = refs_position(block);
-    let first = super::locate(svc, &pos).await.unwrap_or_default();
-    if let Some(e) = fetch_from(svc, block, &first).await {
+    let first = ent.ring.replica_set(&pos).await.unwrap_or_default();
+    if let Some(e) = fetch_from(ent, block, &first).await {
         return Some(e);
     }
-    let rest: Vec<NodeAddr> = locate_meta(svc, &pos)
+    let rest: Vec<NodeAddr> = locate_meta(ent, &pos)
         .await
         .ok()?
         .into_iter()
         .filter(|a| !first.contains(a))
         .collect();
-    fetch_from(svc, block, &rest).await
+    fetch_from(ent, block, &rest).await
 }
 
 /// The merge of the entries of `block` that `nodes` hold.
-async fn fetch_from(svc: &Service, block: &BlockKey, nodes: &[NodeAddr]) -> Option<RefsEntry> {
+async fn fetch_from(ent: &Entangled, block: &BlockKey, nodes: &[NodeAddr]) -> Option<RefsEntry> {
     let pos = refs_position(block);
     let answers = futures::future::join_all(nodes.iter().map(|m| {
-        call(
-            svc,
+        ent.ring.call_ent(
             m,
             EntRequest::FetchRefs {
                 positions: vec![pos],
@@ -255,16 +255,16 @@ pub fn plan_digests(
 /// One anti-entropy round over the owned range with the next m-1 successors: every differing
 /// entry is fetched from the peers that hold another version, merged here, and the merge is
 /// sent to every peer whose version differs from it. Returns (entries pushed, entries pulled).
-pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
-    let Some((from, to)) = super::meta::settled_owned_range(svc).await else {
+pub async fn anti_entropy(ent: &Entangled) -> (u64, u64) {
+    let Some((from, to)) = ent.ring.settled_owned_range().await else {
         return (0, 0);
     };
-    let peers = meta_successors(svc).await;
-    let Ok((mine, _)) = list_all(svc, None, from, to).await else {
+    let peers = meta_successors(ent).await;
+    let Ok((mine, _)) = list_all(ent, None, from, to).await else {
         return (0, 0);
     };
     let theirs: Vec<Option<Digests>> =
-        futures::future::join_all(peers.iter().map(|p| list_all(svc, Some(p), from, to)))
+        futures::future::join_all(peers.iter().map(|p| list_all(ent, Some(p), from, to)))
             .await
             .into_iter()
             .map(|r| r.ok().map(|(d, _)| d))
@@ -274,7 +274,7 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
     let mut pulled = 0;
     let positions: Vec<BlockKey> = plan.keys().copied().collect();
     for chunk in positions.chunks(512) {
-        let local = get_local(svc, chunk.to_vec()).await.unwrap_or_default();
+        let local = get_local(ent, chunk.to_vec()).await.unwrap_or_default();
         let mut merged: BTreeMap<BlockKey, RefsEntry> = chunk
             .iter()
             .zip(local)
@@ -288,14 +288,15 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
             }
         }
         for (i, positions) in ask {
-            let Ok(EntResponse::Refs { entries }) = call(
-                svc,
-                &peers[i],
-                EntRequest::FetchRefs {
-                    positions: positions.clone(),
-                },
-            )
-            .await
+            let Ok(EntResponse::Refs { entries }) = ent
+                .ring
+                .call_ent(
+                    &peers[i],
+                    EntRequest::FetchRefs {
+                        positions: positions.clone(),
+                    },
+                )
+                .await
             else {
                 continue;
             };
@@ -316,7 +317,7 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
                 }
             }
         }
-        if merge_local(svc, merged.values().cloned().collect())
+        if merge_local(ent, merged.values().cloned().collect())
             .await
             .is_err()
         {
@@ -334,8 +335,10 @@ pub async fn anti_entropy(svc: &Service) -> (u64, u64) {
                 continue;
             }
             let n = send.len() as u64;
-            if let Ok(EntResponse::Ok) =
-                call(svc, &peers[i], EntRequest::StoreRefs { entries: send }).await
+            if let Ok(EntResponse::Ok) = ent
+                .ring
+                .call_ent(&peers[i], EntRequest::StoreRefs { entries: send })
+                .await
             {
                 pushed += n;
             }
@@ -349,7 +352,7 @@ pub type Digests = BTreeMap<BlockKey, [u8; 32]>;
 
 /// All (position, digest) in (from, to] on `peer` (or here when `None`).
 async fn list_all(
-    svc: &Service,
+    ent: &Entangled,
     peer: Option<&NodeAddr>,
     from: chord::Id,
     to: chord::Id,
@@ -358,10 +361,14 @@ async fn list_all(
     let mut after = None;
     loop {
         let (entries, more) = match peer {
-            None => list_local(svc, from, to, after)
+            None => list_local(ent, from, to, after)
                 .await
                 .map_err(|e| format!("{e:?}"))?,
-            Some(p) => match call(svc, p, EntRequest::ListRefs { from, to, after }).await? {
+            Some(p) => match ent
+                .ring
+                .call_ent(p, EntRequest::ListRefs { from, to, after })
+                .await?
+            {
                 EntResponse::RefDigests { entries, more } => (entries, more),
                 other => return Err(format!("unexpected {other:?}")),
             },
@@ -375,8 +382,8 @@ async fn list_all(
 }
 
 /// Every entry held here.
-pub async fn all_entries(svc: &Service) -> Vec<RefsEntry> {
-    let store = svc.store.clone();
+pub async fn all_entries(ent: &Entangled) -> Vec<RefsEntry> {
+    let store = ent.store.clone();
     blocking(move || all_local(&store))
         .await
         .unwrap_or_default()

@@ -16,13 +16,13 @@ use futures::StreamExt;
 use tracing::{debug, warn};
 
 use super::format::{decode_record, ek, nk};
+use super::Entangled;
 use super::{
-    call, locate, lock, members, meta, read, refs, write, AuditPage, CodewordAudit, EntRequest,
-    EntResponse, RepairSummary,
+    lock, meta, read, refs, write, AuditPage, CodewordAudit, EntRequest, EntResponse, RepairSummary,
 };
-use crate::proto::{BlockKey, Response};
-use crate::service::Service;
+use crate::ring::RingError;
 use crate::store::in_interval;
+use peerstore_proto::BlockKey;
 
 /// Most passes of a ring-wide repair.
 const MAX_PASSES: u32 = 10;
@@ -34,12 +34,11 @@ pub type Rec = (BlockKey, Arc<entangle::CodewordRecord>);
 
 /// The codeword records held in the record table in (a, b] (`a == b`: everything), in key
 /// order, decoded once (a cache: records are immutable).
-pub async fn records_in(svc: &Service, a: BlockKey, b: BlockKey) -> Vec<Rec> {
-    let ent = &svc.entangled;
+pub async fn records_in(ent: &Entangled, a: BlockKey, b: BlockKey) -> Vec<Rec> {
     if ent.params().is_none() {
         return Vec::new();
     }
-    let store = svc.store.clone();
+    let store = ent.store.clone();
     let entries = tokio::task::spawn_blocking(move || {
         meta::table_range(&store, meta::TABLE, a, b, None, usize::MAX).map(|(v, _)| v)
     })
@@ -72,39 +71,39 @@ pub async fn records_in(svc: &Service, a: BlockKey, b: BlockKey) -> Vec<Rec> {
 }
 
 /// The records this node owns.
-pub async fn owned_records(svc: &Service) -> Vec<Rec> {
-    let Some(view) = svc.handle.view().await else {
+pub async fn owned_records(ent: &Entangled) -> Vec<Rec> {
+    let Some(view) = ent.ring.handle.view().await else {
         return Vec::new();
     };
     if !view.member {
         return Vec::new();
     }
     let (from, to) = view.ranges.owned;
-    records_in(svc, BlockKey(from.0), BlockKey(to.0)).await
+    records_in(ent, BlockKey(from.0), BlockKey(to.0)).await
 }
 
 /// A codeword record from the ring (the cache first).
-pub async fn fetch_record(svc: &Service, key: BlockKey) -> Option<Arc<entangle::CodewordRecord>> {
-    if let Some(r) = lock(&svc.entangled.records).0.get(&key) {
+pub async fn fetch_record(ent: &Entangled, key: BlockKey) -> Option<Arc<entangle::CodewordRecord>> {
+    if let Some(r) = lock(&ent.records).0.get(&key) {
         return Some(r.clone());
     }
-    let bytes = meta::fetch_ring(svc, key).await?;
+    let bytes = meta::fetch_ring(ent, key).await?;
     let r = Arc::new(decode_record(&bytes)?);
-    lock(&svc.entangled.records).0.insert(key, r.clone());
+    lock(&ent.records).0.insert(key, r.clone());
     Some(r)
 }
 
 /// Checks one codeword and, with `fix`, rebuilds what it can. Returns its audit entry (None
 /// when nothing is missing) and the number of blocks rebuilt.
 async fn check_codeword(
-    svc: &Service,
+    ent: &Entangled,
     (rk, rec): &Rec,
     fix: bool,
     summary: &mut RepairSummary,
 ) -> Option<CodewordAudit> {
     summary.checked += 1;
     let keys: Vec<BlockKey> = entangle::fetch_order(rec).iter().map(nk).collect();
-    let present = match read::has_ring(svc, &keys).await {
+    let present = match read::has_ring(ent, &keys).await {
         Ok(p) => p,
         Err(e) => {
             debug!(error = %e, "availability check failed");
@@ -139,7 +138,7 @@ async fn check_codeword(
     }
     // Fetch every symbol still held.
     let fetched = futures::stream::iter(present.iter().copied())
-        .map(|k| async move { (k, read::fetch_ring(svc, k).await) })
+        .map(|k| async move { (k, read::fetch_ring(ent, k).await) })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
@@ -159,11 +158,11 @@ async fn check_codeword(
         if !missing_set.contains(&ptr) {
             continue;
         }
-        let Some(entry) = refs::fetch_ring(svc, &ptr).await else {
+        let Some(entry) = refs::fetch_ring(ent, &ptr).await else {
             continue;
         };
         let Some(own) = entry.own else { continue };
-        if let Some(r) = fetch_record(svc, own).await {
+        if let Some(r) = fetch_record(ent, own).await {
             let _ = index.insert((*r).clone());
         }
     }
@@ -184,7 +183,7 @@ async fn check_codeword(
     };
     summary.errors += report.unverified.len() as u64;
     for b in report.rebuilt {
-        match write::put_block(svc, nk(&b.key), b.bytes).await {
+        match write::put_block(ent, nk(&b.key), b.bytes).await {
             Ok(()) => {
                 summary.rebuilt += 1;
                 audit.rebuilt += 1;
@@ -200,14 +199,14 @@ async fn check_codeword(
 
 /// Checks (and with `fix` repairs) the given codewords.
 pub async fn check_records(
-    svc: &Service,
+    ent: &Entangled,
     recs: &[Rec],
     fix: bool,
 ) -> (RepairSummary, Vec<CodewordAudit>) {
     let results = futures::stream::iter(0..recs.len())
         .map(|i| async move {
             let mut s = RepairSummary::default();
-            let a = check_codeword(svc, &recs[i], fix, &mut s).await;
+            let a = check_codeword(ent, &recs[i], fix, &mut s).await;
             (s, a)
         })
         .buffer_unordered(4)
@@ -224,9 +223,9 @@ pub async fn check_records(
 }
 
 /// One repair round over the records this node owns.
-pub async fn repair_local(svc: &Service) -> RepairSummary {
-    let recs = owned_records(svc).await;
-    let (mut s, _) = check_records(svc, &recs, true).await;
+pub async fn repair_local(ent: &Entangled) -> RepairSummary {
+    let recs = owned_records(ent).await;
+    let (mut s, _) = check_records(ent, &recs, true).await;
     s.passes = 1;
     s
 }
@@ -235,18 +234,18 @@ pub async fn repair_local(svc: &Service) -> RepairSummary {
 /// keys, the codewords of each key (its own and those pointing at it, through its reverse
 /// reference) are repaired, widening to the codewords of the symbols that keep them
 /// undecodable, until the keys are back or nothing more can be done.
-pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
+pub async fn repair_ring(ent: &Entangled, keys: Vec<BlockKey>) -> RepairSummary {
     let mut total = RepairSummary::default();
-    if svc.entangled.params().is_none() {
+    if ent.params().is_none() {
         return total;
     }
     if keys.is_empty() {
         for pass in 1..=MAX_PASSES {
-            let nodes = members(svc).await;
+            let nodes = ent.ring.members().await;
             let results = futures::future::join_all(
                 nodes
                     .iter()
-                    .map(|(_, a)| call(svc, a, EntRequest::RepairLocal)),
+                    .map(|(_, a)| ent.ring.call_ent(a, EntRequest::RepairLocal)),
             )
             .await;
             let mut round = RepairSummary::default();
@@ -277,7 +276,7 @@ pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
     let mut expanded: BTreeSet<BlockKey> = BTreeSet::new();
     for pass in 1..=MAX_PASSES {
         total.passes = pass;
-        let present = read::has_ring(svc, &wanted.iter().copied().collect::<Vec<_>>())
+        let present = read::has_ring(ent, &wanted.iter().copied().collect::<Vec<_>>())
             .await
             .unwrap_or_default();
         wanted.retain(|k| !present.contains(k));
@@ -289,18 +288,18 @@ pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
             if !expanded.insert(k) || frontier.len() >= MAX_TARGETED {
                 continue;
             }
-            if let Some(e) = refs::fetch_ring(svc, &k).await {
+            if let Some(e) = refs::fetch_ring(ent, &k).await {
                 frontier.extend(e.own);
                 frontier.extend(e.referrers);
             }
         }
         let mut recs = Vec::new();
         for rk in &frontier {
-            if let Some(r) = fetch_record(svc, *rk).await {
+            if let Some(r) = fetch_record(ent, *rk).await {
                 recs.push((*rk, r));
             }
         }
-        let (s, audits) = check_records(svc, &recs, true).await;
+        let (s, audits) = check_records(ent, &recs, true).await;
         total.checked += s.checked;
         total.damaged += s.damaged;
         total.rebuilt += s.rebuilt;
@@ -313,7 +312,7 @@ pub async fn repair_ring(svc: &Service, keys: Vec<BlockKey>) -> RepairSummary {
             break;
         }
     }
-    let present = read::has_ring(svc, &wanted.iter().copied().collect::<Vec<_>>())
+    let present = read::has_ring(ent, &wanted.iter().copied().collect::<Vec<_>>())
         .await
         .unwrap_or_default();
     total.still_missing = wanted
@@ -339,19 +338,19 @@ fn next_key(k: &BlockKey) -> BlockKey {
 /// `AuditLocal`: the records this node owns in (after, end], where end is this node's id, or
 /// the top of the key space for the node whose range wraps; at most `limit` of them.
 pub async fn audit_local(
-    svc: &Service,
+    ent: &Entangled,
     after: BlockKey,
     limit: u32,
     fix: bool,
-) -> Result<AuditPage, Response> {
-    let Some(view) = svc.handle.view().await else {
+) -> Result<AuditPage, RingError> {
+    let Some(view) = ent.ring.handle.view().await else {
         return Ok(AuditPage::default());
     };
     let me = BlockKey(view.me.id.0);
     let end = if after < me { me } else { BlockKey::MAX };
     let (from, to) = view.ranges.owned;
     let (of, ot) = (BlockKey(from.0), BlockKey(to.0));
-    let mut recs: Vec<Rec> = records_in(svc, after, end)
+    let mut recs: Vec<Rec> = records_in(ent, after, end)
         .await
         .into_iter()
         .filter(|(k, _)| of == ot || in_interval(&of, &ot, k))
@@ -366,7 +365,7 @@ pub async fn audit_local(
     } else {
         Some(end)
     };
-    let (s, damaged) = check_records(svc, &recs, fix).await;
+    let (s, damaged) = check_records(ent, &recs, fix).await;
     Ok(AuditPage {
         checked: s.checked,
         damaged,
@@ -377,14 +376,14 @@ pub async fn audit_local(
 /// `Audit { after, limit, fix }`: the ring's codeword records in key order after `after`, at
 /// most `limit` checked per page, asking each owner in turn.
 pub async fn audit_ring(
-    svc: &Service,
+    ent: &Entangled,
     after: Option<BlockKey>,
     limit: u32,
     fix: bool,
 ) -> Result<AuditPage, String> {
     let limit = u64::from(limit.clamp(1, 4096));
     let mut page = AuditPage::default();
-    if svc.entangled.params().is_none() {
+    if ent.params().is_none() {
         return Ok(page);
     }
     let mut cursor = after.unwrap_or(BlockKey::ZERO);
@@ -393,19 +392,20 @@ pub async fn audit_ring(
             page.next = None;
             return Ok(page);
         }
-        let set = locate(svc, &next_key(&cursor)).await?;
+        let set = ent.ring.replica_set(&next_key(&cursor)).await?;
         let owner = set.first().ok_or("empty replica set")?;
         let remaining = (limit - page.checked).max(1) as u32;
-        let part = match call(
-            svc,
-            owner,
-            EntRequest::AuditLocal {
-                after: cursor,
-                limit: remaining,
-                fix,
-            },
-        )
-        .await?
+        let part = match ent
+            .ring
+            .call_ent(
+                owner,
+                EntRequest::AuditLocal {
+                    after: cursor,
+                    limit: remaining,
+                    fix,
+                },
+            )
+            .await?
         {
             EntResponse::Audit(p) => p,
             other => return Err(format!("unexpected answer {other:?}")),

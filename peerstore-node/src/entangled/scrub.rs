@@ -12,51 +12,47 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::format::ek;
-use super::{
-    blocking, call, locate, members, meta, refs, repair, EntRequest, EntResponse, EntangleStats,
-    ScrubMode, ScrubReport,
-};
-use crate::proto::{BlockKey, ErrorCode, NodeAddr, Response};
-use crate::service::Service;
+use super::Entangled;
+use super::{meta, refs, repair, EntRequest, EntResponse, EntangleStats, ScrubMode, ScrubReport};
+use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, Role};
+use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
 
 /// `Scrub { mode, once, interval_ms }`: runs a scrub over the whole ring now (two passes: the
 /// second removes copies that anti-entropy re-sent during the first); with `once == false` it
 /// also sets the scrub daemon on every node (every `interval_ms`; `interval_ms == 0` stops the
 /// daemon and scrubs nothing).
 pub async fn scrub_request(
-    svc: &Service,
+    ent: &Entangled,
     mode: ScrubMode,
     once: bool,
     interval_ms: u64,
-) -> Response {
-    if svc.entangled.params().is_none() {
-        return Response::Scrubbed(ScrubReport::default());
+) -> Result<ScrubReport, RingError> {
+    if ent.params().is_none() {
+        return Ok(ScrubReport::default());
     }
-    let nodes = members(svc).await;
+    let nodes = ent.ring.members().await;
     if !once {
         let policy = (interval_ms > 0).then_some((mode, interval_ms));
         for (_, a) in &nodes {
-            if let Err(e) = call(svc, a, EntRequest::SetScrubDaemon { policy }).await {
-                return Response::error(ErrorCode::Unavailable, e);
-            }
+            ent.ring
+                .call_ent(a, EntRequest::SetScrubDaemon { policy })
+                .await?;
         }
         if policy.is_none() {
-            return Response::Scrubbed(ScrubReport::default());
+            return Ok(ScrubReport::default());
         }
     }
     let cutoff = match mode {
-        ScrubMode::Window { blocks } => match window_cutoff(svc, blocks).await {
-            Ok(c) => c,
-            Err(e) => return Response::error(ErrorCode::Unavailable, e),
-        },
+        ScrubMode::Window { blocks } => window_cutoff(ent, blocks)
+            .await
+            .map_err(RingError::unavailable)?,
         ScrubMode::Pointers { .. } => None,
     };
     let mut total = ScrubReport::default();
     for pass in 0..2 {
         let results = futures::future::join_all(nodes.iter().map(|(_, a)| {
-            call(
-                svc,
+            ent.ring.call_ent(
                 a,
                 EntRequest::ScrubLocal {
                     mode,
@@ -82,20 +78,20 @@ pub async fn scrub_request(
             total.single = round.single;
         }
     }
-    Response::Scrubbed(total)
+    Ok(total)
 }
 
 /// The window mode's age limit: parities written before the `w`-th newest one of the ring
 /// leave the window. `Ok(None)` if the ring holds at most `w` parities (nothing to scrub).
-pub async fn window_cutoff(svc: &Service, w: u64) -> Result<Option<u64>, String> {
+pub async fn window_cutoff(ent: &Entangled, w: u64) -> Result<Option<u64>, String> {
     if w == 0 {
         return Ok(Some(u64::MAX));
     }
-    let nodes = members(svc).await;
+    let nodes = ent.ring.members().await;
     let results = futures::future::join_all(
         nodes
             .iter()
-            .map(|(_, a)| call(svc, a, EntRequest::NewestCreated { count: w })),
+            .map(|(_, a)| ent.ring.call_ent(a, EntRequest::NewestCreated { count: w })),
     )
     .await;
     let mut times = Vec::new();
@@ -111,16 +107,15 @@ pub async fn window_cutoff(svc: &Service, w: u64) -> Result<Option<u64>, String>
 }
 
 /// Scrubs the parities this node owns (see the module docs).
-pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>) -> ScrubReport {
+pub async fn scrub_local(ent: &Entangled, mode: ScrubMode, cutoff_us: Option<u64>) -> ScrubReport {
     let mut report = ScrubReport {
         nodes: 1,
         ..ScrubReport::default()
     };
-    let ent = &svc.entangled;
     let (Some(params), Some(parity_size)) = (ent.params(), ent.parity_size()) else {
         return report;
     };
-    let Some(view) = svc.handle.view().await else {
+    let Some(view) = ent.ring.handle.view().await else {
         return report;
     };
     if !view.member {
@@ -128,7 +123,7 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>)
     }
     let (from, to) = view.ranges.owned;
     let (a, b) = (BlockKey(from.0), BlockKey(to.0));
-    let (main, single) = (svc.store.clone(), ent.single.clone());
+    let (main, single) = (ent.store.clone(), ent.single.clone());
     let listed = blocking(move || {
         let mut parities = Vec::new();
         let mut cursor = a;
@@ -160,8 +155,8 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>)
     report.single = singles.len() as u64;
     // Copies of already scrubbed parities that anti-entropy or clean-up put back, or that a
     // node outside the replica set still holds: drop them.
-    report.replicas_removed += drop_stale(svc).await;
-    let (n, bytes) = redrop_singles(svc, &singles).await;
+    report.replicas_removed += drop_stale(ent).await;
+    let (n, bytes) = redrop_singles(ent, &singles).await;
     report.replicas_removed += n;
     report.bytes_freed += bytes;
     let single_set: std::collections::BTreeSet<BlockKey> = singles.into_iter().collect();
@@ -172,7 +167,7 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>)
     report.examined = candidates.len() as u64;
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
-            let Some(entry) = refs::fetch_ring(svc, &k).await else {
+            let Some(entry) = refs::fetch_ring(ent, &k).await else {
                 return Ok(None); // unknown: keep its replicas
             };
             let eligible = match mode {
@@ -187,7 +182,7 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>)
             if !eligible || entry.own.is_none() {
                 return Ok(None);
             }
-            scrub_one(svc, &params, k).await.map(Some)
+            scrub_one(ent, &params, k).await.map(Some)
         })
         .buffer_unordered(8)
         .collect::<Vec<Result<Option<(u64, u64)>, String>>>()
@@ -214,11 +209,11 @@ pub async fn scrub_local(svc: &Service, mode: ScrubMode, cutoff_us: Option<u64>)
 /// replication anti-entropy, or the clean-up of a node that held a stale copy, re-sends them)
 /// here and on the next r-1 successors (the rest of the replica set of an owned key).
 /// Returns (copies deleted, bytes freed).
-pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
-    let Some(view) = svc.handle.view().await else {
+pub async fn redrop_singles(ent: &Entangled, singles: &[BlockKey]) -> (u64, u64) {
+    let Some(view) = ent.ring.handle.view().await else {
         return (0, 0);
     };
-    let main = svc.store.clone();
+    let main = ent.store.clone();
     let keys = singles.to_vec();
     let (mut n, mut bytes) = blocking(move || {
         let (mut n, mut bytes) = (0u64, 0u64);
@@ -234,10 +229,10 @@ pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
     })
     .await
     .unwrap_or((0, 0));
-    let me = svc.handle.local.clone();
+    let me = ent.ring.handle.local.clone();
     let mut succs: Vec<NodeAddr> = Vec::new();
     for s in &view.successors {
-        if succs.len() + 1 >= svc.replication {
+        if succs.len() + 1 >= ent.replication {
             break;
         }
         if s.addr != me && !succs.contains(&s.addr) {
@@ -245,15 +240,16 @@ pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
         }
     }
     for succ in &succs {
-        for chunk in singles.chunks(crate::proto::MAX_LIST_PAGE as usize) {
-            let present = match call(
-                svc,
-                succ,
-                EntRequest::HasSymbols {
-                    keys: chunk.to_vec(),
-                },
-            )
-            .await
+        for chunk in singles.chunks(peerstore_proto::MAX_LIST_PAGE as usize) {
+            let present = match ent
+                .ring
+                .call_ent(
+                    succ,
+                    EntRequest::HasSymbols {
+                        keys: chunk.to_vec(),
+                    },
+                )
+                .await
             {
                 Ok(EntResponse::Has { present }) => present,
                 _ => continue,
@@ -267,7 +263,11 @@ pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
             let dropped = futures::stream::iter(back)
                 .map(|key| {
                     let holder = me.clone();
-                    async move { call(svc, succ, EntRequest::DropReplica { key, holder }).await }
+                    async move {
+                        ent.ring
+                            .call_ent(succ, EntRequest::DropReplica { key, holder })
+                            .await
+                    }
                 })
                 .buffer_unordered(8)
                 .collect::<Vec<_>>()
@@ -286,14 +286,14 @@ pub async fn redrop_singles(svc: &Service, singles: &[BlockKey]) -> (u64, u64) {
 /// Replicated copies of scrubbed parities on a node outside their replica set (a copy it
 /// received while the ring settled, which the clean-up keeps in rings of few nodes): deleted
 /// once the owner confirms it holds the single copy. Returns the copies deleted.
-pub async fn drop_stale(svc: &Service) -> u64 {
-    let Some(parity_size) = svc.entangled.parity_size() else {
+pub async fn drop_stale(ent: &Entangled) -> u64 {
+    let Some(parity_size) = ent.parity_size() else {
         return 0;
     };
-    let Some(view) = svc.handle.view().await else {
+    let Some(view) = ent.ring.handle.view().await else {
         return 0;
     };
-    let r = svc.replication;
+    let r = ent.replication;
     let mut preds: Vec<chord::Id> = Vec::new();
     for p in &view.predecessors {
         if p.id != view.me.id && !preds.contains(&p.id) {
@@ -305,7 +305,7 @@ pub async fn drop_stale(svc: &Service) -> u64 {
     }
     // This node is in the replica sets of (preds[r-1], me]; everything else it holds is stale.
     let (me, lo) = (BlockKey(view.me.id.0), BlockKey(preds[r - 1].0));
-    let main = svc.store.clone();
+    let main = ent.store.clone();
     let Ok(stale) = blocking(move || {
         Ok(main
             .list_range_meta(&me, &lo, None)?
@@ -322,18 +322,20 @@ pub async fn drop_stale(svc: &Service) -> u64 {
     };
     let mut dropped = 0;
     for key in stale {
-        let Ok(set) = locate(svc, &key).await else {
+        let Ok(set) = ent.ring.replica_set(&key).await else {
             continue;
         };
         let Some(owner) = set.first() else { continue };
-        if set.contains(&svc.handle.local) {
+        if set.contains(&ent.ring.handle.local) {
             continue;
         }
-        if let Ok(EntResponse::Has { present }) =
-            call(svc, owner, EntRequest::HasSingle { keys: vec![key] }).await
+        if let Ok(EntResponse::Has { present }) = ent
+            .ring
+            .call_ent(owner, EntRequest::HasSingle { keys: vec![key] })
+            .await
         {
             if present == vec![true] {
-                let main = svc.store.clone();
+                let main = ent.store.clone();
                 if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || main.delete(&key)).await {
                     dropped += 1;
                 }
@@ -344,12 +346,12 @@ pub async fn drop_stale(svc: &Service) -> u64 {
 }
 
 /// The single copies this node holds in the range it owns.
-pub async fn owned_singles(svc: &Service) -> Vec<BlockKey> {
-    let Some(view) = svc.handle.view().await else {
+pub async fn owned_singles(ent: &Entangled) -> Vec<BlockKey> {
+    let Some(view) = ent.ring.handle.view().await else {
         return Vec::new();
     };
     let (from, to) = view.ranges.owned;
-    let single = svc.entangled.single.clone();
+    let single = ent.single.clone();
     tokio::task::spawn_blocking(move || {
         single
             .list_range(&BlockKey(from.0), &BlockKey(to.0), None)
@@ -364,11 +366,11 @@ pub async fn owned_singles(svc: &Service) -> Vec<BlockKey> {
 /// Moves one owned parity to the single-copy store and deletes its replicated copies.
 /// Returns (copies deleted, bytes freed).
 async fn scrub_one(
-    svc: &Service,
+    ent: &Entangled,
     params: &entangle::Params,
     key: BlockKey,
 ) -> Result<(u64, u64), String> {
-    let (main, single) = (svc.store.clone(), svc.entangled.single.clone());
+    let (main, single) = (ent.store.clone(), ent.single.clone());
     let p = *params;
     blocking(move || {
         let Some(bytes) = main.get(&key)? else {
@@ -384,13 +386,13 @@ async fn scrub_one(
     })
     .await
     .map_err(|e| format!("{e:?}"))?;
-    drop_everywhere(svc, key).await
+    drop_everywhere(ent, key).await
 }
 
 /// Deletes the replicated copies of a parity whose single copy this node holds: its own, then
 /// every other member's of the replica set.
-async fn drop_everywhere(svc: &Service, key: BlockKey) -> Result<(u64, u64), String> {
-    let main = svc.store.clone();
+async fn drop_everywhere(ent: &Entangled, key: BlockKey) -> Result<(u64, u64), String> {
+    let main = ent.store.clone();
     let (mut n, mut bytes) = blocking(move || {
         let size = main.meta(&key)?.map_or(0, |m| m.size);
         Ok(if main.delete(&key)? {
@@ -401,25 +403,26 @@ async fn drop_everywhere(svc: &Service, key: BlockKey) -> Result<(u64, u64), Str
     })
     .await
     .map_err(|e| format!("{e:?}"))?;
-    let me = svc.handle.local.clone();
-    let set = locate(svc, &key).await?;
+    let me = ent.ring.handle.local.clone();
+    let set = ent.ring.replica_set(&key).await?;
     for m in set.iter().filter(|m| **m != me) {
-        match call(
-            svc,
-            m,
-            EntRequest::DropReplica {
-                key,
-                holder: me.clone(),
-            },
-        )
-        .await
+        match ent
+            .ring
+            .call_ent(
+                m,
+                EntRequest::DropReplica {
+                    key,
+                    holder: me.clone(),
+                },
+            )
+            .await
         {
             Ok(EntResponse::Stats(s)) => {
                 n += s.parity_copies_replicated;
                 bytes += s.parity_bytes;
             }
             Ok(_) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok((n, bytes))
@@ -428,37 +431,39 @@ async fn drop_everywhere(svc: &Service, key: BlockKey) -> Result<(u64, u64), Str
 /// `DropReplica`: deletes the replicated copy of `key` here once `holder` (another node, the
 /// key's owner) confirms it holds the block. Answers with the copies and bytes deleted.
 pub async fn drop_replica(
-    svc: &Service,
+    ent: &Entangled,
     key: BlockKey,
     holder: NodeAddr,
-) -> Result<EntangleStats, Response> {
-    if holder == svc.handle.local {
-        return Err(Response::error(
+) -> Result<EntangleStats, RingError> {
+    if holder == ent.ring.handle.local {
+        return Err(RingError::new(
             ErrorCode::BadRequest,
             "the holder of the single copy cannot be this node",
         ));
     }
     // Only the key's owner keeps the single copy: nobody else may have replicas dropped.
-    let owner = locate(svc, &key)
+    let owner = ent
+        .ring
+        .replica_set(&key)
         .await
-        .map_err(|e| Response::error(ErrorCode::Unavailable, e))?;
+        .map_err(|e| RingError::new(ErrorCode::Unavailable, e))?;
     if owner.first() != Some(&holder) {
-        return Err(Response::error(
+        return Err(RingError::new(
             ErrorCode::Rejected,
             "the claimed holder is not the owner of the key; replica kept",
         ));
     }
     let confirmed = matches!(
-        call(svc, &holder, EntRequest::HasSymbols { keys: vec![key] }).await,
+        ent.ring.call_ent(&holder, EntRequest::HasSymbols { keys: vec![key] }).await,
         Ok(EntResponse::Has { present }) if present == vec![true]
     );
     if !confirmed {
-        return Err(Response::error(
+        return Err(RingError::new(
             ErrorCode::Rejected,
             "the claimed holder does not hold the block; replica kept",
         ));
     }
-    let main = svc.store.clone();
+    let main = ent.store.clone();
     let (n, bytes) = blocking(move || {
         let size = main.meta(&key)?.map_or(0, |m| m.size);
         Ok(if main.delete(&key)? {
@@ -477,8 +482,8 @@ pub async fn drop_replica(
 
 /// Single copies this node holds for keys outside the range it replicates (ownership moved
 /// after a join) go to the key's current owner.
-pub async fn hand_off_singles(svc: &Service) {
-    let Some(view) = svc.handle.view().await else {
+pub async fn hand_off_singles(ent: &Entangled) {
+    let Some(view) = ent.ring.handle.view().await else {
         return;
     };
     if !view.member || view.predecessor.is_none() {
@@ -488,7 +493,7 @@ pub async fn hand_off_singles(svc: &Service) {
     if from == to {
         return;
     }
-    let single = svc.entangled.single.clone();
+    let single = ent.single.clone();
     let Ok(Ok(page)) = tokio::task::spawn_blocking(move || {
         single.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(256))
     })
@@ -497,29 +502,32 @@ pub async fn hand_off_singles(svc: &Service) {
         return;
     };
     for key in page.keys {
-        let Ok(set) = locate(svc, &key).await else {
+        let Ok(set) = ent.ring.replica_set(&key).await else {
             continue;
         };
         let Some(owner) = set.first() else { continue };
-        if *owner == svc.handle.local || set.contains(&svc.handle.local) {
+        if *owner == ent.ring.handle.local || set.contains(&ent.ring.handle.local) {
             continue;
         }
-        let single = svc.entangled.single.clone();
+        let single = ent.single.clone();
         let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || single.get(&key)).await else {
             continue;
         };
-        if let Ok(EntResponse::Ok) = call(svc, owner, EntRequest::StoreSingle { key, data }).await {
-            let single = svc.entangled.single.clone();
+        if let Ok(EntResponse::Ok) = ent
+            .ring
+            .call_ent(owner, EntRequest::StoreSingle { key, data })
+            .await
+        {
+            let single = ent.single.clone();
             let _ = tokio::task::spawn_blocking(move || single.delete(&key)).await;
         }
     }
 }
 
 /// This node's figures for du.
-pub async fn local_stats(svc: &Service) -> Result<EntangleStats, Response> {
-    let ent = &svc.entangled;
+pub async fn local_stats(ent: &Entangled) -> Result<EntangleStats, RingError> {
     let parity_size = ent.parity_size().unwrap_or(u64::MAX);
-    let (main, single) = (svc.store.clone(), ent.single.clone());
+    let (main, single) = (ent.store.clone(), ent.single.clone());
     let mut s = blocking(move || {
         let mut s = EntangleStats {
             nodes: 1,
@@ -558,7 +566,7 @@ pub async fn local_stats(svc: &Service) -> Result<EntangleStats, Response> {
         Ok(s)
     })
     .await?;
-    for (_, r) in repair::owned_records(svc).await {
+    for (_, r) in repair::owned_records(ent).await {
         s.codewords += 1;
         s.logical_bytes += r.len;
     }
@@ -566,8 +574,7 @@ pub async fn local_stats(svc: &Service) -> Result<EntangleStats, Response> {
 }
 
 /// `EntangleStats`: the figures of every node, summed.
-pub async fn ring_stats(svc: &Service) -> Result<EntangleStats, String> {
-    let ent = &svc.entangled;
+pub async fn ring_stats(ent: &Entangled) -> Result<EntangleStats, String> {
     let mut total = EntangleStats {
         kind: match ent.params() {
             Some(_) => "step".into(),
@@ -577,11 +584,11 @@ pub async fn ring_stats(svc: &Service) -> Result<EntangleStats, String> {
         replication: ent.replication as u32,
         ..EntangleStats::default()
     };
-    let nodes = members(svc).await;
+    let nodes = ent.ring.members().await;
     let results = futures::future::join_all(
         nodes
             .iter()
-            .map(|(_, a)| call(svc, a, EntRequest::LocalStats)),
+            .map(|(_, a)| ent.ring.call_ent(a, EntRequest::LocalStats)),
     )
     .await;
     for r in results {
@@ -597,13 +604,13 @@ pub async fn ring_stats(svc: &Service) -> Result<EntangleStats, String> {
 /// this node's range), and every record and reverse-reference entry to the next m successors
 /// (the nodes that join the metadata sets this node leaves). Returns (single copies handed
 /// off, records and entries sent).
-pub async fn hand_off(svc: &Service) -> (u64, u64) {
+pub async fn hand_off(ent: &Entangled) -> (u64, u64) {
     // The next m successors: the m-th joins the metadata set of this node's own range.
-    let succs = meta::successors(svc, svc.entangled.metadata_replication()).await;
+    let succs = ent.ring.successors(ent.metadata_replication()).await;
     let Some(first) = succs.first().cloned() else {
         return (0, 0);
     };
-    let single = svc.entangled.single.clone();
+    let single = ent.single.clone();
     let keys = tokio::task::spawn_blocking(move || {
         single
             .list_range(&BlockKey::ZERO, &BlockKey::ZERO, None)
@@ -615,17 +622,20 @@ pub async fn hand_off(svc: &Service) -> (u64, u64) {
     .unwrap_or_default();
     let mut singles = 0;
     for key in keys {
-        let single = svc.entangled.single.clone();
+        let single = ent.single.clone();
         let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || single.get(&key)).await else {
             continue;
         };
-        if let Ok(EntResponse::Ok) = call(svc, &first, EntRequest::StoreSingle { key, data }).await
+        if let Ok(EntResponse::Ok) = ent
+            .ring
+            .call_ent(&first, EntRequest::StoreSingle { key, data })
+            .await
         {
             singles += 1;
         }
     }
-    let records = meta::all_local(svc).await;
-    let entries = refs::all_entries(svc).await;
+    let records = meta::all_local(ent).await;
+    let entries = refs::all_entries(ent).await;
     let sent = futures::future::join_all(succs.iter().map(|s| {
         let (records, entries) = (&records, &entries);
         async move {
@@ -638,8 +648,10 @@ pub async fn hand_off(svc: &Service) -> (u64, u64) {
                 if bytes >= 1 << 20 || batch.len() >= 1024 {
                     let n = batch.len() as u64;
                     let records = std::mem::take(&mut batch);
-                    if let Ok(EntResponse::Ok) =
-                        call(svc, s, EntRequest::StoreRecords { records }).await
+                    if let Ok(EntResponse::Ok) = ent
+                        .ring
+                        .call_ent(s, EntRequest::StoreRecords { records })
+                        .await
                     {
                         sent += n;
                     }
@@ -648,21 +660,24 @@ pub async fn hand_off(svc: &Service) -> (u64, u64) {
             }
             if !batch.is_empty() {
                 let n = batch.len() as u64;
-                if let Ok(EntResponse::Ok) =
-                    call(svc, s, EntRequest::StoreRecords { records: batch }).await
+                if let Ok(EntResponse::Ok) = ent
+                    .ring
+                    .call_ent(s, EntRequest::StoreRecords { records: batch })
+                    .await
                 {
                     sent += n;
                 }
             }
             for chunk in entries.chunks(1024) {
-                if let Ok(EntResponse::Ok) = call(
-                    svc,
-                    s,
-                    EntRequest::StoreRefs {
-                        entries: chunk.to_vec(),
-                    },
-                )
-                .await
+                if let Ok(EntResponse::Ok) = ent
+                    .ring
+                    .call_ent(
+                        s,
+                        EntRequest::StoreRefs {
+                            entries: chunk.to_vec(),
+                        },
+                    )
+                    .await
                 {
                     sent += chunk.len() as u64;
                 }

@@ -11,17 +11,14 @@ use rand_chacha::ChaCha8Rng;
 use tracing::{debug, warn};
 
 use super::format::{ek, encode_record, nk, DocRecord, RefsEntry};
-use super::{call, locate, lock, meta, now_us, read, refs, EntRequest, EntResponse, Held};
-use crate::proto::{BlockKey, ErrorCode, Request, Response, MAX_BLOCK_SIZE};
-use crate::service::Service;
+use super::Entangled;
+use super::{lock, meta, now_us, read, refs, EntRequest, EntResponse, Held};
+use crate::ring::RingError;
+use peerstore_proto::{BlockKey, ErrorCode, MAX_BLOCK_SIZE};
 
 /// Stores one block in the ring (routed to its replica set, majority acknowledged).
-pub async fn put_block(svc: &Service, key: BlockKey, data: Vec<u8>) -> Result<(), String> {
-    match svc.handle_request(Request::Put { key, data }).await {
-        Response::Stored { .. } | Response::Ok => Ok(()),
-        Response::Error { message, .. } => Err(message),
-        other => Err(format!("unexpected answer {other:?}")),
-    }
+pub async fn put_block(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result<(), RingError> {
+    ent.blocks.put_block(key, data).await.map(|_| ())
 }
 
 /// Chooses the `t` pointers of the next codeword: RECAST's mixed policy over a local view of
@@ -80,20 +77,16 @@ fn choose(
 /// `PutDocument`: with type "none" a plain replicated block (key = BLAKE3(data)); with "step"
 /// the document is entangled and stored as parities; the answer's key names its document
 /// record, written last.
-pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
-    let ent = &svc.entangled;
+pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, RingError> {
     if data.len() > MAX_BLOCK_SIZE {
-        return Response::error(
+        return Err(RingError::new(
             ErrorCode::BadRequest,
             format!("document of {} bytes exceeds {MAX_BLOCK_SIZE}", data.len()),
-        );
+        ));
     }
     let Some(params) = ent.params() else {
         let key = BlockKey::of(&data);
-        return match svc.handle_request(Request::Put { key, data }).await {
-            Response::Stored { .. } => Response::DocumentStored { key },
-            other => other,
-        };
+        return ent.blocks.put_block(key, data).await.map(|_| key);
     };
     let (pool, tail, seed, doc_id) = {
         let mut st = lock(&ent.encoder);
@@ -117,8 +110,8 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
     .await
     {
         Ok(Ok(e)) => e,
-        Ok(Err(e)) => return Response::error(ErrorCode::Internal, format!("encode: {e}")),
-        Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+        Ok(Err(e)) => return Err(RingError::internal(format!("encode: {e}"))),
+        Err(e) => return Err(RingError::internal(e.to_string())),
     };
     // 1. Parities.
     let parities: Vec<(BlockKey, Vec<u8>)> = encoded
@@ -126,12 +119,13 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
         .flat_map(|(_, blocks)| blocks.iter().map(|(k, b)| (nk(k), b.clone())))
         .collect();
     let stored = futures::stream::iter(parities.clone())
-        .map(|(k, b)| put_block(svc, k, b))
+        .map(|(k, b)| put_block(ent, k, b))
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
     if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
-        return Response::error(ErrorCode::Unavailable, format!("storing a parity: {e}"));
+        // The code stays: a full replica set reaches the client as "node full".
+        return Err(RingError::new(e.code, format!("storing a parity: {e}")));
     }
     // 2. Codeword records, on their m metadata holders.
     let anchors = entangle::Anchors::new(params.block_size, params.t());
@@ -165,15 +159,14 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
                 .insert(rk);
         }
     }
-    if let Err(e) = meta::store_ring(svc, records).await {
-        return Response::error(
-            ErrorCode::Unavailable,
-            format!("storing codeword records: {e}"),
-        );
+    if let Err(e) = meta::store_ring(ent, records).await {
+        return Err(RingError::unavailable(format!(
+            "storing codeword records: {e}"
+        )));
     }
     // 3. Reverse references.
-    if let Err(e) = refs::store_ring(svc, entries.into_values().collect()).await {
-        return Response::error(ErrorCode::Unavailable, e);
+    if let Err(e) = refs::store_ring(ent, entries.into_values().collect()).await {
+        return Err(RingError::unavailable(e));
     }
     // 4. The document record, last.
     let doc = DocRecord {
@@ -184,11 +177,10 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
     };
     let bytes = doc.encode();
     let key = BlockKey::of(&bytes);
-    if let Err(e) = meta::store_ring(svc, vec![bytes]).await {
-        return Response::error(
-            ErrorCode::Unavailable,
-            format!("storing the document record: {e}"),
-        );
+    if let Err(e) = meta::store_ring(ent, vec![bytes]).await {
+        return Err(RingError::unavailable(format!(
+            "storing the document record: {e}"
+        )));
     }
     {
         let mut st = lock(&ent.encoder);
@@ -199,41 +191,41 @@ pub async fn put_document(svc: &Service, data: Vec<u8>) -> Response {
             st.tail.pop_front();
         }
     }
-    Response::DocumentStored { key }
+    Ok(key)
 }
 
 /// Keeps the pointer pool filled with a uniform sample of the ring's parities: asks the owner
 /// of a random ring position for random parity keys it knows, fetches and verifies them.
-pub async fn prefetch_loop(svc: Arc<Service>) {
-    let Some(params) = svc.entangled.params() else {
+pub async fn prefetch_loop(ent: Arc<Entangled>) {
+    let Some(params) = ent.params() else {
         return;
     };
     let target = (4 * params.t()).max(16);
     loop {
-        let len = lock(&svc.entangled.encoder).pool.len();
+        let len = lock(&ent.encoder).pool.len();
         let wait = if len < target { 1 } else { 10 };
         tokio::time::sleep(Duration::from_secs(wait)).await;
-        if svc.handle.view().await.is_none() {
+        if ent.ring.handle.view().await.is_none() {
             return;
         }
         let pos = BlockKey(rand::thread_rng().gen());
-        let Ok(set) = locate(&svc, &pos).await else {
+        let Ok(set) = ent.ring.replica_set(&pos).await else {
             continue;
         };
         let Some(owner) = set.first() else { continue };
-        let keys = match call(&svc, owner, EntRequest::SampleParities { count: 8 }).await {
+        let keys = match ent
+            .ring
+            .call_ent(owner, EntRequest::SampleParities { count: 8 })
+            .await
+        {
             Ok(EntResponse::Keys { keys }) => keys,
             _ => continue,
         };
         for k in keys {
-            if lock(&svc.entangled.encoder)
-                .pool
-                .iter()
-                .any(|(p, _)| *p == k)
-            {
+            if lock(&ent.encoder).pool.iter().any(|(p, _)| *p == k) {
                 continue;
             }
-            let Some(bytes) = read::fetch_ring(&svc, k).await else {
+            let Some(bytes) = read::fetch_ring(&ent, k).await else {
                 continue;
             };
             if entangle::codec::pointer_payload(&params, &ek(&k), &bytes).is_err() {
@@ -249,7 +241,7 @@ pub async fn prefetch_loop(svc: Arc<Service>) {
                 }
                 continue;
             }
-            let mut st = lock(&svc.entangled.encoder);
+            let mut st = lock(&ent.encoder);
             if st.pool.len() < target {
                 st.pool.push((k, Arc::new(bytes)));
             } else {

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::key::BlockKey;
+use peerstore_proto::BlockKey;
 
 /// Everything that can go wrong in the block store. Every message is one line that says what
 /// happened and what to do about it.
@@ -32,10 +32,10 @@ pub enum StoreError {
         /// The BLAKE3 hash of the bytes.
         actual: BlockKey,
     },
-    /// The block's file failed verification. It was moved to quarantine, dropped from the index
-    /// and is no longer held: repair it from a replica.
+    /// The block's bytes failed verification. A copy went to quarantine, the block was dropped
+    /// from the index and the disk and is no longer held: repair it from a replica.
     #[error(
-        "block {key} is corrupt on disk ({detail}); moved to {quarantined_to:?} and dropped; \
+        "block {key} is corrupt on disk ({detail}); copied to {quarantined_to:?} and dropped; \
          repair it from a replica"
     )]
     Corrupt {
@@ -43,12 +43,12 @@ pub enum StoreError {
         key: BlockKey,
         /// What was wrong (hash mismatch, wrong size).
         detail: String,
-        /// Where the bad file went.
+        /// Where the copy of the bad bytes went.
         quarantined_to: PathBuf,
     },
-    /// The index listed the block but its file was gone. The index entry was dropped and the
+    /// The index listed the block but its record was gone. The index entry was dropped and the
     /// block is no longer held: repair it from a replica.
-    #[error("block {key} was indexed but its file is gone; index entry dropped; repair it from a replica")]
+    #[error("block {key} was indexed but its record is gone; index entry dropped; repair it from a replica")]
     Missing {
         /// The block.
         key: BlockKey,

@@ -13,7 +13,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, StoreError};
-use super::key::BlockKey;
+use peerstore_proto::BlockKey;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {

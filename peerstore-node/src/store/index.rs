@@ -15,8 +15,8 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::error::{db, Result, StoreError};
-use super::key::BlockKey;
 use super::segments::{Loc, Segments};
+use peerstore_proto::BlockKey;
 
 /// key -> (size in bytes, role code, segment id, record offset).
 pub(crate) const BLOCKS: TableDefinition<&[u8; 32], (u64, u8, u32, u64)> =

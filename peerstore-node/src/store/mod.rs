@@ -42,7 +42,7 @@
 mod error;
 mod files;
 mod index;
-mod key;
+
 mod records;
 mod ring;
 mod segments;
@@ -60,7 +60,7 @@ use tracing::{info, warn};
 
 pub use error::{Result, StoreError};
 pub use index::{BlockMeta, Role};
-pub use key::{BlockKey, ParseKeyError};
+pub use peerstore_proto::{BlockKey, ParseKeyError};
 pub use records::{RecordTable, RecordUpdate};
 pub use ring::in_interval;
 pub use segments::{
@@ -365,6 +365,9 @@ impl BlockStore {
         }
         if legacy {
             store.migrate(&mut report)?;
+        } else {
+            // A migration that committed but stopped before removing the old files.
+            store.remove_legacy_dirs()?;
         }
         store.reconcile(&mut report)?;
         if config.verify_on_open {
@@ -524,17 +527,20 @@ impl BlockStore {
                     .map_err(StoreError::io("list", &l.legacy_blocks))?
                     .path();
                 if !dir.is_dir() {
+                    // The directory is removed below: nothing unknown goes with it unseen.
+                    self.stray(&dir, report)?;
                     continue;
                 }
                 for f in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
                     let path = f.map_err(StoreError::io("list", &dir))?.path();
                     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    let Ok(key) = BlockKey::from_hex(name) else {
+                    let key = BlockKey::from_hex(name)
+                        .ok()
+                        .filter(|k| k.to_hex() == name && path == l.legacy_block_path(k));
+                    let Some(key) = key.filter(|_| path.is_file()) else {
+                        self.stray(&path, report)?;
                         continue;
                     };
-                    if key.to_hex() != name || path != l.legacy_block_path(&key) {
-                        continue;
-                    }
                     let bytes = files::read_file(&path)?.unwrap_or_default();
                     if BlockKey::of(&bytes) != key {
                         warn!(key = %key.short(), "format-1 block file is corrupt; quarantined");
@@ -559,14 +565,7 @@ impl BlockStore {
             .missing
             .extend(legacy.keys().filter(|k| !seen.contains(k)).copied());
         self.inner.index.finish_migration(&ops)?;
-        for d in [&l.legacy_blocks, &l.legacy_tmp] {
-            match fs::remove_dir_all(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io("remove format-1 directory", d)(e)),
-            }
-        }
-        files::fsync_dir(&l.root)?;
+        self.remove_legacy_dirs()?;
         info!(
             blocks = report.migrated,
             "moved a format-1 store (one file per block) into segments"
@@ -574,7 +573,24 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Moves an unrecognised file out of `segments/` into quarantine.
+    /// Removes the format-1 directories (`blocks/`, `tmp/`) once their blocks are in segments.
+    fn remove_legacy_dirs(&self) -> Result<()> {
+        let l = &self.layout;
+        let mut removed = false;
+        for d in [&l.legacy_blocks, &l.legacy_tmp] {
+            match fs::remove_dir_all(d) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove format-1 directory", d)(e)),
+            }
+        }
+        if removed {
+            files::fsync_dir(&l.root)?;
+        }
+        Ok(())
+    }
+
+    /// Moves an unrecognised file out of the store's directories into quarantine.
     fn stray(&self, path: &Path, report: &mut OpenReport) -> Result<()> {
         let name = path
             .file_name()
@@ -582,10 +598,7 @@ impl BlockStore {
             .unwrap_or_default();
         let to = self.layout.quarantine_path(&format!("stray-{name}"));
         files::move_durable(path, &to)?;
-        warn!(
-            ?path,
-            "unrecognised file in the segment directory; quarantined"
-        );
+        warn!(?path, "unrecognised file in the block store; quarantined");
         report.strays_quarantined += 1;
         Ok(())
     }
@@ -634,12 +647,6 @@ impl BlockStore {
     /// not hash to `key` this way is a bug of the caller: every read would find them corrupt.
     pub fn put_verified(&self, key: BlockKey, bytes: &[u8], role: Role) -> Result<PutOutcome> {
         debug_assert_eq!(BlockKey::of(bytes), key);
-        if bytes.len() > u32::MAX as usize {
-            return Err(StoreError::InvalidArgument(format!(
-                "block of {} bytes is over the 4 GiB a record holds",
-                bytes.len()
-            )));
-        }
         let size = bytes.len() as u64;
         let _guard = self.lock_key(key);
         let mut outcome = PutOutcome::Stored;
@@ -799,7 +806,11 @@ impl BlockStore {
         why: &str,
     ) -> Result<PathBuf> {
         let to = self.layout.quarantine_path(&key.to_hex());
-        files::write_durable(&to, bad)?;
+        // The copy is for inspection only: a full disk must not keep a corrupt block listed
+        // (and so keep it from being repaired).
+        if let Err(err) = files::write_durable(&to, bad) {
+            warn!(key = %key.short(), error = %err, "cannot keep a copy of a corrupt block");
+        }
         self.inner.index.submit(IndexOp::Remove(*key))?;
         self.segments.release(e.loc, e.meta.size)?;
         let mut st = self.state();

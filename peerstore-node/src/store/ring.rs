@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use super::key::BlockKey;
+use peerstore_proto::BlockKey;
 
 /// A number below 2^320, little-endian limbs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -34,7 +34,7 @@ use tracing::warn;
 
 use super::error::{Result, StoreError};
 use super::files::fsync_dir;
-use super::key::BlockKey;
+use peerstore_proto::BlockKey;
 
 /// Records start at multiples of this, and a deleted record's extent is a whole number of it.
 pub const ALIGN: u64 = 4096;
@@ -295,8 +295,12 @@ impl Segments {
     /// Appends a record and returns where it went. The bytes are written but not yet durable:
     /// [`Segments::sync_dirty`] makes them so. On error nothing is left counted.
     pub(crate) fn append(&self, key: &BlockKey, bytes: &[u8]) -> Result<Loc> {
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| StoreError::InvalidArgument("block over 4 GiB".into()))?;
+        let len = u32::try_from(bytes.len()).map_err(|_| {
+            StoreError::InvalidArgument(format!(
+                "block of {} bytes is over the 4 GiB a record holds",
+                bytes.len()
+            ))
+        })?;
         let size = extent(bytes.len() as u64);
         let mut rolled_from = None;
         let (id, file, offset) = {

@@ -9,7 +9,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use common::*;
-use peerstore_node::testing::Cluster;
+use peerstore_testkit::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_mid_backup_then_two_dead() {

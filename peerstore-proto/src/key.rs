@@ -1,8 +1,10 @@
-//! The content address of a block.
+//! Names on the ring: a block's content address ([`BlockKey`]), a member's identity and
+//! address ([`NodeAddr`]), and how both map to ring positions.
 
 use std::fmt;
 use std::str::FromStr;
 
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 /// A block's key: the BLAKE3 hash of its stored bytes, read as a 256-bit big-endian number on
@@ -94,9 +96,59 @@ impl fmt::Debug for BlockKey {
     }
 }
 
+/// How the daemon names a ring member: its libp2p identity and one address to dial it on.
+/// The member's ring id is SHA-256 of the PeerId bytes (see [`ring_id`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub peer: PeerId,
+    pub addr: Multiaddr,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/p2p/{}", self.addr, self.peer)
+    }
+}
+
+/// A ring member's id: SHA-256 of its PeerId bytes.
+#[must_use]
+pub fn ring_id(peer: &PeerId) -> chord::Id {
+    chord::Id::hash(&peer.to_bytes())
+}
+
+/// Converts a block key into the ring position it is stored at (the same 32 bytes).
+#[must_use]
+pub fn key_id(key: &BlockKey) -> chord::Id {
+    chord::Id::from_bytes(key.0)
+}
+
+/// Parses a multiaddr that ends in `/p2p/<peer id>` into a [`NodeAddr`].
+pub fn parse_node_addr(s: &str) -> Result<NodeAddr, String> {
+    let mut addr: Multiaddr = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("'{s}' is not a multiaddr: {e}"))?;
+    match addr.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok(NodeAddr { peer, addr }),
+        _ => Err(format!(
+            "'{s}' has no /p2p/<peer id> at the end; use the full address a node prints or writes to its address file"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_addr_parses_full_multiaddr_only() {
+        let peer = PeerId::random();
+        let a = parse_node_addr(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")).unwrap();
+        assert_eq!(a.peer, peer);
+        assert_eq!(a.addr.to_string(), "/ip4/127.0.0.1/tcp/4001");
+        assert!(parse_node_addr("/ip4/127.0.0.1/tcp/4001").is_err());
+        assert!(parse_node_addr("not an address").is_err());
+    }
 
     #[test]
     fn hex_round_trip_and_forms() {

@@ -7,7 +7,7 @@
 //!   chosen at random (seed printed; `PEERSTORE_ENT_SEED` replays it) killed at once, repaired,
 //!   audited and restored byte-identical.
 //! - `admin_commands_on_documents_put_directly`: 6 nodes, B = 4 KiB, documents stored with
-//!   `Request::PutDocument` through the harness, so the admin commands are tested whatever the
+//!   `ClientRequest::PutDocument` through the harness, so the admin commands are tested whatever the
 //!   client's backup stores.
 //!
 //! Needs the node binary built beside the tests: `cargo build --release -p peerstore-node`.
@@ -19,10 +19,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::testing::{
-    arc_share, pick_victims, ring_order, wait_until, Cluster, MAINTENANCE_MS,
-};
+use peerstore_proto::{BlockKey, ClientRequest, ClientResponse};
+use peerstore_testkit::{arc_share, pick_victims, ring_order, wait_until, Cluster, MAINTENANCE_MS};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
@@ -39,7 +37,7 @@ fn ring_args(bs: &str) -> Vec<String> {
     // `repair` does it.
     ["--block-size", bs]
         .iter()
-        .chain(peerstore_node::testing::STEP_RING_ARGS)
+        .chain(peerstore_testkit::STEP_RING_ARGS)
         .map(|s| s.to_string())
         .collect()
 }
@@ -427,7 +425,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
 /// Documents of assorted sizes (B = 4 KiB, so a codeword carries 16 KiB).
 fn documents(n: u64, seed: u64) -> Vec<Vec<u8>> {
     let sizes = [0usize, 1, 100, 16_384, 16_385, 49_145, 40_000, 9_999];
-    peerstore_node::testing::documents(n, seed, &sizes)
+    peerstore_testkit::documents(n, seed, &sizes)
 }
 
 fn stdout_json(out: &std::process::Output) -> Value {
@@ -451,7 +449,7 @@ async fn admin_commands_on_documents_put_directly() {
     let docs = documents(24, 7_000);
     let mut keys = Vec::new();
     for (i, d) in docs.iter().enumerate() {
-        keys.push(peerstore_node::testing::put_document(&cluster.nodes[i % 3], d).await);
+        keys.push(peerstore_testkit::put_document(&cluster.nodes[i % 3], d).await);
     }
     // Codewords: ceil(len / (s B)), at least one (an empty document has one).
     let cw: u64 = docs
@@ -656,8 +654,8 @@ async fn admin_commands_on_documents_put_directly() {
     );
     let via = cluster.live().next().unwrap();
     for (k, want) in keys.iter().zip(&docs) {
-        match via.call(Request::GetDocument { key: *k }).await {
-            Response::Block { data } => assert!(data == *want, "document {k} differs"),
+        match via.call(ClientRequest::GetDocument { key: *k }).await {
+            ClientResponse::Block { data } => assert!(data == *want, "document {k} differs"),
             other => panic!("document {k}: {other:?}"),
         }
     }

@@ -1,5 +1,5 @@
 //! Helpers of the end-to-end tests: run the real `peerstore-client` binary against real
-//! `peerstore-node` processes (peerstore_node::testing), generate trees, compare trees.
+//! `peerstore-node` processes (peerstore_testkit), generate trees, compare trees.
 #![allow(dead_code)]
 
 use std::fs;
@@ -36,7 +36,7 @@ impl Client {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_peerstore-client"));
+        let mut c = Command::new(peerstore_testkit::client_bin());
         c.arg("--config-dir")
             .arg(&self.config)
             .arg("--data-dir")
@@ -221,7 +221,7 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// The node logs of a cluster, for failure messages.
-pub fn node_logs(cluster: &peerstore_node::testing::Cluster) -> String {
+pub fn node_logs(cluster: &peerstore_testkit::Cluster) -> String {
     let mut s = String::new();
     for n in &cluster.nodes {
         let log = fs::read_to_string(n.data_dir.join("node.log")).unwrap_or_default();

@@ -1,15 +1,18 @@
-//! Test harness (for this crate's and the client's integration tests): real `peerstore-node`
-//! processes on 127.0.0.1 with ephemeral ports, each with its own temporary data directory.
-//! Every process is killed and every directory removed on drop.
+//! PeerStore's test harness (a dev-dependency of the node's and the client's integration
+//! tests, never linked into a binary): real `peerstore-node` processes on 127.0.0.1 with
+//! ephemeral ports, each with its own temporary data directory. Every process is killed and
+//! every directory removed on drop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::identity::{read_address_file, ADDRESS_FILE};
-use crate::proto::{BlockKey, NodeAddr, Request, Response, StatusReport};
-use crate::rpc::RpcClient;
+use peerstore_node::identity::{read_address_file, ADDRESS_FILE};
+use peerstore_proto::{
+    AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, EntRequest, EntResponse,
+    ErrorCode, MemberRequest, MemberResponse, NodeAddr, RpcClient, StatusReport,
+};
 
 pub const STABILIZE_MS: u64 = 200;
 pub const MAINTENANCE_MS: u64 = 1000;
@@ -55,16 +58,41 @@ impl NodeProc {
         self.child.is_some()
     }
 
-    pub async fn call(&self, req: Request) -> Response {
+    /// A client request to this node.
+    pub async fn call(&self, req: ClientRequest) -> ClientResponse {
         match self.client.call(req).await {
             Ok(r) => r,
-            Err(e) => Response::error(crate::proto::ErrorCode::Unavailable, e.to_string()),
+            Err(e) => ClientResponse::error(ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+
+    /// A member request to this node (sent by the harness, which is not a member).
+    pub async fn member(&self, req: MemberRequest) -> MemberResponse {
+        match self.client.member_to(&self.addr, req).await {
+            Ok(r) => r,
+            Err(e) => MemberResponse::error(ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+
+    /// An entangled-layer member request to this node.
+    pub async fn ent(&self, req: EntRequest) -> EntResponse {
+        match self.member(MemberRequest::Entangled(req)).await {
+            MemberResponse::Entangled(r) => r,
+            other => panic!("entangled request to {}: {other:?}", self.addr),
+        }
+    }
+
+    /// An admin request to this node.
+    pub async fn admin(&self, req: AdminRequest) -> AdminResponse {
+        match self.client.admin(req).await {
+            Ok(r) => r,
+            Err(e) => AdminResponse::error(ErrorCode::Unavailable, e.to_string()),
         }
     }
 
     pub async fn status(&self) -> Option<StatusReport> {
-        match self.call(Request::Status).await {
-            Response::Status(s) => Some(*s),
+        match self.call(ClientRequest::Status).await {
+            ClientResponse::Status(s) => Some(*s),
             _ => None,
         }
     }
@@ -87,20 +115,29 @@ pub struct Cluster {
 /// executable (target/<profile>/peerstore-node). Tests of other crates need it built first
 /// (`cargo test --workspace` does; `cargo build -p peerstore-node` otherwise).
 pub fn node_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("PEERSTORE_NODE_BIN") {
+    built_bin("peerstore-node", "PEERSTORE_NODE_BIN")
+}
+
+/// The `peerstore-client` binary next to the running test (or `$PEERSTORE_CLIENT_BIN`).
+pub fn client_bin() -> PathBuf {
+    built_bin("peerstore-client", "PEERSTORE_CLIENT_BIN")
+}
+
+fn built_bin(name: &str, var: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/peerstore-node
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Tests run from target/<profile>/deps, examples from target/<profile>/examples.
     if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
-    let bin = dir.join(format!("peerstore-node{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} not found: build it first (cargo build --release -p peerstore-node) or set PEERSTORE_NODE_BIN",
+        "{} not found: build it first (cargo build --release --workspace --bins) or set {var}",
         bin.display()
     );
     bin
@@ -297,7 +334,7 @@ pub async fn list_all(n: &NodeProc) -> Vec<BlockKey> {
     let mut after = None;
     loop {
         match n
-            .call(Request::ListRange {
+            .member(MemberRequest::ListRange {
                 from: chord::Id::ZERO,
                 to: chord::Id::ZERO,
                 after,
@@ -305,7 +342,7 @@ pub async fn list_all(n: &NodeProc) -> Vec<BlockKey> {
             })
             .await
         {
-            Response::Keys { keys: page, more } => {
+            MemberResponse::Keys { keys: page, more } => {
                 after = page.last().copied();
                 keys.extend(page);
                 if !more || after.is_none() {
@@ -387,7 +424,7 @@ pub async fn spawn_node_on(
 /// on a running node.
 pub fn records_in(store_root: &Path) -> Vec<(BlockKey, Vec<u8>)> {
     use std::os::unix::fs::FileExt;
-    let Ok(records) = crate::store::records_on_disk(store_root) else {
+    let Ok(records) = peerstore_node::store::records_on_disk(store_root) else {
         return Vec::new();
     };
     records
@@ -405,7 +442,7 @@ pub fn records_in(store_root: &Path) -> Vec<(BlockKey, Vec<u8>)> {
 /// disk corruption would. Returns false if no record of `key` is on disk.
 pub fn corrupt_on_disk(store_root: &Path, key: &BlockKey) -> bool {
     use std::os::unix::fs::FileExt;
-    let Ok(records) = crate::store::records_on_disk(store_root) else {
+    let Ok(records) = peerstore_node::store::records_on_disk(store_root) else {
         return false;
     };
     let Some(r) = records.into_iter().find(|r| r.key == *key && r.len > 0) else {
@@ -582,19 +619,18 @@ pub async fn random_victims(
 /// How many live nodes hold each of `keys` in their entangled record table (codeword and
 /// document records).
 pub async fn record_holders(c: &Cluster, keys: &[BlockKey]) -> BTreeMap<BlockKey, usize> {
-    use crate::entangled::{EntRequest, EntResponse};
     let mut out: BTreeMap<BlockKey, usize> = keys.iter().map(|k| (*k, 0)).collect();
     for n in c.live() {
         for chunk in keys.chunks(256) {
             let mut rest = chunk;
             while !rest.is_empty() {
                 let got = match n
-                    .call(Request::Entangle(EntRequest::FetchRecords {
+                    .ent(EntRequest::FetchRecords {
                         keys: rest.to_vec(),
-                    }))
+                    })
                     .await
                 {
-                    Response::Entangle(EntResponse::Records { records }) => records,
+                    EntResponse::Records { records } => records,
                     other => panic!("fetch records from {}: {other:?}", n.addr),
                 };
                 assert!(!got.is_empty(), "empty records answer");
@@ -612,10 +648,9 @@ pub async fn record_holders(c: &Cluster, keys: &[BlockKey]) -> BTreeMap<BlockKey
 
 /// A codeword or document record from the first live node that holds it (verified).
 pub async fn fetch_record(c: &Cluster, key: BlockKey) -> Option<Vec<u8>> {
-    use crate::entangled::{EntRequest, EntResponse};
     for n in c.live() {
-        if let Response::Entangle(EntResponse::Records { records }) = n
-            .call(Request::Entangle(EntRequest::FetchRecords {
+        if let MemberResponse::Entangled(EntResponse::Records { records }) = n
+            .member(MemberRequest::Entangled(EntRequest::FetchRecords {
                 keys: vec![key],
             }))
             .await
@@ -651,12 +686,12 @@ pub const STEP_RING_ARGS: &[&str] = &[
 pub async fn put_document(n: &NodeProc, data: &[u8]) -> BlockKey {
     for _ in 0..4 {
         match n
-            .call(Request::PutDocument {
+            .call(ClientRequest::PutDocument {
                 data: data.to_vec(),
             })
             .await
         {
-            Response::DocumentStored { key } => return key,
+            ClientResponse::DocumentStored { key } => return key,
             other => {
                 eprintln!("put-document retry after {other:?}");
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,8 +13,8 @@ use crypto::{Identity, RootRecord};
 use peerstore_client::model::{Entry, EntryKind, Manifest, MANIFEST_VERSION};
 use peerstore_client::repo::Repo;
 use peerstore_client::store::RingStore;
-use peerstore_node::proto::{BlockKey, ErrorCode, Request, Response};
-use peerstore_node::testing::{Cluster, STEP_RING_ARGS};
+use peerstore_proto::{BlockKey, ClientRequest, ClientResponse, ErrorCode};
+use peerstore_testkit::{Cluster, STEP_RING_ARGS};
 
 const MARKER: &str = "PLAINTEXT-MARKER-d41c9e77-never-on-a-node";
 const BIG: usize = 64 << 20;
@@ -163,8 +163,8 @@ async fn backup_restore_dedup_privacy_and_keys() {
     .unwrap();
     let root_key = BlockKey(crypto::root_key(&alice_id.user_id()));
     let node = &cluster.nodes[2];
-    let current = match node.call(Request::GetRecord { key: root_key }).await {
-        Response::Record { record } => RootRecord::decode(&record).unwrap(),
+    let current = match node.call(ClientRequest::GetRecord { key: root_key }).await {
+        ClientResponse::Record { record } => RootRecord::decode(&record).unwrap(),
         other => panic!("no root for alice: {other:?}"),
     };
     assert_eq!(current.seq, 2);
@@ -178,7 +178,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
     let stale = RootRecord::sign(&alice_id, 1, current.payload.clone()).unwrap();
     for (what, rec) in [("bob's record", bobs), ("forged", forged), ("stale", stale)] {
         let resp = node
-            .call(Request::PutRecord {
+            .call(ClientRequest::PutRecord {
                 key: root_key,
                 record: rec.encode().unwrap(),
             })
@@ -186,7 +186,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
         assert!(
             matches!(
                 resp,
-                Response::Error {
+                ClientResponse::Error {
                     code: ErrorCode::Rejected,
                     ..
                 }
@@ -195,8 +195,10 @@ async fn backup_restore_dedup_privacy_and_keys() {
         );
     }
     // Alice's data is still hers and intact.
-    match node.call(Request::GetRecord { key: root_key }).await {
-        Response::Record { record } => assert_eq!(RootRecord::decode(&record).unwrap(), current),
+    match node.call(ClientRequest::GetRecord { key: root_key }).await {
+        ClientResponse::Record { record } => {
+            assert_eq!(RootRecord::decode(&record).unwrap(), current)
+        }
         other => panic!("{other:?}"),
     }
 
@@ -308,7 +310,7 @@ fn clear_errors_without_a_node_or_passphrase() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // No address file and no --peer.
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_peerstore-client"));
+    let mut cmd = std::process::Command::new(peerstore_testkit::client_bin());
     cmd.args([
         "--config-dir",
         c.config.to_str().unwrap(),

@@ -18,7 +18,7 @@ use peerstore_client::progress::Progress;
 use peerstore_client::repo::Repo;
 use peerstore_client::restore::restore_entry;
 use peerstore_client::store::RingStore;
-use peerstore_node::testing::Cluster;
+use peerstore_testkit::Cluster;
 
 struct Watcher {
     child: Child,

@@ -1,6 +1,7 @@
-//! A data-protocol client: a small libp2p endpoint that sends [`Request`]s to one node and waits
-//! for the [`Response`]s, many in flight at once. Used by `peerstore-node status`, by
-//! peerstore-client and by the tests. It is not a ring member and answers no requests.
+//! A client endpoint: a small libp2p endpoint that sends requests of the client, admin (and,
+//! for members' tools and tests, member) protocols to nodes and waits for the answers, many in
+//! flight at once. Used by `peerstore-node status`, by peerstore-client and by the tests. It is
+//! not a ring member and answers no requests.
 //!
 //! With [`RpcClient::routed`] the endpoint also learns the ring's members from its node's status
 //! and sends block puts and gets straight to a member of the key's replica set, which saves the
@@ -19,8 +20,11 @@ use libp2p::swarm::SwarmEvent;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::driver::{build_swarm, BehaviourEvent, LONG_REQUEST_TIMEOUT};
-use crate::proto::{key_id, BlockKey, ErrorCode, NodeAddr, Request, Response};
+use crate::net::{build_swarm, Behaviour, BehaviourEvent, LONG_REQUEST_TIMEOUT};
+use crate::{
+    key_id, AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, ErrorCode,
+    Incoming, MemberRequest, MemberResponse, NodeAddr,
+};
 
 /// Why a call did not produce an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,7 +37,14 @@ pub enum RpcError {
     Timeout { addr: String, after: Duration },
 }
 
-type Reply = oneshot::Sender<Result<Response, RpcError>>;
+type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
+
+/// One request for the event loop, with where its answer goes.
+enum Call {
+    Client(ClientRequest, Reply<ClientResponse>),
+    Member(MemberRequest, Reply<MemberResponse>),
+    Admin(AdminRequest, Reply<AdminResponse>),
+}
 
 /// How long a learned member map is used before it is refreshed from the node's status.
 const MEMBERS_TTL: Duration = Duration::from_secs(10);
@@ -41,7 +52,7 @@ const MEMBERS_TTL: Duration = Duration::from_secs(10);
 /// A handle to the client endpoint. Cheap to clone; dropping every clone stops the endpoint.
 #[derive(Clone)]
 pub struct RpcClient {
-    tx: mpsc::Sender<(NodeAddr, Request, Reply)>,
+    tx: mpsc::Sender<(NodeAddr, Call)>,
     pub node: NodeAddr,
     /// Bound on one request ([`LONG_REQUEST_TIMEOUT`] at least for long-running ones).
     timeout: Duration,
@@ -72,9 +83,7 @@ impl Routes {
     }
 }
 
-fn lock_routes(m: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock as lock_routes;
 
 impl RpcClient {
     /// Starts an endpoint that talks to `node`. `timeout` bounds every request.
@@ -106,7 +115,7 @@ impl RpcClient {
     /// Sends one request and waits for its answer. On a routed client a `Put` goes to the
     /// key's owner and a `Get` to one of its replicas (spread by key); a member that does not
     /// answer is forgotten and the next one of the set is tried, then the entry node.
-    pub async fn call(&self, request: Request) -> Result<Response, RpcError> {
+    pub async fn call(&self, request: ClientRequest) -> Result<ClientResponse, RpcError> {
         let route = self.route(&request);
         if route.is_empty() {
             return self.call_to(&self.node.clone(), request).await;
@@ -132,18 +141,53 @@ impl RpcClient {
         self.call_to(&self.node.clone(), request).await
     }
 
-    /// Sends one request to `to` (any ring member) and waits for its answer.
-    /// Waits at most the client's timeout, or [`LONG_REQUEST_TIMEOUT`] (if longer) for a
-    /// ring-wide repair, audit or scrub ([`Request::is_long_running`]).
-    pub async fn call_to(&self, to: &NodeAddr, request: Request) -> Result<Response, RpcError> {
+    /// Sends one client request to `to` (any ring member) and waits at most the client's
+    /// timeout for its answer.
+    pub async fn call_to(
+        &self,
+        to: &NodeAddr,
+        request: ClientRequest,
+    ) -> Result<ClientResponse, RpcError> {
+        self.send(to, self.timeout, |tx| Call::Client(request, tx))
+            .await
+    }
+
+    /// Sends one admin request to the entry node. Waits at most the client's timeout for
+    /// storage figures, [`LONG_REQUEST_TIMEOUT`] (if longer) for ring-wide repair, audit and
+    /// scrub.
+    pub async fn admin(&self, request: AdminRequest) -> Result<AdminResponse, RpcError> {
+        let limit = match request {
+            AdminRequest::EntangleStats => self.timeout,
+            _ => self.timeout.max(LONG_REQUEST_TIMEOUT),
+        };
+        let to = self.node.clone();
+        self.send(&to, limit, |tx| Call::Admin(request, tx)).await
+    }
+
+    /// Sends one member request to `to` and waits for the answer (members' tools and tests; a
+    /// ring that admits only its members refuses it from anyone else).
+    pub async fn member_to(
+        &self,
+        to: &NodeAddr,
+        request: MemberRequest,
+    ) -> Result<MemberResponse, RpcError> {
         let limit = if request.is_long_running() {
             self.timeout.max(LONG_REQUEST_TIMEOUT)
         } else {
             self.timeout
         };
+        self.send(to, limit, |tx| Call::Member(request, tx)).await
+    }
+
+    async fn send<T>(
+        &self,
+        to: &NodeAddr,
+        limit: Duration,
+        call: impl FnOnce(Reply<T>) -> Call,
+    ) -> Result<T, RpcError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((to.clone(), request, tx))
+            .send((to.clone(), call(tx)))
             .await
             .map_err(|_| RpcError::Closed)?;
         match tokio::time::timeout(limit, rx).await {
@@ -157,18 +201,18 @@ impl RpcClient {
 
     /// The members to try for `request`, in order (none if it is not routable or nothing is
     /// known yet; the caller then asks the entry node, and also after a route that left it out).
-    fn route(&self, request: &Request) -> Vec<NodeAddr> {
+    fn route(&self, request: &ClientRequest) -> Vec<NodeAddr> {
         let Some(routes) = self.routes.as_ref() else {
             return Vec::new();
         };
         let hashed;
         let (key, spread) = match request {
-            Request::Put { key, .. } => (key, false),
-            Request::Get { key } | Request::GetDocument { key } => (key, true),
+            ClientRequest::Put { key, .. } => (key, false),
+            ClientRequest::Get { key } | ClientRequest::GetDocument { key } => (key, true),
             // On a ring without entanglement a document is the block BLAKE3(data), stored by
             // the owner of that key; on an entangled ring any node may encode it, and the
             // owner of the hash spreads the encoders evenly.
-            Request::PutDocument { data } => {
+            ClientRequest::PutDocument { data } => {
                 hashed = BlockKey::of(data);
                 (&hashed, false)
             }
@@ -197,11 +241,13 @@ impl RpcClient {
     /// full map.
     pub async fn refresh(&self) {
         let Some(routes) = &self.routes else { return };
-        let status = self.call_to(&self.node.clone(), Request::Status).await;
+        let status = self
+            .call_to(&self.node.clone(), ClientRequest::Status)
+            .await;
         let mut r = lock_routes(routes);
         r.refreshing = false;
         r.refreshed = Some(Instant::now());
-        if let Ok(Response::Status(s)) = status {
+        if let Ok(ClientResponse::Status(s)) = status {
             r.members.clear();
             r.replication = s.replication as usize;
             r.members.insert(s.id, s.addr.clone());
@@ -220,72 +266,90 @@ impl RpcClient {
 }
 
 /// Whether a routed member's answer stands (anything but "could not do it right now").
-fn routed_answer_is_final(r: &Response) -> bool {
+fn routed_answer_is_final(r: &ClientResponse) -> bool {
     !matches!(
         r,
-        Response::Error {
+        ClientResponse::Error {
             code: ErrorCode::Unavailable | ErrorCode::Internal,
             ..
         }
     )
 }
 
-async fn event_loop(
-    mut swarm: libp2p::Swarm<crate::driver::Behaviour>,
-    mut rx: mpsc::Receiver<(NodeAddr, Request, Reply)>,
-) {
-    let mut pending: HashMap<OutboundRequestId, (NodeAddr, Reply)> = HashMap::new();
+/// Where the answers of one protocol's requests go.
+type Pending<T> = HashMap<OutboundRequestId, (NodeAddr, Reply<T>)>;
+
+async fn event_loop(mut swarm: libp2p::Swarm<Behaviour>, mut rx: mpsc::Receiver<(NodeAddr, Call)>) {
+    let mut client: Pending<ClientResponse> = HashMap::new();
+    let mut member: Pending<MemberResponse> = HashMap::new();
+    let mut admin: Pending<AdminResponse> = HashMap::new();
     let mut closed = false;
     loop {
-        if closed && pending.is_empty() {
+        if closed && client.is_empty() && member.is_empty() && admin.is_empty() {
             return;
         }
         tokio::select! {
             cmd = rx.recv(), if !closed => match cmd {
-                Some((to, request, reply)) => {
-                    let id = swarm.behaviour_mut().data.send_request_with_addresses(
-                        &to.peer,
-                        request,
-                        vec![to.addr.clone()],
-                    );
-                    pending.insert(id, (to, reply));
+                Some((to, call)) => {
+                    let b = swarm.behaviour_mut();
+                    let addrs = vec![to.addr.clone()];
+                    match call {
+                        Call::Client(req, reply) => {
+                            let id = b.client.send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
+                            client.insert(id, (to, reply));
+                        }
+                        Call::Member(req, reply) => {
+                            let id = b.member.send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
+                            member.insert(id, (to, reply));
+                        }
+                        Call::Admin(req, reply) => {
+                            let id = b.admin.send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
+                            admin.insert(id, (to, reply));
+                        }
+                    }
                 }
                 None => closed = true,
             },
-            ev = swarm.select_next_some() => {
-                if let SwarmEvent::Behaviour(BehaviourEvent::Data(ev)) = ev {
-                    match ev {
-                        request_response::Event::Message {
-                            message: request_response::Message::Response { request_id, response },
-                            ..
-                        } => {
-                            if let Some((_, r)) = pending.remove(&request_id) {
-                                let _ = r.send(Ok(response));
-                            }
-                        }
-                        request_response::Event::OutboundFailure { request_id, error, .. } => {
-                            if let Some((to, r)) = pending.remove(&request_id) {
-                                let _ = r.send(Err(RpcError::Unreachable {
-                                    addr: to.to_string(),
-                                    reason: error.to_string(),
-                                }));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Client(ev)) => answer(ev, &mut client),
+                SwarmEvent::Behaviour(BehaviourEvent::Member(ev)) => answer(ev, &mut member),
+                SwarmEvent::Behaviour(BehaviourEvent::Admin(ev)) => answer(ev, &mut admin),
+                _ => {}
+            },
         }
     }
 }
 
-/// Turns an error response into a one-line message.
-pub fn describe(resp: &Response) -> String {
-    match resp {
-        Response::Error { code, message } => match code {
-            ErrorCode::Full => format!("node full: {message}"),
-            _ => message.clone(),
-        },
-        other => format!("unexpected answer: {other:?}"),
+/// Hands an answer (or the failure of a request) to whoever waits for it.
+fn answer<Req, Resp>(
+    ev: request_response::Event<Incoming<Req>, Resp>,
+    pending: &mut Pending<Resp>,
+) {
+    match ev {
+        request_response::Event::Message {
+            message:
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some((_, r)) = pending.remove(&request_id) {
+                let _ = r.send(Ok(response));
+            }
+        }
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some((to, r)) = pending.remove(&request_id) {
+                let _ = r.send(Err(RpcError::Unreachable {
+                    addr: to.to_string(),
+                    reason: error.to_string(),
+                }));
+            }
+        }
+        _ => {}
     }
 }
+
+pub use crate::client::describe;

@@ -47,20 +47,25 @@ impl UpgradeInfo for Yamux {
     }
 }
 
+impl Yamux {
+    fn upgrade<C>(self, io: C, mode: yamux::Mode) -> futures::future::Ready<io::Result<Muxer<C>>>
+    where
+        C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        futures::future::ready(Ok(Muxer::new(yamux::Connection::new(io, self.0, mode))))
+    }
+}
+
 impl<C> InboundConnectionUpgrade<C> for Yamux
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     type Output = Muxer<C>;
     type Error = io::Error;
-    type Future = futures::future::Ready<Result<Muxer<C>, io::Error>>;
+    type Future = futures::future::Ready<io::Result<Muxer<C>>>;
 
     fn upgrade_inbound(self, io: C, _: Self::Info) -> Self::Future {
-        futures::future::ready(Ok(Muxer::new(yamux::Connection::new(
-            io,
-            self.0,
-            yamux::Mode::Server,
-        ))))
+        self.upgrade(io, yamux::Mode::Server)
     }
 }
 
@@ -70,14 +75,10 @@ where
 {
     type Output = Muxer<C>;
     type Error = io::Error;
-    type Future = futures::future::Ready<Result<Muxer<C>, io::Error>>;
+    type Future = futures::future::Ready<io::Result<Muxer<C>>>;
 
     fn upgrade_outbound(self, io: C, _: Self::Info) -> Self::Future {
-        futures::future::ready(Ok(Muxer::new(yamux::Connection::new(
-            io,
-            self.0,
-            yamux::Mode::Client,
-        ))))
+        self.upgrade(io, yamux::Mode::Client)
     }
 }
 

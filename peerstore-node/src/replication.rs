@@ -1,0 +1,376 @@
+//! Replication: blocks and signed records on their replica sets (the key's owner and its next
+//! r - 1 distinct successors). The ring-facing half writes to a majority and reads from any
+//! holder, verifying what it reads; the local half is what the member protocol's block and
+//! record requests do on this node. Anti-entropy, clean-up and hand-off, which keep the sets
+//! whole as the ring changes, are in [`crate::maintenance`].
+//!
+//! Every subsystem that stores blocks in the ring (the client service, the entangled layer's
+//! parities) calls [`Replication::put_block`] and [`Replication::get_block`] directly.
+
+use std::sync::Arc;
+
+use peerstore_proto::{
+    BlockKey, ErrorCode, MemberRequest, MemberResponse, MAX_BLOCK_SIZE, MAX_DIGEST_BUCKETS,
+    MAX_LIST_PAGE, MAX_RECORD_SIZE,
+};
+use tracing::warn;
+
+use crate::ring::{blocking, Ring, RingError};
+use crate::store::{BlockStore, RecordTable, RecordUpdate, Role, StoreError};
+
+/// Mutable signed records (users' roots), keyed by the record key.
+pub const ROOTS: RecordTable = RecordTable::MUTABLE;
+
+/// A record's key and the BLAKE3 of its bytes.
+pub type RecordDigest = (BlockKey, [u8; 32]);
+
+/// Blocks and records on replica sets.
+pub struct Replication {
+    pub ring: Arc<Ring>,
+    pub store: Arc<BlockStore>,
+}
+
+impl Replication {
+    /// Stores a block on its replica set; returns how many members hold it durably once a
+    /// majority does (the rest complete in the background).
+    pub async fn put_block(&self, key: BlockKey, data: Vec<u8>) -> Result<u32, RingError> {
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(RingError::bad_request(format!(
+                "block of {} bytes exceeds {MAX_BLOCK_SIZE}",
+                data.len()
+            )));
+        }
+        if BlockKey::of(&data) != key {
+            return Err(RingError::bad_request("block bytes do not hash to its key"));
+        }
+        let set = self.ring.replica_set(&key).await?;
+        let need = set.len() / 2 + 1;
+        // Every replica gets its own copy of the bytes but the last, which takes the original.
+        let mut data = Some(data);
+        let n = set.len();
+        let calls = set
+            .into_iter()
+            .enumerate()
+            .map(|(i, to)| {
+                let bytes = if i + 1 == n {
+                    data.take().unwrap_or_default()
+                } else {
+                    data.clone().unwrap_or_default()
+                };
+                (to, MemberRequest::StoreLocal { key, data: bytes })
+            })
+            .collect();
+        let out = self
+            .ring
+            .call_quorum(calls, need, |r| matches!(r, MemberResponse::Ok))
+            .await;
+        let ok = out.ok.len();
+        if ok >= need {
+            return Ok(ok as u32);
+        }
+        let full = out
+            .errors
+            .iter()
+            .filter(|(_, e)| e.code == ErrorCode::Full)
+            .count();
+        let last = out.worst().map(|e| e.message.clone()).unwrap_or_default();
+        if full > 0 && full + ok >= need {
+            Err(RingError::new(
+                ErrorCode::Full,
+                format!("node full: the replica set of {key} has no room ({last})"),
+            ))
+        } else {
+            Err(RingError::unavailable(format!(
+                "block {key} reached only {ok} of the {need} replicas needed: {last}; retry"
+            )))
+        }
+    }
+
+    /// Reads a block: this node's copy if it has one (content addressed and verified on
+    /// read, so right whoever owns the key), else the first member of its replica set that
+    /// serves bytes hashing to the key. `None` if no member has it.
+    pub async fn get_block(&self, key: BlockKey) -> Result<Option<Vec<u8>>, RingError> {
+        if let Ok(Some(data)) = self.fetch_local(key).await {
+            return Ok(Some(data));
+        }
+        let set = self.ring.replica_set(&key).await?;
+        let mut last = None;
+        for to in set.iter().filter(|a| *a != self.ring.me()) {
+            match self.ring.call(to, MemberRequest::FetchLocal { key }).await {
+                Ok(MemberResponse::Block { data }) if BlockKey::of(&data) == key => {
+                    return Ok(Some(data))
+                }
+                Ok(MemberResponse::Block { .. }) => {
+                    warn!(%key, peer = %to.peer, "replica served a block that fails its hash");
+                }
+                Ok(MemberResponse::NotFound) => {}
+                Ok(other) => last = Some(RingError::unexpected(&other)),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a signed record on its replica set (a majority must take it; a refusal by any
+    /// member, a record that is not newer than what it has, refuses the update).
+    pub async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<u32, RingError> {
+        if record.len() > MAX_RECORD_SIZE {
+            return Err(RingError::bad_request("record too large"));
+        }
+        check_record(&key, &record, None).map_err(|e| RingError::new(ErrorCode::Rejected, e))?;
+        let set = self.ring.replica_set(&key).await?;
+        let need = set.len() / 2 + 1;
+        let calls: Vec<_> = set
+            .iter()
+            .map(|to| {
+                let record = record.clone();
+                (to.clone(), MemberRequest::StoreRecordLocal { key, record })
+            })
+            .collect();
+        let all = calls.len();
+        let out = self
+            .ring
+            .call_quorum(calls, all, |r| matches!(r, MemberResponse::Ok))
+            .await;
+        if let Some((_, e)) = out
+            .errors
+            .iter()
+            .find(|(_, e)| e.code == ErrorCode::Rejected)
+        {
+            return Err(e.clone());
+        }
+        let ok = out.ok.len();
+        if ok >= need {
+            Ok(ok as u32)
+        } else {
+            let last = out.worst().map(|e| e.message.clone()).unwrap_or_default();
+            Err(RingError::unavailable(format!(
+                "record stored on {ok} of {need} replicas needed: {last}"
+            )))
+        }
+    }
+
+    /// Reads a signed record: the newest valid one any member of its replica set has (a
+    /// replica that missed an update must not roll the user back).
+    pub async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, RingError> {
+        let set = self.ring.replica_set(&key).await?;
+        let calls: Vec<_> = set
+            .iter()
+            .map(|to| (to.clone(), MemberRequest::FetchRecordLocal { key }))
+            .collect();
+        let all = calls.len();
+        let out = self.ring.call_quorum(calls, all, |_| true).await;
+        let mut best: Option<(u64, Vec<u8>)> = None;
+        for (_, answer) in out.ok {
+            if let MemberResponse::Record { record } = answer {
+                if let Ok(seq) = check_record(&key, &record, None) {
+                    if best.as_ref().is_none_or(|(s, _)| seq > *s) {
+                        best = Some((seq, record));
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, record)) => Ok(Some(record)),
+            None if out.errors.len() == set.len() => {
+                Err(RingError::unavailable("no replica of the record answered"))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a block on this node only.
+    pub async fn store_local(
+        &self,
+        key: BlockKey,
+        data: Vec<u8>,
+        role: Role,
+    ) -> Result<(), RingError> {
+        let store = self.store.clone();
+        blocking(move || store.put(key, &data, role).map(|_| ())).await
+    }
+
+    /// This node's copy of a block. A copy that failed verification is dropped by the store
+    /// and reads as absent (anti-entropy brings it back).
+    pub async fn fetch_local(&self, key: BlockKey) -> Result<Option<Vec<u8>>, RingError> {
+        let store = self.store.clone();
+        blocking(move || match store.get(&key) {
+            Err(e) if e.needs_repair().is_some() => {
+                warn!(error = %e, "local block lost; anti-entropy will restore it");
+                Ok(None)
+            }
+            other => other,
+        })
+        .await
+    }
+
+    /// Stores a signed record on this node only, if it may replace what the node has.
+    pub async fn store_record_local(
+        &self,
+        key: BlockKey,
+        record: Vec<u8>,
+    ) -> Result<(), RingError> {
+        if record.len() > MAX_RECORD_SIZE {
+            return Err(RingError::bad_request("record too large"));
+        }
+        let store = self.store.clone();
+        let (outcome, refusal) = blocking(move || {
+            let mut refusal = None;
+            let r =
+                store.record_update(ROOTS, &key.0, &record, |current, new| {
+                    match check_record(&key, new, current) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            refusal = Some(e);
+                            false
+                        }
+                    }
+                })?;
+            Ok((r, refusal))
+        })
+        .await?;
+        match outcome {
+            RecordUpdate::Stored => Ok(()),
+            RecordUpdate::Rejected { .. } => Err(RingError::new(
+                ErrorCode::Rejected,
+                refusal.unwrap_or_else(|| "record update refused".into()),
+            )),
+        }
+    }
+
+    /// This node's copy of a signed record.
+    pub async fn fetch_record_local(&self, key: BlockKey) -> Result<Option<Vec<u8>>, RingError> {
+        let store = self.store.clone();
+        blocking(move || store.record_get(ROOTS, &key.0)).await
+    }
+
+    /// Answers the member protocol's block and record requests.
+    pub async fn serve_member(&self, request: MemberRequest) -> Result<MemberResponse, RingError> {
+        let store = self.store.clone();
+        Ok(match request {
+            MemberRequest::StoreLocal { key, data } => {
+                self.store_local(key, data, Role::Replica).await?;
+                MemberResponse::Ok
+            }
+            MemberRequest::FetchLocal { key } => match self.fetch_local(key).await? {
+                Some(data) => MemberResponse::Block { data },
+                None => MemberResponse::NotFound,
+            },
+            MemberRequest::RangeDigest { from, to, buckets } => {
+                if buckets == 0 || buckets > MAX_DIGEST_BUCKETS {
+                    return Err(RingError::bad_request(format!(
+                        "buckets must be 1..={MAX_DIGEST_BUCKETS}"
+                    )));
+                }
+                let buckets = blocking(move || {
+                    store.bucket_digests(&BlockKey(from.0), &BlockKey(to.0), u32::from(buckets))
+                })
+                .await?;
+                MemberResponse::Digests {
+                    buckets: buckets
+                        .into_iter()
+                        .map(|d| (d.digest.count, d.digest.digest))
+                        .collect(),
+                }
+            }
+            MemberRequest::ListRange {
+                from,
+                to,
+                after,
+                limit,
+            } => {
+                let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+                // Continuing after a cursor is listing (cursor, to].
+                let start = after.unwrap_or(BlockKey(from.0));
+                let page = blocking(move || store.list_range(&start, &BlockKey(to.0), Some(limit)))
+                    .await?;
+                MemberResponse::Keys {
+                    more: page.next.is_some(),
+                    keys: page.keys,
+                }
+            }
+            MemberRequest::HasLocal { keys } => {
+                if keys.len() > MAX_LIST_PAGE as usize {
+                    return Err(RingError::bad_request(format!(
+                        "at most {MAX_LIST_PAGE} keys per request"
+                    )));
+                }
+                let present = blocking(move || keys.iter().map(|k| store.has(k)).collect()).await?;
+                MemberResponse::Has { present }
+            }
+            MemberRequest::StoreRecordLocal { key, record } => {
+                self.store_record_local(key, record).await?;
+                MemberResponse::Ok
+            }
+            MemberRequest::FetchRecordLocal { key } => match self.fetch_record_local(key).await? {
+                Some(record) => MemberResponse::Record { record },
+                None => MemberResponse::NotFound,
+            },
+            MemberRequest::ListRecords { from, to, after } => {
+                let (records, more) =
+                    blocking(move || list_record_digests(&store, from, to, after)).await?;
+                MemberResponse::RecordDigests { records, more }
+            }
+            other => {
+                return Err(RingError::bad_request(format!(
+                    "not a block or record request: {}",
+                    other.kind()
+                )))
+            }
+        })
+    }
+}
+
+/// Keys and digests of the records held in (from, to], one page.
+pub fn list_record_digests(
+    store: &BlockStore,
+    from: chord::Id,
+    to: chord::Id,
+    after: Option<BlockKey>,
+) -> Result<(Vec<RecordDigest>, bool), StoreError> {
+    // Records are few (one per user); the table is scanned in key order and filtered by range.
+    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
+    let mut out = Vec::new();
+    let mut cursor = after.map(|k| k.0);
+    loop {
+        let page = store.record_list(ROOTS, cursor.as_ref(), 1024)?;
+        let Some(last) = page.last().map(|(k, _)| *k) else {
+            return Ok((out, false));
+        };
+        for (k, v) in page {
+            let key = BlockKey(k);
+            if crate::store::in_interval(&a, &b, &key) {
+                out.push((key, *blake3::hash(&v).as_bytes()));
+                if out.len() >= MAX_LIST_PAGE as usize {
+                    return Ok((out, true));
+                }
+            }
+        }
+        cursor = Some(last);
+    }
+}
+
+/// Checks a signed record against its storage key and, if given, the record it would replace.
+/// Returns the record's sequence number.
+pub fn check_record(key: &BlockKey, record: &[u8], current: Option<&[u8]>) -> Result<u64, String> {
+    let new = crypto::RootRecord::decode(record).map_err(|e| format!("bad record: {e}"))?;
+    if current == Some(record) {
+        // Storing the record a replica already has (a retry, or anti-entropy) is not a replay.
+        return Ok(new.seq);
+    }
+    if crypto::root_key(&new.user) != key.0 {
+        return Err("record stored under a key that is not its user's root key".into());
+    }
+    let current = match current {
+        Some(bytes) => Some(
+            crypto::RootRecord::decode(bytes)
+                .map_err(|e| format!("stored record unreadable: {e}"))?,
+        ),
+        None => None,
+    };
+    crypto::accept_root_update(current.as_ref(), &new).map_err(|e| e.to_string())?;
+    Ok(new.seq)
+}

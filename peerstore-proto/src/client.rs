@@ -1,0 +1,220 @@
+//! The client protocol (`/peerstore/client/1`): what a client asks of the ring. Any node
+//! accepts these and routes them through the ring; none of them acts on a node's local state
+//! alone.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{put_into, Audience, Bulk, Message};
+use crate::{BlockKey, ErrorResponse, NodeAddr};
+
+/// Requests of the client protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Store a block in the ring (routed). Answered with [`ClientResponse::Stored`] once a
+    /// majority of the key's replica set holds it durably.
+    Put {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Read a block from the ring (routed). [`ClientResponse::Block`] or
+    /// [`ClientResponse::NotFound`].
+    Get { key: BlockKey },
+    /// Who owns `key`, and its replica set ([`ClientResponse::Owner`]).
+    Lookup { key: BlockKey },
+    /// This node's view of the ring and its storage ([`ClientResponse::Status`]).
+    Status,
+    /// Store a signed mutable record (e.g. a user's root) in the ring (routed by `key`).
+    PutRecord {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+    /// Read a mutable record from the ring (routed by `key`).
+    GetRecord { key: BlockKey },
+    /// Store a document (routed; this node encodes). With entanglement "step" the document is
+    /// entangled and stored as parities; with "none" it is one plain block. Answered with
+    /// [`ClientResponse::DocumentStored`]; at most [`crate::MAX_BLOCK_SIZE`] bytes.
+    PutDocument {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Read a document by the key `PutDocument` returned ([`ClientResponse::Block`]).
+    GetDocument { key: BlockKey },
+}
+
+impl ClientRequest {
+    /// A short name for logs and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientRequest::Put { .. } => "put",
+            ClientRequest::Get { .. } => "get",
+            ClientRequest::Lookup { .. } => "lookup",
+            ClientRequest::Status => "status",
+            ClientRequest::PutRecord { .. } => "put-record",
+            ClientRequest::GetRecord { .. } => "get-record",
+            ClientRequest::PutDocument { .. } => "put-document",
+            ClientRequest::GetDocument { .. } => "get-document",
+        }
+    }
+}
+
+/// Why a request failed, as a machine-readable code; the message says what to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The node (or a majority of the replica set) has no room for the block.
+    Full,
+    /// The request is malformed (bad key, oversized, out of bounds).
+    BadRequest,
+    /// The ring could not be reached well enough to complete the request; retry later.
+    Unavailable,
+    /// A record update was refused (bad signature, sequence number not growing).
+    Rejected,
+    /// The node is not (yet) a ring member.
+    NotMember,
+    /// Anything else, with details in the message.
+    Internal,
+    /// The request is not allowed on this protocol or for this sender.
+    Forbidden,
+}
+
+/// A ring member as reported to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Ring id.
+    pub id: chord::Id,
+    pub addr: NodeAddr,
+}
+
+/// A node's view of the ring and of its storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub id: chord::Id,
+    pub addr: NodeAddr,
+    pub member: bool,
+    pub predecessor: Option<MemberInfo>,
+    pub successors: Vec<MemberInfo>,
+    /// Distinct finger targets (how many different nodes the finger table points at).
+    pub distinct_fingers: u32,
+    pub fingers: Vec<MemberInfo>,
+    pub replication: u32,
+    /// Owned key range (pred, self].
+    pub owned_range: (chord::Id, chord::Id),
+    pub keys_owned: u64,
+    pub keys_replica: u64,
+    pub bytes_used: u64,
+    pub capacity: u64,
+    pub records: u64,
+}
+
+/// Responses of the client protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The block or record is durable on `replicas` members of its replica set.
+    Stored {
+        replicas: u32,
+    },
+    Block {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    NotFound,
+    Owner {
+        owner: MemberInfo,
+        replicas: Vec<MemberInfo>,
+        hops: u32,
+    },
+    Status(Box<StatusReport>),
+    Record {
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+    /// A document is stored; `key` reads it back with [`ClientRequest::GetDocument`].
+    DocumentStored {
+        key: BlockKey,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ErrorResponse for ClientResponse {
+    fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ClientResponse::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn as_error(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            ClientResponse::Error { code, message } => Some((*code, message)),
+            _ => None,
+        }
+    }
+}
+
+impl ClientResponse {
+    /// An error answer.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        <Self as ErrorResponse>::error(code, message)
+    }
+}
+
+impl Bulk for ClientRequest {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        match self {
+            ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data } => {
+                Some(std::mem::take(data))
+            }
+            _ => None,
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data } => {
+                put_into(data, bulk)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Bulk for ClientResponse {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        match self {
+            ClientResponse::Block { data } => Some(std::mem::take(data)),
+            _ => None,
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            ClientResponse::Block { data } => put_into(data, bulk),
+            _ => false,
+        }
+    }
+}
+
+impl Message for ClientRequest {
+    const AUDIENCE: Audience = Audience::Client;
+}
+
+impl Message for ClientResponse {
+    const AUDIENCE: Audience = Audience::Client;
+}
+
+/// Turns an error answer into a one-line message.
+#[must_use]
+pub fn describe(resp: &ClientResponse) -> String {
+    match resp {
+        ClientResponse::Error { code, message } => match code {
+            ErrorCode::Full => format!("node full: {message}"),
+            _ => message.clone(),
+        },
+        other => format!("unexpected answer: {other:?}"),
+    }
+}

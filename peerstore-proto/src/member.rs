@@ -1,0 +1,394 @@
+//! The member protocol (`/peerstore/member/1`): what ring members ask of each other to keep
+//! blocks, records and the entanglement's metadata replicated and repaired. Every request acts
+//! on the receiving node's local state only; routing through the ring is the sender's job.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{AuditPage, EntangleStats, RepairSummary, ScrubMode, ScrubReport};
+use crate::client::StatusReport;
+use crate::frame::{put_into, Audience, Bulk, Message};
+use crate::{BlockKey, ErrorCode, ErrorResponse, NodeAddr};
+
+/// Requests of the member protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRequest {
+    /// Store a block on this node only (durable before the answer). Sent by the node that
+    /// coordinates a put to every member of the replica set, and by anti-entropy and hand-off.
+    StoreLocal {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Read a block from this node only.
+    FetchLocal { key: BlockKey },
+    /// Per-bucket digests of the keys this node holds in the ring interval (from, to], split into
+    /// `buckets` equal sub-intervals ([`MemberResponse::Digests`]).
+    RangeDigest {
+        from: chord::Id,
+        to: chord::Id,
+        buckets: u16,
+    },
+    /// Keys this node holds in (from, to], in ring order starting after `after`, at most `limit`.
+    ListRange {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+        limit: u32,
+    },
+    /// Which of `keys` this node holds ([`MemberResponse::Has`], same order). At most
+    /// [`crate::MAX_LIST_PAGE`] keys.
+    HasLocal { keys: Vec<BlockKey> },
+    /// Store a mutable record on this node only (the node checks it may replace what it has).
+    StoreRecordLocal {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+    /// Read a mutable record from this node only.
+    FetchRecordLocal { key: BlockKey },
+    /// The mutable records this node holds in (from, to]: key and BLAKE3 of the record bytes
+    /// ([`MemberResponse::RecordDigests`]), at most [`crate::MAX_LIST_PAGE`] after `after`.
+    ListRecords {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+    },
+    /// This node's view of the ring ([`MemberResponse::Status`]).
+    Status,
+    /// Requests of the entangled layer.
+    Entangled(EntRequest),
+}
+
+impl MemberRequest {
+    /// Requests that may run for minutes: the per-node parts of ring-wide repair, audit and
+    /// scrub.
+    #[must_use]
+    pub fn is_long_running(&self) -> bool {
+        matches!(
+            self,
+            MemberRequest::Entangled(
+                EntRequest::RepairLocal
+                    | EntRequest::AuditLocal { .. }
+                    | EntRequest::ScrubLocal { .. }
+            )
+        )
+    }
+
+    /// A short name for logs and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MemberRequest::StoreLocal { .. } => "store-local",
+            MemberRequest::FetchLocal { .. } => "fetch-local",
+            MemberRequest::RangeDigest { .. } => "range-digest",
+            MemberRequest::ListRange { .. } => "list-range",
+            MemberRequest::HasLocal { .. } => "has-local",
+            MemberRequest::StoreRecordLocal { .. } => "store-record-local",
+            MemberRequest::FetchRecordLocal { .. } => "fetch-record-local",
+            MemberRequest::ListRecords { .. } => "list-records",
+            MemberRequest::Status => "status",
+            MemberRequest::Entangled(e) => e.kind(),
+        }
+    }
+}
+
+/// Node-to-node requests of the entangled layer (carried in [`MemberRequest::Entangled`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntRequest {
+    /// A block from this node's replicated or single-copy store ([`EntResponse::Block`]).
+    FetchSymbol { key: BlockKey },
+    /// Which keys this node holds in either store ([`EntResponse::Has`]).
+    HasSymbols { keys: Vec<BlockKey> },
+    /// Merge reverse-reference entries into this node's table.
+    StoreRefs { entries: Vec<RefsEntry> },
+    /// Reverse-reference entries at these positions ([`EntResponse::Refs`]).
+    FetchRefs { positions: Vec<BlockKey> },
+    /// Positions and digests of entries in (from, to], after `after` ([`EntResponse::RefDigests`]).
+    ListRefs {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+    },
+    /// Up to `count` random parity keys this node knows (from its reverse-reference table).
+    SampleParities { count: u32 },
+    /// Drop the replicated copy of `key` (scrub); refused unless `holder` holds the single copy.
+    DropReplica { key: BlockKey, holder: NodeAddr },
+    /// Which of `keys` this node holds as single (scrubbed) copies ([`EntResponse::Has`]).
+    HasSingle { keys: Vec<BlockKey> },
+    /// Keep the single copy of a scrubbed parity (hand-off when ownership moves).
+    StoreSingle {
+        key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Run one repair round over the codeword records this node owns.
+    RepairLocal,
+    /// Audit (and with `fix`, repair) the records this node owns in (after, its id].
+    AuditLocal {
+        after: BlockKey,
+        limit: u32,
+        fix: bool,
+    },
+    /// Scrub the parities this node owns; `cutoff_us` is the window mode's age limit.
+    ScrubLocal {
+        mode: ScrubMode,
+        cutoff_us: Option<u64>,
+    },
+    /// Creation times of the newest `count` parities whose entries this node owns.
+    NewestCreated { count: u64 },
+    /// Set (or with `None` clear) the scrub daemon on this node.
+    SetScrubDaemon { policy: Option<(ScrubMode, u64)> },
+    /// This node's figures for du.
+    LocalStats,
+    /// Keep these codeword / document records (each keyed by its BLAKE3; anything that is not
+    /// a record is refused).
+    StoreRecords { records: Vec<Vec<u8>> },
+    /// The records at `keys` held here ([`EntResponse::Records`]).
+    FetchRecords { keys: Vec<BlockKey> },
+    /// Keys of the records held here in (from, to], after `after` ([`EntResponse::RecordKeys`]).
+    ListRecords {
+        from: chord::Id,
+        to: chord::Id,
+        after: Option<BlockKey>,
+    },
+}
+
+impl EntRequest {
+    /// A short name for logs and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EntRequest::FetchSymbol { .. } => "fetch-symbol",
+            EntRequest::HasSymbols { .. } => "has-symbols",
+            EntRequest::StoreRefs { .. } => "store-refs",
+            EntRequest::FetchRefs { .. } => "fetch-refs",
+            EntRequest::ListRefs { .. } => "list-refs",
+            EntRequest::SampleParities { .. } => "sample-parities",
+            EntRequest::DropReplica { .. } => "drop-replica",
+            EntRequest::HasSingle { .. } => "has-single",
+            EntRequest::StoreSingle { .. } => "store-single",
+            EntRequest::RepairLocal => "repair-local",
+            EntRequest::AuditLocal { .. } => "audit-local",
+            EntRequest::ScrubLocal { .. } => "scrub-local",
+            EntRequest::NewestCreated { .. } => "newest-created",
+            EntRequest::SetScrubDaemon { .. } => "set-scrub-daemon",
+            EntRequest::LocalStats => "local-stats",
+            EntRequest::StoreRecords { .. } => "store-records",
+            EntRequest::FetchRecords { .. } => "fetch-records",
+            EntRequest::ListRecords { .. } => "list-ent-records",
+        }
+    }
+}
+
+/// Answers to [`EntRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntResponse {
+    Block {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    NotFound,
+    Has {
+        present: Vec<bool>,
+    },
+    Refs {
+        entries: Vec<Option<RefsEntry>>,
+    },
+    RefDigests {
+        entries: Vec<(BlockKey, [u8; 32])>,
+        more: bool,
+    },
+    Keys {
+        keys: Vec<BlockKey>,
+    },
+    Repaired(RepairSummary),
+    Audit(AuditPage),
+    Scrubbed(ScrubReport),
+    Created {
+        times: Vec<u64>,
+    },
+    Stats(EntangleStats),
+    Ok,
+    /// Records in the order asked for (`None`: not held); shorter than the request when the
+    /// answer reached its size bound (ask again for the rest).
+    Records {
+        records: Vec<Option<Vec<u8>>>,
+    },
+    RecordKeys {
+        keys: Vec<BlockKey>,
+        more: bool,
+    },
+}
+
+/// Responses of the member protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberResponse {
+    /// Generic success for requests with nothing to return.
+    Ok,
+    Block {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    NotFound,
+    /// (count, digest) per bucket.
+    Digests {
+        buckets: Vec<(u64, [u8; 32])>,
+    },
+    Keys {
+        keys: Vec<BlockKey>,
+        more: bool,
+    },
+    Has {
+        present: Vec<bool>,
+    },
+    Record {
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+    RecordDigests {
+        records: Vec<(BlockKey, [u8; 32])>,
+        more: bool,
+    },
+    Status(Box<StatusReport>),
+    Entangled(EntResponse),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ErrorResponse for MemberResponse {
+    fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        MemberResponse::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn as_error(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            MemberResponse::Error { code, message } => Some((*code, message)),
+            _ => None,
+        }
+    }
+}
+
+impl MemberResponse {
+    /// An error answer.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        <Self as ErrorResponse>::error(code, message)
+    }
+}
+
+impl Bulk for MemberRequest {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        match self {
+            MemberRequest::StoreLocal { data, .. }
+            | MemberRequest::Entangled(EntRequest::StoreSingle { data, .. }) => {
+                Some(std::mem::take(data))
+            }
+            _ => None,
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            MemberRequest::StoreLocal { data, .. }
+            | MemberRequest::Entangled(EntRequest::StoreSingle { data, .. }) => {
+                put_into(data, bulk)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Bulk for MemberResponse {
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        match self {
+            MemberResponse::Block { data }
+            | MemberResponse::Entangled(EntResponse::Block { data }) => Some(std::mem::take(data)),
+            _ => None,
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            MemberResponse::Block { data }
+            | MemberResponse::Entangled(EntResponse::Block { data }) => put_into(data, bulk),
+            _ => false,
+        }
+    }
+}
+
+impl Message for MemberRequest {
+    const AUDIENCE: Audience = Audience::Member;
+}
+
+impl Message for MemberResponse {
+    const AUDIENCE: Audience = Audience::Member;
+}
+
+/// Most referrers kept per reverse-reference entry (bounds what a peer can make us store).
+pub const MAX_REFERRERS: usize = 4096;
+
+/// What the ring knows about one stored parity: its own codeword (to re-form it when it is
+/// rebuilt), when it was written (for window scrub) and the codewords that point at it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefsEntry {
+    /// The parity's key.
+    pub block: BlockKey,
+    /// Key of the codeword-record block of its own codeword.
+    pub own: Option<BlockKey>,
+    /// When it was written, in microseconds since the Unix epoch, plus its position among the
+    /// parities of its write, so the parities of one write are ordered too (minimum over
+    /// merges).
+    pub created_us: Option<u64>,
+    /// Keys of the codeword-record blocks of the codewords that use it as a pointer.
+    pub referrers: BTreeSet<BlockKey>,
+}
+
+impl Default for RefsEntry {
+    fn default() -> Self {
+        RefsEntry {
+            block: BlockKey::ZERO,
+            own: None,
+            created_us: None,
+            referrers: BTreeSet::new(),
+        }
+    }
+}
+
+impl RefsEntry {
+    /// Union merge; returns whether `self` changed.
+    pub fn merge(&mut self, o: &RefsEntry) -> bool {
+        let before = self.clone();
+        if self.own.is_none() {
+            self.own = o.own;
+        }
+        self.created_us = match (self.created_us, o.created_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for r in &o.referrers {
+            if self.referrers.len() >= MAX_REFERRERS {
+                break;
+            }
+            self.referrers.insert(*r);
+        }
+        *self != before
+    }
+
+    /// Serialized form.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Parses a stored entry.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<RefsEntry> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
