@@ -13,6 +13,7 @@ build:
 test:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
+	CARGO="$(CARGO)" bash scripts/test-demo.sh
 
 ## Formatting and clippy, warnings are errors.
 lint:

@@ -21,6 +21,36 @@ fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib-nodes.sh
+. "$ROOT/scripts/lib-nodes.sh"
+
+# The nodes are stopped and the work directory removed (unless KEEP is set) however the run
+# ends: success, failure, Ctrl-C or SIGTERM. A WORK_DIR given as argument must be new or empty
+# (it is removed, or emptied if it existed, at the end).
+WORK=""
+WORK_EXISTED=0
+cleanup() {
+    local rc=$?
+    set +e
+    trap '' INT TERM HUP # a second Ctrl-C must not cut the clean-up short (it is bounded)
+    if [ -n "$WORK" ]; then
+        # Every node started here has its --data-dir below $WORK (see lib-nodes.sh).
+        stop_nodes_under "$WORK" || rc=1
+        if [ -n "${KEEP:-}" ]; then
+            echo "keeping $WORK" >&2
+        elif [ "$WORK_EXISTED" = 1 ]; then
+            find "$WORK" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench-client: interrupted" >&2; exit 130' INT
+trap 'echo "bench-client: terminated" >&2; exit 143' TERM
+trap 'exit 129' HUP
+
 CARGO="${CARGO:-cargo}"
 "$CARGO" build --release -p peerstore-node -p peerstore-client >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -33,52 +63,43 @@ if ! command -v restic >/dev/null 2>&1; then
         echo "could not install restic: its columns stay empty" >&2
 fi
 
-WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")}"
-mkdir -p "$WORK"
-# Node pids go to files: start_node runs in a $(...) subshell, so a shell array would not see them.
-stop_nodes() {
-    local f p
-    for f in "$WORK"/*/node*/node.pid; do
-        [ -f "$f" ] || continue
-        p="$(cat "$f")"
-        kill "$p" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-        rm -f "$f"
-    done
-}
-cleanup() {
-    stop_nodes
-    if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT INT TERM
+if [ -n "${1:-}" ]; then
+    if [ -d "$1" ]; then
+        if [ -n "$(ls -A "$1")" ]; then
+            echo "bench-client: WORK_DIR $1 is not empty (it would be emptied at the end)" >&2
+            exit 2
+        fi
+        WORK_EXISTED=1
+    fi
+    mkdir -p "$1"
+    WORK="$(cd "$1" && pwd)"
+else
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")"
+fi
 
-# start_node DIR [INITIAL_PEER] [NODE ARGS...]: prints the node's address.
+# start_node DIR [INITIAL_PEER] [NODE ARGS...]: starts a node in the background of this shell
+# (never call it inside $(...): a subshell would own the node), its pid in DIR/node.pid.
 start_node() {
     local dir="$1" via="${2:-}"
     shift 2 || shift $#
-    mkdir -p "$dir"
-    local args=(--listen /ip4/127.0.0.1/tcp/0 --data-dir "$dir" --replication 3 "$@")
+    local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 "$@")
     if [ -n "$via" ]; then args+=(--initial-peer "$via"); fi
-    "$NODE" "${args[@]}" >/dev/null 2>"$dir/node.log" &
-    echo "$!" >"$dir/node.pid"
-    for _ in $(seq 1 200); do
-        if [ -s "$dir/node.addr" ]; then head -n1 "$dir/node.addr"; return 0; fi
-        sleep 0.05
-    done
-    cat "$dir/node.log" >&2
-    return 1
+    start_node_bg "$dir" "$NODE" "${args[@]}"
 }
 
-# start_ring NAME [NODE ARGS...]: a 4-node ring under $WORK/NAME; prints the first address.
+# start_ring NAME [NODE ARGS...]: a 4-node ring under $WORK/NAME, each node joining once the
+# previous one is up; sets RING_ADDR to the first node's address.
+RING_ADDR=""
 start_ring() {
-    local name="$1"
+    local name="$1" i
     shift
-    local a0
-    a0="$(start_node "$WORK/$name/node0" "" "$@")"
-    for i in 1 2 3; do start_node "$WORK/$name/node$i" "$a0" "$@" >/dev/null; done
+    start_node "$WORK/$name/node0" "" "$@"
+    RING_ADDR="$(wait_node_addr "$WORK/$name/node0")"
+    for i in 1 2 3; do
+        start_node "$WORK/$name/node$i" "$RING_ADDR" "$@"
+        wait_node_addr "$WORK/$name/node$i" >/dev/null
+    done
     sleep 3
-    echo "$a0"
 }
 
 # measure CMD...: runs CMD, prints "<seconds> <peak RSS KiB>".
@@ -117,8 +138,8 @@ bench_ring() {
     local name="$1" with_restic="$2"
     shift 2
     echo "starting a 4-node ring '$name' (r = 3${*:+, $*})" >&2
-    local a0
-    a0="$(start_ring "$name" "$@")"
+    start_ring "$name" "$@"
+    local a0="$RING_ADDR"
     local C=("$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" --peer "$a0")
     "${C[@]}" init >/dev/null
     for ds in A B; do
@@ -146,7 +167,7 @@ print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
             echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss" >>"$RESULTS"
         fi
     done
-    stop_nodes
+    stop_nodes_under "$WORK/$name"
 }
 
 if [ "$ENTANGLED" = 1 ]; then

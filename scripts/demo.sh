@@ -1,11 +1,40 @@
 #!/usr/bin/env bash
 # PeerStore demo: build, start a 3-node local ring, back up an example folder with
 # peerstore-client, restore it elsewhere, show that `diff -r` finds no difference, clean up.
+# The nodes are stopped and the work directory removed however the demo ends: success,
+# failure, Ctrl-C or SIGTERM (scripts/test-demo.sh checks it).
+#
+# Env: CARGO (default cargo; CARGO=true skips the build), CARGO_TARGET_DIR (where the release
+# binaries are), PEERSTORE_DEMO_WORK_PARENT (directory to create the work directory in,
+# default $TMPDIR or /tmp), PEERSTORE_STOP_TIMEOUT (whole seconds the nodes get to leave the ring
+# before SIGKILL, default 10).
 set -euo pipefail
 
+WORK_PARENT="${PEERSTORE_DEMO_WORK_PARENT:-${TMPDIR:-/tmp}}"
+case "$WORK_PARENT" in /*) ;; *) WORK_PARENT="$PWD/$WORK_PARENT" ;; esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib-nodes.sh
+. "$ROOT/scripts/lib-nodes.sh"
 CARGO="${CARGO:-cargo}"
+
+WORK=""
+cleanup() {
+    local rc=$?
+    set +e
+    trap '' INT TERM HUP # a second Ctrl-C must not cut the clean-up short (it is bounded)
+    if [ -n "$WORK" ]; then
+        echo "== stopping the nodes and cleaning up"
+        # Every node of this demo has its --data-dir below $WORK (see lib-nodes.sh).
+        stop_nodes_under "$WORK" || rc=1
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "demo: interrupted" >&2; exit 130' INT
+trap 'echo "demo: terminated" >&2; exit 143' TERM
+trap 'exit 129' HUP
 
 echo "== building (release)"
 "$CARGO" build --release -p peerstore-node -p peerstore-client
@@ -13,37 +42,25 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 NODE="$TARGET/release/peerstore-node"
 CLIENT="$TARGET/release/peerstore-client"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/peerstore-demo.XXXXXX")"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+# Absolute (the clean-up finds the nodes by this path in their command lines).
+WORK="$(mktemp -d "$WORK_PARENT/peerstore-demo.XXXXXX")"
 
-# Starts node $1 (joining through address $2 if given) and prints its address.
+# start_node N [INITIAL_PEER]: starts node N in the background of this shell (not in a
+# $(...) subshell, so that the clean-up knows it), its pid in $WORK/nodeN/node.pid.
 start_node() {
-    local dir="$WORK/node$1"
-    mkdir -p "$dir"
-    local args=(--listen /ip4/127.0.0.1/tcp/0 --data-dir "$dir" --replication 3
+    local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3
                 --stabilize-ms 300 --maintenance-ms 2000)
     if [ -n "${2:-}" ]; then args+=(--initial-peer "$2"); fi
-    "$NODE" "${args[@]}" >"$dir/stdout.log" 2>"$dir/node.log" &
-    PIDS+=("$!")
-    for _ in $(seq 1 200); do
-        if [ -s "$dir/node.addr" ]; then head -n1 "$dir/node.addr"; return 0; fi
-        sleep 0.05
-    done
-    echo "node $1 did not start; its log:" >&2
-    cat "$dir/node.log" >&2
-    return 1
+    start_node_bg "$WORK/node$1" "$NODE" "${args[@]}"
 }
 
 echo "== starting a 3-node ring in $WORK"
-A0="$(start_node 0)"
-A1="$(start_node 1 "$A0")"
-A2="$(start_node 2 "$A0")"
+start_node 0
+A0="$(wait_node_addr "$WORK/node0")"
+start_node 1 "$A0"
+A1="$(wait_node_addr "$WORK/node1")"
+start_node 2 "$A0"
+A2="$(wait_node_addr "$WORK/node2")"
 printf '   %s\n' "$A0" "$A1" "$A2"
 sleep 2 # let the ring stabilize
 
@@ -79,4 +96,3 @@ else
     echo "DIFF FOUND" >&2
     exit 1
 fi
-echo "== stopping the nodes and cleaning up"

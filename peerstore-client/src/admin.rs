@@ -18,8 +18,8 @@ use peerstore_proto::{
 };
 use serde::Serialize;
 
-use crate::cli::human;
 use crate::error::{ClientError, Result};
+use crate::progress::human;
 use crate::store::{RingStore, StoreError};
 
 /// Least time one admin request may take: a repair or a scrub of a large ring runs for minutes

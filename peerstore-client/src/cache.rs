@@ -133,7 +133,7 @@ impl KnownBlocks {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, ChunkLoc>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        peerstore_proto::lock(&self.map)
     }
 
     /// Where chunk `id` is stored, if known.

@@ -16,7 +16,7 @@ use crate::cache::KnownBlocks;
 use crate::config::{self, Dirs};
 use crate::error::{ClientError, Result};
 use crate::model::{parse_backup_path, EntryKind, Manifest};
-use crate::progress::Progress;
+use crate::progress::{human, Progress};
 use crate::repo::Repo;
 use crate::restore::{restore_entry, restore_tree};
 use crate::store::{status_of, RingStore};
@@ -348,21 +348,6 @@ fn cmd_key(_g: &Global, dirs: &Dirs, action: KeyAction) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// "YYYY-MM-DD HH:MM:SS" UTC from nanoseconds since the epoch.

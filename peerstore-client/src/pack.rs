@@ -69,7 +69,7 @@ impl PackCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        peerstore_proto::lock(&self.state)
     }
 
     /// The pack under `key`, from the cache or the ring.

@@ -104,7 +104,7 @@ impl MemStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        peerstore_proto::lock(&self.inner)
     }
 
     /// Number of successful block and document puts so far.
@@ -307,7 +307,7 @@ impl RingStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Endpoints> {
-        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+        peerstore_proto::lock(&self.endpoints)
     }
 
     fn client(&self) -> (RpcClient, usize) {

@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use peerstore_node::entangled::format::{decode_record, DocRecord};
-use peerstore_node::entangled::{EntangleStats, ScrubMode, ScrubReport};
-use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::testing::*;
+use peerstore_proto::{
+    AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, EntangleStats,
+    MemberRequest, MemberResponse, RpcClient, ScrubMode, ScrubReport,
+};
+use peerstore_testkit::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -24,8 +26,8 @@ fn ring_args() -> Vec<&'static str> {
 }
 
 async fn get_doc(n: &NodeProc, key: BlockKey) -> Result<Vec<u8>, String> {
-    match n.call(Request::GetDocument { key }).await {
-        Response::Block { data } => Ok(data),
+    match n.call(ClientRequest::GetDocument { key }).await {
+        ClientResponse::Block { data } => Ok(data),
         other => Err(format!("{other:?}")),
     }
 }
@@ -42,7 +44,7 @@ fn documents(n: u64, seed: u64) -> Vec<Vec<u8>> {
         40_000,
         9_999,
     ];
-    peerstore_node::testing::documents(n, seed, &sizes)
+    peerstore_testkit::documents(n, seed, &sizes)
 }
 
 /// The keys of a document's records (document record first) and its parity keys.
@@ -101,18 +103,18 @@ fn files_on_disk(c: &Cluster) -> BTreeMap<BlockKey, Vec<(usize, bool)>> {
 }
 
 async fn stats(n: &NodeProc) -> EntangleStats {
-    match n.call(Request::EntangleStats).await {
-        Response::EntangleStats(s) => *s,
+    match n.admin(AdminRequest::EntangleStats).await {
+        AdminResponse::EntangleStats(s) => *s,
         other => panic!("stats: {other:?}"),
     }
 }
 
-/// A ring-wide request that can take long on a loaded machine (scrub, repair): through a
-/// client with a 120 s timeout instead of the harness's 10 s.
-async fn call_long(n: &NodeProc, r: Request) -> Response {
-    let client = peerstore_node::rpc::RpcClient::start(n.addr.clone(), Duration::from_secs(120))
-        .expect("rpc client");
-    match client.call(r).await {
+/// A ring-wide admin request that can take long on a loaded machine (scrub, repair): through
+/// a client of its own with a 120 s timeout instead of the harness's 10 s (`RpcClient::admin`
+/// waits at least `LONG_REQUEST_TIMEOUT` for these anyway).
+async fn call_long(n: &NodeProc, r: AdminRequest) -> AdminResponse {
+    let client = RpcClient::start(n.addr.clone(), Duration::from_secs(120)).expect("rpc client");
+    match client.admin(r).await {
         Ok(r) => r,
         Err(e) => panic!("request via {}: {e}", n.addr),
     }
@@ -121,7 +123,7 @@ async fn call_long(n: &NodeProc, r: Request) -> Response {
 async fn scrub(n: &NodeProc, mode: ScrubMode) -> ScrubReport {
     match call_long(
         n,
-        Request::Scrub {
+        AdminRequest::Scrub {
             mode,
             once: true,
             interval_ms: 0,
@@ -129,7 +131,7 @@ async fn scrub(n: &NodeProc, mode: ScrubMode) -> ScrubReport {
     )
     .await
     {
-        Response::Scrubbed(r) => r,
+        AdminResponse::Scrubbed(r) => r,
         other => panic!("scrub: {other:?}"),
     }
 }
@@ -412,14 +414,14 @@ async fn kill_and_repair(
         let (mut checked, mut damaged) = (0, 0);
         loop {
             match via
-                .call(Request::Audit {
+                .admin(AdminRequest::Audit {
                     after: after_key,
                     limit: 20,
                     fix: false,
                 })
                 .await
             {
-                Response::AuditPage(p) => {
+                AdminResponse::AuditPage(p) => {
                     checked += p.checked;
                     damaged += p.damaged.len();
                     for d in &p.damaged {
@@ -442,8 +444,8 @@ async fn kill_and_repair(
         // Targeted repair of a few keys brings exactly those back (through their own codeword
         // or the codewords that point at them).
         let few: Vec<BlockKey> = lost.iter().take(5).copied().collect();
-        targeted = match call_long(via, Request::Repair { keys: few.clone() }).await {
-            Response::Repaired(s) => {
+        targeted = match call_long(via, AdminRequest::Repair { keys: few.clone() }).await {
+            AdminResponse::Repaired(s) => {
                 println!("repair of {} keys: {s:?}", few.len());
                 assert!(s.still_missing.is_empty(), "{s:?}");
                 s.rebuilt
@@ -455,8 +457,8 @@ async fn kill_and_repair(
     }
     // The whole ring to a fixed point.
     let start = Instant::now();
-    let summary = match call_long(via, Request::Repair { keys: vec![] }).await {
-        Response::Repaired(s) => s,
+    let summary = match call_long(via, AdminRequest::Repair { keys: vec![] }).await {
+        AdminResponse::Repaired(s) => s,
         other => panic!("repair: {other:?}"),
     };
     println!("repair: {summary:?} in {:?}", start.elapsed());
@@ -561,8 +563,13 @@ async fn scrub_modes_remove_replica_files() {
         .flatten()
         .find_map(|(k, bytes)| (k == stale_key).then_some(bytes))
         .expect("the parity's record on disk");
-    let set: Vec<String> = match c.nodes[0].call(Request::Lookup { key: stale_key }).await {
-        Response::Owner { replicas, .. } => replicas.iter().map(|m| m.addr.to_string()).collect(),
+    let set: Vec<String> = match c.nodes[0]
+        .call(ClientRequest::Lookup { key: stale_key })
+        .await
+    {
+        ClientResponse::Owner { replicas, .. } => {
+            replicas.iter().map(|m| m.addr.to_string()).collect()
+        }
         other => panic!("{other:?}"),
     };
     let outsider = c
@@ -571,26 +578,26 @@ async fn scrub_modes_remove_replica_files() {
         .find(|n| !set.contains(&n.addr.to_string()))
         .expect("a node outside the replica set");
     match outsider
-        .call(Request::StoreLocal {
+        .member(MemberRequest::StoreLocal {
             key: stale_key,
             data: stale_bytes,
         })
         .await
     {
-        Response::Ok => {}
+        MemberResponse::Ok => {}
         other => panic!("{other:?}"),
     }
 
     // And the daemon: window 0 every second; replicas go without another request.
     match c.nodes[0]
-        .call(Request::Scrub {
+        .admin(AdminRequest::Scrub {
             mode: ScrubMode::Window { blocks: 0 },
             once: false,
             interval_ms: 1000,
         })
         .await
     {
-        Response::Scrubbed(_) => {}
+        AdminResponse::Scrubbed(_) => {}
         other => panic!("scrub daemon: {other:?}"),
     }
     wait_until(Duration::from_secs(20), || async {
@@ -614,14 +621,14 @@ async fn scrub_modes_remove_replica_files() {
     let mut checked = 0;
     loop {
         match c.nodes[5]
-            .call(Request::Audit {
+            .admin(AdminRequest::Audit {
                 after: after_key,
                 limit: 16,
                 fix: false,
             })
             .await
         {
-            Response::AuditPage(p) => {
+            AdminResponse::AuditPage(p) => {
                 assert!(p.damaged.is_empty(), "{:?}", p.damaged);
                 checked += p.checked;
                 match p.next {
@@ -656,8 +663,11 @@ async fn plain_ring_stores_documents_as_blocks() {
     let r = scrub(&c.nodes[2], ScrubMode::Pointers { threshold: 0 }).await;
     assert_eq!(r.scrubbed, 0);
     assert_eq!(get_doc(&c.nodes[2], key).await.unwrap(), data);
-    match c.nodes[0].call(Request::Repair { keys: vec![] }).await {
-        Response::Repaired(s) => assert_eq!(s.rebuilt, 0),
+    match c.nodes[0]
+        .admin(AdminRequest::Repair { keys: vec![] })
+        .await
+    {
+        AdminResponse::Repaired(s) => assert_eq!(s.rebuilt, 0),
         other => panic!("{other:?}"),
     }
 }

@@ -8,17 +8,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use peerstore_node::entangled::format::{decode_record, DocRecord};
-use peerstore_node::entangled::{ScrubMode, ScrubReport};
-use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::rpc::RpcClient;
-use peerstore_node::testing::*;
+use peerstore_proto::{
+    AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, RpcClient, ScrubMode,
+    ScrubReport,
+};
+use peerstore_testkit::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const DOC: usize = 4 << 20;
 
-async fn call(c: &RpcClient, r: Request) -> Response {
+async fn call(c: &RpcClient, r: ClientRequest) -> ClientResponse {
     match c.call(r).await {
+        Ok(r) => r,
+        Err(e) => panic!("rpc: {e}"),
+    }
+}
+
+async fn admin(c: &RpcClient, r: AdminRequest) -> AdminResponse {
+    match c.admin(r).await {
         Ok(r) => r,
         Err(e) => panic!("rpc: {e}"),
     }
@@ -81,8 +89,8 @@ async fn soak_16_nodes_kill_4_repair() {
             let cl = &clients[i as usize % 4];
             async move {
                 let data = block(seed * 1_000_000 + i, DOC);
-                match call(cl, Request::PutDocument { data }).await {
-                    Response::DocumentStored { key } => (key, i),
+                match call(cl, ClientRequest::PutDocument { data }).await {
+                    ClientResponse::DocumentStored { key } => (key, i),
                     other => panic!("put {i}: {other:?}"),
                 }
             }
@@ -130,9 +138,9 @@ async fn soak_16_nodes_kill_4_repair() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let du = |s: &Response| {
+    let du = |s: &AdminResponse| {
         match s {
-        Response::EntangleStats(s) => format!(
+        AdminResponse::EntangleStats(s) => format!(
             "{} codewords, {} MiB of documents, {} MiB of parities ({} replicated + {} single copies): overhead {:.2}x",
             s.codewords,
             s.logical_bytes >> 20,
@@ -146,12 +154,12 @@ async fn soak_16_nodes_kill_4_repair() {
     };
     println!(
         "du before scrub: {}",
-        du(&call(&clients[0], Request::EntangleStats).await)
+        du(&admin(&clients[0], AdminRequest::EntangleStats).await)
     );
     let start = Instant::now();
-    let r: ScrubReport = match call(
+    let r: ScrubReport = match admin(
         &clients[0],
-        Request::Scrub {
+        AdminRequest::Scrub {
             mode: ScrubMode::Window { blocks: 0 },
             once: true,
             interval_ms: 0,
@@ -159,13 +167,13 @@ async fn soak_16_nodes_kill_4_repair() {
     )
     .await
     {
-        Response::Scrubbed(r) => r,
+        AdminResponse::Scrubbed(r) => r,
         other => panic!("{other:?}"),
     };
     println!("scrub --window 0 in {:?}: {r:?}", start.elapsed());
     println!(
         "du after scrub: {}",
-        du(&call(&clients[0], Request::EntangleStats).await)
+        du(&admin(&clients[0], AdminRequest::EntangleStats).await)
     );
     let t = wait_until(Duration::from_secs(60), || async {
         let d = on_disk(&c);
@@ -236,8 +244,8 @@ async fn soak_16_nodes_kill_4_repair() {
     let live: Vec<usize> = (0..16).filter(|i| c.nodes[*i].alive()).collect();
     let via = &clients[live[0]];
     let start = Instant::now();
-    let s = match call(via, Request::Repair { keys: vec![] }).await {
-        Response::Repaired(s) => s,
+    let s = match admin(via, AdminRequest::Repair { keys: vec![] }).await {
+        AdminResponse::Repaired(s) => s,
         other => panic!("{other:?}"),
     };
     let t_rep = start.elapsed();
@@ -249,8 +257,8 @@ async fn soak_16_nodes_kill_4_repair() {
     let reader = &clients[live[1]];
     for (k, i) in &docs {
         let want = block(seed * 1_000_000 + i, DOC);
-        match call(reader, Request::GetDocument { key: *k }).await {
-            Response::Block { data } => assert!(data == want, "document {i} differs"),
+        match call(reader, ClientRequest::GetDocument { key: *k }).await {
+            ClientResponse::Block { data } => assert!(data == want, "document {i} differs"),
             other => panic!("document {i}: {other:?}"),
         }
     }

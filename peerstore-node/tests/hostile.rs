@@ -1,5 +1,7 @@
 //! Acceptance 7: malformed, truncated and oversized messages from a raw libp2p peer are each
-//! rejected; the node keeps serving and nothing stored changes.
+//! rejected on every one of the node's four protocols (chord, client, member, admin); a
+//! well-formed message of one protocol sent on another is refused with a clear error; the node
+//! keeps serving and nothing stored changes.
 
 use std::io;
 use std::time::Duration;
@@ -9,8 +11,16 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, StreamProtocol};
-use peerstore_node::proto::{BlockKey, Request, Response, CHORD_PROTOCOL, DATA_PROTOCOL};
-use peerstore_node::testing::*;
+use peerstore_proto::{
+    decode_frame, encode_frame, AdminRequest, AdminResponse, Audience, BlockKey, ChordAck,
+    ChordEnvelope, ClientRequest, ClientResponse, EntRequest, ErrorCode, MemberRequest,
+    MemberResponse, Message, NodeAddr, ScrubMode, MAX_ADMIN_REQUEST, MAX_CHORD_FRAME,
+    MAX_CLIENT_FRAME, MAX_MEMBER_FRAME,
+};
+use peerstore_testkit::*;
+
+/// The tests of this file share the 2 cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Writes exactly the bytes it is given (no framing) and reads whatever comes back.
 #[derive(Clone, Default)]
@@ -57,105 +67,300 @@ impl request_response::Codec for RawCodec {
     }
 }
 
-/// A data-protocol frame around postcard bytes `msg`: the frame length, the body's postcard
-/// length, the bytes (no bulk payload after them).
-fn frame(msg: &[u8]) -> Vec<u8> {
-    let mut v = ((msg.len() + 4) as u32).to_be_bytes().to_vec();
+/// A frame of audience `tag` around postcard bytes `msg`: the frame length, the audience tag,
+/// the body's postcard length, the bytes (no bulk payload after them).
+fn frame(tag: u8, msg: &[u8]) -> Vec<u8> {
+    let mut v = ((msg.len() + 5) as u32).to_be_bytes().to_vec();
+    v.push(tag);
     v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     v.extend_from_slice(msg);
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hostile_messages_are_rejected() {
-    let cluster = Cluster::start(3, &["--replication", "3"]).await;
-    cluster
-        .wait_ideal(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    for i in 0..20u64 {
-        let data = block(9_000_000 + i, 1000);
-        let key = BlockKey::of(&data);
-        assert!(matches!(
-            cluster.nodes[0].call(Request::Put { key, data }).await,
-            Response::Stored { .. }
-        ));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = cluster.holders().await;
-    let target = &cluster.nodes[1];
+/// A message framed exactly as its protocol's codec writes it (bulk payload after the body).
+fn wire<T: Message + Clone>(m: &T, max: usize) -> Vec<u8> {
+    let body = encode_frame(m, max).expect("encode");
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(&body);
+    v
+}
 
-    // A valid Put encoded, to truncate and corrupt.
-    let good = postcard::to_stdvec(&Request::Put {
-        key: BlockKey([1; 32]),
+/// A protocol under attack: what a valid request of it looks like, to break in every way.
+struct Target {
+    audience: Audience,
+    /// The protocol's bound on one request frame.
+    max: usize,
+    /// Postcard bytes of a request of the protocol (no bulk payload).
+    good: Vec<u8>,
+    /// Offset in `good` of an enum variant index.
+    variant_at: usize,
+    /// Whether a frame body decodes as a request of the protocol.
+    decodes: fn(&[u8]) -> bool,
+    /// A well-formed request that the node must answer, with what the answer must contain.
+    control: (&'static str, Vec<u8>, &'static str),
+}
+
+fn targets(cluster: &Cluster) -> Vec<Target> {
+    // A block whose bytes do not hash to its key: well-formed, and refused.
+    let wrong_key = BlockKey([1; 32]);
+    let put = postcard::to_stdvec(&ClientRequest::Put {
+        key: wrong_key,
         data: vec![7; 5000],
     })
     .unwrap();
+    let store_local = postcard::to_stdvec(&MemberRequest::StoreLocal {
+        key: wrong_key,
+        data: vec![7; 5000],
+    })
+    .unwrap();
+    // A read-only admin request; its malformed forms are never run anyway.
+    let audit = postcard::to_stdvec(&AdminRequest::Audit {
+        after: Some(wrong_key),
+        limit: 1,
+        fix: false,
+    })
+    .unwrap();
+    // A Chord ping claiming to come from node 0: well-formed (so acknowledged) but dropped,
+    // as its sender is not the connection's peer.
+    let forged = cluster.nodes[0].addr.clone();
+    let ping = ChordEnvelope {
+        from: forged.clone(),
+        msg: chord::Message::Ping { req: 1 },
+    };
+    let from_len = postcard::to_stdvec::<NodeAddr>(&forged).unwrap().len();
+    let ping_bytes = postcard::to_stdvec(&ping).unwrap();
+    vec![
+        Target {
+            audience: Audience::Chord,
+            max: MAX_CHORD_FRAME,
+            good: ping_bytes.clone(),
+            // The message's variant comes after the sender's address.
+            variant_at: from_len,
+            decodes: |b| decode_frame::<ChordEnvelope>(b).is_ok(),
+            control: (
+                "ping with a forged sender",
+                frame(Audience::Chord.tag(), &ping_bytes),
+                "ChordAck",
+            ),
+        },
+        Target {
+            audience: Audience::Client,
+            max: MAX_CLIENT_FRAME,
+            good: put.clone(),
+            variant_at: 0,
+            decodes: |b| decode_frame::<ClientRequest>(b).is_ok(),
+            control: (
+                "put with wrong key",
+                frame(Audience::Client.tag(), &put),
+                "Error",
+            ),
+        },
+        Target {
+            audience: Audience::Member,
+            max: MAX_MEMBER_FRAME,
+            good: store_local.clone(),
+            variant_at: 0,
+            decodes: |b| decode_frame::<MemberRequest>(b).is_ok(),
+            control: (
+                "store-local with wrong key",
+                frame(Audience::Member.tag(), &store_local),
+                "Error",
+            ),
+        },
+        Target {
+            audience: Audience::Admin,
+            max: MAX_ADMIN_REQUEST,
+            good: audit,
+            variant_at: 0,
+            decodes: |b| decode_frame::<AdminRequest>(b).is_ok(),
+            control: (
+                "entangle-stats",
+                wire(&AdminRequest::EntangleStats, MAX_ADMIN_REQUEST),
+                "EntangleStats",
+            ),
+        },
+    ]
+}
+
+/// Malformed frames of every kind for `t`'s protocol.
+fn malformed(t: &Target) -> Vec<(&'static str, Vec<u8>)> {
+    let tag = t.audience.tag();
+    let good = &t.good;
+    // Pseudo-random bytes after the protocol's own tag (seeds whose bytes happen to decode
+    // are skipped, so the case is malformed for certain).
+    let random_body = (0u64..)
+        .map(|i| block(9_500_000 + i, 64))
+        .find(|b| !(t.decodes)(&frame(tag, b)[4..]))
+        .unwrap();
     let mut flipped = good.clone();
-    flipped[0] = 0xee; // unknown enum variant
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("random bytes", frame(&[0xff; 64])),
-        ("unknown variant", frame(&flipped)),
+    flipped[t.variant_at] = 0x7e; // no enum of the protocols has 126 variants
+    let cases = vec![
+        ("random bytes", {
+            let mut v = 64u32.to_be_bytes().to_vec();
+            v.extend_from_slice(&[0xff; 64]);
+            v
+        }),
+        ("random body", frame(tag, &random_body)),
+        ("unknown audience tag", frame(0xc7, good)),
+        ("unknown variant", frame(tag, &flipped)),
         ("truncated body", {
-            let f = frame(&good);
+            let f = frame(tag, good);
             f[..f.len() / 2].to_vec()
         }),
+        ("truncated head", frame(tag, good)[..4 + 3].to_vec()),
         ("truncated length", vec![0, 0]),
-        ("oversized length", (u32::MAX).to_be_bytes().to_vec()),
+        ("frame shorter than its head", {
+            let mut v = 3u32.to_be_bytes().to_vec();
+            v.extend_from_slice(&[tag, 0, 0]);
+            v
+        }),
+        ("oversized length", u32::MAX.to_be_bytes().to_vec()),
+        ("oversized frame (bound + 1)", {
+            let mut f = frame(tag, good);
+            f[..4].copy_from_slice(&(t.max as u32 + 1).to_be_bytes());
+            f
+        }),
         ("trailing garbage", {
             let mut b = good.clone();
             b.extend_from_slice(&[1, 2, 3]);
-            frame(&b)
+            frame(tag, &b)
         }),
         ("body longer than its frame", {
-            let mut f = frame(&good);
-            f[4..8].copy_from_slice(&(good.len() as u32 + 1).to_be_bytes());
+            let mut f = frame(tag, good);
+            f[5..9].copy_from_slice(&(good.len() as u32 + 1).to_be_bytes());
             f
         }),
-        ("payload twice (in the body and after it)", {
-            let mut f = frame(&good);
+        ("bulk bytes after a message that has its payload or none", {
+            let mut f = frame(tag, good);
             f.extend_from_slice(&[5; 100]);
             let total = (f.len() - 4) as u32;
             f[..4].copy_from_slice(&total.to_be_bytes());
             f
         }),
-        ("put with wrong key", frame(&good)),
         ("empty", vec![]),
     ];
-    let mut answers = Vec::new();
-    for protocol in [DATA_PROTOCOL, CHORD_PROTOCOL] {
-        let mut swarm = raw_swarm(protocol.clone());
-        for (name, bytes) in &cases {
-            swarm.behaviour_mut().send_request_with_addresses(
-                &target.addr.peer,
-                bytes.clone(),
-                vec![target.addr.addr.clone()],
-            );
-            let outcome = wait_outcome(&mut swarm).await;
-            answers.push((format!("{protocol} {name}"), outcome));
+    for (name, bytes) in &cases {
+        // The frames whose declared length matches what is sent must indeed not decode.
+        if bytes.len() >= 4
+            && u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize + 4 == bytes.len()
+        {
+            assert!(!(t.decodes)(&bytes[4..]), "{} {name} decodes", t.audience);
         }
     }
-    for (name, outcome) in &answers {
-        println!("{name}: {outcome}");
+    cases
+}
+
+/// What the node said, decoded as an answer of the protocol of `audience`.
+fn describe(audience: Audience, response: &[u8]) -> String {
+    let body = response.get(4..).unwrap_or_default();
+    let decoded = match audience {
+        Audience::Chord => decode_frame::<ChordAck>(body).map(|r| format!("{r:?}")),
+        Audience::Client => decode_frame::<ClientResponse>(body).map(|r| format!("{r:?}")),
+        Audience::Member => decode_frame::<MemberResponse>(body).map(|r| format!("{r:?}")),
+        Audience::Admin => decode_frame::<AdminResponse>(body).map(|r| format!("{r:?}")),
+    };
+    match decoded {
+        Ok(r) => format!("answered: {r}"),
+        Err(_) => format!("answered {} undecodable bytes", response.len()),
     }
-    // The one well-formed request must get a proper error answer, not be stored.
-    let wrong_key = answers
-        .iter()
-        .find(|(n, _)| n == "/peerstore/data/2 put with wrong key")
-        .unwrap();
-    assert!(
-        wrong_key.1.starts_with("answered"),
-        "well-formed put with a wrong key got no answer: {}",
-        wrong_key.1
-    );
-    for (name, outcome) in &answers {
-        if name != "/peerstore/data/2 put with wrong key" {
+}
+
+/// Sends `bytes` on `swarm`'s protocol to `to` and waits for the outcome.
+async fn send_raw(
+    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    to: &NodeAddr,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    swarm
+        .behaviour_mut()
+        .send_request_with_addresses(&to.peer, bytes, vec![to.addr.clone()]);
+    wait_outcome(swarm).await
+}
+
+async fn start_cluster() -> Cluster {
+    let cluster = Cluster::start(3, &["--replication", "3"]).await;
+    cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    cluster
+}
+
+/// Puts 20 blocks through node 0; returns them.
+async fn put_blocks(cluster: &Cluster) -> Vec<(BlockKey, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..20u64 {
+        let data = block(9_000_000 + i, 1000);
+        let key = BlockKey::of(&data);
+        assert!(matches!(
+            cluster.nodes[0]
+                .call(ClientRequest::Put {
+                    key,
+                    data: data.clone()
+                })
+                .await,
+            ClientResponse::Stored { .. }
+        ));
+        out.push((key, data));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_messages_are_rejected() {
+    let _g = SERIAL.lock().await;
+    let cluster = start_cluster().await;
+    put_blocks(&cluster).await;
+    let before = cluster.holders().await;
+    let target = &cluster.nodes[1];
+
+    // (protocol, case, outcome, well-formed control answer it must contain)
+    let mut answers: Vec<(Audience, String, String, Option<&str>)> = Vec::new();
+    for t in targets(&cluster) {
+        let mut swarm = raw_swarm(t.audience.protocol());
+        for (name, bytes) in malformed(&t) {
+            let outcome = match send_raw(&mut swarm, &target.addr, bytes).await {
+                Ok(r) => describe(t.audience, &r),
+                Err(e) => e,
+            };
+            answers.push((t.audience, name.to_string(), outcome, None));
+        }
+        // Sent last on the same connection: the protocol still serves after the attack.
+        let (name, bytes, want) = t.control.clone();
+        let outcome = match send_raw(&mut swarm, &target.addr, bytes).await {
+            Ok(r) => describe(t.audience, &r),
+            Err(e) => e,
+        };
+        answers.push((t.audience, name.to_string(), outcome, Some(want)));
+    }
+    for (audience, name, outcome, _) in &answers {
+        println!("{} {name}: {outcome}", audience.protocol());
+    }
+    for (audience, name, outcome, control) in &answers {
+        let name = format!("{} {name}", audience.protocol());
+        match control {
+            // The well-formed requests get a proper answer (an error for the blocks with a
+            // wrong key: they are not stored).
+            Some(want) => assert!(
+                outcome.starts_with("answered: ") && outcome.contains(want),
+                "well-formed {name} did not get an answer with {want}: {outcome}"
+            ),
             // Malformed input gets no decoded answer: the node drops the stream.
-            assert!(
+            None => assert!(
                 !outcome.starts_with("answered: "),
                 "{name} was answered as if valid: {outcome}"
-            );
+            ),
         }
+    }
+    // All four protocols were attacked.
+    for a in [
+        Audience::Chord,
+        Audience::Client,
+        Audience::Member,
+        Audience::Admin,
+    ] {
+        assert!(answers.iter().filter(|x| x.0 == a).count() >= 10);
     }
 
     // The node keeps serving, and nothing stored changed.
@@ -168,8 +373,190 @@ async fn hostile_messages_are_rejected() {
     let data = block(9_100_000, 100);
     let key = BlockKey::of(&data);
     assert!(matches!(
-        target.call(Request::Put { key, data }).await,
-        Response::Stored { .. }
+        target.call(ClientRequest::Put { key, data }).await,
+        ClientResponse::Stored { .. }
+    ));
+}
+
+/// A well-formed request of one protocol sent on another (a member or admin request on the
+/// client protocol, say) is refused with `Forbidden` and a message naming both protocols, and
+/// is not acted on; the node keeps serving clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_on_the_wrong_protocol_are_forbidden() {
+    let _g = SERIAL.lock().await;
+    let cluster = start_cluster().await;
+    let blocks = put_blocks(&cluster).await;
+    let before = cluster.holders().await;
+    let target = &cluster.nodes[1];
+
+    // A block nobody holds: were any of these requests run, it would be stored.
+    let data = block(9_200_000, 3000);
+    let key = BlockKey::of(&data);
+    assert!(!before.contains_key(&key));
+    let client_put = (
+        Audience::Client,
+        "put",
+        wire(
+            &ClientRequest::Put {
+                key,
+                data: data.clone(),
+            },
+            MAX_CLIENT_FRAME,
+        ),
+    );
+    let store_local = (
+        Audience::Member,
+        "store-local",
+        wire(
+            &MemberRequest::StoreLocal {
+                key,
+                data: data.clone(),
+            },
+            MAX_MEMBER_FRAME,
+        ),
+    );
+    let scrub_daemon = (
+        Audience::Member,
+        "set-scrub-daemon",
+        wire(
+            &MemberRequest::Entangled(EntRequest::SetScrubDaemon {
+                policy: Some((ScrubMode::Window { blocks: 0 }, 1000)),
+            }),
+            MAX_MEMBER_FRAME,
+        ),
+    );
+    let admin_scrub = (
+        Audience::Admin,
+        "scrub",
+        wire(
+            &AdminRequest::Scrub {
+                mode: ScrubMode::Window { blocks: 0 },
+                once: false,
+                interval_ms: 1000,
+            },
+            MAX_ADMIN_REQUEST,
+        ),
+    );
+    let admin_repair = (
+        Audience::Admin,
+        "repair",
+        wire(&AdminRequest::Repair { keys: vec![key] }, MAX_ADMIN_REQUEST),
+    );
+    let chord_ping = (
+        Audience::Chord,
+        "ping",
+        wire(
+            &ChordEnvelope {
+                from: cluster.nodes[0].addr.clone(),
+                msg: chord::Message::Ping { req: 7 },
+            },
+            MAX_CHORD_FRAME,
+        ),
+    );
+    let sends = [
+        (
+            Audience::Client,
+            vec![
+                store_local.clone(),
+                scrub_daemon.clone(),
+                admin_scrub.clone(),
+                admin_repair.clone(),
+                chord_ping.clone(),
+            ],
+        ),
+        (
+            Audience::Member,
+            vec![client_put.clone(), admin_scrub.clone(), chord_ping.clone()],
+        ),
+        (
+            Audience::Admin,
+            vec![client_put.clone(), store_local.clone(), chord_ping.clone()],
+        ),
+        (
+            Audience::Chord,
+            vec![client_put.clone(), store_local.clone(), admin_scrub.clone()],
+        ),
+    ];
+    let mut refused = 0;
+    for (on, requests) in sends {
+        let mut swarm = raw_swarm(on.protocol());
+        for (found, what, bytes) in requests {
+            let outcome = send_raw(&mut swarm, &target.addr, bytes).await;
+            let shown = match &outcome {
+                Ok(r) => describe(on, r),
+                Err(e) => e.clone(),
+            };
+            println!("{found} {what} on {}: {shown}", on.protocol());
+            let Ok(response) = outcome else {
+                panic!("{found} {what} on the {on} protocol got no answer: {shown}");
+            };
+            let body = response.get(4..).unwrap_or_default();
+            let error = match on {
+                // A Chord message is acknowledged before it is looked at; one of another
+                // protocol is then dropped.
+                Audience::Chord => {
+                    assert!(
+                        decode_frame::<ChordAck>(body).is_ok(),
+                        "{found} {what} on the chord protocol: {shown}"
+                    );
+                    continue;
+                }
+                Audience::Client => match decode_frame::<ClientResponse>(body) {
+                    Ok(ClientResponse::Error { code, message }) => (code, message),
+                    _ => panic!("{found} {what} on the client protocol: {shown}"),
+                },
+                Audience::Member => match decode_frame::<MemberResponse>(body) {
+                    Ok(MemberResponse::Error { code, message }) => (code, message),
+                    _ => panic!("{found} {what} on the member protocol: {shown}"),
+                },
+                Audience::Admin => match decode_frame::<AdminResponse>(body) {
+                    Ok(AdminResponse::Error { code, message }) => (code, message),
+                    _ => panic!("{found} {what} on the admin protocol: {shown}"),
+                },
+            };
+            let (code, message) = error;
+            assert_eq!(
+                code,
+                ErrorCode::Forbidden,
+                "{found} {what} on {on}: {message}"
+            );
+            for want in [
+                // (no article: "a member", "an admin")
+                format!("{found} request sent on the {on} protocol"),
+                on.protocol().to_string(),
+                found.protocol().to_string(),
+            ] {
+                assert!(
+                    message.contains(&want),
+                    "{found} {what} on {on}: message {message:?} does not name {want:?}"
+                );
+            }
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 11);
+
+    // Nothing was acted on: the new block is nowhere, nothing stored changed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = cluster.holders().await;
+    assert_eq!(
+        before, after,
+        "stored blocks changed after misrouted requests"
+    );
+    assert!(matches!(
+        target.call(ClientRequest::Get { key }).await,
+        ClientResponse::NotFound
+    ));
+    // The node keeps serving clients.
+    for (k, d) in &blocks {
+        match target.call(ClientRequest::Get { key: *k }).await {
+            ClientResponse::Block { data } => assert!(data == *d, "block {k} wrong bytes"),
+            other => panic!("get of {k} after misrouted requests: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        target.call(ClientRequest::Put { key, data }).await,
+        ClientResponse::Stored { .. }
     ));
 }
 
@@ -193,24 +580,24 @@ fn raw_swarm(protocol: StreamProtocol) -> libp2p::Swarm<request_response::Behavi
         .build()
 }
 
-async fn wait_outcome(swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>) -> String {
+/// The raw answer to the request in flight, or why there is none.
+async fn wait_outcome(
+    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+) -> Result<Vec<u8>, String> {
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::Behaviour(request_response::Event::Message { message: request_response::Message::Response { response, .. }, .. }) => {
-                    return match peerstore_node::proto::decode_frame::<Response>(response.get(4..).unwrap_or_default()) {
-                        Ok(r) => format!("answered: {r:?}"),
-                        Err(_) => format!("answered {} undecodable bytes", response.len()),
-                    };
+                    return Ok(response);
                 }
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
-                    return format!("rejected: {error}");
+                    return Err(format!("rejected: {error}"));
                 }
                 _ => {}
             },
-            _ = &mut deadline => return "no answer within 10 s".into(),
+            _ = &mut deadline => return Err("no answer within 10 s".into()),
         }
     }
 }

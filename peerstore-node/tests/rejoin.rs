@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use peerstore_node::driver::{read_peers_file, PEERS_FILE};
-use peerstore_node::testing::*;
+use peerstore_testkit::*;
 
 /// Waits until every node's peers file lists at least `min` other members.
 async fn wait_peers_written(cluster: &Cluster, min: usize) {

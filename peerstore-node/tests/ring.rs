@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use peerstore_node::proto::{BlockKey, ErrorCode, Request, Response};
-use peerstore_node::testing::*;
+use peerstore_proto::{
+    BlockKey, ClientRequest, ClientResponse, ErrorCode, MemberRequest, MemberResponse,
+};
+use peerstore_testkit::*;
 
 /// The tests of this file share the 2 cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -15,13 +17,13 @@ async fn put(n: &NodeProc, data: Vec<u8>) -> BlockKey {
     let mut tries = 0;
     loop {
         match n
-            .call(Request::Put {
+            .call(ClientRequest::Put {
                 key,
                 data: data.clone(),
             })
             .await
         {
-            Response::Stored { .. } => return key,
+            ClientResponse::Stored { .. } => return key,
             other if tries < 3 => {
                 tries += 1;
                 eprintln!("put retry after {other:?}");
@@ -33,8 +35,8 @@ async fn put(n: &NodeProc, data: Vec<u8>) -> BlockKey {
 }
 
 async fn get(n: &NodeProc, key: BlockKey) -> Option<Vec<u8>> {
-    match n.call(Request::Get { key }).await {
-        Response::Block { data } => Some(data),
+    match n.call(ClientRequest::Get { key }).await {
+        ClientResponse::Block { data } => Some(data),
         _ => None,
     }
 }
@@ -75,10 +77,10 @@ async fn ring_lifecycle() {
         for batch in pairs.chunks(64) {
             let reads = batch
                 .iter()
-                .map(|(k, d)| async move { (*k, n.call(Request::Get { key: *k }).await, d) });
+                .map(|(k, d)| async move { (*k, n.call(ClientRequest::Get { key: *k }).await, d) });
             for (k, got, want) in futures::future::join_all(reads).await {
                 match got {
-                    Response::Block { data } => {
+                    ClientResponse::Block { data } => {
                         assert!(data == *want, "block {k} not byte-identical via {}", n.addr)
                     }
                     other => panic!("block {k} not readable via {}: {other:?}", n.addr),
@@ -103,8 +105,8 @@ async fn ring_lifecycle() {
     // Reads right after the crash, before the ring has noticed, route around the dead nodes.
     for (k, d) in keys.iter().take(100) {
         let via = &cluster.nodes[live[(k.0[0] as usize) % live.len()]];
-        match via.call(Request::Get { key: *k }).await {
-            Response::Block { data } => assert!(data == *d, "block {k} wrong bytes"),
+        match via.call(ClientRequest::Get { key: *k }).await {
+            ClientResponse::Block { data } => assert!(data == *d, "block {k} wrong bytes"),
             other => panic!("block {k} unreadable right after the crash: {other:?}"),
         }
     }
@@ -236,8 +238,11 @@ async fn restart_and_corruption() {
     let held_after = list_all(&cluster.nodes[2]).await;
     assert_eq!(held_before, held_after, "restarted node lost blocks");
     for k in &held_after {
-        match cluster.nodes[2].call(Request::FetchLocal { key: *k }).await {
-            Response::Block { data } => assert_eq!(BlockKey::of(&data), *k),
+        match cluster.nodes[2]
+            .member(MemberRequest::FetchLocal { key: *k })
+            .await
+        {
+            MemberResponse::Block { data } => assert_eq!(BlockKey::of(&data), *k),
             other => panic!("restarted node does not serve {k}: {other:?}"),
         }
     }
@@ -257,14 +262,14 @@ async fn restart_and_corruption() {
         "no record of the victim on node 2's disk"
     );
     match cluster.nodes[2]
-        .call(Request::FetchLocal { key: victim })
+        .member(MemberRequest::FetchLocal { key: victim })
         .await
     {
-        Response::Block { data } => {
+        MemberResponse::Block { data } => {
             assert_eq!(BlockKey::of(&data), victim, "corrupt bytes were served");
             // It may already have been repaired: fine, as long as the bytes are right.
         }
-        Response::NotFound => {}
+        MemberResponse::NotFound => {}
         other => panic!("unexpected {other:?}"),
     }
     // The ring still serves the right bytes.
@@ -276,10 +281,10 @@ async fn restart_and_corruption() {
     // And node 2 gets the block back from a replica.
     let t = wait_until(Duration::from_secs(30), || async {
         match cluster.nodes[2]
-            .call(Request::FetchLocal { key: victim })
+            .member(MemberRequest::FetchLocal { key: victim })
             .await
         {
-            Response::Block { data } if BlockKey::of(&data) == victim => Ok(()),
+            MemberResponse::Block { data } if BlockKey::of(&data) == victim => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
@@ -312,9 +317,12 @@ async fn capacity_is_enforced() {
         if !chord::Id::from_bytes(key.0).in_half_open(a, b) {
             continue;
         }
-        match cluster.nodes[0].call(Request::Put { key, data }).await {
-            Response::Stored { .. } => stored += 1,
-            Response::Error {
+        match cluster.nodes[0]
+            .call(ClientRequest::Put { key, data })
+            .await
+        {
+            ClientResponse::Stored { .. } => stored += 1,
+            ClientResponse::Error {
                 code: ErrorCode::Full,
                 message,
             } => refused = Some(message),
@@ -340,13 +348,13 @@ async fn capacity_is_enforced() {
             continue;
         }
         match cluster.nodes[1]
-            .call(Request::Put {
+            .call(ClientRequest::Put {
                 key,
                 data: data.clone(),
             })
             .await
         {
-            Response::Stored { .. } => ok += 1,
+            ClientResponse::Stored { .. } => ok += 1,
             other => panic!("put to a node with room failed: {other:?}"),
         }
         assert!(

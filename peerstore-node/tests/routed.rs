@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use peerstore_node::proto::{BlockKey, Request, Response};
-use peerstore_node::rpc::RpcClient;
-use peerstore_node::testing::*;
+use peerstore_proto::{BlockKey, ClientRequest, ClientResponse, RpcClient};
+use peerstore_testkit::*;
 
 const BLOCKS: u64 = 200;
 
 async fn get(c: &RpcClient, key: BlockKey) -> Option<Vec<u8>> {
-    match c.call(Request::Get { key }).await {
-        Ok(Response::Block { data }) => Some(data),
+    match c.call(ClientRequest::Get { key }).await {
+        Ok(ClientResponse::Block { data }) => Some(data),
         _ => None,
     }
 }
@@ -32,13 +31,13 @@ async fn routed_client_bypasses_the_entry_node_and_survives_its_death() {
     let keys: Vec<BlockKey> = blocks.iter().map(|b| BlockKey::of(b)).collect();
     for (k, b) in keys.iter().zip(&blocks) {
         let r = client
-            .call(Request::Put {
+            .call(ClientRequest::Put {
                 key: *k,
                 data: b.clone(),
             })
             .await;
         assert!(
-            matches!(r, Ok(Response::Stored { .. })),
+            matches!(r, Ok(ClientResponse::Stored { .. })),
             "routed put failed: {r:?}"
         );
     }
@@ -75,9 +74,11 @@ async fn routed_client_bypasses_the_entry_node_and_survives_its_death() {
         ok, BLOCKS,
         "routed gets after the entry node died ({victim} and 0 dead)"
     );
-    let plain = cluster.nodes[0].call(Request::Get { key: keys[0] }).await;
+    let plain = cluster.nodes[0]
+        .call(ClientRequest::Get { key: keys[0] })
+        .await;
     assert!(
-        !matches!(plain, Response::Block { .. }),
+        !matches!(plain, ClientResponse::Block { .. }),
         "the dead entry node answered: {plain:?}"
     );
 }

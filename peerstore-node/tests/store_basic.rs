@@ -10,7 +10,7 @@ use peerstore_node::store::{
 };
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
-    let data = peerstore_node::testing::block(seed, len);
+    let data = peerstore_testkit::block(seed, len);
     (BlockKey::of(&data), data)
 }
 

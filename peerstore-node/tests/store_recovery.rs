@@ -11,7 +11,7 @@ use peerstore_node::store::{
 };
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
-    let data = peerstore_node::testing::block(seed, len);
+    let data = peerstore_testkit::block(seed, len);
     (BlockKey::of(&data), data)
 }
 
@@ -443,6 +443,7 @@ fn a_format_1_store_is_migrated_into_segments() {
             fs::write(d.join(&hex), bytes).expect("write");
         }
         fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
+        fs::write(dir.path().join("blocks/00-notes.txt"), b"?").expect("stray");
     }
     let (s, report) = open_with(dir.path(), 1 << 20, true);
     assert_eq!(report.migrated, 19);
@@ -450,6 +451,9 @@ fn a_format_1_store_is_migrated_into_segments() {
     assert_eq!(report.missing, vec![block(999, 10).0]);
     assert_eq!(report.blocks, 19);
     assert!(!dir.path().join("blocks").exists() && !dir.path().join("tmp").exists());
+    // an unknown file is not removed with the old directory: it is kept in quarantine
+    assert_eq!(report.strays_quarantined, 1);
+    assert!(s.quarantine_dir().join("stray-00-notes.txt").exists());
     for (i, (k, b)) in blocks.iter().enumerate() {
         if i == 7 {
             assert_eq!(s.get(k).expect("get"), None);
@@ -469,6 +473,12 @@ fn a_format_1_store_is_migrated_into_segments() {
         );
     }
     drop(s);
+    // old files left behind by a migration that committed but stopped before removing them
+    let (k0, b0) = &blocks[0];
+    let old = dir.path().join("blocks").join(&k0.to_hex()[..2]);
+    fs::create_dir_all(&old).expect("mkdir");
+    fs::write(old.join(k0.to_hex()), b0).expect("write");
     let (_s, report) = open_with(dir.path(), 1 << 20, true);
     assert_eq!((report.blocks, report.migrated), (19, 0));
+    assert!(!dir.path().join("blocks").exists());
 }

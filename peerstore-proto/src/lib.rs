@@ -122,10 +122,12 @@ pub trait ErrorResponse: Sized {
 
 /// The answer to a request that came on the wrong protocol.
 pub fn misrouted<R: ErrorResponse>(on: Audience, found: Audience) -> R {
+    let article = |a: Audience| if a == Audience::Admin { "an" } else { "a" };
     R::error(
         ErrorCode::Forbidden,
         format!(
-            "a {found} request sent on the {on} protocol ({}) is refused: {found} requests go on {}",
+            "{} {found} request sent on the {on} protocol ({}) is refused: {found} requests go on {}",
+            article(found),
             on.protocol(),
             found.protocol()
         ),

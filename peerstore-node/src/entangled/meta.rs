@@ -16,11 +16,11 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::format::{decode_record, DocRecord};
-use super::Entangled;
-use super::{EntRequest, EntResponse};
+use super::layer::Entangled;
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, StoreError};
 use peerstore_proto::{BlockKey, ErrorCode, NodeAddr, MAX_BLOCK_SIZE};
+use peerstore_proto::{EntRequest, EntResponse};
 
 /// The table of codeword and document records (key = BLAKE3 of the value).
 pub const TABLE: RecordTable = RecordTable::CODEWORDS;

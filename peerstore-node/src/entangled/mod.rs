@@ -19,6 +19,7 @@
 //! replication anti-entropy does not see, so it does not put the removed replicas back.
 
 pub mod format;
+pub mod layer;
 pub mod meta;
 pub mod read;
 pub mod refs;
@@ -26,207 +27,24 @@ pub mod repair;
 pub mod scrub;
 pub mod write;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use peerstore_proto::{AdminRequest, AdminResponse, BlockKey, MAX_LIST_PAGE};
 
-use crate::replication::Replication;
-use crate::ring::{blocking, Ring, RingError};
-use crate::store::BlockStore;
+use crate::ring::{blocking, RingError};
 
-/// `type` of the ring's entanglement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntanglementType {
-    /// RECAST step-archive: documents are stored as parities only.
-    Step,
-    /// Plain replicated blocks.
-    None,
-}
-
-/// The ring's entanglement settings (`entanglement = { type = "step", s = 4, t = 8, p = 12,
-/// block_size = 262144 }` in the node's TOML). Every node of a ring must use the same values.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EntanglementConfig {
-    /// "step" or "none".
-    #[serde(rename = "type")]
-    pub kind: EntanglementType,
-    /// Source blocks per codeword.
-    pub s: u16,
-    /// Pointers per codeword.
-    pub t: u16,
-    /// Parities per codeword.
-    pub p: u16,
-    /// The ring's fixed block size B in bytes.
-    pub block_size: u32,
-    /// Newest parities the encoder keeps in memory for tail pointers (the tail window).
-    pub tail_window: usize,
-    /// How often the repair worker checks the codewords this node owns, in milliseconds.
-    pub repair_ms: u64,
-    /// m: codeword records, document records and reverse references live on the owner of
-    /// their ring position and its next m - 1 successors (every node in a ring of at most m),
-    /// so that losing nodes loses metadata far less often than data
-    /// (docs/ENTANGLEMENT-RING.md, "Metadata replication"). At least `replication`.
-    pub metadata_replication: usize,
-}
-
-impl Default for EntanglementConfig {
-    /// (4, 8, 12) with 256 KiB blocks: 3x like (2, 10, 6) but without the 50% cliff, and half
-    /// the reads and coding work per byte (docs/ENTANGLEMENT-RING.md, "Defaults").
-    fn default() -> Self {
-        EntanglementConfig {
-            kind: EntanglementType::Step,
-            s: 4,
-            t: 8,
-            p: 12,
-            block_size: 256 * 1024,
-            tail_window: 100,
-            repair_ms: 60_000,
-            metadata_replication: 10,
-        }
-    }
-}
-
-impl EntanglementConfig {
-    /// The code parameters, `None` for type "none".
-    #[must_use]
-    pub fn params(&self) -> Option<entangle::Params> {
-        match self.kind {
-            EntanglementType::Step => Some(entangle::Params::new(
-                self.s,
-                self.t,
-                self.p,
-                self.block_size,
-            )),
-            EntanglementType::None => None,
-        }
-    }
-
-    /// Checks the parameters and that a parity fits in one block of the protocol.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(p) = self.params() {
-            p.validate().map_err(|e| format!("entanglement: {e}"))?;
-            let stored = entangle::block::header_len(p.t(), p.p()) + p.block();
-            if stored > peerstore_proto::MAX_BLOCK_SIZE {
-                return Err(format!(
-                    "entanglement: a parity of {stored} bytes exceeds the block bound {}",
-                    peerstore_proto::MAX_BLOCK_SIZE
-                ));
-            }
-            if self.repair_ms == 0 {
-                return Err("entanglement: repair_ms must be positive".into());
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks `metadata_replication` against the ring's replication factor r: metadata must
-    /// be at least as replicated as the data it describes.
-    pub fn validate_metadata(&self, replication: usize) -> Result<(), String> {
-        if self.params().is_some() && self.metadata_replication < replication.max(1) {
-            return Err(format!(
-                "entanglement: metadata_replication ({}) must be at least replication ({})",
-                self.metadata_replication, replication
-            ));
-        }
-        Ok(())
-    }
-}
+pub use layer::{
+    now_us, EncoderState, Entangled, EntanglementConfig, EntanglementType, Held, RecordCache,
+};
 
 pub use format::{DocRecord, RefsEntry};
 pub use peerstore_proto::{
     AuditPage, CodewordAudit, EntRequest, EntResponse, EntangleStats, RepairSummary, ScrubMode,
     ScrubReport,
 };
-
-/// A stored block with shared bytes.
-pub type Held = (BlockKey, Arc<Vec<u8>>);
-
-/// The encoder's memory: the newest parities it wrote (tail) and a uniform sample of the
-/// ring's parities (pool), both with their bytes so writes never wait for pointer fetches.
-pub struct EncoderState {
-    pub tail: VecDeque<Held>,
-    pub pool: Vec<Held>,
-    pub rng: ChaCha8Rng,
-}
-
-/// Codeword records found in the record table, by key, and keys known not to be codeword
-/// records (document records).
-pub type RecordCache = (
-    BTreeMap<BlockKey, Arc<entangle::CodewordRecord>>,
-    BTreeSet<BlockKey>,
-);
-
-/// The entangled layer of one node, with what it works on: the ring, the replicated blocks
-/// (its parities are ordinary blocks on replica sets) and this node's store.
-pub struct Entangled {
-    pub config: EntanglementConfig,
-    pub replication: usize,
-    pub ring: Arc<Ring>,
-    pub blocks: Arc<Replication>,
-    pub store: Arc<BlockStore>,
-    /// Single copies of scrubbed parities.
-    pub single: Arc<BlockStore>,
-    pub encoder: Mutex<EncoderState>,
-    /// Codeword records found in the record table, by key (a cache: records are immutable),
-    /// and keys known to be document records.
-    pub records: Mutex<RecordCache>,
-    pub scrub_daemon: Mutex<Option<(ScrubMode, u64)>>,
-}
-
-impl Entangled {
-    pub fn new(
-        config: EntanglementConfig,
-        blocks: Arc<Replication>,
-        single: Arc<BlockStore>,
-    ) -> Self {
-        Entangled {
-            config,
-            replication: blocks.ring.replication,
-            ring: blocks.ring.clone(),
-            store: blocks.store.clone(),
-            blocks,
-            single,
-            encoder: Mutex::new(EncoderState {
-                tail: VecDeque::new(),
-                pool: Vec::new(),
-                rng: ChaCha8Rng::from_entropy(),
-            }),
-            records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
-            scrub_daemon: Mutex::new(None),
-        }
-    }
-
-    /// The code parameters, `None` for type "none".
-    #[must_use]
-    pub fn params(&self) -> Option<entangle::Params> {
-        self.config.params()
-    }
-
-    /// m, the number of nodes that hold each piece of metadata.
-    #[must_use]
-    pub fn metadata_replication(&self) -> usize {
-        self.config
-            .metadata_replication
-            .max(self.replication)
-            .max(1)
-    }
-
-    /// Size of a stored parity of this ring.
-    #[must_use]
-    pub fn parity_size(&self) -> Option<u64> {
-        self.params()
-            .map(|p| (entangle::block::header_len(p.t(), p.p()) + p.block()) as u64)
-    }
-}
 
 pub use peerstore_proto::lock;
 
@@ -356,15 +174,6 @@ impl Entangled {
     }
 }
 
-/// Microseconds since the Unix epoch.
-#[must_use]
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// The background work of the entangled layer: record and reverse-reference anti-entropy and the
 /// single-copy hand-off every `period`, the pointer-pool prefetch, the repair worker every
 /// `repair_ms`, and the scrub daemon when one is set.
@@ -434,54 +243,6 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeConfig;
-
-    #[test]
-    fn config_parses_and_validates() {
-        let c: NodeConfig = toml::from_str(
-            "replication = 3\nentanglement = { type = \"step\", s = 2, t = 10, p = 6 }",
-        )
-        .unwrap();
-        assert_eq!(
-            c.entanglement.params(),
-            Some(entangle::Params::new(2, 10, 6, 256 * 1024))
-        );
-        c.validate().unwrap();
-        let d = NodeConfig::default();
-        assert_eq!(
-            d.entanglement.params(),
-            Some(entangle::Params::new(4, 8, 12, 256 * 1024))
-        );
-        d.validate().unwrap();
-        let none: NodeConfig = toml::from_str("entanglement = { type = \"none\" }").unwrap();
-        assert_eq!(none.entanglement.params(), None);
-        none.validate().unwrap();
-        let bad: NodeConfig =
-            toml::from_str("entanglement = { type = \"step\", s = 6, p = 4 }").unwrap();
-        assert!(bad.validate().is_err());
-        let huge: NodeConfig = toml::from_str("entanglement = { block_size = 8388608 }").unwrap();
-        assert!(
-            huge.validate().is_err(),
-            "a parity must fit one protocol block"
-        );
-        assert_eq!(d.entanglement.metadata_replication, 10);
-        let m: NodeConfig =
-            toml::from_str("replication = 3\n[entanglement]\nmetadata_replication = 5").unwrap();
-        m.validate().unwrap();
-        assert_eq!(m.entanglement.metadata_replication, 5);
-        let low: NodeConfig = toml::from_str(
-            "replication = 4\nsuccessors = 8\n[entanglement]\nmetadata_replication = 3",
-        )
-        .unwrap();
-        assert!(low.validate().is_err(), "m must be at least r");
-        let plain: NodeConfig = toml::from_str(
-            "replication = 4\nsuccessors = 8\n[entanglement]\ntype = \"none\"\nmetadata_replication = 3",
-        )
-        .unwrap();
-        plain.validate().unwrap();
-        assert!(toml::from_str::<NodeConfig>("entanglement = { type = \"rs\" }").is_err());
-        assert!(toml::from_str::<NodeConfig>("entanglement = { q = 1 }").is_err());
-    }
 
     #[test]
     fn requests_round_trip_on_the_wire() {

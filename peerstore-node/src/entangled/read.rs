@@ -10,10 +10,11 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
 use super::format::{decode_record, ek, nk, DocRecord};
-use super::Entangled;
-use super::{meta, EntRequest, EntResponse};
+use super::layer::Entangled;
+use super::meta;
 use crate::ring::RingError;
 use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
+use peerstore_proto::{EntRequest, EntResponse};
 
 /// A block held here, in the replicated store or as a single copy (verified by the store).
 pub async fn fetch_local(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {

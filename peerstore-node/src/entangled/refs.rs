@@ -9,12 +9,12 @@ use rand::seq::SliceRandom;
 use tracing::debug;
 
 use super::format::{refs_position, RefsEntry};
+use super::layer::Entangled;
 use super::meta::{locate_meta, meta_successors, push_ring, table_range};
-use super::Entangled;
-use super::{EntRequest, EntResponse};
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, RecordUpdate, StoreError};
 use peerstore_proto::{BlockKey, NodeAddr, MAX_LIST_PAGE};
+use peerstore_proto::{EntRequest, EntResponse};
 
 /// The table of reverse-reference entries, keyed by position.
 pub const TABLE: RecordTable = RecordTable::REVERSE_REFS;

@@ -16,13 +16,12 @@ use futures::StreamExt;
 use tracing::{debug, warn};
 
 use super::format::{decode_record, ek, nk};
-use super::Entangled;
-use super::{
-    lock, meta, read, refs, write, AuditPage, CodewordAudit, EntRequest, EntResponse, RepairSummary,
-};
+use super::layer::Entangled;
+use super::{meta, read, refs, write};
 use crate::ring::RingError;
 use crate::store::in_interval;
 use peerstore_proto::BlockKey;
+use peerstore_proto::{lock, AuditPage, CodewordAudit, EntRequest, EntResponse, RepairSummary};
 
 /// Most passes of a ring-wide repair.
 const MAX_PASSES: u32 = 10;

@@ -12,11 +12,12 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::format::ek;
-use super::Entangled;
-use super::{meta, refs, repair, EntRequest, EntResponse, EntangleStats, ScrubMode, ScrubReport};
+use super::layer::Entangled;
+use super::{meta, refs, repair};
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, Role};
 use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
+use peerstore_proto::{EntRequest, EntResponse, EntangleStats, ScrubMode, ScrubReport};
 
 /// `Scrub { mode, once, interval_ms }`: runs a scrub over the whole ring now (two passes: the
 /// second removes copies that anti-entropy re-sent during the first); with `once == false` it

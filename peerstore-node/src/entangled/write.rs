@@ -11,9 +11,11 @@ use rand_chacha::ChaCha8Rng;
 use tracing::{debug, warn};
 
 use super::format::{ek, encode_record, nk, DocRecord, RefsEntry};
-use super::Entangled;
-use super::{lock, meta, now_us, read, refs, EntRequest, EntResponse, Held};
+use super::layer::Entangled;
+use super::layer::{now_us, Held};
+use super::{meta, read, refs};
 use crate::ring::RingError;
+use peerstore_proto::{lock, EntRequest, EntResponse};
 use peerstore_proto::{BlockKey, ErrorCode, MAX_BLOCK_SIZE};
 
 /// Stores one block in the ring (routed to its replica set, majority acknowledged).

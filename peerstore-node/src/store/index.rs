@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -141,11 +141,9 @@ pub(crate) struct Index {
     done: Condvar,
 }
 
-fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    // A panic while holding this lock cannot leave the queue inconsistent (every update is a
-    // single assignment), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+// A panic while holding the queue's lock cannot leave it inconsistent (every update is a
+// single assignment), so a poisoned lock is still usable.
+use peerstore_proto::lock;
 
 impl Index {
     /// Opens the tables. Returns the index and whether it is in the one-file-per-block format

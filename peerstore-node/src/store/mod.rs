@@ -61,6 +61,7 @@ use tracing::{info, warn};
 pub use error::{Result, StoreError};
 pub use index::{BlockMeta, Role};
 pub use peerstore_proto::{BlockKey, ParseKeyError};
+use records::Tables;
 pub use records::{RecordTable, RecordUpdate};
 pub use ring::in_interval;
 pub use segments::{
@@ -330,6 +331,53 @@ impl Drop for KeyGuard<'_> {
 enum Checked {
     Good(Vec<u8>),
     Gone,
+}
+
+/// Small typed key-value tables in the index (see [`records`]).
+impl BlockStore {
+    fn tables(&self) -> Tables<'_> {
+        Tables(&self.inner.index.db)
+    }
+
+    /// The record stored under `key`, if any.
+    pub fn record_get(&self, table: RecordTable, key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.tables().record_get(table, key)
+    }
+
+    /// Stores `value` under `key` (durably, before returning), replacing any record.
+    pub fn record_put(&self, table: RecordTable, key: &[u8; 32], value: &[u8]) -> Result<()> {
+        self.tables().record_put(table, key, value)
+    }
+
+    /// Removes the record under `key`. Returns whether there was one.
+    pub fn record_delete(&self, table: RecordTable, key: &[u8; 32]) -> Result<bool> {
+        self.tables().record_delete(table, key)
+    }
+
+    /// Replaces the record under `key` with `new` if `accept(current, new)` says so, atomically
+    /// (compare-and-set under one write transaction).
+    pub fn record_update<F>(
+        &self,
+        table: RecordTable,
+        key: &[u8; 32],
+        new: &[u8],
+        accept: F,
+    ) -> Result<RecordUpdate>
+    where
+        F: FnOnce(Option<&[u8]>, &[u8]) -> bool,
+    {
+        self.tables().record_update(table, key, new, accept)
+    }
+
+    /// Records in key order after `after`, at most `limit`.
+    pub fn record_list(
+        &self,
+        table: RecordTable,
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<([u8; 32], Vec<u8>)>> {
+        self.tables().record_list(table, after, limit)
+    }
 }
 
 impl BlockStore {
@@ -615,7 +663,7 @@ impl BlockStore {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every update under this lock is a few arithmetic steps that cannot panic halfway in a
         // way that matters more than refusing service, so a poisoned lock is still used.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        peerstore_proto::lock(&self.state)
     }
 
     fn lock_key(&self, key: BlockKey) -> KeyGuard<'_> {

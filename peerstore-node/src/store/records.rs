@@ -9,7 +9,6 @@ use std::ops::Bound;
 use redb::{Durability, ReadableTable, TableDefinition, TableError};
 
 use super::error::{db, Result, StoreError};
-use super::BlockStore;
 
 /// The name of a record table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,7 +40,7 @@ impl RecordTable {
     }
 }
 
-/// The result of [`BlockStore::record_update`].
+/// The result of [`super::BlockStore::record_update`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordUpdate {
     /// The new value was accepted and is durably stored.
@@ -53,10 +52,14 @@ pub enum RecordUpdate {
     },
 }
 
-impl BlockStore {
+/// The record tables of a store's index database. [`super::BlockStore`]'s `record_*` methods
+/// are these.
+pub(crate) struct Tables<'a>(pub(crate) &'a redb::Database);
+
+impl Tables<'_> {
     /// The record stored under `key`, if any.
     pub fn record_get(&self, table: RecordTable, key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let tx = self.inner.index.db.begin_read().map_err(db)?;
+        let tx = self.0.begin_read().map_err(db)?;
         let t = match tx.open_table(table.def()) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -74,7 +77,7 @@ impl BlockStore {
 
     /// Removes the record under `key`. Returns whether there was one.
     pub fn record_delete(&self, table: RecordTable, key: &[u8; 32]) -> Result<bool> {
-        let mut tx = self.inner.index.db.begin_write().map_err(db)?;
+        let mut tx = self.0.begin_write().map_err(db)?;
         tx.set_durability(Durability::Immediate);
         let existed = {
             let mut t = tx.open_table(table.def()).map_err(db)?;
@@ -99,7 +102,7 @@ impl BlockStore {
     where
         F: FnOnce(Option<&[u8]>, &[u8]) -> bool,
     {
-        let mut tx = self.inner.index.db.begin_write().map_err(db)?;
+        let mut tx = self.0.begin_write().map_err(db)?;
         tx.set_durability(Durability::Immediate);
         let outcome = {
             let mut t = tx.open_table(table.def()).map_err(db)?;
@@ -129,7 +132,7 @@ impl BlockStore {
         if limit == 0 {
             return Err(StoreError::InvalidArgument("record_list limit is 0".into()));
         }
-        let tx = self.inner.index.db.begin_read().map_err(db)?;
+        let tx = self.0.begin_read().map_err(db)?;
         let t = match tx.open_table(table.def()) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),

@@ -28,7 +28,7 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::warn;
 
@@ -219,10 +219,8 @@ pub(crate) struct Segments {
     can_punch: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a few map operations: a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+// Every critical section here is a few map operations: a poisoned lock is still consistent.
+use peerstore_proto::lock;
 
 impl Segments {
     /// Opens the segment files in `dir` (which must exist). Files whose names are not segment
