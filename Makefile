@@ -50,4 +50,4 @@ clean:
 soak:
 	$(CARGO) build --release -p peerstore-node --bin peerstore-node
 	PEERSTORE_SOAK_MIB=256 $(CARGO) test --release -p peerstore-node --features soak --test entangled_soak -- --nocapture
-	PEERSTORE_ENT_MIB=256 $(CARGO) test --release -p peerstore-client --test e2e_entangled -- --nocapture entangled_backup
+	PEERSTORE_ENT_MIB=256 $(CARGO) test --release -p peerstore-testkit --test e2e_entangled -- --nocapture entangled_backup

@@ -29,6 +29,7 @@ pub mod replication;
 pub mod ring;
 pub mod service;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -20,15 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use peerstore_proto::{BlockKey, MemberRequest, MemberResponse, NodeAddr, MAX_LIST_PAGE};
 
-use crate::replication::Replication;
+use crate::replication::{list_record_digests, Replication};
+use crate::ring::{blocking, RingError};
 use crate::store::Role;
+use crate::sync::{self, Buckets, Digests, Pull, SyncReport};
 
-/// Digest buckets per range comparison.
-const BUCKETS: u16 = 64;
 /// Most foreign keys handed off and dropped per round (each costs a lookup).
 const CLEANUP_BATCH: usize = 512;
 /// Blocks moved at once by one sync.
@@ -90,334 +90,281 @@ async fn cleanup_loop(service: Arc<Replication>, period: Duration) {
     }
 }
 
-/// One replication round: the owned range against each of the next r-1 successors, all at once.
+/// One replication round: blocks and signed records of the owned range against the next r-1
+/// successors ([`sync::round`]).
 pub async fn round(service: &Replication) -> RoundReport {
-    let Some(view) = service.ring.view().await else {
+    let Some((from, to)) = service.ring.settled_owned_range().await else {
         return RoundReport::default();
     };
-    if !view.member || view.predecessor.is_none() {
-        return RoundReport::default();
-    }
-    let (from, to) = view.ranges.owned;
-    let succs = distinct_successors(
-        &view.successors,
-        &view.me.addr,
-        service.ring.replication - 1,
-    );
-    let reports = futures::future::join_all(succs.iter().map(|succ| async move {
-        let mut report = RoundReport::default();
-        sync_range(service, succ, from, to, true, &mut report).await;
-        sync_records(service, succ, from, to, &mut report).await;
-        report
-    }))
-    .await;
-    reports
-        .into_iter()
-        .fold(RoundReport::default(), |a, b| a.merge(b))
-}
-
-impl RoundReport {
-    fn merge(self, o: RoundReport) -> RoundReport {
-        RoundReport {
-            pushed: self.pushed + o.pushed,
-            pulled: self.pulled + o.pulled,
-            dropped: self.dropped + o.dropped,
-            errors: self.errors + o.errors,
-        }
-    }
+    let succs = service.ring.successors(service.ring.replication - 1).await;
+    let blocks = sync::round(&Blocks(service), &succs, from, to, false).await;
+    let records = sync::round(&Records(service), &succs, from, to, false).await;
+    RoundReport::from(blocks.merge(records))
 }
 
 /// Before a graceful leave: make sure every key this node holds is on the successors that will
 /// replace it in the replica sets (the next r successors cover every set this node is part of).
 pub async fn hand_off(service: &Replication) -> RoundReport {
-    let mut report = RoundReport::default();
     let Some(view) = service.ring.view().await else {
-        return report;
+        return RoundReport::default();
     };
     let me = view.me.id;
-    for succ in distinct_successors(&view.successors, &view.me.addr, service.ring.replication) {
-        // The whole ring minus nothing: every key we hold.
-        sync_range(service, &succ, me, me, false, &mut report).await;
-        sync_records(service, &succ, me, me, &mut report).await;
-    }
-    report
+    let succs = service.ring.successors(service.ring.replication).await;
+    // The whole ring, (me, me]: every key we hold, pushed only.
+    let blocks = sync::round(&Blocks(service), &succs, me, me, true).await;
+    let records = sync::round(&Records(service), &succs, me, me, true).await;
+    RoundReport::from(blocks.merge(records))
 }
 
-fn distinct_successors(succs: &[chord::Peer<NodeAddr>], me: &NodeAddr, n: usize) -> Vec<NodeAddr> {
-    let mut out: Vec<NodeAddr> = Vec::new();
-    for s in succs {
-        if out.len() >= n {
-            break;
-        }
-        if s.addr != *me && !out.contains(&s.addr) {
-            out.push(s.addr.clone());
+impl From<SyncReport> for RoundReport {
+    fn from(r: SyncReport) -> RoundReport {
+        RoundReport {
+            pushed: r.pushed,
+            pulled: r.pulled,
+            dropped: 0,
+            errors: r.errors,
         }
     }
-    out
 }
 
-/// Brings `peer` and this node to the same set of keys in (from, to]. `pull` also fetches keys
-/// the peer has and we lack.
-async fn sync_range(
-    service: &Replication,
-    peer: &NodeAddr,
-    from: chord::Id,
-    to: chord::Id,
-    pull: bool,
-    report: &mut RoundReport,
-) {
-    let remote = match service
-        .ring
-        .call(
-            peer,
-            MemberRequest::RangeDigest {
-                from,
-                to,
-                buckets: BUCKETS,
+/// Replicated blocks as a [`sync::Table`]: content addressed (the digest of a key is the key),
+/// compared by bucket digests first.
+struct Blocks<'a>(&'a Replication);
+
+impl sync::Table for Blocks<'_> {
+    type Item = Vec<u8>;
+    const PULL: Pull = Pull::AnyHolder;
+
+    fn name(&self) -> &'static str {
+        "blocks"
+    }
+
+    async fn buckets(
+        &self,
+        peer: Option<&NodeAddr>,
+        from: chord::Id,
+        to: chord::Id,
+        n: u16,
+    ) -> Result<Option<Buckets>, RingError> {
+        let buckets = match peer {
+            None => {
+                let store = self.0.store.clone();
+                blocking(move || {
+                    store.bucket_digests(&BlockKey(from.0), &BlockKey(to.0), u32::from(n))
+                })
+                .await?
+                .into_iter()
+                .map(|d| (d.digest.count, d.digest.digest))
+                .collect()
+            }
+            Some(p) => match self
+                .0
+                .ring
+                .call(
+                    p,
+                    MemberRequest::RangeDigest {
+                        from,
+                        to,
+                        buckets: n,
+                    },
+                )
+                .await?
+            {
+                MemberResponse::Digests { buckets } => buckets,
+                other => return Err(RingError::unexpected(&other)),
             },
-        )
-        .await
-    {
-        Ok(MemberResponse::Digests { buckets }) => buckets,
-        other => {
-            debug!(peer = %peer.peer, ?other, "range digest failed");
-            report.errors += 1;
-            return;
-        }
-    };
-    let store = service.store.clone();
-    let local = match tokio::task::spawn_blocking(move || {
-        store.bucket_digests(&BlockKey(from.0), &BlockKey(to.0), u32::from(BUCKETS))
-    })
-    .await
-    {
-        Ok(Ok(d)) => d,
-        _ => {
-            report.errors += 1;
-            return;
-        }
-    };
-    if remote.len() != local.len() {
-        report.errors += 1;
-        return;
+        };
+        Ok(Some(buckets))
     }
-    for (l, r) in local.iter().zip(remote.iter()) {
-        if l.digest.count == r.0 && l.digest.digest == r.1 {
-            continue;
-        }
-        let (bf, bt) = (
-            chord::Id::from_bytes(l.start.0),
-            chord::Id::from_bytes(l.end.0),
-        );
-        let Some(mine) = list_local(service, bf, bt).await else {
-            report.errors += 1;
-            continue;
+
+    async fn list(
+        &self,
+        peer: Option<&NodeAddr>,
+        from: chord::Id,
+        to: chord::Id,
+    ) -> Result<Digests, RingError> {
+        let keys: Vec<BlockKey> = match peer {
+            None => {
+                let store = self.0.store.clone();
+                blocking(move || store.list_range(&BlockKey(from.0), &BlockKey(to.0), None))
+                    .await?
+                    .keys
+            }
+            Some(p) => {
+                let mut out = Vec::new();
+                let mut after = None;
+                loop {
+                    let request = MemberRequest::ListRange {
+                        from,
+                        to,
+                        after,
+                        limit: MAX_LIST_PAGE,
+                    };
+                    match self.0.ring.call(p, request).await? {
+                        MemberResponse::Keys { keys, more } => {
+                            after = keys.last().copied();
+                            out.extend(keys);
+                            if !more || after.is_none() {
+                                break out;
+                            }
+                        }
+                        other => return Err(RingError::unexpected(&other)),
+                    }
+                }
+            }
         };
-        let Some(theirs) = list_remote(service, peer, bf, bt).await else {
-            report.errors += 1;
-            continue;
-        };
-        let to_push: Vec<BlockKey> = mine.difference(&theirs).copied().collect();
-        let pushed = futures::stream::iter(to_push)
-            .map(|key| async move { push_block(service, peer, key).await })
+        Ok(keys.into_iter().map(|k| (k, k.0)).collect())
+    }
+
+    async fn fetch(
+        &self,
+        peer: Option<&NodeAddr>,
+        keys: Vec<BlockKey>,
+    ) -> Vec<(BlockKey, Vec<u8>)> {
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let data = match peer {
+                    None => self.0.fetch_local(key).await.ok().flatten(),
+                    Some(p) => match self.0.ring.call(p, MemberRequest::FetchLocal { key }).await {
+                        Ok(MemberResponse::Block { data }) => Some(data),
+                        _ => None,
+                    },
+                };
+                data.filter(|d| BlockKey::of(d) == key).map(|d| (key, d))
+            })
+            .buffer_unordered(PARALLEL)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await
+    }
+
+    async fn store(&self, peer: Option<&NodeAddr>, items: Vec<(BlockKey, Vec<u8>)>) -> u64 {
+        let stored = futures::stream::iter(items)
+            .map(|(key, data)| async move {
+                let r = match peer {
+                    // Pulled blocks are of the range this node owns.
+                    None => self.0.store_local(key, data, Role::Owner).await,
+                    Some(p) => self
+                        .0
+                        .ring
+                        .call(p, MemberRequest::StoreLocal { key, data })
+                        .await
+                        .map(|_| ()),
+                };
+                if let Err(e) = &r {
+                    debug!(%key, error = %e, "block not stored");
+                }
+                r.is_ok()
+            })
             .buffer_unordered(PARALLEL)
             .collect::<Vec<bool>>()
             .await;
-        for ok in pushed {
-            if ok {
-                report.pushed += 1;
-            } else {
-                report.errors += 1;
-            }
-        }
-        if pull {
-            let to_pull: Vec<BlockKey> = theirs.difference(&mine).copied().collect();
-            let pulled = futures::stream::iter(to_pull)
-                .map(|key| async move { pull_block(service, peer, key).await })
-                .buffer_unordered(PARALLEL)
-                .collect::<Vec<bool>>()
-                .await;
-            for ok in pulled {
-                if ok {
-                    report.pulled += 1;
-                } else {
-                    report.errors += 1;
-                }
-            }
-        }
+        stored.into_iter().filter(|ok| *ok).count() as u64
+    }
+
+    fn digest(&self, key: &BlockKey, _: &Vec<u8>) -> [u8; 32] {
+        key.0
     }
 }
 
-/// Sends one local block to `peer`. False if it could not be read or stored there.
-async fn push_block(service: &Replication, peer: &NodeAddr, key: BlockKey) -> bool {
-    let store = service.store.clone();
-    let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || store.get(&key)).await else {
-        return false;
-    };
-    match service
-        .ring
-        .call(peer, MemberRequest::StoreLocal { key, data })
-        .await
-    {
-        Ok(MemberResponse::Ok) => true,
-        other => {
-            debug!(%key, peer = %peer.peer, ?other, "push failed");
-            false
-        }
-    }
-}
+/// Signed records (users' roots) as a [`sync::Table`]: each side keeps the newer validly
+/// signed version, so every differing version is pulled and the result pushed.
+struct Records<'a>(&'a Replication);
 
-/// Fetches one block from `peer` and stores it locally, after checking its hash.
-async fn pull_block(service: &Replication, peer: &NodeAddr, key: BlockKey) -> bool {
-    match service
-        .ring
-        .call(peer, MemberRequest::FetchLocal { key })
-        .await
-    {
-        Ok(MemberResponse::Block { data }) if BlockKey::of(&data) == key => {
-            let store = service.store.clone();
-            match tokio::task::spawn_blocking(move || store.put(key, &data, Role::Owner)).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => {
-                    warn!(%key, error = %e, "cannot store pulled block");
-                    false
-                }
-                Err(_) => false,
-            }
-        }
-        _ => false,
-    }
-}
+impl sync::Table for Records<'_> {
+    type Item = Vec<u8>;
+    const PULL: Pull = Pull::EveryVersion;
 
-async fn list_local(
-    service: &Replication,
-    from: chord::Id,
-    to: chord::Id,
-) -> Option<BTreeSet<BlockKey>> {
-    let store = service.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store
-            .list_range(&BlockKey(from.0), &BlockKey(to.0), None)
-            .ok()
-            .map(|page| page.keys.into_iter().collect())
-    })
-    .await
-    .ok()
-    .flatten()
-}
-async fn list_remote(
-    service: &Replication,
-    peer: &NodeAddr,
-    from: chord::Id,
-    to: chord::Id,
-) -> Option<BTreeSet<BlockKey>> {
-    let mut out = BTreeSet::new();
-    let mut after = None;
-    loop {
-        match service
-            .ring
-            .call(
-                peer,
-                MemberRequest::ListRange {
-                    from,
-                    to,
-                    after,
-                    limit: MAX_LIST_PAGE,
-                },
-            )
-            .await
-        {
-            Ok(MemberResponse::Keys { keys, more }) => {
-                after = keys.last().copied();
-                out.extend(keys);
-                if !more || after.is_none() {
-                    return Some(out);
-                }
-            }
-            _ => return None,
-        }
+    fn name(&self) -> &'static str {
+        "records"
     }
-}
 
-/// Brings the signed records (users' roots) in (from, to] to the newest version on both sides.
-/// Each side accepts a record only if it is validly signed and newer than what it has, so
-/// pushing both ways converges on the newest.
-async fn sync_records(
-    service: &Replication,
-    peer: &NodeAddr,
-    from: chord::Id,
-    to: chord::Id,
-    report: &mut RoundReport,
-) {
-    let store = service.store.clone();
-    let local = match tokio::task::spawn_blocking(move || {
-        let mut all = Vec::new();
+    async fn buckets(
+        &self,
+        _: Option<&NodeAddr>,
+        _: chord::Id,
+        _: chord::Id,
+        _: u16,
+    ) -> Result<Option<Buckets>, RingError> {
+        Ok(None)
+    }
+
+    async fn list(
+        &self,
+        peer: Option<&NodeAddr>,
+        from: chord::Id,
+        to: chord::Id,
+    ) -> Result<Digests, RingError> {
+        let mut out = Digests::new();
         let mut after = None;
         loop {
-            let (page, more) = crate::replication::list_record_digests(&store, from, to, after)?;
-            after = page.last().map(|(k, _)| *k);
-            all.extend(page);
-            if !more {
-                return Ok::<_, crate::store::StoreError>(all);
-            }
-        }
-    })
-    .await
-    {
-        Ok(Ok(v)) => v.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        _ => {
-            report.errors += 1;
-            return;
-        }
-    };
-    let mut remote = std::collections::BTreeMap::new();
-    let mut after = None;
-    loop {
-        match service
-            .ring
-            .call(peer, MemberRequest::ListRecords { from, to, after })
-            .await
-        {
-            Ok(MemberResponse::RecordDigests { records, more }) => {
-                after = records.last().map(|(k, _)| *k);
-                remote.extend(records);
-                if !more || after.is_none() {
-                    break;
+            let (page, more) = match peer {
+                None => {
+                    let store = self.0.store.clone();
+                    blocking(move || list_record_digests(&store, from, to, after)).await?
                 }
-            }
-            _ => {
-                report.errors += 1;
-                return;
+                Some(p) => match self
+                    .0
+                    .ring
+                    .call(p, MemberRequest::ListRecords { from, to, after })
+                    .await?
+                {
+                    MemberResponse::RecordDigests { records, more } => (records, more),
+                    other => return Err(RingError::unexpected(&other)),
+                },
+            };
+            after = page.last().map(|(k, _)| *k);
+            out.extend(page);
+            if !more || after.is_none() {
+                return Ok(out);
             }
         }
     }
-    let keys: BTreeSet<BlockKey> = local.keys().chain(remote.keys()).copied().collect();
-    for key in keys {
-        if local.get(&key) == remote.get(&key) {
-            continue;
-        }
-        if local.contains_key(&key) {
-            if let Ok(Some(record)) = service.fetch_record_local(key).await {
-                if let Ok(MemberResponse::Ok) = service
+
+    async fn fetch(
+        &self,
+        peer: Option<&NodeAddr>,
+        keys: Vec<BlockKey>,
+    ) -> Vec<(BlockKey, Vec<u8>)> {
+        let mut out = Vec::new();
+        for key in keys {
+            let record = match peer {
+                None => self.0.fetch_record_local(key).await.ok().flatten(),
+                Some(p) => match self
+                    .0
                     .ring
-                    .call(peer, MemberRequest::StoreRecordLocal { key, record })
+                    .call(p, MemberRequest::FetchRecordLocal { key })
                     .await
                 {
-                    report.pushed += 1;
-                }
-            }
+                    Ok(MemberResponse::Record { record }) => Some(record),
+                    _ => None,
+                },
+            };
+            out.extend(record.map(|r| (key, r)));
         }
-        if remote.contains_key(&key) {
-            if let Ok(MemberResponse::Record { record }) = service
-                .ring
-                .call(peer, MemberRequest::FetchRecordLocal { key })
-                .await
-            {
-                if service.store_record_local(key, record).await.is_ok() {
-                    report.pulled += 1;
-                }
-            }
+        out
+    }
+
+    async fn store(&self, peer: Option<&NodeAddr>, items: Vec<(BlockKey, Vec<u8>)>) -> u64 {
+        let mut n = 0;
+        for (key, record) in items {
+            // A version that is not newer than the holder's is refused: that is the rule.
+            let r = match peer {
+                None => self.0.store_record_local(key, record).await,
+                Some(p) => self
+                    .0
+                    .ring
+                    .call(p, MemberRequest::StoreRecordLocal { key, record })
+                    .await
+                    .map(|_| ()),
+            };
+            n += u64::from(r.is_ok());
         }
+        n
+    }
+
+    fn digest(&self, _: &BlockKey, item: &Vec<u8>) -> [u8; 32] {
+        *blake3::hash(item).as_bytes()
     }
 }
 
@@ -478,7 +425,7 @@ async fn hand_over_and_drop(service: &Replication, key: BlockKey) -> Option<bool
             Ok(MemberResponse::Has { present }) => present.first().copied().unwrap_or(false),
             _ => return None,
         };
-        if !has && !push_block(service, member, key).await {
+        if !has && sync::push_keys(&Blocks(service), member, vec![key]).await == 0 {
             return None;
         }
     }

@@ -77,7 +77,7 @@ impl Replication {
         if full > 0 && full + ok >= need {
             Err(RingError::new(
                 ErrorCode::Full,
-                format!("node full: the replica set of {key} has no room ({last})"),
+                format!("the replica set of {key} has no room ({last})"),
             ))
         } else {
             Err(RingError::unavailable(format!(

@@ -10,7 +10,7 @@
 //! it lists the keys each of them holds in its range, pulls what it lacks from whoever has it
 //! and pushes to each what that one lacks, in one round.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use tracing::debug;
@@ -19,6 +19,7 @@ use super::format::{decode_record, DocRecord};
 use super::layer::Entangled;
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, StoreError};
+use crate::sync::{self, Digests, Pull};
 use peerstore_proto::{BlockKey, ErrorCode, NodeAddr, MAX_BLOCK_SIZE};
 use peerstore_proto::{EntRequest, EntResponse};
 
@@ -345,178 +346,161 @@ async fn fetch_from_any(ent: &Entangled, key: BlockKey, nodes: &[NodeAddr]) -> O
     None
 }
 
-/// What one anti-entropy round of an owner does, from the keys it and each of its peers
-/// hold: `pull` names, for each key it lacks, a peer to fetch it from; `push[i]` the keys
-/// peer `i` lacks (among those the owner holds or pulls).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SetPlan {
-    pub pull: BTreeMap<BlockKey, usize>,
-    pub push: Vec<Vec<BlockKey>>,
-}
-
-/// Plans a round of record anti-entropy (see [`SetPlan`]).
-#[must_use]
-pub fn plan_sets(mine: &BTreeSet<BlockKey>, theirs: &[Option<BTreeSet<BlockKey>>]) -> SetPlan {
-    let mut pull = BTreeMap::new();
-    for (i, t) in theirs.iter().enumerate() {
-        for k in t.iter().flatten() {
-            if !mine.contains(k) {
-                pull.entry(*k).or_insert(i);
-            }
-        }
-    }
-    let push = theirs
-        .iter()
-        .map(|t| match t {
-            // A peer that did not answer gets nothing this round.
-            None => Vec::new(),
-            Some(t) => mine
-                .iter()
-                .chain(pull.keys())
-                .filter(|k| !t.contains(k))
-                .copied()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-        })
-        .collect();
-    SetPlan { pull, push }
-}
-
-/// All record keys in (from, to] on `peer` (here when `None`).
-async fn keys_in(
-    ent: &Entangled,
-    peer: Option<&NodeAddr>,
-    from: chord::Id,
-    to: chord::Id,
-) -> Result<BTreeSet<BlockKey>, String> {
-    let mut out = BTreeSet::new();
-    let mut after = None;
-    loop {
-        let (keys, more) = match peer {
-            None => {
-                let store = ent.store.clone();
-                blocking(move || list_local(&store, from, to, after))
-                    .await
-                    .map_err(|e| format!("{e:?}"))?
-            }
-            Some(p) => match ent
-                .ring
-                .call_ent(p, EntRequest::ListRecords { from, to, after })
-                .await?
-            {
-                EntResponse::RecordKeys { keys, more } => (keys, more),
-                other => return Err(format!("unexpected {other:?}")),
-            },
-        };
-        after = keys.last().copied();
-        out.extend(keys);
-        if !more || after.is_none() {
-            return Ok(out);
-        }
-    }
-}
-
-/// Fetches records from `peer`, verified; returns those that are records with the right key.
-async fn fetch_from(ent: &Entangled, peer: &NodeAddr, keys: &[BlockKey]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let ask = &rest[..rest.len().min(FETCH_KEYS)];
-        let got = match ent
-            .ring
-            .call_ent(peer, EntRequest::FetchRecords { keys: ask.to_vec() })
-            .await
-        {
-            Ok(EntResponse::Records { records }) => records,
-            _ => return out,
-        };
-        if got.is_empty() {
-            return out;
-        }
-        for (k, v) in ask.iter().zip(got.iter()) {
-            if let Some(v) = v {
-                if record_key(v) == Some(*k) {
-                    out.push(v.clone());
-                }
-            }
-        }
-        rest = &rest[got.len().min(ask.len())..];
-    }
-    out
-}
-
-/// One record anti-entropy round over the range this node owns with its `m - 1` successors.
-/// Returns (records pushed, records pulled).
+/// One record anti-entropy round over the range this node owns with its `m - 1` successors
+/// ([`sync::round`]). Returns (records pushed, records pulled).
 pub async fn anti_entropy(ent: &Entangled) -> (u64, u64) {
     let Some((from, to)) = ent.ring.settled_owned_range().await else {
         return (0, 0);
     };
     let peers = meta_successors(ent).await;
-    let Ok(mine) = keys_in(ent, None, from, to).await else {
-        return (0, 0);
-    };
-    let theirs: Vec<Option<BTreeSet<BlockKey>>> =
-        futures::future::join_all(peers.iter().map(|p| keys_in(ent, Some(p), from, to)))
-            .await
-            .into_iter()
-            .map(Result::ok)
-            .collect();
-    let plan = plan_sets(&mine, &theirs);
-    // Pull what this node lacks.
-    let mut by_peer: BTreeMap<usize, Vec<BlockKey>> = BTreeMap::new();
-    for (k, i) in &plan.pull {
-        by_peer.entry(*i).or_default().push(*k);
+    let r = sync::round(&Records(ent), &peers, from, to, false).await;
+    (r.pushed, r.pulled)
+}
+
+/// Codeword and document records as a [`sync::Table`]: content addressed (the digest of a
+/// key is the key), verified against their keys whenever they move.
+struct Records<'a>(&'a Entangled);
+
+impl sync::Table for Records<'_> {
+    type Item = Vec<u8>;
+    const PULL: Pull = Pull::AnyHolder;
+
+    fn name(&self) -> &'static str {
+        "entangled records"
     }
-    let mut pulled = 0;
-    for (i, keys) in by_peer {
-        let got = fetch_from(ent, &peers[i], &keys).await;
-        let store = ent.store.clone();
-        match blocking(move || put_local(&store, &got)).await {
-            Ok(n) => pulled += n,
-            Err(e) => debug!(?e, "cannot keep pulled records"),
+
+    async fn buckets(
+        &self,
+        _: Option<&NodeAddr>,
+        _: chord::Id,
+        _: chord::Id,
+        _: u16,
+    ) -> Result<Option<sync::Buckets>, RingError> {
+        Ok(None)
+    }
+
+    async fn list(
+        &self,
+        peer: Option<&NodeAddr>,
+        from: chord::Id,
+        to: chord::Id,
+    ) -> Result<Digests, RingError> {
+        let mut out = Digests::new();
+        let mut after = None;
+        loop {
+            let (keys, more) = match peer {
+                None => {
+                    let store = self.0.store.clone();
+                    blocking(move || list_local(&store, from, to, after)).await?
+                }
+                Some(p) => match self
+                    .0
+                    .ring
+                    .call_ent(p, EntRequest::ListRecords { from, to, after })
+                    .await?
+                {
+                    EntResponse::RecordKeys { keys, more } => (keys, more),
+                    other => return Err(RingError::unexpected(&other)),
+                },
+            };
+            after = keys.last().copied();
+            out.extend(keys.into_iter().map(|k| (k, k.0)));
+            if !more || after.is_none() {
+                return Ok(out);
+            }
         }
     }
-    // Push what each peer lacks.
-    let pushed = futures::future::join_all(plan.push.iter().enumerate().map(|(i, keys)| {
-        let peer = &peers[i];
-        async move {
-            let mut sent = 0u64;
-            for chunk in keys.chunks(FETCH_KEYS) {
-                let store = ent.store.clone();
-                let ks = chunk.to_vec();
-                let Ok(records) = blocking(move || {
-                    Ok(ks
-                        .iter()
-                        .map(|k| get_local(&store, k))
-                        .collect::<Result<Vec<_>, _>>()?
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<Vec<u8>>>())
-                })
-                .await
-                else {
-                    continue;
-                };
-                let n = records.len() as u64;
-                if n == 0 {
-                    continue;
+
+    async fn fetch(
+        &self,
+        peer: Option<&NodeAddr>,
+        keys: Vec<BlockKey>,
+    ) -> Vec<(BlockKey, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = &keys[..];
+        while !rest.is_empty() {
+            let ask = &rest[..rest.len().min(FETCH_KEYS)];
+            let got = match peer {
+                None => {
+                    let (store, ks) = (self.0.store.clone(), ask.to_vec());
+                    blocking(move || fetch_local(&store, &ks))
+                        .await
+                        .unwrap_or_default()
                 }
-                if let Ok(EntResponse::Ok) = ent
+                Some(p) => match self
+                    .0
                     .ring
-                    .call_ent(peer, EntRequest::StoreRecords { records })
+                    .call_ent(p, EntRequest::FetchRecords { keys: ask.to_vec() })
                     .await
                 {
-                    sent += n;
+                    Ok(EntResponse::Records { records }) => records,
+                    _ => return out,
+                },
+            };
+            if got.is_empty() {
+                return out;
+            }
+            for (k, v) in ask.iter().zip(got.iter()) {
+                if let Some(v) = v {
+                    if record_key(v) == Some(*k) {
+                        out.push((*k, v.clone()));
+                    }
                 }
             }
-            sent
+            rest = &rest[got.len().min(ask.len())..];
         }
-    }))
-    .await
-    .into_iter()
-    .sum();
-    (pushed, pulled)
+        out
+    }
+
+    async fn store(&self, peer: Option<&NodeAddr>, items: Vec<(BlockKey, Vec<u8>)>) -> u64 {
+        let records: Vec<Vec<u8>> = items.into_iter().map(|(_, r)| r).collect();
+        match peer {
+            None => {
+                let store = self.0.store.clone();
+                match blocking(move || put_local(&store, &records)).await {
+                    Ok(new) => new,
+                    Err(e) => {
+                        debug!(error = %e, "cannot keep pulled records");
+                        0
+                    }
+                }
+            }
+            Some(p) => {
+                let mut sent = 0;
+                // Requests stay under the frame bound: a batch of records per request.
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                let mut chunks = Vec::new();
+                for r in records {
+                    bytes += r.len();
+                    batch.push(r);
+                    if bytes >= BATCH_BYTES {
+                        chunks.push(std::mem::take(&mut batch));
+                        bytes = 0;
+                    }
+                }
+                if !batch.is_empty() {
+                    chunks.push(batch);
+                }
+                for records in chunks {
+                    let k = records.len() as u64;
+                    if let Ok(EntResponse::Ok) = self
+                        .0
+                        .ring
+                        .call_ent(p, EntRequest::StoreRecords { records })
+                        .await
+                    {
+                        sent += k;
+                    }
+                }
+                sent
+            }
+        }
+    }
+
+    fn digest(&self, key: &BlockKey, _: &Vec<u8>) -> [u8; 32] {
+        key.0
+    }
 }
 
 /// Every record held here (for the hand-off of a graceful leave).
@@ -568,57 +552,6 @@ mod tests {
         )
         .unwrap();
         super::super::format::encode_record(&rec)
-    }
-
-    /// Applies record anti-entropy plans between simulated holders until nothing changes,
-    /// the owner (holder 0) planning with each round's listings, as the daemon does.
-    fn rounds(holders: &mut [BTreeSet<BlockKey>], down: &BTreeSet<usize>) -> usize {
-        for round in 1..=4 {
-            let mine = holders[0].clone();
-            let theirs: Vec<Option<BTreeSet<BlockKey>>> = (1..holders.len())
-                .map(|i| (!down.contains(&i)).then(|| holders[i].clone()))
-                .collect();
-            let plan = plan_sets(&mine, &theirs);
-            if plan.pull.is_empty() && plan.push.iter().all(Vec::is_empty) {
-                return round - 1;
-            }
-            for (k, from) in &plan.pull {
-                assert!(holders[from + 1].contains(k), "pull from a holder");
-                holders[0].insert(*k);
-            }
-            for (i, keys) in plan.push.iter().enumerate() {
-                assert!(!down.contains(&(i + 1)) || keys.is_empty());
-                holders[i + 1].extend(keys.iter().copied());
-            }
-        }
-        99
-    }
-
-    #[test]
-    fn a_record_missing_from_m_minus_1_holders_comes_back_in_one_round() {
-        let m = 10;
-        let keys: Vec<BlockKey> = (0..5).map(|i| BlockKey::of(&record(i))).collect();
-        // Each record survives on exactly one holder (a different one each, the owner
-        // included), the other m - 1 lost it.
-        let mut holders: Vec<BTreeSet<BlockKey>> = vec![BTreeSet::new(); m];
-        for (i, k) in keys.iter().enumerate() {
-            holders[(i * 3) % m].insert(*k);
-        }
-        let n = rounds(&mut holders, &BTreeSet::new());
-        assert_eq!(n, 1, "one round brings every record to every holder");
-        for h in &holders {
-            assert_eq!(h.len(), keys.len());
-        }
-        // With a holder down, the others still converge; it is caught up once it answers.
-        let mut holders: Vec<BTreeSet<BlockKey>> = vec![BTreeSet::new(); m];
-        holders[m - 1].insert(keys[0]);
-        let down: BTreeSet<usize> = [4].into_iter().collect();
-        rounds(&mut holders, &down);
-        for (i, h) in holders.iter().enumerate() {
-            assert_eq!(h.contains(&keys[0]), i != 4, "holder {i}");
-        }
-        assert_eq!(rounds(&mut holders, &BTreeSet::new()), 1);
-        assert!(holders.iter().all(|h| h.contains(&keys[0])));
     }
 
     #[test]

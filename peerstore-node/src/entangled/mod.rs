@@ -1,6 +1,6 @@
 //! Entangled storage in the ring (RECAST step-archive, docs/ENTANGLEMENT-RING.md).
 //!
-//! The node that accepts a client's [`Request::PutDocument`] is the encoder: it splits the
+//! The node that accepts a client's `ClientRequest::PutDocument` is the encoder: it splits the
 //! document into codewords of `s * B` bytes, picks `t` pointers per codeword (half from its
 //! in-memory tail of recent parities, half from a uniform sample of the ring's parities that a
 //! background task keeps prefetched), encodes with the `entangle` crate and stores only the `p`
@@ -8,12 +8,18 @@
 //! document record are content-addressed and immutable, kept in the store's record table
 //! ([`meta::TABLE`]); reverse references are union-merged entries in the store's
 //! `REVERSE_REFS` table at `refs_position(parity)`. Both live on `m` nodes (the
-//! `metadata_replication`, larger than the data's r: see [`meta`]), with their own
-//! anti-entropy ([`meta`], [`refs`]).
+//! `metadata_replication`, larger than the data's r: see [`meta`]), kept whole by the generic
+//! anti-entropy ([`crate::sync`]) instantiated in [`meta`] and [`refs`].
 //!
-//! - [`read`]: [`Request::GetDocument`], fetching symbols in parallel, first `s + t` that verify.
-//! - [`repair`]: the repair worker, [`Request::Repair`] and [`Request::Audit`].
-//! - [`scrub`]: replica management ([`Request::Scrub`]) and [`Request::EntangleStats`] for du.
+//! - [`layer`]: the settings and state every part works on ([`Entangled`]).
+//! - [`write`]: the encoder (`PutDocument`); [`read`]: `GetDocument`, fetching symbols in
+//!   parallel, first `s + t` that verify.
+//! - [`repair`]: the repair worker, admin `Repair` and `Audit`.
+//! - [`scrub`]: replica management (admin `Scrub`) and `EntangleStats` for du.
+//!
+//! This module holds the layer's entry points: the client requests, the member requests of
+//! the entangled layer ([`Entangled::serve_member`]), the admin requests
+//! ([`Entangled::serve_admin`]) and the background work ([`run`]).
 //!
 //! Scrubbed parities keep one copy in a second block store (`<data-dir>/single`), which the
 //! replication anti-entropy does not see, so it does not put the removed replicas back.

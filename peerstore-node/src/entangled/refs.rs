@@ -3,7 +3,8 @@
 //! `REVERSE_REFS` table, and their anti-entropy (the owner of a range compares it with its
 //! m-1 successors, entry digests per position, and merges both ways).
 
-use std::collections::{BTreeMap, BTreeSet};
+#[cfg(test)]
+use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
 use tracing::debug;
@@ -13,6 +14,7 @@ use super::layer::Entangled;
 use super::meta::{locate_meta, meta_successors, push_ring, table_range};
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, RecordUpdate, StoreError};
+use crate::sync::{self, Digests, Pull};
 use peerstore_proto::{BlockKey, NodeAddr, MAX_LIST_PAGE};
 use peerstore_proto::{EntRequest, EntResponse};
 
@@ -228,156 +230,121 @@ async fn fetch_from(ent: &Entangled, block: &BlockKey, nodes: &[NodeAddr]) -> Op
     out
 }
 
-/// Positions at which some peer's digest differs from this node's, and for each the peers
-/// whose (present) entry differs: the ones to fetch from and merge.
-#[must_use]
-pub fn plan_digests(
-    mine: &Digests,
-    theirs: &[Option<Digests>],
-) -> BTreeMap<BlockKey, BTreeSet<usize>> {
-    let mut out: BTreeMap<BlockKey, BTreeSet<usize>> = BTreeMap::new();
-    for (i, t) in theirs.iter().enumerate() {
-        let Some(t) = t else { continue };
-        for (k, d) in t {
-            if mine.get(k) != Some(d) {
-                out.entry(*k).or_default().insert(i);
-            }
-        }
-        for k in mine.keys() {
-            if !t.contains_key(k) {
-                out.entry(*k).or_default();
-            }
-        }
-    }
-    out
-}
-
-/// One anti-entropy round over the owned range with the next m-1 successors: every differing
-/// entry is fetched from the peers that hold another version, merged here, and the merge is
-/// sent to every peer whose version differs from it. Returns (entries pushed, entries pulled).
+/// One anti-entropy round over the owned range with the next m-1 successors
+/// ([`sync::round`]): every differing entry is fetched from the peers that hold another
+/// version, merged here, and the merge is sent to every peer whose version differs from it.
+/// Returns (entries pushed, entries pulled).
 pub async fn anti_entropy(ent: &Entangled) -> (u64, u64) {
     let Some((from, to)) = ent.ring.settled_owned_range().await else {
         return (0, 0);
     };
     let peers = meta_successors(ent).await;
-    let Ok((mine, _)) = list_all(ent, None, from, to).await else {
-        return (0, 0);
-    };
-    let theirs: Vec<Option<Digests>> =
-        futures::future::join_all(peers.iter().map(|p| list_all(ent, Some(p), from, to)))
-            .await
-            .into_iter()
-            .map(|r| r.ok().map(|(d, _)| d))
-            .collect();
-    let plan = plan_digests(&mine, &theirs);
-    let mut pushed = 0;
-    let mut pulled = 0;
-    let positions: Vec<BlockKey> = plan.keys().copied().collect();
-    for chunk in positions.chunks(512) {
-        let local = get_local(ent, chunk.to_vec()).await.unwrap_or_default();
-        let mut merged: BTreeMap<BlockKey, RefsEntry> = chunk
-            .iter()
-            .zip(local)
-            .filter_map(|(p, e)| e.map(|e| (*p, e)))
-            .collect();
-        // Pull: the versions of the peers that differ.
-        let mut ask: BTreeMap<usize, Vec<BlockKey>> = BTreeMap::new();
-        for p in chunk {
-            for i in &plan[p] {
-                ask.entry(*i).or_default().push(*p);
-            }
-        }
-        for (i, positions) in ask {
-            let Ok(EntResponse::Refs { entries }) = ent
-                .ring
-                .call_ent(
-                    &peers[i],
-                    EntRequest::FetchRefs {
-                        positions: positions.clone(),
-                    },
-                )
-                .await
-            else {
-                continue;
+    let r = sync::round(&Refs(ent), &peers, from, to, false).await;
+    (r.pushed, r.pulled)
+}
+
+/// Reverse-reference entries as a [`sync::Table`]: union-merged, so every differing version
+/// is pulled and merged here, and the merge pushed.
+struct Refs<'a>(&'a Entangled);
+
+impl sync::Table for Refs<'_> {
+    type Item = RefsEntry;
+    const PULL: Pull = Pull::EveryVersion;
+
+    fn name(&self) -> &'static str {
+        "reverse references"
+    }
+
+    async fn buckets(
+        &self,
+        _: Option<&NodeAddr>,
+        _: chord::Id,
+        _: chord::Id,
+        _: u16,
+    ) -> Result<Option<sync::Buckets>, RingError> {
+        Ok(None)
+    }
+
+    async fn list(
+        &self,
+        peer: Option<&NodeAddr>,
+        from: chord::Id,
+        to: chord::Id,
+    ) -> Result<Digests, RingError> {
+        let mut out = Digests::new();
+        let mut after = None;
+        loop {
+            let (entries, more) = match peer {
+                None => list_local(self.0, from, to, after).await?,
+                Some(p) => match self
+                    .0
+                    .ring
+                    .call_ent(p, EntRequest::ListRefs { from, to, after })
+                    .await?
+                {
+                    EntResponse::RefDigests { entries, more } => (entries, more),
+                    other => return Err(RingError::unexpected(&other)),
+                },
             };
-            for (p, e) in positions.iter().zip(entries) {
-                let Some(e) = e.filter(|e| refs_position(&e.block) == *p) else {
-                    continue;
-                };
-                match merged.get_mut(p) {
-                    Some(m) => {
-                        if m.merge(&e) {
-                            pulled += 1;
-                        }
-                    }
-                    None => {
-                        merged.insert(*p, e);
-                        pulled += 1;
-                    }
-                }
-            }
-        }
-        if merge_local(ent, merged.values().cloned().collect())
-            .await
-            .is_err()
-        {
-            debug!("cannot merge reverse references locally");
-        }
-        // Push: the merge to every peer whose version differs from it.
-        for (i, t) in theirs.iter().enumerate() {
-            let Some(t) = t else { continue };
-            let send: Vec<RefsEntry> = merged
-                .iter()
-                .filter(|(p, e)| t.get(p) != Some(blake3::hash(&e.encode()).as_bytes()))
-                .map(|(_, e)| e.clone())
-                .collect();
-            if send.is_empty() {
-                continue;
-            }
-            let n = send.len() as u64;
-            if let Ok(EntResponse::Ok) = ent
-                .ring
-                .call_ent(&peers[i], EntRequest::StoreRefs { entries: send })
-                .await
-            {
-                pushed += n;
+            after = entries.last().map(|(k, _)| *k);
+            out.extend(entries);
+            if !more || after.is_none() {
+                return Ok(out);
             }
         }
     }
-    (pushed, pulled)
-}
 
-/// Entry digests by position.
-pub type Digests = BTreeMap<BlockKey, [u8; 32]>;
-
-/// All (position, digest) in (from, to] on `peer` (or here when `None`).
-async fn list_all(
-    ent: &Entangled,
-    peer: Option<&NodeAddr>,
-    from: chord::Id,
-    to: chord::Id,
-) -> Result<(Digests, ()), String> {
-    let mut out = BTreeMap::new();
-    let mut after = None;
-    loop {
-        let (entries, more) = match peer {
-            None => list_local(ent, from, to, after)
-                .await
-                .map_err(|e| format!("{e:?}"))?,
-            Some(p) => match ent
+    async fn fetch(
+        &self,
+        peer: Option<&NodeAddr>,
+        keys: Vec<BlockKey>,
+    ) -> Vec<(BlockKey, RefsEntry)> {
+        let entries = match peer {
+            None => get_local(self.0, keys.clone()).await.unwrap_or_default(),
+            Some(p) => match self
+                .0
                 .ring
-                .call_ent(p, EntRequest::ListRefs { from, to, after })
-                .await?
+                .call_ent(
+                    p,
+                    EntRequest::FetchRefs {
+                        positions: keys.clone(),
+                    },
+                )
+                .await
             {
-                EntResponse::RefDigests { entries, more } => (entries, more),
-                other => return Err(format!("unexpected {other:?}")),
+                Ok(EntResponse::Refs { entries }) => entries,
+                _ => Vec::new(),
             },
         };
-        after = entries.last().map(|(k, _)| *k);
-        out.extend(entries);
-        if !more || after.is_none() {
-            return Ok((out, ()));
+        keys.into_iter()
+            .zip(entries)
+            .filter_map(|(p, e)| e.filter(|e| refs_position(&e.block) == p).map(|e| (p, e)))
+            .collect()
+    }
+
+    async fn store(&self, peer: Option<&NodeAddr>, items: Vec<(BlockKey, RefsEntry)>) -> u64 {
+        let n = items.len() as u64;
+        let entries: Vec<RefsEntry> = items.into_iter().map(|(_, e)| e).collect();
+        let ok = match peer {
+            None => merge_local(self.0, entries).await.is_ok(),
+            Some(p) => matches!(
+                self.0
+                    .ring
+                    .call_ent(p, EntRequest::StoreRefs { entries })
+                    .await,
+                Ok(EntResponse::Ok)
+            ),
+        };
+        if ok {
+            n
+        } else {
+            debug!("reverse references not merged");
+            0
         }
+    }
+
+    fn digest(&self, _: &BlockKey, item: &RefsEntry) -> [u8; 32] {
+        *blake3::hash(&item.encode()).as_bytes()
     }
 }
 
@@ -438,13 +405,13 @@ mod tests {
             |h: &BTreeMap<BlockKey, RefsEntry>| digests(&h.values().cloned().collect::<Vec<_>>());
         let mine = d(&holders[0]);
         let theirs: Vec<Option<Digests>> = (1..m).map(|i| Some(d(&holders[i]))).collect();
-        let plan = plan_digests(&mine, &theirs);
-        assert_eq!(plan.len(), 3);
-        let mut merged = holders[0].clone();
-        for (pos, peers) in &plan {
+        let plan = sync::plan(&mine, &theirs, Pull::EveryVersion, false);
+        assert_eq!(plan.pull.len(), 2, "entries 1 and 2 are pulled");
+        // Pull: every differing version, merged at the owner.
+        for (pos, peers) in &plan.pull {
             for i in peers {
                 let e = holders[i + 1][pos].clone();
-                merged
+                holders[0]
                     .entry(*pos)
                     .and_modify(|m| {
                         m.merge(&e);
@@ -452,9 +419,13 @@ mod tests {
                     .or_insert(e);
             }
         }
-        for h in &mut holders {
-            for (p, e) in &merged {
-                h.entry(*p)
+        // Push: the owner's (merged) version to every peer that lacks it or differs.
+        let merged = holders[0].clone();
+        for (i, keys) in plan.push.iter().enumerate() {
+            for p in keys {
+                let e = &merged[p];
+                holders[i + 1]
+                    .entry(*p)
                     .and_modify(|x| {
                         x.merge(e);
                     })
@@ -469,6 +440,10 @@ mod tests {
         let two = &holders[5][&refs_position(&BlockKey([2; 32]))];
         assert_eq!(two.referrers.len(), 2, "both versions merged");
         let next: Vec<Option<Digests>> = (1..m).map(|i| Some(d(&holders[i]))).collect();
-        assert!(plan_digests(&want, &next).is_empty(), "converged");
+        let again = sync::plan(&want, &next, Pull::EveryVersion, false);
+        assert!(
+            again.pull.is_empty() && again.push.iter().all(Vec::is_empty),
+            "converged"
+        );
     }
 }

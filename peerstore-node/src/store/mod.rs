@@ -63,7 +63,7 @@ pub use index::{BlockMeta, Role};
 pub use peerstore_proto::{BlockKey, ParseKeyError};
 use records::Tables;
 pub use records::{RecordTable, RecordUpdate};
-pub use ring::in_interval;
+pub use ring::{bucket_bounds, in_interval};
 pub use segments::{
     record_header, records_on_disk, DiskRecord, ALIGN as RECORD_ALIGN,
     HEADER_LEN as RECORD_HEADER_LEN,

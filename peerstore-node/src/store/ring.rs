@@ -186,6 +186,16 @@ impl Split {
     }
 }
 
+/// The `(start, end]` bounds of the buckets of `(a, b]` split into `n`, exactly as
+/// [`super::BlockStore::bucket_digests`] splits it.
+#[must_use]
+pub fn bucket_bounds(a: &BlockKey, b: &BlockKey, n: u32) -> Vec<(BlockKey, BlockKey)> {
+    let s = Split::new(a, b, n);
+    (0..s.buckets())
+        .map(|i| (s.bound(i), s.bound(i + 1)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
