@@ -202,7 +202,7 @@ async fn client_backup_fails_full(cluster: &Cluster) {
     let err = stderr(&out);
     println!(
         "backup of {} MiB: exit {:?} after {took:?}; stderr:\n{err}",
-        FOLDER_FILES * FOLDER_FILE as u64 >> 20,
+        (FOLDER_FILES * FOLDER_FILE as u64) >> 20,
         out.status.code()
     );
     assert!(
