@@ -601,3 +601,72 @@ async fn wait_outcome(
         }
     }
 }
+
+/// The crafted document record of the security review (C2): a block whose bytes parse as a
+/// document record claiming 2^48 bytes. Stored as a plain block it is read back as a plain
+/// block, never as a record; offered as a record it is refused at the door; every node keeps
+/// serving. On an entangled ring (the default) and on a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crafted_document_record_crashes_nothing() {
+    let _serial = SERIAL.lock().await;
+    for flags in [
+        &["--replication", "3"][..],
+        &["--replication", "3", "--entanglement", "none"][..],
+    ] {
+        let cluster = Cluster::start(3, flags).await;
+        cluster
+            .wait_ideal(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let record = peerstore_node::entangled::format::DocRecord {
+            params: entangle::Params::new(4, 8, 12, 256 * 1024),
+            len: 1 << 48,
+            content_hash: [7; 32],
+            codewords: vec![BlockKey([9; 32])],
+        };
+        let bytes = record.encode();
+        assert!(
+            peerstore_node::entangled::format::DocRecord::decode(&bytes).is_none(),
+            "a record claiming more than its codewords hold is not a record"
+        );
+        let key = BlockKey::of(&bytes);
+        let n = &cluster.nodes[0];
+        let stored = n
+            .call(ClientRequest::Put {
+                key,
+                data: bytes.clone(),
+            })
+            .await;
+        assert!(
+            matches!(stored, ClientResponse::Stored { .. }),
+            "{stored:?}"
+        );
+        for node in &cluster.nodes {
+            match node.call(ClientRequest::GetDocument { key }).await {
+                ClientResponse::Block { data } => assert_eq!(data, bytes, "read as a plain block"),
+                other => panic!("get-document of a crafted block: {other:?} ({flags:?})"),
+            }
+        }
+        match n
+            .member(MemberRequest::Entangled(EntRequest::StoreRecords {
+                records: vec![bytes.clone()],
+            }))
+            .await
+        {
+            MemberResponse::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BadRequest, "{message}");
+                assert!(
+                    message.contains("not a codeword or document record"),
+                    "{message}"
+                );
+            }
+            other => panic!("a crafted record was accepted: {other:?}"),
+        }
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            assert!(
+                node.status().await.is_some(),
+                "node {i} stopped serving ({flags:?})"
+            );
+        }
+    }
+}

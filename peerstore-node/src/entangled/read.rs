@@ -124,8 +124,9 @@ pub async fn get_block(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
     }
 }
 
-/// `GetDocument`: a document record (from its metadata holders) is decoded; a plain block is
-/// returned as is.
+/// `GetDocument`: a document record (from its metadata holders' record tables, where only
+/// valid records are kept) is decoded; a plain block is returned as is, never read as a
+/// record, whatever its bytes look like.
 pub async fn get_document(ent: &Entangled, key: BlockKey) -> Result<Option<Vec<u8>>, RingError> {
     let record = if ent.params().is_some() {
         meta::fetch_ring(ent, key).await
@@ -134,10 +135,7 @@ pub async fn get_document(ent: &Entangled, key: BlockKey) -> Result<Option<Vec<u
     };
     let bytes = match record {
         Some(b) => b,
-        None => match get_block(ent, key).await {
-            Some(b) => b,
-            None => return Ok(None),
-        },
+        None => return Ok(get_block(ent, key).await),
     };
     let Some(doc) = DocRecord::decode(&bytes) else {
         return Ok(Some(bytes));
