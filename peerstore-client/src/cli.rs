@@ -274,7 +274,9 @@ impl Ctx {
     async fn connect(g: &Global, dirs: &Dirs, identity: Identity) -> Result<Ctx> {
         let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
         let ring = Arc::new(RingStore::connect(node, Duration::from_secs(g.timeout_secs)).await?);
-        let repo = Repo::new(ring.clone(), Arc::new(identity));
+        let user = identity.user_id();
+        let repo = Repo::new(ring.clone(), Arc::new(identity))
+            .with_root_watermark(dirs.user_data(&user).join("root-seen"));
         Ok(Ctx {
             g: g.clone(),
             dirs: dirs.clone(),

@@ -28,6 +28,10 @@ pub enum ClientError {
     OtherVersion(String),
     #[error("missing from the ring: {0}")]
     Missing(String),
+    /// A node answered with something older or other than what this client knows to exist
+    /// (a rolled-back root, a swapped snapshot object).
+    #[error("{0}")]
+    Untrusted(String),
     #[error("no backup yet for this key (run `peerstore-client backup <dir>` first)")]
     NoBackup,
     #[error("not found in the snapshot: {0}")]

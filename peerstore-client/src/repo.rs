@@ -25,6 +25,45 @@ pub struct Repo {
     identity: Arc<Identity>,
     keys: Arc<UserKeys>,
     user: UserId,
+    /// Where the highest root sequence number this client has seen is kept, if anywhere.
+    watermark: Option<Arc<std::path::PathBuf>>,
+}
+
+/// The highest root sequence number kept in `path` (0 when there is none yet).
+fn read_watermark(path: &std::path::Path) -> Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => t.trim().parse().map_err(|_| {
+            ClientError::Corrupt(format!(
+                "{} is not a root sequence number; remove it to trust the ring's current root",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(ClientError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Raises the watermark in `path` to `seq` (temp file, fsync, rename).
+fn raise_watermark(path: &std::path::Path, seq: u64) -> Result<()> {
+    use std::io::Write;
+    if read_watermark(path)? >= seq {
+        return Ok(());
+    }
+    let io = |e: std::io::Error| ClientError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(format!("{seq}\n").as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// A snapshot with the key of its object block.
@@ -61,6 +100,37 @@ impl Repo {
             identity,
             keys,
             user,
+            watermark: None,
+        }
+    }
+
+    /// Keeps the highest root sequence number seen in `path` and refuses any root older than
+    /// it: a node cannot roll this client back to an older snapshot, nor hide every snapshot.
+    #[must_use]
+    pub fn with_root_watermark(mut self, path: std::path::PathBuf) -> Repo {
+        self.watermark = Some(Arc::new(path));
+        self
+    }
+
+    /// Refuses a root older than the watermark, then raises the watermark to it.
+    fn check_fresh(&self, seq: Option<u64>) -> Result<()> {
+        let Some(path) = &self.watermark else {
+            return Ok(());
+        };
+        let seen = read_watermark(path)?;
+        match seq {
+            None if seen > 0 => Err(ClientError::Untrusted(format!(
+                "the ring says this user has no backup, but this client has seen root {seen}: \
+                 the node may be stale or lying; try another --peer (or remove {} to trust it)",
+                path.display()
+            ))),
+            Some(s) if s < seen => Err(ClientError::Untrusted(format!(
+                "the ring served root {s}, older than root {seen} this client has seen: the node \
+                 may be stale or lying; try another --peer (or remove {} to trust it)",
+                path.display()
+            ))),
+            Some(s) => raise_watermark(path, s),
+            None => Ok(()),
         }
     }
 
@@ -107,6 +177,7 @@ impl Repo {
     /// Reads and verifies the root: its signature, its owner and its payload.
     pub async fn read_root(&self) -> Result<Option<(RootRecord, RootPointer)>> {
         let Some(bytes) = self.store.get_record(self.root_key()).await? else {
+            self.check_fresh(None)?;
             return Ok(None);
         };
         let rec = RootRecord::decode(&bytes)
@@ -122,6 +193,13 @@ impl Repo {
             .map_err(|e| ClientError::Corrupt(format!("root payload: {e}")))?;
         let ptr: RootPointer = postcard::from_bytes(&plain)
             .map_err(|e| ClientError::Corrupt(format!("root payload: {e}")))?;
+        if ptr.number != rec.seq {
+            return Err(ClientError::Corrupt(format!(
+                "root {} points at snapshot {}",
+                rec.seq, ptr.number
+            )));
+        }
+        self.check_fresh(Some(rec.seq))?;
         Ok(Some((rec, ptr)))
     }
 
@@ -139,19 +217,40 @@ impl Repo {
     pub async fn latest(&self) -> Result<Option<SnapshotRef>> {
         match self.read_root().await? {
             None => Ok(None),
-            Some((_, ptr)) => Ok(Some(self.load_snapshot(ptr.latest).await?)),
+            Some((_, ptr)) => {
+                let s = self.load_snapshot(ptr.latest).await?;
+                if s.snapshot.number != ptr.number {
+                    return Err(ClientError::Untrusted(format!(
+                        "the root names snapshot {} but its object is snapshot {}: a node \
+                         served another snapshot object; try another --peer",
+                        ptr.number, s.snapshot.number
+                    )));
+                }
+                Ok(Some(s))
+            }
         }
     }
 
-    /// All snapshots, newest first (follows the parent chain).
+    /// All snapshots, newest first (follows the parent chain). Numbers must fall strictly
+    /// along the chain, starting at the root's: a swapped or looping chain is an error.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRef>> {
-        let mut out = Vec::new();
-        let mut next = self.read_root().await?.map(|(_, p)| p.latest);
+        let mut out: Vec<SnapshotRef> = Vec::new();
+        let root = self.read_root().await?;
+        let mut expect_at_most = root.as_ref().map_or(0, |(_, p)| p.number);
+        let mut next = root.map(|(_, p)| p.latest);
         while let Some(key) = next {
-            if out.len() > 1_000_000 {
-                return Err(ClientError::Corrupt("snapshot chain does not end".into()));
-            }
             let s = self.load_snapshot(key).await?;
+            let n = s.snapshot.number;
+            let first = out.is_empty();
+            if (first && n != expect_at_most) || (!first && n >= expect_at_most) || n == 0 {
+                return Err(ClientError::Untrusted(format!(
+                    "snapshot chain broken at {}: snapshot {n} where a number {} {expect_at_most} \
+                     was expected; a node served another snapshot object; try another --peer",
+                    s.short_id(),
+                    if first { "equal to" } else { "below" }
+                )));
+            }
+            expect_at_most = n;
             next = s.snapshot.parent;
             out.push(s);
         }
@@ -261,6 +360,9 @@ impl Repo {
             .encode()
             .map_err(|e| ClientError::Corrupt(format!("cannot encode root: {e}")))?;
         self.store.put_record(self.root_key(), bytes).await?;
+        if let Some(path) = &self.watermark {
+            raise_watermark(path, seq)?;
+        }
         Ok((
             SnapshotRef {
                 key: snap_key.0,
@@ -268,5 +370,89 @@ impl Repo {
             },
             meta_blocks,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use rand::SeedableRng;
+
+    fn repo(store: &MemStore, watermark: Option<std::path::PathBuf>) -> Repo {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let r = Repo::new(
+            Arc::new(store.clone()),
+            Arc::new(Identity::generate(&mut rng)),
+        );
+        match watermark {
+            Some(p) => r.with_root_watermark(p),
+            None => r,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_old_root_or_no_root_is_refused_once_a_newer_one_was_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("root-seen");
+        let store = MemStore::new();
+        let r = repo(&store, Some(mark.clone()));
+        r.publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        let old = store.get_record(r.root_key()).await.unwrap().unwrap();
+        r.publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        assert_eq!(read_watermark(&mark).unwrap(), 2);
+        // A node serves the old (validly signed) root.
+        store.put_record(r.root_key(), old).await.unwrap();
+        let err = r.latest().await.unwrap_err();
+        assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
+        assert!(err.to_string().contains("older than root 2"), "{err}");
+        assert!(r.snapshots().await.is_err());
+        // A client without the watermark cannot tell: it reads snapshot 1.
+        let fresh = repo(&store, None);
+        assert_eq!(fresh.latest().await.unwrap().unwrap().snapshot.number, 1);
+        // A node that hides the root.
+        store.remove_record(r.root_key());
+        let err = r.latest().await.unwrap_err();
+        assert!(err.to_string().contains("no backup"), "{err}");
+        // The watermark survives a new client on the same data directory.
+        let again = repo(&store, Some(mark));
+        assert!(again.latest().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_swapped_snapshot_object_is_detected() {
+        let store = MemStore::new();
+        let r = repo(&store, None);
+        let (s1, _) = r
+            .publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        let (s2, _) = r
+            .publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        let (s3, _) = r
+            .publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        assert_eq!(r.snapshots().await.unwrap().len(), 3);
+        let bytes = |k: [u8; 32]| {
+            let store = store.clone();
+            async move { store.get_document(BlockKey(k)).await.unwrap().unwrap() }
+        };
+        // The latest snapshot's object replaced by an older one.
+        let latest = bytes(s3.key).await;
+        store.tamper(BlockKey(s3.key), bytes(s1.key).await);
+        let err = r.latest().await.unwrap_err();
+        assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
+        store.tamper(BlockKey(s3.key), latest);
+        // A parent replaced by its own child: the chain would loop.
+        store.tamper(BlockKey(s2.key), bytes(s3.key).await);
+        let err = r.snapshots().await.unwrap_err();
+        assert!(err.to_string().contains("chain broken"), "{err}");
     }
 }

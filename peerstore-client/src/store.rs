@@ -145,6 +145,11 @@ impl MemStore {
         self.lock().blocks.insert(key, data);
     }
 
+    /// Forgets a mutable record (to test a node that hides it).
+    pub fn remove_record(&self, key: BlockKey) -> bool {
+        self.lock().records.remove(&key).is_some()
+    }
+
     /// Forgets a block or document (to test a loss).
     pub fn remove(&self, key: BlockKey) -> bool {
         self.lock().blocks.remove(&key).is_some()
