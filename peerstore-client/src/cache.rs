@@ -190,6 +190,32 @@ impl KnownBlocks {
         Ok(())
     }
 
+    /// Forgets every chunk stored in one of `packs` (packs a `check` found missing), on disk
+    /// too: the file is rewritten without them (temp file, fsync, rename). Returns how many
+    /// chunks were forgotten.
+    pub fn purge_packs(&self, packs: &std::collections::HashSet<[u8; 32]>) -> Result<usize> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.map();
+        let before = m.len();
+        m.retain(|_, loc| !packs.contains(&loc.pack));
+        let purged = before - m.len();
+        let Some(path) = self.path.as_ref().filter(|_| purged > 0) else {
+            return Ok(purged);
+        };
+        let io = |e| ClientError::io(path, e);
+        let mut bytes = MAGIC.to_vec();
+        for (id, loc) in m.iter() {
+            encode(id, loc, &mut bytes);
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        *file = Some(OpenOptions::new().append(true).open(path).map_err(io)?);
+        Ok(purged)
+    }
+
     /// Records that one chunk is now stored.
     pub fn insert(&self, id: ChunkId, loc: ChunkLoc) -> Result<()> {
         self.insert_many(&[(id, loc)])
@@ -206,6 +232,24 @@ mod tests {
             offset: u32::from(n) * 1000,
             sealed_len: 41 + u32::from(n),
         }
+    }
+
+    #[test]
+    fn purged_packs_are_forgotten_on_disk_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known");
+        let k = KnownBlocks::open(&path).unwrap();
+        for n in 0..6u8 {
+            k.insert(ChunkId([n; 32]), loc(n % 3)).unwrap();
+        }
+        let gone: std::collections::HashSet<[u8; 32]> = [[1u8; 32]].into_iter().collect();
+        assert_eq!(k.purge_packs(&gone).unwrap(), 2);
+        assert!(!k.contains(&ChunkId([1; 32])) && k.contains(&ChunkId([0; 32])));
+        k.insert(ChunkId([9; 32]), loc(2)).unwrap();
+        drop(k);
+        let again = KnownBlocks::open(&path).unwrap();
+        assert_eq!(again.len(), 5);
+        assert!(!again.contains(&ChunkId([4; 32])) && again.contains(&ChunkId([9; 32])));
     }
 
     #[test]

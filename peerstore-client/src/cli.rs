@@ -98,6 +98,13 @@ pub enum Command {
     },
     /// List snapshots, newest first.
     Snapshots,
+    /// Check that everything the kept snapshots reference can be read from the ring; forget
+    /// what cannot, so the next backup stores it again. Fails if something is missing.
+    Check {
+        /// Also decrypt every chunk and check it against its id.
+        #[arg(long)]
+        read_data: bool,
+    },
     /// Remove paths from the backup (recorded as a new snapshot; older snapshots keep them).
     Rm {
         #[arg(required = true)]
@@ -228,6 +235,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     cmd_ls(&ctx, path.as_deref(), snapshot.as_deref()).await
                 }
                 Command::Snapshots => cmd_snapshots(&ctx).await,
+                Command::Check { read_data } => cmd_check(&ctx, read_data).await,
                 Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
                 Command::Du => cmd_du(&ctx).await,
                 Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
@@ -283,6 +291,11 @@ impl Ctx {
             ring,
             repo,
         })
+    }
+
+    /// The packs a `check` found missing from the ring.
+    fn missing_packs_path(&self) -> PathBuf {
+        self.dirs.user_data(&self.repo.user()).join("missing-packs")
     }
 
     fn known(&self) -> Result<Arc<KnownBlocks>> {
@@ -378,7 +391,15 @@ pub fn format_time(ns: i64) -> String {
 
 async fn cmd_backup(ctx: &Ctx, dir: &Path, concurrency: usize, reread: bool) -> Result<()> {
     let known = ctx.known()?;
-    let prev = previous_manifest(&ctx.repo, dir, 20).await?;
+    let mut prev = previous_manifest(&ctx.repo, dir, 20).await?;
+    // Files whose data `check` found missing from the ring are read and stored again.
+    let missing = crate::check::load_missing(&ctx.missing_packs_path())?;
+    if let Some(p) = prev.as_mut() {
+        let n = crate::check::forget_files_in(p, &missing);
+        if n > 0 {
+            eprintln!("{n} file(s) whose data the ring lost are read and stored again");
+        }
+    }
     let opts = BackupOptions {
         concurrency,
         reread_all: reread,
@@ -539,6 +560,46 @@ struct SnapshotLine {
     files: u64,
     dirs: u64,
     bytes: u64,
+}
+
+async fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<()> {
+    let known = ctx.known()?;
+    let spin = crate::admin::spinner("checking the snapshots", !ctx.g.json);
+    let r = crate::check::check(&ctx.repo, &known, &ctx.missing_packs_path(), read_data).await;
+    spin.finish_and_clear();
+    let r = r?;
+    ctx.print(&r, || {
+        let mut s = format!(
+            "{} snapshots, {} packs read{}",
+            r.snapshots,
+            r.packs,
+            if read_data {
+                format!(", {} chunks verified", r.chunks_verified)
+            } else {
+                String::new()
+            }
+        );
+        if r.is_clean() {
+            s.push_str(": no errors");
+        }
+        s
+    });
+    if r.is_clean() {
+        return Ok(());
+    }
+    for p in &r.missing_packs {
+        eprintln!("missing pack {p}");
+    }
+    for c in &r.bad_chunks {
+        eprintln!("bad chunk: {c}");
+    }
+    Err(ClientError::Integrity(format!(
+        "{} pack(s) missing and {} chunk(s) bad, used by snapshot(s) {:?}; {} dedup entries forgotten: the next backup stores that data again where it still exists locally",
+        r.missing_packs.len(),
+        r.bad_chunks.len(),
+        r.damaged_snapshots,
+        r.cache_entries_purged
+    )))
 }
 
 async fn cmd_snapshots(ctx: &Ctx) -> Result<()> {

@@ -32,6 +32,9 @@ pub enum ClientError {
     /// (a rolled-back root, a swapped snapshot object).
     #[error("{0}")]
     Untrusted(String),
+    /// `check` found data missing or damaged.
+    #[error("check failed: {0}")]
+    Integrity(String),
     #[error("no backup yet for this key (run `peerstore-client backup <dir>` first)")]
     NoBackup,
     #[error("not found in the snapshot: {0}")]

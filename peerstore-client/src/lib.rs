@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod backup;
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
