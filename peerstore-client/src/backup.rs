@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use crate::cache::{ChunkLoc, KnownBlocks};
 use crate::error::{ClientError, Result};
-use crate::model::{ChunkRef, Entry, EntryKind, Manifest};
+use crate::model::{ChunkRef, Entry, EntryKind, Manifest, Owner};
 use crate::progress::Progress;
 use crate::repo::{Repo, SnapshotRef};
 
@@ -145,6 +145,15 @@ pub fn mtime_ns(md: &Metadata) -> i64 {
     md.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(md.mtime_nsec())
+}
+
+/// The numeric owner of a file, as recorded in the manifest.
+#[must_use]
+pub fn owner_of(md: &Metadata) -> Owner {
+    Owner {
+        uid: md.uid(),
+        gid: md.gid(),
+    }
 }
 
 /// Backs up `source` and publishes a snapshot. `prev` is the previous tree of the same source
@@ -445,6 +454,7 @@ impl Scanner {
                 kind: EntryKind::Dir,
                 mode,
                 mtime_ns: mtime_ns(&md),
+                owner: Some(owner_of(&md)),
             });
             self.walk(path, rel)
         } else if ft.is_symlink() {
@@ -470,6 +480,7 @@ impl Scanner {
                 },
                 mode,
                 mtime_ns: mtime_ns(&md),
+                owner: Some(owner_of(&md)),
             });
             Ok(())
         } else if ft.is_file() {
@@ -483,8 +494,11 @@ impl Scanner {
     fn file(&mut self, path: &Path, rel: &[String], md: Metadata) -> Result<()> {
         if let Some(p) = self.prev.get(rel) {
             if p.size() == md.len() && p.mtime_ns == mtime_ns(&md) {
+                // Mode and owner can change without touching size or mtime: both are taken
+                // from the file now.
                 let mut e = p.clone();
                 e.mode = md.permissions().mode() & 0o7777;
+                e.owner = Some(owner_of(&md));
                 self.entries.push(e);
                 self.summary.files_unchanged += 1;
                 self.progress.file_done();
@@ -512,6 +526,7 @@ impl Scanner {
                         kind: EntryKind::File { size, chunks },
                         mode: md.permissions().mode() & 0o7777,
                         mtime_ns: mtime_ns(&md),
+                        owner: Some(owner_of(&md)),
                     });
                     self.summary.files_read += 1;
                     self.progress.file_done();

@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 use crypto::ChunkId;
 
 /// Manifest format version (inside the sealed bytes; the first byte of the postcard encoding).
-/// Version 1 stored one chunk per block; version 2 stores chunks in pack files.
-pub const MANIFEST_VERSION: u8 = 2;
+/// Version 1 stored one chunk per block; version 2 stores chunks in pack files; version 3 adds
+/// each entry's owner (uid/gid). Postcard has no field tags, so a new field needs a new version.
+pub const MANIFEST_VERSION: u8 = 3;
+
+/// The oldest manifest format this client still reads: format 2, whose entries have no owner
+/// (read as `owner: None`).
+pub const MANIFEST_VERSION_MIN: u8 = 2;
 
 /// One chunk of a file: a slice of a pack file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +63,16 @@ pub struct Entry {
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// Numeric owner at backup time (format 3 on); `None` in manifests of format 2. Restore
+    /// applies it, and keeps setuid/setgid bits, only when it runs as root.
+    pub owner: Option<Owner>,
+}
+
+/// The numeric owner of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Entry {
@@ -100,14 +115,19 @@ impl Manifest {
         }
     }
 
-    /// Decodes a manifest's plaintext, refusing other format versions with a clear error.
+    /// Decodes a manifest's plaintext, refusing other format versions with a clear error. A
+    /// manifest of format 2 is upgraded in memory (entries without an owner, `version` set to
+    /// [`MANIFEST_VERSION`], so that encoding it again writes the current format).
     pub fn decode(plain: &[u8]) -> Result<Manifest, ManifestError> {
+        let malformed = |e: postcard::Error| ManifestError::Malformed(e.to_string());
         match plain.first() {
             None => Err(ManifestError::Malformed("empty".into())),
-            Some(&v) if v != MANIFEST_VERSION => Err(ManifestError::OtherVersion(v)),
-            Some(_) => {
-                postcard::from_bytes(plain).map_err(|e| ManifestError::Malformed(e.to_string()))
+            Some(&MANIFEST_VERSION) => postcard::from_bytes(plain).map_err(malformed),
+            Some(&2) => {
+                let old: v2::Manifest = postcard::from_bytes(plain).map_err(malformed)?;
+                Ok(old.upgrade())
             }
+            Some(&v) => Err(ManifestError::OtherVersion(v)),
         }
     }
 
@@ -142,11 +162,51 @@ impl Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error(
-        "manifest format {0} was made by another version of peerstore-client (this one reads format {MANIFEST_VERSION})"
+        "manifest format {0} was made by another version of peerstore-client (this one reads formats {MANIFEST_VERSION_MIN} to {MANIFEST_VERSION})"
     )]
     OtherVersion(u8),
     #[error("manifest: {0}")]
     Malformed(String),
+}
+
+/// Manifest format 2, as it was written (entries without an owner): read, never written.
+mod v2 {
+    use serde::{Deserialize, Serialize};
+
+    use super::EntryKind;
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Entry {
+        pub(super) path: Vec<String>,
+        pub(super) kind: EntryKind,
+        pub(super) mode: u32,
+        pub(super) mtime_ns: i64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Manifest {
+        pub(super) version: u8,
+        pub(super) entries: Vec<Entry>,
+    }
+
+    impl Manifest {
+        pub(super) fn upgrade(self) -> super::Manifest {
+            super::Manifest {
+                version: super::MANIFEST_VERSION,
+                entries: self
+                    .entries
+                    .into_iter()
+                    .map(|e| super::Entry {
+                        path: e.path,
+                        kind: e.kind,
+                        mode: e.mode,
+                        mtime_ns: e.mtime_ns,
+                        owner: None,
+                    })
+                    .collect(),
+            }
+        }
+    }
 }
 
 /// Entry counts and logical bytes of a tree.
@@ -302,6 +362,10 @@ mod tests {
             kind: EntryKind::Dir,
             mode: 0o755,
             mtime_ns: 0,
+            owner: Some(Owner {
+                uid: 1000,
+                gid: 100,
+            }),
         };
         let m = Manifest::new(vec![e(&["b"]), e(&["a", "x"]), e(&["a"])]);
         let paths: Vec<_> = m.entries.iter().map(Entry::display_path).collect();
@@ -328,10 +392,11 @@ mod tests {
             },
             mode: 0o644,
             mtime_ns: 0,
+            owner: None,
         }]);
         let mut bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(bytes[0], MANIFEST_VERSION);
-        for v in [0u8, 1, 3, 255] {
+        for v in [0u8, 1, MANIFEST_VERSION + 1, 255] {
             bytes[0] = v;
             let err = Manifest::decode(&bytes).unwrap_err();
             assert_eq!(err, ManifestError::OtherVersion(v));
@@ -345,6 +410,93 @@ mod tests {
         ));
         assert!(matches!(
             Manifest::decode(&[MANIFEST_VERSION, 0xff, 0xff]),
+            Err(ManifestError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn format_2_manifests_are_read_without_owners() {
+        let chunk = ChunkRef {
+            id: ChunkId([3; 32]),
+            pack: [4; 32],
+            offset: 0,
+            sealed_len: 5 + crypto::CHUNK_OVERHEAD as u32,
+            len: 5,
+        };
+        let old = v2::Manifest {
+            version: 2,
+            entries: vec![
+                v2::Entry {
+                    path: p(&["d"]),
+                    kind: EntryKind::Dir,
+                    mode: 0o2775,
+                    mtime_ns: -5,
+                },
+                v2::Entry {
+                    path: p(&["d", "f"]),
+                    kind: EntryKind::File {
+                        size: 5,
+                        chunks: vec![chunk.clone()],
+                    },
+                    mode: 0o4755,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                },
+                v2::Entry {
+                    path: p(&["l"]),
+                    kind: EntryKind::Symlink {
+                        target: "d/f".into(),
+                    },
+                    mode: 0o777,
+                    mtime_ns: 0,
+                },
+            ],
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert_eq!(bytes[0], 2);
+        let m = Manifest::decode(&bytes).unwrap();
+        // Upgraded in memory: encoding it again writes the current format.
+        assert_eq!(m.version, MANIFEST_VERSION);
+        let want = |path: &[&str], kind, mode, mtime_ns| Entry {
+            path: p(path),
+            kind,
+            mode,
+            mtime_ns,
+            owner: None,
+        };
+        assert_eq!(
+            m.entries,
+            vec![
+                want(&["d"], EntryKind::Dir, 0o2775, -5),
+                want(
+                    &["d", "f"],
+                    EntryKind::File {
+                        size: 5,
+                        chunks: vec![chunk],
+                    },
+                    0o4755,
+                    1_700_000_000_000_000_000
+                ),
+                want(
+                    &["l"],
+                    EntryKind::Symlink {
+                        target: "d/f".into()
+                    },
+                    0o777,
+                    0
+                ),
+            ]
+        );
+        let again = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(again[0], MANIFEST_VERSION);
+        assert_eq!(Manifest::decode(&again).unwrap(), m);
+        // Format 3 round-trips owners.
+        let mut with_owner = m.clone();
+        with_owner.entries[1].owner = Some(Owner { uid: 0, gid: 4242 });
+        let b3 = postcard::to_allocvec(&with_owner).unwrap();
+        assert_eq!(Manifest::decode(&b3).unwrap(), with_owner);
+        // A truncated format-2 manifest is malformed, not a panic.
+        assert!(matches!(
+            Manifest::decode(&bytes[..bytes.len() - 3]),
             Err(ManifestError::Malformed(_))
         ));
     }

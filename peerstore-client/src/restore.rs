@@ -12,15 +12,28 @@
 //!   their directory, every chunk verified (its slice of the pack, the AEAD tag against the
 //!   chunk id, its length), fsynced, and renamed into place: a name never shows half a file.
 //!
+//! Permissions and ownership:
+//! - while a restore runs, nothing it writes is open to other users: temp files are created
+//!   0600, the directories of the manifest are created 0700 (an existing one is set to 0700)
+//!   and get their own mode only at the end, deepest first; a file gets its final mode with
+//!   `fchmod` on the open temp file, after its contents and just before the rename;
+//! - setuid and setgid bits (0o6000) are dropped, as tar does without `--same-owner`, unless
+//!   the restore runs as root and the manifest records the entry's owner: then the owner is
+//!   restored (`fchown`/`lchown`, before the mode, since a chown clears those bits) and the
+//!   bits are kept (see [`restored_mode`]). The sticky bit is kept.
+//!
+//! Durability: every directory that got a new name (a file renamed in, a link or directory
+//! created) or new metadata is fsynced once, at the end, before the restore reports success.
+//!
 //! Chunks are read through a [`PackCache`]: each pack is fetched once while it is in use, with
 //! bounded memory (see `pack`).
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{fchown, lchown, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
@@ -28,7 +41,7 @@ use rand::RngCore;
 use serde::Serialize;
 
 use crate::error::{ClientError, Result};
-use crate::model::{check_components, Entry, EntryKind, Manifest, UnsafePath};
+use crate::model::{check_components, Entry, EntryKind, Manifest, Owner, UnsafePath};
 use crate::pack::PackCache;
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -39,6 +52,81 @@ pub const FILES_IN_FLIGHT: usize = 4;
 pub const SMALL_FILES_IN_FLIGHT: usize = 32;
 /// Chunks fetched at once per file.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
+/// Directory fsyncs at once at the end of a restore.
+pub const DIR_SYNCS_IN_FLIGHT: usize = 16;
+
+/// Setuid and setgid: kept only together with the owner they were set for.
+pub const SETID_BITS: u32 = 0o6000;
+/// Mode of a temp file while it is written.
+pub const TEMP_FILE_MODE: u32 = 0o600;
+/// Mode of the manifest's directories until the end of the restore.
+pub const WORK_DIR_MODE: u32 = 0o700;
+
+/// How a restore treats ownership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Whether the restore runs as root: then each entry's recorded owner (if the manifest has
+    /// one) is restored and its setuid/setgid bits kept. Default: [`running_as_root`]. Setting
+    /// it in a process that is not root makes the first `chown` fail.
+    pub as_root: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            as_root: running_as_root(),
+        }
+    }
+}
+
+impl RestoreOptions {
+    /// The owner to give `e`, if any.
+    fn owner(&self, e: &Entry) -> Option<Owner> {
+        if self.as_root {
+            e.owner
+        } else {
+            None
+        }
+    }
+
+    /// The mode to give `e`.
+    fn mode(&self, e: &Entry) -> u32 {
+        restored_mode(e.mode, self.as_root, e.owner.is_some())
+    }
+
+    /// Whether restoring `e` drops setuid/setgid bits it was backed up with.
+    fn drops_setid(&self, e: &Entry) -> bool {
+        !matches!(e.kind, EntryKind::Symlink { .. }) && self.mode(e) != e.mode & 0o7777
+    }
+}
+
+/// The permission bits a restored file or directory gets: `mode & 0o7777`, without setuid and
+/// setgid unless the restore runs as root and restores the owner recorded in the manifest
+/// (otherwise a root restore would make a user's setuid file a root-owned setuid file).
+#[must_use]
+pub fn restored_mode(mode: u32, as_root: bool, owner_known: bool) -> u32 {
+    if as_root && owner_known {
+        mode & 0o7777
+    } else {
+        mode & 0o7777 & !SETID_BITS
+    }
+}
+
+/// Whether this process runs with effective uid 0, read from `/proc/self/status` (the
+/// workspace denies `unsafe`, so no `geteuid`). False when that cannot be read: the safe side.
+#[must_use]
+pub fn running_as_root() -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    // "Uid:	<real>	<effective>	<saved>	<filesystem>"
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse::<u32>().ok())
+        == Some(0)
+}
 
 /// What a restore did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -50,7 +138,52 @@ pub struct RestoreSummary {
     pub chunks_fetched: u64,
     /// Pack files read from the ring.
     pub packs_fetched: u64,
+    /// Files and directories restored without the setuid/setgid bits they were backed up with
+    /// (the restore is not root, or the manifest has no owner).
+    pub setid_dropped: u64,
+    /// Directories fsynced at the end.
+    pub dirs_synced: u64,
     pub seconds: f64,
+}
+
+/// The directories to fsync once each before a restore reports success: those that got new
+/// names (files renamed in, links and directories created) or new metadata.
+#[derive(Default)]
+struct DirSyncs(Mutex<BTreeSet<PathBuf>>);
+
+impl DirSyncs {
+    fn add(&self, dir: &Path) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(dir.to_path_buf());
+    }
+
+    fn add_parent_of(&self, p: &Path) {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => self.add(parent),
+            _ => self.add(Path::new(".")),
+        }
+    }
+
+    /// Fsyncs every directory noted (several at once, on the blocking pool). Returns how many.
+    async fn sync(self) -> Result<u64> {
+        let dirs = self.0.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let n = dirs.len() as u64;
+        futures::stream::iter(dirs.into_iter().map(|d| async move {
+            tokio::task::spawn_blocking(move || {
+                File::open(&d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| ClientError::io(&d, e))
+            })
+            .await
+            .map_err(|e| ClientError::Refused(format!("fsync task failed: {e}")))?
+        }))
+        .buffer_unordered(DIR_SYNCS_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(n)
+    }
 }
 
 /// Checks a whole manifest before restoring any of it (see the module docs).
@@ -82,9 +215,10 @@ pub fn check_manifest(m: &Manifest) -> Result<(), UnsafePath> {
     Ok(())
 }
 
-/// Makes sure `dest/comps...` is a real directory (creating missing ones), refusing to pass
-/// through a symlink or a non-directory. Returns the directory's path.
-pub fn ensure_dir(dest: &Path, comps: &[String]) -> Result<PathBuf> {
+/// Makes sure `dest/comps...` is a real directory (creating missing ones with
+/// [`WORK_DIR_MODE`]), refusing to pass through a symlink or a non-directory. Returns the
+/// directory's path.
+fn ensure_dir(dest: &Path, comps: &[String], synced: &DirSyncs) -> Result<PathBuf> {
     let mut p = dest.to_path_buf();
     for c in comps {
         p.push(c);
@@ -103,12 +237,58 @@ pub fn ensure_dir(dest: &Path, comps: &[String]) -> Result<PathBuf> {
                 )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(&p).map_err(|e| ClientError::io(&p, e))?;
+                DirBuilder::new()
+                    .mode(WORK_DIR_MODE)
+                    .create(&p)
+                    .map_err(|e| ClientError::io(&p, e))?;
+                synced.add_parent_of(&p);
             }
             Err(e) => return Err(ClientError::io(&p, e)),
         }
     }
     Ok(p)
+}
+
+/// Gives an existing directory [`WORK_DIR_MODE`] until its own mode is set at the end of the
+/// restore (which replaces its mode anyway).
+fn close_dir(p: &Path) -> Result<()> {
+    let md = fs::metadata(p).map_err(|e| ClientError::io(p, e))?;
+    if md.permissions().mode() & 0o7777 != WORK_DIR_MODE {
+        fs::set_permissions(p, fs::Permissions::from_mode(WORK_DIR_MODE))
+            .map_err(|e| ClientError::io(p, e))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` if it is missing: its missing ancestors with the default mode (0777 less the
+/// umask), `dir` itself with `mode`; notes the parents of what it created for the final
+/// fsync. Fails if `dir` exists and is not a directory.
+fn create_dirs(dir: &Path, mode: u32, synced: &DirSyncs) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        missing.push(p);
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => break,
+        }
+    }
+    for p in missing.into_iter().rev() {
+        let mode = if p == dir { mode } else { 0o777 };
+        match DirBuilder::new().mode(mode).create(p) {
+            Ok(()) => synced.add_parent_of(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ClientError::io(p, e)),
+        }
+    }
+    match fs::metadata(dir) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(ClientError::Refused(format!(
+            "{} exists and is not a directory",
+            dir.display()
+        ))),
+        Err(e) => Err(ClientError::io(dir, e)),
+    }
 }
 
 fn mtime_of(ns: i64) -> std::time::SystemTime {
@@ -119,22 +299,56 @@ fn mtime_of(ns: i64) -> std::time::SystemTime {
     }
 }
 
-/// Restores every entry of `m` below `dest` (created if missing).
+/// Restores every entry of `m` below `dest` (created if missing), with the default
+/// [`RestoreOptions`] (ownership restored only when running as root).
 pub async fn restore_tree(
     repo: &Repo,
     m: &Manifest,
     dest: &Path,
     progress: &Arc<Progress>,
 ) -> Result<RestoreSummary> {
+    restore_tree_with(repo, m, dest, progress, &RestoreOptions::default()).await
+}
+
+/// Restores every entry of `m` below `dest` (created if missing).
+pub async fn restore_tree_with(
+    repo: &Repo,
+    m: &Manifest,
+    dest: &Path,
+    progress: &Arc<Progress>,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
+    let synced = DirSyncs::default();
+    let mut summary = tree(repo, m, dest, progress, opts, &synced).await?;
+    summary.dirs_synced = synced.sync().await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// [`restore_tree_with`] without the final fsyncs: the directories to sync are noted in
+/// `synced`.
+async fn tree(
+    repo: &Repo,
+    m: &Manifest,
+    dest: &Path,
+    progress: &Arc<Progress>,
+    opts: &RestoreOptions,
+    synced: &DirSyncs,
+) -> Result<RestoreSummary> {
     check_manifest(m)?;
-    fs::create_dir_all(dest).map_err(|e| ClientError::io(dest, e))?;
-    let mut summary = RestoreSummary::default();
+    create_dirs(dest, 0o777, synced)?;
+    synced.add(dest);
+    let mut summary = RestoreSummary {
+        setid_dropped: m.entries.iter().filter(|e| opts.drops_setid(e)).count() as u64,
+        ..RestoreSummary::default()
+    };
     let cache = PackCache::with_defaults(repo);
-    // 1. Directories.
+    // 1. Directories, closed to others until step 4.
     for e in &m.entries {
         if matches!(e.kind, EntryKind::Dir) {
-            ensure_dir(dest, &e.path)?;
+            let p = ensure_dir(dest, &e.path, synced)?;
+            close_dir(&p)?;
             summary.dirs += 1;
         }
     }
@@ -150,8 +364,9 @@ pub async fn restore_tree(
             let progress = progress.clone();
             async move {
                 let (parent, name) = e.path.split_at(e.path.len() - 1);
-                let dir = ensure_dir(dest, parent)?;
-                let r = write_file(cache, e, &dir, &name[0], &progress).await?;
+                let dir = ensure_dir(dest, parent, synced)?;
+                let r = write_file(cache, e, &dir, &name[0], &progress, opts).await?;
+                synced.add(&dir);
                 progress.file_done();
                 Ok::<_, ClientError>(r)
             }
@@ -169,29 +384,46 @@ pub async fn restore_tree(
     for e in &m.entries {
         if let EntryKind::Symlink { target } = &e.kind {
             let (parent, name) = e.path.split_at(e.path.len() - 1);
-            let dir = ensure_dir(dest, parent)?;
-            make_symlink(&dir.join(&name[0]), target)?;
+            let dir = ensure_dir(dest, parent, synced)?;
+            let path = dir.join(&name[0]);
+            make_symlink(&path, target)?;
+            set_link_owner(&path, e, opts)?;
+            synced.add(&dir);
             summary.symlinks += 1;
         }
     }
-    // 4. Directory modes and mtimes, deepest first (writing into them changed their mtime).
+    // 4. Directory owners, modes and mtimes, deepest first (writing into them changed their
+    // mtime; a parent opens to others only after everything below it is final).
     for e in m.entries.iter().rev() {
         if matches!(e.kind, EntryKind::Dir) {
-            let p = ensure_dir(dest, &e.path)?;
-            set_dir_meta(&p, e)?;
+            let p = ensure_dir(dest, &e.path, synced)?;
+            set_dir_meta(&p, e, opts)?;
+            synced.add(&p);
         }
     }
     summary.packs_fetched = cache.fetched();
-    summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-fn set_dir_meta(p: &Path, e: &Entry) -> Result<()> {
+/// Sets a directory's owner (root only, when recorded), mode and mtime, through one open file
+/// descriptor.
+fn set_dir_meta(p: &Path, e: &Entry, opts: &RestoreOptions) -> Result<()> {
     let d = File::open(p).map_err(|err| ClientError::io(p, err))?;
-    d.set_modified(mtime_of(e.mtime_ns))
+    if let Some(o) = opts.owner(e) {
+        fchown(&d, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(p, err))?;
+    }
+    d.set_permissions(fs::Permissions::from_mode(opts.mode(e)))
         .map_err(|err| ClientError::io(p, err))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(e.mode & 0o7777))
+    d.set_modified(mtime_of(e.mtime_ns))
         .map_err(|err| ClientError::io(p, err))
+}
+
+/// Gives a restored symlink its recorded owner (root only).
+fn set_link_owner(path: &Path, e: &Entry, opts: &RestoreOptions) -> Result<()> {
+    match opts.owner(e) {
+        Some(o) => lchown(path, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(path, err)),
+        None => Ok(()),
+    }
 }
 
 fn make_symlink(path: &Path, target: &str) -> Result<()> {
@@ -209,7 +441,8 @@ fn make_symlink(path: &Path, target: &str) -> Result<()> {
 }
 
 /// Restores one entry (file, symlink or empty directory) as `target`, whose parent directory
-/// must exist. A directory entry restores the subtree below it.
+/// must exist. A directory entry restores the subtree below it. Uses the default
+/// [`RestoreOptions`].
 pub async fn restore_entry(
     repo: &Repo,
     m: &Manifest,
@@ -217,6 +450,19 @@ pub async fn restore_entry(
     target: &Path,
     progress: &Arc<Progress>,
 ) -> Result<RestoreSummary> {
+    restore_entry_with(repo, m, entry, target, progress, &RestoreOptions::default()).await
+}
+
+/// Restores one entry as `target` (see [`restore_entry`]).
+pub async fn restore_entry_with(
+    repo: &Repo,
+    m: &Manifest,
+    entry: &Entry,
+    target: &Path,
+    progress: &Arc<Progress>,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    let started = std::time::Instant::now();
     let parent = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -226,26 +472,34 @@ pub async fn restore_entry(
         .and_then(|n| n.to_str())
         .ok_or_else(|| ClientError::Config(format!("bad destination {}", target.display())))?
         .to_string();
-    match &entry.kind {
+    let synced = DirSyncs::default();
+    let mut summary = match &entry.kind {
         EntryKind::File { .. } => {
             let cache = PackCache::with_defaults(repo);
-            let (bytes, chunks) = write_file(&cache, entry, parent, &name, progress).await?;
-            Ok(RestoreSummary {
+            let (bytes, chunks) = write_file(&cache, entry, parent, &name, progress, opts).await?;
+            synced.add(parent);
+            RestoreSummary {
                 files: 1,
                 bytes,
                 chunks_fetched: chunks,
                 packs_fetched: cache.fetched(),
+                setid_dropped: u64::from(opts.drops_setid(entry)),
                 ..RestoreSummary::default()
-            })
+            }
         }
         EntryKind::Symlink { target: t } => {
             make_symlink(target, t)?;
-            Ok(RestoreSummary {
+            set_link_owner(target, entry, opts)?;
+            synced.add(parent);
+            RestoreSummary {
                 symlinks: 1,
                 ..RestoreSummary::default()
-            })
+            }
         }
         EntryKind::Dir => {
+            // Closed to others like every directory below it until its own mode is set.
+            create_dirs(target, WORK_DIR_MODE, &synced)?;
+            close_dir(target)?;
             // The subtree, re-rooted at `target`.
             let n = entry.path.len();
             let sub: Vec<Entry> = m
@@ -257,12 +511,17 @@ pub async fn restore_entry(
                     ..e.clone()
                 })
                 .collect();
-            let mut s = restore_tree(repo, &Manifest::new(sub), target, progress).await?;
-            set_dir_meta(target, entry)?;
+            let mut s = tree(repo, &Manifest::new(sub), target, progress, opts, &synced).await?;
+            set_dir_meta(target, entry, opts)?;
+            synced.add(target);
             s.dirs += 1;
-            Ok(s)
+            s.setid_dropped += u64::from(opts.drops_setid(entry));
+            s
         }
-    }
+    };
+    summary.dirs_synced = synced.sync().await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
 }
 
 /// Checks a file entry's chunk list before anything is fetched: lengths consistent, every
@@ -287,14 +546,15 @@ fn check_chunks(e: &Entry, size: u64, chunks: &[crate::model::ChunkRef]) -> Resu
     Ok(())
 }
 
-/// Writes a file entry as `dir/name` via a temp file, fsync and a rename. Returns (bytes,
-/// chunks).
+/// Writes a file entry as `dir/name` via a temp file (mode 0600 until it is complete), fsync
+/// and a rename. Returns (bytes, chunks). The caller fsyncs `dir` later.
 async fn write_file(
     cache: &PackCache,
     e: &Entry,
     dir: &Path,
     name: &str,
     progress: &Arc<Progress>,
+    opts: &RestoreOptions,
 ) -> Result<(u64, u64)> {
     let EntryKind::File { size, chunks } = &e.kind else {
         return Err(ClientError::Refused(format!(
@@ -318,6 +578,7 @@ async fn write_file(
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(TEMP_FILE_MODE)
         .open(&tmp)
         .map_err(|err| ClientError::io(&tmp, err))?;
     // Removes the temp file unless it was renamed into place, also when this future is
@@ -346,7 +607,12 @@ async fn write_file(
                 e.display_path()
             )));
         }
-        f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
+        // Owner first (a chown clears setuid/setgid), then the final mode: both on the open
+        // file (fchown, fchmod), before the rename.
+        if let Some(o) = opts.owner(e) {
+            fchown(&f, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(&tmp, err))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(opts.mode(e)))
             .map_err(|err| ClientError::io(&tmp, err))?;
         f.set_modified(mtime_of(e.mtime_ns))
             .map_err(|err| ClientError::io(&tmp, err))?;

@@ -1,21 +1,26 @@
 //! In-process tests of backup, restore, path safety and sync over the in-memory store.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use crypto::Identity;
+use peerstore_proto::BlockKey;
 use rand::{RngCore, SeedableRng};
 
 use crate::backup::{backup, mtime_ns, BackupOptions, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 use crate::cache::KnownBlocks;
-use crate::model::{ChunkRef, Entry, EntryKind, Manifest, MANIFEST_VERSION};
+use crate::model::{ChunkRef, Entry, EntryKind, Manifest, Owner, MANIFEST_VERSION};
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::restore::{check_manifest, restore_entry, restore_tree};
-use crate::store::{BlockStoreApi, MemStore};
+use crate::restore::{
+    check_manifest, restore_entry, restore_entry_with, restore_tree, restore_tree_with,
+    restored_mode, running_as_root, RestoreOptions,
+};
+use crate::store::{BlockStoreApi, MemStore, StoreError};
 use crate::sync::{sync_once, SyncOptions, SyncState};
 
 fn repo_with(store: &MemStore, seed: u64) -> Repo {
@@ -158,6 +163,9 @@ async fn backup_restore_round_trip_with_metadata() {
     let dest = tmp.path().join("dest");
     let r = restore_tree(&repo, &m, &dest, &hidden()).await.unwrap();
     assert_eq!(r.files, 9);
+    // Each directory fsynced once: the 5 of the tree, dest, and dest's parent (dest was new).
+    assert_eq!(r.dirs_synced, 5 + 2);
+    assert_eq!(r.setid_dropped, 0);
     assert_same_tree(&src, &dest);
     // No temp files left behind.
     assert!(walk(&dest).iter().all(|(p, _)| !p.contains(".peerstore-")));
@@ -275,6 +283,7 @@ fn entry(path: &[&str], kind: EntryKind) -> Entry {
         kind,
         mode: 0o644,
         mtime_ns: 0,
+        owner: None,
     }
 }
 
@@ -851,6 +860,7 @@ async fn hostile_chunk_references_are_errors_not_panics() {
             },
             mode: 0o644,
             mtime_ns: 0,
+            owner: None,
         };
         let hostile = Manifest::new(vec![e]);
         let dest = tmp.path().join(format!("dest-{}", what.replace(' ', "-")));
@@ -898,4 +908,369 @@ async fn a_manifest_of_another_version_is_a_clear_error() {
             .contains("made by another version of peerstore-client"),
         "{err}"
     );
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn setuid_and_setgid_are_kept_only_by_root_restoring_the_owner() {
+    // (mode, as root, owner recorded) -> restored mode
+    for (mode, as_root, owner_known, want) in [
+        (0o4755, false, false, 0o755),
+        (0o4755, false, true, 0o755),
+        (0o4755, true, false, 0o755),
+        (0o4755, true, true, 0o4755),
+        (0o2775, true, false, 0o775),
+        (0o2775, true, true, 0o2775),
+        (0o6711, false, true, 0o711),
+        (0o1777, false, false, 0o1777), // sticky is kept
+        (0o644, false, false, 0o644),
+        (0o100_4755, true, true, 0o4755), // file type bits never pass
+    ] {
+        assert_eq!(
+            restored_mode(mode, as_root, owner_known),
+            want,
+            "{mode:o} as_root={as_root} owner_known={owner_known}"
+        );
+    }
+    // The root check agrees with the owner of a file this process creates.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    assert_eq!(
+        running_as_root(),
+        f.as_file().metadata().unwrap().uid() == 0
+    );
+    assert_eq!(RestoreOptions::default().as_root, running_as_root());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setuid_file_is_restored_without_the_bit_unless_root_restores_its_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("shared")).unwrap();
+    fs::create_dir_all(src.join("drop")).unwrap();
+    fs::write(src.join("tool"), b"#!/bin/sh\necho tool\n").unwrap();
+    fs::write(src.join("both"), b"#!/bin/sh\necho both\n").unwrap();
+    fs::write(src.join("shared/f"), b"in a setgid directory").unwrap();
+    std::os::unix::fs::symlink("tool", src.join("link")).unwrap();
+    for (p, mode) in [
+        ("tool", 0o4755),
+        ("both", 0o6711),
+        ("shared", 0o2775),
+        ("drop", 0o1777),
+    ] {
+        fs::set_permissions(src.join(p), fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(mode_of(&src.join(p)), mode, "{p}: setup");
+    }
+    let store = MemStore::new();
+    let repo = repo_with(&store, 17);
+    let (_, m) = backup_fresh(&repo, &src).await;
+    // Backup records the bits and the owner of every entry.
+    let find = |p: &str| m.find(&[p.to_string()]).unwrap();
+    assert_eq!(find("tool").mode, 0o4755);
+    for e in &m.entries {
+        let md = fs::symlink_metadata(src.join(e.display_path())).unwrap();
+        assert_eq!(
+            e.owner,
+            Some(Owner {
+                uid: md.uid(),
+                gid: md.gid()
+            }),
+            "{}",
+            e.display_path()
+        );
+    }
+
+    // Not root (or not restoring owners): setuid and setgid are dropped, sticky is kept.
+    let not_root = RestoreOptions { as_root: false };
+    let dest = tmp.path().join("plain");
+    let r = restore_tree_with(&repo, &m, &dest, &hidden(), &not_root)
+        .await
+        .unwrap();
+    assert_eq!(r.setid_dropped, 3);
+    for (p, want) in [
+        ("tool", 0o755),
+        ("both", 0o711),
+        ("shared", 0o775),
+        ("drop", 0o1777),
+        ("shared/f", 0o644 & mode_of(&src.join("shared/f"))),
+    ] {
+        assert_eq!(mode_of(&dest.join(p)), want, "{p}");
+    }
+    assert_eq!(
+        fs::read(dest.join("tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    // getfile of the one file.
+    let one = tmp.path().join("one");
+    let r = restore_entry_with(&repo, &m, find("tool"), &one, &hidden(), &not_root)
+        .await
+        .unwrap();
+    assert_eq!((mode_of(&one), r.setid_dropped), (0o755, 1));
+    let d = tmp.path().join("shared-alone");
+    restore_entry_with(&repo, &m, find("shared"), &d, &hidden(), &not_root)
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&d), 0o775);
+
+    // The default follows the process: root keeps the bits (the owner is recorded).
+    let dflt = tmp.path().join("default");
+    restore_tree(&repo, &m, &dflt, &hidden()).await.unwrap();
+    let want = if running_as_root() { 0o4755 } else { 0o755 };
+    assert_eq!(mode_of(&dflt.join("tool")), want);
+
+    if !running_as_root() {
+        println!("not root: the restore-the-owner half of this test is skipped");
+        return;
+    }
+    // Root restoring the recorded owner: owner first, then the bits (a chown clears them).
+    let theirs = Owner {
+        uid: 4242,
+        gid: 4343,
+    };
+    let mut m2 = m.clone();
+    for e in &mut m2.entries {
+        e.owner = Some(theirs);
+    }
+    let as_root = RestoreOptions { as_root: true };
+    let dest = tmp.path().join("owned");
+    let r = restore_tree_with(&repo, &m2, &dest, &hidden(), &as_root)
+        .await
+        .unwrap();
+    assert_eq!(r.setid_dropped, 0);
+    for (p, want) in [
+        ("tool", 0o4755),
+        ("both", 0o6711),
+        ("shared", 0o2775),
+        ("drop", 0o1777),
+    ] {
+        assert_eq!(mode_of(&dest.join(p)), want, "{p}");
+    }
+    for p in ["tool", "both", "shared", "shared/f", "drop", "link"] {
+        let md = fs::symlink_metadata(dest.join(p)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (4242, 4343), "owner of {p}");
+    }
+    let one = tmp.path().join("one-owned");
+    let tool2 = m2.find(&["tool".to_string()]).unwrap();
+    restore_entry_with(&repo, &m2, tool2, &one, &hidden(), &as_root)
+        .await
+        .unwrap();
+    let md = fs::metadata(&one).unwrap();
+    assert_eq!((md.uid(), mode_of(&one)), (4242, 0o4755));
+    // Root, but no owner in the manifest (format 2): the bits are dropped.
+    let mut m3 = m.clone();
+    for e in &mut m3.entries {
+        e.owner = None;
+    }
+    let dest = tmp.path().join("no-owner");
+    let r = restore_tree_with(&repo, &m3, &dest, &hidden(), &as_root)
+        .await
+        .unwrap();
+    assert_eq!(r.setid_dropped, 3);
+    assert_eq!(mode_of(&dest.join("tool")), 0o755);
+    assert_eq!(mode_of(&dest.join("shared")), 0o775);
+}
+
+/// What [`PermissionSpy`] saw below the destination while a restore ran.
+#[derive(Debug, Default)]
+struct Seen {
+    looks: u64,
+    /// Directories seen closed (no group/other bits), and open.
+    dirs_closed: u64,
+    dirs_open: u64,
+    /// Temp files seen while still incomplete, and complete (final mode, before the rename).
+    temp_incomplete: u64,
+    temp_complete: u64,
+    files: u64,
+    violations: Vec<String>,
+}
+
+/// Walks `dir` (below `dest`) top-down, checking that
+/// - a temp file is 0600 until it holds all its bytes (then it may have its final mode);
+/// - no temp file lies below a directory that is open to group or others: directories are
+///   opened only once everything below them is final.
+///
+/// A directory's mode is read before its contents, and directories open only after the last
+/// temp file is gone, so a temp file seen below an open directory is a real violation.
+/// `files` gives each restored file's (size, final mode); `open` is the nearest open
+/// directory above `dir`, if any.
+fn look_below(
+    dest: &Path,
+    dir: &Path,
+    open: Option<&str>,
+    files: &std::collections::HashMap<String, (u64, u32)>,
+    seen: &mut Seen,
+) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return; // not created yet, or a race with the restore: nothing to see
+    };
+    for ent in rd.flatten() {
+        let p = ent.path();
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue; // renamed or removed meanwhile
+        };
+        let mode = md.permissions().mode() & 0o7777;
+        let rel = p.strip_prefix(dest).unwrap().display().to_string();
+        let name = ent.file_name().to_string_lossy().to_string();
+        if md.is_dir() {
+            let here_open = mode & 0o077 != 0;
+            if here_open {
+                seen.dirs_open += 1;
+            } else {
+                seen.dirs_closed += 1;
+            }
+            let open = open.or(here_open.then_some(rel.as_str()));
+            look_below(dest, &p, open, files, seen);
+        } else if let Some(stem) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".peerstore-"))
+            .map(|(n, _)| n)
+        {
+            let final_rel = match rel.rsplit_once('/') {
+                Some((parent, _)) => format!("{parent}/{stem}"),
+                None => stem.to_string(),
+            };
+            let (size, final_mode) = files[&final_rel];
+            if md.len() < size {
+                seen.temp_incomplete += 1;
+                if mode != 0o600 {
+                    seen.violations.push(format!(
+                        "incomplete temp file {rel} has mode {mode:o} ({} of {size} bytes)",
+                        md.len()
+                    ));
+                }
+            } else {
+                seen.temp_complete += 1;
+                if mode != 0o600 && mode != final_mode {
+                    seen.violations
+                        .push(format!("temp file {rel} has mode {mode:o}"));
+                }
+            }
+            if let Some(d) = open {
+                seen.violations
+                    .push(format!("temp file {rel} inside open directory {d}"));
+            }
+        } else {
+            seen.files += 1;
+        }
+    }
+}
+
+/// A store that looks at the permissions of everything below `dest` at every pack fetch:
+/// that is, in the middle of a restore, while the file that needs the pack has its temp file.
+#[derive(Clone)]
+struct PermissionSpy {
+    inner: MemStore,
+    dest: PathBuf,
+    files: Arc<std::collections::HashMap<String, (u64, u32)>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl PermissionSpy {
+    fn look(&self) {
+        let mut seen = self.seen.lock().unwrap();
+        seen.looks += 1;
+        look_below(&self.dest, &self.dest, None, &self.files, &mut seen);
+    }
+}
+
+#[async_trait]
+impl BlockStoreApi for PermissionSpy {
+    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
+        self.inner.put_document(data).await
+    }
+    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.look();
+        self.inner.get_document(key).await
+    }
+    async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put_record(key, record).await
+    }
+    async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_record(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_open_to_others_while_a_restore_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Two packs of single-chunk files, a multi-chunk file, a private directory, a file at the
+    // top; directories 0755 and files 0644 (0600 for the private one) in the end.
+    make_files(&src.join("pub/many"), 25, 200_000, 500);
+    fs::write(src.join("pub/big"), random_bytes(600, 6 << 20)).unwrap();
+    fs::create_dir_all(src.join("private")).unwrap();
+    fs::write(src.join("private/key"), b"secret key").unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    for (p, mode) in [
+        ("pub", 0o755),
+        ("pub/many", 0o755),
+        ("private", 0o700),
+        ("private/key", 0o600),
+        ("top", 0o644),
+        ("pub/big", 0o644),
+    ] {
+        fs::set_permissions(src.join(p), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mem = MemStore::new();
+    let (_, m) = backup_fresh(&repo_with(&mem, 18), &src).await;
+    // The same user and ring, read through the spy.
+    let dest = tmp.path().join("dest");
+    let files = m
+        .entries
+        .iter()
+        .map(|e| (e.display_path(), (e.size(), e.mode & 0o7777)))
+        .collect();
+    let spy = PermissionSpy {
+        inner: mem.clone(),
+        dest: dest.clone(),
+        files: Arc::new(files),
+        seen: Arc::new(Mutex::new(Seen::default())),
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(18);
+    let repo = Repo::new(
+        Arc::new(spy.clone()),
+        Arc::new(Identity::generate(&mut rng)),
+    );
+    // A directory of the tree exists already, open (it is closed during the restore too).
+    fs::create_dir_all(dest.join("pub")).unwrap();
+    fs::set_permissions(dest.join("pub"), fs::Permissions::from_mode(0o755)).unwrap();
+    // Besides the looks at every pack fetch, a thread looks all the time.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (spy, done) = (spy.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                spy.look();
+                std::thread::yield_now();
+            }
+        })
+    };
+    let r = restore_tree(&repo, &m, &dest, &hidden()).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let r = r.unwrap();
+    let seen = spy.seen.lock().unwrap();
+    println!("{} looks, {} packs; {seen:?}", seen.looks, r.packs_fetched);
+    assert!(
+        seen.violations.is_empty(),
+        "open to others during the restore: {:?}",
+        seen.violations
+    );
+    // The looks saw the restore at work (closed directories, temp files being written), not
+    // only before or after it.
+    assert!(
+        seen.looks >= r.packs_fetched && r.packs_fetched >= 2,
+        "{seen:?}"
+    );
+    assert!(seen.dirs_closed > 0 && seen.temp_incomplete > 0, "{seen:?}");
+    // And in the end everything has its own mode again.
+    assert_same_tree(&src, &dest);
 }

@@ -262,6 +262,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
                 },
                 mode: 0o644,
                 mtime_ns: 0,
+                owner: None,
             },
             Entry {
                 path: vec!["esc".into()],
@@ -270,6 +271,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
                 },
                 mode: 0o777,
                 mtime_ns: 0,
+                owner: None,
             },
             Entry {
                 path: vec!["esc".into(), "pwned2".into()],
@@ -279,6 +281,7 @@ async fn backup_restore_dedup_privacy_and_keys() {
                 },
                 mode: 0o644,
                 mtime_ns: 0,
+                owner: None,
             },
         ],
     };
