@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak clean
+.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean
 
 all: build
 
@@ -41,6 +41,16 @@ bench-entangle:
 
 bench-client:
 	bash scripts/bench-client.sh
+
+## Long property-based fuzzing of every decoder of network and disk input (frames of the four
+## protocols, entangled and root records, manifests, snapshots, key files), 200000 cases per
+## property instead of the 256 of `make test`. About 6 minutes on a 2-core machine (20000 cases
+## took frames 12 s, records 2 s, client 25 s; a full run took 98 s, 20 s and 247 s plus builds).
+fuzz:
+	PEERSTORE_FUZZ_CASES=200000 $(CARGO) test --release -p peerstore-proto --test fuzz_frames
+	PEERSTORE_FUZZ_CASES=200000 $(CARGO) test --release -p peerstore-node --test fuzz_records
+	PEERSTORE_FUZZ_CASES=200000 $(CARGO) test --release -p peerstore-client --test fuzz_client
+	PEERSTORE_FUZZ_CASES=2000 $(CARGO) test --release -p peerstore-client --test fuzz_client -- --ignored
 
 clean:
 	$(CARGO) clean

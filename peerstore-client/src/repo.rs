@@ -292,7 +292,15 @@ impl Repo {
 
     /// Reads, checks and decodes a snapshot's manifest.
     pub async fn load_manifest(&self, s: &SnapshotRef) -> Result<Manifest> {
-        let mut sealed = Vec::with_capacity(usize::try_from(s.snapshot.manifest_len).unwrap_or(0));
+        // The length comes from a stored object (a hint only): reserve no more than its blocks
+        // can hold.
+        let most = s
+            .snapshot
+            .manifest_blocks
+            .len()
+            .saturating_mul(MAX_BLOCK_SIZE);
+        let claimed = usize::try_from(s.snapshot.manifest_len).unwrap_or(usize::MAX);
+        let mut sealed = Vec::with_capacity(claimed.min(most));
         for key in &s.snapshot.manifest_blocks {
             sealed.extend_from_slice(&self.get_required(*key, "manifest").await?);
         }

@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use crypto::{
-    Identity, RootError, RootRecord, MAX_ROOT_PAYLOAD, MAX_ROOT_RECORD_LEN, ROOT_RECORD_VERSION,
-    UserId,
+    Identity, RootError, RootRecord, UserId, MAX_ROOT_PAYLOAD, MAX_ROOT_RECORD_LEN,
+    ROOT_RECORD_VERSION,
 };
 use entangle::{CodewordId, CodewordRecord, Params};
 use peerstore_node::entangled::format::{
@@ -249,7 +249,11 @@ fn root_samples() -> &'static [Vec<u8>] {
 
 fn check_codeword_record(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let Some(r) = decode_record(bytes) {
-        prop_assert!(r.validate().is_ok(), "decoded record does not validate: {:?}", r);
+        prop_assert!(
+            r.validate().is_ok(),
+            "decoded record does not validate: {:?}",
+            r
+        );
         prop_assert!(r.params.validate().is_ok());
         prop_assert_eq!(r.pointers.len(), r.params.t());
         prop_assert_eq!(r.parity_keys.len(), r.params.p());
@@ -469,7 +473,10 @@ fn documents_with_huge_lengths_do_not_decode() {
         MAX_BLOCK_SIZE as u64 + 1,
         1 << 32,
     ] {
-        let d = DocRecord { len, ..base.clone() };
+        let d = DocRecord {
+            len,
+            ..base.clone()
+        };
         assert_eq!(DocRecord::decode(&d.encode()), None, "len {len}");
         // Also with enough codewords that the capacity check alone would pass.
         let d = DocRecord {
@@ -478,7 +485,11 @@ fn documents_with_huge_lengths_do_not_decode() {
             codewords: vec![BlockKey([1; 32]); 4096],
             ..base.clone()
         };
-        assert_eq!(DocRecord::decode(&d.encode()), None, "len {len}, big capacity");
+        assert_eq!(
+            DocRecord::decode(&d.encode()),
+            None,
+            "len {len}, big capacity"
+        );
     }
     let at_bound = DocRecord {
         len: MAX_BLOCK_SIZE as u64,
