@@ -50,7 +50,6 @@ fuzz:
 	PEERSTORE_FUZZ_CASES=200000 $(CARGO) test --release -p peerstore-proto --test fuzz_frames
 	PEERSTORE_FUZZ_CASES=200000 $(CARGO) test --release -p peerstore-node --test fuzz_records
 	PEERSTORE_FUZZ_CASES=200000 $(CARGO) test --release -p peerstore-client --test fuzz_client
-	PEERSTORE_FUZZ_CASES=2000 $(CARGO) test --release -p peerstore-client --test fuzz_client -- --ignored
 
 clean:
 	$(CARGO) clean

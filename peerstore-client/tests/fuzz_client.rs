@@ -914,10 +914,9 @@ proptest! {
     /// isize::MAX (e.g. u64::MAX) panic with "capacity overflow" instead. The snapshot is
     /// AEAD-sealed with the user's own key, so only the key holder (or a client bug) can make
     /// one; still a crash on stored data. Run with `-- --ignored` (each case forks).
-    /// Fixed: the reservation is capped by what the manifest's blocks can hold. Still run with
-    /// `-- --ignored` (each case forks, ~45 s), in `make fuzz`.
+    /// Fixed: the reservation is capped by what the manifest's blocks can hold. Each case runs
+    /// in a child process, so a regression (an abort) fails this test instead of the binary.
     #[test]
-    #[ignore = "forks a process per case; run by make fuzz"]
     fn load_manifest_with_any_manifest_len(
         pick in any::<Index>(),
         manifest_len in interesting_u64(),

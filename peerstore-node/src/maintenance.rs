@@ -202,6 +202,7 @@ impl sync::Table for Blocks<'_> {
                     };
                     match self.0.ring.call(p, request).await? {
                         MemberResponse::Keys { keys, more } => {
+                            sync::check_page(after, keys.last().copied(), out.len() + keys.len())?;
                             after = keys.last().copied();
                             out.extend(keys);
                             if !more || after.is_none() {
@@ -313,6 +314,7 @@ impl sync::Table for Records<'_> {
                     other => return Err(RingError::unexpected(&other)),
                 },
             };
+            sync::check_page(after, page.last().map(|(k, _)| *k), out.len() + page.len())?;
             after = page.last().map(|(k, _)| *k);
             out.extend(page);
             if !more || after.is_none() {

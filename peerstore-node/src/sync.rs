@@ -173,6 +173,29 @@ pub fn differing_buckets(
         .collect()
 }
 
+/// Most keys one listing may hold: a peer that pages on without end is cut off.
+pub const MAX_LISTED: usize = 1 << 22;
+
+/// Checks the next page of a paged listing: its cursor moves forward (a peer that answers the
+/// same page again cannot loop us) and the listing stays under [`MAX_LISTED`] keys.
+pub fn check_page(
+    after: Option<BlockKey>,
+    page_last: Option<BlockKey>,
+    listed: usize,
+) -> Result<(), RingError> {
+    if listed > MAX_LISTED {
+        return Err(RingError::bad_request(format!(
+            "listing of more than {MAX_LISTED} keys refused"
+        )));
+    }
+    match (after, page_last) {
+        (Some(a), Some(l)) if l <= a => Err(RingError::bad_request(
+            "listing page does not move past its cursor",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Items moved per fetch or store call.
 const BATCH: usize = 256;
 /// Buckets asked for by tables that keep them.
@@ -427,6 +450,21 @@ mod tests {
         let p = plan(&mine, &theirs, Pull::EveryVersion, true);
         assert!(p.pull.is_empty());
         assert_eq!(p.push, vec![vec![k(1)], vec![]]);
+    }
+
+    #[test]
+    fn a_listing_that_does_not_move_or_never_ends_is_cut_off() {
+        assert!(check_page(None, Some(k(3)), 10).is_ok());
+        assert!(check_page(Some(k(3)), Some(k(4)), 20).is_ok());
+        assert!(
+            check_page(Some(k(3)), Some(k(3)), 20).is_err(),
+            "same page again"
+        );
+        assert!(
+            check_page(Some(k(3)), Some(k(2)), 20).is_err(),
+            "cursor moved back"
+        );
+        assert!(check_page(Some(k(3)), Some(k(4)), MAX_LISTED + 1).is_err());
     }
 
     #[test]

@@ -403,6 +403,7 @@ impl sync::Table for Records<'_> {
                     other => return Err(RingError::unexpected(&other)),
                 },
             };
+            sync::check_page(after, keys.last().copied(), out.len() + keys.len())?;
             after = keys.last().copied();
             out.extend(keys.into_iter().map(|k| (k, k.0)));
             if !more || after.is_none() {

@@ -286,6 +286,11 @@ impl sync::Table for Refs<'_> {
                     other => return Err(RingError::unexpected(&other)),
                 },
             };
+            sync::check_page(
+                after,
+                entries.last().map(|(k, _)| *k),
+                out.len() + entries.len(),
+            )?;
             after = entries.last().map(|(k, _)| *k);
             out.extend(entries);
             if !more || after.is_none() {
