@@ -77,13 +77,14 @@ else
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")"
 fi
 
-# start_node DIR [INITIAL_PEER] [NODE ARGS...]: starts a node in the background of this shell
-# (never call it inside $(...): a subshell would own the node), its pid in DIR/node.pid.
+# start_node DIR [FIRST_NODE_DIR] [NODE ARGS...]: starts a node in the background of this
+# shell (never call it inside $(...): a subshell would own the node), its pid in DIR/node.pid;
+# with FIRST_NODE_DIR it joins that node's ring (invite minted from its ring key).
 start_node() {
     local dir="$1" via="${2:-}"
     shift 2 || shift $#
     local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 "$@")
-    if [ -n "$via" ]; then args+=(--initial-peer "$via"); fi
+    if [ -n "$via" ]; then args+=(--join-local "$via"); fi
     start_node_bg "$dir" "$NODE" "${args[@]}"
 }
 
@@ -96,7 +97,7 @@ start_ring() {
     start_node "$WORK/$name/node0" "" "$@"
     RING_ADDR="$(wait_node_addr "$WORK/$name/node0")"
     for i in 1 2 3; do
-        start_node "$WORK/$name/node$i" "$RING_ADDR" "$@"
+        start_node "$WORK/$name/node$i" "$WORK/$name/node0" "$@"
         wait_node_addr "$WORK/$name/node$i" >/dev/null
     done
     sleep 3
@@ -141,6 +142,7 @@ bench_ring() {
     start_ring "$name" "$@"
     local a0="$RING_ADDR"
     local C=("$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" --peer "$a0")
+    "${C[@]}" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
     "${C[@]}" init >/dev/null
     for ds in A B; do
         local dir="$WORK/data/$ds" out="$WORK/$name/restore-$ds"

@@ -45,21 +45,23 @@ CLIENT="$TARGET/release/peerstore-client"
 # Absolute (the clean-up finds the nodes by this path in their command lines).
 WORK="$(mktemp -d "$WORK_PARENT/peerstore-demo.XXXXXX")"
 
-# start_node N [INITIAL_PEER]: starts node N in the background of this shell (not in a
+# start_node N [NODE ARGS...]: starts node N in the background of this shell (not in a
 # $(...) subshell, so that the clean-up knows it), its pid in $WORK/nodeN/node.pid.
 start_node() {
-    local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3
-                --stabilize-ms 300 --maintenance-ms 2000)
-    if [ -n "${2:-}" ]; then args+=(--initial-peer "$2"); fi
-    start_node_bg "$WORK/node$1" "$NODE" "${args[@]}"
+    local n="$1"
+    shift
+    start_node_bg "$WORK/node$n" "$NODE" --listen /ip4/127.0.0.1/tcp/0 --replication 3 \
+        --stabilize-ms 300 --maintenance-ms 2000 "$@"
 }
 
 echo "== starting a 3-node ring in $WORK"
+# The first node creates the ring (and its key, node0/ring.key); the others join with an
+# invite minted from that key (--join-local reads it; across machines: peerstore-node invite).
 start_node 0
 A0="$(wait_node_addr "$WORK/node0")"
-start_node 1 "$A0"
+start_node 1 --join-local "$WORK/node0"
 A1="$(wait_node_addr "$WORK/node1")"
-start_node 2 "$A0"
+start_node 2 --join-local "$WORK/node0"
 A2="$(wait_node_addr "$WORK/node2")"
 printf '   %s\n' "$A0" "$A1" "$A2"
 sleep 2 # let the ring stabilize
@@ -78,6 +80,8 @@ export PEERSTORE_PASSPHRASE="demo passphrase"
 C=("$CLIENT" --config-dir "$WORK/client-config" --data-dir "$WORK/client-data"
    --node-data-dir "$WORK/node0")
 
+echo "== peerstore-client join (a user's invite from the ring's first node)"
+"${C[@]}" join "$("$NODE" invite --data-dir "$WORK/node0" --role user --label demo)"
 echo "== peerstore-client init"
 "${C[@]}" init
 echo "== peerstore-client backup $SRC"

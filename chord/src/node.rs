@@ -421,8 +421,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    /// Feeds one received message.
-    pub fn handle_message(&mut self, now: Time, from: A, msg: Message<A>) {
+    /// Feeds one received message. Lists in it longer than an honest peer sends (successor and
+    /// predecessor lists beyond the configured lengths, routing candidates beyond
+    /// [`CLOSER_CANDIDATES`]) are cut before anything looks at them, so nothing a peer sends
+    /// makes the node hold more than its own configuration says.
+    pub fn handle_message(&mut self, now: Time, from: A, mut msg: Message<A>) {
+        self.bound_lists(&mut msg);
         self.now = now;
         // Any message proves the sender alive.
         self.failures.remove(&from);
@@ -467,6 +471,39 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
         }
         self.check_ranges();
+    }
+
+    /// Cuts the lists of a received message to what an honest peer sends.
+    fn bound_lists(&self, msg: &mut Message<A>) {
+        fn cap<T>(v: &mut Vec<T>, n: usize) {
+            if v.len() > n {
+                v.truncate(n);
+                v.shrink_to_fit();
+            }
+        }
+        let (succs, preds) = (self.config.successors, self.config.predecessors);
+        match msg {
+            Message::Notify { preds: p, .. } => cap(p, preds),
+            Message::Leave {
+                preds: p,
+                successors,
+                ..
+            } => {
+                cap(p, preds);
+                cap(successors, succs);
+            }
+            Message::Info {
+                successors, closer, ..
+            } => {
+                cap(successors, succs);
+                cap(closer, CLOSER_CANDIDATES);
+            }
+            Message::FindSuccessor { .. }
+            | Message::GetState { .. }
+            | Message::Ping { .. }
+            | Message::Ack { .. }
+            | Message::Pong { .. } => {}
+        }
     }
 
     /// Advances timers: request timeouts and retries, lookup deadlines, stabilize and
@@ -678,6 +715,58 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// How many peer entries the node holds in all its state (lists, fingers, requests and
+    /// lookups in progress, remembered candidates): for tests and metrics. Bounded by the
+    /// configuration and the work in progress, whatever peers send.
+    pub fn held_entries(&self) -> usize {
+        let list = |m: &Message<A>| match m {
+            Message::Notify { preds, .. } => 1 + preds.len(),
+            Message::Leave {
+                preds, successors, ..
+            } => 1 + preds.len() + successors.len(),
+            Message::Info {
+                pred,
+                successors,
+                closer,
+                ..
+            } => usize::from(pred.is_some()) + successors.len() + closer.len(),
+            _ => 0,
+        };
+        let purpose = |p: &Purpose<A>| match p {
+            Purpose::StabGet { .. } | Purpose::RectifyPing { .. } => 1,
+            Purpose::StabVerify { rest, base, .. } => 1 + rest.len() + base.len(),
+            Purpose::Notify | Purpose::Hop { .. } | Purpose::Leave => 0,
+        };
+        let cand = |c: &Cand<A>| match c {
+            Cand::Route(_) | Cand::Owner { .. } => 1,
+            Cand::Accept {
+                successors, pred, ..
+            } => 1 + successors.len() + usize::from(pred.is_some()),
+        };
+        self.succs.len()
+            + self.preds.len()
+            + self.fingers.iter().flatten().count()
+            + self.finger_set.len()
+            + self.notifiers.len()
+            + self.rectify_cand.as_ref().map_or(0, |(_, l)| 1 + l.len())
+            + self
+                .outstanding
+                .values()
+                .map(|o| list(&o.msg) + purpose(&o.purpose))
+                .sum::<usize>()
+            + self
+                .lookups
+                .values()
+                .map(|l| {
+                    l.queue.iter().map(cand).sum::<usize>()
+                        + l.inflight.iter().map(|(_, c, _)| cand(c)).sum::<usize>()
+                        + l.tried.len()
+                        + l.answered.len()
+                        + l.requeried.len()
+                })
+                .sum::<usize>()
     }
 
     /// A status snapshot.

@@ -44,8 +44,12 @@ impl AdminApi for RingStore {
 }
 
 /// Connects to `node` with a timeout of at least [`ADMIN_MIN_TIMEOUT`].
-pub async fn connect(node: peerstore_proto::NodeAddr, timeout: Duration) -> Result<RingStore> {
-    Ok(RingStore::connect(node, timeout.max(ADMIN_MIN_TIMEOUT)).await?)
+pub async fn connect(
+    node: peerstore_proto::NodeAddr,
+    credential: Option<peerstore_proto::Identity>,
+    timeout: Duration,
+) -> Result<RingStore> {
+    Ok(RingStore::connect(node, timeout.max(ADMIN_MIN_TIMEOUT), credential).await?)
 }
 
 fn unexpected(what: &str, resp: &AdminResponse) -> ClientError {
@@ -633,12 +637,13 @@ fn fail_if(line: Option<String>) -> Result<()> {
 /// `peerstore-client repair [block-id ...]`.
 pub async fn cmd_repair(
     node: peerstore_proto::NodeAddr,
+    credential: Option<peerstore_proto::Identity>,
     timeout: Duration,
     json: bool,
     ids: &[String],
 ) -> Result<()> {
     let keys = parse_keys(ids)?;
-    let ring = connect(node, timeout).await?;
+    let ring = connect(node, credential, timeout).await?;
     let bar = spinner("repairing", !json);
     let r = repair(&ring, keys).await;
     bar.finish_and_clear();
@@ -650,12 +655,13 @@ pub async fn cmd_repair(
 /// `peerstore-client audit [--fix]`.
 pub async fn cmd_audit(
     node: peerstore_proto::NodeAddr,
+    credential: Option<peerstore_proto::Identity>,
     timeout: Duration,
     json: bool,
     fix: bool,
     page: u32,
 ) -> Result<()> {
-    let ring = connect(node, timeout).await?;
+    let ring = connect(node, credential, timeout).await?;
     let bar = spinner("auditing", !json);
     let b2 = bar.clone();
     let r = audit(&ring, fix, page, &mut move |n| {
@@ -675,12 +681,13 @@ pub async fn cmd_audit(
 /// `peerstore-client scrub (--pointers N | --window W) [--interval SECS | --stop]`.
 pub async fn cmd_scrub(
     node: peerstore_proto::NodeAddr,
+    credential: Option<peerstore_proto::Identity>,
     timeout: Duration,
     json: bool,
     mode: ScrubMode,
     sched: ScrubSchedule,
 ) -> Result<()> {
-    let ring = connect(node, timeout).await?;
+    let ring = connect(node, credential, timeout).await?;
     let bar = spinner("scrubbing", !json && sched != ScrubSchedule::Stop);
     let r = scrub(&ring, mode, sched).await;
     bar.finish_and_clear();

@@ -238,12 +238,13 @@ pub async fn backup(
         if upload_err.is_some() {
             break;
         }
-        let store = repo.store.clone();
+        let repo = repo.clone();
         inflight.spawn(async move {
-            let key = store.put_document(job.data).await?;
+            // The key is checked against the pack's hash (`Repo::put_document`).
+            let key = repo.put_document(job.data).await?;
             Ok(StoredPack {
                 seq: job.seq,
-                key: key.0,
+                key,
                 chunks: job.chunks,
             })
         });
@@ -692,18 +693,17 @@ pub async fn previous_manifest(
 ) -> Result<Option<Manifest>> {
     let source = fs::canonicalize(source).map_err(|e| ClientError::io(source, e))?;
     let want = source.to_string_lossy().to_string();
-    let mut next = repo.read_root().await?.map(|(_, p)| p.latest);
+    let mut next = repo.latest().await?;
     let mut seen = 0;
-    while let Some(key) = next {
+    while let Some(s) = next {
         if seen >= depth {
             break;
         }
         seen += 1;
-        let s = repo.load_snapshot(key).await?;
         if s.snapshot.source == want {
             return Ok(Some(repo.load_manifest(&s).await?));
         }
-        next = s.snapshot.parent;
+        next = repo.parent(&s).await?;
     }
     Ok(None)
 }

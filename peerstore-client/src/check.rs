@@ -2,10 +2,12 @@
 //! the ring, and forgets what cannot, so that the next backup stores it again (restic's
 //! `check`, for a ring that may have lost data behind the client's back).
 //!
-//! Every snapshot object and manifest is read and verified (the chain's numbers, AEAD tags).
-//! Every pack that a kept manifest references is fetched once: the ring verifies it on the way
-//! (block hash, or document record and content hash). With `--read-data` every chunk is also
-//! decrypted and checked against its id. A pack that cannot be had is reported, removed from
+//! Every snapshot object and manifest is read and verified (each object bound to the number and
+//! parent its referrer names, AEAD tags). Every pack that a kept manifest references is fetched
+//! once and checked: against its key where the ring keys documents by their hash (the node
+//! checked it against its document record on an entangled ring), and its length must cover
+//! every chunk the manifests place in it. With `--read-data` every chunk is also decrypted and
+//! checked against its id. A pack that cannot be had is reported, removed from
 //! the dedup cache and listed in the user's `missing-packs` file, which the next backup reads:
 //! files whose chunks live in a missing pack are read again instead of being taken over from
 //! the previous snapshot, so their data is uploaded again. Snapshots that reference a missing
@@ -60,6 +62,8 @@ pub async fn check(
     report.snapshots = snapshots.len() as u64;
     // pack -> the snapshots that use it
     let mut users: BTreeMap<[u8; 32], BTreeSet<u64>> = BTreeMap::new();
+    // pack -> the end of the last chunk any manifest places in it
+    let mut ends: BTreeMap<[u8; 32], u64> = BTreeMap::new();
     let mut manifests: Vec<(u64, Manifest)> = Vec::new();
     for s in &snapshots {
         let m = repo.load_manifest(s).await?;
@@ -67,6 +71,9 @@ pub async fn check(
             if let EntryKind::File { chunks, .. } = &e.kind {
                 for c in chunks {
                     users.entry(c.pack).or_default().insert(s.snapshot.number);
+                    let end = u64::from(c.offset) + u64::from(c.sealed_len);
+                    let e = ends.entry(c.pack).or_default();
+                    *e = (*e).max(end);
                 }
             }
         }
@@ -79,7 +86,12 @@ pub async fn check(
     let mut missing: HashSet<[u8; 32]> = HashSet::new();
     let mut damaged: BTreeSet<u64> = BTreeSet::new();
     for (pack, used_by) in &users {
-        if packs.get(*pack).await.is_err() {
+        // A pack that cannot be read, fails its hash or is shorter than its chunks need.
+        let whole = match packs.get(*pack).await {
+            Ok(bytes) => (bytes.len() as u64) >= ends.get(pack).copied().unwrap_or(0),
+            Err(_) => false,
+        };
+        if !whole {
             missing.insert(*pack);
             report.missing_packs.push(hex::encode(pack));
             damaged.extend(used_by);

@@ -53,12 +53,25 @@ pub struct Global {
     /// Timeout of one request to the node, in seconds.
     #[arg(long, global = true, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// The ring credential to use (a file holding an invite line); default: the one
+    /// `peerstore-client join` stored in the config directory.
+    #[arg(long, global = true, env = "PEERSTORE_CREDENTIAL")]
+    pub credential: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new key (identity) in the config directory.
     Init,
+    /// Keep the ring credential of an invite (`peerstore-node invite --role user`, or
+    /// `--role admin` for repair, audit and scrub) in the config directory.
+    Join {
+        /// The invite line.
+        invite: String,
+        /// Replace a credential already there.
+        #[arg(long)]
+        force: bool,
+    },
     /// Export or import the key file.
     Key {
         #[command(subcommand)]
@@ -202,17 +215,36 @@ pub async fn run(cli: Cli) -> Result<()> {
     let dirs = Dirs::resolve(g.config_dir.clone(), g.data_dir.clone())?;
     match cli.command {
         Command::Init => cmd_init(&g, &dirs),
+        Command::Join { invite, force } => {
+            let (role, ring) = config::save_credential(&dirs, &invite, force)?;
+            println!(
+                "credential of ring {ring} ({role}) kept in {}",
+                dirs.config.display()
+            );
+            Ok(())
+        }
         Command::Key { action } => cmd_key(&g, &dirs, action),
-        Command::Status => cmd_status(&g).await,
+        Command::Status => cmd_status(&g, &dirs).await,
         Command::Repair { blocks } => {
-            admin::cmd_repair(admin_node(&g)?, admin_timeout(&g), g.json, &blocks).await
+            let cred = config::credential(g.credential.as_deref(), &dirs)?;
+            admin::cmd_repair(admin_node(&g)?, cred, admin_timeout(&g), g.json, &blocks).await
         }
         Command::Audit { fix, page } => {
-            admin::cmd_audit(admin_node(&g)?, admin_timeout(&g), g.json, fix, page).await
+            let cred = config::credential(g.credential.as_deref(), &dirs)?;
+            admin::cmd_audit(admin_node(&g)?, cred, admin_timeout(&g), g.json, fix, page).await
         }
         Command::Scrub(a) => {
             let (mode, sched) = a.request()?;
-            admin::cmd_scrub(admin_node(&g)?, admin_timeout(&g), g.json, mode, sched).await
+            let cred = config::credential(g.credential.as_deref(), &dirs)?;
+            admin::cmd_scrub(
+                admin_node(&g)?,
+                cred,
+                admin_timeout(&g),
+                g.json,
+                mode,
+                sched,
+            )
+            .await
         }
         cmd => {
             let identity = load_identity(&dirs)?;
@@ -240,6 +272,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Du => cmd_du(&ctx).await,
                 Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
                 Command::Init
+                | Command::Join { .. }
                 | Command::Key { .. }
                 | Command::Status
                 | Command::Repair { .. }
@@ -281,7 +314,9 @@ struct Ctx {
 impl Ctx {
     async fn connect(g: &Global, dirs: &Dirs, identity: Identity) -> Result<Ctx> {
         let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
-        let ring = Arc::new(RingStore::connect(node, Duration::from_secs(g.timeout_secs)).await?);
+        let cred = config::credential(g.credential.as_deref(), dirs)?;
+        let ring =
+            Arc::new(RingStore::connect(node, Duration::from_secs(g.timeout_secs), cred).await?);
         let user = identity.user_id();
         let repo = Repo::new(ring.clone(), Arc::new(identity))
             .with_root_watermark(dirs.user_data(&user).join("root-seen"));
@@ -560,6 +595,8 @@ struct SnapshotLine {
     files: u64,
     dirs: u64,
     bytes: u64,
+    /// Object format: 2 is bound to the user, number and parent; 1 (older clients) is not.
+    format: u8,
 }
 
 async fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<()> {
@@ -615,6 +652,7 @@ async fn cmd_snapshots(ctx: &Ctx) -> Result<()> {
             files: s.snapshot.totals.files,
             dirs: s.snapshot.totals.dirs,
             bytes: s.snapshot.totals.bytes,
+            format: s.format,
         })
         .collect();
     if ctx.g.json {
@@ -625,14 +663,19 @@ async fn cmd_snapshots(ctx: &Ctx) -> Result<()> {
         }
         for l in &lines {
             println!(
-                "{:>5} {} {} {:<6} {:>7} files {:>10}  {}",
+                "{:>5} {} {} {:<6} {:>7} files {:>10}  {}{}",
                 l.number,
                 l.id,
                 l.time,
                 l.origin,
                 l.files,
                 human(l.bytes),
-                l.source
+                l.source,
+                if l.format < 2 {
+                    "  (format 1: not bound to its number and parent)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -746,7 +789,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         if nodes.iter().any(|n| n.node == m.addr.to_string()) {
             continue;
         }
-        let n = match status_of(&m.addr, Duration::from_secs(5)).await {
+        let n = match status_of(&m.addr, Duration::from_secs(5), ctx.ring.identity()).await {
             Ok(s) => NodeUsage {
                 node: m.addr.to_string(),
                 bytes_used: s.bytes_used,
@@ -837,9 +880,10 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-async fn cmd_status(g: &Global) -> Result<()> {
+async fn cmd_status(g: &Global, dirs: &Dirs) -> Result<()> {
     let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
-    let s = status_of(&node, Duration::from_secs(g.timeout_secs)).await?;
+    let cred = config::credential(g.credential.as_deref(), dirs)?;
+    let s = status_of(&node, Duration::from_secs(g.timeout_secs), cred).await?;
     if g.json {
         println!(
             "{}",

@@ -170,6 +170,76 @@ pub fn init_identity(dirs: &Dirs, passphrase: &[u8], kdf: &KdfParams) -> Result<
     Ok(id)
 }
 
+/// File name of the ring credential (an invite line) in the config directory.
+pub const CREDENTIAL_FILE: &str = "credential";
+
+/// The credential the client shows the ring: `explicit` (a file holding an invite line), else
+/// `<config>/credential` if `peerstore-client join` stored one, else none (a ring then refuses
+/// the client with a message that says how to get one).
+pub fn credential(
+    explicit: Option<&Path>,
+    dirs: &Dirs,
+) -> Result<Option<peerstore_proto::Identity>> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = dirs.config.join(CREDENTIAL_FILE);
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let line = fs::read_to_string(&path).map_err(|e| {
+        ClientError::Config(format!(
+            "cannot read the credential {}: {e}",
+            path.display()
+        ))
+    })?;
+    let invite = peerstore_proto::Invite::from_line(&line)
+        .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+    peerstore_proto::Identity::from_invite(&invite)
+        .map(Some)
+        .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Stores an invite as this client's credential (mode 0600); returns its role and ring.
+pub fn save_credential(
+    dirs: &Dirs,
+    line: &str,
+    force: bool,
+) -> Result<(peerstore_proto::Role, String)> {
+    let invite =
+        peerstore_proto::Invite::from_line(line).map_err(|e| ClientError::Config(e.to_string()))?;
+    let path = dirs.config.join(CREDENTIAL_FILE);
+    if path.exists() && !force {
+        return Err(ClientError::Config(format!(
+            "{} already holds a credential; pass --force to replace it",
+            path.display()
+        )));
+    }
+    fs::create_dir_all(&dirs.config).map_err(|e| {
+        ClientError::Config(format!("cannot create {}: {e}", dirs.config.display()))
+    })?;
+    let tmp = path.with_extension("tmp");
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", tmp.display())))?;
+    f.write_all(format!("{}\n", invite.to_line()).as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, &path)
+        .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", path.display())))?;
+    Ok((invite.certificate.role, invite.ring.fingerprint()))
+}
+
 /// Where the node is: `--peer`, else the address file in `--node-data-dir` (or the default
 /// node data directory).
 pub fn node_address(peer: Option<&str>, node_data_dir: Option<&Path>) -> Result<NodeAddr> {

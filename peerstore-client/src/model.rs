@@ -218,7 +218,9 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-/// A snapshot object: stored sealed (context [`snapshot_context`]) as one document.
+/// A snapshot object: stored sealed as one document, after a clear [`SnapshotHeader`] and bound
+/// to the user, its number and its parent ([`snapshot_context_v2`]; format 1: sealed alone,
+/// under [`snapshot_context`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Snapshot number: the root sequence number that published it.
@@ -256,10 +258,130 @@ pub fn manifest_context(nonce: &[u8; 16]) -> Vec<u8> {
     c
 }
 
-/// Sealing context of snapshot objects.
+/// Sealing context of snapshot objects of format 1 (read, never written): a constant, so it
+/// binds an object to nothing but the user's key.
 #[must_use]
 pub fn snapshot_context() -> &'static [u8] {
     b"peerstore-client snapshot v1"
+}
+
+/// Snapshot object format written by this client. Format 2 binds the object to the user, its
+/// number and its parent ([`snapshot_context_v2`]); format 1 (the sealed bytes alone, under
+/// [`snapshot_context`]) is still read.
+pub const SNAPSHOT_FORMAT: u8 = 2;
+
+/// First bytes of a format-2 snapshot object. A format-1 object starts with the sealing
+/// format's version byte (1), so the two cannot be confused.
+pub const SNAPSHOT_V2_MAGIC: &[u8; 4] = b"PSS\x02";
+
+/// Header flag: when the snapshot was published, the ring stored documents under the BLAKE3
+/// of their bytes (a ring without entanglement), so every document it references, and the
+/// object itself, must hash to its key.
+pub const SNAPSHOT_FLAG_HASHED_KEYS: u8 = 1;
+
+/// The parent as a format-2 snapshot object names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParentRef {
+    /// Document key of the parent snapshot object (also inside the sealed snapshot).
+    pub key: [u8; 32],
+    /// BLAKE3 of the parent object's bytes: the parent read back must hash to it, whatever the
+    /// ring's keys are (on an entangled ring the key is not a hash of the bytes).
+    pub hash: [u8; 32],
+}
+
+/// The clear header of a format-2 snapshot object: `magic | flags | 0`, or
+/// `magic | flags | 1 | parent key | parent hash`. It is authenticated (part of the sealing
+/// context), so it cannot be changed without the object failing to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// [`SNAPSHOT_FLAG_HASHED_KEYS`] or 0.
+    pub flags: u8,
+    pub parent: Option<ParentRef>,
+}
+
+impl SnapshotHeader {
+    /// Whether documents of this snapshot are stored under the hash of their bytes.
+    #[must_use]
+    pub fn hashed_keys(&self) -> bool {
+        self.flags & SNAPSHOT_FLAG_HASHED_KEYS != 0
+    }
+
+    /// The header's bytes.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = SNAPSHOT_V2_MAGIC.to_vec();
+        out.push(self.flags);
+        match &self.parent {
+            None => out.push(0),
+            Some(p) => {
+                out.push(1);
+                out.extend_from_slice(&p.key);
+                out.extend_from_slice(&p.hash);
+            }
+        }
+        out
+    }
+
+    /// Splits a format-2 snapshot object into its header, the header's bytes and the sealed
+    /// snapshot. `None` if `doc` does not start with [`SNAPSHOT_V2_MAGIC`] (format 1).
+    #[must_use]
+    pub fn split(doc: &[u8]) -> Option<Result<SplitSnapshot<'_>, String>> {
+        let rest = doc.strip_prefix(SNAPSHOT_V2_MAGIC.as_slice())?;
+        let fixed = SNAPSHOT_V2_MAGIC.len() + 2;
+        let parsed = match rest {
+            [flags, ..] if flags & !SNAPSHOT_FLAG_HASHED_KEYS != 0 => Err(format!(
+                "unknown snapshot flags {flags:#x} (made by another version of peerstore-client)"
+            )),
+            [flags, 0, ..] => Ok((
+                SnapshotHeader {
+                    flags: *flags,
+                    parent: None,
+                },
+                fixed,
+            )),
+            [flags, 1, tail @ ..] if tail.len() >= 64 => {
+                let (mut key, mut hash) = ([0u8; 32], [0u8; 32]);
+                key.copy_from_slice(&tail[..32]);
+                hash.copy_from_slice(&tail[32..64]);
+                Ok((
+                    SnapshotHeader {
+                        flags: *flags,
+                        parent: Some(ParentRef { key, hash }),
+                    },
+                    fixed + 64,
+                ))
+            }
+            _ => Err("truncated or malformed snapshot header".to_string()),
+        };
+        Some(parsed.map(|(header, n)| SplitSnapshot {
+            header,
+            header_bytes: &doc[..n],
+            sealed: &doc[n..],
+        }))
+    }
+}
+
+/// A format-2 snapshot object taken apart ([`SnapshotHeader::split`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitSnapshot<'a> {
+    pub header: SnapshotHeader,
+    /// The header as stored (part of the sealing context).
+    pub header_bytes: &'a [u8],
+    /// The sealed snapshot after it.
+    pub sealed: &'a [u8],
+}
+
+/// Sealing context of a format-2 snapshot object: the user, the snapshot's number and its
+/// header (flags, parent key and parent hash). An object opens only as the snapshot it was
+/// sealed as: a node that serves another snapshot object of the same user in its place, or
+/// changes the header, makes the AEAD fail.
+#[must_use]
+pub fn snapshot_context_v2(user: &[u8; 32], number: u64, header: &[u8]) -> Vec<u8> {
+    let mut c = b"peerstore-client snapshot v2 ".to_vec();
+    c.extend_from_slice(user);
+    c.extend_from_slice(&number.to_le_bytes());
+    c.extend_from_slice(header);
+    c
 }
 
 /// Why a path from a manifest (or the command line) is refused.

@@ -5,7 +5,8 @@
 //!
 //! A pack is a concatenation of sealed chunks, stored as one ring document (see `backup`); the
 //! manifest names each chunk's pack, offset and sealed length. Nothing in a pack is trusted:
-//! every slice is opened with the chunk's AEAD and its id checked.
+//! where the ring keys documents by their hash the whole pack must hash to its key
+//! (`Repo::get_required`), and every slice is opened with the chunk's AEAD and its id checked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +148,7 @@ fn for_file(e: &ClientError, path: &str) -> ClientError {
     match e {
         ClientError::Missing(m) => ClientError::Missing(format!("{m}, needed by {path}")),
         ClientError::Corrupt(m) => ClientError::Corrupt(format!("{m}, needed by {path}")),
+        ClientError::Untrusted(m) => ClientError::Untrusted(format!("{m} (needed by {path})")),
         ClientError::Store(s) => ClientError::Store(s.clone()),
         other => ClientError::Refused(format!("{path}: {other}")),
     }

@@ -1,7 +1,13 @@
 //! A user's backup repository in the ring: the signed root, the chain of snapshot objects and
-//! their manifests. Reads verify everything (document checks in the store, AEAD tags,
-//! signatures); writes store the manifest and snapshot documents first and the root last.
+//! their manifests. Reads verify everything (signatures, AEAD tags bound to what refers to the
+//! object, and, on a ring that stores documents under their hash, the hash of every document);
+//! writes store the manifest and snapshot documents first and the root last.
+//!
+//! The root is read through several ring members (the entry node and up to three more); the
+//! newest validly signed answer wins, a member that serves an older one is reported, and the
+//! answer must not be older than the newest root this client has seen (`root-seen`).
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +15,29 @@ use crypto::{Identity, RootRecord, UserId, UserKeys};
 use peerstore_proto::{BlockKey, MAX_BLOCK_SIZE};
 use rand::rngs::OsRng;
 use rand::RngCore;
+use tracing::warn;
 
 use crate::error::{ClientError, Result};
-use crate::model::{manifest_context, snapshot_context, Manifest, RootPointer, Snapshot};
+use crate::model::{
+    manifest_context, snapshot_context, snapshot_context_v2, Manifest, ParentRef, RootPointer,
+    Snapshot, SnapshotHeader, SplitSnapshot, SNAPSHOT_FLAG_HASHED_KEYS, SNAPSHOT_FORMAT,
+};
 use crate::store::BlockStoreApi;
+
+/// What this client knows about how the ring keys documents.
+const KEYS_UNKNOWN: u8 = 0;
+/// Documents are stored under BLAKE3 of their bytes (a ring without entanglement).
+const KEYS_HASHED: u8 = 1;
+/// Documents are stored under the key of a document record (an entangled ring).
+const KEYS_OPAQUE: u8 = 2;
+
+fn keys_mode(hashed: bool) -> u8 {
+    if hashed {
+        KEYS_HASHED
+    } else {
+        KEYS_OPAQUE
+    }
+}
 
 /// How often a block the ring says it does not have is asked for again (a replica may be
 /// catching up after a node died).
@@ -27,6 +52,11 @@ pub struct Repo {
     user: UserId,
     /// Where the highest root sequence number this client has seen is kept, if anywhere.
     watermark: Option<Arc<std::path::PathBuf>>,
+    /// How the ring keys documents, as an authenticated snapshot object says (`KEYS_*`). Once
+    /// it says "hashed", every document read must hash to its key.
+    read_keys: Arc<AtomicU8>,
+    /// How the ring keyed the documents this process stored (`KEYS_*`): every put must agree.
+    put_keys: Arc<AtomicU8>,
 }
 
 /// The highest root sequence number kept in `path` (0 when there is none yet).
@@ -66,19 +96,68 @@ fn raise_watermark(path: &std::path::Path, seq: u64) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Checks that a document read from a ring that keys documents by their hash hashes to `key`.
+fn check_hash(data: &[u8], key: [u8; 32], what: &str) -> Result<()> {
+    if BlockKey::of(data).0 == key {
+        return Ok(());
+    }
+    Err(ClientError::Untrusted(format!(
+        "the ring served a {what} whose bytes do not hash to its key {}: a node is lying or \
+         serves a damaged copy; try another --peer",
+        hex::encode(key)
+    )))
+}
+
 /// A snapshot with the key of its object block.
 #[derive(Clone, Debug)]
 pub struct SnapshotRef {
     pub key: [u8; 32],
     pub snapshot: Snapshot,
+    /// The object's format: 2 is bound to the user, number and parent; 1 is not (written by
+    /// older clients, still read).
+    pub format: u8,
+    /// Whether the ring stored this snapshot's documents under the hash of their bytes (format
+    /// 2; false for format 1, where it is not known).
+    pub hashed_keys: bool,
+    /// BLAKE3 of the object's bytes (what a child names as its parent's hash).
+    pub content_hash: Option<[u8; 32]>,
+    /// The parent's key and hash as the object's header names them (format 2).
+    pub parent_ref: Option<ParentRef>,
 }
 
 impl SnapshotRef {
+    /// A snapshot whose object's format and hashes are not known (format 1, nothing to check
+    /// it against): for tools and tests that build one by hand.
+    #[must_use]
+    pub fn new(key: [u8; 32], snapshot: Snapshot) -> SnapshotRef {
+        SnapshotRef {
+            key,
+            snapshot,
+            format: 1,
+            hashed_keys: false,
+            content_hash: None,
+            parent_ref: None,
+        }
+    }
+
     /// Short printable id (first 8 hex digits of the object's key).
     #[must_use]
     pub fn short_id(&self) -> String {
         hex::encode(&self.key[..4])
     }
+
+    /// Whether the object is bound to its user, number and parent (format 2).
+    #[must_use]
+    pub fn bound(&self) -> bool {
+        self.format >= 2
+    }
+}
+
+/// One verified root as a ring member served it.
+struct RootAnswer {
+    from: String,
+    rec: RootRecord,
+    ptr: RootPointer,
 }
 
 /// Current wall-clock time in nanoseconds since the Unix epoch.
@@ -101,6 +180,8 @@ impl Repo {
             keys,
             user,
             watermark: None,
+            read_keys: Arc::new(AtomicU8::new(KEYS_UNKNOWN)),
+            put_keys: Arc::new(AtomicU8::new(KEYS_UNKNOWN)),
         }
     }
 
@@ -125,8 +206,8 @@ impl Repo {
                 path.display()
             ))),
             Some(s) if s < seen => Err(ClientError::Untrusted(format!(
-                "the ring served root {s}, older than root {seen} this client has seen: the node \
-                 may be stale or lying; try another --peer (or remove {} to trust it)",
+                "the ring served root {s}, older than root {seen} this client has seen: the nodes \
+                 asked may be stale or lying; try another --peer (or remove {} to trust it)",
                 path.display()
             ))),
             Some(s) => raise_watermark(path, s),
@@ -155,9 +236,16 @@ impl Repo {
         BlockKey(crypto::root_key(&self.user))
     }
 
-    /// Reads a document that must exist, retrying "not found" a few times. The store verifies
-    /// it (its hash, or its document record); the caller opens it (AEAD).
-    pub async fn get_required(&self, key: [u8; 32], what: &str) -> Result<Vec<u8>> {
+    /// Whether an authenticated snapshot object said that the ring stores documents under the
+    /// BLAKE3 of their bytes: then every document read must hash to its key.
+    #[must_use]
+    pub fn hashed_keys(&self) -> bool {
+        self.read_keys.load(Ordering::Relaxed) == KEYS_HASHED
+    }
+
+    /// Reads a document that must exist, retrying "not found" a few times (a replica may be
+    /// catching up after a node died). No check here: see [`Repo::get_required`].
+    async fn fetch(&self, key: [u8; 32], what: &str) -> Result<Vec<u8>> {
         let mut delay = Duration::from_millis(200);
         for attempt in 0..=NOT_FOUND_RETRIES {
             if let Some(data) = self.store.get_document(BlockKey(key)).await? {
@@ -174,13 +262,58 @@ impl Repo {
         )))
     }
 
-    /// Reads and verifies the root: its signature, its owner and its payload.
-    pub async fn read_root(&self) -> Result<Option<(RootRecord, RootPointer)>> {
-        let Some(bytes) = self.store.get_record(self.root_key()).await? else {
-            self.check_fresh(None)?;
-            return Ok(None);
+    /// Reads a document that must exist. On a ring known to store documents under their hash
+    /// ([`Repo::hashed_keys`]) the bytes must hash to `key`; on an entangled ring the key names
+    /// a document record, which the node checked the bytes against. Either way the caller opens
+    /// the bytes (AEAD, chunk ids) before using any of them.
+    pub async fn get_required(&self, key: [u8; 32], what: &str) -> Result<Vec<u8>> {
+        let data = self.fetch(key, what).await?;
+        if self.hashed_keys() {
+            check_hash(&data, key, what)?;
+        }
+        Ok(data)
+    }
+
+    /// Stores a document and checks the key the ring returned for it: on a ring that keys
+    /// documents by their hash it must be BLAKE3 of the bytes, on an entangled ring it must
+    /// not be. A key of the other kind than the documents before it (in this process, or as
+    /// the latest snapshot recorded) is a node lying about what it stored, and an error.
+    pub async fn put_document(&self, data: Vec<u8>) -> Result<[u8; 32]> {
+        let hash = BlockKey::of(&data);
+        let len = data.len();
+        let key = self.store.put_document(data).await?;
+        let mode = keys_mode(key == hash);
+        let read = self.read_keys.load(Ordering::Relaxed);
+        let earlier = match self.put_keys.compare_exchange(
+            KEYS_UNKNOWN,
+            mode,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => mode,
+            Err(m) => m,
         };
-        let rec = RootRecord::decode(&bytes)
+        let (against, known) = if read != KEYS_UNKNOWN {
+            ("the latest snapshot records", read)
+        } else {
+            ("the documents stored before it", earlier)
+        };
+        if known != mode {
+            return Err(ClientError::Untrusted(format!(
+                "the ring stored a document of {len} bytes under key {}, which {} the hash of \
+                 its bytes, unlike what {against}: a node may be lying about what it stored; \
+                 try another --peer",
+                key.to_hex(),
+                if mode == KEYS_HASHED { "is" } else { "is not" },
+            )));
+        }
+        Ok(key.0)
+    }
+
+    /// Decodes and verifies one root record: its signature, its owner, its payload and the
+    /// pointer's number.
+    fn open_root(&self, bytes: &[u8]) -> Result<(RootRecord, RootPointer)> {
+        let rec = RootRecord::decode(bytes)
             .map_err(|e| ClientError::Corrupt(format!("root record: {e}")))?;
         rec.verify()
             .map_err(|e| ClientError::Corrupt(format!("root record: {e}")))?;
@@ -199,59 +332,197 @@ impl Repo {
                 rec.seq, ptr.number
             )));
         }
-        self.check_fresh(Some(rec.seq))?;
-        Ok(Some((rec, ptr)))
+        Ok((rec, ptr))
     }
 
-    /// Reads and opens one snapshot object.
-    pub async fn load_snapshot(&self, key: [u8; 32]) -> Result<SnapshotRef> {
-        let sealed = self.get_required(key, "snapshot").await?;
-        let plain = crypto::open_manifest(&self.keys, snapshot_context(), &sealed)
-            .map_err(|e| ClientError::Corrupt(format!("snapshot {}: {e}", hex::encode(key))))?;
-        let snapshot: Snapshot = postcard::from_bytes(&plain)
-            .map_err(|e| ClientError::Corrupt(format!("snapshot {}: {e}", hex::encode(key))))?;
-        Ok(SnapshotRef { key, snapshot })
+    /// Reads the root through several ring members ([`BlockStoreApi::get_record_replicas`]),
+    /// verifies every answer (signature, owner, payload) and takes the newest. A member that
+    /// serves an older root, or none, while another serves a newer one is reported (a
+    /// warning); answers that do not verify are ignored. The newest must not be older than the
+    /// watermark.
+    pub async fn read_root(&self) -> Result<Option<(RootRecord, RootPointer)>> {
+        let answers = self.store.get_record_replicas(self.root_key()).await?;
+        let mut roots: Vec<RootAnswer> = Vec::new();
+        let mut absent: Vec<String> = Vec::new();
+        let mut refused: Option<ClientError> = None;
+        for a in answers {
+            match a.record {
+                None => absent.push(a.from),
+                Some(bytes) => match self.open_root(&bytes) {
+                    Ok((rec, ptr)) => roots.push(RootAnswer {
+                        from: a.from,
+                        rec,
+                        ptr,
+                    }),
+                    Err(e) => {
+                        warn!(node = %a.from, error = %e,
+                            "a ring member served a root record that does not verify; ignored");
+                        refused.get_or_insert(e);
+                    }
+                },
+            }
+        }
+        // The newest; among equals the first answer (the entry node's).
+        let best = roots.iter().fold(None::<&RootAnswer>, |b, r| match b {
+            Some(b) if b.rec.seq >= r.rec.seq => Some(b),
+            _ => Some(r),
+        });
+        let Some(best) = best else {
+            if let (true, Some(e)) = (absent.is_empty(), refused) {
+                return Err(e);
+            }
+            self.check_fresh(None)?;
+            return Ok(None);
+        };
+        for r in &roots {
+            if r.rec.seq < best.rec.seq {
+                warn!(node = %r.from, served = r.rec.seq, newest = best.rec.seq,
+                    newest_from = %best.from,
+                    "a ring member served an older root than another; using the newest");
+            } else if r.ptr.latest != best.ptr.latest {
+                warn!(node = %r.from, other = %best.from, seq = r.rec.seq,
+                    "two ring members serve different roots with the same number");
+            }
+        }
+        for from in &absent {
+            warn!(node = %from, newest = best.rec.seq, newest_from = %best.from,
+                "a ring member says this user has no root while another served one; using the newest");
+        }
+        self.check_fresh(Some(best.rec.seq))?;
+        Ok(Some((best.rec.clone(), best.ptr.clone())))
+    }
+
+    /// Reads and opens snapshot `number` from the object that `referrer` ("the root",
+    /// "snapshot 5") names by `key`. A format-2 object must open as snapshot `number` of this
+    /// user (its sealing context binds the user, the number and its header, which names its
+    /// parent) and, if it says the ring keys documents by their hash, hash to `key`; a format-1
+    /// object must carry `number`. Anything else means the ring served another object than the
+    /// one referenced: an [`ClientError::Untrusted`] error that names the snapshot.
+    pub async fn load_snapshot(
+        &self,
+        key: [u8; 32],
+        number: u64,
+        referrer: &str,
+    ) -> Result<SnapshotRef> {
+        self.load_snapshot_expecting(key, number, referrer, None)
+            .await
+    }
+
+    /// [`Repo::load_snapshot`], and the object's bytes must hash to `hash` if given (what a
+    /// format-2 child names as its parent's hash).
+    async fn load_snapshot_expecting(
+        &self,
+        key: [u8; 32],
+        number: u64,
+        referrer: &str,
+        hash: Option<[u8; 32]>,
+    ) -> Result<SnapshotRef> {
+        let doc = self.fetch(key, "snapshot").await?;
+        let id = hex::encode(&key[..4]);
+        let swapped = |why: &str| {
+            ClientError::Untrusted(format!(
+                "snapshot {number} ({id}): the ring served a different snapshot object than the \
+                 one {referrer} references ({why}); a node may be lying or stale, try another \
+                 --peer"
+            ))
+        };
+        let content_hash = BlockKey::of(&doc).0;
+        if (self.hashed_keys() && content_hash != key) || hash.is_some_and(|h| h != content_hash) {
+            return Err(swapped("its bytes do not hash to what it references"));
+        }
+        let corrupt = |e: &dyn std::fmt::Display| {
+            ClientError::Corrupt(format!("snapshot {number} ({}): {e}", hex::encode(key)))
+        };
+        let (snapshot, format, hashed_keys, parent_ref) = match SnapshotHeader::split(&doc) {
+            Some(Err(e)) => return Err(corrupt(&e)),
+            Some(Ok(SplitSnapshot {
+                header,
+                header_bytes,
+                sealed,
+            })) => {
+                let context = snapshot_context_v2(&self.user.0, number, header_bytes);
+                let plain = crypto::open_manifest(&self.keys, &context, sealed).map_err(|_| {
+                    swapped(&format!(
+                        "it does not open as snapshot {number} of this user"
+                    ))
+                })?;
+                let snapshot: Snapshot = postcard::from_bytes(&plain).map_err(|e| corrupt(&e))?;
+                if snapshot.number != number || snapshot.parent != header.parent.map(|p| p.key) {
+                    return Err(corrupt(&"its number or parent differs from its header"));
+                }
+                if header.hashed_keys() && content_hash != key {
+                    return Err(swapped("its bytes do not hash to its key"));
+                }
+                // The first authenticated snapshot read (the latest) says how the ring keys
+                // documents; every later read and put is held to it.
+                let _ = self.read_keys.compare_exchange(
+                    KEYS_UNKNOWN,
+                    keys_mode(header.hashed_keys()),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                (snapshot, 2, header.hashed_keys(), header.parent)
+            }
+            None => {
+                let plain = crypto::open_manifest(&self.keys, snapshot_context(), &doc)
+                    .map_err(|e| corrupt(&e))?;
+                let snapshot: Snapshot = postcard::from_bytes(&plain).map_err(|e| corrupt(&e))?;
+                if snapshot.number != number {
+                    return Err(swapped(&format!("it is snapshot {}", snapshot.number)));
+                }
+                (snapshot, 1, false, None)
+            }
+        };
+        Ok(SnapshotRef {
+            key,
+            snapshot,
+            format,
+            hashed_keys,
+            content_hash: Some(content_hash),
+            parent_ref,
+        })
     }
 
     /// The latest snapshot, if any.
     pub async fn latest(&self) -> Result<Option<SnapshotRef>> {
         match self.read_root().await? {
             None => Ok(None),
-            Some((_, ptr)) => {
-                let s = self.load_snapshot(ptr.latest).await?;
-                if s.snapshot.number != ptr.number {
-                    return Err(ClientError::Untrusted(format!(
-                        "the root names snapshot {} but its object is snapshot {}: a node \
-                         served another snapshot object; try another --peer",
-                        ptr.number, s.snapshot.number
-                    )));
-                }
-                Ok(Some(s))
-            }
+            Some((_, ptr)) => Ok(Some(
+                self.load_snapshot(ptr.latest, ptr.number, "the root")
+                    .await?,
+            )),
         }
     }
 
-    /// All snapshots, newest first (follows the parent chain). Numbers must fall strictly
-    /// along the chain, starting at the root's: a swapped or looping chain is an error.
+    /// The parent of `s` (snapshot `number - 1`), if it has one; for a format-2 `s` it must
+    /// hash to what `s` names.
+    pub async fn parent(&self, s: &SnapshotRef) -> Result<Option<SnapshotRef>> {
+        let Some(key) = s.snapshot.parent else {
+            return Ok(None);
+        };
+        let n = s.snapshot.number;
+        if n <= 1 {
+            return Err(ClientError::Corrupt(format!(
+                "snapshot chain broken at {}: snapshot {n} names a parent",
+                s.short_id()
+            )));
+        }
+        let referrer = format!("snapshot {n}");
+        let hash = s.parent_ref.map(|p| p.hash);
+        Ok(Some(
+            self.load_snapshot_expecting(key, n - 1, &referrer, hash)
+                .await?,
+        ))
+    }
+
+    /// All snapshots, newest first (follows the parent chain). Each object must be the
+    /// snapshot its referrer names: the root's number, then one less at every step, so a
+    /// swapped or looping chain is an error.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRef>> {
         let mut out: Vec<SnapshotRef> = Vec::new();
-        let root = self.read_root().await?;
-        let mut expect_at_most = root.as_ref().map_or(0, |(_, p)| p.number);
-        let mut next = root.map(|(_, p)| p.latest);
-        while let Some(key) = next {
-            let s = self.load_snapshot(key).await?;
-            let n = s.snapshot.number;
-            let first = out.is_empty();
-            if (first && n != expect_at_most) || (!first && n >= expect_at_most) || n == 0 {
-                return Err(ClientError::Untrusted(format!(
-                    "snapshot chain broken at {}: snapshot {n} where a number {} {expect_at_most} \
-                     was expected; a node served another snapshot object; try another --peer",
-                    s.short_id(),
-                    if first { "equal to" } else { "below" }
-                )));
-            }
-            expect_at_most = n;
-            next = s.snapshot.parent;
+        let mut next = self.latest().await?;
+        while let Some(s) = next {
+            next = self.parent(&s).await?;
             out.push(s);
         }
         Ok(out)
@@ -302,7 +573,11 @@ impl Repo {
         let claimed = usize::try_from(s.snapshot.manifest_len).unwrap_or(usize::MAX);
         let mut sealed = Vec::with_capacity(claimed.min(most));
         for key in &s.snapshot.manifest_blocks {
-            sealed.extend_from_slice(&self.get_required(*key, "manifest").await?);
+            let piece = self.get_required(*key, "manifest").await?;
+            if s.hashed_keys {
+                check_hash(&piece, *key, "manifest")?;
+            }
+            sealed.extend_from_slice(&piece);
         }
         let plain =
             crypto::open_manifest(&self.keys, &manifest_context(&s.snapshot.nonce), &sealed)
@@ -318,9 +593,15 @@ impl Repo {
         source: &str,
         origin: &str,
     ) -> Result<(SnapshotRef, u64)> {
-        let root = self.read_root().await?;
-        let (seq, parent) = match &root {
-            Some((rec, ptr)) => (rec.seq + 1, Some(ptr.latest)),
+        // The parent is verified like any read (and its hash goes into the new header).
+        let (seq, parent) = match self.latest().await? {
+            Some(s) => (
+                s.snapshot.number + 1,
+                Some(ParentRef {
+                    key: s.key,
+                    hash: s.content_hash.unwrap_or_default(),
+                }),
+            ),
             None => (1, None),
         };
         let mut nonce = [0u8; 16];
@@ -330,18 +611,25 @@ impl Repo {
         let sealed =
             crypto::seal_manifest(&self.keys, &manifest_context(&nonce), &plain, &mut OsRng);
         drop(plain);
-        let puts = sealed
-            .chunks(MAX_BLOCK_SIZE)
-            .map(|piece| self.store.put_document(piece.to_vec()));
+        // Whether the ring keys documents by their hash: what it did with the manifest pieces
+        // (every later put of this process must agree: `put_document`).
+        let mut hashed = true;
+        let puts = sealed.chunks(MAX_BLOCK_SIZE).map(|piece| {
+            let hash = BlockKey::of(piece).0;
+            let put = self.put_document(piece.to_vec());
+            async move { put.await.map(|key| (key, key == hash)) }
+        });
         let mut blocks = Vec::new();
         for r in futures::future::join_all(puts).await {
-            blocks.push(r?.0);
+            let (key, is_hash) = r?;
+            hashed &= is_hash;
+            blocks.push(key);
         }
         let snapshot = Snapshot {
             number: seq,
             nonce,
             time_ns: now_ns(),
-            parent,
+            parent: parent.map(|p| p.key),
             source: source.to_string(),
             origin: origin.to_string(),
             totals: manifest.totals(),
@@ -350,12 +638,23 @@ impl Repo {
         };
         let plain = postcard::to_allocvec(&snapshot)
             .map_err(|e| ClientError::Corrupt(format!("cannot encode snapshot: {e}")))?;
-        let sealed_snap = crypto::seal_manifest(&self.keys, snapshot_context(), &plain, &mut OsRng);
-        let snap_key = self.store.put_document(sealed_snap).await?;
+        // Format 2: a clear header (flags, parent), then the snapshot sealed under a context
+        // that binds it to this user, its number and that header.
+        let header = SnapshotHeader {
+            flags: if hashed { SNAPSHOT_FLAG_HASHED_KEYS } else { 0 },
+            parent,
+        };
+        let mut doc = header.encode();
+        let context = snapshot_context_v2(&self.user.0, seq, &doc);
+        doc.extend_from_slice(&crypto::seal_manifest(
+            &self.keys, &context, &plain, &mut OsRng,
+        ));
+        let doc_hash = BlockKey::of(&doc).0;
+        let snap_key = self.put_document(doc).await?;
         let meta_blocks = snapshot.manifest_blocks.len() as u64 + 1;
 
         let ptr = RootPointer {
-            latest: snap_key.0,
+            latest: snap_key,
             number: seq,
         };
         let ptr_bytes = postcard::to_allocvec(&ptr)
@@ -373,8 +672,12 @@ impl Repo {
         }
         Ok((
             SnapshotRef {
-                key: snap_key.0,
+                key: snap_key,
                 snapshot,
+                format: SNAPSHOT_FORMAT,
+                hashed_keys: hashed,
+                content_hash: Some(doc_hash),
+                parent_ref: parent,
             },
             meta_blocks,
         ))
@@ -431,36 +734,312 @@ mod tests {
         assert!(again.latest().await.is_err());
     }
 
+    async fn doc(store: &MemStore, k: [u8; 32]) -> Vec<u8> {
+        store.get_document(BlockKey(k)).await.unwrap().unwrap()
+    }
+
+    async fn publish3(r: &Repo) -> [SnapshotRef; 3] {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let (s, _) = r
+                .publish(&Manifest::default(), "/a", "backup")
+                .await
+                .unwrap();
+            assert_eq!(s.format, SNAPSHOT_FORMAT);
+            out.push(s);
+        }
+        out.try_into().unwrap()
+    }
+
+    /// A fresh client (no watermark, nothing learned yet) of the same user on the same store.
+    fn reader(store: &MemStore) -> Repo {
+        repo(store, None)
+    }
+
+    fn untrusted(err: &ClientError, number: u64, referrer: &str) {
+        let text = err.to_string();
+        assert!(matches!(err, ClientError::Untrusted(_)), "{err:?}");
+        assert!(
+            text.contains(&format!("snapshot {number} ("))
+                && text.contains(&format!(
+                    "the ring served a different snapshot object than the one {referrer} references"
+                )),
+            "{text}"
+        );
+    }
+
+    /// Swapping snapshot objects of the same user fails on a ring that keys documents by their
+    /// hash and on one that does not (entangled): the objects are bound to their number and
+    /// their parent (key and hash).
     #[tokio::test]
-    async fn a_swapped_snapshot_object_is_detected() {
+    async fn swapped_snapshot_objects_are_refused_on_either_kind_of_ring() {
+        for opaque in [false, true] {
+            let store = MemStore::new();
+            store.set_opaque_keys(opaque);
+            let r = repo(&store, None);
+            let [s1, s2, s3] = publish3(&r).await;
+            assert_eq!(s3.hashed_keys, !opaque);
+            assert_eq!(reader(&store).snapshots().await.unwrap().len(), 3);
+            let (b1, b2, b3) = (
+                doc(&store, s1.key).await,
+                doc(&store, s2.key).await,
+                doc(&store, s3.key).await,
+            );
+
+            // The latest object replaced by an older one of the same user.
+            store.tamper(BlockKey(s3.key), b1.clone());
+            untrusted(&reader(&store).latest().await.unwrap_err(), 3, "the root");
+            store.tamper(BlockKey(s3.key), b3.clone());
+
+            // A parent replaced by an older snapshot (the numbers would still fall), or by
+            // its own child (the chain would loop).
+            for other in [&b1, &b3] {
+                store.tamper(BlockKey(s2.key), other.clone());
+                let err = reader(&store).snapshots().await.unwrap_err();
+                untrusted(&err, 2, "snapshot 3");
+            }
+
+            // A genuine object with the right number and parent that is not the one referenced
+            // (as a lost publish race leaves behind): its hash differs from what snapshot 3
+            // names.
+            let rival = {
+                let header = SnapshotHeader {
+                    flags: if opaque { 0 } else { SNAPSHOT_FLAG_HASHED_KEYS },
+                    parent: s2.parent_ref,
+                };
+                let mut d = header.encode();
+                let context = snapshot_context_v2(&r.user().0, 2, &d);
+                let plain = postcard::to_allocvec(&Snapshot {
+                    time_ns: 1,
+                    ..s2.snapshot.clone()
+                })
+                .unwrap();
+                d.extend(crypto::seal_manifest(
+                    r.keys(),
+                    &context,
+                    &plain,
+                    &mut OsRng,
+                ));
+                d
+            };
+            store.tamper(BlockKey(s2.key), rival);
+            let err = reader(&store).snapshots().await.unwrap_err();
+            untrusted(&err, 2, "snapshot 3");
+            store.tamper(BlockKey(s2.key), b2.clone());
+            assert_eq!(reader(&store).snapshots().await.unwrap().len(), 3);
+
+            // The header cannot be changed: another flag, or another parent.
+            let mut flipped = b3.clone();
+            flipped[4] ^= SNAPSHOT_FLAG_HASHED_KEYS;
+            store.tamper(BlockKey(s3.key), flipped);
+            assert!(reader(&store).latest().await.is_err());
+            let mut reparented = b3.clone();
+            reparented[6] ^= 1;
+            store.tamper(BlockKey(s3.key), reparented);
+            untrusted(&reader(&store).latest().await.unwrap_err(), 3, "the root");
+            store.tamper(BlockKey(s3.key), b3);
+        }
+    }
+
+    /// Snapshot objects of format 1 (sealed under a constant context by older clients) are
+    /// still read, and a new snapshot chains onto them.
+    #[tokio::test]
+    async fn format_1_snapshots_are_still_read() {
         let store = MemStore::new();
         let r = repo(&store, None);
-        let (s1, _) = r
-            .publish(&Manifest::default(), "/a", "backup")
-            .await
-            .unwrap();
-        let (s2, _) = r
-            .publish(&Manifest::default(), "/a", "backup")
-            .await
-            .unwrap();
-        let (s3, _) = r
-            .publish(&Manifest::default(), "/a", "backup")
-            .await
-            .unwrap();
-        assert_eq!(r.snapshots().await.unwrap().len(), 3);
-        let bytes = |k: [u8; 32]| {
-            let store = store.clone();
-            async move { store.get_document(BlockKey(k)).await.unwrap().unwrap() }
+        // Snapshot 1 as an older client wrote it.
+        let nonce = [3u8; 16];
+        let plain = postcard::to_allocvec(&Manifest::new(Vec::new())).unwrap();
+        let sealed = crypto::seal_manifest(r.keys(), &manifest_context(&nonce), &plain, &mut OsRng);
+        let manifest_len = sealed.len() as u64;
+        let piece = store.put_document(sealed).await.unwrap();
+        let old = Snapshot {
+            number: 1,
+            nonce,
+            time_ns: 5,
+            parent: None,
+            source: "/a".into(),
+            origin: "backup".into(),
+            totals: crate::model::Totals::default(),
+            manifest_blocks: vec![piece.0],
+            manifest_len,
         };
-        // The latest snapshot's object replaced by an older one.
-        let latest = bytes(s3.key).await;
-        store.tamper(BlockKey(s3.key), bytes(s1.key).await);
+        let sealed_old = crypto::seal_manifest(
+            r.keys(),
+            snapshot_context(),
+            &postcard::to_allocvec(&old).unwrap(),
+            &mut OsRng,
+        );
+        let old_key = store.put_document(sealed_old).await.unwrap();
+        let ptr = postcard::to_allocvec(&RootPointer {
+            latest: old_key.0,
+            number: 1,
+        })
+        .unwrap();
+        let payload = crypto::seal_root_payload(r.keys(), &r.user(), 1, &ptr, &mut OsRng);
+        let rec = RootRecord::sign(&r.identity, 1, payload).unwrap();
+        store
+            .put_record(r.root_key(), rec.encode().unwrap())
+            .await
+            .unwrap();
+
+        let latest = reader(&store).latest().await.unwrap().unwrap();
+        assert_eq!((latest.format, latest.bound()), (1, false));
+        assert_eq!(latest.snapshot, old);
+        reader(&store).load_manifest(&latest).await.unwrap();
+
+        // A new snapshot on top of it is format 2 and names the old one (key and hash).
+        let (new, _) = r
+            .publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        let all = reader(&store).snapshots().await.unwrap();
+        let formats: Vec<_> = all.iter().map(|s| (s.snapshot.number, s.format)).collect();
+        assert_eq!(formats, vec![(2, 2), (1, 1)]);
+        assert_eq!(all[0].key, new.key);
+        assert_eq!(
+            all[0].parent_ref.map(|p| p.key),
+            Some(old_key.0),
+            "the new snapshot names the old one"
+        );
+        // The old object swapped for another format-1 object is still caught by its number.
+        let mut other = old.clone();
+        other.number = 7;
+        store.tamper(
+            old_key,
+            crypto::seal_manifest(
+                r.keys(),
+                snapshot_context(),
+                &postcard::to_allocvec(&other).unwrap(),
+                &mut OsRng,
+            ),
+        );
+        let err = reader(&store).snapshots().await.unwrap_err();
+        untrusted(&err, 1, "snapshot 2");
+    }
+
+    /// The root is read through several members: an entry node that serves an older (validly
+    /// signed) root, none, or garbage is outvoted by one that serves the newest; only when
+    /// every answer is older than the watermark is the read refused.
+    #[tokio::test]
+    async fn the_newest_root_of_several_members_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("root-seen");
+        let store = MemStore::new();
+        let r = repo(&store, Some(mark.clone()));
+        let [_, s2, _] = publish3(&r).await;
+        let root = r.root_key();
+        let newest = store.get_record(root).await.unwrap().unwrap();
+        // Root 2, as a member that missed the last update still has it.
+        let ptr = postcard::to_allocvec(&RootPointer {
+            latest: s2.key,
+            number: 2,
+        })
+        .unwrap();
+        let payload = crypto::seal_root_payload(r.keys(), &r.user(), 2, &ptr, &mut OsRng);
+        let old = RootRecord::sign(&r.identity, 2, payload)
+            .unwrap()
+            .encode()
+            .unwrap();
+
+        // The entry node serves the old root, another member the newest: a fresh client (no
+        // watermark) sees snapshot 3.
+        store.put_record(root, old.clone()).await.unwrap();
+        store.set_other_members(root, vec![Some(old.clone()), Some(newest.clone())]);
+        let fresh = reader(&store);
+        assert_eq!(fresh.latest().await.unwrap().unwrap().snapshot.number, 3);
+        assert_eq!(fresh.snapshots().await.unwrap().len(), 3);
+        // The entry node serves garbage or says "no root".
+        store
+            .put_record(root, b"not a root".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(fresh.latest().await.unwrap().unwrap().snapshot.number, 3);
+        store.remove_record(root);
+        assert_eq!(fresh.latest().await.unwrap().unwrap().snapshot.number, 3);
+        // The entry node is right and a member is stale.
+        store.put_record(root, newest.clone()).await.unwrap();
+        store.set_other_members(root, vec![Some(old.clone()), None]);
+        assert_eq!(fresh.latest().await.unwrap().unwrap().snapshot.number, 3);
+
+        // Every member serves the old root: a client that has seen root 3 refuses it.
+        store.put_record(root, old.clone()).await.unwrap();
+        store.set_other_members(root, vec![Some(old.clone()), Some(old)]);
         let err = r.latest().await.unwrap_err();
         assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
-        store.tamper(BlockKey(s3.key), latest);
-        // A parent replaced by its own child: the chain would loop.
-        store.tamper(BlockKey(s2.key), bytes(s3.key).await);
-        let err = r.snapshots().await.unwrap_err();
-        assert!(err.to_string().contains("chain broken"), "{err}");
+        assert!(err.to_string().contains("older than root 3"), "{err}");
+        // Only garbage: a clear error, not "no backup".
+        store.put_record(root, b"junk".to_vec()).await.unwrap();
+        store.set_other_members(root, vec![Some(b"more junk".to_vec())]);
+        let err = reader(&store).latest().await.unwrap_err();
+        assert!(matches!(err, ClientError::Corrupt(_)), "{err}");
+    }
+
+    /// On a ring that keys documents by their hash, a document whose bytes do not hash to its
+    /// key is refused on read, and a put answered with a key that is not the hash is refused.
+    #[tokio::test]
+    async fn keys_are_checked_against_the_bytes() {
+        let store = MemStore::new();
+        let r = repo(&store, None);
+        let [_, _, s3] = publish3(&r).await;
+        // A manifest piece replaced by other bytes (that would fail the AEAD too).
+        let piece = s3.snapshot.manifest_blocks[0];
+        let good = doc(&store, piece).await;
+        store.tamper(BlockKey(piece), b"other bytes".to_vec());
+        let fresh = reader(&store);
+        let latest = fresh.latest().await.unwrap().unwrap();
+        assert!(fresh.hashed_keys());
+        let err = fresh.load_manifest(&latest).await.unwrap_err();
+        assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
+        assert!(err.to_string().contains("do not hash to its key"), "{err}");
+        store.tamper(BlockKey(piece), good);
+
+        // The ring starts answering puts with keys that are not the hash of the bytes.
+        store.set_opaque_keys(true);
+        let err = reader(&store)
+            .publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
+        assert!(err.to_string().contains("is not the hash"), "{err}");
+        // The root still names snapshot 3.
+        assert_eq!(reader(&store).latest().await.unwrap().unwrap().key, s3.key);
+    }
+
+    #[test]
+    fn snapshot_headers_parse_strictly() {
+        let p = ParentRef {
+            key: [1; 32],
+            hash: [2; 32],
+        };
+        for h in [
+            SnapshotHeader {
+                flags: 0,
+                parent: None,
+            },
+            SnapshotHeader {
+                flags: SNAPSHOT_FLAG_HASHED_KEYS,
+                parent: Some(p),
+            },
+        ] {
+            let mut d = h.encode();
+            let n = d.len();
+            d.extend_from_slice(b"sealed");
+            let split = SnapshotHeader::split(&d).unwrap().unwrap();
+            assert_eq!(
+                (split.header, split.header_bytes.len(), split.sealed),
+                (h, n, &b"sealed"[..])
+            );
+            // Truncated anywhere inside the header.
+            for cut in 4..n {
+                assert!(SnapshotHeader::split(&d[..cut]).unwrap().is_err(), "{cut}");
+            }
+        }
+        // Unknown flags, unknown parent tag.
+        assert!(SnapshotHeader::split(b"PSS\x02\x80\x00").unwrap().is_err());
+        assert!(SnapshotHeader::split(b"PSS\x02\x00\x02").unwrap().is_err());
+        // Format 1 (a sealed object starts with its version byte, 1).
+        assert!(SnapshotHeader::split(b"\x01abc").is_none());
+        assert!(SnapshotHeader::split(b"").is_none());
     }
 }

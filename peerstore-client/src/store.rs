@@ -7,18 +7,26 @@
 //!
 //! A document's key is whatever the ring returns for it: on a plain ring (`entanglement =
 //! none`) BLAKE3 of the bytes, on an entangled ring the key of the document record, which is not
-//! a hash of the data. Then integrity rests on the node's document check (length and content
-//! hash in the record) and on the AEAD tag and chunk-id MAC that every reader of the bytes
-//! verifies (chunks, manifests and snapshot objects are all sealed).
+//! a hash of the data. The store hands documents over as they come; the repository
+//! (`crate::repo::Repo`) checks them: against their hash where the ring keys documents by their
+//! hash, and always through the AEAD tag and chunk-id MAC that every reader of the bytes
+//! verifies (chunks, manifests and snapshot objects are all sealed, snapshot objects bound to
+//! what refers to them).
+//!
+//! Signed records (a user's root) can be read through several ring members at once
+//! ([`BlockStoreApi::get_record_replicas`]), so that one lying or stale entry node cannot show
+//! an old root.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use peerstore_proto::client::describe;
 use peerstore_proto::{
-    AdminRequest, AdminResponse, BlockKey, ClientRequest as Request, ClientResponse as Response,
-    ErrorCode, ErrorResponse, NodeAddr, RpcClient, RpcError, StatusReport,
+    ring_id, AdminRequest, AdminResponse, BlockKey, ClientRequest as Request,
+    ClientResponse as Response, ErrorCode, ErrorResponse, NodeAddr, RpcClient, RpcError,
+    StatusReport,
 };
 use tracing::{debug, warn};
 
@@ -42,6 +50,12 @@ pub enum StoreError {
     /// A block came back whose hash is not its key.
     #[error("block {0} is corrupt (hash mismatch)")]
     Corrupt(String),
+    /// The user has stored as much as the node allows (`--user-quota`).
+    #[error("{0}")]
+    Quota(String),
+    /// The ring refused this client: no credential, another ring's, or a revoked one.
+    #[error("refused by the ring: {0}; get an invite (`peerstore-node invite --role user` on the ring's first node) and run `peerstore-client join <invite>`")]
+    Forbidden(String),
     /// Any other refusal or unexpected answer.
     #[error("node error: {0}")]
     Other(String),
@@ -56,6 +70,15 @@ impl StoreError {
             StoreError::Unreachable { .. } | StoreError::Unavailable(_)
         )
     }
+}
+
+/// One ring member's answer to a record read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordAnswer {
+    /// Who answered (an address, for warnings).
+    pub from: String,
+    /// The record it served (`None`: it says there is none). Not verified yet.
+    pub record: Option<Vec<u8>>,
 }
 
 /// What the client needs from the ring.
@@ -75,6 +98,15 @@ pub trait BlockStoreApi: Send + Sync {
     async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError>;
     /// Reads the newest mutable record under `key`.
     async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads the record under `key` through several distinct ring members, one answer per
+    /// member that answered (the caller verifies them and takes the newest). Fails only if no
+    /// member answered. The default asks once, like [`BlockStoreApi::get_record`].
+    async fn get_record_replicas(&self, key: BlockKey) -> Result<Vec<RecordAnswer>, StoreError> {
+        Ok(vec![RecordAnswer {
+            from: "the ring".into(),
+            record: self.get_record(key).await?,
+        }])
+    }
 }
 
 /// An in-memory store for tests. Records replace each other without checks (the nodes check).
@@ -95,6 +127,9 @@ struct MemInner {
     opaque_keys: bool,
     /// Puts that may still succeed before every put fails (None: no limit).
     fail_after: Option<u64>,
+    /// What other ring members answer to a record read (tests of the multi-member root read):
+    /// `(key, answer)`, asked after the store's own records.
+    other_members: Vec<(BlockKey, Option<Vec<u8>>)>,
 }
 
 impl MemStore {
@@ -143,6 +178,16 @@ impl MemStore {
     /// Overwrites a stored block's bytes (to test corruption handling).
     pub fn tamper(&self, key: BlockKey, data: Vec<u8>) {
         self.lock().blocks.insert(key, data);
+    }
+
+    /// Makes other "ring members" answer record reads of `key` with `answers` (`None`: "no
+    /// such record"), after the store itself (the entry node): to test the multi-member root
+    /// read. Replaces earlier answers for `key`.
+    pub fn set_other_members(&self, key: BlockKey, answers: Vec<Option<Vec<u8>>>) {
+        let mut g = self.lock();
+        g.other_members.retain(|(k, _)| *k != key);
+        g.other_members
+            .extend(answers.into_iter().map(|a| (key, a)));
     }
 
     /// Forgets a mutable record (to test a node that hides it).
@@ -234,6 +279,25 @@ impl BlockStoreApi for MemStore {
     async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().records.get(&key).cloned())
     }
+
+    async fn get_record_replicas(&self, key: BlockKey) -> Result<Vec<RecordAnswer>, StoreError> {
+        let g = self.lock();
+        let mut out = vec![RecordAnswer {
+            from: "memstore entry".into(),
+            record: g.records.get(&key).cloned(),
+        }];
+        out.extend(
+            g.other_members
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .enumerate()
+                .map(|(i, (_, a))| RecordAnswer {
+                    from: format!("memstore member {}", i + 1),
+                    record: a.clone(),
+                }),
+        );
+        Ok(out)
+    }
 }
 
 /// How hard [`RingStore`] tries before giving up on one request.
@@ -261,6 +325,7 @@ impl Default for RetryPolicy {
 /// fails over to the other ring members it learned from that node's status (successors).
 pub struct RingStore {
     endpoints: Mutex<Endpoints>,
+    identity: Option<peerstore_proto::Identity>,
     timeout: Duration,
     policy: RetryPolicy,
 }
@@ -275,16 +340,26 @@ struct Endpoints {
 impl RingStore {
     /// Connects to `node` and checks that it answers (a `Status` call). Must run inside a tokio
     /// runtime.
-    pub async fn connect(node: NodeAddr, timeout: Duration) -> Result<RingStore, StoreError> {
+    /// `identity`: the credential the client shows the ring (`peerstore-client join`).
+    pub async fn connect(
+        node: NodeAddr,
+        timeout: Duration,
+        identity: Option<peerstore_proto::Identity>,
+    ) -> Result<RingStore, StoreError> {
         let unreachable = |reason: String| StoreError::Unreachable {
             addr: node.to_string(),
             reason,
         };
-        let client =
-            RpcClient::routed(node.clone(), timeout).map_err(|e| unreachable(e.to_string()))?;
+        let client = RpcClient::routed(node.clone(), timeout, identity.clone())
+            .map_err(|e| unreachable(e.to_string()))?;
         let status = match client.call(Request::Status).await {
             Ok(Response::Status(s)) => *s,
+            Ok(Response::Error {
+                code: peerstore_proto::ErrorCode::Forbidden,
+                message,
+            }) => return Err(StoreError::Forbidden(message)),
             Ok(other) => return Err(unreachable(format!("unexpected answer {other:?}"))),
+            Err(RpcError::Refused { reason, .. }) => return Err(StoreError::Forbidden(reason)),
             Err(e) => return Err(unreachable(e.to_string())),
         };
         let mut addrs = vec![node];
@@ -299,9 +374,16 @@ impl RingStore {
                 current: 0,
                 client,
             }),
+            identity,
             timeout,
             policy: RetryPolicy::default(),
         })
+    }
+
+    /// The credential this client shows the ring.
+    #[must_use]
+    pub fn identity(&self) -> Option<peerstore_proto::Identity> {
+        self.identity.clone()
     }
 
     /// Replaces the retry policy.
@@ -335,7 +417,7 @@ impl RingStore {
         }
         g.current = (g.current + 1) % g.addrs.len();
         let next = g.addrs[g.current].clone();
-        match RpcClient::routed(next.clone(), self.timeout) {
+        match RpcClient::routed(next.clone(), self.timeout, self.identity.clone()) {
             Ok(c) => {
                 warn!(node = %next, "failing over to another ring member");
                 g.client = c;
@@ -393,9 +475,9 @@ impl RingStore {
                             }
                             ErrorCode::Full => return Err(StoreError::Full(message)),
                             ErrorCode::Rejected => return Err(StoreError::Rejected(message)),
-                            ErrorCode::BadRequest | ErrorCode::Forbidden => {
-                                return Err(StoreError::Other(message))
-                            }
+                            ErrorCode::Forbidden => return Err(StoreError::Forbidden(message)),
+                            ErrorCode::QuotaExceeded => return Err(StoreError::Quota(message)),
+                            ErrorCode::BadRequest => return Err(StoreError::Other(message)),
                         }
                     }
                 },
@@ -408,6 +490,9 @@ impl RingStore {
                             RpcError::Closed => "connection closed".into(),
                             RpcError::Timeout { after, .. } => {
                                 format!("no answer within {after:?}")
+                            }
+                            RpcError::Refused { reason, .. } => {
+                                return Err(StoreError::Forbidden(reason))
                             }
                         },
                     };
@@ -427,15 +512,75 @@ impl RingStore {
     }
 }
 
+/// How many ring members besides the entry node a record (root) read asks.
+pub const RECORD_READERS: usize = 3;
+/// How long a record read waits for the members besides the entry node (at most the client's
+/// timeout).
+const RECORD_READ_LIMIT: Duration = Duration::from_secs(10);
+
+impl RingStore {
+    fn record_read_limit(&self) -> Duration {
+        self.timeout.min(RECORD_READ_LIMIT)
+    }
+
+    /// The members besides the entry node to read `key`'s record through: its replica set as
+    /// the entry node reports it (the members that hold it; each must have the ring id of its
+    /// PeerId), then the entry node's successors learned at connect. Distinct, at most
+    /// [`RECORD_READERS`]; none on a one-node ring.
+    async fn record_readers(&self, client: &RpcClient, key: BlockKey) -> Vec<NodeAddr> {
+        let entry = client.node.clone();
+        let mut holders = Vec::new();
+        match tokio::time::timeout(
+            self.record_read_limit(),
+            client.call_to(&entry, Request::Lookup { key }),
+        )
+        .await
+        {
+            Ok(Ok(Response::Owner {
+                owner, replicas, ..
+            })) => {
+                holders.extend(
+                    std::iter::once(owner)
+                        .chain(replicas)
+                        .filter(|m| m.id == ring_id(&m.addr.peer))
+                        .map(|m| m.addr),
+                );
+            }
+            Ok(Ok(other)) => debug!(answer = %describe(&other), "no replica set for a record read"),
+            Ok(Err(e)) => debug!(error = %e, "no replica set for a record read"),
+            Err(_) => debug!("no replica set for a record read in time"),
+        }
+        let successors = self.lock().addrs.clone();
+        let mut out: Vec<NodeAddr> = Vec::new();
+        for a in holders.into_iter().chain(successors) {
+            if a.peer != entry.peer && !out.iter().any(|o| o.peer == a.peer) {
+                out.push(a);
+            }
+        }
+        out.truncate(RECORD_READERS);
+        out
+    }
+}
+
 /// Asks one specific node for its status (no retries beyond one call).
-pub async fn status_of(node: &NodeAddr, timeout: Duration) -> Result<StatusReport, StoreError> {
+pub async fn status_of(
+    node: &NodeAddr,
+    timeout: Duration,
+    identity: Option<peerstore_proto::Identity>,
+) -> Result<StatusReport, StoreError> {
     let unreachable = |reason: String| StoreError::Unreachable {
         addr: node.to_string(),
         reason,
     };
-    let client = RpcClient::start(node.clone(), timeout).map_err(|e| unreachable(e.to_string()))?;
+    let client = RpcClient::start_as(node.clone(), timeout, identity)
+        .map_err(|e| unreachable(e.to_string()))?;
     match client.call(Request::Status).await {
         Ok(Response::Status(s)) => Ok(*s),
+        Ok(Response::Error {
+            code: peerstore_proto::ErrorCode::Forbidden,
+            message,
+        }) => Err(StoreError::Forbidden(message)),
+        Err(RpcError::Refused { reason, .. }) => Err(StoreError::Forbidden(reason)),
         Ok(other) => Err(StoreError::Other(format!("unexpected answer {other:?}"))),
         Err(e) => Err(unreachable(e.to_string())),
     }
@@ -486,11 +631,10 @@ impl BlockStoreApi for RingStore {
                 )))
             }
         };
-        // On a plain ring the bytes hash to the key (the node verifies that on every read). On
-        // an entangled ring the key names a document record, not a hash of the data, and the
-        // node checked the decoded bytes against the record's length and content hash. A key
-        // alone does not say which, so a mismatch is not an error here: the AEAD tag and
-        // chunk-id MAC that every reader verifies before using a byte decide.
+        // On a plain ring the bytes must hash to the key; on an entangled ring the key names a
+        // document record, not a hash of the data. A key alone does not say which, so the
+        // repository checks (`Repo::get_required`): it knows from the authenticated snapshot
+        // object how the ring keys documents.
         Ok(Some(data))
     }
 
@@ -510,6 +654,67 @@ impl BlockStoreApi for RingStore {
             other => Err(StoreError::Other(format!(
                 "unexpected answer to get-record: {other:?}"
             ))),
+        }
+    }
+
+    /// Reads the record through the entry node (with retries and fail-over) and, at the same
+    /// time, through up to [`RECORD_READERS`] other members (one attempt each, bounded in
+    /// time). Each member answers with the newest copy it finds on the record's replica set,
+    /// so one honest member among them is enough to see the newest record.
+    async fn get_record_replicas(&self, key: BlockKey) -> Result<Vec<RecordAnswer>, StoreError> {
+        let (client, _) = self.client();
+        let readers = self.record_readers(&client, key).await;
+        let limit = self.record_read_limit();
+        let others = futures::future::join_all(readers.into_iter().map(|to| {
+            let client = client.clone();
+            async move {
+                let answer =
+                    tokio::time::timeout(limit, client.call_to(&to, Request::GetRecord { key }))
+                        .await;
+                (to, answer)
+            }
+        }));
+        let (entry, others) = tokio::join!(self.get_record(key), others);
+        let mut out = Vec::new();
+        let entry_error = match entry {
+            Ok(record) => {
+                out.push(RecordAnswer {
+                    from: self.current_node().to_string(),
+                    record,
+                });
+                None
+            }
+            Err(e) => Some(e),
+        };
+        for (to, answer) in others {
+            let record = match answer {
+                Ok(Ok(Response::Record { record })) => Some(record),
+                Ok(Ok(Response::NotFound)) => None,
+                Ok(Ok(other)) => {
+                    debug!(node = %to, answer = %describe(&other), "record read failed");
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    debug!(node = %to, error = %e, "record read failed");
+                    continue;
+                }
+                Err(_) => {
+                    debug!(node = %to, "no answer to a record read in time");
+                    continue;
+                }
+            };
+            out.push(RecordAnswer {
+                from: to.to_string(),
+                record,
+            });
+        }
+        match entry_error {
+            Some(e) if out.is_empty() => Err(e),
+            Some(e) => {
+                warn!(error = %e, "the entry node did not answer the root read; using the other members' answers");
+                Ok(out)
+            }
+            None => Ok(out),
         }
     }
 }

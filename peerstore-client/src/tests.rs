@@ -259,8 +259,9 @@ async fn another_user_cannot_read() {
     ));
     // Even given the key of Alice's snapshot object, Bob cannot open it.
     assert!(matches!(
-        bob.load_snapshot(snap.key).await,
-        Err(crate::ClientError::Corrupt(_))
+        bob.load_snapshot(snap.key, snap.snapshot.number, "the root")
+            .await,
+        Err(crate::ClientError::Untrusted(_))
     ));
     // A damaged block is detected, not restored.
     let m = alice.load_manifest(&snap).await.unwrap();

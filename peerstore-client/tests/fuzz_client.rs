@@ -25,8 +25,9 @@ use serde::Serialize;
 use crypto::{ChunkId, Identity, KdfParams, KeyError, RootRecord, KEY_FILE_LEN, KEY_FILE_VERSION};
 use peerstore_client::config::open_key_file;
 use peerstore_client::model::{
-    check_components, manifest_context, snapshot_context, ChunkRef, Entry, EntryKind, Manifest,
-    ManifestError, Owner, RootPointer, Snapshot, Totals, MANIFEST_VERSION,
+    check_components, manifest_context, snapshot_context, snapshot_context_v2, ChunkRef, Entry,
+    EntryKind, Manifest, ManifestError, Owner, ParentRef, RootPointer, Snapshot, SnapshotHeader,
+    Totals, MANIFEST_VERSION,
 };
 use peerstore_client::repo::{Repo, SnapshotRef};
 use peerstore_client::store::{BlockStoreApi, MemStore};
@@ -466,7 +467,32 @@ fn check_manifest(plain: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The snapshot decoder behind the AEAD: `plain` sealed with the user's key, stored, loaded.
+/// A format-2 snapshot object of this user: the header (naming `parent`, if any) and `plain`
+/// sealed as snapshot `number`.
+fn sealed_v2(
+    repo: &Repo,
+    plain: &[u8],
+    number: u64,
+    parent: Option<[u8; 32]>,
+    seed: u64,
+) -> Vec<u8> {
+    let header = SnapshotHeader {
+        flags: 0,
+        parent: parent.map(|key| ParentRef { key, hash: [0; 32] }),
+    };
+    let mut doc = header.encode();
+    let context = snapshot_context_v2(&repo.user().0, number, &doc);
+    doc.extend(crypto::seal_manifest(
+        repo.keys(),
+        &context,
+        plain,
+        &mut ChaCha20Rng::seed_from_u64(seed),
+    ));
+    doc
+}
+
+/// The snapshot decoder behind the AEAD: `plain` sealed with the user's key (format 1, and
+/// format 2 as the snapshot it decodes to), stored, loaded.
 fn check_snapshot_plaintext(plain: &[u8], seed: u64) -> Result<(), TestCaseError> {
     let direct = postcard::from_bytes::<Snapshot>(plain);
     if let Ok(s) = &direct {
@@ -474,42 +500,57 @@ fn check_snapshot_plaintext(plain: &[u8], seed: u64) -> Result<(), TestCaseError
         let back = postcard::from_bytes::<Snapshot>(&again).ok();
         prop_assert_eq!(back.as_ref(), Some(s));
     }
+    let number = direct.as_ref().map_or(1, |s| s.number);
+    let parent = direct.as_ref().ok().and_then(|s| s.parent);
     let (store, repo) = repo();
-    let sealed = crypto::seal_manifest(
+    let v1 = crypto::seal_manifest(
         repo.keys(),
         snapshot_context(),
         plain,
         &mut ChaCha20Rng::seed_from_u64(seed),
     );
-    let key = block_on(store.put_document(sealed)).expect("memstore put");
-    match block_on(repo.load_snapshot(key.0)) {
-        Ok(s) => {
-            prop_assert_eq!(s.key, key.0);
-            prop_assert_eq!(Some(&s.snapshot), direct.as_ref().ok());
-        }
-        Err(e) => {
-            prop_assert!(
-                direct.is_err(),
-                "load_snapshot failed on a decodable plaintext: {}",
-                e
-            );
-            prop_assert!(matches!(e, ClientError::Corrupt(_)), "{:?}", e);
-            prop_assert!(e.to_string().contains("snapshot"), "unclear error: {}", e);
+    let v2 = sealed_v2(&repo, plain, number, parent, seed);
+    for (format, sealed) in [(1u8, v1), (2, v2)] {
+        let key = block_on(store.put_document(sealed)).expect("memstore put");
+        match block_on(repo.load_snapshot(key.0, number, "the root")) {
+            Ok(s) => {
+                prop_assert_eq!(s.key, key.0);
+                prop_assert_eq!(s.format, format);
+                prop_assert_eq!(Some(&s.snapshot), direct.as_ref().ok());
+            }
+            Err(e) => {
+                prop_assert!(
+                    direct.is_err(),
+                    "load_snapshot failed on a decodable plaintext: {}",
+                    e
+                );
+                prop_assert!(matches!(e, ClientError::Corrupt(_)), "{:?}", e);
+                prop_assert!(e.to_string().contains("snapshot"), "unclear error: {}", e);
+            }
         }
     }
     Ok(())
 }
 
-/// Sealed bytes as the ring hands them over: unless they are exactly a sealed object of this
-/// user, loading them is a `Corrupt` error.
-fn check_snapshot_sealed(sealed: Vec<u8>, original: Option<&[u8]>) -> Result<(), TestCaseError> {
+/// Sealed bytes as the ring hands them over, read as snapshot `number`: unless they are
+/// exactly a sealed object of this user, loading them is a `Corrupt` error (or `Untrusted`: a
+/// format-2 header whose object does not open as that snapshot).
+fn check_snapshot_sealed(
+    sealed: Vec<u8>,
+    original: Option<&[u8]>,
+    number: u64,
+) -> Result<(), TestCaseError> {
     let (store, repo) = repo();
     let same = original == Some(&sealed[..]);
     let key = block_on(store.put_document(sealed)).expect("memstore put");
-    match block_on(repo.load_snapshot(key.0)) {
+    match block_on(repo.load_snapshot(key.0, number, "the root")) {
         Ok(_) => prop_assert!(same, "a damaged sealed snapshot was accepted"),
         Err(e) => {
-            prop_assert!(matches!(e, ClientError::Corrupt(_)), "{:?}", e);
+            prop_assert!(
+                matches!(e, ClientError::Corrupt(_) | ClientError::Untrusted(_)),
+                "{:?}",
+                e
+            );
             prop_assert!(e.to_string().contains("snapshot"), "unclear error: {}", e);
         }
     }
@@ -580,15 +621,15 @@ fn check_load_manifest(
                 .0,
         );
     }
-    let snapshot = SnapshotRef {
-        key: [0; 32],
-        snapshot: Snapshot {
+    let snapshot = SnapshotRef::new(
+        [0; 32],
+        Snapshot {
             manifest_blocks,
             manifest_len,
             nonce,
             ..snapshots()[0].clone()
         },
-    };
+    );
     match block_on(repo.load_manifest(&snapshot)) {
         Ok(m) => prop_assert_eq!(Manifest::decode(plain), Ok(m)),
         Err(e) => {
@@ -735,7 +776,7 @@ fn empty_and_foreign_inputs_are_clear_errors() {
     let (store, repo) = repo();
     for junk in [&b""[..], b"\x01", b"not sealed at all, just text"] {
         let key = block_on(store.put_document(junk.to_vec())).unwrap();
-        let e = block_on(repo.load_snapshot(key.0)).unwrap_err();
+        let e = block_on(repo.load_snapshot(key.0, 1, "the root")).unwrap_err();
         assert!(matches!(e, ClientError::Corrupt(_)), "{e:?}");
     }
     let dir = tempdir();
@@ -838,15 +879,19 @@ proptest! {
         muts in mutations(),
         seed in any::<u64>(),
     ) {
-        check_snapshot_sealed(junk, None)?;
+        check_snapshot_sealed(junk, None, 1)?;
         let (_, repo) = repo();
+        let i = pick.index(snapshots().len());
+        let (sample, plain) = (&snapshots()[i], &snapshot_samples()[i]);
         let sealed = crypto::seal_manifest(
             repo.keys(),
             snapshot_context(),
-            &pick.get(snapshot_samples())[..],
+            plain,
             &mut ChaCha20Rng::seed_from_u64(seed),
         );
-        check_snapshot_sealed(mutate(sealed.clone(), &muts), Some(&sealed))?;
+        check_snapshot_sealed(mutate(sealed.clone(), &muts), Some(&sealed), sample.number)?;
+        let v2 = sealed_v2(&repo, plain, sample.number, sample.parent, seed);
+        check_snapshot_sealed(mutate(v2.clone(), &muts), Some(&v2), sample.number)?;
     }
 
     /// The root record and its pointer: arbitrary record bytes, damaged valid records, and

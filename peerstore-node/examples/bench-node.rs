@@ -120,7 +120,12 @@ async fn main() {
 
     let all_pids = pids(&cluster);
     let direct = node.client.clone();
-    let routed = RpcClient::routed(node.addr.clone(), Duration::from_secs(30)).expect("client");
+    let routed = RpcClient::routed(
+        node.addr.clone(),
+        Duration::from_secs(30),
+        Some(cluster.identity(peerstore_proto::Role::User)),
+    )
+    .expect("client");
     routed.refresh().await;
     let mut runs = Vec::new();
     for (name, client, offset) in [

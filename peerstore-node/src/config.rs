@@ -18,10 +18,25 @@ pub struct NodeConfig {
     /// Default: the first routable TCP address the node listens on.
     pub announce: Option<Multiaddr>,
     /// A member of the ring to join through (a full multiaddr ending in /p2p/<peer id>).
-    /// None starts a new ring.
+    /// Joining also needs an invite; the invite names members to join through already.
     pub initial_peer: Option<String>,
+    /// The invite this node was given (`peerstore-node invite` prints it), or `@FILE`. Only
+    /// read on the first start; afterwards the data directory holds the membership.
+    pub invite: Option<String>,
+    /// One machine: join the ring of the local node whose data directory this is, minting an
+    /// invite with the ring key kept there.
+    pub join_local: Option<PathBuf>,
     /// Bytes of block data this node may hold.
     pub capacity: u64,
+    /// Bytes each user may store through this node (charged by the node that accepts the
+    /// write; none: no limit).
+    pub user_quota: Option<u64>,
+    /// A copy held for less than this (milliseconds) is never dropped because others hold it
+    /// (default 600000: 10 minutes; `$PEERSTORE_DELETE_MIN_AGE_MS` when unset).
+    pub delete_min_age_ms: Option<u64>,
+    /// Most copies one maintenance round drops, per kind of deletion (default 256;
+    /// `$PEERSTORE_DELETE_MAX_PER_ROUND` when unset).
+    pub delete_max_per_round: Option<usize>,
     /// Replication factor r: a block lives on its owner and the next r-1 successors.
     pub replication: usize,
     /// Successor-list length of the Chord core (at least `replication`).
@@ -35,6 +50,16 @@ pub struct NodeConfig {
     /// On first start with an initial peer: key pairs drawn to pick the ring id that best
     /// evens out the arcs of the ring being joined (1: a random id, as plain Chord).
     pub id_choices: usize,
+    /// Established connections this node keeps at most (inbound beyond it are refused;
+    /// connections it dials itself are never refused).
+    pub max_connections: u32,
+    /// Inbound connections (in their handshake or established) from one IP address, or one
+    /// IPv6 /64. Raise it for a test ring of many nodes on one machine or many clients behind
+    /// one address.
+    pub max_connections_per_ip: u32,
+    /// Bytes of requests still arriving that the node holds at once, beyond the first 64 KiB
+    /// of each (the rest waits, then fails).
+    pub inbound_budget: u64,
     /// Entangled storage (module `entangled`): `entanglement = { type = "step", s = 4, t = 8,
     /// p = 12, block_size = 262144 }`; the same on every node of a ring.
     pub entanglement: crate::entangled::EntanglementConfig,
@@ -47,13 +72,21 @@ impl Default for NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
             announce: None,
             initial_peer: None,
+            invite: None,
+            join_local: None,
             capacity: 10 << 30,
+            user_quota: None,
+            delete_min_age_ms: None,
+            delete_max_per_round: None,
             replication: 3,
             successors: 8,
             stabilize_ms: 1000,
             maintenance_ms: 5000,
             request_timeout_ms: 10_000,
             id_choices: 1024,
+            max_connections: peerstore_proto::limits::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: peerstore_proto::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            inbound_budget: peerstore_proto::limits::DEFAULT_INBOUND_BUDGET as u64,
             entanglement: crate::entangled::EntanglementConfig::default(),
         }
     }
@@ -97,6 +130,19 @@ impl NodeConfig {
                 self.id_choices
             ));
         }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return bad("max_connections and max_connections_per_ip must be at least 1".into());
+        }
+        if self.inbound_budget < peerstore_proto::MAX_CLIENT_FRAME as u64 {
+            return bad(format!(
+                "inbound_budget ({}) must be at least {} (one largest frame)",
+                self.inbound_budget,
+                peerstore_proto::MAX_CLIENT_FRAME
+            ));
+        }
+        if self.delete_min_age_ms.is_some_and(|ms| ms > 86_400_000) {
+            return bad("delete_min_age_ms must be at most 86400000 (one day)".into());
+        }
         if self.stabilize_ms == 0 || self.maintenance_ms == 0 || self.request_timeout_ms == 0 {
             return bad("intervals and timeouts must be positive".into());
         }
@@ -117,6 +163,19 @@ impl NodeConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// What the node's network may hold: connection limits and the budget of incoming bytes.
+    pub fn net_limits(&self) -> peerstore_proto::limits::NetLimits {
+        use peerstore_proto::limits::{ConnectionLimits, NetLimits};
+        NetLimits {
+            connections: ConnectionLimits {
+                max_established: self.max_connections,
+                max_per_ip: self.max_connections_per_ip,
+                ..ConnectionLimits::default()
+            },
+            inbound_budget: usize::try_from(self.inbound_budget).unwrap_or(usize::MAX),
+        }
     }
 
     /// The Chord core's configuration derived from this one.

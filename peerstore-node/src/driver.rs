@@ -19,13 +19,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use peerstore_proto::net::{Behaviour, BehaviourEvent};
+use peerstore_proto::admission::{Gate, HelloGate, Identity, Revocations, Role};
+use peerstore_proto::net::{Behaviour, BehaviourEvent, HELLO_TIMEOUT};
 use peerstore_proto::{
-    ring_id, AdminRequest, AdminResponse, ChordAck, ChordEnvelope, ClientRequest, ClientResponse,
-    ErrorCode, Incoming, MemberRequest, MemberResponse, NodeAddr,
+    ring_id, AdminRequest, AdminResponse, Audience, ChordAck, ChordEnvelope, ClientRequest,
+    ClientResponse, ErrorCode, Hello, HelloResponse, Incoming, MemberRequest, MemberResponse,
+    NodeAddr,
 };
 
-pub use peerstore_proto::net::{build_swarm, LONG_REQUEST_TIMEOUT};
+pub use peerstore_proto::net::{build_swarm, build_swarm_with, LONG_REQUEST_TIMEOUT};
 
 /// An error of one outbound request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -141,10 +143,11 @@ impl Handle {
 }
 
 /// An inbound request for the service, by protocol. A request that came on the wrong protocol
-/// arrives as [`Incoming::Misrouted`] and is refused.
+/// arrives as [`Incoming::Misrouted`] and is refused. Only requests from peers whose role
+/// allows the protocol get here; `role` is what their certificate says.
 pub enum Inbound {
     Client {
-        peer: PeerId,
+        caller: Caller,
         request: Incoming<ClientRequest>,
         channel: ResponseChannel<ClientResponse>,
     },
@@ -167,8 +170,51 @@ pub enum Reply {
     Admin(ResponseChannel<AdminResponse>, AdminResponse),
 }
 
+/// Who sent a request: the peer and what its certificate says.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub peer: PeerId,
+    pub role: Role,
+    /// The certificate's label (a name for humans).
+    pub label: String,
+}
+
+/// Something to send to a peer once it has admitted us.
+enum Outbound {
+    Chord(NodeAddr, chord::Message<NodeAddr>),
+    Member(
+        NodeAddr,
+        MemberRequest,
+        oneshot::Sender<Result<MemberResponse, RequestError>>,
+    ),
+}
+
+/// Most messages held for one peer while our hello to it is in flight.
+const MAX_HELD: usize = 1024;
+
+/// Who this node is in its ring, and whom it has admitted.
+pub struct Membership {
+    pub identity: Identity,
+    pub revocations: Revocations,
+    /// Where newer revocation lists are kept (none in tests of the driver alone).
+    pub revocations_dir: Option<PathBuf>,
+}
+
 /// The event loop. Create it with [`Driver::start`], then `run` it in its own task.
 pub struct Driver {
+    membership: Membership,
+    /// Peers that proved their role to us (by a hello, or by their answer to ours).
+    admitted: HashMap<PeerId, Caller>,
+    /// What waits for peers to admit us.
+    gate: HelloGate<Outbound>,
+    greeting: HashMap<OutboundRequestId, PeerId>,
+    /// Connected peers that have not proved a role yet, and since when: closed after
+    /// [`HELLO_TIMEOUT`].
+    strangers: HashMap<PeerId, Instant>,
+    /// Chord messages each peer may send (a token bucket per peer; the excess is dropped).
+    chord_rate: peerstore_proto::limits::RateLimiter<PeerId>,
+    /// The remote IP of each connected peer (for the limit of members per address group).
+    remote_ip: HashMap<PeerId, std::net::IpAddr>,
     swarm: Swarm<Behaviour>,
     node: chord::Node<NodeAddr>,
     epoch: Instant,
@@ -234,6 +280,7 @@ impl Driver {
         announce: Option<Multiaddr>,
         chord_config: chord::Config,
         peers_file: Option<PathBuf>,
+        membership: Membership,
     ) -> anyhow::Result<(Driver, Handle, mpsc::Receiver<Inbound>)> {
         for addr in listen {
             swarm
@@ -255,6 +302,16 @@ impl Driver {
         let (inbound, inbound_rx) = mpsc::channel(1024);
         let (ranges_tx, ranges_changed) = watch::channel(0);
         let driver = Driver {
+            membership,
+            admitted: HashMap::new(),
+            gate: HelloGate::new(MAX_HELD),
+            greeting: HashMap::new(),
+            strangers: HashMap::new(),
+            chord_rate: peerstore_proto::limits::RateLimiter::new(
+                peerstore_proto::limits::CHORD_RATE,
+                peerstore_proto::limits::CHORD_BURST,
+            ),
+            remote_ip: HashMap::new(),
             swarm,
             node,
             epoch: Instant::now(),
@@ -319,6 +376,8 @@ impl Driver {
             }
         }
         self.drain();
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let rejoin = self.rejoin_at;
             let timer = self.node.poll_timeout().map(|t| self.deadline(t));
@@ -336,6 +395,7 @@ impl Driver {
                     self.rejoin_at = None;
                     self.retry_join();
                 }
+                _ = sweep.tick() => self.close_strangers(),
             }
             self.drain();
             self.save_peers();
@@ -373,16 +433,7 @@ impl Driver {
                 self.pending_lookups.entry(id).or_default().push(reply);
             }
             Command::Request { to, request, reply } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .member
-                    .send_request_with_addresses(
-                        &to.peer,
-                        Incoming::Message(request),
-                        vec![to.addr.clone()],
-                    );
-                self.pending_requests.insert(id, reply);
+                self.submit(Outbound::Member(to, request, reply));
             }
             Command::Respond(reply) => {
                 let b = self.swarm.behaviour_mut();
@@ -486,20 +537,63 @@ impl Driver {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(ev)) => self.on_hello_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Chord(ev)) => self.on_chord_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Client(ev)) => {
-                self.on_inbound(ev, |peer, request, channel| Inbound::Client {
-                    peer,
+                self.on_inbound(ev, Audience::Client, |caller, request, channel| {
+                    Inbound::Client {
+                        caller,
+                        request,
+                        channel,
+                    }
+                })
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Admin(ev)) => {
+                // The ring's storage figures (for `du`) are read-only: any admitted user may
+                // ask for them; everything else on the admin protocol needs the admin role.
+                let figures = matches!(
+                    &ev,
+                    request_response::Event::Message {
+                        message: request_response::Message::Request {
+                            request: Incoming::Message(AdminRequest::EntangleStats),
+                            ..
+                        },
+                        ..
+                    }
+                );
+                let audience = if figures {
+                    Audience::Client
+                } else {
+                    Audience::Admin
+                };
+                self.on_inbound(ev, audience, |caller, request, channel| Inbound::Admin {
+                    peer: caller.peer,
                     request,
                     channel,
                 })
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Admin(ev)) => {
-                self.on_inbound(ev, |peer, request, channel| Inbound::Admin {
-                    peer,
-                    request,
-                    channel,
-                })
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.remote_ip.insert(peer_id, ip);
+                }
+                if !self.admitted.contains_key(&peer_id) && !self.gate.is_ready(&peer_id) {
+                    self.strangers.entry(peer_id).or_insert_with(Instant::now);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.admitted.remove(&peer_id);
+                self.strangers.remove(&peer_id);
+                self.chord_rate.forget(&peer_id);
+                self.remote_ip.remove(&peer_id);
+                for item in self.gate.disconnected(&peer_id) {
+                    self.fail_outbound(item, "the connection closed before the greeting");
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Member(ev)) => self.on_member_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
@@ -527,6 +621,17 @@ impl Driver {
                     .behaviour_mut()
                     .chord
                     .send_response(channel, ChordAck);
+                if !self.may(&peer, Audience::Chord) {
+                    debug!(%peer, "chord message from a peer that is not an admitted member, dropped");
+                    return;
+                }
+                if !self.chord_rate.allow(&peer, std::time::Instant::now()) {
+                    let dropped = self.chord_rate.dropped();
+                    if dropped.is_power_of_two() {
+                        warn!(%peer, dropped, "chord messages beyond the per-peer rate, dropped");
+                    }
+                    return;
+                }
                 let Incoming::Message(request) = request else {
                     warn!(%peer, "a message of another protocol on the chord protocol, dropped");
                     return;
@@ -564,11 +669,13 @@ impl Driver {
         }
     }
 
-    /// Hands an inbound request to the service, or answers "busy" when its queue is full.
+    /// Hands an inbound request to the service, or answers "busy" when its queue is full, or
+    /// "forbidden" when the peer has not proved a role that may speak `audience`.
     fn on_inbound<Req, Resp>(
         &mut self,
         ev: request_response::Event<Incoming<Req>, Resp>,
-        wrap: impl FnOnce(PeerId, Incoming<Req>, ResponseChannel<Resp>) -> Inbound,
+        audience: Audience,
+        wrap: impl FnOnce(Caller, Incoming<Req>, ResponseChannel<Resp>) -> Inbound,
     ) {
         use request_response::{Event, Message};
         match ev {
@@ -580,10 +687,27 @@ impl Driver {
                     },
                 ..
             } => {
+                let caller = self.admitted.get(&peer).cloned();
+                let role = caller.as_ref().map(|c| c.role);
+                let inbound = wrap(
+                    caller.unwrap_or_else(|| Caller {
+                        peer,
+                        role: Role::User,
+                        label: String::new(),
+                    }),
+                    request,
+                    channel,
+                );
+                if !role.is_some_and(|r| r.may(audience)) {
+                    let why = self.refusal(&peer, role, audience);
+                    debug!(%peer, %audience, "refused: {why}");
+                    self.answer_error(inbound, ErrorCode::Forbidden, &why);
+                    return;
+                }
                 if let Err(mpsc::error::TrySendError::Full(refused)) =
-                    self.inbound.try_send(wrap(peer, request, channel))
+                    self.inbound.try_send(inbound)
                 {
-                    self.answer_busy(refused);
+                    self.answer_error(refused, ErrorCode::Unavailable, BUSY);
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -593,22 +717,353 @@ impl Driver {
         }
     }
 
-    fn answer_busy(&mut self, refused: Inbound) {
+    fn answer_error(&mut self, refused: Inbound, code: ErrorCode, message: &str) {
         let b = self.swarm.behaviour_mut();
         let _ = match refused {
             Inbound::Client { channel, .. } => b
                 .client
-                .send_response(channel, ClientResponse::error(ErrorCode::Unavailable, BUSY))
+                .send_response(channel, ClientResponse::error(code, message))
                 .is_ok(),
             Inbound::Member { channel, .. } => b
                 .member
-                .send_response(channel, MemberResponse::error(ErrorCode::Unavailable, BUSY))
+                .send_response(channel, MemberResponse::error(code, message))
                 .is_ok(),
             Inbound::Admin { channel, .. } => b
                 .admin
-                .send_response(channel, AdminResponse::error(ErrorCode::Unavailable, BUSY))
+                .send_response(channel, AdminResponse::error(code, message))
                 .is_ok(),
         };
+    }
+
+    /// Whether `peer` proved a role that may speak `audience`.
+    fn may(&self, peer: &PeerId, audience: Audience) -> bool {
+        self.admitted
+            .get(peer)
+            .is_some_and(|c| c.role.may(audience))
+    }
+
+    /// Why a request of `audience` from `peer` (of `role`, if admitted) is refused.
+    fn refusal(&self, peer: &PeerId, role: Option<Role>, audience: Audience) -> String {
+        let ring = self.membership.identity.credential.ring.fingerprint();
+        match role {
+            None => format!(
+                "peer {peer} is not admitted to ring {ring}: connect with a credential of this ring (an invite from `peerstore-node invite`)"
+            ),
+            Some(role) => {
+                let needs = match audience {
+                    Audience::Admin => "the ring's admin credential (`peerstore-node invite --role admin`)",
+                    _ => "a member's certificate",
+                };
+                format!("peer {peer} holds a {role} certificate; {audience} requests need {needs}")
+            }
+        }
+    }
+
+    /// Sends `item` once its peer has admitted us (greeting it first if needed).
+    fn submit(&mut self, item: Outbound) {
+        let to = match &item {
+            Outbound::Chord(to, _) | Outbound::Member(to, _, _) => to.clone(),
+        };
+        match self.gate.submit(to.peer, item) {
+            Gate::Send(item) => self.send_now(item),
+            Gate::Greet => self.greet(to.peer, Some(to.addr)),
+            Gate::Queued => {}
+            Gate::Full(item) => {
+                self.fail_outbound(item, "too many messages wait for the peer's greeting")
+            }
+        }
+    }
+
+    fn greet(&mut self, peer: PeerId, addr: Option<Multiaddr>) {
+        let hello = self
+            .membership
+            .identity
+            .hello(self.membership.revocations.clone());
+        let b = &mut self.swarm.behaviour_mut().hello;
+        let id = match addr {
+            Some(a) => b.send_request_with_addresses(&peer, Incoming::Message(hello), vec![a]),
+            None => b.send_request(&peer, Incoming::Message(hello)),
+        };
+        self.greeting.insert(id, peer);
+    }
+
+    fn send_now(&mut self, item: Outbound) {
+        match item {
+            Outbound::Chord(to, msg) => {
+                let envelope = ChordEnvelope {
+                    from: self.node.me().addr.clone(),
+                    msg: msg.clone(),
+                };
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .chord
+                    .send_request_with_addresses(
+                        &to.peer,
+                        Incoming::Message(envelope),
+                        vec![to.addr.clone()],
+                    );
+                self.pending_chord.insert(id, (to, msg));
+            }
+            Outbound::Member(to, request, reply) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .member
+                    .send_request_with_addresses(
+                        &to.peer,
+                        Incoming::Message(request),
+                        vec![to.addr.clone()],
+                    );
+                self.pending_requests.insert(id, reply);
+            }
+        }
+    }
+
+    fn fail_outbound(&mut self, item: Outbound, reason: &str) {
+        match item {
+            Outbound::Chord(to, msg) => {
+                debug!(peer = %to.peer, reason, "chord message not delivered");
+                let now = self.now();
+                self.node.handle_send_failure(now, to, &msg);
+            }
+            Outbound::Member(to, _, reply) => {
+                let _ = reply.send(Err(RequestError::Failed {
+                    peer: to.peer,
+                    reason: reason.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn on_hello_event(&mut self, ev: request_response::Event<Incoming<Hello>, HelloResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let answer = match request {
+                    Incoming::Message(hello) => self.admit(peer, hello),
+                    Incoming::Misrouted(a) => HelloResponse::Refused {
+                        message: format!("a {a} message on the hello protocol"),
+                    },
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .hello
+                    .send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if self.greeting.remove(&request_id).is_none() {
+                    return;
+                }
+                if let HelloResponse::Welcome { revocations, .. } = &response {
+                    self.adopt(revocations.clone());
+                }
+                let check = self.membership.identity.check_welcome(
+                    &peer,
+                    &response,
+                    &self.membership.revocations,
+                );
+                let check = check.and_then(|()| {
+                    if self.group_is_full(&peer) {
+                        Err(format!(
+                            "{MAX_MEMBERS_PER_GROUP} members of its address group are admitted already"
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
+                match check {
+                    Ok(()) => {
+                        // Their answer proved their membership too.
+                        let label = match &response {
+                            HelloResponse::Welcome { certificate, .. } => certificate.label.clone(),
+                            HelloResponse::Refused { .. } => String::new(),
+                        };
+                        self.admitted.insert(
+                            peer,
+                            Caller {
+                                peer,
+                                role: Role::Member,
+                                label,
+                            },
+                        );
+                        self.strangers.remove(&peer);
+                        for item in self.gate.admitted(peer) {
+                            self.send_now(item);
+                        }
+                    }
+                    Err(reason) => {
+                        warn!(%peer, %reason, "greeting refused");
+                        for item in self.gate.refused(&peer) {
+                            self.fail_outbound(item, &reason);
+                        }
+                    }
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if self.greeting.remove(&request_id).is_some() {
+                    let reason = format!("greeting failed: {error}");
+                    for item in self.gate.refused(&peer) {
+                        self.fail_outbound(item, &reason);
+                    }
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "bad greeting rejected");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Checks a peer's hello: our ring, a valid certificate for this very peer, not revoked.
+    fn admit(&mut self, peer: PeerId, hello: Hello) -> HelloResponse {
+        let ring = self.membership.identity.credential.ring;
+        if hello.ring != ring {
+            return HelloResponse::Refused {
+                message: format!(
+                    "this node belongs to ring {}, not to ring {}",
+                    ring.fingerprint(),
+                    hello.ring.fingerprint()
+                ),
+            };
+        }
+        self.adopt(hello.revocations);
+        match hello
+            .certificate
+            .verify(&ring, &peer, &self.membership.revocations)
+        {
+            Ok(Role::Member) if self.group_is_full(&peer) => {
+                let group = self.remote_ip.get(&peer).and_then(|ip| address_group(*ip));
+                info!(%peer, ?group, "refused a member: too many members from its address group");
+                HelloResponse::Refused {
+                    message: format!(
+                        "this node already has {MAX_MEMBERS_PER_GROUP} members from the address group {} (a /16); more from one network are refused",
+                        group.map(|g| g.to_string()).unwrap_or_default()
+                    ),
+                }
+            }
+            Ok(role) => {
+                self.admitted.insert(
+                    peer,
+                    Caller {
+                        peer,
+                        role,
+                        label: hello.certificate.label.clone(),
+                    },
+                );
+                self.strangers.remove(&peer);
+                HelloResponse::Welcome {
+                    certificate: self.membership.identity.credential.certificate.clone(),
+                    revocations: self.membership.revocations.clone(),
+                }
+            }
+            Err(e) => {
+                info!(%peer, error = %e, "refused a peer without a valid certificate");
+                HelloResponse::Refused {
+                    message: e.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Whether admitting `peer` as a member would put more than [`MAX_MEMBERS_PER_GROUP`]
+    /// admitted members into its address group.
+    fn group_is_full(&self, peer: &PeerId) -> bool {
+        let Some(group) = self.remote_ip.get(peer).and_then(|ip| address_group(*ip)) else {
+            return false;
+        };
+        let same = self
+            .admitted
+            .values()
+            .filter(|c| c.role == Role::Member && c.peer != *peer)
+            .filter(|c| {
+                self.remote_ip
+                    .get(&c.peer)
+                    .and_then(|ip| address_group(*ip))
+                    == Some(group)
+            })
+            .count();
+        same >= MAX_MEMBERS_PER_GROUP
+    }
+
+    /// Takes a newer, validly signed revocation list: keeps it, drops the revoked peers, and
+    /// passes it on to every peer that admitted us.
+    fn adopt(&mut self, list: Revocations) {
+        let ring = self.membership.identity.credential.ring;
+        if list.seq <= self.membership.revocations.seq || list.verify(&ring).is_err() {
+            return;
+        }
+        if let Some(dir) = &self.membership.revocations_dir {
+            if let Err(e) = crate::admission::write_revocations(dir, &list) {
+                warn!(error = %e, "cannot keep the new revocation list");
+            }
+        }
+        info!(
+            seq = list.seq,
+            revoked = list.peers.len(),
+            "new revocation list"
+        );
+        let me = self.node.me().addr.peer;
+        if list.contains(&me) {
+            warn!("this node's certificate has been revoked; other members will refuse it");
+        }
+        self.membership.revocations = list;
+        for peer in self.membership.revocations.peer_ids() {
+            self.admitted.remove(&peer);
+            if self.swarm.is_connected(&peer) {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+        let ready: Vec<PeerId> = self.gate.ready_peers().copied().collect();
+        for peer in ready {
+            self.greet(peer, None);
+        }
+    }
+
+    /// Closes connections of peers that proved no role within [`HELLO_TIMEOUT`].
+    fn close_strangers(&mut self) {
+        let now = Instant::now();
+        let late: Vec<PeerId> = self
+            .strangers
+            .iter()
+            .filter(|(p, since)| {
+                now.duration_since(**since) > HELLO_TIMEOUT
+                    && !self.admitted.contains_key(p)
+                    && !self.gate.is_ready(p)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in late {
+            self.strangers.remove(&peer);
+            if self.admitted.contains_key(&peer) || self.gate.is_ready(&peer) {
+                continue;
+            }
+            info!(%peer, "closing the connection of a peer that did not prove membership");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.strangers
+            .retain(|p, _| !self.admitted.contains_key(p) && !self.gate.is_ready(p));
     }
 
     fn on_member_event(
@@ -642,10 +1097,12 @@ impl Driver {
                     }));
                 }
             }
-            ev => self.on_inbound(ev, |peer, request, channel| Inbound::Member {
-                peer,
-                request,
-                channel,
+            ev => self.on_inbound(ev, Audience::Member, |caller, request, channel| {
+                Inbound::Member {
+                    peer: caller.peer,
+                    request,
+                    channel,
+                }
             }),
         }
     }
@@ -653,22 +1110,7 @@ impl Driver {
     fn drain(&mut self) {
         while let Some(action) = self.node.poll_action() {
             match action {
-                chord::Action::Send { to, msg } => {
-                    let envelope = ChordEnvelope {
-                        from: self.node.me().addr.clone(),
-                        msg: msg.clone(),
-                    };
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .chord
-                        .send_request_with_addresses(
-                            &to.peer,
-                            Incoming::Message(envelope),
-                            vec![to.addr.clone()],
-                        );
-                    self.pending_chord.insert(id, (to, msg));
-                }
+                chord::Action::Send { to, msg } => self.submit(Outbound::Chord(to, msg)),
                 chord::Action::Event(ev) => self.on_core_event(ev),
             }
         }
@@ -760,6 +1202,55 @@ fn resolve_locally(
     })
 }
 
+/// Most admitted members one node keeps from one address group (as go-libp2p-kad-dht limits
+/// peers per /16): a single network cannot crowd a node's neighbourhood.
+pub const MAX_MEMBERS_PER_GROUP: usize = 16;
+
+/// The IP address a multiaddr names, if any.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// The address group of a public address: its /16 for IPv4, its /32 for IPv6. Loopback,
+/// private, link-local and other non-public addresses belong to no group (an operator's own
+/// network is not limited).
+pub fn address_group(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+            // CGNAT 100.64/10
+            {
+                return None;
+            }
+            let [a, b, _, _] = v4.octets();
+            Some(IpAddr::V4(Ipv4Addr::new(a, b, 0, 0)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return address_group(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            // Global unicast only (2000::/3).
+            if seg[0] & 0xe000 != 0x2000 {
+                return None;
+            }
+            Some(IpAddr::V6(Ipv6Addr::new(seg[0], seg[1], 0, 0, 0, 0, 0, 0)))
+        }
+    }
+}
+
 /// Every ring member named in a message must have the ring id its PeerId implies, so nobody can
 /// place a node (or itself) at a chosen position of the ring.
 fn peers_are_genuine(msg: &chord::Message<NodeAddr>) -> bool {
@@ -838,6 +1329,28 @@ pub fn choose_advertised(mut found: Vec<Multiaddr>) -> Multiaddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_groups_are_public_slash_16s() {
+        let g = |s: &str| address_group(s.parse().unwrap()).map(|g| g.to_string());
+        assert_eq!(g("8.8.4.4"), Some("8.8.0.0".into()));
+        assert_eq!(g("8.8.200.1"), g("8.8.4.4"));
+        assert_ne!(g("8.9.0.1"), g("8.8.4.4"));
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "169.254.1.1",
+        ] {
+            assert_eq!(g(private), None, "{private}");
+        }
+        assert_eq!(g("::ffff:8.8.4.4"), Some("8.8.0.0".into()));
+        assert_eq!(g("2001:db8:1:2::1"), Some("2001:db8::".into()));
+        assert_eq!(g("fe80::1"), None);
+        assert_eq!(g("::1"), None);
+    }
 
     #[test]
     fn advertised_address_prefers_routable_tcp() {

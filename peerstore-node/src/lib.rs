@@ -4,7 +4,8 @@
 //!
 //! The wire protocols live in the `peerstore-proto` crate, below this one and the client. The
 //! node's modules, from the bottom up (each uses only those above it):
-//! - [`config`], [`identity`]: settings and the node's key pair.
+//! - [`config`], [`identity`], [`admission`]: settings, the node's key pair and its membership
+//!   of a ring (certificates, invites, revocations).
 //! - [`store`]: the durable block store and its record tables.
 //! - [`driver`]: the one task that owns the swarm, the clock and the pure Chord core.
 //! - [`ring`]: locate a key's holders, call members, wait for quorums; typed errors.
@@ -20,11 +21,13 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod config;
 pub mod driver;
 pub mod entangled;
 pub mod identity;
 pub mod maintenance;
+pub mod quota;
 pub mod replication;
 pub mod ring;
 pub mod service;
@@ -38,10 +41,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use peerstore_proto::{ClientRequest, ClientResponse, NodeAddr};
+use peerstore_proto::NodeAddr;
 
 use crate::config::NodeConfig;
-use crate::driver::{build_swarm, Driver, Start};
+use crate::driver::{build_swarm_with, Driver, Start};
 use crate::replication::Replication;
 use crate::ring::Ring;
 use crate::service::Service;
@@ -51,17 +54,53 @@ use crate::store::{BlockStore, StoreConfig};
 /// lets its neighbours splice the ring, and returns.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
+    // How cautious deletions are: flags and config, else the environment, else the defaults.
+    {
+        use replication::deletion::{self, DeletionPolicy};
+        let env = |v: &str| std::env::var(v).ok();
+        let mut policy = DeletionPolicy::parse(
+            env(deletion::MIN_AGE_VAR).as_deref(),
+            env(deletion::MAX_PER_ROUND_VAR).as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if let Some(ms) = config.delete_min_age_ms {
+            policy.min_age = Duration::from_millis(ms);
+        }
+        if let Some(n) = config.delete_max_per_round {
+            policy.max_per_round = n;
+        }
+        deletion::set_policy(policy);
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let keypair = match &config.initial_peer {
-        Some(peer) if !identity::exists(&config.data_dir) && config.id_choices > 1 => {
-            let members = ring_members(peer, config.request_timeout()).await;
-            identity::create_balanced(&config.data_dir, &members, config.id_choices)?
-        }
-        _ => identity::load_or_create(&config.data_dir)?,
+    let invite = match (&config.invite, &config.join_local) {
+        (Some(line), _) => Some(admission::parse_invite(line)?),
+        (None, Some(dir)) if !admission::is_member(&config.data_dir) => Some(
+            admission::invite_from(
+                dir,
+                Some(dir),
+                peerstore_proto::Role::Member,
+                "local",
+                config.id_choices,
+                Vec::new(),
+            )
+            .await?,
+        ),
+        _ => None,
     };
+    let wants_to_join = config.initial_peer.is_some() || config.join_local.is_some();
+    let admitted = admission::prepare(&config.data_dir, invite, wants_to_join)?;
+    if admitted.created {
+        println!(
+            "peerstore-node: created ring {}; its key is {} (keep it safe: it admits nodes and users). Invite more with `peerstore-node invite --data-dir {}`",
+            admitted.identity.credential.ring.fingerprint(),
+            admission::ring_key_path(&config.data_dir).display(),
+            config.data_dir.display()
+        );
+    }
+    let keypair = admitted.identity.keypair.clone();
     let peer = keypair.public().to_peer_id();
-    info!(%peer, id = %peerstore_proto::ring_id(&peer), "node identity");
+    info!(%peer, id = %peerstore_proto::ring_id(&peer), ring = %admitted.identity.credential.ring.fingerprint(), "node identity");
 
     // Re-check everything held against its hash before serving or joining.
     let store_dir = config.data_dir.join("store");
@@ -86,22 +125,30 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     // --initial-peer, a node that was in a ring rejoins it if any member answers, and starts a
     // new ring otherwise.
     let known = driver::read_peers_file(&config.data_dir);
-    let start = match &config.initial_peer {
-        Some(s) => {
-            let first = peerstore_proto::parse_node_addr(s)
-                .map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?;
-            Start::Join {
-                via: std::iter::once(first).chain(known).collect(),
-                create_if_alone: false,
-            }
+    let mut via: Vec<NodeAddr> = Vec::new();
+    if let Some(s) = &config.initial_peer {
+        via.push(
+            peerstore_proto::parse_node_addr(s)
+                .map_err(|e| anyhow::anyhow!("--initial-peer: {e}"))?,
+        );
+    }
+    let told = !via.is_empty() || !admitted.bootstrap.is_empty();
+    via.extend(admitted.bootstrap.iter().cloned());
+    via.extend(known);
+    let start = if via.is_empty() {
+        Start::Create
+    } else {
+        Start::Join {
+            via,
+            create_if_alone: !told,
         }
-        None if !known.is_empty() => Start::Join {
-            via: known,
-            create_if_alone: true,
-        },
-        None => Start::Create,
     };
-    let swarm = build_swarm(keypair, config.request_timeout(), true)
+    let membership = driver::Membership {
+        identity: admitted.identity,
+        revocations: admitted.revocations,
+        revocations_dir: Some(config.data_dir.clone()),
+    };
+    let swarm = build_swarm_with(keypair, config.request_timeout(), true, config.net_limits())
         .map_err(|e| anyhow::anyhow!("cannot set up networking: {e}"))?;
     let (driver, handle, inbound) = Driver::start(
         swarm,
@@ -109,6 +156,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         config.announce.clone(),
         config.chord_config(),
         Some(config.data_dir.join(driver::PEERS_FILE)),
+        membership,
     )
     .await?;
     let addr_file = identity::write_address_file(&config.data_dir, &handle.local)?;
@@ -129,6 +177,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         ring: ring.clone(),
         replication: blocks.clone(),
         entangled: entangled.clone(),
+        quotas: Arc::new(quota::Quotas::new(blocks.store.clone(), config.user_quota)),
     });
     let local: Arc<dyn ring::LocalMember> = service.clone();
     ring.set_local(Arc::downgrade(&local));
@@ -170,66 +219,3 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let _ = std::fs::remove_file(config.data_dir.join(identity::ADDRESS_FILE));
     Ok(())
 }
-
-/// The ring ids a node joining through `peer` can find before it has an identity: the
-/// peer's status (itself, predecessor, successors, fingers), then the statuses of the members
-/// that names, and so on, asking at most [`MAX_STATUS_ASKS`] nodes (8 at a time, 2 s each):
-/// every member of a ring of a few dozen nodes, the neighbourhood of the entry node in a larger
-/// one. Empty, with a warning, if the peer does not answer: the node then takes a random id.
-async fn ring_members(peer: &str, timeout: Duration) -> Vec<chord::Id> {
-    let timeout = timeout.min(Duration::from_secs(2));
-    let client = peerstore_proto::parse_node_addr(peer).ok().and_then(|a| {
-        Some((
-            peerstore_proto::RpcClient::start(a.clone(), timeout).ok()?,
-            a,
-        ))
-    });
-    let Some((client, first)) = client else {
-        warn!(%peer, "cannot reach the initial peer before joining; taking a random ring id");
-        return Vec::new();
-    };
-    let mut known: std::collections::BTreeMap<chord::Id, NodeAddr> = Default::default();
-    let mut asked = std::collections::BTreeSet::new();
-    let mut frontier = vec![first];
-    while !frontier.is_empty() && asked.len() < MAX_STATUS_ASKS {
-        let take = frontier.len().min(8).min(MAX_STATUS_ASKS - asked.len());
-        let batch: Vec<NodeAddr> = frontier.drain(..take).collect();
-        asked.extend(batch.iter().map(|a| a.peer));
-        let answers = futures::future::join_all(
-            batch
-                .iter()
-                .map(|a| client.call_to(a, ClientRequest::Status)),
-        )
-        .await;
-        for answer in answers {
-            let Ok(ClientResponse::Status(s)) = answer else {
-                continue;
-            };
-            let seen = std::iter::once(peerstore_proto::MemberInfo {
-                id: s.id,
-                addr: s.addr.clone(),
-            })
-            .chain(s.predecessor.clone())
-            .chain(s.successors.clone())
-            .chain(s.fingers.clone());
-            for m in seen {
-                if known.insert(m.id, m.addr.clone()).is_none() && !asked.contains(&m.addr.peer) {
-                    frontier.push(m.addr);
-                }
-            }
-        }
-    }
-    if known.is_empty() {
-        warn!(%peer, "the initial peer did not answer a status request; taking a random ring id");
-    } else {
-        info!(
-            members = known.len(),
-            asked = asked.len(),
-            "choosing a ring id that evens out the arcs"
-        );
-    }
-    known.into_keys().collect()
-}
-
-/// Most nodes a joining node asks for their status while choosing its ring id.
-const MAX_STATUS_ASKS: usize = 32;

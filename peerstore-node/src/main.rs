@@ -25,10 +25,19 @@ struct Cli {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Join the ring this peer is in (full multiaddr ending in /p2p/<peer id>). Without it the
+    /// Another member to join through (full multiaddr ending in /p2p/<peer id>), besides the
+    /// ones the invite names. Joining needs an invite; without one and without this flag the
     /// node starts a new ring. `-initial-peer` works too.
     #[arg(long, value_name = "MULTIADDR")]
     initial_peer: Option<String>,
+    /// The invite this node joins with (the line `peerstore-node invite` prints, or @FILE).
+    /// Only needed on the first start.
+    #[arg(long, value_name = "LINE")]
+    invite: Option<String>,
+    /// On one machine: join the ring of the local node whose data directory this is (reads its
+    /// ring key and address; the same as --invite with an invite minted there).
+    #[arg(long, value_name = "DIR")]
+    join_local: Option<PathBuf>,
     /// Address to listen on (repeatable). Default /ip4/127.0.0.1/tcp/0.
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -41,6 +50,16 @@ struct RunArgs {
     /// Bytes of block data this node may hold, e.g. 512M or 10G.
     #[arg(long, value_parser = parse_size)]
     capacity: Option<u64>,
+    /// Milliseconds a copy must have been held before it may be dropped because others hold
+    /// it (default 600000).
+    #[arg(long)]
+    delete_min_age_ms: Option<u64>,
+    /// Most copies one maintenance round may drop, per kind of deletion (default 256).
+    #[arg(long)]
+    delete_max_per_round: Option<usize>,
+    /// Bytes each user may store through this node, e.g. 1G (default: no limit).
+    #[arg(long, value_parser = parse_size)]
+    user_quota: Option<u64>,
     /// Replication factor r.
     #[arg(long)]
     replication: Option<usize>,
@@ -79,9 +98,33 @@ struct RunArgs {
     /// arcs of the ring being joined (default 1024; 1 = a random id).
     #[arg(long)]
     id_choices: Option<usize>,
+    /// Established connections the node keeps at most (default 1024; inbound ones beyond it
+    /// are refused).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Inbound connections from one IP address (one IPv6 /64), handshaking or established
+    /// (default 64).
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<u32>,
+    /// Bytes of requests still arriving the node holds at once, e.g. 256M (the default).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    inbound_budget: Option<u64>,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+/// How a tool proves itself to a node: a credential file, or the ring key (which mints a
+/// temporary administrator's credential).
+#[derive(Args)]
+struct CredentialArgs {
+    /// A credential: a file holding an invite line (`peerstore-node invite --role admin`).
+    #[arg(long, value_name = "FILE", env = "PEERSTORE_CREDENTIAL")]
+    credential: Option<PathBuf>,
+    /// The ring key (`ring.key`, or the data directory holding it). Default: the one in
+    /// --data-dir, if any.
+    #[arg(long, value_name = "PATH")]
+    ring_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +140,60 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        auth: CredentialArgs,
+    },
+    /// Create a new ring: a ring key, and this data directory as its first member.
+    Ring {
+        #[command(subcommand)]
+        command: RingCmd,
+    },
+    /// Print an invite (one line) for a new node, user or administrator of the ring.
+    Invite {
+        /// Data directory of the node that holds the ring key (and whose address the invite
+        /// names). Default: the platform's data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The ring key, if not in --data-dir.
+        #[arg(long, value_name = "PATH")]
+        ring_key: Option<PathBuf>,
+        /// member (a node), user (peerstore-client) or admin.
+        #[arg(long, default_value = "member")]
+        role: peerstore_proto::Role,
+        /// A name for the certificate (shown in logs).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// More members the invite names to join through (repeatable).
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
+        /// Key pairs drawn to give a new member the ring id that best evens out the arcs.
+        #[arg(long, default_value_t = 1024)]
+        id_choices: usize,
+    },
+    /// Revoke a node's, user's or administrator's certificate ring-wide.
+    Revoke {
+        /// The PeerId(s) to revoke.
+        #[arg(required = true)]
+        peers: Vec<String>,
+        /// Data directory of the node that holds the ring key; the new list is handed to it.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The ring key, if not in --data-dir.
+        #[arg(long, value_name = "PATH")]
+        ring_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RingCmd {
+    /// Make the ring key and this node's membership (a node started without an invite does
+    /// this by itself).
+    Init {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to keep the ring key instead of <data-dir>/ring.key.
+        #[arg(long, value_name = "FILE")]
+        ring_key: Option<PathBuf>,
     },
 }
 
@@ -135,7 +232,47 @@ fn main() -> ExitCode {
                 peer,
                 data_dir,
                 json,
-            }) => status(peer, data_dir, json).await,
+                auth,
+            }) => status(peer, data_dir, json, auth).await,
+            Some(Cmd::Ring {
+                command: RingCmd::Init { data_dir, ring_key },
+            }) => {
+                let dir = data_dir.unwrap_or_else(peerstore_node::config::default_data_dir);
+                let key = peerstore_node::admission::init_ring(&dir, ring_key.as_deref())?;
+                println!(
+                    "created ring {} in {}; start the node there, then `peerstore-node invite` for the next ones",
+                    key.public().fingerprint(),
+                    dir.display()
+                );
+                Ok(())
+            }
+            Some(Cmd::Invite {
+                data_dir,
+                ring_key,
+                role,
+                label,
+                bootstrap,
+                id_choices,
+            }) => {
+                let dir = data_dir.unwrap_or_else(peerstore_node::config::default_data_dir);
+                let key = ring_key.unwrap_or_else(|| dir.clone());
+                let invite = peerstore_node::admission::invite_from(
+                    &key,
+                    Some(&dir),
+                    role,
+                    &label,
+                    id_choices,
+                    bootstrap,
+                )
+                .await?;
+                println!("{}", invite.to_line());
+                Ok(())
+            }
+            Some(Cmd::Revoke {
+                peers,
+                data_dir,
+                ring_key,
+            }) => revoke(peers, data_dir, ring_key).await,
             None => run(cli.run).await,
         }
     });
@@ -156,6 +293,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = a.initial_peer {
         c.initial_peer = Some(v);
     }
+    if let Some(v) = a.invite {
+        c.invite = Some(v);
+    }
+    if let Some(v) = a.join_local {
+        c.join_local = Some(v);
+    }
     if !a.listen.is_empty() {
         c.listen = a.listen;
     }
@@ -167,6 +310,15 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.capacity {
         c.capacity = v;
+    }
+    if let Some(v) = a.user_quota {
+        c.user_quota = Some(v);
+    }
+    if let Some(v) = a.delete_min_age_ms {
+        c.delete_min_age_ms = Some(v);
+    }
+    if let Some(v) = a.delete_max_per_round {
+        c.delete_max_per_round = Some(v);
     }
     if let Some(v) = a.replication {
         c.replication = v;
@@ -210,6 +362,15 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = a.id_choices {
         c.id_choices = v;
     }
+    if let Some(v) = a.max_connections {
+        c.max_connections = v;
+    }
+    if let Some(v) = a.max_connections_per_ip {
+        c.max_connections_per_ip = v;
+    }
+    if let Some(v) = a.inbound_budget {
+        c.inbound_budget = v;
+    }
     peerstore_node::run(c, shutdown_signal()).await
 }
 
@@ -235,14 +396,80 @@ async fn shutdown_signal() {
     }
 }
 
-async fn status(peer: Option<String>, data_dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+/// The identity a tool talks to nodes as: a credential file, or a temporary administrator's
+/// credential minted with the ring key.
+fn tool_identity(
+    auth: &CredentialArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<peerstore_proto::Identity> {
+    use peerstore_node::admission;
+    if let Some(file) = &auth.credential {
+        let invite = admission::parse_invite(&format!("@{}", file.display()))?;
+        return Ok(peerstore_proto::Identity::from_invite(&invite)?);
+    }
+    let key_path = auth
+        .ring_key
+        .clone()
+        .unwrap_or_else(|| data_dir.to_path_buf());
+    if auth.ring_key.is_none() && !admission::ring_key_path(data_dir).exists() {
+        anyhow::bail!(
+            "no credential: pass --credential <file with an invite line> (`peerstore-node invite --role admin`), or --ring-key"
+        );
+    }
+    let key = admission::read_ring_key(&key_path)?;
+    Ok(admission::ephemeral(
+        &key,
+        peerstore_proto::Role::Admin,
+        "tool",
+    ))
+}
+
+async fn revoke(
+    peers: Vec<String>,
+    data_dir: Option<PathBuf>,
+    ring_key: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use peerstore_node::admission;
+    let dir = data_dir.unwrap_or_else(peerstore_node::config::default_data_dir);
+    let key = admission::read_ring_key(ring_key.as_deref().unwrap_or(&dir))?;
+    let mut list = admission::read_revocations(&dir);
+    let mut ids = list.peer_ids();
+    for p in &peers {
+        ids.push(
+            p.parse()
+                .map_err(|_| anyhow::anyhow!("'{p}' is not a PeerId (12D3KooW...)"))?,
+        );
+    }
+    list = key.revoke(list.seq + 1, ids);
+    admission::write_revocations(&dir, &list)?;
+    // Hand the list to the running node in a greeting; it passes it on to every peer.
+    if let Ok(node) = peerstore_node::identity::read_address_file(&dir) {
+        let me = admission::ephemeral(&key, peerstore_proto::Role::Admin, "revoke");
+        let client = peerstore_proto::RpcClient::start_as(node, Duration::from_secs(10), Some(me))?;
+        client.greet_with(list.clone()).await?;
+    }
+    println!(
+        "revoked {} peer(s); revocation list #{} ({} entries) handed to the ring",
+        peers.len(),
+        list.seq,
+        list.peers.len()
+    );
+    Ok(())
+}
+
+async fn status(
+    peer: Option<String>,
+    data_dir: Option<PathBuf>,
+    json: bool,
+    auth: CredentialArgs,
+) -> anyhow::Result<()> {
+    let dir = data_dir.unwrap_or_else(peerstore_node::config::default_data_dir);
     let node = match peer {
         Some(p) => peerstore_proto::parse_node_addr(&p).map_err(anyhow::Error::msg)?,
-        None => peerstore_node::identity::read_address_file(
-            &data_dir.unwrap_or_else(peerstore_node::config::default_data_dir),
-        )?,
+        None => peerstore_node::identity::read_address_file(&dir)?,
     };
-    let client = peerstore_proto::RpcClient::start(node, Duration::from_secs(10))?;
+    let me = tool_identity(&auth, &dir)?;
+    let client = peerstore_proto::RpcClient::start_as(node, Duration::from_secs(10), Some(me))?;
     let s = match client.call(ClientRequest::Status).await? {
         ClientResponse::Status(s) => s,
         other => anyhow::bail!("{}", peerstore_proto::rpc::describe(&other)),
@@ -264,6 +491,8 @@ async fn status(peer: Option<String>, data_dir: Option<PathBuf>, json: bool) -> 
             "bytes_used": s.bytes_used,
             "capacity": s.capacity,
             "records": s.records,
+            "user_quota": s.user_quota,
+            "users": s.users.iter().map(|u| serde_json::json!({ "user": u.user, "label": u.label, "bytes": u.bytes })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -285,5 +514,12 @@ async fn status(peer: Option<String>, data_dir: Option<PathBuf>, json: bool) -> 
         s.keys_owned, s.keys_replica, s.replication
     );
     println!("storage     {} of {} bytes used", s.bytes_used, s.capacity);
+    match s.user_quota {
+        Some(q) => println!("user quota  {q} bytes per user through this node"),
+        None => println!("user quota  none"),
+    }
+    for u in &s.users {
+        println!("  user {} ({}): {} bytes", u.user, u.label, u.bytes);
+    }
     Ok(())
 }

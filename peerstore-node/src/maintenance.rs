@@ -12,18 +12,21 @@
 //! - a block was lost or quarantined on one node: the owner's digest differs, it is re-sent.
 //!
 //! A separate, slower loop drops keys outside the range a node replicates: only keys that were
-//! outside it at two consecutive clean-ups (so a ring still settling does not cause churn), and
-//! only once every member of the key's current replica set confirms it holds the key.
+//! outside it at two consecutive clean-ups (so a ring still settling does not cause churn),
+//! held here for the minimum age, and only once every member of the key's current replica set
+//! has proved that it holds the bytes (a proof of possession, never an index lookup), at most
+//! a bounded number per round ([`crate::replication::deletion`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use peerstore_proto::{BlockKey, MemberRequest, MemberResponse, NodeAddr, MAX_LIST_PAGE};
 
+use crate::replication::deletion::{self, Evidence, Keep, Store};
 use crate::replication::{list_record_digests, Replication};
 use crate::ring::{blocking, RingError};
 use crate::store::Role;
@@ -41,11 +44,17 @@ pub struct RoundReport {
     pub pulled: u64,
     pub dropped: u64,
     pub errors: u64,
+    /// Copies kept because members of the key's replica set failed to prove they hold it
+    /// (a member that lies about what it holds shows up here, round after round).
+    pub unverified: u64,
 }
 
 /// Runs maintenance forever: replication rounds every `period` and soon after a range change,
 /// and clean-up rounds every `period` in their own task so they never delay re-replication.
 pub async fn run(service: Arc<Replication>, period: Duration) {
+    // Read the deletion policy and the test-only hostile mode now, so their warnings come at
+    // start.
+    let _ = (deletion::policy(), crate::replication::hostile::mode());
     let cleaner = tokio::spawn(cleanup_loop(service.clone(), period));
     let mut changes = service.ring.handle.ranges_changed.clone();
     loop {
@@ -71,6 +80,12 @@ fn log_round(what: &str, report: &RoundReport) {
             dropped = report.dropped,
             errors = report.errors,
             "{what} round"
+        );
+    }
+    if report.unverified > 0 {
+        warn!(
+            kept = report.unverified,
+            "{what}: copies kept because members of their replica sets failed to prove they hold them"
         );
     }
 }
@@ -123,6 +138,7 @@ impl From<SyncReport> for RoundReport {
             pulled: r.pulled,
             dropped: 0,
             errors: r.errors,
+            unverified: 0,
         }
     }
 }
@@ -370,10 +386,12 @@ impl sync::Table for Records<'_> {
     }
 }
 
-/// Drops keys outside the range this node replicates. A key is a candidate when it lies outside
-/// (from, to]; it is dropped only if it was a candidate at the previous clean-up as well, the
-/// lookup of its replica set does not include this node, and every member of that set holds
-/// it (checked with `HasLocal`; a member that lacks it is sent the block first). Returns this
+/// Drops keys outside the range this node replicates, by the rule of
+/// [`deletion`](crate::replication::deletion). A key is a candidate when it lies outside
+/// (from, to]; it is dropped only if it was a candidate at the previous clean-up as well, this
+/// node has held it for the minimum age, the lookup of its replica set does not include this
+/// node, every one of the r members of that set proves it holds the bytes (a member that does
+/// not is sent the block and challenged again), and the round has deletions left. Returns this
 /// round's candidates.
 async fn cleanup(
     service: &Replication,
@@ -395,46 +413,99 @@ async fn cleanup(
         Ok(Ok(page)) => page.keys.into_iter().collect(),
         _ => return BTreeSet::new(),
     };
-    let ripe: Vec<BlockKey> = foreign.intersection(previous).copied().collect();
-    let dropped = futures::stream::iter(ripe)
-        .map(|key| async move { hand_over_and_drop(service, key).await })
+    let policy = deletion::policy();
+    let mut budget = policy.budget();
+    // Only keys old enough, and no more than the round may drop, are worth the proofs; from
+    // a random place among them, so keys that keep failing (a member that lies, one that is
+    // down) do not keep the others from ever being examined.
+    let mut ripe: Vec<BlockKey> = foreign
+        .intersection(previous)
+        .filter(|k| deletion::old_enough(&policy, service.store.held_for(k)))
+        .copied()
+        .collect();
+    if !ripe.is_empty() {
+        let start = rand::random::<usize>() % ripe.len();
+        ripe.rotate_left(start);
+    }
+    ripe.truncate(budget.left());
+    let checked = futures::stream::iter(ripe)
+        .map(|key| async move { (key, verify_foreign(service, key).await) })
         .buffer_unordered(PARALLEL)
-        .collect::<Vec<Option<bool>>>()
+        .collect::<Vec<_>>()
         .await;
-    for d in dropped {
-        match d {
-            Some(true) => report.dropped += 1,
-            Some(false) => {}
-            None => report.errors += 1,
+    for (key, outcome) in checked {
+        let (verified, needed) = match outcome {
+            Foreign::Candidate { verified, needed } => (verified, needed),
+            Foreign::InSet | Foreign::Gone => continue,
+            Foreign::Unknown => {
+                report.errors += 1;
+                continue;
+            }
+        };
+        let evidence = Evidence {
+            age: service.store.held_for(&key),
+            verified,
+            needed,
+        };
+        if let Err(why) = deletion::decide(&policy, evidence, &mut budget) {
+            if matches!(why, Keep::Unverified { .. }) {
+                report.unverified += 1;
+            }
+            debug!(%key, %why, "foreign copy kept");
+            continue;
+        }
+        let store = service.store.clone();
+        match tokio::task::spawn_blocking(move || store.delete(&key)).await {
+            Ok(Ok(true)) => report.dropped += 1,
+            Ok(Ok(false)) => {}
+            _ => report.errors += 1,
         }
     }
     foreign
 }
 
-/// Some(true) if the key was dropped, Some(false) if it is kept (we are in its replica set after
-/// all), None on errors (kept, retried next time).
-async fn hand_over_and_drop(service: &Replication, key: BlockKey) -> Option<bool> {
-    let set = service.ring.replica_set(&key).await.ok()?;
+/// What the clean-up found out about a foreign key.
+enum Foreign {
+    /// This node is in its replica set after all: kept.
+    InSet,
+    /// This node no longer holds it (or its copy failed verification): nothing to drop.
+    Gone,
+    /// Its replica set could not be found: kept, retried next time.
+    Unknown,
+    /// `verified` of the `needed` members of its replica set proved they hold the bytes.
+    Candidate { verified: usize, needed: usize },
+}
+
+/// Challenges every member of `key`'s replica set to prove it holds the bytes; a member that
+/// fails is sent this node's copy and challenged once more (the push plans, the proof decides:
+/// a member that acknowledges the block without storing it still fails).
+async fn verify_foreign(service: &Replication, key: BlockKey) -> Foreign {
+    let Ok(set) = service.ring.replica_set(&key).await else {
+        return Foreign::Unknown;
+    };
     if set.contains(service.ring.me()) {
-        return Some(false);
+        return Foreign::InSet;
     }
+    // Our own copy, verified against the key: what the proofs are checked against.
+    let own = match service.fetch_local(key).await {
+        Ok(Some(data)) => data,
+        Ok(None) => return Foreign::Gone,
+        Err(_) => return Foreign::Unknown,
+    };
+    let blocks = [(key, own.as_slice())];
+    let mut verified = 0;
     for member in &set {
-        let has = match service
-            .ring
-            .call(member, MemberRequest::HasLocal { keys: vec![key] })
-            .await
-        {
-            Ok(MemberResponse::Has { present }) => present.first().copied().unwrap_or(false),
-            _ => return None,
-        };
-        if !has && sync::push_keys(&Blocks(service), member, vec![key]).await == 0 {
-            return None;
+        let mut ok =
+            deletion::verify(&service.ring, member, Store::Replicated, &blocks).await == [true];
+        if !ok && sync::push_keys(&Blocks(service), member, vec![key]).await > 0 {
+            ok =
+                deletion::verify(&service.ring, member, Store::Replicated, &blocks).await == [true];
         }
+        verified += usize::from(ok);
     }
-    let store = service.store.clone();
-    match tokio::task::spawn_blocking(move || store.delete(&key)).await {
-        Ok(Ok(true)) => Some(true),
-        Ok(Ok(false)) => Some(false),
-        _ => None,
+    Foreign::Candidate {
+        verified,
+        // Every member of a full replica set: r of them.
+        needed: service.ring.replication.max(set.len()),
     }
 }

@@ -6,9 +6,17 @@
 //!
 //! Every subsystem that stores blocks in the ring (the client service, the entangled layer's
 //! parities) calls [`Replication::put_block`] and [`Replication::get_block`] directly.
+//!
+//! [`deletion`] is the rule every deletion of a copy that others hold follows (minimum age,
+//! proofs of possession, a bound per round); [`hostile`] is a test-only mode in which a node
+//! lies about what it holds.
+
+pub mod deletion;
+pub mod hostile;
 
 use std::sync::Arc;
 
+use peerstore_proto::member::MAX_PROVE_KEYS;
 use peerstore_proto::{
     BlockKey, ErrorCode, MemberRequest, MemberResponse, MAX_BLOCK_SIZE, MAX_DIGEST_BUCKETS,
     MAX_LIST_PAGE, MAX_RECORD_SIZE,
@@ -189,6 +197,9 @@ impl Replication {
         data: Vec<u8>,
         role: Role,
     ) -> Result<(), RingError> {
+        if hostile::liar() {
+            return Ok(()); // acknowledged, not stored
+        }
         let store = self.store.clone();
         blocking(move || store.put(key, &data, role).map(|_| ())).await
     }
@@ -298,8 +309,32 @@ impl Replication {
                         "at most {MAX_LIST_PAGE} keys per request"
                     )));
                 }
+                if hostile::liar() {
+                    return Ok(MemberResponse::Has {
+                        present: vec![true; keys.len()],
+                    });
+                }
                 let present = blocking(move || keys.iter().map(|k| store.has(k)).collect()).await?;
                 MemberResponse::Has { present }
+            }
+            MemberRequest::Prove { keys } => {
+                if keys.len() > MAX_PROVE_KEYS {
+                    return Err(RingError::bad_request(format!(
+                        "at most {MAX_PROVE_KEYS} challenges per request"
+                    )));
+                }
+                if hostile::liar() {
+                    return Ok(MemberResponse::Proofs {
+                        proofs: hostile::random_proofs(keys.len()),
+                    });
+                }
+                // Over the bytes on disk, verified against the key on the way (a damaged copy
+                // reads as absent and proves nothing).
+                let proofs = blocking(move || {
+                    Ok(deletion::prove_with(&keys, |k| store.get(k).ok().flatten()))
+                })
+                .await?;
+                MemberResponse::Proofs { proofs }
             }
             MemberRequest::StoreRecordLocal { key, record } => {
                 self.store_record_local(key, record).await?;

@@ -13,7 +13,7 @@ use peerstore_proto::{
 use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
 
-use crate::driver::{Inbound, Reply, RingView};
+use crate::driver::{Caller, Inbound, Reply, RingView};
 use crate::entangled::Entangled;
 use crate::replication::{Replication, ROOTS};
 use crate::ring::{blocking, LocalMember, Ring, RingError};
@@ -28,6 +28,8 @@ pub struct Service {
     pub replication: Arc<Replication>,
     /// The entangled storage layer (documents, repair, scrub).
     pub entangled: Arc<Entangled>,
+    /// Per-user quotas of writes through this node.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 impl LocalMember for Service {
@@ -56,14 +58,15 @@ impl Service {
     async fn answer(&self, inbound: Inbound) -> Reply {
         match inbound {
             Inbound::Client {
-                peer,
+                caller,
                 request,
                 channel,
             } => {
+                let peer = caller.peer;
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
-                        let response = self.client(r).await;
+                        let response = self.client(r, &caller).await;
                         log_failure(&peer, kind, &response);
                         response
                     }
@@ -106,14 +109,23 @@ impl Service {
         }
     }
 
-    /// Answers a client request.
-    pub async fn client(&self, request: ClientRequest) -> ClientResponse {
+    /// Answers a client request from `caller`. Writes are charged to the caller's quota.
+    pub async fn client(&self, request: ClientRequest, caller: &Caller) -> ClientResponse {
         let repl = &self.replication;
         let r: Result<ClientResponse, RingError> = match request {
-            ClientRequest::Put { key, data } => repl
-                .put_block(key, data)
-                .await
-                .map(|replicas| ClientResponse::Stored { replicas }),
+            ClientRequest::Put { key, data } => {
+                let size = data.len() as u64;
+                match self.quotas.reserve(caller, key, size).await {
+                    Err(e) => Err(e),
+                    Ok(reservation) => match repl.put_block(key, data).await {
+                        Ok(replicas) => Ok(ClientResponse::Stored { replicas }),
+                        Err(e) => {
+                            self.quotas.release(reservation).await;
+                            Err(e)
+                        }
+                    },
+                }
+            }
             ClientRequest::Get { key } => repl.get_block(key).await.map(|b| match b {
                 Some(data) => ClientResponse::Block { data },
                 None => ClientResponse::NotFound,
@@ -131,11 +143,20 @@ impl Service {
                 Some(record) => ClientResponse::Record { record },
                 None => ClientResponse::NotFound,
             }),
-            ClientRequest::PutDocument { data } => self
-                .entangled
-                .put_document(data)
-                .await
-                .map(|key| ClientResponse::DocumentStored { key }),
+            ClientRequest::PutDocument { data } => {
+                let size = data.len() as u64;
+                let content = peerstore_proto::BlockKey::of(&data);
+                match self.quotas.reserve(caller, content, size).await {
+                    Err(e) => Err(e),
+                    Ok(reservation) => match self.entangled.put_document(data).await {
+                        Ok(key) => Ok(ClientResponse::DocumentStored { key }),
+                        Err(e) => {
+                            self.quotas.release(reservation).await;
+                            Err(e)
+                        }
+                    },
+                }
+            }
             ClientRequest::GetDocument { key } => {
                 self.entangled.get_document(key).await.map(|d| match d {
                     Some(data) => ClientResponse::Block { data },
@@ -209,7 +230,7 @@ impl Service {
             } else {
                 stats.roles.blocks()
             };
-            let records = store.record_list(ROOTS, None, usize::MAX)?.len() as u64;
+            let records = store.record_count(ROOTS)?;
             Ok(Figures {
                 owned,
                 replica: stats.roles.blocks().saturating_sub(owned),
@@ -220,7 +241,21 @@ impl Service {
         })
         .await
         .ok()?;
-        Some(status_report(&view, self.ring.replication, &figures))
+        let quotas = self.quotas.clone();
+        let users = tokio::task::spawn_blocking(move || quotas.usage())
+            .await
+            .unwrap_or_default();
+        let mut report = status_report(&view, self.ring.replication, &figures);
+        report.user_quota = self.quotas.limit();
+        report.users = users
+            .into_iter()
+            .map(|u| peerstore_proto::UserUsage {
+                user: u.user,
+                label: u.label,
+                bytes: u.bytes,
+            })
+            .collect();
+        Some(report)
     }
 }
 
@@ -269,5 +304,7 @@ fn status_report(view: &RingView, replication: usize, stats: &Figures) -> Status
         bytes_used: stats.used,
         capacity: stats.capacity,
         records: stats.records,
+        user_quota: None,
+        users: Vec::new(),
     }
 }

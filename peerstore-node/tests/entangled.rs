@@ -113,7 +113,16 @@ async fn stats(n: &NodeProc) -> EntangleStats {
 /// a client of its own with a 120 s timeout instead of the harness's 10 s (`RpcClient::admin`
 /// waits at least `LONG_REQUEST_TIMEOUT` for these anyway).
 async fn call_long(n: &NodeProc, r: AdminRequest) -> AdminResponse {
-    let client = RpcClient::start(n.addr.clone(), Duration::from_secs(120)).expect("rpc client");
+    let client = RpcClient::start_as(
+        n.addr.clone(),
+        Duration::from_secs(120),
+        Some(peerstore_node::admission::ephemeral(
+            &n.ring,
+            peerstore_proto::Role::Admin,
+            "test",
+        )),
+    )
+    .expect("rpc client");
     match client.admin(r).await {
         Ok(r) => r,
         Err(e) => panic!("request via {}: {e}", n.addr),

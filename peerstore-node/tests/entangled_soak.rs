@@ -77,7 +77,10 @@ async fn soak_16_nodes_kill_4_repair() {
     let clients: Vec<RpcClient> = c
         .nodes
         .iter()
-        .map(|n| RpcClient::start(n.addr.clone(), Duration::from_secs(1800)).unwrap())
+        .map(|n| {
+            let me = c.identity(peerstore_proto::Role::Admin);
+            RpcClient::start_as(n.addr.clone(), Duration::from_secs(1800), Some(me)).unwrap()
+        })
         .collect();
 
     // Write: 4 MiB documents through 4 entry nodes at once.

@@ -258,6 +258,9 @@ fn describe(audience: Audience, response: &[u8]) -> String {
         Audience::Client => decode_frame::<ClientResponse>(body).map(|r| format!("{r:?}")),
         Audience::Member => decode_frame::<MemberResponse>(body).map(|r| format!("{r:?}")),
         Audience::Admin => decode_frame::<AdminResponse>(body).map(|r| format!("{r:?}")),
+        Audience::Hello => {
+            decode_frame::<peerstore_proto::HelloResponse>(body).map(|r| format!("{r:?}"))
+        }
     };
     match decoded {
         Ok(r) => format!("answered: {r}"),
@@ -265,16 +268,74 @@ fn describe(audience: Audience, response: &[u8]) -> String {
     }
 }
 
-/// Sends `bytes` on `swarm`'s protocol to `to` and waits for the outcome.
-async fn send_raw(
-    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
-    to: &NodeAddr,
-    bytes: Vec<u8>,
-) -> Result<Vec<u8>, String> {
+/// A raw peer: the greeting of an admitted peer (the ring admits nobody else), then raw
+/// bytes on one protocol.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct RawPeer {
+    hello: request_response::Behaviour<peerstore_proto::HelloCodec>,
+    raw: request_response::Behaviour<RawCodec>,
+}
+
+/// A raw peer's swarm and the greeting it opens connections with.
+struct RawSwarm {
+    swarm: libp2p::Swarm<RawPeer>,
+    hello: peerstore_proto::Hello,
+}
+
+/// Sends `bytes` on `swarm`'s protocol to `to` and waits for the outcome (greeting the node
+/// first on a new connection).
+async fn send_raw(raw: &mut RawSwarm, to: &NodeAddr, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    if !raw.swarm.is_connected(&to.peer) {
+        let hello = raw.hello.clone();
+        greet(&mut raw.swarm, hello, to).await?;
+    }
+    let swarm = &mut raw.swarm;
     swarm
         .behaviour_mut()
+        .raw
         .send_request_with_addresses(&to.peer, bytes, vec![to.addr.clone()]);
     wait_outcome(swarm).await
+}
+
+/// The credential each protocol's raw peer shows: a member's for chord and member, an
+/// administrator's for admin, a user's for client.
+fn role_for(audience: Audience) -> peerstore_proto::Role {
+    match audience {
+        Audience::Chord | Audience::Member => peerstore_proto::Role::Member,
+        Audience::Admin => peerstore_proto::Role::Admin,
+        _ => peerstore_proto::Role::User,
+    }
+}
+
+async fn greet(
+    swarm: &mut libp2p::Swarm<RawPeer>,
+    hello: peerstore_proto::Hello,
+    to: &NodeAddr,
+) -> Result<(), String> {
+    swarm.behaviour_mut().hello.send_request_with_addresses(
+        &to.peer,
+        peerstore_proto::Incoming::Message(hello),
+        vec![to.addr.clone()],
+    );
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::Behaviour(RawPeerEvent::Hello(request_response::Event::Message { message: request_response::Message::Response { response, .. }, .. })) => {
+                    return match response {
+                        peerstore_proto::HelloResponse::Welcome { .. } => Ok(()),
+                        peerstore_proto::HelloResponse::Refused { message } => Err(message),
+                    };
+                }
+                SwarmEvent::Behaviour(RawPeerEvent::Hello(request_response::Event::OutboundFailure { error, .. })) => {
+                    return Err(format!("greeting failed: {error}"));
+                }
+                _ => {}
+            },
+            _ = &mut deadline => return Err("no answer to the greeting within 10 s".into()),
+        }
+    }
 }
 
 async fn start_cluster() -> Cluster {
@@ -318,7 +379,7 @@ async fn hostile_messages_are_rejected() {
     // (protocol, case, outcome, well-formed control answer it must contain)
     let mut answers: Vec<(Audience, String, String, Option<&str>)> = Vec::new();
     for t in targets(&cluster) {
-        let mut swarm = raw_swarm(t.audience.protocol());
+        let mut swarm = raw_swarm(&cluster, t.audience);
         for (name, bytes) in malformed(&t) {
             let outcome = match send_raw(&mut swarm, &target.addr, bytes).await {
                 Ok(r) => describe(t.audience, &r),
@@ -479,7 +540,7 @@ async fn requests_on_the_wrong_protocol_are_forbidden() {
     ];
     let mut refused = 0;
     for (on, requests) in sends {
-        let mut swarm = raw_swarm(on.protocol());
+        let mut swarm = raw_swarm(&cluster, on);
         for (found, what, bytes) in requests {
             let outcome = send_raw(&mut swarm, &target.addr, bytes).await;
             let shown = match &outcome {
@@ -513,6 +574,7 @@ async fn requests_on_the_wrong_protocol_are_forbidden() {
                     Ok(AdminResponse::Error { code, message }) => (code, message),
                     _ => panic!("{found} {what} on the admin protocol: {shown}"),
                 },
+                Audience::Hello => unreachable!("no request is sent on the hello protocol"),
             };
             let (code, message) = error;
             assert_eq!(
@@ -560,8 +622,11 @@ async fn requests_on_the_wrong_protocol_are_forbidden() {
     ));
 }
 
-fn raw_swarm(protocol: StreamProtocol) -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
-    libp2p::SwarmBuilder::with_new_identity()
+fn raw_swarm(cluster: &Cluster, on: Audience) -> RawSwarm {
+    let protocol = on.protocol();
+    let me = cluster.identity(role_for(on));
+    let hello = me.hello(peerstore_proto::Revocations::default());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(me.keypair.clone())
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -569,30 +634,34 @@ fn raw_swarm(protocol: StreamProtocol) -> libp2p::Swarm<request_response::Behavi
             yamux::Config::default,
         )
         .expect("tcp transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
+        .with_behaviour(|_| RawPeer {
+            hello: request_response::Behaviour::with_codec(
+                peerstore_proto::hello_codec(),
+                [(peerstore_proto::HELLO_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+            ),
+            raw: request_response::Behaviour::with_codec(
                 RawCodec,
                 [(protocol, ProtocolSupport::Outbound)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
+            ),
         })
         .expect("behaviour")
-        .build()
+        .build();
+    RawSwarm { swarm, hello }
 }
 
 /// The raw answer to the request in flight, or why there is none.
-async fn wait_outcome(
-    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
-) -> Result<Vec<u8>, String> {
+async fn wait_outcome(swarm: &mut libp2p::Swarm<RawPeer>) -> Result<Vec<u8>, String> {
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
-                SwarmEvent::Behaviour(request_response::Event::Message { message: request_response::Message::Response { response, .. }, .. }) => {
+                SwarmEvent::Behaviour(RawPeerEvent::Raw(request_response::Event::Message { message: request_response::Message::Response { response, .. }, .. })) => {
                     return Ok(response);
                 }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                SwarmEvent::Behaviour(RawPeerEvent::Raw(request_response::Event::OutboundFailure { error, .. })) => {
                     return Err(format!("rejected: {error}"));
                 }
                 _ => {}

@@ -24,7 +24,12 @@ async fn routed_client_bypasses_the_entry_node_and_survives_its_death() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let entry = cluster.nodes[0].addr.clone();
-    let client = RpcClient::routed(entry.clone(), Duration::from_secs(10)).expect("client");
+    let client = RpcClient::routed(
+        entry.clone(),
+        Duration::from_secs(10),
+        Some(cluster.identity(peerstore_proto::Role::User)),
+    )
+    .expect("client");
     client.refresh().await;
 
     let blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|i| block(7_000 + i, 20_000)).collect();

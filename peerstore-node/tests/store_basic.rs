@@ -413,3 +413,43 @@ fn put_many_reports_each_block_in_order() {
     }
     assert!(s.put_many::<Vec<u8>>(&[], Role::Owner).is_empty());
 }
+
+/// How long a block has been held counts from its arrival (for the minimum age of verified
+/// deletions), is never more than the truth, and starts again after a reopen (arrivals are
+/// kept in memory only) and after a delete and a new put.
+#[test]
+fn blocks_count_their_age_from_arrival() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Instant::now();
+    let s = open(dir.path(), 1 << 20);
+    let (k, data) = block(31_000, 1000);
+    std::thread::sleep(Duration::from_millis(50));
+    let before_put = Instant::now();
+    s.put(k, &data, Role::Owner).unwrap();
+    assert!(s.held_for(&k) <= before_put.elapsed());
+    std::thread::sleep(Duration::from_millis(50));
+    let age = s.held_for(&k);
+    assert!(age >= Duration::from_millis(50) && age <= before_put.elapsed());
+    // Storing it again is not a new arrival.
+    assert_eq!(
+        s.put(k, &data, Role::Owner).unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+    assert!(s.held_for(&k) >= Duration::from_millis(50));
+    // Deleted and received again: young again.
+    assert!(s.delete(&k).unwrap());
+    s.put(k, &data, Role::Owner).unwrap();
+    assert!(s.held_for(&k) < Duration::from_millis(50));
+    // A key never stored counts from the open.
+    let (other, _) = block(31_001, 10);
+    assert!(s.held_for(&other) <= opened.elapsed());
+    assert!(s.held_for(&other) >= Duration::from_millis(100));
+    // Reopened: every block counts from the new open.
+    drop(s);
+    std::thread::sleep(Duration::from_millis(20));
+    let reopened = Instant::now();
+    let s = open(dir.path(), 1 << 20);
+    assert!(s.has(&k).unwrap());
+    assert!(s.held_for(&k) <= reopened.elapsed());
+}

@@ -77,6 +77,8 @@ pub enum ErrorCode {
     Internal,
     /// The request is not allowed on this protocol or for this sender.
     Forbidden,
+    /// The user has stored as much as the node's `--user-quota` allows.
+    QuotaExceeded,
 }
 
 /// A ring member as reported to clients.
@@ -106,6 +108,20 @@ pub struct StatusReport {
     pub bytes_used: u64,
     pub capacity: u64,
     pub records: u64,
+    /// `--user-quota`: bytes each user may store through this node (none: no limit).
+    pub user_quota: Option<u64>,
+    /// What the users who wrote through this node have stored, largest first (at most 64).
+    pub users: Vec<UserUsage>,
+}
+
+/// One user's usage on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUsage {
+    /// The user's PeerId.
+    pub user: String,
+    /// The label of the user's certificate.
+    pub label: String,
+    pub bytes: u64,
 }
 
 /// Responses of the client protocol.

@@ -9,15 +9,18 @@
 //!
 //! A frame longer than the protocol's bound is refused before its body is read, and a frame
 //! that does not decode is an error value: the stream is dropped, the node logs it and keeps
-//! serving.
+//! serving. Buffers grow as a frame's bytes arrive, and requests are read under the deadlines
+//! and the node-wide byte budget of [`crate::limits`].
 
 use std::io;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::limits::FrameReader;
 
 /// Which protocol, and so which audience, a message belongs to: its frame's first body byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,6 +33,8 @@ pub enum Audience {
     Member,
     /// Administrators (`/peerstore/admin/1`).
     Admin,
+    /// The greeting that opens every conversation (`/peerstore/hello/1`).
+    Hello,
 }
 
 impl Audience {
@@ -41,6 +46,7 @@ impl Audience {
             Audience::Client => 0xC1,
             Audience::Member => 0xC2,
             Audience::Admin => 0xC3,
+            Audience::Hello => 0xC4,
         }
     }
 
@@ -52,6 +58,7 @@ impl Audience {
             Audience::Client,
             Audience::Member,
             Audience::Admin,
+            Audience::Hello,
         ]
         .into_iter()
         .find(|a| a.tag() == tag)
@@ -65,6 +72,7 @@ impl Audience {
             Audience::Client => crate::CLIENT_PROTOCOL,
             Audience::Member => crate::MEMBER_PROTOCOL,
             Audience::Admin => crate::ADMIN_PROTOCOL,
+            Audience::Hello => crate::HELLO_PROTOCOL,
         }
     }
 }
@@ -76,6 +84,7 @@ impl std::fmt::Display for Audience {
             Audience::Client => "client",
             Audience::Member => "member",
             Audience::Admin => "admin",
+            Audience::Hello => "hello",
         })
     }
 }
@@ -223,13 +232,18 @@ pub fn decode_incoming<T: Message>(bytes: &[u8]) -> io::Result<Incoming<T>> {
     decode_message(body, bulk.to_vec()).map(Incoming::Message)
 }
 
-async fn read_incoming<T, R>(io: &mut R, max: usize) -> io::Result<Incoming<T>>
+/// Reads one frame. The buffers grow as the bytes arrive ([`FrameReader`]), so a frame that
+/// announces 4 MiB and then stalls holds only what it sent. `limited` (the serving side, which
+/// reads requests from anyone) adds the read deadlines and the node-wide budget of
+/// [`crate::limits`].
+async fn read_incoming<T, R>(io: &mut R, max: usize, limited: bool) -> io::Result<Incoming<T>>
 where
     T: Message,
     R: AsyncRead + Unpin + Send,
 {
+    let mut rd = FrameReader::new(limited);
     let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
+    rd.read_exact(io, &mut len, "frame length").await?;
     let total = u32::from_be_bytes(len) as usize;
     if total > max {
         return Err(invalid(format!(
@@ -240,7 +254,7 @@ where
         return Err(invalid(format!("frame of {total} bytes has no body head")));
     }
     let mut head = [0u8; BODY_HEAD];
-    io.read_exact(&mut head).await?;
+    rd.read_exact(io, &mut head, "frame head").await?;
     let [tag, l0, l1, l2, l3] = head;
     let misrouted = check_tag::<T>(tag)?;
     let n = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
@@ -251,19 +265,14 @@ where
     }
     if let Some(other) = misrouted {
         // Read and drop the rest in small pieces: nothing of it is kept.
-        let mut left = (total - BODY_HEAD) as u64;
-        let mut sink = [0u8; 4096];
-        while left > 0 {
-            let k = left.min(sink.len() as u64) as usize;
-            io.read_exact(&mut sink[..k]).await?;
-            left -= k as u64;
-        }
+        rd.skip(io, total - BODY_HEAD, "frame body").await?;
         return Ok(Incoming::Misrouted(other));
     }
-    let mut body = vec![0u8; n];
-    io.read_exact(&mut body).await?;
-    let mut bulk = vec![0u8; total - BODY_HEAD - n];
-    io.read_exact(&mut bulk).await?;
+    let body = rd.read_vec(io, n, "frame body").await?;
+    let bulk = rd
+        .read_vec(io, total - BODY_HEAD - n, "frame payload")
+        .await?;
+    drop(rd);
     decode_message(&body, bulk).map(Incoming::Message)
 }
 
@@ -324,14 +333,14 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_incoming(io, self.max_request).await
+        read_incoming(io, self.max_request, true).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        match read_incoming(io, self.max_response).await? {
+        match read_incoming(io, self.max_response, false).await? {
             Incoming::Message(m) => Ok(m),
             Incoming::Misrouted(a) => Err(invalid(format!(
                 "a {a} message in answer to a {} request",

@@ -21,10 +21,12 @@
 //! ```
 
 pub mod admin;
+pub mod admission;
 pub mod chord_msg;
 pub mod client;
 pub mod frame;
 pub mod key;
+pub mod limits;
 pub mod local;
 pub mod member;
 pub mod mux;
@@ -37,8 +39,12 @@ pub use admin::{
     AdminRequest, AdminResponse, AuditPage, CodewordAudit, EntangleStats, RepairSummary, ScrubMode,
     ScrubReport,
 };
+pub use admission::{
+    Certificate, Credential, Hello, HelloResponse, Identity, Invite, Revocations, RingKey,
+    RingPublic, Role,
+};
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
-pub use client::{ClientRequest, ClientResponse, ErrorCode, MemberInfo, StatusReport};
+pub use client::{ClientRequest, ClientResponse, ErrorCode, MemberInfo, StatusReport, UserUsage};
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,
 };
@@ -56,6 +62,8 @@ pub const CLIENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/clie
 pub const MEMBER_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/member/1");
 /// Protocol name of the admin protocol.
 pub const ADMIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/admin/1");
+/// Protocol name of the greeting that opens every conversation ([`admission::Hello`]).
+pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new("/peerstore/hello/1");
 
 /// Largest block the ring stores. Blocks are content addressed: key = BLAKE3(bytes).
 pub const MAX_BLOCK_SIZE: usize = 4 << 20;
@@ -85,6 +93,13 @@ pub type ClientCodec = FramedCodec<ClientRequest, ClientResponse>;
 pub type MemberCodec = FramedCodec<MemberRequest, MemberResponse>;
 /// The codec of the admin protocol.
 pub type AdminCodec = FramedCodec<AdminRequest, AdminResponse>;
+/// The codec of the hello protocol.
+pub type HelloCodec = FramedCodec<admission::Hello, admission::HelloResponse>;
+
+#[must_use]
+pub fn hello_codec() -> HelloCodec {
+    FramedCodec::new(admission::MAX_HELLO_FRAME, admission::MAX_HELLO_FRAME)
+}
 
 #[must_use]
 pub fn chord_codec() -> ChordCodec {

@@ -11,6 +11,25 @@ use crate::client::StatusReport;
 use crate::frame::{put_into, Audience, Bulk, Message};
 use crate::{BlockKey, ErrorCode, ErrorResponse, NodeAddr};
 
+/// One challenge of a proof of possession: the key and a fresh random nonce.
+pub type Challenge = (BlockKey, [u8; 32]);
+
+/// Most challenges in one [`MemberRequest::Prove`] or [`EntRequest::ProveSingle`]: answering
+/// one reads and hashes a whole block (up to [`crate::MAX_BLOCK_SIZE`]), so a request costs
+/// at most 16 block reads.
+pub const MAX_PROVE_KEYS: usize = 16;
+
+/// The answer to one challenge: BLAKE3 (in derive-key mode, so it is bound to this purpose)
+/// of `nonce || data`. Computable only with the bytes at hand: the key alone, or an index
+/// entry, does not give it, and a fresh nonce makes old answers useless.
+#[must_use]
+pub fn possession_proof(nonce: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("peerstore 2026 proof of possession v1");
+    h.update(nonce);
+    h.update(data);
+    *h.finalize().as_bytes()
+}
+
 /// Requests of the member protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberRequest {
@@ -38,8 +57,15 @@ pub enum MemberRequest {
         limit: u32,
     },
     /// Which of `keys` this node holds ([`MemberResponse::Has`], same order). At most
-    /// [`crate::MAX_LIST_PAGE`] keys.
+    /// [`crate::MAX_LIST_PAGE`] keys. An index lookup: good for planning, never enough to
+    /// delete on (see [`MemberRequest::Prove`]).
     HasLocal { keys: Vec<BlockKey> },
+    /// Proof of possession: for each (key, nonce), [`possession_proof`]`(nonce, bytes)` over
+    /// the bytes of the key's block in this node's replicated store, read from disk and
+    /// verified against the key ([`MemberResponse::Proofs`], same order; `None`: not held or
+    /// damaged). At most [`MAX_PROVE_KEYS`] keys. The asker picks fresh random nonces and
+    /// checks the answers against its own copy, so only a node that holds the bytes can pass.
+    Prove { keys: Vec<Challenge> },
     /// Store a mutable record on this node only (the node checks it may replace what it has).
     StoreRecordLocal {
         key: BlockKey,
@@ -85,6 +111,7 @@ impl MemberRequest {
             MemberRequest::RangeDigest { .. } => "range-digest",
             MemberRequest::ListRange { .. } => "list-range",
             MemberRequest::HasLocal { .. } => "has-local",
+            MemberRequest::Prove { .. } => "prove",
             MemberRequest::StoreRecordLocal { .. } => "store-record-local",
             MemberRequest::FetchRecordLocal { .. } => "fetch-record-local",
             MemberRequest::ListRecords { .. } => "list-records",
@@ -117,6 +144,10 @@ pub enum EntRequest {
     DropReplica { key: BlockKey, holder: NodeAddr },
     /// Which of `keys` this node holds as single (scrubbed) copies ([`EntResponse::Has`]).
     HasSingle { keys: Vec<BlockKey> },
+    /// Proof of possession of single (scrubbed) copies: as [`MemberRequest::Prove`], over the
+    /// bytes in this node's single-copy store ([`EntResponse::Proofs`]). At most
+    /// [`MAX_PROVE_KEYS`] keys.
+    ProveSingle { keys: Vec<Challenge> },
     /// Keep the single copy of a scrubbed parity (hand-off when ownership moves).
     StoreSingle {
         key: BlockKey,
@@ -168,6 +199,7 @@ impl EntRequest {
             EntRequest::SampleParities { .. } => "sample-parities",
             EntRequest::DropReplica { .. } => "drop-replica",
             EntRequest::HasSingle { .. } => "has-single",
+            EntRequest::ProveSingle { .. } => "prove-single",
             EntRequest::StoreSingle { .. } => "store-single",
             EntRequest::RepairLocal => "repair-local",
             EntRequest::AuditLocal { .. } => "audit-local",
@@ -220,6 +252,10 @@ pub enum EntResponse {
         keys: Vec<BlockKey>,
         more: bool,
     },
+    /// Answer to [`EntRequest::ProveSingle`].
+    Proofs {
+        proofs: Vec<Option<[u8; 32]>>,
+    },
 }
 
 /// Responses of the member protocol.
@@ -252,6 +288,11 @@ pub enum MemberResponse {
         more: bool,
     },
     Status(Box<StatusReport>),
+    /// Answer to [`MemberRequest::Prove`]: one proof per challenge, in order (`None`: the
+    /// block is not held, or its bytes failed verification).
+    Proofs {
+        proofs: Vec<Option<[u8; 32]>>,
+    },
     Entangled(EntResponse),
     Error {
         code: ErrorCode,
@@ -390,5 +431,59 @@ impl RefsEntry {
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<RefsEntry> {
         postcard::from_bytes(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode_frame, encode_frame, MAX_MEMBER_FRAME};
+
+    #[test]
+    fn proofs_depend_on_nonce_and_bytes() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let data = b"block bytes".to_vec();
+        assert_eq!(possession_proof(&a, &data), possession_proof(&a, &data));
+        assert_ne!(possession_proof(&a, &data), possession_proof(&b, &data));
+        assert_ne!(
+            possession_proof(&a, &data),
+            possession_proof(&a, b"block byte")
+        );
+        // Not the block's key, nor anything computable from the key alone.
+        assert_ne!(possession_proof(&a, &data), BlockKey::of(&data).0);
+        // The nonce and the bytes are not interchangeable at their boundary.
+        let mut joined = a.to_vec();
+        joined.extend_from_slice(&data);
+        assert_ne!(
+            possession_proof(&a, &data),
+            *blake3::hash(&joined).as_bytes()
+        );
+    }
+
+    #[test]
+    fn prove_messages_round_trip() {
+        let keys: Vec<Challenge> = (0..MAX_PROVE_KEYS as u8)
+            .map(|i| (BlockKey([i; 32]), [i ^ 0xff; 32]))
+            .collect();
+        let reqs = [
+            MemberRequest::Prove { keys: keys.clone() },
+            MemberRequest::Entangled(EntRequest::ProveSingle { keys }),
+        ];
+        for r in reqs {
+            let bytes = encode_frame(&r, MAX_MEMBER_FRAME).unwrap();
+            assert_eq!(decode_frame::<MemberRequest>(&bytes).unwrap(), r);
+        }
+        let answers = [
+            MemberResponse::Proofs {
+                proofs: vec![Some([7; 32]), None],
+            },
+            MemberResponse::Entangled(EntResponse::Proofs {
+                proofs: vec![None, Some([9; 32])],
+            }),
+        ];
+        for a in answers {
+            let bytes = encode_frame(&a, MAX_MEMBER_FRAME).unwrap();
+            assert_eq!(decode_frame::<MemberResponse>(&bytes).unwrap(), a);
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! up to [`SPLIT_SEND_SIZE`] our own request-response transfer of 256 KiB blocks moved 20-30%
 //! more per CPU second on the 2-core machines (`examples/libp2p-baseline.rs`: 240-300 ->
 //! 290-390 MiB/s). Frames are still bounded by the receiver's window, so peers with other
-//! settings interoperate. Everything else is yamux 0.13's default (auto-tuned windows).
+//! settings interoperate. Everything else is yamux 0.13's default (auto-tuned windows), except
+//! that what a peer may have in flight on one connection is bounded by
+//! [`MAX_CONNECTION_WINDOW`] instead of 1 GiB.
 
 use std::collections::VecDeque;
 use std::io;
@@ -23,6 +25,12 @@ pub const SPLIT_SEND_SIZE: usize = 256 << 10;
 /// Inbound streams opened while nobody accepts them; beyond that new ones are reset. Equal to
 /// yamux's ACK backlog, which well-behaved peers never exceed.
 const MAX_BUFFERED_INBOUND: usize = 256;
+/// Streams of one connection (yamux's default; a peer that opens more loses the connection).
+const MAX_STREAMS: usize = 512;
+/// Bytes a peer may send on one connection before the node has read them: every stream's
+/// initial 256 KiB window (the yamux specification's) plus 64 MiB by which auto-tuned windows
+/// of fast streams may grow. yamux's default is 1 GiB.
+pub const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * (256 << 10) + (64 << 20);
 
 /// The connection upgrade that negotiates yamux.
 #[derive(Clone, Debug)]
@@ -34,6 +42,8 @@ impl Default for Yamux {
         // A stream's remote half-close ends it for us too, as the rest of libp2p expects.
         cfg.set_read_after_close(false);
         cfg.set_split_send_size(SPLIT_SEND_SIZE);
+        cfg.set_max_num_streams(MAX_STREAMS);
+        cfg.set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW));
         Yamux(cfg)
     }
 }

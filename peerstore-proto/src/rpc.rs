@@ -20,6 +20,7 @@ use libp2p::swarm::SwarmEvent;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use crate::admission::{Gate, HelloGate, Identity, Revocations};
 use crate::net::{build_swarm, Behaviour, BehaviourEvent, LONG_REQUEST_TIMEOUT};
 use crate::{
     key_id, AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, ErrorCode,
@@ -35,6 +36,8 @@ pub enum RpcError {
     Closed,
     #[error("node {addr} did not answer within {after:?}; it may be overloaded or gone")]
     Timeout { addr: String, after: Duration },
+    #[error("node {addr} refused the connection: {reason}")]
+    Refused { addr: String, reason: String },
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
@@ -44,6 +47,8 @@ enum Call {
     Client(ClientRequest, Reply<ClientResponse>),
     Member(MemberRequest, Reply<MemberResponse>),
     Admin(AdminRequest, Reply<AdminResponse>),
+    /// A greeting carrying a revocation list, outside the usual first greeting.
+    Greet(Revocations, Reply<()>),
 }
 
 /// How long a learned member map is used before it is refreshed from the node's status.
@@ -86,16 +91,31 @@ impl Routes {
 use crate::lock as lock_routes;
 
 impl RpcClient {
-    /// Starts an endpoint that talks to `node`. `timeout` bounds every request.
+    /// Starts an endpoint without a credential that talks to `node` (a ring that admits only
+    /// its members refuses everything it asks; see [`RpcClient::start_as`]). `timeout` bounds
+    /// every request.
     pub fn start(node: NodeAddr, timeout: Duration) -> Result<RpcClient, RpcError> {
-        let swarm = build_swarm(Keypair::generate_ed25519(), timeout, false).map_err(|e| {
-            RpcError::Unreachable {
-                addr: node.to_string(),
-                reason: e.to_string(),
-            }
+        RpcClient::start_as(node, timeout, None)
+    }
+
+    /// Starts an endpoint that talks to `node` as `identity`: its first message to every node
+    /// is a hello with the identity's certificate, and it checks that the node answers with a
+    /// member's certificate of the same ring before sending anything else.
+    pub fn start_as(
+        node: NodeAddr,
+        timeout: Duration,
+        identity: Option<Identity>,
+    ) -> Result<RpcClient, RpcError> {
+        let keypair = identity
+            .as_ref()
+            .map(|i| i.keypair.clone())
+            .unwrap_or_else(Keypair::generate_ed25519);
+        let swarm = build_swarm(keypair, timeout, false).map_err(|e| RpcError::Unreachable {
+            addr: node.to_string(),
+            reason: e.to_string(),
         })?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(event_loop(swarm, rx));
+        tokio::spawn(event_loop(swarm, rx, identity));
         Ok(RpcClient {
             tx,
             node,
@@ -106,8 +126,12 @@ impl RpcClient {
 
     /// Like [`RpcClient::start`], but block and document puts and gets go straight to a member
     /// of the key's replica set (learned from the node's status, refreshed every few seconds).
-    pub fn routed(node: NodeAddr, timeout: Duration) -> Result<RpcClient, RpcError> {
-        let mut c = RpcClient::start(node, timeout)?;
+    pub fn routed(
+        node: NodeAddr,
+        timeout: Duration,
+        identity: Option<Identity>,
+    ) -> Result<RpcClient, RpcError> {
+        let mut c = RpcClient::start_as(node, timeout, identity)?;
         c.routes = Some(Arc::new(Mutex::new(Routes::default())));
         Ok(c)
     }
@@ -162,6 +186,14 @@ impl RpcClient {
         };
         let to = self.node.clone();
         self.send(&to, limit, |tx| Call::Admin(request, tx)).await
+    }
+
+    /// Greets the entry node with `list` (a newer revocation list, signed by the ring key),
+    /// which it keeps and passes on to the ring. Needs an identity.
+    pub async fn greet_with(&self, list: Revocations) -> Result<(), RpcError> {
+        let to = self.node.clone();
+        self.send(&to, self.timeout, |tx| Call::Greet(list, tx))
+            .await
     }
 
     /// Sends one member request to `to` and waits for the answer (members' tools and tests; a
@@ -279,33 +311,58 @@ fn routed_answer_is_final(r: &ClientResponse) -> bool {
 /// Where the answers of one protocol's requests go.
 type Pending<T> = HashMap<OutboundRequestId, (NodeAddr, Reply<T>)>;
 
-async fn event_loop(mut swarm: libp2p::Swarm<Behaviour>, mut rx: mpsc::Receiver<(NodeAddr, Call)>) {
+async fn event_loop(
+    mut swarm: libp2p::Swarm<Behaviour>,
+    mut rx: mpsc::Receiver<(NodeAddr, Call)>,
+    identity: Option<Identity>,
+) {
     let mut client: Pending<ClientResponse> = HashMap::new();
     let mut member: Pending<MemberResponse> = HashMap::new();
     let mut admin: Pending<AdminResponse> = HashMap::new();
+    // Calls wait here until the node has answered our hello.
+    let mut gate: HelloGate<(NodeAddr, Call)> = HelloGate::new(4096);
+    let mut greeting: HashMap<OutboundRequestId, NodeAddr> = HashMap::new();
+    let mut greets: HashMap<OutboundRequestId, Reply<()>> = HashMap::new();
     let mut closed = false;
     loop {
-        if closed && client.is_empty() && member.is_empty() && admin.is_empty() {
+        if closed
+            && client.is_empty()
+            && member.is_empty()
+            && admin.is_empty()
+            && greeting.is_empty()
+        {
             return;
         }
         tokio::select! {
             cmd = rx.recv(), if !closed => match cmd {
+                Some((to, Call::Greet(list, reply))) => match identity.as_ref() {
+                    Some(id) => {
+                        let rid = swarm.behaviour_mut().hello.send_request_with_addresses(
+                            &to.peer, Incoming::Message(id.hello(list)), vec![to.addr.clone()]);
+                        greets.insert(rid, reply);
+                    }
+                    None => {
+                        let _ = reply.send(Err(RpcError::Refused { addr: to.to_string(), reason: "no credential to greet with".into() }));
+                    }
+                },
                 Some((to, call)) => {
-                    let b = swarm.behaviour_mut();
-                    let addrs = vec![to.addr.clone()];
-                    match call {
-                        Call::Client(req, reply) => {
-                            let id = b.client.send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
-                            client.insert(id, (to, reply));
+                    let Some(id) = identity.as_ref() else {
+                        send_call(&mut swarm, to, call, &mut client, &mut member, &mut admin);
+                        continue;
+                    };
+                    match gate.submit(to.peer, (to.clone(), call)) {
+                        Gate::Send((to, call)) => send_call(&mut swarm, to, call, &mut client, &mut member, &mut admin),
+                        Gate::Greet => {
+                            let hello = id.hello(Revocations::default());
+                            let rid = swarm.behaviour_mut().hello.send_request_with_addresses(
+                                &to.peer, Incoming::Message(hello), vec![to.addr.clone()]);
+                            greeting.insert(rid, to);
                         }
-                        Call::Member(req, reply) => {
-                            let id = b.member.send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
-                            member.insert(id, (to, reply));
-                        }
-                        Call::Admin(req, reply) => {
-                            let id = b.admin.send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
-                            admin.insert(id, (to, reply));
-                        }
+                        Gate::Queued => {}
+                        Gate::Full((to, call)) => fail_call(call, RpcError::Refused {
+                            addr: to.to_string(),
+                            reason: "too many requests wait for this node's greeting".into(),
+                        }),
                     }
                 }
                 None => closed = true,
@@ -314,8 +371,108 @@ async fn event_loop(mut swarm: libp2p::Swarm<Behaviour>, mut rx: mpsc::Receiver<
                 SwarmEvent::Behaviour(BehaviourEvent::Client(ev)) => answer(ev, &mut client),
                 SwarmEvent::Behaviour(BehaviourEvent::Member(ev)) => answer(ev, &mut member),
                 SwarmEvent::Behaviour(BehaviourEvent::Admin(ev)) => answer(ev, &mut admin),
+                SwarmEvent::Behaviour(BehaviourEvent::Hello(ev)) => {
+                    let (rid, peer, outcome) = match ev {
+                        request_response::Event::Message {
+                            peer,
+                            message: request_response::Message::Response { request_id, response },
+                            ..
+                        } => {
+                            let check = identity
+                                .as_ref()
+                                .map(|i| i.check_welcome(&peer, &response, &Revocations::default()))
+                                .unwrap_or(Ok(()));
+                            (request_id, peer, check)
+                        }
+                        request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                            (request_id, peer, Err(error.to_string()))
+                        }
+                        _ => continue,
+                    };
+                    if let Some(reply) = greets.remove(&rid) {
+                        let _ = reply.send(outcome.map_err(|reason| RpcError::Refused { addr: peer.to_string(), reason }));
+                        continue;
+                    }
+                    let Some(to) = greeting.remove(&rid) else { continue };
+                    match outcome {
+                        Ok(()) => {
+                            for (to, call) in gate.admitted(peer) {
+                                send_call(&mut swarm, to, call, &mut client, &mut member, &mut admin);
+                            }
+                        }
+                        Err(reason) => {
+                            debug!(node = %to, %reason, "hello refused");
+                            for (to, call) in gate.refused(&peer) {
+                                let err = match &reason {
+                                    r if r.contains("ailed to dial") || r.contains("onnection") => RpcError::Unreachable { addr: to.to_string(), reason: r.clone() },
+                                    r => RpcError::Refused { addr: to.to_string(), reason: r.clone() },
+                                };
+                                fail_call(call, err);
+                            }
+                        }
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    for (_, call) in gate.disconnected(&peer_id) {
+                        fail_call(call, RpcError::Closed);
+                    }
+                }
                 _ => {}
             },
+        }
+    }
+}
+
+/// Sends one call to its node.
+fn send_call(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    to: NodeAddr,
+    call: Call,
+    client: &mut Pending<ClientResponse>,
+    member: &mut Pending<MemberResponse>,
+    admin: &mut Pending<AdminResponse>,
+) {
+    let b = swarm.behaviour_mut();
+    let addrs = vec![to.addr.clone()];
+    match call {
+        Call::Client(req, reply) => {
+            let id = b
+                .client
+                .send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
+            client.insert(id, (to, reply));
+        }
+        Call::Member(req, reply) => {
+            let id = b
+                .member
+                .send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
+            member.insert(id, (to, reply));
+        }
+        Call::Admin(req, reply) => {
+            let id = b
+                .admin
+                .send_request_with_addresses(&to.peer, Incoming::Message(req), addrs);
+            admin.insert(id, (to, reply));
+        }
+        Call::Greet(_, reply) => {
+            let _ = reply.send(Err(RpcError::Closed));
+        }
+    }
+}
+
+/// Fails a call that was never sent.
+fn fail_call(call: Call, err: RpcError) {
+    match call {
+        Call::Client(_, r) => {
+            let _ = r.send(Err(err));
+        }
+        Call::Member(_, r) => {
+            let _ = r.send(Err(err));
+        }
+        Call::Admin(_, r) => {
+            let _ = r.send(Err(err));
+        }
+        Call::Greet(_, r) => {
+            let _ = r.send(Err(err));
         }
     }
 }

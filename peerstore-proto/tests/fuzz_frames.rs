@@ -202,6 +202,12 @@ fn status_report() -> StatusReport {
         bytes_used: 1 << 30,
         capacity: u64::MAX,
         records: 7,
+        user_quota: Some(1 << 30),
+        users: vec![peerstore_proto::UserUsage {
+            user: "12D3KooW".into(),
+            label: "alice".into(),
+            bytes: 42,
+        }],
     }
 }
 
@@ -387,6 +393,9 @@ fn ent_requests() -> Vec<EntRequest> {
             holder: node(2),
         },
         EntRequest::HasSingle { keys: vec![key(6)] },
+        EntRequest::ProveSingle {
+            keys: vec![(key(6), [6; 32]), (key(7), [0; 32])],
+        },
         EntRequest::StoreSingle {
             key: key(7),
             data: vec![0xAB; 24],
@@ -442,6 +451,9 @@ fn member_requests() -> Vec<MemberRequest> {
         MemberRequest::HasLocal {
             keys: vec![key(4), key(5), key(6)],
         },
+        MemberRequest::Prove {
+            keys: vec![(key(4), [4; 32])],
+        },
         MemberRequest::StoreRecordLocal {
             key: key(7),
             record: vec![7; 20],
@@ -488,6 +500,9 @@ fn ent_responses() -> Vec<EntResponse> {
             keys: vec![key(3), key(4)],
             more: false,
         },
+        EntResponse::Proofs {
+            proofs: vec![Some([5; 32]), None],
+        },
     ]
 }
 
@@ -514,6 +529,9 @@ fn member_responses() -> Vec<MemberResponse> {
             more: false,
         },
         MemberResponse::Status(Box::new(status_report())),
+        MemberResponse::Proofs {
+            proofs: vec![None, Some([6; 32])],
+        },
         MemberResponse::Error {
             code: ErrorCode::Forbidden,
             message: "no".into(),
@@ -564,6 +582,37 @@ fn admin_responses() -> Vec<AdminResponse> {
         AdminResponse::Error {
             code: ErrorCode::Internal,
             message: "boom".into(),
+        },
+    ]
+}
+
+fn hellos() -> Vec<Hello> {
+    let ring = RingKey::generate();
+    let id = libp2p::identity::Keypair::generate_ed25519();
+    let peer = id.public().to_peer_id();
+    vec![
+        Hello {
+            ring: ring.public(),
+            certificate: ring.certify(&peer, Role::Member, "node-1"),
+            revocations: Revocations::default(),
+        },
+        Hello {
+            ring: ring.public(),
+            certificate: ring.certify(&peer, Role::User, ""),
+            revocations: ring.revoke(3, vec![peer, libp2p::PeerId::random()]),
+        },
+    ]
+}
+
+fn hello_responses() -> Vec<HelloResponse> {
+    let ring = RingKey::generate();
+    vec![
+        HelloResponse::Welcome {
+            certificate: ring.certify(&libp2p::PeerId::random(), Role::Admin, "a"),
+            revocations: ring.revoke(1, vec![libp2p::PeerId::random()]),
+        },
+        HelloResponse::Refused {
+            message: "no".into(),
         },
     ]
 }
@@ -764,6 +813,9 @@ fn check_everything(body: &[u8], len: Option<u32>) -> Result<(), TestCaseError> 
             body,
         )?;
         check_read_request(admin_codec(), &ADMIN_PROTOCOL, MAX_ADMIN_REQUEST, len, body)?;
+        let hello_max = peerstore_proto::admission::MAX_HELLO_FRAME;
+        check_read_request(hello_codec(), &HELLO_PROTOCOL, hello_max, len, body)?;
+        check_read_response(hello_codec(), &HELLO_PROTOCOL, hello_max, len, body)?;
         check_read_response(
             admin_codec(),
             &ADMIN_PROTOCOL,
@@ -849,6 +901,11 @@ fn every_sample_round_trips_through_slices_and_the_async_codec() {
     slice(member_responses(), MAX_MEMBER_FRAME);
     slice(admin_requests(), MAX_ADMIN_REQUEST);
     slice(admin_responses(), MAX_ADMIN_RESPONSE);
+    slice(hellos(), peerstore_proto::admission::MAX_HELLO_FRAME);
+    slice(
+        hello_responses(),
+        peerstore_proto::admission::MAX_HELLO_FRAME,
+    );
 
     // Through the libp2p codec: write_request / write_response, then read them back.
     fn codec<Req, Resp>(
@@ -1088,6 +1145,42 @@ proptest! {
     fn mutated_admin_responses(pick in any::<Index>(), muts in mutations(), len in claimed_len()) {
         let body = mutated(&admin_responses(), &pick, &muts);
         check_everything(&body, len)?;
+    }
+
+    #[test]
+    fn mutated_hellos(pick in any::<Index>(), muts in mutations(), len in claimed_len()) {
+        let body = mutated(&hellos(), &pick, &muts);
+        check_everything(&body, len)?;
+    }
+
+    #[test]
+    fn mutated_hello_responses(pick in any::<Index>(), muts in mutations(), len in claimed_len()) {
+        let body = mutated(&hello_responses(), &pick, &muts);
+        check_everything(&body, len)?;
+    }
+
+    /// Invite lines: arbitrary text and mutated valid invites are refused or accepted without
+    /// a panic, and an accepted one carries a key pair matching its certificate.
+    #[test]
+    fn invite_lines(pick in 0usize..3, muts in mutations(), raw in vec(any::<u8>(), 0..200)) {
+        let ring = RingKey::generate();
+        let line = match pick {
+            0 => String::from_utf8_lossy(&raw).into_owned(),
+            _ => {
+                let mut bytes = ring
+                    .invite(Role::User, "x", vec!["/ip4/127.0.0.1/tcp/1".into()])
+                    .to_line()
+                    .into_bytes();
+                for m in &muts {
+                    apply(&mut bytes, m);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        };
+        if let Ok(inv) = Invite::from_line(&line) {
+            let peer = inv.keypair().unwrap().public().to_peer_id();
+            prop_assert_eq!(inv.certificate.peer().unwrap(), peer);
+        }
     }
 
     /// A body whose postcard length exceeds what follows it is an error, whatever the message;

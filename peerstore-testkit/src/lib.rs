@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use peerstore_node::admission;
 use peerstore_node::identity::{read_address_file, ADDRESS_FILE};
+use peerstore_proto::admission::{Identity, RingKey, Role};
 use peerstore_proto::{
     AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, EntRequest, EntResponse,
     ErrorCode, MemberRequest, MemberResponse, NodeAddr, RpcClient, StatusReport,
@@ -21,8 +25,13 @@ pub struct NodeProc {
     pub child: Option<Child>,
     pub data_dir: PathBuf,
     pub addr: NodeAddr,
+    /// An endpoint with an administrator's credential (client and admin requests).
     pub client: RpcClient,
+    /// An endpoint with a member's credential (member requests, as another node would send).
+    pub member_client: RpcClient,
     pub extra: Vec<String>,
+    /// The ring's key (the harness plays the operator).
+    pub ring: Arc<RingKey>,
 }
 
 impl NodeProc {
@@ -66,9 +75,9 @@ impl NodeProc {
         }
     }
 
-    /// A member request to this node (sent by the harness, which is not a member).
+    /// A member request to this node (sent by the harness with a member's credential).
     pub async fn member(&self, req: MemberRequest) -> MemberResponse {
-        match self.client.member_to(&self.addr, req).await {
+        match self.member_client.member_to(&self.addr, req).await {
             Ok(r) => r,
             Err(e) => MemberResponse::error(ErrorCode::Unavailable, e.to_string()),
         }
@@ -109,6 +118,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub extra: Vec<String>,
     next: usize,
+    /// The ring key, once the first node made it.
+    pub ring: Option<Arc<RingKey>>,
 }
 
 /// The `peerstore-node` binary: `$PEERSTORE_NODE_BIN`, or the one built beside the running test
@@ -158,7 +169,17 @@ impl Cluster {
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             next: 0,
+            ring: None,
         }
+    }
+
+    /// A credential of `role` in this cluster's ring (after the first node started).
+    pub fn identity(&self, role: Role) -> Identity {
+        let key = self
+            .ring
+            .as_ref()
+            .expect("the ring exists once a node started");
+        admission::ephemeral(key, role, "test")
     }
 
     /// Starts `n` nodes one after another, each joining through the first.
@@ -178,10 +199,30 @@ impl Cluster {
     pub async fn add_node(&mut self, more: &[&str]) -> usize {
         let dir = self.root.path().join(format!("node{}", self.next));
         self.next += 1;
-        let via = self.live().next().map(|n| n.addr.to_string());
+        let via = self.live().next().map(|n| n.data_dir.clone());
         let mut extra = self.extra.clone();
         extra.extend(more.iter().map(|s| s.to_string()));
-        let node = spawn_node(&dir, via.as_deref(), &extra).await;
+        let node = match (&self.ring, &via) {
+            (Some(ring), Some(via)) => {
+                let choices = flag_value(&extra, "--id-choices").unwrap_or(1024);
+                let invite = invite_through(ring, via, choices).await;
+                let mut args = extra.clone();
+                args.push("--invite".into());
+                args.push(invite);
+                spawn_node_with(
+                    &dir,
+                    "/ip4/127.0.0.1/tcp/0",
+                    None,
+                    &args,
+                    Some(ring.clone()),
+                )
+                .await
+            }
+            _ => spawn_node(&dir, None, &extra).await,
+        };
+        if self.ring.is_none() {
+            self.ring = Some(node.ring.clone());
+        }
         self.nodes.push(node);
         let i = self.nodes.len() - 1;
         if via.is_some() {
@@ -240,7 +281,8 @@ impl Cluster {
         // Same port as before, as a restarted daemon with a configured address would have: the
         // ring knows the node by PeerId and address.
         let listen = self.nodes[i].addr.addr.to_string();
-        self.nodes[i] = spawn_node_on(&dir, &listen, via, &extra).await;
+        let ring = self.nodes[i].ring.clone();
+        self.nodes[i] = spawn_node_with(&dir, &listen, via, &extra, Some(ring)).await;
     }
 
     /// Waits until the live nodes form the ideal ring: sorted by id, every node's predecessor is
@@ -354,16 +396,58 @@ pub async fn list_all(n: &NodeProc) -> Vec<BlockKey> {
     }
 }
 
-pub async fn spawn_node(dir: &Path, via: Option<&str>, extra: &[String]) -> NodeProc {
-    spawn_node_on(dir, "/ip4/127.0.0.1/tcp/0", via, extra).await
+/// The ring key of every node this process started, by the node's address (as text).
+static RINGS: std::sync::Mutex<BTreeMap<String, Arc<RingKey>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// An invite line of `role` for the ring of the node at `peer` (a node this process started).
+pub fn invite_for_node(peer: &str, role: Role, label: &str) -> Option<String> {
+    let key = peerstore_proto::lock(&RINGS).get(peer).cloned()?;
+    Some(admission::mint_invite(&key, role, label, vec![peer.to_string()], &[], 1).to_line())
 }
 
-/// Starts a node listening on `listen`.
-pub async fn spawn_node_on(
+/// The value of `--flag N` in `args`.
+fn flag_value(args: &[String], flag: &str) -> Option<usize> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+/// An invite (as the harness plays the operator) for a new member joining through the node
+/// whose data directory is `via`, with the ring id that best evens out the arcs of `choices`.
+pub async fn invite_through(ring: &RingKey, via: &Path, choices: usize) -> String {
+    let entry = read_address_file(via).expect("the entry node's address file");
+    let members = if choices > 1 {
+        let me = admission::ephemeral(ring, Role::Admin, "harness");
+        admission::ring_members(&entry, me, Duration::from_secs(2)).await
+    } else {
+        Vec::new()
+    };
+    admission::mint_invite(
+        ring,
+        Role::Member,
+        "test",
+        vec![entry.to_string()],
+        &members,
+        choices,
+    )
+    .to_line()
+}
+
+/// Starts a node in `dir`: a new ring if `dir` holds no membership and `extra` has no
+/// `--invite`, otherwise the member the directory (or invite) says.
+pub async fn spawn_node(dir: &Path, via: Option<&str>, extra: &[String]) -> NodeProc {
+    spawn_node_with(dir, "/ip4/127.0.0.1/tcp/0", via, extra, None).await
+}
+
+/// Starts a node listening on `listen` (`via`: an `--initial-peer`). `ring`: the ring's key
+/// if known; otherwise the node is expected to create the ring and the key is read from its
+/// data directory.
+pub async fn spawn_node_with(
     dir: &Path,
     listen: &str,
     via: Option<&str>,
     extra: &[String],
+    ring: Option<Arc<RingKey>>,
 ) -> NodeProc {
     std::fs::create_dir_all(dir).unwrap();
     let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
@@ -394,6 +478,14 @@ pub async fn spawn_node_on(
     if let Some(v) = via {
         cmd.arg("--initial-peer").arg(v);
     }
+    // Tests write and scrub within seconds: no minimum age and no budget on verified
+    // deletions unless a test sets them (real nodes keep copies 10 minutes, 256 per round).
+    for (var, default) in [
+        ("PEERSTORE_DELETE_MIN_AGE_MS", "0"),
+        ("PEERSTORE_DELETE_MAX_PER_ROUND", "100000"),
+    ] {
+        cmd.env(var, std::env::var(var).unwrap_or_else(|_| default.into()));
+    }
     let child = cmd.spawn().expect("spawn peerstore-node");
     let start = Instant::now();
     let addr = loop {
@@ -408,13 +500,24 @@ pub async fn spawn_node_on(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    let client = RpcClient::start(addr.clone(), Duration::from_secs(10)).expect("rpc client");
+    let ring = ring.unwrap_or_else(|| {
+        Arc::new(admission::read_ring_key(dir).expect("the first node keeps the ring key"))
+    });
+    peerstore_proto::lock(&RINGS).insert(addr.to_string(), ring.clone());
+    let admin = admission::ephemeral(&ring, Role::Admin, "harness");
+    let member = admission::ephemeral(&ring, Role::Member, "harness");
+    let client = RpcClient::start_as(addr.clone(), Duration::from_secs(10), Some(admin))
+        .expect("rpc client");
+    let member_client = RpcClient::start_as(addr.clone(), Duration::from_secs(10), Some(member))
+        .expect("rpc client");
     NodeProc {
         child: Some(child),
         data_dir: dir.to_path_buf(),
         addr,
         client,
+        member_client,
         extra: extra.to_vec(),
+        ring,
     }
 }
 

@@ -245,9 +245,13 @@ async fn backup_restore_dedup_privacy_and_keys() {
     assert!(used >= unique, "{du}");
 
     // --- test 8 (end to end): a hostile manifest published with Alice's own key.
-    let ring = RingStore::connect(cluster.nodes[0].addr.clone(), Duration::from_secs(30))
-        .await
-        .unwrap();
+    let ring = RingStore::connect(
+        cluster.nodes[0].addr.clone(),
+        Duration::from_secs(30),
+        Some(cluster.identity(peerstore_proto::Role::User)),
+    )
+    .await
+    .unwrap();
     let repo = Repo::new(Arc::new(ring), Arc::new(alice_id));
     let outside = tmp.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
@@ -394,9 +398,13 @@ async fn backup_and_restore_on_an_entangled_ring() {
         PASS.as_bytes(),
     )
     .unwrap();
-    let ring = RingStore::connect(cluster.nodes[2].addr.clone(), Duration::from_secs(30))
-        .await
-        .unwrap();
+    let ring = RingStore::connect(
+        cluster.nodes[2].addr.clone(),
+        Duration::from_secs(30),
+        Some(cluster.identity(peerstore_proto::Role::User)),
+    )
+    .await
+    .unwrap();
     let repo = Repo::new(Arc::new(ring), Arc::new(id));
     let snap = repo.latest().await.unwrap().unwrap();
     let bytes = repo.get_required(snap.key, "snapshot").await.unwrap();

@@ -108,9 +108,13 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
         PASS.as_bytes(),
     )
     .unwrap();
-    let ring = RingStore::connect(cluster.nodes[1].addr.clone(), Duration::from_secs(20))
-        .await
-        .unwrap();
+    let ring = RingStore::connect(
+        cluster.nodes[1].addr.clone(),
+        Duration::from_secs(20),
+        Some(cluster.identity(peerstore_proto::Role::User)),
+    )
+    .await
+    .unwrap();
     let repo = Repo::new(Arc::new(ring), Arc::new(id));
 
     let w = Watcher::start(&alice, &dir);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use peerstore_proto::{BlockKey, ScrubMode};
 
+use crate::replication::deletion::WindowBudget;
 use crate::replication::Replication;
 use crate::ring::Ring;
 use crate::store::BlockStore;
@@ -149,6 +150,9 @@ pub struct Entangled {
     /// and keys known to be document records.
     pub records: Mutex<RecordCache>,
     pub scrub_daemon: Mutex<Option<(ScrubMode, u64)>>,
+    /// Deletions other nodes asked for (`DropReplica`) in the current maintenance period,
+    /// bounded like this node's own ([`crate::replication::deletion`]).
+    pub requested_drops: Mutex<WindowBudget>,
 }
 
 impl Entangled {
@@ -171,6 +175,11 @@ impl Entangled {
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
             scrub_daemon: Mutex::new(None),
+            // The default maintenance period until the background loop sets its own.
+            requested_drops: Mutex::new(WindowBudget::new(
+                std::time::Duration::from_secs(5),
+                std::time::Instant::now(),
+            )),
         }
     }
 

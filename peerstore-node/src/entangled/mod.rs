@@ -38,8 +38,10 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
+use peerstore_proto::member::MAX_PROVE_KEYS;
 use peerstore_proto::{AdminRequest, AdminResponse, BlockKey, MAX_LIST_PAGE};
 
+use crate::replication::{deletion, hostile};
 use crate::ring::{blocking, RingError};
 
 pub use layer::{
@@ -107,6 +109,11 @@ impl Entangled {
                 if let Some(e) = too_many(keys.len()) {
                     return Err(e);
                 }
+                if hostile::liar() {
+                    return Ok(EntResponse::Has {
+                        present: vec![true; keys.len()],
+                    });
+                }
                 let (main, single) = (self.store.clone(), self.single.clone());
                 let present = blocking(move || {
                     keys.iter()
@@ -120,10 +127,36 @@ impl Entangled {
                 if let Some(e) = too_many(keys.len()) {
                     return Err(e);
                 }
+                if hostile::liar() {
+                    return Ok(EntResponse::Has {
+                        present: vec![true; keys.len()],
+                    });
+                }
                 let single = self.single.clone();
                 let present =
                     blocking(move || keys.iter().map(|k| single.has(k)).collect()).await?;
                 EntResponse::Has { present }
+            }
+            EntRequest::ProveSingle { keys } => {
+                if keys.len() > MAX_PROVE_KEYS {
+                    return Err(RingError::bad_request(format!(
+                        "at most {MAX_PROVE_KEYS} challenges per request"
+                    )));
+                }
+                if hostile::liar() {
+                    return Ok(EntResponse::Proofs {
+                        proofs: hostile::random_proofs(keys.len()),
+                    });
+                }
+                // Over the single copies' bytes on disk, verified against their keys.
+                let single = self.single.clone();
+                let proofs = blocking(move || {
+                    Ok(deletion::prove_with(&keys, |k| {
+                        single.get(k).ok().flatten()
+                    }))
+                })
+                .await?;
+                EntResponse::Proofs { proofs }
             }
             r @ (EntRequest::StoreRecords { .. }
             | EntRequest::FetchRecords { .. }
@@ -151,6 +184,9 @@ impl Entangled {
                 EntResponse::Stats(scrub::drop_replica(self, key, holder).await?)
             }
             EntRequest::StoreSingle { key, data } => {
+                if hostile::liar() {
+                    return Ok(EntResponse::Ok); // acknowledged, not stored
+                }
                 let single = self.single.clone();
                 blocking(move || {
                     single
@@ -188,6 +224,7 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         return;
     }
     let _prefetch = AbortOnDrop(tokio::spawn(write::prefetch_loop(ent.clone())));
+    lock(&ent.requested_drops).set_window(period);
     let repair_every = Duration::from_millis(ent.config.repair_ms);
     let mut last_repair = tokio::time::Instant::now();
     let mut last_scrub = tokio::time::Instant::now();
@@ -204,8 +241,10 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         if r.0 + r.1 > 0 {
             debug!(pushed = r.0, pulled = r.1, "reverse-reference anti-entropy");
         }
-        scrub::hand_off_singles(&ent).await;
-        scrub::drop_stale(&ent).await;
+        // One round's bound on deletions (docs/SECURITY.md, "Verified deletions").
+        let mut budget = deletion::policy().budget();
+        scrub::hand_off_singles(&ent, &mut budget).await;
+        scrub::drop_stale(&ent, &mut budget).await;
         let singles = scrub::owned_singles(&ent).await;
         let (n, _) = scrub::redrop_singles(&ent, &singles).await;
         if n > 0 {

@@ -7,13 +7,20 @@
 //! replicated copies are deleted from disk: the owner's own, and each other member's after that
 //! member has checked that the owner really holds the single copy. A parity is never deleted
 //! before its single copy is durable, so a scrub never makes a document unreadable.
+//!
+//! Every copy dropped because another node holds the block (a member's replica, a stale
+//! replica outside the replica set, a single copy handed to a new owner) follows
+//! [`deletion`]: held here for the minimum age, the holder proved just now that it holds the
+//! bytes in its single-copy store (`ProveSingle`, checked against this node's own copy; a
+//! `HasSymbols` / `HasSingle` answer only plans), and within the round's bound on deletions.
 
 use futures::StreamExt;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::format::ek;
 use super::layer::Entangled;
 use super::{meta, refs, repair};
+use crate::replication::deletion::{self, Budget, Evidence, Keep, Store};
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, Role};
 use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
@@ -156,7 +163,7 @@ pub async fn scrub_local(ent: &Entangled, mode: ScrubMode, cutoff_us: Option<u64
     report.single = singles.len() as u64;
     // Copies of already scrubbed parities that anti-entropy or clean-up put back, or that a
     // node outside the replica set still holds: drop them.
-    report.replicas_removed += drop_stale(ent).await;
+    report.replicas_removed += drop_stale(ent, &mut deletion::policy().budget()).await;
     let (n, bytes) = redrop_singles(ent, &singles).await;
     report.replicas_removed += n;
     report.bytes_freed += bytes;
@@ -214,13 +221,15 @@ pub async fn redrop_singles(ent: &Entangled, singles: &[BlockKey]) -> (u64, u64)
     let Some(view) = ent.ring.handle.view().await else {
         return (0, 0);
     };
-    let main = ent.store.clone();
+    let (main, single) = (ent.store.clone(), ent.single.clone());
     let keys = singles.to_vec();
     let (mut n, mut bytes) = blocking(move || {
         let (mut n, mut bytes) = (0u64, 0u64);
         for k in &keys {
+            // Our own replicated copy next to our single copy: dropped once the single copy
+            // reads back whole (a local move, so no minimum age; never the last good copy).
             if let Some(m) = main.meta(k)? {
-                if main.delete(k)? {
+                if matches!(single.get(k), Ok(Some(_))) && main.delete(k)? {
                     n += 1;
                     bytes += m.size;
                 }
@@ -286,8 +295,10 @@ pub async fn redrop_singles(ent: &Entangled, singles: &[BlockKey]) -> (u64, u64)
 
 /// Replicated copies of scrubbed parities on a node outside their replica set (a copy it
 /// received while the ring settled, which the clean-up keeps in rings of few nodes): deleted
-/// once the owner confirms it holds the single copy. Returns the copies deleted.
-pub async fn drop_stale(ent: &Entangled) -> u64 {
+/// by the rule of [`deletion`] once the owner proves it holds the single copy (its `HasSingle`
+/// answer only says whether to ask for the proof). At most `budget` of them. Returns the
+/// copies deleted.
+pub async fn drop_stale(ent: &Entangled, budget: &mut Budget) -> u64 {
     let Some(parity_size) = ent.parity_size() else {
         return 0;
     };
@@ -304,6 +315,7 @@ pub async fn drop_stale(ent: &Entangled) -> u64 {
     if r == 0 || preds.len() < r {
         return 0; // at most r nodes: every node is in every replica set
     }
+    let policy = deletion::policy();
     // This node is in the replica sets of (preds[r-1], me]; everything else it holds is stale.
     let (me, lo) = (BlockKey(view.me.id.0), BlockKey(preds[r - 1].0));
     let main = ent.store.clone();
@@ -312,7 +324,9 @@ pub async fn drop_stale(ent: &Entangled) -> u64 {
             .list_range_meta(&me, &lo, None)?
             .entries
             .into_iter()
-            .filter(|(_, m)| m.size == parity_size)
+            .filter(|(k, m)| {
+                m.size == parity_size && deletion::old_enough(&policy, main.held_for(k))
+            })
             .map(|(k, _)| k)
             .take(256)
             .collect::<Vec<_>>())
@@ -321,8 +335,11 @@ pub async fn drop_stale(ent: &Entangled) -> u64 {
     else {
         return 0;
     };
-    let mut dropped = 0;
+    let (mut dropped, mut unverified) = (0, 0);
     for key in stale {
+        if budget.spent() {
+            break;
+        }
         let Ok(set) = ent.ring.replica_set(&key).await else {
             continue;
         };
@@ -330,18 +347,42 @@ pub async fn drop_stale(ent: &Entangled) -> u64 {
         if set.contains(&ent.ring.handle.local) {
             continue;
         }
-        if let Ok(EntResponse::Has { present }) = ent
-            .ring
-            .call_ent(owner, EntRequest::HasSingle { keys: vec![key] })
-            .await
-        {
-            if present == vec![true] {
-                let main = ent.store.clone();
-                if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || main.delete(&key)).await {
-                    dropped += 1;
-                }
-            }
+        // Plan with the cheap index lookup (a parity that is not scrubbed has no single copy:
+        // its stale replicas are the clean-up's), decide with the proof.
+        let says = matches!(
+            ent.ring.call_ent(owner, EntRequest::HasSingle { keys: vec![key] }).await,
+            Ok(EntResponse::Has { present }) if present == [true]
+        );
+        if !says {
+            continue;
         }
+        let main = ent.store.clone();
+        let Ok(Ok(Some(own))) = tokio::task::spawn_blocking(move || main.get(&key)).await else {
+            continue;
+        };
+        let verified = deletion::verify(&ent.ring, owner, Store::Single, &[(key, &own)]).await;
+        let evidence = Evidence {
+            age: ent.store.held_for(&key),
+            verified: usize::from(verified == [true]),
+            needed: 1,
+        };
+        if let Err(why) = deletion::decide(&policy, evidence, budget) {
+            if matches!(why, Keep::Unverified { .. }) {
+                unverified += 1;
+                debug!(%key, owner = %owner.peer, "stale replica kept: the owner says it holds the single copy but did not prove it");
+            }
+            continue;
+        }
+        let main = ent.store.clone();
+        if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || main.delete(&key)).await {
+            dropped += 1;
+        }
+    }
+    if unverified > 0 {
+        warn!(
+            kept = unverified,
+            "stale replicas kept: their owners say they hold the single copies but failed to prove it"
+        );
     }
     dropped
 }
@@ -391,7 +432,10 @@ async fn scrub_one(
 }
 
 /// Deletes the replicated copies of a parity whose single copy this node holds: its own, then
-/// every other member's of the replica set.
+/// every other member's of the replica set (each member decides by the rule of [`deletion`]).
+/// A member that cannot drop its copy now (unreachable, its copy too young, the proof lost to
+/// a timeout) keeps it until the owner's worker asks again (`redrop_singles`): the parity is
+/// scrubbed all the same. Returns (copies deleted, bytes freed).
 async fn drop_everywhere(ent: &Entangled, key: BlockKey) -> Result<(u64, u64), String> {
     let main = ent.store.clone();
     let (mut n, mut bytes) = blocking(move || {
@@ -423,14 +467,20 @@ async fn drop_everywhere(ent: &Entangled, key: BlockKey) -> Result<(u64, u64), S
                 bytes += s.parity_bytes;
             }
             Ok(_) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                debug!(%key, peer = %m.peer, error = %e, "replica not dropped yet; asked again later");
+            }
         }
     }
     Ok((n, bytes))
 }
 
-/// `DropReplica`: deletes the replicated copy of `key` here once `holder` (another node, the
-/// key's owner) confirms it holds the block. Answers with the copies and bytes deleted.
+/// `DropReplica`: deletes the replicated copy of `key` here, by the rule of [`deletion`]:
+/// `holder` must be the key's owner by this node's own lookup and prove, against this node's
+/// copy, that it holds the single copy; this node must have held its copy for the minimum age,
+/// and at most the per-round bound of such requests are honoured per maintenance period.
+/// Answers with the copies and bytes deleted (none when the copy is kept for its age or the
+/// bound: the owner asks again later); a holder that fails the proof is refused.
 pub async fn drop_replica(
     ent: &Entangled,
     key: BlockKey,
@@ -454,15 +504,41 @@ pub async fn drop_replica(
             "the claimed holder is not the owner of the key; replica kept",
         ));
     }
-    let confirmed = matches!(
-        ent.ring.call_ent(&holder, EntRequest::HasSymbols { keys: vec![key] }).await,
-        Ok(EntResponse::Has { present }) if present == vec![true]
-    );
-    if !confirmed {
-        return Err(RingError::new(
-            ErrorCode::Rejected,
-            "the claimed holder does not hold the block; replica kept",
-        ));
+    let kept = Ok(EntangleStats::default());
+    let policy = deletion::policy();
+    let age = ent.store.held_for(&key);
+    if !deletion::old_enough(&policy, age) {
+        return kept;
+    }
+    let now = std::time::Instant::now();
+    if !peerstore_proto::lock(&ent.requested_drops).available(policy.max_per_round, now) {
+        return kept;
+    }
+    // Our copy, verified against the key: the proof is checked against it.
+    let main = ent.store.clone();
+    let Some(own) = blocking(move || main.get(&key)).await.ok().flatten() else {
+        return kept; // nothing (whole) to drop
+    };
+    let verified = deletion::verify(&ent.ring, &holder, Store::Single, &[(key, &own)]).await;
+    let evidence = Evidence {
+        age,
+        verified: usize::from(verified == [true]),
+        needed: 1,
+    };
+    // The bound is per window: a budget of one, taken from the window only when the rest holds.
+    let mut one = Budget::new(1);
+    match deletion::decide(&policy, evidence, &mut one) {
+        Ok(()) => {}
+        Err(Keep::Unverified { .. }) => {
+            return Err(RingError::new(
+                ErrorCode::Rejected,
+                "the claimed holder did not prove it holds the single copy; replica kept",
+            ))
+        }
+        Err(_) => return kept,
+    }
+    if !peerstore_proto::lock(&ent.requested_drops).take(policy.max_per_round, now) {
+        return kept;
     }
     let main = ent.store.clone();
     let (n, bytes) = blocking(move || {
@@ -482,8 +558,10 @@ pub async fn drop_replica(
 }
 
 /// Single copies this node holds for keys outside the range it replicates (ownership moved
-/// after a join) go to the key's current owner.
-pub async fn hand_off_singles(ent: &Entangled) {
+/// after a join) go to the key's current owner: sent with `StoreSingle` unless the owner
+/// already proves it holds them, and dropped here by the rule of [`deletion`] once the owner
+/// proves it (a `StoreSingle` acknowledgement alone is not enough), at most `budget` of them.
+pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     let Some(view) = ent.ring.handle.view().await else {
         return;
     };
@@ -502,7 +580,12 @@ pub async fn hand_off_singles(ent: &Entangled) {
     else {
         return;
     };
+    let policy = deletion::policy();
+    let mut unverified = 0;
     for key in page.keys {
+        if budget.spent() {
+            break;
+        }
         let Ok(set) = ent.ring.replica_set(&key).await else {
             continue;
         };
@@ -514,14 +597,54 @@ pub async fn hand_off_singles(ent: &Entangled) {
         let Ok(Ok(Some(data))) = tokio::task::spawn_blocking(move || single.get(&key)).await else {
             continue;
         };
-        if let Ok(EntResponse::Ok) = ent
-            .ring
-            .call_ent(owner, EntRequest::StoreSingle { key, data })
-            .await
-        {
-            let single = ent.single.clone();
-            let _ = tokio::task::spawn_blocking(move || single.delete(&key)).await;
+        // Plan with the cheap index lookup: send the copy unless the owner says it has it.
+        let has = matches!(
+            ent.ring.call_ent(owner, EntRequest::HasSingle { keys: vec![key] }).await,
+            Ok(EntResponse::Has { present }) if present == [true]
+        );
+        if !has {
+            let sent = ent
+                .ring
+                .call_ent(
+                    owner,
+                    EntRequest::StoreSingle {
+                        key,
+                        data: data.clone(),
+                    },
+                )
+                .await;
+            if !matches!(sent, Ok(EntResponse::Ok)) {
+                continue;
+            }
         }
+        // Decide with the proof, once our copy is old enough to go.
+        let age = ent.single.held_for(&key);
+        if !deletion::old_enough(&policy, age) {
+            continue;
+        }
+        let verified = deletion::verify(&ent.ring, owner, Store::Single, &[(key, &data)]).await;
+        let evidence = Evidence {
+            age,
+            verified: usize::from(verified == [true]),
+            needed: 1,
+        };
+        match deletion::decide(&policy, evidence, budget) {
+            Ok(()) => {
+                let single = ent.single.clone();
+                let _ = tokio::task::spawn_blocking(move || single.delete(&key)).await;
+            }
+            Err(Keep::Unverified { .. }) => {
+                unverified += 1;
+                debug!(%key, owner = %owner.peer, "single copy kept: its owner says it holds it but did not prove it");
+            }
+            Err(_) => {}
+        }
+    }
+    if unverified > 0 {
+        warn!(
+            kept = unverified,
+            "single copies kept: their new owners say they hold them but failed to prove it"
+        );
     }
 }
 

@@ -39,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod arrivals;
 mod error;
 mod files;
 mod index;
@@ -305,6 +306,8 @@ pub struct BlockStore {
     inner: Inner,
     state: Mutex<State>,
     key_free: Condvar,
+    /// When blocks arrived (in memory; for the minimum age of deletions).
+    arrivals: Mutex<arrivals::Arrivals>,
 }
 
 /// Parts that other modules of the store reach into.
@@ -370,6 +373,11 @@ impl BlockStore {
     }
 
     /// Records in key order after `after`, at most `limit`.
+    /// How many records `table` holds.
+    pub fn record_count(&self, table: RecordTable) -> Result<u64> {
+        self.tables().record_count(table)
+    }
+
     pub fn record_list(
         &self,
         table: RecordTable,
@@ -406,6 +414,7 @@ impl BlockStore {
             inner: Inner { index },
             state: Mutex::new(State::default()),
             key_free: Condvar::new(),
+            arrivals: Mutex::new(arrivals::Arrivals::new(std::time::Instant::now())),
         };
         let mut report = OpenReport::default();
         for path in strays {
@@ -732,6 +741,8 @@ impl BlockStore {
         st.reserved -= size;
         res?;
         st.roles.add(meta);
+        drop(st);
+        peerstore_proto::lock(&self.arrivals).record(key, std::time::Instant::now());
         Ok(outcome)
     }
 
@@ -918,7 +929,15 @@ impl BlockStore {
         self.inner.index.submit(IndexOp::Remove(*key))?;
         self.segments.forget(e.loc)?;
         self.state().roles.remove(e.meta);
+        peerstore_proto::lock(&self.arrivals).remove(key);
         Ok(true)
+    }
+
+    /// How long this store has held `key`: since it was last stored (put, or rewritten over a
+    /// damaged copy), or since the store was opened for blocks it held then; never more than
+    /// the truth ([`arrivals`]). In memory only: a restart makes every block young again.
+    pub fn held_for(&self, key: &BlockKey) -> std::time::Duration {
+        peerstore_proto::lock(&self.arrivals).age(key, std::time::Instant::now())
     }
 
     /// Changes why the block is held. Returns false if it is not held.

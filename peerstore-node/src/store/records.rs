@@ -121,6 +121,17 @@ impl Tables<'_> {
         Ok(outcome)
     }
 
+    /// How many records `table` holds (0 if it was never written).
+    pub fn record_count(&self, table: RecordTable) -> Result<u64> {
+        let tx = self.0.begin_read().map_err(db)?;
+        let t = match tx.open_table(table.def()) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(db(e)),
+        };
+        redb::ReadableTableMetadata::len(&t).map_err(db)
+    }
+
     /// Records with keys strictly after `after` (from the start if `None`), in key order, at
     /// most `limit` of them.
     pub fn record_list(

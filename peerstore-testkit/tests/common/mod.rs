@@ -23,15 +23,26 @@ pub struct Client {
     pub data: PathBuf,
     pub peer: String,
     pub pass: String,
+    /// A file with the ring credential (an administrator's, so repair/audit/scrub work too).
+    pub credential: Option<PathBuf>,
 }
 
 impl Client {
     pub fn new(root: &Path, name: &str, peer: &str) -> Client {
+        let credential =
+            peerstore_testkit::invite_for_node(peer, peerstore_proto::Role::Admin, name).map(
+                |line| {
+                    let path = root.join(format!("{name}.credential"));
+                    fs::write(&path, line).expect("write credential");
+                    path
+                },
+            );
         Client {
             config: root.join(format!("{name}-config")),
             data: root.join(format!("{name}-data")),
             peer: peer.to_string(),
             pass: PASS.to_string(),
+            credential,
         }
     }
 
@@ -42,8 +53,11 @@ impl Client {
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--peer")
-            .arg(&self.peer)
-            .args(args)
+            .arg(&self.peer);
+        if let Some(cred) = &self.credential {
+            c.arg("--credential").arg(cred);
+        }
+        c.args(args)
             .env("PEERSTORE_PASSPHRASE", &self.pass)
             .env_remove("PEERSTORE_PEER")
             .stdin(Stdio::null());

@@ -1,0 +1,89 @@
+//! A hidden, test-only hostile mode, for tests that need a member that lies (never use it on
+//! a ring that holds data you want).
+//!
+//! With `PEERSTORE_TEST_HOSTILE=liar` in its environment (read once, the first time any part
+//! of the node asks; the node asks at start and logs a loud warning) a node answers every
+//! `HasLocal`, `HasSymbols` and `HasSingle` with "yes, all of them", acknowledges every block
+//! put by a peer (`StoreLocal`, and the blocks it pulls itself) and every `StoreSingle` without
+//! storing anything, and answers every proof of possession (`Prove`, `ProveSingle`) with
+//! random bytes. Everything else it does honestly. It is the Sybil of docs/SECURITY.md
+//! ("Verified deletions"): a node that claims to hold what it does not, so that honest nodes
+//! drop their copies.
+
+use std::sync::OnceLock;
+
+use tracing::{error, warn};
+
+/// The environment variable that turns the mode on.
+pub const VAR: &str = "PEERSTORE_TEST_HOSTILE";
+
+/// How a hostile test node misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hostile {
+    /// Claims to hold everything, stores nothing, answers proofs with random bytes.
+    Liar,
+}
+
+/// Parses the variable's value: unset or empty is honest, `liar` is [`Hostile::Liar`].
+pub fn parse(value: Option<&str>) -> Result<Option<Hostile>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("liar") => Ok(Some(Hostile::Liar)),
+        Some(other) => Err(format!(
+            "{VAR}={other:?} is not a hostile mode (the only one is \"liar\")"
+        )),
+    }
+}
+
+/// This process's hostile mode, read from the environment once.
+pub fn mode() -> Option<Hostile> {
+    static MODE: OnceLock<Option<Hostile>> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let value = std::env::var(VAR).ok();
+        match parse(value.as_deref()) {
+            Ok(Some(m)) => {
+                let msg = format!(
+                    "{VAR}={m:?}: THIS NODE IS HOSTILE (a test mode): it claims to hold every \
+                     block, stores nothing that peers send and answers proofs of possession \
+                     with random bytes. Never run it on a ring with real data."
+                );
+                warn!("{msg}");
+                eprintln!("WARNING: {msg}");
+                Some(m)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                error!("{e}; running honestly");
+                None
+            }
+        }
+    })
+}
+
+/// Whether this node lies ([`Hostile::Liar`]).
+pub fn liar() -> bool {
+    mode() == Some(Hostile::Liar)
+}
+
+/// What a liar answers to `n` challenges: random bytes.
+pub fn random_proofs(n: usize) -> Vec<Option<[u8; 32]>> {
+    (0..n).map(|_| Some(rand::random())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_liar_is_a_mode() {
+        assert_eq!(parse(None), Ok(None));
+        assert_eq!(parse(Some("")), Ok(None));
+        assert_eq!(parse(Some("liar")), Ok(Some(Hostile::Liar)));
+        assert_eq!(parse(Some(" liar\n")), Ok(Some(Hostile::Liar)));
+        assert!(parse(Some("yes")).is_err());
+        assert!(parse(Some("LIAR")).is_err());
+        let p = random_proofs(3);
+        assert_eq!(p.len(), 3);
+        assert_ne!(p[0], p[1]);
+    }
+}
