@@ -114,8 +114,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let store = Arc::new(store);
     // Single copies of scrubbed parities (entangled storage), outside the replicated store.
     let single_dir = config.data_dir.join("single");
+    // It draws on the same --capacity as the replicated store (docs/OPERATIONS.md, Capacity).
+    let shared = store.shared_capacity();
     let (single, _) = tokio::task::spawn_blocking(move || {
-        BlockStore::open(StoreConfig::new(single_dir, capacity))
+        BlockStore::open(StoreConfig::sharing(single_dir, shared))
     })
     .await
     .context("single-copy store open task failed")??;

@@ -32,6 +32,73 @@ pub const ROOTS: RecordTable = RecordTable::MUTABLE;
 /// A record's key and the BLAKE3 of its bytes.
 pub type RecordDigest = (BlockKey, [u8; 32]);
 
+/// Predecessors beyond a holder set whose keys a node still accepts records for. Ring changes
+/// in flight (a join or leave that not every node has seen yet, the hand-off of a graceful
+/// leave to the leaver's successors) shift a holder set by a node or two.
+pub const RANGE_SLACK: usize = 2;
+
+/// The keys this node may hold in a table kept on `n` nodes (a key's owner and its next
+/// `n - 1` distinct successors), with [`RANGE_SLACK`]: `(p, me]` where `p` is this node's
+/// `(n + RANGE_SLACK)`-th distinct predecessor. While that predecessor is not known (not yet a
+/// member, a ring of few nodes, a short predecessor list) every key is accepted: refusing what
+/// a legitimate holder must keep would lose data, accepting a stray record only costs space
+/// (which counts against the capacity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldRange {
+    /// `(from, to]`, or `None` for every key.
+    range: Option<(BlockKey, BlockKey)>,
+}
+
+impl HeldRange {
+    /// The range for a node at `me` with predecessors `preds` (nearest first).
+    #[must_use]
+    pub fn new(me: &chord::Id, preds: &[chord::Id], n: usize) -> HeldRange {
+        let need = n.max(1) + RANGE_SLACK;
+        let mut distinct: Vec<&chord::Id> = Vec::with_capacity(need);
+        for p in preds {
+            if p != me && !distinct.contains(&p) {
+                distinct.push(p);
+                if distinct.len() == need {
+                    break;
+                }
+            }
+        }
+        let range =
+            (distinct.len() == need).then(|| (BlockKey(distinct[need - 1].0), BlockKey(me.0)));
+        HeldRange { range }
+    }
+
+    /// This node's range for `n` holders, from its current view of the ring.
+    pub async fn of(ring: &Ring, n: usize) -> HeldRange {
+        match ring.view().await {
+            Some(view) if view.member => {
+                let preds: Vec<chord::Id> = view.predecessors.iter().map(|p| p.id).collect();
+                HeldRange::new(&view.me.id, &preds, n)
+            }
+            _ => HeldRange { range: None },
+        }
+    }
+
+    /// Whether `key` is in the range.
+    #[must_use]
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        self.range
+            .is_none_or(|(from, to)| crate::store::in_interval(&from, &to, key))
+    }
+
+    /// The error for records outside the range.
+    #[must_use]
+    pub fn refusal(&self, what: &str, refused: usize, of: usize) -> RingError {
+        RingError::new(
+            ErrorCode::Rejected,
+            format!(
+                "{refused} of {of} {what} are for keys outside this node's range; they were not \
+                 stored (send them to the key's holders)"
+            ),
+        )
+    }
+}
+
 /// Blocks and records on replica sets.
 pub struct Replication {
     pub ring: Arc<Ring>,
@@ -337,6 +404,11 @@ impl Replication {
                 MemberResponse::Proofs { proofs }
             }
             MemberRequest::StoreRecordLocal { key, record } => {
+                // Another member pushes: only records this node holds (its replica range).
+                let range = HeldRange::of(&self.ring, self.ring.replication).await;
+                if !range.contains(&key) {
+                    return Err(range.refusal("signed records", 1, 1));
+                }
                 self.store_record_local(key, record).await?;
                 MemberResponse::Ok
             }
@@ -366,26 +438,19 @@ pub fn list_record_digests(
     to: chord::Id,
     after: Option<BlockKey>,
 ) -> Result<(Vec<RecordDigest>, bool), StoreError> {
-    // Records are few (one per user); the table is scanned in key order and filtered by range.
-    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
+    // A ring-range scan of the table (it starts at `from`, not at the table's start), hashing
+    // each record in place: a page holds digests only.
     let mut out = Vec::new();
-    let mut cursor = after.map(|k| k.0);
-    loop {
-        let page = store.record_list(ROOTS, cursor.as_ref(), 1024)?;
-        let Some(last) = page.last().map(|(k, _)| *k) else {
-            return Ok((out, false));
-        };
-        for (k, v) in page {
-            let key = BlockKey(k);
-            if crate::store::in_interval(&a, &b, &key) {
-                out.push((key, *blake3::hash(&v).as_bytes()));
-                if out.len() >= MAX_LIST_PAGE as usize {
-                    return Ok((out, true));
-                }
-            }
-        }
-        cursor = Some(last);
-    }
+    let more = crate::entangled::meta::table_visit(
+        store,
+        ROOTS,
+        BlockKey(from.0),
+        BlockKey(to.0),
+        after,
+        MAX_LIST_PAGE as usize,
+        |k, v| out.push((k, *blake3::hash(v).as_bytes())),
+    )?;
+    Ok((out, more))
 }
 
 /// Checks a signed record against its storage key and, if given, the record it would replace.
@@ -408,4 +473,54 @@ pub fn check_record(key: &BlockKey, record: &[u8], current: Option<&[u8]>) -> Re
     };
     crypto::accept_root_update(current.as_ref(), &new).map_err(|e| e.to_string())?;
     Ok(new.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(v: u64) -> chord::Id {
+        chord::Id::from_u64(v)
+    }
+
+    fn key(v: u64) -> BlockKey {
+        BlockKey(id(v).0)
+    }
+
+    #[test]
+    fn records_outside_the_held_range_are_refused_with_slack() {
+        // Nodes at 10, 20, ..., 100; this one at 100, predecessors nearest first.
+        let me = id(100);
+        let preds: Vec<chord::Id> = (1..=9).rev().map(|i| id(i * 10)).collect();
+        // r = 2: holds (80, 100]; with the slack of 2, (60, 100].
+        let r = HeldRange::new(&me, &preds, 2);
+        for k in [61, 75, 81, 100] {
+            assert!(r.contains(&key(k)), "{k}");
+        }
+        for k in [60, 30, 101, 5000] {
+            assert!(!r.contains(&key(k)), "{k}");
+        }
+        let e = r.refusal("signed records", 1, 1);
+        assert_eq!(e.code, ErrorCode::Rejected);
+        assert!(
+            e.message.contains("outside this node's range"),
+            "{}",
+            e.message
+        );
+        // The range wraps past zero for a node near the start of the ring.
+        let r = HeldRange::new(&id(10), &[id(0), id(100), id(90), id(80)], 1);
+        assert!(r.contains(&key(5)) && r.contains(&key(95)) && r.contains(&key(10)));
+        assert!(!r.contains(&key(85)) && !r.contains(&key(11)));
+    }
+
+    #[test]
+    fn every_key_is_accepted_while_the_range_is_unknown() {
+        let me = id(100);
+        // Too few distinct predecessors known (duplicates and self do not count).
+        let preds = [id(90), id(90), id(100), id(80), id(70)];
+        let r = HeldRange::new(&me, &preds, 2);
+        assert!(r.contains(&key(1)) && r.contains(&key(u64::MAX)));
+        let r = HeldRange::new(&me, &[], 1);
+        assert!(r.contains(&key(1)));
+    }
 }

@@ -22,6 +22,40 @@ use crate::store::StoreError;
 /// Most requests served at once; beyond that they wait (and the driver answers "busy" once
 /// its queue is full too).
 const MAX_CONCURRENT: usize = 512;
+/// Most long-running requests (ring-wide repair, audit and scrub, and their per-node parts)
+/// served at once, from their own pool: they cannot take the permits of ordinary requests.
+const MAX_LONG: usize = 4;
+/// How often a long-running request checks that its requester still waits for the answer.
+const REQUESTER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a request runs for long (minutes): it gets a permit of the long pool and is
+/// cancelled when its requester goes away.
+fn is_long(inbound: &Inbound) -> bool {
+    match inbound {
+        Inbound::Admin {
+            request: Incoming::Message(r),
+            ..
+        } => !matches!(r, AdminRequest::EntangleStats),
+        Inbound::Member {
+            request: Incoming::Message(r),
+            ..
+        } => r.is_long_running(),
+        _ => false,
+    }
+}
+
+/// Resolves once `open` says the requester stopped waiting (its stream closed).
+async fn requester_gone(open: impl Fn() -> bool) {
+    loop {
+        tokio::time::sleep(REQUESTER_CHECK).await;
+        if !open() {
+            return;
+        }
+    }
+}
+
+/// The answer to a long request whose requester went away (never sent; for the log).
+const CANCELLED: &str = "cancelled: the requester went away";
 
 pub struct Service {
     pub ring: Arc<Ring>,
@@ -42,8 +76,10 @@ impl Service {
     /// Serves inbound requests until the driver goes away.
     pub async fn serve(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
+        let long = Arc::new(Semaphore::new(MAX_LONG));
         while let Some(inbound) = inbound.recv().await {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
+            let pool = if is_long(&inbound) { &long } else { &limit };
+            let Ok(permit) = pool.clone().acquire_owned().await else {
                 break;
             };
             let this = self.clone();
@@ -82,7 +118,17 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
-                        let response = self.member(r).await;
+                        let response = if r.is_long_running() {
+                            tokio::select! {
+                                r = self.member(r) => r,
+                                _ = requester_gone(|| channel.is_open()) => {
+                                    tracing::info!(%peer, kind, "{CANCELLED}");
+                                    MemberResponse::error(ErrorCode::Unavailable, CANCELLED)
+                                }
+                            }
+                        } else {
+                            self.member(r).await
+                        };
                         log_failure(&peer, kind, &response);
                         response
                     }
@@ -98,7 +144,13 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
-                        let response = self.admin(r).await;
+                        let response = tokio::select! {
+                            r = self.admin(r) => r,
+                            _ = requester_gone(|| channel.is_open()) => {
+                                tracing::info!(%peer, kind, "{CANCELLED}");
+                                AdminResponse::error(ErrorCode::Unavailable, CANCELLED)
+                            }
+                        };
                         log_failure(&peer, kind, &response);
                         response
                     }

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use super::format::{decode_record, DocRecord};
 use super::layer::Entangled;
+use crate::replication::HeldRange;
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, BlockStore, RecordTable, StoreError};
 use crate::sync::{self, Digests, Pull};
@@ -66,8 +67,26 @@ pub fn table_range(
     after: Option<BlockKey>,
     limit: usize,
 ) -> Result<TablePage, StoreError> {
-    let plain = from < to;
     let mut out = Vec::new();
+    let more = table_visit(store, table, from, to, after, limit, |k, v| {
+        out.push((k, v.to_vec()));
+    })?;
+    Ok((out, more))
+}
+
+/// As [`table_range`], calling `f` on each record (borrowed) instead of collecting them, so
+/// that a listing of keys or digests does not hold the values. Returns whether records in the
+/// interval remain after the `limit` visited (continue after the last key `f` saw).
+pub fn table_visit(
+    store: &BlockStore,
+    table: RecordTable,
+    from: BlockKey,
+    to: BlockKey,
+    after: Option<BlockKey>,
+    limit: usize,
+    mut f: impl FnMut(BlockKey, &[u8]),
+) -> Result<bool, StoreError> {
+    let plain = from < to;
     // Keys in (from, to] when from < to; [0, to] and (from, MAX] otherwise.
     let mut cursor = match after {
         Some(a) if plain && a < from => Some(from.0),
@@ -75,26 +94,29 @@ pub fn table_range(
         None if plain => Some(from.0),
         None => None,
     };
-    'pages: loop {
-        let page = store.record_list(table, cursor.as_ref(), 1024)?;
-        let Some(last) = page.last().map(|(k, _)| *k) else {
-            return Ok((out, false));
-        };
-        for (k, v) in page {
-            let key = BlockKey(k);
+    let mut n = 0usize;
+    loop {
+        let (mut more, mut jump) = (false, false);
+        store.record_scan(table, cursor.as_ref(), |k, v| {
+            let key = BlockKey(*k);
             if in_interval(&from, &to, &key) {
-                out.push((key, v));
-                if out.len() >= limit {
-                    return Ok((out, true));
+                if n >= limit {
+                    more = true;
+                    return false;
                 }
-            } else if plain {
-                return Ok((out, false)); // past `to`
+                f(key, v);
+                n += 1;
+                true
             } else {
-                cursor = Some(from.0); // in the gap (to, from]: jump over it
-                continue 'pages;
+                // Past `to`, or (wrapping) in the gap (to, from]: jump over it.
+                jump = !plain;
+                false
             }
+        })?;
+        if more || !jump {
+            return Ok(more);
         }
-        cursor = Some(last);
+        cursor = Some(from.0);
     }
 }
 
@@ -147,15 +169,17 @@ pub fn list_local(
     to: chord::Id,
     after: Option<BlockKey>,
 ) -> Result<(Vec<BlockKey>, bool), StoreError> {
-    let (entries, more) = table_range(
+    let mut keys = Vec::new();
+    let more = table_visit(
         store,
         TABLE,
         BlockKey(from.0),
         BlockKey(to.0),
         after,
         peerstore_proto::MAX_LIST_PAGE as usize,
+        |k, _| keys.push(k),
     )?;
-    Ok((entries.into_iter().map(|(k, _)| k).collect(), more))
+    Ok((keys, more))
 }
 
 /// Answers the record requests of [`EntRequest`].
@@ -166,7 +190,21 @@ pub async fn serve(ent: &Entangled, r: EntRequest) -> Result<EntResponse, RingEr
             if records.len() > peerstore_proto::MAX_LIST_PAGE as usize {
                 return Err(RingError::new(ErrorCode::BadRequest, "too many records"));
             }
-            blocking(move || put_local(&store, &records)).await?;
+            // Another member pushes: only records for keys in this node's metadata range are
+            // kept (the rest are refused once the others are stored).
+            let range = HeldRange::of(&ent.ring, ent.metadata_replication()).await;
+            let of = records.len();
+            // Hashing records is CPU work: on the blocking pool, with the store.
+            let refused = blocking(move || {
+                let (keep, refused): (Vec<Vec<u8>>, Vec<Vec<u8>>) = records
+                    .into_iter()
+                    .partition(|r| range.contains(&BlockKey::of(r)));
+                put_local(&store, &keep).map(|_| refused.len())
+            })
+            .await?;
+            if refused > 0 {
+                return Err(range.refusal("codeword or document records", refused, of));
+            }
             EntResponse::Ok
         }
         EntRequest::FetchRecords { keys } => {

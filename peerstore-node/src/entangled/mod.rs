@@ -41,7 +41,7 @@ use tracing::{debug, info};
 use peerstore_proto::member::MAX_PROVE_KEYS;
 use peerstore_proto::{AdminRequest, AdminResponse, BlockKey, MAX_LIST_PAGE};
 
-use crate::replication::{deletion, hostile};
+use crate::replication::{deletion, hostile, HeldRange};
 use crate::ring::{blocking, RingError};
 
 pub use layer::{
@@ -162,7 +162,16 @@ impl Entangled {
             | EntRequest::FetchRecords { .. }
             | EntRequest::ListRecords { .. }) => meta::serve(self, r).await?,
             EntRequest::StoreRefs { entries } => {
-                refs::merge_local(self, entries).await?;
+                // Only entries at positions in this node's metadata range are kept.
+                let range = HeldRange::of(&self.ring, self.metadata_replication()).await;
+                let of = entries.len();
+                let (keep, refused): (Vec<_>, Vec<_>) = entries
+                    .into_iter()
+                    .partition(|e| range.contains(&format::refs_position(&e.block)));
+                refs::merge_local(self, keep).await?;
+                if !refused.is_empty() {
+                    return Err(range.refusal("reverse references", refused.len(), of));
+                }
                 EntResponse::Ok
             }
             EntRequest::FetchRefs { positions } => {

@@ -11,9 +11,9 @@ use tracing::debug;
 
 use super::format::{refs_position, RefsEntry};
 use super::layer::Entangled;
-use super::meta::{locate_meta, meta_successors, push_ring, table_range};
+use super::meta::{locate_meta, meta_successors, push_ring, table_range, table_visit};
 use crate::ring::{blocking, RingError};
-use crate::store::{in_interval, BlockStore, RecordTable, RecordUpdate, StoreError};
+use crate::store::{BlockStore, RecordTable, RecordUpdate, StoreError};
 use crate::sync::{self, Digests, Pull};
 use peerstore_proto::{BlockKey, NodeAddr, MAX_LIST_PAGE};
 use peerstore_proto::{EntRequest, EntResponse};
@@ -110,39 +110,137 @@ pub async fn list_local(
 ) -> Result<(Vec<(BlockKey, [u8; 32])>, bool), RingError> {
     let store = ent.store.clone();
     blocking(move || {
-        let (entries, more) = table_range(
+        let mut out = Vec::new();
+        let more = table_visit(
             &store,
             TABLE,
             BlockKey(from.0),
             BlockKey(to.0),
             after,
             MAX_LIST_PAGE as usize,
+            |k, v| out.push((k, *blake3::hash(v).as_bytes())),
         )?;
-        Ok((
-            entries
-                .into_iter()
-                .map(|(k, v)| (k, *blake3::hash(&v).as_bytes()))
-                .collect(),
-            more,
-        ))
+        Ok((out, more))
     })
     .await
 }
 
-/// Up to `count` random parity keys from this node's entries (those that name their own
-/// codeword, so they are real parities).
+/// Entries per page of the scans that serve requests (an entry is at most 128 KiB, so a page
+/// stays a few MiB).
+const SCAN_PAGE: usize = 64;
+/// [`sample_local`] reads at most this many consecutive positions (from a random start): a
+/// request's work is bounded however large the table grows. Positions are hashes, so a run of
+/// consecutive ones is itself a uniform sample.
+const SAMPLE_WINDOW: usize = 16_384;
+/// Most creation times [`newest_created`] keeps and returns.
+const MAX_NEWEST: usize = 65_536;
+
+/// Calls `f` on the entries at positions after `start` in ring order (wrapping past the end
+/// back to `start`), reading the table page by page, until `f` returns false or every entry
+/// was seen.
+fn scan_from(
+    store: &BlockStore,
+    start: [u8; 32],
+    mut f: impl FnMut(BlockKey, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let mut after = Some(start);
+    let mut wrapped = false;
+    loop {
+        let page = store.record_list(TABLE, after.as_ref(), SCAN_PAGE)?;
+        let Some(last) = page.last().map(|(k, _)| *k) else {
+            if wrapped {
+                return Ok(());
+            }
+            wrapped = true;
+            after = None;
+            continue;
+        };
+        for (k, v) in page {
+            if (wrapped && k > start) || !f(BlockKey(k), &v) {
+                return Ok(());
+            }
+        }
+        after = Some(last);
+    }
+}
+
+/// Up to `count` parity keys from this node's entries (those that name their own codeword, so
+/// they are real parities), drawn uniformly from a window of at most [`SAMPLE_WINDOW`]
+/// positions starting at a random one (reservoir sampling: memory is `count` keys).
+fn sample_keys(store: &BlockStore, count: usize) -> Result<Vec<BlockKey>, StoreError> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut keys: Vec<BlockKey> = Vec::new();
+    if count == 0 {
+        return Ok(keys);
+    }
+    let (mut seen, mut read) = (0usize, 0usize);
+    scan_from(store, rng.gen(), |_, v| {
+        read += 1;
+        if let Some(e) = RefsEntry::decode(v).filter(|e| e.own.is_some()) {
+            seen += 1;
+            if keys.len() < count {
+                keys.push(e.block);
+            } else {
+                let j = rng.gen_range(0..seen);
+                if j < count {
+                    keys[j] = e.block;
+                }
+            }
+        }
+        read < SAMPLE_WINDOW
+    })?;
+    keys.shuffle(&mut rng);
+    Ok(keys)
+}
+
+/// Up to `count` random parity keys from this node's entries (see [`sample_keys`]).
 pub async fn sample_local(ent: &Entangled, count: usize) -> Result<Vec<BlockKey>, RingError> {
     let store = ent.store.clone();
-    let all = blocking(move || all_local(&store)).await?;
-    let mut keys: Vec<BlockKey> = all
-        .iter()
-        .filter_map(|(_, v)| RefsEntry::decode(v))
-        .filter(|e| e.own.is_some())
-        .map(|e| e.block)
-        .collect();
-    keys.shuffle(&mut rand::thread_rng());
-    keys.truncate(count);
-    Ok(keys)
+    blocking(move || sample_keys(&store, count)).await
+}
+
+/// Creation times of the newest `count` (at most [`MAX_NEWEST`]) parities whose entries lie in
+/// `(from, to]` (`from == to`: everywhere), newest first; reads the range page by page and
+/// keeps only the `count` newest in memory.
+fn newest_in(
+    store: &BlockStore,
+    from: BlockKey,
+    to: BlockKey,
+    count: u64,
+) -> Result<Vec<u64>, StoreError> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let keep = usize::try_from(count).unwrap_or(usize::MAX).min(MAX_NEWEST);
+    let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let mut after = None;
+    loop {
+        let (page, more) = table_range(store, TABLE, from, to, after, SCAN_PAGE)?;
+        after = page.last().map(|(k, _)| *k);
+        for (_, v) in page {
+            let Some(t) = RefsEntry::decode(&v)
+                .filter(|e| e.own.is_some())
+                .and_then(|e| e.created_us)
+            else {
+                continue;
+            };
+            if heap.len() < keep {
+                heap.push(Reverse(t));
+            } else if heap.peek().is_some_and(|Reverse(min)| t > *min) {
+                heap.pop();
+                heap.push(Reverse(t));
+            }
+        }
+        if !more || after.is_none() {
+            break;
+        }
+    }
+    let mut times: Vec<u64> = heap.into_iter().map(|Reverse(t)| t).collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(times)
 }
 
 /// Creation times of the newest `count` parities whose entries lie in this node's owned range.
@@ -152,17 +250,7 @@ pub async fn newest_created(ent: &Entangled, count: u64) -> Result<Vec<u64>, Rin
     };
     let (from, to) = view.ranges.owned;
     let store = ent.store.clone();
-    let all = blocking(move || all_local(&store)).await?;
-    let mut times: Vec<u64> = all
-        .iter()
-        .filter(|(pos, _)| from == to || in_interval(&BlockKey(from.0), &BlockKey(to.0), pos))
-        .filter_map(|(_, v)| RefsEntry::decode(v))
-        .filter(|e| e.own.is_some())
-        .filter_map(|e| e.created_us)
-        .collect();
-    times.sort_unstable_by(|a, b| b.cmp(a));
-    times.truncate(usize::try_from(count).unwrap_or(usize::MAX));
-    Ok(times)
+    blocking(move || newest_in(&store, BlockKey(from.0), BlockKey(to.0), count)).await
 }
 
 /// Stores entries in the ring: each at the metadata set of its position. Succeeds when every
@@ -374,6 +462,58 @@ mod tests {
             own: Some(BlockKey([b ^ 0x80; 32])),
             created_us: Some(u64::from(b)),
             referrers: referrers.iter().map(|r| BlockKey([*r; 32])).collect(),
+        }
+    }
+
+    fn store_with(n: u16) -> (tempfile::TempDir, BlockStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(crate::store::StoreConfig::new(dir.path(), 1 << 30))
+            .unwrap()
+            .0;
+        for i in 0..n {
+            let mut block = [0u8; 32];
+            block[..2].copy_from_slice(&i.to_be_bytes());
+            let e = RefsEntry {
+                block: BlockKey(block),
+                own: Some(BlockKey([1; 32])),
+                created_us: Some(u64::from(i)),
+                referrers: Default::default(),
+            };
+            merge_one(&store, &e).unwrap();
+        }
+        (dir, store)
+    }
+
+    #[test]
+    fn sampling_and_newest_are_paged_and_bounded() {
+        let (_dir, store) = store_with(300);
+        let keys = sample_keys(&store, 50).unwrap();
+        assert_eq!(keys.len(), 50);
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), 50);
+        assert_eq!(sample_keys(&store, 1000).unwrap().len(), 300);
+        let all = newest_in(&store, BlockKey::ZERO, BlockKey::ZERO, 10).unwrap();
+        assert_eq!(all, (290..300).rev().collect::<Vec<u64>>());
+        assert_eq!(
+            newest_in(&store, BlockKey::ZERO, BlockKey::ZERO, u64::MAX)
+                .unwrap()
+                .len(),
+            300
+        );
+        // A sub-range holds only the entries whose positions fall in it.
+        let half = BlockKey([0x80; 32]);
+        let a = newest_in(&store, BlockKey::ZERO, half, 1000).unwrap();
+        let b = newest_in(&store, half, BlockKey::ZERO, 1000).unwrap();
+        assert_eq!(a.len() + b.len(), 300);
+        // Every position is seen exactly once by a scan from any start.
+        for start in [[0u8; 32], [0x80; 32], [0xff; 32]] {
+            let mut n = 0;
+            scan_from(&store, start, |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+            assert_eq!(n, 300);
         }
     }
 

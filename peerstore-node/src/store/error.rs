@@ -9,13 +9,14 @@ use peerstore_proto::BlockKey;
 /// happened and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The block does not fit in the remaining capacity. Nothing was written.
+    /// The block or record does not fit in the remaining capacity (blocks and records of every
+    /// store sharing it count). Nothing was written.
     #[error(
-        "node full: block needs {needed} bytes but only {free} of {capacity} bytes are free; \
-         raise --capacity or store the block elsewhere"
+        "node full: the write needs {needed} bytes but only {free} of {capacity} bytes are free; \
+         raise --capacity or store it elsewhere"
     )]
     Full {
-        /// Size of the rejected block.
+        /// Bytes the rejected write needed (a block's size, a record's growth).
         needed: u64,
         /// Bytes free at the time of the put (capacity minus stored and reserved bytes).
         free: u64,

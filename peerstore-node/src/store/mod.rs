@@ -40,6 +40,7 @@
 //! ```
 
 pub mod arrivals;
+mod budget;
 mod error;
 mod files;
 mod index;
@@ -59,6 +60,7 @@ use redb::{Database, DatabaseError, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+pub use budget::{record_cost, Capacity, RECORD_OVERHEAD};
 pub use error::{Result, StoreError};
 pub use index::{BlockMeta, Role};
 pub use peerstore_proto::{BlockKey, ParseKeyError};
@@ -81,8 +83,12 @@ use segments::{extent, scan_file, Loc, Segments};
 pub struct StoreConfig {
     /// The data directory; created if missing.
     pub root: PathBuf,
-    /// Most bytes of block payload the node will hold.
+    /// Most bytes the store may hold: block payload plus record-table bytes
+    /// ([`record_cost`] each). Ignored when `shared` is set.
     pub capacity: u64,
+    /// A capacity shared with other stores (the node's single-copy store draws on the same
+    /// `--capacity` as its replicated store); `None`: a capacity of its own of `capacity`.
+    pub shared: Option<Arc<Capacity>>,
     /// Re-hash every held block while opening (default true). When false, opening only checks
     /// that every record lies within its segment; call [`BlockStore::verify_all`] before
     /// serving.
@@ -98,8 +104,19 @@ impl StoreConfig {
         StoreConfig {
             root: root.into(),
             capacity,
+            shared: None,
             verify_on_open: true,
             segment_bytes: segments::SEGMENT_TARGET,
+        }
+    }
+
+    /// A config whose store draws on `capacity`, shared with the other stores opened with it.
+    #[must_use]
+    pub fn sharing(root: impl Into<PathBuf>, capacity: Arc<Capacity>) -> StoreConfig {
+        StoreConfig {
+            capacity: capacity.total(),
+            shared: Some(capacity),
+            ..StoreConfig::new(root, 0)
         }
     }
 }
@@ -139,8 +156,8 @@ pub struct OpenReport {
     pub strays_quarantined: u64,
     /// Blocks moved from a format-1 store (one file per block) into segments.
     pub migrated: u64,
-    /// Held bytes exceed the configured capacity (capacity was lowered): puts fail until
-    /// blocks are deleted.
+    /// Bytes found on disk exceeded the capacity (capacity was lowered, or the stores sharing
+    /// it hold more than it): puts fail until blocks or records are deleted.
     pub over_capacity: bool,
 }
 
@@ -267,9 +284,11 @@ pub struct StoreStats {
     pub capacity: u64,
     /// Bytes of blocks held.
     pub used_bytes: u64,
+    /// Bytes the record tables cost against the capacity ([`record_cost`] per record).
+    pub record_bytes: u64,
     /// Bytes reserved by puts in progress.
     pub reserved_bytes: u64,
-    /// Bytes a new put may still use.
+    /// Bytes a new put may still use (of the capacity, which may be shared with other stores).
     pub free_bytes: u64,
     /// Blocks and bytes per role.
     pub roles: RoleCounts,
@@ -301,7 +320,11 @@ struct State {
 /// The block store. See the [module docs](self).
 pub struct BlockStore {
     layout: Layout,
-    capacity: u64,
+    /// The capacity this store draws on (maybe shared): held blocks, reservations and record
+    /// bytes are all charged to it.
+    budget: Arc<Capacity>,
+    /// Bytes of records held, as charged to `budget`.
+    record_bytes: std::sync::atomic::AtomicU64,
     segments: Arc<Segments>,
     inner: Inner,
     state: Mutex<State>,
@@ -313,6 +336,17 @@ pub struct BlockStore {
 /// Parts that other modules of the store reach into.
 struct Inner {
     index: Index,
+}
+
+impl Drop for BlockStore {
+    /// Gives this store's charges back to a capacity it may share with stores still open.
+    fn drop(&mut self) {
+        let st = self.state();
+        let held = st.roles.bytes().saturating_add(st.reserved);
+        drop(st);
+        self.budget
+            .give(held.saturating_add(*self.record_bytes.get_mut()));
+    }
 }
 
 /// Holds a key exclusively for one mutation; released on drop.
@@ -339,7 +373,11 @@ enum Checked {
 /// Small typed key-value tables in the index (see [`records`]).
 impl BlockStore {
     fn tables(&self) -> Tables<'_> {
-        Tables(&self.inner.index.db)
+        Tables {
+            db: &self.inner.index.db,
+            budget: &self.budget,
+            bytes: &self.record_bytes,
+        }
     }
 
     /// The record stored under `key`, if any.
@@ -347,7 +385,8 @@ impl BlockStore {
         self.tables().record_get(table, key)
     }
 
-    /// Stores `value` under `key` (durably, before returning), replacing any record.
+    /// Stores `value` under `key` (durably, before returning), replacing any record. Fails with
+    /// [`StoreError::Full`] (storing nothing) if the growth does not fit in the capacity.
     pub fn record_put(&self, table: RecordTable, key: &[u8; 32], value: &[u8]) -> Result<()> {
         self.tables().record_put(table, key, value)
     }
@@ -372,12 +411,23 @@ impl BlockStore {
         self.tables().record_update(table, key, new, accept)
     }
 
-    /// Records in key order after `after`, at most `limit`.
     /// How many records `table` holds.
     pub fn record_count(&self, table: RecordTable) -> Result<u64> {
         self.tables().record_count(table)
     }
 
+    /// Calls `f` on the records in key order after `after` (borrowed, not copied) until it
+    /// returns false: a scan whose memory does not grow with the table or the values.
+    pub fn record_scan(
+        &self,
+        table: RecordTable,
+        after: Option<&[u8; 32]>,
+        f: impl FnMut(&[u8; 32], &[u8]) -> bool,
+    ) -> Result<()> {
+        self.tables().record_scan(table, after, f)
+    }
+
+    /// Records in key order after `after`, at most `limit`.
     pub fn record_list(
         &self,
         table: RecordTable,
@@ -407,9 +457,16 @@ impl BlockStore {
         let (segments, strays) = Segments::open(&layout.segments, config.segment_bytes.max(1))?;
         let segments = Arc::new(segments);
         let (index, legacy) = Index::new(db, segments.clone())?;
+        let budget = config
+            .shared
+            .clone()
+            .unwrap_or_else(|| Capacity::new(config.capacity));
+        let record_bytes = records::record_bytes_in(&index.db)?;
+        budget.take(record_bytes);
         let store = BlockStore {
             layout,
-            capacity: config.capacity,
+            budget,
+            record_bytes: std::sync::atomic::AtomicU64::new(record_bytes),
             segments,
             inner: Inner { index },
             state: Mutex::new(State::default()),
@@ -436,7 +493,7 @@ impl BlockStore {
         let st = store.state();
         report.blocks = st.roles.blocks();
         report.bytes = st.roles.bytes();
-        report.over_capacity = report.bytes > store.capacity;
+        report.over_capacity = store.budget.used() > store.budget.total();
         drop(st);
         info!(
             blocks = report.blocks,
@@ -507,6 +564,7 @@ impl BlockStore {
             segs.unlink_if_unused(id)?;
         }
         let mut st = self.state();
+        self.budget.take(roles.bytes());
         st.roles = roles;
         st.quarantined = report.corrupt.len() as u64;
         Ok(())
@@ -724,13 +782,13 @@ impl BlockStore {
         }
         {
             let mut st = self.state();
-            let taken = st.roles.bytes().saturating_add(st.reserved);
-            let free = self.capacity.saturating_sub(taken);
-            if size > free {
+            // Reserved bytes are charged to the (maybe shared) capacity now and stay charged
+            // once the block is held.
+            if let Err(free) = self.budget.try_take(size) {
                 return Err(StoreError::Full {
                     needed: size,
                     free,
-                    capacity: self.capacity,
+                    capacity: self.budget.total(),
                 });
             }
             st.reserved += size;
@@ -739,6 +797,9 @@ impl BlockStore {
         let res = self.write_and_index(&key, bytes, meta);
         let mut st = self.state();
         st.reserved -= size;
+        if res.is_err() {
+            self.budget.give(size);
+        }
         res?;
         st.roles.add(meta);
         drop(st);
@@ -874,6 +935,7 @@ impl BlockStore {
         self.segments.release(e.loc, e.meta.size)?;
         let mut st = self.state();
         st.roles.remove(e.meta);
+        self.budget.give(e.meta.size);
         st.quarantined += 1;
         drop(st);
         warn!(key = %key.short(), why, "corrupt block quarantined; needs repair");
@@ -890,6 +952,7 @@ impl BlockStore {
             return err;
         }
         self.state().roles.remove(e.meta);
+        self.budget.give(e.meta.size);
         warn!(key = %key.short(), "block record vanished; index entry dropped; needs repair");
         StoreError::Missing { key: *key }
     }
@@ -929,6 +992,7 @@ impl BlockStore {
         self.inner.index.submit(IndexOp::Remove(*key))?;
         self.segments.forget(e.loc)?;
         self.state().roles.remove(e.meta);
+        self.budget.give(e.meta.size);
         peerstore_proto::lock(&self.arrivals).remove(key);
         Ok(true)
     }
@@ -1161,10 +1225,24 @@ impl BlockStore {
         Ok(n)
     }
 
-    /// The configured capacity in bytes.
+    /// The configured capacity in bytes (shared with the stores opened with the same
+    /// [`Capacity`]).
     #[must_use]
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.budget.total()
+    }
+
+    /// The capacity this store draws on, to open another store sharing it
+    /// ([`StoreConfig::sharing`]).
+    #[must_use]
+    pub fn shared_capacity(&self) -> Arc<Capacity> {
+        self.budget.clone()
+    }
+
+    /// Bytes the record tables cost against the capacity.
+    #[must_use]
+    pub fn record_bytes(&self) -> u64 {
+        self.record_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes of blocks held.
@@ -1173,12 +1251,11 @@ impl BlockStore {
         self.state().roles.bytes()
     }
 
-    /// Bytes a new put may use now (capacity minus held and reserved bytes).
+    /// Bytes a new put may use now: the capacity minus everything charged to it (held and
+    /// reserved block bytes and record bytes, of this store and of those sharing it).
     #[must_use]
     pub fn free_bytes(&self) -> u64 {
-        let st = self.state();
-        self.capacity
-            .saturating_sub(st.roles.bytes().saturating_add(st.reserved))
+        self.budget.free()
     }
 
     /// Number of blocks held.
@@ -1199,12 +1276,11 @@ impl BlockStore {
         let st = self.state();
         let used = st.roles.bytes();
         StoreStats {
-            capacity: self.capacity,
+            capacity: self.budget.total(),
             used_bytes: used,
+            record_bytes: self.record_bytes(),
             reserved_bytes: st.reserved,
-            free_bytes: self
-                .capacity
-                .saturating_sub(used.saturating_add(st.reserved)),
+            free_bytes: self.budget.free(),
             roles: st.roles,
             quarantined_since_open: st.quarantined,
             index_commits: self.inner.index.commits.load(Ordering::Relaxed),
@@ -1258,5 +1334,140 @@ mod unit_tests {
     fn store_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<BlockStore>();
+    }
+
+    const T: RecordTable = RecordTable::new("rec_test_accounting");
+
+    fn open(dir: &Path, capacity: u64) -> BlockStore {
+        BlockStore::open(StoreConfig::new(dir, capacity)).unwrap().0
+    }
+
+    #[test]
+    fn records_count_against_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1000);
+        s.record_put(T, &[1; 32], &[7; 100]).unwrap();
+        assert_eq!(s.record_bytes(), record_cost(100));
+        assert_eq!(s.free_bytes(), 1000 - record_cost(100));
+        // Replacing charges only the difference, both ways.
+        s.record_put(T, &[1; 32], &[7; 300]).unwrap();
+        assert_eq!(s.free_bytes(), 1000 - record_cost(300));
+        s.record_put(T, &[1; 32], &[7; 10]).unwrap();
+        assert_eq!(s.free_bytes(), 1000 - record_cost(10));
+        // A block must fit beside the records.
+        let block = vec![9u8; usize::try_from(1000 - record_cost(10)).unwrap() + 1];
+        assert!(matches!(
+            s.put(BlockKey::of(&block), &block, Role::Owner),
+            Err(StoreError::Full { .. })
+        ));
+        assert!(s.record_delete(T, &[1; 32]).unwrap());
+        assert_eq!(s.record_bytes(), 0);
+        assert_eq!(s.free_bytes(), 1000);
+        assert_eq!(s.stats().free_bytes, 1000);
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_is_refused_with_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 500);
+        let block = vec![3u8; 300];
+        s.put(BlockKey::of(&block), &block, Role::Owner).unwrap();
+        s.record_put(T, &[1; 32], &[1; 50]).unwrap();
+        let free = s.free_bytes();
+        assert_eq!(free, 500 - 300 - record_cost(50));
+        let err = s.record_put(T, &[2; 32], &[0u8; 200]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Full { needed, free: f, capacity: 500 } if needed == record_cost(200) && f == free),
+            "{err}"
+        );
+        assert!(err.to_string().contains("node full"), "{err}");
+        // Nothing was stored or charged; growing an existing record past the capacity fails
+        // the same way and keeps the old value.
+        assert_eq!(s.record_get(T, &[2; 32]).unwrap(), None);
+        assert!(matches!(
+            s.record_update(T, &[1; 32], &[0u8; 250], |_, _| true),
+            Err(StoreError::Full { .. })
+        ));
+        assert_eq!(s.record_get(T, &[1; 32]).unwrap(), Some(vec![1; 50]));
+        assert_eq!(s.free_bytes(), free);
+        // A refused compare-and-set charges nothing either.
+        let r = s
+            .record_update(T, &[3; 32], &[0; 10], |_, _| false)
+            .unwrap();
+        assert!(matches!(r, RecordUpdate::Rejected { current: None }));
+        assert_eq!(s.free_bytes(), free);
+    }
+
+    #[test]
+    fn record_bytes_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), 10_000);
+            s.record_put(T, &[1; 32], &[1; 100]).unwrap();
+            s.record_put(RecordTable::MUTABLE, &[2; 32], &[1; 40])
+                .unwrap();
+            let block = vec![5u8; 1000];
+            s.put(BlockKey::of(&block), &block, Role::Replica).unwrap();
+        }
+        let (s, report) = BlockStore::open(StoreConfig::new(dir.path(), 10_000)).unwrap();
+        assert!(!report.over_capacity);
+        assert_eq!(s.record_bytes(), record_cost(100) + record_cost(40));
+        assert_eq!(s.free_bytes(), 10_000 - 1000 - s.record_bytes());
+        drop(s);
+        // Reopened with less capacity than the records take: over capacity, puts refused.
+        let (s, report) = BlockStore::open(StoreConfig::new(dir.path(), 1100)).unwrap();
+        assert!(report.over_capacity);
+        assert_eq!(s.free_bytes(), 0);
+        assert!(matches!(
+            s.record_put(T, &[9; 32], &[]),
+            Err(StoreError::Full { .. })
+        ));
+        // Shrinking and deleting still work.
+        s.record_put(T, &[1; 32], &[]).unwrap();
+        assert!(s.record_delete(T, &[1; 32]).unwrap());
+    }
+
+    #[test]
+    fn stores_sharing_a_capacity_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = open(&dir.path().join("store"), 2000);
+        let single = BlockStore::open(StoreConfig::sharing(
+            dir.path().join("single"),
+            main.shared_capacity(),
+        ))
+        .unwrap()
+        .0;
+        assert_eq!(single.capacity(), 2000);
+        let a = vec![1u8; 1500];
+        main.put(BlockKey::of(&a), &a, Role::Owner).unwrap();
+        assert_eq!(single.free_bytes(), 500);
+        let b = vec![2u8; 600];
+        assert!(matches!(
+            single.put(BlockKey::of(&b), &b, Role::Replica),
+            Err(StoreError::Full {
+                free: 500,
+                capacity: 2000,
+                ..
+            })
+        ));
+        single.record_put(T, &[1; 32], &[0; 100]).unwrap();
+        assert_eq!(main.free_bytes(), 500 - record_cost(100));
+        assert!(matches!(
+            main.record_put(T, &[2; 32], &[0; 400]),
+            Err(StoreError::Full { .. })
+        ));
+        assert!(main.delete(&BlockKey::of(&a)).unwrap());
+        single.put(BlockKey::of(&b), &b, Role::Replica).unwrap();
+        assert_eq!(main.free_bytes(), 2000 - 600 - record_cost(100));
+        // Closing a store gives its charges back; reopening it charges them again.
+        drop(single);
+        assert_eq!(main.free_bytes(), 2000);
+        let (single, report) = BlockStore::open(StoreConfig::sharing(
+            dir.path().join("single"),
+            main.shared_capacity(),
+        ))
+        .unwrap();
+        assert!(!report.over_capacity);
+        assert_eq!(single.free_bytes(), 2000 - 600 - record_cost(100));
     }
 }

@@ -3,11 +3,17 @@
 //! The daemon keeps its mutable records here (signed user roots today; codeword records and
 //! reverse references later). A new table is one more [`RecordTable`] constant: tables are
 //! created on first write and read as empty before that.
+//!
+//! Records count against the node's capacity ([`super::budget`]): each costs
+//! [`record_cost`]`(value length)`. A write that grows the table by more than is free fails with
+//! [`StoreError::Full`] and changes nothing; shrinking writes and deletes always succeed.
 
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Durability, ReadableTable, TableDefinition, TableError};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableError, TableHandle};
 
+use super::budget::{record_cost, Capacity};
 use super::error::{db, Result, StoreError};
 
 /// The name of a record table.
@@ -54,12 +60,77 @@ pub enum RecordUpdate {
 
 /// The record tables of a store's index database. [`super::BlockStore`]'s `record_*` methods
 /// are these.
-pub(crate) struct Tables<'a>(pub(crate) &'a redb::Database);
+pub(crate) struct Tables<'a> {
+    pub(crate) db: &'a Database,
+    pub(crate) budget: &'a Capacity,
+    /// Bytes of records held, as charged to `budget`.
+    pub(crate) bytes: &'a AtomicU64,
+}
+
+/// Whether a table of the database is a record table (not one of the block index's own).
+fn is_record_table(name: &str) -> bool {
+    !matches!(name, "block_records" | "blocks" | "meta")
+}
+
+/// What the records of every record table in `db` cost, by a streaming scan (no table is
+/// loaded into memory). Run once when the store opens.
+pub(crate) fn record_bytes_in(database: &Database) -> Result<u64> {
+    let tx = database.begin_read().map_err(db)?;
+    let mut total = 0u64;
+    for handle in tx.list_tables().map_err(db)? {
+        let name = handle.name().to_string();
+        if !is_record_table(&name) {
+            continue;
+        }
+        let def: TableDefinition<'_, &'static [u8; 32], &'static [u8]> =
+            TableDefinition::new(&name);
+        let t = match tx.open_table(def) {
+            Ok(t) => t,
+            // A table of another shape is not a record table.
+            Err(TableError::TableTypeMismatch { .. }) => continue,
+            Err(e) => return Err(db(e)),
+        };
+        for item in t.iter().map_err(db)? {
+            let (_, v) = item.map_err(db)?;
+            total = total.saturating_add(record_cost(v.value().len()));
+        }
+    }
+    Ok(total)
+}
 
 impl Tables<'_> {
+    /// Charges `grow` bytes to the capacity, or fails with [`StoreError::Full`].
+    fn charge(&self, grow: u64) -> Result<()> {
+        if grow == 0 {
+            return Ok(());
+        }
+        self.budget
+            .try_take(grow)
+            .map_err(|free| StoreError::Full {
+                needed: grow,
+                free,
+                capacity: self.budget.total(),
+            })?;
+        self.bytes.fetch_add(grow, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Releases `shrink` charged bytes.
+    fn release(&self, shrink: u64) {
+        if shrink == 0 {
+            return;
+        }
+        self.budget.give(shrink);
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(shrink))
+            });
+    }
+
     /// The record stored under `key`, if any.
     pub fn record_get(&self, table: RecordTable, key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let tx = self.0.begin_read().map_err(db)?;
+        let tx = self.db.begin_read().map_err(db)?;
         let t = match tx.open_table(table.def()) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -77,15 +148,18 @@ impl Tables<'_> {
 
     /// Removes the record under `key`. Returns whether there was one.
     pub fn record_delete(&self, table: RecordTable, key: &[u8; 32]) -> Result<bool> {
-        let mut tx = self.0.begin_write().map_err(db)?;
+        let mut tx = self.db.begin_write().map_err(db)?;
         tx.set_durability(Durability::Immediate);
-        let existed = {
+        let freed = {
             let mut t = tx.open_table(table.def()).map_err(db)?;
             let old = t.remove(key).map_err(db)?;
-            old.is_some()
+            old.map(|v| record_cost(v.value().len()))
         };
         tx.commit().map_err(db)?;
-        Ok(existed)
+        if let Some(n) = freed {
+            self.release(n);
+        }
+        Ok(freed.is_some())
     }
 
     /// Compare-and-set: atomically reads the current value under `key`, calls
@@ -102,34 +176,79 @@ impl Tables<'_> {
     where
         F: FnOnce(Option<&[u8]>, &[u8]) -> bool,
     {
-        let mut tx = self.0.begin_write().map_err(db)?;
+        // Write transactions are serialised, so the size read here is the one replaced.
+        let mut tx = self.db.begin_write().map_err(db)?;
         tx.set_durability(Durability::Immediate);
-        let outcome = {
+        let (outcome, old_cost) = {
             let mut t = tx.open_table(table.def()).map_err(db)?;
             let current = t.get(key).map_err(db)?.map(|v| v.value().to_vec());
+            let old_cost = current.as_ref().map_or(0, |c| record_cost(c.len()));
             if accept(current.as_deref(), new) {
                 t.insert(key, new).map_err(db)?;
-                RecordUpdate::Stored
+                (RecordUpdate::Stored, old_cost)
             } else {
-                RecordUpdate::Rejected { current }
+                (RecordUpdate::Rejected { current }, old_cost)
             }
         };
-        match outcome {
-            RecordUpdate::Stored => tx.commit().map_err(db)?,
-            RecordUpdate::Rejected { .. } => tx.abort().map_err(db)?,
+        if let RecordUpdate::Rejected { .. } = outcome {
+            tx.abort().map_err(db)?;
+            return Ok(outcome);
         }
+        let new_cost = record_cost(new.len());
+        let grow = new_cost.saturating_sub(old_cost);
+        // Charge before committing: a record that does not fit leaves nothing behind.
+        if let Err(e) = self.charge(grow) {
+            tx.abort().map_err(db)?;
+            return Err(e);
+        }
+        if let Err(e) = tx.commit() {
+            self.release(grow);
+            return Err(db(e));
+        }
+        self.release(old_cost.saturating_sub(new_cost));
         Ok(outcome)
     }
 
     /// How many records `table` holds (0 if it was never written).
     pub fn record_count(&self, table: RecordTable) -> Result<u64> {
-        let tx = self.0.begin_read().map_err(db)?;
+        let tx = self.db.begin_read().map_err(db)?;
         let t = match tx.open_table(table.def()) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(db(e)),
         };
         redb::ReadableTableMetadata::len(&t).map_err(db)
+    }
+
+    /// Calls `f` on the records with keys strictly after `after` (from the start if `None`), in
+    /// key order, borrowing each value (nothing is copied), until `f` returns false or the
+    /// table ends. One read transaction: keep `f` quick and bound the scan in `f`.
+    pub fn record_scan(
+        &self,
+        table: RecordTable,
+        after: Option<&[u8; 32]>,
+        mut f: impl FnMut(&[u8; 32], &[u8]) -> bool,
+    ) -> Result<()> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = match tx.open_table(table.def()) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(db(e)),
+        };
+        let lower: Bound<&[u8; 32]> = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        for item in t
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))
+            .map_err(db)?
+        {
+            let (k, v) = item.map_err(db)?;
+            if !f(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Records with keys strictly after `after` (from the start if `None`), in key order, at
@@ -143,7 +262,7 @@ impl Tables<'_> {
         if limit == 0 {
             return Err(StoreError::InvalidArgument("record_list limit is 0".into()));
         }
-        let tx = self.0.begin_read().map_err(db)?;
+        let tx = self.db.begin_read().map_err(db)?;
         let t = match tx.open_table(table.def()) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
