@@ -4,13 +4,31 @@
 //! - every path component must be a plain name (no `..`, `.`, empty, separators, NUL), checked
 //!   for the whole manifest before anything is written;
 //! - no entry may lie below a symlink entry of the same manifest;
-//! - every directory on the way from the destination to a file is checked with
-//!   `symlink_metadata`: a symlink (or a non-directory) there stops the restore, so nothing is
-//!   ever written through a link;
+//! - the walk goes through directory file descriptors, never through paths: the destination
+//!   (the caller's, followed if it is a link) is opened once with `O_DIRECTORY`, and every
+//!   directory below it is reached one component at a time with `openat(parent, name,
+//!   O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)` (a missing one is made first with `mkdirat`, mode
+//!   0700). A symlink (or a non-directory) where a directory is expected stops the restore,
+//!   and since each step starts from the descriptor of a directory already checked, swapping a
+//!   checked directory for a link afterwards cannot redirect anything: there is no window
+//!   between a check and a use. Descriptors of recently used directories are kept (at most
+//!   [`DIR_FDS_CACHED`]) so that a file does not reopen its whole path;
+//! - everything is done relative to a directory descriptor: temp files are created with
+//!   `openat(dir, tmp, O_CREAT | O_EXCL | O_NOFOLLOW ...)` (so a temp name cannot be a
+//!   pre-planted link), renamed with `renameat`, links made with `symlinkat` (after `unlinkat`
+//!   of a non-directory at that name) and given their owner with `fchownat(..,
+//!   AT_SYMLINK_NOFOLLOW)`; a directory's metadata is set and it is fsynced through its own
+//!   descriptor;
 //! - symlinks are created last, after every file and directory;
-//! - files are written to a fresh temp file (`create_new`, so it cannot be a pre-planted link) in
-//!   their directory, every chunk verified (its slice of the pack, the AEAD tag against the
-//!   chunk id, its length), fsynced, and renamed into place: a name never shows half a file.
+//! - files are written to a fresh temp file in their directory, every chunk verified (its slice
+//!   of the pack, the AEAD tag against the chunk id, its length), fsynced, and renamed into
+//!   place: a name never shows half a file.
+//!
+//! What descriptors do not cover: a directory that someone else may rename (one in a directory
+//! they can write, that they own) can be moved after it was opened, and what the restore then
+//! writes into it goes where it went, as with any program holding a directory open. The
+//! directories a restore creates are 0700 and the user's own, so others cannot move them to
+//! another parent (that needs write access to the directory itself).
 //!
 //! Permissions and ownership:
 //! - while a restore runs, nothing it writes is open to other users: temp files are created
@@ -19,7 +37,7 @@
 //!   `fchmod` on the open temp file, after its contents and just before the rename;
 //! - setuid and setgid bits (0o6000) are dropped, as tar does without `--same-owner`, unless
 //!   the restore runs as root and the manifest records the entry's owner: then the owner is
-//!   restored (`fchown`/`lchown`, before the mode, since a chown clears those bits) and the
+//!   restored (`fchown`/`fchownat`, before the mode, since a chown clears those bits) and the
 //!   bits are kept (see [`restored_mode`]). The sticky bit is kept.
 //!
 //! Durability: every directory that got a new name (a file renamed in, a link or directory
@@ -28,16 +46,19 @@
 //! Chunks are read through a [`PackCache`]: each pack is fetched once while it is in use, with
 //! bounded memory (see `pack`).
 
-use std::collections::BTreeSet;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, DirBuilder, File};
 use std::io::Write;
-use std::os::unix::fs::{fchown, lchown, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{fchown, DirBuilderExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use rand::RngCore;
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::error::{ClientError, Result};
@@ -54,6 +75,8 @@ pub const SMALL_FILES_IN_FLIGHT: usize = 32;
 pub const CHUNKS_IN_FLIGHT: usize = 4;
 /// Directory fsyncs at once at the end of a restore.
 pub const DIR_SYNCS_IN_FLIGHT: usize = 16;
+/// Directory file descriptors a restore keeps open for reuse (the most recently used ones).
+pub const DIR_FDS_CACHED: usize = 128;
 
 /// Setuid and setgid: kept only together with the owner they were set for.
 pub const SETID_BITS: u32 = 0o6000;
@@ -61,7 +84,6 @@ pub const SETID_BITS: u32 = 0o6000;
 pub const TEMP_FILE_MODE: u32 = 0o600;
 /// Mode of the manifest's directories until the end of the restore.
 pub const WORK_DIR_MODE: u32 = 0o700;
-
 /// How a restore treats ownership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RestoreOptions {
@@ -146,46 +168,6 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// The directories to fsync once each before a restore reports success: those that got new
-/// names (files renamed in, links and directories created) or new metadata.
-#[derive(Default)]
-struct DirSyncs(Mutex<BTreeSet<PathBuf>>);
-
-impl DirSyncs {
-    fn add(&self, dir: &Path) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(dir.to_path_buf());
-    }
-
-    fn add_parent_of(&self, p: &Path) {
-        match p.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => self.add(parent),
-            _ => self.add(Path::new(".")),
-        }
-    }
-
-    /// Fsyncs every directory noted (several at once, on the blocking pool). Returns how many.
-    async fn sync(self) -> Result<u64> {
-        let dirs = self.0.into_inner().unwrap_or_else(PoisonError::into_inner);
-        let n = dirs.len() as u64;
-        futures::stream::iter(dirs.into_iter().map(|d| async move {
-            tokio::task::spawn_blocking(move || {
-                File::open(&d)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| ClientError::io(&d, e))
-            })
-            .await
-            .map_err(|e| ClientError::Refused(format!("fsync task failed: {e}")))?
-        }))
-        .buffer_unordered(DIR_SYNCS_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(n)
-    }
-}
-
 /// Checks a whole manifest before restoring any of it (see the module docs).
 pub fn check_manifest(m: &Manifest) -> Result<(), UnsafePath> {
     let links: BTreeSet<&[String]> = m
@@ -215,54 +197,244 @@ pub fn check_manifest(m: &Manifest) -> Result<(), UnsafePath> {
     Ok(())
 }
 
-/// Makes sure `dest/comps...` is a real directory (creating missing ones with
-/// [`WORK_DIR_MODE`]), refusing to pass through a symlink or a non-directory. Returns the
-/// directory's path.
-fn ensure_dir(dest: &Path, comps: &[String], synced: &DirSyncs) -> Result<PathBuf> {
-    let mut p = dest.to_path_buf();
-    for c in comps {
-        p.push(c);
-        match fs::symlink_metadata(&p) {
-            Ok(md) if md.file_type().is_dir() => {}
-            Ok(md) if md.file_type().is_symlink() => {
-                return Err(ClientError::Refused(format!(
-                    "{} is a symlink; refusing to restore through it",
-                    p.display()
-                )))
+/// A directory to fsync at the end of a restore.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SyncDir {
+    /// Above the walk's root (the destination's parent when the restore created it): the
+    /// caller's, opened by path.
+    Outside(PathBuf),
+    /// The walk's root (no components) or a directory below it, reached through descriptors.
+    Below(Vec<String>),
+}
+
+/// The directories to fsync once each before a restore reports success: those that got new
+/// names (files renamed in, links and directories created) or new metadata.
+#[derive(Default)]
+struct DirSyncs(Mutex<BTreeSet<SyncDir>>);
+
+impl DirSyncs {
+    fn insert(&self, d: SyncDir) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(d);
+    }
+
+    /// Notes the walk's root (`comps` empty) or the directory `comps` below it.
+    fn add(&self, comps: &[String]) {
+        self.insert(SyncDir::Below(comps.to_vec()));
+    }
+
+    /// Notes the parent of `p`, a path above the walk's root.
+    fn add_parent_of(&self, p: &Path) {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => {
+                self.insert(SyncDir::Outside(parent.to_path_buf()));
             }
-            Ok(_) => {
-                return Err(ClientError::Refused(format!(
-                    "{} exists and is not a directory",
-                    p.display()
-                )))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                DirBuilder::new()
-                    .mode(WORK_DIR_MODE)
-                    .create(&p)
-                    .map_err(|e| ClientError::io(&p, e))?;
-                synced.add_parent_of(&p);
-            }
-            Err(e) => return Err(ClientError::io(&p, e)),
+            _ => self.insert(SyncDir::Outside(PathBuf::from("."))),
         }
     }
-    Ok(p)
+
+    /// Fsyncs every directory noted (several at once, on the blocking pool), those below the
+    /// root through `walk`'s descriptors. Returns how many.
+    async fn sync(self, walk: &Arc<Walk>) -> Result<u64> {
+        let dirs = self.0.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let n = dirs.len() as u64;
+        futures::stream::iter(dirs.into_iter().map(|d| {
+            let walk = walk.clone();
+            async move {
+                tokio::task::spawn_blocking(move || match d {
+                    SyncDir::Outside(p) => File::open(&p)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| ClientError::io(&p, e)),
+                    SyncDir::Below(comps) => {
+                        let dir = walk.dir(&comps, None)?;
+                        rustix::fs::fsync(&*dir.fd)
+                            .map_err(|e| ClientError::io(&dir.path, e.into()))
+                    }
+                })
+                .await
+                .map_err(|e| ClientError::Refused(format!("fsync task failed: {e}")))?
+            }
+        }))
+        .buffer_unordered(DIR_SYNCS_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(n)
+    }
+}
+
+/// An open directory of a restore and its path (for messages).
+struct Dir {
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+/// The directories of one restore, reached from its root through directory descriptors only
+/// (see the module docs). Keeps the descriptors of the [`DIR_FDS_CACHED`] most recently used
+/// directories.
+struct Walk {
+    root: Arc<OwnedFd>,
+    root_path: PathBuf,
+    cache: Mutex<DirCache>,
+}
+
+/// Open directories by components below the root, with the tick of their last use.
+#[derive(Default)]
+struct DirCache {
+    dirs: HashMap<Vec<String>, (Arc<OwnedFd>, u64)>,
+    tick: u64,
+}
+
+impl DirCache {
+    fn get(&mut self, comps: &[String]) -> Option<Arc<OwnedFd>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.dirs.get_mut(comps).map(|(fd, used)| {
+            *used = tick;
+            fd.clone()
+        })
+    }
+
+    fn insert(&mut self, comps: &[String], fd: Arc<OwnedFd>) {
+        if self.dirs.len() >= DIR_FDS_CACHED && !self.dirs.contains_key(comps) {
+            let oldest = self
+                .dirs
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.dirs.remove(&k);
+            }
+        }
+        self.tick += 1;
+        self.dirs.insert(comps.to_vec(), (fd, self.tick));
+    }
+}
+
+/// Flags of every directory opened below the root: never through a link.
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+impl Walk {
+    /// Opens `root`, the caller's directory (a symlink there is followed: the caller chose the
+    /// path).
+    fn open(root: &Path) -> Result<Walk> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => {
+                ClientError::Refused(format!("{} exists and is not a directory", root.display()))
+            }
+            e => ClientError::io(root, e.into()),
+        })?;
+        Ok(Walk {
+            root: Arc::new(fd),
+            root_path: root.to_path_buf(),
+            cache: Mutex::new(DirCache::default()),
+        })
+    }
+
+    fn path_of(&self, comps: &[String]) -> PathBuf {
+        let mut p = self.root_path.clone();
+        p.extend(comps);
+        p
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, DirCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens the directory `comps` below the root, one component at a time from the nearest
+    /// directory already open, never following a link. With `create`, missing directories are
+    /// made ([`WORK_DIR_MODE`]) and their parents noted there for the final fsync; without,
+    /// a missing one is an error.
+    fn dir(&self, comps: &[String], create: Option<&DirSyncs>) -> Result<Dir> {
+        let (mut fd, start) = {
+            let mut cache = self.cache();
+            (0..=comps.len())
+                .rev()
+                .find_map(|i| match i {
+                    0 => Some((self.root.clone(), 0)),
+                    i => cache.get(&comps[..i]).map(|fd| (fd, i)),
+                })
+                .unwrap_or_else(|| (self.root.clone(), 0))
+        };
+        for i in start..comps.len() {
+            let child = Arc::new(self.open_child(&fd, &comps[..=i], create)?);
+            self.cache().insert(&comps[..=i], child.clone());
+            fd = child;
+        }
+        Ok(Dir {
+            fd,
+            path: self.path_of(comps),
+        })
+    }
+
+    /// Opens the last component of `comps` in `parent` (the directory of the others).
+    fn open_child(
+        &self,
+        parent: &OwnedFd,
+        comps: &[String],
+        create: Option<&DirSyncs>,
+    ) -> Result<OwnedFd> {
+        let name = comps[comps.len() - 1].as_str();
+        let mut made = false;
+        loop {
+            match rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::NOENT) if !made && create.is_some() => {
+                    made = true;
+                    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(WORK_DIR_MODE)) {
+                        Ok(()) => {
+                            if let Some(synced) = create {
+                                synced.add(&comps[..comps.len() - 1]);
+                            }
+                        }
+                        // Made meanwhile by another file of this restore (or someone else:
+                        // the open checks what it is).
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(ClientError::io(self.path_of(comps), e.into())),
+                    }
+                }
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    let p = self.path_of(comps);
+                    let link = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                    return Err(ClientError::Refused(if link {
+                        format!(
+                            "{} is a symlink; refusing to restore through it",
+                            p.display()
+                        )
+                    } else {
+                        format!("{} exists and is not a directory", p.display())
+                    }));
+                }
+                Err(e) => return Err(ClientError::io(self.path_of(comps), e.into())),
+            }
+        }
+    }
 }
 
 /// Gives an existing directory [`WORK_DIR_MODE`] until its own mode is set at the end of the
-/// restore (which replaces its mode anyway).
-fn close_dir(p: &Path) -> Result<()> {
-    let md = fs::metadata(p).map_err(|e| ClientError::io(p, e))?;
-    if md.permissions().mode() & 0o7777 != WORK_DIR_MODE {
-        fs::set_permissions(p, fs::Permissions::from_mode(WORK_DIR_MODE))
-            .map_err(|e| ClientError::io(p, e))?;
+/// restore (which replaces its mode anyway), through its descriptor.
+fn close_dir(d: &Dir) -> Result<()> {
+    let st = rustix::fs::fstat(&*d.fd).map_err(|e| ClientError::io(&d.path, e.into()))?;
+    if st.st_mode & 0o7777 != WORK_DIR_MODE {
+        rustix::fs::fchmod(&*d.fd, Mode::from_raw_mode(WORK_DIR_MODE))
+            .map_err(|e| ClientError::io(&d.path, e.into()))?;
     }
     Ok(())
 }
 
 /// Creates `dir` if it is missing: its missing ancestors with the default mode (0777 less the
 /// umask), `dir` itself with `mode`; notes the parents of what it created for the final
-/// fsync. Fails if `dir` exists and is not a directory.
+/// fsync. Fails if `dir` exists and is not a directory. `dir` is the caller's path (the
+/// destination), so this goes by path; everything below it goes through [`Walk`].
 fn create_dirs(dir: &Path, mode: u32, synced: &DirSyncs) -> Result<()> {
     let mut missing = Vec::new();
     let mut p = dir;
@@ -319,26 +491,27 @@ pub async fn restore_tree_with(
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
+    check_manifest(m)?;
     let synced = DirSyncs::default();
-    let mut summary = tree(repo, m, dest, progress, opts, &synced).await?;
-    summary.dirs_synced = synced.sync().await?;
+    create_dirs(dest, 0o777, &synced)?;
+    let walk = Arc::new(Walk::open(dest)?);
+    let mut summary = tree(repo, m, &walk, progress, opts, &synced).await?;
+    summary.dirs_synced = synced.sync(&walk).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// [`restore_tree_with`] without the final fsyncs: the directories to sync are noted in
-/// `synced`.
+/// Restores every entry of `m` (already checked with [`check_manifest`]) below `walk`'s root,
+/// without the final fsyncs: the directories to sync are noted in `synced`.
 async fn tree(
     repo: &Repo,
     m: &Manifest,
-    dest: &Path,
+    walk: &Walk,
     progress: &Arc<Progress>,
     opts: &RestoreOptions,
     synced: &DirSyncs,
 ) -> Result<RestoreSummary> {
-    check_manifest(m)?;
-    create_dirs(dest, 0o777, synced)?;
-    synced.add(dest);
+    synced.add(&[]);
     let mut summary = RestoreSummary {
         setid_dropped: m.entries.iter().filter(|e| opts.drops_setid(e)).count() as u64,
         ..RestoreSummary::default()
@@ -347,8 +520,7 @@ async fn tree(
     // 1. Directories, closed to others until step 4.
     for e in &m.entries {
         if matches!(e.kind, EntryKind::Dir) {
-            let p = ensure_dir(dest, &e.path, synced)?;
-            close_dir(&p)?;
+            close_dir(&walk.dir(&e.path, Some(synced))?)?;
             summary.dirs += 1;
         }
     }
@@ -364,9 +536,9 @@ async fn tree(
             let progress = progress.clone();
             async move {
                 let (parent, name) = e.path.split_at(e.path.len() - 1);
-                let dir = ensure_dir(dest, parent, synced)?;
+                let dir = walk.dir(parent, Some(synced))?;
                 let r = write_file(cache, e, &dir, &name[0], &progress, opts).await?;
-                synced.add(&dir);
+                synced.add(parent);
                 progress.file_done();
                 Ok::<_, ClientError>(r)
             }
@@ -384,11 +556,10 @@ async fn tree(
     for e in &m.entries {
         if let EntryKind::Symlink { target } = &e.kind {
             let (parent, name) = e.path.split_at(e.path.len() - 1);
-            let dir = ensure_dir(dest, parent, synced)?;
-            let path = dir.join(&name[0]);
-            make_symlink(&path, target)?;
-            set_link_owner(&path, e, opts)?;
-            synced.add(&dir);
+            let dir = walk.dir(parent, Some(synced))?;
+            make_symlink(&dir, &name[0], target)?;
+            set_link_owner(&dir, &name[0], e, opts)?;
+            synced.add(parent);
             summary.symlinks += 1;
         }
     }
@@ -396,48 +567,68 @@ async fn tree(
     // mtime; a parent opens to others only after everything below it is final).
     for e in m.entries.iter().rev() {
         if matches!(e.kind, EntryKind::Dir) {
-            let p = ensure_dir(dest, &e.path, synced)?;
-            set_dir_meta(&p, e, opts)?;
-            synced.add(&p);
+            set_dir_meta(&walk.dir(&e.path, Some(synced))?, e, opts)?;
+            synced.add(&e.path);
         }
     }
     summary.packs_fetched = cache.fetched();
     Ok(summary)
 }
 
-/// Sets a directory's owner (root only, when recorded), mode and mtime, through one open file
+/// Sets a directory's owner (root only, when recorded), mode and mtime, through its
 /// descriptor.
-fn set_dir_meta(p: &Path, e: &Entry, opts: &RestoreOptions) -> Result<()> {
-    let d = File::open(p).map_err(|err| ClientError::io(p, err))?;
+fn set_dir_meta(d: &Dir, e: &Entry, opts: &RestoreOptions) -> Result<()> {
+    let io = |err: std::io::Error| ClientError::io(&d.path, err);
     if let Some(o) = opts.owner(e) {
-        fchown(&d, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(p, err))?;
+        fchown(&*d.fd, Some(o.uid), Some(o.gid)).map_err(io)?;
     }
-    d.set_permissions(fs::Permissions::from_mode(opts.mode(e)))
-        .map_err(|err| ClientError::io(p, err))?;
-    d.set_modified(mtime_of(e.mtime_ns))
-        .map_err(|err| ClientError::io(p, err))
+    rustix::fs::fchmod(&*d.fd, Mode::from_raw_mode(opts.mode(e))).map_err(|err| io(err.into()))?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as _,
+        },
+    };
+    rustix::fs::futimens(&*d.fd, &times).map_err(|err| io(err.into()))
 }
 
-/// Gives a restored symlink its recorded owner (root only).
-fn set_link_owner(path: &Path, e: &Entry, opts: &RestoreOptions) -> Result<()> {
-    match opts.owner(e) {
-        Some(o) => lchown(path, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(path, err)),
-        None => Ok(()),
-    }
+/// Gives a restored symlink `dir/name` its recorded owner (root only), without following it.
+fn set_link_owner(dir: &Dir, name: &str, e: &Entry, opts: &RestoreOptions) -> Result<()> {
+    let Some(Owner { uid, gid }) = opts.owner(e) else {
+        return Ok(());
+    };
+    rustix::fs::chownat(
+        &*dir.fd,
+        name,
+        Some(Uid::from_raw_unchecked(uid)),
+        Some(Gid::from_raw_unchecked(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|err| ClientError::io(dir.path.join(name), err.into()))
 }
 
-fn make_symlink(path: &Path, target: &str) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => {
+/// Makes `dir/name` a symlink to `target`, replacing a file or link there (never following
+/// it); a directory there is an error.
+fn make_symlink(dir: &Dir, name: &str, target: &str) -> Result<()> {
+    let io = |err: Errno| ClientError::io(dir.path.join(name), err.into());
+    match rustix::fs::statat(&*dir.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             return Err(ClientError::Refused(format!(
                 "{} exists and is a directory",
-                path.display()
+                dir.path.join(name).display()
             )))
         }
-        Ok(_) => fs::remove_file(path).map_err(|e| ClientError::io(path, e))?,
+        Ok(_) => match rustix::fs::unlinkat(&*dir.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(io(e)),
+        },
         Err(_) => {}
     }
-    std::os::unix::fs::symlink(target, path).map_err(|e| ClientError::io(path, e))
+    rustix::fs::symlinkat(target, &*dir.fd, name).map_err(io)
 }
 
 /// Restores one entry (file, symlink or empty directory) as `target`, whose parent directory
@@ -473,53 +664,63 @@ pub async fn restore_entry_with(
         .ok_or_else(|| ClientError::Config(format!("bad destination {}", target.display())))?
         .to_string();
     let synced = DirSyncs::default();
-    let mut summary = match &entry.kind {
+    let (walk, mut summary) = match &entry.kind {
         EntryKind::File { .. } => {
+            let walk = Arc::new(Walk::open(parent)?);
             let cache = PackCache::with_defaults(repo);
-            let (bytes, chunks) = write_file(&cache, entry, parent, &name, progress, opts).await?;
-            synced.add(parent);
-            RestoreSummary {
+            let dir = walk.dir(&[], None)?;
+            let (bytes, chunks) = write_file(&cache, entry, &dir, &name, progress, opts).await?;
+            synced.add(&[]);
+            let s = RestoreSummary {
                 files: 1,
                 bytes,
                 chunks_fetched: chunks,
                 packs_fetched: cache.fetched(),
                 setid_dropped: u64::from(opts.drops_setid(entry)),
                 ..RestoreSummary::default()
-            }
+            };
+            (walk, s)
         }
         EntryKind::Symlink { target: t } => {
-            make_symlink(target, t)?;
-            set_link_owner(target, entry, opts)?;
-            synced.add(parent);
-            RestoreSummary {
+            let walk = Arc::new(Walk::open(parent)?);
+            let dir = walk.dir(&[], None)?;
+            make_symlink(&dir, &name, t)?;
+            set_link_owner(&dir, &name, entry, opts)?;
+            synced.add(&[]);
+            let s = RestoreSummary {
                 symlinks: 1,
                 ..RestoreSummary::default()
-            }
+            };
+            (walk, s)
         }
         EntryKind::Dir => {
+            // The subtree, re-rooted at `target`, checked before anything is written.
+            let n = entry.path.len();
+            let sub = Manifest::new(
+                m.entries
+                    .iter()
+                    .filter(|e| e.is_under(&entry.path) && e.path.len() > n)
+                    .map(|e| Entry {
+                        path: e.path[n..].to_vec(),
+                        ..e.clone()
+                    })
+                    .collect(),
+            );
+            check_manifest(&sub)?;
             // Closed to others like every directory below it until its own mode is set.
             create_dirs(target, WORK_DIR_MODE, &synced)?;
-            close_dir(target)?;
-            // The subtree, re-rooted at `target`.
-            let n = entry.path.len();
-            let sub: Vec<Entry> = m
-                .entries
-                .iter()
-                .filter(|e| e.is_under(&entry.path) && e.path.len() > n)
-                .map(|e| Entry {
-                    path: e.path[n..].to_vec(),
-                    ..e.clone()
-                })
-                .collect();
-            let mut s = tree(repo, &Manifest::new(sub), target, progress, opts, &synced).await?;
-            set_dir_meta(target, entry, opts)?;
-            synced.add(target);
+            let walk = Arc::new(Walk::open(target)?);
+            let root = walk.dir(&[], None)?;
+            close_dir(&root)?;
+            let mut s = tree(repo, &sub, &walk, progress, opts, &synced).await?;
+            set_dir_meta(&root, entry, opts)?;
+            synced.add(&[]);
             s.dirs += 1;
             s.setid_dropped += u64::from(opts.drops_setid(entry));
-            s
+            (walk, s)
         }
     };
-    summary.dirs_synced = synced.sync().await?;
+    summary.dirs_synced = synced.sync(&walk).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -547,11 +748,12 @@ fn check_chunks(e: &Entry, size: u64, chunks: &[crate::model::ChunkRef]) -> Resu
 }
 
 /// Writes a file entry as `dir/name` via a temp file (mode 0600 until it is complete), fsync
-/// and a rename. Returns (bytes, chunks). The caller fsyncs `dir` later.
+/// and a rename, all relative to the directory's descriptor. Returns (bytes, chunks). The
+/// caller fsyncs `dir` later.
 async fn write_file(
     cache: &PackCache,
     e: &Entry,
-    dir: &Path,
+    dir: &Dir,
     name: &str,
     progress: &Arc<Progress>,
     opts: &RestoreOptions,
@@ -563,9 +765,9 @@ async fn write_file(
         )));
     };
     check_chunks(e, *size, chunks)?;
-    let final_path = dir.join(name);
-    if let Ok(md) = fs::symlink_metadata(&final_path) {
-        if md.is_dir() {
+    let final_path = dir.path.join(name);
+    if let Ok(st) = rustix::fs::statat(&*dir.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             return Err(ClientError::Refused(format!(
                 "{} exists and is a directory",
                 final_path.display()
@@ -574,16 +776,19 @@ async fn write_file(
     }
     let mut rnd = [0u8; 6];
     rand::rngs::OsRng.fill_bytes(&mut rnd);
-    let tmp = dir.join(format!(".{name}.peerstore-{}.tmp", hex::encode(rnd)));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(TEMP_FILE_MODE)
-        .open(&tmp)
-        .map_err(|err| ClientError::io(&tmp, err))?;
+    let tmp_name = format!(".{name}.peerstore-{}.tmp", hex::encode(rnd));
+    let tmp = dir.path.join(&tmp_name);
+    let fd = rustix::fs::openat(
+        &*dir.fd,
+        tmp_name.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(TEMP_FILE_MODE),
+    )
+    .map_err(|err| ClientError::io(&tmp, err.into()))?;
+    let mut f = File::from(fd);
     // Removes the temp file unless it was renamed into place, also when this future is
     // dropped halfway (another file's failure ends the whole restore).
-    let mut guard = TempFile(Some(tmp.clone()));
+    let mut guard = TempFile(Some((dir.fd.clone(), tmp_name.clone())));
     let result = async {
         let mut written = 0u64;
         let path = e.display_path();
@@ -612,17 +817,20 @@ async fn write_file(
         if let Some(o) = opts.owner(e) {
             fchown(&f, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(&tmp, err))?;
         }
-        f.set_permissions(fs::Permissions::from_mode(opts.mode(e)))
-            .map_err(|err| ClientError::io(&tmp, err))?;
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(opts.mode(e)))
+            .map_err(|err| ClientError::io(&tmp, err.into()))?;
         f.set_modified(mtime_of(e.mtime_ns))
             .map_err(|err| ClientError::io(&tmp, err))?;
         // fsync and rename on the blocking pool: many files' fsyncs then overlap (the file
         // system commits them together) without stalling the async workers.
-        let (tmp2, final2) = (tmp.clone(), final_path.clone());
+        let (dir_fd, tmp2, name2) = (dir.fd.clone(), tmp_name.clone(), name.to_string());
+        let (tmp_path, final2) = (tmp.clone(), final_path.clone());
         tokio::task::spawn_blocking(move || {
-            f.sync_all().map_err(|err| ClientError::io(&tmp2, err))?;
+            f.sync_all()
+                .map_err(|err| ClientError::io(&tmp_path, err))?;
             drop(f);
-            fs::rename(&tmp2, &final2).map_err(|err| ClientError::io(&final2, err))
+            rustix::fs::renameat(&*dir_fd, tmp2.as_str(), &*dir_fd, name2.as_str())
+                .map_err(|err| ClientError::io(&final2, err.into()))
         })
         .await
         .map_err(|err| ClientError::Refused(format!("write task failed: {err}")))??;
@@ -635,13 +843,161 @@ async fn write_file(
     result
 }
 
-/// A temp file that is removed when dropped while still set.
-struct TempFile(Option<PathBuf>);
+/// A temp file (its directory and name) that is removed when dropped while still set.
+struct TempFile(Option<(Arc<OwnedFd>, String)>);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
+        if let Some((dir, name)) = self.0.take() {
+            let _ = rustix::fs::unlinkat(&*dir, name.as_str(), AtFlags::empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    //! The descriptor walk on its own: what it refuses, what it creates, what it caches.
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn comps(p: &str) -> Vec<String> {
+        p.split('/').map(str::to_string).collect()
+    }
+
+    fn refusal(r: Result<Dir>) -> String {
+        match r {
+            Err(ClientError::Refused(m)) => m,
+            Err(e) => panic!("not a refusal: {e}"),
+            Ok(d) => panic!("opened {}", d.path.display()),
+        }
+    }
+
+    #[test]
+    fn the_walk_refuses_links_and_non_directories_at_every_level() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        fs::create_dir_all(dest.join("a/b")).unwrap();
+        fs::create_dir_all(outside.join("b")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a/b/link")).unwrap();
+        std::os::unix::fs::symlink("../..", dest.join("a/up")).unwrap();
+        fs::write(dest.join("a/file"), b"x").unwrap();
+        let walk = Walk::open(&dest).unwrap();
+        let synced = DirSyncs::default();
+        for (p, what) in [
+            ("link", "link is a symlink; refusing to restore through it"),
+            (
+                "link/b",
+                "link is a symlink; refusing to restore through it",
+            ),
+            (
+                "link/new",
+                "link is a symlink; refusing to restore through it",
+            ),
+            (
+                "a/b/link/x",
+                "a/b/link is a symlink; refusing to restore through it",
+            ),
+            (
+                "a/up/outside",
+                "a/up is a symlink; refusing to restore through it",
+            ),
+            ("a/file", "a/file exists and is not a directory"),
+            ("a/file/x", "a/file exists and is not a directory"),
+        ] {
+            let m = refusal(walk.dir(&comps(p), Some(&synced)));
+            assert!(
+                m.ends_with(what) && m.contains(&dest.display().to_string()),
+                "{p}: {m}"
+            );
+        }
+        // Nothing was created anywhere, and the links are still links.
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(outside.join("b")).unwrap().count(), 0);
+        assert!(fs::symlink_metadata(dest.join("link"))
+            .unwrap()
+            .is_symlink());
+    }
+
+    #[test]
+    fn missing_directories_are_made_private_and_their_parents_noted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("dest");
+        fs::create_dir_all(dest.join("a")).unwrap();
+        fs::set_permissions(dest.join("a"), fs::Permissions::from_mode(0o755)).unwrap();
+        let walk = Walk::open(&dest).unwrap();
+        let synced = DirSyncs::default();
+        let d = walk.dir(&comps("a/b/c"), Some(&synced)).unwrap();
+        assert_eq!(d.path, dest.join("a/b/c"));
+        for p in ["a/b", "a/b/c"] {
+            let mode = fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, WORK_DIR_MODE, "{p}");
+        }
+        // An existing directory is left as it is by the walk (close_dir closes it).
+        let mode = fs::metadata(dest.join("a")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+        close_dir(&walk.dir(&comps("a"), None).unwrap()).unwrap();
+        let mode = fs::metadata(dest.join("a")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, WORK_DIR_MODE);
+        let noted: Vec<_> = synced.0.into_inner().unwrap().into_iter().collect();
+        assert_eq!(
+            noted,
+            vec![SyncDir::Below(comps("a")), SyncDir::Below(comps("a/b"))]
+        );
+        // Without `create`, a missing directory is an error, and nothing is made.
+        assert!(walk.dir(&comps("a/x"), None).is_err());
+        assert!(!dest.join("a/x").exists());
+    }
+
+    #[test]
+    fn an_open_directory_stays_the_one_checked_when_a_link_replaces_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        fs::create_dir_all(dest.join("a/b")).unwrap();
+        fs::create_dir_all(outside.join("b")).unwrap();
+        let walk = Walk::open(&dest).unwrap();
+        let synced = DirSyncs::default();
+        let a = walk.dir(&comps("a"), Some(&synced)).unwrap();
+        // Swap the checked directory for a link to the outside.
+        fs::rename(dest.join("a"), dest.join("a.aside")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a")).unwrap();
+        // What goes through the open descriptor (directly, or through the cache, which starts
+        // from the nearest open directory) lands in the real directory.
+        rustix::fs::mkdirat(&*a.fd, "made", Mode::from_raw_mode(0o700)).unwrap();
+        walk.dir(&comps("a/b/c"), Some(&synced)).unwrap();
+        assert!(dest.join("a.aside/made").is_dir());
+        assert!(dest.join("a.aside/b/c").is_dir());
+        // A fresh walk sees the link and refuses.
+        let fresh = Walk::open(&dest).unwrap();
+        let m = refusal(fresh.dir(&comps("a/b"), Some(&synced)));
+        assert!(
+            m.ends_with("is a symlink; refusing to restore through it"),
+            "{m}"
+        );
+        assert_eq!(fs::read_dir(outside.join("b")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_descriptor_cache_is_bounded_and_keeps_what_is_in_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let walk = Walk::open(tmp.path()).unwrap();
+        let synced = DirSyncs::default();
+        let hot = comps("hot");
+        walk.dir(&hot, Some(&synced)).unwrap();
+        for i in 0..3 * DIR_FDS_CACHED {
+            walk.dir(&comps(&format!("hot/d{i}")), Some(&synced))
+                .unwrap();
+            let cache = walk.cache();
+            assert!(cache.dirs.len() <= DIR_FDS_CACHED);
+            // Every walk below "hot" starts from it, so it stays.
+            assert!(cache.dirs.contains_key(&hot), "evicted at {i}");
+        }
+        assert_eq!(
+            fs::read_dir(tmp.path().join("hot")).unwrap().count(),
+            3 * DIR_FDS_CACHED
+        );
     }
 }
