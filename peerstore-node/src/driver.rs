@@ -663,7 +663,11 @@ impl Driver {
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
-                warn!(%peer, %error, "bad inbound chord message rejected");
+                if dropped_by_a_bound(&error) {
+                    debug!(%peer, %error, "slow inbound chord message dropped");
+                } else {
+                    warn!(%peer, %error, "bad inbound chord message rejected");
+                }
             }
             Event::ResponseSent { .. } => {}
         }
@@ -711,7 +715,11 @@ impl Driver {
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
-                warn!(%peer, %error, "bad inbound request rejected");
+                if dropped_by_a_bound(&error) {
+                    debug!(%peer, %error, "slow inbound request dropped");
+                } else {
+                    warn!(%peer, %error, "bad inbound request rejected");
+                }
             }
             _ => {}
         }
@@ -1277,6 +1285,12 @@ fn peers_are_genuine(msg: &chord::Message<NodeAddr>) -> bool {
         | M::Ack { .. }
         | M::Pong { .. } => true,
     }
+}
+
+/// Whether an inbound stream failed on a resource bound (a sender too slow, the node's budget
+/// for incoming bytes spent): expected under a flood, logged at debug, not as a bad request.
+fn dropped_by_a_bound(error: &request_response::InboundFailure) -> bool {
+    matches!(error, request_response::InboundFailure::Io(e) if peerstore_proto::limits::is_limit(e))
 }
 
 async fn sleep_until(t: Option<Instant>) {

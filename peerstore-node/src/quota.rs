@@ -7,7 +7,8 @@
 //! reserved atomically before the write (compare-and-set on the user's usage, so concurrent
 //! writes cannot overshoot the limit) and released if the write fails. Usage is kept in the
 //! node's index (redb), so it survives restarts. A quota is per node: a ring of n nodes
-//! lets a user whose writes spread evenly store about n times `--user-quota`.
+//! lets a user whose writes spread evenly store about n times `--user-quota`. Without
+//! `--user-quota` nothing is booked (no index writes on the data path, no usage in status).
 
 use std::sync::Arc;
 
@@ -57,6 +58,8 @@ pub fn exceeded(label: &str, used: u64, add: u64, limit: u64) -> RingError {
 pub struct Quotas {
     store: Arc<BlockStore>,
     limit: Option<u64>,
+    /// Serializes the read-modify-write of usage records (this process is their only writer).
+    book: Arc<std::sync::Mutex<()>>,
 }
 
 fn user_key(caller: &Caller) -> [u8; 32] {
@@ -87,7 +90,11 @@ pub struct Reservation {
 impl Quotas {
     #[must_use]
     pub fn new(store: Arc<BlockStore>, limit: Option<u64>) -> Quotas {
-        Quotas { store, limit }
+        Quotas {
+            store,
+            limit,
+            book: Arc::new(std::sync::Mutex::new(())),
+        }
     }
 
     /// The limit per user, if any.
@@ -104,12 +111,18 @@ impl Quotas {
         content: BlockKey,
         size: u64,
     ) -> Result<Reservation, RingError> {
+        // Without a limit nothing is booked: no extra index writes on the data path.
+        if self.limit.is_none() {
+            return Ok(Reservation { charge: None });
+        }
+        let book = self.book.clone();
         let store = self.store.clone();
         let limit = self.limit;
         let uk = user_key(caller);
         let ck = charge_key(caller, &content);
         let caller = caller.clone();
         run(move || -> Result<Reservation, RingError> {
+            let _book = peerstore_proto::lock(&book);
             if store.record_get(CHARGES, &ck)?.is_some() {
                 return Ok(Reservation { charge: None });
             }
@@ -130,7 +143,7 @@ impl Quotas {
                 let used = current
                     .and_then(|b| postcard::from_bytes::<Usage>(b).ok())
                     .map_or(0, |u| u.bytes);
-                // Someone else changed it since we read it: refuse, and retry below.
+                // The book lock makes this the value read above; check anyway.
                 if used != cur.bytes {
                     return false;
                 }
@@ -165,7 +178,9 @@ impl Quotas {
             return;
         };
         let store = self.store.clone();
+        let book = self.book.clone();
         let _ = run(move || -> Result<(), RingError> {
+            let _book = peerstore_proto::lock(&book);
             store.record_delete(CHARGES, &ck)?;
             for _ in 0..8 {
                 let cur = store

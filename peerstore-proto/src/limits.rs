@@ -3,17 +3,18 @@
 //! and per remote address, and a per-peer rate of Chord messages (docs/SECURITY.md,
 //! "Resource bounds").
 //!
-//! - **Reading a request** ([`FrameReader`], used by the codec on the serving side): a frame's
-//!   buffer grows as its bytes arrive, never ahead of them by more than they already are (at
-//!   least 4 KiB), so a stream that announces 4 MiB and sends nothing holds 4 KiB, not 4 MiB.
+//! - **Reading a request** (`FrameReader`, used by the codec on the serving side): a frame's
+//!   buffer grows as its bytes arrive (8 KiB at a time, then in 256 KiB chunks), so a stream
+//!   that announces 4 MiB and sends nothing holds 8 KiB, not 4 MiB.
 //!   The first [`FRAME_FREE_BYTES`] of each frame are read freely; the rest is drawn from a
 //!   node-wide budget ([`set_inbound_budget`], default [`DEFAULT_INBOUND_BUDGET`]). A read that
 //!   finds the budget spent waits up to [`BUDGET_WAIT`] and then fails its stream. A request
 //!   must start to arrive within [`REQUEST_READ_GRACE`] and then keep arriving at an average of
 //!   at least [`REQUEST_MIN_RATE`] bytes per second since its stream opened, and be complete
 //!   within [`REQUEST_READ_MAX`]: a stream that sends a byte a second is dropped after about
-//!   20 s, a 4 MiB block over a slow link still gets through. This bounds reading the request
-//!   only; how long a node may take to answer stays `LONG_REQUEST_TIMEOUT`.
+//!   20 s, a 4 MiB block over a link that gives its stream 16 KiB/s still gets through. This
+//!   bounds reading the request only; how long a node may take to answer stays
+//!   `LONG_REQUEST_TIMEOUT`.
 //! - **Connections** ([`ConnectionGuard`]): established connections in total, inbound
 //!   connections still in their handshake, and inbound connections (pending or established)
 //!   per remote IP address (per /64 for IPv6). Connections this endpoint dials are never
@@ -60,9 +61,10 @@ pub const FRAME_FREE_BYTES: usize = 64 << 10;
 pub const DEFAULT_INBOUND_BUDGET: usize = 256 << 20;
 /// How long a read waits for the budget before its stream fails.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(5);
-/// Smallest and largest step by which a frame buffer grows.
-const STEP_MIN: usize = 4 << 10;
-const STEP_MAX: usize = 1 << 20;
+/// Step by which a frame buffer grows within the frame's free bytes, and the size of the
+/// chunks it is read in beyond them.
+const SMALL_STEP: usize = 8 << 10;
+const CHUNK: usize = 256 << 10;
 
 /// Default bound on established connections (inbound and outbound).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
@@ -72,8 +74,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 64;
 /// Default bound on inbound connections still in their handshake.
 pub const DEFAULT_MAX_PENDING_INCOMING: u32 = 256;
 
-/// Chord messages a peer may send per second, on average, and in one burst.
+/// Chord messages a member may send per second, on average (a node's own maintenance sends a
+/// few dozen a second to each neighbour; lookups under load add more).
 pub const CHORD_RATE: u32 = 500;
+/// Chord messages a member may send in one burst.
 pub const CHORD_BURST: u32 = 1000;
 
 static BUDGET: Semaphore = Semaphore::const_new(DEFAULT_INBOUND_BUDGET);
@@ -103,14 +107,26 @@ pub fn inbound_budget_free() -> usize {
     BUDGET.available_permits()
 }
 
+/// Why a request stream was dropped by a bound of this module (not a malformed frame).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Limited(String);
+
+/// Whether an I/O error of a request stream comes from a bound of this module (a sender too
+/// slow, the budget spent): expected under load or a flood, not a sign of a broken peer.
+#[must_use]
+pub fn is_limit(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Limited>())
+}
+
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
-        format!(
+        Limited(format!(
             "{what} did not arrive in time (a request must start within {}s and then arrive at {} KiB/s or faster); the stream is dropped",
             REQUEST_READ_GRACE.as_secs(),
             REQUEST_MIN_RATE >> 10
-        ),
+        )),
     )
 }
 
@@ -222,7 +238,11 @@ impl FrameReader {
         Ok(())
     }
 
-    /// Reads `len` bytes into a new buffer that grows as they arrive.
+    /// Reads `len` bytes into a new buffer that grows as they arrive: while the frame is within
+    /// its free bytes, in steps of [`SMALL_STEP`]; beyond them, in chunks of [`CHUNK`], each
+    /// drawn from the budget before it is allocated (fixed-size chunks, not a growing buffer
+    /// copied at every step, so the allocator can reuse them). The chunks of a frame that
+    /// arrived whole are joined into one buffer.
     pub(crate) async fn read_vec<R>(
         &mut self,
         io: &mut R,
@@ -232,18 +252,42 @@ impl FrameReader {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut filled = 0;
-        while filled < len {
-            if filled == buf.len() {
-                let step = filled.clamp(STEP_MIN, STEP_MAX).min(len - filled);
+        let mut first: Vec<u8> = Vec::new();
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let left = len - done;
+            let free = FRAME_FREE_BYTES.saturating_sub(self.allocated);
+            let (buf, at) = if chunks.is_empty() && free > 0 {
+                let step = left.min(SMALL_STEP).min(free);
                 self.reserve(step).await?;
-                buf.reserve_exact(step);
-                buf.resize(filled + step, 0);
+                let at = first.len();
+                first.reserve_exact(step);
+                first.resize(at + step, 0);
+                (&mut first, at)
+            } else {
+                let step = left.min(CHUNK);
+                self.reserve(step).await?;
+                chunks.push(vec![0u8; step]);
+                let last = chunks.len() - 1;
+                (&mut chunks[last], 0)
+            };
+            let mut filled = at;
+            while filled < buf.len() {
+                filled += self.read_some(io, &mut buf[filled..], what).await?;
             }
-            filled += self.read_some(io, &mut buf[filled..], what).await?;
+            done += buf.len() - at;
         }
-        Ok(buf)
+        if chunks.is_empty() {
+            return Ok(first);
+        }
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&first);
+        drop(first);
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+        Ok(out)
     }
 
     /// Accounts for `more` bytes of buffer, drawing what lies beyond the frame's free bytes
@@ -268,10 +312,10 @@ impl FrameReader {
                 match select(pin!(BUDGET.acquire_many(n)), Delay::new(wait)).await {
                     Either::Left((Ok(p), _)) => p,
                     _ => {
-                        return Err(io::Error::other(format!(
+                        return Err(io::Error::other(Limited(format!(
                             "node busy: its budget for incoming requests ({} MiB) is in use; the stream is dropped, retry shortly",
                             inbound_budget() >> 20
-                        )))
+                        ))))
                     }
                 }
             }
@@ -754,7 +798,7 @@ mod tests {
         let mut r = FrameReader::new(true);
         let got = block_on(r.read_vec(&mut io, data.len(), "frame")).unwrap();
         assert_eq!(got, data);
-        assert!(r.allocated >= data.len() && r.allocated < data.len() + STEP_MAX);
+        assert_eq!(r.allocated, data.len());
         drop(r);
         // A short stream is an end-of-file error, and the buffer never ran ahead of the bytes
         // by more than they were.
@@ -762,7 +806,9 @@ mod tests {
         let mut r = FrameReader::new(true);
         let e = block_on(r.read_vec(&mut io, 4 << 20, "frame")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(r.allocated <= 2 * 10_000 + STEP_MIN, "{}", r.allocated);
+        assert!(!is_limit(&e));
+        assert!(is_limit(&timed_out("frame")));
+        assert!(r.allocated <= 10_000 + SMALL_STEP, "{}", r.allocated);
         drop(r);
         // Everything drawn from the budget is back (other tests may be reading frames now).
         assert!(inbound_budget_free() >= inbound_budget() - (16 << 20));

@@ -30,7 +30,7 @@ const MAX_STREAMS: usize = 512;
 /// Bytes a peer may send on one connection before the node has read them: every stream's
 /// initial 256 KiB window (the yamux specification's) plus 64 MiB by which auto-tuned windows
 /// of fast streams may grow. yamux's default is 1 GiB.
-pub const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * (256 << 10) + (64 << 20);
+pub const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * (256 << 10);
 
 /// The connection upgrade that negotiates yamux.
 #[derive(Clone, Debug)]

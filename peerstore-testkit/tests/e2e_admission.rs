@@ -22,8 +22,8 @@ use std::time::Duration;
 use peerstore_node::admission;
 use peerstore_proto::admission::{RingKey, Role};
 use peerstore_proto::{
-    AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, ErrorCode, MemberRequest,
-    MemberResponse, RpcClient, RpcError,
+    AdminRequest, AdminResponse, BlockKey, ClientRequest, ClientResponse, ErrorCode, ErrorResponse,
+    MemberRequest, RpcClient, RpcError,
 };
 use peerstore_testkit::{block, node_bin, spawn_node, wait_until, Cluster};
 
