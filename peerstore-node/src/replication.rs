@@ -440,17 +440,7 @@ pub fn list_record_digests(
 ) -> Result<(Vec<RecordDigest>, bool), StoreError> {
     // A ring-range scan of the table (it starts at `from`, not at the table's start), hashing
     // each record in place: a page holds digests only.
-    let mut out = Vec::new();
-    let more = crate::entangled::meta::table_visit(
-        store,
-        ROOTS,
-        BlockKey(from.0),
-        BlockKey(to.0),
-        after,
-        MAX_LIST_PAGE as usize,
-        |k, v| out.push((k, *blake3::hash(v).as_bytes())),
-    )?;
-    Ok((out, more))
+    crate::entangled::meta::digest_page(store, ROOTS, from, to, after)
 }
 
 /// Checks a signed record against its storage key and, if given, the record it would replace.

@@ -184,7 +184,14 @@ impl Service {
             }),
             ClientRequest::Lookup { key } => self.lookup(key).await,
             ClientRequest::Status => match self.status().await {
-                Some(s) => Ok(ClientResponse::Status(Box::new(s))),
+                Some(mut s) => {
+                    // Other users' ids, labels and usage are for administrators only.
+                    if caller.role != peerstore_proto::Role::Admin {
+                        let me = caller.peer.to_string();
+                        s.users.retain(|u| u.user == me);
+                    }
+                    Ok(ClientResponse::Status(Box::new(s)))
+                }
                 None => Err(RingError::internal("node is shutting down")),
             },
             ClientRequest::PutRecord { key, record } => repl

@@ -381,16 +381,17 @@ async fn event_loop(
                             let check = identity
                                 .as_ref()
                                 .map(|i| i.check_welcome(&peer, &response, &Revocations::default()))
-                                .unwrap_or(Ok(()));
+                                .unwrap_or(Ok(()))
+                                .map_err(HelloFailure::Refused);
                             (request_id, peer, check)
                         }
                         request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                            (request_id, peer, Err(error.to_string()))
+                            (request_id, peer, Err(HelloFailure::Unreachable(error.to_string())))
                         }
                         _ => continue,
                     };
                     if let Some(reply) = greets.remove(&rid) {
-                        let _ = reply.send(outcome.map_err(|reason| RpcError::Refused { addr: peer.to_string(), reason }));
+                        let _ = reply.send(outcome.map_err(|f| f.into_error(peer.to_string())));
                         continue;
                     }
                     let Some(to) = greeting.remove(&rid) else { continue };
@@ -400,14 +401,10 @@ async fn event_loop(
                                 send_call(&mut swarm, to, call, &mut client, &mut member, &mut admin);
                             }
                         }
-                        Err(reason) => {
-                            debug!(node = %to, %reason, "hello refused");
+                        Err(failure) => {
+                            debug!(node = %to, ?failure, "hello failed");
                             for (to, call) in gate.refused(&peer) {
-                                let err = match &reason {
-                                    r if r.contains("ailed to dial") || r.contains("onnection") => RpcError::Unreachable { addr: to.to_string(), reason: r.clone() },
-                                    r => RpcError::Refused { addr: to.to_string(), reason: r.clone() },
-                                };
-                                fail_call(call, err);
+                                fail_call(call, failure.clone().into_error(to.to_string()));
                             }
                         }
                     }
@@ -419,6 +416,24 @@ async fn event_loop(
                 }
                 _ => {}
             },
+        }
+    }
+}
+
+/// Why a greeting did not admit this client: the node could not be reached (dial or stream
+/// failure: the call may succeed later), or it answered and refused us (or its welcome did not
+/// check out: retrying will not help).
+#[derive(Debug, Clone)]
+enum HelloFailure {
+    Unreachable(String),
+    Refused(String),
+}
+
+impl HelloFailure {
+    fn into_error(self, addr: String) -> RpcError {
+        match self {
+            HelloFailure::Unreachable(reason) => RpcError::Unreachable { addr, reason },
+            HelloFailure::Refused(reason) => RpcError::Refused { addr, reason },
         }
     }
 }

@@ -74,6 +74,29 @@ pub fn table_range(
     Ok((out, more))
 }
 
+/// Keys and BLAKE3 digests of the records of `table` in the ring range (from, to], after
+/// `after`, at most a page ([`MAX_LIST_PAGE`] records); whether more remain. The values are
+/// hashed in place, never held: what anti-entropy listings of every record table answer.
+pub fn digest_page(
+    store: &BlockStore,
+    table: RecordTable,
+    from: chord::Id,
+    to: chord::Id,
+    after: Option<BlockKey>,
+) -> Result<(Vec<crate::replication::RecordDigest>, bool), StoreError> {
+    let mut out = Vec::new();
+    let more = table_visit(
+        store,
+        table,
+        BlockKey(from.0),
+        BlockKey(to.0),
+        after,
+        peerstore_proto::MAX_LIST_PAGE as usize,
+        |k, v| out.push((k, *blake3::hash(v).as_bytes())),
+    )?;
+    Ok((out, more))
+}
+
 /// As [`table_range`], calling `f` on each record (borrowed) instead of collecting them, so
 /// that a listing of keys or digests does not hold the values. Returns whether records in the
 /// interval remain after the `limit` visited (continue after the last key `f` saw).

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::format::{refs_position, RefsEntry};
 use super::layer::Entangled;
-use super::meta::{locate_meta, meta_successors, push_ring, table_range, table_visit};
+use super::meta::{locate_meta, meta_successors, push_ring, table_range};
 use crate::ring::{blocking, RingError};
 use crate::store::{BlockStore, RecordTable, RecordUpdate, StoreError};
 use crate::sync::{self, Digests, Pull};
@@ -109,20 +109,7 @@ pub async fn list_local(
     after: Option<BlockKey>,
 ) -> Result<(Vec<(BlockKey, [u8; 32])>, bool), RingError> {
     let store = ent.store.clone();
-    blocking(move || {
-        let mut out = Vec::new();
-        let more = table_visit(
-            &store,
-            TABLE,
-            BlockKey(from.0),
-            BlockKey(to.0),
-            after,
-            MAX_LIST_PAGE as usize,
-            |k, v| out.push((k, *blake3::hash(v).as_bytes())),
-        )?;
-        Ok((out, more))
-    })
-    .await
+    blocking(move || super::meta::digest_page(&store, TABLE, from, to, after)).await
 }
 
 /// Entries per page of the scans that serve requests (an entry is at most 128 KiB, so a page
