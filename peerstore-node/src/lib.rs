@@ -170,11 +170,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         ring: ring.clone(),
         store,
     });
-    let entangled = Arc::new(entangled::Entangled::new(
-        config.entanglement.clone(),
-        blocks.clone(),
-        Arc::new(single),
-    ));
+    let entangled = Arc::new(
+        entangled::Entangled::new(
+            config.entanglement.clone(),
+            blocks.clone(),
+            Arc::new(single),
+        )
+        .with_policy_file(entangled::policy::file(&config.data_dir))
+        .map_err(|e| anyhow::anyhow!("replica management: {e}"))?,
+    );
     let service = Arc::new(Service {
         ring: ring.clone(),
         replication: blocks.clone(),

@@ -94,6 +94,18 @@ struct RunArgs {
     /// reference (m >= replication; default 10).
     #[arg(long)]
     metadata_replication: Option<usize>,
+    /// Replica management: parities among this many newest of the ring keep their r copies
+    /// (default 1024); older ones go down to one copy on their own.
+    #[arg(long, value_name = "PARITIES")]
+    replica_window: Option<u64>,
+    /// Replica management: parities older than this many milliseconds go down to one copy
+    /// even inside the window (default 3600000, an hour; 0: age alone never does).
+    #[arg(long, value_name = "MS")]
+    replica_max_age_ms: Option<u64>,
+    /// Replica management: how often a node manages the parities it owns, in milliseconds
+    /// (default 60000; 0: off, only `peerstore-client scrub` by hand).
+    #[arg(long, value_name = "MS")]
+    replica_every_ms: Option<u64>,
     /// First start only: key pairs to draw, keeping the one whose ring id best evens out the
     /// arcs of the ring being joined (default 1024; 1 = a random id).
     #[arg(long)]
@@ -355,6 +367,15 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.repair_ms {
         c.entanglement.repair_ms = v;
+    }
+    if let Some(v) = a.replica_window {
+        c.entanglement.replicas.window = v;
+    }
+    if let Some(v) = a.replica_max_age_ms {
+        c.entanglement.replicas.max_age_ms = v;
+    }
+    if let Some(v) = a.replica_every_ms {
+        c.entanglement.replicas.every_ms = v;
     }
     if let Some(v) = a.metadata_replication {
         c.entanglement.metadata_replication = v;

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use peerstore_proto::{BlockKey, ScrubMode};
+use peerstore_proto::BlockKey;
 
 use crate::replication::deletion::WindowBudget;
 use crate::replication::Replication;
@@ -52,6 +52,9 @@ pub struct EntanglementConfig {
     /// so that losing nodes loses metadata far less often than data
     /// (docs/ENTANGLEMENT-RING.md, "Metadata replication"). At least `replication`.
     pub metadata_replication: usize,
+    /// Automatic replica management (module `policy`): on by default.
+    #[serde(default)]
+    pub replicas: super::policy::ReplicaPolicy,
 }
 
 impl Default for EntanglementConfig {
@@ -67,6 +70,7 @@ impl Default for EntanglementConfig {
             tail_window: 100,
             repair_ms: 60_000,
             metadata_replication: 10,
+            replicas: super::policy::ReplicaPolicy::default(),
         }
     }
 }
@@ -149,7 +153,10 @@ pub struct Entangled {
     /// Codeword records found in the record table, by key (a cache: records are immutable),
     /// and keys known to be document records.
     pub records: Mutex<RecordCache>,
-    pub scrub_daemon: Mutex<Option<(ScrubMode, u64)>>,
+    /// The replica management this node runs (module `policy`).
+    pub scrub_daemon: Mutex<Option<super::policy::Daemon>>,
+    /// Where an administrator's choice of daemon is kept (none in tests without a disk).
+    pub policy_file: Option<std::path::PathBuf>,
     /// Deletions other nodes asked for (`DropReplica`) in the current maintenance period,
     /// bounded like this node's own ([`crate::replication::deletion`]).
     pub requested_drops: Mutex<WindowBudget>,
@@ -162,6 +169,8 @@ impl Entangled {
         single: Arc<BlockStore>,
     ) -> Self {
         Entangled {
+            scrub_daemon: Mutex::new(config.replicas.daemon()),
+            policy_file: None,
             config,
             replication: blocks.ring.replication,
             ring: blocks.ring.clone(),
@@ -174,13 +183,25 @@ impl Entangled {
                 rng: ChaCha8Rng::from_entropy(),
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
-            scrub_daemon: Mutex::new(None),
             // The default maintenance period until the background loop sets its own.
             requested_drops: Mutex::new(WindowBudget::new(
                 std::time::Duration::from_secs(5),
                 std::time::Instant::now(),
             )),
         }
+    }
+
+    /// Keeps an administrator's choice of replica management in `path` and starts with the
+    /// choice saved there, if any (otherwise with the configured policy).
+    pub fn with_policy_file(mut self, path: std::path::PathBuf) -> Result<Self, String> {
+        if let Some(saved) = super::policy::load(&path)? {
+            *self
+                .scrub_daemon
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = saved;
+        }
+        self.policy_file = Some(path);
+        Ok(self)
     }
 
     /// The code parameters, `None` for type "none".

@@ -27,6 +27,7 @@
 pub mod format;
 pub mod layer;
 pub mod meta;
+pub mod policy;
 pub mod read;
 pub mod refs;
 pub mod repair;
@@ -210,14 +211,28 @@ impl Entangled {
                 EntResponse::Audit(repair::audit_local(self, after, limit, fix).await?)
             }
             EntRequest::ScrubLocal { mode, cutoff_us } => {
-                EntResponse::Scrubbed(scrub::scrub_local(self, mode, cutoff_us).await)
+                // A scrub by hand applies its own rule only (no age limit).
+                EntResponse::Scrubbed(scrub::scrub_local(self, mode, cutoff_us, 0).await)
             }
             EntRequest::NewestCreated { count } => EntResponse::Created {
                 times: refs::newest_created(self, count).await?,
             },
             EntRequest::SetScrubDaemon { policy } => {
-                *lock(&self.scrub_daemon) = policy;
-                info!(?policy, "scrub daemon set");
+                let daemon = policy.map(|(mode, every_ms)| policy::Daemon {
+                    mode,
+                    every_ms,
+                    max_age_ms: self.config.replicas.max_age_ms,
+                });
+                // Kept in the data directory first: the choice survives restarts.
+                if let Some(path) = self.policy_file.clone() {
+                    blocking(move || {
+                        policy::save(&path, daemon)
+                            .map_err(crate::store::StoreError::io("save scrub daemon", &path))
+                    })
+                    .await?;
+                }
+                *lock(&self.scrub_daemon) = daemon;
+                info!(?daemon, "scrub daemon set");
                 EntResponse::Ok
             }
             EntRequest::LocalStats => EntResponse::Stats(scrub::local_stats(self).await?),
@@ -267,18 +282,18 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
             }
         }
         let daemon = *lock(&ent.scrub_daemon);
-        if let Some((mode, every_ms)) = daemon {
-            if last_scrub.elapsed() >= Duration::from_millis(every_ms.max(1)) {
+        if let Some(d) = daemon {
+            if last_scrub.elapsed() >= Duration::from_millis(d.every_ms.max(1)) {
                 last_scrub = tokio::time::Instant::now();
-                let cutoff = match mode {
+                let cutoff = match d.mode {
                     ScrubMode::Window { blocks } => scrub::window_cutoff(&ent, blocks).await.ok(),
-                    ScrubMode::Pointers { .. } => None,
+                    ScrubMode::Pointers { .. } => Some(None),
                 };
-                if matches!(mode, ScrubMode::Pointers { .. }) || cutoff.is_some() {
-                    let r = scrub::scrub_local(&ent, mode, cutoff.flatten()).await;
-                    if r.scrubbed > 0 {
-                        info!(?r, "scrub daemon round");
-                    }
+                // A window that could not be measured (a member did not answer) scrubs
+                // nothing by window this round; age still applies.
+                let r = scrub::scrub_local(&ent, d.mode, cutoff.flatten(), d.max_age_ms).await;
+                if r.scrubbed > 0 {
+                    info!(?r, "replica management round");
                 }
             }
         }

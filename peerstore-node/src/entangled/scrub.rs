@@ -115,7 +115,12 @@ pub async fn window_cutoff(ent: &Entangled, w: u64) -> Result<Option<u64>, Strin
 }
 
 /// Scrubs the parities this node owns (see the module docs).
-pub async fn scrub_local(ent: &Entangled, mode: ScrubMode, cutoff_us: Option<u64>) -> ScrubReport {
+pub async fn scrub_local(
+    ent: &Entangled,
+    mode: ScrubMode,
+    cutoff_us: Option<u64>,
+    max_age_ms: u64,
+) -> ScrubReport {
     let mut report = ScrubReport {
         nodes: 1,
         ..ScrubReport::default()
@@ -173,20 +178,20 @@ pub async fn scrub_local(ent: &Entangled, mode: ScrubMode, cutoff_us: Option<u64
         .filter(|k| !single_set.contains(k))
         .collect();
     report.examined = candidates.len() as u64;
+    let now = super::layer::now_us();
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
             let Some(entry) = refs::fetch_ring(ent, &k).await else {
                 return Ok(None); // unknown: keep its replicas
             };
-            let eligible = match mode {
-                ScrubMode::Pointers { threshold } => {
-                    entry.referrers.len() as u64 >= u64::from(threshold)
-                }
-                ScrubMode::Window { .. } => match (cutoff_us, entry.created_us) {
-                    (Some(c), Some(t)) => t < c,
-                    _ => false,
-                },
-            };
+            let eligible = super::policy::eligible(
+                mode,
+                entry.created_us,
+                entry.referrers.len(),
+                cutoff_us,
+                max_age_ms,
+                now,
+            );
             if !eligible || entry.own.is_none() {
                 return Ok(None);
             }
@@ -557,10 +562,12 @@ pub async fn drop_replica(
     })
 }
 
-/// Single copies this node holds for keys outside the range it replicates (ownership moved
-/// after a join) go to the key's current owner: sent with `StoreSingle` unless the owner
-/// already proves it holds them, and dropped here by the rule of [`deletion`] once the owner
-/// proves it (a `StoreSingle` acknowledgement alone is not enough), at most `budget` of them.
+/// Single copies this node holds for keys it does not own go to the key's current owner:
+/// sent with `StoreSingle` unless the owner already says it holds them, and dropped here by
+/// the rule of [`deletion`] once the owner proves it (a `StoreSingle` acknowledgement alone is
+/// not enough), at most `budget` of them. That covers ownership moved by a join, and a second
+/// single copy made while the owner was away (its successor scrubbed the parity again): one
+/// single copy per parity remains, on its owner.
 pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     let Some(view) = ent.ring.handle.view().await else {
         return;
@@ -568,11 +575,12 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     if !view.member || view.predecessor.is_none() {
         return;
     }
-    let (from, to) = view.ranges.replicated;
+    let (from, to) = view.ranges.owned;
     if from == to {
         return;
     }
     let single = ent.single.clone();
+    // The keys this node does not own: the ring interval (to, from].
     let Ok(Ok(page)) = tokio::task::spawn_blocking(move || {
         single.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(256))
     })
@@ -590,7 +598,7 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
             continue;
         };
         let Some(owner) = set.first() else { continue };
-        if *owner == ent.ring.handle.local || set.contains(&ent.ring.handle.local) {
+        if *owner == ent.ring.handle.local {
             continue;
         }
         let single = ent.single.clone();

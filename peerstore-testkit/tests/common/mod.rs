@@ -248,3 +248,52 @@ pub fn node_logs(cluster: &peerstore_testkit::Cluster) -> String {
     }
     s
 }
+
+/// A number field of a JSON answer.
+pub fn u(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {field} in {v}"))
+}
+
+/// A float field of a JSON answer.
+pub fn f(v: &serde_json::Value, field: &str) -> f64 {
+    v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {field} in {v}"))
+}
+
+/// `du --json`'s entanglement object.
+pub fn ent_du(c: &Client) -> serde_json::Value {
+    let du = c.json(&["du"]);
+    let e = du["entanglement"].clone();
+    assert!(e.is_object(), "du has no entanglement figures: {du}");
+    e
+}
+
+/// A tree of about `mib` MiB of mixed file sizes (empty to 6 MiB) in 8 directories.
+pub fn make_mixed_tree(root: &Path, mib: u64, seed: u64) -> (u64, u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let target = mib << 20;
+    let (mut total, mut files) = (0u64, 0u64);
+    while total < target {
+        let class = rng.next_u64() % 10;
+        let len = match class {
+            0 => 0,
+            1..=4 => rng.next_u64() % (16 << 10),
+            5..=7 => (16 << 10) + rng.next_u64() % (1 << 20),
+            _ => (1 << 20) + rng.next_u64() % (5 << 20),
+        }
+        .min(target - total);
+        let dir = root.join(format!("d{}", files % 8));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("f{files:05}.bin")),
+            random_bytes(seed.wrapping_mul(1_000_003) + files, len as usize),
+        )
+        .unwrap();
+        total += len;
+        files += 1;
+    }
+    (files, total)
+}
