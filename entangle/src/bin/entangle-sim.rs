@@ -1,10 +1,11 @@
-//! Durability simulator: step-archive versus replication at the same storage overhead.
+//! Durability simulator: step-archive (parity-only or systematic layout) versus replication at
+//! the same storage overhead.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use entangle::sim::{run, summarize, table, SimConfig};
+use entangle::sim::{run_layout, summarize, table_layout, Layout, SimConfig};
 use entangle::PointerSelector;
 
 /// Simulates node failures on a ring and reports the fraction of data lost after repair.
@@ -35,9 +36,14 @@ struct Args {
     /// Parities per codeword.
     #[arg(long, default_value_t = 6)]
     p: u16,
-    /// Replicas of every stored parity.
+    /// Replicas of every stored block of the step-archive.
     #[arg(long, default_value_t = 1)]
     replication: usize,
+    /// Codeword layout: "parity-only" (only the p parities are stored, overhead p/s x r) or
+    /// "systematic" (the s sources stored once each plus p parities over sources and
+    /// pointers, overhead (s+p)/s x r).
+    #[arg(long, default_value_t = Layout::ParityOnly)]
+    layout: Layout,
     /// Pointers drawn from the tail window (default: t / 2).
     #[arg(long)]
     tail: Option<usize>,
@@ -82,22 +88,27 @@ fn run_cli(args: Args) -> Result<()> {
         selector,
         id_choices: args.id_choices,
     };
-    let results = run(&config).context("invalid simulation setup")?;
+    let results = run_layout(&config, args.layout).context("invalid simulation setup")?;
     if args.json {
         for r in &results {
             println!("{}", serde_json::to_string(r)?);
         }
     } else {
         println!(
-            "{} nodes, {} data blocks, seeds {:?}, pointers: {} uniform + {} from the newest {}",
+            "{} layout, {} nodes, {} data blocks, seeds {:?}, pointers: {} uniform + {} from the newest {}, id choices {}",
+            args.layout,
             config.nodes,
             config.blocks,
             config.seeds,
             t - config.selector.tail,
             config.selector.tail,
-            config.selector.window
+            config.selector.window,
+            config.id_choices
         );
-        print!("{}", table(&config, &summarize(&config, &results)));
+        print!(
+            "{}",
+            table_layout(&config, args.layout, &summarize(&config, &results))
+        );
     }
     Ok(())
 }
