@@ -31,20 +31,61 @@ const MAX_TARGETED: usize = 1024;
 /// A codeword record with the key of its block.
 pub type Rec = (BlockKey, Arc<entangle::CodewordRecord>);
 
-/// The codeword records held in the record table in (a, b] (`a == b`: everything), in key
-/// order, decoded once (a cache: records are immutable).
-pub async fn records_in(ent: &Entangled, a: BlockKey, b: BlockKey) -> Vec<Rec> {
+/// Records decoded and kept in the cache at most (records are immutable: a cache that
+/// fills up is emptied and refilled as records are read again).
+const RECORD_CACHE: usize = 65_536;
+
+/// Codeword records per page of a local scan (a record is a few hundred bytes to a few KiB).
+const RECORD_PAGE: usize = 1024;
+
+/// Remembers a decoded record (or a key known not to be a codeword record), within
+/// [`RECORD_CACHE`].
+fn cache_insert(
+    cache: &mut crate::entangled::layer::RecordCache,
+    key: BlockKey,
+    rec: Option<Arc<entangle::CodewordRecord>>,
+) {
+    if cache.0.len() + cache.1.len() >= RECORD_CACHE {
+        cache.0.clear();
+        cache.1.clear();
+    }
+    match rec {
+        Some(r) => {
+            cache.0.insert(key, r);
+        }
+        None => {
+            cache.1.insert(key);
+        }
+    }
+}
+
+/// One page of the codeword records held in the record table in (a, b] (`a == b`:
+/// everything) after `after`, in key order, at most `limit` ([`RECORD_PAGE`] when larger);
+/// whether more remain after the page's last key (`Some(key)` to continue from).
+pub async fn records_page(
+    ent: &Entangled,
+    a: BlockKey,
+    b: BlockKey,
+    after: Option<BlockKey>,
+    limit: usize,
+) -> (Vec<Rec>, Option<BlockKey>) {
     if ent.params().is_none() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let store = ent.store.clone();
-    let entries = tokio::task::spawn_blocking(move || {
-        meta::table_range(&store, meta::TABLE, a, b, None, usize::MAX).map(|(v, _)| v)
+    let limit = limit.clamp(1, RECORD_PAGE);
+    let (entries, more) = tokio::task::spawn_blocking(move || {
+        meta::table_range(&store, meta::TABLE, a, b, after, limit)
     })
     .await
     .ok()
     .and_then(Result::ok)
     .unwrap_or_default();
+    let next = if more {
+        entries.last().map(|(k, _)| *k)
+    } else {
+        None
+    };
     let mut out = Vec::new();
     let mut cache = lock(&ent.records);
     for (k, bytes) in entries {
@@ -58,27 +99,60 @@ pub async fn records_in(ent: &Entangled, a: BlockKey, b: BlockKey) -> Vec<Rec> {
         match decode_record(&bytes) {
             Some(r) => {
                 let r = Arc::new(r);
-                cache.0.insert(k, r.clone());
+                cache_insert(&mut cache, k, Some(r.clone()));
                 out.push((k, r));
             }
-            None => {
-                cache.1.insert(k);
-            }
+            None => cache_insert(&mut cache, k, None),
         }
     }
-    out
+    (out, next)
 }
 
-/// The records this node owns.
-pub async fn owned_records(ent: &Entangled) -> Vec<Rec> {
-    let Some(view) = ent.ring.handle.view().await else {
-        return Vec::new();
-    };
+/// The range of records this node owns, `None` when it owns nothing yet.
+async fn owned_range(ent: &Entangled) -> Option<(BlockKey, BlockKey)> {
+    let view = ent.ring.handle.view().await?;
     if !view.member {
-        return Vec::new();
+        return None;
     }
     let (from, to) = view.ranges.owned;
-    records_in(ent, BlockKey(from.0), BlockKey(to.0)).await
+    Some((BlockKey(from.0), BlockKey(to.0)))
+}
+
+/// The pages of the codeword records this node owns, in key order: memory holds one page
+/// at a time (`while let Some(page) = pages.next().await`).
+pub struct OwnedPages<'a> {
+    ent: &'a Entangled,
+    range: Option<(BlockKey, BlockKey)>,
+    after: Option<BlockKey>,
+    done: bool,
+}
+
+impl<'a> OwnedPages<'a> {
+    pub async fn new(ent: &'a Entangled) -> OwnedPages<'a> {
+        let range = owned_range(ent).await;
+        OwnedPages {
+            ent,
+            done: range.is_none(),
+            range,
+            after: None,
+        }
+    }
+
+    /// The next non-empty page, `None` at the end.
+    pub async fn next(&mut self) -> Option<Vec<Rec>> {
+        while !self.done {
+            let (a, b) = self.range?;
+            let (page, next) = records_page(self.ent, a, b, self.after, RECORD_PAGE).await;
+            match next {
+                Some(k) => self.after = Some(k),
+                None => self.done = true,
+            }
+            if !page.is_empty() {
+                return Some(page);
+            }
+        }
+        None
+    }
 }
 
 /// A codeword record from the ring (the cache first).
@@ -88,7 +162,7 @@ pub async fn fetch_record(ent: &Entangled, key: BlockKey) -> Option<Arc<entangle
     }
     let bytes = meta::fetch_ring(ent, key).await?;
     let r = Arc::new(decode_record(&bytes)?);
-    lock(&ent.records).0.insert(key, r.clone());
+    cache_insert(&mut lock(&ent.records), key, Some(r.clone()));
     Some(r)
 }
 
@@ -223,10 +297,14 @@ pub async fn check_records(
 
 /// One repair round over the records this node owns.
 pub async fn repair_local(ent: &Entangled) -> RepairSummary {
-    let recs = owned_records(ent).await;
-    let (mut s, _) = check_records(ent, &recs, true).await;
-    s.passes = 1;
-    s
+    let mut total = RepairSummary::default();
+    let mut pages = OwnedPages::new(ent).await;
+    while let Some(recs) = pages.next().await {
+        let (s, _) = check_records(ent, &recs, true).await;
+        total.add(&s);
+    }
+    total.passes = 1;
+    total
 }
 
 /// `Repair { keys }`: with no keys, rounds on every node until one rebuilds nothing; with
@@ -349,13 +427,21 @@ pub async fn audit_local(
     let end = if after < me { me } else { BlockKey::MAX };
     let (from, to) = view.ranges.owned;
     let (of, ot) = (BlockKey(from.0), BlockKey(to.0));
-    let mut recs: Vec<Rec> = records_in(ent, after, end)
-        .await
-        .into_iter()
-        .filter(|(k, _)| of == ot || in_interval(&of, &ot, k))
-        .filter(|(k, _)| *k > after)
-        .collect();
     let limit = limit.clamp(1, 4096) as usize;
+    // Pages of (after, end], the records this node owns among them, until one more than the
+    // limit is known (then there is a next page).
+    let mut recs: Vec<Rec> = Vec::new();
+    let mut cursor = Some(after);
+    while recs.len() <= limit {
+        let Some(from) = cursor else { break };
+        let (page, next) = records_page(ent, after, end, Some(from), RECORD_PAGE).await;
+        recs.extend(
+            page.into_iter()
+                .filter(|(k, _)| of == ot || in_interval(&of, &ot, k))
+                .filter(|(k, _)| *k > after),
+        );
+        cursor = next;
+    }
     let next = if recs.len() > limit {
         recs.truncate(limit);
         recs.last().map(|(k, _)| *k)

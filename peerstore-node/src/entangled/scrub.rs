@@ -698,9 +698,10 @@ pub async fn local_stats(ent: &Entangled) -> Result<EntangleStats, RingError> {
         Ok(s)
     })
     .await?;
-    for (_, r) in repair::owned_records(ent).await {
-        s.codewords += 1;
-        s.logical_bytes += r.len;
+    let mut pages = repair::OwnedPages::new(ent).await;
+    while let Some(page) = pages.next().await {
+        s.codewords += page.len() as u64;
+        s.logical_bytes += page.iter().map(|(_, r)| r.len).sum::<u64>();
     }
     Ok(s)
 }
