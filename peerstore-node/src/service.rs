@@ -119,6 +119,15 @@ impl Service {
                     Incoming::Message(r) => {
                         let kind = r.kind();
                         let response = if r.is_long_running() {
+                            if crate::replication::hostile::stall() {
+                                // Test mode: hold the request until the requester gives up.
+                                requester_gone(|| channel.is_open()).await;
+                                tracing::info!(%peer, kind, "stalled (test mode): {CANCELLED}");
+                                return Reply::Member(
+                                    channel,
+                                    MemberResponse::error(ErrorCode::Unavailable, CANCELLED),
+                                );
+                            }
                             tokio::select! {
                                 r = self.member(r) => r,
                                 _ = requester_gone(|| channel.is_open()) => {

@@ -9,6 +9,11 @@
 //! random bytes. Everything else it does honestly. It is the Sybil of docs/SECURITY.md
 //! ("Verified deletions"): a node that claims to hold what it does not, so that honest nodes
 //! drop their copies.
+//!
+//! With `PEERSTORE_TEST_HOSTILE=stall` a node accepts the long-running member requests
+//! (`RepairLocal`, `AuditLocal`, `ScrubLocal`) and never answers them, so that a ring-wide
+//! request through another node hangs: the test of the long-request pool (its permits go back
+//! when the requester gives up).
 
 use std::sync::OnceLock;
 
@@ -22,6 +27,8 @@ pub const VAR: &str = "PEERSTORE_TEST_HOSTILE";
 pub enum Hostile {
     /// Claims to hold everything, stores nothing, answers proofs with random bytes.
     Liar,
+    /// Never answers long-running member requests.
+    Stall,
 }
 
 /// Parses the variable's value: unset or empty is honest, `liar` is [`Hostile::Liar`].
@@ -29,8 +36,9 @@ pub fn parse(value: Option<&str>) -> Result<Option<Hostile>, String> {
     match value.map(str::trim) {
         None | Some("") => Ok(None),
         Some("liar") => Ok(Some(Hostile::Liar)),
+        Some("stall") => Ok(Some(Hostile::Stall)),
         Some(other) => Err(format!(
-            "{VAR}={other:?} is not a hostile mode (the only one is \"liar\")"
+            "{VAR}={other:?} is not a hostile mode (they are \"liar\" and \"stall\")"
         )),
     }
 }
@@ -42,10 +50,16 @@ pub fn mode() -> Option<Hostile> {
         let value = std::env::var(VAR).ok();
         match parse(value.as_deref()) {
             Ok(Some(m)) => {
+                let what = match m {
+                    Hostile::Liar => {
+                        "it claims to hold every block, stores nothing that peers send and \
+                         answers proofs of possession with random bytes"
+                    }
+                    Hostile::Stall => "it never answers long-running member requests",
+                };
                 let msg = format!(
-                    "{VAR}={m:?}: THIS NODE IS HOSTILE (a test mode): it claims to hold every \
-                     block, stores nothing that peers send and answers proofs of possession \
-                     with random bytes. Never run it on a ring with real data."
+                    "{VAR}={m:?}: THIS NODE IS HOSTILE (a test mode): {what}. Never run it on \
+                     a ring with real data."
                 );
                 warn!("{msg}");
                 eprintln!("WARNING: {msg}");
@@ -65,6 +79,11 @@ pub fn liar() -> bool {
     mode() == Some(Hostile::Liar)
 }
 
+/// Whether this node stalls long-running member requests ([`Hostile::Stall`]).
+pub fn stall() -> bool {
+    mode() == Some(Hostile::Stall)
+}
+
 /// What a liar answers to `n` challenges: random bytes.
 pub fn random_proofs(n: usize) -> Vec<Option<[u8; 32]>> {
     (0..n).map(|_| Some(rand::random())).collect()
@@ -75,11 +94,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_liar_is_a_mode() {
+    fn only_liar_and_stall_are_modes() {
         assert_eq!(parse(None), Ok(None));
         assert_eq!(parse(Some("")), Ok(None));
         assert_eq!(parse(Some("liar")), Ok(Some(Hostile::Liar)));
         assert_eq!(parse(Some(" liar\n")), Ok(Some(Hostile::Liar)));
+        assert_eq!(parse(Some("stall")), Ok(Some(Hostile::Stall)));
         assert!(parse(Some("yes")).is_err());
         assert!(parse(Some("LIAR")).is_err());
         let p = random_proofs(3);
