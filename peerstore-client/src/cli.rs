@@ -15,6 +15,7 @@ use crate::backup::{backup, previous_manifest, BackupOptions};
 use crate::cache::KnownBlocks;
 use crate::config::{self, Dirs};
 use crate::error::{ClientError, Result};
+use crate::forget::{ForgetLine, ForgetReport, Policy};
 use crate::model::{parse_backup_path, EntryKind, Manifest};
 use crate::progress::{human, Progress};
 use crate::repo::Repo;
@@ -118,6 +119,18 @@ pub enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// Forget snapshots: the named ones, and those no --keep-* rule keeps (restic's rules,
+    /// applied per source directory, times in UTC). The latest snapshot is always kept. The
+    /// data stays on the nodes (there is no prune yet).
+    Forget {
+        /// Snapshots to forget: numbers or id prefixes, as `snapshots` shows them.
+        snapshots: Vec<String>,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Show what would be forgotten and why; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
     /// Remove paths from the backup (recorded as a new snapshot; older snapshots keep them).
     Rm {
         #[arg(required = true)]
@@ -153,6 +166,43 @@ pub enum Command {
     },
     /// Replica management: bring well-entangled parities down to one copy, once or as a daemon.
     Scrub(ScrubArgs),
+}
+
+/// The retention rules of `forget` (0: the rule is off).
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the N newest hours that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the N newest days (UTC) that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the N newest ISO weeks that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the N newest months that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the N newest years that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+}
+
+impl KeepArgs {
+    #[must_use]
+    pub fn policy(&self) -> Policy {
+        Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+        }
+    }
 }
 
 /// `scrub (--pointers N | --window W) [--interval SECS | --stop]`.
@@ -268,6 +318,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 Command::Snapshots => cmd_snapshots(&ctx).await,
                 Command::Check { read_data } => cmd_check(&ctx, read_data).await,
+                Command::Forget {
+                    snapshots,
+                    keep,
+                    dry_run,
+                } => cmd_forget(&ctx, &keep.policy(), &snapshots, dry_run).await,
                 Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
                 Command::Du => cmd_du(&ctx).await,
                 Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
@@ -406,16 +461,7 @@ pub fn format_time(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::forget::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
         rem / 3600,
@@ -682,6 +728,65 @@ async fn cmd_snapshots(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// One row of the `forget` table.
+fn forget_row(l: &ForgetLine) -> String {
+    let reasons: Vec<&str> = l.reasons.iter().map(|r| r.as_str()).collect();
+    format!(
+        "{:>5} {} {}  {}  ({})",
+        l.number,
+        l.id,
+        l.time,
+        l.source,
+        reasons.join(", ")
+    )
+}
+
+/// The text output of `forget`.
+fn forget_text(r: &ForgetReport) -> String {
+    let mut out = format!("keep {} snapshot(s):", r.kept.len());
+    for l in &r.kept {
+        out.push('\n');
+        out.push_str(&forget_row(l));
+    }
+    if !r.removed.is_empty() {
+        out.push_str(&format!(
+            "\n{} {} snapshot(s):",
+            if r.dry_run { "would remove" } else { "remove" },
+            r.removed.len()
+        ));
+        for l in &r.removed {
+            out.push('\n');
+            out.push_str(&forget_row(l));
+        }
+    }
+    out.push('\n');
+    out.push_str(&if r.removed.is_empty() {
+        "nothing to forget".to_string()
+    } else if r.dry_run {
+        format!(
+            "dry run: would forget {} snapshot(s); nothing changed",
+            r.removed.len()
+        )
+    } else {
+        format!(
+            "forgot {} snapshot(s): rewrote {} kept snapshot object(s), root {}; the data stays on the nodes until a prune removes it",
+            r.removed.len(),
+            r.rewritten,
+            r.root
+        )
+    });
+    out
+}
+
+async fn cmd_forget(ctx: &Ctx, policy: &Policy, named: &[String], dry_run: bool) -> Result<()> {
+    let spin = crate::admin::spinner("forgetting snapshots", !ctx.g.json);
+    let r = crate::forget::forget(&ctx.repo, policy, named, dry_run).await;
+    spin.finish_and_clear();
+    let r = r?;
+    ctx.print(&r, || forget_text(&r));
+    Ok(())
+}
+
 async fn cmd_rm(ctx: &Ctx, paths: &[String]) -> Result<()> {
     let snap = ctx.repo.select(None).await?;
     let m = ctx.repo.load_manifest(&snap).await?;
@@ -915,10 +1020,18 @@ async fn cmd_sync(ctx: &Ctx, dir: &Path, debounce_ms: u64) -> Result<()> {
     let state_file = watcher::state_path(&ctx.dirs.user_data(&ctx.repo.user()), &source);
     let opts = SyncOptions {
         debounce: Duration::from_millis(debounce_ms),
+        retention: config::ClientConfig::load(&ctx.dirs)?.sync_retention(),
         ..SyncOptions::default()
     };
     let json = ctx.g.json;
-    eprintln!("watching {} (Ctrl-C to stop)", source.display());
+    eprintln!(
+        "watching {} (Ctrl-C to stop); after each snapshot: {}",
+        source.display(),
+        match &opts.retention {
+            Some(p) => format!("forget {}", p.describe()),
+            None => "no retention (every snapshot is kept)".into(),
+        }
+    );
     watcher::run(
         &ctx.repo,
         known,
@@ -997,6 +1110,82 @@ mod tests {
         assert_eq!(c.global.peer.as_deref(), Some("x"));
         assert!(matches!(c.command, Command::Backup { .. }));
         assert!(Cli::try_parse_from(["peerstore-client", "rm"]).is_err());
+    }
+
+    #[test]
+    fn forget_parses_and_prints() {
+        let c = Cli::try_parse_from([
+            "peerstore-client",
+            "forget",
+            "--keep-last",
+            "3",
+            "--keep-weekly",
+            "2",
+            "5",
+            "ab12",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Forget {
+            snapshots,
+            keep,
+            dry_run,
+        } = c.command
+        else {
+            panic!("not forget");
+        };
+        assert_eq!(snapshots, ["5", "ab12"]);
+        assert!(dry_run);
+        assert_eq!(
+            keep.policy(),
+            Policy {
+                keep_last: 3,
+                keep_weekly: 2,
+                ..Policy::default()
+            }
+        );
+        assert_eq!(keep.policy().describe(), "--keep-last 3 --keep-weekly 2");
+        assert!(Cli::try_parse_from(["peerstore-client", "forget", "--keep-last", "-1"]).is_err());
+        let c = Cli::try_parse_from(["peerstore-client", "forget"]).unwrap();
+        assert!(matches!(c.command, Command::Forget { ref snapshots, .. } if snapshots.is_empty()));
+
+        use crate::forget::Reason;
+        let l = |number, reasons: Vec<Reason>| ForgetLine {
+            number,
+            id: "0badc0de".into(),
+            time: "2026-01-02 03:04:05".into(),
+            source: "/src".into(),
+            reasons,
+        };
+        let mut r = ForgetReport {
+            dry_run: false,
+            kept: vec![l(7, vec![Reason::Latest, Reason::Last])],
+            removed: vec![l(3, vec![Reason::Policy])],
+            rewritten: 1,
+            root: 9,
+            attempts: 1,
+        };
+        let text = forget_text(&r);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "keep 1 snapshot(s):",
+                "    7 0badc0de 2026-01-02 03:04:05  /src  (latest, last)",
+                "remove 1 snapshot(s):",
+                "    3 0badc0de 2026-01-02 03:04:05  /src  (no rule keeps it)",
+                "forgot 1 snapshot(s): rewrote 1 kept snapshot object(s), root 9; the data stays on the nodes until a prune removes it",
+            ]
+        );
+        r.dry_run = true;
+        assert!(forget_text(&r).contains("would remove 1 snapshot(s):"));
+        assert!(forget_text(&r).ends_with("dry run: would forget 1 snapshot(s); nothing changed"));
+        r.removed.clear();
+        assert!(forget_text(&r).ends_with("nothing to forget"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["kept"][0]["reasons"],
+            serde_json::json!(["latest", "last"])
+        );
     }
 
     fn scrub_of(args: &[&str]) -> std::result::Result<(ScrubMode, ScrubSchedule), String> {

@@ -170,6 +170,109 @@ pub fn init_identity(dirs: &Dirs, passphrase: &[u8], kdf: &KdfParams) -> Result<
     Ok(id)
 }
 
+/// File name of the client's settings in the config directory (optional).
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// The client's settings, from `<config-dir>/config.toml`. The file and every part of it are
+/// optional:
+///
+/// ```toml
+/// [sync.retention]      # after every snapshot `sync` publishes; absent: Policy::sync_default
+/// enabled = true        # false: keep every snapshot
+/// keep_last = 10        # the rules given here replace the defaults; a rule not given is off
+/// keep_daily = 7
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    pub sync: SyncConfig,
+}
+
+/// The `[sync]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// `[sync.retention]`; `None`: the default retention.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// The `[sync.retention]` table: the rules of `forget --keep-*` (a rule not given is off).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub enabled: bool,
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            enabled: true,
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Reads `<config-dir>/config.toml`; the defaults if there is none.
+    pub fn load(dirs: &Dirs) -> Result<ClientConfig> {
+        let path = dirs.config.join(CONFIG_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ClientConfig::default())
+            }
+            Err(e) => return Err(ClientError::io(&path, e)),
+        };
+        ClientConfig::parse(&text)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses the text of a config file.
+    pub fn parse(text: &str) -> std::result::Result<ClientConfig, String> {
+        let c: ClientConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        if let Some(r) = &c.sync.retention {
+            if r.enabled && c.sync_retention().is_none() {
+                return Err(
+                    "[sync.retention] turns on no keep_* rule; give one, or set \
+                            enabled = false to keep every snapshot"
+                        .into(),
+                );
+            }
+        }
+        Ok(c)
+    }
+
+    /// The retention the sync watcher applies after each snapshot it publishes (`None`: keep
+    /// every snapshot).
+    #[must_use]
+    pub fn sync_retention(&self) -> Option<crate::forget::Policy> {
+        match &self.sync.retention {
+            None => Some(crate::forget::Policy::sync_default()),
+            Some(r) if !r.enabled => None,
+            Some(r) => Some(crate::forget::Policy {
+                keep_last: r.keep_last,
+                keep_hourly: r.keep_hourly,
+                keep_daily: r.keep_daily,
+                keep_weekly: r.keep_weekly,
+                keep_monthly: r.keep_monthly,
+                keep_yearly: r.keep_yearly,
+            })
+            .filter(|p| !p.is_empty()),
+        }
+    }
+}
+
 /// File name of the ring credential (an invite line) in the config directory.
 pub const CREDENTIAL_FILE: &str = "credential";
 
@@ -279,6 +382,54 @@ mod tests {
         let mode = fs::metadata(dirs.identity_path()).unwrap().permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn config_file_retention() {
+        use crate::forget::Policy;
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            config: dir.path().join("cfg"),
+            data: dir.path().join("data"),
+        };
+        // No file: the default retention.
+        let c = ClientConfig::load(&dirs).unwrap();
+        assert_eq!(c.sync_retention(), Some(Policy::sync_default()));
+        assert_eq!(
+            ClientConfig::parse("").unwrap().sync_retention(),
+            Some(Policy::sync_default())
+        );
+        // The rules given replace the defaults.
+        let c = ClientConfig::parse("[sync.retention]\nkeep_last = 3\nkeep_daily = 2\n").unwrap();
+        assert_eq!(
+            c.sync_retention(),
+            Some(Policy {
+                keep_last: 3,
+                keep_daily: 2,
+                ..Policy::default()
+            })
+        );
+        // Off.
+        let c = ClientConfig::parse("[sync.retention]\nenabled = false\n").unwrap();
+        assert_eq!(c.sync_retention(), None);
+        // Clear errors: no rule, an unknown key, a negative count.
+        for (bad, says) in [
+            ("[sync.retention]\n", "no keep_* rule"),
+            ("[sync.retention]\nkeep_lats = 3\n", "keep_lats"),
+            ("[sync.retention]\nkeep_last = -1\n", "keep_last"),
+            ("[sync]\nretention = 5\n", "retention"),
+        ] {
+            let e = ClientConfig::parse(bad).unwrap_err();
+            assert!(e.contains(says) || e.contains("invalid"), "{bad:?}: {e}");
+        }
+        fs::create_dir_all(&dirs.config).unwrap();
+        fs::write(
+            dirs.config.join(CONFIG_FILE),
+            "[sync.retention]\nbogus = 1\n",
+        )
+        .unwrap();
+        let e = ClientConfig::load(&dirs).unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("bogus"), "{e}");
     }
 
     #[test]

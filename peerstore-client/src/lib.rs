@@ -11,7 +11,9 @@
 //!   upload.
 //! - [`pack`]: reading pack files during a restore (a bounded cache of packs).
 //! - [`restore`]: restoring below a destination without ever writing outside it.
-//! - [`sync`]: the watcher (debounce, durable state, retry with backoff).
+//! - [`forget`]: retention policy (pure selection) and the chain rewrite that forgets
+//!   snapshots; the keys kept snapshots reference (for a later prune).
+//! - [`sync`]: the watcher (debounce, durable state, retry with backoff, retention).
 //! - [`cache`]: the local cache of chunks known stored (chunk id -> pack, offset, length).
 //! - [`config`]: key file, passphrase, directories, node discovery.
 //! - [`cli`]: the command line.
@@ -25,6 +27,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod forget;
 pub mod model;
 pub mod pack;
 pub mod progress;

@@ -149,7 +149,8 @@ impl Manifest {
                 EntryKind::Dir => t.dirs += 1,
                 EntryKind::File { size, .. } => {
                     t.files += 1;
-                    t.bytes += size;
+                    // Sizes come from stored manifests: saturate rather than overflow.
+                    t.bytes = t.bytes.saturating_add(*size);
                 }
                 EntryKind::Symlink { .. } => t.symlinks += 1,
             }
@@ -223,7 +224,9 @@ pub struct Totals {
 /// under [`snapshot_context`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Snapshot number: the root sequence number that published it.
+    /// Snapshot number: the root sequence number that first published it. `forget` keeps it
+    /// when it rewrites the object (with a new parent), so numbers stay stable and are never
+    /// reused; along the chain they fall, with gaps where snapshots were forgotten.
     pub number: u64,
     /// Random id that binds the manifest blocks to this snapshot (manifest sealing context).
     pub nonce: [u8; 16],
@@ -242,12 +245,42 @@ pub struct Snapshot {
     pub manifest_len: u64,
 }
 
-/// The plaintext of the root record's payload.
+/// The plaintext of the root record's payload (postcard), optionally followed by the BLAKE3 of
+/// the latest snapshot object's bytes ([`encode_root_payload`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootPointer {
     /// Document key of the latest snapshot object.
     pub latest: [u8; 32],
+    /// The latest snapshot's number: at most the root's sequence number (equal when the root was
+    /// written by the publish of that snapshot; lower once `forget` rewrote the chain, since a
+    /// rewritten snapshot keeps its number while the root's number grows).
     pub number: u64,
+}
+
+/// The root payload's plaintext: the pointer, then the BLAKE3 of the latest snapshot object's
+/// bytes (32 bytes). Clients that predate the hash read the pointer and ignore what follows it.
+#[must_use]
+pub fn encode_root_payload(ptr: &RootPointer, latest_hash: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut out = postcard::to_allocvec(ptr).unwrap_or_default();
+    if let Some(h) = latest_hash {
+        out.extend_from_slice(h);
+    }
+    out
+}
+
+/// Decodes a root payload's plaintext: the pointer and, if present, the latest object's hash
+/// (bytes after the hash are ignored: room for later versions).
+pub fn decode_root_payload(plain: &[u8]) -> Result<(RootPointer, Option<[u8; 32]>), String> {
+    let (ptr, rest) = postcard::take_from_bytes::<RootPointer>(plain).map_err(|e| e.to_string())?;
+    match rest.len() {
+        0 => Ok((ptr, None)),
+        n if n >= 32 => {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&rest[..32]);
+            Ok((ptr, Some(h)))
+        }
+        n => Err(format!("{n} stray bytes after the pointer")),
+    }
 }
 
 /// Sealing context of a snapshot's manifest.
@@ -290,13 +323,18 @@ pub struct ParentRef {
 }
 
 /// The clear header of a format-2 snapshot object: `magic | flags | 0`, or
-/// `magic | flags | 1 | parent key | parent hash`. It is authenticated (part of the sealing
+/// `magic | flags | 1 | parent key | parent hash` (the parent is snapshot `number - 1`), or
+/// `magic | flags | 2 | parent key | parent hash | parent number (u64 LE)` (a parent further
+/// back: the snapshots between were forgotten). It is authenticated (part of the sealing
 /// context), so it cannot be changed without the object failing to open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotHeader {
     /// [`SNAPSHOT_FLAG_HASHED_KEYS`] or 0.
     pub flags: u8,
     pub parent: Option<ParentRef>,
+    /// The parent's number when it is not this snapshot's number minus one (written only then,
+    /// so that chains without gaps stay readable by older clients). Ignored without a parent.
+    pub parent_number: Option<u64>,
 }
 
 impl SnapshotHeader {
@@ -314,9 +352,12 @@ impl SnapshotHeader {
         match &self.parent {
             None => out.push(0),
             Some(p) => {
-                out.push(1);
+                out.push(if self.parent_number.is_some() { 2 } else { 1 });
                 out.extend_from_slice(&p.key);
                 out.extend_from_slice(&p.hash);
+                if let Some(n) = self.parent_number {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
             }
         }
         out
@@ -336,19 +377,26 @@ impl SnapshotHeader {
                 SnapshotHeader {
                     flags: *flags,
                     parent: None,
+                    parent_number: None,
                 },
                 fixed,
             )),
-            [flags, 1, tail @ ..] if tail.len() >= 64 => {
+            [flags, tag @ (1 | 2), tail @ ..] if tail.len() >= 64 + 8 * usize::from(*tag - 1) => {
                 let (mut key, mut hash) = ([0u8; 32], [0u8; 32]);
                 key.copy_from_slice(&tail[..32]);
                 hash.copy_from_slice(&tail[32..64]);
+                let parent_number = (*tag == 2).then(|| {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&tail[64..72]);
+                    u64::from_le_bytes(n)
+                });
                 Ok((
                     SnapshotHeader {
                         flags: *flags,
                         parent: Some(ParentRef { key, hash }),
+                        parent_number,
                     },
-                    fixed + 64,
+                    fixed + 64 + 8 * usize::from(*tag - 1),
                 ))
             }
             _ => Err("truncated or malformed snapshot header".to_string()),
@@ -372,7 +420,7 @@ pub struct SplitSnapshot<'a> {
 }
 
 /// Sealing context of a format-2 snapshot object: the user, the snapshot's number and its
-/// header (flags, parent key and parent hash). An object opens only as the snapshot it was
+/// header (flags, parent key, parent hash and parent number). An object opens only as the snapshot it was
 /// sealed as: a node that serves another snapshot object of the same user in its place, or
 /// changes the header, makes the AEAD fail.
 #[must_use]
@@ -621,6 +669,66 @@ mod tests {
             Manifest::decode(&bytes[..bytes.len() - 3]),
             Err(ManifestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn root_payloads_with_and_without_the_latest_hash() {
+        let ptr = RootPointer {
+            latest: [9; 32],
+            number: 300,
+        };
+        // As older clients wrote it: the pointer alone.
+        let old = postcard::to_allocvec(&ptr).unwrap();
+        assert_eq!(encode_root_payload(&ptr, None), old);
+        assert_eq!(decode_root_payload(&old).unwrap(), (ptr.clone(), None));
+        // With the hash: older clients still read the pointer (postcard ignores the rest).
+        let new = encode_root_payload(&ptr, Some(&[4; 32]));
+        assert_eq!(new.len(), old.len() + 32);
+        assert_eq!(postcard::from_bytes::<RootPointer>(&new).unwrap(), ptr);
+        assert_eq!(
+            decode_root_payload(&new).unwrap(),
+            (ptr.clone(), Some([4; 32]))
+        );
+        // Later versions may append more; a cut hash is an error.
+        let mut longer = new.clone();
+        longer.extend_from_slice(b"more");
+        assert_eq!(decode_root_payload(&longer).unwrap().1, Some([4; 32]));
+        assert!(decode_root_payload(&new[..new.len() - 1]).is_err());
+        assert!(decode_root_payload(&[]).is_err());
+    }
+
+    #[test]
+    fn a_parent_further_back_is_named_in_the_header() {
+        let parent = Some(ParentRef {
+            key: [1; 32],
+            hash: [2; 32],
+        });
+        let next = SnapshotHeader {
+            flags: 0,
+            parent,
+            parent_number: None,
+        };
+        let gap = SnapshotHeader {
+            parent_number: Some(5),
+            ..next
+        };
+        let (a, b) = (next.encode(), gap.encode());
+        // Tag 1 (readable by older clients) without a gap, tag 2 and the number with one.
+        assert_eq!((a[5], a.len()), (1, 6 + 64));
+        assert_eq!((b[5], b.len()), (2, 6 + 64 + 8));
+        assert_eq!(&b[70..], &5u64.to_le_bytes());
+        for (h, d) in [(next, a), (gap, b)] {
+            let split = SnapshotHeader::split(&d).unwrap().unwrap();
+            assert_eq!(split.header, h);
+            assert!(split.sealed.is_empty());
+        }
+        // Without a parent no number is written.
+        let none = SnapshotHeader {
+            flags: 0,
+            parent: None,
+            parent_number: Some(5),
+        };
+        assert_eq!(none.encode(), b"PSS\x02\x00\x00");
     }
 
     #[test]

@@ -19,10 +19,11 @@ use tracing::warn;
 
 use crate::error::{ClientError, Result};
 use crate::model::{
-    manifest_context, snapshot_context, snapshot_context_v2, Manifest, ParentRef, RootPointer,
-    Snapshot, SnapshotHeader, SplitSnapshot, SNAPSHOT_FLAG_HASHED_KEYS, SNAPSHOT_FORMAT,
+    decode_root_payload, encode_root_payload, manifest_context, snapshot_context,
+    snapshot_context_v2, Manifest, ParentRef, RootPointer, Snapshot, SnapshotHeader, SplitSnapshot,
+    SNAPSHOT_FLAG_HASHED_KEYS, SNAPSHOT_FORMAT,
 };
-use crate::store::BlockStoreApi;
+use crate::store::{BlockStoreApi, StoreError};
 
 /// What this client knows about how the ring keys documents.
 const KEYS_UNKNOWN: u8 = 0;
@@ -123,6 +124,9 @@ pub struct SnapshotRef {
     pub content_hash: Option<[u8; 32]>,
     /// The parent's key and hash as the object's header names them (format 2).
     pub parent_ref: Option<ParentRef>,
+    /// The number the parent must have (`None` without a parent): one less than this
+    /// snapshot's, unless the header names another (snapshots between were forgotten).
+    pub parent_number: Option<u64>,
 }
 
 impl SnapshotRef {
@@ -130,6 +134,7 @@ impl SnapshotRef {
     /// it against): for tools and tests that build one by hand.
     #[must_use]
     pub fn new(key: [u8; 32], snapshot: Snapshot) -> SnapshotRef {
+        let parent_number = snapshot.parent.map(|_| snapshot.number.saturating_sub(1));
         SnapshotRef {
             key,
             snapshot,
@@ -137,6 +142,7 @@ impl SnapshotRef {
             hashed_keys: false,
             content_hash: None,
             parent_ref: None,
+            parent_number,
         }
     }
 
@@ -156,8 +162,39 @@ impl SnapshotRef {
 /// One verified root as a ring member served it.
 struct RootAnswer {
     from: String,
-    rec: RootRecord,
-    ptr: RootPointer,
+    root: Root,
+}
+
+/// A verified root record: its sequence number grows with every update (publish or forget).
+#[derive(Clone, Debug)]
+pub struct Root {
+    pub rec: RootRecord,
+    pub ptr: RootPointer,
+    /// BLAKE3 of the latest snapshot object's bytes, if the root names it (roots written by
+    /// older clients do not): the latest object read must hash to it.
+    pub latest_hash: Option<[u8; 32]>,
+}
+
+impl Root {
+    /// The root's sequence number.
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.rec.seq
+    }
+}
+
+/// How many times a root update (publish, forget) is redone after another device of the same
+/// user updated the root first.
+pub const ROOT_ATTEMPTS: u32 = 6;
+
+/// What became of a root update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootUpdate {
+    /// The ring took it.
+    Stored,
+    /// The ring refused it because it already has a root at least as new (another device of
+    /// the same user updated it since it was read): read again and redo the work.
+    Conflict,
 }
 
 /// Current wall-clock time in nanoseconds since the Unix epoch.
@@ -311,8 +348,8 @@ impl Repo {
     }
 
     /// Decodes and verifies one root record: its signature, its owner, its payload and the
-    /// pointer's number.
-    fn open_root(&self, bytes: &[u8]) -> Result<(RootRecord, RootPointer)> {
+    /// pointer's number (at most the root's: a rewritten chain keeps its snapshots' numbers).
+    fn open_root(&self, bytes: &[u8]) -> Result<Root> {
         let rec = RootRecord::decode(bytes)
             .map_err(|e| ClientError::Corrupt(format!("root record: {e}")))?;
         rec.verify()
@@ -324,15 +361,19 @@ impl Repo {
         }
         let plain = crypto::open_root_payload(&self.keys, &rec.user, rec.seq, &rec.payload)
             .map_err(|e| ClientError::Corrupt(format!("root payload: {e}")))?;
-        let ptr: RootPointer = postcard::from_bytes(&plain)
+        let (ptr, latest_hash) = decode_root_payload(&plain)
             .map_err(|e| ClientError::Corrupt(format!("root payload: {e}")))?;
-        if ptr.number != rec.seq {
+        if ptr.number == 0 || ptr.number > rec.seq {
             return Err(ClientError::Corrupt(format!(
                 "root {} points at snapshot {}",
                 rec.seq, ptr.number
             )));
         }
-        Ok((rec, ptr))
+        Ok(Root {
+            rec,
+            ptr,
+            latest_hash,
+        })
     }
 
     /// Reads the root through several ring members ([`BlockStoreApi::get_record_replicas`]),
@@ -341,6 +382,11 @@ impl Repo {
     /// warning); answers that do not verify are ignored. The newest must not be older than the
     /// watermark.
     pub async fn read_root(&self) -> Result<Option<(RootRecord, RootPointer)>> {
+        Ok(self.root().await?.map(|r| (r.rec, r.ptr)))
+    }
+
+    /// [`Repo::read_root`], with the latest object's hash if the root names it.
+    pub async fn root(&self) -> Result<Option<Root>> {
         let answers = self.store.get_record_replicas(self.root_key()).await?;
         let mut roots: Vec<RootAnswer> = Vec::new();
         let mut absent: Vec<String> = Vec::new();
@@ -349,11 +395,7 @@ impl Repo {
             match a.record {
                 None => absent.push(a.from),
                 Some(bytes) => match self.open_root(&bytes) {
-                    Ok((rec, ptr)) => roots.push(RootAnswer {
-                        from: a.from,
-                        rec,
-                        ptr,
-                    }),
+                    Ok(root) => roots.push(RootAnswer { from: a.from, root }),
                     Err(e) => {
                         warn!(node = %a.from, error = %e,
                             "a ring member served a root record that does not verify; ignored");
@@ -364,7 +406,7 @@ impl Repo {
         }
         // The newest; among equals the first answer (the entry node's).
         let best = roots.iter().fold(None::<&RootAnswer>, |b, r| match b {
-            Some(b) if b.rec.seq >= r.rec.seq => Some(b),
+            Some(b) if b.root.seq() >= r.root.seq() => Some(b),
             _ => Some(r),
         });
         let Some(best) = best else {
@@ -375,21 +417,21 @@ impl Repo {
             return Ok(None);
         };
         for r in &roots {
-            if r.rec.seq < best.rec.seq {
-                warn!(node = %r.from, served = r.rec.seq, newest = best.rec.seq,
+            if r.root.seq() < best.root.seq() {
+                warn!(node = %r.from, served = r.root.seq(), newest = best.root.seq(),
                     newest_from = %best.from,
                     "a ring member served an older root than another; using the newest");
-            } else if r.ptr.latest != best.ptr.latest {
-                warn!(node = %r.from, other = %best.from, seq = r.rec.seq,
+            } else if r.root.ptr.latest != best.root.ptr.latest {
+                warn!(node = %r.from, other = %best.from, seq = r.root.seq(),
                     "two ring members serve different roots with the same number");
             }
         }
         for from in &absent {
-            warn!(node = %from, newest = best.rec.seq, newest_from = %best.from,
+            warn!(node = %from, newest = best.root.seq(), newest_from = %best.from,
                 "a ring member says this user has no root while another served one; using the newest");
         }
-        self.check_fresh(Some(best.rec.seq))?;
-        Ok(Some((best.rec.clone(), best.ptr.clone())))
+        self.check_fresh(Some(best.root.seq()))?;
+        Ok(Some(best.root.clone()))
     }
 
     /// Reads and opens snapshot `number` from the object that `referrer` ("the root",
@@ -433,46 +475,61 @@ impl Repo {
         let corrupt = |e: &dyn std::fmt::Display| {
             ClientError::Corrupt(format!("snapshot {number} ({}): {e}", hex::encode(key)))
         };
-        let (snapshot, format, hashed_keys, parent_ref) = match SnapshotHeader::split(&doc) {
-            Some(Err(e)) => return Err(corrupt(&e)),
-            Some(Ok(SplitSnapshot {
-                header,
-                header_bytes,
-                sealed,
-            })) => {
-                let context = snapshot_context_v2(&self.user.0, number, header_bytes);
-                let plain = crypto::open_manifest(&self.keys, &context, sealed).map_err(|_| {
-                    swapped(&format!(
-                        "it does not open as snapshot {number} of this user"
-                    ))
-                })?;
-                let snapshot: Snapshot = postcard::from_bytes(&plain).map_err(|e| corrupt(&e))?;
-                if snapshot.number != number || snapshot.parent != header.parent.map(|p| p.key) {
-                    return Err(corrupt(&"its number or parent differs from its header"));
+        let (snapshot, format, hashed_keys, parent_ref, parent_number) =
+            match SnapshotHeader::split(&doc) {
+                Some(Err(e)) => return Err(corrupt(&e)),
+                Some(Ok(SplitSnapshot {
+                    header,
+                    header_bytes,
+                    sealed,
+                })) => {
+                    let context = snapshot_context_v2(&self.user.0, number, header_bytes);
+                    let plain =
+                        crypto::open_manifest(&self.keys, &context, sealed).map_err(|_| {
+                            swapped(&format!(
+                                "it does not open as snapshot {number} of this user"
+                            ))
+                        })?;
+                    let snapshot: Snapshot =
+                        postcard::from_bytes(&plain).map_err(|e| corrupt(&e))?;
+                    if snapshot.number != number || snapshot.parent != header.parent.map(|p| p.key)
+                    {
+                        return Err(corrupt(&"its number or parent differs from its header"));
+                    }
+                    if header.hashed_keys() && content_hash != key {
+                        return Err(swapped("its bytes do not hash to its key"));
+                    }
+                    // The first authenticated snapshot read (the latest) says how the ring keys
+                    // documents; every later read and put is held to it.
+                    let _ = self.read_keys.compare_exchange(
+                        KEYS_UNKNOWN,
+                        keys_mode(header.hashed_keys()),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    let parent_number = header
+                        .parent
+                        .map(|_| header.parent_number.unwrap_or(number.saturating_sub(1)));
+                    (
+                        snapshot,
+                        2,
+                        header.hashed_keys(),
+                        header.parent,
+                        parent_number,
+                    )
                 }
-                if header.hashed_keys() && content_hash != key {
-                    return Err(swapped("its bytes do not hash to its key"));
+                None => {
+                    let plain = crypto::open_manifest(&self.keys, snapshot_context(), &doc)
+                        .map_err(|e| corrupt(&e))?;
+                    let snapshot: Snapshot =
+                        postcard::from_bytes(&plain).map_err(|e| corrupt(&e))?;
+                    if snapshot.number != number {
+                        return Err(swapped(&format!("it is snapshot {}", snapshot.number)));
+                    }
+                    let parent_number = snapshot.parent.map(|_| number.saturating_sub(1));
+                    (snapshot, 1, false, None, parent_number)
                 }
-                // The first authenticated snapshot read (the latest) says how the ring keys
-                // documents; every later read and put is held to it.
-                let _ = self.read_keys.compare_exchange(
-                    KEYS_UNKNOWN,
-                    keys_mode(header.hashed_keys()),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                (snapshot, 2, header.hashed_keys(), header.parent)
-            }
-            None => {
-                let plain = crypto::open_manifest(&self.keys, snapshot_context(), &doc)
-                    .map_err(|e| corrupt(&e))?;
-                let snapshot: Snapshot = postcard::from_bytes(&plain).map_err(|e| corrupt(&e))?;
-                if snapshot.number != number {
-                    return Err(swapped(&format!("it is snapshot {}", snapshot.number)));
-                }
-                (snapshot, 1, false, None)
-            }
-        };
+            };
         Ok(SnapshotRef {
             key,
             snapshot,
@@ -480,44 +537,58 @@ impl Repo {
             hashed_keys,
             content_hash: Some(content_hash),
             parent_ref,
+            parent_number,
         })
     }
 
     /// The latest snapshot, if any.
     pub async fn latest(&self) -> Result<Option<SnapshotRef>> {
-        match self.read_root().await? {
-            None => Ok(None),
-            Some((_, ptr)) => Ok(Some(
-                self.load_snapshot(ptr.latest, ptr.number, "the root")
-                    .await?,
-            )),
-        }
+        Ok(self.head().await?.map(|(_, s)| s))
     }
 
-    /// The parent of `s` (snapshot `number - 1`), if it has one; for a format-2 `s` it must
-    /// hash to what `s` names.
+    /// The root and the latest snapshot it names (which must hash to what the root names, if
+    /// it names a hash), if there is a root.
+    pub async fn head(&self) -> Result<Option<(Root, SnapshotRef)>> {
+        let Some(root) = self.root().await? else {
+            return Ok(None);
+        };
+        let latest = self
+            .load_snapshot_expecting(
+                root.ptr.latest,
+                root.ptr.number,
+                "the root",
+                root.latest_hash,
+            )
+            .await?;
+        Ok(Some((root, latest)))
+    }
+
+    /// The parent of `s` (snapshot `number - 1`, or the lower number its header names), if it
+    /// has one; for a format-2 `s` it must hash to what `s` names.
     pub async fn parent(&self, s: &SnapshotRef) -> Result<Option<SnapshotRef>> {
         let Some(key) = s.snapshot.parent else {
             return Ok(None);
         };
         let n = s.snapshot.number;
-        if n <= 1 {
+        let pn = s.parent_number.unwrap_or(n.saturating_sub(1));
+        if pn == 0 || pn >= n {
             return Err(ClientError::Corrupt(format!(
-                "snapshot chain broken at {}: snapshot {n} names a parent",
+                "snapshot chain broken at {}: snapshot {n} names a parent numbered {pn}",
                 s.short_id()
             )));
         }
         let referrer = format!("snapshot {n}");
         let hash = s.parent_ref.map(|p| p.hash);
         Ok(Some(
-            self.load_snapshot_expecting(key, n - 1, &referrer, hash)
+            self.load_snapshot_expecting(key, pn, &referrer, hash)
                 .await?,
         ))
     }
 
     /// All snapshots, newest first (follows the parent chain). Each object must be the
-    /// snapshot its referrer names: the root's number, then one less at every step, so a
-    /// swapped or looping chain is an error.
+    /// snapshot its referrer names: the root's number, then a lower number at every step
+    /// (one less, or the number the child's authenticated header names), so a swapped or
+    /// looping chain is an error.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRef>> {
         let mut out: Vec<SnapshotRef> = Vec::new();
         let mut next = self.latest().await?;
@@ -534,31 +605,7 @@ impl Repo {
             return self.latest().await?.ok_or(ClientError::NoBackup);
         };
         let all = self.snapshots().await?;
-        if all.is_empty() {
-            return Err(ClientError::NoBackup);
-        }
-        let sel = sel.trim().to_ascii_lowercase();
-        if sel == "latest" {
-            return Ok(all[0].clone());
-        }
-        if let Ok(n) = sel.parse::<u64>() {
-            if let Some(s) = all.iter().find(|s| s.snapshot.number == n) {
-                return Ok(s.clone());
-            }
-        }
-        let matches: Vec<_> = all
-            .iter()
-            .filter(|s| hex::encode(s.key).starts_with(&sel))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(ClientError::Config(format!(
-                "no snapshot {sel:?} (see `peerstore-client snapshots`)"
-            ))),
-            _ => Err(ClientError::Config(format!(
-                "snapshot prefix {sel:?} is ambiguous"
-            ))),
-        }
+        pick(&all, sel).cloned()
     }
 
     /// Reads, checks and decodes a snapshot's manifest.
@@ -587,23 +634,18 @@ impl Repo {
 
     /// Stores a manifest and a snapshot object, then points the root at it. Returns the new
     /// snapshot and the number of metadata blocks written.
+    ///
+    /// The root update is a compare-and-swap on its sequence number (nodes take only a newer
+    /// root): if another device of the same user updated the root since it was read (a backup
+    /// or a `forget`), the snapshot object is written again on top of the new latest snapshot
+    /// (the manifest is stored once) and the root update retried, at most [`ROOT_ATTEMPTS`]
+    /// times.
     pub async fn publish(
         &self,
         manifest: &Manifest,
         source: &str,
         origin: &str,
     ) -> Result<(SnapshotRef, u64)> {
-        // The parent is verified like any read (and its hash goes into the new header).
-        let (seq, parent) = match self.latest().await? {
-            Some(s) => (
-                s.snapshot.number + 1,
-                Some(ParentRef {
-                    key: s.key,
-                    hash: s.content_hash.unwrap_or_default(),
-                }),
-            ),
-            None => (1, None),
-        };
         let mut nonce = [0u8; 16];
         OsRng.fill_bytes(&mut nonce);
         let plain = postcard::to_allocvec(manifest)
@@ -625,40 +667,104 @@ impl Repo {
             hashed &= is_hash;
             blocks.push(key);
         }
-        let snapshot = Snapshot {
-            number: seq,
-            nonce,
-            time_ns: now_ns(),
-            parent: parent.map(|p| p.key),
-            source: source.to_string(),
-            origin: origin.to_string(),
-            totals: manifest.totals(),
-            manifest_blocks: blocks,
-            manifest_len: sealed.len() as u64,
-        };
+        let meta_blocks = blocks.len() as u64 + 1;
+        let time_ns = now_ns();
+        let mut backoff = RootBackoff::new();
+        loop {
+            // The parent is verified like any read (and its hash goes into the new header).
+            let head = self.head().await?;
+            let seq = head.as_ref().map_or(1, |(root, _)| root.seq() + 1);
+            let snapshot = Snapshot {
+                number: seq,
+                nonce,
+                time_ns,
+                parent: None,
+                source: source.to_string(),
+                origin: origin.to_string(),
+                totals: manifest.totals(),
+                manifest_blocks: blocks.clone(),
+                manifest_len: sealed.len() as u64,
+            };
+            let s = self
+                .write_snapshot(snapshot, head.as_ref().map(|(_, latest)| latest), hashed)
+                .await?;
+            match self.put_root(seq, &s).await? {
+                RootUpdate::Stored => return Ok((s, meta_blocks)),
+                RootUpdate::Conflict => backoff.wait("publish").await?,
+            }
+        }
+    }
+
+    /// Seals `snapshot` as a format-2 object whose parent is `parent` (key, hash of its bytes,
+    /// and its number when that is not `snapshot.number - 1`), stores it and returns it.
+    /// `snapshot.parent` is set from `parent`. `hashed`: whether the ring stored the
+    /// snapshot's manifest pieces under their hash (the header flag). Used by `publish` for a
+    /// new snapshot and by `forget` to rewrite a kept one onto a new parent.
+    pub async fn write_snapshot(
+        &self,
+        mut snapshot: Snapshot,
+        parent: Option<&SnapshotRef>,
+        hashed: bool,
+    ) -> Result<SnapshotRef> {
+        let number = snapshot.number;
+        if let Some(p) = parent {
+            if p.snapshot.number == 0 || p.snapshot.number >= number {
+                return Err(ClientError::Corrupt(format!(
+                    "cannot make snapshot {} the parent of snapshot {number}",
+                    p.snapshot.number
+                )));
+            }
+        }
+        let parent_ref = parent.map(|p| ParentRef {
+            key: p.key,
+            hash: p.content_hash.unwrap_or_default(),
+        });
+        let parent_number = parent.map(|p| p.snapshot.number);
+        snapshot.parent = parent_ref.map(|p| p.key);
         let plain = postcard::to_allocvec(&snapshot)
             .map_err(|e| ClientError::Corrupt(format!("cannot encode snapshot: {e}")))?;
         // Format 2: a clear header (flags, parent), then the snapshot sealed under a context
         // that binds it to this user, its number and that header.
         let header = SnapshotHeader {
             flags: if hashed { SNAPSHOT_FLAG_HASHED_KEYS } else { 0 },
-            parent,
+            parent: parent_ref,
+            parent_number: parent_number.filter(|&n| n + 1 != number),
         };
         let mut doc = header.encode();
-        let context = snapshot_context_v2(&self.user.0, seq, &doc);
+        let context = snapshot_context_v2(&self.user.0, number, &doc);
         doc.extend_from_slice(&crypto::seal_manifest(
             &self.keys, &context, &plain, &mut OsRng,
         ));
         let doc_hash = BlockKey::of(&doc).0;
-        let snap_key = self.put_document(doc).await?;
-        let meta_blocks = snapshot.manifest_blocks.len() as u64 + 1;
+        let key = self.put_document(doc).await?;
+        Ok(SnapshotRef {
+            key,
+            snapshot,
+            format: SNAPSHOT_FORMAT,
+            hashed_keys: hashed,
+            content_hash: Some(doc_hash),
+            parent_ref,
+            parent_number,
+        })
+    }
 
+    /// Points the root at `latest` with sequence number `seq` (signed; the payload names the
+    /// latest object's key, number and hash), then raises the watermark. The nodes take a root
+    /// only if it is newer than theirs, which makes this a compare-and-swap on `seq`: a refusal
+    /// while the ring has a root numbered `seq` or more is a [`RootUpdate::Conflict`] (another
+    /// device got there first); any other refusal is an error.
+    pub async fn put_root(&self, seq: u64, latest: &SnapshotRef) -> Result<RootUpdate> {
+        if latest.snapshot.number == 0 || latest.snapshot.number > seq {
+            return Err(ClientError::Corrupt(format!(
+                "root {seq} cannot point at snapshot {}",
+                latest.snapshot.number
+            )));
+        }
         let ptr = RootPointer {
-            latest: snap_key,
-            number: seq,
+            latest: latest.key,
+            number: latest.snapshot.number,
         };
-        let ptr_bytes = postcard::to_allocvec(&ptr)
-            .map_err(|e| ClientError::Corrupt(format!("cannot encode root: {e}")))?;
+        let ptr_bytes = encode_root_payload(&ptr, latest.content_hash.as_ref());
         let payload =
             crypto::seal_root_payload(&self.keys, &self.user, seq, &ptr_bytes, &mut OsRng);
         let rec = RootRecord::sign(&self.identity, seq, payload)
@@ -666,21 +772,100 @@ impl Repo {
         let bytes = rec
             .encode()
             .map_err(|e| ClientError::Corrupt(format!("cannot encode root: {e}")))?;
-        self.store.put_record(self.root_key(), bytes).await?;
+        match self.store.put_record(self.root_key(), bytes).await {
+            Ok(()) => {}
+            Err(StoreError::Rejected(why)) => {
+                // Refused: a conflict if the ring now has a root at least as new as this one.
+                return match self.root().await {
+                    Ok(Some(now)) if now.seq() >= seq => {
+                        warn!(seq, ring = now.seq(), reason = %why,
+                            "the root was updated by another device meanwhile; redoing the update");
+                        Ok(RootUpdate::Conflict)
+                    }
+                    _ => Err(StoreError::Rejected(why).into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
         if let Some(path) = &self.watermark {
             raise_watermark(path, seq)?;
         }
-        Ok((
-            SnapshotRef {
-                key: snap_key,
-                snapshot,
-                format: SNAPSHOT_FORMAT,
-                hashed_keys: hashed,
-                content_hash: Some(doc_hash),
-                parent_ref: parent,
-            },
-            meta_blocks,
-        ))
+        Ok(RootUpdate::Stored)
+    }
+}
+
+/// Picks a snapshot of `all` (newest first) by number, id (key) prefix, or `latest`.
+pub fn pick<'a>(all: &'a [SnapshotRef], sel: &str) -> Result<&'a SnapshotRef> {
+    if all.is_empty() {
+        return Err(ClientError::NoBackup);
+    }
+    let sel = sel.trim().to_ascii_lowercase();
+    if sel == "latest" {
+        return Ok(&all[0]);
+    }
+    if let Ok(n) = sel.parse::<u64>() {
+        if let Some(s) = all.iter().find(|s| s.snapshot.number == n) {
+            return Ok(s);
+        }
+        // A short decimal selector is a number, never an id prefix: a forgotten snapshot's
+        // number must not select another snapshot whose id happens to start with it.
+        if sel.len() < 8 {
+            return Err(ClientError::Config(format!(
+                "no snapshot {n} (it may have been forgotten; see `peerstore-client snapshots`)"
+            )));
+        }
+    }
+    let matches: Vec<_> = all
+        .iter()
+        .filter(|s| !sel.is_empty() && hex::encode(s.key).starts_with(&sel))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ClientError::Config(format!(
+            "no snapshot {sel:?} (see `peerstore-client snapshots`)"
+        ))),
+        _ => Err(ClientError::Config(format!(
+            "snapshot prefix {sel:?} is ambiguous"
+        ))),
+    }
+}
+
+/// Waits between root update attempts after a conflict (randomized, growing), and gives up
+/// after [`ROOT_ATTEMPTS`].
+pub struct RootBackoff {
+    attempt: u32,
+    delay: Duration,
+}
+
+impl Default for RootBackoff {
+    fn default() -> Self {
+        RootBackoff::new()
+    }
+}
+
+impl RootBackoff {
+    #[must_use]
+    pub fn new() -> RootBackoff {
+        RootBackoff {
+            attempt: 1,
+            delay: Duration::from_millis(50),
+        }
+    }
+
+    /// Called after a conflict: sleeps before the next attempt, or fails once every attempt
+    /// was used.
+    pub async fn wait(&mut self, what: &str) -> Result<()> {
+        if self.attempt >= ROOT_ATTEMPTS {
+            return Err(ClientError::Refused(format!(
+                "{what}: the root changed under this client {ROOT_ATTEMPTS} times in a row \
+                 (another device of this user keeps updating it); try again"
+            )));
+        }
+        self.attempt += 1;
+        let jitter = Duration::from_millis(OsRng.next_u64() % 50);
+        tokio::time::sleep(self.delay + jitter).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        Ok(())
     }
 }
 
@@ -806,6 +991,7 @@ mod tests {
                 let header = SnapshotHeader {
                     flags: if opaque { 0 } else { SNAPSHOT_FLAG_HASHED_KEYS },
                     parent: s2.parent_ref,
+                    parent_number: None,
                 };
                 let mut d = header.encode();
                 let context = snapshot_context_v2(&r.user().0, 2, &d);
@@ -1006,6 +1192,65 @@ mod tests {
         assert_eq!(reader(&store).latest().await.unwrap().unwrap().key, s3.key);
     }
 
+    /// A root may point at a snapshot numbered below its own sequence number (after a forget
+    /// rewrote the chain), never above; a root that names the latest object's hash holds the
+    /// object to it.
+    #[tokio::test]
+    async fn root_numbers_and_the_latest_hash() {
+        let store = MemStore::new();
+        let r = repo(&store, None);
+        let [_, _, s3] = publish3(&r).await;
+        let root = |seq: u64, number: u64, hash: Option<[u8; 32]>| {
+            let ptr = encode_root_payload(
+                &RootPointer {
+                    latest: s3.key,
+                    number,
+                },
+                hash.as_ref(),
+            );
+            let payload = crypto::seal_root_payload(r.keys(), &r.user(), seq, &ptr, &mut OsRng);
+            RootRecord::sign(&r.identity, seq, payload)
+                .unwrap()
+                .encode()
+                .unwrap()
+        };
+        store
+            .put_record(r.root_key(), root(9, 3, None))
+            .await
+            .unwrap();
+        let (root9, latest) = reader(&store).head().await.unwrap().unwrap();
+        assert_eq!((root9.seq(), latest.snapshot.number), (9, 3));
+        assert_eq!(reader(&store).snapshots().await.unwrap().len(), 3);
+        store
+            .put_record(r.root_key(), root(2, 3, None))
+            .await
+            .unwrap();
+        let err = reader(&store).latest().await.unwrap_err();
+        assert!(
+            err.to_string().contains("root 2 points at snapshot 3"),
+            "{err}"
+        );
+        store
+            .put_record(r.root_key(), root(10, 3, Some([0; 32])))
+            .await
+            .unwrap();
+        untrusted(&reader(&store).latest().await.unwrap_err(), 3, "the root");
+        store
+            .put_record(r.root_key(), root(11, 3, s3.content_hash))
+            .await
+            .unwrap();
+        assert_eq!(reader(&store).latest().await.unwrap().unwrap().key, s3.key);
+        // The next snapshot takes the root's number and names its parent's (3).
+        let (s12, _) = r
+            .publish(&Manifest::default(), "/a", "backup")
+            .await
+            .unwrap();
+        assert_eq!((s12.snapshot.number, s12.parent_number), (12, Some(3)));
+        let all = reader(&store).snapshots().await.unwrap();
+        let numbers: Vec<_> = all.iter().map(|s| s.snapshot.number).collect();
+        assert_eq!(numbers, [12, 3, 2, 1]);
+    }
+
     #[test]
     fn snapshot_headers_parse_strictly() {
         let p = ParentRef {
@@ -1016,10 +1261,17 @@ mod tests {
             SnapshotHeader {
                 flags: 0,
                 parent: None,
+                parent_number: None,
             },
             SnapshotHeader {
                 flags: SNAPSHOT_FLAG_HASHED_KEYS,
                 parent: Some(p),
+                parent_number: None,
+            },
+            SnapshotHeader {
+                flags: 0,
+                parent: Some(p),
+                parent_number: Some(u64::MAX - 3),
             },
         ] {
             let mut d = h.encode();
@@ -1038,6 +1290,11 @@ mod tests {
         // Unknown flags, unknown parent tag.
         assert!(SnapshotHeader::split(b"PSS\x02\x80\x00").unwrap().is_err());
         assert!(SnapshotHeader::split(b"PSS\x02\x00\x02").unwrap().is_err());
+        assert!(
+            SnapshotHeader::split(&[b"PSS\x02\x00\x03".as_slice(), &[0; 72]].concat())
+                .unwrap()
+                .is_err()
+        );
         // Format 1 (a sealed object starts with its version byte, 1).
         assert!(SnapshotHeader::split(b"\x01abc").is_none());
         assert!(SnapshotHeader::split(b"").is_none());

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::backup::{backup, previous_manifest, BackupOptions, BackupSummary};
 use crate::cache::KnownBlocks;
 use crate::error::{ClientError, Result};
+use crate::forget::Policy;
 use crate::model::Manifest;
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -36,6 +37,9 @@ pub struct SyncOptions {
     /// Largest retry backoff after a failure.
     pub max_backoff: Duration,
     pub backup: BackupOptions,
+    /// Retention applied (`forget`) after every snapshot the watcher publishes; `None` keeps
+    /// every snapshot. A failure is only logged: the next publish tries again.
+    pub retention: Option<Policy>,
 }
 
 impl Default for SyncOptions {
@@ -49,6 +53,7 @@ impl Default for SyncOptions {
                 publish_unchanged: false,
                 ..BackupOptions::default()
             },
+            retention: Some(Policy::sync_default()),
         }
     }
 }
@@ -163,7 +168,8 @@ fn relevant(kind: &EventKind) -> bool {
     }
 }
 
-/// One pass: scan the folder against the state, publish if anything changed, save the state.
+/// One pass: scan the folder against the state, publish if anything changed, save the state,
+/// then apply the retention (if any) when a snapshot was published.
 pub async fn sync_once(
     repo: &Repo,
     known: &Arc<KnownBlocks>,
@@ -182,10 +188,27 @@ pub async fn sync_once(
     let progress = Arc::new(Progress::hidden());
     let (summary, manifest, snap) =
         backup(repo, known.clone(), source, prev, &bopts, &progress).await?;
-    if let Some(s) = snap {
-        state.snapshot = Some(s.key);
-        state.manifest = manifest;
-        state.save(state_file)?;
+    let Some(s) = snap else {
+        return Ok(summary);
+    };
+    state.snapshot = Some(s.key);
+    state.manifest = manifest;
+    state.save(state_file)?;
+    if let Some(policy) = &opts.retention {
+        match crate::forget::forget(repo, policy, &[], false).await {
+            Ok(r) if !r.removed.is_empty() => {
+                info!(
+                    forgotten = r.removed.len(),
+                    rewritten = r.rewritten,
+                    root = r.root,
+                    "retention applied"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "retention not applied; trying again after the next snapshot");
+            }
+        }
     }
     Ok(summary)
 }
@@ -344,6 +367,59 @@ mod tests {
         assert_eq!(SyncState::load(&p).unwrap(), Some(s));
         fs::write(&p, b"\xff\xff garbage").unwrap();
         assert_eq!(SyncState::load(&p).unwrap(), None);
+    }
+
+    /// After each snapshot it publishes, the watcher applies its retention.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_retention_is_applied_after_each_publish() {
+        use rand::SeedableRng;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::MemStore::new();
+        let repo = Repo::new(
+            Arc::new(store.clone()),
+            Arc::new(crypto::Identity::generate(
+                &mut rand_chacha::ChaCha20Rng::seed_from_u64(3),
+            )),
+        );
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let state_file = tmp.path().join("state");
+        let known = Arc::new(KnownBlocks::in_memory());
+        let mut state = SyncState::default();
+        let opts = SyncOptions {
+            retention: Some(Policy {
+                keep_last: 2,
+                ..Policy::default()
+            }),
+            ..SyncOptions::default()
+        };
+        for i in 0..4 {
+            fs::write(src.join(format!("f{i}")), format!("file {i}")).unwrap();
+            let s = sync_once(&repo, &known, &src, &mut state, &state_file, &opts)
+                .await
+                .unwrap();
+            assert!(s.snapshot.is_some());
+        }
+        let numbers: Vec<u64> = repo
+            .snapshots()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.snapshot.number)
+            .collect();
+        // Roots 1-3 published snapshots 1-3, root 4 forgot snapshot 1, root 5 published
+        // snapshot 5 and root 6 forgot snapshot 2.
+        assert_eq!(numbers, [5, 3]);
+        // Without a retention every snapshot stays.
+        let opts = SyncOptions {
+            retention: None,
+            ..opts
+        };
+        fs::write(src.join("g"), b"g").unwrap();
+        sync_once(&repo, &known, &src, &mut state, &state_file, &opts)
+            .await
+            .unwrap();
+        assert_eq!(repo.snapshots().await.unwrap().len(), 3);
     }
 
     #[test]

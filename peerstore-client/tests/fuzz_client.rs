@@ -479,6 +479,7 @@ fn sealed_v2(
     let header = SnapshotHeader {
         flags: 0,
         parent: parent.map(|key| ParentRef { key, hash: [0; 32] }),
+        parent_number: None,
     };
     let mut doc = header.encode();
     let context = snapshot_context_v2(&repo.user().0, number, &doc);
