@@ -77,24 +77,20 @@ impl ParityHeader {
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(KIND_PARITY);
-        out.extend_from_slice(&self.params.s.to_le_bytes());
-        out.extend_from_slice(&self.params.t.to_le_bytes());
-        out.extend_from_slice(&self.params.p.to_le_bytes());
-        out.extend_from_slice(&self.params.block_size.to_le_bytes());
-        out.extend_from_slice(&self.index.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&self.codeword.0);
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&self.content_hash);
-        for k in &self.pointers {
-            out.extend_from_slice(&k.0);
-        }
-        for h in &self.payload_hashes {
-            out.extend_from_slice(h);
-        }
+        let start = out.len();
+        out.resize(start + self.encoded_len(), 0);
+        write_header(
+            &mut out[start..],
+            &HeaderFields {
+                params: &self.params,
+                codeword: &self.codeword,
+                len: self.len,
+                content_hash: &self.content_hash,
+                pointers: &self.pointers,
+                payload_hashes: &self.payload_hashes,
+            },
+            self.index,
+        );
     }
 
     /// The exact stored bytes of this parity with `payload`.
@@ -104,6 +100,50 @@ impl ParityHeader {
         self.encode_into(&mut out);
         out.extend_from_slice(payload);
         out
+    }
+}
+
+/// The fields of a parity header that all parities of a codeword share (everything but the
+/// index), borrowed: the encoder writes every header from one of these without cloning the
+/// pointer and hash lists.
+pub(crate) struct HeaderFields<'a> {
+    pub params: &'a Params,
+    pub codeword: &'a CodewordId,
+    pub len: u64,
+    pub content_hash: &'a [u8; 32],
+    pub pointers: &'a [BlockKey],
+    pub payload_hashes: &'a [[u8; 32]],
+}
+
+/// Writes the header of parity `index` into `out`, which is exactly
+/// `header_len(pointers, payload_hashes)` bytes. The one serializer of the format: every
+/// header (stored blocks, re-formed parities, [`ParityHeader::encode`]) comes from here.
+pub(crate) fn write_header(out: &mut [u8], h: &HeaderFields<'_>, index: u16) {
+    debug_assert_eq!(
+        out.len(),
+        header_len(h.pointers.len(), h.payload_hashes.len())
+    );
+    let mut pos = 0;
+    let mut put = |bytes: &[u8]| {
+        out[pos..pos + bytes.len()].copy_from_slice(bytes);
+        pos += bytes.len();
+    };
+    put(&MAGIC);
+    put(&[VERSION, KIND_PARITY]);
+    put(&h.params.s.to_le_bytes());
+    put(&h.params.t.to_le_bytes());
+    put(&h.params.p.to_le_bytes());
+    put(&h.params.block_size.to_le_bytes());
+    put(&index.to_le_bytes());
+    put(&0u16.to_le_bytes());
+    put(&h.codeword.0);
+    put(&h.len.to_le_bytes());
+    put(h.content_hash);
+    for k in h.pointers {
+        put(&k.0);
+    }
+    for x in h.payload_hashes {
+        put(x);
     }
 }
 
@@ -158,16 +198,21 @@ pub struct ParityRef<'a> {
 /// larger than `s * B`, a total size other than header + `B`, and a payload whose hash is not
 /// the one its own header records.
 pub fn parse(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
-    parse_inner(bytes, true)
+    parse_inner(bytes)
 }
 
-/// [`parse`] without the payload self-check, for bytes already verified against their ring
-/// key (hashing the payload again would prove nothing more).
-pub(crate) fn parse_verified(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
-    parse_inner(bytes, false)
+/// The fixed part of a checked header.
+struct Fixed {
+    params: Params,
+    index: u16,
+    codeword: CodewordId,
+    len: u64,
+    content_hash: [u8; 32],
 }
 
-fn parse_inner(bytes: &[u8], check_payload: bool) -> Result<ParityRef<'_>, Error> {
+/// Checks everything about `bytes` except the payload hash: magic, version, kind, parameters,
+/// index, reserved field, total size and length. Allocates nothing.
+fn parse_fixed(bytes: &[u8]) -> Result<Fixed, Error> {
     let mut r = Reader { bytes, pos: 0 };
     if r.array::<4>()? != MAGIC {
         return Err(Error::Malformed("bad magic".into()));
@@ -211,6 +256,37 @@ fn parse_inner(bytes: &[u8], check_payload: bool) -> Result<ParityRef<'_>, Error
         )));
     }
     let content_hash = r.array()?;
+    debug_assert_eq!(r.pos, FIXED_HEADER_LEN);
+    Ok(Fixed {
+        params,
+        index,
+        codeword,
+        len,
+        content_hash,
+    })
+}
+
+/// The parameters and payload of stored parity bytes already verified against their ring key
+/// (hashing the payload again would prove nothing more): the checks of [`parse`] but the
+/// payload hash, without building the header's lists.
+pub(crate) fn verified_payload(bytes: &[u8]) -> Result<(Params, &[u8]), Error> {
+    let f = parse_fixed(bytes)?;
+    let start = header_len(f.params.t(), f.params.p());
+    Ok((f.params, &bytes[start..]))
+}
+
+fn parse_inner(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
+    let Fixed {
+        params,
+        index,
+        codeword,
+        len,
+        content_hash,
+    } = parse_fixed(bytes)?;
+    let mut r = Reader {
+        bytes,
+        pos: FIXED_HEADER_LEN,
+    };
     let mut pointers = Vec::with_capacity(params.t());
     for _ in 0..params.t() {
         pointers.push(BlockKey(r.array()?));
@@ -220,7 +296,7 @@ fn parse_inner(bytes: &[u8], check_payload: bool) -> Result<ParityRef<'_>, Error
         payload_hashes.push(r.array()?);
     }
     let payload = r.take(params.block())?;
-    if check_payload && *blake3::hash(payload).as_bytes() != payload_hashes[usize::from(index)] {
+    if *blake3::hash(payload).as_bytes() != payload_hashes[usize::from(index)] {
         return Err(Error::Malformed(
             "payload does not match its recorded hash".into(),
         ));
@@ -300,6 +376,65 @@ mod tests {
         let bytes = b.encode();
         assert_eq!(bytes.len(), header_len(3, 4) + 16);
         assert_eq!(ParityBlock::decode(&bytes).unwrap(), b);
+    }
+
+    /// The serializer as it was (one `extend_from_slice` per field): [`write_header`] writes
+    /// the same bytes.
+    fn reference_header(h: &ParityHeader) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(KIND_PARITY);
+        out.extend_from_slice(&h.params.s.to_le_bytes());
+        out.extend_from_slice(&h.params.t.to_le_bytes());
+        out.extend_from_slice(&h.params.p.to_le_bytes());
+        out.extend_from_slice(&h.params.block_size.to_le_bytes());
+        out.extend_from_slice(&h.index.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&h.codeword.0);
+        out.extend_from_slice(&h.len.to_le_bytes());
+        out.extend_from_slice(&h.content_hash);
+        for k in &h.pointers {
+            out.extend_from_slice(&k.0);
+        }
+        for x in &h.payload_hashes {
+            out.extend_from_slice(x);
+        }
+        out
+    }
+
+    #[test]
+    fn header_bytes_are_unchanged() {
+        let mut b = sample();
+        for (t, p) in [(3, 4), (0, 1), (8, 12), (30, 3)] {
+            b.header.params = Params::new(1, t as u16, p as u16, 16);
+            b.header.pointers = (0..t).map(|i| BlockKey([i as u8; 32])).collect();
+            b.header.payload_hashes = (0..p).map(|i| [100 + i as u8; 32]).collect();
+            b.header.index = p as u16 - 1;
+            let want = reference_header(&b.header);
+            assert_eq!(b.header.encode(), want);
+            let mut stored = want.clone();
+            stored.extend_from_slice(&b.payload);
+            assert_eq!(b.header.stored_bytes(&b.payload), stored);
+            assert_eq!(b.encode(), stored);
+        }
+    }
+
+    #[test]
+    fn verified_payload_checks_like_parse() {
+        let bytes = sample().encode();
+        let (params, payload) = verified_payload(&bytes).unwrap();
+        assert_eq!(params, sample().header.params);
+        assert_eq!(payload, &sample().payload[..]);
+        for n in 0..bytes.len() {
+            assert!(verified_payload(&bytes[..n]).is_err(), "prefix {n}");
+        }
+        // It does not check the payload hash (the caller verified the whole block's key).
+        let mut b = bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(verified_payload(&b).is_ok());
+        assert!(parse(&b).is_err());
     }
 
     #[test]

@@ -73,7 +73,11 @@ pub mod source;
 
 pub use archive::MemArchive;
 pub use block::{ParityBlock, ParityHeader};
-pub use codec::{decode, decode_document, encode, encode_document, Encoded, StoredBlock};
+pub use codec::{
+    decode, decode_document, decode_document_with, decode_with, encode, encode_document,
+    encode_document_with, encode_verified, encode_with, Encoded, Parallelism, Pointer, StoredBlock,
+    PARALLEL_MIN_BYTES,
+};
 pub use error::Error;
 pub use key::{Anchors, BlockKey, CodewordId};
 pub use params::Params;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::block::ParityHeader;
+use crate::block::{header_len, write_header, HeaderFields, ParityHeader};
 use crate::key::{BlockKey, CodewordId};
 use crate::params::Params;
 use crate::Error;
@@ -85,13 +85,38 @@ impl CodewordRecord {
         }
     }
 
+    /// The header fields shared by all of this codeword's parities, borrowed.
+    pub(crate) fn header_fields(&self) -> HeaderFields<'_> {
+        HeaderFields {
+            params: &self.params,
+            codeword: &self.id,
+            len: self.len,
+            content_hash: &self.content_hash,
+            pointers: &self.pointers,
+            payload_hashes: &self.payload_hashes,
+        }
+    }
+
+    /// The exact stored bytes of parity `index` (`index < p`) with `payload`: the same bytes as
+    /// `self.header(index).stored_bytes(payload)`, built in one allocation without cloning the
+    /// record's lists.
+    #[must_use]
+    pub fn stored_bytes(&self, index: u16, payload: &[u8]) -> Vec<u8> {
+        let hlen = header_len(self.pointers.len(), self.payload_hashes.len());
+        let mut out = Vec::with_capacity(hlen + payload.len());
+        out.resize(hlen, 0);
+        write_header(&mut out, &self.header_fields(), index);
+        out.extend_from_slice(payload);
+        out
+    }
+
     /// Re-forms the stored bytes of parity `index` from its payload and checks them against the
     /// recorded key. `None` if the index is out of range or the bytes do not verify.
     #[must_use]
     pub fn reform_parity(&self, index: usize, payload: &[u8]) -> Option<Vec<u8>> {
         let key = self.parity_keys.get(index)?;
         let j = u16::try_from(index).ok()?;
-        let stored = self.header(j).stored_bytes(payload);
+        let stored = self.stored_bytes(j, payload);
         key.verifies(&stored).then_some(stored)
     }
 
