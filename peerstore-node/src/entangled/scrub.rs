@@ -565,9 +565,9 @@ pub async fn drop_replica(
 /// Single copies this node holds for keys it does not own go to the key's current owner:
 /// sent with `StoreSingle` unless the owner already says it holds them, and dropped here by
 /// the rule of [`deletion`] once the owner proves it (a `StoreSingle` acknowledgement alone is
-/// not enough), at most `budget` of them. That covers ownership moved by a join, and a second
-/// single copy made while the owner was away (its successor scrubbed the parity again): one
-/// single copy per parity remains, on its owner.
+/// not enough), at most `budget` of them. That covers ownership moved by a join. A second
+/// single copy made on a member of the replica set while the owner was away stays (space, not
+/// durability: removing it safely needs leaving nodes to refuse new single copies first).
 pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     let Some(view) = ent.ring.handle.view().await else {
         return;
@@ -575,12 +575,12 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     if !view.member || view.predecessor.is_none() {
         return;
     }
-    let (from, to) = view.ranges.owned;
+    let (from, to) = view.ranges.replicated;
     if from == to {
         return;
     }
     let single = ent.single.clone();
-    // The keys this node does not own: the ring interval (to, from].
+    // The keys outside the range this node replicates: the ring interval (to, from].
     let Ok(Ok(page)) = tokio::task::spawn_blocking(move || {
         single.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(256))
     })
@@ -598,7 +598,10 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
             continue;
         };
         let Some(owner) = set.first() else { continue };
-        if *owner == ent.ring.handle.local {
+        // Not while this node is in the key's replica set: a copy handed to an owner that is
+        // leaving gracefully could arrive after that owner's own hand-off and be lost (see
+        // docs/STATUS.md: a leaving node must first refuse StoreSingle/ProveSingle).
+        if *owner == ent.ring.handle.local || set.contains(&ent.ring.handle.local) {
             continue;
         }
         let single = ent.single.clone();
