@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Client benchmark: backup and restore throughput (MiB/s, files/s) and peak client RSS of
 # peerstore-client against a local 4-node ring (r = 3), for dataset A (1,000 small files, ~32 MiB)
-# and B (8 x 32 MiB), next to restic backing up / restoring the same data to a local repository.
-# Prints a markdown table.
+# and B (8 x 32 MiB), and C (a source tree: 10,000 files of a real tree's size distribution in
+# ~440 directories 3-6 deep, ~150 MiB; see gen-dataset.py), next to restic backing up / restoring
+# the same data to a local repository in the same run. Prints two markdown tables: MiB/s and
+# files/s, then seconds with the ratio of times peerstore/restic (below 1.0: peerstore faster).
 #
 # With --entangled it runs the same datasets against two 4-node rings (r = 3), one after the
 # other: entanglement off (`--entanglement none`: plain replicated blocks) and on
@@ -10,14 +12,45 @@
 # restore MiB/s with entanglement on vs off and their ratio, plus du's overhead of each ring.
 # (The restic table then describes the ring with entanglement off.)
 #
-# Usage: scripts/bench-client.sh [--entangled] [WORK_DIR]
+# --datasets LIST (comma-separated, default A,B,C) runs only those, e.g. `--datasets C` for the
+# source tree alone.
+#
+# Restores are timed REPS times (default 3), peerstore and restic in turn, each into a new
+# directory, and the tables show the median (stderr lists every time): on a shared machine
+# single runs of either vary by 2x. Nothing is deleted between runs: ext4 without a journal
+# (this machine's root file system) scans the inodes freed in the last 30 s at every inode it
+# allocates, so a restore started right after a large `rm -rf` is slowed by it, whichever tool
+# it is. For the same reason, avoid starting a run right after another run's clean-up.
+#
+# CLIENT_BIN / NODE_BIN (both, paths) run prebuilt binaries instead of building this tree, e.g.
+# to measure an older build in the same way.
+#
+# Usage: scripts/bench-client.sh [--entangled] [--datasets A,B,C] [WORK_DIR]
 set -euo pipefail
 
 ENTANGLED=0
-if [ "${1:-}" = "--entangled" ]; then
-    ENTANGLED=1
+DATASETS="A B C"
+REPS="${REPS:-3}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --entangled) ENTANGLED=1 ;;
+    --datasets)
+        [ $# -ge 2 ] || { echo "bench-client: --datasets needs a list, e.g. A,C" >&2; exit 2; }
+        DATASETS="${2//,/ }"
+        shift
+        ;;
+    --datasets=*) DATASETS="${1#--datasets=}" && DATASETS="${DATASETS//,/ }" ;;
+    -*) echo "bench-client: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+    esac
     shift
-fi
+done
+for ds in $DATASETS; do
+    case "$ds" in
+    A | B | C) ;;
+    *) echo "bench-client: unknown dataset $ds (A, B or C)" >&2; exit 2 ;;
+    esac
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -52,10 +85,15 @@ trap 'echo "bench-client: terminated" >&2; exit 143' TERM
 trap 'exit 129' HUP
 
 CARGO="${CARGO:-cargo}"
-"$CARGO" build --release -p peerstore-node -p peerstore-client >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-NODE="$TARGET/release/peerstore-node"
-CLIENT="$TARGET/release/peerstore-client"
+if [ -n "${CLIENT_BIN:-}" ] && [ -n "${NODE_BIN:-}" ]; then
+    NODE="$NODE_BIN"
+    CLIENT="$CLIENT_BIN"
+else
+    "$CARGO" build --release -p peerstore-node -p peerstore-client >&2
+    NODE="$TARGET/release/peerstore-node"
+    CLIENT="$TARGET/release/peerstore-client"
+fi
 
 if ! command -v restic >/dev/null 2>&1; then
     echo "restic not found; installing it with apt-get" >&2
@@ -103,6 +141,11 @@ start_ring() {
     sleep 3
 }
 
+# median N...: the median of the numbers given.
+median() {
+    python3 -c 'import statistics, sys; print("%.3f" % statistics.median(map(float, sys.argv[1:])))' "$@"
+}
+
 # measure CMD...: runs CMD, prints "<seconds> <peak RSS KiB>".
 measure() {
     python3 -c '
@@ -117,7 +160,9 @@ print("%.3f %d" % (dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
 }
 
 echo "generating datasets in $WORK/data" >&2
-python3 scripts/gen-dataset.py "$WORK/data" >&2
+for ds in $DATASETS; do
+    python3 scripts/gen-dataset.py "$WORK/data" --only "$ds" >&2
+done
 
 export PEERSTORE_PASSPHRASE="bench passphrase"
 export RESTIC_PASSWORD="bench passphrase"
@@ -132,9 +177,10 @@ ENT_RESULTS="$WORK/results-entangled.txt"
 : >"$RESULTS"
 : >"$ENT_RESULTS"
 
-# bench_ring NAME WITH_RESTIC [NODE ARGS...]: a fresh ring and client; backup and restore of A
-# and B. Appends "NAME ds mib files backup_s restore_s overhead" to $ENT_RESULTS and, with
-# WITH_RESTIC=1, the peerstore-vs-restic row to $RESULTS.
+# bench_ring NAME WITH_RESTIC [NODE ARGS...]: a fresh ring and client; backup and restores of
+# each dataset. Appends "NAME ds mib files backup_s restore_s overhead" to $ENT_RESULTS and,
+# with WITH_RESTIC=1, the peerstore-vs-restic row to $RESULTS (restore: median of REPS, peak
+# RSS: the largest).
 bench_ring() {
     local name="$1" with_restic="$2"
     shift 2
@@ -144,15 +190,34 @@ bench_ring() {
     local C=("$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" --peer "$a0")
     "${C[@]}" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
     "${C[@]}" init >/dev/null
-    for ds in A B; do
+    for ds in $DATASETS; do
         local dir="$WORK/data/$ds" out="$WORK/$name/restore-$ds"
         local mib files
         mib=$(du -sb "$dir" | awk '{print $1 / 1048576}')
         files=$(find "$dir" -type f | wc -l)
-        # peerstore: a fresh backup (new data) and a restore into an empty directory.
+        # A fresh backup (new data) by each, then the restores, peerstore and restic in turn,
+        # each into a new directory (nothing is deleted in between: see REPS above).
         read -r pb_s pb_rss < <(measure "${C[@]}" backup "$dir")
-        read -r pr_s pr_rss < <(measure "${C[@]}" restore "$out")
-        diff -r "$dir" "$out" >/dev/null || { echo "peerstore restore of $ds ($name) differs" >&2; exit 1; }
+        local rb_s=nan rb_rss=0 rr_s=nan rr_rss=0 pr_all=() rr_all=() pr_rss=0 rep s rss
+        if [ "$with_restic" = 1 ] && [ "$HAVE_RESTIC" = 1 ]; then
+            read -r rb_s rb_rss < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
+        fi
+        for ((rep = 1; rep <= REPS; rep++)); do
+            read -r s rss < <(measure "${C[@]}" restore "$out.$rep")
+            pr_all+=("$s")
+            ((rss > pr_rss)) && pr_rss=$rss
+            diff -r "$dir" "$out.$rep" >/dev/null || { echo "peerstore restore of $ds ($name) differs" >&2; exit 1; }
+            if [ "$with_restic" = 1 ] && [ "$HAVE_RESTIC" = 1 ]; then
+                # restore restores the latest snapshot (this dataset).
+                read -r s rss < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds.$rep")
+                rr_all+=("$s")
+                ((rss > rr_rss)) && rr_rss=$rss
+            fi
+        done
+        local pr_s
+        pr_s=$(median "${pr_all[@]}")
+        [ "${#rr_all[@]}" = 0 ] || rr_s=$(median "${rr_all[@]}")
+        echo "$name $ds restore seconds: peerstore ${pr_all[*]}${rr_all[*]:+, restic ${rr_all[*]}}" >&2
         local overhead
         overhead=$("${C[@]}" --json du | python3 -c '
 import json, sys
@@ -160,12 +225,6 @@ e = json.loads(sys.stdin.read().splitlines()[-1]).get("entanglement") or {}
 print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
         echo "$name $ds $mib $files $pb_s $pr_s $overhead" >>"$ENT_RESULTS"
         if [ "$with_restic" = 1 ]; then
-            # restore restores the latest snapshot (this dataset).
-            rb_s=nan rb_rss=0 rr_s=nan rr_rss=0
-            if [ "$HAVE_RESTIC" = 1 ]; then
-                read -r rb_s rb_rss < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
-                read -r rr_s rr_rss < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds")
-            fi
             echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss" >>"$RESULTS"
         fi
     done
@@ -193,11 +252,28 @@ for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr in rows:
         print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {mib / ps:.1f} | {files / ps:.0f} | {int(prss) / 1024:.0f} "
               f"| {r_mibs:.1f} | {files / rs if rs == rs else float('nan'):.0f} | {int(rrss) / 1024:.0f} | {ratio:.2f} |")
 PY
-echo "(peerstore: 4 local nodes, r = 3, every block stored 3 times over libp2p; restic: one local repository, no replication; same machine, warm page cache)"
+echo
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+print("| dataset | op | peerstore s | restic s | time ratio peerstore/restic |")
+print("|---|---|---|---|---|")
+for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr in rows:
+    for op, ps, rs in (("backup", pb, rb), ("restore", pr, rr)):
+        ps, rs = float(ps), float(rs)
+        print(f"| {ds} ({int(files)} files, {float(mib):.0f} MiB) | {op} | {ps:.2f} | {rs:.2f} | {ps / rs:.2f} |")
+PY
+if [ "$ENTANGLED" = 1 ]; then
+    ring_kind="entanglement off (--entanglement none): every block stored 3 times"
+else
+    ring_kind="the nodes' default storage (entanglement step, (4,8,12), unless their default changes)"
+fi
+echo "(peerstore: 4 local nodes, r = 3, $ring_kind, over libp2p; restic: one local repository, no replication; same machine, warm page cache; restores: median of $REPS)"
 
 if [ "$ENTANGLED" = 1 ]; then
     echo
-    python3 - "$ENT_RESULTS" <<'PY'
+    # shellcheck disable=SC2086 # one argument per dataset
+    python3 - "$ENT_RESULTS" $DATASETS <<'PY'
 import sys
 rows = {}
 for l in open(sys.argv[1]):
@@ -206,7 +282,7 @@ for l in open(sys.argv[1]):
         rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o)
 print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off |")
 print("|---|---|---|---|---|")
-for ds in ("A", "B"):
+for ds in sys.argv[2:]:
     off, on = rows.get(("off", ds)), rows.get(("on", ds))
     if not off or not on:
         continue
@@ -214,7 +290,7 @@ for ds in ("A", "B"):
     for op, i in (("backup", 2), ("restore", 3)):
         a, b = mib / off[i], mib / on[i]
         print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
-for ds in ("A", "B"):
+for ds in sys.argv[2:]:
     on = rows.get(("on", ds))
     if on:
         print(f"\ndu after {ds} on the entangled ring: parity bytes / document bytes = x{on[4]} (p/s x r = 9 before scrub)", end="")

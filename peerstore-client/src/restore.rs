@@ -21,8 +21,8 @@
 //!   descriptor;
 //! - symlinks are created last, after every file and directory;
 //! - files are written to a fresh temp file in their directory, every chunk verified (its slice
-//!   of the pack, the AEAD tag against the chunk id, its length), fsynced, and renamed into
-//!   place: a name never shows half a file.
+//!   of the pack, the AEAD tag against the chunk id, its length), made durable, and only then
+//!   renamed into place: a name never shows half a file, not even after a crash (see `files`).
 //!
 //! What descriptors do not cover: a directory that someone else may rename (one in a directory
 //! they can write, that they own) can be moved after it was opened, and what the restore then
@@ -34,29 +34,48 @@
 //! - while a restore runs, nothing it writes is open to other users: temp files are created
 //!   0600, the directories of the manifest are created 0700 (an existing one is set to 0700)
 //!   and get their own mode only at the end, deepest first; a file gets its final mode with
-//!   `fchmod` on the open temp file, after its contents and just before the rename;
+//!   `fchmod` on the open temp file, after its contents and before it is made durable and
+//!   renamed;
 //! - setuid and setgid bits (0o6000) are dropped, as tar does without `--same-owner`, unless
 //!   the restore runs as root and the manifest records the entry's owner: then the owner is
 //!   restored (`fchown`/`fchownat`, before the mode, since a chown clears those bits) and the
 //!   bits are kept (see [`restored_mode`]). The sticky bit is kept.
 //!
-//! Durability: every directory that got a new name (a file renamed in, a link or directory
-//! created) or new metadata is fsynced once, at the end, before the restore reports success.
+//! Durability: a file's data and inode are on stable storage before its name appears: each
+//! file is fsynced before its rename, or (Linux 5.8 and later) a batch of files is made durable
+//! with `syncfs` before the batch is renamed ([`SYNC_BATCH_FILES`] files at most, cut after
+//! [`SYNC_BATCH_WAIT`]); see `files`. Every directory that got a new name (a file renamed in, a
+//! link or directory created) or new metadata is fsynced once, at the end (not once per file),
+//! before the restore reports success.
 //!
-//! Chunks are read through a [`PackCache`]: each pack is fetched once while it is in use, with
-//! bounded memory (see `pack`).
+//! Speed: the files that lie in one pack (small files: nearly all of a source tree) are
+//! written by pack, in the order the backup wrote the packs, each pack fetched once and
+//! [`PACKS_AHEAD`] packs ahead of [`WRITERS`] blocking writers; files spanning several packs
+//! stream their chunks through a [`PackCache`] (bounded memory, see `pack`). No per-file round
+//! trip to the ring, no per-file directory fsync.
+//!
+//! Resuming: a restore into a destination an earlier run did not finish skips the files that
+//! run restored whole: in a directory that existed before this run, a regular file at a file's
+//! name with the manifest's size, mtime to the nanosecond and (restored) mode, and owner when
+//! the restore sets owners, is kept (the quick check of rsync and of the backup itself: a file
+//! changed behind the restore's back with size and mtime kept is not noticed). This is sound
+//! for what a restore leaves behind because it shows a name only once the file under it is
+//! complete and durable with its final mode and mtime. Temp files an interrupted run left there
+//! (`.<name>.peerstore-<12 hex digits>.tmp`, regular files, for a file of the manifest in that
+//! directory) are removed first. [`RestoreSummary::files_skipped`] and
+//! [`RestoreSummary::temp_files_removed`] count them. Two restores into one destination at
+//! once are not supported (one would remove the other's temp files).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, DirBuilder, File};
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{fchown, DirBuilderExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
-use rand::RngCore;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 use serde::Serialize;
@@ -67,12 +86,14 @@ use crate::pack::PackCache;
 use crate::progress::Progress;
 use crate::repo::Repo;
 
-/// Large files (more than one chunk) restored at once.
-pub const FILES_IN_FLIGHT: usize = 4;
-/// Small files (at most one chunk) restored at once.
-pub const SMALL_FILES_IN_FLIGHT: usize = 32;
-/// Chunks fetched at once per file.
-pub const CHUNKS_IN_FLIGHT: usize = 4;
+mod files;
+
+use files::Durability;
+pub use files::{
+    CHUNKS_IN_FLIGHT, COMMIT_QUEUE, FSYNCS_IN_FLIGHT, PACKS_AHEAD, SPANNING_IN_FLIGHT,
+    SYNC_BATCH_BYTES, SYNC_BATCH_DIRS, SYNC_BATCH_FILES, SYNC_BATCH_WAIT, UNIT_FILES, WRITERS,
+};
+
 /// Directory fsyncs at once at the end of a restore.
 pub const DIR_SYNCS_IN_FLIGHT: usize = 16;
 /// Directory file descriptors a restore keeps open for reuse (the most recently used ones).
@@ -153,10 +174,19 @@ pub fn running_as_root() -> bool {
 /// What a restore did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RestoreSummary {
+    /// Files now in place: written by this run, or found restored whole ([`Self::files_skipped`]).
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Bytes of those files.
     pub bytes: u64,
+    /// Files an earlier, interrupted run had already restored whole: not written again (see
+    /// "Resuming" in the module docs).
+    pub files_skipped: u64,
+    /// Bytes of those files.
+    pub bytes_skipped: u64,
+    /// Temp files an interrupted run had left, removed.
+    pub temp_files_removed: u64,
     pub chunks_fetched: u64,
     /// Pack files read from the ring.
     pub packs_fetched: u64,
@@ -237,8 +267,8 @@ impl DirSyncs {
 
     /// Fsyncs every directory noted (several at once, on the blocking pool), those below the
     /// root through `walk`'s descriptors. Returns how many.
-    async fn sync(self, walk: &Arc<Walk>) -> Result<u64> {
-        let dirs = self.0.into_inner().unwrap_or_else(PoisonError::into_inner);
+    async fn sync(&self, walk: &Arc<Walk>) -> Result<u64> {
+        let dirs = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
         let n = dirs.len() as u64;
         futures::stream::iter(dirs.into_iter().map(|d| {
             let walk = walk.clone();
@@ -268,6 +298,8 @@ impl DirSyncs {
 struct Dir {
     fd: Arc<OwnedFd>,
     path: PathBuf,
+    /// The file system it is on (`st_dev`).
+    dev: u64,
 }
 
 /// The directories of one restore, reached from its root through directory descriptors only
@@ -276,40 +308,58 @@ struct Dir {
 struct Walk {
     root: Arc<OwnedFd>,
     root_path: PathBuf,
+    root_dev: u64,
     cache: Mutex<DirCache>,
+    /// For each file system the restore reached, the first directory opened on it: a
+    /// descriptor opened before the restore wrote anything there, for `syncfs` (which reports
+    /// the write-back errors since the descriptor was opened).
+    devs: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+    /// Whether this restore created the root.
+    root_fresh: AtomicBool,
+    /// The directories below the root this restore created (`mkdirat`): nothing of an earlier
+    /// run can be in them.
+    fresh: Mutex<HashSet<Vec<String>>>,
 }
 
-/// Open directories by components below the root, with the tick of their last use.
+/// Open directories by components below the root, with their device and the tick of their
+/// last use.
 #[derive(Default)]
 struct DirCache {
-    dirs: HashMap<Vec<String>, (Arc<OwnedFd>, u64)>,
+    dirs: HashMap<Vec<String>, (Arc<OwnedFd>, u64, u64)>,
     tick: u64,
 }
 
 impl DirCache {
-    fn get(&mut self, comps: &[String]) -> Option<Arc<OwnedFd>> {
+    fn get(&mut self, comps: &[String]) -> Option<(Arc<OwnedFd>, u64)> {
         self.tick += 1;
         let tick = self.tick;
-        self.dirs.get_mut(comps).map(|(fd, used)| {
+        self.dirs.get_mut(comps).map(|(fd, dev, used)| {
             *used = tick;
-            fd.clone()
+            (fd.clone(), *dev)
         })
     }
 
-    fn insert(&mut self, comps: &[String], fd: Arc<OwnedFd>) {
+    fn insert(&mut self, comps: &[String], fd: Arc<OwnedFd>, dev: u64) {
         if self.dirs.len() >= DIR_FDS_CACHED && !self.dirs.contains_key(comps) {
             let oldest = self
                 .dirs
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, (_, _, used))| *used)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 self.dirs.remove(&k);
             }
         }
         self.tick += 1;
-        self.dirs.insert(comps.to_vec(), (fd, self.tick));
+        self.dirs.insert(comps.to_vec(), (fd, dev, self.tick));
     }
+}
+
+/// The device of an open file (`st_dev`).
+fn dev_of(fd: &OwnedFd, path: &Path) -> Result<u64> {
+    let st = rustix::fs::fstat(fd).map_err(|e| ClientError::io(path, e.into()))?;
+    #[allow(clippy::unnecessary_cast)] // u64 on most targets, not all
+    Ok(st.st_dev as u64)
 }
 
 /// Flags of every directory opened below the root: never through a link.
@@ -332,11 +382,34 @@ impl Walk {
             }
             e => ClientError::io(root, e.into()),
         })?;
+        let root_dev = dev_of(&fd, root)?;
+        let fd = Arc::new(fd);
         Ok(Walk {
-            root: Arc::new(fd),
+            root: fd.clone(),
             root_path: root.to_path_buf(),
+            root_dev,
             cache: Mutex::new(DirCache::default()),
+            devs: Mutex::new(HashMap::from([(root_dev, fd)])),
+            root_fresh: AtomicBool::new(false),
+            fresh: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Notes that this restore created the root.
+    fn set_root_fresh(&self) {
+        self.root_fresh.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this restore created the directory `comps` (the root when empty).
+    fn is_fresh(&self, comps: &[String]) -> bool {
+        if comps.is_empty() {
+            self.root_fresh.load(Ordering::Relaxed)
+        } else {
+            self.fresh
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(comps)
+        }
     }
 
     fn path_of(&self, comps: &[String]) -> PathBuf {
@@ -354,25 +427,41 @@ impl Walk {
     /// made ([`WORK_DIR_MODE`]) and their parents noted there for the final fsync; without,
     /// a missing one is an error.
     fn dir(&self, comps: &[String], create: Option<&DirSyncs>) -> Result<Dir> {
-        let (mut fd, start) = {
+        let (mut fd, mut dev, start) = {
             let mut cache = self.cache();
             (0..=comps.len())
                 .rev()
                 .find_map(|i| match i {
-                    0 => Some((self.root.clone(), 0)),
-                    i => cache.get(&comps[..i]).map(|fd| (fd, i)),
+                    0 => Some((self.root.clone(), self.root_dev, 0)),
+                    i => cache.get(&comps[..i]).map(|(fd, dev)| (fd, dev, i)),
                 })
-                .unwrap_or_else(|| (self.root.clone(), 0))
+                .unwrap_or_else(|| (self.root.clone(), self.root_dev, 0))
         };
         for i in start..comps.len() {
             let child = Arc::new(self.open_child(&fd, &comps[..=i], create)?);
-            self.cache().insert(&comps[..=i], child.clone());
+            dev = dev_of(&child, &self.path_of(&comps[..=i]))?;
+            self.devs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(dev)
+                .or_insert_with(|| child.clone());
+            self.cache().insert(&comps[..=i], child.clone(), dev);
             fd = child;
         }
         Ok(Dir {
             fd,
             path: self.path_of(comps),
+            dev,
         })
+    }
+
+    /// The descriptor to `syncfs` the file system `dev` through (see [`Walk::devs`]).
+    fn sync_fd(&self, dev: u64) -> Option<Arc<OwnedFd>> {
+        self.devs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&dev)
+            .cloned()
     }
 
     /// Opens the last component of `comps` in `parent` (the directory of the others).
@@ -394,6 +483,10 @@ impl Walk {
                             if let Some(synced) = create {
                                 synced.add(&comps[..comps.len() - 1]);
                             }
+                            self.fresh
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(comps.to_vec());
                         }
                         // Made meanwhile by another file of this restore (or someone else:
                         // the open checks what it is).
@@ -434,8 +527,10 @@ fn close_dir(d: &Dir) -> Result<()> {
 /// Creates `dir` if it is missing: its missing ancestors with the default mode (0777 less the
 /// umask), `dir` itself with `mode`; notes the parents of what it created for the final
 /// fsync. Fails if `dir` exists and is not a directory. `dir` is the caller's path (the
-/// destination), so this goes by path; everything below it goes through [`Walk`].
-fn create_dirs(dir: &Path, mode: u32, synced: &DirSyncs) -> Result<()> {
+/// destination), so this goes by path; everything below it goes through [`Walk`]. Returns
+/// whether it created `dir`.
+fn create_dirs(dir: &Path, mode: u32, synced: &DirSyncs) -> Result<bool> {
+    let mut created = false;
     let mut missing = Vec::new();
     let mut p = dir;
     while matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
@@ -448,13 +543,16 @@ fn create_dirs(dir: &Path, mode: u32, synced: &DirSyncs) -> Result<()> {
     for p in missing.into_iter().rev() {
         let mode = if p == dir { mode } else { 0o777 };
         match DirBuilder::new().mode(mode).create(p) {
-            Ok(()) => synced.add_parent_of(p),
+            Ok(()) => {
+                synced.add_parent_of(p);
+                created |= p == dir;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(ClientError::io(p, e)),
         }
     }
     match fs::metadata(dir) {
-        Ok(md) if md.is_dir() => Ok(()),
+        Ok(md) if md.is_dir() => Ok(created),
         Ok(_) => Err(ClientError::Refused(format!(
             "{} exists and is not a directory",
             dir.display()
@@ -490,12 +588,27 @@ pub async fn restore_tree_with(
     progress: &Arc<Progress>,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
+    restore_tree_durably(repo, m, dest, progress, opts, Durability::best()).await
+}
+
+/// [`restore_tree_with`] with the way files are made durable chosen.
+async fn restore_tree_durably(
+    repo: &Repo,
+    m: &Manifest,
+    dest: &Path,
+    progress: &Arc<Progress>,
+    opts: &RestoreOptions,
+    durability: Durability,
+) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
     check_manifest(m)?;
-    let synced = DirSyncs::default();
-    create_dirs(dest, 0o777, &synced)?;
+    let synced = Arc::new(DirSyncs::default());
+    let created = create_dirs(dest, 0o777, &synced)?;
     let walk = Arc::new(Walk::open(dest)?);
-    let mut summary = tree(repo, m, &walk, progress, opts, &synced).await?;
+    if created {
+        walk.set_root_fresh();
+    }
+    let mut summary = tree(repo, m, &walk, progress, opts, &synced, durability).await?;
     summary.dirs_synced = synced.sync(&walk).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -506,10 +619,11 @@ pub async fn restore_tree_with(
 async fn tree(
     repo: &Repo,
     m: &Manifest,
-    walk: &Walk,
+    walk: &Arc<Walk>,
     progress: &Arc<Progress>,
     opts: &RestoreOptions,
-    synced: &DirSyncs,
+    synced: &Arc<DirSyncs>,
+    durability: Durability,
 ) -> Result<RestoreSummary> {
     synced.add(&[]);
     let mut summary = RestoreSummary {
@@ -524,34 +638,30 @@ async fn tree(
             summary.dirs += 1;
         }
     }
-    // 2. Files, several at a time: many small ones, a few large ones (bounded memory).
-    let (small, large): (Vec<&Entry>, Vec<&Entry>) = m
+    // 2. Files: those restored whole by an earlier run skipped, the others written by pack,
+    // fsynced and renamed (see `files`).
+    let files: Vec<&Entry> = m
         .entries
         .iter()
         .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-        .partition(|e| matches!(&e.kind, EntryKind::File { chunks, .. } if chunks.len() <= 1));
-    for (files, parallel) in [(small, SMALL_FILES_IN_FLIGHT), (large, FILES_IN_FLIGHT)] {
-        let cache = &cache;
-        let results: Vec<(u64, u64)> = futures::stream::iter(files.into_iter().map(|e| {
-            let progress = progress.clone();
-            async move {
-                let (parent, name) = e.path.split_at(e.path.len() - 1);
-                let dir = walk.dir(parent, Some(synced))?;
-                let r = write_file(cache, e, &dir, &name[0], &progress, opts).await?;
-                synced.add(parent);
-                progress.file_done();
-                Ok::<_, ClientError>(r)
-            }
-        }))
-        .buffer_unordered(parallel)
-        .try_collect()
-        .await?;
-        for (bytes, chunks) in results {
-            summary.files += 1;
-            summary.bytes += bytes;
-            summary.chunks_fetched += chunks;
-        }
-    }
+        .collect();
+    let done = files::restore_files(
+        &cache,
+        repo.keys_arc(),
+        files,
+        walk,
+        synced,
+        progress,
+        opts,
+        durability,
+    )
+    .await?;
+    summary.files = done.files + done.skipped;
+    summary.bytes = done.bytes + done.bytes_skipped;
+    summary.files_skipped = done.skipped;
+    summary.bytes_skipped = done.bytes_skipped;
+    summary.temp_files_removed = done.temps_removed;
+    summary.chunks_fetched = done.chunks;
     // 3. Symlinks, last.
     for e in &m.entries {
         if let EntryKind::Symlink { target } = &e.kind {
@@ -663,7 +773,7 @@ pub async fn restore_entry_with(
         .and_then(|n| n.to_str())
         .ok_or_else(|| ClientError::Config(format!("bad destination {}", target.display())))?
         .to_string();
-    let synced = DirSyncs::default();
+    let synced = Arc::new(DirSyncs::default());
     let (walk, mut summary) = match &entry.kind {
         EntryKind::File { .. } => {
             let walk = Arc::new(Walk::open(parent)?);
@@ -671,6 +781,7 @@ pub async fn restore_entry_with(
             let dir = walk.dir(&[], None)?;
             let (bytes, chunks) = write_file(&cache, entry, &dir, &name, progress, opts).await?;
             synced.add(&[]);
+            progress.file_done();
             let s = RestoreSummary {
                 files: 1,
                 bytes,
@@ -708,11 +819,23 @@ pub async fn restore_entry_with(
             );
             check_manifest(&sub)?;
             // Closed to others like every directory below it until its own mode is set.
-            create_dirs(target, WORK_DIR_MODE, &synced)?;
+            let created = create_dirs(target, WORK_DIR_MODE, &synced)?;
             let walk = Arc::new(Walk::open(target)?);
+            if created {
+                walk.set_root_fresh();
+            }
             let root = walk.dir(&[], None)?;
             close_dir(&root)?;
-            let mut s = tree(repo, &sub, &walk, progress, opts, &synced).await?;
+            let mut s = tree(
+                repo,
+                &sub,
+                &walk,
+                progress,
+                opts,
+                &synced,
+                Durability::best(),
+            )
+            .await?;
             set_dir_meta(&root, entry, opts)?;
             synced.add(&[]);
             s.dirs += 1;
@@ -758,100 +881,22 @@ async fn write_file(
     progress: &Arc<Progress>,
     opts: &RestoreOptions,
 ) -> Result<(u64, u64)> {
-    let EntryKind::File { size, chunks } = &e.kind else {
-        return Err(ClientError::Refused(format!(
-            "{} is not a file",
-            e.display_path()
-        )));
-    };
-    check_chunks(e, *size, chunks)?;
-    let final_path = dir.path.join(name);
     if let Ok(st) = rustix::fs::statat(&*dir.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             return Err(ClientError::Refused(format!(
                 "{} exists and is a directory",
-                final_path.display()
+                dir.path.join(name).display()
             )));
         }
     }
-    let mut rnd = [0u8; 6];
-    rand::rngs::OsRng.fill_bytes(&mut rnd);
-    let tmp_name = format!(".{name}.peerstore-{}.tmp", hex::encode(rnd));
-    let tmp = dir.path.join(&tmp_name);
-    let fd = rustix::fs::openat(
-        &*dir.fd,
-        tmp_name.as_str(),
-        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(TEMP_FILE_MODE),
-    )
-    .map_err(|err| ClientError::io(&tmp, err.into()))?;
-    let mut f = File::from(fd);
-    // Removes the temp file unless it was renamed into place, also when this future is
-    // dropped halfway (another file's failure ends the whole restore).
-    let mut guard = TempFile(Some((dir.fd.clone(), tmp_name.clone())));
-    let result = async {
-        let mut written = 0u64;
-        let path = e.display_path();
-        let path = &path;
-        let mut stream = futures::stream::iter(
-            chunks
-                .iter()
-                .map(|c| async move { cache.open_chunk(c, path).await }),
-        )
-        .buffered(CHUNKS_IN_FLIGHT);
-        while let Some(plain) = stream.next().await {
-            let plain = plain?;
-            f.write_all(&plain)
-                .map_err(|err| ClientError::io(&tmp, err))?;
-            written += plain.len() as u64;
-            progress.add_bytes(plain.len() as u64);
-        }
-        if written != *size {
-            return Err(ClientError::Corrupt(format!(
-                "{}: chunks add up to {written} bytes, manifest says {size}",
-                e.display_path()
-            )));
-        }
-        // Owner first (a chown clears setuid/setgid), then the final mode: both on the open
-        // file (fchown, fchmod), before the rename.
-        if let Some(o) = opts.owner(e) {
-            fchown(&f, Some(o.uid), Some(o.gid)).map_err(|err| ClientError::io(&tmp, err))?;
-        }
-        rustix::fs::fchmod(&f, Mode::from_raw_mode(opts.mode(e)))
-            .map_err(|err| ClientError::io(&tmp, err.into()))?;
-        f.set_modified(mtime_of(e.mtime_ns))
-            .map_err(|err| ClientError::io(&tmp, err))?;
-        // fsync and rename on the blocking pool: many files' fsyncs then overlap (the file
-        // system commits them together) without stalling the async workers.
-        let (dir_fd, tmp2, name2) = (dir.fd.clone(), tmp_name.clone(), name.to_string());
-        let (tmp_path, final2) = (tmp.clone(), final_path.clone());
-        tokio::task::spawn_blocking(move || {
-            f.sync_all()
-                .map_err(|err| ClientError::io(&tmp_path, err))?;
-            drop(f);
-            rustix::fs::renameat(&*dir_fd, tmp2.as_str(), &*dir_fd, name2.as_str())
-                .map_err(|err| ClientError::io(&final2, err.into()))
-        })
+    let names = files::TempNames::new();
+    let w = files::write_streaming(cache, e, dir, &[], name, &names, progress, opts).await?;
+    // If this future is dropped while the fsync runs, the blocking task still finishes it: the
+    // file then either gets its name whole or its temp file is removed.
+    let w = tokio::task::spawn_blocking(move || w.commit())
         .await
         .map_err(|err| ClientError::Refused(format!("write task failed: {err}")))??;
-        Ok((written, chunks.len() as u64))
-    }
-    .await;
-    if result.is_ok() {
-        guard.0 = None;
-    }
-    result
-}
-
-/// A temp file (its directory and name) that is removed when dropped while still set.
-struct TempFile(Option<(Arc<OwnedFd>, String)>);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some((dir, name)) = self.0.take() {
-            let _ = rustix::fs::unlinkat(&*dir, name.as_str(), AtFlags::empty());
-        }
-    }
+    Ok((w.bytes, w.chunks))
 }
 
 #[cfg(test)]
