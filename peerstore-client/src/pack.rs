@@ -125,26 +125,37 @@ impl PackCache {
     /// tag, the chunk id and the length. Errors name the file.
     pub async fn open_chunk(&self, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
         let pack = self.get(c.pack).await.map_err(|e| for_file(&e, path))?;
-        let range = c.range_in(pack.len()).ok_or_else(|| {
-            ClientError::Corrupt(format!(
-                "{path}: a chunk lies outside its pack {} ({} bytes)",
-                hex::encode(&c.pack[..8]),
-                pack.len()
-            ))
-        })?;
-        let plain = crypto::open_chunk(self.repo.keys(), &c.id, &pack[range])
-            .map_err(|e| ClientError::Corrupt(format!("chunk of {path}: {e}")))?;
-        if plain.len() != c.len as usize {
-            return Err(ClientError::Corrupt(format!(
-                "chunk of {path} has the wrong length"
-            )));
-        }
-        Ok(plain)
+        open_in_pack(self.repo.keys(), &pack, c, path)
     }
 }
 
+/// Opens one chunk of the file `path` out of its (already fetched) pack: the slice, the AEAD
+/// tag against the chunk id, and the length. Errors name the file.
+pub(crate) fn open_in_pack(
+    keys: &crypto::UserKeys,
+    pack: &[u8],
+    c: &ChunkRef,
+    path: &str,
+) -> Result<Vec<u8>, ClientError> {
+    let range = c.range_in(pack.len()).ok_or_else(|| {
+        ClientError::Corrupt(format!(
+            "{path}: a chunk lies outside its pack {} ({} bytes)",
+            hex::encode(&c.pack[..8]),
+            pack.len()
+        ))
+    })?;
+    let plain = crypto::open_chunk(keys, &c.id, &pack[range])
+        .map_err(|e| ClientError::Corrupt(format!("chunk of {path}: {e}")))?;
+    if plain.len() != c.len as usize {
+        return Err(ClientError::Corrupt(format!(
+            "chunk of {path} has the wrong length"
+        )));
+    }
+    Ok(plain)
+}
+
 /// The error of a pack fetch, as seen by one file that needed it.
-fn for_file(e: &ClientError, path: &str) -> ClientError {
+pub(crate) fn for_file(e: &ClientError, path: &str) -> ClientError {
     match e {
         ClientError::Missing(m) => ClientError::Missing(format!("{m}, needed by {path}")),
         ClientError::Corrupt(m) => ClientError::Corrupt(format!("{m}, needed by {path}")),

@@ -224,6 +224,48 @@ impl MemStore {
     }
 }
 
+/// What a [`HookedStore`] runs before each document read: a future the read awaits first.
+pub type DocumentHook =
+    Arc<dyn Fn(BlockKey) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A [`MemStore`] whose document reads first await a hook, for tests that look at the
+/// destination while a restore waits for a pack, or hold a read to interrupt a restore.
+/// Everything else goes straight to the inner store.
+#[derive(Clone)]
+pub struct HookedStore {
+    pub inner: MemStore,
+    hook: DocumentHook,
+}
+
+impl HookedStore {
+    pub fn new(inner: MemStore, hook: DocumentHook) -> HookedStore {
+        HookedStore { inner, hook }
+    }
+}
+
+#[async_trait]
+impl BlockStoreApi for HookedStore {
+    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
+        self.inner.put_document(data).await
+    }
+    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        (self.hook)(key).await;
+        self.inner.get_document(key).await
+    }
+    async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put_record(key, record).await
+    }
+    async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_record(key).await
+    }
+}
+
 #[async_trait]
 impl BlockStoreApi for MemStore {
     async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use crypto::Identity;
-use peerstore_proto::BlockKey;
 use rand::{RngCore, SeedableRng};
 
 use crate::backup::{backup, mtime_ns, BackupOptions, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
@@ -20,7 +18,7 @@ use crate::restore::{
     check_manifest, restore_entry, restore_entry_with, restore_tree, restore_tree_with,
     restored_mode, running_as_root, RestoreOptions,
 };
-use crate::store::{BlockStoreApi, MemStore, StoreError};
+use crate::store::{BlockStoreApi, MemStore};
 use crate::sync::{sync_once, SyncOptions, SyncState};
 
 fn repo_with(store: &MemStore, seed: u64) -> Repo {
@@ -1162,7 +1160,6 @@ fn look_below(
 /// that is, in the middle of a restore, while the file that needs the pack has its temp file.
 #[derive(Clone)]
 struct PermissionSpy {
-    inner: MemStore,
     dest: PathBuf,
     files: Arc<std::collections::HashMap<String, (u64, u32)>>,
     seen: Arc<Mutex<Seen>>,
@@ -1173,29 +1170,6 @@ impl PermissionSpy {
         let mut seen = self.seen.lock().unwrap();
         seen.looks += 1;
         look_below(&self.dest, &self.dest, None, &self.files, &mut seen);
-    }
-}
-
-#[async_trait]
-impl BlockStoreApi for PermissionSpy {
-    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
-        self.inner.put_document(data).await
-    }
-    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.look();
-        self.inner.get_document(key).await
-    }
-    async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put_record(key, record).await
-    }
-    async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_record(key).await
     }
 }
 
@@ -1230,14 +1204,19 @@ async fn nothing_is_open_to_others_while_a_restore_runs() {
         .map(|e| (e.display_path(), (e.size(), e.mode & 0o7777)))
         .collect();
     let spy = PermissionSpy {
-        inner: mem.clone(),
         dest: dest.clone(),
         files: Arc::new(files),
         seen: Arc::new(Mutex::new(Seen::default())),
     };
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(18);
     let repo = Repo::new(
-        Arc::new(spy.clone()),
+        Arc::new(crate::store::HookedStore::new(mem.clone(), {
+            let spy = spy.clone();
+            Arc::new(move |_| {
+                spy.look();
+                Box::pin(async {})
+            })
+        })),
         Arc::new(Identity::generate(&mut rng)),
     );
     // A directory of the tree exists already, open (it is closed during the restore too).

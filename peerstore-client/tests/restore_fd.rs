@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_trait::async_trait;
 use crypto::Identity;
 use peerstore_client::backup::{backup, BackupOptions};
 use peerstore_client::cache::KnownBlocks;
@@ -20,9 +19,8 @@ use peerstore_client::repo::Repo;
 use peerstore_client::restore::{
     restore_entry_with, restore_tree, restore_tree_with, restored_mode, RestoreOptions,
 };
-use peerstore_client::store::{BlockStoreApi, MemStore, StoreError};
+use peerstore_client::store::{HookedStore, MemStore};
 use peerstore_client::ClientError;
-use peerstore_proto::BlockKey;
 use rand::SeedableRng;
 
 const SYMLINK_REFUSAL: &str = "is a symlink; refusing to restore through it";
@@ -360,7 +358,6 @@ fn look_below(
 /// restore, while the file that needs the pack has its temp file open.
 #[derive(Clone)]
 struct Spy {
-    inner: MemStore,
     dest: PathBuf,
     files: Arc<HashMap<String, (u64, u32)>>,
     seen: Arc<Mutex<Seen>>,
@@ -371,29 +368,6 @@ impl Spy {
         let mut seen = self.seen.lock().unwrap();
         seen.looks += 1;
         look_below(&self.dest, &self.dest, None, &self.files, &mut seen);
-    }
-}
-
-#[async_trait]
-impl BlockStoreApi for Spy {
-    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
-        self.inner.put_document(data).await
-    }
-    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.look();
-        self.inner.get_document(key).await
-    }
-    async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put_record(key, record).await
-    }
-    async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_record(key).await
     }
 }
 
@@ -433,12 +407,19 @@ async fn permissions_during_and_after_a_restore_are_unchanged() {
         })
         .collect();
     let spy = Spy {
-        inner: mem.clone(),
         dest: dest.clone(),
         files: Arc::new(files),
         seen: Arc::new(Mutex::new(Seen::default())),
     };
-    let repo = Repo::new(Arc::new(spy.clone()), identity(3));
+    let looker = spy.clone();
+    let store = HookedStore::new(
+        mem.clone(),
+        Arc::new(move |_| {
+            looker.look();
+            Box::pin(async {})
+        }),
+    );
+    let repo = Repo::new(Arc::new(store), identity(3));
     // A directory of the tree exists already, open: it is closed during the restore too.
     fs::create_dir_all(dest.join("pub")).unwrap();
     fs::set_permissions(dest.join("pub"), fs::Permissions::from_mode(0o777)).unwrap();

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use crypto::Identity;
 use peerstore_client::backup::{backup, BackupOptions};
 use peerstore_client::cache::KnownBlocks;
@@ -18,8 +17,7 @@ use peerstore_client::model::{EntryKind, Manifest};
 use peerstore_client::progress::Progress;
 use peerstore_client::repo::Repo;
 use peerstore_client::restore::{restore_tree_with, RestoreOptions, RestoreSummary};
-use peerstore_client::store::{BlockStoreApi, MemStore, StoreError};
-use peerstore_proto::BlockKey;
+use peerstore_client::store::{HookedStore, MemStore};
 use rand::{Rng, SeedableRng};
 
 const NOT_ROOT: RestoreOptions = RestoreOptions { as_root: false };
@@ -290,40 +288,24 @@ async fn a_rerun_skips_whole_files_removes_leftover_temp_files_and_restores_the_
     assert_eq!(snapshot(&src), have);
 }
 
-/// Counts pack reads, and after `open` of them never answers again (the restore hangs there,
-/// as when it is interrupted): `blocked` counts the reads that hang.
-#[derive(Clone)]
-struct Gate {
-    inner: MemStore,
-    open: u64,
-    reads: Arc<AtomicU64>,
-    blocked: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl BlockStoreApi for Gate {
-    async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
-        self.inner.put_document(data).await
-    }
-    async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.reads.fetch_add(1, Ordering::SeqCst) >= self.open {
-            self.blocked.fetch_add(1, Ordering::SeqCst);
-            futures::future::pending::<()>().await;
-        }
-        self.inner.get_document(key).await
-    }
-    async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put_record(key, record).await
-    }
-    async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_record(key).await
-    }
+/// A store that counts pack reads and after `open` of them never answers again (the restore
+/// hangs there, as when it is interrupted): `blocked` counts the reads that hang.
+fn gate(inner: &MemStore, open: u64, blocked: Arc<AtomicU64>) -> HookedStore {
+    let reads = Arc::new(AtomicU64::new(0));
+    HookedStore::new(
+        inner.clone(),
+        Arc::new(move |_| {
+            let hang = reads.fetch_add(1, Ordering::SeqCst) >= open;
+            if hang {
+                blocked.fetch_add(1, Ordering::SeqCst);
+            }
+            Box::pin(async move {
+                if hang {
+                    futures::future::pending::<()>().await;
+                }
+            })
+        }),
+    )
 }
 
 /// A restore stopped halfway (its task aborted while it waits for a pack): every name that
@@ -339,18 +321,16 @@ async fn a_restore_stopped_halfway_leaves_only_whole_files_and_the_rerun_finishe
     let m = backup_of(&store, 3, &src).await;
     let packs = distinct_packs(&m);
     assert!(packs >= 4, "{packs} packs");
-    let gate = Gate {
-        inner: store.clone(),
-        open: packs / 2,
-        reads: Arc::new(AtomicU64::new(0)),
-        blocked: Arc::new(AtomicU64::new(0)),
-    };
-    let repo = Repo::new(Arc::new(gate.clone()), identity(3));
+    let blocked = Arc::new(AtomicU64::new(0));
+    let repo = Repo::new(
+        Arc::new(gate(&store, packs / 2, blocked.clone())),
+        identity(3),
+    );
     let progress = hidden();
     let restore = restore_tree_with(&repo, &m, &dest, &progress, &NOT_ROOT);
     let stop = async {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while gate.blocked.load(Ordering::SeqCst) == 0 {
+        while blocked.load(Ordering::SeqCst) == 0 {
             assert!(
                 Instant::now() < deadline,
                 "the restore never reached the gate"
@@ -384,11 +364,7 @@ async fn a_restore_stopped_halfway_leaves_only_whole_files_and_the_rerun_finishe
     println!("{present} of {n} files restored before the stop");
     assert!(present < n);
     // The rerun (the gate stays open now) skips those and restores the rest.
-    let gate2 = Gate {
-        open: u64::MAX,
-        ..gate
-    };
-    let repo2 = Repo::new(Arc::new(gate2), identity(3));
+    let repo2 = Repo::new(Arc::new(gate(&store, u64::MAX, blocked)), identity(3));
     let s: RestoreSummary = restore_tree_with(&repo2, &m, &dest, &hidden(), &NOT_ROOT)
         .await
         .unwrap();

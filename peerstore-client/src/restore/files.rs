@@ -65,8 +65,8 @@ use tokio::sync::mpsc;
 
 use super::{check_chunks, mtime_of, Dir, DirSyncs, RestoreOptions, Walk};
 use crate::error::{ClientError, Result};
-use crate::model::{ChunkRef, Entry, EntryKind};
-use crate::pack::PackCache;
+use crate::model::{Entry, EntryKind};
+use crate::pack::{for_file, open_in_pack, PackCache};
 use crate::progress::Progress;
 
 /// Packs fetched ahead of the writers, in the order the files need them.
@@ -285,37 +285,6 @@ pub(super) async fn write_streaming(
     finish_meta(&f, e, opts, &tmp_path)?;
     w.file = Some(f);
     Ok(w)
-}
-
-/// Opens one chunk of the file `path` out of its (already fetched) pack: the slice, the AEAD
-/// tag, the chunk id and the length, as `PackCache::open_chunk` does.
-fn open_in_pack(keys: &crypto::UserKeys, pack: &[u8], c: &ChunkRef, path: &str) -> Result<Vec<u8>> {
-    let range = c.range_in(pack.len()).ok_or_else(|| {
-        ClientError::Corrupt(format!(
-            "{path}: a chunk lies outside its pack {} ({} bytes)",
-            hex::encode(&c.pack[..8]),
-            pack.len()
-        ))
-    })?;
-    let plain = crypto::open_chunk(keys, &c.id, &pack[range])
-        .map_err(|e| ClientError::Corrupt(format!("chunk of {path}: {e}")))?;
-    if plain.len() != c.len as usize {
-        return Err(ClientError::Corrupt(format!(
-            "chunk of {path} has the wrong length"
-        )));
-    }
-    Ok(plain)
-}
-
-/// The error of a pack fetch, as seen by the file `path` that needed it.
-fn for_file(e: &ClientError, path: &str) -> ClientError {
-    match e {
-        ClientError::Missing(m) => ClientError::Missing(format!("{m}, needed by {path}")),
-        ClientError::Corrupt(m) => ClientError::Corrupt(format!("{m}, needed by {path}")),
-        ClientError::Untrusted(m) => ClientError::Untrusted(format!("{m} (needed by {path})")),
-        ClientError::Store(s) => ClientError::Store(s.clone()),
-        other => ClientError::Refused(format!("{path}: {other}")),
-    }
 }
 
 /// What the writers share.

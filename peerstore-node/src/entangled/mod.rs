@@ -240,6 +240,9 @@ impl Entangled {
     }
 }
 
+/// Replica-management rounds between two measurements of the window's cut-off.
+const WINDOW_EVERY: u32 = 10;
+
 /// The background work of the entangled layer: record and reverse-reference anti-entropy and the
 /// single-copy hand-off every `period`, the pointer-pool prefetch, the repair worker every
 /// `repair_ms`, and the scrub daemon when one is set.
@@ -252,6 +255,8 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
     let repair_every = Duration::from_millis(ent.config.repair_ms);
     let mut last_repair = tokio::time::Instant::now();
     let mut last_scrub = tokio::time::Instant::now();
+    // The last window cut-off measured: (window, when, cut-off).
+    let mut window: Option<(u64, tokio::time::Instant, Option<u64>)> = None;
     loop {
         tokio::time::sleep(period).await;
         if ent.ring.view().await.is_none() {
@@ -285,8 +290,28 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         if let Some(d) = daemon {
             if last_scrub.elapsed() >= Duration::from_millis(d.every_ms.max(1)) {
                 last_scrub = tokio::time::Instant::now();
+                // The window's cut-off costs every member a scan of its reverse references,
+                // so it is measured again only every WINDOW_EVERY rounds; in between the last
+                // one is used. It only moves forward as parities are written, so an older one
+                // makes fewer parities eligible, never more.
                 let cutoff = match d.mode {
-                    ScrubMode::Window { blocks } => scrub::window_cutoff(&ent, blocks).await.ok(),
+                    ScrubMode::Window { blocks } => {
+                        let fresh = window.filter(|(b, at, _)| {
+                            *b == blocks
+                                && at.elapsed()
+                                    < Duration::from_millis(d.every_ms.max(1)) * WINDOW_EVERY
+                        });
+                        match fresh {
+                            Some((_, _, c)) => Some(c),
+                            None => {
+                                let c = scrub::window_cutoff(&ent, blocks).await.ok();
+                                if let Some(c) = c {
+                                    window = Some((blocks, tokio::time::Instant::now(), c));
+                                }
+                                c
+                            }
+                        }
+                    }
                     ScrubMode::Pointers { .. } => Some(None),
                 };
                 // A window that could not be measured (a member did not answer) scrubs

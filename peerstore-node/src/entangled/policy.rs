@@ -108,13 +108,23 @@ struct Saved {
 /// Reads the persisted daemon: `Ok(None)` if no administrator ever set one (use the
 /// configured policy), `Ok(Some(d))` for the saved choice.
 pub fn load(path: &Path) -> Result<Option<Option<Daemon>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    use std::io::Read;
+    const MAX: u64 = 64 * 1024;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    if bytes.len() > 64 * 1024 {
-        return Err(format!("{}: too large", path.display()));
+    // Read at most one byte past the bound: a huge file is refused without being loaded.
+    let mut bytes = Vec::new();
+    file.take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX {
+        return Err(format!(
+            "{}: larger than {MAX} bytes; remove it to fall back to the configured policy",
+            path.display()
+        ));
     }
     let saved: Saved =
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
