@@ -8,7 +8,9 @@
 //!   spread of the others below it (`best -x%`), since a shared machine is noisy.
 //! - `--rounds N`: codewords per measurement (default 24, 4 with `--quick`). On a busy machine
 //!   many short measurements (`--reps 25 --rounds 3`) find its quiet moments.
-//! - `--only baselines|codec|other|repair`: one section.
+//! - `--only baselines|codec|systematic|other|repair`: one section. `systematic` compares the
+//!   systematic (4,8,8) layout with parity-only (4,8,12) (same 3x overhead): encode, a healthy
+//!   read (systematic: the `s` sources and a hash check, no decode) and degraded reads.
 //! - `--cpu-time`: one-core figures use the thread's time on a CPU (Linux
 //!   `/proc/thread-self/schedstat`) instead of the wall clock, so that a machine shared with
 //!   other work gives about the figures of a quiet one; all-core figures stay wall-clock.
@@ -22,10 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use std::sync::atomic::AtomicUsize;
+
 use entangle::{
-    decode_with, encode, encode_verified, encode_with, repair, BlockKey, CodewordId,
-    CodewordRecord, Encoded, MemArchive, Parallelism, Params, Pointer, PointerSelector,
-    SymbolSource,
+    decode_with, encode, encode_layout, encode_verified, encode_verified_layout, encode_with,
+    fetch_order, repair, AsRecord, BlockKey, CodewordId, EncodedRecord, Layout, MemArchive,
+    Parallelism, Params, Pointer, PointerSelector, Record, SymbolSource,
 };
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -136,8 +140,9 @@ fn pointer_pool(params: Params, n: usize) -> Vec<(BlockKey, Vec<u8>)> {
 }
 
 /// A source that hands out blocks copied before the clock started, so that a decode's time is
-/// the codec's own (a node's source reads into a fresh buffer anyway).
-struct Prepared(Mutex<BTreeMap<BlockKey, Vec<Vec<u8>>>>);
+/// the codec's own (a node's source reads into a fresh buffer anyway). Counts the blocks asked
+/// for (held or not).
+struct Prepared(Mutex<BTreeMap<BlockKey, Vec<Vec<u8>>>>, AtomicUsize);
 
 impl Prepared {
     fn new(store: &BTreeMap<BlockKey, Vec<u8>>, keys: &[BlockKey], copies: usize) -> Self {
@@ -147,30 +152,33 @@ impl Prepared {
                 m.insert(*k, vec![v.clone(); copies]);
             }
         }
-        Prepared(Mutex::new(m))
+        Prepared(Mutex::new(m), AtomicUsize::new(0))
     }
 }
 
 impl SymbolSource for Prepared {
     fn get(&self, key: &BlockKey) -> Option<Vec<u8>> {
+        self.1.fetch_add(1, Ordering::Relaxed);
         self.0.lock().ok()?.get_mut(key)?.pop()
     }
 }
 
+/// The blocks one decode of `rec` from `store` asks for.
+fn fetches<R: AsRecord>(rec: &R, store: &BTreeMap<BlockKey, Vec<u8>>) -> usize {
+    let src = Prepared::new(store, &fetch_order(rec), 1);
+    decode_with(Parallelism::SINGLE, rec, &src).expect("decode");
+    src.1.load(Ordering::Relaxed)
+}
+
 /// Times `rounds` decodes of `rec` from `store` with `par` (source copies made untimed).
-fn time_decode(
+fn time_decode<R: AsRecord>(
     par: Parallelism,
-    rec: &CodewordRecord,
+    rec: &R,
     store: &BTreeMap<BlockKey, Vec<u8>>,
     rounds: usize,
     expect: usize,
 ) -> f64 {
-    let keys: Vec<BlockKey> = rec
-        .pointers
-        .iter()
-        .chain(&rec.parity_keys)
-        .copied()
-        .collect();
+    let keys = fetch_order(rec);
     // At most 4 rounds of copies at a time, to bound memory at B = 1 MiB.
     let mut secs = 0.0;
     let mut left = rounds;
@@ -219,15 +227,50 @@ impl Setup {
         CodewordId(id)
     }
 
-    fn time_encode(&self, par: Parallelism, rounds: usize) -> (f64, Encoded) {
+    fn time_encode(&self, par: Parallelism, rounds: usize) -> (f64, EncodedRecord) {
+        self.time_encode_in(Layout::ParityOnly, par, rounds)
+    }
+
+    /// Parity-only through [`encode_with`] (the node's entry point), others through
+    /// [`encode_layout`].
+    fn time_encode_in(
+        &self,
+        layout: Layout,
+        par: Parallelism,
+        rounds: usize,
+    ) -> (f64, EncodedRecord) {
         let ptrs: Vec<Vec<(BlockKey, &[u8])>> = (0..rounds).map(|r| self.pointers(r)).collect();
         let start = Timer::start(par == Parallelism::SINGLE);
         let mut last = None;
         for (r, p) in ptrs.iter().enumerate() {
-            last = Some(encode_with(par, self.params, Self::id(r), &self.doc, p).expect("encode"));
+            let (id, doc) = (Self::id(r), &self.doc);
+            last = Some(match layout {
+                Layout::ParityOnly => {
+                    let (rec, blocks) = encode_with(par, self.params, id, doc, p).expect("encode");
+                    (Record::from(rec), blocks)
+                }
+                _ => encode_layout(layout, par, self.params, id, doc, p).expect("encode"),
+            });
         }
         let secs = start.secs();
         (secs, last.expect("rounds > 0"))
+    }
+
+    fn time_encode_verified_in(&self, layout: Layout, par: Parallelism, rounds: usize) -> f64 {
+        let ptrs: Vec<Vec<Pointer<'_>>> = (0..rounds)
+            .map(|r| {
+                self.pointers(r)
+                    .into_iter()
+                    .map(|(k, b)| Pointer::verify(&self.params, k, b).expect("pointer"))
+                    .collect()
+            })
+            .collect();
+        let start = Timer::start(par == Parallelism::SINGLE);
+        for (r, p) in ptrs.iter().enumerate() {
+            encode_verified_layout(layout, par, self.params, Self::id(r), &self.doc, p)
+                .expect("encode");
+        }
+        start.secs()
     }
 
     fn time_encode_verified(&self, par: Parallelism, rounds: usize) -> f64 {
@@ -455,6 +498,109 @@ fn codec_vs_raw(o: &Opts, hash: (Figure, Figure)) {
     }
 }
 
+/// Systematic (4,8,8) against parity-only (4,8,12): the same 3x overhead, 20 symbols per
+/// codeword, 12 needed.
+fn systematic_vs_parity_only(o: &Opts) {
+    let one = Parallelism::SINGLE;
+    let auto = Parallelism::AUTO;
+    let codes = [
+        (Layout::ParityOnly, Params::new(4, 8, 12, 256 << 10)),
+        (Layout::Systematic, Params::new(4, 8, 8, 256 << 10)),
+        (Layout::ParityOnly, Params::new(4, 8, 12, 1 << 20)),
+        (Layout::Systematic, Params::new(4, 8, 8, 1 << 20)),
+    ];
+    println!(
+        "\n## Systematic (4,8,8) and parity-only (4,8,12), 3x both (MiB/s of document data; best \
+         -spread% of {} runs)\n",
+        o.reps
+    );
+    println!(
+        "Encode: both hash the document, 12 stored payloads and 12 stored blocks (systematic: \
+         4 sources and 8 parities; parity-only: 12 parities) and the 8 pointers; both code 12 \
+         originals, into 8 recoveries (systematic, which also copies its 4 sources into their \
+         blocks) or 12. pre-verified = pointers checked once before the clock (what a node \
+         holding its pool does).\n"
+    );
+    println!("| layout (s,t,p) | B | encode, 1 core | pre-verified, 1 core | encode, all cores |");
+    println!("|---|---|---|---|---|");
+    for (layout, params) in codes {
+        let setup = Setup::new(params);
+        let data = o.rounds * setup.doc.len();
+        let enc = Figure::measure(o.reps, data, || {
+            setup.time_encode_in(layout, one, o.rounds).0
+        });
+        let ver = Figure::measure(o.reps, data, || {
+            setup.time_encode_verified_in(layout, one, o.rounds)
+        });
+        let all = Figure::measure(o.reps, data, || {
+            setup.time_encode_in(layout, auto, o.rounds).0
+        });
+        println!(
+            "| {layout} ({},{},{}) | {} KiB | {enc} | {ver} | {all} |",
+            params.s,
+            params.t,
+            params.p,
+            params.block_size / 1024
+        );
+    }
+    println!(
+        "\nDecode: `fetched` = blocks asked of the source (held or not). A healthy systematic \
+         read is its 4 sources and the document hash (no Reed-Solomon); parity-only always \
+         fetches s + t = 12 and decodes. Degraded: parity-only loses 2 pointers, or all 8 (the \
+         most inputs to restore); systematic loses 1 source, or all 4 sources and 4 pointers \
+         (p = 8 erasures, the most inputs to restore).\n"
+    );
+    println!("| layout (s,t,p) | B | read | fetched | decode, 1 core | decode, all cores |");
+    println!("|---|---|---|---|---|---|");
+    for (layout, params) in codes {
+        let setup = Setup::new(params);
+        let (_, (rec, blocks)) = setup.time_encode_in(layout, one, 1);
+        let mut store: BTreeMap<BlockKey, Vec<u8>> = setup.pool.iter().cloned().collect();
+        store.extend(blocks);
+        let data = o.rounds * setup.doc.len();
+        let len = setup.doc.len();
+        let cases: Vec<(&str, Vec<BlockKey>)> = match layout {
+            Layout::ParityOnly => vec![
+                ("healthy", Vec::new()),
+                ("2 pointers lost", rec.pointers[..2].to_vec()),
+                ("8 pointers lost", rec.pointers.clone()),
+            ],
+            Layout::Systematic => vec![
+                ("healthy", Vec::new()),
+                ("1 source lost", rec.source_keys()[..1].to_vec()),
+                (
+                    "4 sources + 4 pointers lost",
+                    rec.source_keys()
+                        .iter()
+                        .chain(&rec.pointers[..4])
+                        .copied()
+                        .collect(),
+                ),
+            ],
+        };
+        for (name, lost) in cases {
+            let mut lossy = store.clone();
+            for k in &lost {
+                lossy.remove(k);
+            }
+            let n = fetches(&rec, &lossy);
+            let dec = Figure::measure(o.reps, data, || {
+                time_decode(one, &rec, &lossy, o.rounds, len)
+            });
+            let all = Figure::measure(o.reps, data, || {
+                time_decode(auto, &rec, &lossy, o.rounds, len)
+            });
+            println!(
+                "| {layout} ({},{},{}) | {} KiB | {name} | {n} | {dec} | {all} |",
+                params.s,
+                params.t,
+                params.p,
+                params.block_size / 1024
+            );
+        }
+    }
+}
+
 /// The other codes of the design, codec only.
 fn other_codes(o: &Opts) {
     println!("\n## Other codes (MiB/s of document data, best -spread%)\n");
@@ -500,9 +646,10 @@ fn other_codes(o: &Opts) {
     }
 }
 
-fn bench_repair(params: Params, docs: usize, loss_pct: u32) {
+fn bench_repair(layout: Layout, params: Params, docs: usize, loss_pct: u32) {
     let mut archive =
-        MemArchive::new(params, PointerSelector::mixed(params.t()), 5).expect("archive");
+        MemArchive::with_layout(params, layout, PointerSelector::mixed(params.t()), 5)
+            .expect("archive");
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     for i in 0..docs as u64 {
         let mut doc = vec![0u8; params.capacity() as usize];
@@ -530,7 +677,7 @@ fn bench_repair(params: Params, docs: usize, loss_pct: u32) {
     let report = repair(archive.index(), &damaged);
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "| ({},{},{}) | {} | {} | {} | {} | {:.2} | {:.0} ms |",
+        "| {layout} ({},{},{}) | {} | {} | {} | {} | {:.2} | {:.0} ms |",
         params.s,
         params.t,
         params.p,
@@ -550,17 +697,18 @@ fn bench_repair(params: Params, docs: usize, loss_pct: u32) {
 fn repair_table(quick: bool) {
     println!("\n## Repair (B = 4 KiB, 2,000 codewords; reads = blocks fetched from the store)\n");
     println!(
-        "| (s,t,p) | loss | lost | rebuilt | codewords decoded | reads per rebuilt block | time |"
+        "| layout (s,t,p) | loss | lost | rebuilt | codewords decoded | reads per rebuilt block | time |"
     );
     println!("|---|---|---|---|---|---|---|");
     let docs = if quick { 300 } else { 2000 };
-    for params in [
-        Params::new(4, 8, 12, 4096),
-        Params::new(2, 10, 6, 4096),
-        Params::new(1, 10, 3, 4096),
+    for (layout, params) in [
+        (Layout::ParityOnly, Params::new(4, 8, 12, 4096)),
+        (Layout::Systematic, Params::new(4, 8, 8, 4096)),
+        (Layout::ParityOnly, Params::new(2, 10, 6, 4096)),
+        (Layout::ParityOnly, Params::new(1, 10, 3, 4096)),
     ] {
         for loss in [0, 10, 30] {
-            bench_repair(params, docs, loss);
+            bench_repair(layout, params, docs, loss);
         }
     }
 }
@@ -595,6 +743,14 @@ fn profile(what: &str) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "cargo run --release -p entangle --example bench -- [--quick] [--reps N] [--rounds N] \
+             [--only baselines|codec|systematic|other|repair] [--cpu-time] \
+             [--profile encode|decode]\n\nSee the top of entangle/examples/bench.rs."
+        );
+        return;
+    }
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -626,6 +782,9 @@ fn main() {
     };
     if want("codec") {
         codec_vs_raw(&o, hash);
+    }
+    if want("systematic") {
+        systematic_vs_parity_only(&o);
     }
     if want("other") {
         other_codes(&o);

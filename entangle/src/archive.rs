@@ -5,19 +5,21 @@ use std::collections::BTreeMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::codec::{decode_document, encode_document, StoredBlock};
+use crate::codec::{decode_document, encode_document_layout, Parallelism, StoredBlock};
 use crate::key::{BlockKey, CodewordId};
-use crate::params::Params;
-use crate::record::CodewordRecord;
+use crate::params::{Layout, Params};
+use crate::record::{AsRecord, Record};
 use crate::repair::{repair, RecordIndex, RepairReport};
 use crate::select::{PointerChoice, PointerSelector};
 use crate::Error;
 
 /// A step-archive held in memory: stored blocks by key, their insertion order (which pointer
-/// selection draws from), and the record index. The node does the same over the ring.
+/// selection draws from: every stored block, sources of systematic codewords included), and
+/// the record index. The node does the same over the ring.
 #[derive(Debug, Clone)]
 pub struct MemArchive {
     params: Params,
+    layout: Layout,
     selector: PointerSelector,
     rng: ChaCha8Rng,
     blocks: BTreeMap<BlockKey, Vec<u8>>,
@@ -26,9 +28,19 @@ pub struct MemArchive {
 }
 
 impl MemArchive {
-    /// An empty archive; `seed` drives pointer selection.
+    /// An empty archive of parity-only codewords; `seed` drives pointer selection.
     pub fn new(params: Params, selector: PointerSelector, seed: u64) -> Result<Self, Error> {
-        params.validate()?;
+        Self::with_layout(params, Layout::ParityOnly, selector, seed)
+    }
+
+    /// An empty archive that writes its codewords in `layout`.
+    pub fn with_layout(
+        params: Params,
+        layout: Layout,
+        selector: PointerSelector,
+        seed: u64,
+    ) -> Result<Self, Error> {
+        params.validate_for(layout)?;
         if selector.t != params.t() {
             return Err(Error::InvalidParams(format!(
                 "selector picks {} pointers, t = {}",
@@ -37,6 +49,7 @@ impl MemArchive {
         }
         Ok(MemArchive {
             params,
+            layout,
             selector,
             rng: ChaCha8Rng::seed_from_u64(seed),
             blocks: BTreeMap::new(),
@@ -51,44 +64,49 @@ impl MemArchive {
         self.params
     }
 
+    /// The layout it writes codewords in.
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
     /// Stores `document` as one or more codewords entangled with the archive; returns their
     /// records in order (what a reader needs, e.g. in a file manifest). Fails (storing
     /// nothing) if a chosen pointer has been removed and not repaired.
-    pub fn store(
-        &mut self,
-        document_id: &[u8; 32],
-        document: &[u8],
-    ) -> Result<Vec<CodewordRecord>, Error> {
+    pub fn store(&mut self, document_id: &[u8; 32], document: &[u8]) -> Result<Vec<Record>, Error> {
         let b = self.params.block_size;
         let (selector, rng, blocks, order) =
             (&self.selector, &mut self.rng, &self.blocks, &self.order);
-        let encoded = encode_document(self.params, document_id, document, |_, done| {
-            // Blocks of earlier codewords of this document are part of the archive too.
-            let fresh: Vec<&StoredBlock> = done.iter().flat_map(|(_, bl)| bl.iter()).collect();
-            let n = order.len() + fresh.len();
-            let mut out = Vec::with_capacity(selector.t);
-            for c in selector.select(n as u64, rng) {
-                match c {
-                    PointerChoice::Anchor(i) => out.push((BlockKey::anchor(b, i), Vec::new())),
-                    PointerChoice::Block(pos) => {
-                        let pos = pos as usize;
-                        let (key, bytes) = if pos < order.len() {
-                            let key = order[pos];
-                            let bytes =
-                                blocks.get(&key).cloned().ok_or_else(|| Error::BadPointer {
-                                    key,
-                                    reason: "selected block is not in the archive".into(),
-                                })?;
-                            (key, bytes)
-                        } else {
-                            fresh[pos - order.len()].clone()
-                        };
-                        out.push((key, bytes));
+        let (layout, params) = (self.layout, self.params);
+        let par = Parallelism::AUTO;
+        let encoded =
+            encode_document_layout(layout, par, params, document_id, document, |_, done| {
+                // Blocks of earlier codewords of this document are part of the archive too.
+                let fresh: Vec<&StoredBlock> = done.iter().flat_map(|(_, bl)| bl.iter()).collect();
+                let n = order.len() + fresh.len();
+                let mut out = Vec::with_capacity(selector.t);
+                for c in selector.select(n as u64, rng) {
+                    match c {
+                        PointerChoice::Anchor(i) => out.push((BlockKey::anchor(b, i), Vec::new())),
+                        PointerChoice::Block(pos) => {
+                            let pos = pos as usize;
+                            let (key, bytes) = if pos < order.len() {
+                                let key = order[pos];
+                                let bytes =
+                                    blocks.get(&key).cloned().ok_or_else(|| Error::BadPointer {
+                                        key,
+                                        reason: "selected block is not in the archive".into(),
+                                    })?;
+                                (key, bytes)
+                            } else {
+                                fresh[pos - order.len()].clone()
+                            };
+                            out.push((key, bytes));
+                        }
                     }
                 }
-            }
-            Ok(out)
-        })?;
+                Ok(out)
+            })?;
         let mut records = Vec::with_capacity(encoded.len());
         for (record, stored) in encoded {
             for (key, bytes) in stored {
@@ -101,8 +119,8 @@ impl MemArchive {
         Ok(records)
     }
 
-    /// Reads a document back from its records.
-    pub fn read(&self, records: &[CodewordRecord]) -> Result<Vec<u8>, Error> {
+    /// Reads a document back from its records (of either layout).
+    pub fn read<R: AsRecord>(&self, records: &[R]) -> Result<Vec<u8>, Error> {
         decode_document(records, &self.blocks)
     }
 
@@ -140,7 +158,7 @@ impl MemArchive {
 
     /// The record of a codeword.
     #[must_use]
-    pub fn record(&self, id: &CodewordId) -> Option<&CodewordRecord> {
+    pub fn record(&self, id: &CodewordId) -> Option<&Record> {
         self.index.get(id)
     }
 }

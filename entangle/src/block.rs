@@ -1,47 +1,69 @@
-//! The stored parity block format.
+//! The stored block format: parities (both layouts) and sources (systematic layout).
 //!
 //! ```text
 //! offset size  field
 //!      0    4  magic "ENTG"
-//!      4    1  version (1)
-//!      5    1  kind (0 = parity)
+//!      4    1  version: 1 = parity-only codeword, 2 = systematic codeword
+//!      5    1  kind: 0 = parity, 1 = source (version 2 only)
 //!      6    2  s            (all integers little endian)
 //!      8    2  t
 //!     10    2  p
 //!     12    4  block size B
-//!     16    2  index j of this parity, j < p
+//!     16    2  stored index j: version 1, j < p (parity j); version 2, j < s + p
+//!              (j < s: source j, kind 1; else parity j - s, kind 0)
 //!     18    2  reserved, 0
 //!     20   32  codeword id
 //!     52    8  document length (bytes carried by the codeword, <= s * B)
 //!     60   32  BLAKE3 of the document bytes
 //!     92 32*t  pointer keys, in input order (input symbol s + i is pointer i)
-//!      . 32*p  BLAKE3 of each parity payload of the codeword, in index order
-//!      .    B  payload: recovery symbol j of the Reed-Solomon code
+//!      . 32*n  BLAKE3 of the payload of each stored block of the codeword, in stored index
+//!              order: n = p (version 1) or s + p (version 2, sources first)
+//!      .    b  payload: a parity's is recovery symbol j (j - s) of the Reed-Solomon code, a
+//!              source's is input symbol j (the document's bytes j b .. (j + 1) b, the last
+//!              source zero-padded)
 //! ```
 //!
-//! The block is self-describing: from any one parity a node learns the parameters, the
+//! The payload size `b` is the codeword's shard ([`Params::shard`]): `B` for a full codeword,
+//! less for a short one (`len / s` rounded up to 64 bytes), so a small document is not padded
+//! to `s * B` on disk. Version 1 blocks written before shards carry `B` bytes whatever their
+//! length; both sizes parse (nothing in the header says which: the ring key, a hash of the
+//! exact bytes, does). Version 2 blocks always carry exactly the shard.
+//!
+//! The block is self-describing: from any one block a node learns the parameters, the
 //! pointers, and the payload hashes of all its siblings, so it can rebuild and verify the
-//! siblings and re-form their exact stored bytes (their headers differ only in `j`) without
-//! any database or user key.
+//! siblings and re-form their exact stored bytes (their headers differ only in `j`, and for
+//! version 2 in the kind that `j` implies) without any database or user key.
+//!
+//! The types keep their historical names ([`ParityHeader`], [`ParityBlock`], [`ParityRef`]):
+//! they describe source blocks too ([`ParityHeader::is_source`]).
 
 use crate::key::{BlockKey, CodewordId};
-use crate::params::Params;
+use crate::params::{Layout, Params};
 use crate::Error;
 
-/// The four magic bytes that open every parity block.
+/// The four magic bytes that open every stored block.
 pub const MAGIC: [u8; 4] = *b"ENTG";
-/// The current format version.
+/// The format version of parity-only codewords' blocks.
 pub const VERSION: u8 = 1;
-const KIND_PARITY: u8 = 0;
+/// The format version of systematic codewords' blocks.
+pub const VERSION_SYSTEMATIC: u8 = 2;
+/// Block kind of a parity.
+pub const KIND_PARITY: u8 = 0;
+/// Block kind of a source (version 2 only).
+pub const KIND_SOURCE: u8 = 1;
 /// Size of the fixed part of the header.
 pub const FIXED_HEADER_LEN: usize = 92;
 
-/// The header of a stored parity block.
+/// The header of a stored block (a parity, or a systematic codeword's source).
+///
+/// Its layout, and so its version, is that of its hash list: `p` hashes for a parity-only
+/// codeword, `s + p` for a systematic one ([`ParityHeader::layout`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParityHeader {
     /// Code parameters of the codeword.
     pub params: Params,
-    /// Index `j` of this parity among the codeword's `p`.
+    /// Stored index `j` of this block among the codeword's stored blocks (see
+    /// [`Layout`]: for a parity-only codeword, parity `j`).
     pub index: u16,
     /// The codeword this parity belongs to.
     pub codeword: CodewordId,
@@ -51,17 +73,53 @@ pub struct ParityHeader {
     pub content_hash: [u8; 32],
     /// The `t` pointer keys, in input order.
     pub pointers: Vec<BlockKey>,
-    /// BLAKE3 of every parity payload of the codeword (`p` entries).
+    /// BLAKE3 of the payload of every stored block of the codeword, in stored index order
+    /// (`p` entries for a parity-only codeword, `s + p` for a systematic one).
     pub payload_hashes: Vec<[u8; 32]>,
 }
 
-/// Header length for `t` pointers and `p` parities.
+/// Header length for `t` pointers and `n` stored blocks (`n = p` for a parity-only codeword,
+/// `s + p` for a systematic one: [`Layout::stored`]).
 #[must_use]
-pub fn header_len(t: usize, p: usize) -> usize {
-    FIXED_HEADER_LEN + 32 * (t + p)
+pub fn header_len(t: usize, n: usize) -> usize {
+    FIXED_HEADER_LEN + 32 * (t + n)
+}
+
+/// Header length of the stored blocks of a codeword of `params` in `layout`.
+#[must_use]
+pub fn header_len_for(params: &Params, layout: Layout) -> usize {
+    header_len(params.t(), layout.stored(params))
+}
+
+/// The layout a header with `n` payload hashes describes (parity-only unless `n = s + p`),
+/// and the version and kind byte of its block `index`.
+fn version_and_kind(params: &Params, n: usize, index: u16) -> (Layout, u8, u8) {
+    match Layout::of_stored(params, n) {
+        Some(Layout::Systematic) => {
+            let kind = if usize::from(index) < params.s() {
+                KIND_SOURCE
+            } else {
+                KIND_PARITY
+            };
+            (Layout::Systematic, VERSION_SYSTEMATIC, kind)
+        }
+        _ => (Layout::ParityOnly, VERSION, KIND_PARITY),
+    }
 }
 
 impl ParityHeader {
+    /// The layout of the block's codeword (from the length of its hash list).
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        version_and_kind(&self.params, self.payload_hashes.len(), self.index).0
+    }
+
+    /// Whether this is a systematic codeword's source block (stored index `< s`).
+    #[must_use]
+    pub fn is_source(&self) -> bool {
+        version_and_kind(&self.params, self.payload_hashes.len(), self.index).2 == KIND_SOURCE
+    }
+
     /// Serialized length of this header.
     #[must_use]
     pub fn encoded_len(&self) -> usize {
@@ -93,7 +151,7 @@ impl ParityHeader {
         );
     }
 
-    /// The exact stored bytes of this parity with `payload`.
+    /// The exact stored bytes of this block with `payload`.
     #[must_use]
     pub fn stored_bytes(&self, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len() + payload.len());
@@ -103,9 +161,9 @@ impl ParityHeader {
     }
 }
 
-/// The fields of a parity header that all parities of a codeword share (everything but the
-/// index), borrowed: the encoder writes every header from one of these without cloning the
-/// pointer and hash lists.
+/// The fields of a header that all stored blocks of a codeword share (everything but the
+/// index and the kind it implies), borrowed: the encoder writes every header from one of
+/// these without cloning the pointer and hash lists.
 pub(crate) struct HeaderFields<'a> {
     pub params: &'a Params,
     pub codeword: &'a CodewordId,
@@ -115,9 +173,10 @@ pub(crate) struct HeaderFields<'a> {
     pub payload_hashes: &'a [[u8; 32]],
 }
 
-/// Writes the header of parity `index` into `out`, which is exactly
+/// Writes the header of stored block `index` into `out`, which is exactly
 /// `header_len(pointers, payload_hashes)` bytes. The one serializer of the format: every
-/// header (stored blocks, re-formed parities, [`ParityHeader::encode`]) comes from here.
+/// header (stored blocks, re-formed blocks, [`ParityHeader::encode`]) comes from here. The
+/// version and kind follow from the number of payload hashes and the index.
 pub(crate) fn write_header(out: &mut [u8], h: &HeaderFields<'_>, index: u16) {
     debug_assert_eq!(
         out.len(),
@@ -128,8 +187,9 @@ pub(crate) fn write_header(out: &mut [u8], h: &HeaderFields<'_>, index: u16) {
         out[pos..pos + bytes.len()].copy_from_slice(bytes);
         pos += bytes.len();
     };
+    let (_, version, kind) = version_and_kind(h.params, h.payload_hashes.len(), index);
     put(&MAGIC);
-    put(&[VERSION, KIND_PARITY]);
+    put(&[version, kind]);
     put(&h.params.s.to_le_bytes());
     put(&h.params.t.to_le_bytes());
     put(&h.params.p.to_le_bytes());
@@ -183,20 +243,25 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A parsed parity block borrowing its payload from the stored bytes.
+/// A parsed stored block borrowing its payload from the stored bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParityRef<'a> {
     /// The header.
     pub header: ParityHeader,
-    /// The `B` payload bytes.
+    /// The payload bytes (the codeword's shard, or `B` for version 1 blocks written before
+    /// shards).
     pub payload: &'a [u8],
 }
 
-/// Parses and checks stored parity bytes without copying the payload.
+/// Parses and checks stored block bytes (either version, either kind) without copying the
+/// payload.
 ///
-/// Rejects a wrong magic, version or kind, invalid parameters, an index `>= p`, a length
-/// larger than `s * B`, a total size other than header + `B`, and a payload whose hash is not
-/// the one its own header records.
+/// Rejects a wrong magic, an unknown version, a kind other than 0 (version 1) or other than
+/// the one the index implies (version 2), invalid parameters (for the version's layout:
+/// [`Params::validate_for`]), an index `>= p` (version 1) or `>= s + p` (version 2), a
+/// non-zero reserved field, a length larger than `s * B`, a total size other than header +
+/// shard (or, version 1 only, header + `B`), and a payload whose hash is not the one its own
+/// header records. Version 1 blocks parse exactly as before version 2 existed.
 pub fn parse(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
     parse_inner(bytes)
 }
@@ -204,10 +269,22 @@ pub fn parse(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
 /// The fixed part of a checked header.
 struct Fixed {
     params: Params,
+    layout: Layout,
     index: u16,
     codeword: CodewordId,
     len: u64,
     content_hash: [u8; 32],
+}
+
+impl Fixed {
+    /// Stored blocks of the codeword: the length of the header's hash list.
+    fn stored(&self) -> usize {
+        self.layout.stored(&self.params)
+    }
+
+    fn header_len(&self) -> usize {
+        header_len(self.params.t(), self.stored())
+    }
 }
 
 /// Checks everything about `bytes` except the payload hash: magic, version, kind, parameters,
@@ -218,34 +295,39 @@ fn parse_fixed(bytes: &[u8]) -> Result<Fixed, Error> {
         return Err(Error::Malformed("bad magic".into()));
     }
     let version = r.u8()?;
-    if version != VERSION {
-        return Err(Error::Malformed(format!("unsupported version {version}")));
-    }
+    let layout = match version {
+        VERSION => Layout::ParityOnly,
+        VERSION_SYSTEMATIC => Layout::Systematic,
+        _ => return Err(Error::Malformed(format!("unsupported version {version}"))),
+    };
     let kind = r.u8()?;
-    if kind != KIND_PARITY {
+    let known_kind = match layout {
+        Layout::ParityOnly => kind == KIND_PARITY,
+        Layout::Systematic => kind == KIND_PARITY || kind == KIND_SOURCE,
+    };
+    if !known_kind {
         return Err(Error::Malformed(format!("unknown block kind {kind}")));
     }
     let params = Params::new(r.u16()?, r.u16()?, r.u16()?, r.u32()?);
     params
-        .validate()
+        .validate_for(layout)
         .map_err(|e| Error::Malformed(format!("header parameters: {e}")))?;
     let index = r.u16()?;
-    if index >= params.p {
+    let stored = layout.stored(&params);
+    if usize::from(index) >= stored {
+        return Err(Error::Malformed(match layout {
+            Layout::ParityOnly => format!("parity index {index} >= p {}", params.p),
+            Layout::Systematic => format!("stored index {index} >= s + p {stored}"),
+        }));
+    }
+    if version_and_kind(&params, stored, index).2 != kind {
         return Err(Error::Malformed(format!(
-            "parity index {index} >= p {}",
-            params.p
+            "block {index} of a systematic codeword with s = {} has kind {kind}",
+            params.s
         )));
     }
     if r.u16()? != 0 {
         return Err(Error::Malformed("reserved field is not zero".into()));
-    }
-    // Check the total size before allocating anything sized by the header.
-    let expected = header_len(params.t(), params.p()) + params.block();
-    if bytes.len() != expected {
-        return Err(Error::Malformed(format!(
-            "block is {} bytes, header says {expected}",
-            bytes.len()
-        )));
     }
     let codeword = CodewordId(r.array()?);
     let len = r.u64()?;
@@ -255,10 +337,28 @@ fn parse_fixed(bytes: &[u8]) -> Result<Fixed, Error> {
             params.capacity()
         )));
     }
+    // Check the total size before allocating anything sized by the header: the payload is
+    // the codeword's shard, or (version 1 only) B, for blocks written before shards.
+    let hlen = header_len(params.t(), stored);
+    let sizes = params.payload_sizes_for(len, layout);
+    if !bytes
+        .len()
+        .checked_sub(hlen)
+        .is_some_and(|n| sizes.allows(n))
+    {
+        return Err(Error::Malformed(format!(
+            "block is {} bytes, header says {} + {} (or {})",
+            bytes.len(),
+            hlen,
+            sizes.shard,
+            sizes.block
+        )));
+    }
     let content_hash = r.array()?;
     debug_assert_eq!(r.pos, FIXED_HEADER_LEN);
     Ok(Fixed {
         params,
+        layout,
         index,
         codeword,
         len,
@@ -266,23 +366,25 @@ fn parse_fixed(bytes: &[u8]) -> Result<Fixed, Error> {
     })
 }
 
-/// The parameters and payload of stored parity bytes already verified against their ring key
+/// The parameters and payload of stored bytes already verified against their ring key
 /// (hashing the payload again would prove nothing more): the checks of [`parse`] but the
-/// payload hash, without building the header's lists.
+/// payload hash, without building the header's lists. Any block of either version and kind.
 pub(crate) fn verified_payload(bytes: &[u8]) -> Result<(Params, &[u8]), Error> {
     let f = parse_fixed(bytes)?;
-    let start = header_len(f.params.t(), f.params.p());
-    Ok((f.params, &bytes[start..]))
+    Ok((f.params, &bytes[f.header_len()..]))
 }
 
 fn parse_inner(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
+    let fixed = parse_fixed(bytes)?;
+    let (stored, hlen) = (fixed.stored(), fixed.header_len());
     let Fixed {
         params,
         index,
         codeword,
         len,
         content_hash,
-    } = parse_fixed(bytes)?;
+        ..
+    } = fixed;
     let mut r = Reader {
         bytes,
         pos: FIXED_HEADER_LEN,
@@ -291,11 +393,11 @@ fn parse_inner(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
     for _ in 0..params.t() {
         pointers.push(BlockKey(r.array()?));
     }
-    let mut payload_hashes = Vec::with_capacity(params.p());
-    for _ in 0..params.p() {
+    let mut payload_hashes = Vec::with_capacity(stored);
+    for _ in 0..stored {
         payload_hashes.push(r.array()?);
     }
-    let payload = r.take(params.block())?;
+    let payload = r.take(bytes.len() - hlen)?;
     if *blake3::hash(payload).as_bytes() != payload_hashes[usize::from(index)] {
         return Err(Error::Malformed(
             "payload does not match its recorded hash".into(),
@@ -315,12 +417,12 @@ fn parse_inner(bytes: &[u8]) -> Result<ParityRef<'_>, Error> {
     })
 }
 
-/// An owned parity block: header and payload.
+/// An owned stored block (a parity, or a systematic codeword's source): header and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParityBlock {
     /// The header.
     pub header: ParityHeader,
-    /// The `B` payload bytes.
+    /// The payload bytes.
     pub payload: Vec<u8>,
 }
 
@@ -470,5 +572,119 @@ mod tests {
             b[off..off + patch.len()].copy_from_slice(patch);
             assert!(ParityBlock::decode(&b).is_err(), "patch at {off}");
         }
+    }
+
+    /// A version 2 block: stored index `index` of a systematic (2, 3, 4) codeword carrying
+    /// `len` bytes, with a payload of the codeword's shard.
+    fn sample_v2(index: u16, block_size: u32, len: u64) -> ParityBlock {
+        let params = Params::new(2, 3, 4, block_size);
+        let payload = vec![7u8 ^ index as u8; params.shard(len)];
+        let mut payload_hashes: Vec<[u8; 32]> = (0..6).map(|i| [50 + i as u8; 32]).collect();
+        payload_hashes[usize::from(index)] = *blake3::hash(&payload).as_bytes();
+        ParityBlock {
+            header: ParityHeader {
+                params,
+                index,
+                codeword: CodewordId([9; 32]),
+                len,
+                content_hash: [3; 32],
+                pointers: vec![BlockKey([4; 32]), BlockKey([5; 32]), BlockKey([6; 32])],
+                payload_hashes,
+            },
+            payload,
+        }
+    }
+
+    #[test]
+    fn version_2_round_trip_and_kinds() {
+        for index in 0..6u16 {
+            let b = sample_v2(index, 16, 30);
+            let bytes = b.encode();
+            assert_eq!(bytes.len(), header_len(3, 6) + 16);
+            assert_eq!(
+                bytes.len(),
+                header_len_for(&b.header.params, Layout::Systematic) + 16
+            );
+            assert_eq!(bytes[4], VERSION_SYSTEMATIC);
+            let source = index < 2;
+            assert_eq!(bytes[5], if source { KIND_SOURCE } else { KIND_PARITY });
+            let back = ParityBlock::decode(&bytes).unwrap();
+            assert_eq!(back, b);
+            assert_eq!(back.header.layout(), Layout::Systematic);
+            assert_eq!(back.header.is_source(), source);
+            let (params, payload) = verified_payload(&bytes).unwrap();
+            assert_eq!((params, payload), (b.header.params, &b.payload[..]));
+        }
+        // Version 1 blocks are parity-only and never sources.
+        assert_eq!(sample().header.layout(), Layout::ParityOnly);
+        assert!(!sample().header.is_source());
+        assert_eq!(sample().encode()[4..6], [VERSION, KIND_PARITY]);
+    }
+
+    #[test]
+    fn version_2_truncations_and_bad_fields_are_rejected() {
+        let bytes = sample_v2(1, 16, 30).encode();
+        for n in 0..bytes.len() {
+            assert!(ParityBlock::decode(&bytes[..n]).is_err(), "prefix {n}");
+            assert!(verified_payload(&bytes[..n]).is_err(), "prefix {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ParityBlock::decode(&longer).is_err());
+        let cases: Vec<(usize, &[u8])> = vec![
+            (4, &[3]),                       // unknown version
+            (4, &[1]),                       // version 1 has no source kind
+            (5, &[0]),                       // a source index with the parity kind
+            (5, &[2]),                       // unknown kind
+            (10, &[0, 0]),                   // p = 0
+            (16, &[6, 0]),                   // index >= s + p
+            (16, &[3, 0]),                   // a parity index with the source kind
+            (18, &[0, 1]),                   // reserved
+            (52, &[33, 0, 0, 0]),            // length > s * B
+            (header_len(3, 6) + 3, &[0xff]), // payload byte: hash mismatch
+        ];
+        for (off, patch) in cases {
+            let mut b = bytes.clone();
+            b[off..off + patch.len()].copy_from_slice(patch);
+            assert!(ParityBlock::decode(&b).is_err(), "patch at {off}");
+        }
+        // A parity (index 3) with the source kind.
+        let mut b = sample_v2(3, 16, 30).encode();
+        b[5] = KIND_SOURCE;
+        assert!(ParityBlock::decode(&b).is_err());
+        // A parity read as version 1: its hash list is then s entries too long for its size.
+        b[4] = VERSION;
+        b[5] = KIND_PARITY;
+        assert!(ParityBlock::decode(&b).is_err());
+        assert!(verified_payload(&b).is_err());
+        // p < s is a valid systematic code (and not a valid parity-only one).
+        let mut small = sample_v2(0, 16, 30);
+        small.header.params = Params::new(2, 3, 1, 16);
+        small.header.payload_hashes.truncate(3);
+        let bytes = small.encode();
+        assert_eq!(ParityBlock::decode(&bytes).unwrap(), small);
+        let mut as_v1 = bytes.clone();
+        as_v1[4] = VERSION;
+        as_v1[5] = KIND_PARITY;
+        assert!(ParityBlock::decode(&as_v1).is_err());
+    }
+
+    /// Version 1 accepts a payload of B bytes for a short codeword (written before shards);
+    /// version 2, newer than shards, only the shard.
+    #[test]
+    fn version_2_payload_is_exactly_the_shard() {
+        let short = sample_v2(4, 256, 10);
+        assert_eq!(short.payload.len(), 64);
+        assert!(ParityBlock::decode(&short.encode()).is_ok());
+        let mut padded = short.clone();
+        padded.payload.resize(256, 0);
+        padded.header.payload_hashes[4] = *blake3::hash(&padded.payload).as_bytes();
+        assert!(ParityBlock::decode(&padded.encode()).is_err());
+        let mut v1 = sample();
+        v1.header.params = Params::new(2, 3, 4, 256);
+        v1.header.len = 10;
+        v1.payload = vec![1; 256];
+        v1.header.payload_hashes[2] = *blake3::hash(&v1.payload).as_bytes();
+        assert!(ParityBlock::decode(&v1.encode()).is_ok());
     }
 }

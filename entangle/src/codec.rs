@@ -43,16 +43,20 @@ use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use crate::block::{header_len, verified_payload, write_header, HeaderFields};
 use crate::key::{Anchors, BlockKey, CodewordId};
-use crate::params::Params;
-use crate::record::CodewordRecord;
+use crate::params::{Layout, Params};
+use crate::record::{AsRecord, CodewordRecord, Record, RecordView};
 use crate::source::SymbolSource;
 use crate::Error;
 
 /// A stored block: its key and its exact stored bytes.
 pub type StoredBlock = (BlockKey, Vec<u8>);
 
-/// One encoded codeword: its record and its `p` parity blocks, in index order.
+/// One encoded parity-only codeword: its record and its `p` parity blocks, in index order.
 pub type Encoded = (CodewordRecord, Vec<StoredBlock>);
+
+/// One encoded codeword of either layout: its record and its stored blocks, in stored index
+/// order (parity-only: the `p` parities; systematic: the `s` sources, then the `p` parities).
+pub type EncodedRecord = (Record, Vec<StoredBlock>);
 
 // ---------------------------------------------------------------------------------------------
 // Parallelism
@@ -175,7 +179,7 @@ enum Job<'a> {
     Subtree(u64, &'a [u8], &'a mut [u8; 32]),
     /// A stored block with `hlen` bytes of header room: BLAKE3 of its payload, and the parts
     /// of the BLAKE3 of the whole block that do not depend on the header ([`key_parts`]).
-    Parity {
+    Stored {
         block: &'a [u8],
         hlen: usize,
         payload_hash: &'a mut [u8; 32],
@@ -200,7 +204,7 @@ fn run(threads: usize, coding: Option<&Coding<'_>>, jobs: Vec<Job<'_>>) -> Resul
             *out = h.finalize_non_root();
             Ok(())
         }
-        Job::Parity {
+        Job::Stored {
             block,
             hlen,
             payload_hash,
@@ -635,10 +639,12 @@ fn restore_whole(
     Ok(())
 }
 
-/// Computes the `p` recovery shards of the `s + t` original shards.
+/// Computes the `p` recovery shards of the `s + t` original shards (all of one size, the
+/// codeword's shard).
 pub(crate) fn rs_encode(params: &Params, originals: &[&[u8]]) -> Result<Vec<Vec<u8>>, Error> {
-    let (n, p, b) = (params.needed(), params.p(), params.block());
-    if originals.len() != n || originals.iter().any(|o| o.len() != b) {
+    let (n, p) = (params.needed(), params.p());
+    let b = originals.first().map_or(0, |o| o.len());
+    if originals.len() != n || b == 0 || b % 2 != 0 || originals.iter().any(|o| o.len() != b) {
         return Err(Error::ReedSolomon(format!(
             "{} originals for {n} shards of {b} bytes",
             originals.len()
@@ -785,8 +791,10 @@ fn cv_of<'a>(
 // ---------------------------------------------------------------------------------------------
 // Pointers
 
-/// Checks the stored bytes of a pointer that already hash to `key`: a well-formed parity block
-/// with a payload of `B` bytes. Returns the payload.
+/// Checks the stored bytes of a pointer that already hash to `key`: a well-formed stored block
+/// (a parity of either layout, or a systematic codeword's source) with a payload of at most
+/// `B` bytes (a short codeword's parities have shorter payloads; as
+/// an input symbol such a payload is zero-extended). Returns the payload.
 fn checked_payload<'a>(
     params: &Params,
     key: &BlockKey,
@@ -796,11 +804,11 @@ fn checked_payload<'a>(
         key: *key,
         reason: e.to_string(),
     })?;
-    if payload.len() != params.block() {
+    if payload.len() > params.block() {
         return Err(Error::BadPointer {
             key: *key,
             reason: format!(
-                "payload is {} bytes, block size is {}",
+                "payload is {} bytes, more than the block size {}",
                 payload.len(),
                 params.block()
             ),
@@ -817,7 +825,8 @@ fn hash_mismatch(key: &BlockKey) -> Error {
 }
 
 /// Extracts and checks the payload of a pointer's stored bytes: they must hash to `key` and be
-/// a well-formed parity block of payload size `B`.
+/// a well-formed stored block (a parity of either layout, or a systematic codeword's source)
+/// with a payload of at most `B` bytes.
 pub fn pointer_payload<'a>(
     params: &Params,
     key: &BlockKey,
@@ -841,8 +850,8 @@ pub struct Pointer<'a> {
 
 impl<'a> Pointer<'a> {
     /// Checks `stored` against `key` as [`encode`] does: an anchor key of `params` (its bytes
-    /// are ignored), or bytes that hash to `key` and form a parity block with a `B`-byte
-    /// payload ([`pointer_payload`]).
+    /// are ignored), or bytes that hash to `key` and form a stored block (a parity or a source)
+    /// with a payload of at most `B` bytes ([`pointer_payload`]).
     pub fn verify(params: &Params, key: BlockKey, stored: &'a [u8]) -> Result<Self, Error> {
         if Anchors::new(params.block_size, params.t()).contains(&key) {
             return Ok(Pointer { key, payload: None });
@@ -883,14 +892,15 @@ enum Ptr<'a> {
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
-/// Checks what [`encode`] checks before any work: parameters, document size, pointer count,
-/// distinct pointers.
+/// Checks what [`encode`] checks before any work: parameters (for the layout), document
+/// size, pointer count, distinct pointers.
 fn check_encode_args(
+    layout: Layout,
     params: &Params,
     len: usize,
     keys: impl Iterator<Item = BlockKey>,
 ) -> Result<(), Error> {
-    params.validate()?;
+    params.validate_for(layout)?;
     let capacity = params.capacity();
     let len = len as u64;
     if len > capacity {
@@ -910,7 +920,7 @@ fn check_encode_args(
     Ok(())
 }
 
-/// Encodes one codeword.
+/// Encodes one parity-only codeword.
 ///
 /// `document` is at most `s * B` bytes (it is zero-padded to `s` blocks; its true length is
 /// recorded). `pointers` are exactly `t` distinct `(key, stored bytes)` pairs: each real
@@ -918,7 +928,8 @@ fn check_encode_args(
 /// `s + i`; for an anchor key (see [`BlockKey::anchor`]) the bytes are ignored (pass `&[]`).
 ///
 /// Returns the codeword's record and its `p` stored parity blocks in index order. Large
-/// codewords use several cores ([`Parallelism::AUTO`]; see [`encode_with`]).
+/// codewords use several cores ([`Parallelism::AUTO`]; see [`encode_with`]). Other layouts:
+/// [`encode_layout`].
 pub fn encode(
     params: Params,
     id: CodewordId,
@@ -936,7 +947,62 @@ pub fn encode_with(
     document: &[u8],
     pointers: &[(BlockKey, &[u8])],
 ) -> Result<Encoded, Error> {
-    check_encode_args(&params, document.len(), pointers.iter().map(|(k, _)| *k))?;
+    parity_only(encode_layout(
+        Layout::ParityOnly,
+        par,
+        params,
+        id,
+        document,
+        pointers,
+    )?)
+}
+
+/// [`encode_with`] over pointers checked beforehand ([`Pointer::verify`]): their bytes are not
+/// hashed again. The result is byte for byte what [`encode`] returns for the same pointers.
+pub fn encode_verified(
+    par: Parallelism,
+    params: Params,
+    id: CodewordId,
+    document: &[u8],
+    pointers: &[Pointer<'_>],
+) -> Result<Encoded, Error> {
+    parity_only(encode_verified_layout(
+        Layout::ParityOnly,
+        par,
+        params,
+        id,
+        document,
+        pointers,
+    )?)
+}
+
+/// The parity-only form of what the encoder returned for [`Layout::ParityOnly`].
+fn parity_only((record, blocks): EncodedRecord) -> Result<Encoded, Error> {
+    Ok((CodewordRecord::try_from(record)?, blocks))
+}
+
+/// Encodes one codeword of `layout`: [`encode_with`]'s arguments and checks.
+///
+/// Returns the record and the stored blocks in stored index order. For
+/// [`Layout::ParityOnly`] they are exactly [`encode_with`]'s. For [`Layout::Systematic`] the
+/// first `s` are the source blocks, each a header (version 2, kind 1) and the source symbol
+/// (the document's bytes `i b .. (i + 1) b`, the last one zero-padded to the shard `b`), then
+/// the `p` parities, whose payloads are exactly those of the parity-only encoding of the same
+/// document and pointers (the same Reed-Solomon code; only what is stored differs).
+pub fn encode_layout(
+    layout: Layout,
+    par: Parallelism,
+    params: Params,
+    id: CodewordId,
+    document: &[u8],
+    pointers: &[(BlockKey, &[u8])],
+) -> Result<EncodedRecord, Error> {
+    check_encode_args(
+        layout,
+        &params,
+        document.len(),
+        pointers.iter().map(|(k, _)| *k),
+    )?;
     let anchors = Anchors::new(params.block_size, params.t());
     let ptrs = pointers
         .iter()
@@ -952,19 +1018,24 @@ pub fn encode_with(
             (*key, ptr)
         })
         .collect();
-    encode_core(par, params, id, document, ptrs)
+    encode_core(layout, par, params, id, document, ptrs)
 }
 
-/// [`encode_with`] over pointers checked beforehand ([`Pointer::verify`]): their bytes are not
-/// hashed again. The result is byte for byte what [`encode`] returns for the same pointers.
-pub fn encode_verified(
+/// [`encode_layout`] over pointers checked beforehand ([`Pointer::verify`]).
+pub fn encode_verified_layout(
+    layout: Layout,
     par: Parallelism,
     params: Params,
     id: CodewordId,
     document: &[u8],
     pointers: &[Pointer<'_>],
-) -> Result<Encoded, Error> {
-    check_encode_args(&params, document.len(), pointers.iter().map(Pointer::key))?;
+) -> Result<EncodedRecord, Error> {
+    check_encode_args(
+        layout,
+        &params,
+        document.len(),
+        pointers.iter().map(Pointer::key),
+    )?;
     let anchors = Anchors::new(params.block_size, params.t());
     let mut ptrs = Vec::with_capacity(pointers.len());
     for p in pointers {
@@ -976,12 +1047,12 @@ pub fn encode_verified(
                     reason: "not an anchor of these parameters".into(),
                 })
             }
-            Some(payload) if payload.len() == params.block() => Ptr::Checked(payload),
+            Some(payload) if payload.len() <= params.block() => Ptr::Checked(payload),
             Some(payload) => {
                 return Err(Error::BadPointer {
                     key: p.key,
                     reason: format!(
-                        "payload is {} bytes, block size is {}",
+                        "payload is {} bytes, more than the block size {}",
                         payload.len(),
                         params.block()
                     ),
@@ -990,39 +1061,69 @@ pub fn encode_verified(
         };
         ptrs.push((p.key, ptr));
     }
-    encode_core(par, params, id, document, ptrs)
+    encode_core(layout, par, params, id, document, ptrs)
+}
+
+/// One job per stored block of `blocks` (header room `hlen`): its payload hash and key parts.
+fn stored_jobs<'a>(
+    blocks: &'a [Vec<u8>],
+    hlen: usize,
+    payload_hashes: &'a mut [[u8; 32]],
+    parts: &'a mut [Vec<[u8; 32]>],
+) -> impl Iterator<Item = Job<'a>> {
+    blocks
+        .iter()
+        .zip(payload_hashes.iter_mut())
+        .zip(parts.iter_mut())
+        .map(move |((blk, payload_hash), key_parts)| Job::Stored {
+            block: blk,
+            hlen,
+            payload_hash,
+            key_parts,
+        })
 }
 
 /// Encodes one codeword whose arguments were checked by [`check_encode_args`].
 fn encode_core(
+    layout: Layout,
     par: Parallelism,
     params: Params,
     id: CodewordId,
     document: &[u8],
     pointers: Vec<(BlockKey, Ptr<'_>)>,
-) -> Result<Encoded, Error> {
-    let (s, t, p, b) = (params.s(), params.t(), params.p(), params.block());
-    let hlen = header_len(t, p);
+) -> Result<EncodedRecord, Error> {
+    let (s, t, p) = (params.s(), params.t(), params.p());
+    // Every symbol of this codeword is one shard: a short document is not padded to s * B.
+    let b = params.shard(document.len() as u64);
+    // Stored sources (systematic), the stored index of parity 0; and all stored blocks.
+    let nsrc = layout.sources(&params);
+    let n = layout.stored(&params);
+    let hlen = header_len(t, n);
     let unchecked = pointers
         .iter()
         .filter(|(_, p)| matches!(p, Ptr::Unchecked { .. }))
         .count();
     // Hashing: document, unchecked pointers, payloads, stored blocks; coding: inputs.
-    let threads = par.resolve((s + unchecked + 2 * p + s + t) * b);
+    let threads = par.resolve((s + unchecked + 2 * n + s + t) * b);
 
-    let mut originals: Vec<Option<Input<'_>>> = Vec::with_capacity(s + t);
-    for i in 0..s {
+    let source = |i: usize| {
         let start = (i * b).min(document.len());
         let end = ((i + 1) * b).min(document.len());
-        originals.push(Some(Input::Bytes(&document[start..end])));
+        &document[start..end]
+    };
+    let mut originals: Vec<Option<Input<'_>>> = Vec::with_capacity(s + t);
+    for i in 0..s {
+        originals.push(Some(Input::Bytes(source(i))));
     }
     for (_, ptr) in &pointers {
         originals.push(Some(match ptr {
+            // A pointer's symbol is the first b bytes of its payload, zero-extended when
+            // shorter (Input pads every segment it lacks with zeros).
             Ptr::Checked(payload)
             | Ptr::Unchecked {
                 payload: Ok(payload),
                 ..
-            } => Input::Bytes(payload),
+            } => Input::Bytes(&payload[..payload.len().min(b)]),
             Ptr::Anchor
             | Ptr::Unchecked {
                 payload: Err(_), ..
@@ -1030,9 +1131,19 @@ fn encode_core(
         }));
     }
 
-    // Every stored block is allocated once, header room first: the payload is written into it
-    // by the Reed-Solomon step, the header once the payload hashes are known.
-    let mut blocks: Vec<Vec<u8>> = (0..p)
+    // Every stored block is allocated once, header room first: a source's payload is copied
+    // from the document (the last one zero-padded), a parity's written into it by the
+    // Reed-Solomon step; the header once the payload hashes are known.
+    let sources: Vec<Vec<u8>> = (0..nsrc)
+        .map(|i| {
+            let mut v = Vec::with_capacity(hlen + b);
+            v.resize(hlen, 0);
+            v.extend_from_slice(source(i));
+            v.resize(hlen + b, 0);
+            v
+        })
+        .collect();
+    let mut parities: Vec<Vec<u8>> = (0..p)
         .map(|_| {
             let mut v = Vec::with_capacity(hlen + b);
             v.resize(hlen, 0);
@@ -1041,15 +1152,20 @@ fn encode_core(
         .collect();
     let mut content_hash = [0u8; 32];
     let mut pointer_hashes = vec![[0u8; 32]; t];
+    let mut payload_hashes = vec![[0u8; 32]; n];
+    let mut parts: Vec<Vec<[u8; 32]>> = vec![Vec::new(); n];
+    let (source_hashes, parity_hashes) = payload_hashes.split_at_mut(nsrc);
+    let (source_parts, parity_parts) = parts.split_at_mut(nsrc);
 
-    // 1. Document hash, pointer hashes, Reed-Solomon: independent jobs.
-    let mut hashes = vec![Job::Hash(document, &mut content_hash)];
+    // 1. Document hash, pointer hashes, source blocks' hashes, Reed-Solomon: independent jobs.
+    let mut jobs = vec![Job::Hash(document, &mut content_hash)];
     for ((_, ptr), h) in pointers.iter().zip(pointer_hashes.iter_mut()) {
         if let Ptr::Unchecked { stored, .. } = ptr {
-            hashes.push(Job::Hash(stored, h));
+            jobs.push(Job::Hash(stored, h));
         }
     }
-    rs_encode_into(threads, &originals, &mut blocks, hlen, b, hashes)?;
+    jobs.extend(stored_jobs(&sources, hlen, source_hashes, source_parts));
+    rs_encode_into(threads, &originals, &mut parities, hlen, b, jobs)?;
     let mut keys = Vec::with_capacity(t);
     for ((key, ptr), h) in pointers.into_iter().zip(&pointer_hashes) {
         if let Ptr::Unchecked { payload, .. } = ptr {
@@ -1062,21 +1178,12 @@ fn encode_core(
         keys.push(key);
     }
 
-    // 2. Payload hashes, and the header-free parts of the stored blocks' hashes.
-    let mut payload_hashes = vec![[0u8; 32]; p];
-    let mut parts: Vec<Vec<[u8; 32]>> = vec![Vec::new(); p];
-    let jobs = blocks
-        .iter()
-        .zip(payload_hashes.iter_mut())
-        .zip(parts.iter_mut())
-        .map(|((blk, payload_hash), key_parts)| Job::Parity {
-            block: blk,
-            hlen,
-            payload_hash,
-            key_parts,
-        })
-        .collect();
-    run(threads, None, jobs)?;
+    // 2. Parity payload hashes, and the header-free parts of the parity blocks' hashes.
+    run(
+        threads,
+        None,
+        stored_jobs(&parities, hlen, parity_hashes, parity_parts).collect(),
+    )?;
 
     // 3. Headers, in place, then the ring keys of the stored bytes (their first chunk and the
     //    merges: a few microseconds).
@@ -1088,24 +1195,26 @@ fn encode_core(
         pointers: &keys,
         payload_hashes: &payload_hashes,
     };
-    let mut parity_keys = Vec::with_capacity(p);
+    let mut blocks: Vec<Vec<u8>> = sources;
+    blocks.extend(parities);
+    let mut stored_keys = Vec::with_capacity(n);
     for (j, (blk, parts)) in blocks.iter_mut().zip(&parts).enumerate() {
-        // j < p <= u16::MAX: validated.
+        // j < s + p <= u16::MAX: validated.
         write_header(&mut blk[..hlen], &fields, j as u16);
-        parity_keys.push(key_of_parts(blk, hlen, parts));
+        stored_keys.push(BlockKey(key_of_parts(blk, hlen, parts)));
     }
 
-    let parity_keys: Vec<BlockKey> = parity_keys.into_iter().map(BlockKey).collect();
-    let record = CodewordRecord {
+    let record = Record {
+        layout,
         id,
         params,
         pointers: keys,
-        parity_keys: parity_keys.clone(),
+        stored_keys: stored_keys.clone(),
         payload_hashes,
         len: document.len() as u64,
         content_hash,
     };
-    Ok((record, parity_keys.into_iter().zip(blocks).collect()))
+    Ok((record, stored_keys.into_iter().zip(blocks).collect()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1118,16 +1227,21 @@ pub(crate) enum Symbol {
 }
 
 impl Symbol {
+    /// The symbol as an input of a codeword whose shard is `b`: the first `b` payload bytes,
+    /// zero-extended when the payload is shorter.
     fn input(&self, b: usize) -> Input<'_> {
         match self {
-            Symbol::Stored { bytes, start } => Input::Bytes(&bytes[*start..*start + b]),
+            Symbol::Stored { bytes, start } => {
+                Input::Bytes(&bytes[*start..bytes.len().min(*start + b)])
+            }
             Symbol::Zero => Input::Zero,
         }
     }
 
-    fn stored_payload(&self, b: usize) -> Option<&[u8]> {
+    /// A stored block's payload (exactly the shard: checked when gathered).
+    fn stored_payload(&self) -> Option<&[u8]> {
         match self {
-            Symbol::Stored { bytes, start } => Some(&bytes[*start..*start + b]),
+            Symbol::Stored { bytes, start } => Some(&bytes[*start..]),
             Symbol::Zero => None,
         }
     }
@@ -1135,7 +1249,8 @@ impl Symbol {
 
 /// The verified symbols gathered for one codeword.
 pub(crate) struct Gathered {
-    /// Input symbols `0..s+t` (sources are always `None`).
+    /// Input symbols `0..s+t`: the sources (held only for a systematic codeword), then the
+    /// pointers.
     pub originals: Vec<Option<Symbol>>,
     /// Parity symbols `0..p`.
     pub recovery: Vec<Option<Symbol>>,
@@ -1143,41 +1258,82 @@ pub(crate) struct Gathered {
     pub have: usize,
     /// Keys whose bytes were fetched but failed verification.
     pub rejected: Vec<BlockKey>,
+    /// The codeword's shard: the payload size of the stored blocks gathered (all equal), or
+    /// for a systematic codeword the record's shard from the start.
+    pub shard: Option<usize>,
+    /// Stored sources of the codeword (0 for parity-only).
+    pub sources: usize,
 }
 
-/// Fetches verified symbols of `record` through `fetch`, pointers first (they are input
-/// symbols, which makes the decode cheaper), then parities, stopping at `s + t`.
+impl Gathered {
+    /// The shard the symbols are coded at: that of the blocks gathered, or the record's
+    /// when none was (not decodable then anyway: decoding needs `s >= 1` stored blocks).
+    pub(crate) fn shard(&self, record: &RecordView<'_>) -> usize {
+        self.shard
+            .unwrap_or_else(|| record.params.shard(record.len))
+    }
+
+    /// Whether every stored source is held (a systematic codeword reads its document from
+    /// them directly).
+    pub(crate) fn sources_held(&self) -> bool {
+        self.sources > 0 && self.originals[..self.sources].iter().all(Option::is_some)
+    }
+}
+
+/// Which symbols a gather stops at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// `s + t` verified symbols (repair: every input symbol is restored).
+    Decodable,
+    /// The document: for a systematic codeword the `s` sources alone if they all verify
+    /// (fetched first, as one batch), otherwise `s + t` symbols.
+    Document,
+}
+
+/// Fetches verified symbols of `record` through `fetch`, in [`crate::fetch_order`]'s order
+/// (sources, pointers, parities: input symbols make the decode cheaper), stopping at `s + t`.
 pub(crate) fn gather(
-    record: &CodewordRecord,
+    record: &RecordView<'_>,
     anchors: &Anchors,
     fetch: impl FnMut(&BlockKey) -> Option<Vec<u8>>,
 ) -> Gathered {
-    gather_with(record, anchors, fetch, 1)
+    gather_with(record, anchors, fetch, 1, Want::Decodable)
 }
 
 #[derive(Clone, Copy)]
 enum Slot {
     Pointer(usize),
-    Parity(usize),
+    /// Stored index.
+    Stored(usize),
 }
 
 /// [`gather`] hashing with up to `threads` threads. It fetches exactly the blocks [`gather`]
 /// fetches, in the same order, and keeps the same symbols: blocks are fetched in batches of as
-/// many as are still needed, and a batch is verified before the next is fetched.
+/// many as are still needed, and a batch is verified before the next is fetched. With
+/// [`Want::Document`], a systematic codeword's first batch is its `s` sources, and the gather
+/// ends there if they all verify.
 fn gather_with(
-    record: &CodewordRecord,
+    record: &RecordView<'_>,
     anchors: &Anchors,
     mut fetch: impl FnMut(&BlockKey) -> Option<Vec<u8>>,
     threads: usize,
+    want: Want,
 ) -> Gathered {
     let params = &record.params;
-    let (s, b, need) = (params.s(), params.block(), params.needed());
-    let hlen = header_len(params.t(), params.p());
+    let (s, need) = (params.s(), params.needed());
+    let nsrc = record.sources();
+    let hlen = record.header_len();
+    // A stored block's payload is the codeword's shard, or (parity-only) B if written before
+    // shards; its key (a hash of the exact bytes) tells which.
+    let sizes = record.payload_sizes();
+    let size_ok = |n: usize| n.checked_sub(hlen).is_some_and(|b| sizes.allows(b));
     let mut g = Gathered {
         originals: (0..need).map(|_| None).collect(),
         recovery: (0..params.p()).map(|_| None).collect(),
         have: 0,
         rejected: Vec::new(),
+        shard: (nsrc > 0).then_some(sizes.shard),
+        sources: nsrc,
     };
     // Anchors cost nothing: take them first.
     for (i, key) in record.pointers.iter().enumerate() {
@@ -1186,21 +1342,34 @@ fn gather_with(
             g.have += 1;
         }
     }
-    let candidates: Vec<Slot> = (0..record.pointers.len())
-        .filter(|&i| g.originals[s + i].is_none())
-        .map(Slot::Pointer)
-        .chain((0..record.parity_keys.len()).map(Slot::Parity))
+    let candidates: Vec<Slot> = (0..nsrc)
+        .map(Slot::Stored)
+        .chain(
+            (0..record.pointers.len())
+                .filter(|&i| g.originals[s + i].is_none())
+                .map(Slot::Pointer),
+        )
+        .chain((nsrc..record.stored_keys.len()).map(Slot::Stored))
         .collect();
     let key_of = |slot: Slot| match slot {
         Slot::Pointer(i) => &record.pointers[i],
-        Slot::Parity(j) => &record.parity_keys[j],
+        Slot::Stored(j) => &record.stored_keys[j],
     };
     let mut next = 0;
+    let mut first = true;
     while g.have < need && next < candidates.len() {
+        // A document read of a systematic codeword fetches the sources alone first.
+        let limit = if first && want == Want::Document && nsrc > 0 {
+            nsrc
+        } else {
+            usize::MAX
+        };
         let mut batch: Vec<(Slot, Vec<u8>)> = Vec::new();
-        while g.have + batch.len() < need && next < candidates.len() {
+        let mut taken = 0;
+        while g.have + batch.len() < need && next < candidates.len() && taken < limit {
             let slot = candidates[next];
             next += 1;
+            taken += 1;
             if let Some(bytes) = fetch(key_of(slot)) {
                 batch.push((slot, bytes));
             }
@@ -1209,36 +1378,49 @@ fn gather_with(
         let jobs = batch
             .iter()
             .zip(hashes.iter_mut())
-            // A parity of the wrong size is rejected without hashing it.
-            .filter(|((slot, bytes), _)| {
-                matches!(slot, Slot::Pointer(_)) || bytes.len() == hlen + b
-            })
+            // A stored block of the wrong size is rejected without hashing it.
+            .filter(|((slot, bytes), _)| matches!(slot, Slot::Pointer(_)) || size_ok(bytes.len()))
             .map(|((_, bytes), h)| Job::Hash(bytes, h))
             .collect();
         // Hash jobs cannot fail.
         let _ = run(threads, None, jobs);
         for ((slot, bytes), h) in batch.into_iter().zip(hashes) {
             let key = key_of(slot);
-            let ok = h == key.0
-                && match slot {
-                    Slot::Pointer(_) => checked_payload(params, key, &bytes).is_ok(),
-                    Slot::Parity(_) => bytes.len() == hlen + b,
-                };
-            if !ok {
+            let start = match slot {
+                _ if h != key.0 => None,
+                Slot::Pointer(_) => checked_payload(params, key, &bytes)
+                    .ok()
+                    .map(|payload| bytes.len() - payload.len()),
+                // All stored blocks of a codeword have one size (their keys were recorded
+                // together).
+                Slot::Stored(_) => (size_ok(bytes.len())
+                    && g.shard.is_none_or(|b| b == bytes.len() - hlen))
+                .then_some(hlen),
+            };
+            let Some(start) = start else {
                 g.rejected.push(*key);
                 continue;
-            }
+            };
             match slot {
                 Slot::Pointer(i) => {
-                    let start = bytes.len() - b;
                     g.originals[s + i] = Some(Symbol::Stored { bytes, start });
                 }
-                Slot::Parity(j) => {
-                    g.recovery[j] = Some(Symbol::Stored { bytes, start: hlen });
+                Slot::Stored(j) => {
+                    g.shard = Some(bytes.len() - hlen);
+                    let sym = Some(Symbol::Stored { bytes, start });
+                    if j < nsrc {
+                        g.originals[j] = sym;
+                    } else {
+                        g.recovery[j - nsrc] = sym;
+                    }
                 }
             }
             g.have += 1;
         }
+        if first && want == Want::Document && g.sources_held() {
+            break;
+        }
+        first = false;
     }
     g
 }
@@ -1247,9 +1429,9 @@ fn gather_with(
 /// `s + t`.
 type Shards<'g> = (Vec<Option<Input<'g>>>, Vec<Option<&'g [u8]>>);
 
-fn gathered_shards<'g>(record: &CodewordRecord, g: &'g Gathered) -> Result<Shards<'g>, Error> {
+fn gathered_shards<'g>(record: &RecordView<'_>, g: &'g Gathered) -> Result<Shards<'g>, Error> {
     let params = &record.params;
-    let b = params.block();
+    let b = g.shard(record);
     if g.have < params.needed() {
         return Err(Error::Undecodable {
             id: record.id,
@@ -1265,15 +1447,15 @@ fn gathered_shards<'g>(record: &CodewordRecord, g: &'g Gathered) -> Result<Shard
     let recovery = g
         .recovery
         .iter()
-        .map(|o| o.as_ref().and_then(|s| s.stored_payload(b)))
+        .map(|o| o.as_ref().and_then(Symbol::stored_payload))
         .collect();
     Ok((originals, recovery))
 }
 
 /// Restores all `s + t` input symbols of a codeword from gathered symbols.
-pub(crate) fn restore_inputs(record: &CodewordRecord, g: &Gathered) -> Result<Vec<Vec<u8>>, Error> {
+pub(crate) fn restore_inputs(record: &RecordView<'_>, g: &Gathered) -> Result<Vec<Vec<u8>>, Error> {
     let params = &record.params;
-    let (n, b) = (params.needed(), params.block());
+    let (n, b) = (params.needed(), g.shard(record));
     let (originals, recovery) = gathered_shards(record, g)?;
     let mut out = vec![vec![0u8; b]; n];
     let threads = Parallelism::AUTO.resolve(3 * (n + params.p()) * b);
@@ -1289,13 +1471,17 @@ pub(crate) fn restore_inputs(record: &CodewordRecord, g: &Gathered) -> Result<Ve
 
 /// Decodes one codeword's document bytes from `source`.
 ///
-/// Every symbol is verified against the record (pointers by key, parities by their recorded
-/// key); symbols that fail are treated as missing. With fewer than `s + t` verified symbols
+/// Every symbol is verified against the record (pointers by key, stored blocks by their
+/// recorded keys); symbols that fail are treated as missing. A systematic codeword is read
+/// from its `s` sources alone when they all verify (no Reed-Solomon: their payloads are the
+/// document); otherwise, as a parity-only one, from any `s + t` verified symbols. With fewer
 /// the result is [`Error::Undecodable`], never wrong bytes. The output is truncated to the
 /// recorded length and checked against the recorded content hash. Large codewords use
 /// several cores ([`Parallelism::AUTO`]; see [`decode_with`]).
-pub fn decode<S: SymbolSource + ?Sized>(
-    record: &CodewordRecord,
+///
+/// `record` is a [`CodewordRecord`], a [`Record`], or a reference or `Arc` of one.
+pub fn decode<R: AsRecord + ?Sized, S: SymbolSource + ?Sized>(
+    record: &R,
     source: &S,
 ) -> Result<Vec<u8>, Error> {
     decode_with(Parallelism::AUTO, record, source)
@@ -1303,45 +1489,63 @@ pub fn decode<S: SymbolSource + ?Sized>(
 
 /// [`decode`] with a choice of [`Parallelism`]. The result is the same for any choice, and
 /// `source` is asked for the same blocks in the same order.
-pub fn decode_with<S: SymbolSource + ?Sized>(
+pub fn decode_with<R: AsRecord + ?Sized, S: SymbolSource + ?Sized>(
     par: Parallelism,
-    record: &CodewordRecord,
+    record: &R,
     source: &S,
 ) -> Result<Vec<u8>, Error> {
+    let record = record.view();
     record.validate()?;
     let params = &record.params;
     // Hashing: s + t symbols and the document; decoding: heavier than encoding.
-    let threads =
-        par.resolve((params.needed() + params.s() + 3 * params.needed()) * params.block());
+    let threads = par
+        .resolve((params.needed() + params.s() + 3 * params.needed()) * params.shard(record.len));
     let anchors = Anchors::new(params.block_size, params.t());
-    let g = gather_with(record, &anchors, |k| source.get(k), threads);
-    decode_gathered(record, &g, threads)
+    let g = gather_with(
+        &record,
+        &anchors,
+        |k| source.get(k),
+        threads,
+        Want::Document,
+    );
+    decode_gathered(&record, &g, threads)
 }
 
 /// Decodes the document bytes from already gathered symbols.
 fn decode_gathered(
-    record: &CodewordRecord,
+    record: &RecordView<'_>,
     g: &Gathered,
     threads: usize,
 ) -> Result<Vec<u8>, Error> {
     let params = &record.params;
-    let (s, b) = (params.s(), params.block());
-    let (originals, recovery) = gathered_shards(record, g)?;
+    let (s, b) = (params.s(), g.shard(record));
     // len <= s * B was checked by validate(), so this fits in usize on any target that could
     // hold the blocks.
     let len = usize::try_from(record.len)
         .map_err(|_| Error::InvalidParams("document length exceeds usize".into()))?;
-    // The sources are restored straight into the document.
-    let mut doc = vec![0u8; s * b];
-    restore_into(
-        threads,
-        &originals,
-        &recovery,
-        b,
-        doc.chunks_mut(b).enumerate().collect(),
-    )?;
-    doc.truncate(len);
-    if par_hash(threads, &doc) != record.content_hash {
+    let doc = if g.sources_held() {
+        // Systematic, every source verified: the document is their payloads.
+        let mut doc = Vec::with_capacity(len);
+        for sym in g.originals[..s].iter().flatten() {
+            let payload = sym.stored_payload().unwrap_or(&[]);
+            doc.extend_from_slice(&payload[..payload.len().min(len - doc.len())]);
+        }
+        doc
+    } else {
+        let (originals, recovery) = gathered_shards(record, g)?;
+        // The sources are restored straight into the document.
+        let mut doc = vec![0u8; s * b];
+        restore_into(
+            threads,
+            &originals,
+            &recovery,
+            b,
+            doc.chunks_mut(b).enumerate().collect(),
+        )?;
+        doc.truncate(len);
+        doc
+    };
+    if doc.len() != len || par_hash(threads, &doc) != record.content_hash {
         return Err(Error::ContentMismatch(record.id));
     }
     Ok(doc)
@@ -1350,12 +1554,14 @@ fn decode_gathered(
 // ---------------------------------------------------------------------------------------------
 // Documents
 
-/// Splits `document` into codewords of at most `s * B` bytes and encodes each, in order.
+/// Splits `document` into codewords of at most `s * B` bytes and encodes each (parity-only),
+/// in order.
 ///
 /// An empty document is one codeword of length 0. Codeword `k` gets the id
 /// `CodewordId::derive(document_id, k)`. Its pointers come from `pointers(k, done)`, where `done`
 /// holds the codewords already encoded for this document (so a later codeword may point at an
 /// earlier one's parities); it must return `t` `(key, stored bytes)` pairs as for [`encode`].
+/// Other layouts: [`encode_document_layout`].
 pub fn encode_document<F>(
     params: Params,
     document_id: &[u8; 32],
@@ -1376,47 +1582,90 @@ pub fn encode_document_with<F>(
     params: Params,
     document_id: &[u8; 32],
     document: &[u8],
-    mut pointers: F,
+    pointers: F,
 ) -> Result<Vec<Encoded>, Error>
 where
     F: FnMut(u64, &[Encoded]) -> Result<Vec<StoredBlock>, Error>,
 {
     params.validate()?;
+    encode_chunks(
+        params,
+        document_id,
+        document,
+        pointers,
+        |id, chunk, refs| encode_with(par, params, id, chunk, refs),
+    )
+}
+
+/// [`encode_document_with`] in `layout`: each codeword as [`encode_layout`] encodes it, and
+/// `pointers(k, done)` sees the codewords already encoded with all their stored blocks (for a
+/// systematic codeword, its sources and parities: any may be a pointer of a later one).
+pub fn encode_document_layout<F>(
+    layout: Layout,
+    par: Parallelism,
+    params: Params,
+    document_id: &[u8; 32],
+    document: &[u8],
+    pointers: F,
+) -> Result<Vec<EncodedRecord>, Error>
+where
+    F: FnMut(u64, &[EncodedRecord]) -> Result<Vec<StoredBlock>, Error>,
+{
+    params.validate_for(layout)?;
+    encode_chunks(
+        params,
+        document_id,
+        document,
+        pointers,
+        |id, chunk, refs| encode_layout(layout, par, params, id, chunk, refs),
+    )
+}
+
+/// The codeword loop of the document encoders: `encode_one(id, chunk, pointers)` per chunk.
+fn encode_chunks<E, F, G>(
+    params: Params,
+    document_id: &[u8; 32],
+    document: &[u8],
+    mut pointers: F,
+    mut encode_one: G,
+) -> Result<Vec<E>, Error>
+where
+    F: FnMut(u64, &[E]) -> Result<Vec<StoredBlock>, Error>,
+    G: FnMut(CodewordId, &[u8], &[(BlockKey, &[u8])]) -> Result<E, Error>,
+{
     let cap = params.capacity() as usize;
     let chunks: Vec<&[u8]> = if document.is_empty() {
         vec![document]
     } else {
         document.chunks(cap).collect()
     };
-    let mut done: Vec<Encoded> = Vec::with_capacity(chunks.len());
+    let mut done: Vec<E> = Vec::with_capacity(chunks.len());
     for (k, chunk) in chunks.into_iter().enumerate() {
         let k = k as u64;
         let ptrs = pointers(k, &done)?;
         let refs: Vec<(BlockKey, &[u8])> = ptrs.iter().map(|(k, b)| (*k, b.as_slice())).collect();
-        let encoded = encode_with(
-            par,
-            params,
+        done.push(encode_one(
             CodewordId::derive(document_id, k),
             chunk,
             &refs,
-        )?;
-        done.push(encoded);
+        )?);
     }
     Ok(done)
 }
 
-/// Decodes a document made of `records` (in order, as [`encode_document`] returned them).
-pub fn decode_document<S: SymbolSource + ?Sized>(
-    records: &[CodewordRecord],
+/// Decodes a document made of `records` (in order, as [`encode_document`] or
+/// [`encode_document_layout`] returned them), of either layout.
+pub fn decode_document<R: AsRecord, S: SymbolSource + ?Sized>(
+    records: &[R],
     source: &S,
 ) -> Result<Vec<u8>, Error> {
     decode_document_with(Parallelism::AUTO, records, source)
 }
 
 /// [`decode_document`] with a choice of [`Parallelism`] for each codeword.
-pub fn decode_document_with<S: SymbolSource + ?Sized>(
+pub fn decode_document_with<R: AsRecord, S: SymbolSource + ?Sized>(
     par: Parallelism,
-    records: &[CodewordRecord],
+    records: &[R],
     source: &S,
 ) -> Result<Vec<u8>, Error> {
     if records.is_empty() {
@@ -1424,7 +1673,8 @@ pub fn decode_document_with<S: SymbolSource + ?Sized>(
     }
     let mut out = Vec::new();
     for (k, r) in records.iter().enumerate() {
-        if k + 1 < records.len() && r.len != r.params.capacity() {
+        let v = r.view();
+        if k + 1 < records.len() && v.len != v.params.capacity() {
             return Err(Error::InconsistentDocument(format!(
                 "codeword {k} of {} is not full",
                 records.len()
@@ -1444,9 +1694,12 @@ mod tests {
 
     use super::*;
 
+    type EncodeFn = fn(Params, CodewordId, &[u8], &[(BlockKey, &[u8])]) -> EncodedRecord;
+
     /// Encodes a fixed set of codewords (anchors, real pointers, short documents, tails, low- and
-    /// high-rate codes, several column segments) and hashes every stored byte and record field.
-    fn golden_digest() -> [u8; 32] {
+    /// high-rate codes, several column segments) with `encode` and hashes every stored byte and
+    /// record field.
+    fn golden_digest(encode: EncodeFn) -> [u8; 32] {
         let configs: &[(u16, u16, u16, u32)] = &[
             (4, 8, 12, 200_002),
             (4, 8, 8, 131_072),
@@ -1480,7 +1733,7 @@ mod tests {
                 let mut id = [0u8; 32];
                 id[0] = c as u8;
                 id[1] = k as u8;
-                let (rec, blocks) = encode(params, CodewordId(id), &doc, &ptrs).expect("encode");
+                let (rec, blocks) = encode(params, CodewordId(id), &doc, &ptrs);
                 for (key, bytes) in &blocks {
                     all.update(&key.0);
                     all.update(bytes);
@@ -1496,15 +1749,246 @@ mod tests {
         *all.finalize().as_bytes()
     }
 
-    /// The stored bytes are those of the codec before column segments, stored blocks built in
-    /// place and threads: this digest was printed by the previous implementation (whole-shard
-    /// reed-solomon-simd calls, `ParityHeader::stored_bytes`) for the same inputs.
+    /// The stored bytes are those of the plain reference codec ([`reference_encode`]: whole-shard
+    /// reed-solomon-simd calls, `ParityHeader::stored_bytes`), and the digest is pinned: a change
+    /// of stored bytes is a change of format, never an accident. (Before shards, with every
+    /// payload `B` bytes, it was bbc045e8...; the full codewords' bytes did not change.)
     #[test]
-    fn stored_bytes_are_those_of_the_previous_codec() {
+    fn stored_bytes_are_those_of_the_reference_codec() {
+        let fast = golden_digest(|p, id, d, ptrs| {
+            let (rec, blocks) = encode(p, id, d, ptrs).expect("encode");
+            (rec.into(), blocks)
+        });
         assert_eq!(
-            hex::encode(golden_digest()),
-            "bbc045e8ad302b12a82f8b339564dc7fc4d85213bf4fd0ce3983ba7d215b24ba"
+            fast,
+            golden_digest(|p, id, d, ptrs| {
+                let (rec, blocks) = reference_encode(p, id, d, ptrs);
+                (rec.into(), blocks)
+            })
         );
+        assert_eq!(
+            hex::encode(fast),
+            "d4d697106d15dd5306ffbe465f57d4e8e7f1daf86949ae9b7428b40d5cf69535"
+        );
+    }
+
+    /// The systematic layout's stored bytes are those of its plain reference
+    /// ([`reference_systematic`]: the parity-only reference's parity payloads, the padded
+    /// sources, every header from a cloned [`ParityHeader`]), pinned like the parity-only ones.
+    #[test]
+    fn systematic_stored_bytes_are_those_of_the_reference_codec() {
+        let fast = golden_digest(|p, id, d, ptrs| {
+            let par = Parallelism::AUTO;
+            encode_layout(Layout::Systematic, par, p, id, d, ptrs).expect("encode")
+        });
+        assert_eq!(fast, golden_digest(reference_systematic));
+        assert_eq!(
+            hex::encode(fast),
+            "ab7b251df286363085964f77a01f20e9411ea360b0e288c06babe434c175cfe4"
+        );
+    }
+
+    /// Systematic codes, with `p < s` too (allowed in this layout only).
+    const SYSTEMATIC_CODES: &[(u16, u16, u16, u32)] = &[
+        (4, 8, 8, 200_002),
+        (4, 8, 12, 70_000),
+        (2, 10, 6, 65_602),
+        (1, 10, 3, 4_098),
+        (4, 8, 2, 4_096),
+        (3, 2, 1, 64),
+        (2, 3, 4, 16),
+        (1, 0, 1, 2),
+    ];
+
+    /// Every encoder path (threads, pre-verified pointers) gives the reference bytes; the
+    /// parities' payloads are those of the parity-only encoding of the same inputs, the
+    /// sources' payloads the padded document; every block parses, and re-forms from its
+    /// payload.
+    #[test]
+    fn systematic_paths_give_the_reference_bytes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for &(s, t, p, b) in SYSTEMATIC_CODES {
+            let params = Params::new(s, t, p, b);
+            let cap = params.capacity() as usize;
+            for len in [cap, cap - 1, b as usize / 2 + 1, 0] {
+                let (doc, pointers) = fixture(wide(params), &mut rng, len);
+                let refs: Vec<(BlockKey, &[u8])> =
+                    pointers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                let id = CodewordId([len as u8 ^ 0x55; 32]);
+                let want = reference_systematic(params, id, &doc, &refs);
+                for par in [
+                    Parallelism::SINGLE,
+                    Parallelism::threads(3),
+                    Parallelism::AUTO,
+                ] {
+                    let got =
+                        encode_layout(Layout::Systematic, par, params, id, &doc, &refs).unwrap();
+                    assert_eq!(got, want, "{params:?} len {len} {par:?}");
+                    let verified: Vec<Pointer<'_>> = refs
+                        .iter()
+                        .map(|(k, v)| Pointer::verify(&params, *k, v).unwrap())
+                        .collect();
+                    let got = encode_verified_layout(
+                        Layout::Systematic,
+                        par,
+                        params,
+                        id,
+                        &doc,
+                        &verified,
+                    )
+                    .unwrap();
+                    assert_eq!(got, want, "verified {params:?} len {len} {par:?}");
+                }
+                let (rec, blocks) = &want;
+                let shard = params.shard(len as u64);
+                let hlen = header_len(params.t(), params.s() + params.p());
+                assert_eq!(blocks.len(), params.s() + params.p());
+                for (j, (key, bytes)) in blocks.iter().enumerate() {
+                    assert_eq!(bytes.len(), hlen + shard);
+                    let payload = &bytes[hlen..];
+                    assert_eq!(rec.reform(j, payload).as_deref(), Some(&bytes[..]));
+                    let parsed = crate::block::parse(bytes).unwrap();
+                    assert_eq!(usize::from(parsed.header.index), j);
+                    assert_eq!(parsed.header.is_source(), j < params.s());
+                    assert_eq!(parsed.header.layout(), Layout::Systematic);
+                    assert!(rec.matches_header(&parsed.header));
+                    assert_eq!(BlockKey::of(bytes), *key);
+                    if j < params.s() {
+                        let mut want =
+                            doc[(j * shard).min(len)..((j + 1) * shard).min(len)].to_vec();
+                        want.resize(shard, 0);
+                        assert_eq!(payload, &want[..], "source {j}");
+                    }
+                }
+                // The same Reed-Solomon code: the parity-only encoding of the same inputs with
+                // p parities has the same parity payloads (when p >= s makes it valid).
+                if params.validate().is_ok() {
+                    let (_, v1) = encode(params, id, &doc, &refs).unwrap();
+                    let h1 = header_len(params.t(), params.p());
+                    for (j, (_, bytes)) in v1.iter().enumerate() {
+                        assert_eq!(&bytes[h1..], &blocks[params.s() + j].1[hlen..]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Systematic codewords decode (directly or through Reed-Solomon) under random losses
+    /// of up to p symbols, and restore the true input symbols.
+    #[test]
+    fn systematic_decode_and_restore_under_random_losses() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        for &(s, t, p, b) in SYSTEMATIC_CODES {
+            let params = Params::new(s, t, p, b);
+            let len = (params.capacity() as usize).saturating_sub(3);
+            let b = params.shard(len as u64);
+            let (doc, pointers) = fixture(wide(params), &mut rng, len);
+            let refs: Vec<(BlockKey, &[u8])> =
+                pointers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let (rec, blocks) = encode_layout(
+                Layout::Systematic,
+                Parallelism::AUTO,
+                params,
+                CodewordId([1; 32]),
+                &doc,
+                &refs,
+            )
+            .unwrap();
+            let mut truth: Vec<Vec<u8>> = (0..params.s())
+                .map(|i| {
+                    let mut v = doc[(i * b).min(len)..((i + 1) * b).min(len)].to_vec();
+                    v.resize(b, 0);
+                    v
+                })
+                .collect();
+            for (_, stored) in &pointers {
+                let mut sym = if stored.is_empty() {
+                    Vec::new()
+                } else {
+                    verified_payload(stored).unwrap().1.to_vec()
+                };
+                sym.resize(b, 0);
+                truth.push(sym);
+            }
+            let full: BTreeMap<BlockKey, Vec<u8>> =
+                pointers.iter().cloned().chain(blocks).collect();
+            let symbols: Vec<BlockKey> = rec
+                .pointers
+                .iter()
+                .chain(&rec.stored_keys)
+                .copied()
+                .collect();
+            let anchors = Anchors::new(params.block_size, params.t());
+            for round in 0..8 {
+                let mut store = full.clone();
+                let lose = if round == 0 {
+                    0
+                } else {
+                    rng.gen_range(0..=params.p())
+                };
+                for _ in 0..lose {
+                    let k = symbols[rng.gen_range(0..symbols.len())];
+                    store.remove(&k);
+                }
+                for par in [Parallelism::SINGLE, Parallelism::threads(3)] {
+                    assert_eq!(
+                        decode_with(par, &rec, &store).unwrap(),
+                        doc,
+                        "{params:?} round {round}"
+                    );
+                }
+                let g = gather(&rec.view(), &anchors, |k| store.get(k).cloned());
+                assert_eq!(
+                    restore_inputs(&rec.view(), &g).unwrap(),
+                    truth,
+                    "{params:?}"
+                );
+            }
+        }
+    }
+
+    /// A short codeword written before shards (every payload `B` bytes) still decodes, and
+    /// its lost parities are rebuilt at their own size, byte-exact.
+    #[test]
+    fn codewords_written_before_shards_still_decode_and_repair() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let params = Params::new(4, 8, 12, 4096);
+        let (doc, pointers) = fixture(params, &mut rng, 1000);
+        let refs: Vec<(BlockKey, &[u8])> =
+            pointers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        let (rec, blocks) = reference_encode_at(4096, params, CodewordId([4; 32]), &doc, &refs);
+        assert_eq!(blocks[0].1.len(), header_len(8, 12) + 4096);
+        let mut store: BTreeMap<BlockKey, Vec<u8>> =
+            pointers.iter().cloned().chain(blocks.clone()).collect();
+        assert_eq!(decode(&rec, &store).unwrap(), doc);
+        for (k, _) in &blocks[..params.e()] {
+            store.remove(k);
+        }
+        assert_eq!(decode(&rec, &store).unwrap(), doc);
+        let mut index = crate::RecordIndex::new();
+        index.insert(rec.clone()).unwrap();
+        let fixed = crate::rebuild_codeword(&index, &rec, &store).unwrap();
+        assert_eq!(fixed.rebuilt.len(), params.e());
+        for rb in fixed.rebuilt {
+            assert!(blocks.contains(&(rb.key, rb.bytes)));
+        }
+        // The same document now is stored at its shard: 12 x 256 bytes, not 12 x 4096.
+        let (_, now) = encode(params, CodewordId([4; 32]), &doc, &refs).unwrap();
+        assert_eq!(now[0].1.len(), header_len(8, 12) + 256);
+    }
+
+    /// Full codewords (shard = B) are stored exactly as before shards existed: blocks already
+    /// in rings keep their keys.
+    #[test]
+    fn full_codewords_are_unchanged_by_shards() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let params = Params::new(4, 8, 12, 4096);
+        let (doc, pointers) = fixture(params, &mut rng, params.capacity() as usize);
+        let refs: Vec<(BlockKey, &[u8])> =
+            pointers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        let (_, blocks) = encode(params, CodewordId([3; 32]), &doc, &refs).unwrap();
+        let hlen = header_len(8, 12);
+        assert!(blocks.iter().all(|(_, b)| b.len() == hlen + 4096));
     }
 
     fn random_bytes(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
@@ -1513,37 +1997,35 @@ mod tests {
         v
     }
 
-    /// The codec as it was: one reed-solomon-simd call over whole, zero-padded shards, then
-    /// every header built from a cloned [`ParityHeader`].
+    /// The codec in its plainest form: one reed-solomon-simd call over whole shards (the
+    /// codeword's shard size; sources zero-padded, pointer payloads cut or zero-extended to
+    /// it), then every header built from a cloned [`ParityHeader`].
     fn reference_encode(
         params: Params,
         id: CodewordId,
         document: &[u8],
         pointers: &[(BlockKey, &[u8])],
     ) -> Encoded {
-        let b = params.block();
-        let anchors = Anchors::new(params.block_size, params.t());
-        let zeros = vec![0u8; b];
-        let mut padded = vec![0u8; params.s() * b];
-        padded[..document.len()].copy_from_slice(document);
-        let mut originals: Vec<&[u8]> = padded.chunks_exact(b).collect();
-        for (key, stored) in pointers {
-            if anchors.contains(key) {
-                originals.push(&zeros);
-            } else {
-                originals.push(pointer_payload(&params, key, stored).unwrap());
-            }
-        }
-        let mut enc = ReedSolomonEncoder::new(params.needed(), params.p(), b).unwrap();
-        for o in &originals {
-            enc.add_original_shard(o).unwrap();
-        }
-        let parities: Vec<Vec<u8>> = enc
-            .encode()
-            .unwrap()
-            .recovery_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
+        reference_encode_at(
+            params.shard(document.len() as u64),
+            params,
+            id,
+            document,
+            pointers,
+        )
+    }
+
+    /// [`reference_encode`] with shards of `b` bytes (`B` is how every codeword was written
+    /// before shards).
+    fn reference_encode_at(
+        b: usize,
+        params: Params,
+        id: CodewordId,
+        document: &[u8],
+        pointers: &[(BlockKey, &[u8])],
+    ) -> Encoded {
+        let symbols = reference_symbols(b, params, document, pointers);
+        let parities = reference_parities(params, &symbols, b);
         let mut record = CodewordRecord {
             id,
             params,
@@ -1566,6 +2048,81 @@ mod tests {
         (record, blocks)
     }
 
+    /// The `s + t` input symbols of `b` bytes: the document zero-padded, then the pointer
+    /// payloads cut or zero-extended (anchors: zeros).
+    fn reference_symbols(
+        b: usize,
+        params: Params,
+        document: &[u8],
+        pointers: &[(BlockKey, &[u8])],
+    ) -> Vec<Vec<u8>> {
+        let anchors = Anchors::new(params.block_size, params.t());
+        let mut padded = vec![0u8; params.s() * b];
+        padded[..document.len()].copy_from_slice(document);
+        let mut symbols: Vec<Vec<u8>> = padded.chunks_exact(b).map(<[u8]>::to_vec).collect();
+        for (key, stored) in pointers {
+            let mut sym = if anchors.contains(key) {
+                Vec::new()
+            } else {
+                pointer_payload(&params, key, stored).unwrap().to_vec()
+            };
+            sym.resize(b, 0);
+            symbols.push(sym);
+        }
+        symbols
+    }
+
+    /// The `p` recovery symbols of `symbols`: one reed-solomon-simd call over whole shards.
+    fn reference_parities(params: Params, symbols: &[Vec<u8>], b: usize) -> Vec<Vec<u8>> {
+        let mut enc = ReedSolomonEncoder::new(params.needed(), params.p(), b).unwrap();
+        for o in symbols {
+            enc.add_original_shard(o).unwrap();
+        }
+        let parities = enc
+            .encode()
+            .unwrap()
+            .recovery_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        parities
+    }
+
+    /// The systematic codec in its plainest form: the sources zero-padded to the shard, the
+    /// parities of the same whole-shard reed-solomon-simd call as [`reference_encode_at`],
+    /// every header built from a cloned [`ParityHeader`].
+    fn reference_systematic(
+        params: Params,
+        id: CodewordId,
+        document: &[u8],
+        pointers: &[(BlockKey, &[u8])],
+    ) -> EncodedRecord {
+        let b = params.shard(document.len() as u64);
+        let symbols = reference_symbols(b, params, document, pointers);
+        let mut payloads: Vec<Vec<u8>> = symbols[..params.s()].to_vec();
+        payloads.extend(reference_parities(params, &symbols, b));
+        let mut record = Record {
+            layout: Layout::Systematic,
+            id,
+            params,
+            pointers: pointers.iter().map(|(k, _)| *k).collect(),
+            stored_keys: Vec::new(),
+            payload_hashes: payloads
+                .iter()
+                .map(|p| *blake3::hash(p).as_bytes())
+                .collect(),
+            len: document.len() as u64,
+            content_hash: *blake3::hash(document).as_bytes(),
+        };
+        let mut blocks = Vec::new();
+        for (j, payload) in payloads.iter().enumerate() {
+            let stored = record.header(j as u16).stored_bytes(payload);
+            let key = BlockKey::of(&stored);
+            record.stored_keys.push(key);
+            blocks.push((key, stored));
+        }
+        (record, blocks)
+    }
+
     /// Codes that exercise every path: high rate with one chunk or several, low rate (library
     /// fallback for decoding), several column segments with a shard tail, tiny blocks.
     const CODES: &[(u16, u16, u16, u32)] = &[
@@ -1579,6 +2136,14 @@ mod tests {
         (2, 3, 4, 16),
         (1, 0, 1, 2),
     ];
+
+    /// `params` with `p` raised to `s` if below (a parity-only code of the same `s, t, B`).
+    fn wide(params: Params) -> Params {
+        Params {
+            p: params.p.max(params.s),
+            ..params
+        }
+    }
 
     /// A codeword of `params` with real pointers (parities of an earlier codeword) where there
     /// are enough, anchors otherwise.
@@ -1627,8 +2192,10 @@ mod tests {
                 }
                 // Re-formed parities are the stored bytes.
                 let (rec, blocks) = &want;
+                let hlen = header_len(params.t(), params.p());
                 for (j, (_, bytes)) in blocks.iter().enumerate() {
-                    let payload = &bytes[bytes.len() - params.block()..];
+                    assert_eq!(bytes.len(), hlen + params.shard(len as u64));
+                    let payload = &bytes[hlen..];
                     assert_eq!(rec.reform_parity(j, payload).as_deref(), Some(&bytes[..]));
                     assert_eq!(&rec.stored_bytes(j as u16, payload), bytes);
                 }
@@ -1643,6 +2210,7 @@ mod tests {
             let params = Params::new(s, t, p, b);
             let b = params.block();
             let len = (params.capacity() as usize).saturating_sub(3);
+            let b = b.min(params.shard(len as u64));
             let (doc, pointers) = fixture(params, &mut rng, len);
             let refs: Vec<(BlockKey, &[u8])> =
                 pointers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -1656,11 +2224,14 @@ mod tests {
                 })
                 .collect();
             for (_, stored) in &pointers {
-                truth.push(if stored.is_empty() {
-                    vec![0u8; b]
+                let mut sym = if stored.is_empty() {
+                    Vec::new()
                 } else {
-                    stored[stored.len() - b..].to_vec()
-                });
+                    let hlen = header_len(params.t(), params.p());
+                    stored[hlen..].to_vec()
+                };
+                sym.resize(b, 0);
+                truth.push(sym);
             }
             let full: BTreeMap<BlockKey, Vec<u8>> =
                 pointers.iter().cloned().chain(blocks).collect();
@@ -1690,14 +2261,19 @@ mod tests {
                     );
                 }
                 let anchors = Anchors::new(params.block_size, params.t());
-                let g = gather(&rec, &anchors, |k| store.get(k).cloned());
-                assert_eq!(restore_inputs(&rec, &g).unwrap(), truth, "{params:?}");
+                let g = gather(&rec.view(), &anchors, |k| store.get(k).cloned());
+                assert_eq!(
+                    restore_inputs(&rec.view(), &g).unwrap(),
+                    truth,
+                    "{params:?}"
+                );
             }
         }
     }
 
     /// The batched, parallel gather fetches the same blocks in the same order and keeps the
-    /// same symbols as one-by-one verification, with corrupt and missing blocks.
+    /// same symbols as one-by-one verification, with corrupt and missing blocks, in both
+    /// layouts and for both purposes (a systematic document read takes the sources first).
     #[test]
     fn gather_with_threads_matches_gather() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -1705,60 +2281,100 @@ mod tests {
         let (doc, pointers) = fixture(params, &mut rng, 5000);
         let refs: Vec<(BlockKey, &[u8])> =
             pointers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        let (rec, blocks) = encode(params, CodewordId([2; 32]), &doc, &refs).unwrap();
-        let full: BTreeMap<BlockKey, Vec<u8>> = pointers.iter().cloned().chain(blocks).collect();
-        let keys: Vec<BlockKey> = full.keys().copied().collect();
-        let anchors = Anchors::new(params.block_size, params.t());
-        for _ in 0..50 {
-            let mut store = full.clone();
-            for k in &keys {
-                match rng.gen_range(0..6) {
-                    0 => {
-                        store.remove(k);
+        for layout in [Layout::ParityOnly, Layout::Systematic] {
+            let par1 = Parallelism::SINGLE;
+            let (rec, blocks) =
+                encode_layout(layout, par1, params, CodewordId([2; 32]), &doc, &refs).unwrap();
+            let view = rec.view();
+            let full: BTreeMap<BlockKey, Vec<u8>> =
+                pointers.iter().cloned().chain(blocks).collect();
+            let keys: Vec<BlockKey> = full.keys().copied().collect();
+            let anchors = Anchors::new(params.block_size, params.t());
+            for round in 0..50 {
+                let mut store = full.clone();
+                for k in &keys {
+                    match rng.gen_range(0..if round % 5 == 0 { 12 } else { 6 }) {
+                        0 => {
+                            store.remove(k);
+                        }
+                        1 => {
+                            if let Some(v) = store.get_mut(k).filter(|v| !v.is_empty()) {
+                                let i = rng.gen_range(0..v.len());
+                                v[i] ^= 1;
+                            }
+                        }
+                        2 => {
+                            if let Some(v) = store.get_mut(k) {
+                                v.pop();
+                            }
+                        }
+                        _ => {}
                     }
-                    1 => {
-                        if let Some(v) = store.get_mut(k).filter(|v| !v.is_empty()) {
-                            let i = rng.gen_range(0..v.len());
-                            v[i] ^= 1;
+                }
+                for want in [Want::Decodable, Want::Document] {
+                    let mut seq = Vec::new();
+                    let a = gather_with(
+                        &view,
+                        &anchors,
+                        |k| {
+                            seq.push(*k);
+                            store.get(k).cloned()
+                        },
+                        1,
+                        want,
+                    );
+                    let mut par = Vec::new();
+                    let b = gather_with(
+                        &view,
+                        &anchors,
+                        |k| {
+                            par.push(*k);
+                            store.get(k).cloned()
+                        },
+                        3,
+                        want,
+                    );
+                    assert_eq!(seq, par);
+                    assert_eq!(a.have, b.have);
+                    assert_eq!(a.rejected, b.rejected);
+                    let held = |g: &Gathered| -> Vec<bool> {
+                        g.originals
+                            .iter()
+                            .chain(&g.recovery)
+                            .map(Option::is_some)
+                            .collect()
+                    };
+                    assert_eq!(held(&a), held(&b));
+                    // A systematic read with its sources all there fetches nothing else.
+                    let s = params.s();
+                    if want == Want::Document && layout == Layout::Systematic {
+                        let all = rec
+                            .source_keys()
+                            .iter()
+                            .all(|k| store.get(k) == full.get(k));
+                        assert_eq!(a.sources_held(), all);
+                        if all {
+                            assert_eq!(seq, rec.source_keys());
+                        } else {
+                            assert_eq!(&seq[..s], rec.source_keys());
                         }
                     }
-                    2 => {
-                        if let Some(v) = store.get_mut(k) {
-                            v.pop();
-                        }
+                    if want == Want::Decodable {
+                        let mut again = Vec::new();
+                        let c = gather(&view, &anchors, |k| {
+                            again.push(*k);
+                            store.get(k).cloned()
+                        });
+                        assert_eq!((again, c.have), (seq, a.have));
                     }
-                    _ => {}
+                }
+                let want = decode_with(Parallelism::SINGLE, &rec, &store);
+                let got = decode_with(Parallelism::threads(3), &rec, &store);
+                assert_eq!(format!("{want:?}"), format!("{got:?}"));
+                if let Ok(d) = want {
+                    assert_eq!(d, doc);
                 }
             }
-            let mut seq = Vec::new();
-            let a = gather(&rec, &anchors, |k| {
-                seq.push(*k);
-                store.get(k).cloned()
-            });
-            let mut par = Vec::new();
-            let b = gather_with(
-                &rec,
-                &anchors,
-                |k| {
-                    par.push(*k);
-                    store.get(k).cloned()
-                },
-                3,
-            );
-            assert_eq!(seq, par);
-            assert_eq!(a.have, b.have);
-            assert_eq!(a.rejected, b.rejected);
-            let held = |g: &Gathered| -> Vec<bool> {
-                g.originals
-                    .iter()
-                    .chain(&g.recovery)
-                    .map(Option::is_some)
-                    .collect()
-            };
-            assert_eq!(held(&a), held(&b));
-            let want = decode_with(Parallelism::SINGLE, &rec, &store);
-            let got = decode_with(Parallelism::threads(3), &rec, &store);
-            assert_eq!(format!("{want:?}"), format!("{got:?}"));
         }
     }
 

@@ -34,7 +34,8 @@ pub enum Error {
     #[error("pointer {0} appears twice in one codeword")]
     DuplicatePointer(BlockKey),
 
-    /// A pointer's bytes do not hash to its key, or are not a parity block of size `B`.
+    /// A pointer's bytes do not hash to its key, or are not a stored block (a parity, or a
+    /// systematic codeword's source) with a payload of at most `B` bytes.
     #[error("pointer {key} is invalid: {reason}")]
     BadPointer {
         /// The pointer's key.
@@ -56,12 +57,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// Fewer than `s + t` verified symbols were available: the codeword cannot be decoded.
+    /// Fewer than `s + t` verified symbols were available (and, for a systematic codeword, not
+    /// all of its sources): the codeword cannot be decoded.
     #[error("codeword {id} is undecodable: {have} verified symbols, {need} needed")]
     Undecodable {
         /// The codeword.
         id: CodewordId,
-        /// Verified symbols available (pointers, anchors and parities).
+        /// Verified symbols available (sources, pointers, anchors and parities).
         have: usize,
         /// `s + t`.
         need: usize,

@@ -7,16 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{gather, restore_inputs, rs_encode, Gathered};
 use crate::key::{Anchors, BlockKey, CodewordId};
-use crate::record::CodewordRecord;
+use crate::params::Layout;
+use crate::record::{AsRecord, Record, RecordView};
 use crate::source::SymbolSource;
 use crate::Error;
 
-/// The codeword records known to a repairer, with the two lookups repair needs: which
-/// codeword a parity belongs to, and which codewords point at a block (reverse references).
+/// The codeword records known to a repairer (of either layout), with the two lookups repair
+/// needs: which codeword a stored block belongs to, and which codewords point at a block
+/// (reverse references).
 #[derive(Debug, Clone, Default)]
 pub struct RecordIndex {
-    records: BTreeMap<CodewordId, CodewordRecord>,
-    parity_of: BTreeMap<BlockKey, (CodewordId, usize)>,
+    records: BTreeMap<CodewordId, Record>,
+    stored_of: BTreeMap<BlockKey, (CodewordId, usize)>,
     referrers: BTreeMap<BlockKey, BTreeSet<CodewordId>>,
 }
 
@@ -27,9 +29,11 @@ impl RecordIndex {
         Self::default()
     }
 
-    /// Adds a (validated) record. Re-inserting the same record is a no-op; a different record
-    /// under an existing id, or a parity key already owned by another codeword, is an error.
-    pub fn insert(&mut self, record: CodewordRecord) -> Result<(), Error> {
+    /// Adds a (validated) record: a [`crate::CodewordRecord`] or a [`Record`]. Re-inserting
+    /// the same record is a no-op; a different record under an existing id, or a stored key
+    /// already owned by another codeword, is an error.
+    pub fn insert(&mut self, record: impl Into<Record>) -> Result<(), Error> {
+        let record: Record = record.into();
         record.validate()?;
         if let Some(old) = self.records.get(&record.id) {
             if *old == record {
@@ -40,16 +44,21 @@ impl RecordIndex {
                 reason: "a different record with this id exists".into(),
             });
         }
-        for (j, k) in record.parity_keys.iter().enumerate() {
-            if let Some((other, _)) = self.parity_of.get(k) {
+        for (j, k) in record.stored_keys.iter().enumerate() {
+            if let Some((other, _)) = self.stored_of.get(k) {
                 return Err(Error::InvalidRecord {
                     id: record.id,
-                    reason: format!("parity {j} is already a parity of {other}"),
+                    reason: match record.layout {
+                        Layout::ParityOnly => format!("parity {j} is already a parity of {other}"),
+                        Layout::Systematic => {
+                            format!("stored block {j} is already a stored block of {other}")
+                        }
+                    },
                 });
             }
         }
-        for (j, k) in record.parity_keys.iter().enumerate() {
-            self.parity_of.insert(*k, (record.id, j));
+        for (j, k) in record.stored_keys.iter().enumerate() {
+            self.stored_of.insert(*k, (record.id, j));
         }
         for k in &record.pointers {
             self.referrers.entry(*k).or_default().insert(record.id);
@@ -59,11 +68,11 @@ impl RecordIndex {
     }
 
     /// Removes a codeword's record (for example when its document is deleted) with its
-    /// parity and reverse-reference entries; returns it.
-    pub fn remove(&mut self, id: &CodewordId) -> Option<CodewordRecord> {
+    /// stored-block and reverse-reference entries; returns it.
+    pub fn remove(&mut self, id: &CodewordId) -> Option<Record> {
         let record = self.records.remove(id)?;
-        for k in &record.parity_keys {
-            self.parity_of.remove(k);
+        for k in &record.stored_keys {
+            self.stored_of.remove(k);
         }
         for k in &record.pointers {
             if let Some(set) = self.referrers.get_mut(k) {
@@ -78,14 +87,15 @@ impl RecordIndex {
 
     /// The record of `id`.
     #[must_use]
-    pub fn get(&self, id: &CodewordId) -> Option<&CodewordRecord> {
+    pub fn get(&self, id: &CodewordId) -> Option<&Record> {
         self.records.get(id)
     }
 
-    /// The codeword and index of the parity stored under `key`.
+    /// The codeword and stored index of the block stored under `key` (a parity, or a
+    /// systematic codeword's source).
     #[must_use]
     pub fn locate(&self, key: &BlockKey) -> Option<(CodewordId, usize)> {
-        self.parity_of.get(key).copied()
+        self.stored_of.get(key).copied()
     }
 
     /// The codewords that use `key` as a pointer.
@@ -93,7 +103,8 @@ impl RecordIndex {
         self.referrers.get(key).into_iter().flatten()
     }
 
-    /// Every codeword in which `key` is a symbol: its own (if it is a parity) and its referrers.
+    /// Every codeword in which `key` is a symbol: its own (if it is a stored block) and its
+    /// referrers.
     #[must_use]
     pub fn codewords_of(&self, key: &BlockKey) -> Vec<CodewordId> {
         let mut out: Vec<CodewordId> = self.locate(key).map(|(c, _)| c).into_iter().collect();
@@ -114,27 +125,33 @@ impl RecordIndex {
     }
 
     /// All records, by id.
-    pub fn records(&self) -> impl Iterator<Item = &CodewordRecord> {
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values()
     }
 
-    /// Re-forms the stored bytes of the parity `key` from its payload using its own record,
-    /// and verifies them against `key`.
+    /// Re-forms the stored bytes of the stored block `key` (a parity or a source) from its
+    /// symbol in a codeword that points at it, using its own record, and verifies them against
+    /// `key`. The symbol is the first
+    /// `b` bytes of the payload, zero-extended, where `b` is the pointing codeword's shard: a
+    /// payload longer than `b` cannot be rebuilt from it (`None`).
     #[must_use]
-    pub fn reform(&self, key: &BlockKey, payload: &[u8]) -> Option<Vec<u8>> {
+    pub fn reform(&self, key: &BlockKey, symbol: &[u8]) -> Option<Vec<u8>> {
         let (cid, j) = self.locate(key)?;
         let rec = self.records.get(&cid)?;
-        rec.reform_parity(j, payload)
+        rec.reform_from_symbol(j, symbol)
     }
 }
 
 /// The part a rebuilt block plays in the codeword that rebuilt it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
-    /// Parity `j` of the codeword (re-encoded).
+    /// The parity at stored index `j` of the codeword (re-encoded): parity `j` of a
+    /// parity-only codeword, parity `j - s` of a systematic one.
     Parity(usize),
     /// Pointer `i` of the codeword (input symbol `s + i`).
     Pointer(usize),
+    /// Source `i` of a systematic codeword (input symbol `i`, stored index `i`).
+    Source(usize),
 }
 
 /// One block rebuilt by repair, verified against its recorded key.
@@ -186,37 +203,52 @@ struct Rebuilt {
     unverified: Vec<BlockKey>,
 }
 
-/// Decodes `rec` from gathered symbols and rebuilds the listed missing pointers and parities,
-/// each re-formed with its own record and verified against its key.
+/// Decodes `rec` from gathered symbols and rebuilds the listed missing pointers and stored
+/// blocks (by stored index: sources and parities), each re-formed with its own record and
+/// verified against its key.
 fn rebuild_from(
     index: &RecordIndex,
-    rec: &CodewordRecord,
+    rec: &RecordView<'_>,
     g: &Gathered,
     missing_ptrs: &[usize],
-    missing_par: &[usize],
+    missing_stored: &[usize],
 ) -> Result<Rebuilt, Error> {
     let params = rec.params;
+    let nsrc = rec.sources();
     let inputs = restore_inputs(rec, g)?;
     let mut out = Rebuilt {
         blocks: Vec::new(),
         unverified: Vec::new(),
     };
+    let mut push = |key: BlockKey, bytes: Option<Vec<u8>>, role: Role| match bytes {
+        Some(bytes) => out.blocks.push((key, bytes, role)),
+        None => out.unverified.push(key),
+    };
     for &i in missing_ptrs {
         let key = rec.pointers[i];
-        match index.reform(&key, &inputs[params.s() + i]) {
-            Some(bytes) => out.blocks.push((key, bytes, Role::Pointer(i))),
-            None => out.unverified.push(key),
-        }
+        push(
+            key,
+            index.reform(&key, &inputs[params.s() + i]),
+            Role::Pointer(i),
+        );
     }
-    if !missing_par.is_empty() {
+    // A source's payload is its input symbol, exactly.
+    for &j in missing_stored.iter().filter(|&&j| j < nsrc) {
+        push(
+            rec.stored_keys[j],
+            rec.reform(j, &inputs[j]),
+            Role::Source(j),
+        );
+    }
+    if missing_stored.iter().any(|&j| j >= nsrc) {
         let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
         let parities = rs_encode(&params, &refs)?;
-        for &j in missing_par {
-            let key = rec.parity_keys[j];
-            match rec.reform_parity(j, &parities[j]) {
-                Some(bytes) => out.blocks.push((key, bytes, Role::Parity(j))),
-                None => out.unverified.push(key),
-            }
+        for &j in missing_stored.iter().filter(|&&j| j >= nsrc) {
+            push(
+                rec.stored_keys[j],
+                rec.reform(j, &parities[j - nsrc]),
+                Role::Parity(j),
+            );
         }
     }
     Ok(out)
@@ -236,16 +268,17 @@ pub struct CodewordRepair {
     pub corrupt: Vec<BlockKey>,
 }
 
-/// Repairs one codeword: every symbol (pointer or parity) that `source` does not have is
-/// rebuilt from the ones it has, if at least `s + t` verify. This is one step of [`repair`],
-/// for a caller that drives the fixed point itself (for example with asynchronous fetches:
-/// fetch the keys of [`fetch_order`] into a map, call this, store the blocks, then revisit
-/// [`RecordIndex::codewords_of`] each rebuilt key).
-pub fn rebuild_codeword<S: SymbolSource + ?Sized>(
+/// Repairs one codeword (of either layout): every symbol (pointer, source or parity) that
+/// `source` does not have is rebuilt from the ones it has, if at least `s + t` verify. This is
+/// one step of [`repair`], for a caller that drives the fixed point itself (for example with
+/// asynchronous fetches: fetch the keys of [`fetch_order`] into a map, call this, store the
+/// blocks, then revisit [`RecordIndex::codewords_of`] each rebuilt key).
+pub fn rebuild_codeword<R: AsRecord + ?Sized, S: SymbolSource + ?Sized>(
     index: &RecordIndex,
-    record: &CodewordRecord,
+    record: &R,
     source: &S,
 ) -> Result<CodewordRepair, Error> {
+    let record = &record.view();
     record.validate()?;
     let params = record.params;
     let anchors = Anchors::new(params.block_size, params.t());
@@ -273,13 +306,13 @@ pub fn rebuild_codeword<S: SymbolSource + ?Sized>(
     let missing_ptrs: Vec<usize> = (0..params.t())
         .filter(|&i| absent(&record.pointers[i]))
         .collect();
-    let missing_par: Vec<usize> = (0..params.p())
-        .filter(|&j| absent(&record.parity_keys[j]))
+    let missing_stored: Vec<usize> = (0..record.stored_keys.len())
+        .filter(|&j| absent(&record.stored_keys[j]))
         .collect();
-    if missing_ptrs.is_empty() && missing_par.is_empty() {
+    if missing_ptrs.is_empty() && missing_stored.is_empty() {
         return Ok(report);
     }
-    let out = rebuild_from(index, record, &g, &missing_ptrs, &missing_par)?;
+    let out = rebuild_from(index, record, &g, &missing_ptrs, &missing_stored)?;
     report.unverified = out.unverified;
     report.rebuilt = out
         .blocks
@@ -294,24 +327,27 @@ pub fn rebuild_codeword<S: SymbolSource + ?Sized>(
     Ok(report)
 }
 
-/// The keys a reader of `record` fetches, in the order decoding prefers them: pointers (input
-/// symbols make decoding cheaper), then parities; anchors are left out (never stored). Any
-/// `s + t - (number of anchors)` of them that verify are enough.
+/// The keys a reader of `record` fetches, in the order decoding prefers them: the sources of a
+/// systematic codeword (when all of them verify they are the document: no other fetch, no
+/// decode), then the pointers (input symbols make decoding cheaper), then the parities;
+/// anchors are left out (never stored). Any `s + t - (number of anchors)` of them that verify
+/// are enough.
 #[must_use]
-pub fn fetch_order(record: &CodewordRecord) -> Vec<BlockKey> {
+pub fn fetch_order<R: AsRecord + ?Sized>(record: &R) -> Vec<BlockKey> {
+    let record = record.view();
     let anchors = Anchors::new(record.params.block_size, record.params.t());
     record
-        .pointers
+        .source_keys()
         .iter()
-        .filter(|k| !anchors.contains(k))
-        .chain(&record.parity_keys)
+        .chain(record.pointers.iter().filter(|k| !anchors.contains(k)))
+        .chain(record.parity_keys())
         .copied()
         .collect()
 }
 
 /// Repairs every codeword of `index` to a fixed point: any codeword with at least `s + t`
-/// known symbols is decoded, its missing parities re-encoded and its missing pointers rebuilt
-/// as input symbols `s + i`; every rebuilt block is re-formed with its own record and verified
+/// known symbols is decoded, its missing parities re-encoded, its missing sources (systematic)
+/// and pointers rebuilt as input symbols `i` and `s + i`; every rebuilt block is re-formed with its own record and verified
 /// against its key; codewords that share a rebuilt block are revisited, until nothing changes.
 ///
 /// `source` is read only; the caller stores the rebuilt blocks of the report.
@@ -346,7 +382,7 @@ struct Availability<'a, S: ?Sized> {
 }
 
 impl<S: SymbolSource + ?Sized> Availability<'_, S> {
-    fn anchors(&mut self, rec: &CodewordRecord) -> Anchors {
+    fn anchors(&mut self, rec: &Record) -> Anchors {
         let (b, t) = (rec.params.block_size, rec.params.t());
         self.anchors
             .entry((b, t))
@@ -363,16 +399,16 @@ impl<S: SymbolSource + ?Sized> Availability<'_, S> {
                 .or_insert_with(|| self.source.contains(key))
     }
 
-    /// Indexes of the missing pointers and parities of `rec`.
-    fn missing(&mut self, rec: &CodewordRecord) -> (Vec<usize>, Vec<usize>) {
+    /// Indexes of the missing pointers and stored blocks of `rec`.
+    fn missing(&mut self, rec: &Record) -> (Vec<usize>, Vec<usize>) {
         let anchors = self.anchors(rec);
         let ptrs = (0..rec.params.t())
             .filter(|&i| !self.known(&anchors, &rec.pointers[i]))
             .collect();
-        let pars = (0..rec.params.p())
-            .filter(|&j| !self.known(&anchors, &rec.parity_keys[j]))
+        let stored = (0..rec.stored_keys.len())
+            .filter(|&j| !self.known(&anchors, &rec.stored_keys[j]))
             .collect();
-        (ptrs, pars)
+        (ptrs, stored)
     }
 }
 
@@ -401,13 +437,13 @@ fn run<S: SymbolSource + ?Sized>(
     while let Some((prio, Reverse(cid))) = heap.pop() {
         let Some(rec) = index.get(&cid) else { continue };
         let params = rec.params;
-        let (missing_ptrs, missing_par) = av.missing(rec);
-        let missing = missing_ptrs.len() + missing_par.len();
+        let (missing_ptrs, missing_stored) = av.missing(rec);
+        let missing = missing_ptrs.len() + missing_stored.len();
         if missing == 0 {
             stuck.remove(&cid);
             continue;
         }
-        if !params.decodable(params.t() + params.p() - missing) {
+        if !params.decodable(rec.layout.symbols(&params).saturating_sub(missing)) {
             stuck.insert(cid);
             continue;
         }
@@ -417,8 +453,9 @@ fn run<S: SymbolSource + ?Sized>(
             continue;
         }
         let anchors = av.anchors(rec);
+        let view = rec.view();
         let mut reads = 0usize;
-        let g = gather(rec, &anchors, |k| {
+        let g = gather(&view, &anchors, |k| {
             if let Some(b) = av.rebuilt.get(k) {
                 return Some(b.clone());
             }
@@ -438,7 +475,7 @@ fn run<S: SymbolSource + ?Sized>(
             heap.push((usize::MAX, Reverse(cid)));
             continue;
         }
-        let Ok(out) = rebuild_from(index, rec, &g, &missing_ptrs, &missing_par) else {
+        let Ok(out) = rebuild_from(index, &view, &g, &missing_ptrs, &missing_stored) else {
             stuck.insert(cid);
             continue;
         };

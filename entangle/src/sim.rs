@@ -7,13 +7,14 @@
 //! to a fixed point, as [`crate::repair()`] does with real bytes.
 //!
 //! Two [`Layout`]s of a codeword are simulated:
-//! - [`Layout::ParityOnly`] (RECAST's, the codec's): the `s` sources are never stored; the
-//!   codeword's symbols are its `t` pointers and `p` parities, of which only the parities are
-//!   stored: `p` blocks per codeword, overhead `p / s * replication`.
-//! - [`Layout::Systematic`]: each source block is also stored once, as a block of its own
-//!   (readable without decoding); the codeword's symbols are its `s` sources, `t` pointers and
-//!   `p` parities: `s + p` blocks per codeword, overhead `(s + p) / s * replication`. Pointers
-//!   may name any stored block of earlier codewords, sources included.
+//! - [`Layout::ParityOnly`] (RECAST's, the codec's default): the `s` sources are never
+//!   stored; the codeword's symbols are its `t` pointers and `p` parities, of which only the
+//!   parities are stored: `p` blocks per codeword, overhead `p / s * replication`.
+//! - [`Layout::Systematic`] (the codec's block format version 2): each source block is also
+//!   stored once, as a block of its own (readable without decoding); the codeword's symbols
+//!   are its `s` sources, `t` pointers and `p` parities: `s + p` blocks per codeword, overhead
+//!   `(s + p) / s * replication`. Pointers may name any stored block of earlier codewords,
+//!   sources included.
 //!
 //! Model, per seed:
 //! - `nodes` nodes with random 64-bit ring ids; a block with (random, hash-like) key `k` is
@@ -38,76 +39,16 @@
 //! failures.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::params::Layout;
 use crate::params::{Params, MAX_SYMBOLS};
 use crate::select::{PointerChoice, PointerSelector};
 use crate::Error;
-
-/// How a codeword's blocks are stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Layout {
-    /// Only the `p` parities are stored (RECAST; the codec today); a codeword has `t + p`
-    /// symbols. Overhead `p / s`.
-    #[default]
-    ParityOnly,
-    /// The `s` sources are stored once each, plus `p` parities over sources and pointers; a
-    /// codeword has `s + t + p` symbols. Overhead `(s + p) / s`.
-    Systematic,
-}
-
-impl Layout {
-    /// Stored blocks per codeword.
-    #[must_use]
-    pub fn stored_per_codeword(self, s: u16, p: u16) -> usize {
-        match self {
-            Layout::ParityOnly => usize::from(p),
-            Layout::Systematic => usize::from(s) + usize::from(p),
-        }
-    }
-
-    /// Storage overhead of the code alone (before replication): stored blocks / source blocks.
-    #[must_use]
-    pub fn overhead(self, s: u16, p: u16) -> f64 {
-        self.stored_per_codeword(s, p) as f64 / f64::from(s.max(1))
-    }
-
-    /// The name used on the command line and in JSON.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Layout::ParityOnly => "parity-only",
-            Layout::Systematic => "systematic",
-        }
-    }
-}
-
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Layout {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "parity-only" => Ok(Layout::ParityOnly),
-            "systematic" => Ok(Layout::Systematic),
-            other => Err(Error::InvalidParams(format!(
-                "unknown layout {other:?} (parity-only or systematic)"
-            ))),
-        }
-    }
-}
 
 /// One simulation setup. The layout is an argument of [`run_layout`] (and [`run`] is the
 /// parity-only layout), so every setup can be run in both layouts on the same seeds.

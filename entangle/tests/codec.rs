@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use entangle::block::parse;
 use entangle::{
     decode, decode_document, encode, encode_document, BlockKey, CodewordId, CodewordRecord, Error,
-    MemArchive, Params, ParityBlock, PointerSelector,
+    Layout, MemArchive, Params, ParityBlock, PointerSelector, Record,
 };
 use proptest::prelude::*;
 use rand::{RngCore, SeedableRng};
@@ -18,17 +18,24 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Every parity of `record` is in `blocks`, hashes to its key, and its header is the record's.
-fn check_blocks(record: &CodewordRecord, blocks: &BTreeMap<BlockKey, Vec<u8>>) {
-    assert_eq!(record.parity_keys.len(), record.params.p());
-    for (j, key) in record.parity_keys.iter().enumerate() {
+fn check_blocks(record: &Record, blocks: &BTreeMap<BlockKey, Vec<u8>>) {
+    assert_eq!(record.layout, Layout::ParityOnly);
+    assert_eq!(record.stored_keys.len(), record.params.p());
+    for (j, key) in record.stored_keys.iter().enumerate() {
         let bytes = blocks.get(key).expect("parity stored");
         assert_eq!(BlockKey::of(bytes), *key, "parity {j} hash");
         let parsed = parse(bytes).expect("parity parses");
         assert_eq!(usize::from(parsed.header.index), j);
         assert!(record.matches_header(&parsed.header));
-        assert_eq!(parsed.payload.len(), record.params.block());
+        assert_eq!(parsed.payload.len(), record.params.shard(record.len));
         assert_eq!(
-            record.reform_parity(j, parsed.payload).as_deref(),
+            record.reform(j, parsed.payload).as_deref(),
+            Some(&bytes[..])
+        );
+        // The parity-only form of the record says the same.
+        let v1 = CodewordRecord::try_from(record.clone()).unwrap();
+        assert_eq!(
+            v1.reform_parity(j, parsed.payload).as_deref(),
             Some(&bytes[..])
         );
     }
@@ -119,7 +126,7 @@ fn free_functions_round_trip() {
         decode_document(&partial_first, &store),
         Err(Error::InconsistentDocument(_))
     ));
-    assert!(decode_document(&[], &store).is_err());
+    assert!(decode_document::<CodewordRecord, _>(&[], &store).is_err());
 }
 
 /// Builds a codeword with `t` real pointers; returns its record and a store with its pointers
@@ -128,7 +135,19 @@ fn codeword_with_real_pointers(
     params: Params,
     seed: u64,
 ) -> (CodewordRecord, BTreeMap<BlockKey, Vec<u8>>, Vec<u8>) {
-    let mut archive = MemArchive::new(params, PointerSelector::uniform(params.t()), seed).unwrap();
+    let (rec, store, doc) = codeword_with_real_pointers_in(Layout::ParityOnly, params, seed);
+    (CodewordRecord::try_from(rec).unwrap(), store, doc)
+}
+
+/// [`codeword_with_real_pointers`] for a codeword of `layout` (in an archive of that layout).
+fn codeword_with_real_pointers_in(
+    layout: Layout,
+    params: Params,
+    seed: u64,
+) -> (Record, BTreeMap<BlockKey, Vec<u8>>, Vec<u8>) {
+    let mut archive =
+        MemArchive::with_layout(params, layout, PointerSelector::uniform(params.t()), seed)
+            .unwrap();
     let cap = params.capacity() as usize;
     while archive.order().len() < params.t() {
         archive
@@ -140,7 +159,7 @@ fn codeword_with_real_pointers(
     assert_eq!(records.len(), 1);
     let rec = records[0].clone();
     let mut store = BTreeMap::new();
-    for k in rec.pointers.iter().chain(&rec.parity_keys) {
+    for k in rec.pointers.iter().chain(&rec.stored_keys) {
         store.insert(*k, archive.blocks()[k].clone());
     }
     (rec, store, doc)

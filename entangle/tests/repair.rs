@@ -43,11 +43,11 @@ fn lost_pointer_is_rebuilt_through_a_referrer() {
         })
         .expect("a referenced block");
     let rec = archive.record(&owner).unwrap().clone();
-    let j = rec.parity_index(&x).unwrap();
+    let j = rec.stored_index(&x).unwrap();
     // Lose x and e more parities of its codeword: e + 1 symbols, beyond what it can decode.
     let mut lost: Vec<BlockKey> = vec![x];
     lost.extend(
-        rec.parity_keys
+        rec.stored_keys
             .iter()
             .filter(|k| **k != x)
             .take(params.e())
@@ -84,11 +84,12 @@ fn lost_pointer_is_rebuilt_through_a_referrer() {
         // Each block came back through its own codeword or one that points at it.
         let via = archive.record(&rb.via).unwrap();
         match rb.role {
-            Role::Parity(j) => assert_eq!((rb.via, via.parity_keys[j]), (owner, rb.key)),
+            Role::Parity(j) => assert_eq!((rb.via, via.stored_keys[j]), (owner, rb.key)),
             Role::Pointer(i) => assert_eq!(via.pointers[i], rb.key),
+            Role::Source(_) => panic!("a parity-only codeword has no stored sources"),
         }
     }
-    assert_eq!(archive.blocks()[&rec.parity_keys[j]], saved[&x]);
+    assert_eq!(archive.blocks()[&rec.stored_keys[j]], saved[&x]);
     assert!(decode(&rec, archive.blocks()).is_ok());
     // A second run has nothing to do.
     assert!(archive.repair().rebuilt.is_empty());
@@ -123,7 +124,7 @@ fn random_losses_repair_to_fixed_point() {
         assert!(repair(archive.index(), &after).rebuilt.is_empty());
         for rec in archive.index().records() {
             let complete = rec
-                .parity_keys
+                .stored_keys
                 .iter()
                 .chain(&rec.pointers)
                 .all(|k| after.contains_key(k) || !original.contains_key(k));
@@ -158,15 +159,15 @@ fn corrupt_source_blocks_are_not_trusted() {
     let archive = filled_archive(params, 20, 9);
     let rec = archive.index().records().nth(5).unwrap().clone();
     let mut src = archive.blocks().clone();
-    src.remove(&rec.parity_keys[0]);
-    src.get_mut(&rec.parity_keys[1]).unwrap()[120] ^= 0x40;
+    src.remove(&rec.stored_keys[0]);
+    src.get_mut(&rec.stored_keys[1]).unwrap()[120] ^= 0x40;
     let report = repair(archive.index(), &src);
-    assert!(report.corrupt.contains(&rec.parity_keys[1]));
+    assert!(report.corrupt.contains(&rec.stored_keys[1]));
     for rb in &report.rebuilt {
         assert_eq!(rb.bytes, archive.blocks()[&rb.key]);
     }
     let keys: Vec<BlockKey> = report.rebuilt.iter().map(|r| r.key).collect();
-    assert!(keys.contains(&rec.parity_keys[0]) && keys.contains(&rec.parity_keys[1]));
+    assert!(keys.contains(&rec.stored_keys[0]) && keys.contains(&rec.stored_keys[1]));
 }
 
 /// A pointer whose own record is unknown can be decoded as a payload but not re-formed and
@@ -211,14 +212,14 @@ fn single_codeword_rebuild_and_index_removal() {
     let order = entangle::fetch_order(&rec);
     assert_eq!(order.len(), 6 + 4);
     assert_eq!(&order[..6], &rec.pointers[..]);
-    assert_eq!(&order[6..], &rec.parity_keys[..]);
+    assert_eq!(&order[6..], &rec.stored_keys[..]);
 
     // Lose e symbols: one pointer and e - 1 parities; fetch only what fetch_order lists.
     let mut src: BTreeMap<BlockKey, Vec<u8>> = order
         .iter()
         .map(|k| (*k, archive.blocks()[k].clone()))
         .collect();
-    let lost = [rec.pointers[2], rec.parity_keys[0]];
+    let lost = [rec.pointers[2], rec.stored_keys[0]];
     for k in &lost {
         src.remove(k);
     }
@@ -231,7 +232,7 @@ fn single_codeword_rebuild_and_index_removal() {
         assert_eq!(rb.bytes, archive.blocks()[&rb.key]);
     }
     // Beyond e: an explicit error.
-    for k in rec.parity_keys.iter().skip(1).take(2) {
+    for k in rec.stored_keys.iter().skip(1).take(2) {
         src.remove(k);
     }
     assert!(matches!(
@@ -244,11 +245,86 @@ fn single_codeword_rebuild_and_index_removal() {
     let removed = index.remove(&rec.id).unwrap();
     assert_eq!(removed, rec);
     assert_eq!(index.len(), n - 1);
-    assert!(index.locate(&rec.parity_keys[0]).is_none());
+    assert!(index.locate(&rec.stored_keys[0]).is_none());
     for k in &rec.pointers {
         assert!(index.referrers(k).all(|c| *c != rec.id));
     }
     assert!(index.remove(&rec.id).is_none());
     index.insert(rec.clone()).unwrap();
     assert_eq!(index.len(), n);
+}
+
+/// Shards: a short codeword's parities have short payloads. Such a block, lost with more
+/// than e symbols of its own codeword, comes back through a full codeword that points at it
+/// (its symbol there is its payload zero-extended); a full-size payload cannot be re-formed
+/// from the shorter symbol a small codeword holds of it, and nothing wrong is ever returned.
+#[test]
+fn short_blocks_are_rebuilt_through_larger_referrers() {
+    let params = Params::new(2, 10, 6, 4096);
+    let mut a = MemArchive::new(params, PointerSelector::mixed(params.t()), 5).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for i in 0..80u64 {
+        let len = if i % 2 == 0 { 100 } else { 8192 };
+        let mut doc = vec![0u8; len];
+        rng.fill_bytes(&mut doc);
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&i.to_le_bytes());
+        a.store(&id, &doc).unwrap();
+    }
+    let hlen = entangle::block::header_len(10, 6);
+    let size = |a: &MemArchive, k: &BlockKey| a.blocks()[k].len() - hlen;
+    // Small codewords store 6 x 64 bytes, not 6 x 4096.
+    assert!(a.blocks().keys().any(|k| size(&a, k) == 64));
+    // A short block that a full codeword points at.
+    let (x, owner) = a
+        .order()
+        .iter()
+        .find_map(|k| {
+            (size(&a, k) == 64
+                && a.index().referrers(k).any(|c| {
+                    let r = a.record(c).unwrap();
+                    params.shard(r.len) == 4096
+                }))
+            .then(|| (*k, a.index().locate(k).unwrap().0))
+        })
+        .expect("a short block with a full referrer");
+    let rec = a.record(&owner).unwrap().clone();
+    let mut lost = vec![x];
+    lost.extend(
+        rec.stored_keys
+            .iter()
+            .filter(|k| **k != x)
+            .take(params.e())
+            .copied(),
+    );
+    let saved: BTreeMap<BlockKey, Vec<u8>> =
+        lost.iter().map(|k| (*k, a.remove(k).unwrap())).collect();
+    let report = a.repair();
+    assert_eq!(report.rebuilt.len(), lost.len(), "{report:?}");
+    for rb in &report.rebuilt {
+        assert_eq!(rb.bytes, saved[&rb.key]);
+    }
+    let first = report.rebuilt.iter().find(|r| r.key == x).unwrap();
+    assert!(matches!(first.role, Role::Pointer(_)));
+
+    // A full payload from the first 64 bytes of it (what a small codeword holds): no.
+    let (y, ycw) = a
+        .order()
+        .iter()
+        .find_map(|k| (size(&a, k) == 4096).then(|| (*k, a.index().locate(k).unwrap())))
+        .unwrap();
+    let yrec = a.record(&ycw.0).unwrap();
+    let payload = &a.blocks()[&y][hlen..];
+    assert_eq!(a.index().reform(&y, &payload[..64]), None);
+    assert_eq!(
+        yrec.reform_from_symbol(ycw.1, payload).as_deref(),
+        Some(&a.blocks()[&y][..])
+    );
+    // A short payload from its zero-extended symbol: yes; with a non-zero tail: no.
+    let xb = a.blocks()[&x].clone();
+    let mut sym = xb[hlen..].to_vec();
+    sym.resize(4096, 0);
+    assert_eq!(a.index().reform(&x, &sym).as_deref(), Some(&xb[..]));
+    sym[100] = 1;
+    assert_eq!(a.index().reform(&x, &sym), None);
 }

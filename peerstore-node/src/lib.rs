@@ -166,18 +166,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     println!("peerstore-node listening on {}", handle.local);
 
     let ring = Arc::new(Ring::new(handle.clone(), config.replication));
+    let single = Arc::new(single);
     let blocks = Arc::new(Replication {
         ring: ring.clone(),
         store,
+        single: Some(single.clone()),
+        activity: maintenance::Activity::default(),
+        leaving: std::sync::atomic::AtomicBool::new(false),
     });
     let entangled = Arc::new(
-        entangled::Entangled::new(
-            config.entanglement.clone(),
-            blocks.clone(),
-            Arc::new(single),
-        )
-        .with_policy_file(entangled::policy::file(&config.data_dir))
-        .map_err(|e| anyhow::anyhow!("replica management: {e}"))?,
+        entangled::Entangled::new(config.entanglement.clone(), blocks.clone(), single)
+            .with_policy_file(entangled::policy::file(&config.data_dir))
+            .map_err(|e| anyhow::anyhow!("replica management: {e}"))?,
     );
     let service = Arc::new(Service {
         ring: ring.clone(),
@@ -201,6 +201,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     tokio::select! {
         _ = shutdown => {
             info!("shutting down: handing keys off and leaving the ring");
+            // First: no single copy comes here or is dropped elsewhere for ours any more.
+            blocks.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
             maint_task.abort();
             ent_task.abort();
             let report = tokio::time::timeout(Duration::from_secs(60), maintenance::hand_off(&blocks)).await;

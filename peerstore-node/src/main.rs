@@ -514,6 +514,12 @@ async fn status(
             "records": s.records,
             "user_quota": s.user_quota,
             "users": s.users.iter().map(|u| serde_json::json!({ "user": u.user, "label": u.label, "bytes": u.bytes })).collect::<Vec<_>>(),
+            "maintenance": {
+                "pulled": s.activity.pulled,
+                "pushed": s.activity.pushed,
+                "cleaned": s.activity.cleaned,
+                "parity_copies_dropped": s.activity.parity_copies_dropped,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -542,5 +548,10 @@ async fn status(
     for u in &s.users {
         println!("  user {} ({}): {} bytes", u.user, u.label, u.bytes);
     }
+    let a = &s.activity;
+    println!(
+        "maintenance {} pulled, {} pushed, {} cleaned up, {} parity copies dropped (since start)",
+        a.pulled, a.pushed, a.cleaned, a.parity_copies_dropped
+    );
     Ok(())
 }

@@ -18,13 +18,17 @@
 //! a bounded number per round ([`crate::replication::deletion`]).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
-use peerstore_proto::{BlockKey, MemberRequest, MemberResponse, NodeAddr, MAX_LIST_PAGE};
+use peerstore_proto::{
+    BlockKey, EntRequest, EntResponse, MaintenanceActivity, MemberRequest, MemberResponse,
+    NodeAddr, MAX_LIST_PAGE,
+};
 
 use crate::replication::deletion::{self, Evidence, Keep, Store};
 use crate::replication::{list_record_digests, Replication};
@@ -49,6 +53,40 @@ pub struct RoundReport {
     pub unverified: u64,
 }
 
+/// What maintenance moved and dropped since the node started (counters for status): on a
+/// settled, idle ring none of them moves.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Blocks and signed records pulled by replication anti-entropy.
+    pub pulled: AtomicU64,
+    /// Blocks and signed records pushed by replication anti-entropy.
+    pub pushed: AtomicU64,
+    /// Copies outside this node's replica range dropped by the clean-up.
+    pub cleaned: AtomicU64,
+    /// Replicated copies of parities dropped by replica management (entangled rings): this
+    /// node's scrubs, copies that came back (`entangled::scrub::redrop_singles`) and stale
+    /// ones (`drop_stale`).
+    pub parity_copies_dropped: AtomicU64,
+}
+
+impl Activity {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    #[must_use]
+    pub fn snapshot(&self) -> MaintenanceActivity {
+        MaintenanceActivity {
+            pulled: self.pulled.load(Ordering::Relaxed),
+            pushed: self.pushed.load(Ordering::Relaxed),
+            cleaned: self.cleaned.load(Ordering::Relaxed),
+            parity_copies_dropped: self.parity_copies_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Runs maintenance forever: replication rounds every `period` and soon after a range change,
 /// and clean-up rounds every `period` in their own task so they never delay re-replication.
 pub async fn run(service: Arc<Replication>, period: Duration) {
@@ -67,6 +105,8 @@ pub async fn run(service: Arc<Replication>, period: Duration) {
             }
         }
         let report = round(&service).await;
+        Activity::add(&service.activity.pulled, report.pulled);
+        Activity::add(&service.activity.pushed, report.pushed);
         log_round("replication", &report);
     }
     cleaner.abort();
@@ -101,6 +141,7 @@ async fn cleanup_loop(service: Arc<Replication>, period: Duration) {
         if view.member && view.predecessor.is_some() {
             candidates = cleanup(&service, view.ranges.replicated, &candidates, &mut report).await;
         }
+        Activity::add(&service.activity.cleaned, report.dropped);
         log_round("clean-up", &report);
     }
 }
@@ -282,6 +323,22 @@ impl sync::Table for Blocks<'_> {
     fn digest(&self, key: &BlockKey, _: &Vec<u8>) -> [u8; 32] {
         key.0
     }
+
+    /// The single copies this node holds in (from, to]: in a round of the range it owns,
+    /// the parities it scrubbed.
+    async fn settled(
+        &self,
+        from: chord::Id,
+        to: chord::Id,
+    ) -> Result<BTreeSet<BlockKey>, RingError> {
+        let Some(single) = self.0.single.clone() else {
+            return Ok(BTreeSet::new());
+        };
+        let keys = blocking(move || single.list_range(&BlockKey(from.0), &BlockKey(to.0), None))
+            .await?
+            .keys;
+        Ok(keys.into_iter().collect())
+    }
 }
 
 /// Signed records (users' roots) as a [`sync::Table`]: each side keeps the newer validly
@@ -436,7 +493,7 @@ async fn cleanup(
     for (key, outcome) in checked {
         let (verified, needed) = match outcome {
             Foreign::Candidate { verified, needed } => (verified, needed),
-            Foreign::InSet | Foreign::Gone => continue,
+            Foreign::InSet | Foreign::Gone | Foreign::Single => continue,
             Foreign::Unknown => {
                 report.errors += 1;
                 continue;
@@ -472,6 +529,10 @@ enum Foreign {
     Gone,
     /// Its replica set could not be found: kept, retried next time.
     Unknown,
+    /// A scrubbed parity (its owner says it holds the single copy): kept here, for the
+    /// entangled layer's rule (`entangled::scrub::drop_stale`, which asks the owner to prove
+    /// it), and not sent to the members of its replica set (they dropped their replicas).
+    Single,
     /// `verified` of the `needed` members of its replica set proved they hold the bytes.
     Candidate { verified: usize, needed: usize },
 }
@@ -494,9 +555,29 @@ async fn verify_foreign(service: &Replication, key: BlockKey) -> Foreign {
     };
     let blocks = [(key, own.as_slice())];
     let mut verified = 0;
+    let mut owner_asked = false;
     for member in &set {
         let mut ok =
             deletion::verify(&service.ring, member, Store::Replicated, &blocks).await == [true];
+        if !ok && !owner_asked {
+            // A member without a replica: the key may be a parity its owner scrubbed to one
+            // copy (entangled rings). Sending replicas back would undo the scrub, and each
+            // would have to wait out the minimum age again before the owner could drop it.
+            let owner_says = match set.first() {
+                Some(owner) => matches!(
+                    service
+                        .ring
+                        .call_ent(owner, EntRequest::HasSingle { keys: vec![key] })
+                        .await,
+                    Ok(EntResponse::Has { present }) if present == [true]
+                ),
+                None => false,
+            };
+            if owner_says {
+                return Foreign::Single;
+            }
+            owner_asked = true;
+        }
         if !ok && sync::push_keys(&Blocks(service), member, vec![key]).await > 0 {
             ok =
                 deletion::verify(&service.ring, member, Store::Replicated, &blocks).await == [true];

@@ -103,6 +103,24 @@ impl HeldRange {
 pub struct Replication {
     pub ring: Arc<Ring>,
     pub store: Arc<BlockStore>,
+    /// The single copies of scrubbed parities (entangled storage, `<data-dir>/single`): keys
+    /// held there are settled, and the anti-entropy of `store` neither pulls nor pushes them
+    /// ([`crate::sync::plan_settled`]). `None`: nothing is settled.
+    pub single: Option<Arc<BlockStore>>,
+    /// What maintenance moved and dropped since the node started (for status).
+    pub activity: crate::maintenance::Activity,
+    /// Set when this node starts to leave the ring gracefully: from then on it takes no
+    /// single copy, proves none and says it holds none (`entangled`), so no other node drops
+    /// a single copy because this one holds it (it would leave with it).
+    pub leaving: std::sync::atomic::AtomicBool,
+}
+
+impl Replication {
+    /// Whether this node is leaving the ring gracefully.
+    #[must_use]
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Replication {

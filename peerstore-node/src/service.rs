@@ -315,6 +315,7 @@ impl Service {
             .unwrap_or_default();
         let mut report = status_report(&view, self.ring.replication, &figures);
         report.user_quota = self.quotas.limit();
+        report.activity = self.replication.activity.snapshot();
         report.users = users
             .into_iter()
             .map(|u| peerstore_proto::UserUsage {
@@ -374,5 +375,6 @@ fn status_report(view: &RingView, replication: usize, stats: &Figures) -> Status
         records: stats.records,
         user_quota: None,
         users: Vec::new(),
+        activity: peerstore_proto::MaintenanceActivity::default(),
     }
 }

@@ -78,6 +78,16 @@ pub trait Table: Sync {
     ) -> impl Future<Output = u64> + Send;
     /// The digest a listing gives for this item.
     fn digest(&self, key: &BlockKey, item: &Self::Item) -> [u8; 32];
+    /// Keys in (from, to] that this node holds settled, outside the table (the single copies
+    /// of scrubbed parities): a round neither pulls nor pushes them, whatever the peers list
+    /// ([`plan_settled`]). None by default.
+    fn settled(
+        &self,
+        _from: chord::Id,
+        _to: chord::Id,
+    ) -> impl Future<Output = Result<BTreeSet<BlockKey>, RingError>> + Send {
+        async { Ok(BTreeSet::new()) }
+    }
 }
 
 /// What one round did.
@@ -113,6 +123,23 @@ pub struct Plan {
 /// Plans a round (see [`Plan`]). `push_only` plans no pulls (a leaving node's hand-off).
 #[must_use]
 pub fn plan(mine: &Digests, theirs: &[Option<Digests>], pull: Pull, push_only: bool) -> Plan {
+    plan_settled(mine, theirs, pull, push_only, &BTreeSet::new())
+}
+
+/// As [`plan`], leaving out the keys this node holds `settled` (a parity kept as one copy in
+/// its owner's single-copy store): they are neither pulled (our listing lacks them, a peer's
+/// stale replica is no reason to bring a copy back) nor pushed (a replica of ours, if any, is
+/// not spread again). Stale replicas of them are dropped by their own rule
+/// (`entangled::scrub`), never re-spread first: spreading one gives it a fresh arrival time,
+/// which keeps it from being dropped for the minimum age, round after round.
+#[must_use]
+pub fn plan_settled(
+    mine: &Digests,
+    theirs: &[Option<Digests>],
+    pull: Pull,
+    push_only: bool,
+    settled: &BTreeSet<BlockKey>,
+) -> Plan {
     let mut pulls: BTreeMap<BlockKey, Vec<usize>> = BTreeMap::new();
     if !push_only {
         for (i, t) in theirs.iter().enumerate() {
@@ -121,7 +148,7 @@ pub fn plan(mine: &Digests, theirs: &[Option<Digests>], pull: Pull, push_only: b
                     None => true,
                     Some(m) => pull == Pull::EveryVersion && m != d,
                 };
-                if !differs {
+                if !differs || settled.contains(k) {
                     continue;
                 }
                 let from = pulls.entry(*k).or_default();
@@ -138,6 +165,7 @@ pub fn plan(mine: &Digests, theirs: &[Option<Digests>], pull: Pull, push_only: b
             Some(t) => mine
                 .keys()
                 .chain(pulls.keys())
+                .filter(|k| !settled.contains(k))
                 .filter(|k| match (t.get(k), mine.get(k)) {
                     (None, _) => true,
                     // A key we pulled may have changed our version: compare at push time.
@@ -154,7 +182,8 @@ pub fn plan(mine: &Digests, theirs: &[Option<Digests>], pull: Pull, push_only: b
 }
 
 /// The sub-ranges (start, end] of a bucket split whose digest differs from at least one
-/// peer's. All of (from, to] when the table keeps no buckets or the splits disagree.
+/// peer's, neighbours joined (one listing, paged, instead of one per bucket). All of
+/// (from, to] when the table keeps no buckets or the splits disagree.
 #[must_use]
 pub fn differing_buckets(
     from: chord::Id,
@@ -167,10 +196,17 @@ pub fn differing_buckets(
         return vec![(from, to)];
     }
     let split = crate::store::bucket_bounds(&BlockKey(from.0), &BlockKey(to.0), n as u32);
-    (0..n)
-        .filter(|&i| theirs.iter().flatten().any(|t| t[i] != mine[i]))
-        .map(|i| (chord::Id(split[i].0 .0), chord::Id(split[i].1 .0)))
-        .collect()
+    let mut out: Vec<(chord::Id, chord::Id)> = Vec::new();
+    let mut last: Option<usize> = None;
+    for i in (0..n).filter(|&i| theirs.iter().flatten().any(|t| t[i] != mine[i])) {
+        let (a, b) = (chord::Id(split[i].0 .0), chord::Id(split[i].1 .0));
+        match out.last_mut() {
+            Some(prev) if last == Some(i.wrapping_sub(1)) => prev.1 = b,
+            _ => out.push((a, b)),
+        }
+        last = Some(i);
+    }
+    out
 }
 
 /// Most keys one listing may hold: a peer that pages on without end is cut off.
@@ -309,7 +345,21 @@ async fn sync_range<T: Table>(
             })
             .collect();
     report.errors += theirs.iter().filter(|t| t.is_none()).count() as u64;
-    let plan = plan(&mine, &theirs, T::PULL, push_only);
+    // A leaving node hands off everything it holds, settled keys included.
+    let settled = if push_only {
+        BTreeSet::new()
+    } else {
+        match table.settled(from, to).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Without it the round could bring back what was settled: skip the range.
+                debug!(table = table.name(), error = %e, "settled keys not listed");
+                report.errors += 1;
+                return report;
+            }
+        }
+    };
+    let plan = plan_settled(&mine, &theirs, T::PULL, push_only, &settled);
     // Pull, grouped by peer.
     let mut by_peer: BTreeMap<usize, Vec<BlockKey>> = BTreeMap::new();
     for (k, from) in &plan.pull {
@@ -453,6 +503,82 @@ mod tests {
     }
 
     #[test]
+    fn settled_keys_are_neither_pulled_nor_pushed() {
+        // Key 1: a parity this node (its owner) keeps as its single copy; peer 0 still holds a
+        // stale replica, peer 1 dropped its own. Key 3: the same, with a stale replica of ours
+        // beside the single copy. Key 2: an ordinary block only peer 0 holds.
+        let settled: BTreeSet<BlockKey> = [k(1), k(3)].into_iter().collect();
+        let mine = digests(&[(3, 3)]);
+        let theirs = vec![Some(digests(&[(1, 1), (2, 2)])), Some(digests(&[]))];
+        let p = plan_settled(&mine, &theirs, Pull::AnyHolder, false, &settled);
+        assert_eq!(p.pull, [(k(2), vec![0])].into_iter().collect());
+        assert_eq!(p.push, vec![vec![], vec![k(2)]]);
+        // Without them, the stale replica is pulled and spread again.
+        let p = plan(&mine, &theirs, Pull::AnyHolder, false);
+        assert!(p.pull.contains_key(&k(1)));
+        assert_eq!(p.push[1], vec![k(1), k(2), k(3)]);
+        // Nothing settled: the same plan as before.
+        assert_eq!(
+            plan_settled(&mine, &theirs, Pull::AnyHolder, false, &BTreeSet::new()),
+            plan(&mine, &theirs, Pull::AnyHolder, false)
+        );
+    }
+
+    /// An idle entangled ring: the owner keeps a parity as one copy; its two replica peers
+    /// still hold stale replicas, each dropped once held for `MIN_AGE` rounds (the minimum age
+    /// of verified deletions) and one per round. Returns the round after which no replica is
+    /// left (None: still going after 100) and the copies anti-entropy moved.
+    fn idle_ring(settled: bool) -> (Option<u32>, u32) {
+        const MIN_AGE: u32 = 3;
+        let single: BTreeSet<BlockKey> = [k(1)].into_iter().collect();
+        let settled = if settled { single } else { BTreeSet::new() };
+        let held = |yes: bool| {
+            if yes {
+                digests(&[(1, 1)])
+            } else {
+                Digests::new()
+            }
+        };
+        // When each peer received its replica (None: it holds none).
+        let mut peers: Vec<Option<u32>> = vec![Some(0), None];
+        let mut moved = 0;
+        for round in 1..=100 {
+            let theirs: Vec<Option<Digests>> =
+                peers.iter().map(|a| Some(held(a.is_some()))).collect();
+            let p = plan_settled(&held(false), &theirs, Pull::AnyHolder, false, &settled);
+            moved += p.pull.len() as u32;
+            for (i, keys) in p.push.iter().enumerate() {
+                if !keys.is_empty() && peers[i].is_none() {
+                    peers[i] = Some(round);
+                    moved += 1;
+                }
+            }
+            // The owner drops a pulled replica of its own at once, a peer's once old enough.
+            if let Some(i) = peers
+                .iter()
+                .position(|a| a.is_some_and(|a| round - a >= MIN_AGE))
+            {
+                peers[i] = None;
+            }
+            if peers.iter().all(Option::is_none) {
+                return (Some(round), moved);
+            }
+        }
+        (None, moved)
+    }
+
+    #[test]
+    fn stale_replicas_of_single_copies_are_dropped_not_spread_again() {
+        // Each drop used to be undone by the next round (the replica pulled back from the other
+        // peer and pushed again, arriving anew): it never ended.
+        let (done, moved) = idle_ring(false);
+        assert_eq!(done, None);
+        assert!(moved > 50, "{moved}");
+        // Settled: the stale replicas age and go, nothing moves.
+        assert_eq!(idle_ring(true), (Some(3), 0));
+    }
+
+    #[test]
     fn a_listing_that_does_not_move_or_never_ends_is_cut_off() {
         assert!(check_page(None, Some(k(3)), 10).is_ok());
         assert!(check_page(Some(k(3)), Some(k(4)), 20).is_ok());
@@ -476,6 +602,15 @@ mod tests {
         }
     }
 
+    /// `mine` with the buckets at `changed` different.
+    fn other_with(mine: &Buckets, changed: &[usize]) -> Buckets {
+        let mut b = mine.clone();
+        for &i in changed {
+            b[i] = (99, [99; 32]);
+        }
+        b
+    }
+
     #[test]
     fn only_differing_buckets_are_listed() {
         let (from, to) = (chord::Id([0; 32]), chord::Id([0x80; 32]));
@@ -488,6 +623,27 @@ mod tests {
         assert_eq!(
             ranges[0],
             (chord::Id(split[2].0 .0), chord::Id(split[2].1 .0))
+        );
+        // Neighbours are listed at once.
+        let some = other_with(&mine, &[0, 3]);
+        let ranges = differing_buckets(
+            from,
+            to,
+            &mine,
+            &[Some(some), Some(other_with(&mine, &[2]))],
+        );
+        let id = |k: BlockKey| chord::Id(k.0);
+        assert_eq!(
+            ranges,
+            vec![
+                (id(split[0].0), id(split[0].1)),
+                (id(split[2].0), id(split[3].1))
+            ]
+        );
+        let all = other_with(&mine, &[0, 1, 2, 3]);
+        assert_eq!(
+            differing_buckets(from, to, &mine, &[Some(all)]),
+            vec![(from, to)]
         );
         // Splits that disagree (another bucket count): the whole range.
         assert_eq!(

@@ -112,6 +112,22 @@ pub struct StatusReport {
     pub user_quota: Option<u64>,
     /// What the users who wrote through this node have stored, largest first (at most 64).
     pub users: Vec<UserUsage>,
+    /// What the node's maintenance moved and dropped since it started.
+    pub activity: MaintenanceActivity,
+}
+
+/// Counters of a node's background maintenance since it started: on a settled ring that
+/// nobody writes to, none of them moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceActivity {
+    /// Blocks and signed records pulled by replication anti-entropy.
+    pub pulled: u64,
+    /// Blocks and signed records pushed by replication anti-entropy.
+    pub pushed: u64,
+    /// Copies outside the node's replica range dropped by the clean-up.
+    pub cleaned: u64,
+    /// Replicated copies of parities dropped by replica management (entangled rings).
+    pub parity_copies_dropped: u64,
 }
 
 /// One user's usage on a node.

@@ -44,7 +44,10 @@ pub use admission::{
     RingPublic, Role,
 };
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
-pub use client::{ClientRequest, ClientResponse, ErrorCode, MemberInfo, StatusReport, UserUsage};
+pub use client::{
+    ClientRequest, ClientResponse, ErrorCode, MaintenanceActivity, MemberInfo, StatusReport,
+    UserUsage,
+};
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,
 };

@@ -208,6 +208,12 @@ fn status_report() -> StatusReport {
             label: "alice".into(),
             bytes: 42,
         }],
+        activity: peerstore_proto::MaintenanceActivity {
+            pulled: 1,
+            pushed: 2,
+            cleaned: 3,
+            parity_copies_dropped: 4,
+        },
     }
 }
 

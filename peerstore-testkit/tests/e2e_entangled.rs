@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
+use peerstore_node::entangled::ParitySizes;
 use peerstore_proto::{BlockKey, ClientRequest, ClientResponse};
 use peerstore_testkit::{arc_share, pick_victims, ring_order, wait_until, Cluster, MAINTENANCE_MS};
 use rand::{RngCore, SeedableRng};
@@ -43,7 +44,7 @@ fn ring_args(bs: &str) -> Vec<String> {
 
 /// Waits until exactly `parities` parity files are on disk, each as one single copy and no
 /// replicated copy (what a full scrub leaves).
-async fn wait_single_copies(cluster: &Cluster, psize: u64, parities: u64) {
+async fn wait_single_copies(cluster: &Cluster, psize: ParitySizes, parities: u64) {
     wait_until(Duration::from_secs(60), || async {
         let d = parity_files(cluster, psize);
         let bad = d.values().filter(|&&(r, s)| (r, s) != (0, 1)).count();
@@ -62,13 +63,13 @@ async fn wait_single_copies(cluster: &Cluster, psize: u64, parities: u64) {
 
 /// Parity files on the disks of the live nodes (a parity is recognised by its size):
 /// key -> (copies in replicated stores, copies in single-copy stores).
-fn parity_files(c: &Cluster, parity_size: u64) -> BTreeMap<BlockKey, (u64, u64)> {
+fn parity_files(c: &Cluster, sizes: ParitySizes) -> BTreeMap<BlockKey, (u64, u64)> {
     let mut out: BTreeMap<BlockKey, (u64, u64)> = BTreeMap::new();
     for n in c.live() {
         for (sub, single) in [("store", false), ("single", true)] {
             let records = peerstore_node::store::records_on_disk(&n.data_dir.join(sub));
             for r in records.into_iter().flatten() {
-                if r.len != parity_size {
+                if !sizes.matches(r.len) {
                     continue;
                 }
                 let e = out.entry(r.key).or_default();
@@ -118,23 +119,25 @@ async fn try_wait_copies(
     }
 }
 
-/// Stored bytes per parity copy, from du.
-fn parity_size(e: &Value) -> u64 {
-    let copies = u(e, "parity_copies_replicated") + u(e, "parity_copies_single");
-    assert!(copies > 0, "no parity copies: {e}");
-    let bytes = u(e, "parity_bytes");
-    assert_eq!(bytes % copies, 0, "parities of different sizes: {e}");
-    bytes / copies
+/// The sizes of the ring's parities, from du's parameters (a short codeword's parities are
+/// shorter than a full one's: its shard).
+fn parity_sizes(e: &Value) -> ParitySizes {
+    let n = |k: &str| u16::try_from(u(e, k)).unwrap();
+    ParitySizes::of(entangle::Params::new(
+        n("s"),
+        n("t"),
+        n("p"),
+        u32::try_from(u(e, "block_size")).unwrap(),
+    ))
 }
 
-/// Checks du's overhead against RECAST's p/s x copies: exactly `copies x parity size x p x
-/// codewords / document bytes`, and at most `slack` above `expected` (the header and the zero
-/// padding of each document's last codeword are all that may add to it).
+/// Checks du's overhead against RECAST's p/s x copies: exactly `parity bytes / document
+/// bytes`, and at most `slack` above `expected` (the headers and the alignment of each
+/// document's last codeword's shard are all that may add to it).
 fn check_overhead(e: &Value, expected: f64, slack: f64) -> f64 {
     let o = f(e, "overhead");
     let (cw, logical) = (u(e, "codewords"), u(e, "logical_bytes"));
-    let copies = (u(e, "parity_copies_replicated") + u(e, "parity_copies_single")) as f64;
-    let exact = copies * parity_size(e) as f64 / logical as f64;
+    let exact = u(e, "parity_bytes") as f64 / logical as f64;
     assert!((o - exact).abs() < 1e-6, "overhead {o} != {exact}: {e}");
     assert!(
         o >= expected && o <= expected * slack,
@@ -233,7 +236,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
             e
         }
     };
-    let psize = parity_size(&e0);
+    let psize = parity_sizes(&e0);
     let per = f(&e0, "copies_per_parity");
     let o_before = check_overhead(&e0, P as f64 / S as f64 * per, 1.5);
     println!(
@@ -439,7 +442,7 @@ async fn admin_commands_on_documents_put_directly() {
         (cw, logical),
         "{e}"
     );
-    let psize = parity_size(&e);
+    let psize = parity_sizes(&e);
     check_overhead(&e, P as f64 / S as f64 * f(&e, "copies_per_parity"), 3.0);
     let text = admin.ok(&["du"]);
     assert!(

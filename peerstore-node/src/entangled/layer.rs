@@ -160,6 +160,9 @@ pub struct Entangled {
     /// Deletions other nodes asked for (`DropReplica`) in the current maintenance period,
     /// bounded like this node's own ([`crate::replication::deletion`]).
     pub requested_drops: Mutex<WindowBudget>,
+    /// When to ask members again to drop replicated copies of this node's single copies that
+    /// they kept (`scrub::redrop_singles`).
+    pub drop_retries: Mutex<super::policy::DropRetries>,
 }
 
 impl Entangled {
@@ -183,6 +186,7 @@ impl Entangled {
                 rng: ChaCha8Rng::from_entropy(),
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
+            drop_retries: Mutex::new(super::policy::DropRetries::default()),
             // The default maintenance period until the background loop sets its own.
             requested_drops: Mutex::new(WindowBudget::new(
                 std::time::Duration::from_secs(5),
@@ -219,11 +223,46 @@ impl Entangled {
             .max(1)
     }
 
-    /// Size of a stored parity of this ring.
+    /// What the stored sizes of this ring's parities look like, `None` on a plain ring.
     #[must_use]
-    pub fn parity_size(&self) -> Option<u64> {
-        self.params()
-            .map(|p| (entangle::block::header_len(p.t(), p.p()) + p.block()) as u64)
+    pub fn parity_sizes(&self) -> Option<ParitySizes> {
+        self.params().map(ParitySizes::of)
+    }
+}
+
+/// The sizes a stored parity of a ring can have: a header, then a payload of the codeword's
+/// shard (`B` for a full codeword, a multiple of [`entangle::params::SHARD_ALIGN`] below `B`
+/// for a short one: `entangle::Params::shard`). The block store keeps sizes, not kinds, so
+/// this is how listings tell parities from other blocks without reading them; what is done to
+/// a parity is then decided from its reverse-reference entry (`own`), never from its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParitySizes {
+    header: u64,
+    block: u64,
+}
+
+impl ParitySizes {
+    /// The sizes of parities of `params`.
+    #[must_use]
+    pub fn of(params: entangle::Params) -> Self {
+        ParitySizes {
+            header: entangle::block::header_len(params.t(), params.p()) as u64,
+            block: params.block() as u64,
+        }
+    }
+
+    /// Whether a stored block of `size` bytes may be a parity.
+    #[must_use]
+    pub fn matches(&self, size: u64) -> bool {
+        let align = entangle::params::SHARD_ALIGN as u64;
+        size.checked_sub(self.header)
+            .is_some_and(|n| n == self.block || (n > 0 && n < self.block && n % align == 0))
+    }
+
+    /// The largest (a full codeword's).
+    #[must_use]
+    pub fn full(&self) -> u64 {
+        self.header + self.block
     }
 }
 
@@ -238,7 +277,23 @@ pub fn now_us() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::ParitySizes;
     use crate::config::NodeConfig;
+
+    #[test]
+    fn parity_sizes_are_shards_plus_the_header() {
+        let params = entangle::Params::new(4, 8, 12, 256 * 1024);
+        let sizes = ParitySizes::of(params);
+        let h = entangle::block::header_len(8, 12) as u64;
+        assert_eq!(sizes.full(), h + 256 * 1024);
+        for len in [0u64, 1, 2048, 100_000, params.capacity()] {
+            assert!(sizes.matches(h + params.shard(len) as u64), "len {len}");
+        }
+        assert!(!sizes.matches(h));
+        assert!(!sizes.matches(h + 100));
+        assert!(!sizes.matches(h + 512 * 1024));
+        assert!(!sizes.matches(10));
+    }
 
     #[test]
     fn config_parses_and_validates() {

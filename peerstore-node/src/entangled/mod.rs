@@ -21,8 +21,11 @@
 //! the entangled layer ([`Entangled::serve_member`]), the admin requests
 //! ([`Entangled::serve_admin`]) and the background work ([`run`]).
 //!
-//! Scrubbed parities keep one copy in a second block store (`<data-dir>/single`), which the
-//! replication anti-entropy does not see, so it does not put the removed replicas back.
+//! Scrubbed parities keep one copy in a second block store (`<data-dir>/single`). The
+//! replication anti-entropy of the owner's range treats the keys held there as settled: it
+//! neither pulls a stale replica back nor pushes one (`sync::plan_settled`), and the clean-up
+//! leaves stale replicas of them to [`scrub::drop_stale`]; so a removed replica is never
+//! spread again, and stale ones are dropped once old enough.
 
 pub mod format;
 pub mod layer;
@@ -40,13 +43,14 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use peerstore_proto::member::MAX_PROVE_KEYS;
-use peerstore_proto::{AdminRequest, AdminResponse, BlockKey, MAX_LIST_PAGE};
+use peerstore_proto::{AdminRequest, AdminResponse, BlockKey, ErrorCode, MAX_LIST_PAGE};
 
 use crate::replication::{deletion, hostile, HeldRange};
 use crate::ring::{blocking, RingError};
 
 pub use layer::{
-    now_us, EncoderState, Entangled, EntanglementConfig, EntanglementType, Held, RecordCache,
+    now_us, EncoderState, Entangled, EntanglementConfig, EntanglementType, Held, ParitySizes,
+    RecordCache,
 };
 
 pub use format::{DocRecord, RefsEntry};
@@ -133,6 +137,12 @@ impl Entangled {
                         present: vec![true; keys.len()],
                     });
                 }
+                if self.blocks.is_leaving() {
+                    // Leaving: it holds nothing it could be handed or asked to prove.
+                    return Ok(EntResponse::Has {
+                        present: vec![false; keys.len()],
+                    });
+                }
                 let single = self.single.clone();
                 let present =
                     blocking(move || keys.iter().map(|k| single.has(k)).collect()).await?;
@@ -149,6 +159,19 @@ impl Entangled {
                         proofs: hostile::random_proofs(keys.len()),
                     });
                 }
+                // A leaving node proves nothing: the prover would drop its copy, and this
+                // node's hand-off of its single copies may have listed them already. Checked
+                // after the proofs too: a proof is only given for copies held before the
+                // leave started, which the hand-off sends on.
+                let leaving = || {
+                    RingError::new(
+                        ErrorCode::Unavailable,
+                        "leaving the ring: single copies are neither taken nor proved",
+                    )
+                };
+                if self.blocks.is_leaving() {
+                    return Err(leaving());
+                }
                 // Over the single copies' bytes on disk, verified against their keys.
                 let single = self.single.clone();
                 let proofs = blocking(move || {
@@ -157,6 +180,9 @@ impl Entangled {
                     }))
                 })
                 .await?;
+                if self.blocks.is_leaving() {
+                    return Err(leaving());
+                }
                 EntResponse::Proofs { proofs }
             }
             r @ (EntRequest::StoreRecords { .. }
@@ -196,6 +222,12 @@ impl Entangled {
             EntRequest::StoreSingle { key, data } => {
                 if hostile::liar() {
                     return Ok(EntResponse::Ok); // acknowledged, not stored
+                }
+                if self.blocks.is_leaving() {
+                    return Err(RingError::new(
+                        ErrorCode::Unavailable,
+                        "leaving the ring: single copies are neither taken nor proved",
+                    ));
                 }
                 let single = self.single.clone();
                 blocking(move || {
@@ -273,11 +305,16 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         // One round's bound on deletions (docs/SECURITY.md, "Verified deletions").
         let mut budget = deletion::policy().budget();
         scrub::hand_off_singles(&ent, &mut budget).await;
-        scrub::drop_stale(&ent, &mut budget).await;
+        let stale = scrub::drop_stale(&ent, &mut budget).await;
         let singles = scrub::owned_singles(&ent).await;
         let (n, _) = scrub::redrop_singles(&ent, &singles).await;
-        if n > 0 {
-            debug!(n, "replicated copies of single-copy parities dropped again");
+        let dropped = &ent.blocks.activity.parity_copies_dropped;
+        crate::maintenance::Activity::add(dropped, n + stale);
+        if n + stale > 0 {
+            debug!(
+                n,
+                stale, "replicated copies of single-copy parities dropped again"
+            );
         }
         if last_repair.elapsed() >= repair_every {
             last_repair = tokio::time::Instant::now();
@@ -317,6 +354,8 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
                 // A window that could not be measured (a member did not answer) scrubs
                 // nothing by window this round; age still applies.
                 let r = scrub::scrub_local(&ent, d.mode, cutoff.flatten(), d.max_age_ms).await;
+                let dropped = &ent.blocks.activity.parity_copies_dropped;
+                crate::maintenance::Activity::add(dropped, r.replicas_removed);
                 if r.scrubbed > 0 {
                     info!(?r, "replica management round");
                 }

@@ -11,11 +11,14 @@
 //! choice in its data directory (`scrub-daemon.json`) so it survives restarts. The rule itself
 //! ([`eligible`]) is pure.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use peerstore_proto::ScrubMode;
+use peerstore_proto::{BlockKey, ScrubMode};
 
 /// The node's default replica management (configuration `[entanglement.replicas]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,66 @@ pub fn eligible(
     by_mode || by_age
 }
 
+/// Longest wait before the owner of a single copy asks a member again to drop a replicated
+/// copy it kept ([`DropRetries`]).
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// When the owner of single copies asks each member again to drop a replicated copy that the
+/// member kept (held for less than the minimum age of deletions, the member's bound on
+/// deletions used up, a copy it holds in another store, no answer): one period after the
+/// first ask, then twice as long each time it is kept again, at most [`RETRY_MAX`]. A stale
+/// replica waits out a minimum age of 10 minutes in about a dozen asks instead of one every
+/// maintenance period, and goes at most [`RETRY_MAX`] after it may.
+#[derive(Debug, Default)]
+pub struct DropRetries {
+    /// By (key, member): when to ask next and the last wait.
+    next: HashMap<(BlockKey, PeerId), (Instant, Duration)>,
+}
+
+impl DropRetries {
+    /// Whether to ask `peer` about `key` at `now`.
+    #[must_use]
+    pub fn due(&self, key: &BlockKey, peer: &PeerId, now: Instant) -> bool {
+        self.next
+            .get(&(*key, *peer))
+            .is_none_or(|(at, _)| now >= *at)
+    }
+
+    /// `peer` kept its copy of `key` when asked at `now`; `period` is the first wait.
+    pub fn kept(&mut self, key: BlockKey, peer: PeerId, now: Instant, period: Duration) {
+        let wait = match self.next.get(&(key, peer)) {
+            Some((_, last)) => last.saturating_mul(2),
+            None => period,
+        }
+        .clamp(period.min(RETRY_MAX), RETRY_MAX);
+        self.next.insert((key, peer), (now + wait, wait));
+    }
+
+    /// `peer` no longer holds `key` (it dropped it, or says it holds none): forgotten.
+    pub fn done(&mut self, key: &BlockKey, peer: &PeerId) {
+        self.next.remove(&(*key, *peer));
+    }
+
+    /// Forgets the keys nobody asked about for a while (no longer owned here, say): the table
+    /// stays as small as the copies still waiting.
+    pub fn forget_old(&mut self, now: Instant) {
+        self.next
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) <= RETRY_MAX * 2);
+    }
+
+    /// Pairs waiting.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.next.len()
+    }
+
+    /// Whether no pair waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+}
+
 /// Where a node keeps the daemon an administrator set.
 #[must_use]
 pub fn file(data_dir: &Path) -> PathBuf {
@@ -154,6 +217,52 @@ mod tests {
     use super::*;
 
     const W: ScrubMode = ScrubMode::Window { blocks: 10 };
+
+    #[test]
+    fn kept_copies_are_asked_again_less_and_less_often() {
+        let (key, peer, other) = (BlockKey([1; 32]), PeerId::random(), PeerId::random());
+        let period = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut r = DropRetries::default();
+        assert!(r.due(&key, &peer, t0), "never asked: due");
+        // Kept: asked again after 1, 2, 4, ... s, never more than RETRY_MAX apart.
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            r.kept(key, peer, at, period);
+            let mut next = at;
+            while !r.due(&key, &peer, next) {
+                next += Duration::from_millis(250);
+            }
+            waits.push((next - at).as_secs());
+            at = next;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        // Each member on its own.
+        assert!(r.due(&key, &other, t0));
+        // Dropped: asked at once the next time a copy turns up.
+        r.done(&key, &peer);
+        assert!(r.due(&key, &peer, at) && r.is_empty());
+        // Asked 10 minutes apart: the minimum age of deletions is waited out in about a
+        // dozen asks, not one per period.
+        let mut asks = 0;
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(600) {
+            if r.due(&key, &peer, now) {
+                asks += 1;
+                r.kept(key, peer, now, period);
+            }
+            now += period;
+        }
+        assert!((10..=16).contains(&asks), "{asks} asks");
+        // A period longer than RETRY_MAX: asked every period.
+        let mut r = DropRetries::default();
+        r.kept(key, peer, t0, RETRY_MAX * 2);
+        assert!(r.due(&key, &peer, t0 + RETRY_MAX));
+        // Forgotten once not asked about for a while.
+        r.forget_old(t0 + RETRY_MAX * 4);
+        assert!(r.is_empty());
+    }
 
     #[test]
     fn window_rule() {

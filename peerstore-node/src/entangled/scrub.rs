@@ -23,7 +23,7 @@ use super::{meta, refs, repair};
 use crate::replication::deletion::{self, Budget, Evidence, Keep, Store};
 use crate::ring::{blocking, RingError};
 use crate::store::{in_interval, Role};
-use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
+use peerstore_proto::{lock, BlockKey, ErrorCode, NodeAddr};
 use peerstore_proto::{EntRequest, EntResponse, EntangleStats, ScrubMode, ScrubReport};
 
 /// `Scrub { mode, once, interval_ms }`: runs a scrub over the whole ring now (two passes: the
@@ -125,7 +125,7 @@ pub async fn scrub_local(
         nodes: 1,
         ..ScrubReport::default()
     };
-    let (Some(params), Some(parity_size)) = (ent.params(), ent.parity_size()) else {
+    let (Some(params), Some(sizes)) = (ent.params(), ent.parity_sizes()) else {
         return report;
     };
     let Some(view) = ent.ring.handle.view().await else {
@@ -145,7 +145,7 @@ pub async fn scrub_local(
             parities.extend(
                 page.entries
                     .into_iter()
-                    .filter(|(_, m)| m.size == parity_size)
+                    .filter(|(_, m)| sizes.matches(m.size))
                     .map(|(k, _)| k),
             );
             match page.next {
@@ -245,6 +245,7 @@ pub async fn redrop_singles(ent: &Entangled, singles: &[BlockKey]) -> (u64, u64)
     .await
     .unwrap_or((0, 0));
     let me = ent.ring.handle.local.clone();
+    let period = lock(&ent.requested_drops).window();
     let mut succs: Vec<NodeAddr> = Vec::new();
     for s in &view.successors {
         if succs.len() + 1 >= ent.replication {
@@ -269,32 +270,51 @@ pub async fn redrop_singles(ent: &Entangled, singles: &[BlockKey]) -> (u64, u64)
                 Ok(EntResponse::Has { present }) => present,
                 _ => continue,
             };
-            let back: Vec<BlockKey> = chunk
-                .iter()
-                .zip(present)
-                .filter(|(_, p)| *p)
-                .map(|(k, _)| *k)
-                .collect();
+            // Copies a member kept are asked about again less and less often (a young one
+            // waits out the minimum age of deletions; each ask is a request).
+            let now = std::time::Instant::now();
+            let back: Vec<BlockKey> = {
+                let mut retries = lock(&ent.drop_retries);
+                chunk
+                    .iter()
+                    .zip(present)
+                    .filter(|(k, p)| {
+                        if !*p {
+                            retries.done(k, &succ.peer);
+                        }
+                        *p && retries.due(k, &succ.peer, now)
+                    })
+                    .map(|(k, _)| *k)
+                    .collect()
+            };
             let dropped = futures::stream::iter(back)
                 .map(|key| {
                     let holder = me.clone();
                     async move {
-                        ent.ring
+                        let r = ent
+                            .ring
                             .call_ent(succ, EntRequest::DropReplica { key, holder })
-                            .await
+                            .await;
+                        (key, r)
                     }
                 })
                 .buffer_unordered(8)
                 .collect::<Vec<_>>()
                 .await;
-            for d in dropped {
-                if let Ok(EntResponse::Stats(s)) = d {
-                    n += s.parity_copies_replicated;
-                    bytes += s.parity_bytes;
+            let mut retries = lock(&ent.drop_retries);
+            for (key, d) in dropped {
+                match d {
+                    Ok(EntResponse::Stats(s)) if s.parity_copies_replicated > 0 => {
+                        n += s.parity_copies_replicated;
+                        bytes += s.parity_bytes;
+                        retries.done(&key, &succ.peer);
+                    }
+                    _ => retries.kept(key, succ.peer, now, period),
                 }
             }
         }
     }
+    lock(&ent.drop_retries).forget_old(std::time::Instant::now());
     (n, bytes)
 }
 
@@ -304,7 +324,7 @@ pub async fn redrop_singles(ent: &Entangled, singles: &[BlockKey]) -> (u64, u64)
 /// answer only says whether to ask for the proof). At most `budget` of them. Returns the
 /// copies deleted.
 pub async fn drop_stale(ent: &Entangled, budget: &mut Budget) -> u64 {
-    let Some(parity_size) = ent.parity_size() else {
+    let Some(sizes) = ent.parity_sizes() else {
         return 0;
     };
     let Some(view) = ent.ring.handle.view().await else {
@@ -330,7 +350,7 @@ pub async fn drop_stale(ent: &Entangled, budget: &mut Budget) -> u64 {
             .entries
             .into_iter()
             .filter(|(k, m)| {
-                m.size == parity_size && deletion::old_enough(&policy, main.held_for(k))
+                sizes.matches(m.size) && deletion::old_enough(&policy, main.held_for(k))
             })
             .map(|(k, _)| k)
             .take(256)
@@ -497,6 +517,14 @@ pub async fn drop_replica(
             "the holder of the single copy cannot be this node",
         ));
     }
+    let kept = Ok(EntangleStats::default());
+    let policy = deletion::policy();
+    // The cheap local test first: while a replica is too young the owner asks every round,
+    // and each answer would otherwise cost a lookup.
+    let age = ent.store.held_for(&key);
+    if !deletion::old_enough(&policy, age) {
+        return kept;
+    }
     // Only the key's owner keeps the single copy: nobody else may have replicas dropped.
     let owner = ent
         .ring
@@ -508,12 +536,6 @@ pub async fn drop_replica(
             ErrorCode::Rejected,
             "the claimed holder is not the owner of the key; replica kept",
         ));
-    }
-    let kept = Ok(EntangleStats::default());
-    let policy = deletion::policy();
-    let age = ent.store.held_for(&key);
-    if !deletion::old_enough(&policy, age) {
-        return kept;
     }
     let now = std::time::Instant::now();
     if !peerstore_proto::lock(&ent.requested_drops).available(policy.max_per_round, now) {
@@ -565,9 +587,11 @@ pub async fn drop_replica(
 /// Single copies this node holds for keys it does not own go to the key's current owner:
 /// sent with `StoreSingle` unless the owner already says it holds them, and dropped here by
 /// the rule of [`deletion`] once the owner proves it (a `StoreSingle` acknowledgement alone is
-/// not enough), at most `budget` of them. That covers ownership moved by a join. A second
-/// single copy made on a member of the replica set while the owner was away stays (space, not
-/// durability: removing it safely needs leaving nodes to refuse new single copies first).
+/// not enough), at most `budget` of them. That covers ownership moved by a join, and a second
+/// single copy made while the owner was away (its successor scrubbed the parity again): one
+/// single copy per parity remains, on its owner. An owner that is leaving gracefully takes no
+/// copy and proves none (`Replication::leaving`), so none is dropped here for a copy that
+/// would leave with it.
 pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     let Some(view) = ent.ring.handle.view().await else {
         return;
@@ -575,12 +599,12 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
     if !view.member || view.predecessor.is_none() {
         return;
     }
-    let (from, to) = view.ranges.replicated;
+    let (from, to) = view.ranges.owned;
     if from == to {
         return;
     }
     let single = ent.single.clone();
-    // The keys outside the range this node replicates: the ring interval (to, from].
+    // The keys this node does not own: the ring interval (to, from].
     let Ok(Ok(page)) = tokio::task::spawn_blocking(move || {
         single.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(256))
     })
@@ -598,10 +622,7 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
             continue;
         };
         let Some(owner) = set.first() else { continue };
-        // Not while this node is in the key's replica set: a copy handed to an owner that is
-        // leaving gracefully could arrive after that owner's own hand-off and be lost (see
-        // docs/STATUS.md: a leaving node must first refuse StoreSingle/ProveSingle).
-        if *owner == ent.ring.handle.local || set.contains(&ent.ring.handle.local) {
+        if *owner == ent.ring.handle.local {
             continue;
         }
         let single = ent.single.clone();
@@ -661,7 +682,7 @@ pub async fn hand_off_singles(ent: &Entangled, budget: &mut Budget) {
 
 /// This node's figures for du.
 pub async fn local_stats(ent: &Entangled) -> Result<EntangleStats, RingError> {
-    let parity_size = ent.parity_size().unwrap_or(u64::MAX);
+    let sizes = ent.parity_sizes();
     let (main, single) = (ent.store.clone(), ent.single.clone());
     let mut s = blocking(move || {
         let mut s = EntangleStats {
@@ -672,7 +693,7 @@ pub async fn local_stats(ent: &Entangled) -> Result<EntangleStats, RingError> {
         loop {
             let page = main.list_range_meta(&cursor, &BlockKey::ZERO, Some(4096))?;
             for (_, m) in &page.entries {
-                if m.size == parity_size {
+                if sizes.is_some_and(|z| z.matches(m.size)) {
                     s.parity_copies_replicated += 1;
                     s.parity_bytes += m.size;
                 } else {

@@ -264,6 +264,12 @@ impl WindowBudget {
         self.window = window;
     }
 
+    /// The window (a maintenance period).
+    #[must_use]
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Whether one more deletion fits the current window (without taking it).
     #[must_use]
     pub fn available(&mut self, max: usize, now: Instant) -> bool {
