@@ -701,6 +701,7 @@ async fn graceful_leave_keeps_single_copies() {
     }
     wait_replicated(&c, &parities, 3, true).await;
     scrub(&c.nodes[0], ScrubMode::Window { blocks: 0 }).await;
+    single_copies_are_proved_by_their_owner_only(&c, &parities).await;
     for _ in 0..2 {
         // The leaver (the live node holding most single copies, node 0 aside) holds single
         // copies that exist nowhere else.
@@ -729,4 +730,64 @@ async fn graceful_leave_keeps_single_copies() {
         "2 of 6 nodes left gracefully: all {} parities kept, every document readable",
         parities.len()
     );
+}
+
+/// A single copy is proved only by the node that owns its key in its own view: a node outside
+/// the owner's place that holds one (as a node whose view disagrees would) proves nothing, so
+/// two nodes cannot each prove a copy to the other and both drop theirs.
+async fn single_copies_are_proved_by_their_owner_only(c: &Cluster, parities: &BTreeSet<BlockKey>) {
+    use peerstore_proto::member::{possession_proof, EntRequest, EntResponse};
+    let singles: BTreeMap<BlockKey, Vec<u8>> = c
+        .nodes
+        .iter()
+        .flat_map(|n| records_in(&n.data_dir.join("single")))
+        .filter(|(k, _)| parities.contains(k))
+        .collect();
+    let (key, bytes) = singles.into_iter().next().expect("a scrubbed parity");
+    let owner = match c.nodes[0].call(ClientRequest::Lookup { key }).await {
+        ClientResponse::Owner { replicas, .. } => replicas[0].addr.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let owner = c
+        .nodes
+        .iter()
+        .find(|n| n.addr.to_string() == owner)
+        .expect("the owner");
+    let other = c
+        .nodes
+        .iter()
+        .find(|n| n.addr != owner.addr)
+        .expect("another node");
+    match other
+        .member(MemberRequest::Entangled(EntRequest::StoreSingle {
+            key,
+            data: bytes.clone(),
+        }))
+        .await
+    {
+        MemberResponse::Entangled(EntResponse::Ok) => {}
+        r => panic!("{r:?}"),
+    }
+    let nonce = [7u8; 32];
+    let req = || {
+        MemberRequest::Entangled(EntRequest::ProveSingle {
+            keys: vec![(key, nonce)],
+        })
+    };
+    match other.member(req()).await {
+        MemberResponse::Entangled(EntResponse::Proofs { proofs }) => {
+            assert_eq!(
+                proofs,
+                vec![None],
+                "a node that does not own the key proved it"
+            );
+        }
+        r => panic!("{r:?}"),
+    }
+    match owner.member(req()).await {
+        MemberResponse::Entangled(EntResponse::Proofs { proofs }) => {
+            assert_eq!(proofs, vec![Some(possession_proof(&nonce, &bytes))]);
+        }
+        r => panic!("{r:?}"),
+    }
 }

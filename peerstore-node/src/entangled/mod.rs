@@ -172,10 +172,23 @@ impl Entangled {
                 if self.blocks.is_leaving() {
                     return Err(leaving());
                 }
+                // Only for keys this node owns in its own view: every caller asks the key's
+                // owner (in the caller's view), so two nodes whose views disagree about who
+                // owns a key cannot each prove it to the other and both drop their copies.
+                let owned = self.ring.handle.view().await.and_then(|v| {
+                    (v.member && v.predecessor.is_some()).then(|| {
+                        let (from, to) = v.ranges.owned;
+                        (BlockKey(from.0), BlockKey(to.0))
+                    })
+                });
                 // Over the single copies' bytes on disk, verified against their keys.
                 let single = self.single.clone();
                 let proofs = blocking(move || {
                     Ok(deletion::prove_with(&keys, |k| {
+                        let (from, to) = owned?;
+                        if !crate::store::in_interval(&from, &to, k) {
+                            return None;
+                        }
                         single.get(k).ok().flatten()
                     }))
                 })
