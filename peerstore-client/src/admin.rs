@@ -513,29 +513,35 @@ pub struct EntanglementDu {
     pub p: Option<u16>,
     /// B, bytes.
     pub block_size: Option<u32>,
+    /// "systematic" or "parity-only".
+    pub layout: Option<&'static str>,
+    /// Blocks each codeword stores: `s + p` (systematic) or `p` (parity-only).
+    pub stored_per_codeword: Option<u16>,
     /// r.
     pub replication: u32,
     pub nodes: u32,
     pub codewords: u64,
     /// Document bytes the codewords carry.
     pub logical_bytes: u64,
+    /// Copies of stored entangled blocks (parities, and sources when systematic; the names
+    /// predate the systematic layout), replicated and single.
     pub parity_copies_replicated: u64,
     pub parity_copies_single: u64,
-    /// Bytes of all parity copies (headers included).
+    /// Bytes of all copies of stored entangled blocks (headers included).
     pub parity_bytes: u64,
     /// Bytes of all other blocks (records, plain blocks), all copies.
     pub other_bytes: u64,
     pub refs_entries: u64,
-    /// parity bytes / logical bytes.
+    /// stored entangled bytes / logical bytes.
     pub overhead: f64,
-    /// RECAST's p/s x r: what `overhead` should be before any scrub.
+    /// stored/s x r: what `overhead` should be before any scrub.
     pub expected_before_scrub: Option<f64>,
-    /// RECAST's p/s: what `overhead` should be after a full scrub.
+    /// stored/s: what `overhead` should be after a full scrub.
     pub expected_after_scrub: Option<f64>,
-    /// Parity copies per parity (r before scrub, 1 after a full scrub).
+    /// Copies per stored block (r before scrub, 1 after a full scrub).
     pub copies_per_parity: Option<f64>,
-    /// p/s x copies per parity: the expectation for the ring as it is now. `overhead` exceeds
-    /// it only by the parity header and the zero padding of each document's last codeword.
+    /// stored/s x copies per block: the expectation for the ring as it is now. `overhead`
+    /// exceeds it only by the block headers and the rounding of short codewords' shards.
     pub expected_now: Option<f64>,
 }
 
@@ -543,8 +549,12 @@ impl EntanglementDu {
     #[must_use]
     pub fn from_stats(st: &EntangleStats) -> EntanglementDu {
         let params = st.params.filter(|p| p.s > 0);
-        let ps = params.map(|p| f64::from(p.p) / f64::from(p.s));
-        let parities = params.map(|p| st.codewords * u64::from(p.p));
+        let layout = st.layout.unwrap_or_default();
+        let stored = params.map(|p| layout.stored(&p) as u16);
+        let ps = params
+            .zip(stored)
+            .map(|(p, n)| f64::from(n) / f64::from(p.s));
+        let parities = stored.map(|n| st.codewords * u64::from(n));
         let copies = st.parity_copies_replicated + st.parity_copies_single;
         let per = parities
             .filter(|n| *n > 0)
@@ -555,6 +565,8 @@ impl EntanglementDu {
             t: params.map(|p| p.t),
             p: params.map(|p| p.p),
             block_size: params.map(|p| p.block_size),
+            layout: params.map(|_| layout.name()),
+            stored_per_codeword: stored,
             replication: st.replication,
             nodes: st.nodes,
             codewords: st.codewords,
@@ -575,7 +587,13 @@ impl EntanglementDu {
     /// The lines `du` adds.
     #[must_use]
     pub fn text(&self) -> String {
-        let (Some(s), Some(t), Some(p), Some(b)) = (self.s, self.t, self.p, self.block_size) else {
+        let (Some(s), Some(t), Some(p), Some(b), Some(n)) = (
+            self.s,
+            self.t,
+            self.p,
+            self.block_size,
+            self.stored_per_codeword,
+        ) else {
             return format!(
                 "entanglement: {} (plain replicated blocks, r={})",
                 self.kind, self.replication
@@ -583,8 +601,9 @@ impl EntanglementDu {
         };
         let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("x{v:.2}"));
         format!(
-            "entanglement: {} (s,t,p,B) = ({s},{t},{p},{}), r={}, {} nodes\n  {} codewords carrying {}; parity copies: {} replicated + {} single, {} ({} per parity)\n  overhead x{:.2} (parity bytes / document bytes); RECAST expects {} now, {} before scrub (p/s x r), {} after a full scrub (p/s)\n  other blocks {}, {} reverse-reference entries",
+            "entanglement: {} {} (s,t,p,B) = ({s},{t},{p},{}), {n} blocks per codeword, r={}, {} nodes\n  {} codewords carrying {}; stored block copies: {} replicated + {} single, {} ({} per block)\n  overhead x{:.2} (stored bytes / document bytes); expected {} now, {} before scrub ({n}/s x r), {} after a full scrub ({n}/s)\n  other blocks {}, {} reverse-reference entries",
             self.kind,
+            self.layout.unwrap_or("-"),
             human(u64::from(b)),
             self.replication,
             self.nodes,
@@ -941,7 +960,7 @@ mod tests {
 
     #[test]
     fn du_figures_and_recast_expectations() {
-        // The node's default code.
+        // The node's former default code.
         let params = entangle::Params::new(4, 8, 12, 256 * 1024);
         let (s, p) = (u64::from(params.s), u64::from(params.p));
         let parity = 732 + u64::from(params.block_size);
@@ -950,6 +969,7 @@ mod tests {
         let before = EntangleStats {
             kind: "step".into(),
             params: Some(params),
+            layout: Some(entangle::Layout::ParityOnly),
             replication: 3,
             nodes: 16,
             codewords,
@@ -993,10 +1013,32 @@ mod tests {
             logical_bytes: 0,
             parity_copies_replicated: 0,
             parity_bytes: 0,
-            ..before
+            ..before.clone()
         };
         let d = EntanglementDu::from_stats(&empty);
         assert_eq!((d.copies_per_parity, d.overhead), (None, 0.0));
         assert_eq!(d.expected_before_scrub, Some(9.0));
+        // The default: systematic (4,8,8) stores 4 sources and 8 parities, the same 3x.
+        let params = entangle::Params::new(4, 8, 8, 256 * 1024);
+        let sys = EntangleStats {
+            params: Some(params),
+            layout: Some(entangle::Layout::Systematic),
+            codewords,
+            logical_bytes: logical,
+            parity_copies_replicated: codewords * 12 * 3,
+            parity_bytes: codewords * 12 * 3 * parity,
+            ..before.clone()
+        };
+        let d = EntanglementDu::from_stats(&sys);
+        assert_eq!(d.stored_per_codeword, Some(12));
+        assert_eq!(d.layout, Some("systematic"));
+        assert_eq!(d.expected_before_scrub, Some(9.0));
+        assert_eq!(d.expected_after_scrub, Some(3.0));
+        assert_eq!(d.copies_per_parity, Some(3.0));
+        assert!(
+            d.text().contains("systematic (s,t,p,B) = (4,8,8,"),
+            "{}",
+            d.text()
+        );
     }
 }

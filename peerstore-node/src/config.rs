@@ -60,8 +60,9 @@ pub struct NodeConfig {
     /// Bytes of requests still arriving that the node holds at once, beyond the first 64 KiB
     /// of each (the rest waits, then fails).
     pub inbound_budget: u64,
-    /// Entangled storage (module `entangled`): `entanglement = { type = "step", s = 4, t = 8,
-    /// p = 12, block_size = 262144 }`; the same on every node of a ring.
+    /// Entangled storage (module `entangled`): `entanglement = { type = "step", layout =
+    /// "systematic", s = 4, t = 8, p = 8, block_size = 262144 }`; the same on every node of a
+    /// ring.
     pub entanglement: crate::entangled::EntanglementConfig,
 }
 

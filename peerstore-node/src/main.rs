@@ -81,9 +81,13 @@ struct RunArgs {
     /// Entanglement: pointers per codeword.
     #[arg(long)]
     entangle_t: Option<u16>,
-    /// Entanglement: parities per codeword.
+    /// Entanglement: parities per codeword (default 8).
     #[arg(long)]
     entangle_p: Option<u16>,
+    /// Entanglement: what a codeword stores, "systematic" (its sources, read directly, and p
+    /// parities; the default) or "parity-only" (RECAST: the p parities alone; needs p >= s).
+    #[arg(long, value_name = "LAYOUT")]
+    entangle_layout: Option<String>,
     /// Entanglement: the ring's block size B, e.g. 256K.
     #[arg(long, value_parser = parse_size)]
     block_size: Option<u64>,
@@ -360,6 +364,13 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.entangle_p {
         c.entanglement.p = v;
+    }
+    if let Some(v) = a.entangle_layout {
+        c.entanglement.layout = match v.as_str() {
+            "systematic" => entangle::Layout::Systematic,
+            "parity-only" => entangle::Layout::ParityOnly,
+            other => anyhow::bail!("--entangle-layout {other}: use systematic or parity-only"),
+        };
     }
     if let Some(v) = a.block_size {
         c.entanglement.block_size =

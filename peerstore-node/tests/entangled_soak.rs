@@ -115,7 +115,7 @@ async fn soak_16_nodes_kill_4_repair() {
             let bytes = fetch_record(&c, rk).await.expect("codeword record held");
             let r = decode_record(&bytes).expect("record");
             records.push(rk);
-            parities.extend(r.parity_keys.iter().map(|k| BlockKey(k.0)));
+            parities.extend(r.stored_keys.iter().map(|k| BlockKey(k.0)));
         }
     }
     wait_until(Duration::from_secs(300), || async {

@@ -19,7 +19,7 @@ use crypto::{
     Identity, RootError, RootRecord, UserId, MAX_ROOT_PAYLOAD, MAX_ROOT_RECORD_LEN,
     ROOT_RECORD_VERSION,
 };
-use entangle::{CodewordId, CodewordRecord, Params};
+use entangle::{CodewordId, CodewordRecord, Layout, Params, Record};
 use peerstore_node::entangled::format::{
     decode_record, encode_record, DocRecord, DOCUMENT_MAGIC, RECORD_MAGIC,
 };
@@ -143,25 +143,41 @@ fn mutated(samples: &[Vec<u8>], pick: &Index, muts: &[Mutation]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Valid records (as in the unit tests of peerstore-node/src/entangled/format.rs)
 
-fn codeword(params: Params, seed: u8, doc: &[u8]) -> CodewordRecord {
+fn codeword_in(layout: Layout, params: Params, seed: u8, doc: &[u8]) -> Record {
     let anchors: Vec<entangle::BlockKey> = (0..u32::from(params.t))
         .map(|i| entangle::BlockKey::anchor(params.block_size, i))
         .collect();
     let pointers: Vec<(entangle::BlockKey, &[u8])> =
         anchors.iter().map(|k| (*k, &[][..])).collect();
-    let (rec, _) = entangle::encode(params, CodewordId([seed; 32]), doc, &pointers)
-        .expect("sample codeword encodes");
+    let (rec, _) = entangle::encode_layout(
+        layout,
+        entangle::Parallelism::SINGLE,
+        params,
+        CodewordId([seed; 32]),
+        doc,
+        &pointers,
+    )
+    .expect("sample codeword encodes");
     rec
 }
 
-fn codewords() -> &'static [CodewordRecord] {
-    static C: OnceLock<Vec<CodewordRecord>> = OnceLock::new();
+fn codeword(params: Params, seed: u8, doc: &[u8]) -> Record {
+    codeword_in(Layout::ParityOnly, params, seed, doc)
+}
+
+/// Parity-only records (`ENTR\x01`, the bytes nodes wrote before layouts) and systematic ones
+/// (`ENTR\x02`, the default).
+fn codewords() -> &'static [Record] {
+    static C: OnceLock<Vec<Record>> = OnceLock::new();
     C.get_or_init(|| {
         vec![
             codeword(Params::new(1, 1, 2, 16), 9, b"hello"),
             codeword(Params::new(2, 3, 4, 64), 1, &[7; 100]),
             codeword(Params::new(3, 2, 5, 32), 2, b""),
             codeword(Params::new(1, 0, 1, 2), 3, b"ab"),
+            codeword_in(Layout::Systematic, Params::new(2, 3, 2, 64), 4, &[5; 100]),
+            codeword_in(Layout::Systematic, Params::new(4, 8, 8, 64), 5, b"hi"),
+            codeword_in(Layout::Systematic, Params::new(1, 0, 1, 2), 6, b""),
         ]
     })
 }
@@ -254,10 +270,10 @@ fn check_codeword_record(bytes: &[u8]) -> Result<(), TestCaseError> {
             "decoded record does not validate: {:?}",
             r
         );
-        prop_assert!(r.params.validate().is_ok());
+        prop_assert!(r.params.validate_for(r.layout).is_ok());
         prop_assert_eq!(r.pointers.len(), r.params.t());
-        prop_assert_eq!(r.parity_keys.len(), r.params.p());
-        prop_assert_eq!(r.payload_hashes.len(), r.params.p());
+        prop_assert_eq!(r.stored_keys.len(), r.layout.stored(&r.params));
+        prop_assert_eq!(r.payload_hashes.len(), r.layout.stored(&r.params));
         prop_assert!(r.len <= r.params.capacity());
         prop_assert_eq!(decode_record(&encode_record(&r)), Some(r));
     }

@@ -192,6 +192,9 @@ pub struct EntangleStats {
     pub kind: String,
     /// (s, t, p, B) when step.
     pub params: Option<entangle::Params>,
+    /// What a codeword stores (systematic: `s` sources and `p` parities; parity-only: `p`
+    /// parities) when step.
+    pub layout: Option<entangle::Layout>,
     /// Replication factor r.
     pub replication: u32,
     /// Nodes counted.
@@ -200,11 +203,12 @@ pub struct EntangleStats {
     pub codewords: u64,
     /// Document bytes they carry.
     pub logical_bytes: u64,
-    /// Parity copies held as replicated blocks.
+    /// Copies of stored entangled blocks (parities, and sources in the systematic layout) held
+    /// as replicated blocks. (The `parity_` names predate the systematic layout.)
     pub parity_copies_replicated: u64,
-    /// Parity copies held as single copies (scrubbed).
+    /// Copies of stored entangled blocks held as single copies (scrubbed).
     pub parity_copies_single: u64,
-    /// Bytes of all parity copies.
+    /// Bytes of all copies of stored entangled blocks.
     pub parity_bytes: u64,
     /// Bytes of all other blocks held (records, documents, plain blocks, all copies).
     pub other_bytes: u64,
@@ -225,8 +229,8 @@ impl EntangleStats {
         self.refs_entries += o.refs_entries;
     }
 
-    /// Stored parity bytes per document byte (RECAST: `p/s x r` before scrub, `p/s` after a
-    /// full scrub, plus the header and padding).
+    /// Stored entangled bytes per document byte (`stored/s x r` before scrub, `stored/s`
+    /// after a full scrub, plus the headers; `stored` is `p`, or `s + p` when systematic).
     #[must_use]
     pub fn overhead(&self) -> f64 {
         if self.logical_bytes == 0 {

@@ -267,6 +267,7 @@ fn scrub_report() -> ScrubReport {
 fn entangle_stats() -> EntangleStats {
     EntangleStats {
         kind: "step".into(),
+        layout: Some(entangle::Layout::Systematic),
         params: Some(Params::DEFAULT),
         replication: 3,
         nodes: 4,

@@ -768,13 +768,34 @@ pub async fn fetch_record(c: &Cluster, key: BlockKey) -> Option<Vec<u8>> {
     None
 }
 
-/// Node flags of an entangled ring with the default code, (s, t, p) = (4, 8, 12), r = 3 and
-/// the background repair worker out of the way (tests run repair themselves).
+/// Node flags of an entangled ring with the default code, systematic (s, t, p) = (4, 8, 8),
+/// r = 3 and the background repair worker out of the way (tests run repair themselves).
 pub const STEP_RING_ARGS: &[&str] = &[
     "--replication",
     "3",
     "--entanglement",
     "step",
+    "--entangle-layout",
+    "systematic",
+    "--entangle-s",
+    "4",
+    "--entangle-t",
+    "8",
+    "--entangle-p",
+    "8",
+    "--repair-ms",
+    "600000",
+];
+
+/// [`STEP_RING_ARGS`] with RECAST's parity-only layout, (s, t, p) = (4, 8, 12), the default
+/// before the systematic layout: nodes store parities only, never a source block.
+pub const PARITY_ONLY_RING_ARGS: &[&str] = &[
+    "--replication",
+    "3",
+    "--entanglement",
+    "step",
+    "--entangle-layout",
+    "parity-only",
     "--entangle-s",
     "4",
     "--entangle-t",

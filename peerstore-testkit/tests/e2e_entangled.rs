@@ -1,5 +1,6 @@
 //! The entangled ring driven from the client (docs/ENTANGLEMENT-RING.md, "From the client"):
-//! real `peerstore-node` processes on 127.0.0.1 with `entanglement = step (4, 8, 12)`, r = 3,
+//! real `peerstore-node` processes on 127.0.0.1 with the default code (systematic (4, 8, 8):
+//! 4 sources and 8 parities stored per codeword), r = 3,
 //! and the real `peerstore-client` binary for backup, du, scrub, repair, audit and restore.
 //!
 //! - `entangled_backup_scrub_kill_repair_restore`: 16 nodes, B = 256 KiB, a generated tree of
@@ -27,6 +28,8 @@ use serde_json::Value;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const S: u64 = 4;
+/// Stored blocks per codeword: systematic (4, 8, 8) stores 4 sources and 8 parities (the
+/// "parity" names below, like du's `parity_copies_*`, count them all).
 const P: u64 = 12;
 const R: u64 = 3;
 
@@ -177,7 +180,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
                 .map(|d| d.as_nanos() as u64 % 1_000_000)
                 .unwrap_or(1)
         });
-    println!("seed {seed} (replay: PEERSTORE_ENT_SEED={seed}), {mib} MiB, 16 nodes, (4,8,12), B = 256 KiB, r = 3");
+    println!("seed {seed} (replay: PEERSTORE_ENT_SEED={seed}), {mib} MiB, 16 nodes, systematic (4,8,8), B = 256 KiB, r = 3");
     let tmp = tempfile::tempdir().unwrap();
     let args = ring_args("256K");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -208,7 +211,7 @@ async fn entangled_backup_scrub_kill_repair_restore() {
         (
             e0["kind"].as_str(),
             u(&e0, "s"),
-            u(&e0, "p"),
+            u(&e0, "stored_per_codeword"),
             u(&e0, "block_size")
         ),
         (Some("step"), S, P, 256 << 10),
@@ -446,7 +449,9 @@ async fn admin_commands_on_documents_put_directly() {
     check_overhead(&e, P as f64 / S as f64 * f(&e, "copies_per_parity"), 3.0);
     let text = admin.ok(&["du"]);
     assert!(
-        text.contains("entanglement: step (s,t,p,B) = (4,8,12,4.0 KiB), r=3"),
+        text.contains(
+            "entanglement: step systematic (s,t,p,B) = (4,8,8,4.0 KiB), 12 blocks per codeword, r=3"
+        ),
         "{text}"
     );
     assert!(text.contains(&format!("{cw} codewords")), "{text}");

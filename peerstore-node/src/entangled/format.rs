@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use peerstore_proto::BlockKey;
 
-/// Opens a codeword-record block.
-pub const RECORD_MAGIC: &[u8; 5] = b"ENTR\x01";
+/// Opens a parity-only codeword-record block (`entangle::RECORD_MAGIC`).
+pub const RECORD_MAGIC: &[u8; 5] = &entangle::record::RECORD_MAGIC;
+/// Opens a systematic codeword-record block (`entangle::RECORD_MAGIC_SYSTEMATIC`).
+pub const RECORD_MAGIC_SYSTEMATIC: &[u8; 5] = &entangle::record::RECORD_MAGIC_SYSTEMATIC;
 /// Opens a document-record block.
 pub const DOCUMENT_MAGIC: &[u8; 5] = b"ENTD\x01";
 /// Domain of reverse-reference positions.
@@ -27,22 +29,17 @@ pub fn nk(k: &entangle::BlockKey) -> BlockKey {
     BlockKey(k.0)
 }
 
-/// The stored bytes of a codeword-record block.
+/// The stored bytes of a codeword-record block, of either layout (a parity-only record's
+/// bytes are those nodes have always written, so its key does not change).
 #[must_use]
-pub fn encode_record(r: &entangle::CodewordRecord) -> Vec<u8> {
-    let mut out = RECORD_MAGIC.to_vec();
-    // A record is plain data: serialising it cannot fail.
-    out.extend(postcard::to_stdvec(r).unwrap_or_default());
-    out
+pub fn encode_record<R: entangle::AsRecord + ?Sized>(r: &R) -> Vec<u8> {
+    entangle::encode_record(r)
 }
 
-/// Parses (and validates) a codeword-record block. `None` if it is not one.
+/// Parses (and validates) a codeword-record block of either layout. `None` if it is not one.
 #[must_use]
-pub fn decode_record(bytes: &[u8]) -> Option<entangle::CodewordRecord> {
-    let body = bytes.strip_prefix(RECORD_MAGIC.as_slice())?;
-    let r: entangle::CodewordRecord = postcard::from_bytes(body).ok()?;
-    r.validate().ok()?;
-    Some(r)
+pub fn decode_record(bytes: &[u8]) -> Option<entangle::Record> {
+    entangle::decode_record(bytes).ok()
 }
 
 /// A document: the ordered codeword-record blocks that carry it.
@@ -139,7 +136,10 @@ mod tests {
         )
         .unwrap();
         let bytes = encode_record(&rec);
-        assert_eq!(decode_record(&bytes), Some(rec.clone()));
+        assert_eq!(
+            decode_record(&bytes),
+            Some(entangle::Record::from(rec.clone()))
+        );
         assert!(decode_record(&bytes[1..]).is_none());
         assert!(decode_record(b"ENTR\x01garbage").is_none());
         let d = DocRecord {

@@ -27,19 +27,24 @@ pub enum EntanglementType {
     None,
 }
 
-/// The ring's entanglement settings (`entanglement = { type = "step", s = 4, t = 8, p = 12,
-/// block_size = 262144 }` in the node's TOML). Every node of a ring must use the same values.
+/// The ring's entanglement settings (`entanglement = { type = "step", layout = "systematic",
+/// s = 4, t = 8, p = 8, block_size = 262144 }` in the node's TOML). Every node of a ring must
+/// use the same values.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EntanglementConfig {
     /// "step" or "none".
     #[serde(rename = "type")]
     pub kind: EntanglementType,
+    /// What a codeword stores: "systematic" (its `s` sources, read directly, and `p` parities;
+    /// the default) or "parity-only" (RECAST: only the `p` parities). docs/ENTANGLE-SIM.md,
+    /// "Layout choice (issue 11)".
+    pub layout: entangle::Layout,
     /// Source blocks per codeword.
     pub s: u16,
     /// Pointers per codeword.
     pub t: u16,
-    /// Parities per codeword.
+    /// Parities per codeword (stored besides the sources in the systematic layout).
     pub p: u16,
     /// The ring's fixed block size B in bytes.
     pub block_size: u32,
@@ -58,14 +63,16 @@ pub struct EntanglementConfig {
 }
 
 impl Default for EntanglementConfig {
-    /// (4, 8, 12) with 256 KiB blocks: 3x like (2, 10, 6) but without the 50% cliff, and half
-    /// the reads and coding work per byte (docs/ENTANGLEMENT-RING.md, "Defaults").
+    /// Systematic (4, 8, 8) with 256 KiB blocks: 3x, the same code graph and the same losses
+    /// as parity-only (4, 8, 12), but a healthy read fetches the 4 sources and decodes nothing
+    /// (docs/ENTANGLE-SIM.md, "Layout choice (issue 11)"; docs/ENTANGLE-SYSTEMATIC.md).
     fn default() -> Self {
         EntanglementConfig {
             kind: EntanglementType::Step,
+            layout: entangle::Layout::Systematic,
             s: 4,
             t: 8,
-            p: 12,
+            p: 8,
             block_size: 256 * 1024,
             tail_window: 100,
             repair_ms: 60_000,
@@ -93,11 +100,12 @@ impl EntanglementConfig {
     /// Checks the parameters and that a parity fits in one block of the protocol.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(p) = self.params() {
-            p.validate().map_err(|e| format!("entanglement: {e}"))?;
-            let stored = entangle::block::header_len(p.t(), p.p()) + p.block();
+            p.validate_for(self.layout)
+                .map_err(|e| format!("entanglement ({}): {e}", self.layout.name()))?;
+            let stored = entangle::block::header_len_for(&p, self.layout) + p.block();
             if stored > peerstore_proto::MAX_BLOCK_SIZE {
                 return Err(format!(
-                    "entanglement: a parity of {stored} bytes exceeds the block bound {}",
+                    "entanglement: a stored block of {stored} bytes exceeds the block bound {}",
                     peerstore_proto::MAX_BLOCK_SIZE
                 ));
             }
@@ -132,10 +140,10 @@ pub struct EncoderState {
     pub rng: ChaCha8Rng,
 }
 
-/// Codeword records found in the record table, by key, and keys known not to be codeword
-/// records (document records).
+/// Codeword records (of either layout) found in the record table, by key, and keys known not
+/// to be codeword records (document records).
 pub type RecordCache = (
-    BTreeMap<BlockKey, Arc<entangle::CodewordRecord>>,
+    BTreeMap<BlockKey, Arc<entangle::Record>>,
     BTreeSet<BlockKey>,
 );
 
@@ -223,46 +231,61 @@ impl Entangled {
             .max(1)
     }
 
-    /// What the stored sizes of this ring's parities look like, `None` on a plain ring.
+    /// The ring's codeword layout.
+    #[must_use]
+    pub fn layout(&self) -> entangle::Layout {
+        self.config.layout
+    }
+
+    /// What the stored sizes of this ring's entangled blocks look like, `None` on a plain ring.
     #[must_use]
     pub fn parity_sizes(&self) -> Option<ParitySizes> {
         self.params().map(ParitySizes::of)
     }
 }
 
-/// The sizes a stored parity of a ring can have: a header, then a payload of the codeword's
-/// shard (`B` for a full codeword, a multiple of [`entangle::params::SHARD_ALIGN`] below `B`
-/// for a short one: `entangle::Params::shard`). The block store keeps sizes, not kinds, so
-/// this is how listings tell parities from other blocks without reading them; what is done to
-/// a parity is then decided from its reverse-reference entry (`own`), never from its size.
+/// The sizes a stored entangled block (a parity or, in the systematic layout, a source) of a
+/// ring can have: a header, then a payload of the codeword's shard (`B` for a full codeword, a
+/// multiple of [`entangle::params::SHARD_ALIGN`] below `B` for a short one:
+/// `entangle::Params::shard`). The header is that of either layout (version 1: `p` payload
+/// hashes; version 2: `s + p`), so blocks of both layouts with the ring's parameters are
+/// recognised. The block store keeps sizes, not kinds, so this is how listings tell entangled
+/// blocks from other blocks without reading them; what is done to one is then decided from its
+/// reverse-reference entry (`own`), never from its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParitySizes {
-    header: u64,
+    headers: [u64; 2],
     block: u64,
 }
 
 impl ParitySizes {
-    /// The sizes of parities of `params`.
+    /// The sizes of stored blocks of `params`, in either layout.
     #[must_use]
     pub fn of(params: entangle::Params) -> Self {
+        let h = |l| entangle::block::header_len_for(&params, l) as u64;
         ParitySizes {
-            header: entangle::block::header_len(params.t(), params.p()) as u64,
+            headers: [
+                h(entangle::Layout::ParityOnly),
+                h(entangle::Layout::Systematic),
+            ],
             block: params.block() as u64,
         }
     }
 
-    /// Whether a stored block of `size` bytes may be a parity.
+    /// Whether a stored block of `size` bytes may be an entangled block of this ring.
     #[must_use]
     pub fn matches(&self, size: u64) -> bool {
         let align = entangle::params::SHARD_ALIGN as u64;
-        size.checked_sub(self.header)
-            .is_some_and(|n| n == self.block || (n > 0 && n < self.block && n % align == 0))
+        self.headers.iter().any(|h| {
+            size.checked_sub(*h)
+                .is_some_and(|n| n == self.block || (n > 0 && n < self.block && n % align == 0))
+        })
     }
 
-    /// The largest (a full codeword's).
+    /// The largest (a full codeword's, in the layout with the longer header).
     #[must_use]
     pub fn full(&self) -> u64 {
-        self.header + self.block
+        self.headers[0].max(self.headers[1]) + self.block
     }
 }
 
@@ -282,17 +305,42 @@ mod tests {
 
     #[test]
     fn parity_sizes_are_shards_plus_the_header() {
-        let params = entangle::Params::new(4, 8, 12, 256 * 1024);
+        let params = entangle::Params::new(4, 8, 8, 256 * 1024);
         let sizes = ParitySizes::of(params);
-        let h = entangle::block::header_len(8, 12) as u64;
-        assert_eq!(sizes.full(), h + 256 * 1024);
-        for len in [0u64, 1, 2048, 100_000, params.capacity()] {
-            assert!(sizes.matches(h + params.shard(len) as u64), "len {len}");
+        // Version 1 (parity-only): 8 payload hashes; version 2 (systematic): 12.
+        let h1 = entangle::block::header_len(8, 8) as u64;
+        let h2 = entangle::block::header_len(8, 12) as u64;
+        assert_eq!(sizes.full(), h2 + 256 * 1024);
+        for h in [h1, h2] {
+            for len in [0u64, 1, 2048, 100_000, params.capacity()] {
+                assert!(sizes.matches(h + params.shard(len) as u64), "len {len}");
+            }
+            assert!(!sizes.matches(h + 100));
+            assert!(!sizes.matches(h + 512 * 1024));
         }
-        assert!(!sizes.matches(h));
-        assert!(!sizes.matches(h + 100));
-        assert!(!sizes.matches(h + 512 * 1024));
+        // A header alone is no block (h2 = h1 + 128 is a version-1 block with a 128-byte shard:
+        // sizes tell entangled blocks from others, not one layout from the other).
+        assert!(!sizes.matches(h1));
         assert!(!sizes.matches(10));
+        // The sizes of real blocks, both layouts.
+        let anchors: Vec<(entangle::BlockKey, &[u8])> = (0..8)
+            .map(|i| (entangle::BlockKey::anchor(params.block_size, i), &[][..]))
+            .collect();
+        for layout in [entangle::Layout::ParityOnly, entangle::Layout::Systematic] {
+            let (_, blocks) = entangle::encode_layout(
+                layout,
+                entangle::Parallelism::SINGLE,
+                params,
+                entangle::CodewordId([1; 32]),
+                &[7u8; 5000],
+                &anchors,
+            )
+            .unwrap();
+            assert_eq!(blocks.len(), layout.stored(&params));
+            for (_, b) in blocks {
+                assert!(sizes.matches(b.len() as u64), "{layout:?} {}", b.len());
+            }
+        }
     }
 
     #[test]
@@ -309,15 +357,29 @@ mod tests {
         let d = NodeConfig::default();
         assert_eq!(
             d.entanglement.params(),
-            Some(entangle::Params::new(4, 8, 12, 256 * 1024))
+            Some(entangle::Params::new(4, 8, 8, 256 * 1024))
         );
+        assert_eq!(d.entanglement.layout, entangle::Layout::Systematic);
         d.validate().unwrap();
+        let po: NodeConfig =
+            toml::from_str("entanglement = { layout = \"parity-only\", p = 12 }").unwrap();
+        assert_eq!(po.entanglement.layout, entangle::Layout::ParityOnly);
+        po.validate().unwrap();
+        let po_short: NodeConfig =
+            toml::from_str("entanglement = { layout = \"parity-only\", p = 2 }").unwrap();
+        assert!(po_short.validate().is_err(), "parity-only needs p >= s");
+        let sys_short: NodeConfig = toml::from_str("entanglement = { p = 2 }").unwrap();
+        sys_short.validate().unwrap();
         let none: NodeConfig = toml::from_str("entanglement = { type = \"none\" }").unwrap();
         assert_eq!(none.entanglement.params(), None);
         none.validate().unwrap();
-        let bad: NodeConfig =
-            toml::from_str("entanglement = { type = \"step\", s = 6, p = 4 }").unwrap();
+        let bad: NodeConfig = toml::from_str(
+            "entanglement = { type = \"step\", layout = \"parity-only\", s = 6, p = 4 }",
+        )
+        .unwrap();
         assert!(bad.validate().is_err());
+        let no_parity: NodeConfig = toml::from_str("entanglement = { p = 0 }").unwrap();
+        assert!(no_parity.validate().is_err());
         let huge: NodeConfig = toml::from_str("entanglement = { block_size = 8388608 }").unwrap();
         assert!(
             huge.validate().is_err(),

@@ -166,12 +166,17 @@ pub async fn get_document(ent: &Entangled, key: BlockKey) -> Result<Option<Vec<u
     Ok(Some(out))
 }
 
-/// Decodes one codeword: its record, then `s + t` of its pointers and parities (pointers
-/// first: input symbols decode cheaper), each from one holder ([`fetch_ring`]). A symbol that
-/// cannot be had starts the next one; so does a codeword that has gained nothing for [`HEDGE`]
-/// (the fastest `s + t` that verify win). Decoding is tried as soon as `s + t` verified symbols
-/// are in, and again with each later one should a symbol fail the codec's checks. Reading `s + t`
-/// symbols instead of all `t + p` from every replica moves ~1/5 of the bytes at r = 3.
+/// Decodes one codeword: its record, then its symbols, each from one holder ([`fetch_ring`]).
+///
+/// A systematic codeword is first read from its `s` sources alone: they are the document's
+/// bytes, checked against the record's hashes, with no decoding (a healthy read moves `s`
+/// blocks, not `s + t`). When a source cannot be had, or the sources do not check out, the read
+/// falls back to the erasure code: pointers, then parities, until `s + t` verified symbols are in
+/// (sources that did verify count). A parity-only codeword starts there.
+///
+/// A symbol that cannot be had starts the next one; so does a codeword that has gained nothing
+/// for [`HEDGE`] (the fastest that verify win). Decoding is tried as soon as enough verified
+/// symbols are in, and again with each later one should a symbol fail the codec's checks.
 pub async fn decode_codeword(
     ent: &Entangled,
     record_key: BlockKey,
@@ -187,22 +192,36 @@ pub async fn decode_codeword(
             "codeword record {record_key} has other parameters than its document"
         ));
     }
+    let rec = std::sync::Arc::new(rec);
     let keys = entangle::fetch_order(&rec);
     let anchors = rec.params.t() - rec.pointers.iter().filter(|k| keys.contains(k)).count();
     let need = rec.params.needed().saturating_sub(anchors);
+    let sources: Vec<entangle::BlockKey> = rec.source_keys().to_vec();
+    // How many fetches should be under way or done (not failed): the sources alone first,
+    // then what the code needs, one more for each hedge or failed decode.
+    let mut target = if sources.is_empty() {
+        need
+    } else {
+        sources.len()
+    };
+    let mut sources_tried = sources.is_empty();
     let mut todo = keys.iter().map(nk);
     let fetch = |k: BlockKey| async move { (k, fetch_ring(ent, k).await) };
-    let mut fetches: FuturesUnordered<_> = todo.by_ref().take(need).map(fetch).collect();
+    let mut fetches = FuturesUnordered::new();
+    let (mut launched, mut failed) = (0usize, 0usize);
     let mut have: BTreeMap<entangle::BlockKey, Vec<u8>> = BTreeMap::new();
     let mut last_err = format!("codeword {}: fewer than s + t symbols available", rec.id);
     loop {
+        while launched - failed < target {
+            let Some(k) = todo.next() else { break };
+            fetches.push(fetch(k));
+            launched += 1;
+        }
         let got = tokio::select! {
             got = fetches.next() => got,
             () = tokio::time::sleep(HEDGE) => {
                 // Nothing for a while: ask for one more symbol as well.
-                if let Some(k) = todo.next() {
-                    fetches.push(fetch(k));
-                }
+                target += 1;
                 continue;
             }
         };
@@ -210,23 +229,26 @@ pub async fn decode_codeword(
             return Err(last_err);
         };
         let Some(bytes) = bytes else {
-            if let Some(k) = todo.next() {
-                fetches.push(fetch(k));
-            }
+            failed += 1;
+            // A source is missing: the code is needed.
+            target = target.max(need);
             continue;
         };
         have.insert(ek(&k), bytes);
-        if have.len() >= need {
-            let (r, h) = (rec.clone(), have.clone());
-            match tokio::task::spawn_blocking(move || entangle::decode(&r, &h)).await {
-                Ok(Ok(doc)) => return Ok(doc),
-                Ok(Err(e)) => last_err = e.to_string(),
-                Err(e) => last_err = e.to_string(),
+        let sources_in = !sources_tried && sources.iter().all(|k| have.contains_key(k));
+        if have.len() >= need || sources_in {
+            sources_tried |= sources_in;
+            let (r, h) = (rec.clone(), std::mem::take(&mut have));
+            match tokio::task::spawn_blocking(move || (entangle::decode(&r, &h), h)).await {
+                Ok((Ok(doc), _)) => return Ok(doc),
+                Ok((Err(e), h)) => {
+                    last_err = e.to_string();
+                    have = h;
+                }
+                Err(e) => return Err(e.to_string()),
             }
-            // A symbol failed the codec's checks: one more.
-            if let Some(k) = todo.next() {
-                fetches.push(fetch(k));
-            }
+            // A symbol failed the codec's checks: what the code needs, and one more.
+            target = target.max(need) + usize::from(have.len() >= need);
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The repair worker and audit.
 //!
 //! Every node checks the codeword records it owns (each record's key has exactly one owner,
-//! the first of its m metadata holders): for each, which pointers and parities no node holds. A
-//! codeword with at least `s + t` symbols left is decoded and its missing symbols rebuilt
-//! (parities re-encoded; pointers rebuilt as input symbol `s + i` and re-formed with their own
+//! the first of its m metadata holders): for each, which pointers, sources and parities no node
+//! holds. A codeword with at least `s + t` symbols left is decoded and its missing symbols
+//! rebuilt (sources as input symbols, parities re-encoded; pointers rebuilt as input symbol `s + i` and re-formed with their own
 //! record, found through the reverse reference), verified against their keys and stored at
 //! their replica sets. A block lost together with more than `e` symbols of its own codeword is
 //! thus rebuilt by the owners of the codewords that point at it. [`repair_ring`] runs rounds
@@ -29,7 +29,7 @@ const MAX_PASSES: u32 = 10;
 const MAX_TARGETED: usize = 1024;
 
 /// A codeword record with the key of its block.
-pub type Rec = (BlockKey, Arc<entangle::CodewordRecord>);
+pub type Rec = (BlockKey, Arc<entangle::Record>);
 
 /// Records decoded and kept in the cache at most (records are immutable: a cache that
 /// fills up is emptied and refilled as records are read again).
@@ -43,7 +43,7 @@ const RECORD_PAGE: usize = 1024;
 fn cache_insert(
     cache: &mut crate::entangled::layer::RecordCache,
     key: BlockKey,
-    rec: Option<Arc<entangle::CodewordRecord>>,
+    rec: Option<Arc<entangle::Record>>,
 ) {
     if cache.0.len() + cache.1.len() >= RECORD_CACHE {
         cache.0.clear();
@@ -156,7 +156,7 @@ impl<'a> OwnedPages<'a> {
 }
 
 /// A codeword record from the ring (the cache first).
-pub async fn fetch_record(ent: &Entangled, key: BlockKey) -> Option<Arc<entangle::CodewordRecord>> {
+pub async fn fetch_record(ent: &Entangled, key: BlockKey) -> Option<Arc<entangle::Record>> {
     if let Some(r) = lock(&ent.records).0.get(&key) {
         return Some(r.clone());
     }
@@ -194,7 +194,7 @@ async fn check_codeword(
     }
     summary.damaged += 1;
     let p = rec.params;
-    let known = p.t() + p.p() - missing.len();
+    let known = rec.layout.symbols(&p).saturating_sub(missing.len());
     let mut audit = CodewordAudit {
         record: *rk,
         codeword: rec.id.0,

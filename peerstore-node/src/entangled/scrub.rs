@@ -738,6 +738,7 @@ pub async fn ring_stats(ent: &Entangled) -> Result<EntangleStats, String> {
             None => "none".into(),
         },
         params: ent.params(),
+        layout: ent.params().map(|_| ent.layout()),
         replication: ent.replication as u32,
         ..EntangleStats::default()
     };

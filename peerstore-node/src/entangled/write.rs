@@ -32,7 +32,7 @@ fn choose(
     params: &entangle::Params,
     pool: &[Held],
     tail: &[Held],
-    done: &[entangle::Encoded],
+    done: &[entangle::EncodedRecord],
     rng: &mut ChaCha8Rng,
 ) -> Vec<entangle::StoredBlock> {
     let mut seen = BTreeSet::new();
@@ -101,13 +101,19 @@ pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, Ri
             doc_id,
         )
     };
+    let layout = ent.layout();
     let content_hash = *blake3::hash(&data).as_bytes();
     let len = data.len() as u64;
     let encoded = match tokio::task::spawn_blocking(move || {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        entangle::encode_document(params, &doc_id, &data, |_, done| {
-            Ok(choose(&params, &pool, &tail, done, &mut rng))
-        })
+        entangle::encode_document_layout(
+            layout,
+            entangle::Parallelism::AUTO,
+            params,
+            &doc_id,
+            &data,
+            |_, done| Ok(choose(&params, &pool, &tail, done, &mut rng)),
+        )
     })
     .await
     {
@@ -115,7 +121,7 @@ pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, Ri
         Ok(Err(e)) => return Err(RingError::internal(format!("encode: {e}"))),
         Err(e) => return Err(RingError::internal(e.to_string())),
     };
-    // 1. Parities.
+    // 1. Stored blocks (sources and parities).
     let parities: Vec<(BlockKey, Vec<u8>)> = encoded
         .iter()
         .flat_map(|(_, blocks)| blocks.iter().map(|(k, b)| (nk(k), b.clone())))
@@ -127,7 +133,7 @@ pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, Ri
         .await;
     if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
         // The code stays: a full replica set reaches the client as "node full".
-        return Err(RingError::new(e.code, format!("storing a parity: {e}")));
+        return Err(RingError::new(e.code, format!("storing a block: {e}")));
     }
     // 2. Codeword records, on their m metadata holders.
     let anchors = entangle::Anchors::new(params.block_size, params.t());
@@ -141,7 +147,7 @@ pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, Ri
         let rk = BlockKey::of(&bytes);
         records.push(bytes);
         record_keys.push(rk);
-        for k in &rec.parity_keys {
+        for k in &rec.stored_keys {
             let e = entries.entry(nk(k)).or_insert_with(|| RefsEntry {
                 block: nk(k),
                 ..RefsEntry::default()
