@@ -57,6 +57,7 @@
 //! ```
 
 mod aead;
+pub mod delete;
 pub mod identity;
 mod ids;
 mod keys;
@@ -67,6 +68,7 @@ pub use aead::{
     seal_root_payload, CryptoError, CHUNK_FORMAT_VERSION, CHUNK_OVERHEAD, SEALED_FORMAT_VERSION,
     SEALED_OVERHEAD,
 };
+pub use delete::{DeleteError, DeleteStatement, DELETE_STATEMENT_SKEW_US, MAX_DELETE_KEYS};
 pub use identity::{Identity, KdfParams, KeyError, KeyFileInfo, KEY_FILE_LEN, KEY_FILE_VERSION};
 pub use ids::{ChunkId, ParseIdError, UserId};
 pub use keys::UserKeys;

@@ -216,7 +216,7 @@ pub fn accept_root_update(current: Option<&RootRecord>, new: &RootRecord) -> Res
 }
 
 /// serde for `[u8; 64]` (serde derives arrays only up to 32): a byte string of length 64.
-mod sig_bytes {
+pub(crate) mod sig_bytes {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
     use std::fmt;

@@ -121,13 +121,26 @@ pub enum Command {
     },
     /// Forget snapshots: the named ones, and those no --keep-* rule keeps (restic's rules,
     /// applied per source directory, times in UTC). The latest snapshot is always kept. The
-    /// data stays on the nodes (there is no prune yet).
+    /// data stays on the nodes until `prune` removes it.
     Forget {
         /// Snapshots to forget: numbers or id prefixes, as `snapshots` shows them.
         snapshots: Vec<String>,
         #[command(flatten)]
         keep: KeepArgs,
         /// Show what would be forgotten and why; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// Delete from the nodes what no kept snapshot references: unreferenced documents older
+    /// than the grace period are marked; those marked at least the grace period ago and still
+    /// unreferenced are deleted (with --grace 0s, at once). Only your own documents, with a
+    /// statement signed by your key.
+    Prune {
+        /// How long a document must be unreferenced (and marked) before it is deleted, e.g.
+        /// 1h, 30m, 0s (a backup running meanwhile must finish within it).
+        #[arg(long, default_value = "1h", value_parser = parse_grace)]
+        grace: Duration,
+        /// Show what would be marked and deleted; change nothing.
         #[arg(long, short = 'n')]
         dry_run: bool,
     },
@@ -323,6 +336,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     keep,
                     dry_run,
                 } => cmd_forget(&ctx, &keep.policy(), &snapshots, dry_run).await,
+                Command::Prune { grace, dry_run } => cmd_prune(&ctx, grace, dry_run).await,
                 Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
                 Command::Du => cmd_du(&ctx).await,
                 Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
@@ -370,9 +384,12 @@ impl Ctx {
     async fn connect(g: &Global, dirs: &Dirs, identity: Identity) -> Result<Ctx> {
         let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
         let cred = config::credential(g.credential.as_deref(), dirs)?;
-        let ring =
-            Arc::new(RingStore::connect(node, Duration::from_secs(g.timeout_secs), cred).await?);
         let user = identity.user_id();
+        let ring = Arc::new(
+            RingStore::connect(node, Duration::from_secs(g.timeout_secs), cred)
+                .await?
+                .with_writer(user.0),
+        );
         let repo = Repo::new(ring.clone(), Arc::new(identity))
             .with_root_watermark(dirs.user_data(&user).join("root-seen"));
         Ok(Ctx {
@@ -388,9 +405,18 @@ impl Ctx {
         self.dirs.user_data(&self.repo.user()).join("missing-packs")
     }
 
-    fn known(&self) -> Result<Arc<KnownBlocks>> {
+    /// The chunk cache, emptied first if a prune raised the user's prune epoch since it was
+    /// filled (it may name deleted packs).
+    async fn known(&self) -> Result<Arc<KnownBlocks>> {
         let p = self.dirs.user_data(&self.repo.user()).join("known-blocks");
+        let epoch = self.repo.root().await?.map_or(0, |r| r.prune_epoch);
+        crate::prune::align_cache_epoch(&p, epoch)?;
         Ok(Arc::new(KnownBlocks::open(&p)?))
+    }
+
+    /// Where `prune` keeps its marks.
+    fn prune_marks_path(&self) -> PathBuf {
+        self.dirs.user_data(&self.repo.user()).join("prune-marks")
     }
 
     fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
@@ -471,7 +497,7 @@ pub fn format_time(ns: i64) -> String {
 }
 
 async fn cmd_backup(ctx: &Ctx, dir: &Path, concurrency: usize, reread: bool) -> Result<()> {
-    let known = ctx.known()?;
+    let known = ctx.known().await?;
     let mut prev = previous_manifest(&ctx.repo, dir, 20).await?;
     // Files whose data `check` found missing from the ring are read and stored again.
     let missing = crate::check::load_missing(&ctx.missing_packs_path())?;
@@ -646,7 +672,7 @@ struct SnapshotLine {
 }
 
 async fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<()> {
-    let known = ctx.known()?;
+    let known = ctx.known().await?;
     let spin = crate::admin::spinner("checking the snapshots", !ctx.g.json);
     let r = crate::check::check(&ctx.repo, &known, &ctx.missing_packs_path(), read_data).await;
     spin.finish_and_clear();
@@ -785,6 +811,54 @@ async fn cmd_forget(ctx: &Ctx, policy: &Policy, named: &[String], dry_run: bool)
     let r = r?;
     ctx.print(&r, || forget_text(&r));
     Ok(())
+}
+
+/// `--grace`: a number and a unit (s, m, h, d), e.g. `0s`, `30m`, `1h`.
+fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number and a unit, e.g. 1h, 30m, 0s"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+async fn cmd_prune(ctx: &Ctx, grace: Duration, dry_run: bool) -> Result<()> {
+    let spin = crate::admin::spinner("pruning", !ctx.g.json);
+    let known = if dry_run {
+        None
+    } else {
+        Some(ctx.known().await?)
+    };
+    let r = crate::prune::prune(
+        &ctx.repo,
+        &ctx.prune_marks_path(),
+        known.as_deref(),
+        crate::prune::PruneOptions { grace, dry_run },
+    )
+    .await;
+    spin.finish_and_clear();
+    let r = r?;
+    ctx.print(&r, || r.text());
+    if r.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ClientError::Refused(format!(
+            "{} documents were not deleted ({}); run prune again",
+            r.failed.len(),
+            r.failed.first().cloned().unwrap_or_default()
+        )))
+    }
 }
 
 async fn cmd_rm(ctx: &Ctx, paths: &[String]) -> Result<()> {
@@ -1015,7 +1089,7 @@ async fn cmd_status(g: &Global, dirs: &Dirs) -> Result<()> {
 }
 
 async fn cmd_sync(ctx: &Ctx, dir: &Path, debounce_ms: u64) -> Result<()> {
-    let known = ctx.known()?;
+    let known = ctx.known().await?;
     let source = crate::backup::absolute(dir)?;
     let state_file = watcher::state_path(&ctx.dirs.user_data(&ctx.repo.user()), &source);
     let opts = SyncOptions {

@@ -444,7 +444,7 @@ pub async fn forget(
             ));
         };
         let seq = root.seq() + 1;
-        match repo.put_root(seq, new_latest).await? {
+        match repo.put_root(seq, new_latest, root.prune_epoch).await? {
             RootUpdate::Stored => {
                 report.root = seq;
                 for (s, d) in all.iter().zip(&decisions) {

@@ -31,6 +31,7 @@ pub mod forget;
 pub mod model;
 pub mod pack;
 pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod store;

@@ -258,26 +258,45 @@ pub struct RootPointer {
 }
 
 /// The root payload's plaintext: the pointer, then the BLAKE3 of the latest snapshot object's
-/// bytes (32 bytes). Clients that predate the hash read the pointer and ignore what follows it.
+/// bytes (32 bytes), then, once a prune has marked documents for deletion, the user's prune
+/// epoch (u64 LE; `prune` raises it when it marks documents, and a client whose chunk cache
+/// was filled under another epoch empties it before deduplicating against it). Clients that
+/// predate the hash read the pointer and ignore what follows it; those that predate the epoch
+/// ignore what follows the hash. No epoch is written without a hash.
 #[must_use]
-pub fn encode_root_payload(ptr: &RootPointer, latest_hash: Option<&[u8; 32]>) -> Vec<u8> {
+pub fn encode_root_payload(
+    ptr: &RootPointer,
+    latest_hash: Option<&[u8; 32]>,
+    prune_epoch: u64,
+) -> Vec<u8> {
     let mut out = postcard::to_allocvec(ptr).unwrap_or_default();
     if let Some(h) = latest_hash {
         out.extend_from_slice(h);
+        if prune_epoch > 0 {
+            out.extend_from_slice(&prune_epoch.to_le_bytes());
+        }
     }
     out
 }
 
+/// A decoded root payload: the pointer, the latest object's hash if present, and the prune
+/// epoch (0 if absent).
+pub type RootPayload = (RootPointer, Option<[u8; 32]>, u64);
+
 /// Decodes a root payload's plaintext: the pointer and, if present, the latest object's hash
-/// (bytes after the hash are ignored: room for later versions).
-pub fn decode_root_payload(plain: &[u8]) -> Result<(RootPointer, Option<[u8; 32]>), String> {
+/// and the prune epoch (bytes after them are ignored: room for later versions).
+pub fn decode_root_payload(plain: &[u8]) -> Result<RootPayload, String> {
     let (ptr, rest) = postcard::take_from_bytes::<RootPointer>(plain).map_err(|e| e.to_string())?;
     match rest.len() {
-        0 => Ok((ptr, None)),
+        0 => Ok((ptr, None, 0)),
         n if n >= 32 => {
             let mut h = [0u8; 32];
             h.copy_from_slice(&rest[..32]);
-            Ok((ptr, Some(h)))
+            let epoch = rest
+                .get(32..40)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes);
+            Ok((ptr, Some(h), epoch))
         }
         n => Err(format!("{n} stray bytes after the pointer")),
     }
@@ -679,15 +698,24 @@ mod tests {
         };
         // As older clients wrote it: the pointer alone.
         let old = postcard::to_allocvec(&ptr).unwrap();
-        assert_eq!(encode_root_payload(&ptr, None), old);
-        assert_eq!(decode_root_payload(&old).unwrap(), (ptr.clone(), None));
+        assert_eq!(encode_root_payload(&ptr, None, 0), old);
+        assert_eq!(decode_root_payload(&old).unwrap(), (ptr.clone(), None, 0));
+        // No epoch without a hash.
+        assert_eq!(encode_root_payload(&ptr, None, 5), old);
         // With the hash: older clients still read the pointer (postcard ignores the rest).
-        let new = encode_root_payload(&ptr, Some(&[4; 32]));
+        let new = encode_root_payload(&ptr, Some(&[4; 32]), 0);
         assert_eq!(new.len(), old.len() + 32);
         assert_eq!(postcard::from_bytes::<RootPointer>(&new).unwrap(), ptr);
         assert_eq!(
             decode_root_payload(&new).unwrap(),
-            (ptr.clone(), Some([4; 32]))
+            (ptr.clone(), Some([4; 32]), 0)
+        );
+        // With a prune epoch: 8 more bytes, read back; clients of the hash ignore them.
+        let pruned = encode_root_payload(&ptr, Some(&[4; 32]), 7);
+        assert_eq!(pruned.len(), new.len() + 8);
+        assert_eq!(
+            decode_root_payload(&pruned).unwrap(),
+            (ptr.clone(), Some([4; 32]), 7)
         );
         // Later versions may append more; a cut hash is an error.
         let mut longer = new.clone();

@@ -173,6 +173,8 @@ pub struct Root {
     /// BLAKE3 of the latest snapshot object's bytes, if the root names it (roots written by
     /// older clients do not): the latest object read must hash to it.
     pub latest_hash: Option<[u8; 32]>,
+    /// The user's prune epoch (0: never pruned; `crate::prune`).
+    pub prune_epoch: u64,
 }
 
 impl Root {
@@ -252,6 +254,13 @@ impl Repo {
         }
     }
 
+    /// The user's signing identity.
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The user's keys.
     #[must_use]
     pub fn keys(&self) -> &UserKeys {
         &self.keys
@@ -361,7 +370,7 @@ impl Repo {
         }
         let plain = crypto::open_root_payload(&self.keys, &rec.user, rec.seq, &rec.payload)
             .map_err(|e| ClientError::Corrupt(format!("root payload: {e}")))?;
-        let (ptr, latest_hash) = decode_root_payload(&plain)
+        let (ptr, latest_hash, prune_epoch) = decode_root_payload(&plain)
             .map_err(|e| ClientError::Corrupt(format!("root payload: {e}")))?;
         if ptr.number == 0 || ptr.number > rec.seq {
             return Err(ClientError::Corrupt(format!(
@@ -373,6 +382,7 @@ impl Repo {
             rec,
             ptr,
             latest_hash,
+            prune_epoch,
         })
     }
 
@@ -674,6 +684,7 @@ impl Repo {
             // The parent is verified like any read (and its hash goes into the new header).
             let head = self.head().await?;
             let seq = head.as_ref().map_or(1, |(root, _)| root.seq() + 1);
+            let epoch = head.as_ref().map_or(0, |(root, _)| root.prune_epoch);
             let snapshot = Snapshot {
                 number: seq,
                 nonce,
@@ -688,7 +699,7 @@ impl Repo {
             let s = self
                 .write_snapshot(snapshot, head.as_ref().map(|(_, latest)| latest), hashed)
                 .await?;
-            match self.put_root(seq, &s).await? {
+            match self.put_root(seq, &s, epoch).await? {
                 RootUpdate::Stored => return Ok((s, meta_blocks)),
                 RootUpdate::Conflict => backoff.wait("publish").await?,
             }
@@ -753,7 +764,13 @@ impl Repo {
     /// only if it is newer than theirs, which makes this a compare-and-swap on `seq`: a refusal
     /// while the ring has a root numbered `seq` or more is a [`RootUpdate::Conflict`] (another
     /// device got there first); any other refusal is an error.
-    pub async fn put_root(&self, seq: u64, latest: &SnapshotRef) -> Result<RootUpdate> {
+    /// `prune_epoch` is carried as the root read had it (raised by `prune` only).
+    pub async fn put_root(
+        &self,
+        seq: u64,
+        latest: &SnapshotRef,
+        prune_epoch: u64,
+    ) -> Result<RootUpdate> {
         if latest.snapshot.number == 0 || latest.snapshot.number > seq {
             return Err(ClientError::Corrupt(format!(
                 "root {seq} cannot point at snapshot {}",
@@ -764,7 +781,7 @@ impl Repo {
             latest: latest.key,
             number: latest.snapshot.number,
         };
-        let ptr_bytes = encode_root_payload(&ptr, latest.content_hash.as_ref());
+        let ptr_bytes = encode_root_payload(&ptr, latest.content_hash.as_ref(), prune_epoch);
         let payload =
             crypto::seal_root_payload(&self.keys, &self.user, seq, &ptr_bytes, &mut OsRng);
         let rec = RootRecord::sign(&self.identity, seq, payload)
@@ -1207,6 +1224,7 @@ mod tests {
                     number,
                 },
                 hash.as_ref(),
+                0,
             );
             let payload = crypto::seal_root_payload(r.keys(), &r.user(), seq, &ptr, &mut OsRng);
             RootRecord::sign(&r.identity, seq, payload)

@@ -107,6 +107,24 @@ pub trait BlockStoreApi: Send + Sync {
             record: self.get_record(key).await?,
         }])
     }
+    /// A page of the documents `writer` stored, in key order after `after` (`prune`).
+    async fn list_documents(
+        &self,
+        _writer: [u8; 32],
+        _after: Option<BlockKey>,
+        _limit: u32,
+    ) -> Result<peerstore_proto::DocumentPage, StoreError> {
+        Err(StoreError::Other("this store cannot list documents".into()))
+    }
+    /// Deletes the documents a signed `crypto::DeleteStatement` (postcard bytes) names.
+    async fn delete_documents(
+        &self,
+        _statement: Vec<u8>,
+    ) -> Result<peerstore_proto::DeleteReport, StoreError> {
+        Err(StoreError::Other(
+            "this store cannot delete documents".into(),
+        ))
+    }
 }
 
 /// An in-memory store for tests. Records replace each other without checks (the nodes check).
@@ -368,6 +386,9 @@ impl Default for RetryPolicy {
 pub struct RingStore {
     endpoints: Mutex<Endpoints>,
     identity: Option<peerstore_proto::Identity>,
+    /// The user id recorded as the writer of every document this store puts (only that
+    /// user's signed statement can delete them).
+    writer: Option<[u8; 32]>,
     timeout: Duration,
     policy: RetryPolicy,
 }
@@ -417,9 +438,17 @@ impl RingStore {
                 client,
             }),
             identity,
+            writer: None,
             timeout,
             policy: RetryPolicy::default(),
         })
+    }
+
+    /// Records `user` as the writer of the documents this store puts.
+    #[must_use]
+    pub fn with_writer(mut self, user: [u8; 32]) -> RingStore {
+        self.writer = Some(user);
+        self
     }
 
     /// The credential this client shows the ring.
@@ -655,10 +684,44 @@ impl BlockStoreApi for RingStore {
     }
 
     async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
-        match self.call(Request::PutDocument { data }).await? {
+        let writer = self.writer;
+        match self.call(Request::PutDocument { data, writer }).await? {
             Response::DocumentStored { key } => Ok(key),
             other => Err(StoreError::Other(format!(
                 "unexpected answer to put-document: {other:?}"
+            ))),
+        }
+    }
+
+    async fn list_documents(
+        &self,
+        writer: [u8; 32],
+        after: Option<BlockKey>,
+        limit: u32,
+    ) -> Result<peerstore_proto::DocumentPage, StoreError> {
+        match self
+            .call(Request::ListDocuments {
+                writer,
+                after,
+                limit,
+            })
+            .await?
+        {
+            Response::Documents(page) => Ok(page),
+            other => Err(StoreError::Other(format!(
+                "unexpected answer to list-documents: {other:?}"
+            ))),
+        }
+    }
+
+    async fn delete_documents(
+        &self,
+        statement: Vec<u8>,
+    ) -> Result<peerstore_proto::DeleteReport, StoreError> {
+        match self.call(Request::DeleteDocuments { statement }).await? {
+            Response::Deleted(report) => Ok(report),
+            other => Err(StoreError::Other(format!(
+                "unexpected answer to delete-documents: {other:?}"
             ))),
         }
     }

@@ -211,12 +211,12 @@ impl Service {
                 Some(record) => ClientResponse::Record { record },
                 None => ClientResponse::NotFound,
             }),
-            ClientRequest::PutDocument { data } => {
+            ClientRequest::PutDocument { data, writer } => {
                 let size = data.len() as u64;
                 let content = peerstore_proto::BlockKey::of(&data);
                 match self.quotas.reserve(caller, content, size).await {
                     Err(e) => Err(e),
-                    Ok(reservation) => match self.entangled.put_document(data).await {
+                    Ok(reservation) => match self.entangled.put_document(data, writer).await {
                         Ok(key) => Ok(ClientResponse::DocumentStored { key }),
                         Err(e) => {
                             self.quotas.release(reservation).await;
@@ -225,6 +225,20 @@ impl Service {
                     },
                 }
             }
+            ClientRequest::ListDocuments {
+                writer,
+                after,
+                limit,
+            } => self
+                .entangled
+                .list_documents(writer, after, limit)
+                .await
+                .map(ClientResponse::Documents),
+            ClientRequest::DeleteDocuments { statement } => self
+                .entangled
+                .delete_documents(statement)
+                .await
+                .map(ClientResponse::Deleted),
             ClientRequest::GetDocument { key } => {
                 self.entangled.get_document(key).await.map(|d| match d {
                     Some(data) => ClientResponse::Block { data },

@@ -21,7 +21,8 @@ use crypto::{
 };
 use entangle::{CodewordId, CodewordRecord, Layout, Params, Record};
 use peerstore_node::entangled::format::{
-    decode_record, encode_record, DocRecord, DOCUMENT_MAGIC, RECORD_MAGIC,
+    decode_record, encode_record, DocRecord, DOCUMENT_MAGIC, DOCUMENT_MAGIC_V2, RECORD_MAGIC,
+    RECORD_MAGIC_SYSTEMATIC,
 };
 use peerstore_proto::{BlockKey, RefsEntry, MAX_BLOCK_SIZE};
 
@@ -195,18 +196,24 @@ fn documents() -> Vec<DocRecord> {
             len: 5,
             content_hash: [0; 32],
             codewords: vec![keys[0]],
+            writer: Some([5; 32]),
+            created_us: Some(77),
         },
         DocRecord {
             params: Params::new(2, 3, 4, 64),
             len: 300,
             content_hash: *blake3::hash(b"doc").as_bytes(),
             codewords: keys.clone(),
+            writer: None,
+            created_us: None,
         },
         DocRecord {
             params: Params::DEFAULT,
             len: MAX_BLOCK_SIZE as u64,
             content_hash: [0xee; 32],
             codewords: vec![keys[1]; 8],
+            writer: None,
+            created_us: None,
         },
     ]
 }
@@ -408,6 +415,8 @@ fn arbitrary_document() -> impl Strategy<Value = DocRecord> {
             len,
             content_hash: [1; 32],
             codewords,
+            writer: None,
+            created_us: None,
         }
     })
 }
@@ -563,7 +572,7 @@ proptest! {
     /// Arbitrary bytes, bare or behind either record magic, through every decoder.
     #[test]
     fn arbitrary_bytes(
-        prefix in prop::sample::select(vec![&b""[..], &RECORD_MAGIC[..], &DOCUMENT_MAGIC[..]]),
+        prefix in prop::sample::select(vec![&b""[..], &RECORD_MAGIC[..], &DOCUMENT_MAGIC[..], &DOCUMENT_MAGIC_V2[..], &RECORD_MAGIC_SYSTEMATIC[..]]),
         rest in vec(any::<u8>(), 0..600),
     ) {
         check_all(&with_prefix(prefix, &rest))?;

@@ -692,6 +692,8 @@ async fn a_crafted_document_record_crashes_nothing() {
             len: 1 << 48,
             content_hash: [7; 32],
             codewords: vec![BlockKey([9; 32])],
+            writer: None,
+            created_us: None,
         };
         let bytes = record.encode();
         assert!(

@@ -38,9 +38,59 @@ pub enum ClientRequest {
     PutDocument {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        /// The writing user's id (their Ed25519 public key), recorded with the document: only
+        /// a statement signed by this user can delete it ([`ClientRequest::DeleteDocuments`]).
+        /// `None`: nobody can.
+        writer: Option<[u8; 32]>,
     },
     /// Read a document by the key `PutDocument` returned ([`ClientResponse::Block`]).
     GetDocument { key: BlockKey },
+    /// The documents written by `writer`, in key order after `after`, at most `limit` per page
+    /// ([`ClientResponse::Documents`]); entangled rings only.
+    ListDocuments {
+        writer: [u8; 32],
+        after: Option<BlockKey>,
+        limit: u32,
+    },
+    /// Delete documents: `statement` is a postcard-encoded `crypto::DeleteStatement` signed by
+    /// their writer. Every node that holds a piece of a document checks the statement before
+    /// deleting it; a document whose blocks other live documents use as pointers stays until
+    /// they go ([`ClientResponse::Deleted`]).
+    DeleteDocuments {
+        #[serde(with = "serde_bytes")]
+        statement: Vec<u8>,
+    },
+}
+
+/// One document of [`ClientRequest::ListDocuments`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentInfo {
+    pub key: BlockKey,
+    pub len: u64,
+    /// When it was stored (microseconds since the Unix epoch, by the encoding node's clock).
+    pub created_us: u64,
+}
+
+/// A page of [`ClientRequest::ListDocuments`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentPage {
+    pub documents: Vec<DocumentInfo>,
+    /// Cursor for the next page; `None` at the end of the ring.
+    pub next: Option<BlockKey>,
+}
+
+/// What [`ClientRequest::DeleteDocuments`] did, per document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReport {
+    /// Gone from every node that answered (and every member answered).
+    pub deleted: Vec<BlockKey>,
+    /// Kept because live documents point at its blocks; a later prune deletes it once they
+    /// are gone.
+    pub pinned: Vec<BlockKey>,
+    /// Not (completely) deleted, with why: run the prune again.
+    pub failed: Vec<(BlockKey, String)>,
+    /// Stored bytes removed from the nodes' disks (all copies).
+    pub bytes_freed: u64,
 }
 
 impl ClientRequest {
@@ -56,6 +106,8 @@ impl ClientRequest {
             ClientRequest::GetRecord { .. } => "get-record",
             ClientRequest::PutDocument { .. } => "put-document",
             ClientRequest::GetDocument { .. } => "get-document",
+            ClientRequest::ListDocuments { .. } => "list-documents",
+            ClientRequest::DeleteDocuments { .. } => "delete-documents",
         }
     }
 }
@@ -166,6 +218,8 @@ pub enum ClientResponse {
     DocumentStored {
         key: BlockKey,
     },
+    Documents(DocumentPage),
+    Deleted(DeleteReport),
     Error {
         code: ErrorCode,
         message: String,
@@ -198,7 +252,7 @@ impl ClientResponse {
 impl Bulk for ClientRequest {
     fn take_bulk(&mut self) -> Option<Vec<u8>> {
         match self {
-            ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data } => {
+            ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data, .. } => {
                 Some(std::mem::take(data))
             }
             _ => None,
@@ -207,7 +261,7 @@ impl Bulk for ClientRequest {
 
     fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
         match self {
-            ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data } => {
+            ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data, .. } => {
                 put_into(data, bulk)
             }
             _ => false,

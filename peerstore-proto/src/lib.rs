@@ -45,15 +45,16 @@ pub use admission::{
 };
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
 pub use client::{
-    ClientRequest, ClientResponse, ErrorCode, MaintenanceActivity, MemberInfo, StatusReport,
-    UserUsage,
+    ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage, ErrorCode,
+    MaintenanceActivity, MemberInfo, StatusReport, UserUsage,
 };
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,
 };
 pub use key::{key_id, parse_node_addr, ring_id, BlockKey, NodeAddr, ParseKeyError};
 pub use member::{
-    EntRequest, EntResponse, MemberRequest, MemberResponse, RefsEntry, MAX_REFERRERS,
+    DeleteOutcome, DeletePhase, EntRequest, EntResponse, MemberRequest, MemberResponse, RefsEntry,
+    MAX_REFERRERS,
 };
 pub use rpc::{RpcClient, RpcError};
 

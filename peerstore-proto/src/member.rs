@@ -184,6 +184,52 @@ pub enum EntRequest {
         to: chord::Id,
         after: Option<BlockKey>,
     },
+    /// The documents written by `writer` among the records this node owns in (after, its id]
+    /// ([`EntResponse::Documents`]), at most `limit`.
+    ListDocumentsLocal {
+        writer: [u8; 32],
+        after: BlockKey,
+        limit: u32,
+    },
+    /// Delete what this node holds of document `doc`, named by `statement` (a postcard
+    /// `crypto::DeleteStatement`), which this node checks itself: signature, time, and that the
+    /// document's record names the statement's user as its writer. `phase` says what:
+    /// first every member drops the blocks, then the reverse references, then the codeword
+    /// records, then the document record, so a member can always verify against records that
+    /// still exist
+    /// ([`EntResponse::DeleteOutcome`]).
+    DeleteDocument {
+        #[serde(with = "serde_bytes")]
+        statement: Vec<u8>,
+        doc: BlockKey,
+        phase: DeletePhase,
+    },
+}
+
+/// The steps of deleting a document, in order (each on every member before the next).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeletePhase {
+    /// The stored blocks of its codewords (replicated and single copies), unless a live
+    /// document points at one of them (then nothing: pinned).
+    Blocks,
+    /// The reverse references of those blocks, once no member holds any of a codeword's
+    /// blocks.
+    Refs,
+    /// Its codeword records, once no member holds any of their blocks.
+    Codewords,
+    /// Its document record.
+    Document,
+}
+
+/// What a member did for one [`EntRequest::DeleteDocument`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeleteOutcome {
+    /// Done (or nothing was held); bytes removed from this node's disk.
+    Done { bytes: u64 },
+    /// A live document points at one of its blocks: nothing deleted.
+    Pinned,
+    /// Refused: the statement does not authorize it, or the records could not be checked.
+    Refused(String),
 }
 
 impl EntRequest {
@@ -210,6 +256,8 @@ impl EntRequest {
             EntRequest::StoreRecords { .. } => "store-records",
             EntRequest::FetchRecords { .. } => "fetch-records",
             EntRequest::ListRecords { .. } => "list-ent-records",
+            EntRequest::ListDocumentsLocal { .. } => "list-documents-local",
+            EntRequest::DeleteDocument { .. } => "delete-document",
         }
     }
 }
@@ -256,6 +304,10 @@ pub enum EntResponse {
     Proofs {
         proofs: Vec<Option<[u8; 32]>>,
     },
+    /// Answer to [`EntRequest::ListDocumentsLocal`].
+    Documents(crate::DocumentPage),
+    /// Answer to [`EntRequest::DeleteDocument`].
+    DeleteOutcome(DeleteOutcome),
 }
 
 /// Responses of the member protocol.

@@ -244,7 +244,7 @@ impl RpcClient {
             // On a ring without entanglement a document is the block BLAKE3(data), stored by
             // the owner of that key; on an entangled ring any node may encode it, and the
             // owner of the hash spreads the encoders evenly.
-            ClientRequest::PutDocument { data } => {
+            ClientRequest::PutDocument { data, .. } => {
                 hashed = BlockKey::of(data);
                 (&hashed, false)
             }

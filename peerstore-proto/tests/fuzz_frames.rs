@@ -347,9 +347,21 @@ fn client_requests() -> Vec<ClientRequest> {
         ClientRequest::GetRecord { key: key(4) },
         ClientRequest::PutDocument {
             data: (0..=255).collect(),
+            writer: Some([7; 32]),
         },
-        ClientRequest::PutDocument { data: vec![] },
+        ClientRequest::PutDocument {
+            data: vec![],
+            writer: None,
+        },
         ClientRequest::GetDocument { key: key(5) },
+        ClientRequest::ListDocuments {
+            writer: [3; 32],
+            after: Some(key(6)),
+            limit: 100,
+        },
+        ClientRequest::DeleteDocuments {
+            statement: vec![9; 200],
+        },
     ]
 }
 
@@ -370,6 +382,20 @@ fn client_responses() -> Vec<ClientResponse> {
             record: vec![9; 40],
         },
         ClientResponse::DocumentStored { key: key(6) },
+        ClientResponse::Documents(peerstore_proto::DocumentPage {
+            documents: vec![peerstore_proto::DocumentInfo {
+                key: key(7),
+                len: 1000,
+                created_us: 5,
+            }],
+            next: Some(key(8)),
+        }),
+        ClientResponse::Deleted(peerstore_proto::DeleteReport {
+            deleted: vec![key(1)],
+            pinned: vec![key(2)],
+            failed: vec![(key(3), "a member did not answer".into())],
+            bytes_freed: 4096,
+        }),
         ClientResponse::Error {
             code: ErrorCode::Full,
             message: "node full: ü".into(),

@@ -3,6 +3,8 @@
 //! ephemeral ports, each with its own temporary data directory. Every process is killed and
 //! every directory removed on drop.
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -487,37 +489,53 @@ pub async fn spawn_node_with(
         cmd.env(var, std::env::var(var).unwrap_or_else(|_| default.into()));
     }
     let child = cmd.spawn().expect("spawn peerstore-node");
-    let start = Instant::now();
-    let addr = loop {
-        if let Ok(a) = read_address_file(dir) {
-            break a;
+    NodeProc::attach(child, dir, extra, ring, "").await
+}
+
+impl NodeProc {
+    /// The node process `child` started on `dir`: waits for its address file, then opens the
+    /// harness's admin and member clients with `ring` (read from `dir` when `None`: the first
+    /// node of a ring keeps the ring key). `what` names the node in a failure.
+    pub async fn attach(
+        child: std::process::Child,
+        dir: &Path,
+        extra: &[String],
+        ring: Option<Arc<RingKey>>,
+        what: &str,
+    ) -> NodeProc {
+        let start = Instant::now();
+        let addr = loop {
+            if let Ok(a) = read_address_file(dir) {
+                break a;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "node in {} {what} did not write its address file; log:\n{}",
+                dir.display(),
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        let ring = ring.unwrap_or_else(|| {
+            Arc::new(admission::read_ring_key(dir).expect("the first node keeps the ring key"))
+        });
+        peerstore_proto::lock(&RINGS).insert(addr.to_string(), ring.clone());
+        let admin = admission::ephemeral(&ring, Role::Admin, "harness");
+        let member = admission::ephemeral(&ring, Role::Member, "harness");
+        let client = RpcClient::start_as(addr.clone(), Duration::from_secs(10), Some(admin))
+            .expect("rpc client");
+        let member_client =
+            RpcClient::start_as(addr.clone(), Duration::from_secs(10), Some(member))
+                .expect("rpc client");
+        NodeProc {
+            child: Some(child),
+            data_dir: dir.to_path_buf(),
+            addr,
+            client,
+            member_client,
+            extra: extra.to_vec(),
+            ring,
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "node in {} did not write its address file; log:\n{}",
-            dir.display(),
-            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    let ring = ring.unwrap_or_else(|| {
-        Arc::new(admission::read_ring_key(dir).expect("the first node keeps the ring key"))
-    });
-    peerstore_proto::lock(&RINGS).insert(addr.to_string(), ring.clone());
-    let admin = admission::ephemeral(&ring, Role::Admin, "harness");
-    let member = admission::ephemeral(&ring, Role::Member, "harness");
-    let client = RpcClient::start_as(addr.clone(), Duration::from_secs(10), Some(admin))
-        .expect("rpc client");
-    let member_client = RpcClient::start_as(addr.clone(), Duration::from_secs(10), Some(member))
-        .expect("rpc client");
-    NodeProc {
-        child: Some(child),
-        data_dir: dir.to_path_buf(),
-        addr,
-        client,
-        member_client,
-        extra: extra.to_vec(),
-        ring,
     }
 }
 
@@ -812,6 +830,7 @@ pub async fn put_document(n: &NodeProc, data: &[u8]) -> BlockKey {
         match n
             .call(ClientRequest::PutDocument {
                 data: data.to_vec(),
+                writer: None,
             })
             .await
         {

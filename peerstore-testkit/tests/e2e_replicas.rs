@@ -13,36 +13,10 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use peerstore_testkit::{wait_until, Cluster};
-
-/// Bytes the files under `dir` occupy on disk (allocated blocks, so punched holes and sparse
-/// files count as what they are), without the node's log.
-fn disk_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    for e in rd.flatten() {
-        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        if md.is_dir() {
-            total += disk_bytes(&e.path());
-        } else if e.file_name() != "node.log" {
-            total += md.blocks() * 512;
-        }
-    }
-    total
-}
-
-fn ring_disk_bytes(c: &Cluster) -> u64 {
-    c.nodes.iter().map(|n| disk_bytes(&n.data_dir)).sum()
-}
 
 /// Waits until every stored block of the `cw` codewords (`per` blocks each) is at exactly one
 /// copy with no replicated copy left anywhere, then checks issue 11's acceptance 1 for the

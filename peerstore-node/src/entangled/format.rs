@@ -42,8 +42,12 @@ pub fn decode_record(bytes: &[u8]) -> Option<entangle::Record> {
     entangle::decode_record(bytes).ok()
 }
 
-/// A document: the ordered codeword-record blocks that carry it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A document: the ordered codeword-record blocks that carry it, and who wrote it.
+///
+/// Stored as [`DOCUMENT_MAGIC_V2`] + postcard of all fields; records written before writers
+/// were recorded ([`DOCUMENT_MAGIC`], version 1) read back with `writer` and `created_us`
+/// `None`, and can be deleted by nobody.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocRecord {
     /// Code parameters the document was written with.
     pub params: entangle::Params,
@@ -53,22 +57,91 @@ pub struct DocRecord {
     pub content_hash: [u8; 32],
     /// Keys of its codeword-record blocks, in order.
     pub codewords: Vec<BlockKey>,
+    /// The user id (Ed25519 public key) of the user who wrote the document: the only one whose
+    /// signed statement can delete it (`crypto::DeleteStatement`). `None`: written by a client
+    /// that named no user, or before writers were recorded.
+    pub writer: Option<[u8; 32]>,
+    /// When the encoding node stored it, microseconds since the Unix epoch (`None`: version 1).
+    pub created_us: Option<u64>,
 }
 
+/// The stored form of a version 1 document record.
+#[derive(Serialize, Deserialize)]
+struct DocV1 {
+    params: entangle::Params,
+    len: u64,
+    content_hash: [u8; 32],
+    codewords: Vec<BlockKey>,
+}
+
+/// The stored form of a version 2 document record.
+#[derive(Serialize, Deserialize)]
+struct DocV2 {
+    params: entangle::Params,
+    len: u64,
+    content_hash: [u8; 32],
+    codewords: Vec<BlockKey>,
+    writer: Option<[u8; 32]>,
+    created_us: Option<u64>,
+}
+
+/// Opens a version 2 document-record block (with writer and creation time).
+pub const DOCUMENT_MAGIC_V2: &[u8; 5] = b"ENTD\x02";
+
 impl DocRecord {
-    /// The stored bytes of the document-record block.
+    /// The stored bytes of the document-record block: version 2, or version 1 (the bytes of
+    /// before) for a record with neither writer nor creation time.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = DOCUMENT_MAGIC.to_vec();
-        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        if self.writer.is_none() && self.created_us.is_none() {
+            let mut out = DOCUMENT_MAGIC.to_vec();
+            let v1 = DocV1 {
+                params: self.params,
+                len: self.len,
+                content_hash: self.content_hash,
+                codewords: self.codewords.clone(),
+            };
+            out.extend(postcard::to_stdvec(&v1).unwrap_or_default());
+            return out;
+        }
+        let mut out = DOCUMENT_MAGIC_V2.to_vec();
+        let v2 = DocV2 {
+            params: self.params,
+            len: self.len,
+            content_hash: self.content_hash,
+            codewords: self.codewords.clone(),
+            writer: self.writer,
+            created_us: self.created_us,
+        };
+        out.extend(postcard::to_stdvec(&v2).unwrap_or_default());
         out
     }
 
-    /// Parses a document-record block; `None` if it is not one.
+    /// Parses a document-record block of either version; `None` if it is not one.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<DocRecord> {
-        let body = bytes.strip_prefix(DOCUMENT_MAGIC.as_slice())?;
-        let d: DocRecord = postcard::from_bytes(body).ok()?;
+        let d = if let Some(body) = bytes.strip_prefix(DOCUMENT_MAGIC_V2.as_slice()) {
+            let v: DocV2 = postcard::from_bytes(body).ok()?;
+            DocRecord {
+                params: v.params,
+                len: v.len,
+                content_hash: v.content_hash,
+                codewords: v.codewords,
+                writer: v.writer,
+                created_us: v.created_us,
+            }
+        } else {
+            let body = bytes.strip_prefix(DOCUMENT_MAGIC.as_slice())?;
+            let v: DocV1 = postcard::from_bytes(body).ok()?;
+            DocRecord {
+                params: v.params,
+                len: v.len,
+                content_hash: v.content_hash,
+                codewords: v.codewords,
+                writer: None,
+                created_us: None,
+            }
+        };
         d.params.validate().ok()?;
         // A document is at most one block of the protocol and fills its codewords: a record that
         // claims more (a crafted one) is not a document record.
@@ -147,8 +220,24 @@ mod tests {
             len: 5,
             content_hash: [0; 32],
             codewords: vec![BlockKey::of(&bytes)],
+            writer: Some([7; 32]),
+            created_us: Some(123),
         };
-        assert_eq!(DocRecord::decode(&d.encode()), Some(d));
+        assert_eq!(DocRecord::decode(&d.encode()), Some(d.clone()));
         assert!(DocRecord::decode(b"ENTDx").is_none());
+        // Version 1 (no writer) still reads.
+        let mut v1 = DOCUMENT_MAGIC.to_vec();
+        v1.extend(
+            postcard::to_stdvec(&DocV1 {
+                params,
+                len: 5,
+                content_hash: [0; 32],
+                codewords: d.codewords.clone(),
+            })
+            .unwrap(),
+        );
+        let old = DocRecord::decode(&v1).unwrap();
+        assert_eq!((old.writer, old.created_us), (None, None));
+        assert_eq!(old.codewords, d.codewords);
     }
 }

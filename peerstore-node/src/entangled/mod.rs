@@ -27,6 +27,7 @@
 //! leaves stale replicas of them to [`scrub::drop_stale`]; so a removed replica is never
 //! spread again, and stale ones are dropped once old enough.
 
+pub mod delete;
 pub mod format;
 pub mod layer;
 pub mod meta;
@@ -62,9 +63,33 @@ pub use peerstore_proto::{
 pub use peerstore_proto::lock;
 
 impl Entangled {
-    /// `PutDocument` (see [`write::put_document`]).
-    pub async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, RingError> {
-        write::put_document(self, data).await
+    /// `PutDocument` (see [`write::put_document`]); `writer` is recorded with the document.
+    pub async fn put_document(
+        &self,
+        data: Vec<u8>,
+        writer: Option<[u8; 32]>,
+    ) -> Result<BlockKey, RingError> {
+        write::put_document(self, data, writer).await
+    }
+
+    /// `ListDocuments` (see [`delete::list_ring`]).
+    pub async fn list_documents(
+        &self,
+        writer: [u8; 32],
+        after: Option<BlockKey>,
+        limit: u32,
+    ) -> Result<peerstore_proto::DocumentPage, RingError> {
+        delete::list_ring(self, writer, after, limit)
+            .await
+            .map_err(RingError::unavailable)
+    }
+
+    /// `DeleteDocuments` (see [`delete::delete_ring`]).
+    pub async fn delete_documents(
+        &self,
+        statement: Vec<u8>,
+    ) -> Result<peerstore_proto::DeleteReport, RingError> {
+        delete::delete_ring(self, statement).await
     }
 
     /// `GetDocument` (see [`read::get_document`]).
@@ -281,6 +306,18 @@ impl Entangled {
                 EntResponse::Ok
             }
             EntRequest::LocalStats => EntResponse::Stats(scrub::local_stats(self).await?),
+            EntRequest::ListDocumentsLocal {
+                writer,
+                after,
+                limit,
+            } => EntResponse::Documents(delete::list_local(self, writer, after, limit).await?),
+            EntRequest::DeleteDocument {
+                statement,
+                doc,
+                phase,
+            } => {
+                EntResponse::DeleteOutcome(delete::delete_local(self, &statement, doc, phase).await)
+            }
         })
     }
 }

@@ -400,7 +400,7 @@ pub async fn repair_ring(ent: &Entangled, keys: Vec<BlockKey>) -> RepairSummary 
 }
 
 /// The key right after `k` (wrapping).
-fn next_key(k: &BlockKey) -> BlockKey {
+pub(crate) fn next_key(k: &BlockKey) -> BlockKey {
     let mut out = k.0;
     for b in out.iter_mut().rev() {
         let (v, carry) = b.overflowing_add(1);

@@ -79,7 +79,11 @@ fn choose(
 /// `PutDocument`: with type "none" a plain replicated block (key = BLAKE3(data)); with "step"
 /// the document is entangled and stored as parities; the answer's key names its document
 /// record, written last.
-pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, RingError> {
+pub async fn put_document(
+    ent: &Entangled,
+    data: Vec<u8>,
+    writer: Option<[u8; 32]>,
+) -> Result<BlockKey, RingError> {
     if data.len() > MAX_BLOCK_SIZE {
         return Err(RingError::new(
             ErrorCode::BadRequest,
@@ -182,6 +186,8 @@ pub async fn put_document(ent: &Entangled, data: Vec<u8>) -> Result<BlockKey, Ri
         len,
         content_hash,
         codewords: record_keys,
+        writer,
+        created_us: Some(now_us()),
     };
     let bytes = doc.encode();
     let key = BlockKey::of(&bytes);

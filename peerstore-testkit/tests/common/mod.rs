@@ -297,3 +297,28 @@ pub fn make_mixed_tree(root: &Path, mib: u64, seed: u64) -> (u64, u64) {
     }
     (files, total)
 }
+
+/// Bytes the files under `dir` occupy on disk (allocated blocks, so punched holes and sparse
+/// files count as what they are), without the node's log.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if md.is_dir() {
+            total += disk_bytes(&e.path());
+        } else if e.file_name() != "node.log" {
+            total += md.blocks() * 512;
+        }
+    }
+    total
+}
+
+/// [`disk_bytes`] of every node's data directory.
+pub fn ring_disk_bytes(c: &peerstore_testkit::Cluster) -> u64 {
+    c.nodes.iter().map(|n| disk_bytes(&n.data_dir)).sum()
+}
