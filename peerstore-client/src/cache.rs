@@ -220,6 +220,39 @@ impl KnownBlocks {
     pub fn insert(&self, id: ChunkId, loc: ChunkLoc) -> Result<()> {
         self.insert_many(&[(id, loc)])
     }
+
+    /// Makes the cache one of prune epoch `epoch` (`crate::prune`): if it was filled under
+    /// another epoch (kept in `<cache>.epoch`; none recorded is epoch 0), a prune may have
+    /// deleted packs it names, so it is emptied (in memory and on disk) first. Returns whether
+    /// it was emptied.
+    pub fn align_epoch(&self, epoch: u64) -> Result<bool> {
+        let Some(path) = self.path.as_ref() else {
+            return Ok(false);
+        };
+        let epoch_file = path.with_extension("epoch");
+        let seen: u64 = std::fs::read_to_string(&epoch_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        if seen == epoch {
+            return Ok(false);
+        }
+        {
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            self.map().clear();
+            let io = |e| ClientError::io(path, e);
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp).map_err(io)?;
+            f.write_all(MAGIC).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, path).map_err(io)?;
+            *file = Some(OpenOptions::new().append(true).open(path).map_err(io)?);
+        }
+        let tmp = epoch_file.with_extension("epoch.tmp");
+        std::fs::write(&tmp, format!("{epoch}\n")).map_err(|e| ClientError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &epoch_file).map_err(|e| ClientError::io(&epoch_file, e))?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -409,9 +409,9 @@ impl Ctx {
     /// filled (it may name deleted packs).
     async fn known(&self) -> Result<Arc<KnownBlocks>> {
         let p = self.dirs.user_data(&self.repo.user()).join("known-blocks");
-        let epoch = self.repo.root().await?.map_or(0, |r| r.prune_epoch);
-        crate::prune::align_cache_epoch(&p, epoch)?;
-        Ok(Arc::new(KnownBlocks::open(&p)?))
+        let known = KnownBlocks::open(&p)?;
+        crate::prune::align_cache(&self.repo, &known).await?;
+        Ok(Arc::new(known))
     }
 
     /// Where `prune` keeps its marks.

@@ -183,27 +183,17 @@ async fn raise_epoch(repo: &Repo) -> Result<u64> {
     }
 }
 
-/// Empties the chunk cache at `cache` if it was filled under another prune epoch than
-/// `epoch` (kept in `<cache>.epoch`), then records `epoch`: a cache may name documents that a
-/// prune since deleted.
-pub fn align_cache_epoch(cache: &Path, epoch: u64) -> Result<()> {
-    let file = cache.with_extension("epoch");
-    let seen: u64 = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
-    if seen == epoch {
-        return Ok(());
+/// Empties `known` if a prune raised the user's prune epoch since it was filled (it may name
+/// deleted packs): before every backup, and before every pass of the sync watcher.
+pub async fn align_cache(repo: &Repo, known: &KnownBlocks) -> Result<()> {
+    let epoch = repo.root().await?.map_or(0, |r| r.prune_epoch);
+    if known.align_epoch(epoch)? {
+        tracing::info!(
+            epoch,
+            "a prune ran since the chunk cache was filled: emptied it"
+        );
     }
-    match std::fs::remove_file(cache) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ClientError::io(cache, e)),
-    }
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
-    }
-    std::fs::write(&file, format!("{epoch}\n")).map_err(|e| ClientError::io(&file, e))
+    Ok(())
 }
 
 /// Runs a prune (see the module documentation). `marks` is the marks file; `known` the
@@ -325,14 +315,26 @@ mod tests {
     #[test]
     fn a_cache_of_another_epoch_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("known-blocks");
-        std::fs::write(&cache, b"x").unwrap();
-        align_cache_epoch(&cache, 0).unwrap();
-        assert!(cache.exists(), "same epoch (none recorded = 0): kept");
-        align_cache_epoch(&cache, 1).unwrap();
-        assert!(!cache.exists(), "a new epoch empties the cache");
-        std::fs::write(&cache, b"y").unwrap();
-        align_cache_epoch(&cache, 1).unwrap();
-        assert!(cache.exists());
+        let path = dir.path().join("known-blocks");
+        let loc = crate::cache::ChunkLoc {
+            pack: [1; 32],
+            offset: 0,
+            sealed_len: 10,
+        };
+        let k = KnownBlocks::open(&path).unwrap();
+        k.insert(crypto::ChunkId([7; 32]), loc).unwrap();
+        assert!(
+            !k.align_epoch(0).unwrap(),
+            "same epoch (none recorded = 0): kept"
+        );
+        assert_eq!(k.len(), 1);
+        assert!(k.align_epoch(1).unwrap(), "a new epoch empties the cache");
+        assert!(k.is_empty());
+        assert!(KnownBlocks::open(&path).unwrap().is_empty(), "on disk too");
+        k.insert(crypto::ChunkId([8; 32]), loc).unwrap();
+        let again = KnownBlocks::open(&path).unwrap();
+        assert_eq!(again.len(), 1, "appends still work after emptying");
+        assert!(!again.align_epoch(1).unwrap());
+        assert!(KnownBlocks::in_memory().align_epoch(5).is_ok());
     }
 }

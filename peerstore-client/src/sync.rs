@@ -178,6 +178,8 @@ pub async fn sync_once(
     state_file: &Path,
     opts: &SyncOptions,
 ) -> Result<BackupSummary> {
+    // Another device's prune may have deleted packs this cache names.
+    crate::prune::align_cache(repo, known).await?;
     let mut bopts = opts.backup.clone();
     bopts.publish_unchanged = state.snapshot.is_none();
     let prev = if state.snapshot.is_some() {
