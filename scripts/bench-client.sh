@@ -293,7 +293,7 @@ for ds in sys.argv[2:]:
 for ds in sys.argv[2:]:
     on = rows.get(("on", ds))
     if on:
-        print(f"\ndu after {ds} on the entangled ring: parity bytes / document bytes = x{on[4]} ((s+p)/s x r = 9 before replica management)", end="")
+        print(f"\ndu after {ds} on the entangled ring: parity bytes / document bytes = x{on[4]} (before replica management: (s x r + p)/s = 5 with new parities at one copy, the default; 9 with --fresh-parities replicated)", end="")
 print()
 PY
     echo "(two 4-node rings, r = 3, run one after the other on the same machine; on: the default code, systematic (s,t,p) = (4,8,8), B = 256 KiB, replica management as by default)"

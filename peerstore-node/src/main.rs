@@ -110,6 +110,11 @@ struct RunArgs {
     /// (default 60000; 0: off, only `peerstore-client scrub` by hand).
     #[arg(long, value_name = "MS")]
     replica_every_ms: Option<u64>,
+    /// Systematic layout: where a new codeword's parities go, "single" (one copy on their
+    /// owner, the default: the sources carry the r replicas) or "replicated" (r copies, like
+    /// the sources, until replica management takes them down).
+    #[arg(long, value_name = "WHERE")]
+    fresh_parities: Option<String>,
     /// First start only: key pairs to draw, keeping the one whose ring id best evens out the
     /// arcs of the ring being joined (default 1024; 1 = a random id).
     #[arg(long)]
@@ -387,6 +392,13 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.replica_every_ms {
         c.entanglement.replicas.every_ms = v;
+    }
+    if let Some(v) = a.fresh_parities {
+        c.entanglement.replicas.single_parities_at_write = match v.as_str() {
+            "single" => true,
+            "replicated" => false,
+            other => anyhow::bail!("--fresh-parities {other}: use single or replicated"),
+        };
     }
     if let Some(v) = a.metadata_replication {
         c.entanglement.metadata_replication = v;

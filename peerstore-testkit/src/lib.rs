@@ -787,12 +787,17 @@ pub async fn fetch_record(c: &Cluster, key: BlockKey) -> Option<Vec<u8>> {
 }
 
 /// Node flags of an entangled ring with the default code, systematic (s, t, p) = (4, 8, 8),
-/// r = 3 and the background repair worker out of the way (tests run repair themselves).
+/// r = 3, the background repair worker out of the way (tests run repair themselves) and every
+/// new block at r replicas (`--fresh-parities replicated`: the tests of scrub and repair start
+/// from r copies of everything; the default, one copy of each new parity, is what
+/// `e2e_replicas`, `e2e_prune` and the demo run).
 pub const STEP_RING_ARGS: &[&str] = &[
     "--replication",
     "3",
     "--entanglement",
     "step",
+    "--fresh-parities",
+    "replicated",
     "--entangle-layout",
     "systematic",
     "--entangle-s",

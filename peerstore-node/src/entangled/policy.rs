@@ -32,6 +32,12 @@ pub struct ReplicaPolicy {
     /// How often a node manages the parities it owns (milliseconds; 0: only by hand, with
     /// `peerstore-client scrub`).
     pub every_ms: u64,
+    /// Systematic layout: a new codeword's parities are stored at once as one copy on their
+    /// owner (what management would leave) while its sources get the ring's r replicas, so a
+    /// fresh document is at least as durable as plain r-way replication (its sources) and a
+    /// lost parity is re-encoded from them; writes move (4 r + 8) instead of 12 r blocks per
+    /// codeword at (4,8,8). `false`: every block starts with r replicas.
+    pub single_parities_at_write: bool,
 }
 
 impl Default for ReplicaPolicy {
@@ -42,6 +48,7 @@ impl Default for ReplicaPolicy {
             window: 1024,
             max_age_ms: 3_600_000,
             every_ms: 60_000,
+            single_parities_at_write: true,
         }
     }
 }

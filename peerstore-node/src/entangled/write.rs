@@ -23,6 +23,40 @@ pub async fn put_block(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result<
     ent.blocks.put_block(key, data).await.map(|_| ())
 }
 
+/// Stores a parity as the single copy of its owner (first of its replica set), what replica
+/// management leaves once a block is old; acknowledged once the owner has it on disk. Falls back
+/// to the replica set when the owner cannot take it.
+pub async fn put_single(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result<(), RingError> {
+    if let Ok(set) = ent.ring.replica_set(&key).await {
+        if let Some(owner) = set.first() {
+            if *owner == ent.ring.handle.local {
+                let single = ent.single.clone();
+                let bytes = data.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    single.put(key, &bytes, crate::store::Role::Owner)
+                })
+                .await;
+                if let Ok(Ok(_)) = stored {
+                    return Ok(());
+                }
+            } else if let Ok(EntResponse::Ok) = ent
+                .ring
+                .call_ent(
+                    owner,
+                    EntRequest::StoreSingle {
+                        key,
+                        data: data.clone(),
+                    },
+                )
+                .await
+            {
+                return Ok(());
+            }
+        }
+    }
+    put_block(ent, key, data).await
+}
+
 /// Chooses the `t` pointers of the next codeword: RECAST's mixed policy over a local view of
 /// the archive, oldest first: the uniform sample of the ring (pool), then this node's tail,
 /// then the parities of the document's earlier codewords. Half the pointers come from the
@@ -125,13 +159,24 @@ pub async fn put_document(
         Ok(Err(e)) => return Err(RingError::internal(format!("encode: {e}"))),
         Err(e) => return Err(RingError::internal(e.to_string())),
     };
-    // 1. Stored blocks (sources and parities).
+    // 1. Stored blocks: sources with r replicas; the parities of a systematic codeword as
+    // one copy on their owner (ReplicaPolicy::single_parities_at_write), the others with r.
+    let sources = layout.sources(&params);
+    let single_parities =
+        layout == entangle::Layout::Systematic && ent.config.replicas.single_parities_at_write;
     let parities: Vec<(BlockKey, Vec<u8>)> = encoded
         .iter()
         .flat_map(|(_, blocks)| blocks.iter().map(|(k, b)| (nk(k), b.clone())))
         .collect();
-    let stored = futures::stream::iter(parities.clone())
-        .map(|(k, b)| put_block(ent, k, b))
+    let per = layout.stored(&params);
+    let stored = futures::stream::iter(parities.clone().into_iter().enumerate())
+        .map(|(i, (k, b))| async move {
+            if single_parities && i % per >= sources {
+                put_single(ent, k, b).await
+            } else {
+                put_block(ent, k, b).await
+            }
+        })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
