@@ -48,6 +48,7 @@
 //! #     Event::JoinFailed { .. } | Event::PeerFailed { .. } => {}
 //! #     Event::RangesChanged { ranges } => { let _ = ranges.owned; }
 //! #     Event::LookupDone { result, .. } => { let _ = result.map(|r| r.owner); }
+//! #     Event::MergeFound { via, successor } => { let _ = (via, successor); }
 //! # };
 //! ```
 //!
@@ -76,7 +77,20 @@
 //! - lookups: a hop silent for a quarter of `rpc_timeout` gets a parallel query to the next
 //!   candidate (at most [`node::ALPHA`] at once); an owner candidate that a later node names as
 //!   its predecessor but never answered us is asked again (with retry) before the lookup
-//!   settles, so a lost or slow answer does not produce a wrong owner.
+//!   settles, so a lost or slow answer does not produce a wrong owner; a fallback owner whose
+//!   answer went stale while another candidate was awaited is asked again before it is
+//!   returned (it may have a new predecessor by then).
+//! - ring merge (not in Zave's protocol, where two rings never merge): a member declared dead
+//!   while in the successor, predecessor or finger tables is remembered (at most
+//!   [`node::LOST_CAPACITY`], plus any handed over with [`Node::remember`]) and probed, one
+//!   probe at a time and at most one per stabilize period, after 2, 4, .. up to
+//!   [`node::MERGE_MAX_BACKOFF_PERIODS`] periods. A probe is `FindSuccessor(me + 1)`; if the
+//!   member answers, the lookup continues through its ring, and a successor found there closer
+//!   than ours (any, when alone) is adopted once it answers, as in stabilize; notify and
+//!   stabilize splice the two rings together. So a partition long enough for both sides to
+//!   drop each other heals once the network does. Lost members are forgotten after 4096
+//!   periods while the successor list is full, never while it is not (a node alone or in a
+//!   ring of at most r members keeps looking).
 //!
 //! Protocol messages are documented in [`message`]; the simulator in [`sim`]; the invariants it
 //! checks in [`sim::invariants`].

@@ -4,7 +4,8 @@
 //! virtual time and drains outputs with [`Node::poll_action`]; [`Node::poll_timeout`] says when
 //! to call [`Node::handle_timeout`] next. The rules of CHORD.md are cited by name: (Join),
 //! (Stabilize), (Rectify), (Fingers), (Lookup), (Leave) in docs, `[Stabilize]` etc. in code
-//! comments.
+//! comments. (Merge) is this crate's addition: probes of lost members that merge rings split
+//! by a partition (see the crate docs).
 
 use crate::config::Config;
 use crate::id::Id;
@@ -96,6 +97,15 @@ pub enum Event<A> {
     },
     /// Graceful leave finished; the driver may hand its data to the successor and exit.
     Left,
+    /// (Merge) A member we had lost answered again and a lookup through it found a successor
+    /// closer than ours (or one at all, if we were alone): the rings split by a partition are
+    /// being merged. The successor is adopted once it answers, as in stabilize.
+    MergeFound {
+        /// The lost member that answered the probe.
+        via: Peer<A>,
+        /// The successor found through it.
+        successor: Peer<A>,
+    },
 }
 
 /// An output of the state machine.
@@ -166,6 +176,9 @@ enum Purpose<A> {
     Hop { lookup: u64, persistent: bool },
     /// (Leave) splice message.
     Leave,
+    /// (Merge) `FindSuccessor(me + 1)` to a member we lost: is it back, and where would we be
+    /// in its ring?
+    MergeProbe { peer: Peer<A> },
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +200,9 @@ enum LookupKind {
     /// the rest of the ring, which finds nodes that stabilize alone would reach only slowly
     /// (interleaved chains after many simultaneous joins).
     SuccCheck,
+    /// (Merge) successor(me + 1) looked up through a lost member that answered a probe
+    /// (`Node::merging` names it).
+    Merge,
 }
 
 #[derive(Clone, Debug)]
@@ -196,11 +212,14 @@ enum Cand<A> {
     /// `peer` is, as far as the node with id `anchor` knows, the first node after it at or
     /// past the key: ask it, and if it knows a closer predecessor of the key, try that first.
     Owner { peer: Peer<A>, anchor: Id },
-    /// A node that already answered and is the owner unless something tried before is.
+    /// A node that already answered (at `at`, as an owner candidate named by `anchor`) and is
+    /// the owner unless something tried before is.
     Accept {
         owner: Peer<A>,
         successors: Vec<Peer<A>>,
         pred: Option<Peer<A>>,
+        anchor: Id,
+        at: Time,
     },
 }
 
@@ -293,10 +312,45 @@ pub struct Node<A: Clone + Ord + Debug> {
     /// Recent notifiers (bounded, evenly spread, expiring): candidates we tell stabilizing
     /// predecessors about.
     notifiers: BTreeMap<Id, (Peer<A>, Time)>,
+    /// (Merge) Members we lost (declared dead while in our successor, predecessor or finger
+    /// tables) or were told about ([`Node::remember`]): probed with back-off, so that rings
+    /// split by a partition find each other again once it heals. Bounded by [`LOST_CAPACITY`].
+    lost: BTreeMap<A, Lost<A>>,
+    /// (Merge) When the next probe may start (one per stabilize period at most).
+    next_merge: Time,
+    /// (Merge) The lost member whose probe (or the lookup through it) is in progress: one at
+    /// a time.
+    merging: Option<Peer<A>>,
+    /// (Merge) A closer successor found while stabilize was busy: verified at the next tick.
+    merge_cand: Option<Peer<A>>,
 }
 
 /// Capacity of the recent-notifier cache.
 const NOTIFIER_CACHE: usize = 32;
+
+/// (Merge) Most lost members remembered; when full, the one that failed most probes (then the
+/// farthest from us) is forgotten.
+pub const LOST_CAPACITY: usize = 32;
+/// (Merge) A lost member is first probed this many stabilize periods after it was lost.
+const MERGE_FIRST_PERIODS: u32 = 2;
+/// (Merge) Each unanswered probe doubles the wait before the next one, up to this many
+/// periods: a member that stays dead costs one small request per this many periods.
+pub const MERGE_MAX_BACKOFF_PERIODS: u32 = 64;
+/// (Merge) A lost member is forgotten after this many periods, but only while our successor
+/// list is full: a node alone or in a ring smaller than r keeps looking for the ring it was in.
+const LOST_FORGET_PERIODS: u32 = 4096;
+
+/// (Merge) A member we lost, and when to probe it next.
+#[derive(Clone, Debug)]
+struct Lost<A> {
+    peer: Peer<A>,
+    /// When it was lost (or handed to us).
+    since: Time,
+    /// When it may be probed next.
+    due: Time,
+    /// Current wait between probes, in stabilize periods.
+    backoff: u32,
+}
 
 impl<A: Clone + Ord + Debug> Node<A> {
     /// A node that is not yet a member. The config should have passed
@@ -336,6 +390,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
             rectify_cand: None,
             leave_pending: 0,
             notifiers: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            next_merge: Time(0),
+            merging: None,
+            merge_cand: None,
         }
     }
 
@@ -431,6 +489,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
         // Any message proves the sender alive.
         self.failures.remove(&from);
         self.dead.remove(&from);
+        if let Some(l) = self.lost.get_mut(&from) {
+            // (Merge) A member we lost is back (it may be probing us): probe it soon.
+            l.due = l.due.min(now);
+        }
         match msg {
             Message::FindSuccessor { req, key } => {
                 let reply = self.info(req, Some(key));
@@ -566,6 +628,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     self.fix_next_finger();
                 }
             }
+            if now >= self.next_merge {
+                self.next_merge = now.add(self.config.stabilize_interval);
+                self.merge_tick();
+            }
         }
         self.check_ranges();
     }
@@ -610,6 +676,31 @@ impl<A: Clone + Ord + Debug> Node<A> {
         lid
     }
 
+    /// (Merge) Members this node knew, e.g. from the peers file of an earlier run: each one
+    /// that is not in our tables (nor already remembered) is probed at the next maintenance
+    /// tick and then with back-off like a member we lost, so a node that started a ring of
+    /// its own because nobody answered finds the ring again when its members come back.
+    /// Entries beyond [`LOST_CAPACITY`] push out the least promising ones.
+    pub fn remember(&mut self, now: Time, peers: impl IntoIterator<Item = Peer<A>>) {
+        self.now = now;
+        for p in peers.into_iter().take(MAX_LIST) {
+            let known = self
+                .succs
+                .iter()
+                .chain(&self.preds)
+                .any(|q| q.addr == p.addr);
+            if p.addr == self.me.addr || p.id == self.me.id || known {
+                continue;
+            }
+            self.add_lost(p, now);
+        }
+    }
+
+    /// (Merge) The members this node lost and still probes (see [`Node::remember`]).
+    pub fn lost_members(&self) -> Vec<Peer<A>> {
+        self.lost.values().map(|l| l.peer.clone()).collect()
+    }
+
     /// When to call `handle_timeout` next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
@@ -632,6 +723,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
         if self.status == Status::Member && self.maintenance {
             consider(self.next_stabilize);
             consider(self.next_fix);
+            if !self.lost.is_empty() || self.merge_cand.is_some() {
+                consider(self.next_merge);
+            }
         }
         t
     }
@@ -738,6 +832,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             Purpose::StabGet { .. } | Purpose::RectifyPing { .. } => 1,
             Purpose::StabVerify { rest, base, .. } => 1 + rest.len() + base.len(),
             Purpose::Notify | Purpose::Hop { .. } | Purpose::Leave => 0,
+            Purpose::MergeProbe { .. } => 1,
         };
         let cand = |c: &Cand<A>| match c {
             Cand::Route(_) | Cand::Owner { .. } => 1,
@@ -750,6 +845,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
             + self.fingers.iter().flatten().count()
             + self.finger_set.len()
             + self.notifiers.len()
+            + self.lost.len()
+            + usize::from(self.merge_cand.is_some())
             + self.rectify_cand.as_ref().map_or(0, |(_, l)| 1 + l.len())
             + self
                 .outstanding
@@ -897,6 +994,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.next_req += 1;
         let retry = match &purpose {
             Purpose::Hop { persistent, .. } => *persistent,
+            // A probe of a lost member is not retried: the next one comes after a back-off.
+            Purpose::MergeProbe { .. } => false,
             _ => true,
         };
         self.send_request_with(req, to, make(req), purpose, retry);
@@ -947,6 +1046,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
             self.send(to, msg);
             return;
         }
+        if let Purpose::MergeProbe { peer } = &o.purpose {
+            // A lost member still silent: nothing to count or declare, just wait longer.
+            let addr = peer.addr.clone();
+            self.merge_backoff(&addr);
+            return;
+        }
         // For lookups the peer may still be alive; count attempts across requests.
         let count = {
             let c = self.failures.entry(o.to.clone()).or_insert(0);
@@ -988,6 +1093,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 }
             }
             Purpose::Leave => self.leave_ack(),
+            Purpose::MergeProbe { .. } => {}
         }
     }
 
@@ -1013,6 +1119,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
         let mut peer = known;
         let mut was_neighbor = false;
+        let mut was_finger = false;
         if let Some(i) = self.succs.iter().position(|p| p.addr == *addr) {
             let p = self.succs.remove(i);
             peer.get_or_insert(p);
@@ -1029,10 +1136,21 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     peer = f.clone();
                 }
                 *f = None;
+                was_finger = true;
             }
         }
         self.refresh_finger_set();
         self.notifiers.retain(|_, (p, _)| p.addr != *addr);
+        if was_neighbor || was_finger {
+            // (Merge) A member of our ring may only be cut off from us: keep looking for it.
+            if let Some(p) = peer.clone() {
+                let now = self.now;
+                self.add_lost(
+                    p,
+                    now.add(self.config.stabilize_interval * MERGE_FIRST_PERIODS),
+                );
+            }
+        }
         let newly = !self.dead.contains_key(addr);
         let until = self.now.add(self.dead_memory());
         self.dead.insert(addr.clone(), until);
@@ -1259,6 +1377,34 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 }
             }
             (Purpose::Leave, Message::Ack { .. }) => self.leave_ack(),
+            (
+                Purpose::MergeProbe { peer },
+                Message::Info {
+                    member,
+                    id,
+                    pred,
+                    successors,
+                    closer,
+                    ..
+                },
+            ) => {
+                if !member || id != peer.id {
+                    // Up but not (yet) a member, or another node at its address now.
+                    if id != peer.id {
+                        self.lost.remove(&peer.addr);
+                    }
+                    self.merge_backoff(&peer.addr);
+                    return;
+                }
+                let view = InfoView {
+                    member,
+                    id,
+                    pred,
+                    successors: successors.into_iter().take(MAX_LIST).collect(),
+                    closer: closer.into_iter().take(MAX_LIST).collect(),
+                };
+                self.begin_merge_lookup(peer, view);
+            }
             (purpose, _) => {
                 // A response of the wrong kind: treat like no answer.
                 let o2 = Outstanding {
@@ -1496,6 +1642,169 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
+    // ------------------------------------------------------------------ merge
+
+    /// (Merge) Once per stabilize period: adopt a candidate found while stabilize was busy,
+    /// forget what is no longer lost, and probe the nearest lost member that is due, if no
+    /// probe is out. A probe is `FindSuccessor(me + 1)` sent straight to it; if it answers as
+    /// a member, the lookup continues through its ring, and a successor found there that is
+    /// closer than ours (any, if we are alone) is adopted once it answers, as in stabilize.
+    /// Notify and stabilize then splice the two rings together.
+    fn merge_tick(&mut self) {
+        if !self.stabilizing {
+            if let Some(c) = self.merge_cand.take() {
+                self.adopt_merge_cand(c);
+            }
+        }
+        let now = self.now;
+        // Back in our lists: alive and in our ring.
+        let (succs, preds) = (&self.succs, &self.preds);
+        self.lost
+            .retain(|a, _| !succs.iter().chain(preds).any(|p| p.addr == *a));
+        if self.succs.len() >= self.config.successors {
+            // A full successor list: we are in a ring of more than r members, where a member
+            // lost long ago most likely crashed for good.
+            let ttl = self.config.stabilize_interval * LOST_FORGET_PERIODS;
+            self.lost.retain(|_, l| l.since.add(ttl) > now);
+        }
+        if self.merging.is_some() || self.status != Status::Member {
+            return;
+        }
+        let me = self.me.id;
+        let Some(peer) = self
+            .lost
+            .values()
+            .filter(|l| l.due <= now)
+            .min_by_key(|l| me.distance_to(l.peer.id))
+            .map(|l| l.peer.clone())
+        else {
+            return;
+        };
+        self.merging = Some(peer.clone());
+        let key = me.add_pow2(0);
+        self.send_request(
+            peer.addr.clone(),
+            |req| Message::FindSuccessor { req, key },
+            Purpose::MergeProbe { peer },
+        );
+    }
+
+    /// (Merge) Remembers a member to probe from `due` on (no-op if already remembered).
+    fn add_lost(&mut self, peer: Peer<A>, due: Time) {
+        if peer.addr == self.me.addr || self.lost.contains_key(&peer.addr) {
+            return;
+        }
+        if self.lost.len() >= LOST_CAPACITY {
+            let me = self.me.id;
+            let busy = self.merging.as_ref().map(|p| p.addr.clone());
+            let victim = self
+                .lost
+                .iter()
+                .filter(|(a, _)| Some(*a) != busy.as_ref())
+                .max_by_key(|(_, l)| (l.backoff, me.distance_to(l.peer.id)))
+                .map(|(a, _)| a.clone());
+            match victim {
+                Some(v) => {
+                    self.lost.remove(&v);
+                }
+                None => return,
+            }
+        }
+        let since = self.now;
+        self.lost.insert(
+            peer.addr.clone(),
+            Lost {
+                peer,
+                since,
+                due,
+                backoff: MERGE_FIRST_PERIODS,
+            },
+        );
+    }
+
+    /// (Merge) The probe of `addr` (or the lookup through it) failed: wait twice as long
+    /// before the next one, up to [`MERGE_MAX_BACKOFF_PERIODS`].
+    fn merge_backoff(&mut self, addr: &A) {
+        if self
+            .merging
+            .as_ref()
+            .map(|p| &p.addr == addr)
+            .unwrap_or(false)
+        {
+            self.merging = None;
+        }
+        let now = self.now;
+        let period = self.config.stabilize_interval;
+        if let Some(l) = self.lost.get_mut(addr) {
+            l.backoff = (l.backoff.saturating_mul(2)).min(MERGE_MAX_BACKOFF_PERIODS);
+            l.due = now.add(period * l.backoff);
+        }
+    }
+
+    /// (Merge) A lost member answered a probe as a member: look up successor(me + 1) through
+    /// it, starting from its answer.
+    fn begin_merge_lookup(&mut self, peer: Peer<A>, view: InfoView<A>) {
+        if self.status != Status::Member {
+            self.merging = None;
+            return;
+        }
+        let lid = self.next_lookup;
+        self.next_lookup += 1;
+        let deadline = self.now.add(self.config.lookup_timeout);
+        let mut tried = BTreeSet::new();
+        tried.insert(peer.addr.clone());
+        let lk = Lookup {
+            kind: LookupKind::Merge,
+            key: self.me.id.add_pow2(0),
+            deadline,
+            hops: 1,
+            queue: VecDeque::new(),
+            tried,
+            answered: BTreeSet::new(),
+            requeried: BTreeSet::new(),
+            inflight: Vec::new(),
+        };
+        self.lookup_deadlines.insert((deadline, lid));
+        self.drive(lid, lk, Some((Cand::Route(peer.addr), view)));
+    }
+
+    /// Whether `p` would be a better successor than ours (any live node is, when alone).
+    fn closer_successor(&self, p: &Peer<A>) -> bool {
+        if p.addr == self.me.addr || p.id == self.me.id {
+            return false;
+        }
+        match self.succs.first() {
+            None => true,
+            Some(s) => p.id.in_open(self.me.id, s.id),
+        }
+    }
+
+    /// (Merge) The lookup through a lost member named `owner` as successor(me + 1).
+    fn merge_found(&mut self, via: Peer<A>, owner: Peer<A>) {
+        if self.status != Status::Member || !self.closer_successor(&owner) {
+            return;
+        }
+        self.event(Event::MergeFound {
+            via,
+            successor: owner.clone(),
+        });
+        if self.stabilizing {
+            self.merge_cand = Some(owner);
+        } else {
+            self.adopt_merge_cand(owner);
+        }
+    }
+
+    /// [Stabilize] A closer successor found by a merge probe: adopted only after it answers.
+    fn adopt_merge_cand(&mut self, c: Peer<A>) {
+        if self.status != Status::Member || self.stabilizing || !self.closer_successor(&c) {
+            return;
+        }
+        self.stabilizing = true;
+        let base = self.succs.clone();
+        self.verify_next(vec![c], base);
+    }
+
     // ------------------------------------------------------------------ leave
 
     /// (Leave) A neighbour leaves: splice it out using the lists it sent.
@@ -1564,6 +1873,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
             *f = None;
         }
         self.finger_set.clear();
+        self.lost.clear();
+        self.merge_cand = None;
         self.event(Event::Left);
     }
 
@@ -1678,8 +1989,26 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 owner,
                 successors,
                 pred,
+                anchor,
+                at,
             } = cand
             {
+                // Settling after waiting for a better candidate that never answered: the
+                // fallback's answer is that old, and it may have learned a new predecessor (a
+                // node that joined meanwhile) since. Ask it again rather than return an owner
+                // that no longer is one. (Its fresh answer settles at once unless it names
+                // another candidate not tried yet, so this ends within the hop bound.)
+                let stale = self.now > at.add(self.hop_soft_timeout());
+                let time_left = self.now.add(self.config.rpc_timeout) < lk.deadline;
+                if stale && time_left && owner.addr != self.me.addr {
+                    lk.requeried.insert(owner.addr.clone());
+                    lk.tried.remove(&owner.addr);
+                    lk.queue.push_front(Cand::Owner {
+                        peer: owner,
+                        anchor,
+                    });
+                    continue;
+                }
                 self.lookup_deadlines.remove(&(lk.deadline, lid));
                 self.finish_lookup(
                     lk,
@@ -1763,6 +2092,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
                         owner: peer,
                         successors: view.successors,
                         pred: view.pred.clone(),
+                        anchor,
+                        at: self.now,
                     });
                     lk.queue.push_front(Cand::Owner {
                         peer: p.clone(),
@@ -1913,6 +2244,18 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     self.stabilizing = true;
                     let base = self.succs.clone();
                     self.verify_next(vec![owner], base);
+                }
+            }
+            (LookupKind::Merge, Step::Done { owner, .. }) => {
+                if let Some(via) = self.merging.take() {
+                    // It answered and routed us: no longer lost (a false alarm, or merged).
+                    self.lost.remove(&via.addr);
+                    self.merge_found(via, owner);
+                }
+            }
+            (LookupKind::Merge, Step::Fail(_)) => {
+                if let Some(via) = self.merging.clone() {
+                    self.merge_backoff(&via.addr);
                 }
             }
             (_, Step::Continue) => {}

@@ -167,6 +167,8 @@ pub struct Stats {
     pub left: u64,
     /// Nodes crashed.
     pub crashed: u64,
+    /// `MergeFound` events (a probe of a lost member found a closer successor).
+    pub merges_found: u64,
 }
 
 /// The simulator.
@@ -589,6 +591,7 @@ impl Sim {
             }
             Event::PeerFailed { .. } => self.stats.peer_failed += 1,
             Event::RangesChanged { .. } => self.stats.ranges_changed += 1,
+            Event::MergeFound { .. } => self.stats.merges_found += 1,
             Event::Left => {
                 self.stats.left += 1;
                 let id = self.nodes[a as usize].node.me().id;

@@ -473,10 +473,20 @@ impl Driver {
         if self.create_if_alone && self.join_tries >= self.join_via.len() {
             warn!(
                 tried = self.join_via.len(),
-                "no member of the ring this node was in answered; starting a new ring"
+                "no member of the ring this node was in answered; starting a new ring (and \
+                 looking for those members, to merge with their ring once they answer)"
             );
-            self.join_via.clear();
+            let known: Vec<chord::Peer<NodeAddr>> = std::mem::take(&mut self.join_via)
+                .into_iter()
+                .map(|addr| chord::Peer {
+                    id: ring_id(&addr.peer),
+                    addr,
+                })
+                .collect();
             self.node.create(now);
+            // The core probes them with back-off (chord's ring merge): if they come back,
+            // this ring of one merges into theirs instead of living on beside it.
+            self.node.remember(now, known);
             return;
         }
         let via = self.join_via[self.join_tries % self.join_via.len()].clone();
@@ -658,6 +668,17 @@ impl Driver {
             } => {
                 if let Some((to, msg)) = self.pending_chord.remove(&request_id) {
                     debug!(peer = %to.peer, %error, "chord message not delivered");
+                    if matches!(error, request_response::OutboundFailure::Timeout)
+                        && self.swarm.is_connected(&to.peer)
+                    {
+                        // The answer is an ack sent on receipt: none within the request
+                        // timeout means the connection is dead (a link that went down keeps
+                        // its TCP connections, whose retransmissions back off to tens of
+                        // seconds). Close it, so that the next message (a ring-merge probe
+                        // once the link is back) dials afresh instead of waiting on it.
+                        debug!(peer = %to.peer, "closing the connection of a silent peer");
+                        let _ = self.swarm.disconnect_peer_id(to.peer);
+                    }
                     let now = self.now();
                     self.node.handle_send_failure(now, to, &msg);
                 }
@@ -1143,6 +1164,13 @@ impl Driver {
             }
             chord::Event::PeerFailed { peer } => {
                 info!(peer = %peer.addr, "peer declared dead")
+            }
+            chord::Event::MergeFound { via, successor } => {
+                info!(
+                    via = %via.addr,
+                    successor = %successor.addr,
+                    "a lost member answered again: merging with its ring"
+                )
             }
             chord::Event::RangesChanged { ranges } => {
                 debug!(?ranges, "key ranges changed");
