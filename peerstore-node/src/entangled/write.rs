@@ -26,12 +26,12 @@ pub async fn put_block(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result<
 /// Stores a parity as the single copy of its owner (first of its replica set), what replica
 /// management leaves once a block is old; acknowledged once the owner has it on disk. Falls back
 /// to the replica set when the owner cannot take it.
-pub async fn put_single(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result<(), RingError> {
+pub async fn put_single(ent: &Entangled, key: BlockKey, data: &[u8]) -> Result<(), RingError> {
     if let Ok(set) = ent.ring.replica_set(&key).await {
         if let Some(owner) = set.first() {
             if *owner == ent.ring.handle.local {
                 let single = ent.single.clone();
-                let bytes = data.clone();
+                let bytes = data.to_vec();
                 let stored = tokio::task::spawn_blocking(move || {
                     single.put(key, &bytes, crate::store::Role::Owner)
                 })
@@ -45,7 +45,7 @@ pub async fn put_single(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result
                     owner,
                     EntRequest::StoreSingle {
                         key,
-                        data: data.clone(),
+                        data: data.to_vec(),
                     },
                 )
                 .await
@@ -54,7 +54,7 @@ pub async fn put_single(ent: &Entangled, key: BlockKey, data: Vec<u8>) -> Result
             }
         }
     }
-    put_block(ent, key, data).await
+    put_block(ent, key, data.to_vec()).await
 }
 
 /// Chooses the `t` pointers of the next codeword: RECAST's mixed policy over a local view of
@@ -164,17 +164,22 @@ pub async fn put_document(
     let sources = layout.sources(&params);
     let single_parities =
         layout == entangle::Layout::Systematic && ent.config.replicas.single_parities_at_write;
-    let parities: Vec<(BlockKey, Vec<u8>)> = encoded
-        .iter()
-        .flat_map(|(_, blocks)| blocks.iter().map(|(k, b)| (nk(k), b.clone())))
-        .collect();
+    // The encoder's blocks are shared, not copied (they go to the encoder's tail at the end);
+    // each request gets one copy of its block's bytes.
     let per = layout.stored(&params);
-    let stored = futures::stream::iter(parities.clone().into_iter().enumerate())
+    let (encoded, blocks): (Vec<entangle::Record>, Vec<Vec<entangle::StoredBlock>>) =
+        encoded.into_iter().unzip();
+    let blocks: Vec<Held> = blocks
+        .into_iter()
+        .flatten()
+        .map(|(k, b)| (nk(&k), Arc::new(b)))
+        .collect();
+    let stored = futures::stream::iter(blocks.clone().into_iter().enumerate())
         .map(|(i, (k, b))| async move {
             if single_parities && i % per >= sources {
-                put_single(ent, k, b).await
+                put_single(ent, k, &b).await
             } else {
-                put_block(ent, k, b).await
+                put_block(ent, k, b.as_ref().clone()).await
             }
         })
         .buffer_unordered(16)
@@ -191,7 +196,7 @@ pub async fn put_document(
     let mut entries: BTreeMap<BlockKey, RefsEntry> = BTreeMap::new();
     let created = now_us();
     let mut position = 0u64;
-    for (rec, _) in &encoded {
+    for rec in &encoded {
         let bytes = encode_record(rec);
         let rk = BlockKey::of(&bytes);
         records.push(bytes);
@@ -242,9 +247,11 @@ pub async fn put_document(
         )));
     }
     {
+        // Only the newest `tail_window` can stay: move just those.
+        let skip = blocks.len().saturating_sub(ent.config.tail_window);
         let mut st = lock(&ent.encoder);
-        for (k, b) in parities {
-            st.tail.push_back((k, Arc::new(b)));
+        for held in blocks.into_iter().skip(skip) {
+            st.tail.push_back(held);
         }
         while st.tail.len() > ent.config.tail_window {
             st.tail.pop_front();
