@@ -261,6 +261,25 @@ struct InfoView<A> {
     closer: Vec<Peer<A>>,
 }
 
+impl<A> InfoView<A> {
+    /// A peer's `Info` answer, its lists cut to [`MAX_LIST`] (a peer may send longer ones).
+    fn bounded(
+        member: bool,
+        id: Id,
+        pred: Option<Peer<A>>,
+        successors: Vec<Peer<A>>,
+        closer: Vec<Peer<A>>,
+    ) -> Self {
+        InfoView {
+            member,
+            id,
+            pred,
+            successors: successors.into_iter().take(MAX_LIST).collect(),
+            closer: closer.into_iter().take(MAX_LIST).collect(),
+        }
+    }
+}
+
 enum Step<A> {
     Continue,
     Done {
@@ -1356,13 +1375,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 },
             ) => {
                 if let Some(mut lk) = self.lookups.remove(&lookup) {
-                    let view = InfoView {
-                        member,
-                        id,
-                        pred,
-                        successors: successors.into_iter().take(MAX_LIST).collect(),
-                        closer: closer.into_iter().take(MAX_LIST).collect(),
-                    };
+                    let view = InfoView::bounded(member, id, pred, successors, closer);
                     let pos = lk.inflight.iter().position(|x| x.0 == req);
                     match pos {
                         Some(i) => {
@@ -1396,13 +1409,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     self.merge_backoff(&peer.addr);
                     return;
                 }
-                let view = InfoView {
-                    member,
-                    id,
-                    pred,
-                    successors: successors.into_iter().take(MAX_LIST).collect(),
-                    closer: closer.into_iter().take(MAX_LIST).collect(),
-                };
+                let view = InfoView::bounded(member, id, pred, successors, closer);
                 self.begin_merge_lookup(peer, view);
             }
             (purpose, _) => {

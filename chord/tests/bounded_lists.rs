@@ -3,17 +3,9 @@
 //! make a node keep them, in its tables, in a remembered rectify candidate, in a stabilize
 //! step waiting for an answer, or in a lookup.
 
-use chord::{Action, Config, Id, Message, Node, Peer, Time};
-
-fn id(v: u64) -> Id {
-    let mut b = [0u8; 32];
-    b[..8].copy_from_slice(&v.to_be_bytes());
-    Id(b)
-}
-
-fn peer(v: u64) -> Peer<u32> {
-    Peer::new(id(v), v as u32)
-}
+mod common;
+use chord::{Action, Config, Message, Node, Peer, Time};
+use common::{id, peer};
 
 /// `n` distinct peers with ids from `from` on, clockwise.
 fn many(from: u64, n: u64) -> Vec<Peer<u32>> {

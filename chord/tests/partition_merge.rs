@@ -10,8 +10,10 @@
 //! paused from the cut until the ring is Ideal again; then every invariant is checked, and the
 //! ring must stay Ideal with every check passing for a while longer.
 
+mod common;
 use chord::sim::{invariants, Sim, SimConfig};
 use chord::{Action, Config, Id, Message, Node, Peer, Status, Time};
+use common::{id, peer};
 use std::time::Duration;
 
 fn cfg(r: usize) -> Config {
@@ -264,16 +266,6 @@ fn halves_partition_merges() {
         assert_eq!(m.ideal_at_end, Some(true));
         assert_eq!(m.invariant_violations, 0, "{:?}", m.first_violation);
     }
-}
-
-fn id(v: u64) -> Id {
-    let mut b = [0u8; 32];
-    b[..8].copy_from_slice(&v.to_be_bytes());
-    Id(b)
-}
-
-fn peer(v: u64) -> Peer<u32> {
-    Peer::new(id(v), v as u32)
 }
 
 /// Probing is bounded: a node whose peers all stay dead probes one at a time, each with a

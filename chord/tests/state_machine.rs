@@ -2,20 +2,11 @@
 //! doc comment). Node-level tests feed messages by hand; the others use the simulator with the
 //! invariants checked after every step.
 
+mod common;
 use chord::sim::{invariants, Sim, SimConfig};
-use chord::{Action, Config, Event, Id, LookupError, Message, Node, Peer, Status, Time};
+use chord::{Action, Config, Event, LookupError, Message, Node, Status, Time};
+use common::{id, peer};
 use std::time::Duration;
-
-fn id(v: u64) -> Id {
-    // Spread small numbers over the top bits so fingers behave like on a real ring.
-    let mut b = [0u8; 32];
-    b[..8].copy_from_slice(&v.to_be_bytes());
-    Id(b)
-}
-
-fn peer(v: u64) -> Peer<u32> {
-    Peer::new(id(v), v as u32)
-}
 
 fn cfg() -> Config {
     Config {

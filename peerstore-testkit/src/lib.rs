@@ -453,6 +453,20 @@ pub async fn spawn_node_with(
 ) -> NodeProc {
     std::fs::create_dir_all(dir).unwrap();
     let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
+    let mut cmd = node_command(dir, listen, extra, via);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(node_log(dir));
+    let child = cmd.spawn().expect("spawn peerstore-node");
+    NodeProc::attach(child, dir, extra, ring, "").await
+}
+
+/// The harness's `peerstore-node` command for `dir`: listening on `listen`, the harness's
+/// periods, `extra`, joining through `via`, with the log filter of `TEST_NODE_LOG` and no
+/// minimum age or budget on verified deletions unless a test sets them (tests write and scrub
+/// within seconds; real nodes keep copies 10 minutes, 256 per round). Standard streams are the
+/// caller's to set ([`node_log`]).
+pub fn node_command(dir: &Path, listen: &str, extra: &[String], via: Option<&str>) -> Command {
     let mut cmd = Command::new(node_bin());
     cmd.arg("--listen")
         .arg(listen)
@@ -463,16 +477,6 @@ pub async fn spawn_node_with(
         .arg("--maintenance-ms")
         .arg(MAINTENANCE_MS.to_string())
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("node.log"))
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-        )
         .env(
             "RUST_LOG",
             std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
@@ -480,16 +484,23 @@ pub async fn spawn_node_with(
     if let Some(v) = via {
         cmd.arg("--initial-peer").arg(v);
     }
-    // Tests write and scrub within seconds: no minimum age and no budget on verified
-    // deletions unless a test sets them (real nodes keep copies 10 minutes, 256 per round).
     for (var, default) in [
         ("PEERSTORE_DELETE_MIN_AGE_MS", "0"),
         ("PEERSTORE_DELETE_MAX_PER_ROUND", "100000"),
     ] {
         cmd.env(var, std::env::var(var).unwrap_or_else(|_| default.into()));
     }
-    let child = cmd.spawn().expect("spawn peerstore-node");
-    NodeProc::attach(child, dir, extra, ring, "").await
+    cmd
+}
+
+/// `<dir>/node.log`, appended to, for a node's standard error (nowhere if it cannot be opened).
+pub fn node_log(dir: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 impl NodeProc {

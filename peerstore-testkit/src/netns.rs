@@ -34,7 +34,7 @@ use peerstore_node::identity::ADDRESS_FILE;
 use peerstore_proto::admission::{RingKey, Role};
 use peerstore_proto::StatusReport;
 
-use crate::{invite_through, node_bin, Cluster, NodeProc, MAINTENANCE_MS, STABILIZE_MS};
+use crate::{invite_through, node_command, node_log, Cluster, NodeProc};
 
 /// The port every node listens on inside its own namespace.
 pub const NODE_PORT: u16 = 4100;
@@ -472,37 +472,9 @@ impl NetCluster {
         std::fs::create_dir_all(dir).unwrap();
         let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
         let announce = format!("/ip4/{}/tcp/{NODE_PORT}", host.ip);
-        let mut cmd = Command::new(node_bin());
-        cmd.arg("--listen")
-            .arg(format!("/ip4/0.0.0.0/tcp/{NODE_PORT}"))
-            .arg("--announce")
-            .arg(&announce)
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--stabilize-ms")
-            .arg(STABILIZE_MS.to_string())
-            .arg("--maintenance-ms")
-            .arg(MAINTENANCE_MS.to_string())
-            .args(extra);
-        if let Some(v) = via {
-            cmd.arg("--initial-peer").arg(v);
-        }
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
-        );
-        for (var, default) in [
-            ("PEERSTORE_DELETE_MIN_AGE_MS", "0"),
-            ("PEERSTORE_DELETE_MAX_PER_ROUND", "100000"),
-        ] {
-            cmd.env(var, std::env::var(var).unwrap_or_else(|_| default.into()));
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("node.log"))
-            .map(Stdio::from)
-            .unwrap_or_else(|_| Stdio::null());
+        let mut cmd = node_command(dir, &format!("/ip4/0.0.0.0/tcp/{NODE_PORT}"), extra, via);
+        cmd.arg("--announce").arg(&announce);
+        let log = node_log(dir);
         let child = host
             .exec(&cmd)
             .stdin(Stdio::null())

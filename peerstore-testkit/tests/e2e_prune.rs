@@ -73,19 +73,7 @@ async fn settled(alice: &Client) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_and_prune_give_space_back_to_the_writer_only() {
     let t0 = Instant::now();
-    let args = [
-        "--replica-every-ms",
-        "1000",
-        "--replica-max-age-ms",
-        "5000",
-        "--delete-min-age-ms",
-        "5000",
-    ];
-    let cluster = Cluster::start(5, &args).await;
-    cluster
-        .wait_ideal(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    let cluster = managed_ring(5).await;
     let empty = ring_disk_bytes(&cluster);
     let tmp = tempfile::tempdir().unwrap();
     let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());

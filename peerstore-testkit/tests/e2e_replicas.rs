@@ -94,22 +94,7 @@ async fn replicas_settle_on_their_own_and_a_restart_resumes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
-    // The node's defaults, with periods a test can wait for; replicas are dropped only after
-    // 5 s (the default minimum age is 10 minutes; the harness's is 0, which hides copies
-    // that anti-entropy keeps bringing back).
-    let args = [
-        "--replica-every-ms",
-        "1000",
-        "--replica-max-age-ms",
-        "5000",
-        "--delete-min-age-ms",
-        "5000",
-    ];
-    let mut cluster = Cluster::start(5, &args).await;
-    cluster
-        .wait_ideal(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    let mut cluster = managed_ring(5).await;
     let empty = ring_disk_bytes(&cluster);
     let tmp = tempfile::tempdir().unwrap();
     let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());

@@ -452,51 +452,30 @@ pub async fn list_ring(
     after: Option<BlockKey>,
     limit: u32,
 ) -> Result<DocumentPage, String> {
-    let limit = limit.clamp(1, 4096) as usize;
-    let mut page = DocumentPage::default();
     if ent.params().is_none() {
-        return Ok(page);
+        return Ok(DocumentPage::default());
     }
-    let mut cursor = after.unwrap_or(BlockKey::ZERO);
-    loop {
-        if cursor == BlockKey::MAX {
-            page.next = None;
-            return Ok(page);
-        }
-        let set = ent.ring.replica_set(&repair::next_key(&cursor)).await?;
-        let owner = set.first().ok_or("empty replica set")?;
-        let remaining = (limit - page.documents.len()).max(1) as u32;
-        let part = match ent
-            .ring
-            .call_ent(
-                owner,
-                EntRequest::ListDocumentsLocal {
-                    writer,
-                    after: cursor,
-                    limit: remaining,
-                },
-            )
-            .await?
-        {
-            EntResponse::Documents(p) => p,
-            other => return Err(format!("unexpected answer {other:?}")),
-        };
-        page.documents.extend(part.documents);
-        match part.next {
-            None => {
-                page.next = None;
-                return Ok(page);
-            }
-            Some(n) if n <= cursor => {
-                return Err("listing made no progress; the ring may be changing, retry".into());
-            }
-            Some(n) => {
-                cursor = n;
-                if page.documents.len() >= limit {
-                    page.next = Some(n);
-                    return Ok(page);
+    let (documents, _, next) =
+        repair::by_owner(ent, after, limit, |owner, cursor, remaining| async move {
+            match ent
+                .ring
+                .call_ent(
+                    &owner,
+                    EntRequest::ListDocumentsLocal {
+                        writer,
+                        after: cursor,
+                        limit: remaining,
+                    },
+                )
+                .await?
+            {
+                EntResponse::Documents(p) => {
+                    let n = p.documents.len() as u64;
+                    Ok((p.documents, n, p.next))
                 }
+                other => Err(format!("unexpected answer {other:?}")),
             }
-        }
-    }
+        })
+        .await?;
+    Ok(DocumentPage { documents, next })
 }

@@ -20,8 +20,8 @@ use super::layer::Entangled;
 use super::{meta, read, refs, write};
 use crate::ring::RingError;
 use crate::store::in_interval;
-use peerstore_proto::BlockKey;
 use peerstore_proto::{lock, AuditPage, CodewordAudit, EntRequest, EntResponse, RepairSummary};
+use peerstore_proto::{BlockKey, NodeAddr};
 
 /// Most passes of a ring-wide repair.
 const MAX_PASSES: u32 = 10;
@@ -466,50 +466,75 @@ pub async fn audit_ring(
     limit: u32,
     fix: bool,
 ) -> Result<AuditPage, String> {
-    let limit = u64::from(limit.clamp(1, 4096));
-    let mut page = AuditPage::default();
     if ent.params().is_none() {
-        return Ok(page);
+        return Ok(AuditPage::default());
     }
+    let (damaged, checked, next) =
+        by_owner(ent, after, limit, |owner, cursor, remaining| async move {
+            match ent
+                .ring
+                .call_ent(
+                    &owner,
+                    EntRequest::AuditLocal {
+                        after: cursor,
+                        limit: remaining,
+                        fix,
+                    },
+                )
+                .await?
+            {
+                EntResponse::Audit(p) => Ok((p.damaged, p.checked, p.next)),
+                other => Err(format!("unexpected answer {other:?}")),
+            }
+        })
+        .await?;
+    Ok(AuditPage {
+        checked,
+        damaged,
+        next,
+    })
+}
+
+/// Walks the ring's key space in order after `after` (the start when `None`), asking each owner
+/// in turn for its part: `ask(owner, cursor, remaining)` answers with the items of its part, how
+/// many of them count against `limit` (clamped to 1..=4096), and where its part ended (`None`:
+/// the end of the ring). Returns the items, their count and the cursor of the next page (`None`
+/// at the end). An owner whose cursor does not move forward is an error (the ring is changing).
+pub async fn by_owner<T, F, Fut>(
+    ent: &Entangled,
+    after: Option<BlockKey>,
+    limit: u32,
+    ask: F,
+) -> Result<(Vec<T>, u64, Option<BlockKey>), String>
+where
+    F: Fn(NodeAddr, BlockKey, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, u64, Option<BlockKey>), String>>,
+{
+    let limit = u64::from(limit.clamp(1, 4096));
+    let (mut items, mut counted) = (Vec::new(), 0u64);
     let mut cursor = after.unwrap_or(BlockKey::ZERO);
     loop {
         if cursor == BlockKey::MAX {
-            page.next = None;
-            return Ok(page);
+            return Ok((items, counted, None));
         }
         let set = ent.ring.replica_set(&next_key(&cursor)).await?;
-        let owner = set.first().ok_or("empty replica set")?;
-        let remaining = (limit - page.checked).max(1) as u32;
-        let part = match ent
-            .ring
-            .call_ent(
-                owner,
-                EntRequest::AuditLocal {
-                    after: cursor,
-                    limit: remaining,
-                    fix,
-                },
-            )
-            .await?
-        {
-            EntResponse::Audit(p) => p,
-            other => return Err(format!("unexpected answer {other:?}")),
-        };
-        page.checked += part.checked;
-        page.damaged.extend(part.damaged);
-        match part.next {
-            None => {
-                page.next = None;
-                return Ok(page);
-            }
+        let owner = set.first().ok_or("empty replica set")?.clone();
+        let remaining = (limit - counted.min(limit)).max(1) as u32;
+        let (part, n, next) = ask(owner, cursor, remaining).await?;
+        items.extend(part);
+        counted += n;
+        match next {
+            None => return Ok((items, counted, None)),
             Some(n) if n <= cursor => {
-                return Err("audit made no progress; the ring may be changing, retry".into());
+                return Err(
+                    "the walk over the ring made no progress; the ring may be changing, retry"
+                        .into(),
+                );
             }
             Some(n) => {
                 cursor = n;
-                if page.checked >= limit {
-                    page.next = Some(n);
-                    return Ok(page);
+                if counted >= limit {
+                    return Ok((items, counted, Some(n)));
                 }
             }
         }

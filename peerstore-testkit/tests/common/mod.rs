@@ -322,3 +322,24 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 pub fn ring_disk_bytes(c: &peerstore_testkit::Cluster) -> u64 {
     c.nodes.iter().map(|n| disk_bytes(&n.data_dir)).sum()
 }
+
+/// A ring of `n` nodes with the node's defaults, except that replica management runs on
+/// periods a test can wait for: every second, blocks older than 5 s leave the tail, copies are
+/// dropped after 5 s (the default minimum age is 10 minutes; the harness's is 0, which hides
+/// copies that anti-entropy keeps bringing back). Waits until the ring is ideal.
+pub async fn managed_ring(n: usize) -> peerstore_testkit::Cluster {
+    let args = [
+        "--replica-every-ms",
+        "1000",
+        "--replica-max-age-ms",
+        "5000",
+        "--delete-min-age-ms",
+        "5000",
+    ];
+    let cluster = peerstore_testkit::Cluster::start(n, &args).await;
+    cluster
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    cluster
+}
