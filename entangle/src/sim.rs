@@ -77,6 +77,12 @@ pub struct SimConfig {
     /// `--id-choices` does).
     #[serde(default = "one")]
     pub id_choices: usize,
+    /// Codewords per write session (`None`: one session, the whole archive). A codeword's
+    /// pointers are drawn only among the blocks of its own session (anchors fill in at a
+    /// session's start), as the node does for a client's backup run: deleting a run's data
+    /// then never leaves a pointer of a live codeword behind.
+    #[serde(default)]
+    pub session: Option<usize>,
 }
 
 fn one() -> usize {
@@ -155,6 +161,9 @@ impl SimConfig {
         }
         if self.selector.t != usize::from(self.t) {
             return bad("selector t differs from t");
+        }
+        if self.session == Some(0) {
+            return bad("a session holds at least one codeword");
         }
         Ok(())
     }
@@ -386,12 +395,14 @@ fn build_archive(config: &SimConfig, layout: Layout, rng: &mut ChaCha8Rng) -> Si
     let mut referrers: Vec<Vec<u32>> = vec![Vec::new(); docs * per];
     for c in 0..docs {
         let n = (c * per) as u64;
+        // The session's first block: pointers are drawn among the session's blocks only.
+        let start = config.session.map_or(0, |k| ((c / k) * k * per) as u64);
         let ptrs: Vec<Option<u32>> = config
             .selector
-            .select(n, rng)
+            .select(n - start, rng)
             .into_iter()
             .map(|ch| match ch {
-                PointerChoice::Block(b) => Some(b as u32),
+                PointerChoice::Block(b) => Some((start + b) as u32),
                 PointerChoice::Anchor(_) => None,
             })
             .collect();
@@ -691,6 +702,7 @@ mod tests {
             replication: 1,
             selector: PointerSelector::new(usize::from(t), usize::from(t) / 2, 100).unwrap(),
             id_choices: 16,
+            session: None,
         }
     }
 
@@ -736,6 +748,30 @@ mod tests {
                     .collect();
             }
         }
+    }
+
+    #[test]
+    fn sessions_keep_pointers_inside_their_run() {
+        let mut c = config(4, 8, 8);
+        c.session = Some(5);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let a = build_archive(&c, Layout::Systematic, &mut rng);
+        let per = a.sources + a.p;
+        for (cw, ptrs) in a.pointers.iter().enumerate() {
+            let start = (cw / 5) * 5 * per;
+            assert!(ptrs
+                .iter()
+                .flatten()
+                .all(|&b| (b as usize) >= start && (b as usize) < cw * per));
+            // A session's first codeword has only anchors; later ones real pointers.
+            if cw % 5 == 0 {
+                assert!(ptrs.iter().all(Option::is_none));
+            } else {
+                assert!(ptrs.iter().any(Option::is_some));
+            }
+        }
+        c.session = Some(0);
+        assert!(c.validate_for(Layout::Systematic).is_err());
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn tenfold(s: u16, t: u16, p: u16) {
         replication: 1,
         selector: PointerSelector::mixed(usize::from(t)),
         id_choices: 1,
+        session: None,
     };
     println!("seeds {:?}", config.seeds);
     let results = run(&config).unwrap();
@@ -65,6 +66,7 @@ fn simulation_replays_and_serializes() {
         replication: 1,
         selector: PointerSelector::mixed(10),
         id_choices: 1,
+        session: None,
     };
     let a = run(&config).unwrap();
     let b = run(&config).unwrap();

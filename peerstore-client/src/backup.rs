@@ -194,6 +194,10 @@ pub async fn backup(
     let scan_source = source.clone();
     let retries = opts.change_retries;
     let scan_progress = progress.clone();
+    // One write session per run: this run's documents point only into each other and into the
+    // packs the new snapshot keeps (named as the scan finds them).
+    repo.store.begin_session();
+    let scan_store = repo.store.clone();
     let scanner = tokio::task::spawn_blocking(move || {
         let mut s = Scanner {
             keys,
@@ -210,6 +214,8 @@ pub async fn backup(
             fixups: Vec::new(),
             summary: BackupSummary::default(),
             progress: scan_progress,
+            store: scan_store,
+            kept: HashSet::new(),
         };
         s.walk(&scan_source, &mut Vec::new())?;
         // The scan is over: the last, partial pack goes up now (a sync round ends here too).
@@ -354,6 +360,11 @@ struct Scanner {
     fixups: Vec<Fixup>,
     summary: BackupSummary,
     progress: Arc<Progress>,
+    /// Where the packs this snapshot keeps from earlier runs are named (the ring entangles
+    /// this run's documents only with those and with each other: `BlockStoreApi::begin_session`).
+    store: Arc<dyn crate::store::BlockStoreApi>,
+    /// Packs already named.
+    kept: HashSet<[u8; 32]>,
 }
 
 /// The outcome of reading one file.
@@ -492,12 +503,25 @@ impl Scanner {
         }
     }
 
+    /// Names a pack this snapshot references that an earlier run stored (once).
+    fn keep(&mut self, pack: [u8; 32]) {
+        if self.kept.insert(pack) {
+            self.store
+                .keep_documents(&[peerstore_proto::BlockKey(pack)]);
+        }
+    }
+
     fn file(&mut self, path: &Path, rel: &[String], md: Metadata) -> Result<()> {
         if let Some(p) = self.prev.get(rel) {
             if p.size() == md.len() && p.mtime_ns == mtime_ns(&md) {
                 // Mode and owner can change without touching size or mtime: both are taken
                 // from the file now.
                 let mut e = p.clone();
+                if let EntryKind::File { chunks, .. } = &e.kind {
+                    for c in chunks {
+                        self.keep(c.pack);
+                    }
+                }
                 e.mode = md.permissions().mode() & 0o7777;
                 e.owner = Some(owner_of(&md));
                 self.entries.push(e);
@@ -596,6 +620,7 @@ impl Scanner {
             let id = crypto::chunk_id(&self.keys, &chunk.data);
             let ours = self.sealed_for_file.contains(&id);
             if let Some(loc) = self.known.get(&id) {
+                self.keep(loc.pack);
                 n_dedup += u64::from(!ours);
                 chunks.push(ChunkRef {
                     id,

@@ -419,6 +419,20 @@ pub async fn forget(
         // Rewrite the kept snapshots newer than the oldest removed one, oldest first, each on
         // top of the one before; those older than it keep their objects.
         let mut parent: Option<SnapshotRef> = all.get(oldest_removed + 1).cloned();
+        // The rewritten objects are a write session of their own that keeps the kept
+        // snapshots' manifests: they never point into what this forget gives up.
+        repo.store.begin_session();
+        for (s, d) in all.iter().zip(&decisions) {
+            if d.keep {
+                let pieces: Vec<peerstore_proto::BlockKey> = s
+                    .snapshot
+                    .manifest_blocks
+                    .iter()
+                    .map(|k| peerstore_proto::BlockKey(*k))
+                    .collect();
+                repo.store.keep_documents(&pieces);
+            }
+        }
         let mut new_refs: BTreeMap<u64, SnapshotRef> = BTreeMap::new();
         for i in (0..oldest_removed).rev() {
             if !decisions[i].keep {

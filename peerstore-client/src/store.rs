@@ -17,7 +17,7 @@
 //! ([`BlockStoreApi::get_record_replicas`]), so that one lying or stale entry node cannot show
 //! an old root.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +81,9 @@ pub struct RecordAnswer {
     pub record: Option<Vec<u8>>,
 }
 
+/// Kept documents a [`RingStore`] queues for the node at most (the node samples a few dozen).
+const MAX_PENDING_KEEP: usize = 16_384;
+
 /// What the client needs from the ring.
 #[async_trait]
 pub trait BlockStoreApi: Send + Sync {
@@ -98,6 +101,14 @@ pub trait BlockStoreApi: Send + Sync {
     async fn put_record(&self, key: BlockKey, record: Vec<u8>) -> Result<(), StoreError>;
     /// Reads the newest mutable record under `key`.
     async fn get_record(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Starts a write session (a backup run, a sync pass): the ring entangles the documents
+    /// put from now on only with each other and with the documents named by
+    /// [`BlockStoreApi::keep_documents`], so that forgetting older snapshots frees their
+    /// blocks (`peerstore_proto::EntangleSession`). Default: nothing.
+    fn begin_session(&self) {}
+    /// Names documents the snapshot being written still references (its writer's own); sent
+    /// with the next document put. Default: nothing.
+    fn keep_documents(&self, _docs: &[BlockKey]) {}
     /// Reads the record under `key` through several distinct ring members, one answer per
     /// member that answered (the caller verifies them and takes the newest). Fails only if no
     /// member answered. The default asks once, like [`BlockStoreApi::get_record`].
@@ -148,6 +159,9 @@ struct MemInner {
     /// What other ring members answer to a record read (tests of the multi-member root read):
     /// `(key, answer)`, asked after the store's own records.
     other_members: Vec<(BlockKey, Option<Vec<u8>>)>,
+    /// Sessions begun, and the documents named as kept in the current one.
+    sessions: u64,
+    kept: BTreeSet<BlockKey>,
 }
 
 impl MemStore {
@@ -158,6 +172,13 @@ impl MemStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
         peerstore_proto::lock(&self.inner)
+    }
+
+    /// Write sessions begun, and the documents named as kept in the current one.
+    #[must_use]
+    pub fn session(&self) -> (u64, BTreeSet<BlockKey>) {
+        let g = self.lock();
+        (g.sessions, g.kept.clone())
     }
 
     /// Number of successful block and document puts so far.
@@ -272,6 +293,12 @@ impl BlockStoreApi for HookedStore {
     async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
         self.inner.put_document(data).await
     }
+    fn begin_session(&self) {
+        self.inner.begin_session();
+    }
+    fn keep_documents(&self, docs: &[BlockKey]) {
+        self.inner.keep_documents(docs);
+    }
     async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
         (self.hook)(key).await;
         self.inner.get_document(key).await
@@ -286,6 +313,16 @@ impl BlockStoreApi for HookedStore {
 
 #[async_trait]
 impl BlockStoreApi for MemStore {
+    fn begin_session(&self) {
+        let mut g = self.lock();
+        g.sessions += 1;
+        g.kept.clear();
+    }
+
+    fn keep_documents(&self, docs: &[BlockKey]) {
+        self.lock().kept.extend(docs.iter().copied());
+    }
+
     async fn put(&self, key: BlockKey, data: Vec<u8>) -> Result<(), StoreError> {
         if BlockKey::of(&data) != key {
             return Err(StoreError::Other("key is not the hash of the data".into()));
@@ -391,6 +428,8 @@ pub struct RingStore {
     writer: Option<[u8; 32]>,
     timeout: Duration,
     policy: RetryPolicy,
+    /// The current write session: its id and the kept documents not sent yet.
+    session: Mutex<Option<(u64, Vec<BlockKey>)>>,
 }
 
 struct Endpoints {
@@ -441,6 +480,7 @@ impl RingStore {
             writer: None,
             timeout,
             policy: RetryPolicy::default(),
+            session: Mutex::new(None),
         })
     }
 
@@ -685,11 +725,47 @@ impl BlockStoreApi for RingStore {
 
     async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
         let writer = self.writer;
-        match self.call(Request::PutDocument { data, writer }).await? {
+        // The kept documents not sent yet go with this put (at most MAX_SESSION_KEEP).
+        let session = peerstore_proto::lock(&self.session)
+            .as_mut()
+            .map(|(id, pending)| {
+                let n = pending.len().min(peerstore_proto::MAX_SESSION_KEEP);
+                peerstore_proto::EntangleSession {
+                    id: *id,
+                    keep: pending.drain(..n).collect(),
+                }
+            });
+        let sent = session.as_ref().map(|s| s.keep.clone()).unwrap_or_default();
+        let answer = self
+            .call(Request::PutDocument {
+                data,
+                writer,
+                session,
+            })
+            .await;
+        if !matches!(answer, Ok(Response::DocumentStored { .. })) && !sent.is_empty() {
+            // Not taken: the next put names them again.
+            if let Some((_, pending)) = peerstore_proto::lock(&self.session).as_mut() {
+                pending.extend(sent);
+            }
+        }
+        match answer? {
             Response::DocumentStored { key } => Ok(key),
             other => Err(StoreError::Other(format!(
                 "unexpected answer to put-document: {other:?}"
             ))),
+        }
+    }
+
+    fn begin_session(&self) {
+        *peerstore_proto::lock(&self.session) = Some((rand::random(), Vec::new()));
+    }
+
+    fn keep_documents(&self, docs: &[BlockKey]) {
+        if let Some((_, pending)) = peerstore_proto::lock(&self.session).as_mut() {
+            // Enough to sample from; a snapshot naming more loses nothing but choice.
+            let room = MAX_PENDING_KEEP.saturating_sub(pending.len());
+            pending.extend(docs.iter().take(room).copied());
         }
     }
 

@@ -1,5 +1,6 @@
 //! In-process tests of backup, restore, path safety and sync over the in-memory store.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crypto::Identity;
+use peerstore_proto::BlockKey;
 use rand::{RngCore, SeedableRng};
 
 use crate::backup::{backup, mtime_ns, BackupOptions, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
@@ -1253,4 +1255,56 @@ async fn nothing_is_open_to_others_while_a_restore_runs() {
     assert!(seen.dirs_closed > 0 && seen.temp_incomplete > 0, "{seen:?}");
     // And in the end everything has its own mode again.
     assert_same_tree(&src, &dest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_run_is_a_write_session_naming_the_packs_it_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(1, 3 << 20)).unwrap();
+    fs::write(src.join("b"), random_bytes(2, 3 << 20)).unwrap();
+    let store = MemStore::new();
+    let repo = repo_with(&store, 2);
+    let known = Arc::new(KnownBlocks::in_memory());
+    let (_, m1, _) = backup_default(&repo, known.clone(), &src, None)
+        .await
+        .unwrap();
+    let packs_of = |m: &Manifest, name: &str| -> BTreeSet<BlockKey> {
+        m.entries
+            .iter()
+            .filter(|e| e.path == [name.to_string()])
+            .flat_map(|e| match &e.kind {
+                EntryKind::File { chunks, .. } => chunks.iter().map(|c| BlockKey(c.pack)).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    // The first run keeps nothing from before.
+    let (n, kept) = store.session();
+    assert_eq!((n, kept.len()), (1, 0));
+    // "a" unchanged, "b" replaced: the run names a's packs (taken over), not b's alone.
+    fs::write(src.join("b"), random_bytes(3, 3 << 20)).unwrap();
+    let (_, m2, _) = backup_default(&repo, known.clone(), &src, Some(&m1))
+        .await
+        .unwrap();
+    let (n, kept) = store.session();
+    assert_eq!(n, 2);
+    assert_eq!(kept, packs_of(&m1, "a"), "a's packs, and only those");
+    // A copy of a's content under a new name: deduplicated, its packs named again.
+    fs::write(src.join("c"), fs::read(src.join("a")).unwrap()).unwrap();
+    let (s3, _, _) = backup_default(&repo, known.clone(), &src, Some(&m2))
+        .await
+        .unwrap();
+    assert_eq!(s3.chunks_uploaded, 0, "{s3:?}");
+    let (n, kept) = store.session();
+    assert_eq!(n, 3);
+    assert!(kept.is_superset(&packs_of(&m1, "a")));
+    // Everything replaced: nothing kept from before.
+    fs::write(src.join("a"), random_bytes(4, 1 << 20)).unwrap();
+    fs::write(src.join("b"), random_bytes(5, 1 << 20)).unwrap();
+    fs::remove_file(src.join("c")).unwrap();
+    backup_default(&repo, known, &src, Some(&m2)).await.unwrap();
+    let (n, kept) = store.session();
+    assert_eq!((n, kept.len()), (4, 0));
 }

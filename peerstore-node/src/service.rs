@@ -211,18 +211,24 @@ impl Service {
                 Some(record) => ClientResponse::Record { record },
                 None => ClientResponse::NotFound,
             }),
-            ClientRequest::PutDocument { data, writer } => {
+            ClientRequest::PutDocument {
+                data,
+                writer,
+                session,
+            } => {
                 let size = data.len() as u64;
                 let content = peerstore_proto::BlockKey::of(&data);
                 match self.quotas.reserve(caller, content, size).await {
                     Err(e) => Err(e),
-                    Ok(reservation) => match self.entangled.put_document(data, writer).await {
-                        Ok(key) => Ok(ClientResponse::DocumentStored { key }),
-                        Err(e) => {
-                            self.quotas.release(reservation).await;
-                            Err(e)
+                    Ok(reservation) => {
+                        match self.entangled.put_document(data, writer, session).await {
+                            Ok(key) => Ok(ClientResponse::DocumentStored { key }),
+                            Err(e) => {
+                                self.quotas.release(reservation).await;
+                                Err(e)
+                            }
                         }
-                    },
+                    }
                 }
             }
             ClientRequest::ListDocuments {

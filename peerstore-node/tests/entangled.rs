@@ -798,3 +798,106 @@ async fn single_copies_are_proved_by_their_owner_only(c: &Cluster, parities: &BT
         r => panic!("{r:?}"),
     }
 }
+
+/// Stores a document for `writer` in write session `id` that keeps `keep`.
+async fn put_in_session(
+    n: &NodeProc,
+    data: &[u8],
+    writer: [u8; 32],
+    id: u64,
+    keep: Vec<BlockKey>,
+) -> BlockKey {
+    match n
+        .call(ClientRequest::PutDocument {
+            data: data.to_vec(),
+            writer: Some(writer),
+            session: Some(peerstore_proto::EntangleSession { id, keep }),
+        })
+        .await
+    {
+        ClientResponse::DocumentStored { key } => key,
+        other => panic!("put-document in a session: {other:?}"),
+    }
+}
+
+/// The pointers of every codeword of a document.
+async fn pointers_of(c: &Cluster, doc: BlockKey) -> Vec<BlockKey> {
+    let bytes = fetch_record(c, doc).await.expect("document record held");
+    let d = DocRecord::decode(&bytes).expect("document record");
+    let mut out = Vec::new();
+    for rk in d.codewords {
+        let bytes = fetch_record(c, rk).await.expect("codeword record held");
+        let r = decode_record(&bytes).expect("codeword record");
+        out.extend(r.pointers.iter().map(|k| BlockKey(k.0)));
+    }
+    out
+}
+
+/// Write sessions (issue 11, deleting gives space back): a session's documents point only into
+/// the session's own blocks, the blocks of the documents its client keeps (its writer's only),
+/// and anchors; never into anything else the node wrote before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_point_only_into_what_they_keep() {
+    let _g = SERIAL.lock().await;
+    let c = Cluster::start(5, &ring_args()).await;
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (alice, bob) = ([1u8; 32], [2u8; 32]);
+    let n = &c.nodes[0];
+    let data = |seed: u64, len: usize| peerstore_testkit::documents(1, seed, &[len]).remove(0);
+    // Earlier writes through the same node: a session-less one, Alice's first run, Bob's.
+    let old = put_document(n, &data(1, 3 * S * B)).await;
+    let x = put_in_session(n, &data(2, 3 * S * B), alice, 1, vec![]).await;
+    let y = put_in_session(n, &data(3, 3 * S * B), bob, 2, vec![]).await;
+    let stored = |k: BlockKey| {
+        let c = &c;
+        async move { parity_keys(c, k).await.into_iter().collect::<BTreeSet<_>>() }
+    };
+    let (old_b, x_b, y_b) = (stored(old).await, stored(x).await, stored(y).await);
+    let anchors: BTreeSet<BlockKey> = (0..8u32)
+        .map(|i| BlockKey(entangle::BlockKey::anchor(B as u32, i).0))
+        .collect();
+
+    // A run that keeps nothing: its own blocks and anchors only.
+    let w = put_in_session(n, &data(4, 5 * S * B), alice, 3, vec![]).await;
+    let w_b = stored(w).await;
+    let pw = pointers_of(&c, w).await;
+    assert!(
+        pw.iter().all(|p| w_b.contains(p) || anchors.contains(p)),
+        "a run that keeps nothing points only into itself"
+    );
+    assert!(
+        pw.iter().any(|p| w_b.contains(p)),
+        "and is entangled within"
+    );
+
+    // A run that keeps X (Alice's) and names Y (Bob's): X's blocks, never Y's or older ones.
+    let z = put_in_session(n, &data(5, 5 * S * B), alice, 4, vec![x, y]).await;
+    let z_b = stored(z).await;
+    let pz = pointers_of(&c, z).await;
+    let into_x = pz.iter().filter(|p| x_b.contains(p)).count();
+    assert!(into_x > 0, "the kept document is pointed into: {pz:?}");
+    assert!(
+        !pz.iter().any(|p| y_b.contains(p)),
+        "never into another writer's document"
+    );
+    assert!(!pz.iter().any(|p| old_b.contains(p) || w_b.contains(p)));
+    assert!(pz
+        .iter()
+        .all(|p| z_b.contains(p) || x_b.contains(p) || anchors.contains(p)));
+    // A later document of the same run also points into the run's earlier one.
+    let z2 = put_in_session(n, &data(6, S * B), alice, 4, vec![]).await;
+    let pz2 = pointers_of(&c, z2).await;
+    assert!(pz2.iter().any(|p| z_b.contains(p)), "the run's own tail");
+    assert!(!pz2.iter().any(|p| y_b.contains(p) || old_b.contains(p)));
+    println!(
+        "session pointers: W {} own of {}, Z {into_x} into the kept X of {}",
+        pw.iter().filter(|p| w_b.contains(p)).count(),
+        pw.len(),
+        pz.len()
+    );
+    for (k, d) in [(w, data(4, 5 * S * B)), (z, data(5, 5 * S * B))] {
+        assert_eq!(get_doc(&c.nodes[3], k).await.unwrap(), d);
+    }
+}

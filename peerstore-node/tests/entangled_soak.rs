@@ -92,7 +92,16 @@ async fn soak_16_nodes_kill_4_repair() {
             let cl = &clients[i as usize % 4];
             async move {
                 let data = block(seed * 1_000_000 + i, DOC);
-                match call(cl, ClientRequest::PutDocument { data, writer: None }).await {
+                match call(
+                    cl,
+                    ClientRequest::PutDocument {
+                        data,
+                        writer: None,
+                        session: None,
+                    },
+                )
+                .await
+                {
                     ClientResponse::DocumentStored { key } => (key, i),
                     other => panic!("put {i}: {other:?}"),
                 }

@@ -7,6 +7,23 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{put_into, Audience, Bulk, Message};
 use crate::{BlockKey, ErrorResponse, NodeAddr};
 
+/// Most documents one [`EntangleSession`] update may name.
+pub const MAX_SESSION_KEEP: usize = 1024;
+
+/// A document's write session: an entangled document points only into documents its writer
+/// keeps, so that deleting old data never leaves a live document's pointer behind. Pointers of
+/// a session's documents go to the session's own earlier documents and to documents the client
+/// named in `keep` (documents of the same writer that the snapshot being written still
+/// references); the node checks the writer of each. Anchors fill in where neither has enough.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntangleSession {
+    /// Chosen at random by the client, one per run (a backup, a sync pass).
+    pub id: u64,
+    /// Documents (keys `PutDocument` returned) added to the session's kept set with this
+    /// request; at most [`MAX_SESSION_KEEP`].
+    pub keep: Vec<BlockKey>,
+}
+
 /// Requests of the client protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
@@ -42,6 +59,9 @@ pub enum ClientRequest {
         /// a statement signed by this user can delete it ([`ClientRequest::DeleteDocuments`]).
         /// `None`: nobody can.
         writer: Option<[u8; 32]>,
+        /// The write session the document belongs to (a client's backup run), which decides
+        /// where its pointers may go; `None`: anywhere in the ring (older clients).
+        session: Option<EntangleSession>,
     },
     /// Read a document by the key `PutDocument` returned ([`ClientResponse::Block`]).
     GetDocument { key: BlockKey },

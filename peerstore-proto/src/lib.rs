@@ -45,8 +45,8 @@ pub use admission::{
 };
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
 pub use client::{
-    ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage, ErrorCode,
-    MaintenanceActivity, MemberInfo, StatusReport, UserUsage,
+    ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage, EntangleSession,
+    ErrorCode, MaintenanceActivity, MemberInfo, StatusReport, UserUsage, MAX_SESSION_KEEP,
 };
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,

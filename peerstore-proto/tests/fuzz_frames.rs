@@ -348,10 +348,15 @@ fn client_requests() -> Vec<ClientRequest> {
         ClientRequest::PutDocument {
             data: (0..=255).collect(),
             writer: Some([7; 32]),
+            session: Some(peerstore_proto::EntangleSession {
+                id: 9,
+                keep: vec![key(7), key(8)],
+            }),
         },
         ClientRequest::PutDocument {
             data: vec![],
             writer: None,
+            session: None,
         },
         ClientRequest::GetDocument { key: key(5) },
         ClientRequest::ListDocuments {

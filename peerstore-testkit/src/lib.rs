@@ -847,6 +847,7 @@ pub async fn put_document(n: &NodeProc, data: &[u8]) -> BlockKey {
             .call(ClientRequest::PutDocument {
                 data: data.to_vec(),
                 writer: None,
+                session: None,
             })
             .await
         {

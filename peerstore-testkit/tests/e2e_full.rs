@@ -119,6 +119,7 @@ async fn fill_with_documents(cluster: &Cluster, seed: u64) -> (u64, ClientRespon
             .call(ClientRequest::PutDocument {
                 data: block(seed + i, DOC),
                 writer: None,
+                session: None,
             })
             .await;
         match resp {

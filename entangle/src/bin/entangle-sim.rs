@@ -54,6 +54,10 @@ struct Args {
     /// (1: random ids; the node's `--id-choices`).
     #[arg(long, default_value_t = 1)]
     id_choices: usize,
+    /// Codewords per write session: pointers only among the session's own blocks (anchors at
+    /// its start), as the node entangles a client's backup run. Default: one session.
+    #[arg(long)]
+    session: Option<usize>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -87,6 +91,7 @@ fn run_cli(args: Args) -> Result<()> {
         replication: args.replication,
         selector,
         id_choices: args.id_choices,
+        session: args.session,
     };
     let results = run_layout(&config, args.layout).context("invalid simulation setup")?;
     if args.json {

@@ -90,6 +90,11 @@ async fn pinned(
     own: &BTreeSet<BlockKey>,
 ) -> Result<bool, String> {
     let Some(entry) = refs::fetch_ring(ent, block).await else {
+        // Deleted with the blocks by an earlier run (phase Refs): a block nobody holds any
+        // more pins nothing.
+        if super::read::has_ring(ent, &[*block]).await?.is_empty() {
+            return Ok(false);
+        }
         return Err(format!("the reverse reference of {block} is unavailable"));
     };
     for r in entry.referrers.iter().filter(|r| !own.contains(r)) {
@@ -192,6 +197,7 @@ async fn delete_local_inner(
             }
             let store = ent.store.clone();
             let bytes = blocking(move || {
+                meta::bury(&store, &positions, now_us())?;
                 let mut bytes = 0;
                 for p in &positions {
                     if let Some(e) = store.record_get(refs::TABLE, &p.0)? {
@@ -205,31 +211,50 @@ async fn delete_local_inner(
             Ok(DeleteOutcome::Done { bytes })
         }
         DeletePhase::Codewords => {
-            // A codeword record goes only once no member holds any of its blocks.
+            // A codeword record goes only once no member holds any of its blocks; it is buried
+            // here whether or not this member holds it, so that a copy still on its way from
+            // a member that has not deleted yet is not taken.
             let mut bytes = 0;
             for (rk, r) in &recs {
-                let store = ent.store.clone();
-                let key = *rk;
-                let held = blocking(move || meta::get_local(&store, &key)).await?;
-                let Some(held) = held else { continue };
                 let keys: Vec<BlockKey> = r.stored_keys.iter().map(nk).collect();
                 blocks_gone(ent, &keys).await?;
                 let store = ent.store.clone();
-                blocking(move || store.record_delete(meta::TABLE, &key.0)).await?;
+                let key = *rk;
+                let held = blocking(move || {
+                    meta::bury(&store, &[key], now_us())?;
+                    meta::get_local(&store, &key)
+                })
+                .await?;
+                // Gone for this member's cache too, held here or not (a cached record would
+                // still pin the documents it points into).
                 forget_cached(ent, rk);
+                let Some(held) = held else { continue };
+                let store = ent.store.clone();
+                blocking(move || store.record_delete(meta::TABLE, &key.0)).await?;
                 bytes += held.len() as u64;
             }
             Ok(DeleteOutcome::Done { bytes })
         }
         DeletePhase::Document => {
-            if !recs.is_empty() {
+            // Asked of the ring again, not of the cache: a record another task fetched while
+            // its holders were deleting it may still be cached here.
+            let mut left = Vec::new();
+            for (rk, _) in &recs {
+                if meta::fetch_ring(ent, *rk).await.is_some() {
+                    left.push(*rk);
+                } else {
+                    forget_cached(ent, rk);
+                }
+            }
+            if !left.is_empty() {
                 return Ok(DeleteOutcome::Refused(format!(
                     "{} codeword records of {doc} still exist: delete them first",
-                    recs.len()
+                    left.len()
                 )));
             }
             let store = ent.store.clone();
             let held = blocking(move || {
+                meta::bury(&store, &[doc], now_us())?;
                 let held = meta::get_local(&store, &doc)?;
                 if held.is_some() {
                     store.record_delete(meta::TABLE, &doc.0)?;
@@ -322,11 +347,17 @@ pub async fn delete_ring(
                 }
             }
         }
-        for phase in [
+        // A phase that finds a block back (copied by the replication anti-entropy while the
+        // blocks went) runs the blocks phase again first, twice at most.
+        let mut plan = vec![
             DeletePhase::Blocks,
+            DeletePhase::Refs,
             DeletePhase::Codewords,
             DeletePhase::Document,
-        ] {
+        ];
+        plan.reverse();
+        let mut retries = 2;
+        while let Some(phase) = plan.pop() {
             let answers = futures::future::join_all(members.iter().map(|(_, a)| {
                 ent.ring.call_ent(
                     a,
@@ -364,6 +395,11 @@ pub async fn delete_ring(
                 Some((true, _)) => {
                     report.pinned.push(key);
                     continue 'docs;
+                }
+                Some((false, e)) if retries > 0 && e.contains("still held") => {
+                    retries -= 1;
+                    plan.push(phase);
+                    plan.push(DeletePhase::Blocks);
                 }
                 Some((false, e)) => {
                     report.failed.push((key, e));

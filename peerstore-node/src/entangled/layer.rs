@@ -138,6 +138,8 @@ pub struct EncoderState {
     pub tail: VecDeque<Held>,
     pub pool: Vec<Held>,
     pub rng: ChaCha8Rng,
+    /// Clients' write sessions: where their documents' pointers may go (module `session`).
+    pub sessions: super::session::Sessions,
 }
 
 /// Codeword records (of either layout) found in the record table, by key, and keys known not
@@ -192,6 +194,7 @@ impl Entangled {
                 tail: VecDeque::new(),
                 pool: Vec::new(),
                 rng: ChaCha8Rng::from_entropy(),
+                sessions: super::session::Sessions::default(),
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
             drop_retries: Mutex::new(super::policy::DropRetries::default()),

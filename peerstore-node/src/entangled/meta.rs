@@ -143,15 +143,50 @@ pub fn table_visit(
     }
 }
 
+/// Keys of records (and reverse-reference positions) deleted on a writer's statement, with
+/// when: the anti-entropy of a member that has not deleted its copy yet, or was away, cannot
+/// bring them back. Eight bytes, microseconds since the Unix epoch.
+pub const TOMBSTONES: RecordTable = RecordTable::new("rec_tombstones");
+
+/// How long a tombstone keeps a deleted key out (a member away for longer brings its copies
+/// back as unreferenced records; space only, and the next prune finds them).
+pub const TOMBSTONE_TTL_US: u64 = 30 * 24 * 3600 * 1_000_000;
+
+/// Marks `keys` deleted (before the records themselves go, so no push in between lands).
+pub fn bury(store: &BlockStore, keys: &[BlockKey], now_us: u64) -> Result<(), StoreError> {
+    for k in keys {
+        store.record_put(TOMBSTONES, &k.0, &now_us.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Whether `key` was deleted within [`TOMBSTONE_TTL_US`] (an expired tombstone goes).
+pub fn buried(store: &BlockStore, key: &BlockKey, now_us: u64) -> Result<bool, StoreError> {
+    let Some(v) = store.record_get(TOMBSTONES, &key.0)? else {
+        return Ok(false);
+    };
+    let at = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    if now_us.saturating_sub(at) < TOMBSTONE_TTL_US {
+        return Ok(true);
+    }
+    store.record_delete(TOMBSTONES, &key.0)?;
+    Ok(false)
+}
+
 /// Stores valid records here; returns how many were new. Anything that is not a record is
-/// refused (an error), so a peer cannot fill the table with other data.
+/// refused (an error), so a peer cannot fill the table with other data; a record deleted here
+/// on its writer's statement (a tombstone) is skipped.
 pub fn put_local(store: &BlockStore, records: &[Vec<u8>]) -> Result<u64, StoreError> {
     let mut new = 0;
+    let now = super::layer::now_us();
     for bytes in records {
         let key = record_key(bytes).ok_or_else(|| {
             StoreError::InvalidArgument("not a codeword or document record".into())
         })?;
-        if store.record_get(TABLE, &key.0)?.is_none() {
+        if store.record_get(TABLE, &key.0)?.is_none() && !buried(store, &key, now)? {
             store.record_put(TABLE, &key.0, bytes)?;
             new += 1;
         }

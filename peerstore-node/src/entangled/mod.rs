@@ -36,6 +36,7 @@ pub mod read;
 pub mod refs;
 pub mod repair;
 pub mod scrub;
+pub mod session;
 pub mod write;
 
 use std::sync::Arc;
@@ -68,8 +69,9 @@ impl Entangled {
         &self,
         data: Vec<u8>,
         writer: Option<[u8; 32]>,
+        session: Option<peerstore_proto::EntangleSession>,
     ) -> Result<BlockKey, RingError> {
-        write::put_document(self, data, writer).await
+        write::put_document(self, data, writer, session).await
     }
 
     /// `ListDocuments` (see [`delete::list_ring`]).

@@ -24,6 +24,10 @@ pub const TABLE: RecordTable = RecordTable::REVERSE_REFS;
 /// Merges `e` into the entry stored at its position (compare-and-set loop).
 fn merge_one(store: &BlockStore, e: &RefsEntry) -> Result<(), StoreError> {
     let pos = refs_position(&e.block);
+    if super::meta::buried(store, &pos, super::layer::now_us())? {
+        // Deleted with its document: a late copy does not come back.
+        return Ok(());
+    }
     for _ in 0..16 {
         let cur = store.record_get(TABLE, &pos.0)?;
         let mut merged = cur

@@ -117,6 +117,7 @@ pub async fn put_document(
     ent: &Entangled,
     data: Vec<u8>,
     writer: Option<[u8; 32]>,
+    session: Option<peerstore_proto::EntangleSession>,
 ) -> Result<BlockKey, RingError> {
     if data.len() > MAX_BLOCK_SIZE {
         return Err(RingError::new(
@@ -128,16 +129,32 @@ pub async fn put_document(
         let key = BlockKey::of(&data);
         return ent.blocks.put_block(key, data).await.map(|_| key);
     };
+    // A session's documents point only into the session and what its client keeps
+    // (module `session`); others anywhere in this node's view of the ring.
+    let session_key = session.as_ref().map(|s| (writer, s.id));
+    let sampled = match (&session, session_key) {
+        (Some(s), Some(k)) => match super::session::prepare(ent, k, s, params).await {
+            Some(c) => Some(c),
+            None => {
+                return Err(RingError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "a session update names {} documents, more than {}",
+                        s.keep.len(),
+                        peerstore_proto::MAX_SESSION_KEEP
+                    ),
+                ))
+            }
+        },
+        _ => None,
+    };
     let (pool, tail, seed, doc_id) = {
         let mut st = lock(&ent.encoder);
         let seed: u64 = st.rng.gen();
         let doc_id: [u8; 32] = st.rng.gen();
-        (
-            st.pool.clone(),
-            st.tail.iter().cloned().collect::<Vec<_>>(),
-            seed,
-            doc_id,
-        )
+        let (pool, tail) = sampled
+            .unwrap_or_else(|| (st.pool.clone(), st.tail.iter().cloned().collect::<Vec<_>>()));
+        (pool, tail, seed, doc_id)
     };
     let layout = ent.layout();
     let content_hash = *blake3::hash(&data).as_bytes();
@@ -246,7 +263,10 @@ pub async fn put_document(
             "storing the document record: {e}"
         )));
     }
-    {
+    if let Some(k) = session_key {
+        // A session's blocks are pointers for the session's later documents only.
+        lock(&ent.encoder).sessions.push_tail(&k, key, &blocks);
+    } else {
         // Only the newest `tail_window` can stay: move just those.
         let skip = blocks.len().saturating_sub(ent.config.tail_window);
         let mut st = lock(&ent.encoder);
