@@ -157,6 +157,13 @@ pub enum Command {
         /// Quiet period after the last change before syncing, in milliseconds.
         #[arg(long, default_value_t = 250)]
         debounce_ms: u64,
+        /// Prune every so often (a number and a unit: 30m, 1h, 1d), so what the retention
+        /// forgets gives its space back; 0s: never.
+        #[arg(long, default_value = "1h", value_parser = parse_grace)]
+        prune_every: Duration,
+        /// The prune's grace period (see `prune --grace`).
+        #[arg(long, default_value = "1h", value_parser = parse_grace)]
+        prune_grace: Duration,
     },
     /// Show the node the client talks to and the ring around it.
     Status,
@@ -339,7 +346,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Prune { grace, dry_run } => cmd_prune(&ctx, grace, dry_run).await,
                 Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
                 Command::Du => cmd_du(&ctx).await,
-                Command::Sync { dir, debounce_ms } => cmd_sync(&ctx, &dir, debounce_ms).await,
+                Command::Sync {
+                    dir,
+                    debounce_ms,
+                    prune_every,
+                    prune_grace,
+                } => cmd_sync(&ctx, &dir, debounce_ms, prune_every, prune_grace).await,
                 Command::Init
                 | Command::Join { .. }
                 | Command::Key { .. }
@@ -813,6 +825,18 @@ async fn cmd_forget(ctx: &Ctx, policy: &Policy, named: &[String], dry_run: bool)
     Ok(())
 }
 
+/// A duration as `--grace` takes it (the largest unit that divides it).
+fn humantime_short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// `--grace`: a number and a unit (s, m, h, d), e.g. `0s`, `30m`, `1h`.
 fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
@@ -1088,22 +1112,41 @@ async fn cmd_status(g: &Global, dirs: &Dirs) -> Result<()> {
     Ok(())
 }
 
-async fn cmd_sync(ctx: &Ctx, dir: &Path, debounce_ms: u64) -> Result<()> {
+async fn cmd_sync(
+    ctx: &Ctx,
+    dir: &Path,
+    debounce_ms: u64,
+    prune_every: Duration,
+    prune_grace: Duration,
+) -> Result<()> {
     let known = ctx.known().await?;
     let source = crate::backup::absolute(dir)?;
     let state_file = watcher::state_path(&ctx.dirs.user_data(&ctx.repo.user()), &source);
     let opts = SyncOptions {
         debounce: Duration::from_millis(debounce_ms),
         retention: config::ClientConfig::load(&ctx.dirs)?.sync_retention(),
+        prune: (!prune_every.is_zero()).then(|| watcher::AutoPrune {
+            every: prune_every,
+            grace: prune_grace,
+            marks: ctx.prune_marks_path(),
+        }),
         ..SyncOptions::default()
     };
     let json = ctx.g.json;
     eprintln!(
-        "watching {} (Ctrl-C to stop); after each snapshot: {}",
+        "watching {} (Ctrl-C to stop); after each snapshot: {}; {}",
         source.display(),
         match &opts.retention {
             Some(p) => format!("forget {}", p.describe()),
             None => "no retention (every snapshot is kept)".into(),
+        },
+        match &opts.prune {
+            Some(p) => format!(
+                "prune every {} (grace {})",
+                humantime_short(p.every),
+                humantime_short(p.grace)
+            ),
+            None => "no prune".into(),
         }
     );
     watcher::run(

@@ -40,6 +40,18 @@ pub struct SyncOptions {
     /// Retention applied (`forget`) after every snapshot the watcher publishes; `None` keeps
     /// every snapshot. A failure is only logged: the next publish tries again.
     pub retention: Option<Policy>,
+    /// Prune (`prune --grace`) every so often, so forgotten snapshots give their space back;
+    /// `None`: never (the default of the library; the CLI prunes every hour).
+    pub prune: Option<AutoPrune>,
+}
+
+/// The watcher's prune: every `every`, with `grace` (see `peerstore-client prune`).
+#[derive(Clone, Debug)]
+pub struct AutoPrune {
+    pub every: Duration,
+    pub grace: Duration,
+    /// The user's prune marks (`<user data>/prune-marks`).
+    pub marks: std::path::PathBuf,
 }
 
 impl Default for SyncOptions {
@@ -54,6 +66,7 @@ impl Default for SyncOptions {
                 ..BackupOptions::default()
             },
             retention: Some(Policy::sync_default()),
+            prune: None,
         }
     }
 }
@@ -215,6 +228,28 @@ pub async fn sync_once(
     Ok(summary)
 }
 
+/// How soon a prune that was due but could not run (a pass pending) is tried again.
+const PRUNE_RETRY: Duration = Duration::from_secs(5);
+
+/// One prune of the watcher: failures are logged, the next period tries again.
+async fn prune_pass(repo: &Repo, known: &Arc<KnownBlocks>, p: &AutoPrune) {
+    let opts = crate::prune::PruneOptions {
+        grace: p.grace,
+        dry_run: false,
+    };
+    match crate::prune::prune(repo, &p.marks, Some(known), opts).await {
+        Ok(r) => info!(
+            deleted = r.deleted,
+            marked = r.marked,
+            waiting = r.waiting,
+            pinned = r.pinned,
+            bytes_freed = r.bytes_freed,
+            "prune"
+        ),
+        Err(e) => warn!(error = %e, "prune failed; trying again in the next period"),
+    }
+}
+
 /// Runs the watcher until `shutdown` resolves. `report` is called after every published
 /// snapshot.
 pub async fn run(
@@ -271,12 +306,18 @@ pub async fn run(
     ); // initial scan right away
     let mut backoff = Duration::from_millis(500);
     let mut retry_at: Option<Instant> = None;
+    // The first prune runs once the first pass is done (it marks; the next one deletes).
+    let mut prune_at: Option<Instant> = opts.prune.as_ref().map(|_| Instant::now());
     tokio::pin!(shutdown);
     loop {
         let wake = match (deb.deadline(), retry_at) {
             (Some(d), Some(r)) => Some(d.max(r)),
             (d, None) => d,
             (None, Some(r)) => Some(r),
+        };
+        let wake = match (wake, prune_at) {
+            (Some(w), Some(p)) => Some(w.min(p)),
+            (w, p) => w.or(p),
         };
         let sleep = async {
             match wake {
@@ -292,6 +333,20 @@ pub async fn run(
             },
             _ = sleep => {
                 let now = Instant::now();
+                if let (Some(p), Some(at)) = (&opts.prune, prune_at) {
+                    if at <= now {
+                        // Only between passes, once this folder has a snapshot.
+                        if state.snapshot.is_some() && deb.deadline().is_none() {
+                            tokio::select! {
+                                _ = &mut shutdown => break,
+                                _ = prune_pass(repo, &known, p) => {}
+                            }
+                            prune_at = Some(Instant::now() + p.every);
+                            continue;
+                        }
+                        prune_at = Some(now + PRUNE_RETRY.min(p.every));
+                    }
+                }
                 if retry_at.is_some_and(|r| r > now) || !deb.take_due(now) {
                     continue;
                 }

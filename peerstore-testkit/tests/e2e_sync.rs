@@ -1,6 +1,7 @@
 //! Acceptance test 7: the sync watcher. A file written into the watched folder can be restored
 //! from the ring within 2 s; a delete and a rename show up in the next snapshot; stopping and
-//! restarting the watcher loses nothing written while it was down.
+//! restarting the watcher loses nothing written while it was down. The watcher prunes what its
+//! retention forgets (issue 11: a month of edits does not grow without bound).
 
 mod common;
 
@@ -27,14 +28,20 @@ struct Watcher {
 
 impl Watcher {
     fn start(c: &Client, dir: &std::path::Path) -> Watcher {
+        Watcher::start_with(c, dir, &[])
+    }
+
+    fn start_with(c: &Client, dir: &std::path::Path, extra: &[&str]) -> Watcher {
+        let mut args = vec![
+            "--json",
+            "sync",
+            dir.to_str().unwrap(),
+            "--debounce-ms",
+            "200",
+        ];
+        args.extend_from_slice(extra);
         let mut child = c
-            .command(&[
-                "--json",
-                "sync",
-                dir.to_str().unwrap(),
-                "--debounce-ms",
-                "200",
-            ])
+            .command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -89,9 +96,9 @@ fn names(m: &Manifest) -> Vec<String> {
     m.entries.iter().map(|e| e.display_path()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_watcher_pushes_changes_and_survives_restart() {
-    let cluster = Cluster::start(3, &["--replication", "3"]).await;
+/// A ring of `n` nodes, settled, and an empty folder to watch in a temporary directory.
+async fn setting(n: usize, args: &[&str]) -> (Cluster, tempfile::TempDir, std::path::PathBuf) {
+    let cluster = Cluster::start(n, args).await;
     cluster
         .wait_ideal(Duration::from_secs(60))
         .await
@@ -99,6 +106,12 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("watched");
     fs::create_dir_all(&dir).unwrap();
+    (cluster, tmp, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_watcher_pushes_changes_and_survives_restart() {
+    let (cluster, tmp, dir) = setting(3, &["--replication", "3"]).await;
     fs::write(dir.join("a.txt"), b"alpha").unwrap();
     fs::write(dir.join("b.txt"), b"bravo").unwrap();
     let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
@@ -192,4 +205,65 @@ async fn sync_watcher_pushes_changes_and_survives_restart() {
         b"written while the watcher was stopped"
     );
     assert!(fs::read(dest.join("new file.bin")).unwrap() == content);
+}
+
+/// The watcher applies its retention and prunes on its own: a file rewritten over and over
+/// leaves, once the prune has run, only the documents the kept snapshots reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_prunes_what_its_retention_forgets() {
+    let (cluster, tmp, dir) = setting(4, &[]).await;
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    fs::write(
+        alice.config.join("config.toml"),
+        "[sync.retention]\nkeep_last = 2\n",
+    )
+    .unwrap();
+    let w = Watcher::start_with(
+        &alice,
+        &dir,
+        &["--prune-every", "2s", "--prune-grace", "0s"],
+    );
+    // Ten versions of one file, each replacing all its data.
+    for v in 0..10u64 {
+        fs::write(dir.join("doc.bin"), random_bytes(900 + v, 200_000)).unwrap();
+        let s = w.next_snapshot(Duration::from_secs(20));
+        assert_eq!(s["files"], 1, "{s}");
+    }
+    let last = random_bytes(909, 200_000);
+    // Two kept snapshots of one small file: a handful of documents (packs, manifests,
+    // snapshot objects), not ten versions' worth.
+    let docs = || {
+        let p = alice.json(&["prune", "--dry-run", "--grace", "0s"]);
+        (
+            p["documents"].as_u64().unwrap(),
+            p["referenced"].as_u64().unwrap(),
+            p,
+        )
+    };
+    let t = Instant::now();
+    loop {
+        let (n, referenced, p) = docs();
+        if n == referenced {
+            println!(
+                "after {:?}: {n} documents left, all referenced: {p}",
+                t.elapsed()
+            );
+            // Ten versions unpruned would be about 30 documents.
+            assert!(n <= 12, "{p}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the watcher did not prune: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let snaps = alice.json(&["snapshots"]);
+    println!("snapshots: {snaps}");
+    w.stop();
+    let dest = tmp.path().join("restored");
+    alice.ok(&["restore", dest.to_str().unwrap()]);
+    assert!(fs::read(dest.join("doc.bin")).unwrap() == last);
+    alice.ok(&["check", "--read-data"]);
 }
