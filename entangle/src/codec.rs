@@ -863,6 +863,22 @@ impl<'a> Pointer<'a> {
         })
     }
 
+    /// A pointer whose `stored` bytes the caller has already checked against `key` (fetched
+    /// and hashed, or produced by the encoder itself): the header is parsed as [`verify`] does,
+    /// the bytes are not hashed again.
+    ///
+    /// [`verify`]: Pointer::verify
+    fn trusted(params: &Params, key: BlockKey, stored: &'a [u8]) -> Result<Self, Error> {
+        if Anchors::new(params.block_size, params.t()).contains(&key) {
+            return Ok(Pointer { key, payload: None });
+        }
+        let payload = checked_payload(params, &key, stored)?;
+        Ok(Pointer {
+            key,
+            payload: Some(payload),
+        })
+    }
+
     /// The pointer's key.
     #[must_use]
     pub fn key(&self) -> BlockKey {
@@ -1618,6 +1634,39 @@ where
         document,
         pointers,
         |id, chunk, refs| encode_layout(layout, par, params, id, chunk, refs),
+    )
+}
+
+/// [`encode_document_layout`] for a caller that has checked every pointer's stored bytes
+/// against its key already (an encoder whose pointers are blocks it wrote itself or fetched
+/// and verified, like the node's): each pointer's header is parsed, its bytes are not hashed
+/// again (BLAKE3 of `t` blocks per codeword saved). The result is byte for byte what
+/// [`encode_document_layout`] returns for the same pointers; bytes that do not match their key
+/// give codewords that do not decode, so only pass bytes already verified.
+pub fn encode_document_trusted_layout<F>(
+    layout: Layout,
+    par: Parallelism,
+    params: Params,
+    document_id: &[u8; 32],
+    document: &[u8],
+    pointers: F,
+) -> Result<Vec<EncodedRecord>, Error>
+where
+    F: FnMut(u64, &[EncodedRecord]) -> Result<Vec<StoredBlock>, Error>,
+{
+    params.validate_for(layout)?;
+    encode_chunks(
+        params,
+        document_id,
+        document,
+        pointers,
+        |id, chunk, refs| {
+            let ptrs = refs
+                .iter()
+                .map(|(k, b)| Pointer::trusted(&params, *k, b))
+                .collect::<Result<Vec<_>, _>>()?;
+            encode_verified_layout(layout, par, params, id, chunk, &ptrs)
+        },
     )
 }
 

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use entangle::block::{header_len, parse};
 use entangle::{
     decode, decode_document, decode_record, encode, encode_document, encode_document_layout,
-    encode_layout, encode_record, fetch_order, rebuild_codeword, repair, BlockKey, CodewordId,
-    CodewordRecord, Error, Layout, MemArchive, Parallelism, Params, ParityBlock, PointerSelector,
-    Record, RecordIndex, Role,
+    encode_document_trusted_layout, encode_layout, encode_record, fetch_order, rebuild_codeword,
+    repair, BlockKey, CodewordId, CodewordRecord, Error, Layout, MemArchive, Parallelism, Params,
+    ParityBlock, PointerSelector, Record, RecordIndex, Role,
 };
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
@@ -957,5 +957,50 @@ proptest! {
         let mut magic = b"ENTR\x02".to_vec();
         magic.extend(&bytes);
         prop_assert!(decode_record(&magic).is_err());
+    }
+}
+
+/// The trusted encoder (pointers' bytes checked by the caller, not hashed again) writes exactly
+/// what the checking one writes, for both layouts, documents of several codewords and pointers
+/// mixing anchors, earlier documents' blocks and the document's own earlier codewords.
+#[test]
+fn trusted_pointers_encode_the_same_bytes() {
+    let params = Params::new(4, 8, 8, 1024);
+    let anchors: Vec<(BlockKey, Vec<u8>)> = (0..8)
+        .map(|i| (BlockKey::anchor(1024, i), Vec::new()))
+        .collect();
+    for layout in [Layout::Systematic, Layout::ParityOnly] {
+        let p = if layout == Layout::Systematic {
+            params
+        } else {
+            Params::new(4, 8, 12, 1024)
+        };
+        let first = encode_document_layout(
+            layout,
+            Parallelism::AUTO,
+            p,
+            &[1; 32],
+            &random_bytes(5, 4096),
+            |_, _| Ok(anchors.clone()),
+        )
+        .unwrap();
+        let old: Vec<(BlockKey, Vec<u8>)> = first[0].1.clone();
+        let doc = random_bytes(6, 3 * 4096 + 77);
+        let choose = |k: u64, done: &[entangle::EncodedRecord]| {
+            let mut v: Vec<(BlockKey, Vec<u8>)> = old.iter().take(4).cloned().collect();
+            match done.last() {
+                Some((_, blocks)) => v.extend(blocks.iter().take(4).cloned()),
+                None => v.extend(anchors.iter().skip(4).cloned()),
+            }
+            assert_eq!(v.len(), 8, "codeword {k}");
+            Ok(v)
+        };
+        let a =
+            encode_document_layout(layout, Parallelism::AUTO, p, &[2; 32], &doc, choose).unwrap();
+        let b =
+            encode_document_trusted_layout(layout, Parallelism::AUTO, p, &[2; 32], &doc, choose)
+                .unwrap();
+        assert_eq!(a, b, "{layout:?}");
+        assert_eq!(a.len(), 4);
     }
 }

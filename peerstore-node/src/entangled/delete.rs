@@ -89,7 +89,15 @@ async fn pinned(
     block: &BlockKey,
     own: &BTreeSet<BlockKey>,
 ) -> Result<bool, String> {
-    let Some(entry) = refs::fetch_ring(ent, block).await else {
+    // The union of what at least two holders say (a lying holder alone cannot hide a
+    // referrer and get a pointer of a live codeword deleted).
+    let (asked, answered, entry) = refs::fetch_quorum(ent, block).await;
+    if answered < asked.min(2) {
+        return Err(format!(
+            "only {answered} of {asked} holders of the reverse reference of {block} answered"
+        ));
+    }
+    let Some(entry) = entry else {
         // Deleted with the blocks by an earlier run (phase Refs): a block nobody holds any
         // more pins nothing.
         if super::read::has_ring(ent, &[*block]).await?.is_empty() {

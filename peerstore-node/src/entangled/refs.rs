@@ -278,8 +278,35 @@ pub async fn fetch_ring(ent: &Entangled, block: &BlockKey) -> Option<RefsEntry> 
     fetch_from(ent, block, &rest).await
 }
 
+/// For decisions that delete: the merge of the entries of `block` from its metadata holders,
+/// and how many of them answered. A deletion may trust the merge only when at least two
+/// holders answered (or every holder asked, when the ring has fewer): one lying holder alone
+/// could otherwise hide a referrer ([`super::delete`]).
+pub async fn fetch_quorum(ent: &Entangled, block: &BlockKey) -> (usize, usize, Option<RefsEntry>) {
+    let pos = refs_position(block);
+    let mut holders = ent.ring.replica_set(&pos).await.unwrap_or_default();
+    if let Ok(more) = locate_meta(ent, &pos).await {
+        for a in more {
+            if !holders.contains(&a) {
+                holders.push(a);
+            }
+        }
+    }
+    let (answered, merged) = fetch_counted(ent, block, &holders).await;
+    (holders.len(), answered, merged)
+}
+
 /// The merge of the entries of `block` that `nodes` hold.
 async fn fetch_from(ent: &Entangled, block: &BlockKey, nodes: &[NodeAddr]) -> Option<RefsEntry> {
+    fetch_counted(ent, block, nodes).await.1
+}
+
+/// [`fetch_from`], with the number of nodes that answered (with an entry or without).
+async fn fetch_counted(
+    ent: &Entangled,
+    block: &BlockKey,
+    nodes: &[NodeAddr],
+) -> (usize, Option<RefsEntry>) {
     let pos = refs_position(block);
     let answers = futures::future::join_all(nodes.iter().map(|m| {
         ent.ring.call_ent(
@@ -291,8 +318,10 @@ async fn fetch_from(ent: &Entangled, block: &BlockKey, nodes: &[NodeAddr]) -> Op
     }))
     .await;
     let mut out: Option<RefsEntry> = None;
+    let mut answered = 0;
     for a in answers {
         if let Ok(EntResponse::Refs { entries }) = a {
+            answered += 1;
             for e in entries.into_iter().flatten() {
                 if e.block != *block {
                     continue;
@@ -306,7 +335,7 @@ async fn fetch_from(ent: &Entangled, block: &BlockKey, nodes: &[NodeAddr]) -> Op
             }
         }
     }
-    out
+    (answered, out)
 }
 
 /// One anti-entropy round over the owned range with the next m-1 successors

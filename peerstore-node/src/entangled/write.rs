@@ -161,7 +161,10 @@ pub async fn put_document(
     let len = data.len() as u64;
     let encoded = match tokio::task::spawn_blocking(move || {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        entangle::encode_document_layout(
+        // Every candidate pointer was checked against its key when it entered the encoder's
+        // memory (fetched and hashed: the pool, a session's samples) or was made by this
+        // encoder (the tails, the document's earlier codewords): not hashed again.
+        entangle::encode_document_trusted_layout(
             layout,
             entangle::Parallelism::AUTO,
             params,
