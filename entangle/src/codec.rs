@@ -1627,26 +1627,32 @@ pub fn encode_document_layout<F>(
 where
     F: FnMut(u64, &[EncodedRecord]) -> Result<Vec<StoredBlock>, Error>,
 {
-    params.validate_for(layout)?;
-    encode_chunks(
-        params,
+    encode_document_checked(
+        PointerCheck::Hash,
+        (layout, par, params),
         document_id,
         document,
         pointers,
-        |id, chunk, refs| encode_layout(layout, par, params, id, chunk, refs),
     )
 }
 
-/// [`encode_document_layout`] for a caller that has checked every pointer's stored bytes
-/// against its key already (an encoder whose pointers are blocks it wrote itself or fetched
-/// and verified, like the node's): each pointer's header is parsed, its bytes are not hashed
-/// again (BLAKE3 of `t` blocks per codeword saved). The result is byte for byte what
-/// [`encode_document_layout`] returns for the same pointers; bytes that do not match their key
-/// give codewords that do not decode, so only pass bytes already verified.
-pub fn encode_document_trusted_layout<F>(
-    layout: Layout,
-    par: Parallelism,
-    params: Params,
+/// How the document encoders check the pointers' stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointerCheck {
+    /// Hash each against its key ([`encode_layout`]).
+    Hash,
+    /// The caller has checked every pointer's bytes against its key already (an encoder whose
+    /// pointers are blocks it wrote itself or fetched and verified, like the node's): headers
+    /// are parsed, bytes not hashed again (BLAKE3 of `t` blocks per codeword saved). Bytes
+    /// that do not match their key give codewords that do not decode.
+    Trusted,
+}
+
+/// [`encode_document_layout`] with a choice of [`PointerCheck`]; `how` is (layout,
+/// parallelism, parameters). The result is byte for byte the same for both checks.
+pub fn encode_document_checked<F>(
+    check: PointerCheck,
+    (layout, par, params): (Layout, Parallelism, Params),
     document_id: &[u8; 32],
     document: &[u8],
     pointers: F,
@@ -1660,12 +1666,15 @@ where
         document_id,
         document,
         pointers,
-        |id, chunk, refs| {
-            let ptrs = refs
-                .iter()
-                .map(|(k, b)| Pointer::trusted(&params, *k, b))
-                .collect::<Result<Vec<_>, _>>()?;
-            encode_verified_layout(layout, par, params, id, chunk, &ptrs)
+        |id, chunk, refs| match check {
+            PointerCheck::Hash => encode_layout(layout, par, params, id, chunk, refs),
+            PointerCheck::Trusted => {
+                let ptrs = refs
+                    .iter()
+                    .map(|(k, b)| Pointer::trusted(&params, *k, b))
+                    .collect::<Result<Vec<_>, _>>()?;
+                encode_verified_layout(layout, par, params, id, chunk, &ptrs)
+            }
         },
     )
 }

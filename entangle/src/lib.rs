@@ -115,9 +115,9 @@ pub use archive::MemArchive;
 pub use block::{ParityBlock, ParityHeader};
 pub use codec::{
     decode, decode_document, decode_document_with, decode_with, encode, encode_document,
-    encode_document_layout, encode_document_trusted_layout, encode_document_with, encode_layout,
+    encode_document_checked, encode_document_layout, encode_document_with, encode_layout,
     encode_verified, encode_verified_layout, encode_with, Encoded, EncodedRecord, Parallelism,
-    Pointer, StoredBlock, PARALLEL_MIN_BYTES,
+    Pointer, PointerCheck, StoredBlock, PARALLEL_MIN_BYTES,
 };
 pub use error::Error;
 pub use key::{Anchors, BlockKey, CodewordId};

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use entangle::block::{header_len, parse};
 use entangle::{
-    decode, decode_document, decode_record, encode, encode_document, encode_document_layout,
-    encode_document_trusted_layout, encode_layout, encode_record, fetch_order, rebuild_codeword,
-    repair, BlockKey, CodewordId, CodewordRecord, Error, Layout, MemArchive, Parallelism, Params,
-    ParityBlock, PointerSelector, Record, RecordIndex, Role,
+    decode, decode_document, decode_record, encode, encode_document, encode_document_checked,
+    encode_document_layout, encode_layout, encode_record, fetch_order, rebuild_codeword, repair,
+    BlockKey, CodewordId, CodewordRecord, Error, Layout, MemArchive, Parallelism, Params,
+    ParityBlock, PointerCheck, PointerSelector, Record, RecordIndex, Role,
 };
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
@@ -997,9 +997,9 @@ fn trusted_pointers_encode_the_same_bytes() {
         };
         let a =
             encode_document_layout(layout, Parallelism::AUTO, p, &[2; 32], &doc, choose).unwrap();
+        let how = (layout, Parallelism::AUTO, p);
         let b =
-            encode_document_trusted_layout(layout, Parallelism::AUTO, p, &[2; 32], &doc, choose)
-                .unwrap();
+            encode_document_checked(PointerCheck::Trusted, how, &[2; 32], &doc, choose).unwrap();
         assert_eq!(a, b, "{layout:?}");
         assert_eq!(a.len(), 4);
     }

@@ -164,10 +164,9 @@ pub async fn put_document(
         // Every candidate pointer was checked against its key when it entered the encoder's
         // memory (fetched and hashed: the pool, a session's samples) or was made by this
         // encoder (the tails, the document's earlier codewords): not hashed again.
-        entangle::encode_document_trusted_layout(
-            layout,
-            entangle::Parallelism::AUTO,
-            params,
+        entangle::encode_document_checked(
+            entangle::PointerCheck::Trusted,
+            (layout, entangle::Parallelism::AUTO, params),
             &doc_id,
             &data,
             |_, done| Ok(choose(&params, &pool, &tail, done, &mut rng)),
