@@ -146,7 +146,7 @@ median() {
     python3 -c 'import statistics, sys; print("%.3f" % statistics.median(map(float, sys.argv[1:])))' "$@"
 }
 
-# measure CMD...: runs CMD, prints "<seconds> <peak RSS KiB>".
+# measure CMD...: runs CMD, prints "<seconds> <peak RSS KiB> <CPU seconds (user + system)>".
 measure() {
     python3 -c '
 import resource, subprocess, sys, time
@@ -155,8 +155,32 @@ r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
 dt = time.monotonic() - t
 if r.returncode:
     sys.exit("command failed (%d): %s" % (r.returncode, " ".join(sys.argv[1:])))
-print("%.3f %d" % (dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("%.3f %d %.3f" % (dt, u.ru_maxrss, u.ru_utime + u.ru_stime))
 ' "$@"
+}
+
+# ring_cpu DIR: CPU seconds (user + system) the live nodes under DIR have used so far.
+ring_cpu() {
+    local pids
+    mapfile -t pids < <(node_pids_under "$1")
+    python3 -c '
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in sys.argv[1:]:
+    try:
+        f = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
+        total += (int(f[11]) + int(f[12])) / tck
+    except (OSError, IndexError, ValueError):
+        pass
+print("%.3f" % total)
+' "${pids[@]}"
+}
+
+# ring_disk DIR: bytes on the disks of the nodes under DIR (their data directories).
+ring_disk() {
+    du -sb "$1"/node* | awk '{s += $1} END {print s + 0}'
 }
 
 echo "generating datasets in $WORK/data" >&2
@@ -197,23 +221,41 @@ bench_ring() {
         files=$(find "$dir" -type f | wc -l)
         # A fresh backup (new data) by each, then the restores, peerstore and restic in turn,
         # each into a new directory (nothing is deleted in between: see REPS above).
-        read -r pb_s pb_rss < <(measure "${C[@]}" backup "$dir")
-        local rb_s=nan rb_rss=0 rr_s=nan rr_rss=0 pr_all=() rr_all=() pr_rss=0 rep s rss
+        # CPU over all processes: the client's (rusage) and the nodes' (/proc) during the run;
+        # disk: the nodes' data directories before and right after the backup.
+        local n0 n1 d0 d1 pb_cpu rb_cpu=nan
+        n0=$(ring_cpu "$WORK/$name")
+        d0=$(ring_disk "$WORK/$name")
+        read -r pb_s pb_rss pb_cpu < <(measure "${C[@]}" backup "$dir")
+        n1=$(ring_cpu "$WORK/$name")
+        d1=$(ring_disk "$WORK/$name")
+        pb_cpu=$(python3 -c "print('%.3f' % ($pb_cpu + $n1 - $n0))")
+        local disk_ratio
+        disk_ratio=$(python3 -c "print('%.2f' % (($d1 - $d0) / ($mib * 1048576)))")
+        local rb_s=nan rb_rss=0 rr_s=nan rr_rss=0 pr_all=() rr_all=() pr_rss=0 rep s rss cpu
+        local pr_cpu_all=() rr_cpu_all=()
         if [ "$with_restic" = 1 ] && [ "$HAVE_RESTIC" = 1 ]; then
-            read -r rb_s rb_rss < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
+            read -r rb_s rb_rss rb_cpu < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
         fi
         for ((rep = 1; rep <= REPS; rep++)); do
-            read -r s rss < <(measure "${C[@]}" restore "$out.$rep")
+            n0=$(ring_cpu "$WORK/$name")
+            read -r s rss cpu < <(measure "${C[@]}" restore "$out.$rep")
+            n1=$(ring_cpu "$WORK/$name")
             pr_all+=("$s")
+            pr_cpu_all+=("$(python3 -c "print('%.3f' % ($cpu + $n1 - $n0))")")
             ((rss > pr_rss)) && pr_rss=$rss
             diff -r "$dir" "$out.$rep" >/dev/null || { echo "peerstore restore of $ds ($name) differs" >&2; exit 1; }
             if [ "$with_restic" = 1 ] && [ "$HAVE_RESTIC" = 1 ]; then
                 # restore restores the latest snapshot (this dataset).
-                read -r s rss < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds.$rep")
+                read -r s rss cpu < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds.$rep")
                 rr_all+=("$s")
+                rr_cpu_all+=("$cpu")
                 ((rss > rr_rss)) && rr_rss=$rss
             fi
         done
+        local pr_cpu rr_cpu=nan
+        pr_cpu=$(median "${pr_cpu_all[@]}")
+        [ "${#rr_cpu_all[@]}" = 0 ] || rr_cpu=$(median "${rr_cpu_all[@]}")
         local pr_s
         pr_s=$(median "${pr_all[@]}")
         [ "${#rr_all[@]}" = 0 ] || rr_s=$(median "${rr_all[@]}")
@@ -223,9 +265,9 @@ bench_ring() {
 import json, sys
 e = json.loads(sys.stdin.read().splitlines()[-1]).get("entanglement") or {}
 print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
-        echo "$name $ds $mib $files $pb_s $pr_s $overhead" >>"$ENT_RESULTS"
+        echo "$name $ds $mib $files $pb_s $pr_s $overhead $pb_cpu $pr_cpu $disk_ratio" >>"$ENT_RESULTS"
         if [ "$with_restic" = 1 ]; then
-            echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss" >>"$RESULTS"
+            echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss $pb_cpu $pr_cpu ${rb_cpu:-nan} $rr_cpu $disk_ratio" >>"$RESULTS"
         fi
     done
     stop_nodes_under "$WORK/$name"
@@ -241,16 +283,16 @@ fi
 python3 - "$RESULTS" <<'PY'
 import math, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print("| dataset | op | peerstore MiB/s | peerstore files/s | peerstore peak RSS MiB | restic MiB/s | restic files/s | restic peak RSS MiB | MiB/s ratio peerstore/restic |")
-print("|---|---|---|---|---|---|---|---|---|")
-for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr in rows:
+print("| dataset | op | peerstore MiB/s | peerstore files/s | peerstore peak RSS MiB | peerstore CPU s/MiB (client + nodes) | restic MiB/s | restic files/s | restic peak RSS MiB | restic CPU s/MiB | MiB/s ratio peerstore/restic |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr, pbc, prc, rbc, rrc, _disk in rows:
     mib, files = float(mib), int(files)
-    for op, ps, prss, rs, rrss in (("backup", pb, pbr, rb, rbr), ("restore", pr, prr, rr, rrr)):
-        ps, rs = float(ps), float(rs)
+    for op, ps, prss, rs, rrss, pc, rc in (("backup", pb, pbr, rb, rbr, pbc, rbc), ("restore", pr, prr, rr, rrr, prc, rrc)):
+        ps, rs, pc, rc = float(ps), float(rs), float(pc), float(rc)
         r_mibs = mib / rs if rs == rs else float("nan")
         ratio = (mib / ps) / r_mibs if r_mibs == r_mibs else float("nan")
-        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {mib / ps:.1f} | {files / ps:.0f} | {int(prss) / 1024:.0f} "
-              f"| {r_mibs:.1f} | {files / rs if rs == rs else float('nan'):.0f} | {int(rrss) / 1024:.0f} | {ratio:.2f} |")
+        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {mib / ps:.1f} | {files / ps:.0f} | {int(prss) / 1024:.0f} | {pc / mib:.3f} "
+              f"| {r_mibs:.1f} | {files / rs if rs == rs else float('nan'):.0f} | {int(rrss) / 1024:.0f} | {rc / mib:.3f} | {ratio:.2f} |")
 PY
 echo
 python3 - "$RESULTS" <<'PY'
@@ -258,7 +300,7 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print("| dataset | op | peerstore s | restic s | time ratio peerstore/restic |")
 print("|---|---|---|---|---|")
-for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr in rows:
+for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr, *_ in rows:
     for op, ps, rs in (("backup", pb, rb), ("restore", pr, rr)):
         ps, rs = float(ps), float(rs)
         print(f"| {ds} ({int(files)} files, {float(mib):.0f} MiB) | {op} | {ps:.2f} | {rs:.2f} | {ps / rs:.2f} |")
@@ -278,18 +320,19 @@ import sys
 rows = {}
 for l in open(sys.argv[1]):
     if l.strip():
-        name, ds, mib, files, b, r, o = l.split()
-        rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o)
-print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off |")
-print("|---|---|---|---|---|")
+        name, ds, mib, files, b, r, o, bc, rc, disk = l.split()
+        rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o, float(bc), float(rc), disk)
+print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off | CPU s/MiB off | CPU s/MiB on | disk bytes per byte right after the backup, off / on |")
+print("|---|---|---|---|---|---|---|---|")
 for ds in sys.argv[2:]:
     off, on = rows.get(("off", ds)), rows.get(("on", ds))
     if not off or not on:
         continue
     mib, files = off[0], off[1]
-    for op, i in (("backup", 2), ("restore", 3)):
+    for op, i, c in (("backup", 2, 5), ("restore", 3, 6)):
         a, b = mib / off[i], mib / on[i]
-        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+        disk = f"{off[7]} / {on[7]}" if op == "backup" else ""
+        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {off[c] / mib:.3f} | {on[c] / mib:.3f} | {disk} |")
 for ds in sys.argv[2:]:
     on = rows.get(("on", ds))
     if on:

@@ -11,3 +11,11 @@ command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; else sudo apt-get update -qq && sudo apt-get install -y -qq "${need[@]}"; fi
 fi
+# Optional: the web page test (peerstore-node/tests/http.rs) renders the page in headless
+# Chromium when it is installed, and skips that part when it is not. Never fails setup.
+if ! command -v chromium >/dev/null && ! command -v chromium-headless-shell >/dev/null && ! command -v google-chrome >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo -n); fi
+  { "${sudo[@]}" apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 && "${sudo[@]}" apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+    || echo "setup: chromium not installed (optional: the web page test skips its browser part)" >&2
+fi

@@ -62,6 +62,7 @@ pub mod identity;
 mod ids;
 mod keys;
 mod root;
+pub mod write;
 
 pub use aead::{
     chunk_id, open_chunk, open_manifest, open_root_payload, seal_chunk, seal_manifest,
@@ -76,3 +77,4 @@ pub use root::{
     accept_root_update, root_key, RootError, RootRecord, MAX_ROOT_PAYLOAD, MAX_ROOT_RECORD_LEN,
     ROOT_RECORD_VERSION,
 };
+pub use write::{ReplayGuard, WriteAuth, WriteAuthError, WRITE_AUTH_SKEW_US};

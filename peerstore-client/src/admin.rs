@@ -635,7 +635,8 @@ pub async fn entangle_stats(api: &dyn AdminApi) -> Result<EntangleStats> {
 // ---------------------------------------------------------------------------------------------
 // the commands (called from cli.rs)
 
-fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+/// Prints `value` as one line of JSON with `--json`, else `text()`.
+pub(crate) fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
         println!(
             "{}",
@@ -646,9 +647,10 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     }
 }
 
-fn fail_if(line: Option<String>) -> Result<()> {
+/// Fails with `err` (the exit status of its kind) if the outcome names a failure.
+fn fail_if(line: Option<String>, err: fn(String) -> ClientError) -> Result<()> {
     match line {
-        Some(l) => Err(ClientError::Refused(l)),
+        Some(l) => Err(err(l)),
         None => Ok(()),
     }
 }
@@ -668,7 +670,7 @@ pub async fn cmd_repair(
     bar.finish_and_clear();
     let out = r?;
     print(json, &out, || out.text());
-    fail_if(out.failure())
+    fail_if(out.failure(), ClientError::Integrity)
 }
 
 /// `peerstore-client audit [--fix]`.
@@ -694,7 +696,7 @@ pub async fn cmd_audit(
         lines.push(out.text());
         lines.join("\n")
     });
-    fail_if(out.failure())
+    fail_if(out.failure(), ClientError::Integrity)
 }
 
 /// `peerstore-client scrub (--pointers N | --window W) [--interval SECS | --stop]`.
@@ -712,7 +714,7 @@ pub async fn cmd_scrub(
     bar.finish_and_clear();
     let out = r?;
     print(json, &out, || out.text());
-    fail_if(out.failure())
+    fail_if(out.failure(), ClientError::Refused)
 }
 
 #[cfg(test)]

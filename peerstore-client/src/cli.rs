@@ -25,7 +25,15 @@ use crate::sync::{self as watcher, SyncOptions};
 
 /// PeerStore client: end-to-end encrypted backup into a PeerStore ring.
 #[derive(Parser, Debug)]
-#[command(name = "peerstore-client", version, about)]
+#[command(
+    name = "peerstore-client",
+    version,
+    about,
+    after_help = "Exit status: 0 success, 1 failed (or partly done), 2 usage error, 3 not found \
+                  (snapshot, path in a snapshot), 4 ring unreachable or unavailable, 5 integrity \
+                  failure (data missing or damaged), 6 access denied. With --json, a failure \
+                  also prints {\"error\", \"code\", \"kind\"} as the last line of stdout."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -169,13 +177,13 @@ pub enum Command {
     Status,
     // --- entangled ring administration (admin.rs; no key needed) ---
     /// Rebuild lost blocks from the entanglement: the whole ring to a fixed point (no ids), or
-    /// the given blocks. Exit status 1 if anything stays undecodable or missing.
+    /// the given blocks. Exit status 5 (integrity) if anything stays undecodable or missing.
     Repair {
         /// Block ids (64 hex digits).
         blocks: Vec<String>,
     },
-    /// Check every codeword of the ring and list the damaged ones. Exit status 1 if damage
-    /// remains after the run.
+    /// Check every codeword of the ring and list the damaged ones. Exit status 5 (integrity)
+    /// if damage remains after the run.
     Audit {
         /// Repair damaged codewords as they are found (then check again).
         #[arg(long)]
@@ -287,9 +295,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Init => cmd_init(&g, &dirs),
         Command::Join { invite, force } => {
             let (role, ring) = config::save_credential(&dirs, &invite, force)?;
-            println!(
-                "credential of ring {ring} ({role}) kept in {}",
-                dirs.config.display()
+            print(
+                g.json,
+                &serde_json::json!({
+                    "ring": ring.to_string(),
+                    "role": role.to_string(),
+                    "config_dir": dirs.config,
+                }),
+                || {
+                    format!(
+                        "credential of ring {ring} ({role}) kept in {}",
+                        dirs.config.display()
+                    )
+                },
             );
             Ok(())
         }
@@ -432,15 +450,16 @@ impl Ctx {
     }
 
     fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
-        if self.g.json {
-            println!(
-                "{}",
-                serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-            );
-        } else {
-            println!("{}", text());
-        }
+        print(self.g.json, value, text);
     }
+}
+
+use crate::admin::print;
+
+/// A path inside the backup as the user typed it: an unsafe one (`..`, ...) is a usage error
+/// (in a manifest, the same check is an integrity failure).
+fn user_path(s: &str) -> Result<Vec<String>> {
+    parse_backup_path(s).map_err(|e| ClientError::Config(e.to_string()))
 }
 
 fn cmd_init(g: &Global, dirs: &Dirs) -> Result<()> {
@@ -468,7 +487,7 @@ fn cmd_init(g: &Global, dirs: &Dirs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_key(_g: &Global, dirs: &Dirs, action: KeyAction) -> Result<()> {
+fn cmd_key(g: &Global, dirs: &Dirs, action: KeyAction) -> Result<()> {
     match action {
         KeyAction::Export { file } => {
             let path = dirs.identity_path();
@@ -476,17 +495,25 @@ fn cmd_key(_g: &Global, dirs: &Dirs, action: KeyAction) -> Result<()> {
             config::open_key_file(&path, &pass)?;
             let bytes = std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?;
             config::write_private(&file, &bytes, false)?;
-            println!("exported key to {}", file.display());
+            print(g.json, &serde_json::json!({"exported": file}), || {
+                format!("exported key to {}", file.display())
+            });
         }
         KeyAction::Import { file, force } => {
             let pass = config::passphrase("Passphrase of the key file: ", false)?;
             let id = config::open_key_file(&file, &pass)?;
             let bytes = std::fs::read(&file).map_err(|e| ClientError::io(&file, e))?;
             config::write_private(&dirs.identity_path(), &bytes, force)?;
-            println!(
-                "imported key of user {} into {}",
-                id.user_id(),
-                dirs.identity_path().display()
+            print(
+                g.json,
+                &serde_json::json!({"user": id.user_id().to_hex(), "key_file": dirs.identity_path()}),
+                || {
+                    format!(
+                        "imported key of user {} into {}",
+                        id.user_id(),
+                        dirs.identity_path().display()
+                    )
+                },
             );
         }
     }
@@ -583,7 +610,7 @@ async fn cmd_restore(ctx: &Ctx, dest: &Path, snapshot: Option<&str>) -> Result<(
 }
 
 async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, snapshot: Option<&str>) -> Result<()> {
-    let comps = parse_backup_path(path)?;
+    let comps = user_path(path)?;
     if comps.is_empty() {
         return Err(ClientError::Config(
             "give a path inside the backup (use restore for everything)".into(),
@@ -626,7 +653,7 @@ struct LsEntry {
 }
 
 async fn cmd_ls(ctx: &Ctx, path: Option<&str>, snapshot: Option<&str>) -> Result<()> {
-    let prefix = parse_backup_path(path.unwrap_or(""))?;
+    let prefix = user_path(path.unwrap_or(""))?;
     let snap = ctx.repo.select(snapshot).await?;
     let m = ctx.repo.load_manifest(&snap).await?;
     if !prefix.is_empty() && m.find(&prefix).is_none() {
@@ -715,7 +742,7 @@ async fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<()> {
         eprintln!("bad chunk: {c}");
     }
     Err(ClientError::Integrity(format!(
-        "{} pack(s) missing and {} chunk(s) bad, used by snapshot(s) {:?}; {} dedup entries forgotten: the next backup stores that data again where it still exists locally",
+        "check failed: {} pack(s) missing and {} chunk(s) bad, used by snapshot(s) {:?}; {} dedup entries forgotten: the next backup stores that data again where it still exists locally",
         r.missing_packs.len(),
         r.bad_chunks.len(),
         r.damaged_snapshots,
@@ -890,7 +917,7 @@ async fn cmd_rm(ctx: &Ctx, paths: &[String]) -> Result<()> {
     let m = ctx.repo.load_manifest(&snap).await?;
     let mut entries = m.entries.clone();
     for p in paths {
-        let comps = parse_backup_path(p)?;
+        let comps = user_path(p)?;
         if comps.is_empty() {
             return Err(ClientError::Config("refusing to remove everything".into()));
         }

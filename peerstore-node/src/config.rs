@@ -64,6 +64,12 @@ pub struct NodeConfig {
     /// "systematic", s = 4, t = 8, p = 8, block_size = 262144 }`; the same on every node of a
     /// ring.
     pub entanglement: crate::entangled::EntanglementConfig,
+    /// Serve the web page of the ring and Prometheus metrics on this address (`IP:PORT`;
+    /// port 0 picks one and writes it to `<data_dir>/http.addr`). Default: off.
+    pub http: Option<std::net::SocketAddr>,
+    /// Allow `http` on an address that is not loopback (the page and metrics need no
+    /// credential).
+    pub http_public: bool,
 }
 
 impl Default for NodeConfig {
@@ -89,6 +95,8 @@ impl Default for NodeConfig {
             max_connections_per_ip: peerstore_proto::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             inbound_budget: peerstore_proto::limits::DEFAULT_INBOUND_BUDGET as u64,
             entanglement: crate::entangled::EntanglementConfig::default(),
+            http: None,
+            http_public: false,
         }
     }
 }
@@ -146,6 +154,9 @@ impl NodeConfig {
         }
         if self.stabilize_ms == 0 || self.maintenance_ms == 0 || self.request_timeout_ms == 0 {
             return bad("intervals and timeouts must be positive".into());
+        }
+        if let Some(addr) = &self.http {
+            crate::http::check_addr(addr, self.http_public).map_err(ConfigError::Invalid)?;
         }
         self.entanglement.validate().map_err(ConfigError::Invalid)?;
         self.entanglement

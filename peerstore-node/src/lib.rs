@@ -25,6 +25,7 @@ pub mod admission;
 pub mod config;
 pub mod driver;
 pub mod entangled;
+pub mod http;
 pub mod identity;
 pub mod maintenance;
 pub mod quota;
@@ -184,6 +185,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         replication: blocks.clone(),
         entangled: entangled.clone(),
         quotas: Arc::new(quota::Quotas::new(blocks.store.clone(), config.user_quota)),
+        metrics: Arc::new(http::Metrics::new()),
     });
     let local: Arc<dyn ring::LocalMember> = service.clone();
     ring.set_local(Arc::downgrade(&local));
@@ -197,6 +199,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         entangled.clone(),
         config.maintenance_interval(),
     ));
+
+    // The web page and metrics (--http); stopped when dropped.
+    let _http = match config.http {
+        Some(addr) => Some(
+            http::start(
+                addr,
+                config.http_public,
+                &config.data_dir,
+                service.clone(),
+                service.metrics.clone(),
+                config.stabilize_interval(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     tokio::select! {
         _ = shutdown => {

@@ -130,6 +130,14 @@ struct RunArgs {
     /// Bytes of requests still arriving the node holds at once, e.g. 256M (the default).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     inbound_budget: Option<u64>,
+    /// Serve a web page of the ring (`/`), its data (`/ring.json`) and Prometheus metrics
+    /// (`/metrics`) on IP:PORT, e.g. 127.0.0.1:9100 (port 0: any; the address goes to
+    /// <data-dir>/http.addr). Default: off. Loopback addresses only without --http-public.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<std::net::SocketAddr>,
+    /// Allow --http on an address other than loopback (the page needs no credential).
+    #[arg(long)]
+    http_public: bool,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -414,6 +422,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.inbound_budget {
         c.inbound_budget = v;
+    }
+    if let Some(v) = a.http {
+        c.http = Some(v);
+    }
+    if a.http_public {
+        c.http_public = true;
     }
     peerstore_node::run(c, shutdown_signal()).await
 }

@@ -64,6 +64,8 @@ pub struct Service {
     pub entangled: Arc<Entangled>,
     /// Per-user quotas of writes through this node.
     pub quotas: Arc<crate::quota::Quotas>,
+    /// Counters of the requests answered (`/metrics`).
+    pub metrics: Arc<crate::http::Metrics>,
 }
 
 impl LocalMember for Service {
@@ -102,7 +104,9 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
+                        let bytes_in = crate::http::client_bytes_in(&r);
                         let response = self.client(r, &caller).await;
+                        self.metrics.client(kind, bytes_in, &response);
                         log_failure(&peer, kind, &response);
                         response
                     }
@@ -118,6 +122,7 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
+                        let bytes_in = crate::http::member_bytes_in(&r);
                         let response = if r.is_long_running() {
                             if crate::replication::hostile::stall() {
                                 // Test mode: hold the request until the requester gives up.
@@ -138,6 +143,7 @@ impl Service {
                         } else {
                             self.member(r).await
                         };
+                        self.metrics.member(kind, bytes_in, &response);
                         log_failure(&peer, kind, &response);
                         response
                     }
@@ -160,6 +166,7 @@ impl Service {
                                 AdminResponse::error(ErrorCode::Unavailable, CANCELLED)
                             }
                         };
+                        self.metrics.admin(kind, &response);
                         log_failure(&peer, kind, &response);
                         response
                     }

@@ -453,3 +453,36 @@ fn blocks_count_their_age_from_arrival() {
     assert!(s.has(&k).unwrap());
     assert!(s.held_for(&k) <= reopened.elapsed());
 }
+
+/// A batch of record updates is one transaction: later items see earlier ones, `None` leaves a
+/// record alone, and a batch that does not fit the capacity stores nothing.
+#[test]
+fn record_batches_are_atomic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 4000);
+    let t = RecordTable::new("batch_test");
+    s.record_put(t, &[1; 32], b"old").expect("put");
+    let keys = [[1u8; 32], [2; 32], [2; 32], [3; 32]];
+    let written = s
+        .record_update_many(t, &keys, |i, cur| match (i, cur) {
+            (0, Some(_)) => None,
+            (1, None) => Some(b"first".to_vec()),
+            (2, Some(c)) => Some([c, b"+second"].concat()),
+            (3, None) => Some(b"third".to_vec()),
+            other => panic!("unexpected {other:?}"),
+        })
+        .expect("batch");
+    assert_eq!(written, 3);
+    assert_eq!(s.record_get(t, &[1; 32]).unwrap(), Some(b"old".to_vec()));
+    assert_eq!(
+        s.record_get(t, &[2; 32]).unwrap(),
+        Some(b"first+second".to_vec())
+    );
+    assert_eq!(s.record_get(t, &[3; 32]).unwrap(), Some(b"third".to_vec()));
+    // Too big for what is left: nothing of the batch is stored.
+    let big = [[4u8; 32], [5; 32]];
+    let r = s.record_update_many(t, &big, |_, _| Some(vec![0u8; 3000]));
+    assert!(matches!(r, Err(StoreError::Full { .. })), "{r:?}");
+    assert_eq!(s.record_get(t, &[4; 32]).unwrap(), None);
+    assert_eq!(s.record_get(t, &[5; 32]).unwrap(), None);
+}

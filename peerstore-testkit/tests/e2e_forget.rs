@@ -50,11 +50,12 @@ fn lines_numbers(v: &serde_json::Value, field: &str) -> Vec<u64> {
         .collect()
 }
 
-/// A failing command's stderr: exactly one line, starting with "error:".
-fn one_line_error(c: &Client, args: &[&str]) -> String {
+/// A failing command's stderr: exactly one line, starting with "error:"; `code`: the exit
+/// status of its kind (docs/CLIENT.md, "Exit codes").
+fn one_line_error(c: &Client, args: &[&str], code: i32) -> String {
     let out = c.run(args);
     assert!(!out.status.success(), "{args:?} must fail");
-    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}");
     let err = stderr(&out);
     assert!(err.starts_with("error: "), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -79,17 +80,17 @@ async fn forget_keep_last_one_leaves_a_snapshot_that_restores_byte_identical() {
     }
     assert_eq!(numbers(&alice.json(&["snapshots"])), [3, 2, 1]);
 
-    // Refusals: one line, exit status 1, nothing changed.
-    let err = one_line_error(&alice, &["forget"]);
+    // Refusals: one line, the exit status of their kind, nothing changed.
+    let err = one_line_error(&alice, &["forget"], 2);
     assert!(err.contains("nothing to do"), "{err}");
-    let err = one_line_error(&alice, &["forget", "3"]);
+    let err = one_line_error(&alice, &["forget", "3"], 1);
     assert!(
         err.contains("refusing to forget snapshot 3") && err.contains("latest"),
         "{err}"
     );
-    let err = one_line_error(&alice, &["forget", "latest", "--keep-last", "5"]);
+    let err = one_line_error(&alice, &["forget", "latest", "--keep-last", "5"], 1);
     assert!(err.contains("refusing to forget snapshot 3"), "{err}");
-    let err = one_line_error(&alice, &["forget", "7"]);
+    let err = one_line_error(&alice, &["forget", "7"], 3);
     assert!(err.contains("no snapshot 7"), "{err}");
 
     // A dry run says what would go, and changes nothing.
@@ -141,10 +142,10 @@ async fn forget_keep_last_one_leaves_a_snapshot_that_restores_byte_identical() {
     // its own user id, and is sealed to it): Bob has no backup, so there is nothing to forget.
     let bob = Client::new(tmp.path(), "bob", &cluster.nodes[1].addr.to_string());
     bob.ok(&["init"]);
-    let err = one_line_error(&bob, &["forget", "--keep-last", "1"]);
+    let err = one_line_error(&bob, &["forget", "--keep-last", "1"], 3);
     assert!(err.contains("no backup yet for this key"), "{err}");
     let id = f["kept"][0]["id"].as_str().unwrap();
-    let err = one_line_error(&bob, &["forget", id]);
+    let err = one_line_error(&bob, &["forget", id], 3);
     assert!(err.contains("no backup yet for this key"), "{err}");
     assert_eq!(numbers(&alice.json(&["snapshots"])), [3]);
 
@@ -164,6 +165,6 @@ async fn forget_keep_last_one_leaves_a_snapshot_that_restores_byte_identical() {
     fresh.ok(&["restore", dest3.to_str().unwrap(), "--snapshot", "3"]);
     assert_same_tree(&v3, &dest3);
     // A forgotten number selects nothing.
-    let err = one_line_error(&fresh, &["restore", "--snapshot", "2", "/nonexistent"]);
+    let err = one_line_error(&fresh, &["restore", "--snapshot", "2", "/nonexistent"], 3);
     assert!(err.contains("no snapshot 2"), "{err}");
 }

@@ -180,18 +180,24 @@ pub fn buried(store: &BlockStore, key: &BlockKey, now_us: u64) -> Result<bool, S
 /// refused (an error), so a peer cannot fill the table with other data; a record deleted here
 /// on its writer's statement (a tombstone) is skipped.
 pub fn put_local(store: &BlockStore, records: &[Vec<u8>]) -> Result<u64, StoreError> {
-    let mut new = 0;
     let now = super::layer::now_us();
+    let mut keys = Vec::with_capacity(records.len());
+    let mut values = Vec::with_capacity(records.len());
     for bytes in records {
         let key = record_key(bytes).ok_or_else(|| {
             StoreError::InvalidArgument("not a codeword or document record".into())
         })?;
-        if store.record_get(TABLE, &key.0)?.is_none() && !buried(store, &key, now)? {
-            store.record_put(TABLE, &key.0, bytes)?;
-            new += 1;
+        if !buried(store, &key, now)? {
+            keys.push(key.0);
+            values.push(bytes);
         }
     }
-    Ok(new)
+    // One write transaction (one fsync) for the batch; records already held stay as they are.
+    let new = store.record_update_many(TABLE, &keys, |i, cur| match cur {
+        Some(_) => None,
+        None => Some(values[i].clone()),
+    })?;
+    Ok(new as u64)
 }
 
 /// A record held here, verified against its key.

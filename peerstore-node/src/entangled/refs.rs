@@ -13,44 +13,13 @@ use super::format::{refs_position, RefsEntry};
 use super::layer::Entangled;
 use super::meta::{locate_meta, meta_successors, push_ring, table_range};
 use crate::ring::{blocking, RingError};
-use crate::store::{BlockStore, RecordTable, RecordUpdate, StoreError};
+use crate::store::{BlockStore, RecordTable, StoreError};
 use crate::sync::{self, Digests, Pull};
 use peerstore_proto::{BlockKey, NodeAddr, MAX_LIST_PAGE};
 use peerstore_proto::{EntRequest, EntResponse};
 
 /// The table of reverse-reference entries, keyed by position.
 pub const TABLE: RecordTable = RecordTable::REVERSE_REFS;
-
-/// Merges `e` into the entry stored at its position (compare-and-set loop).
-fn merge_one(store: &BlockStore, e: &RefsEntry) -> Result<(), StoreError> {
-    let pos = refs_position(&e.block);
-    if super::meta::buried(store, &pos, super::layer::now_us())? {
-        // Deleted with its document: a late copy does not come back.
-        return Ok(());
-    }
-    for _ in 0..16 {
-        let cur = store.record_get(TABLE, &pos.0)?;
-        let mut merged = cur
-            .as_deref()
-            .and_then(RefsEntry::decode)
-            .filter(|c| c.block == e.block)
-            .unwrap_or_else(|| RefsEntry {
-                block: e.block,
-                ..RefsEntry::default()
-            });
-        if !merged.merge(e) && cur.is_some() {
-            return Ok(());
-        }
-        let bytes = merged.encode();
-        match store.record_update(TABLE, &pos.0, &bytes, |c, _| c == cur.as_deref())? {
-            RecordUpdate::Stored => return Ok(()),
-            RecordUpdate::Rejected { .. } => continue,
-        }
-    }
-    Err(StoreError::InvalidArgument(
-        "reverse-reference entry kept changing".into(),
-    ))
-}
 
 /// Merges entries into this node's table.
 pub async fn merge_local(ent: &Entangled, entries: Vec<RefsEntry>) -> Result<(), RingError> {
@@ -61,13 +30,35 @@ pub async fn merge_local(ent: &Entangled, entries: Vec<RefsEntry>) -> Result<(),
         ));
     }
     let store = ent.store.clone();
-    blocking(move || {
-        for e in &entries {
-            merge_one(&store, e)?;
+    blocking(move || merge_many(&store, &entries)).await
+}
+
+/// Merges entries into this node's table in one write transaction (one fsync for the batch,
+/// not one per entry); entries of buried positions are skipped.
+fn merge_many(store: &BlockStore, entries: &[RefsEntry]) -> Result<(), StoreError> {
+    let now = super::layer::now_us();
+    let mut live: Vec<&RefsEntry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        if !super::meta::buried(store, &refs_position(&e.block), now)? {
+            live.push(e);
         }
-        Ok(())
-    })
-    .await
+    }
+    let positions: Vec<[u8; 32]> = live.iter().map(|e| refs_position(&e.block).0).collect();
+    store.record_update_many(TABLE, &positions, |i, cur| {
+        let e = live[i];
+        let mut merged = cur
+            .and_then(RefsEntry::decode)
+            .filter(|c| c.block == e.block)
+            .unwrap_or_else(|| RefsEntry {
+                block: e.block,
+                ..RefsEntry::default()
+            });
+        if !merged.merge(e) && cur.is_some() {
+            return None;
+        }
+        Some(merged.encode())
+    })?;
+    Ok(())
 }
 
 /// The entries at `positions` held here.
@@ -499,7 +490,7 @@ mod tests {
                 created_us: Some(u64::from(i)),
                 referrers: Default::default(),
             };
-            merge_one(&store, &e).unwrap();
+            merge_many(&store, std::slice::from_ref(&e)).unwrap();
         }
         (dir, store)
     }

@@ -396,6 +396,21 @@ impl BlockStore {
         self.tables().record_delete(table, key)
     }
 
+    /// Updates many records of `table` in one write transaction (one fsync): `f(i, current)`
+    /// gives the new value of `keys[i]` or `None` to leave it. See
+    /// [`records::Tables::record_update_many`].
+    pub fn record_update_many<F>(
+        &self,
+        table: RecordTable,
+        keys: &[[u8; 32]],
+        f: F,
+    ) -> Result<usize>
+    where
+        F: FnMut(usize, Option<&[u8]>) -> Option<Vec<u8>>,
+    {
+        self.tables().record_update_many(table, keys, f)
+    }
+
     /// Replaces the record under `key` with `new` if `accept(current, new)` says so, atomically
     /// (compare-and-set under one write transaction).
     pub fn record_update<F>(

@@ -115,6 +115,21 @@ impl Tables<'_> {
         Ok(())
     }
 
+    /// Charges `grow` bytes, then commits `tx` and releases `shrink`: a write that does not fit
+    /// is aborted and leaves nothing behind.
+    fn commit_charged(&self, tx: redb::WriteTransaction, grow: u64, shrink: u64) -> Result<()> {
+        if let Err(e) = self.charge(grow) {
+            tx.abort().map_err(db)?;
+            return Err(e);
+        }
+        if let Err(e) = tx.commit() {
+            self.release(grow);
+            return Err(db(e));
+        }
+        self.release(shrink);
+        Ok(())
+    }
+
     /// Releases `shrink` charged bytes.
     fn release(&self, shrink: u64) {
         if shrink == 0 {
@@ -196,17 +211,51 @@ impl Tables<'_> {
         }
         let new_cost = record_cost(new.len());
         let grow = new_cost.saturating_sub(old_cost);
-        // Charge before committing: a record that does not fit leaves nothing behind.
-        if let Err(e) = self.charge(grow) {
-            tx.abort().map_err(db)?;
-            return Err(e);
-        }
-        if let Err(e) = tx.commit() {
-            self.release(grow);
-            return Err(db(e));
-        }
-        self.release(old_cost.saturating_sub(new_cost));
+        self.commit_charged(tx, grow, old_cost.saturating_sub(new_cost))?;
         Ok(outcome)
+    }
+
+    /// Updates many records in one write transaction (one fsync): for each key, in order,
+    /// `f(i, current)` returns the new value, or `None` to leave the record as it is. The
+    /// growth of the whole batch is charged at once; a batch that does not fit stores nothing.
+    /// Returns how many records were written.
+    pub fn record_update_many<F>(
+        &self,
+        table: RecordTable,
+        keys: &[[u8; 32]],
+        mut f: F,
+    ) -> Result<usize>
+    where
+        F: FnMut(usize, Option<&[u8]>) -> Option<Vec<u8>>,
+    {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().map_err(db)?;
+        tx.set_durability(Durability::Immediate);
+        let (written, grow, shrink) = {
+            let mut t = tx.open_table(table.def()).map_err(db)?;
+            let (mut written, mut grow, mut shrink) = (0, 0u64, 0u64);
+            for (i, key) in keys.iter().enumerate() {
+                let current = t.get(key).map_err(db)?.map(|v| v.value().to_vec());
+                let Some(new) = f(i, current.as_deref()) else {
+                    continue;
+                };
+                let old_cost = current.as_ref().map_or(0, |c| record_cost(c.len()));
+                let new_cost = record_cost(new.len());
+                grow += new_cost.saturating_sub(old_cost);
+                shrink += old_cost.saturating_sub(new_cost);
+                t.insert(key, new.as_slice()).map_err(db)?;
+                written += 1;
+            }
+            (written, grow, shrink)
+        };
+        if written == 0 {
+            tx.abort().map_err(db)?;
+            return Ok(0);
+        }
+        self.commit_charged(tx, grow, shrink)?;
+        Ok(written)
     }
 
     /// How many records `table` holds (0 if it was never written).
