@@ -386,10 +386,15 @@ fn documents(n: u64, seed: u64) -> Vec<Vec<u8>> {
     peerstore_testkit::documents(n, seed, &sizes)
 }
 
+/// The report a `--json` command printed: its last JSON line that is not the error object a
+/// failing command adds after it (`{"error", "code", "kind"}`, docs/CLIENT.md).
 fn stdout_json(out: &std::process::Output) -> Value {
     let s = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(s.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {s}\nstderr: {}", stderr(out)))
+    s.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("kind").is_none() || v.get("error").is_none())
+        .unwrap_or_else(|| panic!("no JSON report: {s}\nstderr: {}", stderr(out)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,9 +518,15 @@ async fn admin_commands_on_documents_put_directly() {
     );
     assert!(!lost.is_empty(), "the kill destroyed nothing");
 
-    // Audit sees the damage: exit status 1, one line on stderr, every lost parity listed.
+    // Audit sees the damage: exit status 5 (integrity), one line on stderr, every lost parity
+    // listed.
     let out = admin.run(&["--json", "audit"]);
-    assert!(!out.status.success(), "audit of a damaged ring succeeded");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "audit of a damaged ring: {}",
+        out.status
+    );
     let a = stdout_json(&out);
     assert!(
         u(&a, "damaged") > 0 && u(&a, "remaining") == u(&a, "damaged"),
