@@ -8,28 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::*;
-use peerstore_proto::BlockKey;
 use peerstore_testkit::{corrupt_on_disk, Cluster};
-
-/// The pack keys the client's dedup cache names (its file: an 8-byte header, then records of
-/// chunk id, pack key, offset, length).
-fn cached_packs(data: &std::path::Path) -> Vec<BlockKey> {
-    let users = data.join("users");
-    let dir = fs::read_dir(&users)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let bytes = fs::read(dir.join("known-blocks")).unwrap();
-    let mut packs: Vec<BlockKey> = bytes[8..]
-        .chunks_exact(72)
-        .map(|r| BlockKey(r[32..64].try_into().unwrap()))
-        .collect();
-    packs.sort();
-    packs.dedup();
-    packs
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_a_lost_pack_and_the_next_backup_stores_it_again() {

@@ -13,7 +13,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use peerstore_proto::BlockKey;
 use peerstore_testkit::{corrupt_on_disk, Cluster};
 use serde_json::Value;
 
@@ -80,24 +79,6 @@ fn err_json(c: &Client, args: &[&str], code: i32, kind: &str) -> Vec<Value> {
         r.stderr
     );
     r.lines
-}
-
-/// The pack keys of the client's dedup cache (as e2e_check reads them).
-fn cached_packs(data: &Path) -> Vec<BlockKey> {
-    let dir = fs::read_dir(data.join("users"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let bytes = fs::read(dir.join("known-blocks")).unwrap();
-    let mut packs: Vec<BlockKey> = bytes[8..]
-        .chunks_exact(72)
-        .map(|r| BlockKey(r[32..64].try_into().unwrap()))
-        .collect();
-    packs.sort();
-    packs.dedup();
-    packs
 }
 
 /// A 127.0.0.1 port nothing listens on (bound, then released).

@@ -152,12 +152,44 @@ pub const TOMBSTONES: RecordTable = RecordTable::new("rec_tombstones");
 /// back as unreferenced records; space only, and the next prune finds them).
 pub const TOMBSTONE_TTL_US: u64 = 30 * 24 * 3600 * 1_000_000;
 
-/// Marks `keys` deleted (before the records themselves go, so no push in between lands).
+/// Tombstones [`bury`] looks at, from a random key on, to sweep the expired ones.
+const SWEEP_PAGE: usize = 256;
+
+/// Marks `keys` deleted (before the records themselves go, so no push in between lands), in
+/// one write transaction, and sweeps a page of expired tombstones so that they do not pile up
+/// (a tombstone is otherwise only dropped when its key comes back).
 pub fn bury(store: &BlockStore, keys: &[BlockKey], now_us: u64) -> Result<(), StoreError> {
-    for k in keys {
-        store.record_put(TOMBSTONES, &k.0, &now_us.to_le_bytes())?;
+    let raw: Vec<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+    store.record_update_many(TOMBSTONES, &raw, |_, _| Some(now_us.to_le_bytes().to_vec()))?;
+    let (mut expired, mut seen) = (Vec::new(), 0);
+    let from: [u8; 32] = rand::random();
+    // From a random key to the end, then (wrapping around) from the start up to it.
+    for (after, below) in [(Some(&from), None), (None, Some(from))] {
+        store.record_scan(TOMBSTONES, after, |k, v| {
+            if below.is_some_and(|b| *k > b) || seen >= SWEEP_PAGE {
+                return false;
+            }
+            if tombstone_age(v, now_us) >= TOMBSTONE_TTL_US {
+                expired.push(*k);
+            }
+            seen += 1;
+            true
+        })?;
+    }
+    for k in expired {
+        store.record_delete(TOMBSTONES, &k)?;
     }
     Ok(())
+}
+
+/// How long ago a tombstone's time was (its value: microseconds, u64 LE; a damaged value
+/// counts as expired).
+fn tombstone_age(v: &[u8], now_us: u64) -> u64 {
+    let at = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    now_us.saturating_sub(at)
 }
 
 /// Whether `key` was deleted within [`TOMBSTONE_TTL_US`] (an expired tombstone goes).
@@ -165,11 +197,7 @@ pub fn buried(store: &BlockStore, key: &BlockKey, now_us: u64) -> Result<bool, S
     let Some(v) = store.record_get(TOMBSTONES, &key.0)? else {
         return Ok(false);
     };
-    let at = v
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes);
-    if now_us.saturating_sub(at) < TOMBSTONE_TTL_US {
+    if tombstone_age(&v, now_us) < TOMBSTONE_TTL_US {
         return Ok(true);
     }
     store.record_delete(TOMBSTONES, &key.0)?;
@@ -643,6 +671,20 @@ pub fn local_figures(store: &BlockStore) -> Result<(u64, u64), StoreError> {
 mod tests {
     use super::*;
     use crate::store::StoreConfig;
+
+    #[test]
+    fn tombstones_keep_keys_out_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = BlockStore::open(StoreConfig::new(dir.path(), 1 << 20)).unwrap();
+        let now = 10 * TOMBSTONE_TTL_US;
+        let k = BlockKey([9; 32]);
+        bury(&store, &[k, BlockKey([8; 32])], now).unwrap();
+        assert!(buried(&store, &k, now + 1).unwrap());
+        // A later bury sweeps what has expired.
+        bury(&store, &[], now + TOMBSTONE_TTL_US).unwrap();
+        assert_eq!(store.record_count(TOMBSTONES).unwrap(), 0);
+        assert!(!buried(&store, &k, now + TOMBSTONE_TTL_US).unwrap());
+    }
 
     fn record(i: u8) -> Vec<u8> {
         let params = entangle::Params::new(1, 1, 2, 16);

@@ -20,6 +20,13 @@
 //! durability of both.
 //!
 //! The state here is pure (the caller passes the time); [`resolve`] does the ring reads.
+//!
+//! Memory is bounded by what clients can open: [`MAX_SESSIONS`] sessions (and as many writers'
+//! recent blocks), each with a pool of `4 t` blocks and [`SESSION_TAIL`] tail blocks (shared
+//! with the writer's recent blocks), at B = 256 KiB about 20 MiB per session, 320 MiB at most;
+//! kept-document keys at most `4 x` [`MAX_PENDING`] per session (512 KiB). A write samples at
+//! most [`RESOLVE_PER_WRITE`] kept documents of [`MAX_PER_DOC`] blocks, within
+//! [`RESOLVE_BUDGET`], and only documents of the same writer enter the pool.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;

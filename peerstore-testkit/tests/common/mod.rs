@@ -343,3 +343,23 @@ pub async fn managed_ring(n: usize) -> peerstore_testkit::Cluster {
         .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
     cluster
 }
+
+/// The pack keys the client's dedup cache names (its file: an 8-byte header, then records of
+/// chunk id, pack key, offset, length).
+pub fn cached_packs(data: &Path) -> Vec<peerstore_proto::BlockKey> {
+    let users = data.join("users");
+    let dir = fs::read_dir(&users)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = fs::read(dir.join("known-blocks")).unwrap();
+    let mut packs: Vec<peerstore_proto::BlockKey> = bytes[8..]
+        .chunks_exact(72)
+        .map(|r| peerstore_proto::BlockKey(r[32..64].try_into().unwrap()))
+        .collect();
+    packs.sort();
+    packs.dedup();
+    packs
+}
