@@ -80,6 +80,16 @@ impl WriteAuth {
                 now_us,
             });
         }
+        self.verify_signature(content, session)
+    }
+
+    /// Checks only the signature over `content` and `session`, whatever its age: how a node
+    /// checks the authorization kept in a stored document record, long after the write.
+    pub fn verify_signature(
+        &self,
+        content: &[u8; 32],
+        session: Option<u64>,
+    ) -> Result<(), WriteAuthError> {
         let msg = signed_message(&self.user, content, session, self.issued_us, self.nonce);
         let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, self.user.0);
         key.verify(&msg, &self.signature)
@@ -199,6 +209,10 @@ mod tests {
             a.verify(&c, Some(5), now - WRITE_AUTH_SKEW_US - 1),
             Err(WriteAuthError::Stale { .. })
         ));
+        // At rest, age does not matter, the bytes do.
+        a.verify_signature(&c, Some(5)).unwrap();
+        assert!(a.verify_signature(&[8u8; 32], Some(5)).is_err());
+        assert!(forged.verify_signature(&c, Some(5)).is_err());
         // Round trip through postcard.
         let bytes = postcard::to_allocvec(&a).unwrap();
         assert_eq!(postcard::from_bytes::<WriteAuth>(&bytes).unwrap(), a);

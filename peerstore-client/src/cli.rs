@@ -415,12 +415,13 @@ impl Ctx {
         let node = config::node_address(g.peer.as_deref(), g.node_data_dir.as_deref())?;
         let cred = config::credential(g.credential.as_deref(), dirs)?;
         let user = identity.user_id();
+        let identity = Arc::new(identity);
         let ring = Arc::new(
             RingStore::connect(node, Duration::from_secs(g.timeout_secs), cred)
                 .await?
-                .with_writer(user.0),
+                .with_writer(identity.clone()),
         );
-        let repo = Repo::new(ring.clone(), Arc::new(identity))
+        let repo = Repo::new(ring.clone(), identity)
             .with_root_watermark(dirs.user_data(&user).join("root-seen"));
         Ok(Ctx {
             g: g.clone(),

@@ -423,9 +423,9 @@ impl Default for RetryPolicy {
 pub struct RingStore {
     endpoints: Mutex<Endpoints>,
     identity: Option<peerstore_proto::Identity>,
-    /// The user id recorded as the writer of every document this store puts (only that
-    /// user's signed statement can delete them).
-    writer: Option<[u8; 32]>,
+    /// The user who signs every document this store puts (`crypto::WriteAuth`): nodes record
+    /// them as its writer (only their signed statement can delete it).
+    writer: Option<Arc<crypto::Identity>>,
     timeout: Duration,
     policy: RetryPolicy,
     /// The current write session: its id and the kept documents not sent yet.
@@ -484,9 +484,9 @@ impl RingStore {
         })
     }
 
-    /// Records `user` as the writer of the documents this store puts.
+    /// Signs the documents this store puts as `user` (who is then their writer).
     #[must_use]
-    pub fn with_writer(mut self, user: [u8; 32]) -> RingStore {
+    pub fn with_writer(mut self, user: Arc<crypto::Identity>) -> RingStore {
         self.writer = Some(user);
         self
     }
@@ -724,7 +724,7 @@ impl BlockStoreApi for RingStore {
     }
 
     async fn put_document(&self, data: Vec<u8>) -> Result<BlockKey, StoreError> {
-        let writer = self.writer;
+        let content = *blake3::hash(&data).as_bytes();
         // The kept documents not sent yet go with this put (at most MAX_SESSION_KEEP).
         let session = peerstore_proto::lock(&self.session)
             .as_mut()
@@ -736,11 +736,21 @@ impl BlockStoreApi for RingStore {
                 }
             });
         let sent = session.as_ref().map(|s| s.keep.clone()).unwrap_or_default();
+        // Signed afresh for every attempt (a node refuses a signature it has seen).
+        let session_id = session.as_ref().map(|s| s.id);
         let answer = self
-            .call(Request::PutDocument {
-                data,
-                writer,
-                session,
+            .with_retry("put-document", |client| {
+                let auth = self.writer.as_ref().map(|id| {
+                    let auth =
+                        crypto::WriteAuth::sign(id, &content, session_id, now_us(), rand::random());
+                    postcard::to_stdvec(&auth).unwrap_or_default()
+                });
+                let req = Request::PutDocument {
+                    data: data.clone(),
+                    auth,
+                    session: session.clone(),
+                };
+                async move { client.call(req).await }
             })
             .await;
         if !matches!(answer, Ok(Response::DocumentStored { .. })) && !sent.is_empty() {
@@ -898,4 +908,11 @@ impl BlockStoreApi for RingStore {
             None => Ok(out),
         }
     }
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -175,8 +175,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         activity: maintenance::Activity::default(),
         leaving: std::sync::atomic::AtomicBool::new(false),
     });
+    let quotas = Arc::new(quota::Quotas::new(blocks.store.clone(), config.user_quota));
     let entangled = Arc::new(
         entangled::Entangled::new(config.entanglement.clone(), blocks.clone(), single)
+            .with_quotas(quotas.clone())
             .with_policy_file(entangled::policy::file(&config.data_dir))
             .map_err(|e| anyhow::anyhow!("replica management: {e}"))?,
     );
@@ -184,7 +186,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         ring: ring.clone(),
         replication: blocks.clone(),
         entangled: entangled.clone(),
-        quotas: Arc::new(quota::Quotas::new(blocks.store.clone(), config.user_quota)),
+        quotas,
         metrics: Arc::new(http::Metrics::new()),
     });
     let local: Arc<dyn ring::LocalMember> = service.clone();

@@ -23,6 +23,13 @@ use crate::store::{BlockStore, RecordTable, RecordUpdate};
 const USAGE: RecordTable = RecordTable::new("user_usage");
 /// What was charged: blake3(PeerId bytes || content key) -> bytes (charged once).
 const CHARGES: RecordTable = RecordTable::new("user_charges");
+/// Who was charged for a content: content key -> postcard `Vec<([u8; 32], [u8; 32])>` of
+/// (usage key, charge key), at most [`MAX_PAYERS`], so that deleting the content gives them
+/// back what it cost.
+const PAYERS: RecordTable = RecordTable::new("user_payers");
+/// Most users remembered as charged for one content (more are charged, but only these get
+/// their bytes back when it is deleted).
+pub const MAX_PAYERS: usize = 64;
 /// Most users listed in a status report.
 pub const MAX_LISTED_USERS: usize = 64;
 
@@ -80,6 +87,49 @@ async fn run<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(RingError::internal(format!("quota task failed: {e}"))))
+}
+
+/// A user charged for a content: (usage key, charge key).
+type Payer = ([u8; 32], [u8; 32]);
+
+/// The payers remembered for `content`.
+fn payers_of(store: &BlockStore, content: &BlockKey) -> Result<Vec<Payer>, RingError> {
+    Ok(store
+        .record_get(PAYERS, &content.0)?
+        .and_then(|b| postcard::from_bytes(&b).ok())
+        .unwrap_or_default())
+}
+
+fn put_payers(store: &BlockStore, content: &BlockKey, payers: &[Payer]) -> Result<(), RingError> {
+    let bytes = postcard::to_stdvec(payers).map_err(|e| RingError::internal(e.to_string()))?;
+    store.record_put(PAYERS, &content.0, &bytes)?;
+    Ok(())
+}
+
+/// Removes charge `ck` of `size` bytes and takes it off usage `uk` (the book lock held).
+fn refund(store: &BlockStore, uk: [u8; 32], ck: [u8; 32], size: u64) -> Result<(), RingError> {
+    store.record_delete(CHARGES, &ck)?;
+    for _ in 0..8 {
+        let cur = store
+            .record_get(USAGE, &uk)?
+            .and_then(|b| postcard::from_bytes::<Usage>(&b).ok())
+            .unwrap_or_default();
+        let next = Usage {
+            bytes: cur.bytes.saturating_sub(size),
+            ..cur.clone()
+        };
+        let bytes = postcard::to_stdvec(&next).map_err(|e| RingError::internal(e.to_string()))?;
+        let done = store.record_update(USAGE, &uk, &bytes, |current, _| {
+            current
+                .and_then(|b| postcard::from_bytes::<Usage>(b).ok())
+                .map_or(0, |u| u.bytes)
+                == cur.bytes
+        })?;
+        if done == RecordUpdate::Stored {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A reservation: released (the write failed) or kept.
@@ -156,6 +206,11 @@ impl Quotas {
             match outcome {
                 RecordUpdate::Stored => {
                     store.record_put(CHARGES, &ck, &size.to_le_bytes())?;
+                    let mut payers = payers_of(&store, &content)?;
+                    if payers.len() < MAX_PAYERS && !payers.contains(&(uk, ck)) {
+                        payers.push((uk, ck));
+                        put_payers(&store, &content, &payers)?;
+                    }
                     Ok(Reservation {
                         charge: Some((uk, ck, size)),
                     })
@@ -181,31 +236,38 @@ impl Quotas {
         let book = self.book.clone();
         let _ = run(move || -> Result<(), RingError> {
             let _book = peerstore_proto::lock(&book);
-            store.record_delete(CHARGES, &ck)?;
-            for _ in 0..8 {
-                let cur = store
-                    .record_get(USAGE, &uk)?
-                    .and_then(|b| postcard::from_bytes::<Usage>(&b).ok())
-                    .unwrap_or_default();
-                let next = Usage {
-                    bytes: cur.bytes.saturating_sub(size),
-                    ..cur.clone()
-                };
-                let bytes =
-                    postcard::to_stdvec(&next).map_err(|e| RingError::internal(e.to_string()))?;
-                let done = store.record_update(USAGE, &uk, &bytes, |current, _| {
-                    current
-                        .and_then(|b| postcard::from_bytes::<Usage>(b).ok())
-                        .map_or(0, |u| u.bytes)
-                        == cur.bytes
-                })?;
-                if done == RecordUpdate::Stored {
-                    break;
-                }
-            }
-            Ok(())
+            refund(&store, uk, ck, size)
         })
         .await;
+    }
+
+    /// Gives every user charged for `content` here what it cost them: the content was deleted
+    /// (a document removed on its writer's statement). Idempotent. A content written twice as
+    /// two documents is charged once, so deleting either refunds it.
+    pub async fn release_content(&self, content: BlockKey) -> Result<u64, RingError> {
+        if self.limit.is_none() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let book = self.book.clone();
+        run(move || -> Result<u64, RingError> {
+            let _book = peerstore_proto::lock(&book);
+            let mut freed = 0;
+            for (uk, ck) in payers_of(&store, &content)? {
+                let Some(b) = store.record_get(CHARGES, &ck)? else {
+                    continue;
+                };
+                let size = b
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_le_bytes);
+                refund(&store, uk, ck, size)?;
+                freed += size;
+            }
+            store.record_delete(PAYERS, &content.0)?;
+            Ok(freed)
+        })
+        .await
     }
 
     /// Usage of up to [`MAX_LISTED_USERS`] users, largest first.
@@ -286,5 +348,17 @@ mod tests {
             usage.iter().find(|u| u.label == "alice").unwrap().bytes,
             100
         );
+        // Deleting content 1 gives Alice its 60 bytes back (once), and she writes again.
+        assert_eq!(q.release_content(k(1)).await.unwrap(), 60);
+        assert_eq!(q.release_content(k(1)).await.unwrap(), 0);
+        q.reserve(&alice, k(5), 60).await.unwrap();
+        // Content 2 was Bob's: Alice's usage does not move when it goes.
+        assert_eq!(q.release_content(k(2)).await.unwrap(), 60);
+        let usage = q.usage();
+        assert_eq!(
+            usage.iter().find(|u| u.label == "alice").unwrap().bytes,
+            100
+        );
+        assert_eq!(usage.iter().find(|u| u.label == "bob").unwrap().bytes, 0);
     }
 }

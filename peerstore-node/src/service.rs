@@ -220,7 +220,7 @@ impl Service {
             }),
             ClientRequest::PutDocument {
                 data,
-                writer,
+                auth,
                 session,
             } => {
                 let size = data.len() as u64;
@@ -228,7 +228,11 @@ impl Service {
                 match self.quotas.reserve(caller, content, size).await {
                     Err(e) => Err(e),
                     Ok(reservation) => {
-                        match self.entangled.put_document(data, writer, session).await {
+                        match self
+                            .entangled
+                            .put_document(data, content, auth, session)
+                            .await
+                        {
                             Ok(key) => Ok(ClientResponse::DocumentStored { key }),
                             Err(e) => {
                                 self.quotas.release(reservation).await;

@@ -799,18 +799,38 @@ async fn single_copies_are_proved_by_their_owner_only(c: &Cluster, parities: &BT
     }
 }
 
+/// Microseconds since the Unix epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// `writer`'s signed authorization to write `data` in session `session`, as sent.
+fn signed(writer: &crypto::Identity, data: &[u8], session: Option<u64>) -> Vec<u8> {
+    let auth = crypto::WriteAuth::sign(
+        writer,
+        blake3::hash(data).as_bytes(),
+        session,
+        now_us(),
+        rand::random(),
+    );
+    postcard::to_stdvec(&auth).unwrap()
+}
+
 /// Stores a document for `writer` in write session `id` that keeps `keep`.
 async fn put_in_session(
     n: &NodeProc,
     data: &[u8],
-    writer: [u8; 32],
+    writer: &crypto::Identity,
     id: u64,
     keep: Vec<BlockKey>,
 ) -> BlockKey {
     match n
         .call(ClientRequest::PutDocument {
             data: data.to_vec(),
-            writer: Some(writer),
+            auth: Some(signed(writer, data, Some(id))),
             session: Some(peerstore_proto::EntangleSession { id, keep }),
         })
         .await
@@ -843,7 +863,9 @@ async fn sessions_point_only_into_what_they_keep() {
     c.wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let (alice, bob) = ([1u8; 32], [2u8; 32]);
+    let alice = crypto::Identity::from_secrets([1; 32], [1; 32]);
+    let bob = crypto::Identity::from_secrets([2; 32], [2; 32]);
+    let (alice, bob) = (&alice, &bob);
     let n = &c.nodes[0];
     let data = |seed: u64, len: usize| peerstore_testkit::documents(1, seed, &[len]).remove(0);
     // Earlier writes through the same node: a session-less one, Alice's first run, Bob's.
@@ -900,4 +922,201 @@ async fn sessions_point_only_into_what_they_keep() {
     for (k, d) in [(w, data(4, 5 * S * B)), (z, data(5, 5 * S * B))] {
         assert_eq!(get_doc(&c.nodes[3], k).await.unwrap(), d);
     }
+}
+
+/// Signed writes (issue 14): the writer a node records is the verified signer of the write; a
+/// forged, stale, replayed or oversized authorization is refused; a document record that a
+/// lying member makes over another user's codewords deletes nothing of them; a deletion gives
+/// the writer their quota back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_signed_and_deletions_bound_to_them() {
+    let _g = SERIAL.lock().await;
+    let mut args = ring_args();
+    args.extend(["--user-quota", "8M"]);
+    let c = Cluster::start(4, &args).await;
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alice = crypto::Identity::from_secrets([1; 32], [1; 32]);
+    let mallory = crypto::Identity::from_secrets([3; 32], [3; 32]);
+    let n = &c.nodes[0];
+    let data = peerstore_testkit::documents(1, 7, &[3 * S * B]).remove(0);
+    let put = |auth: Vec<u8>, data: Vec<u8>| async move {
+        n.call(ClientRequest::PutDocument {
+            data,
+            auth: Some(auth),
+            session: Some(peerstore_proto::EntangleSession {
+                id: 9,
+                keep: vec![],
+            }),
+        })
+        .await
+    };
+    let refused = |r: ClientResponse, code: peerstore_proto::ErrorCode, what: &str| match r {
+        ClientResponse::Error { code: c, message } => {
+            assert_eq!(c, code, "{what}: {message}");
+            println!("{what}: {message}");
+        }
+        other => panic!("{what} was accepted: {other:?}"),
+    };
+
+    // Alice's signed write: her id is the verified writer of the record.
+    let auth = signed(&alice, &data, Some(9));
+    let doc = match put(auth.clone(), data.clone()).await {
+        ClientResponse::DocumentStored { key } => key,
+        other => panic!("signed write: {other:?}"),
+    };
+    let d = DocRecord::decode(&fetch_record(&c, doc).await.expect("record")).unwrap();
+    assert_eq!(d.verified_writer(), Ok(alice.user_id().0));
+    assert_eq!(users_bytes(&c).await, data.len() as u64, "charged once");
+
+    // The same request again (a replay), Alice's id on Mallory's signature, a signature for
+    // other bytes or another session, a stale one, an oversized one: all refused.
+    refused(
+        put(auth.clone(), data.clone()).await,
+        peerstore_proto::ErrorCode::Forbidden,
+        "a replay",
+    );
+    let mut forged: crypto::WriteAuth =
+        postcard::from_bytes(&signed(&mallory, &data, Some(9))).unwrap();
+    forged.user = alice.user_id();
+    refused(
+        put(postcard::to_stdvec(&forged).unwrap(), data.clone()).await,
+        peerstore_proto::ErrorCode::Forbidden,
+        "Alice's id on Mallory's signature",
+    );
+    refused(
+        put(signed(&alice, b"other bytes", Some(9)), data.clone()).await,
+        peerstore_proto::ErrorCode::Forbidden,
+        "a signature over other bytes",
+    );
+    refused(
+        put(signed(&alice, &data, Some(10)), data.clone()).await,
+        peerstore_proto::ErrorCode::Forbidden,
+        "a signature for another session",
+    );
+    let stale = crypto::WriteAuth::sign(
+        &alice,
+        blake3::hash(&data).as_bytes(),
+        Some(9),
+        now_us() - 3_600_000_000,
+        1,
+    );
+    refused(
+        put(postcard::to_stdvec(&stale).unwrap(), data.clone()).await,
+        peerstore_proto::ErrorCode::Forbidden,
+        "an hour-old signature",
+    );
+    refused(
+        put(vec![0; 4096], data.clone()).await,
+        peerstore_proto::ErrorCode::BadRequest,
+        "an oversized authorization",
+    );
+
+    // A lying member signs Alice's content as Mallory and names Alice's codewords in a record
+    // of its own, stores it (it verifies: Mallory did sign it), and deletes it as Mallory.
+    let fake = DocRecord {
+        writer: Some(mallory.user_id().0),
+        signed: Some(peerstore_node::entangled::format::SignedWrite {
+            auth: crypto::WriteAuth::sign(&mallory, &d.content_hash, Some(9), now_us(), 5),
+            session: Some(9),
+        }),
+        ..d.clone()
+    };
+    let fake_bytes = fake.encode();
+    let fake_key = BlockKey::of(&fake_bytes);
+    let mut held = 0;
+    for node in c.live() {
+        if let MemberResponse::Entangled(peerstore_proto::EntResponse::Ok) = node
+            .member(MemberRequest::Entangled(
+                peerstore_proto::EntRequest::StoreRecords {
+                    records: vec![fake_bytes.clone()],
+                },
+            ))
+            .await
+        {
+            held += 1;
+        }
+    }
+    assert!(held > 0, "the fake record is stored somewhere");
+    // A record whose signature does not verify is refused at the door.
+    let mut unsigned = fake.clone();
+    if let Some(s) = unsigned.signed.as_mut() {
+        s.auth.user = alice.user_id();
+    }
+    match n
+        .member(MemberRequest::Entangled(
+            peerstore_proto::EntRequest::StoreRecords {
+                records: vec![unsigned.encode()],
+            },
+        ))
+        .await
+    {
+        MemberResponse::Error { message, .. } => {
+            assert!(
+                message.contains("not a codeword or document record"),
+                "{message}"
+            )
+        }
+        other => panic!("a record with a forged signature was stored: {other:?}"),
+    }
+    let st = crypto::DeleteStatement::sign(&mallory, now_us(), vec![fake_key.0]).unwrap();
+    let report = match n
+        .call(ClientRequest::DeleteDocuments {
+            statement: postcard::to_stdvec(&st).unwrap(),
+        })
+        .await
+    {
+        ClientResponse::Deleted(r) => r,
+        other => panic!("delete: {other:?}"),
+    };
+    println!("Mallory's deletion of his fake record: {report:?}");
+    let len = fake_bytes.len() as u64;
+    assert!(
+        report.bytes_freed >= len && report.bytes_freed % len == 0,
+        "only his record went: {report:?}"
+    );
+    for rk in &d.codewords {
+        assert!(
+            fetch_record(&c, *rk).await.is_some(),
+            "Alice's codeword records stay"
+        );
+    }
+    let on_disk = files_on_disk(&c);
+    for k in parity_keys(&c, doc).await {
+        assert!(on_disk.contains_key(&k), "Alice's block {k} stays");
+    }
+    match n.call(ClientRequest::GetDocument { key: doc }).await {
+        ClientResponse::Block { data: back } => assert_eq!(back, data),
+        other => panic!("Alice's document after Mallory's deletion: {other:?}"),
+    }
+
+    // Alice deletes her document: it goes, and her quota comes back.
+    let st = crypto::DeleteStatement::sign(&alice, now_us(), vec![doc.0]).unwrap();
+    match n
+        .call(ClientRequest::DeleteDocuments {
+            statement: postcard::to_stdvec(&st).unwrap(),
+        })
+        .await
+    {
+        ClientResponse::Deleted(r) => {
+            assert_eq!(r.deleted, vec![doc], "{r:?}");
+        }
+        other => panic!("Alice's delete: {other:?}"),
+    }
+    assert_eq!(users_bytes(&c).await, 0, "the deletion gave the quota back");
+    assert!(matches!(
+        n.call(ClientRequest::GetDocument { key: doc }).await,
+        ClientResponse::NotFound | ClientResponse::Error { .. }
+    ));
+}
+
+/// What every user has stored on the live nodes, in all (`status`).
+async fn users_bytes(c: &Cluster) -> u64 {
+    let mut total = 0;
+    for node in c.live() {
+        let s = node.status().await.expect("status");
+        total += s.users.iter().map(|u| u.bytes).sum::<u64>();
+    }
+    total
 }

@@ -96,7 +96,7 @@ async fn soak_16_nodes_kill_4_repair() {
                     cl,
                     ClientRequest::PutDocument {
                         data,
-                        writer: None,
+                        auth: None,
                         session: None,
                     },
                 )

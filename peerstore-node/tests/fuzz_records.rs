@@ -190,6 +190,7 @@ fn record_samples() -> &'static [Vec<u8>] {
 
 fn documents() -> Vec<DocRecord> {
     let keys: Vec<BlockKey> = record_samples().iter().map(|b| BlockKey::of(b)).collect();
+    let signer = crypto::Identity::from_secrets([1; 32], [2; 32]);
     vec![
         DocRecord {
             params: Params::new(1, 1, 2, 16),
@@ -198,6 +199,7 @@ fn documents() -> Vec<DocRecord> {
             codewords: vec![keys[0]],
             writer: Some([5; 32]),
             created_us: Some(77),
+            signed: None,
         },
         DocRecord {
             params: Params::new(2, 3, 4, 64),
@@ -206,6 +208,25 @@ fn documents() -> Vec<DocRecord> {
             codewords: keys.clone(),
             writer: None,
             created_us: None,
+            signed: None,
+        },
+        DocRecord {
+            params: Params::new(2, 3, 4, 64),
+            len: 100,
+            content_hash: *blake3::hash(b"signed").as_bytes(),
+            codewords: keys.clone(),
+            writer: Some(signer.user_id().0),
+            created_us: Some(1_000),
+            signed: Some(peerstore_node::entangled::format::SignedWrite {
+                auth: crypto::WriteAuth::sign(
+                    &signer,
+                    blake3::hash(b"signed").as_bytes(),
+                    Some(3),
+                    1_000,
+                    4,
+                ),
+                session: Some(3),
+            }),
         },
         DocRecord {
             params: Params::DEFAULT,
@@ -214,6 +235,7 @@ fn documents() -> Vec<DocRecord> {
             codewords: vec![keys[1]; 8],
             writer: None,
             created_us: None,
+            signed: None,
         },
     ]
 }
@@ -417,6 +439,7 @@ fn arbitrary_document() -> impl Strategy<Value = DocRecord> {
             codewords,
             writer: None,
             created_us: None,
+            signed: None,
         }
     })
 }
@@ -518,7 +541,7 @@ fn documents_with_huge_lengths_do_not_decode() {
     }
     let at_bound = DocRecord {
         len: MAX_BLOCK_SIZE as u64,
-        ..documents()[2].clone()
+        ..documents()[3].clone()
     };
     assert_eq!(
         DocRecord::decode(&at_bound.encode()),

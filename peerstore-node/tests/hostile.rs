@@ -694,6 +694,7 @@ async fn a_crafted_document_record_crashes_nothing() {
             codewords: vec![BlockKey([9; 32])],
             writer: None,
             created_us: None,
+            signed: None,
         };
         let bytes = record.encode();
         assert!(

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{put_into, Audience, Bulk, Message};
 use crate::{BlockKey, ErrorResponse, NodeAddr};
 
+/// Most bytes of a `PutDocument`'s signed authorization (a `crypto::WriteAuth` is about 120).
+pub const MAX_WRITE_AUTH: usize = 256;
+
 /// Most documents one [`EntangleSession`] update may name.
 pub const MAX_SESSION_KEEP: usize = 1024;
 
@@ -55,10 +58,15 @@ pub enum ClientRequest {
     PutDocument {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
-        /// The writing user's id (their Ed25519 public key), recorded with the document: only
-        /// a statement signed by this user can delete it ([`ClientRequest::DeleteDocuments`]).
-        /// `None`: nobody can.
-        writer: Option<[u8; 32]>,
+        /// The writing user's signature over the document (a postcard-encoded
+        /// `crypto::WriteAuth` over BLAKE3 of `data`, the session id, the time and a nonce, at
+        /// most [`MAX_WRITE_AUTH`] bytes). The node records the signer as the document's
+        /// writer (only a statement signed by this user can delete it,
+        /// [`ClientRequest::DeleteDocuments`]) and keeps the signature in the document record,
+        /// so every holder can check it; a stale or replayed signature is refused. `None`: an
+        /// anonymous document that nobody can delete.
+        #[serde(with = "serde_bytes")]
+        auth: Option<Vec<u8>>,
         /// The write session the document belongs to (a client's backup run), which decides
         /// where its pointers may go; `None`: anywhere in the ring (older clients).
         session: Option<EntangleSession>,

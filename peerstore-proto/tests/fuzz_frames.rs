@@ -347,7 +347,7 @@ fn client_requests() -> Vec<ClientRequest> {
         ClientRequest::GetRecord { key: key(4) },
         ClientRequest::PutDocument {
             data: (0..=255).collect(),
-            writer: Some([7; 32]),
+            auth: Some(vec![7; 120]),
             session: Some(peerstore_proto::EntangleSession {
                 id: 9,
                 keep: vec![key(7), key(8)],
@@ -355,7 +355,7 @@ fn client_requests() -> Vec<ClientRequest> {
         },
         ClientRequest::PutDocument {
             data: vec![],
-            writer: None,
+            auth: None,
             session: None,
         },
         ClientRequest::GetDocument { key: key(5) },

@@ -846,7 +846,7 @@ pub async fn put_document(n: &NodeProc, data: &[u8]) -> BlockKey {
         match n
             .call(ClientRequest::PutDocument {
                 data: data.to_vec(),
-                writer: None,
+                auth: None,
                 session: None,
             })
             .await

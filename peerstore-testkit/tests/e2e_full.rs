@@ -118,7 +118,7 @@ async fn fill_with_documents(cluster: &Cluster, seed: u64) -> (u64, ClientRespon
         let resp = node
             .call(ClientRequest::PutDocument {
                 data: block(seed + i, DOC),
-                writer: None,
+                auth: None,
                 session: None,
             })
             .await;

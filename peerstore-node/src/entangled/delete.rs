@@ -75,7 +75,10 @@ async fn writer_checked(
     let Some(d) = DocRecord::decode(&bytes) else {
         return Err(format!("{doc} is not a document record"));
     };
-    if d.writer != Some(st.user.0) {
+    // The writer is the record's verified signer (a version 2 record's unsigned claim is not
+    // enough: it is kept).
+    let writer = d.verified_writer().map_err(|e| format!("{doc}: {e}"))?;
+    if writer != st.user.0 {
         return Err(crypto::DeleteError::NotWriter(doc.to_string(), st.user).to_string());
     }
     Ok(Some(d))
@@ -113,12 +116,18 @@ async fn pinned(
     Ok(false)
 }
 
-/// A document's codeword records that still exist, by key.
+/// A document's codeword records that still exist, by key: only those that are its own (their
+/// ids derive from its signed document id), so a record that names another document's
+/// codewords (made by a lying member) deletes nothing of them.
 async fn codewords(ent: &Entangled, d: &DocRecord) -> Vec<repair::Rec> {
     let mut out = Vec::new();
-    for rk in &d.codewords {
+    for (i, rk) in d.codewords.iter().enumerate() {
         if let Some(r) = repair::fetch_record(ent, *rk).await {
-            out.push((*rk, r));
+            if d.owns_codeword(i, &r) {
+                out.push((*rk, r));
+            } else {
+                tracing::warn!(codeword = %rk, "a document record names a codeword that is not its own: left alone");
+            }
         }
     }
     out
@@ -271,6 +280,13 @@ async fn delete_local_inner(
             })
             .await?;
             forget_cached(ent, &doc);
+            // What the document cost its writer here (if this node accepted the write) is
+            // theirs again.
+            if let Some(q) = &ent.quotas {
+                q.release_content(BlockKey(d.content_hash))
+                    .await
+                    .map_err(|e| format!("quota: {}", e.message))?;
+            }
             Ok(DeleteOutcome::Done {
                 bytes: held.map_or(0, |h| h.len() as u64),
             })

@@ -63,6 +63,34 @@ pub struct DocRecord {
     pub writer: Option<[u8; 32]>,
     /// When the encoding node stored it, microseconds since the Unix epoch (`None`: version 1).
     pub created_us: Option<u64>,
+    /// The writer's signature over the document (version 3): `writer` is its signer, and the
+    /// document's codeword ids derive from it ([`DocRecord::document_id`]), so a record naming
+    /// another document's codewords cannot be made by anyone, member or not.
+    pub signed: Option<SignedWrite>,
+}
+
+/// A document's signed authorization as kept in its record: what the writer signed
+/// (`crypto::WriteAuth` over the content hash and the session id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedWrite {
+    pub auth: crypto::WriteAuth,
+    pub session: Option<u64>,
+}
+
+/// Domain of document ids derived from a writer's signature.
+const DOCUMENT_ID_DOMAIN: &str = "peerstore/entangled/document-id/v1";
+
+impl SignedWrite {
+    /// The id the document's codewords derive from (`entangle::CodewordId::derive(id, k)` for
+    /// its codeword `k`): a function of the writer and their signature, so only the encoder
+    /// of this very write made codewords with these ids.
+    #[must_use]
+    pub fn document_id(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key(DOCUMENT_ID_DOMAIN);
+        h.update(&self.auth.user.0);
+        h.update(&self.auth.signature);
+        *h.finalize().as_bytes()
+    }
 }
 
 /// The stored form of a version 1 document record.
@@ -88,11 +116,38 @@ struct DocV2 {
 /// Opens a version 2 document-record block (with writer and creation time).
 pub const DOCUMENT_MAGIC_V2: &[u8; 5] = b"ENTD\x02";
 
+/// The stored form of a version 3 document record (a signed writer).
+#[derive(Serialize, Deserialize)]
+struct DocV3 {
+    params: entangle::Params,
+    len: u64,
+    content_hash: [u8; 32],
+    codewords: Vec<BlockKey>,
+    created_us: u64,
+    signed: SignedWrite,
+}
+
+/// Opens a version 3 document-record block (signed by its writer).
+pub const DOCUMENT_MAGIC_V3: &[u8; 5] = b"ENTD\x03";
+
 impl DocRecord {
     /// The stored bytes of the document-record block: version 2, or version 1 (the bytes of
     /// before) for a record with neither writer nor creation time.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
+        if let Some(signed) = &self.signed {
+            let mut out = DOCUMENT_MAGIC_V3.to_vec();
+            let v3 = DocV3 {
+                params: self.params,
+                len: self.len,
+                content_hash: self.content_hash,
+                codewords: self.codewords.clone(),
+                created_us: self.created_us.unwrap_or(0),
+                signed: signed.clone(),
+            };
+            out.extend(postcard::to_stdvec(&v3).unwrap_or_default());
+            return out;
+        }
         if self.writer.is_none() && self.created_us.is_none() {
             let mut out = DOCUMENT_MAGIC.to_vec();
             let v1 = DocV1 {
@@ -120,7 +175,18 @@ impl DocRecord {
     /// Parses a document-record block of either version; `None` if it is not one.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<DocRecord> {
-        let d = if let Some(body) = bytes.strip_prefix(DOCUMENT_MAGIC_V2.as_slice()) {
+        let d = if let Some(body) = bytes.strip_prefix(DOCUMENT_MAGIC_V3.as_slice()) {
+            let v: DocV3 = postcard::from_bytes(body).ok()?;
+            DocRecord {
+                params: v.params,
+                len: v.len,
+                content_hash: v.content_hash,
+                codewords: v.codewords,
+                writer: Some(v.signed.auth.user.0),
+                created_us: Some(v.created_us),
+                signed: Some(v.signed),
+            }
+        } else if let Some(body) = bytes.strip_prefix(DOCUMENT_MAGIC_V2.as_slice()) {
             let v: DocV2 = postcard::from_bytes(body).ok()?;
             DocRecord {
                 params: v.params,
@@ -129,6 +195,7 @@ impl DocRecord {
                 codewords: v.codewords,
                 writer: v.writer,
                 created_us: v.created_us,
+                signed: None,
             }
         } else {
             let body = bytes.strip_prefix(DOCUMENT_MAGIC.as_slice())?;
@@ -140,6 +207,7 @@ impl DocRecord {
                 codewords: v.codewords,
                 writer: None,
                 created_us: None,
+                signed: None,
             }
         };
         d.params.validate().ok()?;
@@ -155,6 +223,39 @@ impl DocRecord {
             return None;
         }
         Some(d)
+    }
+
+    /// The writer whose statement may delete this document, checked: the signer of a
+    /// version 3 record whose signature verifies over its content hash. A version 2 record's
+    /// writer is only what the encoding node wrote (no signature): refused, as is a record
+    /// with no writer.
+    pub fn verified_writer(&self) -> Result<[u8; 32], String> {
+        match &self.signed {
+            Some(s) => s
+                .auth
+                .verify_signature(&self.content_hash, s.session)
+                .map(|()| s.auth.user.0)
+                .map_err(|e| e.to_string()),
+            None if self.writer.is_some() => Err(
+                "the document was written before writes were signed: its writer cannot be verified, so it is kept".into(),
+            ),
+            None => Err("the document names no writer: nobody can delete it".into()),
+        }
+    }
+
+    /// The id its codewords derive from, for a signed record; `None` for older records
+    /// (their ids were drawn at random by the encoder).
+    #[must_use]
+    pub fn document_id(&self) -> Option<[u8; 32]> {
+        self.signed.as_ref().map(SignedWrite::document_id)
+    }
+
+    /// Whether `record` is codeword number `index` of this document: for a signed record,
+    /// its id derives from the document id; older records cannot tell (`true`).
+    #[must_use]
+    pub fn owns_codeword(&self, index: usize, record: &entangle::Record) -> bool {
+        self.document_id()
+            .is_none_or(|id| record.id == entangle::CodewordId::derive(&id, index as u64))
     }
 }
 
@@ -222,6 +323,7 @@ mod tests {
             codewords: vec![BlockKey::of(&bytes)],
             writer: Some([7; 32]),
             created_us: Some(123),
+            signed: None,
         };
         assert_eq!(DocRecord::decode(&d.encode()), Some(d.clone()));
         assert!(DocRecord::decode(b"ENTDx").is_none());
@@ -239,5 +341,71 @@ mod tests {
         let old = DocRecord::decode(&v1).unwrap();
         assert_eq!((old.writer, old.created_us), (None, None));
         assert_eq!(old.codewords, d.codewords);
+        // A version 2 writer is a claim: not enough to delete.
+        assert!(d
+            .verified_writer()
+            .unwrap_err()
+            .contains("before writes were signed"));
+    }
+
+    #[test]
+    fn signed_records_name_their_signer_and_bind_their_codewords() {
+        let alice = crypto::Identity::from_secrets([1; 32], [2; 32]);
+        let mallory = crypto::Identity::from_secrets([3; 32], [4; 32]);
+        let params = entangle::Params::new(1, 1, 2, 16);
+        let content = *blake3::hash(b"hello").as_bytes();
+        let sign = |who: &crypto::Identity| SignedWrite {
+            auth: crypto::WriteAuth::sign(who, &content, Some(5), 1_000, 77),
+            session: Some(5),
+        };
+        let signed = sign(&alice);
+        let id = signed.document_id();
+        let (rec, _) = entangle::encode(
+            params,
+            entangle::CodewordId::derive(&id, 0),
+            b"hello",
+            &[(entangle::BlockKey::anchor(16, 0), &[][..])],
+        )
+        .unwrap();
+        let rec = entangle::Record::from(rec);
+        let d = DocRecord {
+            params,
+            len: 5,
+            content_hash: content,
+            codewords: vec![BlockKey::of(&encode_record(&rec))],
+            writer: Some(alice.user_id().0),
+            created_us: Some(123),
+            signed: Some(signed.clone()),
+        };
+        let bytes = d.encode();
+        assert!(bytes.starts_with(DOCUMENT_MAGIC_V3));
+        let back = DocRecord::decode(&bytes).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(back.verified_writer(), Ok(alice.user_id().0));
+        assert!(back.owns_codeword(0, &rec));
+        assert!(!back.owns_codeword(1, &rec));
+        // Mallory signs Alice's content and names Alice's codewords: his record verifies as
+        // his, but it owns none of them.
+        let forged = DocRecord {
+            signed: Some(sign(&mallory)),
+            writer: Some(mallory.user_id().0),
+            ..d.clone()
+        };
+        assert_eq!(forged.verified_writer(), Ok(mallory.user_id().0));
+        assert!(!forged.owns_codeword(0, &rec));
+        // A signature for other bytes does not verify.
+        let other = DocRecord {
+            content_hash: [9; 32],
+            ..d.clone()
+        };
+        assert!(other.verified_writer().is_err());
+        // Alice's id on Mallory's signature neither.
+        let mut swapped = sign(&mallory);
+        swapped.auth.user = alice.user_id();
+        let swapped = DocRecord {
+            signed: Some(swapped),
+            ..d
+        };
+        assert!(swapped.verified_writer().is_err());
     }
 }

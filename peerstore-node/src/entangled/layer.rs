@@ -173,6 +173,10 @@ pub struct Entangled {
     /// When to ask members again to drop replicated copies of this node's single copies that
     /// they kept (`scrub::redrop_singles`).
     pub drop_retries: Mutex<super::policy::DropRetries>,
+    /// Signed writes accepted within the clock-skew window (replays are refused).
+    pub replays: Mutex<crypto::ReplayGuard>,
+    /// The quota book, to give users back what deleted documents cost them.
+    pub quotas: Option<Arc<crate::quota::Quotas>>,
 }
 
 impl Entangled {
@@ -198,12 +202,21 @@ impl Entangled {
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
             drop_retries: Mutex::new(super::policy::DropRetries::default()),
+            replays: Mutex::new(crypto::ReplayGuard::default()),
+            quotas: None,
             // The default maintenance period until the background loop sets its own.
             requested_drops: Mutex::new(WindowBudget::new(
                 std::time::Duration::from_secs(5),
                 std::time::Instant::now(),
             )),
         }
+    }
+
+    /// Releases quota charges of deleted documents in `quotas`.
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<crate::quota::Quotas>) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// Keeps an administrator's choice of replica management in `path` and starts with the

@@ -48,8 +48,12 @@ pub fn record_key(bytes: &[u8]) -> Option<BlockKey> {
     if bytes.len() > MAX_BLOCK_SIZE {
         return None;
     }
-    if decode_record(bytes).is_none() && DocRecord::decode(bytes).is_none() {
-        return None;
+    if decode_record(bytes).is_none() {
+        // A document record; a signed one only with a signature that verifies.
+        let d = DocRecord::decode(bytes)?;
+        if d.signed.is_some() && d.verified_writer().is_err() {
+            return None;
+        }
     }
     Some(BlockKey::of(bytes))
 }

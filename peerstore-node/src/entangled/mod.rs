@@ -64,14 +64,16 @@ pub use peerstore_proto::{
 pub use peerstore_proto::lock;
 
 impl Entangled {
-    /// `PutDocument` (see [`write::put_document`]); `writer` is recorded with the document.
+    /// `PutDocument` (see [`write::put_document`]): `content` is BLAKE3 of `data`; the signer
+    /// of `auth` is recorded as the document's writer.
     pub async fn put_document(
         &self,
         data: Vec<u8>,
-        writer: Option<[u8; 32]>,
+        content: BlockKey,
+        auth: Option<Vec<u8>>,
         session: Option<peerstore_proto::EntangleSession>,
     ) -> Result<BlockKey, RingError> {
-        write::put_document(self, data, writer, session).await
+        write::put_document(self, data, content, auth, session).await
     }
 
     /// `ListDocuments` (see [`delete::list_ring`]).

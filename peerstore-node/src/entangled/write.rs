@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::{debug, warn};
 
-use super::format::{ek, encode_record, nk, DocRecord, RefsEntry};
+use super::format::{ek, encode_record, nk, DocRecord, RefsEntry, SignedWrite};
 use super::layer::Entangled;
 use super::layer::{now_us, Held};
 use super::{meta, read, refs};
@@ -110,13 +110,54 @@ fn choose(
         .collect()
 }
 
+/// Checks a `PutDocument`'s signed authorization: bounded, well-formed, signed by its user
+/// over `content` and `session`, within the clock skew, and not seen before (a replay).
+/// `Forbidden` with the reason otherwise.
+pub fn check_write(
+    ent: &Entangled,
+    bytes: &[u8],
+    content: &[u8; 32],
+    session: Option<u64>,
+) -> Result<SignedWrite, RingError> {
+    if bytes.len() > peerstore_proto::MAX_WRITE_AUTH {
+        return Err(RingError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "a write authorization of {} bytes exceeds {}",
+                bytes.len(),
+                peerstore_proto::MAX_WRITE_AUTH
+            ),
+        ));
+    }
+    let auth: crypto::WriteAuth = postcard::from_bytes(bytes).map_err(|e| {
+        RingError::new(
+            ErrorCode::BadRequest,
+            format!("not a write authorization: {e}"),
+        )
+    })?;
+    let now = now_us();
+    auth.verify(content, session, now)
+        .map_err(|e| RingError::new(ErrorCode::Forbidden, format!("write refused: {e}")))?;
+    if !lock(&ent.replays).accept(&auth, now) {
+        return Err(RingError::new(
+            ErrorCode::Forbidden,
+            "write refused: this signed write was used before (a replayed request); sign each write afresh",
+        ));
+    }
+    Ok(SignedWrite { auth, session })
+}
+
 /// `PutDocument`: with type "none" a plain replicated block (key = BLAKE3(data)); with "step"
 /// the document is entangled and stored as parities; the answer's key names its document
 /// record, written last.
+///
+/// `content` is BLAKE3 of `data` (the caller has it); `auth` the writer's signed authorization
+/// ([`check_write`]), whose signer is recorded as the document's writer.
 pub async fn put_document(
     ent: &Entangled,
     data: Vec<u8>,
-    writer: Option<[u8; 32]>,
+    content: BlockKey,
+    auth: Option<Vec<u8>>,
     session: Option<peerstore_proto::EntangleSession>,
 ) -> Result<BlockKey, RingError> {
     if data.len() > MAX_BLOCK_SIZE {
@@ -125,9 +166,18 @@ pub async fn put_document(
             format!("document of {} bytes exceeds {MAX_BLOCK_SIZE}", data.len()),
         ));
     }
+    let signed = match auth {
+        Some(bytes) => Some(check_write(
+            ent,
+            &bytes,
+            &content.0,
+            session.as_ref().map(|s| s.id),
+        )?),
+        None => None,
+    };
+    let writer = signed.as_ref().map(|s| s.auth.user.0);
     let Some(params) = ent.params() else {
-        let key = BlockKey::of(&data);
-        return ent.blocks.put_block(key, data).await.map(|_| key);
+        return ent.blocks.put_block(content, data).await.map(|_| content);
     };
     // A session's documents point only into the session and what its client keeps
     // (module `session`); others anywhere in this node's view of the ring.
@@ -151,13 +201,17 @@ pub async fn put_document(
     let (pool, tail, seed, doc_id) = {
         let mut st = lock(&ent.encoder);
         let seed: u64 = st.rng.gen();
-        let doc_id: [u8; 32] = st.rng.gen();
+        // A signed write's codeword ids derive from its signature (`DocRecord::owns_codeword`);
+        // an anonymous one's are drawn at random.
+        let doc_id: [u8; 32] = signed
+            .as_ref()
+            .map_or_else(|| st.rng.gen(), SignedWrite::document_id);
         let (pool, tail) = sampled
             .unwrap_or_else(|| (st.pool.clone(), st.tail.iter().cloned().collect::<Vec<_>>()));
         (pool, tail, seed, doc_id)
     };
     let layout = ent.layout();
-    let content_hash = *blake3::hash(&data).as_bytes();
+    let content_hash = content.0;
     let len = data.len() as u64;
     let encoded = match tokio::task::spawn_blocking(move || {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -257,6 +311,7 @@ pub async fn put_document(
         codewords: record_keys,
         writer,
         created_us: Some(now_us()),
+        signed,
     };
     let bytes = doc.encode();
     let key = BlockKey::of(&bytes);
