@@ -197,6 +197,7 @@ async fn metrics_text(State(h): State<Arc<Http>>) -> Response {
     sample.rss_bytes = rss_bytes();
     sample.members_healthy = healthy;
     sample.members_unhealthy = unhealthy;
+    sample.ring_lookups = h.service.ring.lookups.snapshot();
     let text = h.metrics.encode(&sample);
     with_type(
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -140,6 +140,43 @@ pub struct Ring {
     /// Replication factor r.
     pub replication: usize,
     local: OnceLock<Weak<dyn LocalMember>>,
+    /// This node's own Chord lookups (routing its requests), for `/metrics`.
+    pub lookups: LookupCounters,
+}
+
+/// Counters of the Chord lookups a node runs for itself: how many answered, how many failed
+/// (after the retries), and the remote hops of those that answered.
+#[derive(Debug, Default)]
+pub struct LookupCounters {
+    pub answered: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub hops: std::sync::atomic::AtomicU64,
+}
+
+impl LookupCounters {
+    fn record<T>(&self, res: &Result<chord::LookupResult<T>, String>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match res {
+            Ok(r) => {
+                self.answered.fetch_add(1, Relaxed);
+                self.hops.fetch_add(u64::from(r.hops), Relaxed);
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// (answered, failed, hops) so far.
+    #[must_use]
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.answered.load(Relaxed),
+            self.failed.load(Relaxed),
+            self.hops.load(Relaxed),
+        )
+    }
 }
 
 impl Ring {
@@ -149,6 +186,7 @@ impl Ring {
             handle,
             replication: replication.max(1),
             local: OnceLock::new(),
+            lookups: LookupCounters::default(),
         }
     }
 
@@ -180,7 +218,9 @@ impl Ring {
         let mut delay = LOOKUP_BACKOFF;
         let mut last = String::new();
         for attempt in 0..LOOKUP_TRIES {
-            match self.handle.lookup(id).await {
+            let res = self.handle.lookup(id).await;
+            self.lookups.record(&res);
+            match res {
                 Ok(res) => return Ok(res),
                 Err(e) => {
                     debug!(?id, error = %e, attempt, "lookup failed");
@@ -235,7 +275,9 @@ impl Ring {
             let Some(last) = set.last().cloned() else {
                 return;
             };
-            let Ok(res) = self.handle.lookup(ring_id(&last.peer)).await else {
+            let res = self.handle.lookup(ring_id(&last.peer)).await;
+            self.lookups.record(&res);
+            let Ok(res) = res else {
                 return;
             };
             let before = set.len();

@@ -350,6 +350,11 @@ async fn metrics_parse_and_counters_move_with_traffic() {
         "the bad put is counted with its error code"
     );
     assert_eq!(lookups, N as f64);
+    // The node routed the puts itself: its own lookups moved too.
+    let own = delta("peerstore_ring_lookups_total", &[]);
+    let own_hops = delta("peerstore_ring_lookup_hops_total", &[]);
+    println!("node 0's own lookups +{own}, hops +{own_hops}");
+    assert!(own >= 1.0, "own lookups {own}");
     assert_eq!(
         delta("peerstore_client_lookup_hops_count", &[]),
         N as f64,

@@ -56,6 +56,8 @@ pub struct Sample {
     /// Ring members the web page's tracker sees answering, and those it does not.
     pub members_healthy: u64,
     pub members_unhealthy: u64,
+    /// The node's own Chord lookups: answered, failed, and the remote hops of those answered.
+    pub ring_lookups: (u64, u64, u64),
 }
 
 /// The node's metrics; one per process, shared by the service and the HTTP server.
@@ -66,6 +68,9 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     lookups: Counter,
     lookup_hops: Histogram,
+    ring_lookups: Counter,
+    ring_lookup_failures: Counter,
+    ring_lookup_hops: Counter,
     // Sampled when scraped.
     store_bytes: Gauge,
     store_blocks: Gauge,
@@ -193,6 +198,21 @@ impl Metrics {
             "ring_members_healthy",
             "Ring members that answered recently (tracked only with --http)",
         );
+        let ring_lookups = counter(
+            &mut r,
+            "ring_lookups",
+            "Chord lookups this node ran to route its own requests (writes, reads, replication, repair)",
+        );
+        let ring_lookup_failures = counter(
+            &mut r,
+            "ring_lookup_failures",
+            "Chord lookups of this node that found no owner (after retries)",
+        );
+        let ring_lookup_hops = counter(
+            &mut r,
+            "ring_lookup_hops",
+            "Remote hops of this node's answered Chord lookups, summed (divide by ring_lookups for the mean)",
+        );
         let members_unhealthy = gauge(
             &mut r,
             "ring_members_unhealthy",
@@ -204,6 +224,9 @@ impl Metrics {
             bytes,
             lookups,
             lookup_hops,
+            ring_lookups,
+            ring_lookup_failures,
+            ring_lookup_hops,
             store_bytes,
             store_blocks,
             store_capacity,
@@ -299,6 +322,10 @@ impl Metrics {
         catch_up(&self.pushed, a.pushed);
         catch_up(&self.cleaned, a.cleaned);
         catch_up(&self.parity_copies_dropped, a.parity_copies_dropped);
+        let (answered, failed, hops) = sample.ring_lookups;
+        catch_up(&self.ring_lookups, answered);
+        catch_up(&self.ring_lookup_failures, failed);
+        catch_up(&self.ring_lookup_hops, hops);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out = "# error: the metrics could not be encoded\n".into();
