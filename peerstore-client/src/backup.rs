@@ -496,7 +496,10 @@ impl Scanner {
             });
             Ok(())
         } else if ft.is_file() {
-            self.file(path, rel, md)
+            let tally = self.progress.start_file(md.len());
+            let r = self.file(path, rel, md);
+            self.progress.end_file(tally);
+            r
         } else {
             debug!(path = %path.display(), "special file skipped");
             Ok(())
@@ -526,6 +529,7 @@ impl Scanner {
                 e.owner = Some(owner_of(&md));
                 self.entries.push(e);
                 self.summary.files_unchanged += 1;
+                self.progress.add_bytes(md.len());
                 self.progress.file_done();
                 return Ok(());
             }

@@ -552,9 +552,9 @@ async fn cmd_backup(ctx: &Ctx, dir: &Path, concurrency: usize, reread: bool) -> 
         reread_all: reread,
         ..BackupOptions::default()
     };
-    let progress = Arc::new(Progress::new("backup", !ctx.g.json));
+    let progress = Arc::new(Progress::reporting("backup", !ctx.g.json));
     let r = backup(&ctx.repo, known, dir, prev.as_ref(), &opts, &progress).await;
-    progress.finish();
+    progress.finish(r.is_ok());
     let (s, _, _) = r?;
     ctx.print(&s, || {
         format!(
@@ -591,9 +591,9 @@ async fn cmd_backup(ctx: &Ctx, dir: &Path, concurrency: usize, reread: bool) -> 
 async fn cmd_restore(ctx: &Ctx, dest: &Path, snapshot: Option<&str>) -> Result<()> {
     let snap = ctx.repo.select(snapshot).await?;
     let m = ctx.repo.load_manifest(&snap).await?;
-    let progress = Arc::new(Progress::new("restore", !ctx.g.json));
+    let progress = Arc::new(Progress::reporting("restore", !ctx.g.json));
     let r = restore_tree(&ctx.repo, &m, dest, &progress).await;
-    progress.finish();
+    progress.finish(r.is_ok());
     let s = r?;
     ctx.print(&s, || {
         format!(
@@ -628,9 +628,9 @@ async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, snapshot: Option<&str>)
         }
         _ => dest.to_path_buf(),
     };
-    let progress = Arc::new(Progress::new("getfile", !ctx.g.json));
+    let progress = Arc::new(Progress::reporting("getfile", !ctx.g.json));
     let r = restore_entry(&ctx.repo, &m, entry, &target, &progress).await;
-    progress.finish();
+    progress.finish(r.is_ok());
     let s = r?;
     ctx.print(&s, || {
         format!(

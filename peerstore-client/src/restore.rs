@@ -645,6 +645,7 @@ async fn tree(
         .iter()
         .filter(|e| matches!(e.kind, EntryKind::File { .. }))
         .collect();
+    progress.add_total(files.iter().map(|e| e.size()).sum(), files.len() as u64);
     let done = files::restore_files(
         &cache,
         repo.keys_arc(),
@@ -779,6 +780,7 @@ pub async fn restore_entry_with(
             let walk = Arc::new(Walk::open(parent)?);
             let cache = PackCache::with_defaults(repo);
             let dir = walk.dir(&[], None)?;
+            progress.add_total(entry.size(), 1);
             let (bytes, chunks) = write_file(&cache, entry, &dir, &name, progress, opts).await?;
             synced.add(&[]);
             progress.file_done();
