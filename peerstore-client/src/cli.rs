@@ -970,6 +970,8 @@ struct DuReport {
     stored_bytes: u64,
     overhead: f64,
     nodes: Vec<NodeUsage>,
+    /// Nodes whose keys have fewer distinct hosts than copies (`status` warns the same).
+    placement_warnings: Vec<String>,
     /// The ring's entanglement figures (`None` if the node could not give them).
     entanglement: Option<EntanglementDu>,
 }
@@ -1008,6 +1010,12 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
     let status = ctx.ring.status().await?;
     let replication = status.replication;
     let stored = unique_bytes * u64::from(replication);
+    let mut warnings: Vec<String> = status
+        .placement
+        .warning
+        .iter()
+        .map(|w| format!("{}: {w}", status.addr))
+        .collect();
     let mut nodes = vec![NodeUsage {
         node: status.addr.to_string(),
         bytes_used: status.bytes_used,
@@ -1021,14 +1029,19 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             continue;
         }
         let n = match status_of(&m.addr, Duration::from_secs(5), ctx.ring.identity()).await {
-            Ok(s) => NodeUsage {
+            Ok(s) => {
+                if let Some(w) = &s.placement.warning {
+                    warnings.push(format!("{}: {w}", m.addr));
+                }
+                NodeUsage {
                 node: m.addr.to_string(),
                 bytes_used: s.bytes_used,
                 capacity: s.capacity,
                 keys_owned: s.keys_owned,
                 keys_replica: s.keys_replica,
                 reachable: true,
-            },
+                }
+            }
             Err(_) => NodeUsage {
                 node: m.addr.to_string(),
                 bytes_used: 0,
@@ -1055,6 +1068,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             0.0
         },
         nodes,
+        placement_warnings: warnings,
         entanglement: match admin::entangle_stats(ctx.ring.as_ref()).await {
             Ok(st) => Some(EntanglementDu::from_stats(&st)),
             Err(e) => {
@@ -1063,6 +1077,9 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             }
         },
     };
+    for w in &report.placement_warnings {
+        eprintln!("WARNING: {w}");
+    }
     ctx.print(&report, || {
         let entangled = report
             .entanglement
@@ -1122,6 +1139,10 @@ async fn cmd_status(g: &Global, dirs: &Dirs) -> Result<()> {
                 "node": s.addr.to_string(), "member": s.member, "replication": s.replication,
                 "successors": s.successors.iter().map(|m| m.addr.to_string()).collect::<Vec<_>>(),
                 "bytes_used": s.bytes_used, "capacity": s.capacity,
+                "placement": {
+                    "host": s.placement.host, "zone": s.placement.zone,
+                    "replica_hosts": s.placement.replica_hosts, "warning": s.placement.warning,
+                },
             })
         );
     } else {
@@ -1136,6 +1157,13 @@ async fn cmd_status(g: &Global, dirs: &Dirs) -> Result<()> {
         for m in &s.successors {
             println!("  {}", m.addr);
         }
+        println!(
+            "placement: host {}, zone {}; the keys it owns are on {} host(s)",
+            s.placement.host, s.placement.zone, s.placement.replica_hosts
+        );
+    }
+    if let Some(w) = &s.placement.warning {
+        eprintln!("WARNING: {w}");
     }
     Ok(())
 }

@@ -70,6 +70,11 @@ pub struct NodeConfig {
     /// Allow `http` on an address that is not loopback (the page and metrics need no
     /// credential).
     pub http_public: bool,
+    /// The machine this node runs on, as replica placement sees it (default: the machine id):
+    /// replica sets spread over distinct hosts first (module `placement`).
+    pub host: Option<String>,
+    /// The zone (a room, a building, a site) of that machine (default: the machine id).
+    pub zone: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +102,8 @@ impl Default for NodeConfig {
             entanglement: crate::entangled::EntanglementConfig::default(),
             http: None,
             http_public: false,
+            host: None,
+            zone: None,
         }
     }
 }
@@ -158,11 +165,21 @@ impl NodeConfig {
         if let Some(addr) = &self.http {
             crate::http::check_addr(addr, self.http_public).map_err(ConfigError::Invalid)?;
         }
+        self.place().map_err(ConfigError::Invalid)?;
         self.entanglement.validate().map_err(ConfigError::Invalid)?;
         self.entanglement
             .validate_metadata(self.replication)
             .map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// Where this node runs: `host` and `zone`, each defaulting to this machine's id.
+    pub fn place(&self) -> Result<crate::placement::Place, String> {
+        let machine = crate::placement::Place::this_machine();
+        crate::placement::Place::new(
+            self.host.as_deref().unwrap_or(&machine.host),
+            self.zone.as_deref().unwrap_or(&machine.zone),
+        )
     }
 
     pub fn stabilize_interval(&self) -> Duration {

@@ -254,6 +254,9 @@ struct Figures {
     capacity: u64,
     keys_owned: u64,
     keys_replica: u64,
+    host: String,
+    zone: String,
+    placement_warning: Option<String>,
 }
 
 #[derive(Debug)]
@@ -374,6 +377,9 @@ impl Tracker {
                         capacity: s.capacity,
                         keys_owned: s.keys_owned,
                         keys_replica: s.keys_replica,
+                        host: s.placement.host.clone(),
+                        zone: s.placement.zone.clone(),
+                        placement_warning: s.placement.warning.clone(),
                     });
                     // Members it knows of are asked next round.
                     for m in s.successors.iter().chain(&s.predecessor) {
@@ -481,6 +487,9 @@ impl Tracker {
                     "free": f.map(|f| f.capacity.saturating_sub(f.bytes_used)),
                     "keys_owned": f.map(|f| f.keys_owned),
                     "keys_replica": f.map(|f| f.keys_replica),
+                    "host": f.map(|f| f.host.clone()),
+                    "zone": f.map(|f| f.zone.clone()),
+                    "placement_warning": f.and_then(|f| f.placement_warning.clone()),
                 })
             })
             .collect();

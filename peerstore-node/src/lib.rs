@@ -28,6 +28,7 @@ pub mod entangled;
 pub mod http;
 pub mod identity;
 pub mod maintenance;
+pub mod placement;
 pub mod quota;
 pub mod replication;
 pub mod ring;
@@ -166,7 +167,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     info!(addr = %handle.local, file = %addr_file.display(), "listening");
     println!("peerstore-node listening on {}", handle.local);
 
-    let ring = Arc::new(Ring::new(handle.clone(), config.replication));
+    let place = config
+        .place()
+        .map_err(|e| anyhow::anyhow!("placement: {e}"))?;
+    let ring = Arc::new(Ring::new(handle.clone(), config.replication).with_place(place));
     let single = Arc::new(single);
     let blocks = Arc::new(Replication {
         ring: ring.clone(),

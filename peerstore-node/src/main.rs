@@ -138,6 +138,15 @@ struct RunArgs {
     /// Allow --http on an address other than loopback (the page needs no credential).
     #[arg(long)]
     http_public: bool,
+    /// The machine this node runs on, for replica placement: give every node on one machine
+    /// the same name, and nodes on different machines different ones (default: the machine
+    /// id, /etc/machine-id).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// The zone of that machine (a room, a building, a site); replica sets spread over hosts
+    /// first, then zones (default: the machine id).
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -429,6 +438,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.http_public {
         c.http_public = true;
     }
+    if let Some(v) = a.host {
+        c.host = Some(v);
+    }
+    if let Some(v) = a.zone {
+        c.zone = Some(v);
+    }
     peerstore_node::run(c, shutdown_signal()).await
 }
 
@@ -551,6 +566,12 @@ async fn status(
             "records": s.records,
             "user_quota": s.user_quota,
             "users": s.users.iter().map(|u| serde_json::json!({ "user": u.user, "label": u.label, "bytes": u.bytes })).collect::<Vec<_>>(),
+            "placement": {
+                "host": s.placement.host,
+                "zone": s.placement.zone,
+                "replica_hosts": s.placement.replica_hosts,
+                "warning": s.placement.warning,
+            },
             "maintenance": {
                 "pulled": s.activity.pulled,
                 "pushed": s.activity.pushed,
@@ -578,6 +599,13 @@ async fn status(
         s.keys_owned, s.keys_replica, s.replication
     );
     println!("storage     {} of {} bytes used", s.bytes_used, s.capacity);
+    println!(
+        "placement   host {}, zone {}; the keys it owns are on {} host(s)",
+        s.placement.host, s.placement.zone, s.placement.replica_hosts
+    );
+    if let Some(w) = &s.placement.warning {
+        eprintln!("WARNING: {w}");
+    }
     match s.user_quota {
         Some(q) => println!("user quota  {q} bytes per user through this node"),
         None => println!("user quota  none"),

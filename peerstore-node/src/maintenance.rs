@@ -146,13 +146,13 @@ async fn cleanup_loop(service: Arc<Replication>, period: Duration) {
     }
 }
 
-/// One replication round: blocks and signed records of the owned range against the next r-1
-/// successors ([`sync::round`]).
+/// One replication round: blocks and signed records of the owned range against the other
+/// members of its replica set ([`sync::round`]; chosen over hosts: `Ring::replica_successors`).
 pub async fn round(service: &Replication) -> RoundReport {
     let Some((from, to)) = service.ring.settled_owned_range().await else {
         return RoundReport::default();
     };
-    let succs = service.ring.successors(service.ring.replication - 1).await;
+    let succs = service.ring.replica_successors().await;
     let blocks = sync::round(&Blocks(service), &succs, from, to, false).await;
     let records = sync::round(&Records(service), &succs, from, to, false).await;
     RoundReport::from(blocks.merge(records))
@@ -462,7 +462,7 @@ async fn cleanup(
     }
     // Keys outside (from, to] are those in (to, from].
     let store = service.store.clone();
-    let foreign: BTreeSet<BlockKey> = match tokio::task::spawn_blocking(move || {
+    let mut foreign: BTreeSet<BlockKey> = match tokio::task::spawn_blocking(move || {
         store.list_range(&BlockKey(to.0), &BlockKey(from.0), Some(CLEANUP_BATCH))
     })
     .await
@@ -470,6 +470,9 @@ async fn cleanup(
         Ok(Ok(page)) => page.keys.into_iter().collect(),
         _ => return BTreeSet::new(),
     };
+    // And the arcs of (from, to] whose owners' replica sets, chosen over hosts, skip this
+    // node (module `placement`): copies here are extra there too.
+    foreign.extend(skipped_arcs(service, from, to).await);
     let policy = deletion::policy();
     let mut budget = policy.budget();
     // Only keys old enough, and no more than the round may drop, are worth the proofs; from
@@ -519,6 +522,56 @@ async fn cleanup(
         }
     }
     foreign
+}
+
+/// Keys held here in the arcs of `(from, to]` (this node's replicated range) whose owners'
+/// replica sets do not include this node (placement over hosts chose others); at most
+/// [`CLEANUP_BATCH`].
+async fn skipped_arcs(
+    service: &Replication,
+    from: chord::Id,
+    to: chord::Id,
+) -> BTreeSet<BlockKey> {
+    let Some(view) = service.ring.view().await else {
+        return BTreeSet::new();
+    };
+    let me = service.ring.me().clone();
+    // The owners of the arcs in (from, to] other than this node's own: its predecessors down
+    // to `from` (nearest first); each arc runs from the next one to it.
+    let mut bounds: Vec<chord::Id> = Vec::new();
+    for p in &view.predecessors {
+        if p.id == view.me.id || bounds.contains(&p.id) {
+            continue;
+        }
+        bounds.push(p.id);
+        if p.id == from {
+            break;
+        }
+    }
+    let mut out = BTreeSet::new();
+    for pair in bounds.windows(2) {
+        let (owner, below) = (pair[0], pair[1]);
+        // The owner of `owner`'s own position is that member: one lookup per arc.
+        let Ok(set) = service.ring.replica_set(&BlockKey(owner.0)).await else {
+            continue;
+        };
+        if set.contains(&me) || set.len() < service.ring.replication {
+            continue;
+        }
+        let store = service.store.clone();
+        let room = CLEANUP_BATCH.saturating_sub(out.len());
+        if room == 0 {
+            break;
+        }
+        if let Ok(Ok(page)) = tokio::task::spawn_blocking(move || {
+            store.list_range(&BlockKey(below.0), &BlockKey(owner.0), Some(room))
+        })
+        .await
+        {
+            out.extend(page.keys);
+        }
+    }
+    out
 }
 
 /// What the clean-up found out about a foreign key.

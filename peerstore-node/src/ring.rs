@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::driver::{Handle, RingView};
+use crate::placement::{Place, Placements};
 use crate::store::StoreError;
 
 /// Attempts of a lookup before it fails.
@@ -35,6 +36,8 @@ const LOOKUP_TRIES: usize = 4;
 const LOOKUP_BACKOFF: Duration = Duration::from_millis(100);
 /// How long [`Ring::members`] waits for one member's status.
 const STATUS_WAIT: Duration = Duration::from_secs(3);
+/// How long a member's place is waited for.
+const PLACE_WAIT: Duration = Duration::from_secs(2);
 
 /// A failed ring operation: the code the wire carries, and a message that says what to do.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +145,10 @@ pub struct Ring {
     local: OnceLock<Weak<dyn LocalMember>>,
     /// This node's own Chord lookups (routing its requests), for `/metrics`.
     pub lookups: LookupCounters,
+    /// Where this node runs (`--host`, `--zone`).
+    pub place: Place,
+    /// Where the members this node asked run (module `placement`).
+    pub placements: Placements,
 }
 
 /// Counters of the Chord lookups a node runs for itself: how many answered, how many failed
@@ -187,7 +194,16 @@ impl Ring {
             replication: replication.max(1),
             local: OnceLock::new(),
             lookups: LookupCounters::default(),
+            place: Place::this_machine(),
+            placements: Placements::default(),
         }
+    }
+
+    /// Runs at `place` (default: this machine, [`Place::this_machine`]).
+    #[must_use]
+    pub fn with_place(mut self, place: Place) -> Ring {
+        self.place = place;
+        self
     }
 
     /// Registers this node's member service (once).
@@ -247,9 +263,83 @@ impl Ring {
         Ok(set)
     }
 
-    /// The replica set of `key`: its owner and the next r - 1 distinct members.
+    /// The replica set of `key`: its owner and r - 1 of the next members, chosen over hosts
+    /// and zones ([`crate::placement::choose`] over the owner and its next
+    /// [`crate::placement::window`] - 1 members); in ring order, the owner first.
     pub async fn replica_set(&self, key: &BlockKey) -> Result<Vec<NodeAddr>, RingError> {
-        self.locate(key, self.replication).await
+        let candidates = self
+            .locate(key, crate::placement::window(self.replication))
+            .await?;
+        Ok(self.choose(candidates).await)
+    }
+
+    /// `candidates` (an owner and its successors, in ring order) narrowed to r by place.
+    async fn choose(&self, candidates: Vec<NodeAddr>) -> Vec<NodeAddr> {
+        if candidates.len() <= self.replication {
+            return candidates;
+        }
+        let places = self.places(&candidates).await;
+        crate::placement::choose(&places, self.replication)
+            .into_iter()
+            .map(|i| candidates[i].clone())
+            .collect()
+    }
+
+    /// This node's part of the replica sets of the keys it owns: the members besides itself
+    /// that hold them (the set [`Ring::replica_set`] gives for its own keys).
+    pub async fn replica_successors(&self) -> Vec<NodeAddr> {
+        let me = self.me().clone();
+        let mut candidates = vec![me.clone()];
+        candidates.extend(
+            self.successors(crate::placement::window(self.replication) - 1)
+                .await,
+        );
+        let mut set = self.choose(candidates).await;
+        set.retain(|a| *a != me);
+        set
+    }
+
+    /// The places of `members` (asked of those not known yet, in parallel, within a few
+    /// seconds; a member that does not answer is a host of its own).
+    pub async fn places(&self, members: &[NodeAddr]) -> Vec<Place> {
+        let now = std::time::Instant::now();
+        let ask: Vec<&NodeAddr> = members
+            .iter()
+            .filter(|m| m.peer != self.me().peer && self.placements.get(&m.peer, now).is_none())
+            .collect();
+        if !ask.is_empty() {
+            let answers = futures::future::join_all(ask.iter().map(|m| async move {
+                let r = tokio::time::timeout(
+                    PLACE_WAIT,
+                    self.call(m, MemberRequest::Placement),
+                )
+                .await;
+                let place = match r {
+                    Ok(Ok(MemberResponse::Placement { host, zone })) => {
+                        Place::new(&host, &zone).ok()
+                    }
+                    _ => None,
+                };
+                (m.peer, place)
+            }))
+            .await;
+            for (peer, place) in answers {
+                self.placements.put(peer, place, now);
+            }
+        }
+        members
+            .iter()
+            .map(|m| {
+                if m.peer == self.me().peer {
+                    self.place.clone()
+                } else {
+                    self.placements
+                        .get(&m.peer, now)
+                        .flatten()
+                        .unwrap_or_else(|| Place::unknown(&m.peer))
+                }
+            })
+            .collect()
     }
 
     /// This node's next `n` distinct successors (fewer in a ring of at most `n` nodes).

@@ -278,6 +278,10 @@ impl Service {
                 .serve_member(r)
                 .await
                 .map(MemberResponse::Entangled),
+            MemberRequest::Placement => Ok(MemberResponse::Placement {
+                host: self.ring.place.host.clone(),
+                zone: self.ring.place.zone.clone(),
+            }),
             other => self.replication.serve_member(other).await,
         };
         r.unwrap_or_else(|e| e.to_response())
@@ -293,11 +297,7 @@ impl Service {
 
     async fn lookup(&self, key: peerstore_proto::BlockKey) -> Result<ClientResponse, RingError> {
         let res = self.ring.lookup(peerstore_proto::key_id(&key)).await?;
-        let replicas = crate::ring::first_distinct(
-            &res.owner.addr,
-            res.successors.iter().map(|p| &p.addr),
-            self.ring.replication,
-        );
+        let replicas = self.ring.replica_set(&key).await?;
         Ok(ClientResponse::Owner {
             owner: member(&res.owner),
             replicas: replicas
@@ -347,6 +347,7 @@ impl Service {
         let mut report = status_report(&view, self.ring.replication, &figures);
         report.user_quota = self.quotas.limit();
         report.activity = self.replication.activity.snapshot();
+        report.placement = self.placement().await;
         report.users = users
             .into_iter()
             .map(|u| peerstore_proto::UserUsage {
@@ -356,6 +357,23 @@ impl Service {
             })
             .collect();
         Some(report)
+    }
+}
+
+impl Service {
+    /// This node's place and the spread of its replica set (module `placement`).
+    async fn placement(&self) -> peerstore_proto::PlacementReport {
+        let ring = &self.ring;
+        let mut set = vec![ring.me().clone()];
+        set.extend(ring.replica_successors().await);
+        let places = ring.places(&set).await;
+        let refs: Vec<&crate::placement::Place> = places.iter().collect();
+        peerstore_proto::PlacementReport {
+            host: ring.place.host.clone(),
+            zone: ring.place.zone.clone(),
+            replica_hosts: crate::placement::distinct_hosts(&refs) as u32,
+            warning: crate::placement::warning(&refs, ring.replication),
+        }
     }
 }
 
@@ -407,5 +425,6 @@ fn status_report(view: &RingView, replication: usize, stats: &Figures) -> Status
         user_quota: None,
         users: Vec::new(),
         activity: peerstore_proto::MaintenanceActivity::default(),
+        placement: peerstore_proto::PlacementReport::default(),
     }
 }

@@ -194,6 +194,20 @@ pub struct StatusReport {
     pub users: Vec<UserUsage>,
     /// What the node's maintenance moved and dropped since it started.
     pub activity: MaintenanceActivity,
+    /// Where the node runs and how the copies of the keys it owns spread over machines.
+    pub placement: PlacementReport,
+}
+
+/// Where a node runs (`--host`, `--zone`) and how many machines the replica set of the keys it
+/// owns spans.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementReport {
+    pub host: String,
+    pub zone: String,
+    /// Distinct hosts among the members that hold the keys this node owns (itself included).
+    pub replica_hosts: u32,
+    /// Set when those are fewer than r: what is at risk and what to do.
+    pub warning: Option<String>,
 }
 
 /// Counters of a node's background maintenance since it started: on a settled ring that

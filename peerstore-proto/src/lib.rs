@@ -46,7 +46,7 @@ pub use admission::{
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
 pub use client::{
     ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage, EntangleSession,
-    ErrorCode, MaintenanceActivity, MemberInfo, StatusReport, UserUsage, MAX_SESSION_KEEP,
+    ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, StatusReport, UserUsage, MAX_SESSION_KEEP,
     MAX_WRITE_AUTH,
 };
 pub use frame::{

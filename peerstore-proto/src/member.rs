@@ -85,6 +85,9 @@ pub enum MemberRequest {
     Status,
     /// Requests of the entangled layer.
     Entangled(EntRequest),
+    /// Where this node runs: its `--host` and `--zone` ([`MemberResponse::Placement`]), for
+    /// spreading replica sets over machines.
+    Placement,
 }
 
 impl MemberRequest {
@@ -117,6 +120,7 @@ impl MemberRequest {
             MemberRequest::ListRecords { .. } => "list-records",
             MemberRequest::Status => "status",
             MemberRequest::Entangled(e) => e.kind(),
+            MemberRequest::Placement => "placement",
         }
     }
 }
@@ -349,6 +353,11 @@ pub enum MemberResponse {
     Error {
         code: ErrorCode,
         message: String,
+    },
+    /// Answer to [`MemberRequest::Placement`] (labels of at most 64 bytes).
+    Placement {
+        host: String,
+        zone: String,
     },
 }
 

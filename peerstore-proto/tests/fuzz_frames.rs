@@ -214,6 +214,12 @@ fn status_report() -> StatusReport {
             cleaned: 3,
             parity_copies_dropped: 4,
         },
+        placement: peerstore_proto::PlacementReport {
+            host: "host-a".into(),
+            zone: "rack-1".into(),
+            replica_hosts: 1,
+            warning: Some("all 3 copies on one host".into()),
+        },
     }
 }
 
@@ -503,6 +509,7 @@ fn member_requests() -> Vec<MemberRequest> {
             after: None,
         },
         MemberRequest::Status,
+        MemberRequest::Placement,
     ];
     v.extend(ent_requests().into_iter().map(MemberRequest::Entangled));
     v
@@ -567,6 +574,10 @@ fn member_responses() -> Vec<MemberResponse> {
             more: false,
         },
         MemberResponse::Status(Box::new(status_report())),
+        MemberResponse::Placement {
+            host: "host-a".into(),
+            zone: "rack-1".into(),
+        },
         MemberResponse::Proofs {
             proofs: vec![None, Some([6; 32])],
         },

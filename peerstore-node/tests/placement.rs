@@ -1,0 +1,183 @@
+//! Placement across hosts (issue 16, acceptance 2): three nodes on one "host" and two on
+//! another, r = 3. The three of host a are placed one after another on the ring, so under the
+//! old rule (owner and next two members) the keys of the first of them would have every copy on
+//! host a. With placement every block ends up on both hosts; `status` says the copies span 2
+//! hosts for 3 copies, and says loudly when they sit on one host only (both nodes of host b
+//! killed), until host b is back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use peerstore_proto::{BlockKey, ClientRequest, ClientResponse, MemberRequest, MemberResponse};
+use peerstore_testkit::*;
+
+const FLAGS: &[&str] = &[
+    "--replication",
+    "3",
+    "--entanglement",
+    "none",
+    "--maintenance-ms",
+    "1000",
+    "--delete-min-age-ms",
+    "0",
+];
+
+/// The host each node runs on (`--host`), by node index.
+fn hosts_of(c: &Cluster) -> Vec<String> {
+    c.nodes
+        .iter()
+        .map(|n| {
+            n.extra
+                .iter()
+                .position(|a| a == "--host")
+                .and_then(|i| n.extra.get(i + 1))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Distinct hosts holding each key, over the live nodes.
+async fn hosts_per_key(c: &Cluster, hosts: &[String]) -> BTreeMap<BlockKey, BTreeSet<String>> {
+    c.holders()
+        .await
+        .into_iter()
+        .map(|(k, nodes)| (k, nodes.iter().map(|&i| hosts[i].clone()).collect()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
+    let mut c = Cluster::start(5, FLAGS).await;
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Ring order; the first three in it go on host a, the other two on host b.
+    let mut order: Vec<(chord::Id, usize)> = c
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (peerstore_proto::ring_id(&n.addr.peer), i))
+        .collect();
+    order.sort();
+    for (pos, &(_, i)) in order.iter().enumerate() {
+        let host = if pos < 3 { "a" } else { "b" };
+        c.nodes[i].kill9();
+        c.nodes[i]
+            .extra
+            .extend(["--host".to_string(), host.to_string()]);
+        c.restart(i).await;
+    }
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let hosts = hosts_of(&c);
+    println!("hosts by node: {hosts:?}; ring order {:?}", order.iter().map(|o| o.1).collect::<Vec<_>>());
+    for (i, n) in c.nodes.iter().enumerate() {
+        match n.member(MemberRequest::Placement).await {
+            MemberResponse::Placement { host, .. } => assert_eq!(host, hosts[i]),
+            other => panic!("placement of node {i}: {other:?}"),
+        }
+    }
+
+    // 120 blocks through node 0.
+    let mut keys = Vec::new();
+    for i in 0..120u64 {
+        let data = block(i, 8 << 10);
+        let key = BlockKey::of(&data);
+        match c.nodes[0].call(ClientRequest::Put { key, data }).await {
+            ClientResponse::Stored { .. } => keys.push(key),
+            other => panic!("put {i}: {other:?}"),
+        }
+    }
+    // Under the old rule the keys owned by the first node of host a had all copies on a.
+    let first_a = order[0].0;
+    let last_b = order[4].0;
+    let old_rule_one_host = keys
+        .iter()
+        .filter(|k| {
+            let id = peerstore_proto::key_id(k);
+            // Owned by order[0]: in (last_b, first_a].
+            if last_b < first_a {
+                id > last_b && id <= first_a
+            } else {
+                id > last_b || id <= first_a
+            }
+        })
+        .count();
+    println!("under the old rule {old_rule_one_host} of {} blocks would have every copy on host a", keys.len());
+    assert!(old_rule_one_host > 0, "the test must place three a's in a row");
+
+    c.wait_replicated(&keys, 3, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let spread = wait_until(Duration::from_secs(30), || async {
+        let per = hosts_per_key(&c, &hosts).await;
+        let one = keys.iter().filter(|k| per.get(k).map_or(0, |h| h.len()) < 2).count();
+        if one == 0 {
+            Ok(())
+        } else {
+            Err(format!("{one} blocks on one host only"))
+        }
+    })
+    .await;
+    spread.unwrap_or_else(|e| panic!("{e}"));
+    let copies: Vec<usize> = {
+        let h = c.holders().await;
+        keys.iter().map(|k| h.get(k).map_or(0, Vec::len)).collect()
+    };
+    println!(
+        "every block on both hosts; copies per block: min {}, max {}",
+        copies.iter().min().unwrap(),
+        copies.iter().max().unwrap()
+    );
+    for (i, n) in c.nodes.iter().enumerate() {
+        let s = n.status().await.expect("status");
+        assert_eq!(s.placement.host, hosts[i]);
+        assert_eq!(s.placement.replica_hosts, 2, "node {i}");
+        let w = s.placement.warning.expect("2 hosts for 3 copies is worth a warning");
+        assert!(w.contains("span 2 hosts"), "{w}");
+    }
+
+    // Host b goes away: the keys of host a's nodes are on host a only, and status says so.
+    for &(_, i) in &order[3..] {
+        c.nodes[i].kill9();
+    }
+    let a0 = order[0].1;
+    let t = wait_until(Duration::from_secs(30), || async {
+        let s = c.nodes[a0].status().await.ok_or("no status")?;
+        match s.placement.warning {
+            Some(w) if s.placement.replica_hosts == 1 && w.contains("one host") => Ok(()),
+            other => Err(format!("{} hosts, warning {other:?}", s.placement.replica_hosts)),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("host b down: node {a0} warns of one host after {t:?}");
+
+    // Host b is back: two hosts again, and the blocks are on both.
+    for &(_, i) in &order[3..] {
+        c.restart(i).await;
+    }
+    wait_until(Duration::from_secs(30), || async {
+        let s = c.nodes[a0].status().await.ok_or("no status")?;
+        if s.placement.replica_hosts == 2 {
+            Ok(())
+        } else {
+            Err(format!("{} hosts", s.placement.replica_hosts))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(Duration::from_secs(30), || async {
+        let per = hosts_per_key(&c, &hosts).await;
+        let one = keys.iter().filter(|k| per.get(k).map_or(0, |h| h.len()) < 2).count();
+        if one == 0 {
+            Ok(())
+        } else {
+            Err(format!("{one} blocks on one host only"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
