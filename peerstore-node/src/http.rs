@@ -247,7 +247,7 @@ async fn ring_json(State(h): State<Arc<Http>>) -> Response {
 }
 
 /// What the tracker last heard from a member's status.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Figures {
     member: bool,
     bytes_used: u64,
@@ -467,7 +467,7 @@ impl Tracker {
             .iter()
             .map(|(id, t)| {
                 let (arc_start, arc_share) = arc(id);
-                let f = t.figures;
+                let f = t.figures.as_ref();
                 serde_json::json!({
                     "id": id.to_hex(),
                     "name": &id.to_hex()[..8],

@@ -472,7 +472,7 @@ async fn cleanup(
     };
     // And the arcs of (from, to] whose owners' replica sets, chosen over hosts, skip this
     // node (module `placement`): copies here are extra there too.
-    foreign.extend(skipped_arcs(service, from, to).await);
+    foreign.extend(skipped_arcs(service, from).await);
     let policy = deletion::policy();
     let mut budget = policy.budget();
     // Only keys old enough, and no more than the round may drop, are worth the proofs; from
@@ -524,14 +524,10 @@ async fn cleanup(
     foreign
 }
 
-/// Keys held here in the arcs of `(from, to]` (this node's replicated range) whose owners'
+/// Keys held here in the arcs of this node's replicated range (down to `from`) whose owners'
 /// replica sets do not include this node (placement over hosts chose others); at most
 /// [`CLEANUP_BATCH`].
-async fn skipped_arcs(
-    service: &Replication,
-    from: chord::Id,
-    to: chord::Id,
-) -> BTreeSet<BlockKey> {
+async fn skipped_arcs(service: &Replication, from: chord::Id) -> BTreeSet<BlockKey> {
     let Some(view) = service.ring.view().await else {
         return BTreeSet::new();
     };

@@ -309,11 +309,8 @@ impl Ring {
             .collect();
         if !ask.is_empty() {
             let answers = futures::future::join_all(ask.iter().map(|m| async move {
-                let r = tokio::time::timeout(
-                    PLACE_WAIT,
-                    self.call(m, MemberRequest::Placement),
-                )
-                .await;
+                let r =
+                    tokio::time::timeout(PLACE_WAIT, self.call(m, MemberRequest::Placement)).await;
                 let place = match r {
                     Ok(Ok(MemberResponse::Placement { host, zone })) => {
                         Place::new(&host, &zone).ok()

@@ -367,7 +367,10 @@ impl Service {
         let mut set = vec![ring.me().clone()];
         set.extend(ring.replica_successors().await);
         let places = ring.places(&set).await;
-        let refs: Vec<&crate::placement::Place> = places.iter().collect();
+        // Only members that told their place count: one that did not answer is no proof of
+        // a copy on another machine.
+        let refs: Vec<&crate::placement::Place> =
+            places.iter().filter(|p| !p.is_unknown()).collect();
         peerstore_proto::PlacementReport {
             host: ring.place.host.clone(),
             zone: ring.place.zone.clone(),

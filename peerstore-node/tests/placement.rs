@@ -72,7 +72,10 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let hosts = hosts_of(&c);
-    println!("hosts by node: {hosts:?}; ring order {:?}", order.iter().map(|o| o.1).collect::<Vec<_>>());
+    println!(
+        "hosts by node: {hosts:?}; ring order {:?}",
+        order.iter().map(|o| o.1).collect::<Vec<_>>()
+    );
     for (i, n) in c.nodes.iter().enumerate() {
         match n.member(MemberRequest::Placement).await {
             MemberResponse::Placement { host, .. } => assert_eq!(host, hosts[i]),
@@ -105,15 +108,24 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
             }
         })
         .count();
-    println!("under the old rule {old_rule_one_host} of {} blocks would have every copy on host a", keys.len());
-    assert!(old_rule_one_host > 0, "the test must place three a's in a row");
+    println!(
+        "under the old rule {old_rule_one_host} of {} blocks would have every copy on host a",
+        keys.len()
+    );
+    assert!(
+        old_rule_one_host > 0,
+        "the test must place three a's in a row"
+    );
 
     c.wait_replicated(&keys, 3, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let spread = wait_until(Duration::from_secs(30), || async {
         let per = hosts_per_key(&c, &hosts).await;
-        let one = keys.iter().filter(|k| per.get(k).map_or(0, |h| h.len()) < 2).count();
+        let one = keys
+            .iter()
+            .filter(|k| per.get(k).map_or(0, |h| h.len()) < 2)
+            .count();
         if one == 0 {
             Ok(())
         } else {
@@ -131,13 +143,24 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
         copies.iter().min().unwrap(),
         copies.iter().max().unwrap()
     );
-    for (i, n) in c.nodes.iter().enumerate() {
-        let s = n.status().await.expect("status");
-        assert_eq!(s.placement.host, hosts[i]);
-        assert_eq!(s.placement.replica_hosts, 2, "node {i}");
-        let w = s.placement.warning.expect("2 hosts for 3 copies is worth a warning");
-        assert!(w.contains("span 2 hosts"), "{w}");
-    }
+    wait_until(Duration::from_secs(30), || async {
+        for (i, n) in c.nodes.iter().enumerate() {
+            let s = n.status().await.ok_or("no status")?;
+            assert_eq!(s.placement.host, hosts[i]);
+            match &s.placement.warning {
+                Some(w) if s.placement.replica_hosts == 2 && w.contains("span 2 hosts") => {}
+                other => {
+                    return Err(format!(
+                        "node {i}: {} hosts, warning {other:?}",
+                        s.placement.replica_hosts
+                    ))
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // Host b goes away: the keys of host a's nodes are on host a only, and status says so.
     for &(_, i) in &order[3..] {
@@ -148,7 +171,10 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
         let s = c.nodes[a0].status().await.ok_or("no status")?;
         match s.placement.warning {
             Some(w) if s.placement.replica_hosts == 1 && w.contains("one host") => Ok(()),
-            other => Err(format!("{} hosts, warning {other:?}", s.placement.replica_hosts)),
+            other => Err(format!(
+                "{} hosts, warning {other:?}",
+                s.placement.replica_hosts
+            )),
         }
     })
     .await
@@ -171,7 +197,10 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     .unwrap_or_else(|e| panic!("{e}"));
     wait_until(Duration::from_secs(30), || async {
         let per = hosts_per_key(&c, &hosts).await;
-        let one = keys.iter().filter(|k| per.get(k).map_or(0, |h| h.len()) < 2).count();
+        let one = keys
+            .iter()
+            .filter(|k| per.get(k).map_or(0, |h| h.len()) < 2)
+            .count();
         if one == 0 {
             Ok(())
         } else {
@@ -180,4 +209,26 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // And no more than r copies stay: the clean-up drops those the sets skip.
+    let t = wait_until(Duration::from_secs(60), || async {
+        let h = c.holders().await;
+        let extra = keys
+            .iter()
+            .filter(|k| h.get(k).map_or(0, Vec::len) > 3)
+            .count();
+        let short = keys
+            .iter()
+            .filter(|k| h.get(k).map_or(0, Vec::len) < 3)
+            .count();
+        if extra + short == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{extra} blocks with more than 3 copies, {short} with fewer"
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("host b back: every block on both hosts, 3 copies each, {t:?} later");
 }
