@@ -1034,12 +1034,12 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
                     warnings.push(format!("{}: {w}", m.addr));
                 }
                 NodeUsage {
-                node: m.addr.to_string(),
-                bytes_used: s.bytes_used,
-                capacity: s.capacity,
-                keys_owned: s.keys_owned,
-                keys_replica: s.keys_replica,
-                reachable: true,
+                    node: m.addr.to_string(),
+                    bytes_used: s.bytes_used,
+                    capacity: s.capacity,
+                    keys_owned: s.keys_owned,
+                    keys_replica: s.keys_replica,
+                    reachable: true,
                 }
             }
             Err(_) => NodeUsage {

@@ -46,8 +46,8 @@ pub use admission::{
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
 pub use client::{
     ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage, EntangleSession,
-    ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, StatusReport, UserUsage, MAX_SESSION_KEEP,
-    MAX_WRITE_AUTH,
+    ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, StatusReport, UserUsage,
+    MAX_SESSION_KEEP, MAX_WRITE_AUTH,
 };
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,
