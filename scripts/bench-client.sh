@@ -121,7 +121,7 @@ fi
 start_node() {
     local dir="$1" via="${2:-}"
     shift 2 || shift $#
-    local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 "$@")
+    local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 --http 127.0.0.1:0 "$@")
     if [ -n "$via" ]; then args+=(--join-local "$via"); fi
     start_node_bg "$dir" "$NODE" "${args[@]}"
 }
@@ -178,6 +178,26 @@ print("%.3f" % total)
 ' "${pids[@]}"
 }
 
+# ring_moved DIR: payload bytes the nodes under DIR have received in requests and sent in
+# answers so far, over every protocol (their /metrics, `peerstore_payload_bytes_total`): every
+# byte that crossed the network between client and nodes or between nodes, counted once.
+ring_moved() {
+    python3 - "$1"/node* <<'PY'
+import sys, urllib.request
+total = 0
+for d in sys.argv[1:]:
+    try:
+        addr = open(d + "/http.addr").read().strip()
+        text = urllib.request.urlopen("http://%s/metrics" % addr, timeout=10).read().decode()
+    except OSError:
+        continue
+    for line in text.splitlines():
+        if line.startswith("peerstore_payload_bytes_total"):
+            total += float(line.rsplit(" ", 1)[1])
+print("%d" % total)
+PY
+}
+
 # ring_disk DIR: bytes on the disks of the nodes under DIR (their data directories).
 ring_disk() {
     du -sb "$1"/node* | awk '{s += $1} END {print s + 0}'
@@ -224,11 +244,16 @@ bench_ring() {
         # CPU over all processes: the client's (rusage) and the nodes' (/proc) during the run;
         # disk: the nodes' data directories before and right after the backup.
         local n0 n1 d0 d1 pb_cpu rb_cpu=nan
+        local m0 m1
         n0=$(ring_cpu "$WORK/$name")
         d0=$(ring_disk "$WORK/$name")
+        m0=$(ring_moved "$WORK/$name")
         read -r pb_s pb_rss pb_cpu < <(measure "${C[@]}" backup "$dir")
         n1=$(ring_cpu "$WORK/$name")
         d1=$(ring_disk "$WORK/$name")
+        m1=$(ring_moved "$WORK/$name")
+        local moved
+        moved=$(python3 -c "print('%.2f' % (($m1 - $m0) / ($mib * 1048576)))")
         pb_cpu=$(python3 -c "print('%.3f' % ($pb_cpu + $n1 - $n0))")
         local disk_ratio
         disk_ratio=$(python3 -c "print('%.2f' % (($d1 - $d0) / ($mib * 1048576)))")
@@ -265,7 +290,7 @@ bench_ring() {
 import json, sys
 e = json.loads(sys.stdin.read().splitlines()[-1]).get("entanglement") or {}
 print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
-        echo "$name $ds $mib $files $pb_s $pr_s $overhead $pb_cpu $pr_cpu $disk_ratio" >>"$ENT_RESULTS"
+        echo "$name $ds $mib $files $pb_s $pr_s $overhead $pb_cpu $pr_cpu $disk_ratio $moved" >>"$ENT_RESULTS"
         if [ "$with_restic" = 1 ]; then
             echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss $pb_cpu $pr_cpu ${rb_cpu:-nan} $rr_cpu $disk_ratio" >>"$RESULTS"
         fi
@@ -320,10 +345,10 @@ import sys
 rows = {}
 for l in open(sys.argv[1]):
     if l.strip():
-        name, ds, mib, files, b, r, o, bc, rc, disk = l.split()
-        rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o, float(bc), float(rc), disk)
-print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off | CPU s/MiB off | CPU s/MiB on | disk bytes per byte right after the backup, off / on |")
-print("|---|---|---|---|---|---|---|---|")
+        name, ds, mib, files, b, r, o, bc, rc, disk, moved = l.split()
+        rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o, float(bc), float(rc), disk, moved)
+print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off | CPU s/MiB off | CPU s/MiB on | disk bytes per byte right after the backup, off / on | network bytes moved per byte backed up, off / on |")
+print("|---|---|---|---|---|---|---|---|---|")
 for ds in sys.argv[2:]:
     off, on = rows.get(("off", ds)), rows.get(("on", ds))
     if not off or not on:
@@ -332,7 +357,8 @@ for ds in sys.argv[2:]:
     for op, i, c in (("backup", 2, 5), ("restore", 3, 6)):
         a, b = mib / off[i], mib / on[i]
         disk = f"{off[7]} / {on[7]}" if op == "backup" else ""
-        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {off[c] / mib:.3f} | {on[c] / mib:.3f} | {disk} |")
+        moved = f"{off[8]} / {on[8]}" if op == "backup" else ""
+        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {off[c] / mib:.3f} | {on[c] / mib:.3f} | {disk} | {moved} |")
 for ds in sys.argv[2:]:
     on = rows.get(("on", ds))
     if on:

@@ -1,6 +1,6 @@
 //! The command line: argument definitions (clap derive) and one function per command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -953,7 +953,70 @@ struct NodeUsage {
     capacity: u64,
     keys_owned: u64,
     keys_replica: u64,
+    /// What its data directory occupies on disk.
+    disk_bytes: u64,
     reachable: bool,
+}
+
+/// Most members `du` asks.
+const DU_MAX_NODES: usize = 1024;
+
+/// Every member of the ring `du` can find from `first` (the node asked), following successor
+/// lists, with their usage; and the placement warnings they give.
+async fn ring_usage(ctx: &Ctx, first: peerstore_proto::StatusReport) -> (Vec<NodeUsage>, Vec<String>) {
+    let usage = |addr: String, s: &peerstore_proto::StatusReport| NodeUsage {
+        node: addr,
+        bytes_used: s.bytes_used,
+        capacity: s.capacity,
+        keys_owned: s.keys_owned,
+        keys_replica: s.keys_replica,
+        disk_bytes: s.disk_bytes,
+        reachable: true,
+    };
+    let mut warnings = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut nodes = Vec::new();
+    seen.insert(first.addr.peer.to_string());
+    let mut todo: Vec<peerstore_proto::NodeAddr> = Vec::new();
+    let mut take = |s: &peerstore_proto::StatusReport,
+                    addr: String,
+                    todo: &mut Vec<peerstore_proto::NodeAddr>,
+                    seen: &mut BTreeSet<String>| {
+        if let Some(w) = &s.placement.warning {
+            warnings.push(format!("{addr}: {w}"));
+        }
+        nodes.push(usage(addr, s));
+        for m in s.successors.iter().chain(&s.predecessor) {
+            if seen.insert(m.addr.peer.to_string()) {
+                todo.push(m.addr.clone());
+            }
+        }
+    };
+    take(&first, first.addr.to_string(), &mut todo, &mut seen);
+    while !todo.is_empty() && nodes.len() < DU_MAX_NODES {
+        let batch: Vec<_> = std::mem::take(&mut todo);
+        let answers = futures::future::join_all(batch.into_iter().map(|a| async move {
+            let r = status_of(&a, Duration::from_secs(5), ctx.ring.identity()).await;
+            (a, r)
+        }))
+        .await;
+        for (a, r) in answers {
+            match r {
+                Ok(s) => take(&s, a.to_string(), &mut todo, &mut seen),
+                Err(_) => nodes.push(NodeUsage {
+                    node: a.to_string(),
+                    bytes_used: 0,
+                    capacity: 0,
+                    keys_owned: 0,
+                    keys_replica: 0,
+                    disk_bytes: 0,
+                    reachable: false,
+                }),
+            }
+        }
+    }
+    drop(take);
+    (nodes, warnings)
 }
 
 #[derive(Serialize)]
@@ -967,8 +1030,15 @@ struct DuReport {
     /// Encrypted bytes of the unique blocks (chunks, manifests, snapshot objects).
     unique_bytes: u64,
     replication: u32,
+    /// What the ring's nodes occupy on their disks, measured by each node (its data
+    /// directory: every user's blocks, single copies, records and indexes), summed over every
+    /// member that answered.
     stored_bytes: u64,
+    /// What r copies of this user's unique blocks take (`unique_bytes` x r).
+    expected_bytes: u64,
+    /// `stored_bytes` / `unique_plain_bytes`.
     overhead: f64,
+    /// Every ring member found, in ring order from the node asked.
     nodes: Vec<NodeUsage>,
     /// Nodes whose keys have fewer distinct hosts than copies (`status` warns the same).
     placement_warnings: Vec<String>,
@@ -1009,50 +1079,9 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
     let unique_plain: u64 = plain.values().sum();
     let status = ctx.ring.status().await?;
     let replication = status.replication;
-    let stored = unique_bytes * u64::from(replication);
-    let mut warnings: Vec<String> = status
-        .placement
-        .warning
-        .iter()
-        .map(|w| format!("{}: {w}", status.addr))
-        .collect();
-    let mut nodes = vec![NodeUsage {
-        node: status.addr.to_string(),
-        bytes_used: status.bytes_used,
-        capacity: status.capacity,
-        keys_owned: status.keys_owned,
-        keys_replica: status.keys_replica,
-        reachable: true,
-    }];
-    for m in &status.successors {
-        if nodes.iter().any(|n| n.node == m.addr.to_string()) {
-            continue;
-        }
-        let n = match status_of(&m.addr, Duration::from_secs(5), ctx.ring.identity()).await {
-            Ok(s) => {
-                if let Some(w) = &s.placement.warning {
-                    warnings.push(format!("{}: {w}", m.addr));
-                }
-                NodeUsage {
-                    node: m.addr.to_string(),
-                    bytes_used: s.bytes_used,
-                    capacity: s.capacity,
-                    keys_owned: s.keys_owned,
-                    keys_replica: s.keys_replica,
-                    reachable: true,
-                }
-            }
-            Err(_) => NodeUsage {
-                node: m.addr.to_string(),
-                bytes_used: 0,
-                capacity: 0,
-                keys_owned: 0,
-                keys_replica: 0,
-                reachable: false,
-            },
-        };
-        nodes.push(n);
-    }
+    let expected = unique_bytes * u64::from(replication);
+    let (nodes, warnings) = ring_usage(ctx, status).await;
+    let stored: u64 = nodes.iter().map(|n| n.disk_bytes).sum();
     let report = DuReport {
         snapshots: all.len(),
         logical_bytes: logical,
@@ -1062,6 +1091,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         unique_bytes,
         replication,
         stored_bytes: stored,
+        expected_bytes: expected,
         overhead: if unique_plain > 0 {
             stored as f64 / unique_plain as f64
         } else {
@@ -1085,19 +1115,27 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             .entanglement
             .as_ref()
             .is_some_and(|e| e.kind == "step");
-        // On an entangled ring the data is stored as parities (figures below), not as r copies.
-        let stored = if entangled {
-            "stored: as entangled parities, see the entanglement figures below".to_string()
-        } else {
-            format!(
-                "stored with r={}: {} (overhead x{:.2} of the unique data)",
+        let missing = report.nodes.iter().filter(|n| !n.reachable).count();
+        let mut stored = format!(
+            "on the nodes' disks: {} over {} nodes (everything they store, all users; measured by each node): x{:.2} of the unique data",
+            human(report.stored_bytes),
+            report.nodes.len() - missing,
+            report.overhead
+        );
+        if missing > 0 {
+            stored.push_str(&format!(" ({missing} nodes did not answer: not counted)"));
+        }
+        // On an entangled ring the data is stored as sources and parities (figures below).
+        if !entangled {
+            stored.push_str(&format!(
+                "
+r = {} copies of the unique data alone: {}",
                 report.replication,
-                human(report.stored_bytes),
-                report.overhead
-            )
-        };
+                human(report.expected_bytes)
+            ));
+        }
         let mut out = format!(
-            "latest snapshot: {} logical ({} over {} snapshots)\nunique data: {} in {} blocks ({} encrypted, with metadata)\n{stored}\nper node (this node and its successors):",
+            "latest snapshot: {} logical ({} over {} snapshots)\nunique data: {} in {} blocks ({} encrypted, with metadata)\n{stored}\nper node:",
             human(report.logical_bytes),
             human(report.logical_bytes_all_snapshots),
             report.snapshots,
@@ -1108,10 +1146,11 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
         for n in &report.nodes {
             if n.reachable {
                 out.push_str(&format!(
-                    "\n  {}  used {} of {} ({} owned + {} replica keys)",
+                    "\n  {}  used {} of {}, {} on disk ({} owned + {} replica keys)",
                     n.node,
                     human(n.bytes_used),
                     human(n.capacity),
+                    human(n.disk_bytes),
                     n.keys_owned,
                     n.keys_replica
                 ));

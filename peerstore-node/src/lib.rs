@@ -23,6 +23,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod disk;
 pub mod driver;
 pub mod entangled;
 pub mod http;
@@ -192,6 +193,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         entangled: entangled.clone(),
         quotas,
         metrics: Arc::new(http::Metrics::new()),
+        disk: Arc::new(disk::DiskUsage::new(config.data_dir.clone())),
     });
     let local: Arc<dyn ring::LocalMember> = service.clone();
     ring.set_local(Arc::downgrade(&local));

@@ -562,6 +562,7 @@ async fn status(
             "keys_owned": s.keys_owned,
             "keys_replica": s.keys_replica,
             "bytes_used": s.bytes_used,
+            "disk_bytes": s.disk_bytes,
             "capacity": s.capacity,
             "records": s.records,
             "user_quota": s.user_quota,
@@ -598,7 +599,10 @@ async fn status(
         "keys        {} owned, {} as replica (r = {})",
         s.keys_owned, s.keys_replica, s.replication
     );
-    println!("storage     {} of {} bytes used", s.bytes_used, s.capacity);
+    println!(
+        "storage     {} of {} bytes used; the data directory occupies {} bytes on disk",
+        s.bytes_used, s.capacity, s.disk_bytes
+    );
     println!(
         "placement   host {}, zone {}; the keys it owns are on {} host(s)",
         s.placement.host, s.placement.zone, s.placement.replica_hosts

@@ -66,6 +66,8 @@ pub struct Service {
     pub quotas: Arc<crate::quota::Quotas>,
     /// Counters of the requests answered (`/metrics`).
     pub metrics: Arc<crate::http::Metrics>,
+    /// What the data directory occupies on disk (`status`, `du`).
+    pub disk: Arc<crate::disk::DiskUsage>,
 }
 
 impl LocalMember for Service {
@@ -348,6 +350,7 @@ impl Service {
         report.user_quota = self.quotas.limit();
         report.activity = self.replication.activity.snapshot();
         report.placement = self.placement().await;
+        report.disk_bytes = self.disk.bytes().await;
         report.users = users
             .into_iter()
             .map(|u| peerstore_proto::UserUsage {
@@ -429,5 +432,6 @@ fn status_report(view: &RingView, replication: usize, stats: &Figures) -> Status
         users: Vec::new(),
         activity: peerstore_proto::MaintenanceActivity::default(),
         placement: peerstore_proto::PlacementReport::default(),
+        disk_bytes: 0,
     }
 }

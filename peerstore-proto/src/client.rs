@@ -196,6 +196,9 @@ pub struct StatusReport {
     pub activity: MaintenanceActivity,
     /// Where the node runs and how the copies of the keys it owns spread over machines.
     pub placement: PlacementReport,
+    /// What its data directory occupies on disk (allocated bytes of every file but logs):
+    /// blocks, single copies, records and indexes, of every user.
+    pub disk_bytes: u64,
 }
 
 /// Where a node runs (`--host`, `--zone`) and how many machines the replica set of the keys it

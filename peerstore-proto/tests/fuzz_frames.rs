@@ -220,6 +220,7 @@ fn status_report() -> StatusReport {
             replica_hosts: 1,
             warning: Some("all 3 copies on one host".into()),
         },
+        disk_bytes: 3 << 30,
     }
 }
 

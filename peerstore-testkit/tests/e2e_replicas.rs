@@ -80,6 +80,9 @@ async fn settle_and_measure(
         last.saturating_sub(base) as f64 / bytes as f64,
     );
     disk.unwrap_or_else(|e| panic!("{e}"));
+    // du tells what the disks hold once replica management has settled (issue 11 item 8).
+    let (stored, disks) = du_matches_disks(cluster, &alice.json(&["du"]));
+    println!("{what}: du says {stored} bytes stored, the disks hold {disks}");
     assert!(
         last.saturating_sub(base) + base >= du_bytes,
         "{what}: du counts {du_bytes} bytes, more than the {last} on the disks"

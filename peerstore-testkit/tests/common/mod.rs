@@ -323,6 +323,25 @@ pub fn ring_disk_bytes(c: &peerstore_testkit::Cluster) -> u64 {
     c.nodes.iter().map(|n| disk_bytes(&n.data_dir)).sum()
 }
 
+/// Issue 11 item 8: `du --json`'s stored bytes are what the live nodes' disks hold, as this
+/// test measures them (within 2% and 1 MiB: the ring may still write an index page between
+/// the two readings). Returns (du's figure, the disks').
+pub fn du_matches_disks(c: &peerstore_testkit::Cluster, du: &serde_json::Value) -> (u64, u64) {
+    let stored = du["stored_bytes"].as_u64().expect("du stored_bytes");
+    let disks: u64 = c.live().map(|n| disk_bytes(&n.data_dir)).sum();
+    let diff = stored.abs_diff(disks);
+    assert!(
+        diff <= disks / 50 + (1 << 20),
+        "du says {stored} bytes stored, the disks hold {disks}: {du}"
+    );
+    assert_eq!(
+        du["nodes"].as_array().map(Vec::len),
+        Some(c.live().count()),
+        "du counts every live node: {du}"
+    );
+    (stored, disks)
+}
+
 /// A ring of `n` nodes with the node's defaults, except that replica management runs on
 /// periods a test can wait for: every second, blocks older than 5 s leave the tail, copies are
 /// dropped after 5 s (the default minimum age is 10 minutes; the harness's is 0, which hides
