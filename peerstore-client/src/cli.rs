@@ -963,59 +963,55 @@ const DU_MAX_NODES: usize = 1024;
 
 /// Every member of the ring `du` can find from `first` (the node asked), following successor
 /// lists, with their usage; and the placement warnings they give.
-async fn ring_usage(ctx: &Ctx, first: peerstore_proto::StatusReport) -> (Vec<NodeUsage>, Vec<String>) {
-    let usage = |addr: String, s: &peerstore_proto::StatusReport| NodeUsage {
-        node: addr,
-        bytes_used: s.bytes_used,
-        capacity: s.capacity,
-        keys_owned: s.keys_owned,
-        keys_replica: s.keys_replica,
-        disk_bytes: s.disk_bytes,
-        reachable: true,
-    };
+async fn ring_usage(
+    ctx: &Ctx,
+    first: peerstore_proto::StatusReport,
+) -> (Vec<NodeUsage>, Vec<String>) {
     let mut warnings = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut nodes = Vec::new();
-    seen.insert(first.addr.peer.to_string());
-    let mut todo: Vec<peerstore_proto::NodeAddr> = Vec::new();
-    let mut take = |s: &peerstore_proto::StatusReport,
-                    addr: String,
-                    todo: &mut Vec<peerstore_proto::NodeAddr>,
-                    seen: &mut BTreeSet<String>| {
-        if let Some(w) = &s.placement.warning {
-            warnings.push(format!("{addr}: {w}"));
-        }
-        nodes.push(usage(addr, s));
-        for m in s.successors.iter().chain(&s.predecessor) {
-            if seen.insert(m.addr.peer.to_string()) {
-                todo.push(m.addr.clone());
-            }
-        }
-    };
-    take(&first, first.addr.to_string(), &mut todo, &mut seen);
-    while !todo.is_empty() && nodes.len() < DU_MAX_NODES {
-        let batch: Vec<_> = std::mem::take(&mut todo);
-        let answers = futures::future::join_all(batch.into_iter().map(|a| async move {
-            let r = status_of(&a, Duration::from_secs(5), ctx.ring.identity()).await;
-            (a, r)
-        }))
-        .await;
-        for (a, r) in answers {
-            match r {
-                Ok(s) => take(&s, a.to_string(), &mut todo, &mut seen),
-                Err(_) => nodes.push(NodeUsage {
-                    node: a.to_string(),
+    // By PeerId bytes (the client does not name libp2p's types).
+    let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+    seen.insert(first.addr.peer.to_bytes());
+    let mut answers = vec![(first.addr.clone(), Ok(first))];
+    while !answers.is_empty() {
+        let mut todo = Vec::new();
+        for (addr, r) in answers {
+            let Ok(s) = r else {
+                nodes.push(NodeUsage {
+                    node: addr.to_string(),
                     bytes_used: 0,
                     capacity: 0,
                     keys_owned: 0,
                     keys_replica: 0,
                     disk_bytes: 0,
                     reachable: false,
-                }),
+                });
+                continue;
+            };
+            if let Some(w) = &s.placement.warning {
+                warnings.push(format!("{addr}: {w}"));
             }
+            for m in s.successors.iter().chain(&s.predecessor) {
+                if seen.len() < DU_MAX_NODES && seen.insert(m.addr.peer.to_bytes()) {
+                    todo.push(m.addr.clone());
+                }
+            }
+            nodes.push(NodeUsage {
+                node: addr.to_string(),
+                bytes_used: s.bytes_used,
+                capacity: s.capacity,
+                keys_owned: s.keys_owned,
+                keys_replica: s.keys_replica,
+                disk_bytes: s.disk_bytes,
+                reachable: true,
+            });
         }
+        answers = futures::future::join_all(todo.into_iter().map(|a| async move {
+            let r = status_of(&a, Duration::from_secs(5), ctx.ring.identity()).await;
+            (a, r)
+        }))
+        .await;
     }
-    drop(take);
     (nodes, warnings)
 }
 

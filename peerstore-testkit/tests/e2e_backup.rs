@@ -235,8 +235,11 @@ async fn backup_restore_dedup_privacy_and_keys() {
     );
     assert_eq!(du["expected_bytes"].as_u64().unwrap(), unique * 3);
     // Stored: what the disks hold (issue 11 item 8), at least the three copies.
-    let (stored, disks) = du_matches_disks(&cluster, &du);
-    println!("du: {stored} bytes stored, the disks hold {disks}, 3 copies of the unique data {}", unique * 3);
+    let (stored, disks) = du_matches_disks(&cluster, &alice);
+    println!(
+        "du: {stored} bytes stored, the disks hold {disks}, 3 copies of the unique data {}",
+        unique * 3
+    );
     assert!(stored >= unique * 3, "{du}");
     let overhead = du["overhead"].as_f64().unwrap();
     let plain = du["unique_plain_bytes"].as_u64().unwrap() as f64;

@@ -207,6 +207,9 @@ async fn every_command_prints_json_and_exits_with_its_documented_code() {
     assert_same_tree(&src, &tmp.path().join("all"));
     let du = ok_json(&alice, &["du"]);
     assert!(du["nodes"].is_array() && du["snapshots"] == 1, "{du}");
+    // On this plain ring too, du's stored bytes are what the disks hold (issue 11 item 8).
+    let (stored, disks) = du_matches_disks(&cluster, &alice);
+    println!("plain ring: du says {stored} bytes stored, the disks hold {disks}");
     let st = ok_json(&alice, &["status"]);
     assert!(st["node"].is_string() && st["member"] == true, "{st}");
     let ch = ok_json(&alice, &["check", "--read-data"]);

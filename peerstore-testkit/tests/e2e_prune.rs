@@ -215,7 +215,7 @@ async fn forget_and_prune_give_space_back_to_the_writer_only() {
     );
     reached.unwrap_or_else(|e| panic!("not at x{limit} after the prune: {e}"));
     // du tells what the disks hold after the prune (issue 11 item 8).
-    let (stored, disks) = du_matches_disks(&cluster, &alice.json(&["du"]));
+    let (stored, disks) = du_matches_disks(&cluster, &alice);
     println!("after prune: du says {stored} bytes stored, the disks hold {disks}");
     assert!(
         u(&e, "refs_entries") <= u(&e, "codewords") * u(&e, "stored_per_codeword") * 5,

@@ -81,7 +81,7 @@ async fn settle_and_measure(
     );
     disk.unwrap_or_else(|e| panic!("{e}"));
     // du tells what the disks hold once replica management has settled (issue 11 item 8).
-    let (stored, disks) = du_matches_disks(cluster, &alice.json(&["du"]));
+    let (stored, disks) = du_matches_disks(cluster, alice);
     println!("{what}: du says {stored} bytes stored, the disks hold {disks}");
     assert!(
         last.saturating_sub(base) + base >= du_bytes,
