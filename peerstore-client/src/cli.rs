@@ -1015,6 +1015,23 @@ async fn ring_usage(
     (nodes, warnings)
 }
 
+/// Placement warnings ("ADDR: message") as printed: one line per distinct message, naming the
+/// node when one gives it and the count when several do (a ring on one machine is one line).
+fn placement_summary(warnings: &[String]) -> Vec<String> {
+    let mut by_message: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for w in warnings {
+        let (node, message) = w.split_once(": ").unwrap_or(("", w.as_str()));
+        by_message.entry(message).or_default().push(node);
+    }
+    by_message
+        .into_iter()
+        .map(|(message, nodes)| match nodes.as_slice() {
+            [one] => format!("{one}: {message}"),
+            many => format!("{} nodes: {message}", many.len()),
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 struct DuReport {
     snapshots: usize,
@@ -1103,7 +1120,7 @@ async fn cmd_du(ctx: &Ctx) -> Result<()> {
             }
         },
     };
-    for w in &report.placement_warnings {
+    for w in placement_summary(&report.placement_warnings) {
         eprintln!("WARNING: {w}");
     }
     ctx.print(&report, || {
@@ -1284,6 +1301,24 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_warnings_are_one_line_per_message() {
+        let w = |n: &str, m: &str| format!("/ip4/127.0.0.1/tcp/{n}/p2p/X: {m}");
+        let all = vec![
+            w("1", "all 3 copies on one host (h)"),
+            w("2", "all 3 copies on one host (h)"),
+            w("3", "span 2 hosts"),
+        ];
+        assert_eq!(
+            placement_summary(&all),
+            vec![
+                "2 nodes: all 3 copies on one host (h)".to_string(),
+                "/ip4/127.0.0.1/tcp/3/p2p/X: span 2 hosts".to_string(),
+            ]
+        );
+        assert!(placement_summary(&[]).is_empty());
+    }
 
     #[test]
     fn time_formatting() {
