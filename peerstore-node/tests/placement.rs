@@ -46,13 +46,13 @@ async fn hosts_per_key(c: &Cluster, hosts: &[String]) -> BTreeMap<BlockKey, BTre
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
-    let mut c = Cluster::start(5, FLAGS).await;
+/// Five nodes with `flags`, restarted so that the first three in ring order run on host a and
+/// the other two on host b. Returns the cluster and the ring order (id, node index).
+async fn aaabb(flags: &[&str]) -> (Cluster, Vec<(chord::Id, usize)>) {
+    let mut c = Cluster::start(5, flags).await;
     c.wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // Ring order; the first three in it go on host a, the other two on host b.
     let mut order: Vec<(chord::Id, usize)> = c
         .nodes
         .iter()
@@ -71,6 +71,16 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     c.wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    (c, order)
+}
+
+/// The tests of this file share the 2 cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
+    let _g = SERIAL.lock().await;
+    let (mut c, order) = aaabb(FLAGS).await;
     let hosts = hosts_of(&c);
     println!(
         "hosts by node: {hosts:?}; ring order {:?}",
@@ -231,4 +241,68 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     println!("host b back: every block on both hosts, 3 copies each, {t:?} later");
+}
+
+/// On the default entangled layout (systematic): the source blocks of every codeword (the
+/// blocks a healthy read fetches) have copies on both hosts, so losing the three nodes of host
+/// a still reads every document directly from host b's two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entangled_ring_reads_everything_after_losing_a_host() {
+    let _g = SERIAL.lock().await;
+    let mut flags = STEP_RING_ARGS.to_vec();
+    flags.extend(["--block-size", "4K", "--maintenance-ms", "1000"]);
+    let (mut c, order) = aaabb(&flags).await;
+    let hosts = hosts_of(&c);
+    let docs = peerstore_testkit::documents(12, 77, &[3 * 4 * 4096]);
+    let mut keys = Vec::new();
+    for d in &docs {
+        keys.push(put_document(&c.nodes[order[3].1], d).await);
+    }
+    // The sources: the first s = 4 stored blocks of each codeword.
+    let mut sources = Vec::new();
+    for k in &keys {
+        let d = peerstore_node::entangled::format::DocRecord::decode(
+            &fetch_record(&c, *k).await.expect("document record"),
+        )
+        .expect("a document record");
+        for rk in d.codewords {
+            let r = peerstore_node::entangled::format::decode_record(
+                &fetch_record(&c, rk).await.expect("codeword record"),
+            )
+            .expect("a codeword record");
+            sources.extend(r.stored_keys.iter().take(4).map(|k| BlockKey(k.0)));
+        }
+    }
+    c.wait_replicated(&sources, 3, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let per = hosts_per_key(&c, &hosts).await;
+    let one = sources
+        .iter()
+        .filter(|k| per.get(k).map_or(0, BTreeSet::len) < 2)
+        .count();
+    println!(
+        "{} documents, {} source blocks; on one host only: {one}",
+        keys.len(),
+        sources.len()
+    );
+    assert_eq!(one, 0, "every source block has a copy on both hosts");
+    // Host a is lost.
+    for &(_, i) in &order[..3] {
+        c.nodes[i].kill9();
+    }
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = &c.nodes[order[3].1];
+    for (k, d) in keys.iter().zip(&docs) {
+        match b.call(ClientRequest::GetDocument { key: *k }).await {
+            ClientResponse::Block { data } => assert_eq!(&data, d),
+            other => panic!("document {k} after host a was lost: {other:?}"),
+        }
+    }
+    println!(
+        "host a lost: all {} documents read back from host b",
+        keys.len()
+    );
 }
