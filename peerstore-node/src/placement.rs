@@ -82,12 +82,6 @@ impl Place {
         }
     }
 
-    /// Whether this is [`Place::unknown`]'s stand-in, not a place the member told.
-    #[must_use]
-    pub fn is_unknown(&self) -> bool {
-        self.host.starts_with("unknown-")
-    }
-
     /// The (zone, host) pair that names a machine: one host name may repeat in two zones.
     fn machine(&self) -> (&str, &str) {
         (&self.zone, &self.host)

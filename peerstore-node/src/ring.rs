@@ -258,19 +258,30 @@ impl Ring {
     /// ring of fewer than `n` members): its replica set for `n = r`.
     pub async fn locate(&self, key: &BlockKey, n: usize) -> Result<Vec<NodeAddr>, RingError> {
         let res = self.lookup(key_id(key)).await?;
+        Ok(self.locate_from(&res, n).await)
+    }
+
+    /// [`Ring::locate`] from a lookup already made.
+    async fn locate_from(&self, res: &chord::LookupResult<NodeAddr>, n: usize) -> Vec<NodeAddr> {
         let mut set = first_distinct(&res.owner.addr, res.successors.iter().map(|p| &p.addr), n);
         self.extend(&mut set, n).await;
-        Ok(set)
+        set
     }
 
     /// The replica set of `key`: its owner and r - 1 of the next members, chosen over hosts
     /// and zones ([`crate::placement::choose`] over the owner and its next
     /// [`crate::placement::window`] - 1 members); in ring order, the owner first.
     pub async fn replica_set(&self, key: &BlockKey) -> Result<Vec<NodeAddr>, RingError> {
+        let res = self.lookup(key_id(key)).await?;
+        Ok(self.replica_set_from(&res).await)
+    }
+
+    /// [`Ring::replica_set`] of the key a lookup already made was for.
+    pub async fn replica_set_from(&self, res: &chord::LookupResult<NodeAddr>) -> Vec<NodeAddr> {
         let candidates = self
-            .locate(key, crate::placement::window(self.replication))
-            .await?;
-        Ok(self.choose(candidates).await)
+            .locate_from(res, crate::placement::window(self.replication))
+            .await;
+        self.choose(candidates).await
     }
 
     /// `candidates` (an owner and its successors, in ring order) narrowed to r by place.
@@ -278,7 +289,13 @@ impl Ring {
         if candidates.len() <= self.replication {
             return candidates;
         }
-        let places = self.places(&candidates).await;
+        let places: Vec<Place> = self
+            .places(&candidates)
+            .await
+            .into_iter()
+            .zip(&candidates)
+            .map(|(p, m)| p.unwrap_or_else(|| Place::unknown(&m.peer)))
+            .collect();
         crate::placement::choose(&places, self.replication)
             .into_iter()
             .map(|i| candidates[i].clone())
@@ -300,8 +317,9 @@ impl Ring {
     }
 
     /// The places of `members` (asked of those not known yet, in parallel, within a few
-    /// seconds; a member that does not answer is a host of its own).
-    pub async fn places(&self, members: &[NodeAddr]) -> Vec<Place> {
+    /// seconds); `None` for a member that did not say (placement counts it as a host of its
+    /// own, `status` not at all).
+    pub async fn places(&self, members: &[NodeAddr]) -> Vec<Option<Place>> {
         let now = std::time::Instant::now();
         let ask: Vec<&NodeAddr> = members
             .iter()
@@ -328,12 +346,9 @@ impl Ring {
             .iter()
             .map(|m| {
                 if m.peer == self.me().peer {
-                    self.place.clone()
+                    Some(self.place.clone())
                 } else {
-                    self.placements
-                        .get(&m.peer, now)
-                        .flatten()
-                        .unwrap_or_else(|| Place::unknown(&m.peer))
+                    self.placements.get(&m.peer, now).flatten()
                 }
             })
             .collect()

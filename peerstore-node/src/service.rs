@@ -299,7 +299,7 @@ impl Service {
 
     async fn lookup(&self, key: peerstore_proto::BlockKey) -> Result<ClientResponse, RingError> {
         let res = self.ring.lookup(peerstore_proto::key_id(&key)).await?;
-        let replicas = self.ring.replica_set(&key).await?;
+        let replicas = self.ring.replica_set_from(&res).await;
         Ok(ClientResponse::Owner {
             owner: member(&res.owner),
             replicas: replicas
@@ -372,8 +372,7 @@ impl Service {
         let places = ring.places(&set).await;
         // Only members that told their place count: one that did not answer is no proof of
         // a copy on another machine.
-        let refs: Vec<&crate::placement::Place> =
-            places.iter().filter(|p| !p.is_unknown()).collect();
+        let refs: Vec<&crate::placement::Place> = places.iter().flatten().collect();
         peerstore_proto::PlacementReport {
             host: ring.place.host.clone(),
             zone: ring.place.zone.clone(),

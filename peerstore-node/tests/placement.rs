@@ -46,6 +46,26 @@ async fn hosts_per_key(c: &Cluster, hosts: &[String]) -> BTreeMap<BlockKey, BTre
         .collect()
 }
 
+/// How many of `keys` have copies on fewer than two hosts.
+async fn on_one_host(c: &Cluster, hosts: &[String], keys: &[BlockKey]) -> usize {
+    let per = hosts_per_key(c, hosts).await;
+    keys.iter()
+        .filter(|k| per.get(k).map_or(0, BTreeSet::len) < 2)
+        .count()
+}
+
+/// Waits (30 s at most) until every one of `keys` has copies on both hosts.
+async fn wait_on_both_hosts(c: &Cluster, hosts: &[String], keys: &[BlockKey]) {
+    wait_until(Duration::from_secs(30), || async {
+        match on_one_host(c, hosts, keys).await {
+            0 => Ok(()),
+            one => Err(format!("{one} blocks on one host only")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Five nodes with `flags`, restarted so that the first three in ring order run on host a and
 /// the other two on host b. Returns the cluster and the ring order (id, node index).
 async fn aaabb(flags: &[&str]) -> (Cluster, Vec<(chord::Id, usize)>) {
@@ -130,20 +150,7 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     c.wait_replicated(&keys, 3, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let spread = wait_until(Duration::from_secs(30), || async {
-        let per = hosts_per_key(&c, &hosts).await;
-        let one = keys
-            .iter()
-            .filter(|k| per.get(k).map_or(0, |h| h.len()) < 2)
-            .count();
-        if one == 0 {
-            Ok(())
-        } else {
-            Err(format!("{one} blocks on one host only"))
-        }
-    })
-    .await;
-    spread.unwrap_or_else(|e| panic!("{e}"));
+    wait_on_both_hosts(&c, &hosts, &keys).await;
     let copies: Vec<usize> = {
         let h = c.holders().await;
         keys.iter().map(|k| h.get(k).map_or(0, Vec::len)).collect()
@@ -205,20 +212,7 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    wait_until(Duration::from_secs(30), || async {
-        let per = hosts_per_key(&c, &hosts).await;
-        let one = keys
-            .iter()
-            .filter(|k| per.get(k).map_or(0, |h| h.len()) < 2)
-            .count();
-        if one == 0 {
-            Ok(())
-        } else {
-            Err(format!("{one} blocks on one host only"))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_on_both_hosts(&c, &hosts, &keys).await;
     // And no more than r copies stay: the clean-up drops those the sets skip.
     let t = wait_until(Duration::from_secs(60), || async {
         let h = c.holders().await;
@@ -276,11 +270,7 @@ async fn an_entangled_ring_reads_everything_after_losing_a_host() {
     c.wait_replicated(&sources, 3, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let per = hosts_per_key(&c, &hosts).await;
-    let one = sources
-        .iter()
-        .filter(|k| per.get(k).map_or(0, BTreeSet::len) < 2)
-        .count();
+    let one = on_one_host(&c, &hosts, &sources).await;
     println!(
         "{} documents, {} source blocks; on one host only: {one}",
         keys.len(),
