@@ -414,6 +414,9 @@ pub struct ScrubOutcome {
     pub bytes_freed: u64,
     pub single: u64,
     pub errors: u64,
+    /// Eligible blocks kept replicated so that no host holds the single copies of more
+    /// symbols of a codeword than it can lose.
+    pub kept_for_spread: u64,
     pub seconds: f64,
 }
 
@@ -437,6 +440,7 @@ impl ScrubOutcome {
             bytes_freed: r.bytes_freed,
             single: r.single,
             errors: r.errors,
+            kept_for_spread: r.kept_for_spread,
             seconds,
         }
     }
@@ -448,7 +452,7 @@ impl ScrubOutcome {
             return "scrub daemon stopped on every node".into();
         }
         format!(
-            "scrub ({}, {}): {} nodes, {} parities examined, {} brought to one copy, {} replica files removed ({} freed), {} already single, {} errors; {:.1} s",
+            "scrub ({}, {}): {} nodes, {} parities examined, {} brought to one copy, {} replica files removed ({} freed), {} already single, {} kept replicated to spread codewords over hosts, {} errors; {:.1} s",
             self.mode,
             self.daemon,
             self.nodes,
@@ -457,6 +461,7 @@ impl ScrubOutcome {
             self.replicas_removed,
             human(self.bytes_freed),
             self.single,
+            self.kept_for_spread,
             self.errors,
             self.seconds
         )
@@ -927,6 +932,7 @@ mod tests {
             bytes_freed: 270 << 18,
             single: 10,
             errors: 0,
+            kept_for_spread: 0,
         };
         let api = Scripted::new(vec![AdminResponse::Scrubbed(rep.clone())]);
         let mode = ScrubMode::Window { blocks: 0 };

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -90,6 +91,9 @@ pub struct Handle {
     pub request_timeout: Duration,
     /// Bumped every time the Chord core reports a change of our key ranges.
     pub ranges_changed: watch::Receiver<u64>,
+    /// Where the members run (module `placement`), shared with the ring: a peer whose last
+    /// connection closes is forgotten, so a node restarted with another `--host` is asked anew.
+    pub placements: Arc<crate::placement::Placements>,
 }
 
 impl Handle {
@@ -203,6 +207,8 @@ pub struct Membership {
 /// The event loop. Create it with [`Driver::start`], then `run` it in its own task.
 pub struct Driver {
     membership: Membership,
+    /// The places of members (shared with [`Handle::placements`]).
+    placements: Arc<crate::placement::Placements>,
     /// Peers that proved their role to us (by a hello, or by their answer to ours).
     admitted: HashMap<PeerId, Caller>,
     /// What waits for peers to admit us.
@@ -301,6 +307,7 @@ impl Driver {
         let (cmd_tx, commands) = mpsc::channel(1024);
         let (inbound, inbound_rx) = mpsc::channel(1024);
         let (ranges_tx, ranges_changed) = watch::channel(0);
+        let placements = Arc::new(crate::placement::Placements::default());
         let driver = Driver {
             membership,
             admitted: HashMap::new(),
@@ -331,12 +338,14 @@ impl Driver {
             peers_file,
             peers_written: Vec::new(),
             peers_at: Instant::now(),
+            placements: placements.clone(),
         };
         let handle = Handle {
             tx: cmd_tx,
             local,
             request_timeout,
             ranges_changed,
+            placements,
         };
         Ok((driver, handle, inbound_rx))
     }
@@ -601,6 +610,7 @@ impl Driver {
                 self.strangers.remove(&peer_id);
                 self.chord_rate.forget(&peer_id);
                 self.remote_ip.remove(&peer_id);
+                self.placements.forget(&peer_id);
                 for item in self.gate.disconnected(&peer_id) {
                     self.fail_outbound(item, "the connection closed before the greeting");
                 }

@@ -174,6 +174,57 @@ pub fn warning(set: &[&Place], r: usize) -> Option<String> {
     ))
 }
 
+/// What a symbol is to a codeword, in the order in which the symbols of a codeword that sit on
+/// one host go down to one copy: pointers first (parities of other codewords), then the
+/// codeword's own parities, then its sources (the document's bytes, read directly, kept
+/// replicated longest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SymbolKind {
+    Pointer,
+    Parity,
+    Source,
+}
+
+/// The spread rule for the symbols of one codeword: whether `candidate` may go down to a single
+/// copy on the machine of its place. `symbols` are the codeword's symbols that are fetched to
+/// decode it (kind, key, the place that holds or would hold its single copy: its owner's);
+/// `budget` is how many of them the codeword may lose and still decode
+/// (`entangle::Layout::erasures`).
+///
+/// Each machine (and, when the symbols' places span more than one zone, each zone) may hold the
+/// single copies of at most `budget` of the codeword's symbols: the first `budget` of its symbols
+/// in ([`SymbolKind`], key) order; the others keep their replicas, which replica sets spread over
+/// hosts. Then losing one machine (or one zone) loses at most `budget` symbols of any codeword,
+/// and it decodes from the rest. Every owner ranks the same symbols the same way, so the
+/// decisions agree without a word between them. A codeword whose symbols all sit on one machine
+/// has nothing to spread: the rule allows all (and `status` warns about that ring).
+#[must_use]
+pub fn single_allowed<K: Ord>(
+    symbols: &[(SymbolKind, K, &Place)],
+    candidate: &K,
+    budget: usize,
+) -> bool {
+    let Some(&(_, _, at)) = symbols.iter().find(|(_, k, _)| k == candidate) else {
+        return true;
+    };
+    let rank_within = |same: &dyn Fn(&Place) -> bool| {
+        let mut mine: Vec<(SymbolKind, &K)> = symbols
+            .iter()
+            .filter(|(_, _, p)| same(p))
+            .map(|(kind, k, _)| (*kind, k))
+            .collect();
+        mine.sort();
+        mine.dedup_by(|a, b| a.1 == b.1);
+        mine.iter().position(|(_, k)| *k == candidate)
+    };
+    let machines: BTreeSet<(&str, &str)> = symbols.iter().map(|(_, _, p)| p.machine()).collect();
+    if machines.len() > 1 && rank_within(&|p: &Place| p.machine() == at.machine()) >= Some(budget) {
+        return false;
+    }
+    let zones: BTreeSet<&str> = symbols.iter().map(|(_, _, p)| p.zone.as_str()).collect();
+    !(zones.len() > 1 && rank_within(&|p: &Place| p.zone == at.zone) >= Some(budget))
+}
+
 /// The places this node knows, with when it learnt them (bounded; see [`MAX_KNOWN`]).
 #[derive(Debug, Default)]
 pub struct Placements {
@@ -194,6 +245,11 @@ impl Placements {
             UNKNOWN_FOR
         };
         (now.duration_since(*at) < ttl).then(|| place.clone())
+    }
+
+    /// Forgets what `peer` said (its connections closed: it may come back elsewhere).
+    pub fn forget(&self, peer: &PeerId) {
+        peerstore_proto::lock(&self.known).remove(peer);
     }
 
     /// Remembers what `peer` answered (`None`: nothing).
@@ -331,5 +387,57 @@ mod tests {
             c.put(PeerId::random(), None, t);
         }
         assert!(peerstore_proto::lock(&c.known).len() <= MAX_KNOWN);
+    }
+
+    fn sym(kind: SymbolKind, key: u32, place: &Place) -> (SymbolKind, u32, &Place) {
+        (kind, key, place)
+    }
+
+    #[test]
+    fn a_machine_holds_single_copies_of_at_most_budget_symbols_of_a_codeword() {
+        let (a, b) = (p("a", "z"), p("b", "z"));
+        // Six symbols, budget 2: four on a (a pointer, a parity, two sources), two on b.
+        let s = vec![
+            sym(SymbolKind::Source, 1, &a),
+            sym(SymbolKind::Source, 2, &a),
+            sym(SymbolKind::Parity, 9, &a),
+            sym(SymbolKind::Pointer, 7, &a),
+            sym(SymbolKind::Parity, 3, &b),
+            sym(SymbolKind::Source, 4, &b),
+        ];
+        let allowed: Vec<u32> = s
+            .iter()
+            .map(|(_, k, _)| *k)
+            .filter(|k| single_allowed(&s, k, 2))
+            .collect();
+        // On a: the pointer, then the parity go single; both sources keep their replicas.
+        assert_eq!(allowed, vec![9, 7, 3, 4]);
+        // Whatever machine is lost, at most `budget` symbols are lost with it.
+        for m in [&a, &b] {
+            let lost = s
+                .iter()
+                .filter(|(_, k, p)| *p == m && allowed.contains(k))
+                .count();
+            assert!(lost <= 2, "{lost} single copies on {}", m.host);
+        }
+        // A key that is not a symbol of the codeword is not constrained by it.
+        assert!(single_allowed(&s, &100, 2));
+    }
+
+    #[test]
+    fn one_machine_has_nothing_to_spread_and_zones_count_too() {
+        let a = p("a", "z");
+        let s: Vec<_> = (0..6).map(|k| sym(SymbolKind::Source, k, &a)).collect();
+        assert!((0..6).all(|k| single_allowed(&s, &k, 2)));
+        // Two hosts per zone, two zones: zone y may hold 2 single copies in all, not 2 a host.
+        let (y1, y2, w1) = (p("h1", "y"), p("h2", "y"), p("h3", "w"));
+        let s = vec![
+            sym(SymbolKind::Parity, 1, &y1),
+            sym(SymbolKind::Parity, 2, &y2),
+            sym(SymbolKind::Parity, 3, &y1),
+            sym(SymbolKind::Parity, 4, &w1),
+        ];
+        let allowed: Vec<u32> = (1..=4).filter(|k| single_allowed(&s, k, 2)).collect();
+        assert_eq!(allowed, vec![1, 2, 4]);
     }
 }

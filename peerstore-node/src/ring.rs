@@ -147,8 +147,9 @@ pub struct Ring {
     pub lookups: LookupCounters,
     /// Where this node runs (`--host`, `--zone`).
     pub place: Place,
-    /// Where the members this node asked run (module `placement`).
-    pub placements: Placements,
+    /// Where the members this node asked run (module `placement`; the driver forgets a member
+    /// whose connections all close).
+    pub placements: Arc<Placements>,
 }
 
 /// Counters of the Chord lookups a node runs for itself: how many answered, how many failed
@@ -190,12 +191,12 @@ impl Ring {
     #[must_use]
     pub fn new(handle: Handle, replication: usize) -> Ring {
         Ring {
-            handle,
             replication: replication.max(1),
             local: OnceLock::new(),
             lookups: LookupCounters::default(),
             place: Place::this_machine(),
-            placements: Placements::default(),
+            placements: handle.placements.clone(),
+            handle,
         }
     }
 

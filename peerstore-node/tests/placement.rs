@@ -94,6 +94,29 @@ async fn aaabb(flags: &[&str]) -> (Cluster, Vec<(chord::Id, usize)>) {
     (c, order)
 }
 
+/// Kills host a's three nodes (the first three in ring `order`) and reads every document of
+/// `keys` back, byte-identical, from host b.
+async fn lose_host_a_and_read_all(
+    c: &mut Cluster,
+    order: &[(chord::Id, usize)],
+    keys: &[BlockKey],
+    docs: &[Vec<u8>],
+) {
+    for &(_, i) in &order[..3] {
+        c.nodes[i].kill9();
+    }
+    c.wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = &c.nodes[order[3].1];
+    for (k, d) in keys.iter().zip(docs) {
+        match b.call(ClientRequest::GetDocument { key: *k }).await {
+            ClientResponse::Block { data } => assert_eq!(&data, d),
+            other => panic!("document {k} after host a was lost: {other:?}"),
+        }
+    }
+}
+
 /// The tests of this file share the 2 cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -160,10 +183,10 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
         copies.iter().min().unwrap(),
         copies.iter().max().unwrap()
     );
-    // A node asked another's place before that one restarted with `--host` keeps the old
-    // answer until it asks again (`placement::KNOWN_FOR`).
-    let relearnt = peerstore_node::placement::KNOWN_FOR + Duration::from_secs(30);
-    wait_until(relearnt, || async {
+    // A node that knew another's place before that one restarted with `--host` forgot it
+    // when its connections closed (not after `placement::KNOWN_FOR`): every status is right
+    // well within that.
+    let t = wait_until(Duration::from_secs(30), || async {
         for (i, n) in c.nodes.iter().enumerate() {
             let s = n.status().await.ok_or("no status")?;
             assert_eq!(s.placement.host, hosts[i]);
@@ -181,6 +204,8 @@ async fn replica_sets_span_both_hosts_and_status_warns_when_one_is_left() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    assert!(t < peerstore_node::placement::KNOWN_FOR);
+    println!("every status names its host and says \"span 2 hosts\" after {t:?}");
 
     // Host b goes away: the keys of host a's nodes are on host a only, and status says so.
     for &(_, i) in &order[3..] {
@@ -280,22 +305,144 @@ async fn an_entangled_ring_reads_everything_after_losing_a_host() {
         sources.len()
     );
     assert_eq!(one, 0, "every source block has a copy on both hosts");
-    // Host a is lost.
-    for &(_, i) in &order[..3] {
-        c.nodes[i].kill9();
-    }
-    c.wait_ideal(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let b = &c.nodes[order[3].1];
-    for (k, d) in keys.iter().zip(&docs) {
-        match b.call(ClientRequest::GetDocument { key: *k }).await {
-            ClientResponse::Block { data } => assert_eq!(&data, d),
-            other => panic!("document {k} after host a was lost: {other:?}"),
-        }
-    }
+    lose_host_a_and_read_all(&mut c, &order, &keys, &docs).await;
     println!(
         "host a lost: all {} documents read back from host b",
+        keys.len()
+    );
+}
+
+/// Replica management on an entangled ring of two hosts (three nodes on a, two on b, fresh
+/// blocks replicated, r = 3): every block that may go down to one copy does (a window of 0),
+/// except where a codeword would then have single copies of more of its symbols on one host
+/// than it can lose (p = 8 of the 20 symbols of systematic (4, 8, 8)); those keep replicas on
+/// both hosts. Losing host a's three nodes then leaves every codeword decodable: every document
+/// reads back from host b (decoded where a source was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn managed_codewords_survive_losing_a_host() {
+    use peerstore_node::entangled::format::{decode_record, DocRecord};
+    use peerstore_proto::{AdminRequest, AdminResponse, ScrubMode};
+    let _g = SERIAL.lock().await;
+    let mut flags = STEP_RING_ARGS.to_vec();
+    flags.extend([
+        "--block-size",
+        "4K",
+        "--maintenance-ms",
+        "1000",
+        "--delete-min-age-ms",
+        "0",
+    ]);
+    let (mut c, order) = aaabb(&flags).await;
+    let hosts = hosts_of(&c);
+    let docs = peerstore_testkit::documents(12, 78, &[3 * 4 * 4096]);
+    let mut keys = Vec::new();
+    for d in &docs {
+        keys.push(put_document(&c.nodes[order[3].1], d).await);
+    }
+    let mut codewords = Vec::new();
+    for k in &keys {
+        let d = DocRecord::decode(&fetch_record(&c, *k).await.expect("document record"))
+            .expect("a document record");
+        for rk in d.codewords {
+            codewords.push(
+                decode_record(&fetch_record(&c, rk).await.expect("codeword record"))
+                    .expect("a codeword record"),
+            );
+        }
+    }
+    let stored: Vec<BlockKey> = codewords
+        .iter()
+        .flat_map(|r| r.stored_keys.iter().map(|k| BlockKey(k.0)))
+        .collect();
+    c.wait_replicated(&stored, 3, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Management by hand, twice (the second pass catches copies re-sent meanwhile).
+    let mut kept = 0;
+    for _ in 0..2 {
+        match c.nodes[order[3].1]
+            .admin(AdminRequest::Scrub {
+                mode: ScrubMode::Window { blocks: 0 },
+                once: true,
+                interval_ms: 0,
+            })
+            .await
+        {
+            AdminResponse::Scrubbed(r) => {
+                println!("scrub: {r:?}");
+                assert_eq!(r.errors, 0, "scrub errors");
+                kept = r.kept_for_spread;
+            }
+            other => panic!("scrub: {other:?}"),
+        }
+    }
+    // Where every symbol is on disk: the hosts holding a copy, and whether it is single.
+    let mut where_: BTreeMap<BlockKey, BTreeSet<String>> = BTreeMap::new();
+    let mut single = 0;
+    for (i, n) in c.nodes.iter().enumerate() {
+        for sub in ["store", "single"] {
+            for (k, _) in records_in(&n.data_dir.join(sub)) {
+                where_.entry(k).or_default().insert(hosts[i].clone());
+                single += usize::from(sub == "single");
+            }
+        }
+    }
+    let symbols = |r: &entangle::Record| -> Vec<BlockKey> {
+        entangle::fetch_order(r)
+            .iter()
+            .map(|k| BlockKey(k.0))
+            .collect()
+    };
+    // Without the rule every symbol would have its single copy on its owner's host.
+    let owner_host = |k: &BlockKey| {
+        let id = peerstore_proto::key_id(k);
+        let i = order.iter().find(|(o, _)| *o >= id).unwrap_or(&order[0]).1;
+        hosts[i].clone()
+    };
+    let owner_rule = codewords
+        .iter()
+        .filter(|r| {
+            let on_a = symbols(r).iter().filter(|k| owner_host(k) == "a").count();
+            on_a.max(symbols(r).len() - on_a) > 8
+        })
+        .count();
+    println!(
+        "with every eligible block at one copy on its owner, {owner_rule} of {} codewords would have more than p = 8 symbols on one host",
+        codewords.len()
+    );
+    let (mut worst, mut unspread) = (0, 0);
+    for r in &codewords {
+        let on_a_only = symbols(r)
+            .iter()
+            .filter(|k| {
+                where_
+                    .get(k)
+                    .is_some_and(|h| h.len() == 1 && h.contains("a"))
+            })
+            .count();
+        let on_b_only = symbols(r)
+            .iter()
+            .filter(|k| {
+                where_
+                    .get(k)
+                    .is_some_and(|h| h.len() == 1 && h.contains("b"))
+            })
+            .count();
+        worst = worst.max(on_a_only.max(on_b_only));
+        unspread += usize::from(on_a_only.max(on_b_only) > 8);
+    }
+    println!(
+        "{} codewords: {single} single copies, {kept} blocks kept replicated for the spread; at most {worst} symbols of a codeword on one host only (p = 8)",
+        codewords.len()
+    );
+    assert!(single > 0, "management brought blocks to one copy");
+    assert_eq!(
+        unspread, 0,
+        "codewords with more than p symbols on one host only"
+    );
+    lose_host_a_and_read_all(&mut c, &order, &keys, &docs).await;
+    println!(
+        "host a lost after management: all {} documents read back from host b",
         keys.len()
     );
 }

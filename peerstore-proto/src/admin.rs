@@ -114,6 +114,9 @@ pub struct ScrubReport {
     pub single: u64,
     /// Errors (the parity keeps its replicas; a later run retries).
     pub errors: u64,
+    /// Eligible blocks that keep their replicas because their codeword already has as many
+    /// single copies on that host (or zone) as it can lose (placement across hosts).
+    pub kept_for_spread: u64,
 }
 
 impl ScrubReport {
@@ -126,6 +129,7 @@ impl ScrubReport {
         self.bytes_freed += o.bytes_freed;
         self.single += o.single;
         self.errors += o.errors;
+        self.kept_for_spread += o.kept_for_spread;
     }
 }
 

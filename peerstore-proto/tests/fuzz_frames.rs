@@ -268,6 +268,7 @@ fn scrub_report() -> ScrubReport {
         bytes_freed: 1 << 20,
         single: 2,
         errors: 0,
+        kept_for_spread: 1,
     }
 }
 

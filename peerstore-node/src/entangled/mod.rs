@@ -37,6 +37,7 @@ pub mod refs;
 pub mod repair;
 pub mod scrub;
 pub mod session;
+pub mod spread;
 pub mod write;
 
 use std::sync::Arc;

@@ -114,6 +114,17 @@ pub async fn window_cutoff(ent: &Entangled, w: u64) -> Result<Option<u64>, Strin
     Ok(times.get(w - 1).copied().filter(|_| times.len() > w))
 }
 
+/// What became of one candidate of [`scrub_local`].
+enum Outcome {
+    /// Not eligible (or unknown): keeps its replicas.
+    Kept,
+    /// Eligible, but kept replicated for the spread of a codeword over hosts
+    /// ([`super::spread`]).
+    Spread,
+    /// Brought to one copy: (replica files removed, bytes freed).
+    Scrubbed(u64, u64),
+}
+
 /// Scrubs the parities this node owns (see the module docs).
 pub async fn scrub_local(
     ent: &Entangled,
@@ -179,10 +190,12 @@ pub async fn scrub_local(
         .collect();
     report.examined = candidates.len() as u64;
     let now = super::layer::now_us();
+    let spread = super::spread::Spread::new(ent);
+    let spread = spread.as_ref();
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
             let Some(entry) = refs::fetch_ring(ent, &k).await else {
-                return Ok(None); // unknown: keep its replicas
+                return Ok(Outcome::Kept); // unknown: keep its replicas
             };
             let eligible = super::policy::eligible(
                 mode,
@@ -193,22 +206,30 @@ pub async fn scrub_local(
                 now,
             );
             if !eligible || entry.own.is_none() {
-                return Ok(None);
+                return Ok(Outcome::Kept);
             }
-            scrub_one(ent, &params, k).await.map(Some)
+            if let Some(sp) = spread {
+                if !sp.allows(k, &entry).await {
+                    return Ok(Outcome::Spread);
+                }
+            }
+            scrub_one(ent, &params, k)
+                .await
+                .map(|(n, b)| Outcome::Scrubbed(n, b))
         })
         .buffer_unordered(8)
-        .collect::<Vec<Result<Option<(u64, u64)>, String>>>()
+        .collect::<Vec<Result<Outcome, String>>>()
         .await;
     for o in outcomes {
         match o {
-            Ok(Some((n, bytes))) => {
+            Ok(Outcome::Scrubbed(n, bytes)) => {
                 report.scrubbed += 1;
                 report.single += 1;
                 report.replicas_removed += n;
                 report.bytes_freed += bytes;
             }
-            Ok(None) => {}
+            Ok(Outcome::Spread) => report.kept_for_spread += 1,
+            Ok(Outcome::Kept) => {}
             Err(e) => {
                 debug!(error = %e, "scrub of a parity failed");
                 report.errors += 1;
