@@ -312,18 +312,30 @@ async fn an_entangled_ring_reads_everything_after_losing_a_host() {
     );
 }
 
-/// Replica management on an entangled ring of two hosts (three nodes on a, two on b, fresh
-/// blocks replicated, r = 3): every block that may go down to one copy does (a window of 0),
-/// except where a codeword would then have single copies of more of its symbols on one host
-/// than it can lose (p = 8 of the 20 symbols of systematic (4, 8, 8)); those keep replicas on
-/// both hosts. Losing host a's three nodes then leaves every codeword decodable: every document
-/// reads back from host b (decoded where a source was lost).
+/// Replica management on an entangled ring of two hosts (three nodes on a, two on b, r = 3):
+/// every block that may go down to one copy does (a window of 0), except where a codeword would
+/// then have single copies of more of its symbols on one host than it can lose (p = 8 of the 20
+/// symbols of systematic (4, 8, 8)); those keep replicas on both hosts. Losing host a's three
+/// nodes then leaves every codeword decodable, or its sources whole: every document reads back
+/// from host b (decoded where a source was lost). Fresh parities replicated (every symbol
+/// through the rule):
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn managed_codewords_survive_losing_a_host() {
+    managed_ring_loses_a_host(STEP_RING_ARGS).await;
+}
+
+/// The same with the default configuration: parities stored as one copy on their owner at write
+/// time (so a host may hold more than p of a codeword's symbols), sources through the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn managed_default_codewords_survive_losing_a_host() {
+    managed_ring_loses_a_host(&["--replication", "3"]).await;
+}
+
+async fn managed_ring_loses_a_host(ring: &[&str]) {
     use peerstore_node::entangled::format::{decode_record, DocRecord};
     use peerstore_proto::{AdminRequest, AdminResponse, ScrubMode};
     let _g = SERIAL.lock().await;
-    let mut flags = STEP_RING_ARGS.to_vec();
+    let mut flags = ring.to_vec();
     flags.extend([
         "--block-size",
         "4K",
@@ -350,9 +362,14 @@ async fn managed_codewords_survive_losing_a_host() {
             );
         }
     }
+    // The sources replicated (the parities too where they start replicated).
+    let fresh_single = !ring.contains(&"replicated");
     let stored: Vec<BlockKey> = codewords
         .iter()
-        .flat_map(|r| r.stored_keys.iter().map(|k| BlockKey(k.0)))
+        .flat_map(|r| {
+            let n = if fresh_single { 4 } else { r.stored_keys.len() };
+            r.stored_keys[..n].iter().map(|k| BlockKey(k.0))
+        })
         .collect();
     c.wait_replicated(&stored, 3, Duration::from_secs(30))
         .await
@@ -410,26 +427,32 @@ async fn managed_codewords_survive_losing_a_host() {
         "with every eligible block at one copy on its owner, {owner_rule} of {} codewords would have more than p = 8 symbols on one host",
         codewords.len()
     );
+    // A host h may hold the only copies of at most p symbols of a codeword, or of none of its
+    // sources (then the sources survive the loss of h and the document reads without decoding).
     let (mut worst, mut unspread) = (0, 0);
     for r in &codewords {
-        let on_a_only = symbols(r)
-            .iter()
-            .filter(|k| {
+        let sources: Vec<BlockKey> = r.stored_keys[..4].iter().map(|k| BlockKey(k.0)).collect();
+        for h in ["a", "b"] {
+            let only_h = |k: &BlockKey| {
                 where_
                     .get(k)
-                    .is_some_and(|h| h.len() == 1 && h.contains("a"))
-            })
-            .count();
-        let on_b_only = symbols(r)
-            .iter()
-            .filter(|k| {
-                where_
-                    .get(k)
-                    .is_some_and(|h| h.len() == 1 && h.contains("b"))
-            })
-            .count();
-        worst = worst.max(on_a_only.max(on_b_only));
-        unspread += usize::from(on_a_only.max(on_b_only) > 8);
+                    .is_some_and(|on| on.len() == 1 && on.contains(h))
+            };
+            let lost = symbols(r).iter().filter(|k| only_h(k)).count();
+            worst = worst.max(lost);
+            if lost > 8 && sources.iter().any(only_h) {
+                unspread += 1;
+                for k in symbols(r) {
+                    println!(
+                        "  {k}: source {} pointer {} owner host {} on {:?}",
+                        sources.contains(&k),
+                        r.pointers.iter().any(|p| p.0 == k.0),
+                        owner_host(&k),
+                        where_.get(&k)
+                    );
+                }
+            }
+        }
     }
     println!(
         "{} codewords: {single} single copies, {kept} blocks kept replicated for the spread; at most {worst} symbols of a codeword on one host only (p = 8)",
@@ -438,7 +461,7 @@ async fn managed_codewords_survive_losing_a_host() {
     assert!(single > 0, "management brought blocks to one copy");
     assert_eq!(
         unspread, 0,
-        "codewords with more than p symbols on one host only"
+        "codewords with more than p symbols on one host only, a source among them"
     );
     lose_host_a_and_read_all(&mut c, &order, &keys, &docs).await;
     println!(

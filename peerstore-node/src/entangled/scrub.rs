@@ -190,7 +190,7 @@ pub async fn scrub_local(
         .collect();
     report.examined = candidates.len() as u64;
     let now = super::layer::now_us();
-    let spread = super::spread::Spread::new(ent);
+    let spread = super::spread::Spread::new(ent).await;
     let spread = spread.as_ref();
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {

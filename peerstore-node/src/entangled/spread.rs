@@ -40,19 +40,22 @@ pub struct Spread<'a> {
 }
 
 impl<'a> Spread<'a> {
-    /// `None` when every member this node knows of is on its own machine and zone: then no
-    /// spread can be had and every eligible block may go down to one copy.
-    pub fn new(ent: &'a Entangled) -> Option<Spread<'a>> {
+    /// `None` when every member this node knows of (its successors, asked now if need be, and
+    /// every member whose place it learnt) is on its own machine: then no spread can be had
+    /// and every eligible block may go down to one copy.
+    pub async fn new(ent: &'a Entangled) -> Option<Spread<'a>> {
+        let successors = ent
+            .ring
+            .successors(crate::placement::window(ent.ring.replication))
+            .await;
+        let near = ent.ring.places(&successors).await;
         let me = ent.ring.place.clone();
         let known = ent.ring.placements.all();
-        let machines: BTreeSet<(&str, &str)> =
-            std::iter::once((me.zone.as_str(), me.host.as_str()))
-                .chain(
-                    known
-                        .iter()
-                        .map(|(_, p)| (p.zone.as_str(), p.host.as_str())),
-                )
-                .collect();
+        let machines: BTreeSet<(&str, &str)> = std::iter::once(&me)
+            .chain(near.iter().flatten())
+            .chain(known.iter().map(|(_, p)| p))
+            .map(|p| (p.zone.as_str(), p.host.as_str()))
+            .collect();
         (machines.len() > 1).then(|| Spread {
             ent,
             records: Mutex::new(HashMap::new()),
@@ -61,8 +64,9 @@ impl<'a> Spread<'a> {
     }
 
     /// Whether `key` (refs `entry`) may go down to one copy on its owner (this node). A
-    /// block whose own codeword record or any symbol's owner cannot be learnt now keeps its
-    /// replicas (the next pass asks again); a referrer whose record cannot be had is left out.
+    /// block whose own codeword record, or any symbol's owner or that owner's place, cannot be
+    /// learnt now keeps its replicas (the next pass asks again); a referrer whose record cannot
+    /// be had is left out.
     pub async fn allows(&self, key: BlockKey, entry: &RefsEntry) -> bool {
         let Some(own) = entry.own else {
             return false;
@@ -115,7 +119,9 @@ impl<'a> Spread<'a> {
         rec
     }
 
-    /// The place of `key`'s owner: the node that holds (or would hold) its single copy.
+    /// The place of `key`'s owner: the node that holds (or would hold) its single copy. `None`
+    /// when the owner cannot be found or has not said where it runs (not "a host of its own":
+    /// that would let its host take more single copies than the codeword can lose).
     async fn owner_place(&self, key: BlockKey) -> Option<Place> {
         if let Some(p) = lock(&self.places).get(&key) {
             return Some(p.clone());
@@ -128,8 +134,7 @@ impl<'a> Spread<'a> {
             .places(std::slice::from_ref(&owner))
             .await
             .pop()
-            .flatten()
-            .unwrap_or_else(|| Place::unknown(&owner.peer));
+            .flatten()?;
         lock(&self.places).insert(key, place.clone());
         Some(place)
     }
