@@ -219,6 +219,22 @@ impl Identity {
         }
     }
 
+    /// A sub-identity for `label`: the same master key (so the same data keys: whatever one
+    /// encrypts the other reads, and chunk ids deduplicate across them) and a signing key
+    /// derived from this one's by HKDF-SHA256 over the label. Its user id is another Ed25519
+    /// key, so its signed records live at their own root key; nodes need nothing new to store
+    /// them, and cannot tell them apart from other users' (nor link them to this user). Used
+    /// for the records of a user's devices (`device:<id>`) and their directory.
+    #[must_use]
+    pub fn derived(&self, label: &[u8]) -> Identity {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"peerstore-subkey-v1"), &self.signing_seed);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's limit of 255 x 32.
+        hk.expand(label, seed.as_mut())
+            .expect("a 32-byte HKDF output is always valid");
+        Identity::from_secrets(self.master, *seed)
+    }
+
     /// The public user id (Ed25519 public key).
     #[must_use]
     pub fn user_id(&self) -> UserId {
@@ -629,5 +645,25 @@ mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             prop_assert!(Identity::open(&data, b"x").is_err());
         }
+    }
+
+    #[test]
+    fn derived_identities_share_data_keys_but_not_signing_keys() {
+        let id = Identity::from_secrets([7; 32], [9; 32]);
+        let a = id.derived(b"device:a");
+        let a2 = id.derived(b"device:a");
+        let b = id.derived(b"device:b");
+        assert_eq!(a.user_id(), a2.user_id(), "deterministic");
+        assert_ne!(a.user_id(), b.user_id());
+        assert_ne!(a.user_id(), id.user_id());
+        let (ka, kid) = (a.keys(), id.keys());
+        assert_eq!(
+            crate::chunk_id(&ka, b"same bytes"),
+            crate::chunk_id(&kid, b"same bytes")
+        );
+        // A record signed by a sub-identity verifies under its own id only.
+        let rec = crate::RootRecord::sign(&a, 1, vec![1, 2, 3]).unwrap();
+        assert!(rec.verify().is_ok());
+        assert_eq!(rec.user, a.user_id());
     }
 }

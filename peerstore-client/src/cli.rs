@@ -172,7 +172,14 @@ pub enum Command {
         /// The prune's grace period (see `prune --grace`).
         #[arg(long, default_value = "1h", value_parser = parse_grace)]
         prune_grace: Duration,
+        /// Only push this folder's changes into the ring; do not take the user's other
+        /// devices' changes in (the default is two-way sync).
+        #[arg(long)]
+        push_only: bool,
     },
+    /// List the user's devices (the client data directories that ran `sync`) and when each
+    /// last published its synced folder.
+    Devices,
     /// Show the node the client talks to and the ring around it.
     Status,
     // --- entangled ring administration (admin.rs; no key needed) ---
@@ -369,7 +376,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                     debounce_ms,
                     prune_every,
                     prune_grace,
-                } => cmd_sync(&ctx, &dir, debounce_ms, prune_every, prune_grace).await,
+                    push_only,
+                } => {
+                    cmd_sync(&ctx, &dir, debounce_ms, prune_every, prune_grace, push_only).await
+                }
+                Command::Devices => cmd_devices(&ctx).await,
                 Command::Init
                 | Command::Join { .. }
                 | Command::Key { .. }
@@ -1226,8 +1237,16 @@ async fn cmd_sync(
     debounce_ms: u64,
     prune_every: Duration,
     prune_grace: Duration,
+    push_only: bool,
 ) -> Result<()> {
     let known = ctx.known().await?;
+    let device = if push_only {
+        None
+    } else {
+        Some(crate::devices::this_device(
+            &ctx.dirs.user_data(&ctx.repo.user()),
+        )?)
+    };
     let source = crate::backup::absolute(dir)?;
     let state_file = watcher::state_path(&ctx.dirs.user_data(&ctx.repo.user()), &source);
     let opts = SyncOptions {
@@ -1238,6 +1257,7 @@ async fn cmd_sync(
             grace: prune_grace,
             marks: ctx.prune_marks_path(),
         }),
+        device,
         ..SyncOptions::default()
     };
     let json = ctx.g.json;
@@ -1280,6 +1300,43 @@ async fn cmd_sync(
         },
     )
     .await
+}
+
+async fn cmd_devices(ctx: &Ctx) -> Result<()> {
+    let me = crate::devices::this_device(&ctx.dirs.user_data(&ctx.repo.user()))?;
+    let mut rows = Vec::new();
+    for d in crate::devices::list(&ctx.repo).await? {
+        let head = crate::devices::head(&ctx.repo, &d.id).await?;
+        rows.push(serde_json::json!({
+            "id": hex::encode(d.id),
+            "name": d.name,
+            "this_device": d.id == me.id,
+            "added_ns": d.added_ns,
+            "last_sync_ns": head.as_ref().map(|h| h.at_ns),
+            "head": head.as_ref().map(|h| h.seq),
+        }));
+    }
+    if ctx.g.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no devices yet: run `peerstore-client sync <dir>` on each machine");
+    }
+    for r in &rows {
+        let last = r["last_sync_ns"]
+            .as_i64()
+            .map_or("never synced".to_string(), |ns| {
+                format!("last sync {}", format_time(ns))
+            });
+        println!(
+            "{}  {}{}  {last}",
+            &r["id"].as_str().unwrap_or_default()[..8],
+            r["name"].as_str().unwrap_or_default(),
+            if r["this_device"] == true { " (this device)" } else { "" },
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

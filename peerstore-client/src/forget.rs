@@ -526,10 +526,32 @@ pub async fn referenced_keys(repo: &Repo, snapshots: &[SnapshotRef]) -> Result<R
     Ok(out)
 }
 
-/// The documents the current chain (every snapshot the root reaches) references.
+/// The documents the current chain (every snapshot the root reaches) references, and those
+/// of the synced trees of the user's devices (their pieces, and the packs of every entry and
+/// every kept version in them: a conflict version stays restorable after the snapshots that
+/// had it are forgotten). A device whose head cannot be read makes this fail: nothing is
+/// deleted on a partial view.
 pub async fn live_keys(repo: &Repo) -> Result<ReferencedKeys> {
     let all = repo.snapshots().await?;
-    referenced_keys(repo, &all).await
+    let mut out = referenced_keys(repo, &all).await?;
+    for d in crate::devices::list(repo).await? {
+        let Some(head) = crate::devices::head(repo, &d.id).await? else {
+            continue;
+        };
+        out.manifests.extend(head.pieces.iter().copied());
+        let tree = crate::devices::load(repo, &d.id, &head).await?;
+        for state in tree.paths.values() {
+            let entries = std::iter::once(&state.current)
+                .chain(&state.versions)
+                .filter_map(|v| v.entry.as_ref());
+            for e in entries {
+                if let EntryKind::File { chunks, .. } = &e.kind {
+                    out.packs.extend(chunks.iter().map(|c| c.pack));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

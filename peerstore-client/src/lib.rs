@@ -26,8 +26,10 @@ pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod forget;
+pub mod merge;
 pub mod model;
 pub mod pack;
 pub mod progress;
@@ -36,6 +38,7 @@ pub mod repo;
 pub mod restore;
 pub mod store;
 pub mod sync;
+pub mod twoway;
 
 pub use error::{ClientError, Result};
 

@@ -43,6 +43,11 @@ pub struct SyncOptions {
     /// Prune (`prune --grace`) every so often, so forgotten snapshots give their space back;
     /// `None`: never (the default of the library; the CLI prunes every hour).
     pub prune: Option<AutoPrune>,
+    /// Two-way sync as this device (`crate::twoway`): the other devices' changes come into
+    /// the folder. `None`: push only.
+    pub device: Option<crate::devices::Device>,
+    /// How often the other devices' heads are checked for news (two-way only).
+    pub poll: Duration,
 }
 
 /// The watcher's prune: every `every`, with `grace` (see `peerstore-client prune`).
@@ -67,6 +72,8 @@ impl Default for SyncOptions {
             },
             retention: Some(Policy::sync_default()),
             prune: None,
+            device: None,
+            poll: Duration::from_millis(500),
         }
     }
 }
@@ -133,6 +140,8 @@ pub struct SyncState {
     /// Key of the snapshot object that published `manifest`.
     pub snapshot: Option<[u8; 32]>,
     pub manifest: Manifest,
+    /// The two-way state (`crate::twoway`; empty when syncing one way).
+    pub two_way: crate::twoway::TwoWayState,
 }
 
 impl SyncState {
@@ -203,12 +212,26 @@ pub async fn sync_once(
     let progress = Arc::new(Progress::hidden());
     let (summary, manifest, snap) =
         backup(repo, known.clone(), source, prev, &bopts, &progress).await?;
-    let Some(s) = snap else {
-        return Ok(summary);
-    };
-    state.snapshot = Some(s.key);
-    state.manifest = manifest;
-    state.save(state_file)?;
+    if let Some(me) = &opts.device {
+        let (folder, report) =
+            crate::twoway::pass(repo, me, source, &manifest, &mut state.two_way).await?;
+        if let Some(s) = &snap {
+            state.snapshot = Some(s.key);
+        }
+        state.manifest = folder;
+        state.save(state_file)?;
+        tracing::debug!(?report, "two-way pass");
+        if snap.is_none() {
+            return Ok(summary);
+        }
+    } else {
+        let Some(s) = &snap else {
+            return Ok(summary);
+        };
+        state.snapshot = Some(s.key);
+        state.manifest = manifest;
+        state.save(state_file)?;
+    }
     if let Some(policy) = &opts.retention {
         match crate::forget::forget(repo, policy, &[], false).await {
             Ok(r) if !r.removed.is_empty() => {
@@ -278,6 +301,7 @@ pub async fn run(
                 source: source.to_string_lossy().to_string(),
                 snapshot: None,
                 manifest: manifest.unwrap_or_default(),
+                two_way: crate::twoway::TwoWayState::default(),
             }
         }
     };
@@ -308,6 +332,8 @@ pub async fn run(
     let mut retry_at: Option<Instant> = None;
     // The first prune runs once the first pass is done (it marks; the next one deletes).
     let mut prune_at: Option<Instant> = opts.prune.as_ref().map(|_| Instant::now());
+    // Two-way: the other devices' heads are checked every `poll` between passes.
+    let mut poll_at: Option<Instant> = opts.device.as_ref().map(|_| Instant::now() + opts.poll);
     tokio::pin!(shutdown);
     loop {
         let wake = match (deb.deadline(), retry_at) {
@@ -316,6 +342,10 @@ pub async fn run(
             (None, Some(r)) => Some(r),
         };
         let wake = match (wake, prune_at) {
+            (Some(w), Some(p)) => Some(w.min(p)),
+            (w, p) => w.or(p),
+        };
+        let wake = match (wake, poll_at) {
             (Some(w), Some(p)) => Some(w.min(p)),
             (w, p) => w.or(p),
         };
@@ -345,6 +375,24 @@ pub async fn run(
                             continue;
                         }
                         prune_at = Some(now + PRUNE_RETRY.min(p.every));
+                    }
+                }
+                if let (Some(me), Some(at)) = (&opts.device, poll_at) {
+                    if at <= now {
+                        poll_at = Some(now + opts.poll);
+                        if deb.deadline().is_none() {
+                            let news = tokio::select! {
+                                _ = &mut shutdown => break,
+                                r = crate::twoway::remote_changed(repo, me, &state.two_way) => r,
+                            };
+                            match news {
+                                Ok(true) => deb.event(
+                                    now.checked_sub(opts.max_wait).unwrap_or(now),
+                                ),
+                                Ok(false) => {}
+                                Err(e) => warn!(error = %e, "cannot check the other devices"),
+                            }
+                        }
                     }
                 }
                 if retry_at.is_some_and(|r| r > now) || !deb.take_due(now) {
@@ -419,6 +467,7 @@ mod tests {
             source: "/some/dir".into(),
             snapshot: Some([3; 32]),
             manifest: Manifest::new(vec![]),
+            two_way: crate::twoway::TwoWayState::default(),
         };
         s.save(&p).unwrap();
         assert_eq!(SyncState::load(&p).unwrap(), Some(s));
