@@ -377,9 +377,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     prune_every,
                     prune_grace,
                     push_only,
-                } => {
-                    cmd_sync(&ctx, &dir, debounce_ms, prune_every, prune_grace, push_only).await
-                }
+                } => cmd_sync(&ctx, &dir, debounce_ms, prune_every, prune_grace, push_only).await,
                 Command::Devices => cmd_devices(&ctx).await,
                 Command::Init
                 | Command::Join { .. }
@@ -1333,7 +1331,11 @@ async fn cmd_devices(ctx: &Ctx) -> Result<()> {
             "{}  {}{}  {last}",
             &r["id"].as_str().unwrap_or_default()[..8],
             r["name"].as_str().unwrap_or_default(),
-            if r["this_device"] == true { " (this device)" } else { "" },
+            if r["this_device"] == true {
+                " (this device)"
+            } else {
+                ""
+            },
         );
     }
     Ok(())

@@ -65,7 +65,8 @@ pub fn this_device(user_data: &Path) -> Result<Device> {
             let d = Device { id, name };
             std::fs::create_dir_all(user_data).map_err(|e| ClientError::io(user_data, e))?;
             let tmp = user_data.join("device.json.tmp");
-            let json = serde_json::to_vec_pretty(&d).map_err(|e| ClientError::Config(e.to_string()))?;
+            let json =
+                serde_json::to_vec_pretty(&d).map_err(|e| ClientError::Config(e.to_string()))?;
             std::fs::write(&tmp, json).map_err(|e| ClientError::io(&tmp, e))?;
             std::fs::rename(&tmp, &path).map_err(|e| ClientError::io(&path, e))?;
             Ok(d)
@@ -143,7 +144,11 @@ async fn write_record(repo: &Repo, who: &Identity, seq: u64, plain: &[u8]) -> Re
     let bytes = rec
         .encode()
         .map_err(|e| ClientError::Corrupt(format!("cannot encode a device record: {e}")))?;
-    match repo.store.put_record(BlockKey(crypto::root_key(&user)), bytes).await {
+    match repo
+        .store
+        .put_record(BlockKey(crypto::root_key(&user)), bytes)
+        .await
+    {
         Ok(()) => Ok(true),
         Err(StoreError::Rejected(_)) => Ok(false),
         Err(e) => Err(e.into()),

@@ -541,8 +541,11 @@ pub async fn live_keys(repo: &Repo) -> Result<ReferencedKeys> {
         out.manifests.extend(head.pieces.iter().copied());
         let tree = crate::devices::load(repo, &d.id, &head).await?;
         for state in tree.paths.values() {
-            let entries = std::iter::once(&state.current)
-                .chain(&state.versions)
+            let entries = state
+                .heads
+                .iter()
+                .map(|h| &h.version)
+                .chain(&state.kept)
                 .filter_map(|v| v.entry.as_ref());
             for e in entries {
                 if let EntryKind::File { chunks, .. } = &e.kind {

@@ -9,16 +9,20 @@
 //!
 //! The merge is a join: commutative, associative and idempotent, and deterministic (no clock,
 //! no "who merges" in the result), so every device that has seen the same changes holds the
-//! same tree, whatever order they came in (property tests below). Per path:
-//! - one side's vector dominates: that side wins (the other is history it already includes);
-//! - the vectors are concurrent (edits on two devices that had not seen each other): a
-//!   conflict. Both survive: the winner is at the path, the other is kept in `versions`, never
-//!   lost and never written into the folder as a conflict file. The winner: a live entry beats
-//!   a tombstone (deleted on one device, edited on the other: the edit stays), then the newer
-//!   modification time, then the larger device id and content (any total order works; this one
-//!   is what users expect). The merged vector is the component-wise maximum.
-//! - a live path whose parent directory is a tombstone brings the directory back (a file
-//!   created in a folder another device deleted meanwhile).
+//! same tree, whatever order they came in (property tests below). Each path keeps its
+//! **heads**, the versions no other known version descends from (by version vector, as Dynamo's
+//! and Riak's siblings): one after a change seen by every device, several after concurrent
+//! changes on devices that had not seen each other. Merging takes the union of the heads and
+//! drops those another one descends from.
+//! - The greatest head is at the path: a live entry beats a tombstone (deleted on one device,
+//!   edited on the other: the edit stays), then the newer time, then the device and content
+//!   (any total order works; this one is what users expect).
+//! - The other heads are versions of the path, never written into the folder as conflict
+//!   files. When a device changes the path again, its change descends from every head; the
+//!   heads it replaces, except the one its folder held, are **kept** (a grow-only list, the
+//!   newest [`MAX_VERSIONS`]), so a conflict's loser is never lost.
+//! - A live path whose parent directory is a tombstone brings the directory back in the
+//!   folder (a file created in a folder another device deleted meanwhile).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,14 +120,53 @@ impl Version {
     }
 }
 
-/// What a path is in the synced tree.
+/// One concurrent state of a path: a version and the vector of the changes that led to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub vv: Vv,
+    pub version: Version,
+}
+
+/// What a path is in the synced tree: its heads (the versions no other version known here
+/// descends from: one, or several after concurrent changes), the greatest first, and the
+/// versions kept after losing a conflict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathState {
-    pub vv: Vv,
-    /// The state at the path.
-    pub current: Version,
-    /// Versions that lost a conflict, newest first, at most [`MAX_VERSIONS`].
-    pub versions: Vec<Version>,
+    pub heads: Vec<Head>,
+    /// Conflict losers that a later change on some device replaced, newest first, at most
+    /// [`MAX_VERSIONS`].
+    pub kept: Vec<Version>,
+}
+
+impl PathState {
+    /// The state at the path: the greatest head.
+    #[must_use]
+    pub fn current(&self) -> &Version {
+        &self.heads[0].version
+    }
+
+    /// The other contents of the path that are kept: the other live heads (concurrent changes
+    /// not resolved yet) and the kept versions, without the current content.
+    #[must_use]
+    pub fn versions(&self) -> Vec<&Version> {
+        let cur = self.current();
+        let mut out: Vec<&Version> = Vec::new();
+        for v in self.heads[1..].iter().map(|h| &h.version).chain(&self.kept) {
+            let Some(e) = &v.entry else { continue };
+            let same_as = |o: &Version| o.entry.as_ref().is_some_and(|x| same_content(x, e));
+            if !same_as(cur) && !out.iter().any(|o| same_as(o)) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// The vector that descends from every head.
+    fn joined(&self) -> Vv {
+        self.heads
+            .iter()
+            .fold(Vv::default(), |acc, h| acc.join(&h.vv))
+    }
 }
 
 /// The synced folder: every path ever seen, live or deleted.
@@ -154,37 +197,89 @@ pub fn same_content(a: &Entry, b: &Entry) -> bool {
         }
 }
 
-fn union_versions(a: &[Version], b: &[Version], also: Option<Version>, current: &Version) -> Vec<Version> {
-    let mut all: Vec<Version> = a.iter().chain(b).cloned().chain(also).collect();
-    all.retain(|v| v != current);
+/// The live versions of `a` and `b`, newest first, without duplicates, at most
+/// [`MAX_VERSIONS`] (a deterministic function of the union: merging kept lists is a join).
+fn union_kept<'a>(
+    a: impl IntoIterator<Item = &'a Version>,
+    b: impl IntoIterator<Item = &'a Version>,
+) -> Vec<Version> {
+    let mut all: Vec<Version> = a
+        .into_iter()
+        .chain(b)
+        .filter(|v| v.entry.is_some())
+        .cloned()
+        .collect();
     all.sort_by_key(|v| std::cmp::Reverse(v.rank()));
     all.dedup();
     all.truncate(MAX_VERSIONS);
     all
 }
 
+/// The heads of `a` and `b` together: the versions no other one descends from, the greatest
+/// first.
+fn union_heads(a: &[Head], b: &[Head]) -> Vec<Head> {
+    let mut all: Vec<Head> = a.iter().chain(b).cloned().collect();
+    all.sort_by(|x, y| {
+        y.version
+            .rank()
+            .cmp(&x.version.rank())
+            .then(x.vv.cmp(&y.vv))
+    });
+    let mut out: Vec<Head> = Vec::new();
+    for h in &all {
+        let dominated = all.iter().any(|o| o.vv.compare(&h.vv) == Causal::After);
+        if !dominated && !out.iter().any(|o| o.vv == h.vv) {
+            out.push(h.clone());
+        }
+    }
+    out
+}
+
 impl SyncTree {
-    /// The live entries, as a manifest (what the folder should hold).
+    /// The live entries, as a manifest (what the folder should hold). A live path under a
+    /// deleted directory brings the directory back (a file created in a folder another device
+    /// deleted meanwhile): it is listed as a directory of mode 0o755.
     #[must_use]
     pub fn manifest(&self) -> Manifest {
-        Manifest::new(
-            self.paths
-                .values()
-                .filter_map(|p| p.current.entry.clone())
-                .collect(),
-        )
+        let mut out: BTreeMap<&[String], Entry> = BTreeMap::new();
+        for (path, state) in &self.paths {
+            if let Some(e) = &state.current().entry {
+                out.insert(path.as_slice(), e.clone());
+            }
+        }
+        let live: Vec<Vec<String>> = out.keys().map(|p| p.to_vec()).collect();
+        for path in &live {
+            for n in 1..path.len() {
+                let parent = &path[..n];
+                let key = self.paths.get_key_value(parent).map(|(k, _)| k.as_slice());
+                if let (Some(k), false) = (key, out.contains_key(parent)) {
+                    out.insert(
+                        k,
+                        Entry {
+                            path: parent.to_vec(),
+                            kind: EntryKind::Dir,
+                            mode: 0o755,
+                            mtime_ns: 0,
+                            owner: None,
+                        },
+                    );
+                }
+            }
+        }
+        Manifest::new(out.into_values().collect())
     }
 
     /// Takes a scan of this device's folder in: every path whose content differs from the
-    /// tree's (new, changed, deleted) becomes a change by `me` at `now_ns`. Paths the scan
-    /// shows unchanged keep their state.
+    /// tree's (new, changed, deleted) becomes a change by `me` at `now_ns`, descending from
+    /// every head of the path (concurrent heads it replaces are kept as versions). Paths the
+    /// scan shows unchanged keep their state.
     pub fn observe(&mut self, scan: &Manifest, me: DeviceId, now_ns: i64) -> usize {
         self.observe_keeping(scan, me, now_ns, &BTreeSet::new())
     }
 
     /// [`SyncTree::observe`], where the paths of `unapplied` hold another device's change that
     /// could not be written into the folder (it changed locally meanwhile): a local change of
-    /// one of them keeps the other device's content as a version instead of replacing it.
+    /// one of them keeps the tree's current content as a version too.
     pub fn observe_keeping(
         &mut self,
         scan: &Manifest,
@@ -193,48 +288,58 @@ impl SyncTree {
         unapplied: &BTreeSet<Vec<String>>,
     ) -> usize {
         let mut changed = 0;
+        let folder = self.manifest();
+        let shown: BTreeMap<&Vec<String>, &Entry> =
+            folder.entries.iter().map(|e| (&e.path, e)).collect();
         let live: BTreeSet<&Vec<String>> = scan.entries.iter().map(|e| &e.path).collect();
+        let mut change =
+            |tree: &mut SyncTree, path: &Vec<String>, entry: Option<Entry>, at: i64| {
+                changed += 1;
+                let version = Version {
+                    entry,
+                    by: me,
+                    at_ns: at,
+                };
+                match tree.paths.get_mut(path) {
+                    None => {
+                        let mut vv = Vv::default();
+                        vv.bump(me);
+                        tree.paths.insert(
+                            path.clone(),
+                            PathState {
+                                heads: vec![Head { vv, version }],
+                                kept: Vec::new(),
+                            },
+                        );
+                    }
+                    Some(state) => {
+                        let mut vv = state.joined();
+                        vv.bump(me);
+                        // The folder held the current head (unless it could not be written):
+                        // that is history; the other heads lost to this change.
+                        let skip = usize::from(!unapplied.contains(path));
+                        let losers: Vec<Version> = state.heads[skip..]
+                            .iter()
+                            .map(|h| h.version.clone())
+                            .collect();
+                        state.kept = union_kept(&state.kept, &losers);
+                        state.heads = vec![Head { vv, version }];
+                    }
+                }
+            };
         for e in &scan.entries {
-            let same = self
-                .paths
-                .get(&e.path)
-                .and_then(|p| p.current.entry.as_ref())
-                .is_some_and(|cur| same_content(cur, e));
-            if same {
+            if shown.get(&e.path).is_some_and(|cur| same_content(cur, e)) {
                 continue;
             }
-            changed += 1;
-            let state = self.paths.entry(e.path.clone()).or_insert_with(|| PathState {
-                vv: Vv::default(),
-                current: Version {
-                    entry: None,
-                    by: me,
-                    at_ns: now_ns,
-                },
-                versions: Vec::new(),
-            });
-            state.vv.bump(me);
-            let new = Version {
-                entry: Some(e.clone()),
-                by: me,
-                at_ns: e.mtime_ns.max(now_ns),
-            };
-            let old = std::mem::replace(&mut state.current, new);
-            if unapplied.contains(&e.path) && old.entry.is_some() && old.by != me {
-                state.versions =
-                    union_versions(&state.versions, &[], Some(old), &state.current.clone());
-            }
+            change(self, &e.path, Some(e.clone()), e.mtime_ns.max(now_ns));
         }
-        for (path, state) in &mut self.paths {
-            if state.current.entry.is_some() && !live.contains(path) {
-                changed += 1;
-                state.vv.bump(me);
-                state.current = Version {
-                    entry: None,
-                    by: me,
-                    at_ns: now_ns,
-                };
-            }
+        let gone: Vec<Vec<String>> = shown
+            .keys()
+            .filter(|p| !live.contains(*p))
+            .map(|p| (*p).clone())
+            .collect();
+        for path in gone {
+            change(self, &path, None, now_ns);
         }
         changed
     }
@@ -244,86 +349,12 @@ impl SyncTree {
         for (path, theirs) in &other.paths {
             let merged = match self.paths.get(path) {
                 None => theirs.clone(),
-                Some(ours) => merge_path(ours, theirs),
+                Some(ours) => PathState {
+                    heads: union_heads(&ours.heads, &theirs.heads),
+                    kept: union_kept(&ours.kept, &theirs.kept),
+                },
             };
             self.paths.insert(path.clone(), merged);
-        }
-        self.revive_parents();
-    }
-
-    /// A live path under a deleted directory brings the directory back (as it was before its
-    /// deletion if a version of it is kept, else a plain directory of mode 0o755).
-    fn revive_parents(&mut self) {
-        let live: Vec<Vec<String>> = self
-            .paths
-            .iter()
-            .filter(|(_, s)| s.current.entry.is_some())
-            .map(|(p, _)| p.clone())
-            .collect();
-        for path in live {
-            for n in 1..path.len() {
-                let parent = &path[..n];
-                let Some(state) = self.paths.get_mut(parent) else {
-                    continue;
-                };
-                if state.current.entry.is_some() {
-                    continue;
-                }
-                let entry = Entry {
-                    path: parent.to_vec(),
-                    kind: EntryKind::Dir,
-                    mode: 0o755,
-                    mtime_ns: state.current.at_ns,
-                    owner: None,
-                };
-                state.current.entry = Some(entry);
-            }
-        }
-    }
-}
-
-fn merge_path(ours: &PathState, theirs: &PathState) -> PathState {
-    match ours.vv.compare(&theirs.vv) {
-        Causal::After => PathState {
-            versions: union_versions(&ours.versions, &theirs.versions, None, &ours.current),
-            ..ours.clone()
-        },
-        Causal::Before => PathState {
-            versions: union_versions(&ours.versions, &theirs.versions, None, &theirs.current),
-            ..theirs.clone()
-        },
-        Causal::Equal => {
-            // The same history: the same state, unless a revived parent differs from a
-            // tombstone; take the greater for determinism.
-            let current = if ours.current.rank() >= theirs.current.rank() {
-                ours.current.clone()
-            } else {
-                theirs.current.clone()
-            };
-            PathState {
-                vv: ours.vv.clone(),
-                versions: union_versions(&ours.versions, &theirs.versions, None, &current),
-                current,
-            }
-        }
-        Causal::Concurrent => {
-            let (win, lose) = if ours.current.rank() >= theirs.current.rank() {
-                (&ours.current, &theirs.current)
-            } else {
-                (&theirs.current, &ours.current)
-            };
-            let same = match (&win.entry, &lose.entry) {
-                (Some(a), Some(b)) => same_content(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            // A deletion that lost is not a version worth keeping; nor is the same content.
-            let kept = (!same && lose.entry.is_some()).then(|| lose.clone());
-            PathState {
-                vv: ours.vv.join(&theirs.vv),
-                versions: union_versions(&ours.versions, &theirs.versions, kept, win),
-                current: win.clone(),
-            }
         }
     }
 }
@@ -374,14 +405,25 @@ pub fn decode(bytes: &[u8]) -> Result<SyncTree, String> {
         return Err(format!("sync tree: more than {MAX_PATHS} paths"));
     }
     for (path, s) in &tree.paths {
-        if s.vv.0.len() > MAX_DEVICES || s.versions.len() > MAX_VERSIONS {
-            return Err("sync tree: a path with too many devices or versions".into());
+        if s.heads.is_empty() || s.heads.len() > MAX_DEVICES || s.kept.len() > MAX_VERSIONS {
+            return Err(
+                "sync tree: a path without heads, or with too many heads or versions".into(),
+            );
         }
         crate::model::check_components(path).map_err(|e| format!("sync tree: {e}"))?;
-        for e in s.current.entry.iter().chain(s.versions.iter().filter_map(|v| v.entry.as_ref())) {
-            if e.path != *path {
-                return Err(format!("sync tree: an entry of {:?} under {path:?}", e.path));
+        let versions = s.heads.iter().map(|h| &h.version).chain(&s.kept);
+        for v in versions {
+            if let Some(e) = &v.entry {
+                if e.path != *path {
+                    return Err(format!(
+                        "sync tree: an entry of {:?} under {path:?}",
+                        e.path
+                    ));
+                }
             }
+        }
+        if s.heads.iter().any(|h| h.vv.0.len() > MAX_DEVICES) {
+            return Err("sync tree: a version vector with too many devices".into());
         }
     }
     Ok(tree)
@@ -432,7 +474,7 @@ mod tests {
 
     fn content_at(t: &SyncTree, path: &str) -> Option<u8> {
         let p: Vec<String> = path.split('/').map(String::from).collect();
-        match &t.paths.get(&p)?.current.entry.as_ref()?.kind {
+        match &t.paths.get(&p)?.current().entry.as_ref()?.kind {
             EntryKind::File { chunks, .. } => Some(chunks[0].id.0[0]),
             _ => None,
         }
@@ -441,7 +483,7 @@ mod tests {
     fn versions_at(t: &SyncTree, path: &str) -> Vec<u8> {
         let p: Vec<String> = path.split('/').map(String::from).collect();
         t.paths[&p]
-            .versions
+            .versions()
             .iter()
             .filter_map(|v| match &v.entry.as_ref()?.kind {
                 EntryKind::File { chunks, .. } => Some(chunks[0].id.0[0]),
@@ -482,7 +524,11 @@ mod tests {
         b2.merge(&a);
         assert_eq!(a2, b2, "both devices converge");
         assert_eq!(content_at(&a2, "x"), Some(3), "the newer wins the path");
-        assert_eq!(versions_at(&a2, "x"), vec![2], "the other is kept as a version");
+        assert_eq!(
+            versions_at(&a2, "x"),
+            vec![2],
+            "the other is kept as a version"
+        );
     }
 
     #[test]
@@ -532,7 +578,12 @@ mod tests {
 
     #[test]
     fn the_plan_removes_deepest_first_and_writes_parents_first() {
-        let local = scan(vec![dir("a"), file("a/x", 1, 1), file("y", 1, 1), file("z", 1, 1)]);
+        let local = scan(vec![
+            dir("a"),
+            file("a/x", 1, 1),
+            file("y", 1, 1),
+            file("z", 1, 1),
+        ]);
         let target = scan(vec![dir("b"), file("b/x", 1, 1), dir("y"), file("z", 2, 1)]);
         let p = plan(&local, &target);
         let rm: Vec<String> = p.remove.iter().map(Entry::display_path).collect();
@@ -549,7 +600,8 @@ mod tests {
         // A path that escapes the folder, an entry filed under another path.
         let mut bad = SyncTree::default();
         let state = t.paths.values().next().unwrap().clone();
-        bad.paths.insert(vec!["..".into(), "etc".into()], state.clone());
+        bad.paths
+            .insert(vec!["..".into(), "etc".into()], state.clone());
         assert!(decode(&encode(&bad).unwrap()).is_err());
         let mut bad = SyncTree::default();
         bad.paths.insert(vec!["y".into()], state);

@@ -111,7 +111,16 @@ pub async fn pass(
     }
     let target = state.tree.manifest();
     let plan = merge::plan(scan, &target);
-    let folder = apply(repo, root, scan, &target, &plan, &mut report, &mut state.unapplied).await?;
+    let folder = apply(
+        repo,
+        root,
+        scan,
+        &target,
+        &plan,
+        &mut report,
+        &mut state.unapplied,
+    )
+    .await?;
     if state.tree != before || state.head_seq == 0 {
         let head = devices::publish(repo, me, state.head_seq, &state.tree).await?;
         state.head_seq = head.seq;

@@ -44,7 +44,10 @@ impl Watcher {
             .unwrap();
         let start = Instant::now();
         while self.0.try_wait().unwrap().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(10), "watcher did not stop");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "watcher did not stop"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -114,26 +117,45 @@ fn second_device(tmp: &Path, first: &Client, name: &str) -> Client {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_keep_one_folder() {
+/// A settled 5-node ring, and two devices of one user (`first` made the key, `second` has a
+/// copy of its configuration), each with an empty folder and talking to another node.
+async fn two_devices(
+    first: &str,
+    second: &str,
+) -> (
+    Cluster,
+    tempfile::TempDir,
+    (PathBuf, Client),
+    (PathBuf, Client),
+) {
     let cluster = Cluster::start(5, &["--replication", "3"]).await;
     cluster
         .wait_ideal(Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("laptop"), tmp.path().join("desktop"));
+    let (da, db) = (tmp.path().join(first), tmp.path().join(second));
     fs::create_dir_all(&da).unwrap();
     fs::create_dir_all(&db).unwrap();
-    let a = Client::new(tmp.path(), "laptop", &cluster.nodes[0].addr.to_string());
+    let a = Client::new(tmp.path(), first, &cluster.nodes[0].addr.to_string());
     a.ok(&["init"]);
-    let mut b = second_device(tmp.path(), &a, "desktop");
+    let mut b = second_device(tmp.path(), &a, second);
     b.peer = cluster.nodes[3].addr.to_string();
+    (cluster, tmp, (da, a), (db, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_keep_one_folder() {
+    let (cluster, _tmp, (da, a), (db, b)) = two_devices("laptop", "desktop").await;
 
     fs::write(da.join("notes.txt"), b"from the laptop").unwrap();
     fs::create_dir_all(da.join("src/deep")).unwrap();
     fs::write(da.join("src/deep/main.rs"), b"fn main() {}").unwrap();
-    fs::set_permissions(da.join("src/deep/main.rs"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        da.join("src/deep/main.rs"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("deep/main.rs", da.join("src/link")).unwrap();
     let wa = Watcher::start(&a, &da);
     let mut wb = Watcher::start(&b, &db);
@@ -147,7 +169,10 @@ async fn two_devices_keep_one_folder() {
     fs::set_permissions(db.join("notes.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     let t = wait_equal(&da, &db, Duration::from_secs(20), "desktop changes");
     println!("desktop's changes on the laptop after {t:?}");
-    assert_eq!(fs::read(da.join("notes.txt")).unwrap(), b"edited on the desktop");
+    assert_eq!(
+        fs::read(da.join("notes.txt")).unwrap(),
+        b"edited on the desktop"
+    );
 
     // Rename, delete, rmdir on the laptop.
     fs::rename(da.join("photos/cat.jpg"), da.join("cat.jpg")).unwrap();
@@ -165,10 +190,16 @@ async fn two_devices_keep_one_folder() {
     fs::write(db.join("src/deep/main.rs"), b"fn main() { edited(); }").unwrap();
     wait_equal(&da, &db, Duration::from_secs(30), "concurrent edits");
     let at_path = fs::read(da.join("notes.txt")).unwrap();
-    assert_eq!(fs::read(da.join("src/deep/main.rs")).unwrap(), b"fn main() { edited(); }");
+    assert_eq!(
+        fs::read(da.join("src/deep/main.rs")).unwrap(),
+        b"fn main() { edited(); }"
+    );
     // The other content is a version of the path, in the devices' synced trees.
-    let id = Identity::open(&fs::read(a.config.join("identity.key")).unwrap(), PASS.as_bytes())
-        .unwrap();
+    let id = Identity::open(
+        &fs::read(a.config.join("identity.key")).unwrap(),
+        PASS.as_bytes(),
+    )
+    .unwrap();
     let ring = RingStore::connect(
         cluster.nodes[1].addr.clone(),
         Duration::from_secs(20),
@@ -194,7 +225,7 @@ async fn two_devices_keep_one_folder() {
             };
             let tree = devices::load(&repo, &d.id, &h).await.unwrap();
             let st = &tree.paths[&vec!["notes.txt".to_string()]];
-            found |= st.versions.iter().any(|v| {
+            found |= st.versions().iter().any(|v| {
                 matches!(&v.entry, Some(e) if matches!(&e.kind,
                     EntryKind::File { size, .. } if *size == other_content.len() as u64))
             });
@@ -202,7 +233,10 @@ async fn two_devices_keep_one_folder() {
         if found {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "the losing edit is not kept as a version");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the losing edit is not kept as a version"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
@@ -225,7 +259,166 @@ async fn two_devices_keep_one_folder() {
     let rows = out.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{out}");
     assert_eq!(rows.iter().filter(|r| r["this_device"] == true).count(), 1);
-    assert!(rows.iter().all(|r| r["last_sync_ns"].as_i64().is_some()), "{out}");
+    assert!(
+        rows.iter().all(|r| r["last_sync_ns"].as_i64().is_some()),
+        "{out}"
+    );
+    wa.stop();
+    wb.stop();
+}
+
+/// One side's random operations inside its own subfolder (so the expected merge is exact: the
+/// union of both sides' models), interleaved with the other side's.
+struct Side {
+    root: PathBuf,
+    top: &'static str,
+    /// Relative path -> content (`None`: a directory).
+    model: BTreeMap<String, Option<Vec<u8>>>,
+    rng: rand_chacha::ChaCha8Rng,
+    n: u32,
+}
+
+impl Side {
+    fn new(root: &Path, top: &'static str, seed: u64) -> Side {
+        use rand::SeedableRng;
+        fs::create_dir_all(root.join(top)).unwrap();
+        let mut model = BTreeMap::new();
+        model.insert(top.to_string(), None);
+        Side {
+            root: root.to_path_buf(),
+            top,
+            model,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            n: 0,
+        }
+    }
+
+    fn dirs(&self) -> Vec<String> {
+        self.model
+            .iter()
+            .filter(|(_, c)| c.is_none())
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    fn files(&self) -> Vec<String> {
+        self.model
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// One random operation: create, modify, rename, delete, mkdir or rmdir.
+    fn step(&mut self) -> String {
+        use rand::seq::SliceRandom;
+        use rand::Rng;
+        self.n += 1;
+        let (dirs, files) = (self.dirs(), self.files());
+        let op = self.rng.gen_range(0..6);
+        let fresh = format!("{}-{}", self.top, self.n);
+        match op {
+            1 if !files.is_empty() => {
+                let f = files.choose(&mut self.rng).unwrap().clone();
+                let data = random_bytes(u64::from(self.n), self.rng.gen_range(1..20_000));
+                fs::write(self.root.join(&f), &data).unwrap();
+                self.model.insert(f.clone(), Some(data));
+                format!("modify {f}")
+            }
+            2 if !files.is_empty() => {
+                let f = files.choose(&mut self.rng).unwrap().clone();
+                let d = dirs.choose(&mut self.rng).unwrap().clone();
+                let to = format!("{d}/{fresh}.moved");
+                fs::rename(self.root.join(&f), self.root.join(&to)).unwrap();
+                let c = self.model.remove(&f).unwrap();
+                self.model.insert(to.clone(), c);
+                format!("rename {f} -> {to}")
+            }
+            3 if !files.is_empty() => {
+                let f = files.choose(&mut self.rng).unwrap().clone();
+                fs::remove_file(self.root.join(&f)).unwrap();
+                self.model.remove(&f);
+                format!("delete {f}")
+            }
+            4 => {
+                let d = dirs.choose(&mut self.rng).unwrap().clone();
+                let to = format!("{d}/{fresh}.d");
+                fs::create_dir(self.root.join(&to)).unwrap();
+                self.model.insert(to.clone(), None);
+                format!("mkdir {to}")
+            }
+            5 => {
+                // An empty directory other than the top.
+                let empty: Vec<String> = dirs
+                    .iter()
+                    .filter(|d| *d != self.top)
+                    .filter(|d| !self.model.keys().any(|k| k.starts_with(&format!("{d}/"))))
+                    .cloned()
+                    .collect();
+                match empty.choose(&mut self.rng) {
+                    Some(d) => {
+                        fs::remove_dir(self.root.join(d)).unwrap();
+                        self.model.remove(d);
+                        format!("rmdir {d}")
+                    }
+                    None => "rmdir: none empty".into(),
+                }
+            }
+            _ => {
+                let d = dirs.choose(&mut self.rng).unwrap().clone();
+                let f = format!("{d}/{fresh}.txt");
+                let data = random_bytes(u64::from(self.n) + 1000, self.rng.gen_range(0..50_000));
+                fs::write(self.root.join(&f), &data).unwrap();
+                self.model.insert(f.clone(), Some(data));
+                format!("create {f}")
+            }
+        }
+    }
+}
+
+/// Acceptance 1: 50 random operations on each side, interleaved (each side in a subfolder of
+/// its own, so the expected merge is exactly the union of the two sides' models): both folders
+/// end identical and equal to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_random_operations_on_each_side_merge() {
+    use rand::{Rng, SeedableRng};
+    let (_cluster, _tmp, (da, a), (db, b)) = two_devices("one", "two").await;
+    let wa = Watcher::start(&a, &da);
+    let wb = Watcher::start(&b, &db);
+    let seed = peerstore_testkit::test_seed("fifty_random_operations_on_each_side_merge");
+    println!("seed {seed} (PEERSTORE_TEST_SEED to replay)");
+    let mut sa = Side::new(&da, "a", seed);
+    wait_equal(&da, &db, Duration::from_secs(30), "side a's folder");
+    let mut sb = Side::new(&db, "b", seed ^ 0x5eed);
+    let mut pause = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(99));
+    for i in 0..50 {
+        let (x, y) = (sa.step(), sb.step());
+        if i % 10 == 0 {
+            println!("op {i}: one: {x}; two: {y}");
+        }
+        std::thread::sleep(Duration::from_millis(pause.gen_range(0..150)));
+    }
+    let t = wait_equal(
+        &da,
+        &db,
+        Duration::from_secs(60),
+        "after 50 operations each",
+    );
+    println!("both folders equal {t:?} after the last operation");
+    let got = state(&da);
+    let mut want: BTreeMap<String, Option<Vec<u8>>> = sa.model.clone();
+    want.extend(sb.model.clone());
+    let got_simple: BTreeMap<String, Option<Vec<u8>>> = got
+        .into_iter()
+        .map(|(p, (kind, _, c))| (p, (kind == 'f').then_some(c)))
+        .collect();
+    assert_eq!(
+        got_simple.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the paths of the expected merge"
+    );
+    assert!(got_simple == want, "the contents of the expected merge");
+    println!("{} paths, as expected", want.len());
     wa.stop();
     wb.stop();
 }
