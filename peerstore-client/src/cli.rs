@@ -102,8 +102,11 @@ pub enum Command {
         path: String,
         dest: PathBuf,
         /// Snapshot number or id prefix (default: latest).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "version")]
         snapshot: Option<String>,
+        /// A version of a synced path kept after a conflict (its number in `ls --versions`).
+        #[arg(long)]
+        version: Option<usize>,
     },
     /// Restore a whole snapshot below <dest>.
     Restore {
@@ -115,8 +118,12 @@ pub enum Command {
     /// List the entries of a snapshot (below [path]).
     Ls {
         path: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "versions")]
         snapshot: Option<String>,
+        /// List the versions of synced paths kept after conflicts between devices (instead
+        /// of a snapshot's entries).
+        #[arg(long)]
+        versions: bool,
     },
     /// List snapshots, newest first.
     Snapshots,
@@ -353,12 +360,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Getfile {
                     path,
                     dest,
+                    version: Some(n),
+                    ..
+                } => cmd_getfile_version(&ctx, &path, &dest, n).await,
+                Command::Getfile {
+                    path,
+                    dest,
                     snapshot,
+                    version: None,
                 } => cmd_getfile(&ctx, &path, &dest, snapshot.as_deref()).await,
                 Command::Restore { dest, snapshot } => {
                     cmd_restore(&ctx, &dest, snapshot.as_deref()).await
                 }
-                Command::Ls { path, snapshot } => {
+                Command::Ls {
+                    path,
+                    versions: true,
+                    ..
+                } => cmd_ls_versions(&ctx, path.as_deref()).await,
+                Command::Ls { path, snapshot, .. } => {
                     cmd_ls(&ctx, path.as_deref(), snapshot.as_deref()).await
                 }
                 Command::Snapshots => cmd_snapshots(&ctx).await,
@@ -645,6 +664,110 @@ async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, snapshot: Option<&str>)
         format!(
             "restored {} to {} ({})",
             path,
+            target.display(),
+            human(s.bytes)
+        )
+    });
+    Ok(())
+}
+
+/// One kept version of a synced path (`ls --versions`).
+#[derive(Serialize)]
+struct VersionRow {
+    path: String,
+    /// Its number for `getfile --version`.
+    version: usize,
+    /// The device that made it.
+    device: String,
+    time: String,
+    kind: &'static str,
+    size: u64,
+}
+
+/// The kept versions of `path` in the devices' merged tree, numbered from 1 (newest first).
+fn versions_of<'a>(
+    tree: &'a crate::merge::SyncTree,
+    path: &[String],
+) -> Vec<&'a crate::merge::Version> {
+    tree.paths
+        .get(path)
+        .map(crate::merge::PathState::versions)
+        .unwrap_or_default()
+}
+
+async fn cmd_ls_versions(ctx: &Ctx, path: Option<&str>) -> Result<()> {
+    let prefix = user_path(path.unwrap_or(""))?;
+    let (tree, devices) = crate::devices::merged(&ctx.repo).await?;
+    let name = |id: &crate::merge::DeviceId| {
+        devices
+            .iter()
+            .find(|d| d.id == *id)
+            .map_or_else(|| hex::encode(&id[..4]), |d| d.name.clone())
+    };
+    let mut rows = Vec::new();
+    for p in tree.paths.keys() {
+        if p.len() < prefix.len() || p[..prefix.len()] != prefix[..] {
+            continue;
+        }
+        for (i, v) in versions_of(&tree, p).into_iter().enumerate() {
+            let Some(e) = &v.entry else { continue };
+            rows.push(VersionRow {
+                path: e.display_path(),
+                version: i + 1,
+                device: name(&v.by),
+                time: format_time(v.at_ns),
+                kind: match e.kind {
+                    EntryKind::Dir => "dir",
+                    EntryKind::File { .. } => "file",
+                    EntryKind::Symlink { .. } => "symlink",
+                },
+                size: e.size(),
+            });
+        }
+    }
+    if ctx.g.json {
+        ctx.print(&rows, String::new);
+    } else if rows.is_empty() {
+        println!("no kept versions (no conflicts between devices)");
+    } else {
+        for r in &rows {
+            println!(
+                "{} #{} {:>12} {} from {}",
+                r.path, r.version, r.size, r.time, r.device
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn cmd_getfile_version(ctx: &Ctx, path: &str, dest: &Path, n: usize) -> Result<()> {
+    let comps = user_path(path)?;
+    let (tree, _) = crate::devices::merged(&ctx.repo).await?;
+    let versions = versions_of(&tree, &comps);
+    let entry = n
+        .checked_sub(1)
+        .and_then(|i| versions.get(i))
+        .and_then(|v| v.entry.clone())
+        .ok_or_else(|| {
+            ClientError::NotInSnapshot(format!(
+                "{path} version {n} (`ls --versions {path}` lists {} version(s))",
+                versions.len()
+            ))
+        })?;
+    let target = match std::fs::symlink_metadata(dest) {
+        Ok(md) if md.is_dir() && !matches!(entry.kind, EntryKind::Dir) => {
+            dest.join(&comps[comps.len() - 1])
+        }
+        _ => dest.to_path_buf(),
+    };
+    let m = Manifest::new(vec![entry.clone()]);
+    let progress = Arc::new(Progress::reporting("getfile", !ctx.g.json));
+    let r = restore_entry(&ctx.repo, &m, &entry, &target, &progress).await;
+    progress.finish(r.is_ok());
+    let s = r?;
+    ctx.print(&s, || {
+        format!(
+            "restored {path} version {n} to {} ({})",
             target.display(),
             human(s.bytes)
         )

@@ -288,6 +288,18 @@ pub async fn load(repo: &Repo, device: &DeviceId, head: &Head) -> Result<SyncTre
     merge::decode(&plain).map_err(ClientError::Corrupt)
 }
 
+/// Every device's tree merged: what the synced folder is, with every kept version.
+pub async fn merged(repo: &Repo) -> Result<(SyncTree, Vec<Listed>)> {
+    let list = list(repo).await?;
+    let mut tree = SyncTree::default();
+    for d in &list {
+        if let Some(h) = head(repo, &d.id).await? {
+            tree.merge(&load(repo, &d.id, &h).await?);
+        }
+    }
+    Ok((tree, list))
+}
+
 mod hex_id {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

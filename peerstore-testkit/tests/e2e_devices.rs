@@ -105,6 +105,11 @@ fn wait_equal(a: &Path, b: &Path, within: Duration, what: &str) -> Duration {
     }
 }
 
+/// The directory holding `folder` (outside the synced folder).
+fn tmp_dir_of(folder: &Path) -> PathBuf {
+    folder.parent().unwrap().to_path_buf()
+}
+
 fn second_device(tmp: &Path, first: &Client, name: &str) -> Client {
     let c = Client::new(tmp, name, &first.peer);
     fs::create_dir_all(&c.config).unwrap();
@@ -243,6 +248,28 @@ async fn two_devices_keep_one_folder() {
         "concurrent edits: {:?} at the path, the other kept as a version",
         String::from_utf8_lossy(&at_path)
     );
+    // `ls --versions` lists it, `getfile --version` brings it back.
+    let rows = b.json(&["ls", "--versions", "notes.txt"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["size"], other_content.len(), "{rows:?}");
+    let got = tmp_dir_of(&da).join("version-1.txt");
+    b.ok(&[
+        "getfile",
+        "--version",
+        "1",
+        "notes.txt",
+        got.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(&got).unwrap(), other_content);
+    let out = b.run(&[
+        "getfile",
+        "--version",
+        "2",
+        "notes.txt",
+        got.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "a version that does not exist");
 
     // The desktop is off while the laptop changes 20 files; it catches up when it starts.
     wb.stop();
