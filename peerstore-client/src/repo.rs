@@ -414,11 +414,24 @@ impl Repo {
                 },
             }
         }
-        // The newest; among equals the first answer (the entry node's).
-        let best = roots.iter().fold(None::<&RootAnswer>, |b, r| match b {
-            Some(b) if b.root.seq() >= r.root.seq() => Some(b),
-            _ => Some(r),
-        });
+        // The newest; among different roots of that number (two devices raced and the loser
+        // reached a minority of replicas before it was refused), the one most members serve,
+        // then the greatest signature (the nodes' rule: every reader picks the same one).
+        let top = roots.iter().map(|r| r.root.seq()).max();
+        let count = |r: &RootAnswer| {
+            roots
+                .iter()
+                .filter(|o| o.root.rec.signature == r.root.rec.signature)
+                .count()
+        };
+        let best = roots
+            .iter()
+            .filter(|r| Some(r.root.seq()) == top)
+            .max_by(|a, b| {
+                count(a)
+                    .cmp(&count(b))
+                    .then(a.root.rec.signature.cmp(&b.root.rec.signature))
+            });
         let Some(best) = best else {
             if let (true, Some(e)) = (absent.is_empty(), refused) {
                 return Err(e);

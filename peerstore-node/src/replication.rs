@@ -14,6 +14,7 @@
 pub mod deletion;
 pub mod hostile;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use peerstore_proto::member::MAX_PROVE_KEYS;
@@ -256,16 +257,15 @@ impl Replication {
             .collect();
         let all = calls.len();
         let out = self.ring.call_quorum(calls, all, |_| true).await;
-        let mut best: Option<(u64, Vec<u8>)> = None;
+        let mut valid: Vec<(u64, Vec<u8>)> = Vec::new();
         for (_, answer) in out.ok {
             if let MemberResponse::Record { record } = answer {
                 if let Ok(seq) = check_record(&key, &record, None) {
-                    if best.as_ref().is_none_or(|(s, _)| seq > *s) {
-                        best = Some((seq, record));
-                    }
+                    valid.push((seq, record));
                 }
             }
         }
+        let best = newest_record(valid);
         match best {
             Some((_, record)) => Ok(Some(record)),
             None if out.errors.len() == set.len() => {
@@ -463,6 +463,26 @@ pub fn list_record_digests(
 
 /// Checks a signed record against its storage key and, if given, the record it would replace.
 /// Returns the record's sequence number.
+/// The record a read returns from the replicas' (valid) answers: the highest sequence number;
+/// among different records of that number (two writers raced; the loser reached a minority
+/// before it was refused), the one most replicas hold, then the greatest bytes, so that every
+/// reader that sees the same answers returns the same record, and the one a majority accepted
+/// when it sees a majority.
+#[must_use]
+pub fn newest_record(answers: Vec<(u64, Vec<u8>)>) -> Option<(u64, Vec<u8>)> {
+    let top = answers.iter().map(|(s, _)| *s).max()?;
+    let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for (s, r) in answers {
+        if s == top {
+            *counts.entry(r).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|(ra, na), (rb, nb)| na.cmp(nb).then(ra.cmp(rb)))
+        .map(|(r, _)| (top, r))
+}
+
 pub fn check_record(key: &BlockKey, record: &[u8], current: Option<&[u8]>) -> Result<u64, String> {
     let new = crypto::RootRecord::decode(record).map_err(|e| format!("bad record: {e}"))?;
     if current == Some(record) {
@@ -493,6 +513,28 @@ mod tests {
 
     fn key(v: u64) -> BlockKey {
         BlockKey(id(v).0)
+    }
+
+    #[test]
+    fn a_read_returns_the_record_most_replicas_hold_at_the_newest_number() {
+        let (a, b, c) = (vec![1u8], vec![2u8], vec![0u8]);
+        // The winner on two replicas, the refused loser on one: the winner, in any order.
+        for answers in [
+            vec![(5, a.clone()), (5, b.clone()), (5, a.clone())],
+            vec![(5, b.clone()), (5, a.clone()), (5, a.clone())],
+        ] {
+            assert_eq!(newest_record(answers), Some((5, a.clone())));
+        }
+        // A newer number wins whatever the counts; a tie is broken the same way everywhere.
+        assert_eq!(
+            newest_record(vec![(4, a.clone()), (4, a.clone()), (6, c.clone())]),
+            Some((6, c.clone()))
+        );
+        assert_eq!(
+            newest_record(vec![(5, a.clone()), (5, b.clone())]),
+            newest_record(vec![(5, b.clone()), (5, a.clone())])
+        );
+        assert_eq!(newest_record(Vec::new()), None);
     }
 
     #[test]
