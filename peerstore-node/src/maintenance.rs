@@ -18,7 +18,6 @@
 //! a bounded number per round ([`crate::replication::deletion`]).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +25,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use peerstore_proto::{
-    BlockKey, EntRequest, EntResponse, MaintenanceActivity, MemberRequest, MemberResponse,
-    NodeAddr, MAX_LIST_PAGE,
+    BlockKey, EntRequest, EntResponse, MemberRequest, MemberResponse, NodeAddr, MAX_LIST_PAGE,
 };
 
 use crate::replication::deletion::{self, Evidence, Keep, Store};
@@ -53,39 +51,7 @@ pub struct RoundReport {
     pub unverified: u64,
 }
 
-/// What maintenance moved and dropped since the node started (counters for status): on a
-/// settled, idle ring none of them moves.
-#[derive(Debug, Default)]
-pub struct Activity {
-    /// Blocks and signed records pulled by replication anti-entropy.
-    pub pulled: AtomicU64,
-    /// Blocks and signed records pushed by replication anti-entropy.
-    pub pushed: AtomicU64,
-    /// Copies outside this node's replica range dropped by the clean-up.
-    pub cleaned: AtomicU64,
-    /// Replicated copies of parities dropped by replica management (entangled rings): this
-    /// node's scrubs, copies that came back (`entangled::scrub::redrop_singles`) and stale
-    /// ones (`drop_stale`).
-    pub parity_copies_dropped: AtomicU64,
-}
-
-impl Activity {
-    /// Adds `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The counters now.
-    #[must_use]
-    pub fn snapshot(&self) -> MaintenanceActivity {
-        MaintenanceActivity {
-            pulled: self.pulled.load(Ordering::Relaxed),
-            pushed: self.pushed.load(Ordering::Relaxed),
-            cleaned: self.cleaned.load(Ordering::Relaxed),
-            parity_copies_dropped: self.parity_copies_dropped.load(Ordering::Relaxed),
-        }
-    }
-}
+pub use crate::replication::Activity;
 
 /// Runs maintenance forever: replication rounds every `period` and soon after a range change,
 /// and clean-up rounds every `period` in their own task so they never delay re-replication.

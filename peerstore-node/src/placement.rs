@@ -14,7 +14,7 @@
 //! The rule ([`choose`]) is pure: the owner first; then, slot by slot, the first member in
 //! ring order whose host is not used yet and whose zone is not used yet; failing that the
 //! first whose host is not used yet; failing that the first not chosen (so a ring of one host
-//! gets today's consecutive set). The window is r + [`crate::replication::RANGE_SLACK`]
+//! gets today's consecutive set). The window is r + [`RANGE_SLACK`]
 //! members: a chosen member is then never further from the owner than the range a node accepts
 //! signed records for, and a ring needs at most two extra nodes between hosts for every set to
 //! span them ("as far as the ring allows": a longer run of one host's nodes than that keeps
@@ -25,6 +25,12 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+
+/// Predecessors beyond a holder set whose keys a node still accepts records for (and members
+/// beyond r a replica set is chosen from). Ring changes in flight (a join or leave that not
+/// every node has seen yet, the hand-off of a graceful leave to the leaver's successors) shift
+/// a holder set by a node or two.
+pub const RANGE_SLACK: usize = 2;
 
 /// Longest host or zone label, in bytes.
 pub const MAX_LABEL: usize = 64;
@@ -108,7 +114,7 @@ fn sanitize(s: &str) -> String {
 /// How many members, the owner included, a replica set of `r` is chosen from.
 #[must_use]
 pub fn window(r: usize) -> usize {
-    r + crate::replication::RANGE_SLACK
+    r + RANGE_SLACK
 }
 
 /// Chooses up to `r` of `places` (the owner first, then its successors in ring order): the

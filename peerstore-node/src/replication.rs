@@ -15,9 +15,11 @@ pub mod deletion;
 pub mod hostile;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use peerstore_proto::member::MAX_PROVE_KEYS;
+use peerstore_proto::MaintenanceActivity;
 use peerstore_proto::{
     BlockKey, ErrorCode, MemberRequest, MemberResponse, MAX_BLOCK_SIZE, MAX_DIGEST_BUCKETS,
     MAX_LIST_PAGE, MAX_RECORD_SIZE,
@@ -30,13 +32,43 @@ use crate::store::{BlockStore, RecordTable, RecordUpdate, Role, StoreError};
 /// Mutable signed records (users' roots), keyed by the record key.
 pub const ROOTS: RecordTable = RecordTable::MUTABLE;
 
-/// A record's key and the BLAKE3 of its bytes.
-pub type RecordDigest = (BlockKey, [u8; 32]);
+pub use crate::store::tables::RecordDigest;
 
-/// Predecessors beyond a holder set whose keys a node still accepts records for. Ring changes
-/// in flight (a join or leave that not every node has seen yet, the hand-off of a graceful
-/// leave to the leaver's successors) shift a holder set by a node or two.
-pub const RANGE_SLACK: usize = 2;
+/// What maintenance moved and dropped since the node started (counters for status): on a
+/// settled, idle ring none of them moves.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Blocks and signed records pulled by replication anti-entropy.
+    pub pulled: AtomicU64,
+    /// Blocks and signed records pushed by replication anti-entropy.
+    pub pushed: AtomicU64,
+    /// Copies outside this node's replica range dropped by the clean-up.
+    pub cleaned: AtomicU64,
+    /// Replicated copies of parities dropped by replica management (entangled rings): this
+    /// node's scrubs, copies that came back (`entangled::scrub::redrop_singles`) and stale
+    /// ones (`drop_stale`).
+    pub parity_copies_dropped: AtomicU64,
+}
+
+impl Activity {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    #[must_use]
+    pub fn snapshot(&self) -> MaintenanceActivity {
+        MaintenanceActivity {
+            pulled: self.pulled.load(Ordering::Relaxed),
+            pushed: self.pushed.load(Ordering::Relaxed),
+            cleaned: self.cleaned.load(Ordering::Relaxed),
+            parity_copies_dropped: self.parity_copies_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub use crate::placement::RANGE_SLACK;
 
 /// The keys this node may hold in a table kept on `n` nodes (a key's owner and its next
 /// `n - 1` distinct successors), with [`RANGE_SLACK`]: `(p, me]` where `p` is this node's
@@ -109,7 +141,7 @@ pub struct Replication {
     /// ([`crate::sync::plan_settled`]). `None`: nothing is settled.
     pub single: Option<Arc<BlockStore>>,
     /// What maintenance moved and dropped since the node started (for status).
-    pub activity: crate::maintenance::Activity,
+    pub activity: Activity,
     /// Set when this node starts to leave the ring gracefully: from then on it takes no
     /// single copy, proves none and says it holds none (`entangled`), so no other node drops
     /// a single copy because this one holds it (it would leave with it).
@@ -458,7 +490,7 @@ pub fn list_record_digests(
 ) -> Result<(Vec<RecordDigest>, bool), StoreError> {
     // A ring-range scan of the table (it starts at `from`, not at the table's start), hashing
     // each record in place: a page holds digests only.
-    crate::entangled::meta::digest_page(store, ROOTS, from, to, after)
+    crate::store::tables::digest_page(store, ROOTS, from, to, after)
 }
 
 /// Checks a signed record against its storage key and, if given, the record it would replace.

@@ -364,7 +364,7 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         let singles = scrub::owned_singles(&ent).await;
         let (n, _) = scrub::redrop_singles(&ent, &singles).await;
         let dropped = &ent.blocks.activity.parity_copies_dropped;
-        crate::maintenance::Activity::add(dropped, n + stale);
+        crate::replication::Activity::add(dropped, n + stale);
         if n + stale > 0 {
             debug!(
                 n,
@@ -410,7 +410,7 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
                 // nothing by window this round; age still applies.
                 let r = scrub::scrub_local(&ent, d.mode, cutoff.flatten(), d.max_age_ms).await;
                 let dropped = &ent.blocks.activity.parity_copies_dropped;
-                crate::maintenance::Activity::add(dropped, r.replicas_removed);
+                crate::replication::Activity::add(dropped, r.replicas_removed);
                 if r.scrubbed > 0 {
                     info!(?r, "replica management round");
                 }

@@ -48,6 +48,7 @@ mod index;
 mod records;
 mod ring;
 mod segments;
+pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
