@@ -16,8 +16,6 @@
 //! curl http://$(cat D/http.addr)/metrics
 //! ```
 
-mod metrics;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -43,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-pub use metrics::{client_bytes_in, member_bytes_in, rss_bytes, Metrics, Sample};
+pub use crate::metrics::{client_bytes_in, member_bytes_in, rss_bytes, Metrics, Sample};
 
 use crate::ring::Ring;
 use crate::service::Service;

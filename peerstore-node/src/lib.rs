@@ -29,6 +29,7 @@ pub mod entangled;
 pub mod http;
 pub mod identity;
 pub mod maintenance;
+pub mod metrics;
 pub mod placement;
 pub mod quota;
 pub mod replication;

@@ -65,7 +65,7 @@ pub struct Service {
     /// Per-user quotas of writes through this node.
     pub quotas: Arc<crate::quota::Quotas>,
     /// Counters of the requests answered (`/metrics`).
-    pub metrics: Arc<crate::http::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// What the data directory occupies on disk (`status`, `du`).
     pub disk: Arc<crate::disk::DiskUsage>,
 }
@@ -106,7 +106,7 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
-                        let bytes_in = crate::http::client_bytes_in(&r);
+                        let bytes_in = crate::metrics::client_bytes_in(&r);
                         let response = self.client(r, &caller).await;
                         self.metrics.client(kind, bytes_in, &response);
                         log_failure(&peer, kind, &response);
@@ -124,7 +124,7 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
-                        let bytes_in = crate::http::member_bytes_in(&r);
+                        let bytes_in = crate::metrics::member_bytes_in(&r);
                         let response = if r.is_long_running() {
                             if crate::replication::hostile::stall() {
                                 // Test mode: hold the request until the requester gives up.
