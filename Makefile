@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean
+.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync
 
 all: build
 
@@ -28,7 +28,7 @@ demo:
 	bash scripts/demo.sh
 
 ## Benchmarks (not tests): each prints its table.
-bench: bench-chord bench-node bench-entangle bench-client
+bench: bench-chord bench-node bench-entangle bench-client bench-sync
 
 bench-chord:
 	bash scripts/bench-chord.sh
@@ -41,6 +41,9 @@ bench-entangle:
 
 bench-client:
 	bash scripts/bench-client.sh
+
+bench-sync:
+	bash scripts/bench-sync.sh
 
 ## Long property-based fuzzing of every decoder of network and disk input (frames of the four
 ## protocols, entangled and root records, manifests, snapshots, key files), 200000 cases per

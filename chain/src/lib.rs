@@ -17,9 +17,17 @@
 //! - Reads go to any member. A clean newest version is answered locally; a dirty one makes
 //!   the member ask the tail which version is committed and answer that one.
 //! - Messages carry the epoch; a replica processes only messages of its own epoch. When a
-//!   member fails the oracle issues a new view: a new tail commits what it holds, a new
+//!   member fails a new view is installed: a new tail commits what it holds, a new
 //!   predecessor re-sends its dirty versions. A joining member pulls the whole state from a
 //!   member already holding it (paged) before it serves.
+//! - Views come from a membership oracle ([`Event::View`]), or, with
+//!   [`Config::view_agreement`], the members agree on them themselves: view `e + 1` is
+//!   installed only once a majority of view `e` accepted it (Vertical-Paxos style, from the
+//!   suggestions the driver hands each replica, [`Event::Suggest`]), and reads need a lease
+//!   from a majority, so a member removed without hearing of it stops answering.
+//! - With [`Config::durable`], the replica emits [`Action::Persist`] before any message or
+//!   reply that depends on the state written, and restarts from it with [`Start::Recover`]
+//!   ([`durable`]).
 //! - A retried write carries the same [`ReqId`]; the head recognises a retry of a write that
 //!   already created a version and answers `Ok` with that version.
 //!
@@ -52,15 +60,17 @@
 //! ```
 
 pub mod config;
+pub mod durable;
 pub mod linearizability;
 pub mod message;
 pub mod replica;
 pub mod sim;
 
 pub use config::{Config, MAX_KEY_LEN, MAX_MEMBERS, MAX_REASON_LEN, MAX_VALUE_SIZE};
+pub use durable::{Disk, Durable, DurableMeta, Recovered};
 pub use message::{
-    DedupEntry, Key, Msg, RecordState, Rejected, Reply, ReqId, Request, Unavailable, View,
-    WriteEntry,
+    Ballot, DedupEntry, Key, Msg, Proposal, RecordState, Rejected, Reply, ReqId, Request,
+    Unavailable, View, WriteEntry,
 };
 pub use replica::{
     AcceptAll, Action, Event, RecordInfo, Replica, ReplicaStats, Role, Start, Validate,

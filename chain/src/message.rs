@@ -22,8 +22,9 @@ pub struct ReqId {
     pub seq: u64,
 }
 
-/// The chain of a set of keys at one epoch, as handed to replicas by the membership oracle
-/// (in the ring: the keys' successor list). `members[0]` is the head, the last is the tail.
+/// The chain of a set of keys at one epoch, handed to replicas by a membership oracle or
+/// agreed by the members of the previous view (in the ring: from the keys' successor list).
+/// `members[0]` is the head, the last is the tail.
 ///
 /// A new view must keep the relative order of the members it keeps (Chord's successor lists
 /// do: members are in ring order); new members may be inserted anywhere.
@@ -36,6 +37,23 @@ pub struct View<A> {
 }
 
 impl<A: PartialEq> View<A> {
+    /// Whether the view is well formed: at least one member, at most
+    /// [`crate::MAX_MEMBERS`], all distinct.
+    pub fn is_well_formed(&self) -> bool {
+        !self.members.is_empty()
+            && self.members.len() <= crate::config::MAX_MEMBERS
+            && !self
+                .members
+                .iter()
+                .enumerate()
+                .any(|(i, m)| self.members[..i].contains(m))
+    }
+
+    /// Votes needed among the members: a majority.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
     /// A view.
     pub fn new(epoch: u64, members: Vec<A>) -> Self {
         View { epoch, members }
@@ -133,6 +151,10 @@ pub enum Unavailable {
     Busy,
     /// The replica holds its maximum number of keys.
     Full,
+    /// With [`crate::Config::view_agreement`]: a view change is in progress (this replica
+    /// accepted the next view), or the replica holds no read lease (it has not heard from a
+    /// majority of its view recently), so it may no longer be current.
+    NoQuorum,
     /// The request timed out inside the chain, or the replica lost track of it; retry (a
     /// retried write is deduplicated).
     Retry,
@@ -186,10 +208,36 @@ pub struct RecordState {
     pub dedup: Vec<DedupEntry>,
 }
 
+/// A ballot of the view agreement (see [`crate::replica`], "Agreement on views"): ordered by
+/// `round`, then by `node`, the proposer's position in the view it proposes to replace, so two
+/// proposers never use the same ballot in one instance.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    /// Increases with every attempt.
+    pub round: u64,
+    /// The proposer's position in the current view.
+    pub node: u32,
+}
+
+/// A proposed next view with the ballot it was proposed under.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Proposal<A> {
+    /// The ballot.
+    pub ballot: Ballot,
+    /// The proposed view (its epoch is the current one plus one).
+    pub view: View<A>,
+}
+
 /// Messages between replicas of one chain. Each carries the sender's epoch; a replica
 /// processes only messages of its own epoch (see [`crate::replica`]).
+///
+/// `Write` to `PullRefused` are the data path and the state transfer; `Prepare` to
+/// `LeaseGrant` are the view agreement and the read leases, used only when
+/// [`crate::Config::view_agreement`] is on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Msg {
+pub enum Msg<A> {
     /// Predecessor to successor: new (dirty) versions of a key, ascending and contiguous.
     Write {
         /// Sender's epoch.
@@ -252,9 +300,77 @@ pub enum Msg {
         /// Sender's epoch.
         epoch: u64,
     },
+    /// Phase 1 of the view agreement: a member of view `epoch` asks the members of that view
+    /// to promise not to accept lower ballots for view `epoch + 1`.
+    Prepare {
+        /// Sender's epoch (the view being replaced).
+        epoch: u64,
+        /// The proposer's ballot.
+        ballot: Ballot,
+    },
+    /// Answer to a [`Msg::Prepare`]: the promise, with the highest proposal the sender has
+    /// accepted for view `epoch + 1` and whether it holds the chain's state.
+    Promise {
+        /// Sender's epoch.
+        epoch: u64,
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The proposal accepted for `epoch + 1`, if any.
+        accepted: Option<Proposal<A>>,
+        /// The sender holds the chain's state (not catching up).
+        synced: bool,
+    },
+    /// Phase 2: accept this proposal as view `epoch + 1`.
+    Accept {
+        /// Sender's epoch.
+        epoch: u64,
+        /// The proposal.
+        proposal: Proposal<A>,
+    },
+    /// Answer to a [`Msg::Accept`]: accepted.
+    Accepted {
+        /// Sender's epoch.
+        epoch: u64,
+        /// The ballot accepted.
+        ballot: Ballot,
+    },
+    /// Answer to a [`Msg::Prepare`] or [`Msg::Accept`] under a ballot lower than one the sender
+    /// has promised.
+    Nack {
+        /// Sender's epoch.
+        epoch: u64,
+        /// The ballot the sender has promised.
+        promised: Ballot,
+    },
+    /// A view that was agreed (installed by a majority of the previous view's members).
+    Decided {
+        /// The view; its epoch is the sender's.
+        view: View<A>,
+    },
+    /// "My epoch is `epoch`; send me your view if it is newer" (a member that lags, or a
+    /// replica that expects to be added).
+    ViewRequest {
+        /// Sender's epoch (0: none).
+        epoch: u64,
+    },
+    /// A member asks the others for a read lease in `epoch`.
+    LeaseRequest {
+        /// Sender's epoch.
+        epoch: u64,
+        /// Matches the grant.
+        seq: u64,
+    },
+    /// The grant of a read lease: the sender will accept no next view for
+    /// [`crate::Config::lease_ms`] after it received the request.
+    LeaseGrant {
+        /// Sender's epoch.
+        epoch: u64,
+        /// From the request.
+        seq: u64,
+    },
 }
 
-impl Msg {
+impl<A> Msg<A> {
     /// The sender's epoch.
     pub fn epoch(&self) -> u64 {
         match self {
@@ -264,7 +380,31 @@ impl Msg {
             | Msg::VersionReply { epoch, .. }
             | Msg::Pull { epoch, .. }
             | Msg::Page { epoch, .. }
-            | Msg::PullRefused { epoch } => *epoch,
+            | Msg::PullRefused { epoch }
+            | Msg::Prepare { epoch, .. }
+            | Msg::Promise { epoch, .. }
+            | Msg::Accept { epoch, .. }
+            | Msg::Accepted { epoch, .. }
+            | Msg::Nack { epoch, .. }
+            | Msg::ViewRequest { epoch }
+            | Msg::LeaseRequest { epoch, .. }
+            | Msg::LeaseGrant { epoch, .. } => *epoch,
+            Msg::Decided { view } => view.epoch,
         }
+    }
+
+    /// Whether this is a message of the data path or the state transfer (as opposed to the
+    /// view agreement and the leases).
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            Msg::Write { .. }
+                | Msg::Ack { .. }
+                | Msg::VersionQuery { .. }
+                | Msg::VersionReply { .. }
+                | Msg::Pull { .. }
+                | Msg::Page { .. }
+                | Msg::PullRefused { .. }
+        )
     }
 }

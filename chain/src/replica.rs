@@ -3,9 +3,12 @@
 //! A [`Replica`] is one member's share of one chain (the records of a set of keys that share a
 //! view). The driver feeds it [`Event`]s with the current virtual time and carries out the
 //! returned [`Action`]s; it never touches a socket or a clock. See the crate documentation and
-//! `docs/CHAIN.md` for the protocol and why it is linearizable.
+//! `docs/CHAIN.md` for the protocol and why it is linearizable; the agreement on views and the
+//! read leases are in the `agreement` submodule, the persistence contract in
+//! [`crate::durable`].
 
-use crate::config::{Config, MAX_KEY_LEN, MAX_MEMBERS, MAX_REASON_LEN, MAX_VALUE_SIZE};
+use crate::config::{Config, MAX_KEY_LEN, MAX_REASON_LEN, MAX_VALUE_SIZE};
+use crate::durable::{Durable, DurableMeta, Recovered};
 use crate::message::{
     DedupEntry, Key, Msg, RecordState, Rejected, Reply, ReqId, Request, Unavailable, View,
     WriteEntry,
@@ -14,6 +17,13 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::ops::Bound;
+
+mod agreement;
+
+/// `unsafe_persist_late`: how often the write-behind buffer is flushed (ms).
+const LATE_FLUSH_MS: u64 = 500;
+
+use agreement::Agreement;
 
 /// The application's check of a new value, called by the head before it accepts a write.
 ///
@@ -48,26 +58,44 @@ impl Validate for AcceptAll {
 }
 
 /// How a replica starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// A founding member of a new, empty chain: it serves as soon as it has a view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start<A> {
+    /// A founding member of a new, empty chain: it serves as soon as it has a view (the
+    /// founding view, [`Event::View`], also under view agreement).
     Bootstrap,
-    /// A member joining an existing chain (or coming back after a crash, empty): it serves
-    /// only after a state transfer.
+    /// A member joining an existing chain (or, without [`Config::view_agreement`], coming back
+    /// after a crash, empty): it serves only after a state transfer. Under view agreement a
+    /// replica that lost its disk must come back under a new address: it may have voted in
+    /// the agreement before and would not remember it.
     Join,
+    /// A restart from what an earlier incarnation persisted ([`Config::durable`]): the view,
+    /// the acceptor state, and every record. The replica resumes in its view (it may be
+    /// behind; it catches up, or learns the newer view and rejoins through the agreement).
+    Recover(Box<Recovered<A>>),
 }
 
 /// An input to [`Replica::handle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<A> {
-    /// A view from the membership oracle (older or equal epochs are ignored).
+    /// A view from the membership oracle (older or equal epochs are ignored). Under
+    /// [`Config::view_agreement`], only the founding view of a [`Start::Bootstrap`] replica.
     View(View<A>),
+    /// Under [`Config::view_agreement`]: the chain this replica's node believes in (in the
+    /// ring: the key's successor list) and the members its failure detector suspects. The
+    /// replica proposes `members` without `suspected` as the next view when it differs from
+    /// the current one. Hand it again whenever either changes.
+    Suggest {
+        /// The suggested chain, head first.
+        members: Vec<A>,
+        /// Members believed dead or unreachable (left out of the proposal).
+        suspected: Vec<A>,
+    },
     /// A message from another replica.
     Message {
         /// The sender's address.
         from: A,
         /// The message.
-        msg: Msg,
+        msg: Msg<A>,
     },
     /// A client request.
     Request {
@@ -91,8 +119,14 @@ pub enum Action<A> {
         /// The recipient.
         to: A,
         /// The message.
-        msg: Msg,
+        msg: Msg<A>,
     },
+    /// With [`Config::durable`]: write this to disk before carrying out any later `Send` or
+    /// `Reply` of the same batch (the replica puts these first). See [`crate::durable`].
+    Persist(Durable<A>),
+    /// The replica installed this view (its own agreement or the oracle's); for the driver's
+    /// routing and status.
+    ViewInstalled(View<A>),
     /// Answer a client request.
     Reply {
         /// The client.
@@ -171,6 +205,25 @@ pub struct ReplicaStats {
     pub expired: u64,
     /// Requests refused as busy.
     pub busy: u64,
+    /// View agreement: proposals started by this replica.
+    pub proposals: u64,
+    /// View agreement: views this replica saw accepted by a majority as proposer.
+    pub decided: u64,
+    /// View agreement: proposals accepted as acceptor.
+    pub accepts: u64,
+    /// View agreement: proposals refused or abandoned (a higher ballot, an invalid value).
+    pub nacks: u64,
+    /// Accept requests deferred because a read lease this replica granted had not expired.
+    pub accept_deferred: u64,
+    /// Reads (and immediate conflicts) refused because the replica held no lease or was
+    /// changing views.
+    pub no_quorum: u64,
+    /// Messages of the data path dropped because the replica accepted the next view.
+    pub stopped: u64,
+    /// `Persist` actions emitted.
+    pub persists: u64,
+    /// Starts from persisted state.
+    pub recoveries: u64,
 }
 
 impl ReplicaStats {
@@ -193,6 +246,15 @@ impl ReplicaStats {
         self.pages_sent += o.pages_sent;
         self.expired += o.expired;
         self.busy += o.busy;
+        self.proposals += o.proposals;
+        self.decided += o.decided;
+        self.accepts += o.accepts;
+        self.nacks += o.nacks;
+        self.accept_deferred += o.accept_deferred;
+        self.no_quorum += o.no_quorum;
+        self.stopped += o.stopped;
+        self.persists += o.persists;
+        self.recoveries += o.recoveries;
     }
 }
 
@@ -438,19 +500,36 @@ pub struct Replica<A, V = AcceptAll> {
     timer_at: Option<u64>,
     max_epoch_seen: u64,
     stats: ReplicaStats,
+    /// The time of the event being handled.
+    now: u64,
+    /// Started from disk: the first event finishes the restart.
+    recovering: bool,
+    /// Started with [`Start::Bootstrap`] and has not installed a view yet.
+    founding: bool,
+    /// Durability: keys changed since the last flush.
+    touched: BTreeSet<Key>,
+    /// Durability: every record was dropped since the last flush.
+    cleared: bool,
+    /// Durability: the metadata last written.
+    persisted_meta: DurableMeta<A>,
+    /// `unsafe_persist_late`: the writes held back, and when they are flushed next.
+    late: Vec<Action<A>>,
+    late_flush_at: u64,
+    /// The view agreement (proposer, acceptor, leases).
+    ag: Agreement<A>,
 }
 
 impl<A: Clone + Eq + Debug> Replica<A, AcceptAll> {
     /// A replica that accepts every value.
-    pub fn new(me: A, cfg: Config, start: Start) -> Self {
+    pub fn new(me: A, cfg: Config, start: Start<A>) -> Self {
         Replica::with_validator(me, cfg, start, AcceptAll)
     }
 }
 
 impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
     /// A replica whose head role checks new values with `validator`.
-    pub fn with_validator(me: A, cfg: Config, start: Start, validator: V) -> Self {
-        Replica {
+    pub fn with_validator(me: A, cfg: Config, start: Start<A>, validator: V) -> Self {
+        let mut r = Replica {
             me,
             cfg: cfg.normalized(),
             validator,
@@ -465,20 +544,181 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             timer_at: None,
             max_epoch_seen: 0,
             stats: ReplicaStats::default(),
+            now: 0,
+            recovering: false,
+            founding: start == Start::Bootstrap,
+            touched: BTreeSet::new(),
+            cleared: false,
+            persisted_meta: DurableMeta::default(),
+            late: Vec::new(),
+            late_flush_at: 0,
+            ag: Agreement::new(),
+        };
+        if let Start::Recover(rec) = start {
+            r.restore(*rec);
+        }
+        r
+    }
+
+    /// Loads what an earlier incarnation persisted; the first event finishes the restart.
+    fn restore(&mut self, rec: Recovered<A>) {
+        self.stats.recoveries += 1;
+        self.recovering = true;
+        let Recovered { meta, records } = rec;
+        // What is on disk is durable already: nothing to write back unless it changes.
+        self.persisted_meta = meta.clone();
+        let view = meta.view.filter(View::is_well_formed);
+        self.pos = view.as_ref().and_then(|v| v.position(&self.me));
+        self.max_epoch_seen = view.as_ref().map_or(0, |v| v.epoch);
+        self.synced = meta.synced && self.pos.is_some();
+        self.view = view;
+        let epoch = self.epoch();
+        if self.cfg.view_agreement {
+            self.ag.promised = meta.promised;
+            self.ag.accepted = meta.accepted.filter(|p| {
+                p.view.epoch == epoch.saturating_add(1)
+                    && p.view.is_well_formed()
+                    && meta.promised.is_some_and(|b| b >= p.ballot)
+            });
+        }
+        for st in records {
+            if self.records.len() >= self.cfg.max_keys {
+                self.stats.ignored += 1;
+                break;
+            }
+            match Record::from_state(st, &self.cfg) {
+                Some((k, r)) if !self.records.contains_key(&k) => {
+                    if r.is_dirty() {
+                        self.dirty.insert(k.clone());
+                    }
+                    self.records.insert(k, r);
+                }
+                _ => self.stats.ignored += 1,
+            }
+        }
+        if !self.synced && !self.records.is_empty() {
+            // A state transfer that had not finished: its pages are worthless.
+            self.records.clear();
+            self.dirty.clear();
+            self.cleared = true;
         }
     }
 
     /// Processes one input at virtual time `now` (ms) and returns what to do.
     pub fn handle(&mut self, now: u64, event: Event<A>) -> Vec<Action<A>> {
         let mut out = Vec::new();
+        self.now = now;
+        if self.recovering {
+            self.recovering = false;
+            self.finish_restore(now, &mut out);
+        }
         match event {
             Event::View(v) => self.on_view(now, v, &mut out),
+            Event::Suggest { members, suspected } => {
+                self.on_suggest(now, members, suspected, &mut out)
+            }
             Event::Message { from, msg } => self.on_message(now, from, msg, &mut out),
             Event::Request { from, id, req } => self.on_request(now, from, id, req, &mut out),
             Event::Timer => self.on_timer(now, &mut out),
         }
         self.arm_timer(now, &mut out);
-        out
+        self.flush_durable(out)
+    }
+
+    /// The rest of a restart from disk, at the first event.
+    fn finish_restore(&mut self, now: u64, out: &mut Vec<Action<A>>) {
+        // Leases this replica granted before it crashed may still run: accept no next view
+        // for a whole lease from now.
+        self.ag.no_accept_before = now.saturating_add(self.cfg.lease_ms);
+        self.ag.accepted_at = now;
+        if self.pos.is_none() {
+            return;
+        }
+        if self.synced {
+            self.enter_epoch_ready(now, out);
+        } else {
+            self.start_sync(now, out);
+        }
+    }
+
+    // ----- durability -----
+
+    fn touch(&mut self, key: &[u8]) {
+        if self.cfg.durable && !self.touched.contains(key) {
+            self.touched.insert(key.to_vec());
+        }
+    }
+
+    fn clear_records(&mut self) {
+        self.records.clear();
+        self.dirty.clear();
+        self.touched.clear();
+        self.cleared = true;
+    }
+
+    fn meta_is(&self, m: &DurableMeta<A>) -> bool {
+        m.view == self.view
+            && m.synced == self.synced
+            && m.promised == self.ag.promised
+            && m.accepted == self.ag.accepted
+    }
+
+    fn meta(&self) -> DurableMeta<A> {
+        DurableMeta {
+            view: self.view.clone(),
+            synced: self.synced,
+            promised: self.ag.promised,
+            accepted: self.ag.accepted.clone(),
+        }
+    }
+
+    /// Puts the writes this batch needs in front of its other actions (see
+    /// [`crate::durable`]). Order: metadata that says "not synced" before the records are
+    /// dropped; records before metadata that says "synced".
+    fn flush_durable(&mut self, out: Vec<Action<A>>) -> Vec<Action<A>> {
+        if !self.cfg.durable {
+            self.touched.clear();
+            self.cleared = false;
+            return out;
+        }
+        let mut writes = Vec::new();
+        let meta_changed = !self.meta_is(&self.persisted_meta);
+        if meta_changed {
+            self.persisted_meta = self.meta();
+        }
+        let meta = || Action::Persist(Durable::Meta(self.persisted_meta.clone()));
+        if meta_changed && !self.synced {
+            writes.push(meta());
+        }
+        if self.cleared {
+            writes.push(Action::Persist(Durable::ClearRecords));
+        }
+        for k in &self.touched {
+            writes.push(Action::Persist(Durable::Record {
+                key: k.clone(),
+                state: self.records.get(k).map(|r| r.state(k)),
+            }));
+        }
+        if meta_changed && self.synced {
+            writes.push(meta());
+        }
+        self.touched.clear();
+        self.cleared = false;
+        self.stats.persists += writes.len() as u64;
+        if self.cfg.unsafe_persist_late {
+            // The bug: a write-behind buffer flushed every LATE_FLUSH_MS, while the messages
+            // and replies that depend on it go out at once.
+            self.late.append(&mut writes);
+            if self.now >= self.late_flush_at {
+                self.late_flush_at = self.now.saturating_add(LATE_FLUSH_MS);
+                writes = std::mem::take(&mut self.late);
+            }
+        }
+        if writes.is_empty() {
+            return out;
+        }
+        writes.extend(out);
+        writes
     }
 
     // ----- accessors -----
@@ -506,6 +746,34 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
     /// In the current view and holding the chain's state: serves requests.
     pub fn is_ready(&self) -> bool {
         self.synced && self.pos.is_some()
+    }
+
+    /// Under view agreement: whether the replica holds a read lease at `now` (a majority of
+    /// its view granted one recently, so no next view can have been installed). Always true
+    /// with an oracle.
+    pub fn has_lease(&self, now: u64) -> bool {
+        self.lease_valid(now)
+    }
+
+    /// Under view agreement: the highest ballot promised and the proposal accepted for the
+    /// next view.
+    pub fn acceptor_state(&self) -> (Option<crate::Ballot>, Option<&crate::Proposal<A>>) {
+        (self.ag.promised, self.ag.accepted.as_ref())
+    }
+
+    /// Under view agreement: the chain this replica would propose (its last suggestion
+    /// without the suspected members), and the proposal it is asking the others to accept.
+    pub fn proposer_state(&self) -> (Option<&[A]>, Option<&crate::Proposal<A>>) {
+        (self.ag.suggestion(), self.ag.proposing())
+    }
+
+    /// What a restart from disk would get if every `Persist` action emitted so far was
+    /// performed (with [`Config::durable`]; for tests and checks).
+    pub fn durable_image(&self) -> Recovered<A> {
+        Recovered {
+            meta: self.persisted_meta.clone(),
+            records: self.records.iter().map(|(k, r)| r.state(k)).collect(),
+        }
     }
 
     /// The replica's role in its view.
@@ -604,6 +872,10 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
                 return Err(format!("tail holds dirty key {k:?}"));
             }
         }
+        if self.records.len() > self.cfg.max_keys {
+            return Err("too many keys".into());
+        }
+        self.ag.check(self.epoch(), self.view.as_ref())?;
         Ok(())
     }
 
@@ -645,15 +917,30 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             self.stats.epoch_mismatch += 1;
             return;
         }
-        let dup = view
-            .members
-            .iter()
-            .enumerate()
-            .any(|(i, m)| view.members[..i].contains(m));
-        if view.members.len() > MAX_MEMBERS || dup {
+        if view.members.len() > crate::MAX_MEMBERS
+            || (!view.members.is_empty() && !view.is_well_formed())
+        {
             self.stats.ignored += 1;
             return;
         }
+        if self.cfg.view_agreement {
+            // Only the founding view comes from outside; later ones are agreed.
+            if !self.founding || self.view.is_some() || view.members.is_empty() {
+                self.stats.ignored += 1;
+                return;
+            }
+            self.founding = false;
+            self.ag_install(now, view, true, out);
+            return;
+        }
+        self.founding = false;
+        out.push(Action::ViewInstalled(view.clone()));
+        self.install_view(now, view, out);
+    }
+
+    /// Installs `view` (newer than the current one, well formed): the work of chain
+    /// replication's reconfiguration, the same under an oracle and under agreement.
+    fn install_view(&mut self, now: u64, view: View<A>, out: &mut Vec<Action<A>>) {
         self.max_epoch_seen = self.max_epoch_seen.max(view.epoch);
         self.pos = view.position(&self.me);
         self.view = Some(view);
@@ -664,8 +951,7 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             for p in self.pending.drain(..) {
                 Self::reply(out, p.to, p.id, Reply::Unavailable(Unavailable::NotMember));
             }
-            self.records.clear();
-            self.dirty.clear();
+            self.clear_records();
             self.sync = None;
             self.synced = false;
             return;
@@ -705,8 +991,8 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
     }
 
     fn start_sync(&mut self, now: u64, out: &mut Vec<Action<A>>) {
-        self.records.clear();
-        self.dirty.clear();
+        self.synced = false;
+        self.clear_records();
         for p in self.pending.drain(..) {
             Self::reply(out, p.to, p.id, Reply::Unavailable(Unavailable::CatchingUp));
         }
@@ -736,12 +1022,17 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
     /// Marks every version of `key` up to `upto` committed, answers the requests waiting for
     /// that, and drops the versions older than the new clean one.
     fn commit_to(&mut self, key: &[u8], upto: u64, out: &mut Vec<Action<A>>) {
-        let Some(rec) = self.records.get_mut(key) else {
+        let Some(rec) = self.records.get(key) else {
             return;
         };
         if upto <= rec.clean || upto > rec.newest() {
             return;
         }
+        self.touch(key);
+        let lease = self.lease_valid(self.now);
+        let Some(rec) = self.records.get_mut(key) else {
+            return;
+        };
         self.stats.commits += upto - rec.clean;
         rec.clean = upto;
         let fully_clean = !rec.is_dirty();
@@ -761,6 +1052,10 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
                     },
                     None => Reply::Unavailable(Unavailable::Retry),
                 }),
+                Wait::Read { .. } if fully_clean && !lease => {
+                    self.stats.no_quorum += 1;
+                    Some(Reply::Unavailable(Unavailable::NoQuorum))
+                }
                 Wait::Read { .. } if fully_clean => Some(match rec.value(rec.clean) {
                     Some(v) => Reply::Value {
                         version: rec.clean,
@@ -843,12 +1138,16 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
         }
         self.resend_due(now, out);
         self.requery_reads(now, out);
+        if self.cfg.view_agreement {
+            self.ag_on_timer(now, out);
+        }
     }
 
     fn arm_timer(&mut self, now: u64, out: &mut Vec<Action<A>>) {
         let work = !self.pending.is_empty()
             || self.sync.is_some()
-            || (self.synced && !self.dirty.is_empty() && self.succ().is_some());
+            || (self.synced && !self.dirty.is_empty() && self.succ().is_some())
+            || (self.cfg.view_agreement && (self.view.is_some() || self.ag.has_suggestion()));
         if work && self.timer_at.is_none_or(|t| t < now) {
             let at = now.saturating_add(self.cfg.tick_ms);
             self.timer_at = Some(at);
@@ -916,6 +1215,11 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             }
             if i_am_tail {
                 let p = self.pending.swap_remove(i);
+                if !self.lease_valid(now) {
+                    self.stats.no_quorum += 1;
+                    Self::reply(out, p.to, p.id, Reply::Unavailable(Unavailable::NoQuorum));
+                    continue;
+                }
                 let reply = match self.records.get(&p.key) {
                     None => Reply::Value {
                         version: 0,
@@ -947,7 +1251,15 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
 
     // ----- messages between replicas -----
 
-    fn on_message(&mut self, now: u64, from: A, msg: Msg, out: &mut Vec<Action<A>>) {
+    fn on_message(&mut self, now: u64, from: A, msg: Msg<A>, out: &mut Vec<Action<A>>) {
+        if self.cfg.view_agreement {
+            self.ag_on_message(now, from, msg, out);
+            return;
+        }
+        if !msg.is_data() {
+            self.stats.ignored += 1;
+            return;
+        }
         let Some(view) = &self.view else {
             self.stats.ignored += 1;
             return;
@@ -965,6 +1277,12 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             self.stats.ignored += 1;
             return;
         }
+        self.on_data_message(now, from, msg, out);
+    }
+
+    /// A message of the data path or the state transfer, of this replica's epoch, from a
+    /// member of its view.
+    fn on_data_message(&mut self, now: u64, from: A, msg: Msg<A>, out: &mut Vec<Action<A>>) {
         match msg {
             Msg::Write { key, entries, .. } => self.on_write(now, from, key, entries, out),
             Msg::Ack { key, version, .. } => self.on_ack(now, from, key, version, out),
@@ -980,6 +1298,7 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
                 ..
             } => self.on_page(now, from, after, records, done, out),
             Msg::PullRefused { .. } => self.on_pull_refused(now, from, out),
+            _ => self.stats.ignored += 1,
         }
     }
 
@@ -1039,6 +1358,9 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
         let newest = rec.newest();
         if rec.is_empty() {
             self.records.remove(&key);
+        }
+        if !appended.is_empty() {
+            self.touch(&key);
         }
         if appended.is_empty() {
             if committed_dup {
@@ -1155,6 +1477,11 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             return;
         };
         let p = self.pending.swap_remove(i);
+        if !self.lease_valid(self.now) {
+            self.stats.no_quorum += 1;
+            Self::reply(out, p.to, p.id, Reply::Unavailable(Unavailable::NoQuorum));
+            return;
+        }
         // The tail's committed version was current when it answered; a newer version that is
         // clean here by now was committed later, also within the read's interval.
         let answer = match self.records.get(&key) {
@@ -1270,6 +1597,7 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             if r.is_dirty() {
                 self.dirty.insert(k.clone());
             }
+            self.touch(&k);
             self.records.insert(k, r);
         }
         if done {
@@ -1342,6 +1670,12 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             Self::reply(out, from, id, Reply::Unavailable(Unavailable::NotMember));
             return;
         };
+        if self.ag.accepted.is_some() {
+            // This member accepted the next view and stopped serving the current one.
+            self.stats.no_quorum += 1;
+            Self::reply(out, from, id, Reply::Unavailable(Unavailable::NoQuorum));
+            return;
+        }
         let head = view.head().cloned();
         match req {
             Request::Read { key } => self.on_read(now, from, id, key, out),
@@ -1374,6 +1708,11 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
             }
             Some(_) => None,
         };
+        if local.is_some() && !self.lease_valid(now) {
+            self.stats.no_quorum += 1;
+            Self::reply(out, from, id, Reply::Unavailable(Unavailable::NoQuorum));
+            return;
+        }
         if let Some((version, value)) = local {
             // Clean here: every version committed anywhere passed through this replica, so
             // this is the committed newest.
@@ -1467,6 +1806,12 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
         }
         let newest = rec.map_or(0, Record::newest);
         let clean = rec.map_or(0, |r| r.clean);
+        if expected != newest && newest == clean && !self.lease_valid(now) {
+            // Answering with the committed newest is a read: it needs the lease.
+            self.stats.no_quorum += 1;
+            Self::reply(out, from, id, Reply::Unavailable(Unavailable::NoQuorum));
+            return;
+        }
         if expected != newest {
             self.stats.conflicts += 1;
             if newest == clean {
@@ -1532,6 +1877,7 @@ impl<A: Clone + Eq + Debug, V: Validate> Replica<A, V> {
         if !was_dirty {
             rec.resend_at = now.saturating_add(self.cfg.resend_ms);
         }
+        self.touch(&key);
         self.stats.writes_applied += 1;
         if single {
             self.commit_to(&key, version, out);

@@ -13,7 +13,7 @@ const CLIENT: u32 = 100;
 /// be cut, a virtual clock.
 struct Net<V: Validate = chain::AcceptAll> {
     reps: BTreeMap<u32, Replica<u32, V>>,
-    queue: VecDeque<(u32, u32, Msg)>,
+    queue: VecDeque<(u32, u32, Msg<u32>)>,
     replies: Vec<(ReqId, Reply<u32>)>,
     blocked: BTreeSet<(u32, u32)>,
     now: u64,
@@ -58,7 +58,10 @@ impl<V: Validate> Net<V> {
                     assert_eq!(to, CLIENT);
                     self.replies.push((id, reply));
                 }
-                Action::SetTimer { .. } | Action::NewerEpoch { .. } => {}
+                Action::SetTimer { .. }
+                | Action::NewerEpoch { .. }
+                | Action::Persist(_)
+                | Action::ViewInstalled(_) => {}
             }
         }
         if let Some(r) = self.reps.get(&from) {
@@ -108,7 +111,7 @@ impl<V: Validate> Net<V> {
     }
 
     /// Delivers the first queued message matching `pick`, out of order.
-    fn deliver_first(&mut self, pick: impl Fn(&Msg) -> bool) {
+    fn deliver_first(&mut self, pick: impl Fn(&Msg<u32>) -> bool) {
         let i = self.queue.iter().position(|(_, _, m)| pick(m));
         let m = self
             .queue
