@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync
+.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync bench-chain
 
 all: build
 
@@ -28,7 +28,7 @@ demo:
 	bash scripts/demo.sh
 
 ## Benchmarks (not tests): each prints its table.
-bench: bench-chord bench-node bench-entangle bench-client bench-sync
+bench: bench-chord bench-node bench-entangle bench-client bench-sync bench-chain
 
 bench-chord:
 	bash scripts/bench-chord.sh
@@ -44,6 +44,11 @@ bench-client:
 
 bench-sync:
 	bash scripts/bench-sync.sh
+
+## Reads of one record from any chain member (CRAQ) against the tail only, 5-node ring.
+bench-chain:
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release -p peerstore-testkit --test e2e_chain -- --ignored --nocapture bench
 
 ## Long property-based fuzzing of every decoder of network and disk input (frames of the four
 ## protocols, entangled and root records, manifests, snapshots, key files), 200000 cases per

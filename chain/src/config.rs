@@ -2,8 +2,9 @@
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
-/// Largest value accepted, in bytes (a signed root record is a few hundred bytes).
-pub const MAX_VALUE_SIZE: usize = 16 * 1024;
+/// Largest value accepted, in bytes (a signed root record is a few hundred bytes; its payload
+/// may reach 64 KiB).
+pub const MAX_VALUE_SIZE: usize = 80 * 1024;
 /// Most members a view may have.
 pub const MAX_MEMBERS: usize = 64;
 /// Longest reason of a [`crate::Rejected::Invalid`] answer, in bytes.

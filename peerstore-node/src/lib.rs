@@ -22,6 +22,7 @@
 //! ```
 
 pub mod admission;
+pub mod chains;
 pub mod config;
 pub mod disk;
 pub mod driver;
@@ -188,8 +189,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             .with_policy_file(entangled::policy::file(&config.data_dir))
             .map_err(|e| anyhow::anyhow!("replica management: {e}"))?,
     );
+    let chains = chains::Chains::start(
+        ring.clone(),
+        blocks.store.clone(),
+        replication::hostile::dirty_reads(),
+    )
+    .map_err(|e| anyhow::anyhow!("record chains: {}", e.message))?;
     let service = Arc::new(Service {
         ring: ring.clone(),
+        chains,
         replication: blocks.clone(),
         entangled: entangled.clone(),
         quotas,

@@ -347,7 +347,9 @@ pub fn client_bytes_in(r: &ClientRequest) -> u64 {
         ClientRequest::Put { data, .. } | ClientRequest::PutDocument { data, .. } => {
             data.len() as u64
         }
-        ClientRequest::PutRecord { record, .. } => record.len() as u64,
+        ClientRequest::PutRecord { record, .. } | ClientRequest::RecordCas { record, .. } => {
+            record.len() as u64
+        }
         _ => 0,
     }
 }

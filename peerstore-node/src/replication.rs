@@ -515,25 +515,7 @@ pub fn newest_record(answers: Vec<(u64, Vec<u8>)>) -> Option<(u64, Vec<u8>)> {
         .map(|(r, _)| (top, r))
 }
 
-pub fn check_record(key: &BlockKey, record: &[u8], current: Option<&[u8]>) -> Result<u64, String> {
-    let new = crypto::RootRecord::decode(record).map_err(|e| format!("bad record: {e}"))?;
-    if current == Some(record) {
-        // Storing the record a replica already has (a retry, or anti-entropy) is not a replay.
-        return Ok(new.seq);
-    }
-    if crypto::root_key(&new.user) != key.0 {
-        return Err("record stored under a key that is not its user's root key".into());
-    }
-    let current = match current {
-        Some(bytes) => Some(
-            crypto::RootRecord::decode(bytes)
-                .map_err(|e| format!("stored record unreadable: {e}"))?,
-        ),
-        None => None,
-    };
-    crypto::accept_root_update(current.as_ref(), &new).map_err(|e| e.to_string())?;
-    Ok(new.seq)
-}
+pub use crate::chains::check_record;
 
 #[cfg(test)]
 mod tests {

@@ -54,11 +54,16 @@ async fn requester_gone(open: impl Fn() -> bool) {
     }
 }
 
+/// How long `GetRecord` waits for the record's chain before it reads the members' copies.
+const GET_RECORD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The answer to a long request whose requester went away (never sent; for the log).
 const CANCELLED: &str = "cancelled: the requester went away";
 
 pub struct Service {
     pub ring: Arc<Ring>,
+    /// Linearizable mutable records (chain replication per record).
+    pub chains: Arc<crate::chains::Chains>,
     pub replication: Arc<Replication>,
     /// The entangled storage layer (documents, repair, scrub).
     pub entangled: Arc<Entangled>,
@@ -125,7 +130,9 @@ impl Service {
                     Incoming::Message(r) => {
                         let kind = r.kind();
                         let bytes_in = crate::metrics::member_bytes_in(&r);
-                        let response = if r.is_long_running() {
+                        let response = if let MemberRequest::Chain { items } = r {
+                            self.chains.items(peer, items).await
+                        } else if r.is_long_running() {
                             if crate::replication::hostile::stall() {
                                 // Test mode: hold the request until the requester gives up.
                                 requester_gone(|| channel.is_open()).await;
@@ -212,14 +219,33 @@ impl Service {
                 }
                 None => Err(RingError::internal("node is shutting down")),
             },
-            ClientRequest::PutRecord { key, record } => repl
-                .put_record(key, record)
-                .await
-                .map(|replicas| ClientResponse::Stored { replicas }),
-            ClientRequest::GetRecord { key } => repl.get_record(key).await.map(|r| match r {
-                Some(record) => ClientResponse::Record { record },
-                None => ClientResponse::NotFound,
-            }),
+            ClientRequest::PutRecord { key, record } => self.put_record(key, record).await,
+            ClientRequest::GetRecord { key } => self.get_record(key).await,
+            ClientRequest::RecordRead { key, from } => {
+                self.chains
+                    .read(key, from)
+                    .await
+                    .map(|(version, record, chain)| ClientResponse::RecordValue {
+                        version,
+                        record,
+                        chain,
+                    })
+            }
+            ClientRequest::RecordCas {
+                key,
+                expected,
+                record,
+                id,
+            } => {
+                if record.len() > chain::MAX_VALUE_SIZE {
+                    Err(RingError::bad_request("record too large"))
+                } else {
+                    self.chains
+                        .cas(key, expected, record, id)
+                        .await
+                        .map(ClientResponse::RecordCas)
+                }
+            }
             ClientRequest::PutDocument {
                 data,
                 auth,
@@ -284,6 +310,16 @@ impl Service {
                 host: self.ring.place.host.clone(),
                 zone: self.ring.place.zone.clone(),
             }),
+            MemberRequest::ChainRequest {
+                key,
+                id,
+                request,
+                found,
+            } => Ok(self.chains.serve(key, id, request, found).await),
+            MemberRequest::ChainLocal { key } => Ok(self.chains.local(key).await),
+            MemberRequest::Chain { .. } => Err(RingError::bad_request(
+                "chain traffic comes from another member",
+            )),
             other => self.replication.serve_member(other).await,
         };
         r.unwrap_or_else(|e| e.to_response())
@@ -295,6 +331,56 @@ impl Service {
             .serve_admin(request)
             .await
             .unwrap_or_else(|e| e.to_response())
+    }
+
+    /// `PutRecord`: a signed record newer than the ring's, written through the record's
+    /// chain. A record kept from before chains (the replicated record table) still bounds
+    /// the sequence number from below.
+    async fn put_record(
+        &self,
+        key: peerstore_proto::BlockKey,
+        record: Vec<u8>,
+    ) -> Result<ClientResponse, RingError> {
+        if record.len() > chain::MAX_VALUE_SIZE {
+            return Err(RingError::bad_request("record too large"));
+        }
+        if let Ok(Some(old)) = self.replication.get_record(key).await {
+            crate::chains::check_record(&key, &record, Some(&old))
+                .map_err(|e| RingError::new(ErrorCode::Rejected, e))?;
+        }
+        let replicas = self.chains.put_newer(key, record).await?;
+        Ok(ClientResponse::Stored { replicas })
+    }
+
+    /// `GetRecord`: the record's committed version from its chain (or, for a record from
+    /// before chains, the newest the replicated record table holds).
+    async fn get_record(
+        &self,
+        key: peerstore_proto::BlockKey,
+    ) -> Result<ClientResponse, RingError> {
+        let read = self
+            .chains
+            .read_within(key, peerstore_proto::ReadFrom::Any, GET_RECORD_PATIENCE)
+            .await;
+        let (version, record) = match read {
+            Ok((version, record, _)) => (version, record),
+            Err(e) => {
+                // The chain cannot answer (it lost the majority of its members): the newest
+                // copy any member holds, which the client verifies like any record.
+                tracing::warn!(%key, error = %e.message, "record chain unavailable; reading the members' copies");
+                match self.chains.newest_copy(key).await? {
+                    Some((version, record)) => (version, Some(record)),
+                    None => return Err(e),
+                }
+            }
+        };
+        match record {
+            Some(record) if version > 0 => Ok(ClientResponse::Record { record }),
+            _ => Ok(match self.replication.get_record(key).await? {
+                Some(record) => ClientResponse::Record { record },
+                None => ClientResponse::NotFound,
+            }),
+        }
     }
 
     async fn lookup(&self, key: peerstore_proto::BlockKey) -> Result<ClientResponse, RingError> {
@@ -351,6 +437,20 @@ impl Service {
         report.activity = self.replication.activity.snapshot();
         report.placement = self.placement().await;
         report.disk_bytes = self.disk.bytes().await;
+        report.record_chains = self
+            .chains
+            .report()
+            .await
+            .into_iter()
+            .take(peerstore_proto::MAX_STATUS_CHAINS)
+            .map(|c| peerstore_proto::ChainStatus {
+                key: c.key,
+                epoch: c.epoch,
+                members: c.members.iter().map(ToString::to_string).collect(),
+                role: crate::chains::role_name(c.role).into(),
+                version: c.version,
+            })
+            .collect();
         report.users = users
             .into_iter()
             .map(|u| peerstore_proto::UserUsage {
@@ -432,5 +532,6 @@ fn status_report(view: &RingView, replication: usize, stats: &Figures) -> Status
         activity: peerstore_proto::MaintenanceActivity::default(),
         placement: peerstore_proto::PlacementReport::default(),
         disk_bytes: 0,
+        record_chains: Vec::new(),
     }
 }

@@ -88,6 +88,25 @@ pub enum ClientRequest {
         #[serde(with = "serde_bytes")]
         statement: Vec<u8>,
     },
+    /// Read a mutable record linearizably from its chain ([`crate::record`]):
+    /// [`ClientResponse::RecordValue`] (version 0 and no record: absent).
+    RecordRead {
+        key: BlockKey,
+        from: crate::ReadFrom,
+    },
+    /// Compare-and-set of a signed mutable record: stored as version `expected + 1` if the
+    /// record's version is `expected` (0: create it), else the current version and record
+    /// ([`ClientResponse::RecordCas`]). `id` names the request across retries (pick `client`
+    /// at random once, raise `seq` per request): a retry of a write that took effect is
+    /// answered with the version it created. The record must be signed by the key's user and
+    /// its sequence number must grow.
+    RecordCas {
+        key: BlockKey,
+        expected: u64,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+        id: chain::ReqId,
+    },
 }
 
 /// One document of [`ClientRequest::ListDocuments`].
@@ -136,6 +155,8 @@ impl ClientRequest {
             ClientRequest::GetDocument { .. } => "get-document",
             ClientRequest::ListDocuments { .. } => "list-documents",
             ClientRequest::DeleteDocuments { .. } => "delete-documents",
+            ClientRequest::RecordRead { .. } => "record-read",
+            ClientRequest::RecordCas { .. } => "record-cas",
         }
     }
 }
@@ -199,6 +220,25 @@ pub struct StatusReport {
     /// What its data directory occupies on disk (allocated bytes of every file but logs):
     /// blocks, single copies, records and indexes, of every user.
     pub disk_bytes: u64,
+    /// The record chains this node takes part in (at most [`MAX_STATUS_CHAINS`]).
+    pub record_chains: Vec<ChainStatus>,
+}
+
+/// Most record chains a [`StatusReport`] lists.
+pub const MAX_STATUS_CHAINS: usize = 64;
+
+/// One mutable record's chain as a member sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    pub key: BlockKey,
+    /// The installed view's epoch.
+    pub epoch: u64,
+    /// The view's members (peer ids), head first.
+    pub members: Vec<String>,
+    /// This node's role: head, middle, tail, head-and-tail, catching-up or outside.
+    pub role: String,
+    /// The newest version this member knows is committed.
+    pub version: u64,
 }
 
 /// Where a node runs (`--host`, `--zone`) and how many machines the replica set of the keys it
@@ -265,6 +305,17 @@ pub enum ClientResponse {
     },
     Documents(DocumentPage),
     Deleted(DeleteReport),
+    /// Answer to [`ClientRequest::RecordRead`]: the committed version (0: absent) and the
+    /// member that answered.
+    RecordValue {
+        version: u64,
+        #[serde(with = "serde_bytes")]
+        record: Option<Vec<u8>>,
+        /// The chain's members as the answering replica knows them, head first.
+        chain: Vec<crate::ChainAddr>,
+    },
+    /// Answer to [`ClientRequest::RecordCas`].
+    RecordCas(crate::CasOutcome),
     Error {
         code: ErrorCode,
         message: String,

@@ -31,6 +31,7 @@ pub mod local;
 pub mod member;
 pub mod mux;
 pub mod net;
+pub mod record;
 pub mod rpc;
 
 use libp2p::StreamProtocol;
@@ -45,9 +46,9 @@ pub use admission::{
 };
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
 pub use client::{
-    ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage, EntangleSession,
-    ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, StatusReport, UserUsage,
-    MAX_SESSION_KEEP, MAX_WRITE_AUTH,
+    ChainStatus, ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage,
+    EntangleSession, ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, StatusReport,
+    UserUsage, MAX_SESSION_KEEP, MAX_STATUS_CHAINS, MAX_WRITE_AUTH,
 };
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,
@@ -57,6 +58,7 @@ pub use member::{
     DeleteOutcome, DeletePhase, EntRequest, EntResponse, MemberRequest, MemberResponse, RefsEntry,
     MAX_REFERRERS,
 };
+pub use record::{CasOutcome, ChainAddr, ChainAnswer, ChainItem, ReadFrom, MAX_CHAIN_ITEMS};
 pub use rpc::{RpcClient, RpcError};
 
 /// Protocol name of the Chord maintenance protocol (members only).

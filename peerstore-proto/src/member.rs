@@ -88,6 +88,24 @@ pub enum MemberRequest {
     /// Where this node runs: its `--host` and `--zone` ([`MemberResponse::Placement`]), for
     /// spreading replica sets over machines.
     Placement,
+    /// Chain-replication traffic of mutable records ([`crate::record`]), at most
+    /// [`crate::MAX_CHAIN_ITEMS`] items; answered [`MemberResponse::Ok`] at once (the chain
+    /// repairs losses by re-sending).
+    Chain { items: Vec<crate::ChainItem> },
+    /// A client's read or compare-and-set of a record, forwarded by the node the client asked
+    /// to a member of the record's chain ([`MemberResponse::Chain`]). `found`: the founding
+    /// view, when the forwarding node found no member that holds the record and the request
+    /// creates it (`expected` 0).
+    ChainRequest {
+        key: BlockKey,
+        id: chain::ReqId,
+        request: chain::Request,
+        found: Option<chain::View<crate::ChainAddr>>,
+    },
+    /// The newest version of a record this member's replica holds, committed or not, without
+    /// the chain's read lease ([`MemberResponse::Chain`] with a `Value`, or `Unknown`): the
+    /// last resort of a reader when the chain has lost its majority.
+    ChainLocal { key: BlockKey },
 }
 
 impl MemberRequest {
@@ -121,6 +139,9 @@ impl MemberRequest {
             MemberRequest::Status => "status",
             MemberRequest::Entangled(e) => e.kind(),
             MemberRequest::Placement => "placement",
+            MemberRequest::Chain { .. } => "chain",
+            MemberRequest::ChainRequest { .. } => "chain-request",
+            MemberRequest::ChainLocal { .. } => "chain-local",
         }
     }
 }
@@ -359,6 +380,8 @@ pub enum MemberResponse {
         host: String,
         zone: String,
     },
+    /// Answer to [`MemberRequest::ChainRequest`].
+    Chain(crate::ChainAnswer),
 }
 
 impl ErrorResponse for MemberResponse {

@@ -221,6 +221,13 @@ fn status_report() -> StatusReport {
             warning: Some("all 3 copies on one host".into()),
         },
         disk_bytes: 3 << 30,
+        record_chains: vec![peerstore_proto::ChainStatus {
+            key: key(9),
+            epoch: 3,
+            members: vec!["12D3KooW".into()],
+            role: "tail".into(),
+            version: 12,
+        }],
     }
 }
 

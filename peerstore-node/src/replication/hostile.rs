@@ -14,6 +14,10 @@
 //! (`RepairLocal`, `AuditLocal`, `ScrubLocal`) and never answers them, so that a ring-wide
 //! request through another node hangs: the test of the long-request pool (its permits go back
 //! when the requester gives up).
+//!
+//! With `PEERSTORE_TEST_HOSTILE=dirty-reads` a node's record chains answer reads from versions
+//! that are not committed yet (`chain::Config::unsafe_read_dirty`): the broken chain that the
+//! linearizability test must catch.
 
 use std::sync::OnceLock;
 
@@ -29,6 +33,8 @@ pub enum Hostile {
     Liar,
     /// Never answers long-running member requests.
     Stall,
+    /// Serves record reads from uncommitted versions.
+    DirtyReads,
 }
 
 /// Parses the variable's value: unset or empty is honest, `liar` is [`Hostile::Liar`].
@@ -37,8 +43,9 @@ pub fn parse(value: Option<&str>) -> Result<Option<Hostile>, String> {
         None | Some("") => Ok(None),
         Some("liar") => Ok(Some(Hostile::Liar)),
         Some("stall") => Ok(Some(Hostile::Stall)),
+        Some("dirty-reads") => Ok(Some(Hostile::DirtyReads)),
         Some(other) => Err(format!(
-            "{VAR}={other:?} is not a hostile mode (they are \"liar\" and \"stall\")"
+            "{VAR}={other:?} is not a hostile mode (they are \"liar\", \"stall\" and \"dirty-reads\")"
         )),
     }
 }
@@ -56,6 +63,9 @@ pub fn mode() -> Option<Hostile> {
                          answers proofs of possession with random bytes"
                     }
                     Hostile::Stall => "it never answers long-running member requests",
+                    Hostile::DirtyReads => {
+                        "its record chains answer reads from uncommitted versions"
+                    }
                 };
                 let msg = format!(
                     "{VAR}={m:?}: THIS NODE IS HOSTILE (a test mode): {what}. Never run it on \
@@ -84,6 +94,11 @@ pub fn stall() -> bool {
     mode() == Some(Hostile::Stall)
 }
 
+/// Whether this node's record chains read dirty versions ([`Hostile::DirtyReads`]).
+pub fn dirty_reads() -> bool {
+    mode() == Some(Hostile::DirtyReads)
+}
+
 /// What a liar answers to `n` challenges: random bytes.
 pub fn random_proofs(n: usize) -> Vec<Option<[u8; 32]>> {
     (0..n).map(|_| Some(rand::random())).collect()
@@ -94,12 +109,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_liar_and_stall_are_modes() {
+    fn only_liar_stall_and_dirty_reads_are_modes() {
         assert_eq!(parse(None), Ok(None));
         assert_eq!(parse(Some("")), Ok(None));
         assert_eq!(parse(Some("liar")), Ok(Some(Hostile::Liar)));
         assert_eq!(parse(Some(" liar\n")), Ok(Some(Hostile::Liar)));
         assert_eq!(parse(Some("stall")), Ok(Some(Hostile::Stall)));
+        assert_eq!(parse(Some("dirty-reads")), Ok(Some(Hostile::DirtyReads)));
         assert!(parse(Some("yes")).is_err());
         assert!(parse(Some("LIAR")).is_err());
         let p = random_proofs(3);
