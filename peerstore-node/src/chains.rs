@@ -22,12 +22,18 @@
 //!   (CRAQ's apportioned reads) or to the tail. A record nobody holds is created by its head
 //!   with the founding view (the first compare-and-set, expected version 0).
 //!
+//! - **Re-founding.** A chain whose majority is gone (its other members do not answer) for
+//!   longer than the node's `chain_refound_after_s` is re-founded by a synced survivor alone:
+//!   it installs a one-member view far above the old epoch with everything it holds
+//!   committed, and the next suggestion brings the key's current replica set in
+//!   (`Task::refound`; docs/CHAIN.md, "Re-founding a chain that lost its majority").
+//!
 //! The head checks each new value ([`RecordRules`]): a root record signed by the key's user,
 //! with a growing sequence number. Members trust each other's chain messages (an admitted
 //! member could withhold or replay within a chain; clients verify signatures and keep a
 //! watermark of the newest sequence number they saw).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,6 +61,13 @@ pub const MAX_CHAINS: usize = 65_536;
 const TICK: Duration = Duration::from_millis(10);
 /// How often each replica is handed its key's replica set.
 const SUGGEST_EVERY: Duration = Duration::from_millis(500);
+/// How far above the old epoch a re-founded chain's one-member view is put: well above any
+/// view the lost members could have agreed on among themselves meanwhile.
+pub const REFOUND_EPOCHS: u64 = 1_000_000;
+/// Stalled chains probed per suggestion round, at most.
+const MAX_STALL_PROBES: usize = 64;
+/// How long a probe of a stalled chain's member may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A batch to a member that has not been taken within this long is dropped (re-sent later).
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 /// A replica outside its chain's view for this long is dropped with its disk image.
@@ -143,6 +156,11 @@ enum Cmd {
     Suggest { key: BlockKey, members: Vec<PeerId> },
     /// The keys this node holds a replica of.
     Keys(oneshot::Sender<Vec<BlockKey>>),
+    /// The installed views of the synced replicas whose view differs from the key's replica
+    /// set (a change is due; it stalls if the view's majority is gone).
+    Pending(oneshot::Sender<Vec<(BlockKey, View<PeerId>)>>),
+    /// Re-found the chain of `key` alone if it is still in view `epoch`.
+    Refound { key: BlockKey, epoch: u64 },
     /// What each replica is (for status and tests).
     Report(oneshot::Sender<Vec<ChainReport>>),
     /// The newest version of a key held here, committed or not.
@@ -166,6 +184,8 @@ pub struct Chains {
     tx: mpsc::Sender<Cmd>,
     /// Addresses of the members this node has heard of (from replica sets).
     book: Arc<Mutex<HashMap<PeerId, NodeAddr>>>,
+    /// How long a chain may lack a majority before this node re-founds it (none: never).
+    refound_after: Option<Duration>,
 }
 
 impl Chains {
@@ -173,11 +193,13 @@ impl Chains {
     /// the suggestion task (both end when the last handle is dropped).
     ///
     /// `unsafe_read_dirty`: the broken variant for tests (reads served from uncommitted
-    /// versions; `PEERSTORE_TEST_HOSTILE=dirty-reads`).
+    /// versions; `PEERSTORE_TEST_HOSTILE=dirty-reads`). `refound_after`: see
+    /// [`Task::refound`] (none: never).
     pub fn start(
         ring: Arc<Ring>,
         store: Arc<BlockStore>,
         unsafe_read_dirty: bool,
+        refound_after: Option<Duration>,
     ) -> Result<Arc<Chains>, RingError> {
         let me = ring.me().peer;
         let mut cfg = config();
@@ -216,6 +238,7 @@ impl Chains {
             ring: ring.clone(),
             tx: tx.clone(),
             book,
+            refound_after,
         });
         tokio::spawn(task.run(rx));
         tokio::spawn(suggest_loop(Arc::downgrade(&chains)));
@@ -332,6 +355,63 @@ impl Chains {
     }
 
     /// The record's replica set as this node sees it, remembering the members' addresses.
+    /// Probes the members of every chain whose view change is due; a chain of which fewer
+    /// than a majority answer (this node included) for `after` is re-founded. `Err`: the
+    /// chain task is gone.
+    async fn check_stalls(
+        &self,
+        stalled: &mut HashMap<BlockKey, Instant>,
+        after: Duration,
+    ) -> Result<(), ()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Pending(tx)).await.map_err(|_| ())?;
+        let pending = rx.await.map_err(|_| ())?;
+        let keys: HashSet<BlockKey> = pending.iter().map(|(k, _)| *k).collect();
+        stalled.retain(|k, _| keys.contains(k));
+        for (key, view) in pending.into_iter().take(MAX_STALL_PROBES) {
+            let others: Vec<PeerId> = view
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != self.me)
+                .collect();
+            let probes = others.iter().map(|peer| {
+                let addr = self.addr_of(peer, &[]);
+                async move {
+                    let Some(addr) = addr else { return false };
+                    let req = MemberRequest::ChainLocal { key };
+                    matches!(
+                        tokio::time::timeout(PROBE_TIMEOUT, self.ring.call(&addr, req)).await,
+                        Ok(Ok(MemberResponse::Chain(_)))
+                    )
+                }
+            });
+            let answered = futures::future::join_all(probes)
+                .await
+                .into_iter()
+                .filter(|a| *a)
+                .count();
+            if 1 + answered > view.members.len() / 2 {
+                stalled.remove(&key);
+                continue;
+            }
+            let since = *stalled.entry(key).or_insert_with(Instant::now);
+            if since.elapsed() >= after {
+                warn!(%key, epoch = view.epoch, members = view.members.len(), answered,
+                    "a record's chain lost the majority of its members; re-founding it from this member");
+                stalled.remove(&key);
+                self.tx
+                    .send(Cmd::Refound {
+                        key,
+                        epoch: view.epoch,
+                    })
+                    .await
+                    .map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    }
+
     async fn members(&self, key: &BlockKey) -> Result<Vec<NodeAddr>, RingError> {
         let set = self.ring.replica_set(key).await?;
         let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
@@ -632,13 +712,21 @@ fn fresh_id() -> ReqId {
     }
 }
 
-/// Hands every replica its key's replica set, every [`SUGGEST_EVERY`].
+/// Hands every replica its key's replica set, every [`SUGGEST_EVERY`]; and re-founds the
+/// chains that stayed without a majority for too long.
 async fn suggest_loop(chains: std::sync::Weak<Chains>) {
+    // Since when each pending chain has been found without a majority.
+    let mut stalled: HashMap<BlockKey, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(SUGGEST_EVERY).await;
         let Some(chains) = chains.upgrade() else {
             return;
         };
+        if let Some(after) = chains.refound_after {
+            if chains.check_stalls(&mut stalled, after).await.is_err() {
+                return;
+            }
+        }
         let (tx, rx) = oneshot::channel();
         if chains.tx.send(Cmd::Keys(tx)).await.is_err() {
             return;
@@ -705,6 +793,61 @@ impl Task {
         }
         let slot = self.new_slot(Start::Recover(Box::new(image)), disk);
         self.slots.insert(key, slot);
+    }
+
+    /// Re-founds the chain of `key` from this replica alone, if it is still synced in view
+    /// `epoch`: its image gets the one-member view `epoch + REFOUND_EPOCHS`, an empty acceptor
+    /// state, and every version it holds committed (a version a member holds was sent by the
+    /// head in order; the lost members may have committed it, so it must not be dropped). The
+    /// image is stored, the replica restarts from it, and the next suggestion brings the key's
+    /// replica set in through the usual agreement (a majority of the one-member view: this
+    /// member).
+    ///
+    /// What this gives up: if the lost members were alive behind a partition rather than
+    /// gone, and come back, they may serve their old view's committed value until they learn
+    /// the higher epoch, and writes they took meanwhile are dropped. Hence the long default
+    /// delay; clients' watermarks refuse a rolled-back root.
+    async fn refound(&mut self, key: BlockKey, epoch: u64) {
+        let me = self.me;
+        let Some(slot) = self.slots.get(&key) else {
+            return;
+        };
+        let mut image = slot.disk.recovered();
+        let Some(view) = image.meta.view.clone() else {
+            return;
+        };
+        if view.epoch != epoch
+            || slot.replica.epoch() != epoch
+            || !image.meta.synced
+            || !view.members.contains(&me)
+        {
+            return;
+        }
+        image.meta.view = Some(View {
+            epoch: epoch.saturating_add(REFOUND_EPOCHS),
+            members: vec![me],
+        });
+        image.meta.promised = None;
+        image.meta.accepted = None;
+        for r in &mut image.records {
+            if let Some(last) = r.versions.pop() {
+                r.clean = last.version;
+                r.versions = vec![last];
+            }
+        }
+        let store = self.store.clone();
+        let saved = match postcard::to_allocvec(&image) {
+            Ok(bytes) => blocking(move || store.record_put(CHAIN_TABLE, &key.0, &bytes)).await,
+            Err(e) => Err(RingError::internal(format!("chain state: {e}"))),
+        };
+        if let Err(e) = saved {
+            warn!(%key, error = %e.message, "cannot store a re-founded chain's state; not re-founded");
+            return;
+        }
+        warn!(%key, old_epoch = epoch, epoch = epoch.saturating_add(REFOUND_EPOCHS),
+            "record chain re-founded from this member alone");
+        self.waiting.retain(|(k, _), _| *k != key);
+        self.recover(key, image);
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
@@ -806,6 +949,24 @@ impl Task {
             Cmd::Keys(tx) => {
                 let _ = tx.send(self.slots.keys().copied().collect());
             }
+            Cmd::Pending(tx) => {
+                let me = self.me;
+                let pending = self
+                    .slots
+                    .iter()
+                    .filter_map(|(key, s)| {
+                        let view = s.replica.view()?;
+                        let set: HashSet<&PeerId> = s.suggested.as_ref()?.iter().collect();
+                        let synced = s.disk.meta.as_ref().is_some_and(|m| m.synced);
+                        let differs = view.members.len() != set.len()
+                            || view.members.iter().any(|m| !set.contains(m));
+                        (synced && differs && view.members.contains(&me))
+                            .then(|| (*key, view.clone()))
+                    })
+                    .collect();
+                let _ = tx.send(pending);
+            }
+            Cmd::Refound { key, epoch } => self.refound(key, epoch).await,
             Cmd::Report(tx) => {
                 let mut out: Vec<ChainReport> = self
                     .slots

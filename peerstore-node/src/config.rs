@@ -75,6 +75,11 @@ pub struct NodeConfig {
     pub host: Option<String>,
     /// The zone (a room, a building, a site) of that machine (default: the machine id).
     pub zone: Option<String>,
+    /// Seconds a record's chain may stay without a majority of its members (the others gone
+    /// from the ring) before its last synced member re-founds it alone and brings the key's
+    /// current replica set in (default 600; 0: never, an operator restarts the lost members).
+    /// See docs/CHAIN.md, "Re-founding a chain that lost its majority".
+    pub chain_refound_after_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +109,7 @@ impl Default for NodeConfig {
             http_public: false,
             host: None,
             zone: None,
+            chain_refound_after_s: 600,
         }
     }
 }

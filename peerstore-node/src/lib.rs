@@ -193,6 +193,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         ring.clone(),
         blocks.store.clone(),
         replication::hostile::dirty_reads(),
+        (config.chain_refound_after_s > 0)
+            .then(|| std::time::Duration::from_secs(config.chain_refound_after_s)),
     )
     .map_err(|e| anyhow::anyhow!("record chains: {}", e.message))?;
     let service = Arc::new(Service {

@@ -60,6 +60,10 @@ struct RunArgs {
     /// Bytes each user may store through this node, e.g. 1G (default: no limit).
     #[arg(long, value_parser = parse_size)]
     user_quota: Option<u64>,
+    /// Seconds a record's chain may stay without a majority of its members before its last
+    /// member re-founds it (default 600; 0: never).
+    #[arg(long)]
+    chain_refound_after: Option<u64>,
     /// Replication factor r.
     #[arg(long)]
     replication: Option<usize>,
@@ -351,6 +355,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.user_quota {
         c.user_quota = Some(v);
+    }
+    if let Some(v) = a.chain_refound_after {
+        c.chain_refound_after_s = v;
     }
     if let Some(v) = a.delete_min_age_ms {
         c.delete_min_age_ms = Some(v);

@@ -345,6 +345,157 @@ async fn three_clients_stay_linearizable_through_a_kill_and_a_join() {
     println!("the joined and the restarted node are in the record's chain");
 }
 
+/// A chain that loses two of its three members for good (kill -9, never restarted) is
+/// re-founded by the survivor once the others have been gone for `--chain-refound-after`
+/// seconds: every version written before stays, reads and compare-and-sets work again, and
+/// the chain has three live members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_that_lost_its_majority_is_refounded_by_the_survivor() {
+    let mut c = Cluster::start(5, &["--chain-refound-after", "3"]).await;
+    c.wait_ideal(Duration::from_secs(30)).await.expect("ring");
+    let user = Identity::generate(&mut OsRng);
+    let key = BlockKey(crypto::root_key(&user.user_id()));
+    let credential = c.identity(Role::User);
+    let rpc = |to: NodeAddr| {
+        RpcClient::start_as(to, Duration::from_secs(12), Some(credential.clone())).unwrap()
+    };
+    let cas = |rpc: RpcClient, expected: u64, seq: u64| {
+        let record = RootRecord::sign(&user, seq, format!("v{seq}").into_bytes())
+            .unwrap()
+            .encode()
+            .unwrap();
+        async move {
+            rpc.call(ClientRequest::RecordCas {
+                key,
+                expected,
+                record,
+                id: ReqId {
+                    client: 7,
+                    seq: seq + 1,
+                },
+            })
+            .await
+        }
+    };
+    for v in 0..5u64 {
+        let r = cas(rpc(c.nodes[0].addr.clone()), v, v + 1).await.unwrap();
+        assert!(
+            matches!(r, ClientResponse::RecordCas(CasOutcome::Stored { version }) if version == v + 1),
+            "{r:?}"
+        );
+    }
+    // The chain, head first, as a member reports it.
+    let mut chain = Vec::new();
+    for n in c.live() {
+        if let Some(ch) = n
+            .status()
+            .await
+            .and_then(|s| s.record_chains.into_iter().find(|r| r.key == key))
+        {
+            if ch.members.len() == 3 {
+                chain = ch.members;
+                break;
+            }
+        }
+    }
+    assert_eq!(chain.len(), 3, "the record's chain has three members");
+    let index = |c: &Cluster, peer: &str| {
+        c.nodes
+            .iter()
+            .position(|n| n.addr.peer.to_string() == peer)
+            .expect("a chain member is a node")
+    };
+    let (head, middle, survivor) = (
+        index(&c, &chain[0]),
+        index(&c, &chain[1]),
+        index(&c, &chain[2]),
+    );
+    println!(
+        "chain: head {head}, middle {middle}, tail {survivor}; killing the head and the middle"
+    );
+    c.nodes[head].kill9();
+    c.nodes[middle].kill9();
+    let started = Instant::now();
+    let entry = (0..c.nodes.len())
+        .find(|i| c.nodes[*i].alive() && *i != survivor)
+        .unwrap();
+    // Reads and a compare-and-set through another live node work again once re-founded.
+    let client = rpc(c.nodes[entry].addr.clone());
+    let deadline = Duration::from_secs(90);
+    let (version, record) = loop {
+        assert!(
+            started.elapsed() < deadline,
+            "the chain was not re-founded within {deadline:?}"
+        );
+        if let Ok(ClientResponse::RecordValue {
+            version,
+            record: Some(r),
+            ..
+        }) = client
+            .call(ClientRequest::RecordRead {
+                key,
+                from: ReadFrom::Tail,
+            })
+            .await
+        {
+            break (version, r);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let read_after = started.elapsed();
+    assert_eq!(version, 5, "every version written before the loss stays");
+    assert_eq!(RootRecord::decode(&record).unwrap().seq, 5);
+    let stored = loop {
+        assert!(started.elapsed() < deadline, "no write within {deadline:?}");
+        match cas(client.clone(), 5, 6).await {
+            Ok(ClientResponse::RecordCas(CasOutcome::Stored { version })) => break version,
+            other => println!("write not taken yet: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stored, 6);
+    println!(
+        "{:.1} s after the kills: read version 5; {:.1} s: version 6 stored",
+        read_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    // The chain grows back to three live members, every one with version 6.
+    let dead = [chain[0].clone(), chain[1].clone()];
+    let waited = wait_until(Duration::from_secs(60), || async {
+        let s = c.nodes[survivor].status().await.ok_or("no status")?;
+        let ch = s
+            .record_chains
+            .iter()
+            .find(|r| r.key == key)
+            .ok_or("no replica")?;
+        if ch.members.len() == 3 && !ch.members.iter().any(|m| dead.contains(m)) {
+            Ok(())
+        } else {
+            Err(format!("{ch:?}"))
+        }
+    })
+    .await;
+    waited.expect("the re-founded chain has three live members");
+    let members = c.nodes[survivor]
+        .status()
+        .await
+        .unwrap()
+        .record_chains
+        .into_iter()
+        .find(|r| r.key == key)
+        .unwrap()
+        .members;
+    for m in &members {
+        serves_in_chain(&c, index(&c, m), key, 6)
+            .await
+            .unwrap_or_else(|e| panic!("member {m} does not serve version 6: {e}"));
+    }
+    println!(
+        "{:.1} s: the chain has three live members again",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Waits (30 s at most) until node `i` is a member of `key`'s chain, done catching up, with
 /// version `newest` or newer.
 async fn serves_in_chain(c: &Cluster, i: usize, key: BlockKey, newest: u64) -> Result<(), String> {
