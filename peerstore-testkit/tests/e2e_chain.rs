@@ -384,20 +384,7 @@ async fn a_chain_that_lost_its_majority_is_refounded_by_the_survivor() {
             "{r:?}"
         );
     }
-    // The chain, head first, as a member reports it.
-    let mut chain = Vec::new();
-    for n in c.live() {
-        if let Some(ch) = n
-            .status()
-            .await
-            .and_then(|s| s.record_chains.into_iter().find(|r| r.key == key))
-        {
-            if ch.members.len() == 3 {
-                chain = ch.members;
-                break;
-            }
-        }
-    }
+    let chain = chain_of(&c, key).await;
     assert_eq!(chain.len(), 3, "the record's chain has three members");
     let index = |c: &Cluster, peer: &str| {
         c.nodes
@@ -494,6 +481,21 @@ async fn a_chain_that_lost_its_majority_is_refounded_by_the_survivor() {
         "{:.1} s: the chain has three live members again",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The members of `key`'s chain, head first, as the first live member that holds a replica
+/// reports them (empty: none does).
+async fn chain_of(c: &Cluster, key: BlockKey) -> Vec<String> {
+    for n in c.live() {
+        if let Some(ch) = n
+            .status()
+            .await
+            .and_then(|s| s.record_chains.into_iter().find(|r| r.key == key))
+        {
+            return ch.members;
+        }
+    }
+    Vec::new()
 }
 
 /// Waits (30 s at most) until node `i` is a member of `key`'s chain, done catching up, with
@@ -607,18 +609,7 @@ async fn bench_reads_with_a_slow_tail() {
     let nodes: Vec<NodeAddr> = c.live().map(|n| n.addr.clone()).collect();
     let user = Arc::new(Identity::generate(&mut OsRng));
     let key = found_record(&nodes[0], c.identity(Role::User), &user).await;
-    // The chain as its members report it, head first.
-    let mut chain = Vec::new();
-    for n in c.live() {
-        if let Some(ch) = n
-            .status()
-            .await
-            .and_then(|s| s.record_chains.into_iter().find(|r| r.key == key))
-        {
-            chain = ch.members;
-            break;
-        }
-    }
+    let chain = chain_of(c, key).await;
     let tail = chain.last().cloned().expect("the record has a chain");
     let t = nodes
         .iter()
