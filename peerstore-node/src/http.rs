@@ -6,10 +6,13 @@
 //!   health, kept by a [`Tracker`] that asks every member it knows for its status once per
 //!   stabilize period (at least 250 ms, at most 1 s apart).
 //! - `GET /`: a static page (`http/ring.html`, embedded) that draws `/ring.json` every 2 s.
+//! - `PUT /doc/<name>`, `GET /doc/<name>`, `GET /doc/<name>/__meta`: the gateway's whole
+//!   documents (module [`crate::gateway`]).
 //!
 //! Loopback addresses only, unless `--http-public`: the page shows the ring's membership and
 //! needs no credential. Every request is bounded in time ([`REQUEST_TIMEOUT`]) and carries no
-//! body; connections are bounded in number and lifetime.
+//! body but a gateway `PUT` (at most [`crate::gateway::MAX_DOC_BODY`]); connections are
+//! bounded in number and lifetime.
 //!
 //! ```text
 //! peerstore-node --data-dir D --http 127.0.0.1:0    # the bound address goes to D/http.addr
@@ -114,6 +117,7 @@ pub async fn start(
     crate::identity::write_durable(&addr_file, format!("{bound}\n").as_bytes(), false)?;
     let tracker = Arc::new(Tracker::new(stabilize));
     let tracking = tokio::spawn(tracker.clone().run(service.ring.clone()));
+    let gateway = crate::gateway::routes(service.clone(), data_dir)?;
     let state = Arc::new(Http {
         service,
         metrics,
@@ -125,6 +129,7 @@ pub async fn start(
         .route("/ring.json", get(ring_json))
         .route("/metrics", get(metrics_text))
         .with_state(state)
+        .merge(gateway)
         .layer(middleware::from_fn(bounded));
     let listener = Bounded {
         inner: listener,
@@ -150,18 +155,23 @@ struct Http {
     tracker: Arc<Tracker>,
 }
 
-/// Every request: no body, answered within [`REQUEST_TIMEOUT`].
+/// Every request answered within [`REQUEST_TIMEOUT`]; only `PUT /doc/<name>` (the gateway,
+/// bounded by its own body limit) carries a body, everything else is `GET` or `HEAD`.
 async fn bounded(request: Request, next: Next) -> Response {
     let has_body = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() != b"0")
         || request.headers().contains_key(header::TRANSFER_ENCODING);
-    if has_body {
+    let doc_put = request.method() == Method::PUT && request.uri().path().starts_with("/doc/");
+    if has_body && !doc_put {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "requests carry no body\n");
     }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    if request.method() != Method::GET && request.method() != Method::HEAD && !doc_put {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET, and PUT of /doc/<name>\n",
+        );
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(r) => r,

@@ -27,6 +27,7 @@ pub mod config;
 pub mod disk;
 pub mod driver;
 pub mod entangled;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod maintenance;

@@ -17,25 +17,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const HTTP_ARGS: &[&str] = &["--http", "127.0.0.1:0"];
 
-/// The address node `n` serves HTTP on (from `<data-dir>/http.addr`).
-async fn http_addr(n: &NodeProc) -> String {
-    let file = n.data_dir.join(peerstore_node::http::ADDR_FILE);
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&file) {
-            if !s.trim().is_empty() {
-                return s.trim().to_string();
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{} not written",
-            file.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `GET path` on `addr`: the status code, the headers (lower-cased names) and the body.
 async fn http_get(
     addr: &str,
@@ -217,7 +198,7 @@ fn parse_prometheus(text: &str) -> Result<Samples, String> {
 }
 
 async fn metrics(n: &NodeProc) -> Samples {
-    let addr = http_addr(n).await;
+    let addr = n.http_addr().await;
     let (status, headers, body) = http_get(&addr, "/metrics").await.expect("GET /metrics");
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -238,7 +219,7 @@ fn sum(s: &Samples, name: &str, with: &[&str]) -> f64 {
 }
 
 async fn ring_json(n: &NodeProc) -> serde_json::Value {
-    let addr = http_addr(n).await;
+    let addr = n.http_addr().await;
     let (status, headers, body) = http_get(&addr, "/ring.json").await.expect("GET /ring.json");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -402,7 +383,7 @@ async fn metrics_parse_and_counters_move_with_traffic() {
     );
 
     // Bad requests are refused, never crash the node.
-    let addr = http_addr(&c.nodes[0]).await;
+    let addr = c.nodes[0].http_addr().await;
     let (status, _, _) = http_get(&addr, "/nope").await.expect("GET /nope");
     assert_eq!(status, 404);
     let (status, _, page) = http_get(&addr, "/").await.expect("GET /");
@@ -489,7 +470,7 @@ async fn ring_json_lists_members_and_marks_a_dead_one_unhealthy() {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    let page = format!("http://{}/", http_addr(&c.nodes[0]).await);
+    let page = format!("http://{}/", c.nodes[0].http_addr().await);
     let browser = browser();
     match &browser {
         Some(b) => {

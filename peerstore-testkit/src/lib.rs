@@ -65,6 +65,26 @@ impl NodeProc {
         true
     }
 
+    /// The address the node serves HTTP on (`--http 127.0.0.1:0`), from
+    /// `<data-dir>/http.addr`; waits up to 10 s for the file.
+    pub async fn http_addr(&self) -> String {
+        let file = self.data_dir.join(peerstore_node::http::ADDR_FILE);
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&file) {
+                if !s.trim().is_empty() {
+                    return s.trim().to_string();
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} not written",
+                file.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn alive(&self) -> bool {
         self.child.is_some()
     }
