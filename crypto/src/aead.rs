@@ -17,8 +17,14 @@ use rand_core::{CryptoRng, RngCore};
 use crate::ids::{ChunkId, UserId};
 use crate::keys::UserKeys;
 
-/// Format version of encrypted chunks.
-pub const CHUNK_FORMAT_VERSION: u8 = 1;
+/// Format version of encrypted chunks written by this build: 2, each chunk under its own key
+/// ([`chunk_key`]), so that a share can carry the keys of exactly the chunks it opens. Format
+/// 1 (every chunk under the user's chunk key) is still read.
+pub const CHUNK_FORMAT_VERSION: u8 = 2;
+/// The first chunk format: every chunk under the user's chunk key (read, never written).
+pub const CHUNK_FORMAT_V1: u8 = 1;
+/// Domain of [`chunk_key`].
+const CHUNK_KEY_DOMAIN: &[u8] = b"peerstore-v2 chunk key";
 /// Format version of sealed manifests and root payloads.
 pub const SEALED_FORMAT_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
@@ -70,11 +76,22 @@ fn chunk_nonce(keys: &UserKeys, id: &ChunkId) -> [u8; NONCE_LEN] {
     nonce
 }
 
-fn chunk_aad(id: &ChunkId) -> [u8; 33] {
+fn chunk_aad(version: u8, id: &ChunkId) -> [u8; 33] {
     let mut aad = [0u8; 33];
-    aad[0] = CHUNK_FORMAT_VERSION;
+    aad[0] = version;
     aad[1..].copy_from_slice(&id.0);
     aad
+}
+
+/// The key of one chunk (format 2): BLAKE3 keyed with the user's chunk-encryption key over a
+/// domain and the chunk's id. Whoever holds it can open that chunk and no other; it tells
+/// nothing about the user's keys (a keyed hash).
+#[must_use]
+pub fn chunk_key(keys: &UserKeys, id: &ChunkId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(&keys.chunk_enc);
+    h.update(CHUNK_KEY_DOMAIN);
+    h.update(&id.0);
+    *h.finalize().as_bytes()
 }
 
 /// Encrypts `plaintext` into `version || nonce || ciphertext || tag`.
@@ -134,10 +151,10 @@ pub fn seal_chunk(keys: &UserKeys, plaintext: &[u8]) -> (ChunkId, Vec<u8>) {
     let id = chunk_id(keys, plaintext);
     let nonce = chunk_nonce(keys, &id);
     let ct = seal_framed(
-        &keys.chunk_enc,
+        &chunk_key(keys, &id),
         CHUNK_FORMAT_VERSION,
         &nonce,
-        &chunk_aad(&id),
+        &chunk_aad(CHUNK_FORMAT_VERSION, &id),
         plaintext,
     );
     (id, ct)
@@ -149,12 +166,20 @@ pub fn open_chunk(
     id: &ChunkId,
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let plain = open_framed(
-        &keys.chunk_enc,
-        CHUNK_FORMAT_VERSION,
-        &chunk_aad(id),
-        ciphertext,
-    )?;
+    let plain = match ciphertext.first() {
+        Some(&CHUNK_FORMAT_V1) => open_framed(
+            &keys.chunk_enc,
+            CHUNK_FORMAT_V1,
+            &chunk_aad(CHUNK_FORMAT_V1, id),
+            ciphertext,
+        )?,
+        _ => open_framed(
+            &chunk_key(keys, id),
+            CHUNK_FORMAT_VERSION,
+            &chunk_aad(CHUNK_FORMAT_VERSION, id),
+            ciphertext,
+        )?,
+    };
     // Constant-time comparison (blake3::Hash's PartialEq).
     let actual = blake3::keyed_hash(&keys.chunk_id, &plain);
     if actual != blake3::Hash::from(id.0) {
@@ -163,18 +188,77 @@ pub fn open_chunk(
     Ok(plain)
 }
 
+/// Decrypts a chunk (format 2) with its own key ([`chunk_key`]), as the holder of a share
+/// does: the AEAD tag authenticates the bytes and binds them to `id`. (The id's MAC needs the
+/// owner's id key, which a share does not carry; the share's manifest carries each file's
+/// BLAKE3 for the reader to check.) Format-1 chunks cannot be opened this way.
+pub fn open_chunk_shared(
+    key: &[u8; 32],
+    id: &ChunkId,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    open_framed(
+        key,
+        CHUNK_FORMAT_VERSION,
+        &chunk_aad(CHUNK_FORMAT_VERSION, id),
+        ciphertext,
+    )
+}
+
+/// AAD domain of [`seal_share`].
+const SHARE_AAD_DOMAIN: &[u8] = b"peerstore-v1 share";
+
+fn share_aad(context: &[u8]) -> Vec<u8> {
+    sealed_aad(SHARE_AAD_DOMAIN, context)
+}
+
+/// Encrypts what a share carries (its manifest, its record's payload) under the share's own
+/// key (random, carried by the capability) with a random nonce; `context` is authenticated.
+#[must_use]
+pub fn seal_share<R: RngCore + CryptoRng + ?Sized>(
+    key: &[u8; 32],
+    context: &[u8],
+    plaintext: &[u8],
+    rng: &mut R,
+) -> Vec<u8> {
+    let nonce = random_nonce(rng);
+    seal_framed(
+        key,
+        SEALED_FORMAT_VERSION,
+        &nonce,
+        &share_aad(context),
+        plaintext,
+    )
+}
+
+/// Decrypts what [`seal_share`] produced with the same key and context.
+pub fn open_share(key: &[u8; 32], context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    open_framed(key, SEALED_FORMAT_VERSION, &share_aad(context), sealed)
+}
+
+/// The format version of a sealed chunk (its first byte), if it has one.
+#[must_use]
+pub fn chunk_format(ciphertext: &[u8]) -> Option<u8> {
+    ciphertext.first().copied()
+}
+
 fn random_nonce<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> [u8; NONCE_LEN] {
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
     nonce
 }
 
-fn manifest_aad(context: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(1 + MANIFEST_AAD_DOMAIN.len() + context.len());
+/// The associated data of sealed metadata: the format version, a domain, the context.
+fn sealed_aad(domain: &[u8], context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(1 + domain.len() + context.len());
     aad.push(SEALED_FORMAT_VERSION);
-    aad.extend_from_slice(MANIFEST_AAD_DOMAIN);
+    aad.extend_from_slice(domain);
     aad.extend_from_slice(context);
     aad
+}
+
+fn manifest_aad(context: &[u8]) -> Vec<u8> {
+    sealed_aad(MANIFEST_AAD_DOMAIN, context)
 }
 
 /// Encrypts a manifest (or other metadata) under the manifest key with a random nonce.
@@ -290,7 +374,7 @@ mod tests {
             let i = pos.index(ct.len());
             ct[i] ^= mask;
             let err = open_chunk(&k, &id, &ct).unwrap_err();
-            if i == 0 {
+            if i == 0 && CHUNK_FORMAT_VERSION ^ mask != CHUNK_FORMAT_V1 {
                 prop_assert_eq!(err, CryptoError::UnsupportedVersion(CHUNK_FORMAT_VERSION ^ mask));
             } else {
                 prop_assert_eq!(err, CryptoError::Decrypt);
@@ -363,16 +447,57 @@ mod tests {
     }
 
     #[test]
+    fn format_1_chunks_still_open() {
+        let k = keys(3);
+        let plain = b"written by an older client";
+        let id = chunk_id(&k, plain);
+        let ct = seal_framed(
+            &k.chunk_enc,
+            CHUNK_FORMAT_V1,
+            &chunk_nonce(&k, &id),
+            &chunk_aad(CHUNK_FORMAT_V1, &id),
+            plain,
+        );
+        assert_eq!(open_chunk(&k, &id, &ct).unwrap(), plain);
+        // Its key is the user's: a share cannot open it.
+        assert_eq!(
+            open_chunk_shared(&chunk_key(&k, &id), &id, &ct),
+            Err(CryptoError::UnsupportedVersion(CHUNK_FORMAT_V1))
+        );
+    }
+
+    #[test]
+    fn a_chunk_key_opens_its_chunk_and_no_other() {
+        let k = keys(4);
+        let (a, ct_a) = seal_chunk(&k, b"chunk a");
+        let (b, ct_b) = seal_chunk(&k, b"chunk b");
+        assert_eq!(chunk_format(&ct_a), Some(CHUNK_FORMAT_VERSION));
+        let key_a = chunk_key(&k, &a);
+        assert_eq!(open_chunk_shared(&key_a, &a, &ct_a).unwrap(), b"chunk a");
+        assert_eq!(
+            open_chunk_shared(&key_a, &b, &ct_b),
+            Err(CryptoError::Decrypt)
+        );
+        assert_eq!(
+            open_chunk_shared(&key_a, &a, &ct_b),
+            Err(CryptoError::Decrypt)
+        );
+        assert_ne!(key_a, chunk_key(&k, &b));
+        // Another user's key for the same id is another key.
+        assert_ne!(key_a, chunk_key(&keys(5), &a));
+    }
+
+    #[test]
     fn id_mismatch_is_detected_after_decryption() {
         // A ciphertext that authenticates under id X but whose plaintext MACs to something else
         // can only be made with the encryption key; build one directly to exercise the check.
         let k = keys(9);
         let fake_id = ChunkId([1; 32]);
         let ct = seal_framed(
-            &k.chunk_enc,
+            &chunk_key(&k, &fake_id),
             CHUNK_FORMAT_VERSION,
             &chunk_nonce(&k, &fake_id),
-            &chunk_aad(&fake_id),
+            &chunk_aad(CHUNK_FORMAT_VERSION, &fake_id),
             b"not the preimage of fake_id",
         );
         assert_eq!(

@@ -65,8 +65,9 @@ mod root;
 pub mod write;
 
 pub use aead::{
-    chunk_id, open_chunk, open_manifest, open_root_payload, seal_chunk, seal_manifest,
-    seal_root_payload, CryptoError, CHUNK_FORMAT_VERSION, CHUNK_OVERHEAD, SEALED_FORMAT_VERSION,
+    chunk_format, chunk_id, chunk_key, open_chunk, open_chunk_shared, open_manifest,
+    open_root_payload, open_share, seal_chunk, seal_manifest, seal_root_payload, seal_share,
+    CryptoError, CHUNK_FORMAT_V1, CHUNK_FORMAT_VERSION, CHUNK_OVERHEAD, SEALED_FORMAT_VERSION,
     SEALED_OVERHEAD,
 };
 pub use delete::{DeleteError, DeleteStatement, DELETE_STATEMENT_SKEW_US, MAX_DELETE_KEYS};

@@ -98,33 +98,61 @@ pub enum Command {
     },
     /// Restore one file (or directory) of a snapshot to <dest>.
     Getfile {
-        /// Path inside the backup, e.g. docs/report.pdf.
+        /// Path inside the backup, e.g. docs/report.pdf (with --cap: inside the share).
         path: String,
         dest: PathBuf,
         /// Snapshot number or id prefix (default: latest).
-        #[arg(long, conflicts_with = "version")]
+        #[arg(long, conflicts_with_all = ["version", "cap"])]
         snapshot: Option<String>,
         /// A version of a synced path kept after a conflict (its number in `ls --versions`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cap")]
         version: Option<usize>,
+        /// Read from what a read capability (`ps1r:...`, from `share`) opens.
+        #[arg(long)]
+        cap: Option<String>,
     },
-    /// Restore a whole snapshot below <dest>.
+    /// Restore a whole snapshot below <dest> (with --cap: everything the capability opens).
     Restore {
         dest: PathBuf,
         /// Snapshot number or id prefix (default: latest).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cap")]
         snapshot: Option<String>,
+        /// Restore what a read capability (`ps1r:...`) opens.
+        #[arg(long)]
+        cap: Option<String>,
     },
     /// List the entries of a snapshot (below [path]).
     Ls {
         path: Option<String>,
-        #[arg(long, conflicts_with = "versions")]
+        #[arg(long, conflicts_with_all = ["versions", "cap"])]
         snapshot: Option<String>,
         /// List the versions of synced paths kept after conflicts between devices (instead
         /// of a snapshot's entries).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cap")]
         versions: bool,
+        /// List what a read capability (`ps1r:...`) opens.
+        #[arg(long)]
+        cap: Option<String>,
     },
+    /// Print a read capability for a file, a folder, or (no path) a whole snapshot: whoever
+    /// holds it can `ls`, `getfile` and `restore --cap` exactly that, with their own key.
+    Share {
+        /// Path inside the backup (none: the whole snapshot).
+        path: Option<String>,
+        /// Snapshot number or id prefix (default: latest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The capability stops resolving after this long (e.g. 7d, 12h); default: never.
+        #[arg(long, value_parser = parse_grace)]
+        expires: Option<Duration>,
+    },
+    /// Revoke a share: its capability stops resolving once the next `prune` removed it.
+    Unshare {
+        /// The capability (`ps1r:...`) as `share` printed it.
+        cap: String,
+    },
+    /// List what this user has shared, with expiry and state.
+    Shares,
     /// List snapshots, newest first.
     Snapshots,
     /// Check that everything the kept snapshots reference can be read from the ring; forget
@@ -368,18 +396,40 @@ pub async fn run(cli: Cli) -> Result<()> {
                     dest,
                     snapshot,
                     version: None,
-                } => cmd_getfile(&ctx, &path, &dest, snapshot.as_deref()).await,
-                Command::Restore { dest, snapshot } => {
-                    cmd_restore(&ctx, &dest, snapshot.as_deref()).await
+                    cap,
+                } => {
+                    let src = Source::of(&ctx, snapshot.as_deref(), cap.as_deref()).await?;
+                    cmd_getfile(&ctx, &path, &dest, &src).await
+                }
+                Command::Restore {
+                    dest,
+                    snapshot,
+                    cap,
+                } => {
+                    let src = Source::of(&ctx, snapshot.as_deref(), cap.as_deref()).await?;
+                    cmd_restore(&ctx, &dest, &src).await
                 }
                 Command::Ls {
                     path,
                     versions: true,
                     ..
                 } => cmd_ls_versions(&ctx, path.as_deref()).await,
-                Command::Ls { path, snapshot, .. } => {
-                    cmd_ls(&ctx, path.as_deref(), snapshot.as_deref()).await
+                Command::Ls {
+                    path,
+                    snapshot,
+                    cap,
+                    ..
+                } => {
+                    let src = Source::of(&ctx, snapshot.as_deref(), cap.as_deref()).await?;
+                    cmd_ls(&ctx, path.as_deref(), &src).await
                 }
+                Command::Share {
+                    path,
+                    snapshot,
+                    expires,
+                } => cmd_share(&ctx, path.as_deref(), snapshot.as_deref(), expires).await,
+                Command::Unshare { cap } => cmd_unshare(&ctx, &cap).await,
+                Command::Shares => cmd_shares(&ctx).await,
                 Command::Snapshots => cmd_snapshots(&ctx).await,
                 Command::Check { read_data } => cmd_check(&ctx, read_data).await,
                 Command::Forget {
@@ -616,17 +666,52 @@ async fn cmd_backup(ctx: &Ctx, dir: &Path, concurrency: usize, reread: bool) -> 
     Ok(())
 }
 
-async fn cmd_restore(ctx: &Ctx, dest: &Path, snapshot: Option<&str>) -> Result<()> {
-    let snap = ctx.repo.select(snapshot).await?;
-    let m = ctx.repo.load_manifest(&snap).await?;
+/// What `ls`, `getfile` and `restore` read: one of the user's snapshots, or what a read
+/// capability opens (then `repo` opens chunks with the share's keys only).
+struct Source {
+    repo: Repo,
+    manifest: Manifest,
+    /// For messages: "snapshot 3", or "share 0123abcd (folder photos)".
+    what: String,
+}
+
+impl Source {
+    async fn of(ctx: &Ctx, snapshot: Option<&str>, cap: Option<&str>) -> Result<Source> {
+        match cap {
+            Some(cap) => {
+                let cap = crate::share::Capability::parse(cap)?;
+                let sm = crate::share::resolve(&ctx.repo, &cap).await?;
+                let what = format!("share {} ({} {})", cap.id(), sm.kind.as_str(), sm.name);
+                let (manifest, keys) = sm.into_parts();
+                Ok(Source {
+                    repo: ctx.repo.clone().with_shared_chunks(keys),
+                    manifest,
+                    what,
+                })
+            }
+            None => {
+                let snap = ctx.repo.select(snapshot).await?;
+                let manifest = ctx.repo.load_manifest(&snap).await?;
+                Ok(Source {
+                    repo: ctx.repo.clone(),
+                    manifest,
+                    what: format!("snapshot {}", snap.snapshot.number),
+                })
+            }
+        }
+    }
+}
+
+async fn cmd_restore(ctx: &Ctx, dest: &Path, src: &Source) -> Result<()> {
+    let m = &src.manifest;
     let progress = Arc::new(Progress::reporting("restore", !ctx.g.json));
-    let r = restore_tree(&ctx.repo, &m, dest, &progress).await;
+    let r = restore_tree(&src.repo, m, dest, &progress).await;
     progress.finish(r.is_ok());
     let s = r?;
     ctx.print(&s, || {
         format!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1} s",
-            snap.snapshot.number,
+            "restored {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1} s",
+            src.what,
             dest.display(),
             s.files,
             s.dirs,
@@ -638,15 +723,14 @@ async fn cmd_restore(ctx: &Ctx, dest: &Path, snapshot: Option<&str>) -> Result<(
     Ok(())
 }
 
-async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, snapshot: Option<&str>) -> Result<()> {
+async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, src: &Source) -> Result<()> {
     let comps = user_path(path)?;
     if comps.is_empty() {
         return Err(ClientError::Config(
             "give a path inside the backup (use restore for everything)".into(),
         ));
     }
-    let snap = ctx.repo.select(snapshot).await?;
-    let m = ctx.repo.load_manifest(&snap).await?;
+    let m = &src.manifest;
     let entry = m
         .find(&comps)
         .ok_or_else(|| ClientError::NotInSnapshot(path.to_string()))?;
@@ -657,7 +741,7 @@ async fn cmd_getfile(ctx: &Ctx, path: &str, dest: &Path, snapshot: Option<&str>)
         _ => dest.to_path_buf(),
     };
     let progress = Arc::new(Progress::reporting("getfile", !ctx.g.json));
-    let r = restore_entry(&ctx.repo, &m, entry, &target, &progress).await;
+    let r = restore_entry(&src.repo, m, entry, &target, &progress).await;
     progress.finish(r.is_ok());
     let s = r?;
     ctx.print(&s, || {
@@ -775,6 +859,126 @@ async fn cmd_getfile_version(ctx: &Ctx, path: &str, dest: &Path, n: usize) -> Re
     Ok(())
 }
 
+async fn cmd_share(
+    ctx: &Ctx,
+    path: Option<&str>,
+    snapshot: Option<&str>,
+    expires: Option<Duration>,
+) -> Result<()> {
+    let comps = user_path(path.unwrap_or(""))?;
+    let snap = ctx.repo.select(snapshot).await?;
+    let m = ctx.repo.load_manifest(&snap).await?;
+    let expires_us = expires.map(|d| crate::share::now_us().saturating_add(d.as_micros() as u64));
+    let cap = crate::share::share(&ctx.repo, &snap, &m, &comps, expires_us).await?;
+    let text = cap.encode();
+    ctx.print(
+        &serde_json::json!({
+            "capability": text,
+            "id": cap.id(),
+            "kind": cap.kind.as_str(),
+            "path": comps.join("/"),
+            "snapshot": snap.snapshot.number,
+            "expires": expires_us.map(|e| format_time((e as i64).saturating_mul(1000))),
+        }),
+        || text.clone(),
+    );
+    if !ctx.g.json {
+        eprintln!(
+            "shared {} {} of snapshot {}{}: whoever holds this capability can read it (and only it)",
+            cap.kind.as_str(),
+            if comps.is_empty() { "(everything)".to_string() } else { comps.join("/") },
+            snap.snapshot.number,
+            expires_us.map_or_else(String::new, |e| format!(
+                " until {}",
+                format_time((e as i64).saturating_mul(1000))
+            )),
+        );
+    }
+    Ok(())
+}
+
+async fn cmd_unshare(ctx: &Ctx, cap: &str) -> Result<()> {
+    let cap = crate::share::Capability::parse(cap)?;
+    if !crate::share::unshare(&ctx.repo, &cap).await? {
+        return Err(ClientError::NotInSnapshot(format!(
+            "share {} is not among this user's shares (see `shares`)",
+            cap.id()
+        )));
+    }
+    ctx.print(
+        &serde_json::json!({ "id": cap.id(), "revoked": true }),
+        || {
+            format!(
+                "share {} revoked: it stops resolving once `prune` has removed it \
+                 (what its holders already downloaded stays theirs)",
+                cap.id()
+            )
+        },
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ShareRow {
+    id: String,
+    kind: &'static str,
+    path: String,
+    snapshot: u64,
+    created: String,
+    expires: Option<String>,
+    state: &'static str,
+    capability: String,
+}
+
+async fn cmd_shares(ctx: &Ctx) -> Result<()> {
+    let now = crate::share::now_us();
+    let rows: Vec<ShareRow> = crate::share::list(&ctx.repo)
+        .await?
+        .into_iter()
+        .map(|l| ShareRow {
+            id: l.cap.id(),
+            kind: l.kind.as_str(),
+            path: if l.path.is_empty() {
+                "/".into()
+            } else {
+                l.path.clone()
+            },
+            snapshot: l.snapshot,
+            created: format_time((l.created_us as i64).saturating_mul(1000)),
+            expires: l
+                .expires_us
+                .map(|e| format_time((e as i64).saturating_mul(1000))),
+            state: if l.revoked {
+                "revoked"
+            } else if l.live(now) {
+                "live"
+            } else {
+                "expired"
+            },
+            capability: l.cap.encode(),
+        })
+        .collect();
+    if ctx.g.json {
+        ctx.print(&rows, String::new);
+    } else if rows.is_empty() {
+        println!("nothing shared");
+    } else {
+        for r in &rows {
+            println!(
+                "{} {:8} {:7} {} (snapshot {}) created {} expires {}",
+                r.id,
+                r.kind,
+                r.state,
+                r.path,
+                r.snapshot,
+                r.created,
+                r.expires.as_deref().unwrap_or("never")
+            );
+        }
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct LsEntry {
     path: String,
@@ -785,10 +989,9 @@ struct LsEntry {
     target: Option<String>,
 }
 
-async fn cmd_ls(ctx: &Ctx, path: Option<&str>, snapshot: Option<&str>) -> Result<()> {
+async fn cmd_ls(ctx: &Ctx, path: Option<&str>, src: &Source) -> Result<()> {
     let prefix = user_path(path.unwrap_or(""))?;
-    let snap = ctx.repo.select(snapshot).await?;
-    let m = ctx.repo.load_manifest(&snap).await?;
+    let m = &src.manifest;
     if !prefix.is_empty() && m.find(&prefix).is_none() {
         return Err(ClientError::NotInSnapshot(path.unwrap_or("").to_string()));
     }

@@ -112,7 +112,7 @@ fn device_identity(user: &Identity, device: &DeviceId) -> Identity {
 }
 
 /// The newest record of `who` that verifies, opened: (seq, plaintext).
-async fn read_record(repo: &Repo, who: &Identity) -> Result<Option<(u64, Vec<u8>)>> {
+pub(crate) async fn read_record(repo: &Repo, who: &Identity) -> Result<Option<(u64, Vec<u8>)>> {
     let user = who.user_id();
     let key = BlockKey(crypto::root_key(&user));
     let answers = repo.store.get_record_replicas(key).await?;
@@ -136,7 +136,12 @@ async fn read_record(repo: &Repo, who: &Identity) -> Result<Option<(u64, Vec<u8>
 }
 
 /// Writes record `seq` of `who`; `Ok(false)` if the ring refused it (a newer one is there).
-async fn write_record(repo: &Repo, who: &Identity, seq: u64, plain: &[u8]) -> Result<bool> {
+pub(crate) async fn write_record(
+    repo: &Repo,
+    who: &Identity,
+    seq: u64,
+    plain: &[u8],
+) -> Result<bool> {
     let user = who.user_id();
     let payload = crypto::seal_root_payload(repo.keys(), &user, seq, plain, &mut rand::rngs::OsRng);
     let rec = RootRecord::sign(who, seq, payload)

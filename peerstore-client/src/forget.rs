@@ -526,7 +526,8 @@ pub async fn referenced_keys(repo: &Repo, snapshots: &[SnapshotRef]) -> Result<R
     Ok(out)
 }
 
-/// The documents the current chain (every snapshot the root reaches) references, and those
+/// The documents the current chain (every snapshot the root reaches) references, those of
+/// the user's live shares (`share::live_documents`), and those
 /// of the synced trees of the user's devices (their pieces, and the packs of every entry and
 /// every kept version in them: a conflict version stays restorable after the snapshots that
 /// had it are forgotten). A device whose head cannot be read makes this fail: nothing is
@@ -534,6 +535,9 @@ pub async fn referenced_keys(repo: &Repo, snapshots: &[SnapshotRef]) -> Result<R
 pub async fn live_keys(repo: &Repo) -> Result<ReferencedKeys> {
     let all = repo.snapshots().await?;
     let mut out = referenced_keys(repo, &all).await?;
+    // What the user's live shares keep: their manifests and the packs they name.
+    out.manifests
+        .extend(crate::share::live_documents(repo).await?);
     for d in crate::devices::list(repo).await? {
         let Some(head) = crate::devices::head(repo, &d.id).await? else {
             continue;

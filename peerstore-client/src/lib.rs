@@ -36,6 +36,7 @@ pub mod progress;
 pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod share;
 pub mod store;
 pub mod sync;
 pub mod twoway;

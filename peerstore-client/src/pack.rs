@@ -125,14 +125,41 @@ impl PackCache {
     /// tag, the chunk id and the length. Errors name the file.
     pub async fn open_chunk(&self, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
         let pack = self.get(c.pack).await.map_err(|e| for_file(&e, path))?;
-        open_in_pack(self.repo.keys(), &pack, c, path)
+        open_in_pack(&self.repo.chunk_keys(), &pack, c, path)
+    }
+}
+
+/// The keys chunks are opened with.
+#[derive(Clone)]
+pub enum ChunkKeys {
+    /// The owner's: every chunk's key derives from the user's keys, and the chunk's id (a MAC
+    /// of its plaintext under the user's id key) is checked.
+    User(Arc<crypto::UserKeys>),
+    /// A share holder's: the keys of exactly the shared chunks (from the share's manifest);
+    /// the AEAD tag authenticates each chunk under its key and id.
+    Shared(Arc<HashMap<crypto::ChunkId, [u8; 32]>>),
+}
+
+impl ChunkKeys {
+    fn open(&self, id: &crypto::ChunkId, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            ChunkKeys::User(keys) => {
+                crypto::open_chunk(keys, id, sealed).map_err(|e| e.to_string())
+            }
+            ChunkKeys::Shared(map) => {
+                let key = map
+                    .get(id)
+                    .ok_or_else(|| "the share carries no key for it".to_string())?;
+                crypto::open_chunk_shared(key, id, sealed).map_err(|e| e.to_string())
+            }
+        }
     }
 }
 
 /// Opens one chunk of the file `path` out of its (already fetched) pack: the slice, the AEAD
 /// tag against the chunk id, and the length. Errors name the file.
 pub(crate) fn open_in_pack(
-    keys: &crypto::UserKeys,
+    keys: &ChunkKeys,
     pack: &[u8],
     c: &ChunkRef,
     path: &str,
@@ -144,7 +171,8 @@ pub(crate) fn open_in_pack(
             pack.len()
         ))
     })?;
-    let plain = crypto::open_chunk(keys, &c.id, &pack[range])
+    let plain = keys
+        .open(&c.id, &pack[range])
         .map_err(|e| ClientError::Corrupt(format!("chunk of {path}: {e}")))?;
     if plain.len() != c.len as usize {
         return Err(ClientError::Corrupt(format!(

@@ -58,6 +58,8 @@ pub struct Repo {
     read_keys: Arc<AtomicU8>,
     /// How the ring keyed the documents this process stored (`KEYS_*`): every put must agree.
     put_keys: Arc<AtomicU8>,
+    /// Reading through a share: the keys of the shared chunks (none: the user's own keys).
+    shared_chunks: Option<Arc<std::collections::HashMap<crypto::ChunkId, [u8; 32]>>>,
 }
 
 /// The highest root sequence number kept in `path` (0 when there is none yet).
@@ -221,6 +223,27 @@ impl Repo {
             watermark: None,
             read_keys: Arc::new(AtomicU8::new(KEYS_UNKNOWN)),
             put_keys: Arc::new(AtomicU8::new(KEYS_UNKNOWN)),
+            shared_chunks: None,
+        }
+    }
+
+    /// This repository reading chunks through a share: with the keys of exactly the shared
+    /// chunks, never the user's own.
+    #[must_use]
+    pub fn with_shared_chunks(
+        mut self,
+        keys: std::collections::HashMap<crypto::ChunkId, [u8; 32]>,
+    ) -> Repo {
+        self.shared_chunks = Some(Arc::new(keys));
+        self
+    }
+
+    /// The keys chunks are opened with (the user's, or a share's).
+    #[must_use]
+    pub fn chunk_keys(&self) -> crate::pack::ChunkKeys {
+        match &self.shared_chunks {
+            Some(map) => crate::pack::ChunkKeys::Shared(map.clone()),
+            None => crate::pack::ChunkKeys::User(self.keys.clone()),
         }
     }
 

@@ -648,7 +648,7 @@ async fn tree(
     progress.add_total(files.iter().map(|e| e.size()).sum(), files.len() as u64);
     let done = files::restore_files(
         &cache,
-        repo.keys_arc(),
+        repo.chunk_keys(),
         files,
         walk,
         synced,

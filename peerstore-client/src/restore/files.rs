@@ -292,7 +292,7 @@ struct Shared {
     durability: Durability,
     walk: Arc<Walk>,
     synced: Arc<DirSyncs>,
-    keys: Arc<crypto::UserKeys>,
+    keys: crate::pack::ChunkKeys,
     names: TempNames,
     opts: RestoreOptions,
     progress: Arc<Progress>,
@@ -413,7 +413,7 @@ fn remove_stale_temps(dir: &Dir, names: &HashSet<&str>) -> Result<u64> {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn restore_files(
     cache: &PackCache,
-    keys: Arc<crypto::UserKeys>,
+    keys: crate::pack::ChunkKeys,
     files: Vec<&Entry>,
     walk: &Arc<Walk>,
     synced: &Arc<DirSyncs>,

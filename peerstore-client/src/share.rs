@@ -1,0 +1,642 @@
+//! Read capabilities (issue 15; docs/SHARING.md): a string that both names and opens a file,
+//! a folder or a whole snapshot of one user's backup, for someone with their own key.
+//!
+//! - **What a capability opens.** `share` writes a *share manifest*: the shared entries (paths
+//!   relative to the shared folder) and the key of each of their chunks (format 2 chunks have
+//!   their own keys, `crypto::chunk_key`), sealed under a fresh random share key and stored
+//!   as documents of the ring. The share's *record* (a root record of a sub-identity drawn for
+//!   the share, chain-replicated, signed) holds, sealed under the share key, where that
+//!   manifest is and its BLAKE3, or "revoked". The capability is `ps1r:` and the hex of
+//!   (format, kind, the record's signer, the share key): it carries no key of the user (not
+//!   the master key, not the manifest key, not the chunk key every chunk key derives from).
+//!   Nothing outside the shared subtree is decryptable with it: the chunk keys it leads to are
+//!   one-way functions of the user's key and of those chunks' ids.
+//! - **Keeping it alive.** The user's *share list* (a record of the sub-identity
+//!   `peerstore-shares-v1`, sealed under the user's keys) names every share; `prune` keeps the
+//!   documents of every listed share that is neither revoked nor expired
+//!   ([`live_documents`]).
+//! - **Revocation** (`unshare`) writes "revoked" into the share's record (a newer signed
+//!   version; the ring's chain makes every later read see it): the capability answers
+//!   "revoked" from then on, and the manifest and the chunks only it kept go at the next
+//!   prune. It cannot take back what a holder already downloaded, nor the chunk keys of what
+//!   was shared then (those chunks stay readable with them for as long as the user's own
+//!   snapshots keep them).
+//! - **Expiry** is sealed in the record and in the manifest; readers refuse an expired share,
+//!   and `prune` drops its documents.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crypto::{ChunkId, Identity};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClientError, Result};
+use crate::model::{Entry, EntryKind, Manifest};
+use crate::pack::PackCache;
+use crate::repo::{Repo, RootBackoff, SnapshotRef};
+use peerstore_proto::MAX_BLOCK_SIZE;
+
+/// What a read capability starts with.
+pub const CAP_PREFIX: &str = "ps1r:";
+/// Longest capability string accepted.
+pub const MAX_CAP_LEN: usize = 16 << 10;
+/// Format of capabilities and share manifests written by this client.
+pub const SHARE_FORMAT: u8 = 1;
+/// Documents a share manifest may span (at most 256 MiB sealed).
+pub const MAX_SHARE_PIECES: usize = 64;
+/// Shares one user's list holds.
+pub const MAX_SHARES: usize = 256;
+
+/// What a capability opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareKind {
+    File,
+    Folder,
+    Snapshot,
+}
+
+impl ShareKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareKind::File => "file",
+            ShareKind::Folder => "folder",
+            ShareKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// A read capability, as the string `ps1r:<hex of postcard>` carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub format: u8,
+    pub kind: ShareKind,
+    /// The public key that signs the share's record (the record lives at its root key).
+    pub signer: [u8; 32],
+    /// The share key: opens the record's payload and the share manifest.
+    pub key: [u8; 32],
+}
+
+/// What a share's record says (sealed under the share key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareState {
+    Live {
+        /// Document keys of the sealed share manifest's pieces, in order.
+        pieces: Vec<[u8; 32]>,
+        /// BLAKE3 of the sealed share manifest (whatever the ring's keys are).
+        hash: [u8; 32],
+        expires_us: Option<u64>,
+    },
+    Revoked {
+        at_us: u64,
+    },
+}
+
+impl Capability {
+    /// The capability string.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        format!(
+            "{CAP_PREFIX}{}",
+            hex::encode(postcard::to_allocvec(self).unwrap_or_default())
+        )
+    }
+
+    /// Parses a capability string, with a one-line error for anything else.
+    pub fn parse(s: &str) -> Result<Capability> {
+        let bad =
+            |why: &str| ClientError::Config(format!("not a PeerStore read capability: {why}"));
+        let s = s.trim();
+        if s.len() > MAX_CAP_LEN {
+            return Err(bad("too long"));
+        }
+        let body = s
+            .strip_prefix(CAP_PREFIX)
+            .ok_or_else(|| bad("it does not start with ps1r:"))?;
+        let bytes = hex::decode(body).map_err(|_| bad("it is not hex after ps1r:"))?;
+        let cap: Capability =
+            postcard::from_bytes(&bytes).map_err(|_| bad("it does not decode"))?;
+        if cap.format != SHARE_FORMAT {
+            return Err(ClientError::OtherVersion(format!(
+                "capability format {} (this client reads {SHARE_FORMAT})",
+                cap.format
+            )));
+        }
+        Ok(cap)
+    }
+
+    /// A short id of the share (for lists and messages): the first bytes of its signer.
+    #[must_use]
+    pub fn id(&self) -> String {
+        hex::encode(&self.signer[..8])
+    }
+
+    /// The key of the share's record.
+    #[must_use]
+    pub fn record_key(&self) -> peerstore_proto::BlockKey {
+        peerstore_proto::BlockKey(crypto::root_key(&crypto::UserId(self.signer)))
+    }
+}
+
+/// The share manifest: what the holder of the capability may read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareManifest {
+    pub format: u8,
+    pub kind: ShareKind,
+    /// The shared path's last component (the snapshot number for a whole snapshot).
+    pub name: String,
+    /// The snapshot it was taken from, and that snapshot's time.
+    pub snapshot: u64,
+    pub time_ns: i64,
+    /// Expiry (microseconds since the Unix epoch), if any.
+    pub expires_us: Option<u64>,
+    /// The entries, paths relative to the shared folder (a shared file: its name alone).
+    pub entries: Vec<Entry>,
+    /// The key of every chunk of those entries.
+    pub chunk_keys: Vec<(ChunkId, [u8; 32])>,
+}
+
+impl ShareManifest {
+    /// The entries as a manifest, and the chunk keys as a map (for restore).
+    #[must_use]
+    pub fn into_parts(self) -> (Manifest, HashMap<ChunkId, [u8; 32]>) {
+        (
+            Manifest::new(self.entries),
+            self.chunk_keys.into_iter().collect(),
+        )
+    }
+}
+
+/// The sealing context of a share manifest.
+fn manifest_context(kind: ShareKind) -> Vec<u8> {
+    let mut c = b"peerstore share manifest v1\0".to_vec();
+    c.push(kind as u8);
+    c
+}
+
+/// The sealing context of a share's record payload.
+fn record_context(cap: &Capability) -> Vec<u8> {
+    let mut c = b"peerstore share record v1\0".to_vec();
+    c.extend_from_slice(&cap.signer);
+    c
+}
+
+/// One share in the user's list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The label its signer derives from (`Identity::derived`).
+    pub label: [u8; 16],
+    pub cap: Capability,
+    /// Its manifest's documents (kept by `prune` while the share is live).
+    pub pieces: Vec<[u8; 32]>,
+    pub kind: ShareKind,
+    /// The shared path ("" for a whole snapshot).
+    pub path: String,
+    pub snapshot: u64,
+    pub created_us: u64,
+    pub expires_us: Option<u64>,
+    pub revoked: bool,
+}
+
+impl Listed {
+    /// Whether the share still resolves at `now_us`.
+    #[must_use]
+    pub fn live(&self, now_us: u64) -> bool {
+        !self.revoked && self.expires_us.is_none_or(|e| e > now_us)
+    }
+}
+
+fn list_identity(user: &Identity) -> Identity {
+    user.derived(b"peerstore-shares-v1")
+}
+
+fn share_identity(user: &Identity, label: &[u8; 16]) -> Identity {
+    let mut l = b"peerstore-share-v1:".to_vec();
+    l.extend_from_slice(label);
+    user.derived(&l)
+}
+
+/// Writes version `seq` of the share record of `cap`, signed by `signer`.
+async fn write_state(
+    repo: &Repo,
+    signer: &Identity,
+    cap: &Capability,
+    seq: u64,
+    state: &ShareState,
+) -> Result<()> {
+    let plain = postcard::to_allocvec(state)
+        .map_err(|e| ClientError::Corrupt(format!("share record: {e}")))?;
+    let payload = crypto::seal_share(&cap.key, &record_context(cap), &plain, &mut OsRng);
+    let rec = crypto::RootRecord::sign(signer, seq, payload)
+        .and_then(|r| r.encode())
+        .map_err(|e| ClientError::Corrupt(format!("cannot sign a share record: {e}")))?;
+    repo.store.put_record(cap.record_key(), rec).await?;
+    Ok(())
+}
+
+/// The newest version of the share record of `cap` that verifies and opens: (seq, state).
+async fn read_state(repo: &Repo, cap: &Capability) -> Result<Option<(u64, ShareState)>> {
+    let signer = crypto::UserId(cap.signer);
+    let mut best: Option<(u64, ShareState)> = None;
+    for a in repo.store.get_record_replicas(cap.record_key()).await? {
+        let Some(bytes) = a.record else { continue };
+        let Ok(rec) = crypto::RootRecord::decode(&bytes) else {
+            continue;
+        };
+        if rec.user != signer || rec.verify().is_err() {
+            continue;
+        }
+        if best.as_ref().is_some_and(|(s, _)| *s >= rec.seq) {
+            continue;
+        }
+        let Ok(plain) = crypto::open_share(&cap.key, &record_context(cap), &rec.payload) else {
+            continue;
+        };
+        if let Ok(state) = postcard::from_bytes::<ShareState>(&plain) {
+            best = Some((rec.seq, state));
+        }
+    }
+    Ok(best)
+}
+
+#[must_use]
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The user's shares (newest last).
+pub async fn list(repo: &Repo) -> Result<Vec<Listed>> {
+    match crate::devices::read_record(repo, &list_identity(repo.identity())).await? {
+        None => Ok(Vec::new()),
+        Some((_, plain)) => decode_list(&plain),
+    }
+}
+
+fn decode_list(plain: &[u8]) -> Result<Vec<Listed>> {
+    let list: Vec<Listed> = postcard::from_bytes(plain)
+        .map_err(|e| ClientError::Corrupt(format!("share list: {e}")))?;
+    if list.len() > MAX_SHARES {
+        return Err(ClientError::Corrupt(format!(
+            "the share list holds more than {MAX_SHARES} shares"
+        )));
+    }
+    Ok(list)
+}
+
+/// Changes the share list with `f` (read, change, write; retried when another device wrote it
+/// meanwhile). `f` returns `false` to leave the list as it is.
+async fn update_list(
+    repo: &Repo,
+    what: &str,
+    mut f: impl FnMut(&mut Vec<Listed>) -> Result<bool>,
+) -> Result<()> {
+    let who = list_identity(repo.identity());
+    let mut backoff = RootBackoff::new();
+    loop {
+        let (seq, mut list) = match crate::devices::read_record(repo, &who).await? {
+            None => (0, Vec::new()),
+            Some((seq, plain)) => (seq, decode_list(&plain)?),
+        };
+        if !f(&mut list)? {
+            return Ok(());
+        }
+        let plain = postcard::to_allocvec(&list)
+            .map_err(|e| ClientError::Corrupt(format!("share list: {e}")))?;
+        if crate::devices::write_record(repo, &who, seq + 1, &plain).await? {
+            return Ok(());
+        }
+        backoff.wait(what).await?;
+    }
+}
+
+/// Shares `path` (components; empty: the whole snapshot) of snapshot `snap`, whose manifest
+/// is `m`: writes the share manifest, lists the share, returns its capability.
+pub async fn share(
+    repo: &Repo,
+    snap: &SnapshotRef,
+    m: &Manifest,
+    path: &[String],
+    expires_us: Option<u64>,
+) -> Result<Capability> {
+    let (kind, name, entries) = if path.is_empty() {
+        (
+            ShareKind::Snapshot,
+            snap.snapshot.number.to_string(),
+            m.entries.clone(),
+        )
+    } else {
+        let entry = m
+            .find(path)
+            .ok_or_else(|| ClientError::NotInSnapshot(path.join("/")))?;
+        let name = path[path.len() - 1].clone();
+        match entry.kind {
+            EntryKind::Dir => {
+                let entries = m
+                    .entries
+                    .iter()
+                    .filter(|e| e.path.len() > path.len() && e.is_under(path))
+                    .map(|e| Entry {
+                        path: e.path[path.len()..].to_vec(),
+                        ..e.clone()
+                    })
+                    .collect();
+                (ShareKind::Folder, name, entries)
+            }
+            _ => {
+                let e = Entry {
+                    path: vec![name.clone()],
+                    ..entry.clone()
+                };
+                (ShareKind::File, name, vec![e])
+            }
+        }
+    };
+    // Every chunk must be of format 2 (its own key); check the bytes in their packs.
+    let cache = PackCache::with_defaults(repo);
+    let mut ids = BTreeSet::new();
+    for e in &entries {
+        if let EntryKind::File { chunks, .. } = &e.kind {
+            for c in chunks {
+                if !ids.insert(c.id) {
+                    continue;
+                }
+                let pack = cache
+                    .get(c.pack)
+                    .await
+                    .map_err(|e| ClientError::Missing(format!("{e} (needed to share)")))?;
+                let format = c
+                    .range_in(pack.len())
+                    .and_then(|r| crypto::chunk_format(&pack[r]));
+                if format != Some(crypto::CHUNK_FORMAT_VERSION) {
+                    return Err(ClientError::Refused(format!(
+                        "{} was backed up by an older client (chunk format {}) and cannot be \
+                         shared; change it or back it up with `backup --reread` after a \
+                         `forget` of the snapshots that hold it",
+                        e.display_path(),
+                        format.map_or_else(|| "unknown".into(), |f| f.to_string())
+                    )));
+                }
+            }
+        }
+    }
+    let chunk_keys = ids
+        .into_iter()
+        .map(|id| (id, crypto::chunk_key(repo.keys(), &id)))
+        .collect();
+    let sm = ShareManifest {
+        format: SHARE_FORMAT,
+        kind,
+        name,
+        snapshot: snap.snapshot.number,
+        time_ns: snap.snapshot.time_ns,
+        expires_us,
+        entries,
+        chunk_keys,
+    };
+    let plain = postcard::to_allocvec(&sm)
+        .map_err(|e| ClientError::Corrupt(format!("cannot encode the share: {e}")))?;
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let mut label = [0u8; 16];
+    OsRng.fill_bytes(&mut label);
+    let signer = share_identity(repo.identity(), &label);
+    let sealed = crypto::seal_share(&key, &manifest_context(kind), &plain, &mut OsRng);
+    if sealed.len() > MAX_SHARE_PIECES * MAX_BLOCK_SIZE {
+        return Err(ClientError::Refused(
+            "the share is too large (its manifest exceeds 256 MiB); share a smaller folder".into(),
+        ));
+    }
+    let mut pieces = Vec::new();
+    for piece in sealed.chunks(MAX_BLOCK_SIZE) {
+        pieces.push(repo.put_document(piece.to_vec()).await?);
+    }
+    let cap = Capability {
+        format: SHARE_FORMAT,
+        kind,
+        signer: signer.user_id().0,
+        key,
+    };
+    // Listed first, so that a prune running meanwhile keeps the manifest; then the record.
+    let listed = Listed {
+        label,
+        cap: cap.clone(),
+        pieces: pieces.clone(),
+        kind,
+        path: path.join("/"),
+        snapshot: snap.snapshot.number,
+        created_us: now_us(),
+        expires_us,
+        revoked: false,
+    };
+    update_list(repo, "list the share", |list| {
+        if list.len() >= MAX_SHARES {
+            // Make room: drop the oldest share that no longer resolves.
+            if let Some(i) = list.iter().position(|l| !l.live(now_us())) {
+                list.remove(i);
+            } else {
+                return Err(ClientError::Refused(format!(
+                    "this user already has {MAX_SHARES} live shares; `unshare` one first"
+                )));
+            }
+        }
+        list.push(listed.clone());
+        Ok(true)
+    })
+    .await?;
+    let state = ShareState::Live {
+        pieces,
+        hash: *blake3::hash(&sealed).as_bytes(),
+        expires_us,
+    };
+    write_state(repo, &signer, &cap, 1, &state).await?;
+    Ok(cap)
+}
+
+/// Revokes the share of `cap`: "revoked" in its record, and in the list. `Ok(false)`: not
+/// one of this user's shares.
+pub async fn unshare(repo: &Repo, cap: &Capability) -> Result<bool> {
+    let Some(listed) = list(repo).await?.into_iter().find(|l| l.cap == *cap) else {
+        return Ok(false);
+    };
+    let signer = share_identity(repo.identity(), &listed.label);
+    if signer.user_id().0 != cap.signer {
+        return Err(ClientError::Corrupt(
+            "the share list names another signer".into(),
+        ));
+    }
+    let seq = read_state(repo, cap).await?.map_or(0, |(s, _)| s);
+    write_state(
+        repo,
+        &signer,
+        cap,
+        seq + 1,
+        &ShareState::Revoked { at_us: now_us() },
+    )
+    .await?;
+    update_list(repo, "revoke the share", |list| {
+        let Some(l) = list.iter_mut().find(|l| l.cap == *cap) else {
+            return Ok(false);
+        };
+        if l.revoked {
+            return Ok(false);
+        }
+        l.revoked = true;
+        Ok(true)
+    })
+    .await?;
+    Ok(true)
+}
+
+/// Reads and opens the share manifest of `cap` (whose holder may be anyone: `repo` is only
+/// the way to the ring). Refuses an expired share.
+pub async fn resolve(repo: &Repo, cap: &Capability) -> Result<ShareManifest> {
+    let (pieces, hash) = match read_state(repo, cap).await? {
+        None => {
+            return Err(ClientError::NotInSnapshot(format!(
+                "no share {} in this ring (a capability of another ring, or mistyped)",
+                cap.id()
+            )))
+        }
+        Some((_, ShareState::Revoked { at_us })) => {
+            return Err(ClientError::Refused(format!(
+                "the share {} was revoked on {}",
+                cap.id(),
+                crate::cli::format_time((at_us as i64).saturating_mul(1000))
+            )))
+        }
+        Some((_, ShareState::Live { pieces, hash, .. })) => (pieces, hash),
+    };
+    if pieces.is_empty() || pieces.len() > MAX_SHARE_PIECES {
+        return Err(ClientError::Corrupt(
+            "the share's manifest is out of bounds".into(),
+        ));
+    }
+    let mut sealed = Vec::new();
+    for key in &pieces {
+        let piece = repo
+            .store
+            .get_document(peerstore_proto::BlockKey(*key))
+            .await?;
+        let Some(piece) = piece else {
+            return Err(ClientError::Missing(format!(
+                "a piece of the share {}'s manifest is gone from the ring",
+                cap.id()
+            )));
+        };
+        if sealed.len() + piece.len() > MAX_SHARE_PIECES * MAX_BLOCK_SIZE {
+            return Err(ClientError::Corrupt(
+                "the share manifest is too large".into(),
+            ));
+        }
+        sealed.extend_from_slice(&piece);
+    }
+    if *blake3::hash(&sealed).as_bytes() != hash {
+        return Err(ClientError::Integrity(format!(
+            "the share {}'s manifest does not match its capability",
+            cap.id()
+        )));
+    }
+    let plain = crypto::open_share(&cap.key, &manifest_context(cap.kind), &sealed)
+        .map_err(|e| ClientError::Integrity(format!("the share {}'s manifest: {e}", cap.id())))?;
+    let sm: ShareManifest = postcard::from_bytes(&plain)
+        .map_err(|e| ClientError::Corrupt(format!("share manifest: {e}")))?;
+    if sm.format != SHARE_FORMAT || sm.kind != cap.kind {
+        return Err(ClientError::Corrupt(
+            "the share manifest is not of its capability".into(),
+        ));
+    }
+    if let Some(e) = sm.expires_us {
+        if e <= now_us() {
+            return Err(ClientError::Refused(format!(
+                "the share {} expired on {}",
+                cap.id(),
+                crate::cli::format_time((e as i64).saturating_mul(1000))
+            )));
+        }
+    }
+    crate::restore::check_manifest(&Manifest::new(sm.entries.clone()))?;
+    Ok(sm)
+}
+
+/// The documents the user's live shares keep: their manifests' pieces and the packs of
+/// their entries (for `prune`).
+pub async fn live_documents(repo: &Repo) -> Result<BTreeSet<[u8; 32]>> {
+    let mut out = BTreeSet::new();
+    let now = now_us();
+    for l in list(repo).await? {
+        if !l.live(now) {
+            continue;
+        }
+        out.extend(l.pieces.iter().copied());
+        let sm = match resolve(repo, &l.cap).await {
+            Ok(sm) => sm,
+            // A share that expired between the list check and now keeps nothing.
+            Err(ClientError::Refused(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        for e in &sm.entries {
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                out.extend(chunks.iter().map(|c| c.pack));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap() -> Capability {
+        Capability {
+            format: SHARE_FORMAT,
+            kind: ShareKind::Folder,
+            signer: [7; 32],
+            key: [9; 32],
+        }
+    }
+
+    #[test]
+    fn capabilities_round_trip_and_bad_ones_are_refused() {
+        let c = cap();
+        let s = c.encode();
+        assert!(s.starts_with("ps1r:"));
+        assert_eq!(Capability::parse(&s).unwrap(), c);
+        assert_eq!(Capability::parse(&format!("  {s}\n")).unwrap(), c);
+        for bad in [
+            "",
+            "ps1r:",
+            "ps1r:zz",
+            "ps2r:00",
+            &s[..s.len() - 2],
+            &format!("ps1r:{}", "0".repeat(MAX_CAP_LEN)),
+        ] {
+            let e = Capability::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("capability"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn liveness_follows_revocation_and_expiry() {
+        let mut l = Listed {
+            label: [1; 16],
+            cap: cap(),
+            pieces: vec![[2; 32]],
+            kind: ShareKind::Folder,
+            path: "a".into(),
+            snapshot: 1,
+            created_us: 1,
+            expires_us: Some(100),
+            revoked: false,
+        };
+        assert!(l.live(99));
+        assert!(!l.live(100));
+        l.expires_us = None;
+        assert!(l.live(u64::MAX));
+        l.revoked = true;
+        assert!(!l.live(0));
+    }
+}

@@ -1,0 +1,178 @@
+//! Issue 15, acceptance 1 (and the capability part of 2 and 4): Alice shares a folder of her
+//! backup with Bob, who has his own key and his own config directory and talks to another
+//! node. Bob lists and restores exactly that folder, byte-identical; he cannot reach the
+//! sibling folder nor any snapshot of Alice's; a file capability opens that file only; a
+//! revoked share answers "revoked"; an expired one says so; no capability
+//! string and no plaintext reaches a node's disk or log.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use peerstore_testkit::Cluster;
+
+const MARKER: &str = "SHARED-PLAINTEXT-MARKER-5d0c1e9a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_folder_opens_for_bob_and_nothing_beside_it() {
+    let cluster = Cluster::start(4, &[]).await;
+    cluster
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Two sibling folders: `photos` (shared) and `private` (not).
+    make_tree(&src.join("photos"), MARKER, 3 << 20);
+    fs::create_dir_all(src.join("private")).unwrap();
+    fs::write(
+        src.join("private/diary.txt"),
+        b"the private folder's content\n",
+    )
+    .unwrap();
+    fs::write(src.join("top.txt"), b"a file at the top\n").unwrap();
+
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    alice.ok(&["backup", src.to_str().unwrap()]);
+
+    // Alice shares the folder; the capability is one line on stdout.
+    let cap = alice.ok(&["share", "photos"]).trim().to_string();
+    assert!(cap.starts_with("ps1r:"), "{cap}");
+    assert!(!cap.contains('\n'));
+    let listed = alice.json(&["shares"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["kind"], "folder");
+    assert_eq!(listed[0]["state"], "live");
+    assert_eq!(listed[0]["capability"], cap.as_str());
+
+    // Bob: his own key and config, another node.
+    let bob = Client::new(tmp.path(), "bob", &cluster.nodes[2].addr.to_string());
+    bob.ok(&["init"]);
+    let ls = bob.json(&["ls", "--cap", &cap]);
+    let paths: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"notes.txt"), "{paths:?}");
+    assert!(paths.contains(&"nested/deeper/big.bin"), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.contains("diary") || p.contains("top")),
+        "{paths:?}"
+    );
+    let out = tmp.path().join("bob-restore");
+    bob.ok(&["restore", "--cap", &cap, out.to_str().unwrap()]);
+    assert_same_tree(&src.join("photos"), &out);
+    let one = tmp.path().join("bob-one.txt");
+    bob.ok(&["getfile", "--cap", &cap, "notes.txt", one.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(&one).unwrap(),
+        fs::read(src.join("photos/notes.txt")).unwrap()
+    );
+
+    // Nothing beside it: the sibling folder is not in the share (explicit error), paths that
+    // climb out are refused, and Bob's own key sees no snapshot of Alice's.
+    for (args, want) in [
+        (vec!["ls", "--cap", &cap, "../private"], ""),
+        (
+            vec!["getfile", "--cap", &cap, "private/diary.txt", "x"],
+            "not found",
+        ),
+        (vec!["getfile", "--cap", &cap, "../top.txt", "x"], ""),
+    ] {
+        let r = bob.run(&args);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        assert!(stderr(&r).contains(want), "{args:?}: {}", stderr(&r).trim());
+    }
+    let r = bob.run(&["snapshots"]);
+    assert!(
+        !String::from_utf8_lossy(&r.stdout).contains("photos"),
+        "Bob's snapshots are his own"
+    );
+    let r = bob.run(&["ls"]);
+    assert!(!r.status.success(), "Bob has no backup of his own");
+
+    // A file capability opens that file only.
+    let file_cap = alice.ok(&["share", "photos/notes.txt"]).trim().to_string();
+    let ls = bob.json(&["ls", "--cap", &file_cap]);
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+    let f = tmp.path().join("bob-file");
+    bob.ok(&[
+        "getfile",
+        "--cap",
+        &file_cap,
+        "notes.txt",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        fs::read(src.join("photos/notes.txt")).unwrap()
+    );
+    // A capability altered by one character does not open.
+    let mut bad = file_cap.clone().into_bytes();
+    let last = bad.len() - 1;
+    bad[last] = if bad[last] == b'0' { b'1' } else { b'0' };
+    let r = bob.run(&["ls", "--cap", std::str::from_utf8(&bad).unwrap()]);
+    assert!(!r.status.success());
+    let r = bob.run(&["ls", "--cap", "ps1r:nothex"]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("capability"), "{}", stderr(&r));
+
+    // An expired share says so.
+    let short = alice
+        .ok(&["share", "photos", "--expires", "1s"])
+        .trim()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = bob.run(&["ls", "--cap", &short]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("expired"), "{}", stderr(&r));
+
+    // Revoked: listed as such, and the capability answers "revoked".
+    alice.ok(&["unshare", &cap]);
+    let listed = alice.json(&["shares"]);
+    let state = |c: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["capability"] == c)
+            .map(|l| l["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state(&cap).as_deref(), Some("revoked"));
+    assert_eq!(state(&file_cap).as_deref(), Some("live"));
+    let r = bob.run(&["ls", "--cap", &cap]);
+    assert!(!r.status.success(), "a revoked share still resolves");
+    assert!(stderr(&r).contains("revoked"), "{}", stderr(&r));
+    // A prune keeps what the live file share needs.
+    alice.ok(&["prune", "--grace", "0s"]);
+    alice.ok(&["prune", "--grace", "0s"]);
+    let f2 = tmp.path().join("bob-file-after-prune");
+    bob.ok(&[
+        "getfile",
+        "--cap",
+        &file_cap,
+        "notes.txt",
+        f2.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(&f2).unwrap(), fs::read(&f).unwrap());
+
+    // No capability string and no shared plaintext on any node's disk or log.
+    let cap_body = &cap["ps1r:".len()..];
+    for n in &cluster.nodes {
+        for needle in [
+            MARKER.as_bytes(),
+            cap_body.as_bytes(),
+            &cap_body.as_bytes()[..40],
+        ] {
+            let (_, hits) = files_containing(&n.data_dir, needle);
+            assert!(hits.is_empty(), "found on a node: {hits:?}");
+        }
+    }
+}
