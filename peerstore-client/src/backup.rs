@@ -303,6 +303,10 @@ pub async fn backup(
             .await?;
         summary.metadata_blocks = meta;
         summary.snapshot = Some(s.snapshot.number);
+        // Live shares follow the new snapshot; the backup itself is done either way.
+        if let Err(e) = crate::share::refresh_live(repo, &s, &manifest).await {
+            tracing::warn!(error = %e, "live shares not updated to this snapshot; the next one retries");
+        }
         summary.snapshot_id = Some(s.short_id());
         snap = Some(s);
     }

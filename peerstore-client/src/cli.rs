@@ -145,6 +145,10 @@ pub enum Command {
         /// The capability stops resolving after this long (e.g. 7d, 12h); default: never.
         #[arg(long, value_parser = parse_grace)]
         expires: Option<Duration>,
+        /// A live share: it follows this user's later backups and syncs of the path (a
+        /// holder mirrors it with `sync --from`), until `unshare`.
+        #[arg(long)]
+        live: bool,
     },
     /// Revoke a share: its capability stops resolving once the next `prune` removed it.
     Unshare {
@@ -211,6 +215,10 @@ pub enum Command {
         /// devices' changes in (the default is two-way sync).
         #[arg(long)]
         push_only: bool,
+        /// Keep <dir> a read-only mirror of what a read capability (`ps1r:...`, a live share
+        /// of someone else's) opens, following its owner's changes.
+        #[arg(long, conflicts_with = "push_only")]
+        from: Option<String>,
     },
     /// List the user's devices (the client data directories that ran `sync`) and when each
     /// last published its synced folder.
@@ -427,7 +435,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                     path,
                     snapshot,
                     expires,
-                } => cmd_share(&ctx, path.as_deref(), snapshot.as_deref(), expires).await,
+                    live,
+                } => cmd_share(&ctx, path.as_deref(), snapshot.as_deref(), expires, live).await,
                 Command::Unshare { cap } => cmd_unshare(&ctx, &cap).await,
                 Command::Shares => cmd_shares(&ctx).await,
                 Command::Snapshots => cmd_snapshots(&ctx).await,
@@ -441,11 +450,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Rm { paths } => cmd_rm(&ctx, &paths).await,
                 Command::Du => cmd_du(&ctx).await,
                 Command::Sync {
+                    from: Some(cap),
+                    dir,
+                    ..
+                } => cmd_sync_from(&ctx, &cap, &dir).await,
+                Command::Sync {
                     dir,
                     debounce_ms,
                     prune_every,
                     prune_grace,
                     push_only,
+                    from: None,
                 } => cmd_sync(&ctx, &dir, debounce_ms, prune_every, prune_grace, push_only).await,
                 Command::Devices => cmd_devices(&ctx).await,
                 Command::Init
@@ -864,12 +879,13 @@ async fn cmd_share(
     path: Option<&str>,
     snapshot: Option<&str>,
     expires: Option<Duration>,
+    live: bool,
 ) -> Result<()> {
     let comps = user_path(path.unwrap_or(""))?;
     let snap = ctx.repo.select(snapshot).await?;
     let m = ctx.repo.load_manifest(&snap).await?;
     let expires_us = expires.map(|d| crate::share::now_us().saturating_add(d.as_micros() as u64));
-    let cap = crate::share::share(&ctx.repo, &snap, &m, &comps, expires_us).await?;
+    let cap = crate::share::share(&ctx.repo, &snap, &m, &comps, expires_us, live).await?;
     let text = cap.encode();
     ctx.print(
         &serde_json::json!({
@@ -879,6 +895,7 @@ async fn cmd_share(
             "path": comps.join("/"),
             "snapshot": snap.snapshot.number,
             "expires": expires_us.map(|e| format_time((e as i64).saturating_mul(1000))),
+            "live": live,
         }),
         || text.clone(),
     );
@@ -916,6 +933,57 @@ async fn cmd_unshare(ctx: &Ctx, cap: &str) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// `sync --from CAP DIR`: keeps `dir` equal to what `cap` opens, checking every 500 ms;
+/// stops (with the error) when the share is revoked or expires, or at Ctrl-C.
+async fn cmd_sync_from(ctx: &Ctx, cap: &str, dir: &Path) -> Result<()> {
+    let cap = crate::share::Capability::parse(cap)?;
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
+    if !ctx.g.json {
+        eprintln!(
+            "mirroring share {} into {} (Ctrl-C to stop)",
+            cap.id(),
+            dir.display()
+        );
+    }
+    let mut last: Option<[u8; 32]> = None;
+    loop {
+        match crate::share::resolve_with_hash(&ctx.repo, &cap).await {
+            Ok((hash, sm)) if last != Some(hash) => {
+                let snapshot = sm.snapshot;
+                let (m, keys) = sm.into_parts();
+                let repo = ctx.repo.clone().with_shared_chunks(keys);
+                let removed = crate::share::remove_extraneous(dir, &m)?;
+                let progress = Arc::new(Progress::hidden());
+                let s = restore_tree(&repo, &m, dir, &progress).await?;
+                last = Some(hash);
+                ctx.print(
+                    &serde_json::json!({
+                        "share": cap.id(),
+                        "snapshot": snapshot,
+                        "files": s.files,
+                        "removed": removed,
+                    }),
+                    || {
+                        format!(
+                            "mirrored share {} at snapshot {snapshot}: {} files, {} removed",
+                            cap.id(),
+                            s.files,
+                            removed
+                        )
+                    },
+                );
+            }
+            Ok(_) => {}
+            Err(e @ (ClientError::Refused(_) | ClientError::Integrity(_))) => return Err(e),
+            Err(e) => eprintln!("warning: {e}; trying again"),
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 #[derive(Serialize)]

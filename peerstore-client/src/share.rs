@@ -197,6 +197,8 @@ pub struct Listed {
     pub created_us: u64,
     pub expires_us: Option<u64>,
     pub revoked: bool,
+    /// A live share: it follows the owner's later snapshots (`share --live`).
+    pub follow: bool,
 }
 
 impl Listed {
@@ -312,15 +314,15 @@ async fn update_list(
     }
 }
 
-/// Shares `path` (components; empty: the whole snapshot) of snapshot `snap`, whose manifest
-/// is `m`: writes the share manifest, lists the share, returns its capability.
-pub async fn share(
+/// The share manifest of `path` (components; empty: the whole snapshot) of snapshot `snap`,
+/// whose manifest is `m`, with the keys of its chunks (refused if a chunk is of format 1).
+async fn build(
     repo: &Repo,
     snap: &SnapshotRef,
     m: &Manifest,
     path: &[String],
     expires_us: Option<u64>,
-) -> Result<Capability> {
+) -> Result<ShareManifest> {
     let (kind, name, entries) = if path.is_empty() {
         (
             ShareKind::Snapshot,
@@ -386,7 +388,7 @@ pub async fn share(
         .into_iter()
         .map(|id| (id, crypto::chunk_key(repo.keys(), &id)))
         .collect();
-    let sm = ShareManifest {
+    Ok(ShareManifest {
         format: SHARE_FORMAT,
         kind,
         name,
@@ -395,15 +397,18 @@ pub async fn share(
         expires_us,
         entries,
         chunk_keys,
-    };
-    let plain = postcard::to_allocvec(&sm)
+    })
+}
+
+/// Seals `sm` under `key` and stores it: its pieces and the BLAKE3 of the sealed bytes.
+async fn store(
+    repo: &Repo,
+    key: &[u8; 32],
+    sm: &ShareManifest,
+) -> Result<(Vec<[u8; 32]>, [u8; 32])> {
+    let plain = postcard::to_allocvec(sm)
         .map_err(|e| ClientError::Corrupt(format!("cannot encode the share: {e}")))?;
-    let mut key = [0u8; 32];
-    OsRng.fill_bytes(&mut key);
-    let mut label = [0u8; 16];
-    OsRng.fill_bytes(&mut label);
-    let signer = share_identity(repo.identity(), &label);
-    let sealed = crypto::seal_share(&key, &manifest_context(kind), &plain, &mut OsRng);
+    let sealed = crypto::seal_share(key, &manifest_context(sm.kind), &plain, &mut OsRng);
     if sealed.len() > MAX_SHARE_PIECES * MAX_BLOCK_SIZE {
         return Err(ClientError::Refused(
             "the share is too large (its manifest exceeds 256 MiB); share a smaller folder".into(),
@@ -413,6 +418,29 @@ pub async fn share(
     for piece in sealed.chunks(MAX_BLOCK_SIZE) {
         pieces.push(repo.put_document(piece.to_vec()).await?);
     }
+    Ok((pieces, *blake3::hash(&sealed).as_bytes()))
+}
+
+/// Shares `path` (components; empty: the whole snapshot) of snapshot `snap`, whose manifest
+/// is `m`: writes the share manifest, lists the share, writes its record, returns its
+/// capability. `follow`: a live share, re-published after each later snapshot
+/// ([`refresh_live`]).
+pub async fn share(
+    repo: &Repo,
+    snap: &SnapshotRef,
+    m: &Manifest,
+    path: &[String],
+    expires_us: Option<u64>,
+    follow: bool,
+) -> Result<Capability> {
+    let sm = build(repo, snap, m, path, expires_us).await?;
+    let kind = sm.kind;
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let mut label = [0u8; 16];
+    OsRng.fill_bytes(&mut label);
+    let signer = share_identity(repo.identity(), &label);
+    let (pieces, hash) = store(repo, &key, &sm).await?;
     let cap = Capability {
         format: SHARE_FORMAT,
         kind,
@@ -430,6 +458,7 @@ pub async fn share(
         created_us: now_us(),
         expires_us,
         revoked: false,
+        follow,
     };
     update_list(repo, "list the share", |list| {
         if list.len() >= MAX_SHARES {
@@ -448,11 +477,129 @@ pub async fn share(
     .await?;
     let state = ShareState::Live {
         pieces,
-        hash: *blake3::hash(&sealed).as_bytes(),
+        hash,
         expires_us,
     };
     write_state(repo, &signer, &cap, 1, &state).await?;
     Ok(cap)
+}
+
+/// Re-publishes every live share that follows the owner's snapshots (`share --live`) from
+/// the new snapshot `snap` (manifest `m`): a new share manifest under the same share key, and
+/// a newer version of the share's record pointing at it. A revoked or expired share is left
+/// alone, so what changes after `unshare` never reaches its holders. A followed path that is
+/// gone from the snapshot is shared as empty. Returns how many shares were updated.
+pub async fn refresh_live(repo: &Repo, snap: &SnapshotRef, m: &Manifest) -> Result<usize> {
+    let now = now_us();
+    let mut updated = 0;
+    for l in list(repo).await? {
+        if !l.follow || !l.live(now) {
+            continue;
+        }
+        let path: Vec<String> = if l.path.is_empty() {
+            Vec::new()
+        } else {
+            l.path.split('/').map(str::to_string).collect()
+        };
+        let sm = match build(repo, snap, m, &path, l.expires_us).await {
+            Ok(sm) => sm,
+            Err(ClientError::NotInSnapshot(_)) => ShareManifest {
+                format: SHARE_FORMAT,
+                kind: l.kind,
+                name: path.last().cloned().unwrap_or_default(),
+                snapshot: snap.snapshot.number,
+                time_ns: snap.snapshot.time_ns,
+                expires_us: l.expires_us,
+                entries: Vec::new(),
+                chunk_keys: Vec::new(),
+            },
+            Err(e) => return Err(e),
+        };
+        let signer = share_identity(repo.identity(), &l.label);
+        let (pieces, hash) = store(repo, &l.cap.key, &sm).await?;
+        // The list first (prune keeps the new manifest), then the record.
+        update_list(repo, "update a live share", |list| {
+            let Some(x) = list.iter_mut().find(|x| x.cap == l.cap) else {
+                return Ok(false);
+            };
+            if x.revoked {
+                return Ok(false);
+            }
+            x.pieces = pieces.clone();
+            x.snapshot = snap.snapshot.number;
+            Ok(true)
+        })
+        .await?;
+        // Re-read: an `unshare` from another device meanwhile wins.
+        match read_state(repo, &l.cap).await? {
+            Some((_, ShareState::Revoked { .. })) => continue,
+            Some((seq, _)) => {
+                let state = ShareState::Live {
+                    pieces,
+                    hash,
+                    expires_us: l.expires_us,
+                };
+                write_state(repo, &signer, &l.cap, seq + 1, &state).await?;
+                updated += 1;
+            }
+            None => continue,
+        }
+    }
+    Ok(updated)
+}
+
+/// Makes `dir` hold nothing `m` does not name: removes every path below it that is not in
+/// `m`, or is a directory where `m` has something else, or the reverse (for `sync --from`,
+/// before restoring `m` into it). Returns how many paths were removed.
+pub fn remove_extraneous(dir: &std::path::Path, m: &Manifest) -> Result<u64> {
+    fn walk(
+        root: &std::path::Path,
+        rel: &mut Vec<String>,
+        m: &Manifest,
+        removed: &mut u64,
+    ) -> Result<()> {
+        let here = root.join(rel.join("/"));
+        let rd = match std::fs::read_dir(&here) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ClientError::io(&here, e)),
+        };
+        for d in rd {
+            let d = d.map_err(|e| ClientError::io(&here, e))?;
+            let Ok(name) = d.file_name().into_string() else {
+                continue;
+            };
+            let ft = d.file_type().map_err(|e| ClientError::io(d.path(), e))?;
+            rel.push(name);
+            let keep = m.find(rel).is_some_and(|e| {
+                matches!(e.kind, EntryKind::Dir) == ft.is_dir()
+                    && matches!(e.kind, EntryKind::Symlink { .. }) == ft.is_symlink()
+            });
+            if !keep {
+                let p = d.path();
+                let r = if ft.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                r.map_err(|e| ClientError::io(&p, e))?;
+                *removed += 1;
+            } else if ft.is_dir() {
+                walk(root, rel, m, removed)?;
+            }
+            rel.pop();
+        }
+        Ok(())
+    }
+    let mut removed = 0;
+    walk(dir, &mut Vec::new(), m, &mut removed)?;
+    Ok(removed)
+}
+
+/// What `cap` opens now, and the BLAKE3 of its sealed manifest (changes when a live share
+/// follows a new snapshot).
+pub async fn resolve_with_hash(repo: &Repo, cap: &Capability) -> Result<([u8; 32], ShareManifest)> {
+    resolve_inner(repo, cap).await
 }
 
 /// Revokes the share of `cap`: "revoked" in its record, and in the list. `Ok(false)`: not
@@ -493,6 +640,10 @@ pub async fn unshare(repo: &Repo, cap: &Capability) -> Result<bool> {
 /// Reads and opens the share manifest of `cap` (whose holder may be anyone: `repo` is only
 /// the way to the ring). Refuses an expired share.
 pub async fn resolve(repo: &Repo, cap: &Capability) -> Result<ShareManifest> {
+    resolve_inner(repo, cap).await.map(|(_, sm)| sm)
+}
+
+async fn resolve_inner(repo: &Repo, cap: &Capability) -> Result<([u8; 32], ShareManifest)> {
     let (pieces, hash) = match read_state(repo, cap).await? {
         None => {
             return Err(ClientError::NotInSnapshot(format!(
@@ -558,7 +709,7 @@ pub async fn resolve(repo: &Repo, cap: &Capability) -> Result<ShareManifest> {
         }
     }
     crate::restore::check_manifest(&Manifest::new(sm.entries.clone()))?;
-    Ok(sm)
+    Ok((hash, sm))
 }
 
 /// The documents the user's live shares keep: their manifests' pieces and the packs of
@@ -631,6 +782,7 @@ mod tests {
             created_us: 1,
             expires_us: Some(100),
             revoked: false,
+            follow: false,
         };
         assert!(l.live(99));
         assert!(!l.live(100));

@@ -11,17 +11,12 @@ use std::fs;
 use std::time::Duration;
 
 use common::*;
-use peerstore_testkit::Cluster;
 
 const MARKER: &str = "SHARED-PLAINTEXT-MARKER-5d0c1e9a";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_folder_opens_for_bob_and_nothing_beside_it() {
-    let cluster = Cluster::start(4, &[]).await;
-    cluster
-        .wait_ideal(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    let cluster = ideal_ring(4, &[]).await;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     // Two sibling folders: `photos` (shared) and `private` (not).
@@ -175,4 +170,100 @@ async fn a_shared_folder_opens_for_bob_and_nothing_beside_it() {
             assert!(hits.is_empty(), "found on a node: {hits:?}");
         }
     }
+}
+
+/// Kills the mirror when the test ends, however it ends.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 15, acceptance 2: Bob mirrors Alice's live share with `sync --from`; it follows her
+/// backups; after `unshare` her next change never reaches him and the mirror stops with
+/// "revoked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_share_is_mirrored_until_it_is_revoked() {
+    let cluster = ideal_ring(4, &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let shared = src.join("shared");
+    fs::create_dir_all(shared.join("sub")).unwrap();
+    fs::create_dir_all(src.join("other")).unwrap();
+    for i in 0..5 {
+        fs::write(shared.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    fs::write(shared.join("sub/deep.bin"), random_bytes(3, 300_000)).unwrap();
+    fs::write(src.join("other/secret.txt"), b"not shared\n").unwrap();
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let cap = alice.ok(&["share", "--live", "shared"]).trim().to_string();
+
+    let bob = Client::new(tmp.path(), "bob", &cluster.nodes[3].addr.to_string());
+    bob.ok(&["init"]);
+    let mirror = tmp.path().join("mirror");
+    let child = bob
+        .command(&["sync", "--from", &cap, mirror.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(child);
+    let wait_equal = |what: &str| {
+        let started = std::time::Instant::now();
+        loop {
+            if contents(&mirror) == contents(&shared) {
+                println!("{what}: mirror equal after {:?}", started.elapsed());
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what}: the mirror did not follow within 30 s: {:?} vs {:?}",
+                contents(&mirror).keys().collect::<Vec<_>>(),
+                contents(&shared).keys().collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_equal("first copy");
+    assert_same_tree(&shared, &mirror);
+
+    // Alice changes the folder (new, changed, deleted files) and backs up: Bob follows.
+    fs::write(shared.join("new.txt"), b"a new file\n").unwrap();
+    fs::write(shared.join("f1.txt"), b"file 1, changed\n").unwrap();
+    fs::remove_file(shared.join("f2.txt")).unwrap();
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    wait_equal("after a change");
+    assert_same_tree(&shared, &mirror);
+    assert!(!mirror.join("other").exists() && !mirror.join("secret.txt").exists());
+
+    // Revoked: her next change never reaches Bob, and the mirror stops with "revoked".
+    alice.ok(&["unshare", &cap]);
+    fs::write(shared.join("after-revoke.txt"), b"not for bob\n").unwrap();
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = reaper.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the mirror did not stop after the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(reaper.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        !status.success(),
+        "the mirror ended well after a revocation"
+    );
+    assert!(err.contains("revoked"), "{err}");
+    assert!(!mirror.join("after-revoke.txt").exists());
+    let r = bob.run(&["ls", "--cap", &cap]);
+    assert!(stderr(&r).contains("revoked"), "{}", stderr(&r));
 }

@@ -205,10 +205,8 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
-/// Every regular file under `dir` whose bytes contain `needle`.
-pub fn files_containing(dir: &Path, needle: &[u8]) -> (usize, Vec<PathBuf>) {
-    let mut scanned = 0;
-    let mut hits = Vec::new();
+/// Calls `f` with the path of every regular file under `dir`.
+pub fn each_file(dir: &Path, mut f: impl FnMut(&Path)) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = fs::read_dir(&d) else { continue };
@@ -218,20 +216,50 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> (usize, Vec<PathBuf>) {
             if ft.is_dir() {
                 stack.push(p);
             } else if ft.is_file() {
-                if let Ok(bytes) = fs::read(&p) {
-                    scanned += 1;
-                    if bytes.windows(needle.len()).any(|w| w == needle) {
-                        hits.push(p);
-                    }
-                }
+                f(&p);
             }
         }
     }
+}
+
+/// Every regular file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> (usize, Vec<PathBuf>) {
+    let mut scanned = 0;
+    let mut hits = Vec::new();
+    each_file(dir, |p| {
+        if let Ok(bytes) = fs::read(p) {
+            scanned += 1;
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(p.to_path_buf());
+            }
+        }
+    });
     (scanned, hits)
+}
+
+/// The regular files below `dir` (paths relative to it) with their bytes.
+pub fn contents(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    each_file(dir, |p| {
+        let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+        out.insert(rel, fs::read(p).unwrap_or_default());
+    });
+    out
 }
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A ring of `n` nodes started with `extra`, once it is ideal (60 s at most; the nodes'
+/// logs in the failure message).
+pub async fn ideal_ring(n: usize, extra: &[&str]) -> peerstore_testkit::Cluster {
+    let cluster = peerstore_testkit::Cluster::start(n, extra).await;
+    cluster
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    cluster
 }
 
 /// The node logs of a cluster, for failure messages.
