@@ -697,7 +697,7 @@ impl Source {
                 let cap = crate::share::Capability::parse(cap)?;
                 let sm = crate::share::resolve(&ctx.repo, &cap).await?;
                 let what = format!("share {} ({} {})", cap.id(), sm.kind.as_str(), sm.name);
-                let (manifest, keys) = sm.into_parts();
+                let (manifest, keys) = crate::share::into_parts(sm);
                 Ok(Source {
                     repo: ctx.repo.clone().with_shared_chunks(keys),
                     manifest,
@@ -952,7 +952,7 @@ async fn cmd_sync_from(ctx: &Ctx, cap: &str, dir: &Path) -> Result<()> {
         match crate::share::resolve_with_hash(&ctx.repo, &cap).await {
             Ok((hash, sm)) if last != Some(hash) => {
                 let snapshot = sm.snapshot;
-                let (m, keys) = sm.into_parts();
+                let (m, keys) = crate::share::into_parts(sm);
                 let repo = ctx.repo.clone().with_shared_chunks(keys);
                 let removed = crate::share::remove_extraneous(dir, &m)?;
                 let progress = Arc::new(Progress::hidden());
@@ -995,6 +995,8 @@ struct ShareRow {
     created: String,
     expires: Option<String>,
     state: &'static str,
+    /// A live share: it follows the owner's later snapshots.
+    follows: bool,
     capability: String,
 }
 
@@ -1023,6 +1025,7 @@ async fn cmd_shares(ctx: &Ctx) -> Result<()> {
             } else {
                 "expired"
             },
+            follows: l.follow,
             capability: l.cap.encode(),
         })
         .collect();
@@ -1033,11 +1036,12 @@ async fn cmd_shares(ctx: &Ctx) -> Result<()> {
     } else {
         for r in &rows {
             println!(
-                "{} {:8} {:7} {} (snapshot {}) created {} expires {}",
+                "{} {:8} {:7} {}{} (snapshot {}) created {} expires {}",
                 r.id,
                 r.kind,
                 r.state,
                 r.path,
+                if r.follows { " [live: follows]" } else { "" },
                 r.snapshot,
                 r.created,
                 r.expires.as_deref().unwrap_or("never")

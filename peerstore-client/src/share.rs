@@ -37,149 +37,34 @@ use crate::pack::PackCache;
 use crate::repo::{Repo, RootBackoff, SnapshotRef};
 use peerstore_proto::MAX_BLOCK_SIZE;
 
-/// What a read capability starts with.
-pub const CAP_PREFIX: &str = "ps1r:";
-/// Longest capability string accepted.
-pub const MAX_CAP_LEN: usize = 16 << 10;
-/// Format of capabilities and share manifests written by this client.
-pub const SHARE_FORMAT: u8 = 1;
-/// Documents a share manifest may span (at most 256 MiB sealed).
-pub const MAX_SHARE_PIECES: usize = 64;
+use peerstore_proto::share::{manifest_context, record_context, ShareError};
+pub use peerstore_proto::share::{
+    Capability, ShareKind, ShareManifest, ShareState, CAP_PREFIX, MAX_CAP_LEN, MAX_SHARE_PIECES,
+    SHARE_FORMAT,
+};
+
 /// Shares one user's list holds.
 pub const MAX_SHARES: usize = 256;
 
-/// What a capability opens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ShareKind {
-    File,
-    Folder,
-    Snapshot,
-}
-
-impl ShareKind {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShareKind::File => "file",
-            ShareKind::Folder => "folder",
-            ShareKind::Snapshot => "snapshot",
+impl From<ShareError> for ClientError {
+    fn from(e: ShareError) -> ClientError {
+        match e {
+            ShareError::Malformed(m) => ClientError::Config(m),
+            ShareError::OtherVersion(v) => ClientError::OtherVersion(format!(
+                "capability format {v} (this client reads {SHARE_FORMAT})"
+            )),
+            ShareError::Integrity(m) => ClientError::Integrity(m),
         }
     }
 }
 
-/// A read capability, as the string `ps1r:<hex of postcard>` carries it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capability {
-    pub format: u8,
-    pub kind: ShareKind,
-    /// The public key that signs the share's record (the record lives at its root key).
-    pub signer: [u8; 32],
-    /// The share key: opens the record's payload and the share manifest.
-    pub key: [u8; 32],
-}
-
-/// What a share's record says (sealed under the share key).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ShareState {
-    Live {
-        /// Document keys of the sealed share manifest's pieces, in order.
-        pieces: Vec<[u8; 32]>,
-        /// BLAKE3 of the sealed share manifest (whatever the ring's keys are).
-        hash: [u8; 32],
-        expires_us: Option<u64>,
-    },
-    Revoked {
-        at_us: u64,
-    },
-}
-
-impl Capability {
-    /// The capability string.
-    #[must_use]
-    pub fn encode(&self) -> String {
-        format!(
-            "{CAP_PREFIX}{}",
-            hex::encode(postcard::to_allocvec(self).unwrap_or_default())
-        )
-    }
-
-    /// Parses a capability string, with a one-line error for anything else.
-    pub fn parse(s: &str) -> Result<Capability> {
-        let bad =
-            |why: &str| ClientError::Config(format!("not a PeerStore read capability: {why}"));
-        let s = s.trim();
-        if s.len() > MAX_CAP_LEN {
-            return Err(bad("too long"));
-        }
-        let body = s
-            .strip_prefix(CAP_PREFIX)
-            .ok_or_else(|| bad("it does not start with ps1r:"))?;
-        let bytes = hex::decode(body).map_err(|_| bad("it is not hex after ps1r:"))?;
-        let cap: Capability =
-            postcard::from_bytes(&bytes).map_err(|_| bad("it does not decode"))?;
-        if cap.format != SHARE_FORMAT {
-            return Err(ClientError::OtherVersion(format!(
-                "capability format {} (this client reads {SHARE_FORMAT})",
-                cap.format
-            )));
-        }
-        Ok(cap)
-    }
-
-    /// A short id of the share (for lists and messages): the first bytes of its signer.
-    #[must_use]
-    pub fn id(&self) -> String {
-        hex::encode(&self.signer[..8])
-    }
-
-    /// The key of the share's record.
-    #[must_use]
-    pub fn record_key(&self) -> peerstore_proto::BlockKey {
-        peerstore_proto::BlockKey(crypto::root_key(&crypto::UserId(self.signer)))
-    }
-}
-
-/// The share manifest: what the holder of the capability may read.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShareManifest {
-    pub format: u8,
-    pub kind: ShareKind,
-    /// The shared path's last component (the snapshot number for a whole snapshot).
-    pub name: String,
-    /// The snapshot it was taken from, and that snapshot's time.
-    pub snapshot: u64,
-    pub time_ns: i64,
-    /// Expiry (microseconds since the Unix epoch), if any.
-    pub expires_us: Option<u64>,
-    /// The entries, paths relative to the shared folder (a shared file: its name alone).
-    pub entries: Vec<Entry>,
-    /// The key of every chunk of those entries.
-    pub chunk_keys: Vec<(ChunkId, [u8; 32])>,
-}
-
-impl ShareManifest {
-    /// The entries as a manifest, and the chunk keys as a map (for restore).
-    #[must_use]
-    pub fn into_parts(self) -> (Manifest, HashMap<ChunkId, [u8; 32]>) {
-        (
-            Manifest::new(self.entries),
-            self.chunk_keys.into_iter().collect(),
-        )
-    }
-}
-
-/// The sealing context of a share manifest.
-fn manifest_context(kind: ShareKind) -> Vec<u8> {
-    let mut c = b"peerstore share manifest v1\0".to_vec();
-    c.push(kind as u8);
-    c
-}
-
-/// The sealing context of a share's record payload.
-fn record_context(cap: &Capability) -> Vec<u8> {
-    let mut c = b"peerstore share record v1\0".to_vec();
-    c.extend_from_slice(&cap.signer);
-    c
+/// The entries of a share manifest as a manifest, and its chunk keys as a map (for restore).
+#[must_use]
+pub fn into_parts(sm: ShareManifest) -> (Manifest, HashMap<ChunkId, [u8; 32]>) {
+    (
+        Manifest::new(sm.entries),
+        sm.chunk_keys.into_iter().collect(),
+    )
 }
 
 /// One share in the user's list.
@@ -239,24 +124,13 @@ async fn write_state(
 
 /// The newest version of the share record of `cap` that verifies and opens: (seq, state).
 async fn read_state(repo: &Repo, cap: &Capability) -> Result<Option<(u64, ShareState)>> {
-    let signer = crypto::UserId(cap.signer);
     let mut best: Option<(u64, ShareState)> = None;
     for a in repo.store.get_record_replicas(cap.record_key()).await? {
         let Some(bytes) = a.record else { continue };
-        let Ok(rec) = crypto::RootRecord::decode(&bytes) else {
-            continue;
-        };
-        if rec.user != signer || rec.verify().is_err() {
-            continue;
-        }
-        if best.as_ref().is_some_and(|(s, _)| *s >= rec.seq) {
-            continue;
-        }
-        let Ok(plain) = crypto::open_share(&cap.key, &record_context(cap), &rec.payload) else {
-            continue;
-        };
-        if let Ok(state) = postcard::from_bytes::<ShareState>(&plain) {
-            best = Some((rec.seq, state));
+        if let Some((seq, state)) = peerstore_proto::share::open_record(cap, &bytes) {
+            if best.as_ref().is_none_or(|(s, _)| *s < seq) {
+                best = Some((seq, state));
+            }
         }
     }
     Ok(best)
@@ -684,21 +558,7 @@ async fn resolve_inner(repo: &Repo, cap: &Capability) -> Result<([u8; 32], Share
         }
         sealed.extend_from_slice(&piece);
     }
-    if *blake3::hash(&sealed).as_bytes() != hash {
-        return Err(ClientError::Integrity(format!(
-            "the share {}'s manifest does not match its capability",
-            cap.id()
-        )));
-    }
-    let plain = crypto::open_share(&cap.key, &manifest_context(cap.kind), &sealed)
-        .map_err(|e| ClientError::Integrity(format!("the share {}'s manifest: {e}", cap.id())))?;
-    let sm: ShareManifest = postcard::from_bytes(&plain)
-        .map_err(|e| ClientError::Corrupt(format!("share manifest: {e}")))?;
-    if sm.format != SHARE_FORMAT || sm.kind != cap.kind {
-        return Err(ClientError::Corrupt(
-            "the share manifest is not of its capability".into(),
-        ));
-    }
+    let sm = peerstore_proto::share::open_manifest(cap, &hash, &sealed)?;
     if let Some(e) = sm.expires_us {
         if e <= now_us() {
             return Err(ClientError::Refused(format!(

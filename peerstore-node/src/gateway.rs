@@ -16,6 +16,14 @@
 //! - **Answers.** 201 stored, 200/206 read, 400 bad name, 404 no such name, 409 name taken,
 //!   413 body over [`MAX_DOC_BODY`], 416 unsatisfiable range, 502 the ring failed the
 //!   document's integrity check, 503 the ring is unavailable.
+//!
+//! And what read capabilities open (`peerstore-client share`, docs/SHARING.md):
+//! `GET /cap/<cap>/` lists the shared folder (HTML, or JSON with `Accept: application/json`),
+//! `GET /cap/<cap>/<path>` lists a folder below it or streams a file (with `Range`). The node
+//! resolves the capability as a client does (the share's signed record, its sealed manifest,
+//! each chunk under its own key), in memory only: no capability, key or plaintext is written
+//! or logged. 400 a bad capability or path, 404 nothing there, 410 a revoked or expired
+//! share.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +41,9 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use peerstore_proto::share::{Capability, ShareManifest, ShareState, MAX_SHARE_PIECES};
+use peerstore_proto::tree::{ChunkRef, Entry, EntryKind};
 
 use crate::driver::Caller;
 use crate::service::Service;
@@ -84,6 +95,9 @@ pub fn routes(service: Arc<Service>, data_dir: &Path) -> anyhow::Result<Router> 
     Ok(Router::new()
         .route("/doc/{name}", get(get_doc).put(put_doc))
         .route("/doc/{name}/__meta", get(get_meta))
+        .route("/cap/{cap}", get(cap_root))
+        .route("/cap/{cap}/", get(cap_root))
+        .route("/cap/{cap}/{*path}", get(cap_path))
         .layer(DefaultBodyLimit::max(MAX_DOC_BODY))
         .with_state(gw))
 }
@@ -500,6 +514,383 @@ pub fn parse_range(v: &str, len: u64) -> RangeAsk {
         }
         (true, true) => RangeAsk::Ignore,
     }
+}
+
+// ---- read capabilities --------------------------------------------------------------
+
+async fn cap_root(
+    State(gw): State<Arc<Gateway>>,
+    UrlPath(cap): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    serve_cap(&gw, &cap, "", &headers).await
+}
+
+async fn cap_path(
+    State(gw): State<Arc<Gateway>>,
+    UrlPath((cap, path)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    serve_cap(&gw, &cap, &path, &headers).await
+}
+
+impl Gateway {
+    /// What `cap` opens now, or the answer that says why not.
+    async fn resolve(&self, cap: &Capability) -> Result<ShareManifest, Response> {
+        let none = || {
+            answer(
+                StatusCode::NOT_FOUND,
+                format!("no share {} in this ring", cap.id()),
+            )
+        };
+        let r = self
+            .service
+            .client(
+                ClientRequest::RecordRead {
+                    key: cap.record_key(),
+                    from: ReadFrom::Any,
+                },
+                &self.caller,
+            )
+            .await;
+        let bytes = match r {
+            ClientResponse::RecordValue { record: None, .. } => return Err(none()),
+            ClientResponse::RecordValue {
+                record: Some(r), ..
+            } => r,
+            other => return Err(ring_error("reading the share", other)),
+        };
+        let Some((_, state)) = peerstore_proto::share::open_record(cap, &bytes) else {
+            return Err(none());
+        };
+        let (pieces, hash) = match state {
+            ShareState::Revoked { .. } => {
+                return Err(answer(
+                    StatusCode::GONE,
+                    format!("the share {} was revoked", cap.id()),
+                ))
+            }
+            ShareState::Live { pieces, hash, .. } => (pieces, hash),
+        };
+        if pieces.is_empty() || pieces.len() > MAX_SHARE_PIECES {
+            return Err(answer(
+                StatusCode::BAD_GATEWAY,
+                "the share's manifest is out of bounds",
+            ));
+        }
+        let mut sealed = Vec::new();
+        for key in pieces {
+            let r = self
+                .service
+                .client(
+                    ClientRequest::GetDocument { key: BlockKey(key) },
+                    &self.caller,
+                )
+                .await;
+            match r {
+                ClientResponse::Block { data } => sealed.extend_from_slice(&data),
+                ClientResponse::NotFound => {
+                    return Err(answer(
+                        StatusCode::BAD_GATEWAY,
+                        "a piece of the share's manifest is missing from the ring",
+                    ))
+                }
+                other => return Err(ring_error("reading the share's manifest", other)),
+            }
+        }
+        let sm = peerstore_proto::share::open_manifest(cap, &hash, &sealed)
+            .map_err(|e| answer(StatusCode::BAD_GATEWAY, e.to_string()))?;
+        if sm.expires_us.is_some_and(|e| e <= now_us()) {
+            return Err(answer(
+                StatusCode::GONE,
+                format!("the share {} expired", cap.id()),
+            ));
+        }
+        Ok(sm)
+    }
+}
+
+async fn serve_cap(gw: &Gateway, cap_text: &str, path: &str, headers: &HeaderMap) -> Response {
+    let cap = match Capability::parse(cap_text) {
+        Ok(c) => c,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let comps: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    if comps.iter().any(|c| c == "." || c == "..") {
+        return answer(StatusCode::BAD_REQUEST, "no . or .. in a path");
+    }
+    let sm = match gw.resolve(&cap).await {
+        Ok(sm) => sm,
+        Err(r) => return r,
+    };
+    let base = format!("/cap/{cap_text}");
+    if comps.is_empty() {
+        return listing(&base, &sm.name, &[], &sm.entries, headers);
+    }
+    let Some(entry) = sm.entries.iter().find(|e| e.path == comps) else {
+        return answer(StatusCode::NOT_FOUND, format!("no {path:?} in this share"));
+    };
+    match &entry.kind {
+        EntryKind::Dir => listing(&base, &sm.name, &comps, &sm.entries, headers),
+        EntryKind::Symlink { target } => answer(
+            StatusCode::NOT_FOUND,
+            format!("{path:?} is a symbolic link to {target:?}"),
+        ),
+        EntryKind::File { size, chunks } => {
+            let keys: std::collections::HashMap<crypto::ChunkId, [u8; 32]> =
+                sm.chunk_keys.iter().copied().collect();
+            stream_file(gw, entry, *size, chunks.clone(), keys, headers)
+        }
+    }
+}
+
+/// `href` of `comps` below `base`, each component percent-encoded.
+fn href(base: &str, comps: &[String], dir: bool) -> String {
+    let mut out = base.to_string();
+    for c in comps {
+        out.push('/');
+        for b in c.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    if dir {
+        out.push('/');
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The children of the folder `comps` of a share: HTML, or JSON when asked for.
+fn listing(
+    base: &str,
+    name: &str,
+    comps: &[String],
+    entries: &[Entry],
+    headers: &HeaderMap,
+) -> Response {
+    let children: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.path.len() == comps.len() + 1 && e.path.starts_with(comps))
+        .collect();
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        let list: Vec<serde_json::Value> = children
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.path[e.path.len() - 1],
+                    "kind": match e.kind {
+                        EntryKind::Dir => "dir",
+                        EntryKind::File { .. } => "file",
+                        EntryKind::Symlink { .. } => "symlink",
+                    },
+                    "size": match &e.kind { EntryKind::File { size, .. } => *size, _ => 0 },
+                    "mtime_ns": e.mtime_ns,
+                })
+            })
+            .collect();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::Value::Array(list).to_string(),
+        )
+            .into_response();
+    }
+    let title = if comps.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}/{}", comps.join("/"))
+    };
+    let mut html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head><body>\n<h1>{t}</h1>\n<ul>\n",
+        t = html_escape(&title)
+    );
+    if !comps.is_empty() {
+        html.push_str(&format!(
+            "<li><a href=\"{}\">..</a></li>\n",
+            html_escape(&href(base, &comps[..comps.len() - 1], true))
+        ));
+    }
+    for e in children {
+        let leaf = &e.path[e.path.len() - 1];
+        let (suffix, size) = match &e.kind {
+            EntryKind::Dir => ("/", String::new()),
+            EntryKind::File { size, .. } => ("", format!(" ({size} bytes)")),
+            EntryKind::Symlink { target } => ("", format!(" -&gt; {}", html_escape(target))),
+        };
+        if let EntryKind::Symlink { .. } = e.kind {
+            html.push_str(&format!("<li>{}{size}</li>\n", html_escape(leaf)));
+            continue;
+        }
+        let link = href(base, &e.path, matches!(e.kind, EntryKind::Dir));
+        html.push_str(&format!(
+            "<li><a class=\"entry\" href=\"{}\">{}{suffix}</a>{size}</li>\n",
+            html_escape(&link),
+            html_escape(leaf)
+        ));
+    }
+    html.push_str("</ul>\n</body></html>\n");
+    let mut r = (StatusCode::OK, html).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// A content type from a file name's extension.
+fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("txt" | "md" | "rs" | "toml" | "sh" | "c" | "h" | "py") => "text/plain; charset=utf-8",
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("json") => "application/json",
+        Some("pdf") => "application/pdf",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Streams the bytes of a shared file (all of them, or the asked range): each chunk's pack
+/// fetched from the ring (the last one kept for the next chunk), the chunk opened with its
+/// own key, its length checked.
+fn stream_file(
+    gw: &Gateway,
+    entry: &Entry,
+    size: u64,
+    chunks: Vec<ChunkRef>,
+    keys: std::collections::HashMap<crypto::ChunkId, [u8; 32]>,
+    headers: &HeaderMap,
+) -> Response {
+    let name = entry.path.last().cloned().unwrap_or_default();
+    let (start, end, partial) = match headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, size))
+    {
+        Some(RangeAsk::Slice(a, b)) => (a, b + 1, true),
+        Some(RangeAsk::Unsatisfiable) => {
+            let mut r = answer(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        _ => (0, size, false),
+    };
+    // The chunks that hold [start, end), with their offsets in the file.
+    let mut at = 0u64;
+    let mut wanted = Vec::new();
+    for c in chunks {
+        let (from, to) = (at, at + u64::from(c.len));
+        at = to;
+        if to > start && from < end {
+            wanted.push((c, from));
+        }
+    }
+    let service = gw.service.clone();
+    let caller = gw.caller.clone();
+    let keys = Arc::new(keys);
+    let stream = futures::stream::unfold(
+        (wanted.into_iter(), None::<([u8; 32], Arc<Vec<u8>>)>),
+        move |(mut it, mut last)| {
+            let (service, caller, keys) = (service.clone(), caller.clone(), keys.clone());
+            async move {
+                let (c, from) = it.next()?;
+                let fail = |m: String| std::io::Error::other(m);
+                let pack = match &last {
+                    Some((k, p)) if *k == c.pack => p.clone(),
+                    _ => {
+                        let r = service
+                            .client(
+                                ClientRequest::GetDocument {
+                                    key: BlockKey(c.pack),
+                                },
+                                &caller,
+                            )
+                            .await;
+                        match r {
+                            ClientResponse::Block { data } => {
+                                let p = Arc::new(data);
+                                last = Some((c.pack, p.clone()));
+                                p
+                            }
+                            _ => {
+                                return Some((
+                                    Err(fail("a pack of the file is unavailable".into())),
+                                    (it, last),
+                                ))
+                            }
+                        }
+                    }
+                };
+                let plain = c
+                    .range_in(pack.len())
+                    .ok_or_else(|| fail("a chunk lies outside its pack".into()))
+                    .and_then(|r| {
+                        let key = keys
+                            .get(&c.id)
+                            .ok_or_else(|| fail("the share has no key for a chunk".into()))?;
+                        crypto::open_chunk_shared(key, &c.id, &pack[r])
+                            .map_err(|e| fail(e.to_string()))
+                    })
+                    .and_then(|p| {
+                        if p.len() == c.len as usize {
+                            Ok(p)
+                        } else {
+                            Err(fail("a chunk has the wrong length".into()))
+                        }
+                    });
+                let piece = plain.map(|p| {
+                    let lo = start.saturating_sub(from) as usize;
+                    let hi = ((end - from) as usize).min(p.len());
+                    Bytes::from(p[lo..hi].to_vec())
+                });
+                Some((piece, (it, last)))
+            }
+        },
+    );
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type_of(&name)),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&(end - start).to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if partial {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    r
 }
 
 #[cfg(test)]

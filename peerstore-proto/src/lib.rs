@@ -33,6 +33,8 @@ pub mod mux;
 pub mod net;
 pub mod record;
 pub mod rpc;
+pub mod share;
+pub mod tree;
 
 use libp2p::StreamProtocol;
 

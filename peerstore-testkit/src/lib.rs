@@ -3,6 +3,7 @@
 //! ephemeral ports, each with its own temporary data directory. Every process is killed and
 //! every directory removed on drop.
 
+pub mod browser;
 pub mod netns;
 
 use std::collections::BTreeMap;

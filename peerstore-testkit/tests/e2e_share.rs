@@ -267,3 +267,111 @@ async fn a_live_share_is_mirrored_until_it_is_revoked() {
     let r = bob.run(&["ls", "--cap", &cap]);
     assert!(stderr(&r).contains("revoked"), "{}", stderr(&r));
 }
+
+/// Issue 15, acceptance 3 (capabilities on the gateway) and 4: a node's `--http` serves what
+/// a capability opens: folder listings as JSON and HTML, files byte-identical, ranges; 400
+/// for a bad capability, 404 for a missing path, 410 once revoked; headless Chromium opens
+/// the listing and a file from it; the capability never reaches a node's disk or log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_what_a_capability_opens() {
+    let cluster = ideal_ring(4, &["--http", "127.0.0.1:0"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src.join("photos"), MARKER, 3 << 20);
+    fs::create_dir_all(src.join("private")).unwrap();
+    fs::write(src.join("private/diary.txt"), b"private\n").unwrap();
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let cap = alice.ok(&["share", "photos"]).trim().to_string();
+
+    let addr = cluster.nodes[2].http_addr().await;
+    let url = |p: &str| format!("http://{addr}/cap/{cap}{p}");
+    let curl = |args: &[&str]| -> (u16, Vec<u8>) {
+        let out = tmp.path().join("curl-out");
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "60", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(o.status.success(), "curl {args:?}: {}", stderr(&o));
+        let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+        (code, fs::read(&out).unwrap_or_default())
+    };
+
+    // The folder as JSON and as HTML.
+    let (code, body) = curl(&["-H", "Accept: application/json", &url("/")]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"notes.txt") && names.contains(&"nested"),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("diary")), "{names:?}");
+    let (code, body) = curl(&[&url("/nested")]);
+    assert_eq!(code, 200);
+    let html = String::from_utf8_lossy(&body);
+    assert!(
+        html.contains("run.sh") && html.contains("deeper/"),
+        "{html}"
+    );
+
+    // Files byte-identical (one of several chunks), and a range of one.
+    let (code, body) = curl(&[&url("/notes.txt")]);
+    assert_eq!(code, 200);
+    assert_eq!(body, fs::read(src.join("photos/notes.txt")).unwrap());
+    let big = fs::read(src.join("photos/nested/deeper/big.bin")).unwrap();
+    let (code, body) = curl(&[&url("/nested/deeper/big.bin")]);
+    assert_eq!(code, 200);
+    assert!(body == big, "the big file differs");
+    let (code, body) = curl(&["-r", "1000000-2500000", &url("/nested/deeper/big.bin")]);
+    assert_eq!(code, 206);
+    assert!(body == big[1_000_000..=2_500_000], "the range differs");
+
+    // Bad capability, missing path, escaping path.
+    let (code, _) = curl(&[&format!("http://{addr}/cap/ps1r:0102/notes.txt")]);
+    assert_eq!(code, 400);
+    let (code, _) = curl(&[&format!("http://{addr}/cap/garbage/")]);
+    assert_eq!(code, 400);
+    let (code, _) = curl(&[&url("/no-such-file")]);
+    assert_eq!(code, 404);
+    let (code, _) = curl(&["--path-as-is", &url("/../private/diary.txt")]);
+    assert!(code == 400 || code == 404, "{code}");
+
+    // Headless Chromium opens the listing and a file from it.
+    match peerstore_testkit::browser::browser() {
+        None => println!("skipped the browser part: no chromium on PATH (scripts/setup.sh)"),
+        Some(b) => {
+            let dom = peerstore_testkit::browser::render(&b, &url("/"), "share-listing.png").await;
+            assert!(dom.contains("notes.txt"), "{dom}");
+            let text =
+                peerstore_testkit::browser::render(&b, &url("/notes.txt"), "share-file.png").await;
+            assert!(text.contains(MARKER), "{text}");
+        }
+    }
+
+    // Revoked: 410, and the node keeps serving.
+    alice.ok(&["unshare", &cap]);
+    let (code, body) = curl(&[&url("/notes.txt")]);
+    assert_eq!(code, 410, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("revoked"));
+    let (code, _) = curl(&[&format!("http://{addr}/ring.json")]);
+    assert_eq!(code, 200);
+
+    // No capability and no plaintext on any node's disk or log.
+    let cap_body = &cap["ps1r:".len()..];
+    for n in &cluster.nodes {
+        for needle in [MARKER.as_bytes(), cap_body.as_bytes()] {
+            let (_, hits) = files_containing(&n.data_dir, needle);
+            assert!(hits.is_empty(), "found on a node: {hits:?}");
+        }
+    }
+}
