@@ -221,14 +221,7 @@ pub fn seal_share<R: RngCore + CryptoRng + ?Sized>(
     plaintext: &[u8],
     rng: &mut R,
 ) -> Vec<u8> {
-    let nonce = random_nonce(rng);
-    seal_framed(
-        key,
-        SEALED_FORMAT_VERSION,
-        &nonce,
-        &share_aad(context),
-        plaintext,
-    )
+    seal_random(key, &share_aad(context), plaintext, rng)
 }
 
 /// Decrypts what [`seal_share`] produced with the same key and context.
@@ -240,6 +233,17 @@ pub fn open_share(key: &[u8; 32], context: &[u8], sealed: &[u8]) -> Result<Vec<u
 #[must_use]
 pub fn chunk_format(ciphertext: &[u8]) -> Option<u8> {
     ciphertext.first().copied()
+}
+
+/// Seals metadata (sealed format) under `key` with a random nonce and `aad`.
+fn seal_random<R: RngCore + CryptoRng + ?Sized>(
+    key: &[u8; 32],
+    aad: &[u8],
+    plaintext: &[u8],
+    rng: &mut R,
+) -> Vec<u8> {
+    let nonce = random_nonce(rng);
+    seal_framed(key, SEALED_FORMAT_VERSION, &nonce, aad, plaintext)
 }
 
 fn random_nonce<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> [u8; NONCE_LEN] {
@@ -271,14 +275,7 @@ pub fn seal_manifest<R: RngCore + CryptoRng + ?Sized>(
     plaintext: &[u8],
     rng: &mut R,
 ) -> Vec<u8> {
-    let nonce = random_nonce(rng);
-    seal_framed(
-        &keys.manifest,
-        SEALED_FORMAT_VERSION,
-        &nonce,
-        &manifest_aad(context),
-        plaintext,
-    )
+    seal_random(&keys.manifest, &manifest_aad(context), plaintext, rng)
 }
 
 /// Decrypts what [`seal_manifest`] produced with the same `context`.

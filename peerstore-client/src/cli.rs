@@ -940,6 +940,28 @@ async fn cmd_unshare(ctx: &Ctx, cap: &str) -> Result<()> {
 async fn cmd_sync_from(ctx: &Ctx, cap: &str, dir: &Path) -> Result<()> {
     let cap = crate::share::Capability::parse(cap)?;
     std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
+    // The mirror removes whatever the share does not have: only into an empty directory, or
+    // one this client already mirrors this share into.
+    let canonical = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
+    let marks = ctx.dirs.data.join("mirrors");
+    let mark = marks.join(hex::encode(
+        &blake3::hash(canonical.to_string_lossy().as_bytes()).as_bytes()[..16],
+    ));
+    let mirrored_here = std::fs::read_to_string(&mark).is_ok_and(|s| s.trim() == cap.id());
+    let empty = std::fs::read_dir(&canonical)
+        .map_err(|e| ClientError::io(&canonical, e))?
+        .next()
+        .is_none();
+    if !empty && !mirrored_here {
+        return Err(ClientError::Refused(format!(
+            "{} is not empty and not a mirror of share {}: the mirror would delete what the \
+             share does not have; give a new or empty directory",
+            dir.display(),
+            cap.id()
+        )));
+    }
+    std::fs::create_dir_all(&marks).map_err(|e| ClientError::io(&marks, e))?;
+    std::fs::write(&mark, format!("{}\n", cap.id())).map_err(|e| ClientError::io(&mark, e))?;
     if !ctx.g.json {
         eprintln!(
             "mirroring share {} into {} (Ctrl-C to stop)",
@@ -1007,7 +1029,7 @@ async fn cmd_shares(ctx: &Ctx) -> Result<()> {
         .into_iter()
         .map(|l| ShareRow {
             id: l.cap.id(),
-            kind: l.kind.as_str(),
+            kind: l.cap.kind.as_str(),
             path: if l.path.is_empty() {
                 "/".into()
             } else {

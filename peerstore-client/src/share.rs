@@ -75,7 +75,6 @@ pub struct Listed {
     pub cap: Capability,
     /// Its manifest's documents (kept by `prune` while the share is live).
     pub pieces: Vec<[u8; 32]>,
-    pub kind: ShareKind,
     /// The shared path ("" for a whole snapshot).
     pub path: String,
     pub snapshot: u64,
@@ -326,7 +325,6 @@ pub async fn share(
         label,
         cap: cap.clone(),
         pieces: pieces.clone(),
-        kind,
         path: path.join("/"),
         snapshot: snap.snapshot.number,
         created_us: now_us(),
@@ -379,7 +377,7 @@ pub async fn refresh_live(repo: &Repo, snap: &SnapshotRef, m: &Manifest) -> Resu
             Ok(sm) => sm,
             Err(ClientError::NotInSnapshot(_)) => ShareManifest {
                 format: SHARE_FORMAT,
-                kind: l.kind,
+                kind: l.cap.kind,
                 name: path.last().cloned().unwrap_or_default(),
                 snapshot: snap.snapshot.number,
                 time_ns: snap.snapshot.time_ns,
@@ -601,42 +599,17 @@ pub async fn live_documents(repo: &Repo) -> Result<BTreeSet<[u8; 32]>> {
 mod tests {
     use super::*;
 
-    fn cap() -> Capability {
-        Capability {
-            format: SHARE_FORMAT,
-            kind: ShareKind::Folder,
-            signer: [7; 32],
-            key: [9; 32],
-        }
-    }
-
-    #[test]
-    fn capabilities_round_trip_and_bad_ones_are_refused() {
-        let c = cap();
-        let s = c.encode();
-        assert!(s.starts_with("ps1r:"));
-        assert_eq!(Capability::parse(&s).unwrap(), c);
-        assert_eq!(Capability::parse(&format!("  {s}\n")).unwrap(), c);
-        for bad in [
-            "",
-            "ps1r:",
-            "ps1r:zz",
-            "ps2r:00",
-            &s[..s.len() - 2],
-            &format!("ps1r:{}", "0".repeat(MAX_CAP_LEN)),
-        ] {
-            let e = Capability::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("capability"), "{bad:?}: {e}");
-        }
-    }
-
     #[test]
     fn liveness_follows_revocation_and_expiry() {
         let mut l = Listed {
             label: [1; 16],
-            cap: cap(),
+            cap: Capability {
+                format: SHARE_FORMAT,
+                kind: ShareKind::Folder,
+                signer: [7; 32],
+                key: [9; 32],
+            },
             pieces: vec![[2; 32]],
-            kind: ShareKind::Folder,
             path: "a".into(),
             snapshot: 1,
             created_us: 1,

@@ -55,6 +55,9 @@ pub const GATEWAY_KEY_FILE: &str = "gateway.key";
 pub const MAX_DOC_BODY: usize = peerstore_proto::MAX_BLOCK_SIZE - 1024;
 /// Longest name, in bytes.
 pub const MAX_NAME: usize = 200;
+/// Capabilities resolved at once: each may hold a share manifest of up to
+/// `MAX_SHARE_PIECES` documents (256 MiB) in memory while it is opened.
+const RESOLVING_AT_ONCE: usize = 4;
 /// Longest `Content-Type` kept with a document.
 const MAX_CONTENT_TYPE: usize = 128;
 
@@ -77,6 +80,8 @@ pub struct Gateway {
     service: Arc<Service>,
     identity: Identity,
     caller: Caller,
+    /// Bounds the share manifests held at once ([`RESOLVING_AT_ONCE`]).
+    resolving: tokio::sync::Semaphore,
 }
 
 /// The gateway's routes (state applied), with their body limit.
@@ -91,6 +96,7 @@ pub fn routes(service: Arc<Service>, data_dir: &Path) -> anyhow::Result<Router> 
         service,
         identity,
         caller,
+        resolving: tokio::sync::Semaphore::new(RESOLVING_AT_ONCE),
     });
     Ok(Router::new()
         .route("/doc/{name}", get(get_doc).put(put_doc))
@@ -623,9 +629,14 @@ async fn serve_cap(gw: &Gateway, cap_text: &str, path: &str, headers: &HeaderMap
     if comps.iter().any(|c| c == "." || c == "..") {
         return answer(StatusCode::BAD_REQUEST, "no . or .. in a path");
     }
-    let sm = match gw.resolve(&cap).await {
-        Ok(sm) => sm,
-        Err(r) => return r,
+    let sm = {
+        let Ok(_permit) = gw.resolving.acquire().await else {
+            return answer(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping");
+        };
+        match gw.resolve(&cap).await {
+            Ok(sm) => sm,
+            Err(r) => return r,
+        }
     };
     let base = format!("/cap/{cap_text}");
     if comps.is_empty() {
@@ -861,10 +872,12 @@ fn stream_file(
                             Err(fail("a chunk has the wrong length".into()))
                         }
                     });
-                let piece = plain.map(|p| {
+                let piece = plain.map(|mut p| {
                     let lo = start.saturating_sub(from) as usize;
                     let hi = ((end - from) as usize).min(p.len());
-                    Bytes::from(p[lo..hi].to_vec())
+                    p.truncate(hi);
+                    p.drain(..lo);
+                    Bytes::from(p)
                 });
                 Some((piece, (it, last)))
             }

@@ -203,6 +203,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn capabilities_round_trip_and_bad_ones_are_refused() {
+        let c = cap();
+        let s = c.encode();
+        assert!(s.starts_with("ps1r:"));
+        assert_eq!(Capability::parse(&s).unwrap(), c);
+        assert_eq!(Capability::parse(&format!("  {s}\n")).unwrap(), c);
+        for bad in [
+            "",
+            "ps1r:",
+            "ps1r:zz",
+            "ps2r:00",
+            &s[..s.len() - 2],
+            &format!("ps1r:{}", "0".repeat(MAX_CAP_LEN)),
+        ] {
+            let e = Capability::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("capability"), "{bad:?}: {e}");
+        }
+    }
+
     proptest! {
         /// Whatever a peer or a user hands in, parsing and opening answer an error, never a
         /// panic.
