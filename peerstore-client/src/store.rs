@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use peerstore_proto::client::describe;
 use peerstore_proto::{
     ring_id, AdminRequest, AdminResponse, BlockKey, ClientRequest as Request,
@@ -430,6 +431,23 @@ pub struct RingStore {
     policy: RetryPolicy,
     /// The current write session: its id and the kept documents not sent yet.
     session: Mutex<Option<(u64, Vec<BlockKey>)>>,
+    /// Whether documents are read from their source blocks' holders directly
+    /// ([`RingStore::read_direct`]); cleared when the ring says it does not entangle.
+    direct_reads: std::sync::atomic::AtomicBool,
+}
+
+/// Source blocks of one document fetched at once when it is read directly.
+const SYMBOLS_IN_FLIGHT: usize = 8;
+
+/// What a direct read of a document came to.
+enum Direct {
+    /// The document, assembled from its sources and checked against its hash.
+    Read(Vec<u8>),
+    /// The ring does not entangle: documents are plain blocks, read with `GetDocument`.
+    Plain,
+    /// No plan, a source missing or bytes that do not check out: read with `GetDocument`
+    /// (which decodes with the code where needed).
+    Fallback,
 }
 
 struct Endpoints {
@@ -481,6 +499,7 @@ impl RingStore {
             timeout,
             policy: RetryPolicy::default(),
             session: Mutex::new(None),
+            direct_reads: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -612,6 +631,78 @@ impl RingStore {
             }
         }
         Err(last)
+    }
+
+    /// Reads an entangled document from the holders of its source blocks: the entry node
+    /// names them (`DocumentSources`), each is fetched from its own replica set
+    /// (`GetSymbol`, routed), and the payloads are put together and checked against the
+    /// document's length and hash. One attempt, no retries: whatever goes wrong, the caller
+    /// reads through `GetDocument`, where the entry node decodes with the code.
+    async fn read_direct(&self, key: BlockKey) -> Direct {
+        let (client, _) = self.client();
+        let plan = match client.call(Request::DocumentSources { key }).await {
+            Ok(Response::DocumentSources(plan)) => plan,
+            Ok(Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }) => return Direct::Plain,
+            _ => return Direct::Fallback,
+        };
+        let total: usize = plan.codewords.iter().map(Vec::len).sum();
+        if plan.len > peerstore_proto::MAX_BLOCK_SIZE as u64
+            || total > peerstore_proto::SourcePlan::MAX_SOURCES
+            || plan.codewords.iter().any(Vec::is_empty)
+        {
+            return Direct::Fallback;
+        }
+        let keys = plan.codewords.iter().flatten().copied();
+        let fetched = futures::stream::iter(keys)
+            .map(|k| {
+                let client = client.clone();
+                async move {
+                    match client.call(Request::GetSymbol { key: k }).await {
+                        Ok(Response::Block { data }) => Some(data),
+                        _ => None,
+                    }
+                }
+            })
+            .buffered(SYMBOLS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut blocks = fetched.into_iter();
+        let mut out = Vec::with_capacity(usize::try_from(plan.len).unwrap_or(0));
+        for codeword in &plan.codewords {
+            let mut len = None;
+            let start = out.len();
+            for index in 0..codeword.len() {
+                let Some(Some(bytes)) = blocks.next() else {
+                    return Direct::Fallback;
+                };
+                let Ok(block) = entangle::block::parse(&bytes) else {
+                    return Direct::Fallback;
+                };
+                let h = &block.header;
+                let cw_len = usize::try_from(h.len).unwrap_or(usize::MAX);
+                if !h.is_source()
+                    || usize::from(h.index) != index
+                    || h.params.s() != codeword.len()
+                    || *len.get_or_insert(cw_len) != cw_len
+                    || start + cw_len > usize::try_from(plan.len).unwrap_or(0)
+                {
+                    return Direct::Fallback;
+                }
+                let room = (start + cw_len).saturating_sub(out.len());
+                out.extend_from_slice(&block.payload[..block.payload.len().min(room)]);
+            }
+            if len.is_some_and(|l| out.len() != start + l) {
+                return Direct::Fallback;
+            }
+        }
+        if out.len() as u64 != plan.len || *blake3::hash(&out).as_bytes() != plan.content_hash {
+            debug!(%key, "directly read document does not match its hash; decoding instead");
+            return Direct::Fallback;
+        }
+        Direct::Read(out)
     }
 
     /// Status of the node in use.
@@ -813,6 +904,14 @@ impl BlockStoreApi for RingStore {
     }
 
     async fn get_document(&self, key: BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.direct_reads.load(Relaxed) {
+            match self.read_direct(key).await {
+                Direct::Read(data) => return Ok(Some(data)),
+                Direct::Plain => self.direct_reads.store(false, Relaxed),
+                Direct::Fallback => {}
+            }
+        }
         let data = match self.call(Request::GetDocument { key }).await? {
             Response::Block { data } => data,
             Response::NotFound => return Ok(None),

@@ -290,6 +290,16 @@ impl Service {
                     None => ClientResponse::NotFound,
                 })
             }
+            ClientRequest::DocumentSources { key } => {
+                self.entangled.document_sources(key).await.map(|p| match p {
+                    Some(plan) => ClientResponse::DocumentSources(plan),
+                    None => ClientResponse::NotFound,
+                })
+            }
+            ClientRequest::GetSymbol { key } => Ok(match self.entangled.get_symbol(key).await {
+                Some(data) => ClientResponse::Block { data },
+                None => ClientResponse::NotFound,
+            }),
         };
         r.unwrap_or_else(|e| e.to_response())
     }

@@ -107,6 +107,36 @@ pub enum ClientRequest {
         record: Vec<u8>,
         id: chain::ReqId,
     },
+    /// Where a document's bytes lie, so that a reader fetches them from their holders itself
+    /// ([`ClientResponse::DocumentSources`]): on an entangled ring whose document's codewords
+    /// are all systematic, the source blocks of each codeword in order. A document that has no
+    /// such plan (a parity-only codeword, a plain block) is answered with
+    /// [`ClientResponse::NotFound`] and read with [`ClientRequest::GetDocument`]; a ring that
+    /// does not entangle answers [`ErrorCode::BadRequest`].
+    DocumentSources { key: BlockKey },
+    /// Read one stored block of an entangled codeword (a source or a parity) wherever this
+    /// node keeps it (replicated or as the single copy after replica management), else from
+    /// the other members of its replica set ([`ClientResponse::Block`] or
+    /// [`ClientResponse::NotFound`]). Routed to the key's owner first.
+    GetSymbol { key: BlockKey },
+}
+
+/// Where a document's bytes lie ([`ClientRequest::DocumentSources`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePlan {
+    /// The document's length in bytes.
+    pub len: u64,
+    /// BLAKE3 of the document's bytes (the reader checks what it assembled against it).
+    pub content_hash: [u8; 32],
+    /// Per codeword, in document order, the keys of its source blocks in stored order (each
+    /// block is an `entangle::block` whose payload is the next shard of the codeword's bytes).
+    pub codewords: Vec<Vec<BlockKey>>,
+}
+
+impl SourcePlan {
+    /// Most source blocks a plan may name (a document of [`crate::MAX_BLOCK_SIZE`] bytes in
+    /// blocks of at least 4 KiB).
+    pub const MAX_SOURCES: usize = crate::MAX_BLOCK_SIZE / 4096;
 }
 
 /// One document of [`ClientRequest::ListDocuments`].
@@ -157,6 +187,8 @@ impl ClientRequest {
             ClientRequest::DeleteDocuments { .. } => "delete-documents",
             ClientRequest::RecordRead { .. } => "record-read",
             ClientRequest::RecordCas { .. } => "record-cas",
+            ClientRequest::DocumentSources { .. } => "document-sources",
+            ClientRequest::GetSymbol { .. } => "get-symbol",
         }
     }
 }
@@ -320,6 +352,8 @@ pub enum ClientResponse {
         code: ErrorCode,
         message: String,
     },
+    /// Answer to [`ClientRequest::DocumentSources`].
+    DocumentSources(SourcePlan),
 }
 
 impl ErrorResponse for ClientResponse {

@@ -240,7 +240,11 @@ impl RpcClient {
         let hashed;
         let (key, spread) = match request {
             ClientRequest::Put { key, .. } => (key, false),
-            ClientRequest::Get { key } | ClientRequest::GetDocument { key } => (key, true),
+            ClientRequest::Get { key }
+            | ClientRequest::GetDocument { key }
+            | ClientRequest::DocumentSources { key } => (key, true),
+            // A symbol brought to one copy by replica management is kept by its key's owner.
+            ClientRequest::GetSymbol { key } => (key, false),
             // On a ring without entanglement a document is the block BLAKE3(data), stored by
             // the owner of that key; on an entangled ring any node may encode it, and the
             // owner of the hash spreads the encoders evenly.

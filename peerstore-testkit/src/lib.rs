@@ -90,6 +90,40 @@ impl NodeProc {
         self.child.is_some()
     }
 
+    /// How many client requests of `kind` (`ClientRequest::kind`) this node answered, any
+    /// result, from its `/metrics` (the node runs with `--http`).
+    pub async fn client_requests(&self, kind: &str) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.http_addr().await;
+        let fetch = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.ok()?;
+            String::from_utf8(raw).ok()
+        };
+        let body = tokio::time::timeout(Duration::from_secs(15), fetch)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("GET http://{addr}/metrics failed"));
+        let want = format!("kind=\"{kind}\"");
+        let mut total = 0.0;
+        for line in body.lines() {
+            if line.starts_with("peerstore_requests_total{")
+                && line.contains("protocol=\"client\"")
+                && line.contains(&want)
+            {
+                total += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+        total as u64
+    }
+
     /// A client request to this node.
     pub async fn call(&self, req: ClientRequest) -> ClientResponse {
         match self.client.call(req).await {

@@ -632,3 +632,77 @@ async fn admin_commands_on_documents_put_directly() {
     }
     println!("admin commands test done in {:?}", t0.elapsed());
 }
+
+/// Client requests of `kind` answered by all of `c`'s live nodes.
+async fn ring_requests(c: &Cluster, kind: &str) -> u64 {
+    let mut total = 0;
+    for n in c.live() {
+        total += n.client_requests(kind).await;
+    }
+    total
+}
+
+/// Backs up a tree into `c` and restores it byte-identical; returns how many `get-symbol`,
+/// `document-sources` and `get-document` requests the restore made the ring answer.
+async fn restore_counts(c: &Cluster, tmp: &std::path::Path) -> (u64, u64, u64) {
+    let alice = Client::new(tmp, "alice", &c.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    let src = tmp.join("src");
+    make_tree(&src, "direct-read marker", 5 << 20);
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let kinds = ["get-symbol", "document-sources", "get-document"];
+    let mut before = [0; 3];
+    for (b, k) in before.iter_mut().zip(kinds) {
+        *b = ring_requests(c, k).await;
+    }
+    let out = tmp.join("restored");
+    alice.ok(&["restore", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+    let mut after = [0; 3];
+    for (a, k) in after.iter_mut().zip(kinds) {
+        *a = ring_requests(c, k).await;
+    }
+    (
+        after[0] - before[0],
+        after[1] - before[1],
+        after[2] - before[2],
+    )
+}
+
+/// Issue 11, "reads should not pay for durability": a restore reads each document from the
+/// holders of its source blocks (the entry node only names them), so a document's bytes cross
+/// the network once. On a ring whose nodes name the sources in the wrong order (hostile mode
+/// `bad-plans`), the client notices (the assembled bytes do not hash to the document) and
+/// reads every document through `GetDocument`: the restore is still byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_read_documents_from_their_sources() {
+    let _one = SERIAL.lock().await;
+    let honest = ideal_ring(4, &["--http", "127.0.0.1:0"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (symbols, plans, decoded) = restore_counts(&honest, tmp.path()).await;
+    println!(
+        "honest ring: {plans} plans, {symbols} symbols, {decoded} documents decoded by a node"
+    );
+    assert!(plans > 0, "the restore asked for no plan");
+    assert!(symbols >= plans, "{symbols} symbols for {plans} plans");
+    assert_eq!(decoded, 0, "documents read through a node");
+    drop(honest);
+
+    std::env::set_var(peerstore_node::replication::hostile::VAR, "bad-plans");
+    let hostile = Cluster::start(4, &["--http", "127.0.0.1:0"]).await;
+    std::env::remove_var(peerstore_node::replication::hostile::VAR);
+    hostile
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&hostile)));
+    let tmp = tempfile::tempdir().unwrap();
+    let (symbols, plans, decoded) = restore_counts(&hostile, tmp.path()).await;
+    println!(
+        "bad-plans ring: {plans} plans, {symbols} symbols, {decoded} documents decoded by a node"
+    );
+    assert!(plans > 0, "the restore asked for no plan");
+    assert_eq!(
+        decoded, plans,
+        "every wrong plan is followed by a decoded read"
+    );
+}

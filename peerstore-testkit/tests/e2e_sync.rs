@@ -253,8 +253,10 @@ async fn the_watcher_prunes_what_its_retention_forgets() {
             assert!(n <= 12, "{p}");
             break;
         }
+        // Generous: under a full `make test` a prune pass (list, mark, delete on every
+        // holder) has taken more than 30 s; on a quiet machine it is done in about 4 s.
         assert!(
-            t.elapsed() < Duration::from_secs(30),
+            t.elapsed() < Duration::from_secs(90),
             "the watcher did not prune: {p}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;

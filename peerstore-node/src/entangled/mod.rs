@@ -102,6 +102,31 @@ impl Entangled {
         read::get_document(self, key).await
     }
 
+    /// `DocumentSources` (see [`read::document_sources`]).
+    pub async fn document_sources(
+        &self,
+        key: BlockKey,
+    ) -> Result<Option<peerstore_proto::SourcePlan>, RingError> {
+        if self.params().is_none() {
+            return Err(RingError::new(
+                ErrorCode::BadRequest,
+                "this ring does not entangle documents; read them with get-document",
+            ));
+        }
+        let mut plan = read::document_sources(self, key).await;
+        if hostile::bad_plans() {
+            for codeword in plan.iter_mut().flat_map(|p| p.codewords.iter_mut()) {
+                codeword.reverse();
+            }
+        }
+        Ok(plan)
+    }
+
+    /// `GetSymbol` (see [`read::get_symbol`]).
+    pub async fn get_symbol(&self, key: BlockKey) -> Option<Vec<u8>> {
+        read::get_symbol(self, key).await
+    }
+
     /// Answers the admin protocol.
     pub async fn serve_admin(&self, request: AdminRequest) -> Result<AdminResponse, RingError> {
         Ok(match request {

@@ -166,6 +166,54 @@ pub async fn get_document(ent: &Entangled, key: BlockKey) -> Result<Option<Vec<u
     Ok(Some(out))
 }
 
+/// `DocumentSources`: where a document's bytes lie, for a reader that fetches them from their
+/// holders itself (a healthy read of a systematic codeword is its `s` sources, and each byte
+/// then crosses the network once, holder to reader, not holder to this node to reader).
+/// `None` when there is no such plan: no document record under `key` (a plain block), or a
+/// codeword that is parity-only or whose record cannot be had (the reader then asks
+/// `GetDocument`, which decodes here). The plan is a hint: the reader checks the bytes it
+/// assembles against the document's hash and falls back to `GetDocument` when they differ.
+pub async fn document_sources(
+    ent: &Entangled,
+    key: BlockKey,
+) -> Option<peerstore_proto::SourcePlan> {
+    ent.params()?;
+    let bytes = meta::fetch_ring(ent, key).await?;
+    let doc = DocRecord::decode(&bytes)?;
+    let records = futures::stream::iter(doc.codewords.iter().copied())
+        .map(|rk| async move { meta::fetch_ring(ent, rk).await })
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let mut codewords = Vec::with_capacity(records.len());
+    let mut total = 0usize;
+    for rec in records {
+        let rec = decode_record(&rec?)?;
+        if rec.params != doc.params || rec.source_keys().is_empty() {
+            return None;
+        }
+        total += rec.source_keys().len();
+        if total > peerstore_proto::SourcePlan::MAX_SOURCES {
+            return None;
+        }
+        codewords.push(rec.source_keys().iter().map(nk).collect());
+    }
+    Some(peerstore_proto::SourcePlan {
+        len: doc.len,
+        content_hash: doc.content_hash,
+        codewords,
+    })
+}
+
+/// `GetSymbol`: a stored block of a codeword, from this node's stores, else from the other
+/// members of its replica set (verified by its hash either way).
+pub async fn get_symbol(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
+    match fetch_local(ent, key).await {
+        Some(b) => Some(b),
+        None => fetch_ring(ent, key).await,
+    }
+}
+
 /// Decodes one codeword: its record, then its symbols, each from one holder ([`fetch_ring`]).
 ///
 /// A systematic codeword is first read from its `s` sources alone: they are the document's

@@ -18,6 +18,10 @@
 //! With `PEERSTORE_TEST_HOSTILE=dirty-reads` a node's record chains answer reads from versions
 //! that are not committed yet (`chain::Config::unsafe_read_dirty`): the broken chain that the
 //! linearizability test must catch.
+//!
+//! With `PEERSTORE_TEST_HOSTILE=bad-plans` a node answers `DocumentSources` with each
+//! codeword's source blocks in reverse order: a plan whose blocks are all real and verify, but
+//! whose bytes put together are not the document. Readers must notice and read another way.
 
 use std::sync::OnceLock;
 
@@ -35,6 +39,8 @@ pub enum Hostile {
     Stall,
     /// Serves record reads from uncommitted versions.
     DirtyReads,
+    /// Names a document's source blocks in the wrong order.
+    BadPlans,
 }
 
 /// Parses the variable's value: unset or empty is honest, `liar` is [`Hostile::Liar`].
@@ -44,8 +50,9 @@ pub fn parse(value: Option<&str>) -> Result<Option<Hostile>, String> {
         Some("liar") => Ok(Some(Hostile::Liar)),
         Some("stall") => Ok(Some(Hostile::Stall)),
         Some("dirty-reads") => Ok(Some(Hostile::DirtyReads)),
+        Some("bad-plans") => Ok(Some(Hostile::BadPlans)),
         Some(other) => Err(format!(
-            "{VAR}={other:?} is not a hostile mode (they are \"liar\", \"stall\" and \"dirty-reads\")"
+            "{VAR}={other:?} is not a hostile mode (they are \"liar\", \"stall\", \"dirty-reads\" and \"bad-plans\")"
         )),
     }
 }
@@ -66,6 +73,7 @@ pub fn mode() -> Option<Hostile> {
                     Hostile::DirtyReads => {
                         "its record chains answer reads from uncommitted versions"
                     }
+                    Hostile::BadPlans => "it names documents' source blocks in the wrong order",
                 };
                 let msg = format!(
                     "{VAR}={m:?}: THIS NODE IS HOSTILE (a test mode): {what}. Never run it on \
@@ -99,6 +107,11 @@ pub fn dirty_reads() -> bool {
     mode() == Some(Hostile::DirtyReads)
 }
 
+/// Whether this node names source blocks in the wrong order ([`Hostile::BadPlans`]).
+pub fn bad_plans() -> bool {
+    mode() == Some(Hostile::BadPlans)
+}
+
 /// What a liar answers to `n` challenges: random bytes.
 pub fn random_proofs(n: usize) -> Vec<Option<[u8; 32]>> {
     (0..n).map(|_| Some(rand::random())).collect()
@@ -109,13 +122,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_liar_stall_and_dirty_reads_are_modes() {
+    fn only_the_named_modes_are_modes() {
         assert_eq!(parse(None), Ok(None));
         assert_eq!(parse(Some("")), Ok(None));
         assert_eq!(parse(Some("liar")), Ok(Some(Hostile::Liar)));
         assert_eq!(parse(Some(" liar\n")), Ok(Some(Hostile::Liar)));
         assert_eq!(parse(Some("stall")), Ok(Some(Hostile::Stall)));
         assert_eq!(parse(Some("dirty-reads")), Ok(Some(Hostile::DirtyReads)));
+        assert_eq!(parse(Some("bad-plans")), Ok(Some(Hostile::BadPlans)));
         assert!(parse(Some("yes")).is_err());
         assert!(parse(Some("LIAR")).is_err());
         let p = random_proofs(3);
