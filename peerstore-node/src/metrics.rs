@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use peerstore_proto::{
-    ClientRequest, ClientResponse, ErrorResponse, MemberRequest, MemberResponse,
+    ClientRequest, ClientResponse, EntRequest, EntResponse, ErrorResponse, MemberRequest,
+    MemberResponse,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -292,8 +293,12 @@ impl Metrics {
         self.count("member", kind, response);
         self.add_bytes("member", "in", bytes_in);
         let out = match response {
-            MemberResponse::Block { data } => data.len(),
+            MemberResponse::Block { data }
+            | MemberResponse::Entangled(EntResponse::Block { data }) => data.len(),
             MemberResponse::Record { record } => record.len(),
+            MemberResponse::Entangled(EntResponse::Records { records }) => {
+                records.iter().flatten().map(Vec::len).sum()
+            }
             _ => 0,
         };
         self.add_bytes("member", "out", out as u64);
@@ -360,6 +365,12 @@ pub fn member_bytes_in(r: &MemberRequest) -> u64 {
     match r {
         MemberRequest::StoreLocal { data, .. } => data.len() as u64,
         MemberRequest::StoreRecordLocal { record, .. } => record.len() as u64,
+        // The entangled layer's blocks and records: single copies of parities and sources,
+        // codeword and document records.
+        MemberRequest::Entangled(EntRequest::StoreSingle { data, .. }) => data.len() as u64,
+        MemberRequest::Entangled(EntRequest::StoreRecords { records }) => {
+            records.iter().map(|r| r.len() as u64).sum()
+        }
         _ => 0,
     }
 }
