@@ -350,3 +350,59 @@ fn crashed_member_is_forgotten_in_a_full_ring() {
         sim.stats.messages - before
     );
 }
+
+/// A whole ring restarted at once (a power cut): every node comes back as a non-member, no join
+/// can succeed, so each starts a ring of one and remembers the members it knew (the driver's
+/// peers file). The rings of one find each other and become one Ideal ring.
+#[test]
+fn a_whole_ring_restarted_at_once_becomes_one_ring_again() {
+    for (n, seed) in [
+        (5usize, 600u64),
+        (5, 601),
+        (5, 602),
+        (8, 603),
+        (8, 604),
+        (16, 605),
+    ] {
+        let mut sim = Sim::new(SimConfig {
+            seed,
+            node: cfg(3),
+            check_every: 0,
+            ..SimConfig::default()
+        });
+        let addrs: Vec<u32> = (0..n).map(|_| sim.add_random_node()).collect();
+        let peers: Vec<Peer<u32>> = addrs
+            .iter()
+            .map(|&a| sim.nodes()[a as usize].node.me().clone())
+            .collect();
+        for &a in &addrs {
+            sim.create(a);
+            // What a peers file holds: the node's neighbours in ring order and a finger, not
+            // everyone.
+            let mut order: Vec<&Peer<u32>> = peers.iter().collect();
+            order.sort_by_key(|p| p.id);
+            let me = order.iter().position(|p| p.addr == a).unwrap();
+            let mut known: Vec<Peer<u32>> = [1, 2, n - 1, n / 2]
+                .iter()
+                .map(|k| order[(me + k) % n].clone())
+                .filter(|p| p.addr != a)
+                .collect();
+            known.sort_by_key(|p| p.addr);
+            known.dedup();
+            let now = sim.now();
+            sim.node_mut(a).unwrap().remember(now, known);
+            sim.flush(a);
+        }
+        let t = sim.run_until_ideal(Duration::from_millis(100), Duration::from_secs(300));
+        assert!(
+            t.is_some(),
+            "n {n} seed {seed}: {:?}",
+            invariants::ideal_report(&sim, false)
+        );
+        println!("whole ring of {n} restarted (seed {seed}): one Ideal ring after {t:?}");
+        assert_eq!(sim.member_count(), n);
+        sim.cfg.check_every = 1;
+        sim.run_for(Duration::from_secs(10));
+        assert_eq!(sim.stats.violations, 0, "{:?}", sim.stats.first_violation);
+    }
+}

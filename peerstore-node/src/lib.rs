@@ -129,10 +129,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     .context("single-copy store open task failed")??;
 
     // A node joins through --initial-peer, then through the members it knew when it last ran
-    // (so a restart still finds the ring when the initial peer is gone). Without
-    // --initial-peer, a node that was in a ring rejoins it if any member answers, and starts a
-    // new ring otherwise.
+    // (so a restart still finds the ring when the initial peer is gone). A node that was in a
+    // ring (it has a peers file) rejoins it if any member answers, and otherwise starts a new
+    // ring and merges into the old one as soon as its members answer again, with or without
+    // --initial-peer: when a whole ring restarts at once (a power cut) every node answers as a
+    // non-member, and waiting for a member would wait forever. Only a node that never was a
+    // member waits for the ring it was told to join.
     let known = driver::read_peers_file(&config.data_dir);
+    let was_member = !known.is_empty();
     let mut via: Vec<NodeAddr> = Vec::new();
     if let Some(s) = &config.initial_peer {
         via.push(
@@ -148,7 +152,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     } else {
         Start::Join {
             via,
-            create_if_alone: !told,
+            create_if_alone: !told || was_member,
         }
     };
     let membership = driver::Membership {

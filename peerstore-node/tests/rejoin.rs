@@ -79,3 +79,31 @@ async fn restart_alone_starts_a_new_ring() {
     let s = cluster.nodes[0].status().await.expect("status");
     assert!(s.member, "node 0 is not a member");
 }
+
+/// A whole ring restarted at once (a power cut), every node with its original
+/// `--initial-peer`: each peer it can reach is restarting too and answers as a non-member, so
+/// no join can succeed. A node that was a member then starts a ring of one and merges with
+/// the members it knew once they answer: the five become one ring again, holding what they held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_ring_restarted_at_once_becomes_one_ring_again() {
+    let mut cluster = Cluster::start(5, &["--replication", "3"]).await;
+    cluster
+        .wait_ideal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_peers_written(&cluster, 2).await;
+    let n = cluster.nodes.len();
+    let addrs: Vec<String> = cluster.nodes.iter().map(|x| x.addr.to_string()).collect();
+    for i in 0..n {
+        cluster.nodes[i].kill9();
+    }
+    // Node i is told to join through node i + 1, which is restarting as well.
+    for i in 0..n {
+        cluster.restart_via(i, Some(&addrs[(i + 1) % n])).await;
+    }
+    let t = cluster
+        .wait_ideal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("the restarted nodes did not become one ring: {e}"));
+    println!("a ring of {n} restarted at once was one ring again {t:?} after the last restart");
+}
