@@ -94,7 +94,9 @@ impl PackCache {
                         .acquire_owned()
                         .await
                         .map_err(|e| Arc::new(ClientError::Refused(e.to_string())))?;
-                    let data = repo.get_required(key, "pack").await.map_err(Arc::new)?;
+                    let data = on_worker(async move { repo.get_required(key, "pack").await })
+                        .await
+                        .map_err(Arc::new)?;
                     fetched.fetch_add(1, Ordering::Relaxed);
                     Ok(Arc::new(data))
                 }
@@ -125,7 +127,45 @@ impl PackCache {
     /// tag, the chunk id and the length. Errors name the file.
     pub async fn open_chunk(&self, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
         let pack = self.get(c.pack).await.map_err(|e| for_file(&e, path))?;
-        open_in_pack(&self.repo.chunk_keys(), &pack, c, path)
+        let keys = self.repo.chunk_keys();
+        // Decryption off the caller's task too (see `on_worker`), on the blocking pool.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (c, path) = (c.clone(), path.to_string());
+                rt.spawn_blocking(move || open_in_pack(&keys, &pack, &c, &path))
+                    .await
+                    .map_err(|e| {
+                        ClientError::Refused(format!("opening a chunk ended early: {e}"))
+                    })?
+            }
+            Err(_) => open_in_pack(&keys, &pack, c, path),
+        }
+    }
+}
+
+/// Runs `fut` as a task of its own when there is a Tokio runtime (else in place): a pack's
+/// fetch, its hash check and, on an entangled ring, the assembly of its sources then run on a
+/// worker thread beside the restore's own task, which opens and writes chunks, instead of after
+/// it. The task is aborted if the caller goes away first.
+async fn on_worker<T, F>(fut: F) -> Result<T, ClientError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+{
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let task = rt.spawn(fut);
+            let _abort = AbortOnDrop(task.abort_handle());
+            task.await
+                .map_err(|e| ClientError::Refused(format!("a pack fetch ended early: {e}")))?
+        }
+        Err(_) => fut.await,
     }
 }
 

@@ -439,6 +439,56 @@ pub struct RingStore {
 /// Source blocks of one document fetched at once when it is read directly.
 const SYMBOLS_IN_FLIGHT: usize = 16;
 
+/// Source blocks asked of one member in one `GetSymbols` (at most
+/// [`peerstore_proto::MAX_SYMBOLS_PER_REQUEST`]).
+const SYMBOLS_PER_BATCH: usize = 8;
+/// `GetSymbols` batches of one document under way at once.
+const SYMBOL_BATCHES_IN_FLIGHT: usize = 8;
+
+/// The source blocks of a direct read, asked of the members that should hold them in batches
+/// (`GetSymbols`: one request per member and [`SYMBOLS_PER_BATCH`] blocks, not one per block).
+/// Only what a member answered for a key it was asked is kept; anything missing, refused or
+/// unanswered is left for the caller to fetch one by one. Nothing here is trusted: the caller
+/// checks the assembled document against its hash.
+async fn fetch_symbol_batches(
+    client: &RpcClient,
+    keys: &[BlockKey],
+) -> std::collections::HashMap<BlockKey, Vec<u8>> {
+    let mut groups: Vec<(NodeAddr, Vec<BlockKey>)> = Vec::new();
+    for &k in keys {
+        // Before the client knows the members: the entry node, which holds most blocks of a
+        // small ring (the others come one by one).
+        let holder = client
+            .symbol_holder(k)
+            .unwrap_or_else(|| client.node.clone());
+        match groups
+            .iter_mut()
+            .find(|(h, ks)| *h == holder && ks.len() < SYMBOLS_PER_BATCH)
+        {
+            Some((_, ks)) => ks.push(k),
+            None => groups.push((holder, vec![k])),
+        }
+    }
+    let answers = futures::stream::iter(groups)
+        .map(|(holder, batch)| async move {
+            let req = Request::GetSymbols {
+                keys: batch.clone(),
+            };
+            match client.call_to(&holder, req).await {
+                Ok(Response::Symbols(blocks)) if blocks.len() == batch.len() => batch
+                    .into_iter()
+                    .zip(blocks)
+                    .filter_map(|(k, b)| Some((k, b?.into_vec())))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        })
+        .buffer_unordered(SYMBOL_BATCHES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    answers.into_iter().flatten().collect()
+}
+
 /// What a direct read of a document came to.
 enum Direct {
     /// The document, assembled from its sources and checked against its hash.
@@ -634,8 +684,10 @@ impl RingStore {
     }
 
     /// Reads an entangled document from the holders of its source blocks: the entry node
-    /// names them (`DocumentSources`), each is fetched from its own replica set
-    /// (`GetSymbol`, routed), and the payloads are put together and checked against the
+    /// names them (`DocumentSources`), they are fetched from their holders, those of one holder
+    /// in one request (`GetSymbols`, [`fetch_symbol_batches`]) and whatever that did not bring
+    /// one by one from its replica set (`GetSymbol`, routed), and the payloads are put
+    /// together and checked against the
     /// document's length and hash. One attempt, no retries: whatever goes wrong, the caller
     /// reads through `GetDocument`, where the entry node decodes with the code. Each byte is
     /// hashed once here (the document's content hash), not per block as well.
@@ -656,21 +708,30 @@ impl RingStore {
         {
             return Direct::Fallback;
         }
-        let keys = plan.codewords.iter().flatten().copied();
-        let fetched = futures::stream::iter(keys)
+        let keys: Vec<BlockKey> = plan.codewords.iter().flatten().copied().collect();
+        let mut got = fetch_symbol_batches(&client, &keys).await;
+        // Whatever no batch brought (a holder that moved, failed or has no `GetSymbols`), one
+        // by one, routed.
+        let missing: BTreeSet<BlockKey> = keys
+            .iter()
+            .filter(|k| !got.contains_key(*k))
+            .copied()
+            .collect();
+        let singles = futures::stream::iter(missing)
             .map(|k| {
                 let client = client.clone();
                 async move {
                     match client.call(Request::GetSymbol { key: k }).await {
-                        Ok(Response::Block { data }) => Some(data),
+                        Ok(Response::Block { data }) => Some((k, data)),
                         _ => None,
                     }
                 }
             })
-            .buffered(SYMBOLS_IN_FLIGHT)
+            .buffer_unordered(SYMBOLS_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
-        let mut blocks = fetched.into_iter();
+        got.extend(singles.into_iter().flatten());
+        let mut blocks = keys.iter().map(|k| got.get(k));
         let mut out = Vec::with_capacity(usize::try_from(plan.len).unwrap_or(0));
         for codeword in &plan.codewords {
             let mut len = None;
@@ -679,7 +740,7 @@ impl RingStore {
                 let Some(Some(bytes)) = blocks.next() else {
                     return Direct::Fallback;
                 };
-                let Ok(block) = entangle::block::parse_unverified(&bytes) else {
+                let Ok(block) = entangle::block::parse_unverified(bytes) else {
                     return Direct::Fallback;
                 };
                 let h = &block.header;

@@ -300,6 +300,24 @@ impl Service {
                 Some(data) => ClientResponse::Block { data },
                 None => ClientResponse::NotFound,
             }),
+            ClientRequest::GetSymbols { keys } => {
+                if keys.len() > peerstore_proto::MAX_SYMBOLS_PER_REQUEST {
+                    Err(RingError::bad_request(format!(
+                        "at most {} keys per symbol request, got {}",
+                        peerstore_proto::MAX_SYMBOLS_PER_REQUEST,
+                        keys.len()
+                    )))
+                } else {
+                    Ok(ClientResponse::Symbols(
+                        self.entangled
+                            .get_symbols_local(keys)
+                            .await
+                            .into_iter()
+                            .map(|b| b.map(serde_bytes::ByteBuf::from))
+                            .collect(),
+                    ))
+                }
+            }
         };
         r.unwrap_or_else(|e| e.to_response())
     }

@@ -383,12 +383,15 @@ fn segments_roll_over_and_empty_ones_are_removed() {
         "{}",
         s.disk_bytes()
     );
-    // deleting one record of a segment frees its space at once (a hole), the file stays
+    // deleting one record of a segment frees its space at once (a hole), the file stays. The
+    // hole is the record's 12 KiB; splitting the file's extent around it may cost the
+    // filesystem one block of its own (ext4 allocates an extent-tree block once a file's
+    // extents outgrow the inode, as group commits can leave them), so at least 8 KiB come back.
     let before = s.disk_bytes();
     assert!(s.delete(&blocks[20].0).expect("delete"));
     assert_eq!(s.segment_count(), 5);
     assert!(
-        s.disk_bytes() <= before - 10_000,
+        s.disk_bytes() <= before - (12 << 10) + 4096,
         "{} vs {before}",
         s.disk_bytes()
     );

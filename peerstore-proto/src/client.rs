@@ -119,7 +119,18 @@ pub enum ClientRequest {
     /// the other members of its replica set ([`ClientResponse::Block`] or
     /// [`ClientResponse::NotFound`]). Routed to the key's owner first.
     GetSymbol { key: BlockKey },
+    /// Read several stored blocks of entangled codewords from this node's own stores in one
+    /// answer ([`ClientResponse::Symbols`], one entry per key, in order): how a reader takes the
+    /// sources of a document ([`ClientRequest::DocumentSources`]) that one member holds in one
+    /// round trip instead of one request each. At most [`MAX_SYMBOLS_PER_REQUEST`] keys; a
+    /// block this node does not hold, and every block past [`crate::MAX_BLOCK_SIZE`] bytes of
+    /// answer, is `None` (read it with [`ClientRequest::GetSymbol`]). Not routed: the reader
+    /// sends it to the member it expects to hold the blocks.
+    GetSymbols { keys: Vec<BlockKey> },
 }
+
+/// Most keys of one [`ClientRequest::GetSymbols`].
+pub const MAX_SYMBOLS_PER_REQUEST: usize = 16;
 
 /// Where a document's bytes lie ([`ClientRequest::DocumentSources`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +200,7 @@ impl ClientRequest {
             ClientRequest::RecordCas { .. } => "record-cas",
             ClientRequest::DocumentSources { .. } => "document-sources",
             ClientRequest::GetSymbol { .. } => "get-symbol",
+            ClientRequest::GetSymbols { .. } => "get-symbols",
         }
     }
 }
@@ -354,6 +366,8 @@ pub enum ClientResponse {
     },
     /// Answer to [`ClientRequest::DocumentSources`].
     DocumentSources(SourcePlan),
+    /// Answer to [`ClientRequest::GetSymbols`]: per key, in order, its stored block or `None`.
+    Symbols(Vec<Option<serde_bytes::ByteBuf>>),
 }
 
 impl ErrorResponse for ClientResponse {

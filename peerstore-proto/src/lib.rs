@@ -50,7 +50,8 @@ pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
 pub use client::{
     ChainStatus, ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage,
     EntangleSession, ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, SourcePlan,
-    StatusReport, UserUsage, MAX_SESSION_KEEP, MAX_STATUS_CHAINS, MAX_WRITE_AUTH,
+    StatusReport, UserUsage, MAX_SESSION_KEEP, MAX_STATUS_CHAINS, MAX_SYMBOLS_PER_REQUEST,
+    MAX_WRITE_AUTH,
 };
 pub use frame::{
     decode_frame, decode_incoming, encode_frame, Audience, Bulk, FramedCodec, Incoming, Message,

@@ -231,6 +231,14 @@ impl RpcClient {
         }
     }
 
+    /// The member a routed [`ClientRequest::GetSymbol`] of `key` asks first (none while no
+    /// members are known): where a reader sends a batch ([`ClientRequest::GetSymbols`]).
+    pub fn symbol_holder(&self, key: BlockKey) -> Option<NodeAddr> {
+        self.route(&ClientRequest::GetSymbol { key })
+            .into_iter()
+            .next()
+    }
+
     /// The members to try for `request`, in order (none if it is not routable or nothing is
     /// known yet; the caller then asks the entry node, and also after a route that left it out).
     fn route(&self, request: &ClientRequest) -> Vec<NodeAddr> {

@@ -644,21 +644,26 @@ async fn ring_requests(c: &Cluster, kind: &str) -> u64 {
 
 /// Backs up a tree into `c` and restores it byte-identical; returns how many `get-symbol`,
 /// `document-sources` and `get-document` requests the restore made the ring answer.
-async fn restore_counts(c: &Cluster, tmp: &std::path::Path) -> (u64, u64, u64) {
+async fn restore_counts(c: &Cluster, tmp: &std::path::Path) -> (u64, u64, u64, u64) {
     let alice = Client::new(tmp, "alice", &c.nodes[0].addr.to_string());
     alice.ok(&["init"]);
     let src = tmp.join("src");
     make_tree(&src, "direct-read marker", 5 << 20);
     alice.ok(&["backup", src.to_str().unwrap()]);
-    let kinds = ["get-symbol", "document-sources", "get-document"];
-    let mut before = [0; 3];
+    let kinds = [
+        "get-symbol",
+        "document-sources",
+        "get-document",
+        "get-symbols",
+    ];
+    let mut before = [0; 4];
     for (b, k) in before.iter_mut().zip(kinds) {
         *b = ring_requests(c, k).await;
     }
     let out = tmp.join("restored");
     alice.ok(&["restore", out.to_str().unwrap()]);
     assert_same_tree(&src, &out);
-    let mut after = [0; 3];
+    let mut after = [0; 4];
     for (a, k) in after.iter_mut().zip(kinds) {
         *a = ring_requests(c, k).await;
     }
@@ -666,6 +671,7 @@ async fn restore_counts(c: &Cluster, tmp: &std::path::Path) -> (u64, u64, u64) {
         after[0] - before[0],
         after[1] - before[1],
         after[2] - before[2],
+        after[3] - before[3],
     )
 }
 
@@ -679,13 +685,37 @@ async fn restores_read_documents_from_their_sources() {
     let _one = SERIAL.lock().await;
     let honest = ideal_ring(4, &["--http", "127.0.0.1:0"]).await;
     let tmp = tempfile::tempdir().unwrap();
-    let (symbols, plans, decoded) = restore_counts(&honest, tmp.path()).await;
+    let (symbols, plans, decoded, batches) = restore_counts(&honest, tmp.path()).await;
     println!(
-        "honest ring: {plans} plans, {symbols} symbols, {decoded} documents decoded by a node"
+        "honest ring: {plans} plans, {batches} symbol batches, {symbols} single symbols, \
+         {decoded} documents decoded by a node"
     );
     assert!(plans > 0, "the restore asked for no plan");
-    assert!(symbols >= plans, "{symbols} symbols for {plans} plans");
+    // Each document's sources come in batches, one per holder (GetSymbols), not one request
+    // per block; single requests only for what a batch did not bring.
+    assert!(batches >= plans, "{batches} batches for {plans} plans");
+    assert!(
+        symbols <= batches,
+        "{symbols} single symbol requests beside {batches} batches"
+    );
     assert_eq!(decoded, 0, "documents read through a node");
+    // A batch is bounded, and a node answers only for the blocks it holds.
+    let n0 = &honest.nodes[0];
+    let unknown: Vec<BlockKey> = (0..3u8).map(|i| BlockKey([i; 32])).collect();
+    match n0.call(ClientRequest::GetSymbols { keys: unknown }).await {
+        ClientResponse::Symbols(v) => {
+            assert!(v.len() == 3 && v.iter().all(Option::is_none), "{v:?}")
+        }
+        other => panic!("symbols nobody stored: {other:?}"),
+    }
+    let too_many = vec![BlockKey([9; 32]); peerstore_proto::MAX_SYMBOLS_PER_REQUEST + 1];
+    match n0.call(ClientRequest::GetSymbols { keys: too_many }).await {
+        ClientResponse::Error {
+            code: peerstore_proto::ErrorCode::BadRequest,
+            ..
+        } => {}
+        other => panic!("a batch over the bound: {other:?}"),
+    }
     drop(honest);
 
     std::env::set_var(peerstore_node::replication::hostile::VAR, "bad-plans");
@@ -696,9 +726,10 @@ async fn restores_read_documents_from_their_sources() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&hostile)));
     let tmp = tempfile::tempdir().unwrap();
-    let (symbols, plans, decoded) = restore_counts(&hostile, tmp.path()).await;
+    let (symbols, plans, decoded, batches) = restore_counts(&hostile, tmp.path()).await;
     println!(
-        "bad-plans ring: {plans} plans, {symbols} symbols, {decoded} documents decoded by a node"
+        "bad-plans ring: {plans} plans, {batches} symbol batches, {symbols} single symbols, \
+         {decoded} documents decoded by a node"
     );
     assert!(plans > 0, "the restore asked for no plan");
     assert_eq!(

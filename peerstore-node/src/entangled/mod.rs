@@ -127,6 +127,11 @@ impl Entangled {
         read::get_symbol(self, key).await
     }
 
+    /// `GetSymbols` (see [`read::get_symbols_local`]).
+    pub async fn get_symbols_local(&self, keys: Vec<BlockKey>) -> Vec<Option<Vec<u8>>> {
+        read::get_symbols_local(self, keys).await
+    }
+
     /// Answers the admin protocol.
     pub async fn serve_admin(&self, request: AdminRequest) -> Result<AdminResponse, RingError> {
         Ok(match request {

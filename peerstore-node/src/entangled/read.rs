@@ -214,6 +214,37 @@ pub async fn get_symbol(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
     }
 }
 
+/// `GetSymbols`: the stored blocks of `keys` that this node's own stores hold, in order, each
+/// verified by its hash as it is read; `None` for a block it does not hold and for every
+/// block once the answer would pass [`peerstore_proto::MAX_BLOCK_SIZE`] bytes (the reader
+/// asks for those one by one). No ring fetch: a batch costs one node's disk only.
+pub async fn get_symbols_local(ent: &Entangled, keys: Vec<BlockKey>) -> Vec<Option<Vec<u8>>> {
+    let n = keys.len();
+    let (main, single) = (ent.store.clone(), ent.single.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut room = peerstore_proto::MAX_BLOCK_SIZE;
+        keys.iter()
+            .map(|key| {
+                if room == 0 {
+                    return None;
+                }
+                let b = match main.get(key) {
+                    Ok(Some(b)) => b,
+                    _ => single.get(key).ok().flatten()?,
+                };
+                if b.len() > room {
+                    room = 0;
+                    return None;
+                }
+                room -= b.len();
+                Some(b)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|_| vec![None; n])
+}
+
 /// Decodes one codeword: its record, then its symbols, each from one holder ([`fetch_ring`]).
 ///
 /// A systematic codeword is first read from its `s` sources alone: they are the document's
