@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync bench-chain
+.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync bench-chain bench-restore
 
 all: build
 
@@ -28,7 +28,7 @@ demo:
 	bash scripts/demo.sh
 
 ## Benchmarks (not tests): each prints its table.
-bench: bench-chord bench-node bench-entangle bench-client bench-sync bench-chain
+bench: bench-chord bench-node bench-entangle bench-client bench-restore bench-sync bench-chain
 
 bench-chord:
 	bash scripts/bench-chord.sh
@@ -41,6 +41,10 @@ bench-entangle:
 
 bench-client:
 	bash scripts/bench-client.sh
+
+## Restore speed, entanglement on against off, both rings up at once and taking turns.
+bench-restore:
+	bash scripts/bench-restore-alt.sh
 
 bench-sync:
 	bash scripts/bench-sync.sh
