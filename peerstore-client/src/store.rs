@@ -446,21 +446,19 @@ const SYMBOLS_PER_BATCH: usize = 8;
 const SYMBOL_BATCHES_IN_FLIGHT: usize = 8;
 
 /// The source blocks of a direct read, asked of the members that should hold them in batches
-/// (`GetSymbols`: one request per member and [`SYMBOLS_PER_BATCH`] blocks, not one per block).
-/// Only what a member answered for a key it was asked is kept; anything missing, refused or
-/// unanswered is left for the caller to fetch one by one. Nothing here is trusted: the caller
-/// checks the assembled document against its hash.
+/// (`GetSymbols`: one request per member and [`SYMBOLS_PER_BATCH`] blocks, not one per block),
+/// each routed by its first key like any routed call (a member that does not answer is
+/// forgotten and the next one asked; before the members are known, the entry node). Only what
+/// a member answered for a key it was asked is kept; anything missing, refused or unanswered is
+/// left for the caller to fetch one by one. Nothing here is trusted: the caller checks the
+/// assembled document against its hash.
 async fn fetch_symbol_batches(
     client: &RpcClient,
     keys: &[BlockKey],
 ) -> std::collections::HashMap<BlockKey, Vec<u8>> {
-    let mut groups: Vec<(NodeAddr, Vec<BlockKey>)> = Vec::new();
+    let mut groups: Vec<(Option<NodeAddr>, Vec<BlockKey>)> = Vec::new();
     for &k in keys {
-        // Before the client knows the members: the entry node, which holds most blocks of a
-        // small ring (the others come one by one).
-        let holder = client
-            .symbol_holder(k)
-            .unwrap_or_else(|| client.node.clone());
+        let holder = client.symbol_holder(k);
         match groups
             .iter_mut()
             .find(|(h, ks)| *h == holder && ks.len() < SYMBOLS_PER_BATCH)
@@ -470,11 +468,11 @@ async fn fetch_symbol_batches(
         }
     }
     let answers = futures::stream::iter(groups)
-        .map(|(holder, batch)| async move {
+        .map(|(_, batch)| async move {
             let req = Request::GetSymbols {
                 keys: batch.clone(),
             };
-            match client.call_to(&holder, req).await {
+            match client.call(req).await {
                 Ok(Response::Symbols(blocks)) if blocks.len() == batch.len() => batch
                     .into_iter()
                     .zip(blocks)

@@ -27,15 +27,22 @@ async fn wait_peers_written(cluster: &Cluster, min: usize) {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn restart_rejoins_through_known_members() {
-    let mut cluster = Cluster::start(3, &["--replication", "3"]).await;
+/// `n` nodes with replication `r`, settled into the ideal ring, each with its peers file
+/// listing at least `peers` other members.
+async fn settled(n: usize, r: &str, peers: usize) -> Cluster {
+    let cluster = Cluster::start(n, &["--replication", r]).await;
     cluster
         .wait_ideal(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    wait_peers_written(&cluster, peers).await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_rejoins_through_known_members() {
     // Every node writes down the others once it is a member of the full ring.
-    wait_peers_written(&cluster, 2).await;
+    let mut cluster = settled(3, "3", 2).await;
 
     // The initial peer (node 0) dies for good, and node 1 crashes and restarts with its
     // original flags: `--initial-peer` names the dead node 0.
@@ -62,12 +69,7 @@ async fn restart_rejoins_through_known_members() {
 /// A node without `--initial-peer` whose known members are all gone starts a new ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_alone_starts_a_new_ring() {
-    let mut cluster = Cluster::start(2, &["--replication", "2"]).await;
-    cluster
-        .wait_ideal(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_peers_written(&cluster, 1).await;
+    let mut cluster = settled(2, "2", 1).await;
     cluster.nodes[0].kill9();
     cluster.nodes[1].kill9();
     cluster.restart_via(0, None).await;
@@ -86,12 +88,7 @@ async fn restart_alone_starts_a_new_ring() {
 /// the members it knew once they answer: the five become one ring again, holding what they held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whole_ring_restarted_at_once_becomes_one_ring_again() {
-    let mut cluster = Cluster::start(5, &["--replication", "3"]).await;
-    cluster
-        .wait_ideal(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_peers_written(&cluster, 2).await;
+    let mut cluster = settled(5, "3", 2).await;
     let n = cluster.nodes.len();
     let addrs: Vec<String> = cluster.nodes.iter().map(|x| x.addr.to_string()).collect();
     for i in 0..n {

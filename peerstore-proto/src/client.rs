@@ -124,8 +124,8 @@ pub enum ClientRequest {
     /// sources of a document ([`ClientRequest::DocumentSources`]) that one member holds in one
     /// round trip instead of one request each. At most [`MAX_SYMBOLS_PER_REQUEST`] keys; a
     /// block this node does not hold, and every block past [`crate::MAX_BLOCK_SIZE`] bytes of
-    /// answer, is `None` (read it with [`ClientRequest::GetSymbol`]). Not routed: the reader
-    /// sends it to the member it expects to hold the blocks.
+    /// answer, is `None` (read it with [`ClientRequest::GetSymbol`]). Routed like a
+    /// `GetSymbol` of its first key: the reader batches the keys one member should hold.
     GetSymbols { keys: Vec<BlockKey> },
 }
 

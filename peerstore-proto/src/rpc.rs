@@ -232,7 +232,8 @@ impl RpcClient {
     }
 
     /// The member a routed [`ClientRequest::GetSymbol`] of `key` asks first (none while no
-    /// members are known): where a reader sends a batch ([`ClientRequest::GetSymbols`]).
+    /// members are known): how a reader groups the keys of its [`ClientRequest::GetSymbols`]
+    /// batches, which are routed by their first key.
     pub fn symbol_holder(&self, key: BlockKey) -> Option<NodeAddr> {
         self.route(&ClientRequest::GetSymbol { key })
             .into_iter()
@@ -251,8 +252,13 @@ impl RpcClient {
             ClientRequest::Get { key }
             | ClientRequest::GetDocument { key }
             | ClientRequest::DocumentSources { key } => (key, true),
-            // A symbol brought to one copy by replica management is kept by its key's owner.
+            // A symbol brought to one copy by replica management is kept by its key's owner; a
+            // batch goes where its first key's `GetSymbol` would (the reader groups it so).
             ClientRequest::GetSymbol { key } => (key, false),
+            ClientRequest::GetSymbols { keys } => match keys.first() {
+                Some(key) => (key, false),
+                None => return Vec::new(),
+            },
             // On a ring without entanglement a document is the block BLAKE3(data), stored by
             // the owner of that key; on an entangled ring any node may encode it, and the
             // owner of the hash spreads the encoders evenly.

@@ -13,21 +13,26 @@ use super::format::{decode_record, ek, nk, DocRecord};
 use super::layer::Entangled;
 use super::meta;
 use crate::ring::RingError;
+use crate::store::BlockStore;
 use peerstore_proto::{BlockKey, ErrorCode, NodeAddr};
 use peerstore_proto::{EntRequest, EntResponse};
 
 /// A block held here, in the replicated store or as a single copy (verified by the store).
 pub async fn fetch_local(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
     let (main, single) = (ent.store.clone(), ent.single.clone());
-    tokio::task::spawn_blocking(move || {
-        if let Ok(Some(b)) = main.get(&key) {
-            return Some(b);
-        }
-        single.get(&key).ok().flatten()
-    })
-    .await
-    .ok()
-    .flatten()
+    tokio::task::spawn_blocking(move || stored(&main, &single, &key))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `key`'s block from the replicated store, else from the single copies (blocking; each store
+/// verifies what it reads against the key).
+fn stored(main: &BlockStore, single: &BlockStore, key: &BlockKey) -> Option<Vec<u8>> {
+    match main.get(key) {
+        Ok(Some(b)) => Some(b),
+        _ => single.get(key).ok().flatten(),
+    }
 }
 
 /// A block from the ring: one member of its replica set at a time (this node first if it is
@@ -228,10 +233,7 @@ pub async fn get_symbols_local(ent: &Entangled, keys: Vec<BlockKey>) -> Vec<Opti
                 if room == 0 {
                     return None;
                 }
-                let b = match main.get(key) {
-                    Ok(Some(b)) => b,
-                    _ => single.get(key).ok().flatten()?,
-                };
+                let b = stored(&main, &single, key)?;
                 if b.len() > room {
                     room = 0;
                     return None;
