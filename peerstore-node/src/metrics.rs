@@ -364,11 +364,15 @@ pub fn client_bytes_in(r: &ClientRequest) -> u64 {
 #[must_use]
 pub fn member_bytes_in(r: &MemberRequest) -> u64 {
     match r {
-        MemberRequest::StoreLocal { data, .. } => data.len() as u64,
+        MemberRequest::StoreLocal { data, .. } | MemberRequest::StoreLocalBatch { data, .. } => {
+            data.len() as u64
+        }
         MemberRequest::StoreRecordLocal { record, .. } => record.len() as u64,
         // The entangled layer's blocks and records: single copies of parities and sources,
         // codeword and document records.
-        MemberRequest::Entangled(EntRequest::StoreSingle { data, .. }) => data.len() as u64,
+        MemberRequest::Entangled(
+            EntRequest::StoreSingle { data, .. } | EntRequest::StoreSingleBatch { data, .. },
+        ) => data.len() as u64,
         MemberRequest::Entangled(EntRequest::StoreRecords { records }) => {
             records.iter().map(|r| r.len() as u64).sum()
         }

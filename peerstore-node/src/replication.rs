@@ -383,6 +383,13 @@ impl Replication {
                 self.store_local(key, data, Role::Replica).await?;
                 MemberResponse::Ok
             }
+            MemberRequest::StoreLocalBatch { sizes, data } => {
+                if hostile::liar() {
+                    return Ok(MemberResponse::Ok); // acknowledged, not stored
+                }
+                store_batch(store, sizes, data, Role::Replica).await?;
+                MemberResponse::Ok
+            }
             MemberRequest::FetchLocal { key } => match self.fetch_local(key).await? {
                 Some(data) => MemberResponse::Block { data },
                 None => MemberResponse::NotFound,
@@ -479,6 +486,25 @@ impl Replication {
             }
         })
     }
+}
+
+/// Stores the blocks of a batch request (`MemberRequest::StoreLocalBatch`,
+/// `EntRequest::StoreSingleBatch`) in `store` with one index commit. `Ok` once every block is
+/// durable; the first failure otherwise (the sender stores what is missing one by one).
+pub async fn store_batch(
+    store: Arc<BlockStore>,
+    sizes: Vec<(BlockKey, u32)>,
+    data: Vec<u8>,
+    role: Role,
+) -> Result<(), RingError> {
+    // Checked before any work: the sizes must describe the bytes exactly.
+    peerstore_proto::split_batch(&sizes, &data).map_err(RingError::bad_request)?;
+    blocking(move || {
+        let blocks = peerstore_proto::split_batch(&sizes, &data)
+            .map_err(crate::store::StoreError::InvalidArgument)?;
+        BlockStore::all_held(store.put_batch(&blocks, role))
+    })
+    .await
 }
 
 /// Keys and digests of the records held in (from, to], one page.

@@ -414,6 +414,55 @@ fn put_many_reports_each_block_in_order() {
     assert!(s.put_many::<Vec<u8>>(&[], Role::Owner).is_empty());
 }
 
+/// A batch is stored with one index commit, answers each block as a put would (in input
+/// order, a key given twice stored once), and everything it stored reads back after a reopen.
+#[test]
+fn put_batch_stores_with_one_commit_and_answers_each_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path(), 9 * 1000);
+    let mut blocks: Vec<(BlockKey, Vec<u8>)> = (0..12).map(|i| block(900 + i, 1000)).collect();
+    s.put(blocks[0].0, &blocks[0].1, Role::Owner).expect("put");
+    blocks[1].1[0] ^= 1; // no longer matches its key
+    blocks[11] = blocks[5].clone(); // the same block twice
+    let slices: Vec<(BlockKey, &[u8])> = blocks.iter().map(|(k, b)| (*k, b.as_slice())).collect();
+    let before = s.stats().index_commits;
+    let r = s.put_batch(&slices, Role::Replica);
+    assert_eq!(
+        s.stats().index_commits - before,
+        1,
+        "one commit for the batch"
+    );
+    assert_eq!(r.len(), 12);
+    assert!(matches!(r[0], Ok(PutOutcome::AlreadyPresent)));
+    assert!(matches!(r[1], Err(StoreError::HashMismatch { .. })));
+    // The repeated block answers as its first occurrence (which may be the one that found
+    // the store full).
+    match &r[5] {
+        Ok(PutOutcome::Stored) => assert!(matches!(r[11], Ok(PutOutcome::AlreadyPresent))),
+        Err(StoreError::Full { .. }) => assert!(r[11].is_err()),
+        other => panic!("unexpected {other:?}"),
+    }
+    let stored = r[2..11]
+        .iter()
+        .filter(|x| matches!(x, Ok(PutOutcome::Stored)))
+        .count();
+    let full = r[..11]
+        .iter()
+        .filter(|x| matches!(x, Err(StoreError::Full { .. })))
+        .count();
+    assert_eq!((stored, full), (8, 1), "capacity holds 9 distinct blocks");
+    assert_eq!(s.used_bytes(), 9 * 1000);
+    drop(s);
+    let s = open(dir.path(), 9 * 1000);
+    for ((k, b), res) in blocks.iter().zip(&r).skip(2) {
+        assert_eq!(s.has(k).expect("has"), res.is_ok(), "{k}");
+        if res.is_ok() {
+            assert_eq!(s.get(k).expect("get").as_ref(), Some(b));
+        }
+    }
+    assert!(s.put_batch(&[], Role::Owner).is_empty());
+}
+
 /// How long a block has been held counts from its arrival (for the minimum age of verified
 /// deletions), is never more than the truth, and starts again after a reopen (arrivals are
 /// kept in memory only) and after a delete and a new put.

@@ -58,8 +58,8 @@ pub use frame::{
 };
 pub use key::{key_id, parse_node_addr, ring_id, BlockKey, NodeAddr, ParseKeyError};
 pub use member::{
-    DeleteOutcome, DeletePhase, EntRequest, EntResponse, MemberRequest, MemberResponse, RefsEntry,
-    MAX_REFERRERS,
+    split_batch, DeleteOutcome, DeletePhase, EntRequest, EntResponse, MemberRequest,
+    MemberResponse, RefsEntry, MAX_REFERRERS, MAX_STORE_BATCH,
 };
 pub use record::{CasOutcome, ChainAddr, ChainAnswer, ChainItem, ReadFrom, MAX_CHAIN_ITEMS};
 pub use rpc::{RpcClient, RpcError};

@@ -19,6 +19,42 @@ pub type Challenge = (BlockKey, [u8; 32]);
 /// at most 16 block reads.
 pub const MAX_PROVE_KEYS: usize = 16;
 
+/// Most blocks in one [`MemberRequest::StoreLocalBatch`] or [`EntRequest::StoreSingleBatch`]
+/// (their bytes together are bounded by the frame: [`crate::MAX_BLOCK_SIZE`]).
+pub const MAX_STORE_BATCH: usize = 64;
+
+/// Splits a batch's bulk bytes into its blocks: `sizes` in order, summing to exactly
+/// `data.len()`, at most [`MAX_STORE_BATCH`] of them. A description of what is wrong otherwise
+/// (nothing is allocated: the slices borrow `data`).
+pub fn split_batch<'a>(
+    sizes: &[(BlockKey, u32)],
+    data: &'a [u8],
+) -> Result<Vec<(BlockKey, &'a [u8])>, String> {
+    if sizes.len() > MAX_STORE_BATCH {
+        return Err(format!(
+            "a batch of {} blocks exceeds {MAX_STORE_BATCH}",
+            sizes.len()
+        ));
+    }
+    let total: u64 = sizes.iter().map(|(_, n)| u64::from(*n)).sum();
+    if total != data.len() as u64 {
+        return Err(format!(
+            "a batch's sizes add up to {total} bytes but it carries {}",
+            data.len()
+        ));
+    }
+    let mut at = 0;
+    Ok(sizes
+        .iter()
+        .map(|(k, n)| {
+            let n = *n as usize;
+            let block = &data[at..at + n];
+            at += n;
+            (*k, block)
+        })
+        .collect())
+}
+
 /// The answer to one challenge: BLAKE3 (in derive-key mode, so it is bound to this purpose)
 /// of `nonce || data`. Computable only with the bytes at hand: the key alone, or an index
 /// entry, does not give it, and a fresh nonce makes old answers useless.
@@ -37,6 +73,15 @@ pub enum MemberRequest {
     /// coordinates a put to every member of the replica set, and by anti-entropy and hand-off.
     StoreLocal {
         key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Store several blocks on this node only, in one durable commit (durable before the
+    /// answer): `sizes` names each block's key and length in order, `data` is their bytes one
+    /// after the other ([`split_batch`]). The encoder of an entangled write sends each holder
+    /// the blocks of a document it holds in one request instead of one each.
+    StoreLocalBatch {
+        sizes: Vec<(BlockKey, u32)>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -128,6 +173,7 @@ impl MemberRequest {
     pub fn kind(&self) -> &'static str {
         match self {
             MemberRequest::StoreLocal { .. } => "store-local",
+            MemberRequest::StoreLocalBatch { .. } => "store-local-batch",
             MemberRequest::FetchLocal { .. } => "fetch-local",
             MemberRequest::RangeDigest { .. } => "range-digest",
             MemberRequest::ListRange { .. } => "list-range",
@@ -176,6 +222,14 @@ pub enum EntRequest {
     /// Keep the single copy of a scrubbed parity (hand-off when ownership moves).
     StoreSingle {
         key: BlockKey,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Keep the single copies of several parities, in one durable commit: as
+    /// [`MemberRequest::StoreLocalBatch`] for the single-copy store (an entangled write's
+    /// parities, one request per owner).
+    StoreSingleBatch {
+        sizes: Vec<(BlockKey, u32)>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -272,6 +326,7 @@ impl EntRequest {
             EntRequest::HasSingle { .. } => "has-single",
             EntRequest::ProveSingle { .. } => "prove-single",
             EntRequest::StoreSingle { .. } => "store-single",
+            EntRequest::StoreSingleBatch { .. } => "store-single-batch",
             EntRequest::RepairLocal => "repair-local",
             EntRequest::AuditLocal { .. } => "audit-local",
             EntRequest::ScrubLocal { .. } => "scrub-local",
@@ -411,9 +466,10 @@ impl Bulk for MemberRequest {
     fn take_bulk(&mut self) -> Option<Vec<u8>> {
         match self {
             MemberRequest::StoreLocal { data, .. }
-            | MemberRequest::Entangled(EntRequest::StoreSingle { data, .. }) => {
-                Some(std::mem::take(data))
-            }
+            | MemberRequest::StoreLocalBatch { data, .. }
+            | MemberRequest::Entangled(
+                EntRequest::StoreSingle { data, .. } | EntRequest::StoreSingleBatch { data, .. },
+            ) => Some(std::mem::take(data)),
             _ => None,
         }
     }
@@ -421,9 +477,10 @@ impl Bulk for MemberRequest {
     fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
         match self {
             MemberRequest::StoreLocal { data, .. }
-            | MemberRequest::Entangled(EntRequest::StoreSingle { data, .. }) => {
-                put_into(data, bulk)
-            }
+            | MemberRequest::StoreLocalBatch { data, .. }
+            | MemberRequest::Entangled(
+                EntRequest::StoreSingle { data, .. } | EntRequest::StoreSingleBatch { data, .. },
+            ) => put_into(data, bulk),
             _ => false,
         }
     }
@@ -569,5 +626,46 @@ mod tests {
             let bytes = encode_frame(&a, MAX_MEMBER_FRAME).unwrap();
             assert_eq!(decode_frame::<MemberResponse>(&bytes).unwrap(), a);
         }
+    }
+
+    #[test]
+    fn batches_round_trip_and_split_exactly() {
+        let blocks: Vec<Vec<u8>> = vec![vec![1; 100], vec![], vec![3; 70_000]];
+        let sizes: Vec<(BlockKey, u32)> = blocks
+            .iter()
+            .map(|b| (BlockKey::of(b), b.len() as u32))
+            .collect();
+        let data = blocks.concat();
+        let reqs = [
+            MemberRequest::StoreLocalBatch {
+                sizes: sizes.clone(),
+                data: data.clone(),
+            },
+            MemberRequest::Entangled(EntRequest::StoreSingleBatch {
+                sizes: sizes.clone(),
+                data: data.clone(),
+            }),
+        ];
+        for r in reqs {
+            let bytes = encode_frame(&r, MAX_MEMBER_FRAME).unwrap();
+            assert_eq!(decode_frame::<MemberRequest>(&bytes).unwrap(), r);
+        }
+        let split = split_batch(&sizes, &data).unwrap();
+        assert_eq!(split.len(), 3);
+        for ((k, b), orig) in split.iter().zip(&blocks) {
+            assert_eq!(*k, BlockKey::of(orig));
+            assert_eq!(*b, orig.as_slice());
+        }
+        // Sizes that do not add up to the bytes, or too many blocks, are refused.
+        assert!(split_batch(&sizes, &data[1..]).is_err());
+        let mut long = sizes.clone();
+        long[0].1 += 1;
+        assert!(split_batch(&long, &data).is_err());
+        let mut huge = sizes.clone();
+        huge[2].1 = u32::MAX;
+        assert!(split_batch(&huge, &data).is_err());
+        let many = vec![(BlockKey([0; 32]), 0u32); MAX_STORE_BATCH + 1];
+        assert!(split_batch(&many, &[]).unwrap_err().contains("exceeds"));
+        assert!(split_batch(&many[..MAX_STORE_BATCH], &[]).is_ok());
     }
 }

@@ -27,6 +27,7 @@
 //! leaves stale replicas of them to [`scrub::drop_stale`]; so a removed replica is never
 //! spread again, and stale ones are dropped once old enough.
 
+pub mod batch;
 pub mod delete;
 pub mod format;
 pub mod layer;
@@ -65,6 +66,18 @@ pub use peerstore_proto::{
 pub use peerstore_proto::lock;
 
 impl Entangled {
+    /// Refuses single copies while this node leaves the ring gracefully (it would leave with
+    /// them).
+    fn taking_singles(&self) -> Result<(), RingError> {
+        if self.blocks.is_leaving() {
+            return Err(RingError::new(
+                ErrorCode::Unavailable,
+                "leaving the ring: single copies are neither taken nor proved",
+            ));
+        }
+        Ok(())
+    }
+
     /// `PutDocument` (see [`write::put_document`]): `content` is BLAKE3 of `data`; the signer
     /// of `auth` is recorded as the document's writer.
     pub async fn put_document(
@@ -296,18 +309,27 @@ impl Entangled {
                 if hostile::liar() {
                     return Ok(EntResponse::Ok); // acknowledged, not stored
                 }
-                if self.blocks.is_leaving() {
-                    return Err(RingError::new(
-                        ErrorCode::Unavailable,
-                        "leaving the ring: single copies are neither taken nor proved",
-                    ));
-                }
+                self.taking_singles()?;
                 let single = self.single.clone();
                 blocking(move || {
                     single
                         .put(key, &data, crate::store::Role::Owner)
                         .map(|_| ())
                 })
+                .await?;
+                EntResponse::Ok
+            }
+            EntRequest::StoreSingleBatch { sizes, data } => {
+                if hostile::liar() {
+                    return Ok(EntResponse::Ok); // acknowledged, not stored
+                }
+                self.taking_singles()?;
+                crate::replication::store_batch(
+                    self.single.clone(),
+                    sizes,
+                    data,
+                    crate::store::Role::Owner,
+                )
                 .await?;
                 EntResponse::Ok
             }

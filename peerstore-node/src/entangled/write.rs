@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::{debug, warn};
 
+use super::batch::Copies;
 use super::format::{ek, encode_record, nk, DocRecord, RefsEntry, SignedWrite};
 use super::layer::Entangled;
 use super::layer::{now_us, Held};
@@ -238,7 +238,7 @@ pub async fn put_document(
     let single_parities =
         layout == entangle::Layout::Systematic && ent.config.replicas.single_parities_at_write;
     // The encoder's blocks are shared, not copied (they go to the encoder's tail at the end);
-    // each request gets one copy of its block's bytes.
+    // each holder's batch request gets one copy of its blocks' bytes (module `batch`).
     let per = layout.stored(&params);
     let (encoded, blocks): (Vec<entangle::Record>, Vec<Vec<entangle::StoredBlock>>) =
         encoded.into_iter().unzip();
@@ -247,18 +247,16 @@ pub async fn put_document(
         .flatten()
         .map(|(k, b)| (nk(&k), Arc::new(b)))
         .collect();
-    let stored = futures::stream::iter(blocks.clone().into_iter().enumerate())
-        .map(|(i, (k, b))| async move {
+    let copies: Vec<Copies> = (0..blocks.len())
+        .map(|i| {
             if single_parities && i % per >= sources {
-                put_single(ent, k, &b).await
+                Copies::Single
             } else {
-                put_block(ent, k, b.as_ref().clone()).await
+                Copies::Replicated
             }
         })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
+        .collect();
+    if let Err(e) = super::batch::store_blocks(ent, &blocks, &copies).await {
         // The code stays: a full replica set reaches the client as "node full".
         return Err(RingError::new(e.code, format!("storing a block: {e}")));
     }

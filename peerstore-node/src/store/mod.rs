@@ -350,6 +350,23 @@ impl Drop for BlockStore {
     }
 }
 
+/// A put between its write and its index commit ([`BlockStore::put_batch`]).
+enum Staged {
+    /// Nothing to write (the same bytes are held).
+    Done(PutOutcome),
+    /// Written and queued for the next index commit.
+    Written(Written),
+}
+
+/// A block written to its segment whose index entry waits for a commit.
+struct Written {
+    key: BlockKey,
+    meta: BlockMeta,
+    loc: Loc,
+    ticket: index::Ticket,
+    outcome: PutOutcome,
+}
+
 /// Holds a key exclusively for one mutation; released on drop.
 struct KeyGuard<'a> {
     store: &'a BlockStore,
@@ -778,14 +795,114 @@ impl BlockStore {
     /// not hash to `key` this way is a bug of the caller: every read would find them corrupt.
     pub fn put_verified(&self, key: BlockKey, bytes: &[u8], role: Role) -> Result<PutOutcome> {
         debug_assert_eq!(BlockKey::of(bytes), key);
-        let size = bytes.len() as u64;
         let _guard = self.lock_key(key);
+        match self.stage(key, bytes, role)? {
+            Staged::Done(outcome) => Ok(outcome),
+            Staged::Written(w) => self.finish(w),
+        }
+    }
+
+    /// Stores a batch of blocks with one index commit for all of them (one segment sync and
+    /// one redb commit instead of one each): what a holder does with the blocks an entangled
+    /// write sends it together. Each block is checked against its key; results are in input
+    /// order, each as [`BlockStore::put`] would return it, all durable when this returns. A
+    /// key given twice is stored once (the later ones answer as the first).
+    pub fn put_batch(&self, blocks: &[(BlockKey, &[u8])], role: Role) -> Vec<Result<PutOutcome>> {
+        self.put_batch_checked(blocks, role, true)
+    }
+
+    /// `Ok` if every block of a batch is held ([`BlockStore::put_batch`]'s results), else the
+    /// first error.
+    pub fn all_held(results: Vec<Result<PutOutcome>>) -> Result<()> {
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// [`BlockStore::put_batch`] for bytes the caller has just made or checked against their
+    /// keys (an encoder storing its own blocks on its own disk): not hashed again.
+    pub fn put_batch_verified(
+        &self,
+        blocks: &[(BlockKey, &[u8])],
+        role: Role,
+    ) -> Vec<Result<PutOutcome>> {
+        self.put_batch_checked(blocks, role, false)
+    }
+
+    fn put_batch_checked(
+        &self,
+        blocks: &[(BlockKey, &[u8])],
+        role: Role,
+        check: bool,
+    ) -> Vec<Result<PutOutcome>> {
+        let mut results: Vec<Option<Result<PutOutcome>>> = blocks.iter().map(|_| None).collect();
+        // The keys' locks in key order (two batches never wait on each other in a cycle).
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        order.sort_by_key(|&i| blocks[i].0);
+        let mut first_of: BTreeMap<BlockKey, usize> = BTreeMap::new();
+        let mut guards = Vec::new();
+        let mut written = Vec::new();
+        for i in order {
+            let (key, bytes) = blocks[i];
+            if first_of.contains_key(&key) {
+                continue;
+            }
+            first_of.insert(key, i);
+            if check {
+                let actual = BlockKey::of(bytes);
+                if actual != key {
+                    results[i] = Some(Err(StoreError::HashMismatch {
+                        expected: key,
+                        actual,
+                    }));
+                    continue;
+                }
+            } else {
+                debug_assert_eq!(BlockKey::of(bytes), key);
+            }
+            guards.push(self.lock_key(key));
+            match self.stage(key, bytes, role) {
+                Ok(Staged::Done(outcome)) => results[i] = Some(Ok(outcome)),
+                Ok(Staged::Written(w)) => written.push((i, w)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // The first wait leads the commit that holds every staged entry; the others find it
+        // done.
+        for (i, w) in written {
+            results[i] = Some(self.finish(w));
+        }
+        drop(guards);
+        // A repeated key answers as its first occurrence did.
+        for i in 0..blocks.len() {
+            if results[i].is_none() {
+                let first = first_of.get(&blocks[i].0).copied().unwrap_or(i);
+                results[i] = Some(match &results[first] {
+                    Some(Ok(_)) => Ok(PutOutcome::AlreadyPresent),
+                    Some(Err(e)) => Err(StoreError::Db(e.to_string())),
+                    None => Err(StoreError::Db("batch entry not stored".into())),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Db("batch entry not stored".into()))))
+            .collect()
+    }
+
+    /// The part of a put done under the key's lock before the index commit: compares with a
+    /// copy already held, charges the capacity, appends the record and queues its index entry.
+    fn stage(&self, key: BlockKey, bytes: &[u8], role: Role) -> Result<Staged> {
+        let size = bytes.len() as u64;
         let mut outcome = PutOutcome::Stored;
         if let Some(e) = self.inner.index.get(&key)? {
             // Compare with what is on disk (cheap next to the sync a write costs), so that
             // re-sending a block also repairs a silently damaged copy.
             match self.segments.read(e.loc, e.meta.size)? {
-                Some(existing) if existing == bytes => return Ok(PutOutcome::AlreadyPresent),
+                Some(existing) if existing == bytes => {
+                    return Ok(Staged::Done(PutOutcome::AlreadyPresent))
+                }
                 Some(existing) => {
                     self.quarantine_locked(&key, e, &existing, "differs from the offered bytes")?;
                 }
@@ -810,17 +927,45 @@ impl BlockStore {
             st.reserved += size;
         }
         let meta = BlockMeta { size, role };
-        let res = self.write_and_index(&key, bytes, meta);
-        let mut st = self.state();
-        st.reserved -= size;
+        let loc = match self.segments.append(&key, bytes) {
+            Ok(loc) => loc,
+            Err(e) => {
+                self.state().reserved -= size;
+                self.budget.give(size);
+                return Err(e);
+            }
+        };
+        let ticket = self
+            .inner
+            .index
+            .enqueue(IndexOp::Insert(key, Entry { meta, loc }));
+        Ok(Staged::Written(Written {
+            key,
+            meta,
+            loc,
+            ticket,
+            outcome,
+        }))
+    }
+
+    /// Waits for a staged put's index commit (the commit's leader syncs the segment first, so
+    /// both are durable when this returns). On error the record is punched out again and
+    /// nothing is indexed.
+    fn finish(&self, w: Written) -> Result<PutOutcome> {
+        let res = self.inner.index.wait(w.ticket);
         if res.is_err() {
-            self.budget.give(size);
+            let _ = self.segments.release(w.loc, w.meta.size);
+        }
+        let mut st = self.state();
+        st.reserved -= w.meta.size;
+        if res.is_err() {
+            self.budget.give(w.meta.size);
         }
         res?;
-        st.roles.add(meta);
+        st.roles.add(w.meta);
         drop(st);
-        peerstore_proto::lock(&self.arrivals).record(key, std::time::Instant::now());
-        Ok(outcome)
+        peerstore_proto::lock(&self.arrivals).record(w.key, std::time::Instant::now());
+        Ok(w.outcome)
     }
 
     /// Stores many blocks, up to 8 at a time so that they share syncs and index commits (a
@@ -861,24 +1006,6 @@ impl BlockStore {
                     .unwrap_or_else(|| Err(StoreError::Db("put_many worker stopped early".into())))
             })
             .collect()
-    }
-
-    /// Appends the block's record and commits its index entry; the commit's leader syncs the
-    /// segment first, so both are durable when this returns. On error the record is punched
-    /// out again and nothing is indexed.
-    fn write_and_index(&self, key: &BlockKey, bytes: &[u8], meta: BlockMeta) -> Result<()> {
-        let loc = self.segments.append(key, bytes)?;
-        match self
-            .inner
-            .index
-            .submit(IndexOp::Insert(*key, Entry { meta, loc }))
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = self.segments.release(loc, meta.size);
-                Err(e)
-            }
-        }
     }
 
     /// The block's bytes, verified against the key; `Ok(None)` if the block is not held.
