@@ -681,8 +681,9 @@ impl RingStore {
         Err(last)
     }
 
-    /// Reads an entangled document from the holders of its source blocks: the entry node
-    /// names them (`DocumentSources`), they are fetched from their holders, those of one holder
+    /// Reads an entangled document from the holders of its source blocks: a holder of the
+    /// document's record names them and sends those it holds (`SourcesHeld`; `DocumentSources`
+    /// from nodes without it), the others are fetched from their holders, those of one holder
     /// in one request (`GetSymbols`, [`fetch_symbol_batches`]) and whatever that did not bring
     /// one by one from its replica set (`GetSymbol`, routed), and the payloads are put
     /// together and checked against the
@@ -691,12 +692,22 @@ impl RingStore {
     /// hashed once here (the document's content hash), not per block as well.
     async fn read_direct(&self, key: BlockKey) -> Direct {
         let (client, _) = self.client();
-        let plan = match client.call(Request::DocumentSources { key }).await {
-            Ok(Response::DocumentSources(plan)) => plan,
+        // The plan with the sources its node holds (`SourcesHeld`); a node that does not know
+        // that request (or a ring that does not entangle) is asked for the plan alone.
+        let (plan, held) = match client.call(Request::SourcesHeld { key }).await {
+            Ok(Response::SourcesHeld { plan, held }) => (plan, held),
+            Ok(Response::NotFound) => return Direct::Fallback,
             Ok(Response::Error {
                 code: ErrorCode::BadRequest,
                 ..
-            }) => return Direct::Plain,
+            }) => match client.call(Request::DocumentSources { key }).await {
+                Ok(Response::DocumentSources(plan)) => (plan, Vec::new()),
+                Ok(Response::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }) => return Direct::Plain,
+                _ => return Direct::Fallback,
+            },
             _ => return Direct::Fallback,
         };
         let total: usize = plan.codewords.iter().map(Vec::len).sum();
@@ -707,7 +718,22 @@ impl RingStore {
             return Direct::Fallback;
         }
         let keys: Vec<BlockKey> = plan.codewords.iter().flatten().copied().collect();
-        let mut got = fetch_symbol_batches(&client, &keys).await;
+        // What came with the plan (an answer of the wrong length is ignored), then the rest
+        // from its holders.
+        let mut got: std::collections::HashMap<BlockKey, Vec<u8>> = if held.len() == keys.len() {
+            keys.iter()
+                .zip(held)
+                .filter_map(|(k, b)| Some((*k, b?.into_vec())))
+                .collect()
+        } else {
+            std::collections::HashMap::new()
+        };
+        let rest: Vec<BlockKey> = keys
+            .iter()
+            .filter(|k| !got.contains_key(*k))
+            .copied()
+            .collect();
+        got.extend(fetch_symbol_batches(&client, &rest).await);
         // Whatever no batch brought (a holder that moved, failed or has no `GetSymbols`), one
         // by one, routed.
         let missing: BTreeSet<BlockKey> = keys

@@ -296,6 +296,23 @@ impl Service {
                     None => ClientResponse::NotFound,
                 })
             }
+            ClientRequest::SourcesHeld { key } => {
+                match self.entangled.document_sources(key).await {
+                    Ok(Some(plan)) => {
+                        let keys = plan.codewords.iter().flatten().copied().collect();
+                        let held = self
+                            .entangled
+                            .get_symbols_local(keys)
+                            .await
+                            .into_iter()
+                            .map(|b| b.map(serde_bytes::ByteBuf::from))
+                            .collect();
+                        Ok(ClientResponse::SourcesHeld { plan, held })
+                    }
+                    Ok(None) => Ok(ClientResponse::NotFound),
+                    Err(e) => Err(e),
+                }
+            }
             ClientRequest::GetSymbol { key } => Ok(match self.entangled.get_symbol(key).await {
                 Some(data) => ClientResponse::Block { data },
                 None => ClientResponse::NotFound,

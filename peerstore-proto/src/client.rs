@@ -127,6 +127,13 @@ pub enum ClientRequest {
     /// answer, is `None` (read it with [`ClientRequest::GetSymbol`]). Routed like a
     /// `GetSymbol` of its first key: the reader batches the keys one member should hold.
     GetSymbols { keys: Vec<BlockKey> },
+    /// A [`ClientRequest::DocumentSources`] plan together with the source blocks this node
+    /// holds itself ([`ClientResponse::SourcesHeld`]): a reader gets the plan and, on a small
+    /// ring, most of the document in one round trip, and fetches only the rest from the other
+    /// holders. Blocks as in [`ClientRequest::GetSymbols`] (this node's own stores, `None` for
+    /// a block it does not hold and for every block once the answer would pass
+    /// [`crate::MAX_BLOCK_SIZE`] bytes). Routed like `DocumentSources`; the same errors.
+    SourcesHeld { key: BlockKey },
 }
 
 /// Most keys of one [`ClientRequest::GetSymbols`].
@@ -201,6 +208,7 @@ impl ClientRequest {
             ClientRequest::DocumentSources { .. } => "document-sources",
             ClientRequest::GetSymbol { .. } => "get-symbol",
             ClientRequest::GetSymbols { .. } => "get-symbols",
+            ClientRequest::SourcesHeld { .. } => "sources-held",
         }
     }
 }
@@ -368,6 +376,12 @@ pub enum ClientResponse {
     DocumentSources(SourcePlan),
     /// Answer to [`ClientRequest::GetSymbols`]: per key, in order, its stored block or `None`.
     Symbols(Vec<Option<serde_bytes::ByteBuf>>),
+    /// Answer to [`ClientRequest::SourcesHeld`]: the plan and, per source key in plan order
+    /// (its codewords' keys one after the other), the block if this node gave it.
+    SourcesHeld {
+        plan: SourcePlan,
+        held: Vec<Option<serde_bytes::ByteBuf>>,
+    },
 }
 
 impl ErrorResponse for ClientResponse {

@@ -251,7 +251,8 @@ impl RpcClient {
             ClientRequest::Put { key, .. } => (key, false),
             ClientRequest::Get { key }
             | ClientRequest::GetDocument { key }
-            | ClientRequest::DocumentSources { key } => (key, true),
+            | ClientRequest::DocumentSources { key }
+            | ClientRequest::SourcesHeld { key } => (key, true),
             // A symbol brought to one copy by replica management is kept by its key's owner; a
             // batch goes where its first key's `GetSymbol` would (the reader groups it so).
             ClientRequest::GetSymbol { key } => (key, false),

@@ -186,7 +186,9 @@ async fn serve(
             // No plans from it: the client then reads every document whole through
             // `GetDocument`, where this member chooses what to serve (a member may always
             // answer so; the client's checks of what it reads are what is tested here).
-            ClientRequest::DocumentSources { .. } => return ClientResponse::NotFound,
+            ClientRequest::DocumentSources { .. } | ClientRequest::SourcesHeld { .. } => {
+                return ClientResponse::NotFound
+            }
             ClientRequest::Lookup { .. } if l.eclipse => {
                 return ClientResponse::Owner {
                     owner: me_info.clone(),
