@@ -1650,7 +1650,7 @@ pub enum PointerCheck {
 
 /// [`encode_document_layout`] with a choice of [`PointerCheck`]; `how` is (layout,
 /// parallelism, parameters). The result is byte for byte the same for both checks.
-pub fn encode_document_checked<F>(
+pub fn encode_document_checked<F, P>(
     check: PointerCheck,
     (layout, par, params): (Layout, Parallelism, Params),
     document_id: &[u8; 32],
@@ -1658,7 +1658,8 @@ pub fn encode_document_checked<F>(
     pointers: F,
 ) -> Result<Vec<EncodedRecord>, Error>
 where
-    F: FnMut(u64, &[EncodedRecord]) -> Result<Vec<StoredBlock>, Error>,
+    F: FnMut(u64, &[EncodedRecord]) -> Result<Vec<(BlockKey, P)>, Error>,
+    P: AsRef<[u8]>,
 {
     params.validate_for(layout)?;
     encode_chunks(
@@ -1680,7 +1681,7 @@ where
 }
 
 /// The codeword loop of the document encoders: `encode_one(id, chunk, pointers)` per chunk.
-fn encode_chunks<E, F, G>(
+fn encode_chunks<E, F, G, P>(
     params: Params,
     document_id: &[u8; 32],
     document: &[u8],
@@ -1688,7 +1689,8 @@ fn encode_chunks<E, F, G>(
     mut encode_one: G,
 ) -> Result<Vec<E>, Error>
 where
-    F: FnMut(u64, &[E]) -> Result<Vec<StoredBlock>, Error>,
+    F: FnMut(u64, &[E]) -> Result<Vec<(BlockKey, P)>, Error>,
+    P: AsRef<[u8]>,
     G: FnMut(CodewordId, &[u8], &[(BlockKey, &[u8])]) -> Result<E, Error>,
 {
     let cap = params.capacity() as usize;
@@ -1701,7 +1703,7 @@ where
     for (k, chunk) in chunks.into_iter().enumerate() {
         let k = k as u64;
         let ptrs = pointers(k, &done)?;
-        let refs: Vec<(BlockKey, &[u8])> = ptrs.iter().map(|(k, b)| (*k, b.as_slice())).collect();
+        let refs: Vec<(BlockKey, &[u8])> = ptrs.iter().map(|(k, b)| (*k, b.as_ref())).collect();
         done.push(encode_one(
             CodewordId::derive(document_id, k),
             chunk,

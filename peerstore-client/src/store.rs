@@ -17,6 +17,7 @@
 //! ([`BlockStoreApi::get_record_replicas`]), so that one lying or stale entry node cannot show
 //! an old root.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -694,14 +695,14 @@ impl RingStore {
         let (client, _) = self.client();
         // The plan with the sources its node holds (`SourcesHeld`); a node that does not know
         // that request (or a ring that does not entangle) is asked for the plan alone.
-        let (plan, held) = match client.call(Request::SourcesHeld { key }).await {
-            Ok(Response::SourcesHeld { plan, held }) => (plan, held),
+        let (plan, held, data) = match client.call(Request::SourcesHeld { key }).await {
+            Ok(Response::SourcesHeld { plan, held, data }) => (plan, held, data),
             Ok(Response::NotFound) => return Direct::Fallback,
             Ok(Response::Error {
                 code: ErrorCode::BadRequest,
                 ..
             }) => match client.call(Request::DocumentSources { key }).await {
-                Ok(Response::DocumentSources(plan)) => (plan, Vec::new()),
+                Ok(Response::DocumentSources(plan)) => (plan, Vec::new(), Vec::new()),
                 Ok(Response::Error {
                     code: ErrorCode::BadRequest,
                     ..
@@ -718,22 +719,28 @@ impl RingStore {
             return Direct::Fallback;
         }
         let keys: Vec<BlockKey> = plan.codewords.iter().flatten().copied().collect();
-        // What came with the plan (an answer of the wrong length is ignored), then the rest
-        // from its holders.
-        let mut got: std::collections::HashMap<BlockKey, Vec<u8>> = if held.len() == keys.len() {
-            keys.iter()
-                .zip(held)
-                .filter_map(|(k, b)| Some((*k, b?.into_vec())))
-                .collect()
-        } else {
-            std::collections::HashMap::new()
-        };
+        // What came with the plan, read in place from the answer's buffer (an answer that does
+        // not match the plan is ignored), then the rest from its holders.
+        let mut got: std::collections::HashMap<BlockKey, Cow<'_, [u8]>> =
+            match peerstore_proto::split_held(&held, &data) {
+                Some(blocks) if blocks.len() == keys.len() => keys
+                    .iter()
+                    .zip(blocks)
+                    .filter_map(|(k, b)| Some((*k, Cow::Borrowed(b?))))
+                    .collect(),
+                _ => std::collections::HashMap::new(),
+            };
         let rest: Vec<BlockKey> = keys
             .iter()
             .filter(|k| !got.contains_key(*k))
             .copied()
             .collect();
-        got.extend(fetch_symbol_batches(&client, &rest).await);
+        got.extend(
+            fetch_symbol_batches(&client, &rest)
+                .await
+                .into_iter()
+                .map(|(k, b)| (k, Cow::Owned(b))),
+        );
         // Whatever no batch brought (a holder that moved, failed or has no `GetSymbols`), one
         // by one, routed.
         let missing: BTreeSet<BlockKey> = keys
@@ -754,7 +761,12 @@ impl RingStore {
             .buffer_unordered(SYMBOLS_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
-        got.extend(singles.into_iter().flatten());
+        got.extend(
+            singles
+                .into_iter()
+                .flatten()
+                .map(|(k, b)| (k, Cow::Owned(b))),
+        );
         let mut blocks = keys.iter().map(|k| got.get(k));
         let mut out = Vec::with_capacity(usize::try_from(plan.len).unwrap_or(0));
         for codeword in &plan.codewords {

@@ -278,9 +278,8 @@ impl Metrics {
         let out = match response {
             ClientResponse::Block { data } => data.len(),
             ClientResponse::Record { record } => record.len(),
-            ClientResponse::Symbols(blocks) | ClientResponse::SourcesHeld { held: blocks, .. } => {
-                blocks.iter().flatten().map(|b| b.len()).sum()
-            }
+            ClientResponse::Symbols(blocks) => blocks.iter().flatten().map(|b| b.len()).sum(),
+            ClientResponse::SourcesHeld { data, .. } => data.len(),
             _ => 0,
         };
         self.add_bytes("client", "out", out as u64);

@@ -377,10 +377,14 @@ pub enum ClientResponse {
     /// Answer to [`ClientRequest::GetSymbols`]: per key, in order, its stored block or `None`.
     Symbols(Vec<Option<serde_bytes::ByteBuf>>),
     /// Answer to [`ClientRequest::SourcesHeld`]: the plan and, per source key in plan order
-    /// (its codewords' keys one after the other), the block if this node gave it.
+    /// (its codewords' keys one after the other), the length of its block if this node gave
+    /// it; the blocks given are `data`, one after the other in that order (the frame's bulk
+    /// payload: the reader takes them from the buffer it read, without copying each).
     SourcesHeld {
         plan: SourcePlan,
-        held: Vec<Option<serde_bytes::ByteBuf>>,
+        held: Vec<Option<u32>>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 
@@ -430,17 +434,42 @@ impl Bulk for ClientRequest {
 impl Bulk for ClientResponse {
     fn take_bulk(&mut self) -> Option<Vec<u8>> {
         match self {
-            ClientResponse::Block { data } => Some(std::mem::take(data)),
+            ClientResponse::Block { data } | ClientResponse::SourcesHeld { data, .. } => {
+                Some(std::mem::take(data))
+            }
             _ => None,
         }
     }
 
     fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
         match self {
-            ClientResponse::Block { data } => put_into(data, bulk),
+            ClientResponse::Block { data } | ClientResponse::SourcesHeld { data, .. } => {
+                put_into(data, bulk)
+            }
             _ => false,
         }
     }
+}
+
+/// The blocks of a [`ClientResponse::SourcesHeld`]: per entry of `held`, its slice of `data`
+/// (`None` where the node gave none). `None` if the lengths do not add up to exactly `data`'s.
+#[must_use]
+pub fn split_held<'a>(held: &[Option<u32>], data: &'a [u8]) -> Option<Vec<Option<&'a [u8]>>> {
+    let total: u64 = held.iter().flatten().map(|n| u64::from(*n)).sum();
+    if total != data.len() as u64 {
+        return None;
+    }
+    let mut at = 0;
+    Some(
+        held.iter()
+            .map(|n| {
+                let n = *n.as_ref()? as usize;
+                let block = &data[at..at + n];
+                at += n;
+                Some(block)
+            })
+            .collect(),
+    )
 }
 
 impl Message for ClientRequest {
@@ -460,5 +489,47 @@ pub fn describe(resp: &ClientResponse) -> String {
             _ => message.clone(),
         },
         other => format!("unexpected answer: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode_frame, encode_frame, MAX_CLIENT_FRAME};
+
+    /// A plan's held blocks travel as the frame's bulk payload and split back exactly.
+    #[test]
+    fn sources_held_round_trips_and_splits() {
+        let blocks = [vec![1u8; 300], vec![2u8; 5]];
+        let plan = SourcePlan {
+            len: 305,
+            content_hash: [7; 32],
+            codewords: vec![vec![
+                BlockKey([1; 32]),
+                BlockKey([2; 32]),
+                BlockKey([3; 32]),
+            ]],
+        };
+        let held = vec![Some(300), None, Some(5)];
+        let answer = ClientResponse::SourcesHeld {
+            plan,
+            held: held.clone(),
+            data: blocks.concat(),
+        };
+        let bytes = encode_frame(&answer, MAX_CLIENT_FRAME).unwrap();
+        let back = decode_frame::<ClientResponse>(&bytes).unwrap();
+        assert_eq!(back, answer);
+        let ClientResponse::SourcesHeld { held, data, .. } = back else {
+            unreachable!()
+        };
+        let split = split_held(&held, &data).unwrap();
+        assert_eq!(
+            split,
+            vec![Some(&blocks[0][..]), None, Some(&blocks[1][..])]
+        );
+        // Lengths that do not add up to the bytes are refused.
+        assert!(split_held(&held, &data[1..]).is_none());
+        assert!(split_held(&[Some(u32::MAX)], &data).is_none());
+        assert_eq!(split_held(&[None, None], &[]).unwrap(), vec![None, None]);
     }
 }

@@ -47,6 +47,7 @@ pub use admission::{
     RingPublic, Role,
 };
 pub use chord_msg::{ChordAck, ChordEnvelope, ChordMessage};
+pub use client::split_held;
 pub use client::{
     ChainStatus, ClientRequest, ClientResponse, DeleteReport, DocumentInfo, DocumentPage,
     EntangleSession, ErrorCode, MaintenanceActivity, MemberInfo, PlacementReport, SourcePlan,

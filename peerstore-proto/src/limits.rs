@@ -239,10 +239,12 @@ impl FrameReader {
     }
 
     /// Reads `len` bytes into a new buffer that grows as they arrive: while the frame is within
-    /// its free bytes, in steps of [`SMALL_STEP`]; beyond them, in chunks of [`CHUNK`], each
-    /// drawn from the budget before it is allocated (fixed-size chunks, not a growing buffer
-    /// copied at every step, so the allocator can reuse them). The chunks of a frame that
-    /// arrived whole are joined into one buffer.
+    /// its free bytes, in steps of [`SMALL_STEP`]; beyond them, in steps of [`CHUNK`], each
+    /// drawn from the budget before it is written. Leaving the free bytes, the buffer takes its
+    /// whole capacity at once, so that nothing is copied as it grows and the frame needs no
+    /// joining at the end; capacity that no byte has reached yet costs address space, not
+    /// memory (the pages are only touched, and charged to the budget, as the bytes arrive), so
+    /// a frame that announces 4 MiB and stalls still holds only what it sent.
     pub(crate) async fn read_vec<R>(
         &mut self,
         io: &mut R,
@@ -252,40 +254,27 @@ impl FrameReader {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut first: Vec<u8> = Vec::new();
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut done = 0;
-        while done < len {
-            let left = len - done;
+        let mut out: Vec<u8> = Vec::new();
+        while out.len() < len {
+            let left = len - out.len();
             let free = FRAME_FREE_BYTES.saturating_sub(self.allocated);
-            let (buf, at) = if chunks.is_empty() && free > 0 {
-                let step = left.min(SMALL_STEP).min(free);
-                self.reserve(step).await?;
-                let at = first.len();
-                first.reserve_exact(step);
-                first.resize(at + step, 0);
-                (&mut first, at)
+            let step = if free > 0 {
+                left.min(SMALL_STEP).min(free)
             } else {
-                let step = left.min(CHUNK);
-                self.reserve(step).await?;
-                chunks.push(vec![0u8; step]);
-                let last = chunks.len() - 1;
-                (&mut chunks[last], 0)
+                left.min(CHUNK)
             };
-            let mut filled = at;
-            while filled < buf.len() {
-                filled += self.read_some(io, &mut buf[filled..], what).await?;
+            self.reserve(step).await?;
+            if free == 0 && out.capacity() < len {
+                out.reserve_exact(len - out.len());
+            } else {
+                out.reserve_exact(step);
             }
-            done += buf.len() - at;
-        }
-        if chunks.is_empty() {
-            return Ok(first);
-        }
-        let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(&first);
-        drop(first);
-        for c in chunks {
-            out.extend_from_slice(&c);
+            let at = out.len();
+            out.resize(at + step, 0);
+            let mut filled = at;
+            while filled < out.len() {
+                filled += self.read_some(io, &mut out[filled..], what).await?;
+            }
         }
         Ok(out)
     }

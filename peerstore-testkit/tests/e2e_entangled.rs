@@ -651,12 +651,7 @@ async fn restore_counts(c: &Cluster, tmp: &std::path::Path) -> (u64, u64, u64, u
     let src = tmp.join("src");
     make_tree(&src, "direct-read marker", 5 << 20);
     alice.ok(&["backup", src.to_str().unwrap()]);
-    let kinds = [
-        "get-symbol",
-        "sources-held",
-        "get-document",
-        "get-symbols",
-    ];
+    let kinds = ["get-symbol", "sources-held", "get-document", "get-symbols"];
     let mut before = [0; 4];
     for (b, k) in before.iter_mut().zip(kinds) {
         *b = ring_requests(c, k).await;

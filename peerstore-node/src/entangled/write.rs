@@ -57,6 +57,23 @@ pub async fn put_single(ent: &Entangled, key: BlockKey, data: &[u8]) -> Result<(
     put_block(ent, key, data.to_vec()).await
 }
 
+/// A pointer's bytes as the encoder hands them to the codec: a block of the pool or the tail,
+/// shared (not copied), or one of the document's own earlier codewords (copied: the codec
+/// still holds those) or an anchor (empty).
+pub enum PointerBytes {
+    Shared(Arc<Vec<u8>>),
+    Own(Vec<u8>),
+}
+
+impl AsRef<[u8]> for PointerBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            PointerBytes::Shared(b) => b.as_slice(),
+            PointerBytes::Own(b) => b.as_slice(),
+        }
+    }
+}
+
 /// Chooses the `t` pointers of the next codeword: RECAST's mixed policy over a local view of
 /// the archive, oldest first: the uniform sample of the ring (pool), then this node's tail,
 /// then the parities of the document's earlier codewords. Half the pointers come from the
@@ -68,24 +85,28 @@ fn choose(
     tail: &[Held],
     done: &[entangle::EncodedRecord],
     rng: &mut ChaCha8Rng,
-) -> Vec<entangle::StoredBlock> {
+) -> Vec<(entangle::BlockKey, PointerBytes)> {
+    enum Src<'a> {
+        Shared(&'a Arc<Vec<u8>>),
+        Own(&'a [u8]),
+    }
     let mut seen = BTreeSet::new();
-    let mut archive: Vec<(entangle::BlockKey, &[u8])> = Vec::new();
+    let mut archive: Vec<(entangle::BlockKey, Src<'_>)> = Vec::new();
     for (k, b) in pool {
         if seen.insert(*k) {
-            archive.push((ek(k), b.as_slice()));
+            archive.push((ek(k), Src::Shared(b)));
         }
     }
     let old = archive.len();
     for (k, b) in tail {
         if seen.insert(*k) {
-            archive.push((ek(k), b.as_slice()));
+            archive.push((ek(k), Src::Shared(b)));
         }
     }
     for (_, blocks) in done {
         for (k, b) in blocks {
             if seen.insert(nk(k)) {
-                archive.push((*k, b.as_slice()));
+                archive.push((*k, Src::Own(b.as_slice())));
             }
         }
     }
@@ -100,12 +121,17 @@ fn choose(
         .into_iter()
         .map(|c| match c {
             entangle::PointerChoice::Block(i) => {
-                let (k, b) = archive[i as usize];
-                (k, b.to_vec())
+                let (k, b) = &archive[i as usize];
+                let bytes = match b {
+                    Src::Shared(b) => PointerBytes::Shared(Arc::clone(b)),
+                    Src::Own(b) => PointerBytes::Own(b.to_vec()),
+                };
+                (*k, bytes)
             }
-            entangle::PointerChoice::Anchor(i) => {
-                (entangle::BlockKey::anchor(params.block_size, i), Vec::new())
-            }
+            entangle::PointerChoice::Anchor(i) => (
+                entangle::BlockKey::anchor(params.block_size, i),
+                PointerBytes::Own(Vec::new()),
+            ),
         })
         .collect()
 }
