@@ -742,3 +742,97 @@ async fn a_crafted_document_record_crashes_nothing() {
         }
     }
 }
+
+/// A member's block batches (what an entangled write's encoder sends each holder) are checked
+/// before anything is stored: sizes that do not add up to the bytes, or more blocks than the
+/// bound, are refused outright; a block whose bytes do not hash to its key is refused and not
+/// stored; a good batch is stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_block_batches_are_checked() {
+    let _g = SERIAL.lock().await;
+    let cluster = start_cluster().await;
+    let target = &cluster.nodes[1];
+    let blocks: Vec<Vec<u8>> = (0..3).map(|i| block(9_300_000 + i, 2000)).collect();
+    let sizes: Vec<(BlockKey, u32)> = blocks
+        .iter()
+        .map(|b| (BlockKey::of(b), b.len() as u32))
+        .collect();
+    let data = blocks.concat();
+    let mut swarm = raw_swarm(&cluster, Audience::Member);
+    let to = target.addr.clone();
+    let short = ask(
+        &mut swarm,
+        &to,
+        MemberRequest::StoreLocalBatch {
+            sizes: sizes.clone(),
+            data: data[1..].to_vec(),
+        },
+    )
+    .await;
+    assert!(short.contains("BadRequest"), "{short}");
+    let many = ask(
+        &mut swarm,
+        &to,
+        MemberRequest::StoreLocalBatch {
+            sizes: vec![(BlockKey([0; 32]), 0); peerstore_proto::MAX_STORE_BATCH + 1],
+            data: Vec::new(),
+        },
+    )
+    .await;
+    assert!(many.contains("BadRequest"), "{many}");
+    let single_short = ask(
+        &mut swarm,
+        &to,
+        MemberRequest::Entangled(EntRequest::StoreSingleBatch {
+            sizes: sizes.clone(),
+            data: data[..data.len() - 1].to_vec(),
+        }),
+    )
+    .await;
+    assert!(single_short.contains("BadRequest"), "{single_short}");
+    // One block's bytes do not match its key: the batch is refused and that block is not
+    // stored under the key.
+    let mut bad = data.clone();
+    bad[2000] ^= 1; // the second block
+    let wrong = ask(
+        &mut swarm,
+        &to,
+        MemberRequest::StoreLocalBatch {
+            sizes: sizes.clone(),
+            data: bad,
+        },
+    )
+    .await;
+    assert!(wrong.contains("Error"), "{wrong}");
+    let held = cluster.holders().await;
+    assert!(
+        !held.get(&sizes[1].0).is_some_and(|h| h.contains(&1)),
+        "a block that fails its hash was stored"
+    );
+    // A good batch is stored whole.
+    let good = ask(
+        &mut swarm,
+        &to,
+        MemberRequest::StoreLocalBatch {
+            sizes: sizes.clone(),
+            data,
+        },
+    )
+    .await;
+    assert!(good.contains("Ok"), "{good}");
+    let held = cluster.holders().await;
+    for (k, _) in &sizes {
+        assert!(
+            held.get(k).is_some_and(|h| h.contains(&1)),
+            "block {k} of a good batch is not held"
+        );
+    }
+}
+
+/// Sends one member request on a raw member connection; the answer described, or the error.
+async fn ask(swarm: &mut RawSwarm, to: &NodeAddr, req: MemberRequest) -> String {
+    match send_raw(swarm, to, wire(&req, MAX_MEMBER_FRAME)).await {
+        Ok(r) => describe(Audience::Member, &r),
+        Err(e) => e,
+    }
+}
