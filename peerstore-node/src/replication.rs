@@ -497,9 +497,8 @@ pub async fn store_batch(
     data: Vec<u8>,
     role: Role,
 ) -> Result<(), RingError> {
-    // Checked before any work: the sizes must describe the bytes exactly.
-    peerstore_proto::split_batch(&sizes, &data).map_err(RingError::bad_request)?;
     blocking(move || {
+        // The sizes must describe the bytes exactly (`BadRequest` otherwise, nothing stored).
         let blocks = peerstore_proto::split_batch(&sizes, &data)
             .map_err(crate::store::StoreError::InvalidArgument)?;
         BlockStore::all_held(store.put_batch(&blocks, role))

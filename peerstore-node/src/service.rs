@@ -300,18 +300,7 @@ impl Service {
                 match self.entangled.document_sources(key).await {
                     Ok(Some(plan)) => {
                         let keys = plan.codewords.iter().flatten().copied().collect();
-                        let blocks = self.entangled.get_symbols_local(keys).await;
-                        let total = blocks.iter().flatten().map(Vec::len).sum();
-                        let mut data = Vec::with_capacity(total);
-                        let held = blocks
-                            .iter()
-                            .map(|b| {
-                                let b = b.as_ref()?;
-                                data.extend_from_slice(b);
-                                // A stored block is at most MAX_BLOCK_SIZE bytes.
-                                u32::try_from(b.len()).ok()
-                            })
-                            .collect();
+                        let (held, data) = self.entangled.sources_held_local(keys).await;
                         Ok(ClientResponse::SourcesHeld { plan, held, data })
                     }
                     Ok(None) => Ok(ClientResponse::NotFound),

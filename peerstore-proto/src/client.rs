@@ -455,21 +455,7 @@ impl Bulk for ClientResponse {
 /// (`None` where the node gave none). `None` if the lengths do not add up to exactly `data`'s.
 #[must_use]
 pub fn split_held<'a>(held: &[Option<u32>], data: &'a [u8]) -> Option<Vec<Option<&'a [u8]>>> {
-    let total: u64 = held.iter().flatten().map(|n| u64::from(*n)).sum();
-    if total != data.len() as u64 {
-        return None;
-    }
-    let mut at = 0;
-    Some(
-        held.iter()
-            .map(|n| {
-                let n = *n.as_ref()? as usize;
-                let block = &data[at..at + n];
-                at += n;
-                Some(block)
-            })
-            .collect(),
-    )
+    crate::frame::split_lengths(held.iter().copied(), data)
 }
 
 impl Message for ClientRequest {

@@ -137,6 +137,32 @@ fn invalid(msg: String) -> io::Error {
 /// Bytes of a body before the postcard: the audience tag and the postcard length.
 const BODY_HEAD: usize = 5;
 
+/// Cuts the bulk payload of a message that carries several blocks into them: per entry of
+/// `lengths`, the next that many bytes of `data` (`None` for an entry without a block). `None`
+/// if the lengths do not add up to exactly `data`'s length (checked before anything is cut; the
+/// slices borrow `data`). Shared by the batch messages of the member protocol and the held
+/// sources of the client protocol.
+pub(crate) fn split_lengths<I>(lengths: I, data: &[u8]) -> Option<Vec<Option<&[u8]>>>
+where
+    I: Iterator<Item = Option<u32>> + Clone,
+{
+    let total: u64 = lengths.clone().flatten().map(u64::from).sum();
+    if total != data.len() as u64 {
+        return None;
+    }
+    let mut at = 0;
+    Some(
+        lengths
+            .map(|n| {
+                let n = n? as usize;
+                let block = &data[at..at + n];
+                at += n;
+                Some(block)
+            })
+            .collect(),
+    )
+}
+
 /// Splits a message into the head of its frame body (audience tag, postcard length, postcard
 /// bytes of the message without its bulk payload) and the bulk payload, refusing bodies over
 /// `max` bytes.

@@ -36,22 +36,18 @@ pub fn split_batch<'a>(
             sizes.len()
         ));
     }
-    let total: u64 = sizes.iter().map(|(_, n)| u64::from(*n)).sum();
-    if total != data.len() as u64 {
+    let Some(blocks) = crate::frame::split_lengths(sizes.iter().map(|(_, n)| Some(*n)), data)
+    else {
+        let total: u64 = sizes.iter().map(|(_, n)| u64::from(*n)).sum();
         return Err(format!(
             "a batch's sizes add up to {total} bytes but it carries {}",
             data.len()
         ));
-    }
-    let mut at = 0;
+    };
     Ok(sizes
         .iter()
-        .map(|(k, n)| {
-            let n = *n as usize;
-            let block = &data[at..at + n];
-            at += n;
-            (*k, block)
-        })
+        .zip(blocks)
+        .map(|((k, _), b)| (*k, b.unwrap_or_default()))
         .collect())
 }
 

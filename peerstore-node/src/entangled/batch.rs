@@ -41,6 +41,16 @@ pub enum Copies {
     Single,
 }
 
+impl Copies {
+    /// The role a holder records, as for `StoreLocal` and `StoreSingle`.
+    fn role(self) -> Role {
+        match self {
+            Copies::Replicated => Role::Replica,
+            Copies::Single => Role::Owner,
+        }
+    }
+}
+
 /// Where each block goes and how many acknowledgements it needs: `(holders, need)`; `None`
 /// for a block whose holders could not be looked up (stored on its own later).
 async fn targets(
@@ -113,10 +123,7 @@ fn plan(
 fn local_store(ent: &Entangled, how: Copies) -> Result<Arc<BlockStore>, RingError> {
     match how {
         Copies::Replicated => Ok(ent.store.clone()),
-        Copies::Single if ent.blocks.is_leaving() => Err(RingError::unavailable(
-            "leaving the ring: single copies are not taken",
-        )),
-        Copies::Single => Ok(ent.single.clone()),
+        Copies::Single => ent.taking_singles().map(|()| ent.single.clone()),
     }
 }
 
@@ -131,10 +138,7 @@ async fn store_own(
     if crate::replication::hostile::liar() {
         return Ok(());
     }
-    let role = match how {
-        Copies::Replicated => Role::Replica,
-        Copies::Single => Role::Owner,
-    };
+    let role = how.role();
     crate::ring::blocking(move || {
         let slices: Vec<(BlockKey, &[u8])> =
             blocks.iter().map(|(k, b)| (*k, b.as_slice())).collect();

@@ -67,7 +67,7 @@ pub use peerstore_proto::lock;
 
 impl Entangled {
     /// Refuses single copies while this node leaves the ring gracefully (it would leave with
-    /// them).
+    /// them): for `StoreSingle`, `StoreSingleBatch` and an encoder's own parities.
     fn taking_singles(&self) -> Result<(), RingError> {
         if self.blocks.is_leaving() {
             return Err(RingError::new(
@@ -138,6 +138,11 @@ impl Entangled {
     /// `GetSymbol` (see [`read::get_symbol`]).
     pub async fn get_symbol(&self, key: BlockKey) -> Option<Vec<u8>> {
         read::get_symbol(self, key).await
+    }
+
+    /// The blocks of `SourcesHeld` (see [`read::sources_held_local`]).
+    pub async fn sources_held_local(&self, keys: Vec<BlockKey>) -> (Vec<Option<u32>>, Vec<u8>) {
+        read::sources_held_local(self, keys).await
     }
 
     /// `GetSymbols` (see [`read::get_symbols_local`]).

@@ -226,25 +226,56 @@ pub async fn get_symbol(ent: &Entangled, key: BlockKey) -> Option<Vec<u8>> {
 pub async fn get_symbols_local(ent: &Entangled, keys: Vec<BlockKey>) -> Vec<Option<Vec<u8>>> {
     let n = keys.len();
     let (main, single) = (ent.store.clone(), ent.single.clone());
+    tokio::task::spawn_blocking(move || held_blocks(&main, &single, &keys))
+        .await
+        .unwrap_or_else(|_| vec![None; n])
+}
+
+/// The blocks of `SourcesHeld`, as [`get_symbols_local`] reads them, in the answer's form:
+/// per key the length of its block if given, and the blocks one after the other (joined on
+/// the blocking pool, beside the reads).
+pub async fn sources_held_local(
+    ent: &Entangled,
+    keys: Vec<BlockKey>,
+) -> (Vec<Option<u32>>, Vec<u8>) {
+    let n = keys.len();
+    let (main, single) = (ent.store.clone(), ent.single.clone());
     tokio::task::spawn_blocking(move || {
-        let mut room = peerstore_proto::MAX_BLOCK_SIZE;
-        keys.iter()
-            .map(|key| {
-                if room == 0 {
-                    return None;
-                }
-                let b = stored(&main, &single, key)?;
-                if b.len() > room {
-                    room = 0;
-                    return None;
-                }
-                room -= b.len();
-                Some(b)
+        let blocks = held_blocks(&main, &single, &keys);
+        let mut data = Vec::with_capacity(blocks.iter().flatten().map(Vec::len).sum());
+        let held = blocks
+            .iter()
+            .map(|b| {
+                let b = b.as_ref()?;
+                data.extend_from_slice(b);
+                // Within MAX_BLOCK_SIZE bytes in all (held_blocks).
+                u32::try_from(b.len()).ok()
             })
-            .collect()
+            .collect();
+        (held, data)
     })
     .await
-    .unwrap_or_else(|_| vec![None; n])
+    .unwrap_or_else(|_| (vec![None; n], Vec::new()))
+}
+
+/// The blocks of `keys` held here (blocking), at most [`peerstore_proto::MAX_BLOCK_SIZE`]
+/// bytes of them: `None` for a key not held and for every key once that is reached.
+fn held_blocks(main: &BlockStore, single: &BlockStore, keys: &[BlockKey]) -> Vec<Option<Vec<u8>>> {
+    let mut room = peerstore_proto::MAX_BLOCK_SIZE;
+    keys.iter()
+        .map(|key| {
+            if room == 0 {
+                return None;
+            }
+            let b = stored(main, single, key)?;
+            if b.len() > room {
+                room = 0;
+                return None;
+            }
+            room -= b.len();
+            Some(b)
+        })
+        .collect()
 }
 
 /// Decodes one codeword: its record, then its symbols, each from one holder ([`fetch_ring`]).
