@@ -14,7 +14,11 @@
 # by the page cache writing back the earlier ones (about 1.3 GB per 256 MiB backup on the
 # entangled ring, 0.8 GB on the plain one), the entangled ring more; the medians include that.
 # Restores go into new directories and nothing is deleted until the end (see bench-client.sh:
-# a large `rm -rf` slows the next restore on this machine's file system).
+# a large `rm -rf` slows the next restore on this machine's file system). Every backup and
+# restore is followed by a `sync`, not timed: without it the writeback of one operation's
+# files landed in the next one's time, which ring it belonged to (session 19: restores of C
+# went from 1.4 to 2.0-2.35 s over seven restores into a fresh directory each, with the nodes'
+# CPU the same for every one).
 #
 # The nodes are stopped and the work directory removed however the run ends (success,
 # failure, Ctrl-C).
@@ -130,6 +134,7 @@ for ds in $DATASETS; do
             s=$(seconds "$CLIENT" --config-dir "$WORK/$name/client-config" \
                 --data-dir "$WORK/$name/client-data" --peer "${ADDR[$name]}" backup "$data/$ds")
             backups[$name]="${backups[$name]} $s"
+            sync
         done
     done
     mib=$(du -sb "$data/$ds" | awk '{printf "%.1f", $1 / 1048576}')
@@ -147,6 +152,8 @@ for ds in $DATASETS; do
                 --data-dir "$WORK/$name/client-data" --peer "${ADDR[$name]}" restore "$out")
             diff -r "$data/$ds" "$out" >/dev/null || { echo "restore of $ds ($name) differs" >&2; exit 1; }
             times[$name]="${times[$name]} $s"
+            # The restored files' writeback, before the next restore is timed (untimed).
+            sync
         done
     done
     # shellcheck disable=SC2086

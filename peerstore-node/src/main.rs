@@ -114,6 +114,15 @@ struct RunArgs {
     /// (default 60000; 0: off, only `peerstore-client scrub` by hand).
     #[arg(long, value_name = "MS")]
     replica_every_ms: Option<u64>,
+    /// Replica management gives way to clients: a round waits until this node has served no
+    /// client's data (backup blocks, restore reads) for this many milliseconds, and a round
+    /// under way stops for one (default 10000; 0: never waits).
+    #[arg(long, value_name = "MS")]
+    replica_yield_ms: Option<u64>,
+    /// Replica management: the longest its work waits for clients to pause, in milliseconds
+    /// (default 600000); then a whole round runs however busy the node is.
+    #[arg(long, value_name = "MS")]
+    replica_max_wait_ms: Option<u64>,
     /// Systematic layout: where a new codeword's parities go, "single" (one copy on their
     /// owner, the default: the sources carry the r replicas) or "replicated" (r copies, like
     /// the sources, until replica management takes them down).
@@ -416,6 +425,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.replica_every_ms {
         c.entanglement.replicas.every_ms = v;
+    }
+    if let Some(v) = a.replica_yield_ms {
+        c.entanglement.replicas.yield_ms = v;
+    }
+    if let Some(v) = a.replica_max_wait_ms {
+        c.entanglement.replicas.max_wait_ms = v;
     }
     if let Some(v) = a.fresh_parities {
         c.entanglement.replicas.single_parities_at_write = match v.as_str() {

@@ -275,14 +275,7 @@ impl Metrics {
     pub fn client(&self, kind: &str, bytes_in: u64, response: &ClientResponse) {
         self.count("client", kind, response);
         self.add_bytes("client", "in", bytes_in);
-        let out = match response {
-            ClientResponse::Block { data } => data.len(),
-            ClientResponse::Record { record } => record.len(),
-            ClientResponse::Symbols(blocks) => blocks.iter().flatten().map(|b| b.len()).sum(),
-            ClientResponse::SourcesHeld { data, .. } => data.len(),
-            _ => 0,
-        };
-        self.add_bytes("client", "out", out as u64);
+        self.add_bytes("client", "out", client_bytes_out(response));
         if let ClientResponse::Owner { hops, .. } = response {
             self.lookups.inc();
             self.lookup_hops.observe(f64::from(*hops));
@@ -359,6 +352,19 @@ pub fn client_bytes_in(r: &ClientRequest) -> u64 {
         }
         _ => 0,
     }
+}
+
+/// Block and record bytes a client response carries.
+#[must_use]
+pub fn client_bytes_out(r: &ClientResponse) -> u64 {
+    let n = match r {
+        ClientResponse::Block { data } => data.len(),
+        ClientResponse::Record { record } => record.len(),
+        ClientResponse::Symbols(blocks) => blocks.iter().flatten().map(|b| b.len()).sum(),
+        ClientResponse::SourcesHeld { data, .. } => data.len(),
+        _ => 0,
+    };
+    n as u64
 }
 
 /// Block and record bytes a member request carries.

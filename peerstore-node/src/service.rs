@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use peerstore_proto::{
-    misrouted, AdminRequest, AdminResponse, Audience, ClientRequest, ClientResponse, ErrorCode,
-    ErrorResponse, Incoming, MemberInfo, MemberRequest, MemberResponse, StatusReport,
+    misrouted, AdminRequest, AdminResponse, Audience, ClientRequest, ClientResponse, EntRequest,
+    ErrorCode, ErrorResponse, Incoming, MemberInfo, MemberRequest, MemberResponse, StatusReport,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
@@ -111,8 +111,14 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
+                        let data = moves_data(&r);
                         let bytes_in = crate::metrics::client_bytes_in(&r);
                         let response = self.client(r, &caller).await;
+                        if data
+                            && bytes_in + crate::metrics::client_bytes_out(&response) >= BULK_BYTES
+                        {
+                            self.entangled.traffic.note();
+                        }
                         self.metrics.client(kind, bytes_in, &response);
                         log_failure(&peer, kind, &response);
                         response
@@ -129,6 +135,14 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
+                        // An encoder storing a client's backup here is a client's data too.
+                        if matches!(
+                            r,
+                            MemberRequest::StoreLocalBatch { .. }
+                                | MemberRequest::Entangled(EntRequest::StoreSingleBatch { .. })
+                        ) {
+                            self.entangled.traffic.note();
+                        }
                         let bytes_in = crate::metrics::member_bytes_in(&r);
                         let response = if let MemberRequest::Chain { items } = r {
                             self.chains.items(peer, items).await
@@ -573,4 +587,25 @@ fn status_report(view: &RingView, replication: usize, stats: &Figures) -> Status
         disk_bytes: 0,
         record_chains: Vec::new(),
     }
+}
+
+/// A client request of [`moves_data`] that carries at least this many bytes of blocks either
+/// way is a client's data, which replica management gives way to
+/// (`entangled::policy::Traffic`): a backup's or a restore's blocks, not the small reads of a
+/// status, `du` or sync poll (one block's worth, B = 256 KiB by default).
+const BULK_BYTES: u64 = 256 * 1024;
+
+/// Whether a client request can move a client's data (see [`BULK_BYTES`]).
+fn moves_data(r: &ClientRequest) -> bool {
+    matches!(
+        r,
+        ClientRequest::Put { .. }
+            | ClientRequest::Get { .. }
+            | ClientRequest::PutDocument { .. }
+            | ClientRequest::GetDocument { .. }
+            | ClientRequest::DocumentSources { .. }
+            | ClientRequest::SourcesHeld { .. }
+            | ClientRequest::GetSymbol { .. }
+            | ClientRequest::GetSymbols { .. }
+    )
 }

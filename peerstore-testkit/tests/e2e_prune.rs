@@ -55,18 +55,9 @@ fn now_us() -> u64 {
 
 /// Waits until every stored block is at one copy, no replicated copy left; returns du.
 async fn settled(alice: &Client) -> serde_json::Value {
-    wait_until(Duration::from_secs(180), || async {
-        let e = ent_du(alice);
-        let want = u(&e, "codewords") * u(&e, "stored_per_codeword");
-        if u(&e, "parity_copies_replicated") == 0 && u(&e, "parity_copies_single") == want {
-            Ok(())
-        } else {
-            Err(format!("want 0 replicated, {want} single copies: {e}"))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    ent_du(alice)
+    wait_single_copies(alice, None, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

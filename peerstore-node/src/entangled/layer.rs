@@ -177,6 +177,8 @@ pub struct Entangled {
     pub replays: Mutex<crypto::ReplayGuard>,
     /// The quota book, to give users back what deleted documents cost them.
     pub quotas: Option<Arc<crate::quota::Quotas>>,
+    /// When this node last served a client's data: replica management gives way to clients.
+    pub traffic: super::policy::Traffic,
 }
 
 impl Entangled {
@@ -204,6 +206,7 @@ impl Entangled {
             drop_retries: Mutex::new(super::policy::DropRetries::default()),
             replays: Mutex::new(crypto::ReplayGuard::default()),
             quotas: None,
+            traffic: super::policy::Traffic::default(),
             // The default maintenance period until the background loop sets its own.
             requested_drops: Mutex::new(WindowBudget::new(
                 std::time::Duration::from_secs(5),

@@ -344,7 +344,7 @@ impl Entangled {
             }
             EntRequest::ScrubLocal { mode, cutoff_us } => {
                 // A scrub by hand applies its own rule only (no age limit).
-                EntResponse::Scrubbed(scrub::scrub_local(self, mode, cutoff_us, 0).await)
+                EntResponse::Scrubbed(scrub::scrub_local(self, mode, cutoff_us, 0, None).await.0)
             }
             EntRequest::NewestCreated { count } => EntResponse::Created {
                 times: refs::newest_created(self, count).await?,
@@ -401,25 +401,39 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
     let mut last_scrub = tokio::time::Instant::now();
     // The last window cut-off measured: (window, when, cut-off).
     let mut window: Option<(u64, tokio::time::Instant, Option<u64>)> = None;
+    // Replica management gives way to clients, within a bound.
+    let mut gate = policy::Gate::default();
+    let quiet = Duration::from_millis(ent.config.replicas.yield_ms);
+    let max_wait = Duration::from_millis(ent.config.replicas.max_wait_ms);
     loop {
         tokio::time::sleep(period).await;
         if ent.ring.view().await.is_none() {
             return;
         }
+        // What each step of the round took, logged when the round is long.
+        let mut took: Vec<(&str, Duration)> = Vec::new();
+        let mut t = std::time::Instant::now();
+        let mut lap = |step: &'static str, took: &mut Vec<(&str, Duration)>| {
+            took.push((step, t.elapsed()));
+            t = std::time::Instant::now();
+        };
         let r = meta::anti_entropy(&ent).await;
         if r.0 + r.1 > 0 {
             debug!(pushed = r.0, pulled = r.1, "record anti-entropy");
         }
+        lap("records", &mut took);
         let r = refs::anti_entropy(&ent).await;
         if r.0 + r.1 > 0 {
             debug!(pushed = r.0, pulled = r.1, "reverse-reference anti-entropy");
         }
+        lap("references", &mut took);
         // One round's bound on deletions (docs/SECURITY.md, "Verified deletions").
         let mut budget = deletion::policy().budget();
         scrub::hand_off_singles(&ent, &mut budget).await;
         let stale = scrub::drop_stale(&ent, &mut budget).await;
         let singles = scrub::owned_singles(&ent).await;
         let (n, _) = scrub::redrop_singles(&ent, &singles).await;
+        lap("single copies", &mut took);
         let dropped = &ent.blocks.activity.parity_copies_dropped;
         crate::replication::Activity::add(dropped, n + stale);
         if n + stale > 0 {
@@ -434,10 +448,25 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
             if s.rebuilt > 0 || s.undecodable > 0 {
                 info!(?s, "repair worker round");
             }
+            lap("repair", &mut took);
         }
         let daemon = *lock(&ent.scrub_daemon);
         if let Some(d) = daemon {
-            if last_scrub.elapsed() >= Duration::from_millis(d.every_ms.max(1)) {
+            let due = last_scrub.elapsed() >= Duration::from_millis(d.every_ms.max(1));
+            let turn = due.then(|| {
+                let was_waiting = gate.is_waiting();
+                let turn = gate.turn(
+                    std::time::Instant::now(),
+                    ent.traffic.since(),
+                    quiet,
+                    max_wait,
+                );
+                if turn == policy::Turn::Wait && !was_waiting {
+                    debug!("replica management waits for clients to pause");
+                }
+                turn
+            });
+            if let Some(policy::Turn::Run { gives_way }) = turn {
                 last_scrub = tokio::time::Instant::now();
                 // The window's cut-off costs every member a scan of its reverse references,
                 // so it is measured again only every WINDOW_EVERY rounds; in between the last
@@ -465,13 +494,30 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
                 };
                 // A window that could not be measured (a member did not answer) scrubs
                 // nothing by window this round; age still applies.
-                let r = scrub::scrub_local(&ent, d.mode, cutoff.flatten(), d.max_age_ms).await;
+                let start = gives_way.then(std::time::Instant::now);
+                let (r, yielded) =
+                    scrub::scrub_local(&ent, d.mode, cutoff.flatten(), d.max_age_ms, start).await;
                 let dropped = &ent.blocks.activity.parity_copies_dropped;
                 crate::replication::Activity::add(dropped, r.replicas_removed);
                 if r.scrubbed > 0 {
                     info!(?r, "replica management round");
                 }
+                if yielded > 0 {
+                    // The rest as soon as the node is quiet, not a whole period later.
+                    debug!(
+                        yielded,
+                        "replica management gave way to a client; the rest waits"
+                    );
+                    last_scrub = tokio::time::Instant::now()
+                        .checked_sub(Duration::from_millis(d.every_ms.max(1)))
+                        .unwrap_or(last_scrub);
+                }
+                gate.ran(std::time::Instant::now(), yielded > 0);
+                lap("replica management", &mut took);
             }
+        }
+        if took.iter().map(|s| s.1).sum::<Duration>() >= Duration::from_millis(500) {
+            debug!(?took, "long maintenance round of the entangled layer");
         }
     }
 }

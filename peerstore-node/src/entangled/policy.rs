@@ -38,6 +38,14 @@ pub struct ReplicaPolicy {
     /// lost parity is re-encoded from them; writes move (4 r + 8) instead of 12 r blocks per
     /// codeword at (4,8,8). `false`: every block starts with r replicas.
     pub single_parities_at_write: bool,
+    /// Replica management gives way to clients: a round waits while this node served a
+    /// client's data (a backup's blocks, a restore's reads) within the last `yield_ms`
+    /// milliseconds, and a round under way stops when a client's data arrives, to go on once
+    /// the node is quiet again (0: never waits). Status and `du` polls do not count.
+    pub yield_ms: u64,
+    /// The longest a round waits for quiet (milliseconds): a node that serves clients without
+    /// pause still settles its replicas, a full round at least this often.
+    pub max_wait_ms: u64,
 }
 
 impl Default for ReplicaPolicy {
@@ -49,6 +57,8 @@ impl Default for ReplicaPolicy {
             max_age_ms: 3_600_000,
             every_ms: 60_000,
             single_parities_at_write: true,
+            yield_ms: 10_000,
+            max_wait_ms: 600_000,
         }
     }
 }
@@ -101,6 +111,122 @@ pub fn eligible(
     let by_age = max_age_ms > 0
         && created_us.is_some_and(|t| t.saturating_add(max_age_ms.saturating_mul(1000)) <= now_us);
     by_mode || by_age
+}
+
+/// Whether a round of replica management waits now: the node served a client's data
+/// `since_data` ago (`None`: never), the round has waited `waited` already; it waits while the
+/// node was busy within `quiet`, at most `max_wait` in all.
+#[must_use]
+pub fn waits(
+    since_data: Option<Duration>,
+    waited: Duration,
+    quiet: Duration,
+    max_wait: Duration,
+) -> bool {
+    since_data.is_some_and(|d| d < quiet) && waited < max_wait
+}
+
+/// What a due round of replica management does now ([`Gate::turn`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Waits for clients to pause (asked again next maintenance period).
+    Wait,
+    /// Runs; with `gives_way`, it stops early when a client's data comes in meanwhile.
+    Run { gives_way: bool },
+}
+
+/// When the rounds of replica management run beside clients: a due round waits while the
+/// node serves clients' data, and one under way gives way to them, but the work they put off
+/// never waits more than `max_wait` in all (then a whole round runs, busy or not). Pure: the
+/// caller passes the time.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Since when the work of a due round has been put off.
+    waiting: Option<Instant>,
+}
+
+impl Gate {
+    /// A round is due at `now`; the node last served data `since_data` ago.
+    pub fn turn(
+        &mut self,
+        now: Instant,
+        since_data: Option<Duration>,
+        quiet: Duration,
+        max_wait: Duration,
+    ) -> Turn {
+        let waited = self
+            .waiting
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        if waits(since_data, waited, quiet, max_wait) {
+            self.waiting.get_or_insert(now);
+            Turn::Wait
+        } else {
+            Turn::Run {
+                gives_way: !quiet.is_zero() && waited < max_wait,
+            }
+        }
+    }
+
+    /// The round that ran ended at `now`, having left work for later (`gave_way`) or not.
+    pub fn ran(&mut self, now: Instant, gave_way: bool) {
+        if gave_way {
+            self.waiting.get_or_insert(now);
+        } else {
+            self.waiting = None;
+        }
+    }
+
+    /// Whether work has been put off.
+    #[must_use]
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+}
+
+/// When this node last served a client's data (module docs of [`ReplicaPolicy::yield_ms`]):
+/// noted by the request handlers, read by replica management. Lock-free.
+#[derive(Debug)]
+pub struct Traffic {
+    start: Instant,
+    /// Milliseconds from `start` to the last data request, plus one (0: none yet).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            start: Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Traffic {
+    /// A client's data is being served now.
+    pub fn note(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last
+            .fetch_max(ms + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the last data request came (`None`: never).
+    #[must_use]
+    pub fn since(&self) -> Option<Duration> {
+        match self.last.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(
+                self.start
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(n - 1)),
+            ),
+        }
+    }
+
+    /// Whether a data request came after `t`.
+    #[must_use]
+    pub fn since_instant(&self, t: Instant) -> bool {
+        self.since().is_some_and(|d| d < t.elapsed())
+    }
 }
 
 /// Longest wait before the owner of a single copy asks a member again to drop a replicated
@@ -339,6 +465,84 @@ mod tests {
             ..ReplicaPolicy::default()
         };
         assert_eq!(off.daemon(), None);
+    }
+
+    #[test]
+    fn management_waits_for_quiet_but_not_forever() {
+        let s = Duration::from_secs;
+        let (quiet, max) = (s(10), s(600));
+        // Never served, or served long enough ago: no wait.
+        assert!(!waits(None, s(0), quiet, max));
+        assert!(!waits(Some(s(10)), s(0), quiet, max));
+        // Served within the quiet time: wait, until the bound.
+        assert!(waits(Some(s(3)), s(0), quiet, max));
+        assert!(waits(Some(s(0)), s(599), quiet, max));
+        assert!(!waits(Some(s(0)), s(600), quiet, max));
+        // Yielding off.
+        assert!(!waits(Some(s(0)), s(0), s(0), max));
+        let d = ReplicaPolicy::default();
+        assert_eq!((d.yield_ms, d.max_wait_ms), (10_000, 600_000));
+    }
+
+    #[test]
+    fn gate_puts_rounds_off_while_busy_within_the_bound() {
+        let s = Duration::from_secs;
+        let (quiet, max) = (s(10), s(60));
+        let t0 = Instant::now();
+        let mut g = Gate::default();
+        // Quiet node: runs at once, giving way if a client comes.
+        assert_eq!(g.turn(t0, None, quiet, max), Turn::Run { gives_way: true });
+        g.ran(t0, false);
+        assert!(!g.is_waiting());
+        // Busy: waits each period ...
+        for i in 0..12 {
+            let now = t0 + s(5 * i);
+            assert_eq!(g.turn(now, Some(s(1)), quiet, max), Turn::Wait, "at {i}");
+        }
+        assert!(g.is_waiting());
+        // ... until the bound: then a whole round that does not give way.
+        let late = t0 + s(60);
+        assert_eq!(
+            g.turn(late, Some(s(1)), quiet, max),
+            Turn::Run { gives_way: false }
+        );
+        g.ran(late, false);
+        assert!(!g.is_waiting());
+        // Quiet again after waiting a while: runs, still giving way.
+        assert_eq!(g.turn(late, Some(s(2)), quiet, max), Turn::Wait);
+        let q = late + s(20);
+        assert_eq!(
+            g.turn(q, Some(s(11)), quiet, max),
+            Turn::Run { gives_way: true }
+        );
+        // It gave way to a client: the wait goes on counting from the first put-off, so a
+        // node whose clients come and go still gets a whole round within the bound.
+        g.ran(q, true);
+        assert_eq!(g.turn(late + s(59), Some(s(0)), quiet, max), Turn::Wait);
+        assert_eq!(
+            g.turn(late + s(60), Some(s(0)), quiet, max),
+            Turn::Run { gives_way: false }
+        );
+        // Yielding off: always a whole round.
+        let mut g = Gate::default();
+        assert_eq!(
+            g.turn(t0, Some(s(0)), Duration::ZERO, max),
+            Turn::Run { gives_way: false }
+        );
+    }
+
+    #[test]
+    fn traffic_is_noted() {
+        let t = Traffic::default();
+        assert_eq!(t.since(), None);
+        let before = Instant::now();
+        assert!(!t.since_instant(before));
+        std::thread::sleep(Duration::from_millis(5));
+        t.note();
+        assert!(t.since().is_some_and(|d| d < Duration::from_secs(5)));
+        assert!(t.since_instant(before));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!t.since_instant(Instant::now()));
     }
 
     #[test]

@@ -123,27 +123,33 @@ enum Outcome {
     Spread,
     /// Brought to one copy: (replica files removed, bytes freed).
     Scrubbed(u64, u64),
+    /// Not looked at: a client's data came in, and the round gave way (the next goes on).
+    Yielded,
 }
 
-/// Scrubs the parities this node owns (see the module docs).
+/// Scrubs the parities this node owns (see the module docs). With `yield_after`, the
+/// candidates not yet begun are left for the next round once this node serves a client's
+/// data after that instant (replica management gives way to clients,
+/// [`super::policy::ReplicaPolicy::yield_ms`]); the returned count says how many.
 pub async fn scrub_local(
     ent: &Entangled,
     mode: ScrubMode,
     cutoff_us: Option<u64>,
     max_age_ms: u64,
-) -> ScrubReport {
+    yield_after: Option<std::time::Instant>,
+) -> (ScrubReport, u64) {
     let mut report = ScrubReport {
         nodes: 1,
         ..ScrubReport::default()
     };
     let (Some(params), Some(sizes)) = (ent.params(), ent.parity_sizes()) else {
-        return report;
+        return (report, 0);
     };
     let Some(view) = ent.ring.handle.view().await else {
-        return report;
+        return (report, 0);
     };
     if !view.member {
-        return report;
+        return (report, 0);
     }
     let (from, to) = view.ranges.owned;
     let (a, b) = (BlockKey(from.0), BlockKey(to.0));
@@ -172,7 +178,7 @@ pub async fn scrub_local(
     .await;
     let Ok((parities, singles)) = listed else {
         report.errors += 1;
-        return report;
+        return (report, 0);
     };
     let owned = |k: &BlockKey| a == b || in_interval(&a, &b, k);
     let singles: Vec<BlockKey> = singles.into_iter().filter(|k| owned(k)).collect();
@@ -194,6 +200,9 @@ pub async fn scrub_local(
     let spread = spread.as_ref();
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
+            if yield_after.is_some_and(|t| ent.traffic.since_instant(t)) {
+                return Ok(Outcome::Yielded);
+            }
             let Some(entry) = refs::fetch_ring(ent, &k).await else {
                 return Ok(Outcome::Kept); // unknown: keep its replicas
             };
@@ -220,6 +229,7 @@ pub async fn scrub_local(
         .buffer_unordered(8)
         .collect::<Vec<Result<Outcome, String>>>()
         .await;
+    let mut yielded = 0;
     for o in outcomes {
         match o {
             Ok(Outcome::Scrubbed(n, bytes)) => {
@@ -230,13 +240,14 @@ pub async fn scrub_local(
             }
             Ok(Outcome::Spread) => report.kept_for_spread += 1,
             Ok(Outcome::Kept) => {}
+            Ok(Outcome::Yielded) => yielded += 1,
             Err(e) => {
                 debug!(error = %e, "scrub of a parity failed");
                 report.errors += 1;
             }
         }
     }
-    report
+    (report, yielded)
 }
 
 /// For single copies this node holds and owns: deletes replicated copies that came back (the

@@ -375,10 +375,32 @@ pub fn du_matches_disks(c: &peerstore_testkit::Cluster, client: &Client) -> (u64
     panic!("{last}");
 }
 
+/// Waits up to `within` until every stored block is at one copy with no replicated copy left
+/// (`want` single copies; `None`: as many as du's codewords hold). Returns du's entanglement
+/// figures or what was last seen.
+pub async fn wait_single_copies(
+    alice: &Client,
+    want: Option<u64>,
+    within: Duration,
+) -> Result<serde_json::Value, String> {
+    peerstore_testkit::wait_until(within, || async {
+        let e = ent_du(alice);
+        let want = want.unwrap_or_else(|| u(&e, "codewords") * u(&e, "stored_per_codeword"));
+        if u(&e, "parity_copies_replicated") == 0 && u(&e, "parity_copies_single") == want {
+            Ok(())
+        } else {
+            Err(format!("want 0 replicated, {want} single copies: {e}"))
+        }
+    })
+    .await?;
+    Ok(ent_du(alice))
+}
+
 /// A ring of `n` nodes with the node's defaults, except that replica management runs on
 /// periods a test can wait for: every second, blocks older than 5 s leave the tail, copies are
 /// dropped after 5 s (the default minimum age is 10 minutes; the harness's is 0, which hides
-/// copies that anti-entropy keeps bringing back). Waits until the ring is ideal.
+/// copies that anti-entropy keeps bringing back), and management waits for 2 s without client
+/// data rather than 10. Waits until the ring is ideal.
 pub async fn managed_ring(n: usize) -> peerstore_testkit::Cluster {
     let args = [
         "--replica-every-ms",
@@ -387,6 +409,8 @@ pub async fn managed_ring(n: usize) -> peerstore_testkit::Cluster {
         "5000",
         "--delete-min-age-ms",
         "5000",
+        "--replica-yield-ms",
+        "2000",
     ];
     let cluster = peerstore_testkit::Cluster::start(n, &args).await;
     cluster
