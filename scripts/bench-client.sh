@@ -12,6 +12,8 @@
 # restore MiB/s with entanglement on vs off and their ratio, plus du's overhead of each ring.
 # (The restic table then describes the ring with entanglement off.)
 #
+# ON_FIRST=1 runs the entangled ring first (the rings' order moves the ratios: session 19).
+#
 # --datasets LIST (comma-separated, default A,B,C) runs only those, e.g. `--datasets C` for the
 # source tree alone.
 #
@@ -306,7 +308,11 @@ print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
     stop_nodes_under "$WORK/$name"
 }
 
-if [ "$ENTANGLED" = 1 ]; then
+if [ "$ENTANGLED" = 1 ] && [ -n "${ON_FIRST:-}" ]; then
+    # The entangled ring first (to see what the order does to the ratios).
+    bench_ring on 0 --entanglement step
+    bench_ring off 1 --entanglement none
+elif [ "$ENTANGLED" = 1 ]; then
     bench_ring off 1 --entanglement none
     bench_ring on 0 --entanglement step
 else
