@@ -379,6 +379,14 @@ impl Segments {
                     lock(&self.dirty).extend(ids.iter().copied());
                     return Err(StoreError::io("fsync segment", self.path(*id))(e));
                 }
+                // Durable now: its pages leave the page cache (a hint; errors do not matter).
+                // A node's blocks are rarely read back soon, a backup no longer pushes the
+                // machine's working set out of the cache, and the next writes reuse those
+                // pages instead of touching fresh memory. On this project's 2-core VM, B
+                // (256 MiB) backups took 2.5-3.0 s (plain) and 4.8-5.0 s (entangled) instead
+                // of 3.6 and 6.3, and restores 1.2-1.6 s instead of 2.2 (session 19,
+                // `bench-alt --datasets B`), as Borg does for its segment files.
+                let _ = rustix::fs::fadvise(&*f, 0, None, rustix::fs::Advice::DontNeed);
             }
         }
         Ok(())
