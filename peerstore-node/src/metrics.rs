@@ -272,10 +272,11 @@ impl Metrics {
 
     /// Counts an answered client request of `kind` that carried `bytes_in`
     /// ([`client_bytes_in`]).
-    pub fn client(&self, kind: &str, bytes_in: u64, response: &ClientResponse) {
+    /// `bytes_out`: [`client_bytes_out`] of `response`.
+    pub fn client(&self, kind: &str, bytes_in: u64, bytes_out: u64, response: &ClientResponse) {
         self.count("client", kind, response);
         self.add_bytes("client", "in", bytes_in);
-        self.add_bytes("client", "out", client_bytes_out(response));
+        self.add_bytes("client", "out", bytes_out);
         if let ClientResponse::Owner { hops, .. } = response {
             self.lookups.inc();
             self.lookup_hops.observe(f64::from(*hops));
@@ -409,9 +410,12 @@ mod tests {
     #[test]
     fn counters_move_and_the_text_is_prometheus() {
         let m = Metrics::new();
-        m.client("put", 10, &ClientResponse::Stored { replicas: 3 });
-        m.client("get", 0, &ClientResponse::Block { data: vec![0; 7] });
-        m.client(
+        let client = |kind, bytes_in, r: &ClientResponse| {
+            m.client(kind, bytes_in, client_bytes_out(r), r);
+        };
+        client("put", 10, &ClientResponse::Stored { replicas: 3 });
+        client("get", 0, &ClientResponse::Block { data: vec![0; 7] });
+        client(
             "get",
             0,
             &ClientResponse::Error {

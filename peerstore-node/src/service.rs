@@ -114,12 +114,11 @@ impl Service {
                         let data = moves_data(&r);
                         let bytes_in = crate::metrics::client_bytes_in(&r);
                         let response = self.client(r, &caller).await;
-                        if data
-                            && bytes_in + crate::metrics::client_bytes_out(&response) >= BULK_BYTES
-                        {
+                        let bytes_out = crate::metrics::client_bytes_out(&response);
+                        if data && bytes_in + bytes_out >= BULK_BYTES {
                             self.entangled.traffic.note();
                         }
-                        self.metrics.client(kind, bytes_in, &response);
+                        self.metrics.client(kind, bytes_in, bytes_out, &response);
                         log_failure(&peer, kind, &response);
                         response
                     }

@@ -41,7 +41,8 @@ pub struct ReplicaPolicy {
     /// Replica management gives way to clients: a round waits while this node served a
     /// client's data (a backup's blocks, a restore's reads) within the last `yield_ms`
     /// milliseconds, and a round under way stops when a client's data arrives, to go on once
-    /// the node is quiet again (0: never waits). Status and `du` polls do not count.
+    /// the node is quiet again (0: never waits). Requests that move less than a block's worth
+    /// (status, record and sync polls, `du`'s small reads) do not count.
     pub yield_ms: u64,
     /// The longest a round waits for quiet (milliseconds): a node that serves clients without
     /// pause still settles its replicas, a full round at least this often.
@@ -222,9 +223,9 @@ impl Traffic {
         }
     }
 
-    /// Whether a data request came after `t`.
+    /// Whether a data request came after `t` (to the millisecond).
     #[must_use]
-    pub fn since_instant(&self, t: Instant) -> bool {
+    pub fn came_after(&self, t: Instant) -> bool {
         self.since().is_some_and(|d| d < t.elapsed())
     }
 }
@@ -536,13 +537,13 @@ mod tests {
         let t = Traffic::default();
         assert_eq!(t.since(), None);
         let before = Instant::now();
-        assert!(!t.since_instant(before));
+        assert!(!t.came_after(before));
         std::thread::sleep(Duration::from_millis(5));
         t.note();
         assert!(t.since().is_some_and(|d| d < Duration::from_secs(5)));
-        assert!(t.since_instant(before));
+        assert!(t.came_after(before));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(!t.since_instant(Instant::now()));
+        assert!(!t.came_after(Instant::now()));
     }
 
     #[test]

@@ -200,7 +200,7 @@ pub async fn scrub_local(
     let spread = spread.as_ref();
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
-            if yield_after.is_some_and(|t| ent.traffic.since_instant(t)) {
+            if yield_after.is_some_and(|t| ent.traffic.came_after(t)) {
                 return Ok(Outcome::Yielded);
             }
             let Some(entry) = refs::fetch_ring(ent, &k).await else {
