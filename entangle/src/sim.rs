@@ -83,6 +83,13 @@ pub struct SimConfig {
     /// then never leaves a pointer of a live codeword behind.
     #[serde(default)]
     pub session: Option<usize>,
+    /// Systematic layout: the parities of the newest `later` codewords are not stored yet when
+    /// a codeword is written (the node stores parities after the write is acknowledged, and
+    /// its encoder then points only at blocks already stored: sources), so a pointer drawn at
+    /// one of those parities goes to a source of the same codeword instead. `None`: every
+    /// stored block of earlier codewords can be a pointer.
+    #[serde(default)]
+    pub later: Option<usize>,
 }
 
 fn one() -> usize {
@@ -383,6 +390,24 @@ impl SimArchive {
     }
 }
 
+/// A pointer of codeword `c` drawn at stored block `b`: when `b` is a parity of one of the
+/// newest `later` codewords before `c` (not stored yet when `c` is written), the source of the
+/// same codeword at the same position modulo `sources` instead.
+fn pending_to_source(
+    b: usize,
+    c: usize,
+    per: usize,
+    sources: usize,
+    later: Option<usize>,
+) -> usize {
+    let Some(later) = later else { return b };
+    let (owner, at) = (b / per, b % per);
+    if sources == 0 || at < sources || owner + later < c {
+        return b;
+    }
+    owner * per + at % sources
+}
+
 fn build_archive(config: &SimConfig, layout: Layout, rng: &mut ChaCha8Rng) -> SimArchive {
     let p = usize::from(config.p);
     let sources = match layout {
@@ -402,7 +427,12 @@ fn build_archive(config: &SimConfig, layout: Layout, rng: &mut ChaCha8Rng) -> Si
             .select(n - start, rng)
             .into_iter()
             .map(|ch| match ch {
-                PointerChoice::Block(b) => Some((start + b) as u32),
+                PointerChoice::Block(b) => {
+                    Some(
+                        pending_to_source((start + b) as usize, c, per, sources, config.later)
+                            as u32,
+                    )
+                }
                 PointerChoice::Anchor(_) => None,
             })
             .collect();
@@ -703,6 +733,7 @@ mod tests {
             selector: PointerSelector::new(usize::from(t), usize::from(t) / 2, 100).unwrap(),
             id_choices: 16,
             session: None,
+            later: None,
         }
     }
 
@@ -1000,6 +1031,51 @@ mod tests {
         // Pointers are uniform over stored blocks: about 1/3 sources.
         let share = f64::from(to_sources) / f64::from(to_sources + to_parities);
         assert!((0.28..0.39).contains(&share), "{share}");
+    }
+
+    /// With parities stored after the acknowledgement, no codeword points at a parity of the
+    /// `later` codewords before it (they are not stored yet); older parities stay reachable.
+    #[test]
+    fn later_parities_are_not_pointed_at_while_pending() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let c = SimConfig {
+            later: Some(16),
+            ..config(4, 8, 8)
+        };
+        let a = build_archive(&c, Layout::Systematic, &mut rng);
+        let (mut old_parities, mut pointers) = (0, 0);
+        for (cw, ptrs) in a.pointers.iter().enumerate() {
+            for b in ptrs.iter().flatten() {
+                let b = *b as usize;
+                pointers += 1;
+                assert!(b < cw * 12, "codeword {cw} points at block {b}");
+                if b % 12 >= 4 {
+                    assert!(
+                        b / 12 + 16 < cw,
+                        "codeword {cw} points at pending parity {b}"
+                    );
+                    old_parities += 1;
+                }
+            }
+        }
+        // The uniform half still reaches old parities.
+        assert!(old_parities * 5 > pointers, "{old_parities} of {pointers}");
+        assert_eq!(pending_to_source(25, 3, 12, 4, Some(1)), 25, "source kept");
+        assert_eq!(
+            pending_to_source(30, 3, 12, 4, Some(1)),
+            26,
+            "pending parity to source"
+        );
+        assert_eq!(
+            pending_to_source(5, 3, 12, 4, Some(1)),
+            5,
+            "stored parity kept"
+        );
+        assert_eq!(
+            pending_to_source(29, 3, 12, 0, Some(1)),
+            29,
+            "parity-only untouched"
+        );
     }
 
     /// A seed replays exactly; both layouts share the ring and kill sets; a new seed differs;

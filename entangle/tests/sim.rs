@@ -31,6 +31,7 @@ fn tenfold(s: u16, t: u16, p: u16) {
         selector: PointerSelector::mixed(usize::from(t)),
         id_choices: 1,
         session: None,
+        later: None,
     };
     println!("seeds {:?}", config.seeds);
     let results = run(&config).unwrap();
@@ -67,6 +68,7 @@ fn simulation_replays_and_serializes() {
         selector: PointerSelector::mixed(10),
         id_choices: 1,
         session: None,
+        later: None,
     };
     let a = run(&config).unwrap();
     let b = run(&config).unwrap();

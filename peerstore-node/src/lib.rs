@@ -243,10 +243,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     tokio::select! {
         _ = shutdown => {
             info!("shutting down: handing keys off and leaving the ring");
-            // First: no single copy comes here or is dropped elsewhere for ours any more.
-            blocks.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Parities of acknowledged writes still in memory go to their owners first.
+            entangled::later::flush(&entangled, Duration::from_secs(30)).await;
             maint_task.abort();
             ent_task.abort();
+            // No single copy comes here or is dropped elsewhere for ours any more.
+            blocks.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
             let report = tokio::time::timeout(Duration::from_secs(60), maintenance::hand_off(&blocks)).await;
             match report {
                 Ok(r) => info!(pushed = r.pushed, errors = r.errors, "hand-off done"),

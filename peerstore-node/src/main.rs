@@ -123,11 +123,21 @@ struct RunArgs {
     /// (default 600000); then a whole round runs however busy the node is.
     #[arg(long, value_name = "MS")]
     replica_max_wait_ms: Option<u64>,
-    /// Systematic layout: where a new codeword's parities go, "single" (one copy on their
-    /// owner, the default: the sources carry the r replicas) or "replicated" (r copies, like
-    /// the sources, until replica management takes them down).
+    /// Systematic layout: where a new codeword's parities go, "later" (the default: the write
+    /// is acknowledged with its sources at r copies, and the parities are stored as one copy
+    /// on their owners once this node's clients pause), "single" (one copy on their owner
+    /// before the acknowledgement) or "replicated" (r copies, like the sources, until replica
+    /// management takes them down).
     #[arg(long, value_name = "WHERE")]
     fresh_parities: Option<String>,
+    /// Memory for parities stored after the acknowledgement, MiB (default 256; beyond it a
+    /// write stores its parities first).
+    #[arg(long, value_name = "MIB")]
+    later_mib: Option<u64>,
+    /// How long the repair worker leaves a new codeword's missing parities to its encoder,
+    /// milliseconds (default: --replica-max-wait-ms plus --repair-ms).
+    #[arg(long, value_name = "MS")]
+    later_grace_ms: Option<u64>,
     /// First start only: key pairs to draw, keeping the one whose ring id best evens out the
     /// arcs of the ring being joined (default 1024; 1 = a random id).
     #[arg(long)]
@@ -433,11 +443,19 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         c.entanglement.replicas.max_wait_ms = v;
     }
     if let Some(v) = a.fresh_parities {
-        c.entanglement.replicas.single_parities_at_write = match v.as_str() {
-            "single" => true,
-            "replicated" => false,
-            other => anyhow::bail!("--fresh-parities {other}: use single or replicated"),
+        let r = &mut c.entanglement.replicas;
+        (r.single_parities_at_write, r.parities_later) = match v.as_str() {
+            "later" => (true, true),
+            "single" => (true, false),
+            "replicated" => (false, false),
+            other => anyhow::bail!("--fresh-parities {other}: use later, single or replicated"),
         };
+    }
+    if let Some(v) = a.later_mib {
+        c.entanglement.replicas.later_mib = v;
+    }
+    if let Some(v) = a.later_grace_ms {
+        c.entanglement.replicas.later_grace_ms = v;
     }
     if let Some(v) = a.metadata_replication {
         c.entanglement.metadata_replication = v;

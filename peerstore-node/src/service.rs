@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use peerstore_proto::{
-    misrouted, AdminRequest, AdminResponse, Audience, ClientRequest, ClientResponse, EntRequest,
-    ErrorCode, ErrorResponse, Incoming, MemberInfo, MemberRequest, MemberResponse, StatusReport,
+    misrouted, AdminRequest, AdminResponse, Audience, ClientRequest, ClientResponse, ErrorCode,
+    ErrorResponse, Incoming, MemberInfo, MemberRequest, MemberResponse, StatusReport,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
@@ -134,12 +134,10 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
-                        // An encoder storing a client's backup here is a client's data too.
-                        if matches!(
-                            r,
-                            MemberRequest::StoreLocalBatch { .. }
-                                | MemberRequest::Entangled(EntRequest::StoreSingleBatch { .. })
-                        ) {
+                        // An encoder storing a client's backup here is a client's data too
+                        // (its sources; single copies are also what encoders store later,
+                        // in the background: module `entangled::later`).
+                        if matches!(r, MemberRequest::StoreLocalBatch { .. }) {
                             self.entangled.traffic.note();
                         }
                         let bytes_in = crate::metrics::member_bytes_in(&r);

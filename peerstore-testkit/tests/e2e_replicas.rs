@@ -209,7 +209,9 @@ async fn replicas_settle_on_their_own_and_a_restart_resumes() {
 /// Replica management gives way to clients: a due round waits while its node served a client's
 /// data within `--replica-yield-ms`, and goes on once the node is quiet; a client that never
 /// pauses does not stop the ring from settling (`--replica-max-wait-ms`), and what it reads
-/// while the ring manages its replicas is whole.
+/// while the ring manages its replicas is whole. The encoder keeps at most 1 MiB of parities
+/// in memory here (`--later-mib 1`), so it re-encodes most of them from the ring when it
+/// stores them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_gives_way_to_clients_within_a_bound() {
     let args = [
@@ -223,6 +225,8 @@ async fn management_gives_way_to_clients_within_a_bound() {
         "20000",
         "--replica-max-wait-ms",
         "30000",
+        "--later-mib",
+        "1",
     ];
     let cluster = Cluster::start(4, &args).await;
     cluster
@@ -287,6 +291,76 @@ async fn management_gives_way_to_clients_within_a_bound() {
         done.elapsed()
     );
     assert!(reads > 0);
+}
+
+/// Parities after the acknowledgement (the default): a backup returns once its sources (r
+/// copies) and records are stored, and the disks then hold about 3 bytes per byte, not 5; the
+/// parities follow from the encoder's memory. An encoder killed with -9 before it stored them
+/// loses them, yet nothing is lost: everything restores from the sources at once (through
+/// another node), and once the grace is over the owners of the codeword records rebuild the
+/// parities (repair worker), after which replica management settles the ring at one copy per
+/// block as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parities_later_survive_their_encoder_dying() {
+    // The encoder would store its parities after 20 s without client data: the kill comes
+    // first.
+    let mut cluster = managed_ring_with(
+        5,
+        "20000",
+        &["--later-grace-ms", "5000", "--repair-ms", "2000"],
+    )
+    .await;
+    let base = ring_disk_bytes(&cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    let src = tmp.path().join("src");
+    let (_, bytes) = make_mixed_tree(&src, 8, 31);
+    let t = Instant::now();
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let e0 = ent_du(&alice);
+    cluster.nodes[0].kill9();
+    let grown = ring_disk_bytes(&cluster).saturating_sub(base);
+    let (cw, per) = (u(&e0, "codewords"), u(&e0, "stored_per_codeword"));
+    println!(
+        "backup of {bytes} bytes in {:?}: the disks grew by {grown} bytes, x{:.3}; du {e0}; node 0 (the encoder) killed",
+        t.elapsed(),
+        grown as f64 / bytes as f64
+    );
+    assert!(cw > 0, "nothing entangled: {e0}");
+    // Sources at r = 3 copies and the records; no parity yet (they would add 2 bytes per byte
+    // at (4,8,8)).
+    assert_eq!(
+        u(&e0, "parity_copies_single"),
+        0,
+        "parities stored at once: {e0}"
+    );
+    assert!(
+        grown as f64 / (bytes as f64) < 3.6,
+        "the disks grew x{:.3} for a backup whose parities come later",
+        grown as f64 / bytes as f64
+    );
+    // Everything reads from the sources on the other nodes.
+    let mut via1 = alice.clone();
+    via1.peer = cluster.nodes[1].addr.to_string();
+    let out = tmp.path().join("restored-now");
+    via1.ok(&["restore", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+    // The encoder comes back without its memory; the parities are rebuilt by the repair
+    // worker after the grace and the ring settles at one copy per block.
+    cluster.restart(0).await;
+    let settled = wait_single_copies(&via1, Some(cw * per), Duration::from_secs(240)).await;
+    let e1 = settled.unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    let disk = ring_disk_bytes(&cluster).saturating_sub(base);
+    println!(
+        "settled {:?} after the backup: {} single copies, the disks x{:.3}; {e1}",
+        t.elapsed(),
+        u(&e1, "parity_copies_single"),
+        disk as f64 / bytes as f64
+    );
+    let out = tmp.path().join("restored");
+    alice.ok(&["restore", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
 }
 
 /// Each node's maintenance counters (status).

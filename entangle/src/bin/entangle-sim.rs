@@ -58,6 +58,11 @@ struct Args {
     /// its start), as the node entangles a client's backup run. Default: one session.
     #[arg(long)]
     session: Option<usize>,
+    /// Systematic layout: the parities of the newest N codewords are not stored yet when a
+    /// codeword is written (the node's parities after the acknowledgement, default): pointers
+    /// drawn at them go to sources of the same codewords.
+    #[arg(long)]
+    later: Option<usize>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -92,6 +97,7 @@ fn run_cli(args: Args) -> Result<()> {
         selector,
         id_choices: args.id_choices,
         session: args.session,
+        later: args.later,
     };
     let results = run_layout(&config, args.layout).context("invalid simulation setup")?;
     if args.json {

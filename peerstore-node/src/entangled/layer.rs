@@ -179,6 +179,8 @@ pub struct Entangled {
     pub quotas: Option<Arc<crate::quota::Quotas>>,
     /// When this node last served a client's data: replica management gives way to clients.
     pub traffic: super::policy::Traffic,
+    /// Parities of acknowledged writes not stored yet (module `later`).
+    pub pending: Mutex<super::later::Pending>,
 }
 
 impl Entangled {
@@ -207,6 +209,7 @@ impl Entangled {
             replays: Mutex::new(crypto::ReplayGuard::default()),
             quotas: None,
             traffic: super::policy::Traffic::default(),
+            pending: Mutex::new(super::later::Pending::default()),
             // The default maintenance period until the background loop sets its own.
             requested_drops: Mutex::new(WindowBudget::new(
                 std::time::Duration::from_secs(5),

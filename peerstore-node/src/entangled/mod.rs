@@ -30,6 +30,7 @@
 pub mod batch;
 pub mod delete;
 pub mod format;
+pub mod later;
 pub mod layer;
 pub mod meta;
 pub mod policy;
@@ -338,7 +339,9 @@ impl Entangled {
                 .await?;
                 EntResponse::Ok
             }
-            EntRequest::RepairLocal => EntResponse::Repaired(repair::repair_local(self).await),
+            EntRequest::RepairLocal => {
+                EntResponse::Repaired(repair::repair_local(self, None).await)
+            }
             EntRequest::AuditLocal { after, limit, fix } => {
                 EntResponse::Audit(repair::audit_local(self, after, limit, fix).await?)
             }
@@ -403,6 +406,7 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
     let mut window: Option<(u64, tokio::time::Instant, Option<u64>)> = None;
     // Replica management gives way to clients, within a bound.
     let mut gate = policy::Gate::default();
+    let mut seal_gate = policy::Gate::default();
     let quiet = Duration::from_millis(ent.config.replicas.yield_ms);
     let max_wait = Duration::from_millis(ent.config.replicas.max_wait_ms);
     loop {
@@ -442,9 +446,31 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
                 stale, "replicated copies of single-copy parities dropped again"
             );
         }
+        // Parities of acknowledged writes, once clients pause (module `later`).
+        if !lock(&ent.pending).is_empty() {
+            let turn = seal_gate.turn(
+                std::time::Instant::now(),
+                ent.traffic.since(),
+                quiet,
+                max_wait,
+            );
+            if let policy::Turn::Run { gives_way } = turn {
+                let r = later::seal(&ent, gives_way.then(std::time::Instant::now)).await;
+                if r.sealed + r.dropped > 0 {
+                    info!(
+                        ?r,
+                        left = lock(&ent.pending).len(),
+                        "pending parities stored"
+                    );
+                }
+                seal_gate.ran(std::time::Instant::now(), r.gave_way || r.failed);
+                lap("parities", &mut took);
+            }
+        }
         if last_repair.elapsed() >= repair_every {
             last_repair = tokio::time::Instant::now();
-            let s = repair::repair_local(&ent).await;
+            let young_after = layer::now_us().saturating_sub(later::grace_us(&ent));
+            let s = repair::repair_local(&ent, Some(young_after)).await;
             if s.rebuilt > 0 || s.undecodable > 0 {
                 info!(?s, "repair worker round");
             }
@@ -495,7 +521,7 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
                 // A window that could not be measured (a member did not answer) scrubs
                 // nothing by window this round; age still applies.
                 let start = gives_way.then(std::time::Instant::now);
-                let (r, yielded) =
+                let (r, yielded, unsealed) =
                     scrub::scrub_local(&ent, d.mode, cutoff.flatten(), d.max_age_ms, start).await;
                 let dropped = &ent.blocks.activity.parity_copies_dropped;
                 crate::replication::Activity::add(dropped, r.replicas_removed);
@@ -512,7 +538,9 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
                         .checked_sub(Duration::from_millis(d.every_ms.max(1)))
                         .unwrap_or(last_scrub);
                 }
-                gate.ran(std::time::Instant::now(), yielded > 0);
+                // Blocks kept for parities still on their way are work put off too: the
+                // bound keeps counting for them.
+                gate.ran(std::time::Instant::now(), yielded + unsealed > 0);
                 lap("replica management", &mut took);
             }
         }

@@ -38,6 +38,19 @@ pub struct ReplicaPolicy {
     /// lost parity is re-encoded from them; writes move (4 r + 8) instead of 12 r blocks per
     /// codeword at (4,8,8). `false`: every block starts with r replicas.
     pub single_parities_at_write: bool,
+    /// With `single_parities_at_write`: a write is acknowledged once its sources (r copies)
+    /// and records are stored, and its parities are kept in memory and stored once this
+    /// node's clients pause (within `max_wait_ms`; module `entangled::later`). A backup then
+    /// writes 3 bytes per byte instead of 5 at (4,8,8), r = 3. `false`: parities are stored
+    /// before the acknowledgement.
+    pub parities_later: bool,
+    /// Memory for parities waiting to be stored (MiB); a write whose parities do not fit
+    /// stores them before its acknowledgement (0: never later).
+    pub later_mib: u64,
+    /// How long the repair worker leaves a damaged codeword alone after its write, in case its
+    /// parities are still waiting on its encoder (milliseconds; 0: `max_wait_ms` plus the
+    /// repair period, the longest they wait there).
+    pub later_grace_ms: u64,
     /// Replica management gives way to clients: a round waits while this node served a
     /// client's data (a backup's blocks, a restore's reads) within the last `yield_ms`
     /// milliseconds, and a round under way stops when a client's data arrives, to go on once
@@ -58,6 +71,9 @@ impl Default for ReplicaPolicy {
             max_age_ms: 3_600_000,
             every_ms: 60_000,
             single_parities_at_write: true,
+            parities_later: true,
+            later_mib: 256,
+            later_grace_ms: 0,
             yield_ms: 10_000,
             max_wait_ms: 600_000,
         }

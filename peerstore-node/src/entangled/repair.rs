@@ -172,6 +172,7 @@ async fn check_codeword(
     ent: &Entangled,
     (rk, rec): &Rec,
     fix: bool,
+    young_after: Option<u64>,
     summary: &mut RepairSummary,
 ) -> Option<CodewordAudit> {
     summary.checked += 1;
@@ -191,6 +192,17 @@ async fn check_codeword(
         .collect();
     if missing.is_empty() {
         return None;
+    }
+    // A codeword written after `young_after` may still have parities on their way from its
+    // encoder (module `later`): left alone until it is older.
+    if let (Some(cut), Some(first)) = (young_after, rec.stored_keys.first()) {
+        if refs::fetch_ring(ent, &nk(first))
+            .await
+            .and_then(|e| e.created_us)
+            .is_some_and(|t| t > cut)
+        {
+            return None;
+        }
     }
     summary.damaged += 1;
     let p = rec.params;
@@ -255,8 +267,18 @@ async fn check_codeword(
         }
     };
     summary.errors += report.unverified.len() as u64;
+    // A rebuilt parity of a systematic codeword goes where a new one would: one copy on its
+    // owner when that is the ring's policy (`single_parities_at_write`), else r copies.
+    let single =
+        rec.layout == entangle::Layout::Systematic && ent.config.replicas.single_parities_at_write;
+    let parity_keys: BTreeSet<entangle::BlockKey> = rec.parity_keys().iter().copied().collect();
     for b in report.rebuilt {
-        match write::put_block(ent, nk(&b.key), b.bytes).await {
+        let stored = if single && parity_keys.contains(&b.key) {
+            write::put_single(ent, nk(&b.key), &b.bytes).await
+        } else {
+            write::put_block(ent, nk(&b.key), b.bytes).await
+        };
+        match stored {
             Ok(()) => {
                 summary.rebuilt += 1;
                 audit.rebuilt += 1;
@@ -270,16 +292,67 @@ async fn check_codeword(
     Some(audit)
 }
 
+/// The parities of the codeword of record `rk`, re-encoded from its sources and pointers
+/// fetched from the ring (each verified against its key, as are the parities made): how an
+/// encoder stores the parities it did not keep in memory (module `later`).
+pub async fn reform_parities(ent: &Entangled, rk: BlockKey) -> Result<Vec<super::Held>, String> {
+    let rec = fetch_record(ent, rk)
+        .await
+        .ok_or_else(|| format!("codeword record {rk} is unavailable"))?;
+    let parities: BTreeSet<entangle::BlockKey> = rec.parity_keys().iter().copied().collect();
+    let inputs: Vec<BlockKey> = entangle::fetch_order(&*rec)
+        .iter()
+        .filter(|k| !parities.contains(k))
+        .map(nk)
+        .collect();
+    let fetched = futures::stream::iter(inputs)
+        .map(|k| async move { (k, read::fetch_ring(ent, k).await) })
+        .buffer_unordered(12)
+        .collect::<Vec<_>>()
+        .await;
+    let mut source = std::collections::BTreeMap::new();
+    for (k, b) in fetched {
+        let b = b.ok_or_else(|| format!("block {k} of codeword {} is unavailable", rec.id))?;
+        source.insert(ek(&k), b);
+    }
+    let mut index = entangle::RecordIndex::new();
+    index
+        .insert((*rec).clone())
+        .map_err(|e| format!("bad codeword record {rk}: {e}"))?;
+    let r = (*rec).clone();
+    let report =
+        tokio::task::spawn_blocking(move || entangle::rebuild_codeword(&index, &r, &source))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("codeword {}: {e}", rec.id))?;
+    let made: Vec<super::Held> = report
+        .rebuilt
+        .into_iter()
+        .filter(|b| parities.contains(&b.key))
+        .map(|b| (nk(&b.key), Arc::new(b.bytes)))
+        .collect();
+    if made.len() != parities.len() {
+        return Err(format!(
+            "codeword {}: {} of {} parities re-formed",
+            rec.id,
+            made.len(),
+            parities.len()
+        ));
+    }
+    Ok(made)
+}
+
 /// Checks (and with `fix` repairs) the given codewords.
 pub async fn check_records(
     ent: &Entangled,
     recs: &[Rec],
     fix: bool,
+    young_after: Option<u64>,
 ) -> (RepairSummary, Vec<CodewordAudit>) {
     let results = futures::stream::iter(0..recs.len())
         .map(|i| async move {
             let mut s = RepairSummary::default();
-            let a = check_codeword(ent, &recs[i], fix, &mut s).await;
+            let a = check_codeword(ent, &recs[i], fix, young_after, &mut s).await;
             (s, a)
         })
         .buffer_unordered(4)
@@ -295,12 +368,14 @@ pub async fn check_records(
     (summary, audits)
 }
 
-/// One repair round over the records this node owns.
-pub async fn repair_local(ent: &Entangled) -> RepairSummary {
+/// One repair round over the records this node owns; with `young_after` (microseconds since
+/// the epoch), codewords written after it are left alone (the background worker: their
+/// parities may still be on their way, module `later`).
+pub async fn repair_local(ent: &Entangled, young_after: Option<u64>) -> RepairSummary {
     let mut total = RepairSummary::default();
     let mut pages = OwnedPages::new(ent).await;
     while let Some(recs) = pages.next().await {
-        let (s, _) = check_records(ent, &recs, true).await;
+        let (s, _) = check_records(ent, &recs, true, young_after).await;
         total.add(&s);
     }
     total.passes = 1;
@@ -376,7 +451,7 @@ pub async fn repair_ring(ent: &Entangled, keys: Vec<BlockKey>) -> RepairSummary 
                 recs.push((*rk, r));
             }
         }
-        let (s, audits) = check_records(ent, &recs, true).await;
+        let (s, audits) = check_records(ent, &recs, true, None).await;
         total.checked += s.checked;
         total.damaged += s.damaged;
         total.rebuilt += s.rebuilt;
@@ -450,7 +525,7 @@ pub async fn audit_local(
     } else {
         Some(end)
     };
-    let (s, damaged) = check_records(ent, &recs, fix).await;
+    let (s, damaged) = check_records(ent, &recs, fix, None).await;
     Ok(AuditPage {
         checked: s.checked,
         damaged,

@@ -125,31 +125,35 @@ enum Outcome {
     Scrubbed(u64, u64),
     /// Not looked at: a client's data came in, and the round gave way (the next goes on).
     Yielded,
+    /// Eligible, but a parity of its codeword is not stored yet (module `later`).
+    Unsealed,
 }
 
 /// Scrubs the parities this node owns (see the module docs). With `yield_after`, the
 /// candidates not yet begun are left for the next round once this node serves a client's
 /// data after that instant (replica management gives way to clients,
-/// [`super::policy::ReplicaPolicy::yield_ms`]); the returned count says how many.
+/// [`super::policy::ReplicaPolicy::yield_ms`]); the returned counts say how many, and how
+/// many eligible blocks kept their replicas because a parity of their codeword is not stored
+/// yet (module `later`).
 pub async fn scrub_local(
     ent: &Entangled,
     mode: ScrubMode,
     cutoff_us: Option<u64>,
     max_age_ms: u64,
     yield_after: Option<std::time::Instant>,
-) -> (ScrubReport, u64) {
+) -> (ScrubReport, u64, u64) {
     let mut report = ScrubReport {
         nodes: 1,
         ..ScrubReport::default()
     };
     let (Some(params), Some(sizes)) = (ent.params(), ent.parity_sizes()) else {
-        return (report, 0);
+        return (report, 0, 0);
     };
     let Some(view) = ent.ring.handle.view().await else {
-        return (report, 0);
+        return (report, 0, 0);
     };
     if !view.member {
-        return (report, 0);
+        return (report, 0, 0);
     }
     let (from, to) = view.ranges.owned;
     let (a, b) = (BlockKey(from.0), BlockKey(to.0));
@@ -178,7 +182,7 @@ pub async fn scrub_local(
     .await;
     let Ok((parities, singles)) = listed else {
         report.errors += 1;
-        return (report, 0);
+        return (report, 0, 0);
     };
     let owned = |k: &BlockKey| a == b || in_interval(&a, &b, k);
     let singles: Vec<BlockKey> = singles.into_iter().filter(|k| owned(k)).collect();
@@ -198,6 +202,10 @@ pub async fn scrub_local(
     let now = super::layer::now_us();
     let spread = super::spread::Spread::new(ent).await;
     let spread = spread.as_ref();
+    // A block goes to one copy only once every parity of its codeword is stored (parities
+    // stored after the acknowledgement may still be on their way: module `later`).
+    let sealed = super::later::Sealed::default();
+    let sealed = &sealed;
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
             if yield_after.is_some_and(|t| ent.traffic.came_after(t)) {
@@ -214,8 +222,11 @@ pub async fn scrub_local(
                 max_age_ms,
                 now,
             );
-            if !eligible || entry.own.is_none() {
+            let Some(own) = entry.own.filter(|_| eligible) else {
                 return Ok(Outcome::Kept);
+            };
+            if !sealed.check(ent, own).await {
+                return Ok(Outcome::Unsealed);
             }
             if let Some(sp) = spread {
                 if !sp.allows(k, &entry).await {
@@ -229,7 +240,7 @@ pub async fn scrub_local(
         .buffer_unordered(8)
         .collect::<Vec<Result<Outcome, String>>>()
         .await;
-    let mut yielded = 0;
+    let (mut yielded, mut unsealed) = (0, 0);
     for o in outcomes {
         match o {
             Ok(Outcome::Scrubbed(n, bytes)) => {
@@ -241,13 +252,14 @@ pub async fn scrub_local(
             Ok(Outcome::Spread) => report.kept_for_spread += 1,
             Ok(Outcome::Kept) => {}
             Ok(Outcome::Yielded) => yielded += 1,
+            Ok(Outcome::Unsealed) => unsealed += 1,
             Err(e) => {
                 debug!(error = %e, "scrub of a parity failed");
                 report.errors += 1;
             }
         }
     }
-    (report, yielded)
+    (report, yielded, unsealed)
 }
 
 /// For single copies this node holds and owns: deletes replicated copies that came back (the

@@ -76,7 +76,8 @@ impl AsRef<[u8]> for PointerBytes {
 
 /// Chooses the `t` pointers of the next codeword: RECAST's mixed policy over a local view of
 /// the archive, oldest first: the uniform sample of the ring (pool), then this node's tail,
-/// then the parities of the document's earlier codewords. Half the pointers come from the
+/// then the stored blocks of the document's earlier codewords (only their `sources_only`
+/// first, the sources, when parities are stored later). Half the pointers come from the
 /// recent part (tail and earlier codewords), the rest uniformly from everything; anchors fill
 /// in while fewer than `t` parities are known.
 fn choose(
@@ -84,6 +85,7 @@ fn choose(
     pool: &[Held],
     tail: &[Held],
     done: &[entangle::EncodedRecord],
+    sources_only: Option<usize>,
     rng: &mut ChaCha8Rng,
 ) -> Vec<(entangle::BlockKey, PointerBytes)> {
     enum Src<'a> {
@@ -104,7 +106,10 @@ fn choose(
         }
     }
     for (_, blocks) in done {
-        for (k, b) in blocks {
+        // With parities stored later, only the sources of earlier codewords are stored when
+        // this one is acknowledged (module `later`).
+        let stored = sources_only.unwrap_or(blocks.len()).min(blocks.len());
+        for (k, b) in &blocks[..stored] {
             if seen.insert(nk(k)) {
                 archive.push((*k, Src::Own(b.as_slice())));
             }
@@ -237,6 +242,8 @@ pub async fn put_document(
         (pool, tail, seed, doc_id)
     };
     let layout = ent.layout();
+    let later = super::later::enabled(ent);
+    let sources_only = later.then(|| layout.sources(&params));
     let content_hash = content.0;
     let len = data.len() as u64;
     let encoded = match tokio::task::spawn_blocking(move || {
@@ -249,7 +256,7 @@ pub async fn put_document(
             (layout, entangle::Parallelism::AUTO, params),
             &doc_id,
             &data,
-            |_, done| Ok(choose(&params, &pool, &tail, done, &mut rng)),
+            |_, done| Ok(choose(&params, &pool, &tail, done, sources_only, &mut rng)),
         )
     })
     .await
@@ -282,7 +289,31 @@ pub async fn put_document(
             }
         })
         .collect();
-    if let Err(e) = super::batch::store_blocks(ent, &blocks, &copies).await {
+    // Parities later (module `later`): the single copies wait in memory, within its budget,
+    // and are stored once this node's clients pause; the rest now.
+    let single_bytes: usize = blocks
+        .iter()
+        .zip(&copies)
+        .filter(|(_, c)| **c == Copies::Single)
+        .map(|((_, b), _)| b.len())
+        .sum();
+    let mut reservation = super::later::Reservation::new(
+        ent,
+        later,
+        single_bytes,
+        usize::try_from(ent.config.replicas.later_mib.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
+    );
+    let (mut now_blocks, mut now_copies, mut deferred) = (Vec::new(), Vec::new(), Vec::new());
+    for (held, how) in blocks.iter().zip(&copies) {
+        if reservation.later() && *how == Copies::Single {
+            deferred.push(held.clone());
+        } else {
+            now_blocks.push(held.clone());
+            now_copies.push(*how);
+        }
+    }
+    if let Err(e) = super::batch::store_blocks(ent, &now_blocks, &now_copies).await {
         // The code stays: a full replica set reaches the client as "node full".
         return Err(RingError::new(e.code, format!("storing a block: {e}")));
     }
@@ -328,6 +359,11 @@ pub async fn put_document(
         return Err(RingError::unavailable(e));
     }
     // 4. The document record, last.
+    let doc_records = if reservation.later() {
+        record_keys.clone()
+    } else {
+        Vec::new()
+    };
     let doc = DocRecord {
         params,
         len,
@@ -344,6 +380,17 @@ pub async fn put_document(
             "storing the document record: {e}"
         )));
     }
+    reservation.queue(key, deferred, doc_records);
+    // Pending parities are no pointers: only stored blocks join the tails.
+    let blocks: Vec<Held> = match sources_only {
+        Some(s) => blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % per < s)
+            .map(|(_, h)| h)
+            .collect(),
+        None => blocks,
+    };
     if let Some(k) = session_key {
         // A session's blocks are pointers for the session's later documents only.
         lock(&ent.encoder).sessions.push_tail(&k, key, &blocks);

@@ -402,7 +402,16 @@ pub async fn wait_single_copies(
 /// copies that anti-entropy keeps bringing back), and management waits for 2 s without client
 /// data rather than 10. Waits until the ring is ideal.
 pub async fn managed_ring(n: usize) -> peerstore_testkit::Cluster {
-    let args = [
+    managed_ring_with(n, "2000", &[]).await
+}
+
+/// [`managed_ring`] waiting `yield_ms` for clients to pause, with `extra` node flags.
+pub async fn managed_ring_with(
+    n: usize,
+    yield_ms: &str,
+    extra: &[&str],
+) -> peerstore_testkit::Cluster {
+    let mut args = vec![
         "--replica-every-ms",
         "1000",
         "--replica-max-age-ms",
@@ -410,8 +419,9 @@ pub async fn managed_ring(n: usize) -> peerstore_testkit::Cluster {
         "--delete-min-age-ms",
         "5000",
         "--replica-yield-ms",
-        "2000",
+        yield_ms,
     ];
+    args.extend_from_slice(extra);
     let cluster = peerstore_testkit::Cluster::start(n, &args).await;
     cluster
         .wait_ideal(Duration::from_secs(60))
