@@ -346,7 +346,13 @@ impl Entangled {
                 EntResponse::Audit(repair::audit_local(self, after, limit, fix).await?)
             }
             EntRequest::ScrubLocal { mode, cutoff_us } => {
-                // A scrub by hand applies its own rule only (no age limit).
+                // A scrub by hand stores this node's pending parities first (module `later`:
+                // blocks go to one copy only once their codeword's parities are stored), then
+                // applies its own rule only (no age limit).
+                let sealed = later::seal(self, None).await;
+                if sealed.sealed + sealed.dropped > 0 {
+                    info!(?sealed, "pending parities stored for a scrub by hand");
+                }
                 EntResponse::Scrubbed(scrub::scrub_local(self, mode, cutoff_us, 0, None).await.0)
             }
             EntRequest::NewestCreated { count } => EntResponse::Created {
