@@ -192,7 +192,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         entangled::Entangled::new(config.entanglement.clone(), blocks.clone(), single)
             .with_quotas(quotas.clone())
             .with_policy_file(entangled::policy::file(&config.data_dir))
-            .map_err(|e| anyhow::anyhow!("replica management: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("replica management: {e}"))?
+            .with_pending_log(&entangled::pending_log::file(&config.data_dir))
+            .map_err(|e| anyhow::anyhow!("pending parities: {e}"))?,
     );
     let chains = chains::Chains::start(
         ring.clone(),

@@ -346,8 +346,15 @@ async fn parities_later_survive_their_encoder_dying() {
     let out = tmp.path().join("restored-now");
     via1.ok(&["restore", out.to_str().unwrap()]);
     assert_same_tree(&src, &out);
-    // The encoder comes back without its memory; the parities are rebuilt by the repair
-    // worker after the grace and the ring settles at one copy per block.
+    // The encoder comes back without its memory and without its log of pending parities
+    // (a_restarted_encoder_resumes_its_pending_parities covers the log): the parities are
+    // rebuilt by the repair worker after the grace and the ring settles at one copy per block.
+    let log = cluster.nodes[0].data_dir.join("pending-parities.log");
+    assert!(
+        std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 0,
+        "the encoder logged its pending parities"
+    );
+    std::fs::remove_file(&log).unwrap();
     cluster.restart(0).await;
     let settled = wait_single_copies(&via1, Some(cw * per), Duration::from_secs(240)).await;
     let e1 = settled.unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
@@ -357,6 +364,54 @@ async fn parities_later_survive_their_encoder_dying() {
         t.elapsed(),
         u(&e1, "parity_copies_single"),
         disk as f64 / bytes as f64
+    );
+    let out = tmp.path().join("restored");
+    alice.ok(&["restore", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+}
+
+/// An encoder killed with -9 before it stored its pending parities and restarted resumes
+/// storing them from its log (`entangled/pending_log.rs`) as soon as its clients pause, long
+/// before the repair worker's grace (here the default: max_wait_ms + repair_ms, over 10
+/// minutes) would have the owners of the records rebuild them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_encoder_resumes_its_pending_parities() {
+    // The encoder would store its parities 20 s after its client's last data: the kill comes
+    // first.
+    let mut cluster = managed_ring_with(5, "20000", &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    let src = tmp.path().join("src");
+    let (_, bytes) = make_mixed_tree(&src, 8, 32);
+    let t = Instant::now();
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let e0 = ent_du(&alice);
+    cluster.nodes[0].kill9();
+    let (cw, per) = (u(&e0, "codewords"), u(&e0, "stored_per_codeword"));
+    assert!(cw > 0, "nothing entangled: {e0}");
+    assert_eq!(
+        u(&e0, "parity_copies_single"),
+        0,
+        "parities stored at once: {e0}"
+    );
+    cluster.restart(0).await;
+    let mut via1 = alice.clone();
+    via1.peer = cluster.nodes[1].addr.to_string();
+    let settled = wait_single_copies(&via1, Some(cw * per), Duration::from_secs(120)).await;
+    let e1 = settled.unwrap_or_else(|e| panic!("{e}\n{}", node_logs(&cluster)));
+    println!(
+        "{bytes} bytes backed up; the encoder killed and restarted; settled {:?} after the backup: {e1}",
+        t.elapsed()
+    );
+    let logs = node_logs(&cluster);
+    assert!(
+        logs.contains("parities left pending before a restart are stored again"),
+        "the restarted encoder did not resume from its log:\n{logs}"
+    );
+    assert!(
+        !logs.contains("repair worker round"),
+        "the repair worker rebuilt what the log should have resumed:\n{logs}"
     );
     let out = tmp.path().join("restored");
     alice.ok(&["restore", out.to_str().unwrap()]);

@@ -238,6 +238,20 @@ impl Entangled {
         Ok(self)
     }
 
+    /// Keeps the log of pending parities in `path` (module `pending_log`) and queues the
+    /// documents it lists as still waiting (a restart resumes storing their parities).
+    pub fn with_pending_log(self, path: &std::path::Path) -> Result<Self, String> {
+        let (log, waiting) = super::pending_log::PendingLog::open(path)?;
+        if !waiting.is_empty() {
+            tracing::info!(
+                documents = waiting.len(),
+                "parities left pending before a restart are stored again"
+            );
+        }
+        peerstore_proto::lock(&self.pending).with_log(log, waiting);
+        Ok(self)
+    }
+
     /// The code parameters, `None` for type "none".
     #[must_use]
     pub fn params(&self) -> Option<entangle::Params> {

@@ -33,6 +33,7 @@ pub mod format;
 pub mod later;
 pub mod layer;
 pub mod meta;
+pub mod pending_log;
 pub mod policy;
 pub mod read;
 pub mod refs;
