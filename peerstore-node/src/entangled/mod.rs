@@ -354,7 +354,16 @@ impl Entangled {
                 if sealed.sealed + sealed.dropped > 0 {
                     info!(?sealed, "pending parities stored for a scrub by hand");
                 }
-                EntResponse::Scrubbed(scrub::scrub_local(self, mode, cutoff_us, 0, None).await.0)
+                // Copies of already scrubbed parities that anti-entropy or clean-up put back,
+                // or that a node outside the replica set still holds, go first (the
+                // background loop does this every round, before its own `scrub_local`).
+                let stale = scrub::drop_stale(self, &mut deletion::policy().budget()).await;
+                let singles = scrub::owned_singles(self).await;
+                let (n, bytes) = scrub::redrop_singles(self, &singles).await;
+                let mut report = scrub::scrub_local(self, mode, cutoff_us, 0, None).await.0;
+                report.replicas_removed += stale + n;
+                report.bytes_freed += bytes;
+                EntResponse::Scrubbed(report)
             }
             EntRequest::NewestCreated { count } => EntResponse::Created {
                 times: refs::newest_created(self, count).await?,

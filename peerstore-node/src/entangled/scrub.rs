@@ -187,12 +187,6 @@ pub async fn scrub_local(
     let owned = |k: &BlockKey| a == b || in_interval(&a, &b, k);
     let singles: Vec<BlockKey> = singles.into_iter().filter(|k| owned(k)).collect();
     report.single = singles.len() as u64;
-    // Copies of already scrubbed parities that anti-entropy or clean-up put back, or that a
-    // node outside the replica set still holds: drop them.
-    report.replicas_removed += drop_stale(ent, &mut deletion::policy().budget()).await;
-    let (n, bytes) = redrop_singles(ent, &singles).await;
-    report.replicas_removed += n;
-    report.bytes_freed += bytes;
     let single_set: std::collections::BTreeSet<BlockKey> = singles.into_iter().collect();
     let candidates: Vec<BlockKey> = parities
         .into_iter()
