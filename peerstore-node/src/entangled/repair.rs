@@ -382,16 +382,21 @@ pub async fn repair_local(ent: &Entangled, young_after: Option<u64>) -> RepairSu
     total
 }
 
-/// `Repair { keys }`: with no keys, rounds on every node until one rebuilds nothing; with
-/// keys, the codewords of each key (its own and those pointing at it, through its reverse
-/// reference) are repaired, widening to the codewords of the symbols that keep them
-/// undecodable, until the keys are back or nothing more can be done.
+/// `Repair { keys }`: with no keys, rounds on every node until one rebuilds nothing and met no
+/// error (or rounds with errors only keep coming); with keys, the codewords of each key (its
+/// own and those pointing at it, through its reverse reference) are repaired, widening to the
+/// codewords of the symbols that keep them undecodable, until the keys are back or nothing
+/// more can be done.
 pub async fn repair_ring(ent: &Entangled, keys: Vec<BlockKey>) -> RepairSummary {
     let mut total = RepairSummary::default();
     if ent.params().is_none() {
         return total;
     }
     if keys.is_empty() {
+        // Passes in a row that rebuilt nothing but met errors (a member that did not answer, a
+        // fetch that failed under load): tried again, a second later, up to this many.
+        const ERROR_PASSES: u32 = 2;
+        let mut error_passes = 0;
         for pass in 1..=MAX_PASSES {
             let nodes = ent.ring.members().await;
             let results = futures::future::join_all(
@@ -413,9 +418,15 @@ pub async fn repair_ring(ent: &Entangled, keys: Vec<BlockKey>) -> RepairSummary 
             total.rebuilt += round.rebuilt;
             total.errors += round.errors;
             total.undecodable = round.undecodable;
-            if round.rebuilt == 0 {
+            if round.rebuilt > 0 {
+                error_passes = 0;
+                continue;
+            }
+            if round.errors == 0 || error_passes >= ERROR_PASSES {
                 break;
             }
+            error_passes += 1;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         return total;
     }
