@@ -312,14 +312,7 @@ async fn parities_later_survive_their_encoder_dying() {
     .await;
     let base = ring_disk_bytes(&cluster);
     let tmp = tempfile::tempdir().unwrap();
-    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
-    alice.ok(&["init"]);
-    let src = tmp.path().join("src");
-    let (_, bytes) = make_mixed_tree(&src, 8, 31);
-    let t = Instant::now();
-    alice.ok(&["backup", src.to_str().unwrap()]);
-    let e0 = ent_du(&alice);
-    cluster.nodes[0].kill9();
+    let (alice, src, bytes, t, e0) = back_up_and_kill_the_encoder(&mut cluster, tmp.path(), 31);
     let grown = ring_disk_bytes(&cluster).saturating_sub(base);
     let (cw, per) = (u(&e0, "codewords"), u(&e0, "stored_per_codeword"));
     println!(
@@ -380,14 +373,7 @@ async fn a_restarted_encoder_resumes_its_pending_parities() {
     // first.
     let mut cluster = managed_ring_with(5, "20000", &[]).await;
     let tmp = tempfile::tempdir().unwrap();
-    let alice = Client::new(tmp.path(), "alice", &cluster.nodes[0].addr.to_string());
-    alice.ok(&["init"]);
-    let src = tmp.path().join("src");
-    let (_, bytes) = make_mixed_tree(&src, 8, 32);
-    let t = Instant::now();
-    alice.ok(&["backup", src.to_str().unwrap()]);
-    let e0 = ent_du(&alice);
-    cluster.nodes[0].kill9();
+    let (alice, src, bytes, t, e0) = back_up_and_kill_the_encoder(&mut cluster, tmp.path(), 32);
     let (cw, per) = (u(&e0, "codewords"), u(&e0, "stored_per_codeword"));
     assert!(cw > 0, "nothing entangled: {e0}");
     assert_eq!(
@@ -416,6 +402,25 @@ async fn a_restarted_encoder_resumes_its_pending_parities() {
     let out = tmp.path().join("restored");
     alice.ok(&["restore", out.to_str().unwrap()]);
     assert_same_tree(&src, &out);
+}
+
+/// Alice backs up an 8 MiB mixed tree (seeded by `seed`) under `tmp` through node 0, its
+/// encoder, which is killed with -9 as soon as the backup returns and `du` is read. Returns
+/// alice, the tree, its bytes, when the backup started and that `du`.
+fn back_up_and_kill_the_encoder(
+    cluster: &mut Cluster,
+    tmp: &std::path::Path,
+    seed: u64,
+) -> (Client, std::path::PathBuf, u64, Instant, serde_json::Value) {
+    let alice = Client::new(tmp, "alice", &cluster.nodes[0].addr.to_string());
+    alice.ok(&["init"]);
+    let src = tmp.join("src");
+    let (_, bytes) = make_mixed_tree(&src, 8, seed);
+    let t = Instant::now();
+    alice.ok(&["backup", src.to_str().unwrap()]);
+    let e0 = ent_du(&alice);
+    cluster.nodes[0].kill9();
+    (alice, src, bytes, t, e0)
 }
 
 /// Each node's maintenance counters (status).

@@ -170,6 +170,10 @@ impl Pending {
                 log.clear();
             } else {
                 log.stored(jobs.iter().map(|j| &j.doc));
+                // Everything that waits is in the queue now: the log can be rewritten.
+                if self.taken == 0 && log.wants_compaction() {
+                    log.compact(self.jobs.iter().map(|j| (&j.doc, j.records.as_slice())));
+                }
             }
         }
     }

@@ -354,14 +354,10 @@ impl Entangled {
                 if sealed.sealed + sealed.dropped > 0 {
                     info!(?sealed, "pending parities stored for a scrub by hand");
                 }
-                // Copies of already scrubbed parities that anti-entropy or clean-up put back,
-                // or that a node outside the replica set still holds, go first (the
-                // background loop does this every round, before its own `scrub_local`).
-                let stale = scrub::drop_stale(self, &mut deletion::policy().budget()).await;
-                let singles = scrub::owned_singles(self).await;
-                let (n, bytes) = scrub::redrop_singles(self, &singles).await;
+                // Copies that came back go first, as in every background round.
+                let (n, bytes) = scrub::sweep(self, &mut deletion::policy().budget()).await;
                 let mut report = scrub::scrub_local(self, mode, cutoff_us, 0, None).await.0;
-                report.replicas_removed += stale + n;
+                report.replicas_removed += n;
                 report.bytes_freed += bytes;
                 EntResponse::Scrubbed(report)
             }
@@ -450,17 +446,12 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         // One round's bound on deletions (docs/SECURITY.md, "Verified deletions").
         let mut budget = deletion::policy().budget();
         scrub::hand_off_singles(&ent, &mut budget).await;
-        let stale = scrub::drop_stale(&ent, &mut budget).await;
-        let singles = scrub::owned_singles(&ent).await;
-        let (n, _) = scrub::redrop_singles(&ent, &singles).await;
+        let (n, _) = scrub::sweep(&ent, &mut budget).await;
         lap("single copies", &mut took);
         let dropped = &ent.blocks.activity.parity_copies_dropped;
-        crate::replication::Activity::add(dropped, n + stale);
-        if n + stale > 0 {
-            debug!(
-                n,
-                stale, "replicated copies of single-copy parities dropped again"
-            );
+        crate::replication::Activity::add(dropped, n);
+        if n > 0 {
+            debug!(n, "replicated copies of single-copy parities dropped again");
         }
         // Parities of acknowledged writes, once clients pause (module `later`).
         if !lock(&ent.pending).is_empty() {

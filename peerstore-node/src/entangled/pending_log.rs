@@ -12,9 +12,10 @@
 //! Format: a sequence of entries, each `tag (1 byte: 1 = waits, 2 = stored) | document key
 //! (32) | n (u16 LE) | n codeword record keys (32 each) | check (the first 8 bytes of the
 //! BLAKE3 of everything before it in the entry)`. Replay stops at the first entry that is cut
-//! short or fails its check (a write the crash interrupted); what follows is dropped. On open
-//! the log is rewritten with only the documents that still wait (temporary file, fsync,
-//! rename); it is emptied whenever the queue is.
+//! short or fails its check (a write the crash interrupted); what follows is dropped. On open,
+//! and whenever it has grown past [`COMPACT_AT`] and twice its last size while nothing was
+//! being stored, the log is rewritten with only the documents that still wait (temporary
+//! file, fsync, rename); it is emptied whenever the queue is.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -117,46 +118,57 @@ pub fn replay(bytes: &[u8]) -> (Vec<Waiting>, usize) {
 #[derive(Debug)]
 pub struct PendingLog {
     path: PathBuf,
-    file: Option<File>,
+    file: File,
     /// Bytes in the file.
     len: u64,
+    /// Length past which the log is rewritten with only what waits ([`PendingLog::compact`]).
+    compact_at: u64,
     warned: bool,
+}
+
+/// A log is rewritten once it is this long and twice what waited at its last rewrite: the
+/// queue need not empty while clients keep writing, and the log would grow without bound.
+const COMPACT_AT: u64 = 4 << 20;
+
+/// Writes a log holding only `waiting` at `path` durably (the project's temporary file, fsync,
+/// rename, fsync of the directory) and opens it for appending; returns it and its length.
+fn rewrite<'a>(
+    path: &Path,
+    waiting: impl IntoIterator<Item = (&'a BlockKey, &'a [BlockKey])>,
+) -> Result<(File, u64), String> {
+    let mut fresh = Vec::new();
+    for (doc, records) in waiting {
+        fresh.extend(entry(TAG_WAITS, doc, records));
+    }
+    crate::identity::write_durable(path, &fresh, false).map_err(|e| format!("{e:#}"))?;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((file, fresh.len() as u64))
 }
 
 impl PendingLog {
     /// Opens (or creates) the log at `path`, returns it and the documents that still wait.
     pub fn open(path: &Path) -> Result<(Self, Vec<Waiting>), String> {
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
         let mut bytes = Vec::new();
         match File::open(path) {
             Ok(f) => {
-                f.take(MAX_LOG).read_to_end(&mut bytes).map_err(err)?;
+                f.take(MAX_LOG)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
         }
         let (waiting, _) = replay(&bytes);
-        // Rewritten with only what waits: temporary file, fsync, rename.
-        let mut fresh = Vec::new();
-        for (doc, records) in &waiting {
-            fresh.extend(entry(TAG_WAITS, doc, records));
-        }
-        let tmp = path.with_extension("log.tmp");
-        {
-            let mut f = File::create(&tmp).map_err(err)?;
-            f.write_all(&fresh).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        std::fs::rename(&tmp, path).map_err(err)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(err)?;
+        let (file, len) = rewrite(path, waiting.iter().map(|(d, r)| (d, r.as_slice())))?;
         Ok((
             PendingLog {
                 path: path.to_path_buf(),
-                file: Some(file),
-                len: fresh.len() as u64,
+                file,
+                len,
+                compact_at: COMPACT_AT.max(2 * len),
                 warned: false,
             },
             waiting,
@@ -164,14 +176,13 @@ impl PendingLog {
     }
 
     fn append(&mut self, bytes: &[u8]) {
-        let Some(f) = self.file.as_mut() else { return };
-        match f.write_all(bytes) {
+        match self.file.write_all(bytes) {
             Ok(()) => self.len += bytes.len() as u64,
-            Err(e) => self.failed(&e),
+            Err(e) => self.failed(&e.to_string()),
         }
     }
 
-    fn failed(&mut self, e: &std::io::Error) {
+    fn failed(&mut self, e: &str) {
         if !self.warned {
             warn!(
                 path = %self.path.display(),
@@ -179,6 +190,31 @@ impl PendingLog {
                 "the log of pending parities cannot be written; after a crash the repair worker rebuilds them"
             );
             self.warned = true;
+        }
+    }
+
+    /// Whether the log has grown enough to be rewritten ([`PendingLog::compact`]).
+    #[must_use]
+    pub fn wants_compaction(&self) -> bool {
+        self.len > self.compact_at
+    }
+
+    /// Rewrites the log with only `waiting` (every document that still waits).
+    pub fn compact<'a>(
+        &mut self,
+        waiting: impl IntoIterator<Item = (&'a BlockKey, &'a [BlockKey])>,
+    ) {
+        match rewrite(&self.path, waiting) {
+            Ok((file, len)) => {
+                self.file = file;
+                self.len = len;
+                self.compact_at = COMPACT_AT.max(2 * len);
+            }
+            Err(e) => {
+                self.failed(&e);
+                // Not again before it has grown as much once more.
+                self.compact_at = self.len.saturating_mul(2);
+            }
         }
     }
 
@@ -203,10 +239,9 @@ impl PendingLog {
         if self.len == 0 {
             return;
         }
-        let Some(f) = self.file.as_mut() else { return };
-        match f.set_len(0) {
+        match self.file.set_len(0) {
             Ok(()) => self.len = 0,
-            Err(e) => self.failed(&e),
+            Err(e) => self.failed(&e.to_string()),
         }
     }
 
@@ -284,6 +319,33 @@ mod tests {
     }
 
     #[test]
+    fn a_log_that_never_empties_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path());
+        let (mut log, _) = PendingLog::open(&path).unwrap();
+        let records = vec![k(7); 64];
+        let mut i = 0u32;
+        while !log.wants_compaction() {
+            let mut doc = [0u8; 32];
+            doc[..4].copy_from_slice(&i.to_le_bytes());
+            log.waits(&BlockKey(doc), &records);
+            log.stored([&BlockKey(doc)]);
+            i += 1;
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > COMPACT_AT);
+        // Only what waits now is kept.
+        let still = [(k(1), vec![k(11)]), (k(2), vec![])];
+        log.compact(still.iter().map(|(d, r)| (d, r.as_slice())));
+        assert!(!log.wants_compaction());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, log.len());
+        assert_eq!(replay(&bytes).0, still.to_vec());
+        // Appends go on after the rewrite.
+        log.waits(&k(3), &[]);
+        assert_eq!(replay(&std::fs::read(&path).unwrap()).0.len(), 3);
+    }
+
+    #[test]
     fn the_log_survives_reopening_and_empties_with_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let path = file(dir.path());
@@ -320,6 +382,6 @@ mod tests {
             vec![(k(5), vec![])],
             "appends after a clear land at the start"
         );
-        assert!(!dir.path().join("pending-parities.log.tmp").exists());
+        assert!(!dir.path().join("pending-parities.tmp").exists());
     }
 }

@@ -256,6 +256,17 @@ pub async fn scrub_local(
     (report, yielded, unsealed)
 }
 
+/// Copies of already scrubbed parities that anti-entropy or clean-up put back, or that a node
+/// outside the replica set still holds, deleted within `budget` ([`drop_stale`], then
+/// [`redrop_singles`] for the single copies this node owns). Run by the background loop every
+/// round and by a scrub by hand before [`scrub_local`]. Returns (copies deleted, bytes freed).
+pub async fn sweep(ent: &Entangled, budget: &mut Budget) -> (u64, u64) {
+    let stale = drop_stale(ent, budget).await;
+    let singles = owned_singles(ent).await;
+    let (n, bytes) = redrop_singles(ent, &singles).await;
+    (stale + n, bytes)
+}
+
 /// For single copies this node holds and owns: deletes replicated copies that came back (the
 /// replication anti-entropy, or the clean-up of a node that held a stale copy, re-sends them)
 /// here and on the next r-1 successors (the rest of the replica set of an owned key).
