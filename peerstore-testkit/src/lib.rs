@@ -90,9 +90,8 @@ impl NodeProc {
         self.child.is_some()
     }
 
-    /// How many client requests of `kind` (`ClientRequest::kind`) this node answered, any
-    /// result, from its `/metrics` (the node runs with `--http`).
-    pub async fn client_requests(&self, kind: &str) -> u64 {
+    /// The node's `/metrics` text (the node runs with `--http`).
+    pub async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.http_addr().await;
         let fetch = async {
@@ -102,18 +101,26 @@ impl NodeProc {
             s.read_to_end(&mut raw).await.ok()?;
             String::from_utf8(raw).ok()
         };
-        let body = tokio::time::timeout(Duration::from_secs(15), fetch)
+        tokio::time::timeout(Duration::from_secs(15), fetch)
             .await
             .ok()
             .flatten()
-            .unwrap_or_else(|| panic!("GET http://{addr}/metrics failed"));
-        let want = format!("kind=\"{kind}\"");
+            .unwrap_or_else(|| panic!("GET http://{addr}/metrics failed"))
+    }
+
+    /// The sum of the samples of `metric` whose labels contain every one of `labels` (e.g.
+    /// `protocol="client"`), from [`NodeProc::metrics`].
+    pub async fn metric_sum(&self, metric: &str, labels: &[&str]) -> u64 {
+        let body = self.metrics().await;
         let mut total = 0.0;
         for line in body.lines() {
-            if line.starts_with("peerstore_requests_total{")
-                && line.contains("protocol=\"client\"")
-                && line.contains(&want)
-            {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                continue;
+            }
+            if labels.iter().all(|l| rest.contains(l)) {
                 total += line
                     .rsplit(' ')
                     .next()
@@ -122,6 +129,17 @@ impl NodeProc {
             }
         }
         total as u64
+    }
+
+    /// How many client requests of `kind` (`ClientRequest::kind`) this node answered, any
+    /// result, from its `/metrics` (the node runs with `--http`).
+    pub async fn client_requests(&self, kind: &str) -> u64 {
+        let want = format!("kind=\"{kind}\"");
+        self.metric_sum(
+            "peerstore_requests_total",
+            &["protocol=\"client\"", want.as_str()],
+        )
+        .await
     }
 
     /// A client request to this node.

@@ -137,6 +137,11 @@ pub type Held = (BlockKey, Arc<Vec<u8>>);
 pub struct EncoderState {
     pub tail: VecDeque<Held>,
     pub pool: Vec<Held>,
+    /// Whether the pool is to be filled or refreshed ([`super::write::prefetch_loop`]): at
+    /// start, and after a write without a session drew on it. Writes in a session take their
+    /// pointers elsewhere, so a node whose clients all have sessions fetches nothing for the
+    /// pool once it is full (it used to replace 8 pooled blocks every 10 s, idle or not).
+    pub pool_wanted: bool,
     pub rng: ChaCha8Rng,
     /// Clients' write sessions: where their documents' pointers may go (module `session`).
     pub sessions: super::session::Sessions,
@@ -201,6 +206,7 @@ impl Entangled {
             encoder: Mutex::new(EncoderState {
                 tail: VecDeque::new(),
                 pool: Vec::new(),
+                pool_wanted: true,
                 rng: ChaCha8Rng::from_entropy(),
                 sessions: super::session::Sessions::default(),
             }),

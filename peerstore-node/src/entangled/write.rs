@@ -237,8 +237,10 @@ pub async fn put_document(
         let doc_id: [u8; 32] = signed
             .as_ref()
             .map_or_else(|| st.rng.gen(), SignedWrite::document_id);
-        let (pool, tail) = sampled
-            .unwrap_or_else(|| (st.pool.clone(), st.tail.iter().cloned().collect::<Vec<_>>()));
+        let (pool, tail) = sampled.unwrap_or_else(|| {
+            st.pool_wanted = true;
+            (st.pool.clone(), st.tail.iter().cloned().collect::<Vec<_>>())
+        });
         (pool, tail, seed, doc_id)
     };
     let layout = ent.layout();
@@ -409,18 +411,26 @@ pub async fn put_document(
 }
 
 /// Keeps the pointer pool filled with a uniform sample of the ring's parities: asks the owner
-/// of a random ring position for random parity keys it knows, fetches and verifies them.
+/// of a random ring position for random parity keys it knows, fetches and verifies them. Fills
+/// it at start and refreshes it after writes without a session have drawn on it
+/// ([`super::layer::EncoderState::pool_wanted`]); idle, it fetches nothing.
 pub async fn prefetch_loop(ent: Arc<Entangled>) {
     let Some(params) = ent.params() else {
         return;
     };
     let target = (4 * params.t()).max(16);
     loop {
-        let len = lock(&ent.encoder).pool.len();
-        let wait = if len < target { 1 } else { 10 };
+        let (len, wanted) = {
+            let st = lock(&ent.encoder);
+            (st.pool.len(), st.pool_wanted)
+        };
+        let wait = if wanted && len < target { 1 } else { 10 };
         tokio::time::sleep(Duration::from_secs(wait)).await;
         if ent.ring.handle.view().await.is_none() {
             return;
+        }
+        if !lock(&ent.encoder).pool_wanted {
+            continue;
         }
         let pos = BlockKey(rand::thread_rng().gen());
         let Ok(set) = ent.ring.replica_set(&pos).await else {
@@ -463,6 +473,11 @@ pub async fn prefetch_loop(ent: Arc<Entangled>) {
                 let i = st.rng.gen_range(0..n);
                 st.pool[i] = (k, Arc::new(bytes));
             }
+        }
+        // Full (and refreshed by this round's sample): nothing more until a write uses it.
+        let mut st = lock(&ent.encoder);
+        if st.pool.len() >= target {
+            st.pool_wanted = false;
         }
     }
 }
