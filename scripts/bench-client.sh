@@ -3,16 +3,20 @@
 # peerstore-client against a local 4-node ring (r = 3), for dataset A (1,000 small files, ~32 MiB)
 # and B (8 x 32 MiB), and C (a source tree: 10,000 files of a real tree's size distribution in
 # ~440 directories 3-6 deep, ~150 MiB; see gen-dataset.py), next to restic backing up / restoring
-# the same data to a local repository in the same run. Prints two markdown tables: MiB/s and
-# files/s, then seconds with the ratio of times peerstore/restic (below 1.0: peerstore faster).
+# the same data to a local repository in the same run. Prints a markdown table: MiB/s, files/s,
+# peak RSS and CPU per MiB of each, with the ratios peerstore/restic of speed and of time.
 #
 # With --entangled it runs the same datasets against two 4-node rings (r = 3), one after the
 # other: entanglement off (`--entanglement none`: plain replicated blocks) and on
-# (`--entanglement step`: the default code, systematic (s,t,p) = (4,8,8), B = 256 KiB), and adds a table of backup and
-# restore MiB/s with entanglement on vs off and their ratio, plus du's overhead of each ring.
-# (The restic table then describes the ring with entanglement off.)
-#
-# ON_FIRST=1 runs the entangled ring first (the rings' order moves the ratios: session 19).
+# (`--entanglement step`: the default code, systematic (s,t,p) = (4,8,8), B = 256 KiB), and adds
+# a table of backup and restore MiB/s with entanglement on vs off and their ratio, plus du's
+# overhead of each ring. Each ring runs with restic beside it (a repository of its own), the two
+# taking turns operation by operation (who goes first rotates), so both rings are compared with
+# restic, and "ratio on/off against restic" divides each ring's speed by restic's in the same
+# phase: what the machine did between the phases cancels out. (The raw on/off ratio moved by up
+# to 0.4 between runs at one commit: whichever ring ran second measured slower. With both rings
+# up at once, as bench-alt runs them, the entangled ring's work after a backup slows the other
+# ring as much as itself.) ON_FIRST=1 runs the entangled ring first.
 #
 # --datasets LIST (comma-separated, default A,B,C) runs only those, e.g. `--datasets C` for the
 # source tree alone.
@@ -213,171 +217,229 @@ done
 export PEERSTORE_PASSPHRASE="bench passphrase"
 export RESTIC_PASSWORD="bench passphrase"
 HAVE_RESTIC=0
-if command -v restic >/dev/null 2>&1; then
-    restic init --repo "$WORK/restic-repo" -q >/dev/null
-    HAVE_RESTIC=1
-fi
+command -v restic >/dev/null 2>&1 && HAVE_RESTIC=1
 
 RESULTS="$WORK/results.txt"
-ENT_RESULTS="$WORK/results-entangled.txt"
 : >"$RESULTS"
-: >"$ENT_RESULTS"
 
-# bench_ring NAME WITH_RESTIC [NODE ARGS...]: a fresh ring and client; backup and restores of
-# each dataset. Appends "NAME ds mib files backup_s restore_s overhead" to $ENT_RESULTS and,
-# with WITH_RESTIC=1, the peerstore-vs-restic row to $RESULTS (restore: median of REPS, peak
-# RSS: the largest).
-bench_ring() {
-    local name="$1" with_restic="$2"
-    shift 2
+# The participants of a run: the peerstore rings (named) and restic. Each ring's client runs
+# with its own config and data directories under $WORK/NAME.
+# client_cmd NAME: sets CC to the command line of NAME's client (for `measure`, which runs a
+# program, not a shell function).
+CC=()
+client_cmd() {
+    CC=("$CLIENT" --config-dir "$WORK/$1/client-config" --data-dir "$WORK/$1/client-data" --peer "$(<"$WORK/$1/ring.addr")")
+}
+ring_client() {
+    client_cmd "$1"
+    shift
+    "${CC[@]}" "$@"
+}
+
+# setup_ring NAME [NODE ARGS...]: a fresh 4-node ring under $WORK/NAME and a client joined to it.
+setup_ring() {
+    local name="$1"
+    shift
     echo "starting a 4-node ring '$name' (r = 3${*:+, $*})" >&2
     start_ring "$name" "$@"
-    local a0="$RING_ADDR"
-    local C=("$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" --peer "$a0")
-    "${C[@]}" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
-    "${C[@]}" init >/dev/null
+    echo "$RING_ADDR" >"$WORK/$name/ring.addr"
+    ring_client "$name" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
+    ring_client "$name" init >/dev/null
+}
+
+# backup_one WHO DS: backs DS up with WHO (a ring's name, or `restic-RING`: restic beside that
+# ring, with its own repository); appends
+# "WHO DS seconds rss_kib cpu_s disk_ratio moved_ratio" to $WORK/backups. CPU over all
+# processes: the client's (rusage) and, for a ring, its nodes' (/proc) during the run; disk:
+# the ring's data directories before and right after the backup; moved: payload bytes over
+# every protocol of the ring's nodes (their /metrics), per byte backed up.
+backup_one() {
+    local who="$1" ds="$2" dir="$WORK/data/$2" mib s rss cpu
+    mib=$(find "$dir" -type f -printf '%s\n' | awk '{s += $1} END {print s / 1048576}')
+    # Every timed operation starts with the earlier ones' writes on disk (an untimed `sync`):
+    # otherwise their writeback lands in its time (session 19: the entangled ring's backup of
+    # B ran at 26-30 MiB/s after the plain ring's run and A, against 50 MiB/s on its own, with
+    # twice the CPU per MiB).
+    sync
+    if [[ "$who" == restic-* ]]; then
+        read -r s rss cpu < <(measure restic --repo "$WORK/$who.repo" backup -q "$dir")
+        echo "$who $ds $s $rss $cpu nan nan" >>"$WORK/backups"
+        return
+    fi
+    local n0 n1 d0 d1 m0 m1
+    n0=$(ring_cpu "$WORK/$who")
+    d0=$(ring_disk "$WORK/$who")
+    m0=$(ring_moved "$WORK/$who")
+    client_cmd "$who"
+    read -r s rss cpu < <(measure "${CC[@]}" backup "$dir")
+    n1=$(ring_cpu "$WORK/$who")
+    d1=$(ring_disk "$WORK/$who")
+    m1=$(ring_moved "$WORK/$who")
+    python3 -c "print('$who $ds $s $rss %.3f %.2f %.2f' % ($cpu + $n1 - $n0, ($d1 - $d0) / ($mib * 1048576), ($m1 - $m0) / ($mib * 1048576)))" >>"$WORK/backups"
+}
+
+# restore_one WHO DS REP: restores the last backup of DS with WHO into a new directory, checks
+# it byte-identical and appends "WHO DS seconds rss_kib cpu_s" to $WORK/restores.
+restore_one() {
+    local who="$1" ds="$2" rep="$3" out="$WORK/$1/restore-$2.$3" s rss cpu
+    sync
+    if [[ "$who" == restic-* ]]; then
+        # restic restores the latest snapshot (this dataset's).
+        read -r s rss cpu < <(measure restic --repo "$WORK/$who.repo" restore latest -q --target "$out")
+    else
+        local n0 n1
+        n0=$(ring_cpu "$WORK/$who")
+        client_cmd "$who"
+        read -r s rss cpu < <(measure "${CC[@]}" restore "$out")
+        n1=$(ring_cpu "$WORK/$who")
+        cpu=$(python3 -c "print('%.3f' % ($cpu + $n1 - $n0))")
+    fi
+    # (restic restores the backed-up directory's absolute path below the target.)
+    local got="$out"
+    [[ "$who" == restic-* ]] && got="$out$WORK/data/$ds"
+    diff -r "$WORK/data/$ds" "$got" >/dev/null || { echo "$who's restore of $ds differs" >&2; exit 1; }
+    echo "$who $ds $s $rss $cpu" >>"$WORK/restores"
+}
+
+# turns N WHO...: the participants rotated by N (who goes first changes from turn to turn, so
+# that neither the first nor the last place favours one of them).
+turns() {
+    local n="$1"
+    shift
+    local all=("$@") i
+    for ((i = 0; i < ${#all[@]}; i++)); do
+        echo "${all[$(((i + n) % ${#all[@]}))]}"
+    done
+}
+
+: >"$WORK/backups"
+: >"$WORK/restores"
+: >"$WORK/overheads"
+# One ring at a time (with both up, the entangled ring's work after a backup, its parities and
+# replica management, would slow the other ring's operations as much as its own), restic
+# beside it taking turns operation by operation.
+if [ "$ENTANGLED" = 1 ] && [ -n "${ON_FIRST:-}" ]; then
+    PHASES=("on --entanglement step" "off --entanglement none")
+elif [ "$ENTANGLED" = 1 ]; then
+    PHASES=("off --entanglement none" "on --entanglement step")
+else
+    PHASES=("ring")
+fi
+for phase in "${PHASES[@]}"; do
+    read -r -a ring_args <<<"$phase"
+    ring="${ring_args[0]}"
+    setup_ring "${ring_args[@]}"
+    WHO=("$ring")
+    if [ "$HAVE_RESTIC" = 1 ]; then
+        restic init --repo "$WORK/restic-$ring.repo" -q >/dev/null
+        WHO+=("restic-$ring")
+    fi
+    turn=0
     for ds in $DATASETS; do
-        local dir="$WORK/data/$ds" out="$WORK/$name/restore-$ds"
-        local mib files
-        mib=$(du -sb "$dir" | awk '{print $1 / 1048576}')
-        files=$(find "$dir" -type f | wc -l)
-        # A fresh backup (new data) by each, then the restores, peerstore and restic in turn,
-        # each into a new directory (nothing is deleted in between: see REPS above).
-        # CPU over all processes: the client's (rusage) and the nodes' (/proc) during the run;
-        # disk: the nodes' data directories before and right after the backup.
-        local n0 n1 d0 d1 pb_cpu rb_cpu=nan
-        local m0 m1
-        # Every timed operation starts with the earlier ones' writes on disk (an untimed
-        # `sync`): otherwise their writeback lands in its time (session 19: the entangled
-        # ring's backup of B ran at 26-30 MiB/s after the plain ring's run and A, against
-        # 50 MiB/s on its own, with twice the CPU per MiB).
-        sync
-        n0=$(ring_cpu "$WORK/$name")
-        d0=$(ring_disk "$WORK/$name")
-        m0=$(ring_moved "$WORK/$name")
-        read -r pb_s pb_rss pb_cpu < <(measure "${C[@]}" backup "$dir")
-        n1=$(ring_cpu "$WORK/$name")
-        d1=$(ring_disk "$WORK/$name")
-        m1=$(ring_moved "$WORK/$name")
-        local moved
-        moved=$(python3 -c "print('%.2f' % (($m1 - $m0) / ($mib * 1048576)))")
-        pb_cpu=$(python3 -c "print('%.3f' % ($pb_cpu + $n1 - $n0))")
-        local disk_ratio
-        disk_ratio=$(python3 -c "print('%.2f' % (($d1 - $d0) / ($mib * 1048576)))")
-        local rb_s=nan rb_rss=0 rr_s=nan rr_rss=0 pr_all=() rr_all=() pr_rss=0 rep s rss cpu
-        local pr_cpu_all=() rr_cpu_all=()
-        if [ "$with_restic" = 1 ] && [ "$HAVE_RESTIC" = 1 ]; then
-            sync
-            read -r rb_s rb_rss rb_cpu < <(measure restic --repo "$WORK/restic-repo" backup -q "$dir")
-        fi
+        # A fresh backup (new data) by each, then the restores, each into a new directory
+        # (nothing is deleted in between: see REPS above).
+        mapfile -t order < <(turns "$turn" "${WHO[@]}")
+        for who in "${order[@]}"; do backup_one "$who" "$ds"; done
+        turn=$((turn + 1))
         for ((rep = 1; rep <= REPS; rep++)); do
-            sync
-            n0=$(ring_cpu "$WORK/$name")
-            read -r s rss cpu < <(measure "${C[@]}" restore "$out.$rep")
-            n1=$(ring_cpu "$WORK/$name")
-            pr_all+=("$s")
-            pr_cpu_all+=("$(python3 -c "print('%.3f' % ($cpu + $n1 - $n0))")")
-            ((rss > pr_rss)) && pr_rss=$rss
-            diff -r "$dir" "$out.$rep" >/dev/null || { echo "peerstore restore of $ds ($name) differs" >&2; exit 1; }
-            if [ "$with_restic" = 1 ] && [ "$HAVE_RESTIC" = 1 ]; then
-                # restore restores the latest snapshot (this dataset).
-                sync
-                read -r s rss cpu < <(measure restic --repo "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic-$ds.$rep")
-                rr_all+=("$s")
-                rr_cpu_all+=("$cpu")
-                ((rss > rr_rss)) && rr_rss=$rss
-            fi
+            mapfile -t order < <(turns "$turn" "${WHO[@]}")
+            for who in "${order[@]}"; do restore_one "$who" "$ds" "$rep"; done
+            turn=$((turn + 1))
         done
-        local pr_cpu rr_cpu=nan
-        pr_cpu=$(median "${pr_cpu_all[@]}")
-        [ "${#rr_cpu_all[@]}" = 0 ] || rr_cpu=$(median "${rr_cpu_all[@]}")
-        local pr_s
-        pr_s=$(median "${pr_all[@]}")
-        [ "${#rr_all[@]}" = 0 ] || rr_s=$(median "${rr_all[@]}")
-        echo "$name $ds restore seconds: peerstore ${pr_all[*]}${rr_all[*]:+, restic ${rr_all[*]}}" >&2
-        local overhead
-        overhead=$("${C[@]}" --json du | python3 -c '
+        for who in "${WHO[@]}"; do
+            echo "$who $ds restore seconds: $(awk -v w="$who" -v d="$ds" '$1 == w && $2 == d {printf "%s ", $3}' "$WORK/restores")" >&2
+        done
+        overhead=$(ring_client "$ring" --json du | python3 -c '
 import json, sys
 e = json.loads(sys.stdin.read().splitlines()[-1]).get("entanglement") or {}
 print("%.2f" % e["overhead"] if e.get("codewords") else "nan")')
-        echo "$name $ds $mib $files $pb_s $pr_s $overhead $pb_cpu $pr_cpu $disk_ratio $moved" >>"$ENT_RESULTS"
-        if [ "$with_restic" = 1 ]; then
-            echo "$ds $mib $files $pb_s $pb_rss $pr_s $pr_rss $rb_s $rb_rss $rr_s $rr_rss $pb_cpu $pr_cpu ${rb_cpu:-nan} $rr_cpu $disk_ratio" >>"$RESULTS"
-        fi
+        echo "$ring $ds $overhead" >>"$WORK/overheads"
     done
-    stop_nodes_under "$WORK/$name"
-}
+    stop_nodes_under "$WORK/$ring"
+done
 
-if [ "$ENTANGLED" = 1 ] && [ -n "${ON_FIRST:-}" ]; then
-    # The entangled ring first (to see what the order does to the ratios).
-    bench_ring on 0 --entanglement step
-    bench_ring off 1 --entanglement none
-elif [ "$ENTANGLED" = 1 ]; then
-    bench_ring off 1 --entanglement none
-    bench_ring on 0 --entanglement step
-else
-    bench_ring ring 1
-fi
-
-python3 - "$RESULTS" <<'PY'
-import math, sys
-rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print("| dataset | op | peerstore MiB/s | peerstore files/s | peerstore peak RSS MiB | peerstore CPU s/MiB (client + nodes) | restic MiB/s | restic files/s | restic peak RSS MiB | restic CPU s/MiB | MiB/s ratio peerstore/restic |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr, pbc, prc, rbc, rrc, _disk in rows:
-    mib, files = float(mib), int(files)
-    for op, ps, prss, rs, rrss, pc, rc in (("backup", pb, pbr, rb, rbr, pbc, rbc), ("restore", pr, prr, rr, rrr, prc, rrc)):
-        ps, rs, pc, rc = float(ps), float(rs), float(pc), float(rc)
-        r_mibs = mib / rs if rs == rs else float("nan")
-        ratio = (mib / ps) / r_mibs if r_mibs == r_mibs else float("nan")
-        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {mib / ps:.1f} | {files / ps:.0f} | {int(prss) / 1024:.0f} | {pc / mib:.3f} "
-              f"| {r_mibs:.1f} | {files / rs if rs == rs else float('nan'):.0f} | {int(rrss) / 1024:.0f} | {rc / mib:.3f} | {ratio:.2f} |")
+# One row per (participant, dataset): mib files backup_s backup_rss backup_cpu disk moved
+# restore_s (median) restore_rss (largest) restore_cpu (median) overhead.
+python3 - "$WORK" $DATASETS >"$RESULTS" <<'PY'
+import os, statistics, sys
+work, datasets = sys.argv[1], sys.argv[2:]
+b = {}
+for l in open(os.path.join(work, "backups")):
+    who, ds, *v = l.split()
+    b[(who, ds)] = v
+r = {}
+for l in open(os.path.join(work, "restores")):
+    who, ds, s, rss, cpu = l.split()
+    r.setdefault((who, ds), []).append((float(s), int(rss), float(cpu)))
+o = {}
+if os.path.exists(os.path.join(work, "overheads")):
+    for l in open(os.path.join(work, "overheads")):
+        who, ds, v = l.split()
+        o[(who, ds)] = v
+for (who, ds), v in b.items():
+    d = os.path.join(work, "data", ds)
+    size = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(d) for f in fs)
+    files = sum(len(fs) for _, _, fs in os.walk(d))
+    rs = r.get((who, ds), [])
+    print(who, ds, "%.3f" % (size / 1048576), files, *v,
+          "%.3f" % statistics.median(x[0] for x in rs), max(x[1] for x in rs),
+          "%.3f" % statistics.median(x[2] for x in rs), o.get((who, ds), "nan"))
 PY
-echo
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "$ENTANGLED" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print("| dataset | op | peerstore s | restic s | time ratio peerstore/restic |")
-print("|---|---|---|---|---|")
-for ds, mib, files, pb, pbr, pr, prr, rb, rbr, rr, rrr, *_ in rows:
-    for op, ps, rs in (("backup", pb, rb), ("restore", pr, rr)):
-        ps, rs = float(ps), float(rs)
-        print(f"| {ds} ({int(files)} files, {float(mib):.0f} MiB) | {op} | {ps:.2f} | {rs:.2f} | {ps / rs:.2f} |")
+entangled = sys.argv[2] == "1"
+by = {(r[0], r[1]): r for r in rows}
+label = {"ring": "peerstore (default storage)", "on": "peerstore (default: entangled)", "off": "peerstore (entanglement off)"}
+def f(x):
+    return float(x)
+print("| dataset | op | ring | MiB/s | files/s | peak RSS MiB | CPU s/MiB (client + nodes) | restic MiB/s | restic files/s | restic peak RSS MiB | restic CPU s/MiB | MiB/s ratio peerstore/restic | time ratio peerstore/restic |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for who, ds, mib, files, pb, pbr, pbc, disk, moved, pr, prr, prc, ovh in rows:
+    if who.startswith("restic-"):
+        continue
+    mib, files = f(mib), int(files)
+    rr = by.get(("restic-" + who, ds))
+    for op, ps, prss, pc, ri in (("backup", pb, pbr, pbc, (4, 5, 6)), ("restore", pr, prr, prc, (9, 10, 11))):
+        ps, pc = f(ps), f(pc)
+        rs, rrss, rc = (f(rr[ri[0]]), int(rr[ri[1]]), f(rr[ri[2]])) if rr else (float("nan"), 0, float("nan"))
+        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {label.get(who, who)} | {mib / ps:.1f} | {files / ps:.0f} | {int(prss) / 1024:.0f} | {pc / mib:.3f} "
+              f"| {mib / rs:.1f} | {files / rs:.0f} | {rrss / 1024:.0f} | {rc / mib:.3f} | {rs / ps:.2f} | {ps / rs:.2f} |")
 PY
 if [ "$ENTANGLED" = 1 ]; then
-    ring_kind="entanglement off (--entanglement none): every block stored 3 times"
+    rings="two rings one after the other (off: --entanglement none, every block stored 3 times; on: the default code), each taking turns with restic (its own repository) operation by operation"
 else
-    ring_kind="the nodes' default storage (entanglement step, systematic (4,8,8), unless their default changes)"
+    rings="the nodes' default storage (entanglement step, systematic (4,8,8), unless their default changes), taking turns with restic"
 fi
-echo "(peerstore: 4 local nodes, r = 3, $ring_kind, over libp2p; restic: one local repository, no replication; same machine, warm page cache; restores: median of $REPS)"
+echo "(peerstore: 4 local nodes, r = 3, $rings, over libp2p; restic: one local repository, no replication; same machine, warm page cache; restores: median of $REPS; time ratio below 1.0: peerstore faster)"
 
 if [ "$ENTANGLED" = 1 ]; then
     echo
     # shellcheck disable=SC2086 # one argument per dataset
-    python3 - "$ENT_RESULTS" $DATASETS <<'PY'
+    python3 - "$RESULTS" $DATASETS <<'PY'
 import sys
-rows = {}
-for l in open(sys.argv[1]):
-    if l.strip():
-        name, ds, mib, files, b, r, o, bc, rc, disk, moved = l.split()
-        rows[(name, ds)] = (float(mib), int(files), float(b), float(r), o, float(bc), float(rc), disk, moved)
-print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off | CPU s/MiB off | CPU s/MiB on | disk bytes per byte right after the backup, off / on | network bytes moved per byte backed up, off / on |")
-print("|---|---|---|---|---|---|---|---|---|")
+rows = {(l.split()[0], l.split()[1]): l.split() for l in open(sys.argv[1]) if l.strip()}
+print("| dataset | op | entanglement off MiB/s | entanglement on MiB/s | ratio on/off | ratio on/off against restic | CPU s/MiB off | CPU s/MiB on | disk bytes per byte right after the backup, off / on | network bytes moved per byte backed up, off / on |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for ds in sys.argv[2:]:
     off, on = rows.get(("off", ds)), rows.get(("on", ds))
     if not off or not on:
         continue
-    mib, files = off[0], off[1]
-    for op, i, c in (("backup", 2, 5), ("restore", 3, 6)):
-        a, b = mib / off[i], mib / on[i]
+    roff, ron = rows.get(("restic-off", ds)), rows.get(("restic-on", ds))
+    mib, files = float(off[2]), int(off[3])
+    for op, i, c in (("backup", 4, 6), ("restore", 9, 11)):
+        a, b = mib / float(off[i]), mib / float(on[i])
+        # Each ring's time over restic's in the same phase: what the machine did between the
+        # phases cancels out.
+        vs = f"{(float(ron[i]) / float(on[i])) / (float(roff[i]) / float(off[i])):.2f}" if roff and ron else "nan"
         disk = f"{off[7]} / {on[7]}" if op == "backup" else ""
         moved = f"{off[8]} / {on[8]}" if op == "backup" else ""
-        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {off[c] / mib:.3f} | {on[c] / mib:.3f} | {disk} | {moved} |")
+        print(f"| {ds} ({files} files, {mib:.0f} MiB) | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {vs} | {float(off[c]) / mib:.3f} | {float(on[c]) / mib:.3f} | {disk} | {moved} |")
 for ds in sys.argv[2:]:
     on = rows.get(("on", ds))
     if on:
-        print(f"\ndu after {ds} on the entangled ring: parity bytes / document bytes = x{on[4]} (before replica management: (s x r + p)/s = 5 with new parities at one copy, the default; 9 with --fresh-parities replicated)", end="")
+        print(f"\ndu after {ds} on the entangled ring: parity bytes / document bytes = x{on[12]} (before replica management: (s x r + p)/s = 5 with new parities at one copy, the default; 9 with --fresh-parities replicated)", end="")
 print()
 PY
-    echo "(two 4-node rings, r = 3, run one after the other on the same machine; on: the default code, systematic (s,t,p) = (4,8,8), B = 256 KiB, replica management as by default)"
+    echo "(two 4-node rings, r = 3, one after the other on the same machine; on: the default code, systematic (s,t,p) = (4,8,8), B = 256 KiB, replica management as by default; 'against restic': each ring's speed over restic's in its own phase, on over off)"
 fi
