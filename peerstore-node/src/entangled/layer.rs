@@ -178,6 +178,9 @@ pub struct Entangled {
     /// When to ask members again to drop replicated copies of this node's single copies that
     /// they kept (`scrub::redrop_singles`).
     pub drop_retries: Mutex<super::policy::DropRetries>,
+    /// Where the background rounds' look for returned copies of this node's single copies
+    /// goes on ([`super::scrub::sweep`]: a bounded page per round, not every single copy).
+    pub redrop_after: Mutex<Option<BlockKey>>,
     /// Signed writes accepted within the clock-skew window (replays are refused).
     pub replays: Mutex<crypto::ReplayGuard>,
     /// The quota book, to give users back what deleted documents cost them.
@@ -212,6 +215,7 @@ impl Entangled {
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
             drop_retries: Mutex::new(super::policy::DropRetries::default()),
+            redrop_after: Mutex::new(None),
             replays: Mutex::new(crypto::ReplayGuard::default()),
             quotas: None,
             traffic: super::policy::Traffic::default(),

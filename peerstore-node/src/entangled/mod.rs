@@ -355,7 +355,7 @@ impl Entangled {
                     info!(?sealed, "pending parities stored for a scrub by hand");
                 }
                 // Copies that came back go first, as in every background round.
-                let (n, bytes) = scrub::sweep(self, &mut deletion::policy().budget()).await;
+                let (n, bytes) = scrub::sweep(self, &mut deletion::policy().budget(), true).await;
                 let mut report = scrub::scrub_local(self, mode, cutoff_us, 0, None).await.0;
                 report.replicas_removed += n;
                 report.bytes_freed += bytes;
@@ -446,7 +446,7 @@ pub async fn run(ent: Arc<Entangled>, period: Duration) {
         // One round's bound on deletions (docs/SECURITY.md, "Verified deletions").
         let mut budget = deletion::policy().budget();
         scrub::hand_off_singles(&ent, &mut budget).await;
-        let (n, _) = scrub::sweep(&ent, &mut budget).await;
+        let (n, _) = scrub::sweep(&ent, &mut budget, false).await;
         lap("single copies", &mut took);
         let dropped = &ent.blocks.activity.parity_copies_dropped;
         crate::replication::Activity::add(dropped, n);

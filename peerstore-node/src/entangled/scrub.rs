@@ -256,15 +256,56 @@ pub async fn scrub_local(
     (report, yielded, unsealed)
 }
 
+/// Owned single copies a background round looks at for returned copies, at most: the next
+/// page after the last round's ([`Entangled::redrop_after`]), so a round's requests do not grow
+/// with the data (a pass over N single copies takes N / this many rounds). Before, every round
+/// asked each of the r - 1 successors about every single copy the node owned.
+pub const REDROP_PER_ROUND: usize = 4096;
+
 /// Copies of already scrubbed parities that anti-entropy or clean-up put back, or that a node
 /// outside the replica set still holds, deleted within `budget` ([`drop_stale`], then
-/// [`redrop_singles`] for the single copies this node owns). Run by the background loop every
-/// round and by a scrub by hand before [`scrub_local`]. Returns (copies deleted, bytes freed).
-pub async fn sweep(ent: &Entangled, budget: &mut Budget) -> (u64, u64) {
+/// [`redrop_singles`] for the single copies this node owns: all of them with `whole`, else the
+/// next [`REDROP_PER_ROUND`]). Run by the background loop every round and by a scrub by hand
+/// (`whole`) before [`scrub_local`]. Returns (copies deleted, bytes freed).
+pub async fn sweep(ent: &Entangled, budget: &mut Budget, whole: bool) -> (u64, u64) {
     let stale = drop_stale(ent, budget).await;
-    let singles = owned_singles(ent).await;
+    let singles = if whole {
+        owned_singles(ent).await
+    } else {
+        owned_singles_page(ent, REDROP_PER_ROUND).await
+    };
     let (n, bytes) = redrop_singles(ent, &singles).await;
     (stale + n, bytes)
+}
+
+/// Where a page of the owned range `(a, b]` starts: after `cursor`, unless the ring's changes
+/// left it outside the range (or at its end, which would read as the whole ring): then at the
+/// range's start.
+fn resume_after(cursor: Option<BlockKey>, a: &BlockKey, b: &BlockKey) -> BlockKey {
+    cursor
+        .filter(|c| c != b && (a == b || in_interval(a, b, c)))
+        .unwrap_or(*a)
+}
+
+/// The next `limit` single copies this node owns after [`Entangled::redrop_after`], in ring
+/// order, moving it on (back to the start of the owned range after the last page).
+async fn owned_singles_page(ent: &Entangled, limit: usize) -> Vec<BlockKey> {
+    let Some(view) = ent.ring.handle.view().await else {
+        return Vec::new();
+    };
+    let (from, to) = view.ranges.owned;
+    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
+    let after = resume_after(*lock(&ent.redrop_after), &a, &b);
+    let single = ent.single.clone();
+    let page = tokio::task::spawn_blocking(move || single.list_range(&after, &b, Some(limit)))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let Some(page) = page else {
+        return Vec::new();
+    };
+    *lock(&ent.redrop_after) = page.next;
+    page.keys
 }
 
 /// For single copies this node holds and owns: deletes replicated copies that came back (the
@@ -896,4 +937,62 @@ pub async fn hand_off(ent: &Entangled) -> (u64, u64) {
     .into_iter()
     .sum();
     (singles, sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(b: u8) -> BlockKey {
+        BlockKey([b; 32])
+    }
+
+    #[test]
+    fn a_page_resumes_inside_the_owned_range_only() {
+        let (a, b) = (k(10), k(20));
+        // No cursor, or the last page ended: the range's start.
+        assert_eq!(resume_after(None, &a, &b), a);
+        // Inside: go on after it.
+        assert_eq!(resume_after(Some(k(15)), &a, &b), k(15));
+        // Outside (the range moved) or at its end: start over.
+        assert_eq!(resume_after(Some(k(25)), &a, &b), a);
+        assert_eq!(resume_after(Some(k(5)), &a, &b), a);
+        assert_eq!(resume_after(Some(b), &a, &b), a);
+        // A wrapping range (a > b) and the whole ring (a == b).
+        assert_eq!(resume_after(Some(k(2)), &k(200), &k(5)), k(2));
+        assert_eq!(resume_after(Some(k(100)), &k(200), &k(5)), k(200));
+        assert_eq!(resume_after(Some(k(100)), &a, &a), k(100));
+        assert_eq!(resume_after(Some(a), &a, &a), a);
+    }
+
+    #[test]
+    fn pages_of_the_single_store_cover_the_range_once_and_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            crate::store::BlockStore::open(crate::store::StoreConfig::new(dir.path(), 1 << 20))
+                .unwrap();
+        let mut keys = Vec::new();
+        for i in 0..10u8 {
+            let data = vec![i; 100];
+            let key = BlockKey(*blake3::hash(&data).as_bytes());
+            store.put(key, &data, Role::Replica).unwrap();
+            keys.push(key);
+        }
+        keys.sort();
+        // The whole ring as the owned range, pages of 4, as the background rounds take them.
+        let (a, b) = (BlockKey::ZERO, BlockKey::ZERO);
+        let (mut cursor, mut seen) = (None, Vec::new());
+        for _ in 0..3 {
+            let after = resume_after(cursor, &a, &b);
+            let page = store.list_range(&after, &b, Some(4)).unwrap();
+            seen.extend(page.keys);
+            cursor = page.next;
+        }
+        assert_eq!(seen, keys);
+        assert_eq!(cursor, None, "the last page ends the pass");
+        let page = store
+            .list_range(&resume_after(cursor, &a, &b), &b, Some(4))
+            .unwrap();
+        assert_eq!(page.keys, keys[..4], "the next pass starts over");
+    }
 }
