@@ -281,6 +281,12 @@ impl DropRetries {
         self.next.insert((key, peer), (now + wait, wait));
     }
 
+    /// Asks `peer` about `key` no sooner than `at` (a copy that cannot be old enough before
+    /// then); kept after that, it is asked again one period later, then as [`Self::kept`] says.
+    pub fn defer(&mut self, key: BlockKey, peer: PeerId, at: Instant) {
+        self.next.insert((key, peer), (at, Duration::ZERO));
+    }
+
     /// `peer` no longer holds `key` (it dropped it, or says it holds none): forgotten.
     pub fn done(&mut self, key: &BlockKey, peer: &PeerId) {
         self.next.remove(&(*key, *peer));
@@ -304,6 +310,18 @@ impl DropRetries {
     pub fn is_empty(&self) -> bool {
         self.next.is_empty()
     }
+}
+
+/// How long a codeword's replicated copies are still too young to be dropped by the rule of
+/// deletions ([`crate::replication::deletion::DeletionPolicy::min_age`]): its members received
+/// them when it was written (`created_us`), or later. At most `min_age` (the creation time is
+/// its writer's claim); zero once it is that old, or when the time is unknown.
+#[must_use]
+pub fn young_for(created_us: Option<u64>, now_us: u64, min_age: Duration) -> Duration {
+    let Some(created) = created_us else {
+        return Duration::ZERO;
+    };
+    min_age.saturating_sub(Duration::from_micros(now_us.saturating_sub(created)))
 }
 
 /// Where a node keeps the daemon an administrator set.
@@ -412,6 +430,42 @@ mod tests {
         // Forgotten once not asked about for a while.
         r.forget_old(t0 + RETRY_MAX * 4);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn young_copies_are_asked_about_once_old_enough() {
+        let min = Duration::from_secs(600);
+        let s = 1_000_000u64;
+        // Written 100 s ago: 500 s to go; long ago, or unknown: now.
+        assert_eq!(
+            young_for(Some(900 * s), 1_000 * s, min),
+            Duration::from_secs(500)
+        );
+        assert_eq!(young_for(Some(s), 1_000 * s, min), Duration::ZERO);
+        assert_eq!(young_for(None, 1_000 * s, min), Duration::ZERO);
+        // A creation time in the future waits the minimum age, no longer.
+        assert_eq!(young_for(Some(5_000 * s), 1_000 * s, min), min);
+        assert_eq!(
+            young_for(Some(900 * s), 1_000 * s, Duration::ZERO),
+            Duration::ZERO
+        );
+        // Deferred: not due before, due at the time; kept then, asked again a period later.
+        let (key, peer) = (BlockKey([2; 32]), PeerId::random());
+        let t0 = Instant::now();
+        let mut r = DropRetries::default();
+        r.defer(key, peer, t0 + Duration::from_secs(500));
+        assert!(!r.due(&key, &peer, t0 + Duration::from_secs(499)));
+        assert!(r.due(&key, &peer, t0 + Duration::from_secs(500)));
+        r.forget_old(t0);
+        assert_eq!(
+            r.len(),
+            1,
+            "a deferred ask is not forgotten before its time"
+        );
+        let at = t0 + Duration::from_secs(500);
+        r.kept(key, peer, at, Duration::from_secs(5));
+        assert!(!r.due(&key, &peer, at + Duration::from_secs(4)));
+        assert!(r.due(&key, &peer, at + Duration::from_secs(5)));
     }
 
     #[test]

@@ -227,7 +227,7 @@ pub async fn scrub_local(
                     return Ok(Outcome::Spread);
                 }
             }
-            scrub_one(ent, &params, k)
+            scrub_one(ent, &params, k, entry.created_us)
                 .await
                 .map(|(n, b)| Outcome::Scrubbed(n, b))
         })
@@ -526,6 +526,7 @@ async fn scrub_one(
     ent: &Entangled,
     params: &entangle::Params,
     key: BlockKey,
+    created_us: Option<u64>,
 ) -> Result<(u64, u64), String> {
     let (main, single) = (ent.store.clone(), ent.single.clone());
     let p = *params;
@@ -543,15 +544,23 @@ async fn scrub_one(
     })
     .await
     .map_err(|e| format!("{e:?}"))?;
-    drop_everywhere(ent, key).await
+    drop_everywhere(ent, key, created_us).await
 }
 
 /// Deletes the replicated copies of a parity whose single copy this node holds: its own, then
 /// every other member's of the replica set (each member decides by the rule of [`deletion`]).
 /// A member that cannot drop its copy now (unreachable, its copy too young, the proof lost to
 /// a timeout) keeps it until the owner's worker asks again (`redrop_singles`): the parity is
-/// scrubbed all the same. Returns (copies deleted, bytes freed).
-async fn drop_everywhere(ent: &Entangled, key: BlockKey) -> Result<(u64, u64), String> {
+/// scrubbed all the same. A codeword younger than the minimum age of deletions (written at
+/// `created_us`) has members whose copies are younger still: they are asked only once it is
+/// old enough (asking at once, then again and again with the back-off, cost about 14
+/// requests per copy over the 10 minutes: 54 a second across a 4-node ring after a 256 MiB
+/// backup). Returns (copies deleted, bytes freed).
+async fn drop_everywhere(
+    ent: &Entangled,
+    key: BlockKey,
+    created_us: Option<u64>,
+) -> Result<(u64, u64), String> {
     let main = ent.store.clone();
     let (mut n, mut bytes) = blocking(move || {
         let size = main.meta(&key)?.map_or(0, |m| m.size);
@@ -565,7 +574,17 @@ async fn drop_everywhere(ent: &Entangled, key: BlockKey) -> Result<(u64, u64), S
     .map_err(|e| format!("{e:?}"))?;
     let me = ent.ring.handle.local.clone();
     let set = ent.ring.replica_set(&key).await?;
+    let young = super::policy::young_for(
+        created_us,
+        super::layer::now_us(),
+        deletion::policy().min_age,
+    );
     for m in set.iter().filter(|m| **m != me) {
+        if !young.is_zero() {
+            let at = std::time::Instant::now() + young;
+            lock(&ent.drop_retries).defer(key, m.peer, at);
+            continue;
+        }
         match ent
             .ring
             .call_ent(
