@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync bench-chain bench-restore bench-alt
+.PHONY: all build test lint fmt demo bench bench-chord bench-node bench-entangle bench-client soak fuzz clean bench-sync bench-chain bench-restore bench-alt bench-settle
 
 all: build
 
@@ -28,7 +28,7 @@ demo:
 	bash scripts/demo.sh
 
 ## Benchmarks (not tests): each prints its table.
-bench: bench-chord bench-node bench-entangle bench-client bench-alt bench-sync bench-chain
+bench: bench-chord bench-node bench-entangle bench-client bench-alt bench-settle bench-sync bench-chain
 
 bench-chord:
 	bash scripts/bench-chord.sh
@@ -45,6 +45,10 @@ bench-client:
 ## Backup and restore speed, entanglement on against off, both rings up at once and taking turns.
 bench-alt:
 	bash scripts/bench-alt.sh
+
+## What a backup costs until the ring settles (CPU and disk for 13 minutes), entanglement on and off.
+bench-settle:
+	bash scripts/bench-settle.sh
 
 # The former name of bench-alt (it measured restores only).
 bench-restore: bench-alt

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# What a backup costs after it returns: the nodes' CPU and disk from the start of one backup
+# until the ring has settled, with entanglement on (the default) against off. With the
+# default code the encoders store the parities once their clients pause, and replica
+# management brings blocks down to one copy once they are 10 minutes old (the minimum age of
+# deletions), so the CPU of a backup's own time (bench-client's "CPU s/MiB") leaves out part
+# of its cost: this measures all of it.
+#
+# Both 4-node rings (r = 3, default settings; off: `--entanglement none`) are up at once; one
+# backup of dataset B (8 x 32 MiB) goes into each, one after the other, then both are left
+# alone and every 30 s for SECS seconds (default 780: past the minimum age) the script prints
+# each ring's node CPU since its backup began (user + system, all nodes, /proc) and the bytes
+# in its nodes' data directories. Ends with the CPU seconds per MiB backed up, on and off,
+# over the whole time: the plain ring's figure includes its idle cost, which the entangled
+# ring pays too, so their difference is what entanglement costs.
+#
+# The nodes are stopped and the work directory removed however the run ends (success,
+# failure, Ctrl-C).
+#
+# Usage: scripts/bench-settle.sh [SECS]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=lib-nodes.sh
+source scripts/lib-nodes.sh
+
+SECS="${1:-780}"
+case "$SECS" in
+'' | *[!0-9]*)
+    echo "usage: scripts/bench-settle.sh [SECS]" >&2
+    exit 2
+    ;;
+esac
+
+WORK=""
+cleanup() {
+    local rc=$?
+    set +e
+    trap '' INT TERM HUP
+    if [ -n "$WORK" ]; then
+        stop_nodes_under "$WORK" >/dev/null || rc=1
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench-settle: interrupted" >&2; exit 130' INT
+trap 'echo "bench-settle: terminated" >&2; exit 143' TERM
+trap 'exit 129' HUP
+
+CARGO="${CARGO:-cargo}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+"$CARGO" build --release -p peerstore-node -p peerstore-client >&2
+NODE="$TARGET/release/peerstore-node"
+CLIENT="$TARGET/release/peerstore-client"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")"
+export PEERSTORE_PASSPHRASE="bench passphrase"
+
+python3 scripts/gen-dataset.py "$WORK/data" --only B >&2
+DATA="$WORK/data/B"
+MIB=$(find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s / 1048576}')
+
+declare -A ADDR C0
+for name in off on; do
+    extra=(--listen /ip4/127.0.0.1/tcp/0 --replication 3)
+    [ "$name" = off ] && extra+=(--entanglement none)
+    start_node_bg "$WORK/$name/node0" "$NODE" "${extra[@]}"
+    ADDR[$name]="$(wait_node_addr "$WORK/$name/node0")"
+    for i in 1 2 3; do
+        start_node_bg "$WORK/$name/node$i" "$NODE" "${extra[@]}" --join-local "$WORK/$name/node0"
+        wait_node_addr "$WORK/$name/node$i" >/dev/null
+    done
+done
+sleep 3
+
+client() {
+    local name="$1"
+    shift
+    "$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" \
+        --peer "${ADDR[$name]}" "$@"
+}
+
+# ticks NAME: CPU the nodes of ring NAME have used so far, in 1/100 s (clock ticks).
+ticks() {
+    local p total=0 f
+    for p in $(node_pids_under "$WORK/$1"); do
+        f=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || f=0
+        total=$((total + f))
+    done
+    echo "$total"
+}
+disk() {
+    du -sb "$WORK/$1"/node* | awk '{s += $1} END {print s + 0}'
+}
+hz=$(getconf CLK_TCK)
+
+for name in off on; do
+    client "$name" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
+    client "$name" init >/dev/null
+done
+for name in off on; do
+    sync
+    C0[$name]=$(ticks "$name")
+    t=$(date +%s.%N)
+    client "$name" backup "$DATA" >/dev/null 2>&1
+    echo "$name: backup of $MIB MiB took $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s, nodes' CPU $(python3 -c "print('%.2f' % (($(ticks "$name") - ${C0[$name]}) / $hz))") s" >&2
+done
+
+echo "| seconds after the backups | CPU s on | CPU s off | disk bytes per byte on | disk bytes per byte off |"
+echo "|---|---|---|---|---|"
+for ((t = 0; t <= SECS; t += 30)); do
+    [ "$t" -gt 0 ] && sleep 30
+    python3 -c "
+hz, mib = $hz, $MIB
+on, off = ($(ticks on) - ${C0[on]}) / hz, ($(ticks off) - ${C0[off]}) / hz
+print('| %d | %.1f | %.1f | %.2f | %.2f |' % ($t, on, off, $(disk on) / (mib * 1048576), $(disk off) / (mib * 1048576)))
+"
+done
+python3 -c "
+hz, mib = $hz, $MIB
+on, off = ($(ticks on) - ${C0[on]}) / hz, ($(ticks off) - ${C0[off]}) / hz
+print('nodes\\' CPU per MiB backed up, from the backup to %d s after it: on %.3f s, off %.3f s (off includes the idle cost both rings pay), on - off %.3f s' % ($SECS, on / mib, off / mib, (on - off) / mib))
+"
+echo "(two 4-node rings, r = 3, up at once; on: the default code, systematic (4,8,8), B = 256 KiB, parities after the acknowledgement, replica management with the 10-minute minimum age of deletions)"
