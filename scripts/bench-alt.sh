@@ -49,20 +49,7 @@ while [ $# -gt 0 ]; do
 done
 
 WORK=""
-cleanup() {
-    local rc=$?
-    set +e
-    trap '' INT TERM HUP
-    if [ -n "$WORK" ]; then
-        stop_nodes_under "$WORK" >/dev/null || rc=1
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'echo "bench-alt: interrupted" >&2; exit 130' INT
-trap 'echo "bench-alt: terminated" >&2; exit 143' TERM
-trap 'exit 129' HUP
+bench_traps bench-alt
 
 CARGO="${CARGO:-cargo}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"

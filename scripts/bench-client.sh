@@ -166,24 +166,6 @@ print("%.3f %d %.3f" % (dt, u.ru_maxrss, u.ru_utime + u.ru_stime))
 ' "$@"
 }
 
-# ring_cpu DIR: CPU seconds (user + system) the live nodes under DIR have used so far.
-ring_cpu() {
-    local pids
-    mapfile -t pids < <(node_pids_under "$1")
-    python3 -c '
-import os, sys
-tck = os.sysconf("SC_CLK_TCK")
-total = 0
-for pid in sys.argv[1:]:
-    try:
-        f = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
-        total += (int(f[11]) + int(f[12])) / tck
-    except (OSError, IndexError, ValueError):
-        pass
-print("%.3f" % total)
-' "${pids[@]}"
-}
-
 # ring_moved DIR: payload bytes the nodes under DIR have received in requests and sent in
 # answers so far, over every protocol (their /metrics, `peerstore_payload_bytes_total`): every
 # byte that crossed the network between client and nodes or between nodes, counted once.
@@ -202,11 +184,6 @@ for d in sys.argv[1:]:
             total += float(line.rsplit(" ", 1)[1])
 print("%d" % total)
 PY
-}
-
-# ring_disk DIR: bytes on the disks of the nodes under DIR (their data directories).
-ring_disk() {
-    du -sb "$1"/node* | awk '{s += $1} END {print s + 0}'
 }
 
 echo "generating datasets in $WORK/data" >&2

@@ -34,20 +34,7 @@ case "$SECS" in
 esac
 
 WORK=""
-cleanup() {
-    local rc=$?
-    set +e
-    trap '' INT TERM HUP
-    if [ -n "$WORK" ]; then
-        stop_nodes_under "$WORK" >/dev/null || rc=1
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'echo "bench-settle: interrupted" >&2; exit 130' INT
-trap 'echo "bench-settle: terminated" >&2; exit 143' TERM
-trap 'exit 129' HUP
+bench_traps bench-settle
 
 CARGO="${CARGO:-cargo}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -81,30 +68,16 @@ client() {
         --peer "${ADDR[$name]}" "$@"
 }
 
-# ticks NAME: CPU the nodes of ring NAME have used so far, in 1/100 s (clock ticks).
-ticks() {
-    local p total=0 f
-    for p in $(node_pids_under "$WORK/$1"); do
-        f=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || f=0
-        total=$((total + f))
-    done
-    echo "$total"
-}
-disk() {
-    du -sb "$WORK/$1"/node* | awk '{s += $1} END {print s + 0}'
-}
-hz=$(getconf CLK_TCK)
-
 for name in off on; do
     client "$name" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
     client "$name" init >/dev/null
 done
 for name in off on; do
     sync
-    C0[$name]=$(ticks "$name")
+    C0[$name]=$(ring_cpu "$WORK/$name")
     t=$(date +%s.%N)
     client "$name" backup "$DATA" >/dev/null 2>&1
-    echo "$name: backup of $MIB MiB took $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s, nodes' CPU $(python3 -c "print('%.2f' % (($(ticks "$name") - ${C0[$name]}) / $hz))") s" >&2
+    echo "$name: backup of $MIB MiB took $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s, nodes' CPU $(python3 -c "print('%.2f' % ($(ring_cpu "$WORK/$name") - ${C0[$name]}))") s" >&2
 done
 
 echo "| seconds after the backups | CPU s on | CPU s off | disk bytes per byte on | disk bytes per byte off |"
@@ -112,14 +85,14 @@ echo "|---|---|---|---|---|"
 for ((t = 0; t <= SECS; t += 30)); do
     [ "$t" -gt 0 ] && sleep 30
     python3 -c "
-hz, mib = $hz, $MIB
-on, off = ($(ticks on) - ${C0[on]}) / hz, ($(ticks off) - ${C0[off]}) / hz
-print('| %d | %.1f | %.1f | %.2f | %.2f |' % ($t, on, off, $(disk on) / (mib * 1048576), $(disk off) / (mib * 1048576)))
+mib = $MIB
+on, off = $(ring_cpu "$WORK/on") - ${C0[on]}, $(ring_cpu "$WORK/off") - ${C0[off]}
+print('| %d | %.1f | %.1f | %.2f | %.2f |' % ($t, on, off, $(ring_disk "$WORK/on") / (mib * 1048576), $(ring_disk "$WORK/off") / (mib * 1048576)))
 "
 done
 python3 -c "
-hz, mib = $hz, $MIB
-on, off = ($(ticks on) - ${C0[on]}) / hz, ($(ticks off) - ${C0[off]}) / hz
+mib = $MIB
+on, off = $(ring_cpu "$WORK/on") - ${C0[on]}, $(ring_cpu "$WORK/off") - ${C0[off]}
 print('nodes\\' CPU per MiB backed up, from the backup to %d s after it: on %.3f s, off %.3f s (off includes the idle cost both rings pay), on - off %.3f s' % ($SECS, on / mib, off / mib, (on - off) / mib))
 "
 echo "(two 4-node rings, r = 3, up at once; on: the default code, systematic (4,8,8), B = 256 KiB, parities after the acknowledgement, replica management with the 10-minute minimum age of deletions)"

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Sourced (not run) by the scripts that start peerstore-node daemons: demo.sh, bench-client.sh,
-# bench-node.sh and test-demo.sh. Starting a node in the background and waiting for its
-# address, and a bounded stop of exactly the nodes a script started.
+# Sourced (not run) by the scripts that start peerstore-node daemons: demo.sh, test-demo.sh and
+# the benchmarks. Starting a node in the background and waiting for its address, a bounded stop
+# of exactly the nodes a script started, a benchmark's clean-up traps, and the CPU and disk of
+# a ring's nodes.
 #
 # A process counts as a script's own node only if its command name is peerstore-node and its
 # command line contains the script's own temporary directory (every node it starts gets a
@@ -101,4 +102,49 @@ wait_node_addr() {
     echo "the node in $dir did not start; its log:" >&2
     cat "$dir/node.log" >&2 || true
     return 1
+}
+
+# bench_traps NAME: a benchmark's clean-up however it ends (success, failure, Ctrl-C,
+# SIGTERM): every node under $WORK is stopped and $WORK removed (a second Ctrl-C does not cut
+# the bounded clean-up short). NAME prefixes the messages.
+bench_traps() {
+    BENCH_NAME="$1"
+    trap bench_cleanup EXIT
+    trap 'echo "$BENCH_NAME: interrupted" >&2; exit 130' INT
+    trap 'echo "$BENCH_NAME: terminated" >&2; exit 143' TERM
+    trap 'exit 129' HUP
+}
+
+bench_cleanup() {
+    local rc=$?
+    set +e
+    trap '' INT TERM HUP
+    if [ -n "${WORK:-}" ]; then
+        stop_nodes_under "$WORK" >/dev/null || rc=1
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+
+# ring_cpu DIR: CPU seconds (user + system) the live nodes under DIR have used so far.
+ring_cpu() {
+    local pids
+    mapfile -t pids < <(node_pids_under "$1")
+    python3 -c '
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in sys.argv[1:]:
+    try:
+        f = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
+        total += (int(f[11]) + int(f[12])) / tck
+    except (OSError, IndexError, ValueError):
+        pass
+print("%.3f" % total)
+' "${pids[@]}"
+}
+
+# ring_disk DIR: bytes in the data directories of the nodes under DIR.
+ring_disk() {
+    du -sb "$1"/node* | awk '{s += $1} END {print s + 0}'
 }

@@ -269,11 +269,7 @@ pub const REDROP_PER_ROUND: usize = 4096;
 /// (`whole`) before [`scrub_local`]. Returns (copies deleted, bytes freed).
 pub async fn sweep(ent: &Entangled, budget: &mut Budget, whole: bool) -> (u64, u64) {
     let stale = drop_stale(ent, budget).await;
-    let singles = if whole {
-        owned_singles(ent).await
-    } else {
-        owned_singles_page(ent, REDROP_PER_ROUND).await
-    };
+    let singles = owned_singles(ent, (!whole).then_some(REDROP_PER_ROUND)).await;
     let (n, bytes) = redrop_singles(ent, &singles).await;
     (stale + n, bytes)
 }
@@ -285,27 +281,6 @@ fn resume_after(cursor: Option<BlockKey>, a: &BlockKey, b: &BlockKey) -> BlockKe
     cursor
         .filter(|c| c != b && (a == b || in_interval(a, b, c)))
         .unwrap_or(*a)
-}
-
-/// The next `limit` single copies this node owns after [`Entangled::redrop_after`], in ring
-/// order, moving it on (back to the start of the owned range after the last page).
-async fn owned_singles_page(ent: &Entangled, limit: usize) -> Vec<BlockKey> {
-    let Some(view) = ent.ring.handle.view().await else {
-        return Vec::new();
-    };
-    let (from, to) = view.ranges.owned;
-    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
-    let after = resume_after(*lock(&ent.redrop_after), &a, &b);
-    let single = ent.single.clone();
-    let page = tokio::task::spawn_blocking(move || single.list_range(&after, &b, Some(limit)))
-        .await
-        .ok()
-        .and_then(Result::ok);
-    let Some(page) = page else {
-        return Vec::new();
-    };
-    *lock(&ent.redrop_after) = page.next;
-    page.keys
 }
 
 /// For single copies this node holds and owns: deletes replicated copies that came back (the
@@ -502,22 +477,31 @@ pub async fn drop_stale(ent: &Entangled, budget: &mut Budget) -> u64 {
     dropped
 }
 
-/// The single copies this node holds in the range it owns.
-pub async fn owned_singles(ent: &Entangled) -> Vec<BlockKey> {
+/// The single copies this node owns, in ring order: all of them (`page` `None`), or the next
+/// `page` after [`Entangled::redrop_after`], moving it on (back to the start of the owned
+/// range after the last page).
+pub async fn owned_singles(ent: &Entangled, page: Option<usize>) -> Vec<BlockKey> {
     let Some(view) = ent.ring.handle.view().await else {
         return Vec::new();
     };
     let (from, to) = view.ranges.owned;
+    let (a, b) = (BlockKey(from.0), BlockKey(to.0));
+    let after = match page {
+        Some(_) => resume_after(*lock(&ent.redrop_after), &a, &b),
+        None => a,
+    };
     let single = ent.single.clone();
-    tokio::task::spawn_blocking(move || {
-        single
-            .list_range(&BlockKey(from.0), &BlockKey(to.0), None)
-            .map(|p| p.keys)
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .unwrap_or_default()
+    let listed = tokio::task::spawn_blocking(move || single.list_range(&after, &b, page))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let Some(listed) = listed else {
+        return Vec::new();
+    };
+    if page.is_some() {
+        *lock(&ent.redrop_after) = listed.next;
+    }
+    listed.keys
 }
 
 /// Moves one owned parity to the single-copy store and deletes its replicated copies.

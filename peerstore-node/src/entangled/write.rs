@@ -429,8 +429,16 @@ pub async fn prefetch_loop(ent: Arc<Entangled>) {
         if ent.ring.handle.view().await.is_none() {
             return;
         }
-        if !lock(&ent.encoder).pool_wanted {
-            continue;
+        {
+            let mut st = lock(&ent.encoder);
+            if !st.pool_wanted {
+                continue;
+            }
+            // A full pool: this round is the refresh a write asked for; a write during it
+            // asks for the next one.
+            if st.pool.len() >= target {
+                st.pool_wanted = false;
+            }
         }
         let pos = BlockKey(rand::thread_rng().gen());
         let Ok(set) = ent.ring.replica_set(&pos).await else {
@@ -473,11 +481,6 @@ pub async fn prefetch_loop(ent: Arc<Entangled>) {
                 let i = st.rng.gen_range(0..n);
                 st.pool[i] = (k, Arc::new(bytes));
             }
-        }
-        // Full (and refreshed by this round's sample): nothing more until a write uses it.
-        let mut st = lock(&ent.encoder);
-        if st.pool.len() >= target {
-            st.pool_wanted = false;
         }
     }
 }
