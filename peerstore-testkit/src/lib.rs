@@ -131,6 +131,25 @@ impl NodeProc {
         total as u64
     }
 
+    /// Every sample of `metric` from [`NodeProc::metrics`], by its labels (`{...}`, empty for
+    /// a metric without labels).
+    pub async fn metric_samples(&self, metric: &str) -> std::collections::BTreeMap<String, u64> {
+        let body = self.metrics().await;
+        let mut out = std::collections::BTreeMap::new();
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                continue;
+            }
+            let (labels, value) = rest.rsplit_once(' ').unwrap_or((rest, "0"));
+            let v = value.parse::<f64>().unwrap_or(0.0) as u64;
+            *out.entry(labels.trim().to_string()).or_insert(0) += v;
+        }
+        out
+    }
+
     /// How many client requests of `kind` (`ClientRequest::kind`) this node answered, any
     /// result, from its `/metrics` (the node runs with `--http`).
     pub async fn client_requests(&self, kind: &str) -> u64 {

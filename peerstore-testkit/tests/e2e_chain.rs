@@ -336,11 +336,13 @@ async fn three_clients_stay_linearizable_through_a_kill_and_a_join() {
             epochs.push(ch.epoch);
         }
     }
-    // Founding view 1, then one view without the killed head, one with the joiner and one
-    // with the restarted head (the successor lists may add steps between).
+    // Founding view 1, then one view without the killed head, then the joiner and the
+    // restarted head: in one view when both are in the successor lists by the time the
+    // chain agrees on the next (the view is suggested every 500 ms), else in two; the
+    // successor lists may add steps between. That both serve is checked above.
     assert!(
-        epochs.iter().max().copied().unwrap_or(0) >= 4,
-        "the chain did not change views three times: {epochs:?}"
+        epochs.iter().max().copied().unwrap_or(0) >= 3,
+        "the chain did not change views at least twice: {epochs:?}"
     );
     println!("the joined and the restarted node are in the record's chain");
 }

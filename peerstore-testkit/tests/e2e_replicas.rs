@@ -177,16 +177,18 @@ async fn replicas_settle_on_their_own_and_a_restart_resumes() {
     // minimum age again: 160-300 blocks every round, for ever.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let quiet = Duration::from_secs(30);
-    let (a0, cpu0, m0) = (
+    let (a0, cpu0, m0, r0) = (
         activity(&cluster).await,
         cpu_ticks(&cluster),
-        payload_bytes(&cluster).await,
+        samples(&cluster, "peerstore_payload_bytes_total").await,
+        samples(&cluster, "peerstore_requests_total").await,
     );
     tokio::time::sleep(quiet).await;
-    let (a1, cpu1, m1) = (
+    let (a1, cpu1, m1, r1) = (
         activity(&cluster).await,
         cpu_ticks(&cluster),
-        payload_bytes(&cluster).await,
+        samples(&cluster, "peerstore_payload_bytes_total").await,
+        samples(&cluster, "peerstore_requests_total").await,
     );
     let hz = clock_ticks_per_second();
     let cores: Vec<String> = cpu0
@@ -215,20 +217,38 @@ async fn replicas_settle_on_their_own_and_a_restart_resumes() {
     }
     // Nor any other block or record: before session 22 each node fetched 8 parities (2 MiB)
     // every 10 s to refresh a pointer pool that writes in a session never use.
-    assert_eq!(
-        m0,
-        m1,
-        "payload bytes the nodes carried in requests and answers, before and after {quiet:?} idle\n{}",
+    let moved = |a: &[Samples], b: &[Samples]| -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            for (labels, after) in y {
+                let before = x.get(labels).copied().unwrap_or(0);
+                if *after != before {
+                    out.push(format!("node {i} {labels}: +{}", after - before));
+                }
+            }
+        }
+        out
+    };
+    let requests = moved(&r0, &r1);
+    println!("requests answered while idle: {requests:?}");
+    let bytes = moved(&m0, &m1);
+    assert!(
+        bytes.is_empty(),
+        "payload bytes the nodes carried in requests and answers over {quiet:?} idle: {bytes:?}; \
+         requests answered: {requests:?}\n{}",
         node_logs(&cluster)
     );
 }
 
-/// Each node's payload bytes carried so far, over every protocol and both directions
-/// (`peerstore_payload_bytes_total`).
-async fn payload_bytes(c: &Cluster) -> Vec<u64> {
+/// One sample per label set of a metric (`NodeProc::metric_samples`).
+type Samples = std::collections::BTreeMap<String, u64>;
+
+/// Each node's samples of `metric`, e.g. the payload bytes carried so far by protocol and
+/// direction (`peerstore_payload_bytes_total`) or the requests answered by kind.
+async fn samples(c: &Cluster, metric: &str) -> Vec<Samples> {
     let mut out = Vec::new();
     for n in &c.nodes {
-        out.push(n.metric_sum("peerstore_payload_bytes_total", &[]).await);
+        out.push(n.metric_samples(metric).await);
     }
     out
 }

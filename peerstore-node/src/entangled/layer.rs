@@ -137,11 +137,11 @@ pub type Held = (BlockKey, Arc<Vec<u8>>);
 pub struct EncoderState {
     pub tail: VecDeque<Held>,
     pub pool: Vec<Held>,
-    /// Whether the pool is to be filled or refreshed ([`super::write::prefetch_loop`]): at
-    /// start, and after a write without a session drew on it. Writes in a session take their
-    /// pointers elsewhere, so a node whose clients all have sessions fetches nothing for the
-    /// pool once it is full (it used to replace 8 pooled blocks every 10 s, idle or not).
-    pub pool_wanted: bool,
+    /// How many writes without a session drew on the pool ([`super::write::prefetch_loop`]
+    /// refreshes a full pool once after each change). Writes in a session take their pointers
+    /// elsewhere, so a node whose clients all have sessions fetches nothing for the pool once
+    /// it is full (it used to replace 8 pooled blocks every 10 s, idle or not).
+    pub pool_uses: u64,
     pub rng: ChaCha8Rng,
     /// Clients' write sessions: where their documents' pointers may go (module `session`).
     pub sessions: super::session::Sessions,
@@ -181,6 +181,9 @@ pub struct Entangled {
     /// Where the background rounds' look for returned copies of this node's single copies
     /// goes on ([`super::scrub::sweep`]: a bounded page per round, not every single copy).
     pub redrop_after: Mutex<Option<BlockKey>>,
+    /// Parities the last round of replica management kept replicated for their age, with
+    /// their creation times (`scrub::scrub_local` decides them again without the ring).
+    pub known_young: Mutex<super::policy::KnownYoung>,
     /// Signed writes accepted within the clock-skew window (replays are refused).
     pub replays: Mutex<crypto::ReplayGuard>,
     /// The quota book, to give users back what deleted documents cost them.
@@ -209,13 +212,14 @@ impl Entangled {
             encoder: Mutex::new(EncoderState {
                 tail: VecDeque::new(),
                 pool: Vec::new(),
-                pool_wanted: true,
+                pool_uses: 0,
                 rng: ChaCha8Rng::from_entropy(),
                 sessions: super::session::Sessions::default(),
             }),
             records: Mutex::new((BTreeMap::new(), BTreeSet::new())),
             drop_retries: Mutex::new(super::policy::DropRetries::default()),
             redrop_after: Mutex::new(None),
+            known_young: Mutex::new(super::policy::KnownYoung::default()),
             replays: Mutex::new(crypto::ReplayGuard::default()),
             quotas: None,
             traffic: super::policy::Traffic::default(),

@@ -130,6 +130,59 @@ pub fn eligible(
     by_mode || by_age
 }
 
+/// The creation times of replicated parities a round of replica management found too young
+/// for one copy in the window mode ([`eligible`]). A parity's creation time never changes, so
+/// the next rounds decide those again from memory: before, every round fetched the reverse
+/// references of each such parity (a ring lookup and a `fetch-refs` each, 5 s after 5 s for up
+/// to the hour a young parity stays replicated). The pointers mode counts referrers, which
+/// grow, so it always asks. Holds only the last round's candidates.
+#[derive(Debug, Default)]
+pub struct KnownYoung {
+    created: HashMap<BlockKey, u64>,
+}
+
+impl KnownYoung {
+    /// Whether `key` is known to stay replicated this round: its creation time is known, and
+    /// by it the parity is not eligible.
+    #[must_use]
+    pub fn still_young(
+        &self,
+        key: &BlockKey,
+        mode: ScrubMode,
+        window_cutoff_us: Option<u64>,
+        max_age_ms: u64,
+        now_us: u64,
+    ) -> bool {
+        matches!(mode, ScrubMode::Window { .. })
+            && self
+                .created
+                .get(key)
+                .is_some_and(|t| !eligible(mode, Some(*t), 0, window_cutoff_us, max_age_ms, now_us))
+    }
+
+    /// The creation times of the round's candidates that stayed replicated for their age
+    /// (everything else is forgotten).
+    pub fn replace(&mut self, young: impl IntoIterator<Item = (BlockKey, u64)>) {
+        self.created = young.into_iter().collect();
+    }
+
+    /// The creation time known for `key`.
+    #[must_use]
+    pub fn get(&self, key: &BlockKey) -> Option<u64> {
+        self.created.get(key).copied()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.created.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty()
+    }
+}
+
 /// Whether a round of replica management waits now: the node served a client's data
 /// `since_data` ago (`None`: never), the round has waited `waited` already; it waits while the
 /// node was busy within `quiet`, at most `max_wait` in all.
@@ -600,6 +653,29 @@ mod tests {
             g.turn(t0, Some(s(0)), Duration::ZERO, max),
             Turn::Run { gives_way: false }
         );
+    }
+
+    #[test]
+    fn young_parities_are_decided_from_memory_until_they_age() {
+        let (k, other) = (BlockKey([1; 32]), BlockKey([2; 32]));
+        let window = ScrubMode::Window { blocks: 10 };
+        let mut known = KnownYoung::default();
+        assert!(!known.still_young(&k, window, Some(100), 0, 1_000));
+        known.replace([(k, 500)]);
+        assert_eq!((known.get(&k), known.len()), (Some(500), 1));
+        // Newer than the window's oldest parity, and no age limit: stays replicated.
+        assert!(known.still_young(&k, window, Some(400), 0, 1_000));
+        // Unknown keys are asked about.
+        assert!(!known.still_young(&other, window, Some(400), 0, 1_000));
+        // The window moved past it, or it grew older than the age limit: asked about again.
+        assert!(!known.still_young(&k, window, Some(600), 0, 1_000));
+        assert!(known.still_young(&k, window, None, 1, 1_499));
+        assert!(!known.still_young(&k, window, None, 1, 1_500));
+        // The pointers mode counts referrers, which grow: never decided from memory.
+        let pointers = ScrubMode::Pointers { threshold: 2 };
+        assert!(!known.still_young(&k, pointers, None, 0, 1_000));
+        known.replace([]);
+        assert!(known.is_empty());
     }
 
     #[test]

@@ -200,8 +200,18 @@ pub async fn scrub_local(
     // stored after the acknowledgement may still be on their way: module `later`).
     let sealed = super::later::Sealed::default();
     let sealed = &sealed;
+    // Parities the last round kept for their age are decided from memory while they stay
+    // too young; the others are looked up.
+    let known = std::mem::take(&mut *lock(&ent.known_young));
+    let (known, young) = (&known, &std::sync::Mutex::new(Vec::new()));
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
+            if let Some(t) = known.get(&k) {
+                if known.still_young(&k, mode, cutoff_us, max_age_ms, now) {
+                    lock(young).push((k, t));
+                    return Ok(Outcome::Kept);
+                }
+            }
             if yield_after.is_some_and(|t| ent.traffic.came_after(t)) {
                 return Ok(Outcome::Yielded);
             }
@@ -216,6 +226,11 @@ pub async fn scrub_local(
                 max_age_ms,
                 now,
             );
+            if !eligible {
+                if let Some(t) = entry.created_us {
+                    lock(young).push((k, t));
+                }
+            }
             let Some(own) = entry.own.filter(|_| eligible) else {
                 return Ok(Outcome::Kept);
             };
@@ -234,6 +249,8 @@ pub async fn scrub_local(
         .buffer_unordered(8)
         .collect::<Vec<Result<Outcome, String>>>()
         .await;
+    let young = std::mem::take(&mut *lock(young));
+    lock(&ent.known_young).replace(young);
     let (mut yielded, mut unsealed) = (0, 0);
     for o in outcomes {
         match o {

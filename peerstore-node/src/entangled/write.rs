@@ -238,7 +238,7 @@ pub async fn put_document(
             .as_ref()
             .map_or_else(|| st.rng.gen(), SignedWrite::document_id);
         let (pool, tail) = sampled.unwrap_or_else(|| {
-            st.pool_wanted = true;
+            st.pool_uses = st.pool_uses.wrapping_add(1);
             (st.pool.clone(), st.tail.iter().cloned().collect::<Vec<_>>())
         });
         (pool, tail, seed, doc_id)
@@ -412,34 +412,34 @@ pub async fn put_document(
 
 /// Keeps the pointer pool filled with a uniform sample of the ring's parities: asks the owner
 /// of a random ring position for random parity keys it knows, fetches and verifies them. Fills
-/// it at start and refreshes it after writes without a session have drawn on it
-/// ([`super::layer::EncoderState::pool_wanted`]); idle, it fetches nothing.
+/// it (every second while rounds find new parities, else every 10 s: a young ring may hold
+/// fewer parities than the pool wants) and refreshes a full pool once after writes without a
+/// session have drawn on it ([`super::layer::EncoderState::pool_uses`]); idle and full, it
+/// fetches nothing.
 pub async fn prefetch_loop(ent: Arc<Entangled>) {
     let Some(params) = ent.params() else {
         return;
     };
     let target = (4 * params.t()).max(16);
+    // The writes a refresh has answered, and whether the last round found new parities.
+    let mut seen_uses = 0u64;
+    let mut found = true;
     loop {
-        let (len, wanted) = {
-            let st = lock(&ent.encoder);
-            (st.pool.len(), st.pool_wanted)
-        };
-        let wait = if wanted && len < target { 1 } else { 10 };
+        let len = lock(&ent.encoder).pool.len();
+        let wait = if len < target && found { 1 } else { 10 };
         tokio::time::sleep(Duration::from_secs(wait)).await;
         if ent.ring.handle.view().await.is_none() {
             return;
         }
         {
-            let mut st = lock(&ent.encoder);
-            if !st.pool_wanted {
+            let st = lock(&ent.encoder);
+            if st.pool.len() >= target && st.pool_uses == seen_uses {
                 continue;
             }
-            // A full pool: this round is the refresh a write asked for; a write during it
-            // asks for the next one.
-            if st.pool.len() >= target {
-                st.pool_wanted = false;
-            }
+            // Taken at the start: a write during this round asks for the next one.
+            seen_uses = st.pool_uses;
         }
+        found = false;
         let pos = BlockKey(rand::thread_rng().gen());
         let Ok(set) = ent.ring.replica_set(&pos).await else {
             continue;
@@ -473,6 +473,7 @@ pub async fn prefetch_loop(ent: Arc<Entangled>) {
                 }
                 continue;
             }
+            found = true;
             let mut st = lock(&ent.encoder);
             if st.pool.len() < target {
                 st.pool.push((k, Arc::new(bytes)));
