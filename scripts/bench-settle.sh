@@ -50,7 +50,7 @@ MIB=$(find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s / 104857
 
 declare -A ADDR C0
 for name in off on; do
-    extra=(--listen /ip4/127.0.0.1/tcp/0 --replication 3)
+    extra=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 --http 127.0.0.1:0)
     [ "$name" = off ] && extra+=(--entanglement none)
     start_node_bg "$WORK/$name/node0" "$NODE" "${extra[@]}"
     ADDR[$name]="$(wait_node_addr "$WORK/$name/node0")"
@@ -95,4 +95,34 @@ mib = $MIB
 on, off = $(ring_cpu "$WORK/on") - ${C0[on]}, $(ring_cpu "$WORK/off") - ${C0[off]}
 print('nodes\\' CPU per MiB backed up, from the backup to %d s after it: on %.3f s, off %.3f s (off includes the idle cost both rings pay), on - off %.3f s' % ($SECS, on / mib, off / mib, (on - off) / mib))
 "
+# What the nodes did meanwhile: requests answered by kind and the nodes' own ring lookups,
+# summed over each ring's nodes (their /metrics), from start to the end of the run.
+python3 - "$WORK" <<'PY'
+import glob, re, sys, urllib.request
+work = sys.argv[1]
+rows = {}
+for name in ("on", "off"):
+    for f in sorted(glob.glob(f"{work}/{name}/node*/http.addr")):
+        addr = open(f).read().strip()
+        try:
+            body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
+        except OSError as e:
+            print(f"{f}: /metrics: {e}", file=sys.stderr)
+            continue
+        for line in body.splitlines():
+            m = re.match(r'peerstore_requests_total\{protocol="(\w+)",kind="([\w-]+)",result="[^"]*"\} (\S+)', line)
+            if m:
+                key = f"{m.group(1)} {m.group(2)}"
+            elif line.startswith("peerstore_ring_lookups_total "):
+                key = "ring lookups"
+            else:
+                continue
+            rows.setdefault(key, {"on": 0.0, "off": 0.0})[name] += float(line.rsplit(" ", 1)[1])
+print()
+print("| requests answered (all nodes, whole run) | on | off |")
+print("|---|---|---|")
+for key in sorted(rows, key=lambda k: -rows[k]["on"]):
+    r = rows[key]
+    print(f"| {key} | {r['on']:,.0f} | {r['off']:,.0f} |")
+PY
 echo "(two 4-node rings, r = 3, up at once; on: the default code, systematic (4,8,8), B = 256 KiB, parities after the acknowledgement, replica management with the 10-minute minimum age of deletions)"

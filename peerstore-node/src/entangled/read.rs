@@ -86,18 +86,21 @@ pub async fn fetch_from(ent: &Entangled, key: BlockKey, nodes: &[NodeAddr]) -> O
 
 /// Which of `keys` some member of their replica set holds (in either store).
 pub async fn has_ring(ent: &Entangled, keys: &[BlockKey]) -> Result<BTreeSet<BlockKey>, String> {
-    let located = futures::stream::iter(keys.iter().copied())
-        .map(|k| async move { (k, ent.ring.replica_set(&k).await) })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    let located = ent.ring.replica_sets(keys).await?;
     let mut by_node: BTreeMap<NodeAddr, Vec<BlockKey>> = BTreeMap::new();
     for (k, set) in located {
-        for m in set? {
+        for m in set {
             by_node.entry(m).or_default().push(k);
         }
     }
-    let answers = futures::stream::iter(by_node)
+    // One request per holder, in pages a member takes.
+    let page = peerstore_proto::MAX_LIST_PAGE as usize;
+    let asks = by_node.into_iter().flat_map(|(node, keys)| {
+        keys.chunks(page)
+            .map(|c| (node.clone(), c.to_vec()))
+            .collect::<Vec<_>>()
+    });
+    let answers = futures::stream::iter(asks)
         .map(|(node, keys)| async move {
             let r = ent
                 .ring

@@ -171,25 +171,15 @@ pub async fn fetch_record(ent: &Entangled, key: BlockKey) -> Option<Arc<entangle
 async fn check_codeword(
     ent: &Entangled,
     (rk, rec): &Rec,
+    held: &BTreeSet<BlockKey>,
     fix: bool,
     young_after: Option<u64>,
     summary: &mut RepairSummary,
 ) -> Option<CodewordAudit> {
     summary.checked += 1;
     let keys: Vec<BlockKey> = entangle::fetch_order(rec).iter().map(nk).collect();
-    let present = match read::has_ring(ent, &keys).await {
-        Ok(p) => p,
-        Err(e) => {
-            debug!(error = %e, "availability check failed");
-            summary.errors += 1;
-            return None;
-        }
-    };
-    let missing: Vec<BlockKey> = keys
-        .iter()
-        .filter(|k| !present.contains(k))
-        .copied()
-        .collect();
+    let (present, missing): (Vec<BlockKey>, Vec<BlockKey>) =
+        keys.iter().partition(|k| held.contains(k));
     if missing.is_empty() {
         return None;
     }
@@ -342,17 +332,41 @@ pub async fn reform_parities(ent: &Entangled, rk: BlockKey) -> Result<Vec<super:
     Ok(made)
 }
 
-/// Checks (and with `fix` repairs) the given codewords.
+/// Checks (and with `fix` repairs) the given codewords. Which of their symbols the ring holds
+/// is asked once for all of them, in one `HasSymbols` per holder (a page of 1,024 codewords
+/// of a 4-node ring: about 4 requests, where one check per codeword made about 4 each).
 pub async fn check_records(
     ent: &Entangled,
     recs: &[Rec],
     fix: bool,
     young_after: Option<u64>,
 ) -> (RepairSummary, Vec<CodewordAudit>) {
+    let keys: BTreeSet<BlockKey> = recs
+        .iter()
+        .flat_map(|(_, rec)| {
+            entangle::fetch_order(rec)
+                .iter()
+                .map(nk)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let held = match read::has_ring(ent, &keys.into_iter().collect::<Vec<_>>()).await {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(error = %e, "availability check failed");
+            let summary = RepairSummary {
+                checked: recs.len() as u64,
+                errors: 1,
+                ..RepairSummary::default()
+            };
+            return (summary, Vec::new());
+        }
+    };
+    let held = &held;
     let results = futures::stream::iter(0..recs.len())
         .map(|i| async move {
             let mut s = RepairSummary::default();
-            let a = check_codeword(ent, &recs[i], fix, young_after, &mut s).await;
+            let a = check_codeword(ent, &recs[i], held, fix, young_after, &mut s).await;
             (s, a)
         })
         .buffer_unordered(4)
