@@ -59,38 +59,7 @@ CLIENT="$TARGET/release/peerstore-client"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/peerstore-bench.XXXXXX")"
 export PEERSTORE_PASSPHRASE="bench passphrase"
 
-# start_node DIR [FIRST_NODE_DIR] [NODE ARGS...] (as in bench-client.sh).
-start_node() {
-    local dir="$1" via="${2:-}"
-    shift 2 || shift $#
-    local args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 "$@")
-    if [ -n "$via" ]; then args+=(--join-local "$via"); fi
-    start_node_bg "$dir" "$NODE" "${args[@]}"
-}
-
-declare -A ADDR
-for name in off on; do
-    extra=()
-    [ "$name" = off ] && extra=(--entanglement none)
-    start_node "$WORK/$name/node0" "" "${extra[@]}"
-    ADDR[$name]="$(wait_node_addr "$WORK/$name/node0")"
-    for i in 1 2 3; do
-        start_node "$WORK/$name/node$i" "$WORK/$name/node0" "${extra[@]}"
-        wait_node_addr "$WORK/$name/node$i" >/dev/null
-    done
-done
-sleep 3
-
-client() {
-    local name="$1"
-    shift
-    "$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" \
-        --peer "${ADDR[$name]}" "$@"
-}
-for name in off on; do
-    client "$name" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
-    client "$name" init >/dev/null
-done
+start_bench_rings
 
 # seconds CMD...: wall seconds of CMD (its output discarded).
 seconds() {

@@ -48,35 +48,13 @@ python3 scripts/gen-dataset.py "$WORK/data" --only B >&2
 DATA="$WORK/data/B"
 MIB=$(find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s / 1048576}')
 
-declare -A ADDR C0
-for name in off on; do
-    extra=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 --http 127.0.0.1:0)
-    [ "$name" = off ] && extra+=(--entanglement none)
-    start_node_bg "$WORK/$name/node0" "$NODE" "${extra[@]}"
-    ADDR[$name]="$(wait_node_addr "$WORK/$name/node0")"
-    for i in 1 2 3; do
-        start_node_bg "$WORK/$name/node$i" "$NODE" "${extra[@]}" --join-local "$WORK/$name/node0"
-        wait_node_addr "$WORK/$name/node$i" >/dev/null
-    done
-done
-sleep 3
-
-client() {
-    local name="$1"
-    shift
-    "$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" \
-        --peer "${ADDR[$name]}" "$@"
-}
-
-for name in off on; do
-    client "$name" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
-    client "$name" init >/dev/null
-done
+declare -A C0
+start_bench_rings --http 127.0.0.1:0
 for name in off on; do
     sync
     C0[$name]=$(ring_cpu "$WORK/$name")
     t=$(date +%s.%N)
-    client "$name" backup "$DATA" >/dev/null 2>&1
+    bench_client "$name" backup "$DATA" >/dev/null 2>&1
     echo "$name: backup of $MIB MiB took $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s, nodes' CPU $(python3 -c "print('%.2f' % ($(ring_cpu "$WORK/$name") - ${C0[$name]}))") s" >&2
 done
 

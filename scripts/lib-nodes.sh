@@ -148,3 +148,36 @@ print("%.3f" % total)
 ring_disk() {
     du -sb "$1"/node* | awk '{s += $1} END {print s + 0}'
 }
+
+# start_bench_rings [NODE ARGS...]: two 4-node loopback rings (r = 3) under $WORK/off
+# (`--entanglement none`) and $WORK/on (the default), node i joining through node 0, each
+# node also given NODE ARGS; fills the global associative array ADDR (ring -> node 0's
+# address), then joins and inits a client per ring (bench_client). Needs NODE, CLIENT, WORK.
+start_bench_rings() {
+    local name i
+    local -a args
+    declare -gA ADDR
+    for name in off on; do
+        args=(--listen /ip4/127.0.0.1/tcp/0 --replication 3 "$@")
+        [ "$name" = off ] && args+=(--entanglement none)
+        start_node_bg "$WORK/$name/node0" "$NODE" "${args[@]}"
+        ADDR[$name]="$(wait_node_addr "$WORK/$name/node0")"
+        for i in 1 2 3; do
+            start_node_bg "$WORK/$name/node$i" "$NODE" "${args[@]}" --join-local "$WORK/$name/node0"
+            wait_node_addr "$WORK/$name/node$i" >/dev/null
+        done
+    done
+    sleep 3
+    for name in off on; do
+        bench_client "$name" join "$("$NODE" invite --data-dir "$WORK/$name/node0" --role user --label bench)" >/dev/null
+        bench_client "$name" init >/dev/null
+    done
+}
+
+# bench_client RING ARGS...: peerstore-client of the ring's user (start_bench_rings).
+bench_client() {
+    local name="$1"
+    shift
+    "$CLIENT" --config-dir "$WORK/$name/client-config" --data-dir "$WORK/$name/client-data" \
+        --peer "${ADDR[$name]}" "$@"
+}

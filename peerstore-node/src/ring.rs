@@ -289,8 +289,20 @@ impl Ring {
         let mut sorted = keys.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
+        // The members this node knows of: an answer that skips one of them (a lying hop) is
+        // used for its own key only, so one lie cannot cover a run of keys.
+        let known: Vec<BlockKey> = match self.view().await {
+            Some(v) => v
+                .successors
+                .iter()
+                .chain(&v.predecessors)
+                .chain(&v.fingers)
+                .map(|p| BlockKey(p.id.0))
+                .collect(),
+            None => Vec::new(),
+        };
         let mut out: Vec<(BlockKey, Vec<NodeAddr>)> = Vec::with_capacity(sorted.len());
-        // The last lookup: the key, its owner's position, the set.
+        // The last lookup that may serve the next keys: the key, its owner's position, the set.
         let mut last: Option<(BlockKey, BlockKey, Vec<NodeAddr>)> = None;
         for k in sorted {
             if let Some((from, owner, set)) = &last {
@@ -301,8 +313,12 @@ impl Ring {
             }
             let res = self.lookup(key_id(&k)).await?;
             let set = self.replica_set_from(&res).await;
+            let owner = BlockKey(res.owner.id.0);
+            let skips = known
+                .iter()
+                .any(|m| *m != owner && shares_owner(&k, &owner, m));
             out.push((k, set.clone()));
-            last = Some((k, BlockKey(res.owner.id.0), set));
+            last = (!skips).then_some((k, owner, set));
         }
         Ok(out)
     }

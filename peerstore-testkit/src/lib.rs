@@ -111,24 +111,12 @@ impl NodeProc {
     /// The sum of the samples of `metric` whose labels contain every one of `labels` (e.g.
     /// `protocol="client"`), from [`NodeProc::metrics`].
     pub async fn metric_sum(&self, metric: &str, labels: &[&str]) -> u64 {
-        let body = self.metrics().await;
-        let mut total = 0.0;
-        for line in body.lines() {
-            let Some(rest) = line.strip_prefix(metric) else {
-                continue;
-            };
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                continue;
-            }
-            if labels.iter().all(|l| rest.contains(l)) {
-                total += line
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-            }
-        }
-        total as u64
+        self.metric_samples(metric)
+            .await
+            .into_iter()
+            .filter(|(l, _)| labels.iter().all(|want| l.contains(want)))
+            .map(|(_, v)| v)
+            .sum()
     }
 
     /// Every sample of `metric` from [`NodeProc::metrics`], by its labels (`{...}`, empty for

@@ -142,8 +142,8 @@ pub struct KnownYoung {
 }
 
 impl KnownYoung {
-    /// Whether `key` is known to stay replicated this round: its creation time is known, and
-    /// by it the parity is not eligible.
+    /// The creation time of `key` when it is known and by it the parity stays replicated
+    /// this round (not eligible); `None`: to be looked up.
     #[must_use]
     pub fn still_young(
         &self,
@@ -152,24 +152,22 @@ impl KnownYoung {
         window_cutoff_us: Option<u64>,
         max_age_ms: u64,
         now_us: u64,
-    ) -> bool {
-        matches!(mode, ScrubMode::Window { .. })
-            && self
-                .created
-                .get(key)
-                .is_some_and(|t| !eligible(mode, Some(*t), 0, window_cutoff_us, max_age_ms, now_us))
+    ) -> Option<u64> {
+        if !matches!(mode, ScrubMode::Window { .. }) {
+            return None;
+        }
+        self.created
+            .get(key)
+            .copied()
+            .filter(|t| !eligible(mode, Some(*t), 0, window_cutoff_us, max_age_ms, now_us))
     }
 
     /// The creation times of the round's candidates that stayed replicated for their age
-    /// (everything else is forgotten).
-    pub fn replace(&mut self, young: impl IntoIterator<Item = (BlockKey, u64)>) {
-        self.created = young.into_iter().collect();
-    }
-
-    /// The creation time known for `key`.
-    #[must_use]
-    pub fn get(&self, key: &BlockKey) -> Option<u64> {
-        self.created.get(key).copied()
+    /// (everything else is forgotten). A time after `now_us` (a writer's clock ahead, or a
+    /// lying metadata holder) is not remembered: such a parity is looked up again each
+    /// round, so a corrected entry counts as soon as it is there.
+    pub fn replace(&mut self, young: impl IntoIterator<Item = (BlockKey, u64)>, now_us: u64) {
+        self.created = young.into_iter().filter(|(_, t)| *t <= now_us).collect();
     }
 
     #[must_use]
@@ -660,21 +658,27 @@ mod tests {
         let (k, other) = (BlockKey([1; 32]), BlockKey([2; 32]));
         let window = ScrubMode::Window { blocks: 10 };
         let mut known = KnownYoung::default();
-        assert!(!known.still_young(&k, window, Some(100), 0, 1_000));
-        known.replace([(k, 500)]);
-        assert_eq!((known.get(&k), known.len()), (Some(500), 1));
+        assert!(known.still_young(&k, window, Some(100), 0, 1_000).is_none());
+        known.replace([(k, 500), (other, 2_000)], 1_000);
+        // A creation time in the future is not remembered.
+        assert_eq!(known.len(), 1);
         // Newer than the window's oldest parity, and no age limit: stays replicated.
-        assert!(known.still_young(&k, window, Some(400), 0, 1_000));
+        assert_eq!(
+            known.still_young(&k, window, Some(400), 0, 1_000),
+            Some(500)
+        );
         // Unknown keys are asked about.
-        assert!(!known.still_young(&other, window, Some(400), 0, 1_000));
+        assert!(known
+            .still_young(&other, window, Some(400), 0, 1_000)
+            .is_none());
         // The window moved past it, or it grew older than the age limit: asked about again.
-        assert!(!known.still_young(&k, window, Some(600), 0, 1_000));
-        assert!(known.still_young(&k, window, None, 1, 1_499));
-        assert!(!known.still_young(&k, window, None, 1, 1_500));
+        assert!(known.still_young(&k, window, Some(600), 0, 1_000).is_none());
+        assert!(known.still_young(&k, window, None, 1, 1_499).is_some());
+        assert!(known.still_young(&k, window, None, 1, 1_500).is_none());
         // The pointers mode counts referrers, which grow: never decided from memory.
         let pointers = ScrubMode::Pointers { threshold: 2 };
-        assert!(!known.still_young(&k, pointers, None, 0, 1_000));
-        known.replace([]);
+        assert!(known.still_young(&k, pointers, None, 0, 1_000).is_none());
+        known.replace([], 1_000);
         assert!(known.is_empty());
     }
 

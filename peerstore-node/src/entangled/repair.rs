@@ -341,7 +341,8 @@ pub async fn check_records(
     fix: bool,
     young_after: Option<u64>,
 ) -> (RepairSummary, Vec<CodewordAudit>) {
-    let keys: BTreeSet<BlockKey> = recs
+    // Symbols shared by several codewords are asked about once (`Ring::replica_sets`).
+    let keys: Vec<BlockKey> = recs
         .iter()
         .flat_map(|(_, rec)| {
             entangle::fetch_order(rec)
@@ -350,7 +351,7 @@ pub async fn check_records(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let held = match read::has_ring(ent, &keys.into_iter().collect::<Vec<_>>()).await {
+    let held = match read::has_ring(ent, &keys).await {
         Ok(p) => p,
         Err(e) => {
             debug!(error = %e, "availability check failed");

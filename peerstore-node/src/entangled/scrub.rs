@@ -206,11 +206,9 @@ pub async fn scrub_local(
     let (known, young) = (&known, &std::sync::Mutex::new(Vec::new()));
     let outcomes = futures::stream::iter(candidates)
         .map(|k| async move {
-            if let Some(t) = known.get(&k) {
-                if known.still_young(&k, mode, cutoff_us, max_age_ms, now) {
-                    lock(young).push((k, t));
-                    return Ok(Outcome::Kept);
-                }
+            if let Some(t) = known.still_young(&k, mode, cutoff_us, max_age_ms, now) {
+                lock(young).push((k, t));
+                return Ok(Outcome::Kept);
             }
             if yield_after.is_some_and(|t| ent.traffic.came_after(t)) {
                 return Ok(Outcome::Yielded);
@@ -250,7 +248,7 @@ pub async fn scrub_local(
         .collect::<Vec<Result<Outcome, String>>>()
         .await;
     let young = std::mem::take(&mut *lock(young));
-    lock(&ent.known_young).replace(young);
+    lock(&ent.known_young).replace(young, now);
     let (mut yielded, mut unsealed) = (0, 0);
     for o in outcomes {
         match o {
