@@ -2033,6 +2033,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
             lk.tried.insert(addr.clone());
             if addr == self.me.addr {
+                if matches!(lk.kind, LookupKind::Merge) {
+                    // (Merge) The other ring may still list us (a previous run of this node
+                    // at this address): our own view, the ring we are in, would name us or
+                    // one of ours as the owner and hide theirs.
+                    continue;
+                }
                 let view = self.local_view(lk.key);
                 answer = Some((cand, view));
                 continue;
@@ -2254,7 +2260,14 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 }
             }
             (LookupKind::Merge, Step::Done { owner, .. }) => {
-                if let Some(via) = self.merging.take() {
+                if owner.addr == self.me.addr || owner.id == self.me.id {
+                    // Their ring names us as the owner: it still holds an entry for us (a
+                    // previous run at our address) that only time will clear; look again
+                    // later rather than forget the member that leads to it.
+                    if let Some(via) = self.merging.clone() {
+                        self.merge_backoff(&via.addr);
+                    }
+                } else if let Some(via) = self.merging.take() {
                     // It answered and routed us: no longer lost (a false alarm, or merged).
                     self.lost.remove(&via.addr);
                     self.merge_found(via, owner);

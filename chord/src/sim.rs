@@ -121,6 +121,17 @@ pub struct SimNode {
     pub physical: u32,
     timer: Option<Time>,
     lookup_attempt: BTreeMap<LookupId, (Id, u8, Time)>,
+    rejoin: Option<Rejoin>,
+}
+
+/// How a restarted node gets back in, as `peerstore-node`'s driver does: after a failed join
+/// it tries the next member it knew, a second later; with `create_if_alone`, once every one
+/// has failed it starts a ring of its own and probes them to merge (chord's ring merge).
+#[derive(Debug)]
+struct Rejoin {
+    via: Vec<u32>,
+    tries: usize,
+    create_if_alone: bool,
 }
 
 /// The result of one user lookup.
@@ -252,6 +263,7 @@ impl Sim {
             physical,
             timer: None,
             lookup_attempt: BTreeMap::new(),
+            rejoin: None,
         });
         self.group.push(0);
         addr
@@ -451,6 +463,61 @@ impl Sim {
                 self.stats.crashed += 1;
             }
         }
+    }
+
+    /// Restarts crashed node `a` as a fresh process at the same address with the same id (a
+    /// daemon restarted on its port: the ring knows it by both). It joins through `via[0]` now
+    /// and, as the daemon does, after each failed join through the next of `via` a second
+    /// later; with `create_if_alone` it starts a ring of its own once every one of them has
+    /// failed, and probes them to merge. Messages still in flight to the old process reach
+    /// the new one, as they would on a reused port.
+    pub fn restart(&mut self, a: u32, via: Vec<u32>, create_if_alone: bool) {
+        let Some(n) = self.nodes.get_mut(a as usize) else {
+            return;
+        };
+        if n.alive || via.is_empty() {
+            return;
+        }
+        let me = n.node.me().clone();
+        n.node = Node::new(self.cfg.node.clone(), me);
+        n.alive = true;
+        n.timer = None;
+        n.lookup_attempt.clear();
+        let first = via[0];
+        n.rejoin = Some(Rejoin {
+            via,
+            tries: 0,
+            create_if_alone,
+        });
+        self.join(a, first);
+    }
+
+    /// The daemon's retry after a failed join of a restarted node (see [`Sim::restart`]).
+    fn retry_rejoin(&mut self, a: u32) {
+        let now = self.now;
+        let peers: Vec<Peer<u32>> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Peer::new(x.node.me().id, i as u32))
+            .collect();
+        let Some(n) = self.nodes.get_mut(a as usize) else {
+            return;
+        };
+        let Some(r) = n.rejoin.as_mut() else {
+            return;
+        };
+        r.tries += 1;
+        if r.create_if_alone && r.tries >= r.via.len() {
+            let known: Vec<Peer<u32>> = r.via.iter().map(|&b| peers[b as usize].clone()).collect();
+            n.rejoin = None;
+            n.node.create(now);
+            n.node.remember(now, known);
+            self.flush(a);
+            return;
+        }
+        let via = r.via[r.tries % r.via.len()];
+        self.join(a, via);
     }
 
     /// Crashes up to `count` random live members, each only if [`Sim::can_crash`] allows it.
@@ -681,12 +748,21 @@ impl Sim {
                 }
             }
             Ev::Join { node } => {
+                let restarted = self
+                    .nodes
+                    .get(node as usize)
+                    .map(|n| n.alive && n.rejoin.is_some())
+                    .unwrap_or(false);
                 let alive_idle = self
                     .nodes
                     .get(node as usize)
                     .map(|n| n.alive && n.node.status() == crate::node::Status::Idle)
                     .unwrap_or(false);
-                if alive_idle {
+                if restarted {
+                    if alive_idle {
+                        self.retry_rejoin(node);
+                    }
+                } else if alive_idle {
                     let boot = if self.bootstrap_any {
                         self.random_member()
                     } else {

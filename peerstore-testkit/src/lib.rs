@@ -195,6 +195,24 @@ impl Drop for NodeProc {
     }
 }
 
+/// One node's view of the ring for failure messages: `label: id, member, predecessor,
+/// successors` (or `label: no status`).
+pub fn view_line(label: &str, s: Option<&StatusReport>) -> String {
+    match s {
+        Some(s) => format!(
+            "{label}: id {}, member {}, predecessor {:?}, successors {:?}",
+            s.id,
+            s.member,
+            s.predecessor.as_ref().map(|p| p.id.to_string()),
+            s.successors
+                .iter()
+                .map(|m| m.id.to_string())
+                .collect::<Vec<_>>()
+        ),
+        None => format!("{label}: no status"),
+    }
+}
+
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
@@ -379,7 +397,28 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(format!("ring not ideal after {within:?}: {last}"))
+        Err(format!(
+            "ring not ideal after {within:?}: {last}\nthe ring as the nodes see it:\n{}",
+            self.ring_view().await
+        ))
+    }
+
+    /// How each live node sees the ring (id, predecessor, successors), one line each: for
+    /// failure messages.
+    pub async fn ring_view(&self) -> String {
+        let live: Vec<(usize, &NodeProc)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.alive())
+            .collect();
+        let all = futures::future::join_all(live.iter().map(|(_, n)| n.status())).await;
+        let mut out = String::new();
+        for ((i, n), s) in live.iter().zip(all) {
+            out.push_str(&view_line(&format!("node {i} at {}", n.addr), s.as_ref()));
+            out.push('\n');
+        }
+        out
     }
 
     pub async fn check_ideal(&self) -> Result<(), String> {

@@ -568,21 +568,8 @@ impl NetCluster {
             futures::future::join_all(which.iter().map(|&i| self.cluster.nodes[i].status())).await;
         let mut out = String::new();
         for (&i, s) in which.iter().zip(all) {
-            let line = match s {
-                Some(s) => format!(
-                    "node {i} on {}: id {}, member {}, predecessor {:?}, successors {:?}",
-                    self.net.hosts[i].ns,
-                    s.id,
-                    s.member,
-                    s.predecessor.map(|p| p.id.to_string()),
-                    s.successors
-                        .iter()
-                        .map(|m| m.id.to_string())
-                        .collect::<Vec<_>>()
-                ),
-                None => format!("node {i} on {}: no status", self.net.hosts[i].ns),
-            };
-            out.push_str(&line);
+            let label = format!("node {i} on {}", self.net.hosts[i].ns);
+            out.push_str(&crate::view_line(&label, s.as_ref()));
             out.push('\n');
         }
         out
