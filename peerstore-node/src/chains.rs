@@ -33,7 +33,7 @@
 //! member could withhold or replay within a chain; clients verify signatures and keep a
 //! watermark of the newest sequence number they saw).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,8 +57,8 @@ use crate::store::{BlockStore, RecordTable};
 pub const CHAIN_TABLE: RecordTable = RecordTable::new("chain_state");
 /// Most chains one node takes part in (a member that asks for more is ignored).
 pub const MAX_CHAINS: usize = 65_536;
-/// How often the replicas' timers are checked.
-const TICK: Duration = Duration::from_millis(10);
+/// How often replicas left outside their chain are looked for.
+const OUTSIDE_CHECK: Duration = Duration::from_secs(1);
 /// How often each replica is handed its key's replica set.
 const SUGGEST_EVERY: Duration = Duration::from_millis(500);
 /// How far above the old epoch a re-founded chain's one-member view is put: well above any
@@ -216,6 +216,7 @@ impl Chains {
             store: store.clone(),
             ring: ring.clone(),
             book: book.clone(),
+            timers: BTreeSet::new(),
         };
         let mut loaded = Vec::new();
         store
@@ -765,9 +766,50 @@ struct Task {
     store: Arc<BlockStore>,
     ring: Arc<Ring>,
     book: Arc<Mutex<HashMap<PeerId, NodeAddr>>>,
+    /// Every slot's timer as (due, key): the task sleeps until the first one instead of
+    /// polling every slot (a node may hold tens of thousands of chains).
+    timers: BTreeSet<(u64, BlockKey)>,
 }
 
 impl Task {
+    /// Sets (or clears) the timer of `key`'s slot and keeps [`Task::timers`] in step.
+    fn arm(
+        timers: &mut BTreeSet<(u64, BlockKey)>,
+        key: BlockKey,
+        slot: &mut Slot,
+        at: Option<u64>,
+    ) {
+        if let Some(old) = slot.timer {
+            timers.remove(&(old, key));
+        }
+        slot.timer = at;
+        if let Some(t) = at {
+            timers.insert((t, key));
+        }
+    }
+
+    /// Inserts a new slot (its replica is due at once) and indexes its timer.
+    fn insert_slot(&mut self, key: BlockKey, mut slot: Slot) {
+        let at = slot.timer.take();
+        if let Some(mut old) = self.slots.remove(&key) {
+            Self::arm(&mut self.timers, key, &mut old, None);
+        }
+        Self::arm(&mut self.timers, key, &mut slot, at);
+        self.slots.insert(key, slot);
+    }
+
+    /// Removes a slot and its timer.
+    fn remove_slot(&mut self, key: &BlockKey) -> Option<Slot> {
+        let mut slot = self.slots.remove(key)?;
+        Self::arm(&mut self.timers, *key, &mut slot, None);
+        Some(slot)
+    }
+
+    /// When the first replica timer is due (task ms), if any.
+    fn next_timer(&self) -> Option<u64> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
     fn now(&self) -> u64 {
         // Never 0: the replicas treat times as "since the start", any positive start works.
         self.started.elapsed().as_millis() as u64 + 1
@@ -792,7 +834,7 @@ impl Task {
             disk.records.insert(r.key.clone(), r.clone());
         }
         let slot = self.new_slot(Start::Recover(Box::new(image)), disk);
-        self.slots.insert(key, slot);
+        self.insert_slot(key, slot);
     }
 
     /// Re-founds the chain of `key` from this replica alone, if it is still synced in view
@@ -851,15 +893,21 @@ impl Task {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outside = tokio::time::interval(OUTSIDE_CHECK);
+        outside.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Task time t is due once now() = elapsed ms + 1 reaches it.
+            let due = self.next_timer().map(|t| {
+                tokio::time::Instant::from_std(self.started)
+                    + Duration::from_millis(t.saturating_sub(1))
+            });
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.on_cmd(cmd).await,
                     None => return,
                 },
-                _ = tick.tick() => self.on_tick().await,
+                () = sleep_until_some(due) => self.on_timers().await,
+                _ = outside.tick() => self.drop_outside().await,
             }
             self.flush();
         }
@@ -892,7 +940,7 @@ impl Task {
                     }
                     info!(%key, members = view.members.len(), "creating the chain of a new record");
                     let slot = self.new_slot(Start::Bootstrap, Disk::default());
-                    self.slots.insert(key, slot);
+                    self.insert_slot(key, slot);
                     for m in view.members.iter().filter(|m| **m != self.me) {
                         self.outbox.push((
                             *m,
@@ -1007,7 +1055,7 @@ impl Task {
                 }
                 debug!(%key, "founding member of a new record's chain");
                 let slot = self.new_slot(Start::Bootstrap, Disk::default());
-                self.slots.insert(key, slot);
+                self.insert_slot(key, slot);
                 self.step(key, Event::View(view)).await;
             }
             ChainItem::Msg { key, msg } => {
@@ -1019,28 +1067,35 @@ impl Task {
                     }
                     debug!(%key, %from, "joining a record's chain");
                     let slot = self.new_slot(Start::Join, Disk::default());
-                    self.slots.insert(key, slot);
+                    self.insert_slot(key, slot);
                 }
                 self.step(key, Event::Message { from, msg }).await;
             }
         }
     }
 
-    async fn on_tick(&mut self) {
+    /// Fires the replica timers that are due.
+    async fn on_timers(&mut self) {
         let now = self.now();
-        let due: Vec<BlockKey> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.timer.is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
+        let mut due = Vec::new();
+        while let Some(&(t, key)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
             if let Some(s) = self.slots.get_mut(&key) {
                 s.timer = None;
             }
+            due.push(key);
+        }
+        for key in due {
             self.step(key, Event::Timer).await;
         }
-        // Replicas left outside their chain for long are dropped, with their image.
+    }
+
+    /// Drops the replicas left outside their chain for long, with their image.
+    async fn drop_outside(&mut self) {
+        let now = self.now();
         let mut gone = Vec::new();
         for (key, s) in &mut self.slots {
             let outside = s.replica.role() == Role::Outside;
@@ -1053,7 +1108,7 @@ impl Task {
         }
         for key in gone {
             info!(%key, "left a record's chain; its replica is dropped");
-            self.slots.remove(&key);
+            self.remove_slot(&key);
             self.waiting.retain(|(k, _), _| *k != key);
             let store = self.store.clone();
             if let Err(e) = blocking(move || store.record_delete(CHAIN_TABLE, &key.0)).await {
@@ -1098,7 +1153,7 @@ impl Task {
                     RecordRules,
                 );
                 slot.disk = before;
-                slot.timer = Some(0);
+                Self::arm(&mut self.timers, key, slot, Some(0));
                 return;
             }
         }
@@ -1116,7 +1171,7 @@ impl Task {
                         }
                     }
                 }
-                Action::SetTimer { at } => slot.timer = Some(at),
+                Action::SetTimer { at } => Self::arm(&mut self.timers, key, slot, Some(at)),
                 Action::ViewInstalled(view) => {
                     info!(%key, epoch = view.epoch, members = view.members.len(),
                         role = ?slot.replica.role(), "record chain view installed");
@@ -1170,5 +1225,13 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Middle => "middle",
         Role::Tail => "tail",
         Role::Single => "head-and-tail",
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
