@@ -216,7 +216,7 @@ impl Chains {
             store: store.clone(),
             ring: ring.clone(),
             book: book.clone(),
-            timers: BTreeSet::new(),
+            timers: Timers::default(),
         };
         let mut loaded = Vec::new();
         store
@@ -768,46 +768,62 @@ struct Task {
     book: Arc<Mutex<HashMap<PeerId, NodeAddr>>>,
     /// Every slot's timer as (due, key): the task sleeps until the first one instead of
     /// polling every slot (a node may hold tens of thousands of chains).
-    timers: BTreeSet<(u64, BlockKey)>,
+    timers: Timers,
 }
 
-impl Task {
-    /// Sets (or clears) the timer of `key`'s slot and keeps [`Task::timers`] in step.
-    fn arm(
-        timers: &mut BTreeSet<(u64, BlockKey)>,
-        key: BlockKey,
-        slot: &mut Slot,
-        at: Option<u64>,
-    ) {
-        if let Some(old) = slot.timer {
-            timers.remove(&(old, key));
+/// Every slot's replica timer, ordered by when it is due: the task sleeps until the first one
+/// instead of polling every slot (a node may hold tens of thousands of chains). It holds
+/// exactly one entry per armed slot: [`Timers::set`] replaces a slot's entry.
+#[derive(Default)]
+struct Timers(BTreeSet<(u64, BlockKey)>);
+
+impl Timers {
+    /// Sets (or clears, with `None`) the timer of `key`, whose current value is `*timer`.
+    fn set(&mut self, key: BlockKey, timer: &mut Option<u64>, at: Option<u64>) {
+        if let Some(old) = timer.take() {
+            self.0.remove(&(old, key));
         }
-        slot.timer = at;
+        *timer = at;
         if let Some(t) = at {
-            timers.insert((t, key));
+            self.0.insert((t, key));
         }
     }
 
+    /// When the first timer is due (task ms), if any.
+    fn first(&self) -> Option<u64> {
+        self.0.first().map(|(t, _)| *t)
+    }
+
+    /// Takes out the timers due at `now`, earliest first (their slots must clear theirs).
+    fn pop_due(&mut self, now: u64) -> Vec<BlockKey> {
+        let mut due = Vec::new();
+        while let Some(&(t, key)) = self.0.first() {
+            if t > now {
+                break;
+            }
+            self.0.pop_first();
+            due.push(key);
+        }
+        due
+    }
+}
+
+impl Task {
     /// Inserts a new slot (its replica is due at once) and indexes its timer.
     fn insert_slot(&mut self, key: BlockKey, mut slot: Slot) {
         let at = slot.timer.take();
         if let Some(mut old) = self.slots.remove(&key) {
-            Self::arm(&mut self.timers, key, &mut old, None);
+            self.timers.set(key, &mut old.timer, None);
         }
-        Self::arm(&mut self.timers, key, &mut slot, at);
+        self.timers.set(key, &mut slot.timer, at);
         self.slots.insert(key, slot);
     }
 
     /// Removes a slot and its timer.
     fn remove_slot(&mut self, key: &BlockKey) -> Option<Slot> {
         let mut slot = self.slots.remove(key)?;
-        Self::arm(&mut self.timers, *key, &mut slot, None);
+        self.timers.set(*key, &mut slot.timer, None);
         Some(slot)
-    }
-
-    /// When the first replica timer is due (task ms), if any.
-    fn next_timer(&self) -> Option<u64> {
-        self.timers.first().map(|(t, _)| *t)
     }
 
     fn now(&self) -> u64 {
@@ -897,7 +913,7 @@ impl Task {
         outside.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Task time t is due once now() = elapsed ms + 1 reaches it.
-            let due = self.next_timer().map(|t| {
+            let due = self.timers.first().map(|t| {
                 tokio::time::Instant::from_std(self.started)
                     + Duration::from_millis(t.saturating_sub(1))
             });
@@ -1076,17 +1092,11 @@ impl Task {
 
     /// Fires the replica timers that are due.
     async fn on_timers(&mut self) {
-        let now = self.now();
-        let mut due = Vec::new();
-        while let Some(&(t, key)) = self.timers.first() {
-            if t > now {
-                break;
-            }
-            self.timers.pop_first();
-            if let Some(s) = self.slots.get_mut(&key) {
+        let due = self.timers.pop_due(self.now());
+        for key in &due {
+            if let Some(s) = self.slots.get_mut(key) {
                 s.timer = None;
             }
-            due.push(key);
         }
         for key in due {
             self.step(key, Event::Timer).await;
@@ -1153,7 +1163,7 @@ impl Task {
                     RecordRules,
                 );
                 slot.disk = before;
-                Self::arm(&mut self.timers, key, slot, Some(0));
+                self.timers.set(key, &mut slot.timer, Some(0));
                 return;
             }
         }
@@ -1171,7 +1181,7 @@ impl Task {
                         }
                     }
                 }
-                Action::SetTimer { at } => Self::arm(&mut self.timers, key, slot, Some(at)),
+                Action::SetTimer { at } => self.timers.set(key, &mut slot.timer, Some(at)),
                 Action::ViewInstalled(view) => {
                     info!(%key, epoch = view.epoch, members = view.members.len(),
                         role = ?slot.replica.role(), "record chain view installed");
@@ -1233,5 +1243,36 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> BlockKey {
+        BlockKey([n; 32])
+    }
+
+    #[test]
+    fn timers_keep_one_entry_per_slot_and_fire_in_order() {
+        let mut timers = Timers::default();
+        let (mut a, mut b, mut c) = (None, None, None);
+        timers.set(key(1), &mut a, Some(50));
+        timers.set(key(2), &mut b, Some(20));
+        timers.set(key(3), &mut c, Some(0));
+        assert_eq!(timers.first(), Some(0));
+        // Re-arming replaces the slot's entry; clearing removes it.
+        timers.set(key(1), &mut a, Some(10));
+        timers.set(key(3), &mut c, None);
+        assert_eq!((a, c), (Some(10), None));
+        assert_eq!(timers.0.len(), 2);
+        assert_eq!(timers.first(), Some(10));
+        // Only what is due comes out, earliest first; the rest waits.
+        assert_eq!(timers.pop_due(9), Vec::<BlockKey>::new());
+        assert_eq!(timers.pop_due(20), vec![key(1), key(2)]);
+        assert_eq!(timers.first(), None);
+        timers.set(key(2), &mut b, Some(30));
+        assert_eq!(timers.pop_due(u64::MAX), vec![key(2)]);
     }
 }
