@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use peerstore_proto::{
     ClientRequest, ClientResponse, EntRequest, EntResponse, ErrorResponse, MemberRequest,
@@ -27,6 +28,22 @@ struct RequestLabels {
     kind: String,
     /// "ok", or the error code of the answer (Full, Unavailable, ...).
     result: String,
+}
+
+/// Labels of the request time histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    /// client, member or admin.
+    protocol: String,
+    /// The request's `kind()`.
+    kind: String,
+}
+
+/// A histogram of request times: 0.5 ms to 16 s, doubling.
+fn request_seconds() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
 }
 
 /// Labels of a byte counter.
@@ -66,6 +83,7 @@ pub struct Sample {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    seconds: Family<KindLabels, Histogram, fn() -> Histogram>,
     bytes: Family<BytesLabels, Counter>,
     lookups: Counter,
     lookup_hops: Histogram,
@@ -130,6 +148,13 @@ impl Metrics {
             "requests",
             "Requests answered, by protocol (client, member, admin), kind and result (ok or the error code)",
             requests.clone(),
+        );
+        let seconds: Family<KindLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(request_seconds);
+        r.register(
+            "request_seconds",
+            "Time from a request's arrival to its answer, by protocol and kind",
+            seconds.clone(),
         );
         let bytes = Family::<BytesLabels, Counter>::default();
         r.register(
@@ -222,6 +247,7 @@ impl Metrics {
         Metrics {
             registry: r,
             requests,
+            seconds,
             bytes,
             lookups,
             lookup_hops,
@@ -245,7 +271,13 @@ impl Metrics {
         }
     }
 
-    fn count<R: ErrorResponse>(&self, protocol: &str, kind: &str, response: &R) {
+    fn count<R: ErrorResponse>(&self, protocol: &str, kind: &str, took: Duration, response: &R) {
+        self.seconds
+            .get_or_create(&KindLabels {
+                protocol: protocol.to_string(),
+                kind: kind.to_string(),
+            })
+            .observe(took.as_secs_f64());
         let result = match response.as_error() {
             None => "ok".to_string(),
             Some((code, _)) => format!("{code:?}"),
@@ -271,10 +303,16 @@ impl Metrics {
     }
 
     /// Counts an answered client request of `kind` that carried `bytes_in`
-    /// ([`client_bytes_in`]).
+    /// ([`client_bytes_in`]) and took `took` to answer.
     /// `bytes_out`: [`client_bytes_out`] of `response`.
-    pub fn client(&self, kind: &str, bytes_in: u64, bytes_out: u64, response: &ClientResponse) {
-        self.count("client", kind, response);
+    pub fn client(
+        &self,
+        kind: &str,
+        took: Duration,
+        (bytes_in, bytes_out): (u64, u64),
+        response: &ClientResponse,
+    ) {
+        self.count("client", kind, took, response);
         self.add_bytes("client", "in", bytes_in);
         self.add_bytes("client", "out", bytes_out);
         if let ClientResponse::Owner { hops, .. } = response {
@@ -284,9 +322,9 @@ impl Metrics {
     }
 
     /// Counts an answered member request (from another node) of `kind` that carried
-    /// `bytes_in` ([`member_bytes_in`]).
-    pub fn member(&self, kind: &str, bytes_in: u64, response: &MemberResponse) {
-        self.count("member", kind, response);
+    /// `bytes_in` ([`member_bytes_in`]) and took `took` to answer.
+    pub fn member(&self, kind: &str, took: Duration, bytes_in: u64, response: &MemberResponse) {
+        self.count("member", kind, took, response);
         self.add_bytes("member", "in", bytes_in);
         let out = match response {
             MemberResponse::Block { data }
@@ -300,9 +338,9 @@ impl Metrics {
         self.add_bytes("member", "out", out as u64);
     }
 
-    /// Counts an answered admin request.
-    pub fn admin<R: ErrorResponse>(&self, kind: &str, response: &R) {
-        self.count("admin", kind, response);
+    /// Counts an answered admin request that took `took` to answer.
+    pub fn admin<R: ErrorResponse>(&self, kind: &str, took: Duration, response: &R) {
+        self.count("admin", kind, took, response);
     }
 
     /// The Prometheus text exposition of every metric, with the sampled figures set to
@@ -411,7 +449,8 @@ mod tests {
     fn counters_move_and_the_text_is_prometheus() {
         let m = Metrics::new();
         let client = |kind, bytes_in, r: &ClientResponse| {
-            m.client(kind, bytes_in, client_bytes_out(r), r);
+            let took = Duration::from_millis(3);
+            m.client(kind, took, (bytes_in, client_bytes_out(r)), r);
         };
         client("put", 10, &ClientResponse::Stored { replicas: 3 });
         client("get", 0, &ClientResponse::Block { data: vec![0; 7] });
@@ -436,6 +475,14 @@ mod tests {
             "peerstore_requests_total{protocol=\"client\",kind=\"put\",result=\"ok\"} 1"
         ));
         assert!(text.contains("result=\"Unavailable\"} 1"));
+        // Each answer's time: two gets of 3 ms, counted in the 4 ms bucket.
+        assert!(
+            text.contains(
+                "peerstore_request_seconds_bucket{le=\"0.004\",protocol=\"client\",kind=\"get\"} 2"
+            ) || text.contains(
+                "peerstore_request_seconds_bucket{protocol=\"client\",kind=\"get\",le=\"0.004\"} 2"
+            )
+        );
         assert!(
             text.contains("peerstore_payload_bytes_total{protocol=\"client\",direction=\"in\"} 10")
         );

@@ -113,12 +113,15 @@ impl Service {
                         let kind = r.kind();
                         let data = moves_data(&r);
                         let bytes_in = crate::metrics::client_bytes_in(&r);
+                        let started = std::time::Instant::now();
                         let response = self.client(r, &caller).await;
+                        let took = started.elapsed();
                         let bytes_out = crate::metrics::client_bytes_out(&response);
                         if data && bytes_in + bytes_out >= BULK_BYTES {
                             self.entangled.traffic.note();
                         }
-                        self.metrics.client(kind, bytes_in, bytes_out, &response);
+                        self.metrics
+                            .client(kind, took, (bytes_in, bytes_out), &response);
                         log_failure(&peer, kind, &response);
                         response
                     }
@@ -141,6 +144,7 @@ impl Service {
                             self.entangled.traffic.note();
                         }
                         let bytes_in = crate::metrics::member_bytes_in(&r);
+                        let started = std::time::Instant::now();
                         let response = if let MemberRequest::Chain { items } = r {
                             self.chains.items(peer, items).await
                         } else if r.is_long_running() {
@@ -163,7 +167,8 @@ impl Service {
                         } else {
                             self.member(r).await
                         };
-                        self.metrics.member(kind, bytes_in, &response);
+                        self.metrics
+                            .member(kind, started.elapsed(), bytes_in, &response);
                         log_failure(&peer, kind, &response);
                         response
                     }
@@ -179,6 +184,7 @@ impl Service {
                 let response = match request {
                     Incoming::Message(r) => {
                         let kind = r.kind();
+                        let started = std::time::Instant::now();
                         let response = tokio::select! {
                             r = self.admin(r) => r,
                             _ = requester_gone(|| channel.is_open()) => {
@@ -186,7 +192,7 @@ impl Service {
                                 AdminResponse::error(ErrorCode::Unavailable, CANCELLED)
                             }
                         };
-                        self.metrics.admin(kind, &response);
+                        self.metrics.admin(kind, started.elapsed(), &response);
                         log_failure(&peer, kind, &response);
                         response
                     }
