@@ -495,21 +495,22 @@ impl Sim {
     /// The daemon's retry after a failed join of a restarted node (see [`Sim::restart`]).
     fn retry_rejoin(&mut self, a: u32) {
         let now = self.now;
-        let peers: Vec<Peer<u32>> = self
+        let Some(r) = self
             .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, x)| Peer::new(x.node.me().id, i as u32))
-            .collect();
-        let Some(n) = self.nodes.get_mut(a as usize) else {
-            return;
-        };
-        let Some(r) = n.rejoin.as_mut() else {
+            .get_mut(a as usize)
+            .and_then(|n| n.rejoin.as_mut())
+        else {
             return;
         };
         r.tries += 1;
         if r.create_if_alone && r.tries >= r.via.len() {
-            let known: Vec<Peer<u32>> = r.via.iter().map(|&b| peers[b as usize].clone()).collect();
+            let via = std::mem::take(&mut r.via);
+            let known: Vec<Peer<u32>> = via
+                .iter()
+                .filter_map(|&b| self.nodes.get(b as usize))
+                .map(|x| x.node.me().clone())
+                .collect();
+            let n = &mut self.nodes[a as usize];
             n.rejoin = None;
             n.node.create(now);
             n.node.remember(now, known);

@@ -750,7 +750,6 @@ struct Slot {
     replica: Replica<PeerId, RecordRules>,
     /// The image on disk (after the last successful write).
     disk: Disk<PeerId>,
-    timer: Option<u64>,
     suggested: Option<Vec<PeerId>>,
     /// Since when (task ms) the replica has been outside its view.
     outside_since: Option<u64>,
@@ -766,42 +765,51 @@ struct Task {
     store: Arc<BlockStore>,
     ring: Arc<Ring>,
     book: Arc<Mutex<HashMap<PeerId, NodeAddr>>>,
-    /// Every slot's timer as (due, key): the task sleeps until the first one instead of
-    /// polling every slot (a node may hold tens of thousands of chains).
+    /// Every slot's replica timer.
     timers: Timers,
 }
 
-/// Every slot's replica timer, ordered by when it is due: the task sleeps until the first one
-/// instead of polling every slot (a node may hold tens of thousands of chains). It holds
-/// exactly one entry per armed slot: [`Timers::set`] replaces a slot's entry.
+/// Every slot's replica timer (the only place it is kept), ordered by when it is due: the
+/// task sleeps until the first one instead of polling every slot (a node may hold tens of
+/// thousands of chains). At most one timer per key: [`Timers::set`] replaces it.
 #[derive(Default)]
-struct Timers(BTreeSet<(u64, BlockKey)>);
+struct Timers {
+    order: BTreeSet<(u64, BlockKey)>,
+    at: HashMap<BlockKey, u64>,
+}
 
 impl Timers {
-    /// Sets (or clears, with `None`) the timer of `key`, whose current value is `*timer`.
-    fn set(&mut self, key: BlockKey, timer: &mut Option<u64>, at: Option<u64>) {
-        if let Some(old) = timer.take() {
-            self.0.remove(&(old, key));
+    /// Sets (or clears, with `None`) the timer of `key`.
+    fn set(&mut self, key: BlockKey, at: Option<u64>) {
+        if let Some(old) = self.at.remove(&key) {
+            self.order.remove(&(old, key));
         }
-        *timer = at;
         if let Some(t) = at {
-            self.0.insert((t, key));
+            self.at.insert(key, t);
+            self.order.insert((t, key));
         }
+    }
+
+    /// When the timer of `key` is due, if it is set.
+    #[cfg(test)]
+    fn get(&self, key: &BlockKey) -> Option<u64> {
+        self.at.get(key).copied()
     }
 
     /// When the first timer is due (task ms), if any.
     fn first(&self) -> Option<u64> {
-        self.0.first().map(|(t, _)| *t)
+        self.order.first().map(|(t, _)| *t)
     }
 
-    /// Takes out the timers due at `now`, earliest first (their slots must clear theirs).
+    /// Takes out (clears) the timers due at `now`, earliest first.
     fn pop_due(&mut self, now: u64) -> Vec<BlockKey> {
         let mut due = Vec::new();
-        while let Some(&(t, key)) = self.0.first() {
+        while let Some(&(t, key)) = self.order.first() {
             if t > now {
                 break;
             }
-            self.0.pop_first();
+            self.order.pop_first();
+            self.at.remove(&key);
             due.push(key);
         }
         due
@@ -809,21 +817,16 @@ impl Timers {
 }
 
 impl Task {
-    /// Inserts a new slot (its replica is due at once) and indexes its timer.
-    fn insert_slot(&mut self, key: BlockKey, mut slot: Slot) {
-        let at = slot.timer.take();
-        if let Some(mut old) = self.slots.remove(&key) {
-            self.timers.set(key, &mut old.timer, None);
-        }
-        self.timers.set(key, &mut slot.timer, at);
+    /// Inserts a new slot (replacing any of `key`); its replica is due at once.
+    fn insert_slot(&mut self, key: BlockKey, slot: Slot) {
         self.slots.insert(key, slot);
+        self.timers.set(key, Some(0));
     }
 
     /// Removes a slot and its timer.
     fn remove_slot(&mut self, key: &BlockKey) -> Option<Slot> {
-        let mut slot = self.slots.remove(key)?;
-        self.timers.set(*key, &mut slot.timer, None);
-        Some(slot)
+        self.timers.set(*key, None);
+        self.slots.remove(key)
     }
 
     fn now(&self) -> u64 {
@@ -835,7 +838,6 @@ impl Task {
         Slot {
             replica: Replica::with_validator(self.me, self.cfg.clone(), start, RecordRules),
             disk,
-            timer: Some(0),
             suggested: None,
             outside_since: None,
         }
@@ -1092,13 +1094,7 @@ impl Task {
 
     /// Fires the replica timers that are due.
     async fn on_timers(&mut self) {
-        let due = self.timers.pop_due(self.now());
-        for key in &due {
-            if let Some(s) = self.slots.get_mut(key) {
-                s.timer = None;
-            }
-        }
-        for key in due {
+        for key in self.timers.pop_due(self.now()) {
             self.step(key, Event::Timer).await;
         }
     }
@@ -1163,7 +1159,7 @@ impl Task {
                     RecordRules,
                 );
                 slot.disk = before;
-                self.timers.set(key, &mut slot.timer, Some(0));
+                self.timers.set(key, Some(0));
                 return;
             }
         }
@@ -1181,7 +1177,7 @@ impl Task {
                         }
                     }
                 }
-                Action::SetTimer { at } => self.timers.set(key, &mut slot.timer, Some(at)),
+                Action::SetTimer { at } => self.timers.set(key, Some(at)),
                 Action::ViewInstalled(view) => {
                     info!(%key, epoch = view.epoch, members = view.members.len(),
                         role = ?slot.replica.role(), "record chain view installed");
@@ -1257,22 +1253,21 @@ mod tests {
     #[test]
     fn timers_keep_one_entry_per_slot_and_fire_in_order() {
         let mut timers = Timers::default();
-        let (mut a, mut b, mut c) = (None, None, None);
-        timers.set(key(1), &mut a, Some(50));
-        timers.set(key(2), &mut b, Some(20));
-        timers.set(key(3), &mut c, Some(0));
+        timers.set(key(1), Some(50));
+        timers.set(key(2), Some(20));
+        timers.set(key(3), Some(0));
         assert_eq!(timers.first(), Some(0));
         // Re-arming replaces the slot's entry; clearing removes it.
-        timers.set(key(1), &mut a, Some(10));
-        timers.set(key(3), &mut c, None);
-        assert_eq!((a, c), (Some(10), None));
-        assert_eq!(timers.0.len(), 2);
+        timers.set(key(1), Some(10));
+        timers.set(key(3), None);
+        assert_eq!((timers.get(&key(1)), timers.get(&key(3))), (Some(10), None));
+        assert_eq!(timers.order.len(), 2);
         assert_eq!(timers.first(), Some(10));
         // Only what is due comes out, earliest first; the rest waits.
         assert_eq!(timers.pop_due(9), Vec::<BlockKey>::new());
         assert_eq!(timers.pop_due(20), vec![key(1), key(2)]);
         assert_eq!(timers.first(), None);
-        timers.set(key(2), &mut b, Some(30));
+        timers.set(key(2), Some(30));
         assert_eq!(timers.pop_due(u64::MAX), vec![key(2)]);
     }
 }

@@ -23,9 +23,9 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     /// client, member or admin.
-    protocol: String,
+    protocol: &'static str,
     /// The request's `kind()` (put, get, store-local, ...).
-    kind: String,
+    kind: &'static str,
     /// "ok", or the error code of the answer (Full, Unavailable, ...).
     result: String,
 }
@@ -34,9 +34,9 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     /// client, member or admin.
-    protocol: String,
+    protocol: &'static str,
     /// The request's `kind()`.
-    kind: String,
+    kind: &'static str,
 }
 
 /// A histogram of request times: 0.5 ms to 16 s, doubling.
@@ -271,12 +271,15 @@ impl Metrics {
         }
     }
 
-    fn count<R: ErrorResponse>(&self, protocol: &str, kind: &str, took: Duration, response: &R) {
+    fn count<R: ErrorResponse>(
+        &self,
+        protocol: &'static str,
+        kind: &'static str,
+        took: Duration,
+        response: &R,
+    ) {
         self.seconds
-            .get_or_create(&KindLabels {
-                protocol: protocol.to_string(),
-                kind: kind.to_string(),
-            })
+            .get_or_create(&KindLabels { protocol, kind })
             .observe(took.as_secs_f64());
         let result = match response.as_error() {
             None => "ok".to_string(),
@@ -284,8 +287,8 @@ impl Metrics {
         };
         self.requests
             .get_or_create(&RequestLabels {
-                protocol: protocol.to_string(),
-                kind: kind.to_string(),
+                protocol,
+                kind,
                 result,
             })
             .inc();
@@ -307,7 +310,7 @@ impl Metrics {
     /// `bytes_out`: [`client_bytes_out`] of `response`.
     pub fn client(
         &self,
-        kind: &str,
+        kind: &'static str,
         took: Duration,
         (bytes_in, bytes_out): (u64, u64),
         response: &ClientResponse,
@@ -323,7 +326,13 @@ impl Metrics {
 
     /// Counts an answered member request (from another node) of `kind` that carried
     /// `bytes_in` ([`member_bytes_in`]) and took `took` to answer.
-    pub fn member(&self, kind: &str, took: Duration, bytes_in: u64, response: &MemberResponse) {
+    pub fn member(
+        &self,
+        kind: &'static str,
+        took: Duration,
+        bytes_in: u64,
+        response: &MemberResponse,
+    ) {
         self.count("member", kind, took, response);
         self.add_bytes("member", "in", bytes_in);
         let out = match response {
@@ -339,7 +348,7 @@ impl Metrics {
     }
 
     /// Counts an answered admin request that took `took` to answer.
-    pub fn admin<R: ErrorResponse>(&self, kind: &str, took: Duration, response: &R) {
+    pub fn admin<R: ErrorResponse>(&self, kind: &'static str, took: Duration, response: &R) {
         self.count("admin", kind, took, response);
     }
 
